@@ -1,0 +1,1076 @@
+"""The on-drive record format: a pure, sans-I/O codec (bytes in, records out).
+
+This module describes the *decrypted* contents of a drive's LUKS2 data segment,
+the "data area", addressed in bytes from 0 and always in SECTOR (4096-byte)
+units.  It does no I/O, imports no trio and knows nothing of files or keys, so
+what ``encode_*`` writes is exactly what the importer's ``decode_*`` reads
+(h11's symmetry).  The full byte tables are in ``docs/FORMAT.md``::
+
+    data area (decrypted LUKS2 data segment), integers little-endian
+    0        4096                                              size-4096    size
+    +--------+---------+---------+-----+---------+-   free   -+-----------+
+    | super- | segment | segment | ... | INDEX   |  (zeros or | trailer   |
+    | block  | seq 0   | seq 1   |     | seq N-1 |  garbage)  | (at close)|
+    +--------+---------+---------+-----+---------+------------+-----------+
+
+    one segment (starts on a 4096 boundary, length a multiple of 4096)
+    +--------------+------------------------+-------------------+---------+
+    | header (64)  | records blob           | payload blob      | zero    |
+    | magic, kind, | record, record, ...    | stored extent     | padding |
+    | seq, offset, |                        | bytes (DATA only) | to 4096 |
+    | lengths, 3x  |                        |                   |         |
+    | xxh3-64      |                        |                   |         |
+    +--------------+------------------------+-------------------+---------+
+
+    one record
+    +----------+---------------+-------------------+---------------------+
+    | type u8  | body_len u32  | body (body_len)   | xxh32 of type..body |
+    +----------+---------------+-------------------+---------------------+
+
+A reader goes superblock -> trailer -> index.  If the trailer is missing
+(a crash before the drive was closed), it scans segments from offset 4096 until
+the first block that is not a valid header with the next sequence number
+(``SegmentDecoder(scan=True)``).
+
+Errors: garbage on the drive raises only ``CorruptRecord`` (exit code 4);
+invalid values handed to a constructor or encoder raise ``ValueError`` or
+``TypeError``, which are bugs in the caller, like h11's LocalProtocolError vs
+RemoteProtocolError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Literal, TypeVar
+
+import xxhash
+
+from pipeline.errors import IntegrityError
+
+__all__ = [
+    "END",
+    "CHECKSUM_AT",
+    "EXTENT_RECORD_SIZE",
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "MAX_DATA_PAYLOAD",
+    "MAX_DATA_RECORDS_LEN",
+    "MAX_INDEX_RECORDS_LEN",
+    "MAX_NAME_BYTES",
+    "MAX_SB_STRING_BYTES",
+    "NEED_DATA",
+    "SECTOR",
+    "SEGMENT_MAGIC",
+    "SUPERBLOCK_MAGIC",
+    "SUPPORTED_VERSIONS",
+    "TRAILER_MAGIC",
+    "BlobType",
+    "Codec",
+    "CorruptRecord",
+    "Extent",
+    "FileEntry",
+    "Record",
+    "RecordType",
+    "Segment",
+    "SegmentDecoder",
+    "SegmentHeader",
+    "SegmentKind",
+    "Superblock",
+    "Trailer",
+    "align_up",
+    "decode_index",
+    "decode_records",
+    "decode_segment",
+    "decode_segment_header",
+    "decode_superblock",
+    "decode_trailer",
+    "encode_index",
+    "encode_records",
+    "encode_segment",
+    "encode_superblock",
+    "encode_trailer",
+    "layout_data_segment",
+    "record_size",
+    "segment_total_len",
+    "trailer_offset",
+]
+
+# --------------------------------------------------------------------------- constants
+
+SECTOR = 4096
+"""Every structure starts on a SECTOR boundary: it is dm-crypt's sector size."""
+
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+
+SUPERBLOCK_MAGIC = b"PLSEEDSB"
+TRAILER_MAGIC = b"PLSEEDTR"
+SEGMENT_MAGIC = b"PLSG"
+
+HEADER_SIZE = 64
+"""Bytes in a segment header; ``decode_segment_header`` needs only these."""
+
+CHECKSUM_AT = SECTOR - 8
+"""Superblock and trailer: xxh3-64 of bytes [0, CHECKSUM_AT) is stored here."""
+
+MAX_DATA_PAYLOAD = 64 << 20
+"""Largest payload of a DATA segment (64 MiB): bounds what garbage can make us buffer."""
+MAX_DATA_RECORDS_LEN = 16 << 20
+"""Largest records blob of a DATA segment (16 MiB)."""
+MAX_INDEX_RECORDS_LEN = 1 << 31
+"""Largest records blob of an INDEX segment (2 GiB, about 37 million extents)."""
+MAX_NAME_BYTES = 4096
+"""Largest UTF-8 FileEntry path or blob name (PATH_MAX; Azure blob names are shorter)."""
+MAX_SB_STRING_BYTES = 1024
+"""Largest UTF-8 session id, job name or dstdir in the superblock (three must fit one sector)."""
+
+_U16 = 0xFFFF
+_U32 = 0xFFFF_FFFF
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+_E = TypeVar("_E", bound=enum.IntEnum)
+
+
+class CorruptRecord(IntegrityError):
+    """{}"""
+
+
+class BlobType(enum.IntEnum):
+    """Azure blob type the importer creates (``/BlobType``)."""
+
+    BLOCK = 1
+    PAGE = 2
+
+
+class Codec(enum.IntEnum):
+    """How an extent's raw bytes are stored in a payload."""
+
+    ZSTD = 1
+    RAW = 2
+    ZERO = 3  # all-zero extent: a record only, no stored bytes
+
+
+class SegmentKind(enum.IntEnum):
+    DATA = 1
+    INDEX = 2
+
+
+class RecordType(enum.IntEnum):
+    FILE = 1
+    EXTENT = 2
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+    END = "END"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NEED_DATA = _Sentinel.NEED_DATA
+"""``SegmentDecoder.next_segment``: feed more bytes."""
+END = _Sentinel.END
+"""``SegmentDecoder.next_segment``: the log has ended; nothing more will come."""
+
+
+def align_up(n: int) -> int:
+    """Round ``n`` up to a multiple of SECTOR."""
+    return -(-n // SECTOR) * SECTOR
+
+
+def trailer_offset(data_area_size: int) -> int:
+    """Where the trailer lives: the last sector of the data area."""
+    return data_area_size - SECTOR
+
+
+def segment_total_len(records_len: int, payload_len: int) -> int:
+    """Bytes a segment occupies on the drive, padding included."""
+    return align_up(HEADER_SIZE + records_len + payload_len)
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _int(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value} is out of range [{lo}, {hi}]")
+
+
+def _utf8(name: str, value: object, max_bytes: int, *, allow_empty: bool = False) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a str, got {type(value).__name__}")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} {value!r} is not valid UTF-8 text: {e.reason}") from None
+    if not raw and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+    if len(raw) > max_bytes:
+        raise ValueError(f"{name} is {len(raw)} bytes of UTF-8; at most {max_bytes} allowed")
+    if b"\0" in raw:
+        raise ValueError(f"{name} {value!r} contains a NUL byte")
+    return raw
+
+
+def _enum(cls: type[_E], name: str, value: object) -> _E:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a {cls.__name__}, got {value!r}")
+    try:
+        return cls(value)
+    except ValueError:
+        raise ValueError(f"{name}={value} is not a valid {cls.__name__}") from None
+
+
+def _check_relpath(path: str) -> None:
+    # Import writes blobs named after these paths: refuse anything that could escape dstdir.
+    if path.startswith("/"):
+        raise ValueError(f"path {path!r} must be relative")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(f"path {path!r} has an empty, '.' or '..' component")
+
+
+def _check_uuid(value: object) -> None:
+    if not isinstance(value, str) or len(value) != 36 or not value.isascii():
+        raise ValueError(f"volume_uuid {value!r} must be a 36-character ASCII UUID")
+    for i, ch in enumerate(value):
+        if i in (8, 13, 18, 23):
+            if ch != "-":
+                raise ValueError(f"volume_uuid {value!r} is not in 8-4-4-4-12 form")
+        elif ch not in "0123456789abcdefABCDEF":
+            raise ValueError(f"volume_uuid {value!r} has a non-hex digit")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file in staging; extents refer to it by ``file_id``."""
+
+    file_id: int
+    path: str
+    blob: str
+    size: int
+    mtime_ns: int
+    mode: int
+
+    def __post_init__(self) -> None:
+        _int("file_id", self.file_id, 0, _U64)
+        _utf8("path", self.path, MAX_NAME_BYTES)
+        _check_relpath(self.path)
+        _utf8("blob", self.blob, MAX_NAME_BYTES)
+        _int("size", self.size, 0, _U64)
+        _int("mtime_ns", self.mtime_ns, _I64_MIN, _I64_MAX)
+        _int("mode", self.mode, 0, _U32)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Extent:
+    """A run of a file's bytes: where it came from, how it is stored, where it lies.
+
+    ``location`` is the absolute data-area offset of the stored bytes; 0 means
+    "not placed yet" (``layout_data_segment`` assigns it) and is the only value
+    allowed for ZERO extents, which store nothing.
+    """
+
+    file_id: int
+    offset: int
+    raw_len: int
+    codec: Codec
+    stored_len: int
+    xxh3: bytes
+    location: int = 0
+
+    def __post_init__(self) -> None:
+        codec = self.codec
+        if type(codec) is not Codec:
+            codec = _enum(Codec, "codec", codec)
+            object.__setattr__(self, "codec", codec)
+        fid, off, raw, stored, loc = (
+            self.file_id, self.offset, self.raw_len, self.stored_len, self.location
+        )
+        # One combined test on the hot path (decoding an index builds millions of these);
+        # the per-field checks below only run to say what is wrong.
+        if not (
+            type(fid) is int and type(off) is int and type(raw) is int
+            and type(stored) is int and type(loc) is int
+            and 0 <= fid <= _U64 and off >= 0 and 0 < raw <= _U32 and off + raw <= _U64 + 1
+            and 0 <= stored <= _U32 and loc >= 0 and loc + stored <= _U64 + 1
+            and type(self.xxh3) is bytes and len(self.xxh3) == 16
+        ):
+            _int("file_id", fid, 0, _U64)
+            _int("offset", off, 0, _U64)
+            _int("raw_len", raw, 1, _U32)
+            _int("stored_len", stored, 0, _U32)
+            _int("location", loc, 0, _U64)
+            if off + raw > _U64 + 1:
+                raise ValueError(f"extent offset={off} + raw_len={raw} exceeds 2**64")
+            if loc + stored > _U64 + 1:
+                raise ValueError(f"extent location={loc} + stored_len={stored} exceeds 2**64")
+            if not isinstance(self.xxh3, bytes) or len(self.xxh3) != 16:
+                raise ValueError(f"xxh3 must be 16 bytes (an xxh3-128 digest), got {self.xxh3!r}")
+        if codec is Codec.ZERO:
+            if stored or loc:
+                raise ValueError("a ZERO extent stores nothing: stored_len and location must be 0")
+        elif not stored:
+            raise ValueError(f"a {codec.name} extent must store at least one byte")
+        elif codec is Codec.RAW and stored != raw:
+            raise ValueError(f"a RAW extent stores its raw_len={raw} bytes, not {stored}")
+
+
+Record = FileEntry | Extent
+
+_FRAME = struct.Struct("<BI")  # type, body_len
+_CRC = struct.Struct("<I")
+_FILE_FIXED = struct.Struct("<QQqI")  # file_id, size, mtime_ns, mode
+_LEN16 = struct.Struct("<H")
+_EXTENT_BODY = struct.Struct("<QQIBI16sQ")
+_EXTENT_HEAD = struct.Struct("<BIQQIBI16sQ")  # frame + body, packed in one call
+_EXTENT_REC = struct.Struct("<BIQQIBI16sQI")  # frame + body + crc, unpacked in one call
+_CODEC_OF = {c.value: c for c in Codec}
+_FRAME_SIZE = _FRAME.size + _CRC.size
+_FILE_MIN_BODY = _FILE_FIXED.size + 2 * _LEN16.size
+_FILE_MAX_BODY = _FILE_MIN_BODY + 2 * MAX_NAME_BYTES
+EXTENT_RECORD_SIZE = _EXTENT_HEAD.size + _CRC.size
+"""Every Extent record is this many bytes (58), whatever its values."""
+_MIN_RECORD_SIZE = _FRAME_SIZE + min(_FILE_MIN_BODY + 2, _EXTENT_BODY.size)
+
+_xxh32 = xxhash.xxh32_intdigest
+_xxh3_64 = xxhash.xxh3_64_intdigest
+
+
+def record_size(rec: Record) -> int:
+    """Encoded size of one record, so callers can plan segments without encoding."""
+    if type(rec) is Extent:
+        return EXTENT_RECORD_SIZE
+    if type(rec) is FileEntry:
+        return (
+            _FRAME_SIZE + _FILE_MIN_BODY + len(rec.path.encode()) + len(rec.blob.encode())
+        )
+    raise TypeError(f"not a record: {rec!r}")
+
+
+def encode_records(records: Iterable[Record]) -> bytes:
+    """Serialise records back to back, each framed and checksummed; linear time."""
+    parts: list[bytes] = []
+    append = parts.append
+    ext_pack = _EXTENT_HEAD.pack
+    crc_pack = _CRC.pack
+    ext_type = RecordType.EXTENT.value
+    ext_len = _EXTENT_BODY.size
+    for rec in records:
+        if type(rec) is Extent:
+            head = ext_pack(
+                ext_type, ext_len, rec.file_id, rec.offset, rec.raw_len, rec.codec,
+                rec.stored_len, rec.xxh3, rec.location,
+            )
+        elif type(rec) is FileEntry:
+            path = rec.path.encode()
+            blob = rec.blob.encode()
+            body_len = _FILE_MIN_BODY + len(path) + len(blob)
+            head = b"".join((
+                _FRAME.pack(RecordType.FILE, body_len),
+                _FILE_FIXED.pack(rec.file_id, rec.size, rec.mtime_ns, rec.mode),
+                _LEN16.pack(len(path)), path, _LEN16.pack(len(blob)), blob,
+            ))
+        else:
+            raise TypeError(f"not a record: {rec!r}")
+        append(head)
+        append(crc_pack(_xxh32(head)))
+    return b"".join(parts)
+
+
+def _decode_file_body(mv: memoryview, pos: int, end: int) -> FileEntry:
+    file_id, size, mtime_ns, mode = _FILE_FIXED.unpack_from(mv, pos)
+    p = pos + _FILE_FIXED.size
+    (path_len,) = _LEN16.unpack_from(mv, p)
+    p += 2
+    if p + path_len + 2 > end:
+        raise ValueError("path length runs past the record")
+    path = str(mv[p : p + path_len], "utf-8")
+    p += path_len
+    (blob_len,) = _LEN16.unpack_from(mv, p)
+    p += 2
+    if p + blob_len != end:
+        raise ValueError("blob length does not end the record")
+    blob = str(mv[p:end], "utf-8")
+    return FileEntry(file_id, path, blob, size, mtime_ns, mode)
+
+
+def decode_records(blob: bytes, where: str = "records") -> list[Record]:
+    """Parse a records blob; a damaged record raises CorruptRecord naming it.
+
+    Each record's own xxh32 is checked before its body is read, so damage is
+    reported as such and never decoded into wrong values.
+    """
+    mv = memoryview(blob).cast("B") if not isinstance(blob, bytes) else memoryview(blob)
+    n = len(mv)
+    out: list[Record] = []
+    append = out.append
+    frame_unpack = _FRAME.unpack_from
+    crc_unpack = _CRC.unpack_from
+    ext_unpack = _EXTENT_REC.unpack_from
+    codec_of = _CODEC_OF.get
+    ext_type = RecordType.EXTENT.value
+    ext_len = _EXTENT_BODY.size
+    ext_crc_at = _EXTENT_HEAD.size
+    file_type = RecordType.FILE.value
+    pos = 0
+    while pos < n:
+        try:
+            if mv[pos] == ext_type and n - pos >= EXTENT_RECORD_SIZE:
+                # Hot path: an index is mostly extents; one unpack reads frame, body and crc.
+                (_, body_len, fid, off, raw, codec, stored, digest, loc, crc) = ext_unpack(mv, pos)
+                if body_len == ext_len:
+                    if _xxh32(mv[pos : pos + ext_crc_at]) != crc:
+                        raise CorruptRecord("checksum mismatch")
+                    c = codec_of(codec)
+                    if c is None:
+                        raise ValueError(f"unknown codec {codec}")
+                    append(Extent(fid, off, raw, c, stored, digest, loc))
+                    pos += EXTENT_RECORD_SIZE
+                    continue
+            if n - pos < _FRAME_SIZE:
+                raise CorruptRecord("truncated")
+            rtype, body_len = frame_unpack(mv, pos)
+            body = pos + _FRAME.size
+            end = body + body_len
+            if end + _CRC.size > n:
+                raise CorruptRecord(f"body length {body_len} runs past the blob")
+            if _xxh32(mv[pos:end]) != crc_unpack(mv, end)[0]:
+                raise CorruptRecord("checksum mismatch")
+            if rtype == file_type:
+                if not _FILE_MIN_BODY <= body_len <= _FILE_MAX_BODY:
+                    raise ValueError(f"file entry body length {body_len} is out of range")
+                append(_decode_file_body(mv, body, end))
+            elif rtype == ext_type:
+                raise ValueError(f"extent body is {body_len} bytes, not {ext_len}")
+            else:
+                raise ValueError(f"unknown record type {rtype}")
+            pos = end + _CRC.size
+        except (CorruptRecord, ValueError) as e:  # ValueError includes UnicodeDecodeError
+            raise CorruptRecord(f"{where}: record {len(out)} at byte {pos}: {e}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- superblock
+
+
+_SB_FIXED = struct.Struct("<8sHHIqQB3s36s")
+_CKSUM = struct.Struct("<Q")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Superblock:
+    """Sector 0 of the data area: which job, session and drive this is."""
+
+    drive_seq: int
+    volume_uuid: str
+    session_id: str
+    job_name: str
+    dstdir: str
+    blob_type: BlobType
+    created_ns: int
+    data_area_size: int
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _int("drive_seq", self.drive_seq, 1, _U32)
+        _check_uuid(self.volume_uuid)
+        _utf8("session_id", self.session_id, MAX_SB_STRING_BYTES)
+        # Empty job name: a drive formatted (diskprep) before the import job was named.
+        _utf8("job_name", self.job_name, MAX_SB_STRING_BYTES, allow_empty=True)
+        _utf8("dstdir", self.dstdir, MAX_SB_STRING_BYTES)
+        if self.dstdir.startswith("/") or not self.dstdir.endswith("/"):
+            raise ValueError(
+                f"dstdir {self.dstdir!r} must look like 'container/virtual/dir/' "
+                "(no leading '/', a trailing '/')"
+            )
+        if type(self.blob_type) is not BlobType:
+            object.__setattr__(self, "blob_type", _enum(BlobType, "blob_type", self.blob_type))
+        _int("created_ns", self.created_ns, _I64_MIN, _I64_MAX)
+        _int("data_area_size", self.data_area_size, 3 * SECTOR, _U64)
+        if self.data_area_size % SECTOR:
+            raise ValueError(f"data_area_size={self.data_area_size} is not a multiple of {SECTOR}")
+        _int("version", self.version, 0, _U16)
+        if self.version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"version={self.version} is not one of {sorted(SUPPORTED_VERSIONS)}")
+
+
+def _sector_with_checksum(parts: Sequence[bytes]) -> bytes:
+    body = b"".join(parts)
+    sector = body + bytes(CHECKSUM_AT - len(body))
+    return sector + _CKSUM.pack(_xxh3_64(sector))
+
+
+def encode_superblock(sb: Superblock) -> bytes:
+    """The 4096-byte sector written at data-area offset 0."""
+    parts = [
+        _SB_FIXED.pack(
+            SUPERBLOCK_MAGIC, sb.version, 0, sb.drive_seq, sb.created_ns, sb.data_area_size,
+            sb.blob_type, b"\0\0\0", sb.volume_uuid.encode("ascii"),
+        )
+    ]
+    for s in (sb.session_id, sb.job_name, sb.dstdir):
+        raw = s.encode()
+        parts += [_LEN16.pack(len(raw)), raw]
+    return _sector_with_checksum(parts)
+
+
+def _check_sector(b: bytes, magic: bytes, what: str) -> memoryview:
+    """Magic, version, checksum: in that order, so old readers say "too new", not "corrupt"."""
+    mv = memoryview(b).cast("B") if not isinstance(b, bytes) else memoryview(b)
+    if len(mv) < SECTOR:
+        raise CorruptRecord(f"{what}: truncated: {len(mv)} bytes, need {SECTOR}")
+    mv = mv[:SECTOR]
+    if mv[:8] != magic:
+        raise CorruptRecord(f"{what}: bad magic {bytes(mv[:8])!r}, expected {magic!r}")
+    (version,) = _LEN16.unpack_from(mv, 8)
+    if version not in SUPPORTED_VERSIONS:
+        raise CorruptRecord(
+            f"{what}: format version {version} is not supported by this reader "
+            f"(supports {', '.join(map(str, sorted(SUPPORTED_VERSIONS)))}); "
+            "read this drive with a newer pipeline"
+        )
+    if _xxh3_64(mv[:CHECKSUM_AT]) != _CKSUM.unpack_from(mv, CHECKSUM_AT)[0]:
+        raise CorruptRecord(f"{what}: checksum mismatch")
+    return mv
+
+
+def decode_superblock(b: bytes) -> Superblock:
+    """Parse the sector at data-area offset 0 (``b`` may be longer; the rest is ignored)."""
+    what = "superblock"
+    mv = _check_sector(b, SUPERBLOCK_MAGIC, what)
+    try:
+        (_, version, reserved, drive_seq, created_ns, size, blob_type, pad, uuid) = (
+            _SB_FIXED.unpack_from(mv, 0)
+        )
+        if reserved or pad != b"\0\0\0":
+            raise ValueError("reserved bytes are not zero")
+        strings = []
+        p = _SB_FIXED.size
+        for _ in range(3):
+            if p + 2 > CHECKSUM_AT:
+                raise ValueError("strings run past the checksum")
+            (n,) = _LEN16.unpack_from(mv, p)
+            p += 2
+            if p + n > CHECKSUM_AT:
+                raise ValueError("strings run past the checksum")
+            strings.append(str(mv[p : p + n], "utf-8"))
+            p += n
+        if mv[p:CHECKSUM_AT] != bytes(CHECKSUM_AT - p):
+            raise ValueError("bytes after the strings are not zero")
+        return Superblock(
+            drive_seq, str(uuid, "ascii"), *strings, blob_type, created_ns, size, version
+        )
+    except ValueError as e:
+        raise CorruptRecord(f"{what}: {e}") from None
+
+
+# --------------------------------------------------------------------------- trailer
+
+_TR_FIXED = struct.Struct("<8sHHIQQQQQ")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Trailer:
+    """Last sector of the data area, written at close: where the index is."""
+
+    drive_seq: int
+    data_area_size: int
+    index_offset: int
+    index_length: int
+    segment_count: int
+    payload_bytes: int
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _int("drive_seq", self.drive_seq, 1, _U32)
+        _int("data_area_size", self.data_area_size, 3 * SECTOR, _U64)
+        _int("index_offset", self.index_offset, SECTOR, _U64)
+        _int("index_length", self.index_length, SECTOR, _U64)
+        _int("segment_count", self.segment_count, 1, _U64)
+        _int("payload_bytes", self.payload_bytes, 0, _U64)
+        for name in ("data_area_size", "index_offset", "index_length"):
+            if getattr(self, name) % SECTOR:
+                raise ValueError(f"{name}={getattr(self, name)} is not a multiple of {SECTOR}")
+        if self.index_offset + self.index_length > trailer_offset(self.data_area_size):
+            raise ValueError(
+                f"index [{self.index_offset}, +{self.index_length}) overlaps the trailer"
+            )
+        _int("version", self.version, 0, _U16)
+        if self.version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"version={self.version} is not one of {sorted(SUPPORTED_VERSIONS)}")
+
+
+def encode_trailer(tr: Trailer) -> bytes:
+    """The 4096-byte sector written at ``trailer_offset(data_area_size)`` when the drive closes."""
+    return _sector_with_checksum([
+        _TR_FIXED.pack(
+            TRAILER_MAGIC, tr.version, 0, tr.drive_seq, tr.data_area_size, tr.index_offset,
+            tr.index_length, tr.segment_count, tr.payload_bytes,
+        )
+    ])
+
+
+def decode_trailer(b: bytes, superblock: Superblock | None = None) -> Trailer:
+    """Parse the trailer sector; with ``superblock``, also check it belongs to that drive.
+
+    A missing trailer (a crash before close) raises CorruptRecord too: the caller
+    then falls back to scanning the segment log.
+    """
+    what = "trailer"
+    if superblock is not None:
+        what = f"trailer at offset {trailer_offset(superblock.data_area_size)}"
+    mv = _check_sector(b, TRAILER_MAGIC, what)
+    try:
+        (_, version, reserved, *fields) = _TR_FIXED.unpack_from(mv, 0)
+        if reserved:
+            raise ValueError("reserved bytes are not zero")
+        if mv[_TR_FIXED.size : CHECKSUM_AT] != bytes(CHECKSUM_AT - _TR_FIXED.size):
+            raise ValueError("unused bytes are not zero")
+        tr = Trailer(*fields, version=version)
+    except ValueError as e:
+        raise CorruptRecord(f"{what}: {e}") from None
+    if superblock is not None and (tr.drive_seq, tr.data_area_size) != (
+        superblock.drive_seq,
+        superblock.data_area_size,
+    ):
+        raise CorruptRecord(
+            f"{what}: written for drive {tr.drive_seq} of {tr.data_area_size} bytes, but the "
+            f"superblock says drive {superblock.drive_seq} of {superblock.data_area_size} bytes"
+        )
+    return tr
+
+
+# --------------------------------------------------------------------------- segments
+
+_HEADER = struct.Struct("<4sBBHQQIIQQQ")  # everything before the header checksum
+assert _HEADER.size + _CKSUM.size == HEADER_SIZE
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    """The first HEADER_SIZE bytes of a segment: enough to know how much to read next."""
+
+    kind: SegmentKind
+    seq: int
+    offset: int
+    record_count: int
+    records_len: int
+    payload_len: int
+    records_xxh3: int
+    payload_xxh3: int
+
+    @property
+    def total_len(self) -> int:
+        """Bytes on the drive, padding included: read this many from ``offset``."""
+        return segment_total_len(self.records_len, self.payload_len)
+
+    @property
+    def payload_offset(self) -> int:
+        """Absolute data-area offset of the payload's first byte."""
+        return self.offset + HEADER_SIZE + self.records_len
+
+    @property
+    def end(self) -> int:
+        """Absolute offset where the next segment starts."""
+        return self.offset + self.total_len
+
+
+def _where(seq: int | None, offset: int | None) -> str:
+    s = "segment" if seq is None else f"segment {seq}"
+    return s if offset is None else f"{s} at offset {offset}"
+
+
+def _check_layout(kind: SegmentKind, records_len: int, payload_len: int) -> str | None:
+    """The size limits per kind; returns what is wrong, or None."""
+    if kind is SegmentKind.DATA:
+        if records_len > MAX_DATA_RECORDS_LEN:
+            return f"records blob of {records_len} bytes exceeds {MAX_DATA_RECORDS_LEN}"
+        if payload_len > MAX_DATA_PAYLOAD:
+            return f"payload of {payload_len} bytes exceeds {MAX_DATA_PAYLOAD}"
+    else:
+        if records_len > MAX_INDEX_RECORDS_LEN:
+            return f"index records blob of {records_len} bytes exceeds {MAX_INDEX_RECORDS_LEN}"
+        if payload_len:
+            return f"an INDEX segment has no payload, but payload_len={payload_len}"
+    return None
+
+
+def decode_segment_header(
+    b: bytes, offset: int | None = None, seq: int | None = None
+) -> SegmentHeader:
+    """Parse and check a segment header from the first HEADER_SIZE bytes of ``b``.
+
+    With ``offset`` (where ``b`` was read from), the header must say it lives
+    there, which rejects stale or misplaced segments; with ``seq``, it must
+    carry that sequence number.  Both also name the segment in error messages.
+    """
+    where = _where(seq, offset)
+    if len(b) < HEADER_SIZE:
+        raise CorruptRecord(f"{where}: truncated header: {len(b)} bytes, need {HEADER_SIZE}")
+    (magic, kind, r1, r2, own_seq, own_offset, count, rlen, plen, rhash, phash) = (
+        _HEADER.unpack_from(b, 0)
+    )
+    if magic != SEGMENT_MAGIC:
+        raise CorruptRecord(f"{where}: bad magic {magic!r}, expected {SEGMENT_MAGIC!r}")
+    if _xxh3_64(memoryview(b)[: _HEADER.size]) != _CKSUM.unpack_from(b, _HEADER.size)[0]:
+        raise CorruptRecord(f"{where}: header checksum mismatch")
+    where = _where(seq if seq is not None else own_seq, own_offset if offset is None else offset)
+    if offset is not None and own_offset != offset:
+        raise CorruptRecord(f"{where}: header says it belongs at offset {own_offset}")
+    if seq is not None and own_seq != seq:
+        raise CorruptRecord(f"{where}: header carries sequence number {own_seq}")
+    if own_offset < SECTOR or own_offset % SECTOR:
+        raise CorruptRecord(f"{where}: offset is not a sector boundary after the superblock")
+    if kind not in (SegmentKind.DATA, SegmentKind.INDEX):
+        raise CorruptRecord(f"{where}: unknown segment kind {kind}")
+    if r1 or r2:
+        raise CorruptRecord(f"{where}: reserved header bytes are not zero")
+    kind = SegmentKind(kind)
+    problem = _check_layout(kind, rlen, plen)
+    if problem is None and count * _MIN_RECORD_SIZE > rlen:
+        problem = f"{count} records cannot fit in {rlen} bytes"
+    if problem is not None:
+        raise CorruptRecord(f"{where}: {problem}")
+    return SegmentHeader(kind, own_seq, own_offset, count, rlen, plen, rhash, phash)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Segment:
+    """A decoded, fully checked segment; ``payload`` is a view of the bytes it came from."""
+
+    header: SegmentHeader
+    records: tuple[Record, ...]
+    payload: memoryview
+
+    @property
+    def kind(self) -> SegmentKind:
+        return self.header.kind
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+    @property
+    def offset(self) -> int:
+        return self.header.offset
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        return tuple(r for r in self.records if type(r) is FileEntry)
+
+    @property
+    def extents(self) -> tuple[Extent, ...]:
+        return tuple(r for r in self.records if type(r) is Extent)
+
+    def stored(self, ext: Extent) -> memoryview:
+        """The stored (compressed or raw) bytes of one of this segment's extents."""
+        start = ext.location - self.header.payload_offset
+        if ext.codec is Codec.ZERO or start < 0 or start + ext.stored_len > len(self.payload):
+            raise ValueError(f"{ext} is not stored in {_where(self.seq, self.offset)}")
+        return self.payload[start : start + ext.stored_len]
+
+
+def _check_records(
+    kind: SegmentKind, records: Sequence[Record], offset: int, payload_offset: int, payload_len: int
+) -> str | None:
+    """Cross-record rules shared by encoder (-> ValueError) and decoder (-> CorruptRecord)."""
+    if kind is SegmentKind.DATA:
+        end = payload_offset + payload_len
+        for i, r in enumerate(records):
+            if type(r) is Extent and r.codec is not Codec.ZERO and not (
+                payload_offset <= r.location and r.location + r.stored_len <= end
+            ):
+                return (
+                    f"record {i}: extent stored at [{r.location}, +{r.stored_len}) is outside "
+                    f"this segment's payload [{payload_offset}, {end})"
+                )
+        return None
+    # INDEX: self-contained (a drive plus its key is enough to import it), and
+    # every stored extent points into an earlier DATA segment.
+    sizes: dict[int, int] = {}
+    for i, r in enumerate(records):
+        if type(r) is FileEntry:
+            if r.file_id in sizes:
+                return f"record {i}: file id {r.file_id} appears twice in the index"
+            sizes[r.file_id] = r.size
+    lowest = SECTOR + HEADER_SIZE
+    for i, r in enumerate(records):
+        if type(r) is not Extent:
+            continue
+        size = sizes.get(r.file_id)
+        if size is None:
+            return f"record {i}: extent of file id {r.file_id}, which has no FileEntry in the index"
+        if r.offset + r.raw_len > size:
+            return f"record {i}: extent [{r.offset}, +{r.raw_len}) runs past the file size {size}"
+        if r.codec is not Codec.ZERO and not (lowest <= r.location and r.location + r.stored_len
+                                              <= offset):
+            return (
+                f"record {i}: extent stored at [{r.location}, +{r.stored_len}) is not inside the "
+                f"segments before the index (offset {offset})"
+            )
+    return None
+
+
+def encode_segment(
+    records: Sequence[Record],
+    payload: bytes,
+    seq: int,
+    offset: int,
+    kind: SegmentKind = SegmentKind.DATA,
+) -> bytes:
+    """Encode one segment to be written at data-area ``offset``; returns SECTOR-aligned bytes.
+
+    Every stored extent must lie inside this segment's payload (DATA) or in the
+    segments before it (INDEX); anything else is a caller bug: ValueError.
+    """
+    kind = SegmentKind(kind)
+    _int("seq", seq, 0, _U64)
+    _int("offset", offset, SECTOR, _U64)
+    if offset % SECTOR:
+        raise ValueError(f"segment offset {offset} is not a multiple of {SECTOR}")
+    if len(records) > _U32:
+        raise ValueError(f"{len(records)} records do not fit in one segment")
+    blob = encode_records(records)
+    problem = _check_layout(kind, len(blob), len(payload))
+    problem = problem or _check_records(
+        kind, records, offset, offset + HEADER_SIZE + len(blob), len(payload)
+    )
+    if problem is not None:
+        raise ValueError(f"{_where(seq, offset)}: {problem}")
+    head = _HEADER.pack(
+        SEGMENT_MAGIC, kind, 0, 0, seq, offset, len(records), len(blob), len(payload),
+        _xxh3_64(blob), _xxh3_64(payload),
+    )
+    used = HEADER_SIZE + len(blob) + len(payload)
+    return b"".join(
+        (head, _CKSUM.pack(_xxh3_64(head)), blob, payload, bytes(align_up(used) - used))
+    )
+
+
+def layout_data_segment(
+    files: Sequence[FileEntry],
+    extents: Sequence[tuple[Extent, bytes]],
+    seq: int,
+    offset: int,
+) -> tuple[bytes, list[Record]]:
+    """Place extents in a DATA segment at ``offset``: returns (encoded bytes, final records).
+
+    Records are the file entries, then the extents in the order given, each
+    stored extent's ``location`` set to where its bytes land in the payload.
+    Records have fixed sizes whatever their locations, so one pass suffices.
+    """
+    records_len = sum(record_size(f) for f in files) + EXTENT_RECORD_SIZE * len(extents)
+    location = offset + HEADER_SIZE + records_len
+    placed: list[Record] = list(files)
+    parts: list[bytes] = []
+    for ext, data in extents:
+        if len(data) != ext.stored_len:
+            raise ValueError(f"{ext} comes with {len(data)} stored bytes, not {ext.stored_len}")
+        if ext.codec is Codec.ZERO:
+            placed.append(ext)
+            continue
+        placed.append(dataclasses.replace(ext, location=location))
+        parts.append(data)
+        location += len(data)
+    return encode_segment(placed, b"".join(parts), seq, offset), placed
+
+
+def encode_index(records: Sequence[Record], seq: int, offset: int) -> bytes:
+    """The closing INDEX segment: every FileEntry and Extent on the drive, no payload."""
+    return encode_segment(records, b"", seq, offset, SegmentKind.INDEX)
+
+
+def decode_segment(b: bytes, offset: int, seq: int | None = None) -> Segment:
+    """Decode and check a whole segment read from data-area ``offset``.
+
+    ``b`` starts with the header and holds at least ``header.total_len`` bytes;
+    anything after that is ignored.  Every byte counts: header, records,
+    payload (xxh3-64 each) and padding (must be zero).  ``seq``, if given, is
+    the sequence number the segment must carry.
+    """
+    header = decode_segment_header(b, offset, seq)
+    where = _where(header.seq, offset)
+    mv = memoryview(b).cast("B") if not isinstance(b, bytes) else memoryview(b)
+    total = header.total_len
+    if len(mv) < total:
+        raise CorruptRecord(f"{where}: truncated: {len(mv)} bytes, the segment is {total}")
+    rend = HEADER_SIZE + header.records_len
+    pend = rend + header.payload_len
+    blob = mv[HEADER_SIZE:rend]
+    payload = mv[rend:pend]
+    if _xxh3_64(blob) != header.records_xxh3:
+        decode_records(blob, where)  # names the damaged record, if its own xxh32 catches it
+        raise CorruptRecord(f"{where}: records checksum mismatch")
+    if _xxh3_64(payload) != header.payload_xxh3:
+        raise CorruptRecord(f"{where}: payload checksum mismatch")
+    if mv[pend:total] != bytes(total - pend):
+        raise CorruptRecord(f"{where}: padding after the payload is not zero")
+    records = decode_records(blob, where)
+    if len(records) != header.record_count:
+        raise CorruptRecord(
+            f"{where}: {len(records)} records, but the header says {header.record_count}"
+        )
+    problem = _check_records(
+        header.kind, records, offset, header.payload_offset, header.payload_len
+    )
+    if problem is not None:
+        raise CorruptRecord(f"{where}: {problem}")
+    return Segment(header, tuple(records), payload)
+
+
+def decode_index(b: bytes, trailer: Trailer) -> Segment:
+    """Decode the INDEX segment the trailer points at, checking it is the one meant.
+
+    It must lie at ``trailer.index_offset``, span ``trailer.index_length`` bytes
+    and be the last segment (sequence number ``segment_count - 1``).
+    """
+    seg = decode_segment(b, trailer.index_offset, trailer.segment_count - 1)
+    where = _where(seg.seq, seg.offset)
+    if seg.kind is not SegmentKind.INDEX:
+        raise CorruptRecord(f"{where}: the trailer points at a {seg.kind.name} segment, not INDEX")
+    if seg.header.total_len != trailer.index_length:
+        raise CorruptRecord(
+            f"{where}: index is {seg.header.total_len} bytes, the trailer says "
+            f"{trailer.index_length}"
+        )
+    return seg
+
+
+# --------------------------------------------------------------------------- incremental decoder
+
+
+class SegmentDecoder:
+    """Reads segments back to back from a byte stream, h11-style: no I/O here.
+
+    ``receive_data(b)`` only buffers (``b""`` = end of data); ``next_segment()``
+    returns a Segment, NEED_DATA or END; ``feed(b)`` does both and returns every
+    complete segment.  Sequence numbers must run on from ``next_seq``.
+
+    Strict (default): everything fed must be whole, valid segments; anything
+    else, or a partial segment at end of data, raises CorruptRecord.
+    ``scan=True`` (recovering a drive without a trailer): the first block whose
+    header is not a valid header for the next sequence number ends the log
+    (END, reason in ``end_reason``); a valid header followed by a damaged body
+    still raises.  After an error every call raises it again.
+    """
+
+    def __init__(
+        self,
+        offset: int = SECTOR,
+        next_seq: int = 0,
+        *,
+        scan: bool = False,
+        max_segment_len: int = HEADER_SIZE + MAX_INDEX_RECORDS_LEN + SECTOR,
+    ) -> None:
+        _int("offset", offset, SECTOR, _U64)
+        if offset % SECTOR:
+            raise ValueError(f"offset {offset} is not a multiple of {SECTOR}")
+        _int("next_seq", next_seq, 0, _U64)
+        self.offset = offset
+        """Absolute data-area offset of the next segment expected."""
+        self.next_seq = next_seq
+        self.scan = scan
+        self.max_segment_len = max_segment_len
+        self.end_reason: str | None = None
+        self._buf = bytearray()
+        self._start = 0  # consumed prefix of _buf, compacted lazily (linear time overall)
+        self._header: SegmentHeader | None = None
+        self._eof = False
+        self._ended = False
+        self._error: CorruptRecord | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer ``data``; ``b""`` means end of data (and may be repeated, as in h11)."""
+        if not data:
+            self._eof = True
+        elif self._eof:
+            raise RuntimeError("received data after end of data")
+        elif not self._ended:  # after END in scan mode the rest is not ours to read
+            self._buf += data
+
+    def _fail(self, msg: str) -> CorruptRecord:
+        self._error = CorruptRecord(msg)
+        return self._error
+
+    def _end(self, reason: str) -> Literal[_Sentinel.END]:
+        self._ended = True
+        self.end_reason = reason
+        self._buf = bytearray()
+        self._start = 0
+        return END
+
+    def next_segment(self) -> Segment | Literal[_Sentinel.NEED_DATA, _Sentinel.END]:
+        if self._error is not None:
+            raise CorruptRecord(f"decoder stopped after an earlier error: {self._error}")
+        if self._ended:
+            return END
+        have = len(self._buf) - self._start
+        where = _where(self.next_seq, self.offset)
+        if self._header is None:
+            if have < HEADER_SIZE:
+                if not self._eof:
+                    return NEED_DATA
+                if have == 0:
+                    return self._end("end of data")
+                if self.scan:
+                    return self._end(f"{have} bytes at end of data are no segment header")
+                raise self._fail(f"{where}: end of data inside a segment header ({have} bytes)")
+            raw = bytes(self._buf[self._start : self._start + HEADER_SIZE])  # a small copy
+            try:
+                header = decode_segment_header(raw, self.offset, self.next_seq)
+                if header.total_len > self.max_segment_len:
+                    raise CorruptRecord(
+                        f"{where}: {header.total_len} bytes exceeds this reader's limit "
+                        f"of {self.max_segment_len}"
+                    )
+            except CorruptRecord as e:
+                if self.scan:
+                    return self._end(str(e))
+                self._error = e
+                raise
+            self._header = header
+        total = self._header.total_len
+        if have < total:
+            if self._eof:
+                raise self._fail(f"{where}: end of data after {have} of its {total} bytes")
+            return NEED_DATA
+        with memoryview(self._buf) as view:  # one copy, and the export ends before any resize
+            chunk = view[self._start : self._start + total].tobytes()
+        self._start += total
+        if self._start > len(self._buf) // 2:
+            del self._buf[: self._start]
+            self._start = 0
+        self._header = None
+        try:
+            seg = decode_segment(chunk, self.offset, self.next_seq)
+        except CorruptRecord as e:
+            self._error = e
+            raise
+        self.offset += total
+        self.next_seq += 1
+        return seg
+
+    def feed(self, data: bytes) -> list[Segment]:
+        """``receive_data`` then every segment now complete, in order."""
+        self.receive_data(data)
+        out: list[Segment] = []
+        while True:
+            seg = self.next_segment()
+            if seg is NEED_DATA or seg is END:
+                return out
+            out.append(seg)
