@@ -460,7 +460,7 @@ class Identity:
 
 
 def format_drive(drive: Drive, keyslots: Sequence[tuple[bytes, luks2.KdfParams]],
-                 identity: Identity) -> tuple[luks2.Volume, DriveCipher]:
+                 identity: Identity, uuid: str | None = None) -> tuple[luks2.Volume, DriveCipher]:
     """Write a new LUKS2 volume and an empty pipeline log; return its cipher.
 
     The superblock goes first, then the header region, then one fdatasync: a
@@ -469,7 +469,7 @@ def format_drive(drive: Drive, keyslots: Sequence[tuple[bytes, luks2.KdfParams]]
     key = luks2.new_volume_key()
     token = {"session_id": identity.session_id, "job_name": identity.job_name,
              "sequence": identity.sequence, "format_version": format.FORMAT_VERSION}
-    region, volume = luks2.format_volume(key, keyslots, token=token,
+    region, volume = luks2.format_volume(key, keyslots, token=token, uuid=uuid,
                                          label=f"{identity.session_id}#{identity.sequence}")
     cipher = DriveCipher.for_volume(volume, key)
     area = cipher.data_area_size(drive.size)

@@ -1,0 +1,187 @@
+"""Extent bytes -> stored bytes and back: zstd, xxh3-128, "store raw if not smaller".
+
+Bytes only: no files, no trio.  ``pack`` runs in worker threads, so every heavy
+step is one call into C that releases the GIL (zstd ``compress``/``decompress``,
+xxh3, the ``memcmp`` behind ``is_zero``) and each thread keeps its own zstd
+contexts (``threading.local``): libzstd contexts are not for concurrent use.
+
+The xxh3-128 digest is always of the *raw* bytes, whatever the codec, so the
+importer checks exactly what it writes.  Our zstd frames carry their content
+size (``zstd -d`` decodes them standalone) and no checksum of their own: the
+xxh3-128 already covers them.
+
+An extent is never empty (``format.Extent`` requires ``raw_len >= 1``), so
+``pack(b"")`` and ``zero(0)`` are caller bugs (ValueError), and ``unpack`` of a
+record claiming ``raw_len < 1`` is corrupt.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+
+import xxhash
+import zstandard
+
+from pipeline.format import Codec, CorruptRecord
+
+__all__ = ["MAX_RAW_LEN", "Packed", "is_zero", "pack", "unpack", "zero"]
+
+MAX_RAW_LEN = 0xFFFF_FFFF
+"""Largest extent ``format.Extent`` can describe (u32 raw_len)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """One packed extent: what goes into an ``Extent`` record and its payload."""
+
+    codec: Codec
+    stored: bytes
+    """The bytes to store: a zstd frame, the raw bytes (RAW) or b"" (ZERO)."""
+    raw_len: int
+    xxh3: bytes
+    """xxh3-128 digest (16 bytes) of the raw bytes."""
+
+
+# --------------------------------------------------------------------------- zero detection
+
+_zeros = bytes(1 << 20)  # grows to the largest length asked for; replacing it is atomic
+
+
+def _zero_buf(n: int) -> bytes:
+    """A zero buffer at least ``n`` long (a prefix of it stands in for ``n`` zeros)."""
+    global _zeros
+    buf = _zeros
+    if len(buf) < n:
+        buf = _zeros = bytes(n)
+    return buf
+
+
+def is_zero(raw: bytes | bytearray | memoryview) -> bool:
+    """True if every byte is zero; one memcmp, no Python loop.
+
+    ``zeros.startswith(raw)`` holds exactly when ``raw`` is all zero, and
+    bytes.startswith compares with memcmp for any buffer (bytes or memoryview).
+    """
+    if isinstance(raw, memoryview):
+        raw = raw.cast("B")  # count bytes, not items
+    n = len(raw)
+    if n and (raw[0] or raw[-1]):  # most data fails here without touching the rest
+        return False
+    return _zero_buf(n).startswith(raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _zero_digest(raw_len: int) -> bytes:
+    return xxhash.xxh3_128_digest(memoryview(_zero_buf(raw_len))[:raw_len])
+
+
+def zero(raw_len: int) -> Packed:
+    """A ZERO extent of ``raw_len`` bytes known without reading them (a hole).
+
+    The digest of n zeros depends only on n and extents come in few lengths
+    (the grid size, file tails), so digests are cached.
+    """
+    if not 1 <= raw_len <= MAX_RAW_LEN:
+        raise ValueError(f"raw_len={raw_len} is not an extent length (1..{MAX_RAW_LEN})")
+    return Packed(Codec.ZERO, b"", raw_len, _zero_digest(raw_len))
+
+
+# --------------------------------------------------------------------------- per-thread contexts
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "cctx", None)
+    if cache is None:
+        cache = _local.cctx = {}
+    cctx = cache.get(level)
+    if cctx is None:
+        cctx = cache[level] = zstandard.ZstdCompressor(
+            level=level, write_content_size=True, write_checksum=False
+        )
+    return cctx
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+# --------------------------------------------------------------------------- pack / unpack
+
+
+def pack(raw: bytes | memoryview, level: int = 1) -> Packed:
+    """Compress and hash one extent: ZERO if all zero, RAW if zstd does not shrink it, else ZSTD."""
+    if isinstance(raw, memoryview):
+        raw = raw.cast("B")  # count bytes, not items
+    n = len(raw)
+    if not 1 <= n <= MAX_RAW_LEN:
+        raise ValueError(f"an extent is 1..{MAX_RAW_LEN} bytes, got {n}")
+    if is_zero(raw):
+        return zero(n)
+    digest = xxhash.xxh3_128_digest(raw)
+    frame = _compressor(level).compress(raw)
+    if len(frame) >= n:
+        return Packed(Codec.RAW, bytes(raw), n, digest)
+    return Packed(Codec.ZSTD, frame, n, digest)
+
+
+def _raw_of(codec: Codec, stored: bytes | memoryview, raw_len: int) -> bytes:
+    if codec is Codec.ZERO:
+        if len(stored):
+            raise CorruptRecord(f"ZERO extent of {raw_len} bytes has {len(stored)} stored bytes")
+        return bytes(raw_len)
+    if codec is Codec.RAW:
+        if len(stored) != raw_len:
+            raise CorruptRecord(
+                f"RAW extent: {len(stored)} stored bytes, but raw_len says {raw_len}"
+            )
+        return bytes(stored)
+    if codec is Codec.ZSTD:
+        # Check the declared size first: with a content size in the header, zstd
+        # allocates that much and ignores max_output_size, so a damaged header
+        # could otherwise ask for gigabytes.
+        try:
+            declared = zstandard.get_frame_parameters(stored).content_size
+        except zstandard.ZstdError as e:
+            raise CorruptRecord(f"ZSTD extent: bad frame header: {e}") from None
+        if declared != raw_len:
+            shown = "none" if declared == zstandard.CONTENTSIZE_UNKNOWN else declared
+            raise CorruptRecord(
+                f"ZSTD extent: frame content size is {shown}, but raw_len says {raw_len}"
+            )
+        try:
+            raw = _decompressor().decompress(stored, max_output_size=raw_len)
+        except zstandard.ZstdError as e:
+            raise CorruptRecord(f"ZSTD extent: cannot decompress: {e}") from None
+        if len(raw) != raw_len:
+            raise CorruptRecord(f"ZSTD extent: decompressed {len(raw)} bytes, expected {raw_len}")
+        return raw
+    raise CorruptRecord(f"unknown codec {codec!r}")
+
+
+def unpack(codec: Codec, stored: bytes | memoryview, raw_len: int, xxh3: bytes) -> bytes:
+    """The raw bytes of a stored extent, checked: never returns wrong bytes.
+
+    Length and xxh3-128 must match the record, else ``CorruptRecord`` saying
+    what failed.  Trailing bytes after a ZSTD frame are not read (the segment's
+    payload checksum covers them).
+    """
+    if not 1 <= raw_len <= MAX_RAW_LEN:
+        raise CorruptRecord(f"raw_len={raw_len} is not an extent length")
+    try:
+        codec = Codec(codec)
+    except ValueError:
+        raise CorruptRecord(f"unknown codec {codec!r}") from None
+    raw = _raw_of(codec, stored, raw_len)
+    if xxhash.xxh3_128_digest(raw) != xxh3:
+        raise CorruptRecord(
+            f"{codec.name} extent of {raw_len} bytes: xxh3-128 mismatch "
+            f"(record {bytes(xxh3).hex()}, data {xxhash.xxh3_128_digest(raw).hex()})"
+        )
+    return raw

@@ -1,0 +1,239 @@
+"""`pipeline prep`: copy a staging directory onto encrypted drives, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pipeline import credentials, drives, format, journal, progress, scan
+from pipeline.commands import _options
+from pipeline.errors import BadInput, OutOfDrives, PipelineError
+from pipeline.session import Session
+from pipeline.stages.run import DrivePool, PrepConfig, run_prep
+from pipeline.stages.write import DriveWriter
+
+REMINDER = ("Store the recovery passwords apart from the drives: whoever holds a drive and "
+            "its password reads the data.  `pipeline keys --journal-dir DIR` shows them again.")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prep", help="copy a staging directory onto encrypted drives",
+        description="Copy a staging directory onto LUKS2-encrypted drives: compressed, "
+        "hashed, spread over the drives, one journal per drive.  Resumable after any crash.")
+    p.add_argument("--srcdir", metavar="DIR", help="staging directory to copy")
+    p.add_argument("--dstdir", metavar="CONTAINER/VDIR/",
+                   help="container and virtual directory the files import into")
+    p.add_argument("--journal-dir", required=True, metavar="JDIR",
+                   help="where the per-drive journals live (never on a target drive)")
+    p.add_argument("--session-id", required=True, metavar="ID",
+                   help="3-30 letters, digits, '_', '-' or '#'")
+    p.add_argument("--drive", action="append", default=[], metavar="PATH",
+                   help="target drive: block device or image file (repeat for more drives)")
+    p.add_argument("--drive-size", metavar="SIZE", help="size of new image files, e.g. 2G")
+    p.add_argument("--yes", "--silentmode", dest="yes", action="store_true",
+                   help="format drives that hold data without asking")
+    p.add_argument("--blob-type", choices=("block", "page"), default=None,
+                   help="blob type in the storage account (default block; page needs every "
+                   "file size to be a multiple of 512)")
+    p.add_argument("--level", type=int, default=None, metavar="N", help="zstd level (default 1)")
+    p.add_argument("--fill", choices=("sequential", "parallel"), default=None,
+                   help="sequential: next drive when one fills; parallel: all drives at once")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--passphrase-file", metavar="FILE",
+                   help="also open every drive with this passphrase (keyslot 1)")
+    g.add_argument("--key-file", metavar="FILE",
+                   help="also open every drive with this key file (keyslot 1)")
+    p.add_argument("--memory", default="256M", metavar="SIZE",
+                   help="memory budget for data in flight (default 256M)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="compression/encryption threads (default: the number of cores)")
+    p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
+    m = p.add_mutually_exclusive_group()
+    m.add_argument("--resume", action="store_true", help="continue the session from its journals")
+    m.add_argument("--abort", action="store_true", help="end the session; its drives become void")
+    _options.add_kdf_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepConfig:
+    session = journals[0].session if journals else None
+
+    def pick(name: str, given: Any, default: Any) -> Any:
+        recorded = getattr(session, name) if session else None
+        if given is not None and recorded is not None and given != recorded:
+            raise BadInput(f"--{name.replace('_', '-')} {given} differs from the session's "
+                           f"{recorded}; leave it out when resuming")
+        return given if given is not None else (recorded if recorded is not None else default)
+
+    srcdir = pick("srcdir", str(Path(args.srcdir).resolve()) if args.srcdir else None, None)
+    if srcdir is None:
+        raise BadInput("--srcdir is required: the staging directory to copy")
+    dstdir_arg = drives.check_dstdir(args.dstdir) if args.dstdir else None
+    dstdir = pick("dstdir", dstdir_arg, None)
+    if dstdir is None:
+        raise BadInput("--dstdir is required: CONTAINER/VIRTUAL/DIR/ in the storage account")
+    blob = {"block": int(format.BlobType.BLOCK), "page": int(format.BlobType.PAGE)}
+    blob_type = pick("blob_type", blob.get(args.blob_type), int(format.BlobType.BLOCK))
+    level = pick("level", args.level, 1)
+    if not 1 <= level <= 22:
+        raise BadInput(f"--level {level} is out of range; zstd levels are 1 to 22")
+    secret = None
+    if args.passphrase_file:
+        secret = credentials.passphrase_file(args.passphrase_file)
+    elif args.key_file:
+        secret = credentials.key_file(args.key_file)
+    threads = args.threads or os.cpu_count() or 2
+    if threads < 1:
+        raise BadInput("--threads must be at least 1")
+    return PrepConfig(
+        srcdir=Path(srcdir), dstdir=dstdir, jdir=Path(args.journal_dir),
+        session_id=args.session_id, drives=args.drive,
+        drive_size=drives.parse_size(args.drive_size) if args.drive_size else None,
+        yes=args.yes, blob_type=format.BlobType(blob_type), level=level,
+        fill=pick("fill", args.fill, "sequential"), operator_secret=secret,
+        kdf=_options.kdf_from_args(args), cpu_threads=threads,
+        memory=drives.parse_size(args.memory))
+
+
+def _prescan(cfg: PrepConfig, stats: progress.Stats) -> None:
+    """Count the work and check the page-blob rule before anything is written."""
+    for src in scan.scan(cfg.srcdir):
+        if cfg.blob_type is format.BlobType.PAGE and src.size % 512:
+            raise BadInput(f"{cfg.srcdir / src.path}: {src.size} bytes is not a multiple of 512, "
+                           "which page blobs require; pad the file or use --blob-type block")
+        stats.files_total += 1
+        stats.bytes_total += src.size
+
+
+def _summary(pool: DrivePool, stats: progress.Stats) -> dict[str, Any]:
+    out = []
+    for j in sorted(pool.journals, key=lambda j: j.drive.seq):
+        c = j.counts()
+        out.append({"seq": j.drive.seq, "path": j.drive.path, "state": j.drive.state,
+                    "uuid": j.drive.uuid, "capacity": j.drive.data_area_size,
+                    "used": j.drive.log_offset + j.drive.index_length, **c,
+                    "journal": str(j.path), "recovery_password": j.recovery_password})
+    return {**stats.statistics(), "drives": out}
+
+
+def _print_summary(summary: dict[str, Any], stats: progress.Stats) -> None:
+    for line in progress.format_summary(stats):
+        print(line, file=sys.stderr)
+    print("drive  state    used / capacity          files  journal / recovery password")
+    for d in summary["drives"]:
+        print(f"{d['seq']:>5}  {d['state']:<7}  {drives.human(d['used']):>10} / "
+              f"{drives.human(d['capacity']):<10}  {d['files']:>7}  {d['path']}")
+        print(f"{'':>45}  {d['journal']}")
+        print(f"{'':>45}  recovery password: {d['recovery_password']}")
+    print(REMINDER, file=sys.stderr)
+
+
+def _abort(args: argparse.Namespace) -> int:
+    journals = journal.session_journals(args.journal_dir, args.session_id)
+    if not journals:
+        raise BadInput(f"no journals of session {args.session_id} in {args.journal_dir}")
+    for j in journals:
+        j.set_state("void")
+        print(f"drive {j.drive.seq} ({j.drive.path}): void")
+        j.close()
+    print(f"session {args.session_id} aborted: its drives must not be shipped; "
+          "format them again for a new session", file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    drives.check_session_id(args.session_id)
+    if args.abort:
+        return _abort(args)
+    jdir = Path(args.journal_dir)
+    if not jdir.is_dir():
+        if args.resume:
+            raise BadInput(f"journal directory {jdir} does not exist; give the one of the session")
+        try:
+            jdir.mkdir(mode=0o700, parents=True)
+        except OSError as exc:
+            raise BadInput(f"cannot create journal directory {jdir}: {exc.strerror}") from None
+    journals = journal.session_journals(jdir, args.session_id)
+    if args.resume and not journals:
+        raise BadInput(f"no journals of session {args.session_id} in {jdir}; check "
+                       "--journal-dir and --session-id")
+    if not args.resume and journals:
+        raise BadInput(f"session {args.session_id} already has journals in {jdir}; continue it "
+                       "with --resume, or end it with --abort")
+    if any(j.drive.state == "void" for j in journals):
+        raise BadInput(f"session {args.session_id} was aborted; start a new session")
+    cfg = _config(args, journals)
+    if not cfg.drives and not args.resume:
+        raise BadInput("give at least one --drive (block device or image file)")
+    renderer = progress.make_renderer(args.json)
+    stats = progress.Stats()
+    _prescan(cfg, stats)
+    renderer.start("prep", session_id=cfg.session_id, srcdir=str(cfg.srcdir),
+                   files=stats.files_total, bytes=stats.bytes_total, fill=cfg.fill)
+
+    def on_skip(path: str, reason: str) -> None:
+        renderer.event("warning", message=f"skipped {path}: {reason}")
+
+    def on_full(writer: DriveWriter) -> None:
+        info = writer.journal.drive
+        stats.drives[f"drive {info.seq}"].state = "full"
+        renderer.event("drive_full", seq=info.seq, path=info.path)
+
+    changed: list[str] = []
+
+    def on_changed(path: str, message: str) -> None:
+        changed.append(path)
+        renderer.event("warning", message=message)
+
+    pool_box: list[DrivePool] = []
+
+    async def main() -> None:
+        session = Session(cfg.srcdir, cfg.dstdir, journals)
+        pool = DrivePool(cfg, journals, trio.CapacityLimiter(cfg.cpu_threads), stats)
+        pool_box.append(pool)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(progress.ticker, stats, renderer)
+            try:
+                await run_prep(cfg, session, pool, stats, on_skip, on_changed, on_full)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    code, message = 0, "done"
+    try:
+        trio.run(main)
+    except* OutOfDrives:
+        code = OutOfDrives.exit_code
+        message = (f"every drive is full after {drives.human(stats.bytes_done)} of "
+                   f"{drives.human(stats.bytes_total)}; add drives, then: pipeline prep "
+                   f"--resume --journal-dir {jdir} --session-id {cfg.session_id} --drive NEW")
+    except* PipelineError as group:
+        first = group.exceptions[0]
+        renderer.event("exit", code=first.exit_code, message=str(first))
+        renderer.close()
+        raise
+    if not code and changed:
+        code = 1
+        message = (f"{len(changed)} file(s) changed while being read (first: {changed[0]}); "
+                   f"run the same command with --resume to write them again")
+    renderer.update(stats, force=True)
+    summary = _summary(pool_box[0], stats) if pool_box else {"drives": []}
+    if args.json:
+        renderer.event("summary", **summary)
+        renderer.event("exit", code=code, message=message)
+        renderer.close()
+    else:
+        renderer.close()
+        _print_summary(summary, stats)
+    for j in journals:
+        j.close()
+    if code == OutOfDrives.exit_code:
+        raise OutOfDrives(message)
+    if code:
+        print(f"pipeline prep: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,259 @@
+"""One SQLite journal per drive: what is on the drive, and what is committed.
+
+WAImportExport's rule: exactly one journal per drive, never stored on that
+drive.  The journal holds the recovery password, so it is created mode 0600
+(SQLite gives its -wal and -shm files the same mode).
+
+A row exists only once its bytes are on the drive *and* fdatasync'd: the
+writer syncs the drive, then calls :meth:`Journal.commit` with the records of
+the synced segments and the new end of the log, in one transaction.  So the
+journal is the commit watermark; anything on the drive past ``log_offset`` is
+an uncommitted tail that ``--resume`` overwrites.
+
+No trio here: the writer calls these methods in a worker thread, one thread
+at a time per journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline import format
+from pipeline.errors import BadInput
+
+SCHEMA_VERSION = 1
+SUFFIX = ".journal"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE files (
+    file_id INTEGER PRIMARY KEY, path TEXT NOT NULL, blob TEXT NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
+    superseded INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX files_path ON files(path);
+CREATE TABLE extents (
+    file_id INTEGER NOT NULL, offset INTEGER NOT NULL, raw_len INTEGER NOT NULL,
+    codec INTEGER NOT NULL, stored_len INTEGER NOT NULL, xxh3 BLOB NOT NULL,
+    location INTEGER NOT NULL, segment INTEGER NOT NULL,
+    PRIMARY KEY (file_id, offset)) WITHOUT ROWID;
+CREATE TABLE segments (
+    seq INTEGER PRIMARY KEY, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    kind INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """The prep session this drive belongs to (the same in every journal of it)."""
+
+    session_id: str
+    srcdir: str
+    dstdir: str
+    blob_type: int
+    level: int
+    fill: str  # "sequential" or "parallel"
+
+
+@dataclass
+class DriveInfo:
+    """This drive, and where its committed log ends."""
+
+    seq: int
+    path: str
+    uuid: str
+    size: int
+    data_area_size: int
+    state: str = "open"  # open | full | closed | void
+    log_offset: int = format.SECTOR  # next segment goes here
+    log_seq: int = 0  # next segment sequence number
+    payload_bytes: int = 0
+    index_offset: int = 0
+    index_length: int = 0
+
+
+def journal_path(jdir: str | os.PathLike[str], session_id: str, seq: int) -> Path:
+    return Path(jdir) / f"{session_id}-drive{seq:02d}{SUFFIX}"
+
+
+class Journal:
+    """A drive's journal.  Create with :meth:`create`, reopen with :meth:`open`."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+        self.path, self._db = path, db
+        self.session = SessionInfo(**self._meta("session"))
+        self.drive = DriveInfo(**self._meta("drive"))
+
+    # -- opening -------------------------------------------------------------
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], session: SessionInfo, drive: DriveInfo,
+               recovery_password: str) -> Journal:
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            raise BadInput(f"journal {path} already exists; use --resume to continue its "
+                           "session or pick another --journal-dir") from None
+        except OSError as exc:
+            raise BadInput(f"cannot create journal {path}: {exc.strerror}") from None
+        os.close(fd)
+        db = cls._connect(path)
+        db.execute("BEGIN")
+        for stmt in filter(str.strip, _SCHEMA.split(";")):
+            db.execute(stmt)
+        rows = [("schema", str(SCHEMA_VERSION)), ("session", json.dumps(asdict(session))),
+                ("drive", json.dumps(asdict(drive))), ("recovery_password", recovery_password)]
+        db.executemany("INSERT INTO meta VALUES (?, ?)", rows)
+        db.execute("COMMIT")
+        return cls(path, db)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Journal:
+        path = Path(path)
+        if not path.is_file():
+            raise BadInput(f"journal {path} does not exist")
+        try:
+            db = cls._connect(path)
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.DatabaseError:
+            raise BadInput(f"{path} is not a pipeline journal (not an SQLite database)") from None
+        if not row or int(row[0]) != SCHEMA_VERSION:
+            db.close()
+            raise BadInput(f"{path}: unsupported journal schema; use the pipeline that made it")
+        return cls(path, db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _meta(self, key: str) -> dict:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0])
+
+    @property
+    def recovery_password(self) -> str:
+        return self._db.execute("SELECT value FROM meta WHERE key='recovery_password'"
+                                ).fetchone()[0]
+
+    # -- writing -------------------------------------------------------------
+
+    def _save_drive(self) -> None:
+        self._db.execute("UPDATE meta SET value=? WHERE key='drive'",
+                         (json.dumps(asdict(self.drive)),))
+
+    def commit(self, segments: Iterable[tuple[format.SegmentHeader, list[format.Record]]],
+               log_offset: int, log_seq: int) -> None:
+        """Record synced DATA segments and move the watermark, atomically."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            payload = 0
+            for header, records in segments:
+                db.execute("INSERT INTO segments VALUES (?, ?, ?, ?)",
+                           (header.seq, header.offset, header.total_len, int(header.kind)))
+                payload += header.payload_len
+                for rec in records:
+                    if isinstance(rec, format.FileEntry):
+                        db.execute("INSERT OR IGNORE INTO files (file_id, path, blob, size, "
+                                   "mtime_ns, mode) VALUES (?, ?, ?, ?, ?, ?)",
+                                   (rec.file_id, rec.path, rec.blob, rec.size, rec.mtime_ns,
+                                    rec.mode))
+                    else:
+                        db.execute("INSERT OR REPLACE INTO extents VALUES (?,?,?,?,?,?,?,?)",
+                                   (rec.file_id, rec.offset, rec.raw_len, int(rec.codec),
+                                    rec.stored_len, rec.xxh3, rec.location, header.seq))
+            self.drive.log_offset, self.drive.log_seq = log_offset, log_seq
+            self.drive.payload_bytes += payload
+            self._save_drive()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def set_state(self, state: str, *, index_offset: int = 0, index_length: int = 0) -> None:
+        self.drive.state = state
+        self.drive.index_offset, self.drive.index_length = index_offset, index_length
+        self._db.execute("BEGIN IMMEDIATE")
+        self._save_drive()
+        self._db.execute("COMMIT")
+
+    def supersede(self, file_ids: Iterable[int]) -> None:
+        """Mark files whose staging copy changed: their records here are stale."""
+        ids = [(i,) for i in file_ids]
+        if ids:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE files SET superseded=1 WHERE file_id=?", ids)
+            self._db.execute("COMMIT")
+
+    # -- reading -------------------------------------------------------------
+
+    def files(self, include_superseded: bool = False) -> Iterator[format.FileEntry]:
+        sql = "SELECT file_id, path, blob, size, mtime_ns, mode FROM files"
+        if not include_superseded:
+            sql += " WHERE superseded=0"
+        for row in self._db.execute(sql + " ORDER BY file_id"):
+            yield format.FileEntry(*row)
+
+    def superseded_ids(self) -> set[int]:
+        return {r[0] for r in self._db.execute("SELECT file_id FROM files WHERE superseded=1")}
+
+    def extents(self, include_superseded: bool = False) -> Iterator[format.Extent]:
+        sql = ("SELECT e.file_id, e.offset, e.raw_len, e.codec, e.stored_len, e.xxh3, "
+               "e.location FROM extents e")
+        if not include_superseded:
+            sql += " JOIN files f ON f.file_id = e.file_id WHERE f.superseded=0"
+        for row in self._db.execute(sql + " ORDER BY e.location, e.file_id, e.offset"):
+            yield format.Extent(row[0], row[1], row[2], format.Codec(row[3]), row[4],
+                                bytes(row[5]), row[6])
+
+    def extents_with_segment(self) -> Iterator[tuple[format.Extent, int]]:
+        """Every extent (superseded too) with the sequence number of its segment."""
+        for row in self._db.execute(
+                "SELECT file_id, offset, raw_len, codec, stored_len, xxh3, location, segment "
+                "FROM extents ORDER BY segment, location"):
+            yield (format.Extent(row[0], row[1], row[2], format.Codec(row[3]), row[4],
+                                 bytes(row[5]), row[6]), row[7])
+
+    def segments(self) -> list[tuple[int, int, int]]:
+        """(seq, offset, length) of every committed DATA segment, in log order."""
+        return list(self._db.execute("SELECT seq, offset, length FROM segments ORDER BY seq"))
+
+    def counts(self) -> dict[str, int]:
+        files = self._db.execute("SELECT count(*) FROM files WHERE superseded=0").fetchone()[0]
+        ext, raw = self._db.execute("SELECT count(*), coalesce(sum(raw_len), 0) FROM extents"
+                                    ).fetchone()
+        return {"files": files, "extents": ext, "raw_bytes": raw,
+                "payload_bytes": self.drive.payload_bytes}
+
+
+def session_journals(jdir: str | os.PathLike[str], session_id: str | None = None
+                     ) -> list[Journal]:
+    """Every journal in ``jdir`` (of one session, if given), ordered by drive number."""
+    jdir = Path(jdir)
+    if not jdir.is_dir():
+        raise BadInput(f"journal directory {jdir} does not exist")
+    out = []
+    for path in sorted(jdir.glob(f"*{SUFFIX}")):
+        j = Journal.open(path)
+        if session_id is None or j.session.session_id == session_id:
+            out.append(j)
+        else:
+            j.close()
+    return sorted(out, key=lambda j: j.drive.seq)

@@ -1,0 +1,170 @@
+"""Walk the staging tree and list the regular files to seed; reads no file data.
+
+Sync and free of trio: the prep pipeline runs it in a worker thread.  The walk
+is depth-first with each directory's entries sorted by their name bytes, so two
+runs over the same tree list the same files in the same order (``--resume`` and
+the journal rely on that).  Only the directories on the current path are held in
+memory, each as a sorted list of names, never the whole tree: millions of files
+cost no more than the largest directory.
+
+Names are bytes on Linux.  Every name we keep must be valid UTF-8 because it
+becomes a blob name; anything else is ``BadInput`` asking the operator to
+rename it.  Symbolic links are never followed and, like fifos, sockets and
+devices, are skipped and reported through ``on_skip``.  Paths are opened
+whole, so Linux's PATH_MAX (4096 with the NUL) keeps every relative path
+within ``format.MAX_NAME_BYTES``; a deeper tree is ``BadInput`` (name too
+long) at the directory that overflows.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pipeline.errors import BadInput
+
+__all__ = ["SkipCallback", "SourceFile", "scan", "totals"]
+
+SkipCallback = Callable[[str, str], None]
+"""``on_skip(relpath, reason)``: told about every entry that is not seeded."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One regular file under the staging root, as ``lstat`` saw it during the scan."""
+
+    path: str
+    """Relative POSIX path under the root ("dir a/ü.txt"): valid UTF-8, no leading "/"."""
+    size: int
+    mtime_ns: int
+    mode: int
+    """Permission bits only: ``st_mode & 0o7777``."""
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "fifo"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def _kind(mode: int) -> str:
+    for test, name in _SPECIAL:
+        if test(mode):
+            return name
+    return f"special file (mode {stat.S_IFMT(mode):#o})"
+
+
+def _show(path: bytes) -> str:
+    """A printable form of a path for messages; undecodable bytes become \\xNN."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def _os_error(path: bytes, what: str, e: OSError) -> BadInput:
+    if isinstance(e, PermissionError):
+        return BadInput(
+            f"{_show(path)!r}: cannot {what}: permission denied; "
+            "grant read access or remove it from staging"
+        )
+    return BadInput(
+        f"{_show(path)!r}: cannot {what}: {e.strerror or e}; fix it or remove it from staging"
+    )
+
+
+def _list(path: bytes) -> list[bytes]:
+    """The names in directory ``path``, sorted by bytes; the scandir handle is closed on return."""
+    with os.scandir(path) as it:
+        names = [entry.name for entry in it]
+    names.sort()
+    return names
+
+
+def _open_root(root: str | os.PathLike[str]) -> bytes:
+    broot = os.fsencode(root)
+    try:
+        st = os.stat(broot)  # the root may be a symlink to a directory: the operator chose it
+    except FileNotFoundError:
+        raise BadInput(
+            f"{_show(broot)!r}: staging directory does not exist; check the path"
+        ) from None
+    except OSError as e:
+        raise _os_error(broot, "open the staging directory", e) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"{_show(broot)!r}: staging location is not a directory; give a directory")
+    return broot
+
+
+def scan(root: str | os.PathLike[str], on_skip: SkipCallback | None = None) -> Iterator[SourceFile]:
+    """Every regular file under ``root``, depth-first, each level sorted by name bytes.
+
+    A bad root (missing, not a directory, unreadable) raises ``BadInput`` here,
+    before anything starts; the rest is lazy and raises ``BadInput`` at the
+    entry that causes it.  An entry that vanishes between listing and ``lstat``
+    is skipped with reason "vanished during scan".
+    """
+    broot = _open_root(root)
+    try:
+        top = _list(broot)
+    except OSError as e:
+        raise _os_error(broot, "list directory", e) from None
+    return _walk(broot, top, on_skip)
+
+
+def _walk(
+    broot: bytes, top: list[bytes], on_skip: SkipCallback | None
+) -> Iterator[SourceFile]:
+    # One frame per directory on the current path: (its full path, its relpath prefix, names).
+    stack: list[tuple[bytes, str, Iterator[bytes]]] = [(broot, "", iter(top))]
+    while stack:
+        dirpath, prefix, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        full = os.path.join(dirpath, name)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            if on_skip is not None:
+                on_skip(prefix + _show(name), "vanished during scan")
+            continue
+        except OSError as e:
+            raise _os_error(full, "stat", e) from None
+        mode = st.st_mode
+        is_dir, is_reg = stat.S_ISDIR(mode), stat.S_ISREG(mode)
+        if not (is_dir or is_reg):
+            if on_skip is not None:
+                reason = "symbolic link (not followed)" if stat.S_ISLNK(mode) else _kind(mode)
+                on_skip(prefix + _show(name), reason)
+            continue
+        try:
+            rel = prefix + name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadInput(
+                f"{full!r}: file name is not valid UTF-8; rename it (blob names must be UTF-8)"
+            ) from None
+        if is_dir:
+            # _list reads the whole directory and closes it: no descriptor stays open across yields.
+            try:
+                sub = _list(full)
+            except FileNotFoundError:
+                if on_skip is not None:
+                    on_skip(rel, "vanished during scan")
+                continue
+            except OSError as e:
+                raise _os_error(full, "list directory", e) from None
+            stack.append((full, rel + "/", iter(sub)))
+            continue
+        yield SourceFile(rel, st.st_size, st.st_mtime_ns, stat.S_IMODE(mode))
+
+
+def totals(root: str | os.PathLike[str], on_skip: SkipCallback | None = None) -> tuple[int, int]:
+    """(file count, total bytes) of what ``scan`` would yield: the denominator for progress/ETA."""
+    count = size = 0
+    for f in scan(root, on_skip):
+        count += 1
+        size += f.size
+    return count, size

@@ -1,0 +1,61 @@
+"""Stage: raw extent -> compressed + hashed extent, in worker threads.
+
+Each call to a thread gets a whole extent (up to 1 MiB), never a sector; zstd
+and xxh3 release the GIL inside, so ``cpu_threads`` workers really run side by
+side.  Holes and all-zero extents skip the thread entirely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from pipeline import codec, format
+from pipeline.progress import Stats
+
+
+@dataclass(slots=True)
+class RawExtent:
+    """What the read stage sends: one grid cell of a file, or a bare file entry."""
+
+    file: format.FileEntry
+    offset: int
+    length: int
+    data: bytes | None  # None: a hole or all zeros (not stored)
+
+
+@dataclass(slots=True)
+class PackedExtent:
+    """What the writers receive: a file entry and, unless the file is empty, an extent."""
+
+    file: format.FileEntry
+    extent: format.Extent | None
+    stored: bytes
+
+
+def pack_one(raw: RawExtent, level: int) -> PackedExtent:
+    if raw.length == 0:  # an empty file: only its entry goes to a drive
+        return PackedExtent(raw.file, None, b"")
+    packed = codec.zero(raw.length) if raw.data is None else codec.pack(raw.data, level)
+    extent = format.Extent(raw.file.file_id, raw.offset, raw.length, packed.codec,
+                           len(packed.stored), packed.xxh3, 0)
+    return PackedExtent(raw.file, extent, packed.stored)
+
+
+async def run(rx: trio.MemoryReceiveChannel[RawExtent],
+              tx: trio.MemorySendChannel[PackedExtent],
+              cpu: trio.CapacityLimiter, level: int, stats: Stats) -> None:
+    async with rx, tx:
+        async for raw in rx:
+            if raw.data is None:
+                packed = pack_one(raw, level)
+            else:
+                packed = await trio.to_thread.run_sync(_timed_pack, raw, level, stats,
+                                                       limiter=cpu)
+            await tx.send(packed)
+
+
+def _timed_pack(raw: RawExtent, level: int, stats: Stats) -> PackedExtent:
+    with stats.timed("pack"):
+        return pack_one(raw, level)

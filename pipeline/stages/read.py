@@ -1,0 +1,235 @@
+"""Read stage: staging file -> extents on a fixed grid (sparse-aware, zero runs skipped).
+
+The sync part below runs in worker threads and imports no trio; it knows
+nothing of drives.  Extent k of a file always covers
+``[k*E, min((k+1)*E, size))``: resume skips committed offsets and page-blob
+alignment on import relies on the grid, so the grid never depends on the data.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Container, Iterator
+from typing import TYPE_CHECKING
+
+import trio
+
+from pipeline import codec
+from pipeline.errors import BadInput
+from pipeline.progress import Stats
+from pipeline.stages.pack import RawExtent
+
+if TYPE_CHECKING:
+    from pipeline.session import FileJob
+
+__all__ = [
+    "EXTENT_SIZE",
+    "FileChanged",
+    "data_ranges",
+    "plan_extents",
+    "read_extents",
+    "run",
+]
+
+# =========================================================================== sync: file -> extents
+
+EXTENT_SIZE = 1 << 20
+"""Grid step: extent k covers [k*E, min((k+1)*E, size))."""
+
+_NO_SEEK_HOLE = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+class FileChanged(BadInput):
+    """{!r} changed while prep was reading it ({}); prep picks it up again on --resume"""
+
+
+def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """The (start, end) ranges of ``[0, size)`` that hold data, by SEEK_DATA/SEEK_HOLE.
+
+    Holes need not be read: they read as zeros.  ENXIO from SEEK_DATA means no
+    data after that offset (a trailing hole), as in borg's sparsemap.  A file
+    system without SEEK_HOLE support (EINVAL/ENOTSUP) gives one range, the
+    whole file.  Ranges are clipped to ``size`` (the size the scan saw).
+    """
+    ranges: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data at or after pos (or the file shrank under us)
+                break
+            if e.errno in _NO_SEEK_HOLE:
+                return [(0, size)]
+            raise
+        if end <= start:  # cannot happen on a sane FS; never loop forever
+            return [(0, size)]
+        ranges.append((start, end))
+        pos = end
+    return ranges
+
+
+def _cells(
+    size: int, ranges: list[tuple[int, int]], extent_size: int
+) -> Iterator[tuple[int, int, bool]]:
+    """Lazy ``plan_extents``: memory stays O(ranges) whatever the file size."""
+    if extent_size < 1:
+        raise ValueError(f"extent_size={extent_size} must be positive")
+    if size < 0:
+        raise ValueError(f"size={size} must not be negative")
+    # Normalise: clip to [0, size), drop empties, sort, merge overlaps.
+    merged: list[tuple[int, int]] = []
+    for s, e in sorted((max(s, 0), min(e, size)) for s, e in ranges):
+        if s >= e:
+            continue
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    i = 0
+    for off in range(0, size, extent_size):
+        end = min(off + extent_size, size)
+        while i < len(merged) and merged[i][1] <= off:
+            i += 1
+        yield off, end - off, i < len(merged) and merged[i][0] < end
+
+
+def plan_extents(
+    size: int, ranges: list[tuple[int, int]], extent_size: int = EXTENT_SIZE
+) -> list[tuple[int, int, bool]]:
+    """(offset, length, has_data) for each grid cell of a ``size``-byte file.
+
+    ``has_data`` is False only when the cell lies entirely in a hole, i.e. it
+    meets no data range; such a cell is a ZERO extent known without reading.
+    """
+    return list(_cells(size, ranges, extent_size))
+
+
+def _open(path: str) -> int:
+    # O_NOATIME: seeding terabytes should not rewrite every inode's atime; the kernel allows it
+    # only to the owner (or CAP_FOWNER), so fall back without it on EPERM.  O_NOFOLLOW: a file
+    # replaced by a symlink since the scan is not followed.  O_NONBLOCK: a file replaced by a
+    # fifo must not hang the open (it has no effect on regular files).
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        try:
+            return os.open(path, flags | os.O_NOATIME)
+        except PermissionError as e:
+            if e.errno != errno.EPERM:
+                raise
+            return os.open(path, flags)
+    except FileNotFoundError:
+        raise FileChanged(path, "it disappeared") from None
+    except PermissionError:
+        raise BadInput(
+            f"{path!r}: cannot read: permission denied; grant read access or remove it from staging"
+        ) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FileChanged(path, "it is now a symbolic link") from None
+        raise BadInput(f"{path!r}: cannot open: {e.strerror or e}") from None
+
+
+def _check_same(fd: int, path: str, size: int, mtime_ns: int) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise FileChanged(path, "it is no longer a regular file")
+    if st.st_size != size:
+        raise FileChanged(path, f"size {size} became {st.st_size}")
+    if st.st_mtime_ns != mtime_ns:
+        raise FileChanged(path, f"modification time {mtime_ns} ns became {st.st_mtime_ns} ns")
+
+
+def read_extents(
+    path: str | os.PathLike[str],
+    size: int,
+    mtime_ns: int,
+    *,
+    skip: Container[int] = (),
+    extent_size: int = EXTENT_SIZE,
+) -> Iterator[tuple[int, int, bytes | None]]:
+    """Yield (offset, length, data) for each grid cell of the file not in ``skip``.
+
+    ``size``/``mtime_ns`` are what the scan saw; the file is checked against
+    them when opened and again after the last extent, so a file written to while
+    it was read raises ``FileChanged`` rather than seeding a torn copy (a write
+    in place shows in the mtime).  ``data`` is None for a zero cell: one that
+    lies in a hole (not read at all) or that read as all zeros.  Each data cell
+    is one ``pread`` into fresh bytes; a short read is ``FileChanged``.
+    ``skip`` holds the offsets already committed (resume).  Empty files yield
+    nothing (but are still checked).  The file is closed when the generator
+    ends or is closed.
+    """
+    spath = os.fsdecode(path)
+    fd = _open(spath)
+    try:
+        _check_same(fd, spath, size, mtime_ns)
+        for off, length, has_data in _cells(size, data_ranges(fd, size), extent_size):
+            if off in skip:
+                continue
+            if not has_data:
+                yield off, length, None
+                continue
+            data = os.pread(fd, length, off)
+            if len(data) != length:
+                raise FileChanged(
+                    spath, f"read {len(data)} of {length} bytes at offset {off}: it shrank"
+                )
+            yield off, length, None if codec.is_zero(data) else data
+        _check_same(fd, spath, size, mtime_ns)
+    finally:
+        os.close(fd)
+
+
+# =========================================================================== async stage (lead)
+
+_PER_CALL = 4  # extents read per worker-thread call: small files take one call
+
+
+def _take(gen: Iterator[tuple[int, int, bytes | None]], n: int
+          ) -> list[tuple[int, int, bytes | None]]:
+    out = []
+    for item in gen:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out
+
+
+async def run(rx: trio.MemoryReceiveChannel[FileJob], tx: trio.MemorySendChannel[RawExtent],
+              io: trio.CapacityLimiter, stats: Stats,
+              on_changed: Callable[[str, str], None]) -> None:
+    """Read each planned file into grid extents; ``io`` bounds concurrent staging reads.
+
+    A file that changes while it is read is reported through ``on_changed`` and
+    left for ``--resume``, which sees its new size or mtime and writes it again.
+    """
+    async with rx, tx:
+        async for job in rx:
+            entry = job.entry
+            stats.skipped_bytes += sum(min(EXTENT_SIZE, entry.size - o) for o in job.skip)
+            gen = read_extents(job.abspath, entry.size, entry.mtime_ns, skip=job.skip)
+            try:
+                while True:
+                    batch = await trio.to_thread.run_sync(_take, gen, _PER_CALL, limiter=io)
+                    for offset, length, data in batch:
+                        await tx.send(RawExtent(entry, offset, length, data))
+                        stats.bytes_read += length
+                        stats.extents += 1
+                        if data is None:
+                            stats.zero_bytes += length
+                    if len(batch) < _PER_CALL:
+                        break
+            except FileChanged as exc:
+                on_changed(entry.path, str(exc))
+                continue
+            finally:
+                gen.close()
+            if entry.size == 0:
+                await tx.send(RawExtent(entry, 0, 0, None))
+            stats.files_done += 1

@@ -1,0 +1,244 @@
+"""run_prep(): the one nursery, every channel and limiter — the pipeline's topology.
+
+::
+
+    plan (scan + resume, thread) -> files -> read (x2) -> raw -> pack (x cpu) -> packed
+        -> write: sequential (one drive after another) | parallel (every drive at once)
+
+Every channel is bounded, so memory is arithmetic: at most
+``2 * depth + cpu + readers + drives`` extents of 1 MiB are in flight, plus one
+open segment (4 MiB) per writing drive.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from pipeline import credentials, drives, format, journal, luks2, scan
+from pipeline.errors import BadInput, OutOfDrives
+from pipeline.progress import Stats
+from pipeline.session import FileJob, Session
+from pipeline.stages import pack, read
+from pipeline.stages.write import DriveWriter
+
+MiB = 1 << 20
+
+
+@dataclass
+class PrepConfig:
+    srcdir: Path
+    dstdir: str
+    jdir: Path
+    session_id: str
+    drives: list[str]
+    drive_size: int | None = None
+    yes: bool = False
+    blob_type: format.BlobType = format.BlobType.BLOCK
+    level: int = 1
+    fill: str = "sequential"
+    operator_secret: credentials.Secret | None = None
+    kdf: luks2.KdfParams = field(default_factory=luks2.KdfParams)
+    cpu_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    readers: int = 2
+    memory: int = 256 * MiB
+
+    @property
+    def depth(self) -> int:
+        """Channel depth from the --memory budget (each slot holds up to 1 MiB)."""
+        per_drive = 2 * format.MAX_DATA_PAYLOAD // 8  # open segment + encrypt copy
+        budget = self.memory - len(self.drives) * per_drive - 64 * MiB  # interpreter etc.
+        slots = budget // read.EXTENT_SIZE - self.cpu_threads - self.readers
+        return max(2, min(64, slots // 2))
+
+
+class DrivePool:
+    """Hands out writers: the session's open drives first, then new ones, in order."""
+
+    def __init__(self, cfg: PrepConfig, journals: list[journal.Journal],
+                 cpu: trio.CapacityLimiter, stats: Stats) -> None:
+        self.cfg, self.cpu, self.stats = cfg, cpu, stats
+        self.journals = journals
+        known = {str(Path(j.drive.path).resolve()) for j in journals}
+        self.queue: list[journal.Journal | str] = [
+            j for j in journals if j.drive.state in ("open", "formatting", "closed")]
+        self.queue += [d for d in cfg.drives if str(Path(d).resolve()) not in known]
+        self.next_seq = max((j.drive.seq for j in journals), default=0) + 1
+        self.passwords: dict[int, str] = {j.drive.seq: j.recovery_password for j in journals}
+        for j in journals:
+            d = self.stats.add_drive(f"drive {j.drive.seq}", j.drive.data_area_size, j.drive.seq)
+            d.used, d.state = j.drive.log_offset, j.drive.state
+
+    def _keyslots(self, password: str) -> list[tuple[bytes, luks2.KdfParams]]:
+        slots = [(password.encode(), self.cfg.kdf)]
+        if self.cfg.operator_secret is not None:
+            slots.append((self.cfg.operator_secret.value, self.cfg.kdf))
+        return slots
+
+    def _identity(self, seq: int) -> drives.Identity:
+        return drives.Identity(session_id=self.cfg.session_id, job_name="", sequence=seq,
+                               dstdir=self.cfg.dstdir, blob_type=self.cfg.blob_type)
+
+    def _format_new(self, path: str) -> tuple[drives.Drive, drives.DriveCipher, journal.Journal]:
+        size = self.cfg.drive_size if not Path(path).exists() else None
+        drive = drives.prepare_target(path, size=size, staging=self.cfg.srcdir,
+                                      confirmed=self.cfg.yes)
+        try:
+            seq = self.next_seq
+            password = luks2.new_recovery_password()
+            volume_uuid = str(uuidlib.uuid4())
+            area = drive.size - luks2.DATA_OFFSET
+            area -= area % luks2.SECTOR_SIZE
+            info = journal.DriveInfo(seq=seq, path=str(Path(path).resolve()), uuid=volume_uuid,
+                                     size=drive.size, data_area_size=area, state="formatting")
+            session = journal.SessionInfo(
+                session_id=self.cfg.session_id, srcdir=str(self.cfg.srcdir),
+                dstdir=self.cfg.dstdir, blob_type=int(self.cfg.blob_type),
+                level=self.cfg.level, fill=self.cfg.fill)
+            jrn = journal.Journal.create(journal.journal_path(self.cfg.jdir, session.session_id,
+                                                              seq), session, info, password)
+            self.next_seq += 1
+            _, cipher = drives.format_drive(drive, self._keyslots(password), self._identity(seq),
+                                            uuid=volume_uuid)
+            jrn.set_state("open")
+            self.passwords[seq] = password
+            return drive, cipher, jrn
+        except BaseException:
+            drive.close()
+            raise
+
+    def _reopen(self, jrn: journal.Journal) -> tuple[drives.Drive, drives.DriveCipher]:
+        info = jrn.drive
+        drive = drives.open_drive(info.path, writable=True)
+        try:
+            if info.state == "formatting":  # crashed while formatting: nothing was written
+                _, cipher = drives.format_drive(drive, self._keyslots(jrn.recovery_password),
+                                                self._identity(info.seq), uuid=info.uuid)
+                jrn.set_state("open")
+                return drive, cipher
+            volume = drives.read_volume(drive)
+            if volume.uuid != info.uuid:
+                raise BadInput(f"{info.path} is not drive {info.seq} of session "
+                               f"{jrn.session.session_id} (its volume is {volume.uuid}, the "
+                               f"journal expects {info.uuid}); attach the right drive")
+            _, key = drives.unlock(drive, volume, jrn.recovery_password.encode(),
+                                   "recovery password")
+            return drive, drives.DriveCipher.for_volume(volume, key)
+        except BaseException:
+            drive.close()
+            raise
+
+    async def next_writer(self) -> DriveWriter | None:
+        if not self.queue:
+            return None
+        item = self.queue.pop(0)
+        if isinstance(item, journal.Journal):
+            drive, cipher = await trio.to_thread.run_sync(self._reopen, item)
+            jrn = item
+        else:
+            drive, cipher, jrn = await trio.to_thread.run_sync(self._format_new, item)
+            self.journals.append(jrn)
+        name = f"drive {jrn.drive.seq}"
+        d = self.stats.add_drive(name, jrn.drive.data_area_size, jrn.drive.seq)
+        d.state = "open"
+        self.stats.current_drive = f"{name} ({jrn.drive.path})"
+        return DriveWriter(drive, cipher, jrn, self.cpu, self.stats)
+
+
+# --------------------------------------------------------------------------
+# Stages
+
+
+def _plan(cfg: PrepConfig, session: Session, on_skip: Callable[[str, str], None]
+          ) -> Iterator[FileJob]:
+    for src in scan.scan(cfg.srcdir, on_skip):
+        job = session.plan(src)
+        if job is not None:
+            yield job
+
+
+async def plan_stage(jobs: Iterator[FileJob], tx: trio.MemorySendChannel[FileJob],
+                     stats: Stats, batch: int = 256) -> None:
+    """Scan staging in a thread, a batch of files per call; never blocks the Trio loop."""
+    def take() -> list[FileJob]:
+        out = []
+        for job in jobs:
+            out.append(job)
+            if len(out) >= batch:
+                break
+        return out
+
+    async with tx:
+        while True:
+            chunk = await trio.to_thread.run_sync(take)
+            if not chunk:
+                return
+            for job in chunk:
+                await tx.send(job)
+
+
+async def write_all(rx: trio.MemoryReceiveChannel[pack.PackedExtent], pool: DrivePool,
+                    fill: str, on_full: Callable[[DriveWriter], None]) -> None:
+    """Feed the writers; raise OutOfDrives if data is left when every drive is full."""
+    async with rx:
+        if fill == "sequential":
+            while (writer := await pool.next_writer()) is not None:
+                try:
+                    if await writer.run(rx):
+                        return
+                finally:
+                    writer.drive.close()
+                on_full(writer)
+        else:
+            writers = []
+            while (writer := await pool.next_writer()) is not None:
+                writers.append(writer)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for writer in writers:
+                        nursery.start_soon(_run_parallel, writer, rx.clone(), on_full)
+            finally:
+                for writer in writers:
+                    writer.drive.close()
+        try:
+            await rx.receive()
+        except trio.EndOfChannel:
+            return  # the last drive filled exactly as the data ended
+        raise OutOfDrives("drives full")
+
+
+async def _run_parallel(writer: DriveWriter, rx: trio.MemoryReceiveChannel[pack.PackedExtent],
+                        on_full: Callable[[DriveWriter], None]) -> None:
+    async with rx:
+        if not await writer.run(rx):
+            on_full(writer)
+
+
+async def run_prep(cfg: PrepConfig, session: Session, pool: DrivePool, stats: Stats,
+                   on_skip: Callable[[str, str], None],
+                   on_changed: Callable[[str, str], None],
+                   on_full: Callable[[DriveWriter], None]) -> None:
+    """Run the whole pipeline into ``pool``'s drives (the pool keeps drives and passwords)."""
+    cpu = pool.cpu
+    io = trio.CapacityLimiter(cfg.readers)
+    depth = cfg.depth
+    files_tx, files_rx = trio.open_memory_channel[FileJob](depth * 4)
+    raw_tx, raw_rx = trio.open_memory_channel[pack.RawExtent](depth)
+    packed_tx, packed_rx = trio.open_memory_channel[pack.PackedExtent](depth)
+    jobs = _plan(cfg, session, on_skip)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(plan_stage, jobs, files_tx, stats)
+        async with files_rx, raw_tx:
+            for _ in range(cfg.readers):
+                nursery.start_soon(read.run, files_rx.clone(), raw_tx.clone(), io, stats,
+                                   on_changed)
+        async with raw_rx, packed_tx:
+            for _ in range(cfg.cpu_threads):
+                nursery.start_soon(pack.run, raw_rx.clone(), packed_tx.clone(), cpu,
+                                   cfg.level, stats)
+        nursery.start_soon(write_all, packed_rx, pool, cfg.fill, on_full)

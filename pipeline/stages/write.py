@@ -1,0 +1,197 @@
+"""Stage: one writer per drive — segment, encrypt, pwrite, fdatasync, journal commit.
+
+The order on the success path is the whole consistency story::
+
+    seal segment -> encrypt (cpu thread) -> pwrite -> ... -> fdatasync -> journal commit
+
+Nothing is marked committed in ``finally`` or ``except``: if anything raises,
+the nursery cancels us and whatever was not committed is rewritten by
+``--resume``, at the same offsets, from the journal's watermark.
+
+A writer takes an extent only while the drive can hold the largest possible
+one plus its share of the closing index, so it never has to hand an extent
+back: when that stops being true, the drive is full, the writer writes the
+index and trailer and returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from pipeline import drives, format, journal
+from pipeline.progress import Stats
+from pipeline.stages.pack import PackedExtent
+from pipeline.stages.read import EXTENT_SIZE
+
+SEGMENT_PAYLOAD = 4 << 20  # seal a segment at this much stored payload
+SEGMENT_RECORDS = 1 << 20  # ... or at this many bytes of records (small files)
+COMMIT_BYTES = 32 << 20  # fdatasync + journal commit after this much written ...
+COMMIT_SECONDS = 1.0  # ... or this long since the last commit
+# Worst case one message adds: a file entry with the longest names, an extent record,
+# the largest stored extent, and the same records again in the closing index.
+_MAX_FILE_RECORD = format.record_size(
+    format.FileEntry(1, "p" * format.MAX_NAME_BYTES, "b" * format.MAX_NAME_BYTES, 0, 0, 0))
+_MAX_RECORDS = _MAX_FILE_RECORD + format.EXTENT_RECORD_SIZE
+
+
+@dataclass
+class DriveState:
+    """Bookkeeping of one drive's log: where the next segment goes, what it holds."""
+
+    capacity: int  # data must end before the trailer
+    offset: int
+    seq: int
+    index_records: int  # bytes of records the closing index will hold
+    files_here: set[int] = field(default_factory=set)
+    seg_files: list[format.FileEntry] = field(default_factory=list)
+    seg_extents: list[tuple[format.Extent, bytes]] = field(default_factory=list)
+    seg_records: int = 0
+    seg_payload: int = 0
+
+    def _end_with(self, records: int, payload: int) -> int:
+        seg_records, seg_payload = self.seg_records + records, self.seg_payload + payload
+        seg = format.segment_total_len(seg_records, seg_payload) if (
+            seg_records or seg_payload) else 0
+        index = format.segment_total_len(self.index_records + records, 0)
+        return self.offset + seg + index
+
+    def can_take_any(self) -> bool:
+        """Room for the largest extent of a new file, and the index that lists it."""
+        return self._end_with(_MAX_RECORDS, EXTENT_SIZE) <= self.capacity
+
+    def add(self, item: PackedExtent) -> bool:
+        """Add to the open segment; True when the segment should be sealed."""
+        added = 0
+        if item.file.file_id not in self.files_here:
+            self.files_here.add(item.file.file_id)
+            self.seg_files.append(item.file)
+            added += format.record_size(item.file)
+        if item.extent is not None:
+            self.seg_extents.append((item.extent, item.stored))
+            self.seg_payload += len(item.stored)
+            added += format.EXTENT_RECORD_SIZE
+        self.seg_records += added
+        self.index_records += added
+        return self.seg_payload >= SEGMENT_PAYLOAD or self.seg_records >= SEGMENT_RECORDS
+
+    def seal(self) -> tuple[bytes, format.SegmentHeader, list[format.Record]] | None:
+        """Lay out the open segment at the log end and advance past it."""
+        if not (self.seg_files or self.seg_extents):
+            return None
+        blob, records = format.layout_data_segment(self.seg_files, self.seg_extents,
+                                                   self.seq, self.offset)
+        header = format.decode_segment_header(blob[:format.HEADER_SIZE], self.offset, self.seq)
+        self.offset, self.seq = header.end, self.seq + 1
+        self.seg_files, self.seg_extents, self.seg_records, self.seg_payload = [], [], 0, 0
+        return blob, header, records
+
+
+class DriveWriter:
+    """Owns one open drive and its journal for the length of a prep run."""
+
+    def __init__(self, drive: drives.Drive, cipher: drives.DriveCipher,
+                 jrn: journal.Journal, cpu: trio.CapacityLimiter, stats: Stats) -> None:
+        self.drive, self.cipher, self.journal, self.cpu, self.stats = (
+            drive, cipher, jrn, cpu, stats)
+        info = jrn.drive
+        self.progress = stats.add_drive(f"drive {info.seq}", info.data_area_size, info.seq)
+        files = list(jrn.files(include_superseded=True))
+        index_records = sum(format.record_size(f) for f in jrn.files()) + (
+            format.EXTENT_RECORD_SIZE * sum(1 for _ in jrn.extents()))
+        self.state = DriveState(
+            capacity=format.trailer_offset(info.data_area_size), offset=info.log_offset,
+            seq=info.log_seq, index_records=index_records,
+            files_here={f.file_id for f in files})
+        self.pending: list[tuple[format.SegmentHeader, list[format.Record]]] = []
+        self.pending_bytes = 0
+        self.last_commit = time.monotonic()
+
+    async def _thread(self, fn: Callable[..., object], *args: object,
+                      stage: str, cpu: bool = False) -> object:
+        def timed() -> object:
+            with self.stats.timed(stage):
+                return fn(*args)
+        return await trio.to_thread.run_sync(timed, limiter=self.cpu if cpu else None)
+
+    async def reopen(self) -> None:
+        """Invalidate a trailer a crashed or earlier close may have left, before appending."""
+        zero = bytes(format.SECTOR)
+        await self._thread(self.cipher.write, self.drive, self.state.capacity, zero,
+                           stage="write")
+        if self.journal.drive.state != "open":
+            await self._thread(self.journal.set_state, "open", stage="journal")
+
+    async def write_segment(self) -> None:
+        sealed = self.state.seal()
+        if sealed is None:
+            return
+        blob, header, records = sealed
+        encrypted = await self._thread(self.cipher.encrypt, blob, header.offset,
+                                       stage="encrypt", cpu=True)
+        await self._thread(self.drive.pwrite, encrypted,
+                           self.cipher.segment_offset + header.offset, stage="write")
+        self.stats.bytes_written += len(blob)
+        self.stats.bytes_stored += header.payload_len
+        self.progress.used = header.end
+        self.pending.append((header, records))
+        self.pending_bytes += len(blob)
+
+    async def commit(self) -> None:
+        """fdatasync the drive, then record what it now durably holds."""
+        if not self.pending:
+            return
+        await self._thread(self.drive.sync, stage="sync")
+        await self._thread(self.journal.commit, self.pending, self.state.offset,
+                           self.state.seq, stage="journal")
+        self.pending, self.pending_bytes = [], 0
+        self.last_commit = time.monotonic()
+
+    async def add(self, item: PackedExtent) -> None:
+        if self.state.add(item):
+            await self.write_segment()
+        if self.pending_bytes >= COMMIT_BYTES or (
+                self.pending and time.monotonic() - self.last_commit >= COMMIT_SECONDS):
+            await self.commit()
+
+    async def close(self, state: str) -> None:
+        """Flush, commit, then write the closing index and trailer (state: closed|full)."""
+        await self.write_segment()
+        await self.commit()
+        info = self.journal.drive
+        records: list[format.Record] = [*self.journal.files(), *self.journal.extents()]
+        offset = self.state.offset
+        index = format.encode_index(records, self.state.seq, offset)
+        trailer = format.encode_trailer(format.Trailer(
+            drive_seq=info.seq, data_area_size=info.data_area_size, index_offset=offset,
+            index_length=len(index), segment_count=self.state.seq + 1,
+            payload_bytes=info.payload_bytes))
+        await self._thread(self.cipher.write, self.drive, offset, index, stage="write")
+        await self._thread(self.cipher.write, self.drive, self.state.capacity, trailer,
+                           stage="write")
+        await self._thread(self.drive.sync, stage="sync")
+        self.stats.bytes_written += len(index) + len(trailer)
+        self.progress.used, self.progress.state = offset + len(index), state
+        await self._thread(functools.partial(self.journal.set_state, state,
+                                             index_offset=offset, index_length=len(index)),
+                           stage="journal")
+
+    async def run(self, rx: trio.MemoryReceiveChannel[PackedExtent]) -> bool:
+        """Write until the stream ends (True) or the drive is full (False)."""
+        await self.reopen()
+        while self.state.can_take_any():
+            try:
+                item = await rx.receive()
+            except trio.EndOfChannel:
+                await self.close("closed")
+                return True
+            await self.add(item)
+        await self.close("full")
+        return False
+
+
+OpenDrive = Callable[[], Awaitable["DriveWriter | None"]]

@@ -1,0 +1,268 @@
+"""Tests for pipeline.scan: what is listed, in what order, what is skipped, what is refused."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from pipeline import scan as scan_mod
+from pipeline.errors import EXIT_BAD_INPUT, BadInput
+from pipeline.format import FileEntry
+from pipeline.scan import SourceFile, scan, totals
+
+
+def _write(p: Path, data: bytes, mode: int = 0o644) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    os.chmod(p, mode)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "staging"
+    _write(root / "b.txt", b"bee")
+    _write(root / "a.txt", b"a" * 1000, 0o600)
+    _write(root / "dir a" / "ü.txt", "ünïcødé".encode())
+    _write(root / "dir a" / "empty", b"")
+    _write(root / "dir a" / "deeper" / "x y z", b"xyz" * 10, 0o755)
+    _write(root / "Z upper", b"Z")
+    _write(root / "日本語" / "ファイル.bin", bytes(range(256)))
+    _write(root / "odd\\name\tctl", b"backslash and tab are allowed")
+    (root / "empty dir" / "nested empty").mkdir(parents=True)
+    _write(root / "a", b"file a sorts before a.txt and a/")  # name "a" vs dir "a.d"
+    _write(root / "a.d" / "inner", b"i")
+    return root
+
+
+EXPECTED = [
+    ("Z upper", 1),
+    ("a", 32),
+    ("a.d/inner", 1),
+    ("a.txt", 1000),
+    ("b.txt", 3),
+    ("dir a/deeper/x y z", 30),
+    ("dir a/empty", 0),
+    ("dir a/ü.txt", len("ünïcødé".encode())),
+    ("odd\\name\tctl", 29),
+    ("日本語/ファイル.bin", 256),
+]
+
+
+def test_nested_tree_order_sizes_modes(tree: Path) -> None:
+    files = list(scan(tree))
+    assert [(f.path, f.size) for f in files] == EXPECTED
+    by = {f.path: f for f in files}
+    assert by["a.txt"].mode == 0o600
+    assert by["dir a/deeper/x y z"].mode == 0o755
+    st_ = os.lstat(tree / "dir a" / "ü.txt")
+    assert by["dir a/ü.txt"] == SourceFile("dir a/ü.txt", st_.st_size, st_.st_mtime_ns, 0o644)
+    for f in files:  # every path is a valid on-drive FileEntry path
+        FileEntry(0, f.path, f.path, f.size, f.mtime_ns, f.mode)
+
+
+def test_order_is_by_name_bytes_at_each_level(tmp_path: Path) -> None:
+    # Bytewise: uppercase < "_" < lowercase < non-ASCII; "a" < "a b" < "a-" < "a.x" < "aa".
+    names = ["é", "a", "B", "_", "aa", "a b", "a-", "a.x", "\u00e0", "\U0001f642"]
+    for n in names:
+        _write(tmp_path / n, b"")
+    got = [f.path for f in scan(tmp_path)]
+    assert got == sorted(names, key=lambda n: n.encode())
+    assert got == [f.path for f in scan(tmp_path)]  # deterministic
+
+
+def test_depth_first_descends_in_name_order(tmp_path: Path) -> None:
+    for p in ["m/2", "m/1/z", "m/1/a", "a", "z", "m0"]:
+        _write(tmp_path / p, b"")
+    assert [f.path for f in scan(tmp_path)] == ["a", "m/1/a", "m/1/z", "m/2", "m0", "z"]
+
+
+def test_empty_root_and_empty_dirs_yield_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    assert list(scan(tmp_path)) == []
+    assert totals(tmp_path) == (0, 0)
+
+
+def test_symlinks_and_special_files_skipped_and_reported(tree: Path) -> None:
+    os.symlink("a.txt", tree / "link to file")
+    os.symlink("dir a", tree / "link to dir")
+    os.symlink("nowhere", tree / "dir a" / "dangling")
+    os.mkfifo(tree / "dir a" / "fifo")
+    os.mknod(tree / "sock", stat.S_IFSOCK | 0o600)
+    if os.geteuid() == 0:  # creating a device node needs root (CI runs as root)
+        os.mknod(tree / "null dev", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    skipped: list[tuple[str, str]] = []
+    files = list(scan(tree, on_skip=lambda p, r: skipped.append((p, r))))
+    assert [(f.path, f.size) for f in files] == EXPECTED  # nothing followed, nothing added
+    want = [
+        ("dir a/dangling", "symbolic link (not followed)"),
+        ("dir a/fifo", "fifo"),
+        ("link to dir", "symbolic link (not followed)"),
+        ("link to file", "symbolic link (not followed)"),
+        ("sock", "socket"),
+    ]
+    if os.geteuid() == 0:
+        want.insert(4, ("null dev", "character device"))
+    assert skipped == want
+    assert list(scan(tree)) == files  # on_skip is optional
+
+
+def test_real_unix_socket_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # AF_UNIX paths are limited to 108 bytes: bind a short one
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("s")
+        skipped: list[tuple[str, str]] = []
+        assert list(scan(tmp_path, lambda p, r: skipped.append((p, r)))) == []
+    assert skipped == [("s", "socket")]
+
+
+def test_totals_match_scan(tree: Path) -> None:
+    os.symlink("a.txt", tree / "link")
+    files = list(scan(tree))
+    assert totals(tree) == (len(files), sum(f.size for f in files))
+    assert totals(tree) == (len(EXPECTED), sum(s for _, s in EXPECTED))
+    seen: list[str] = []
+    totals(tree, lambda p, r: seen.append(p))
+    assert seen == ["link"]
+
+
+def test_non_utf8_file_name_is_bad_input(tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path)
+    os.mkdir(os.path.join(root, b"sub"))
+    with open(os.path.join(root, b"sub", b"bad\xff name.txt"), "wb") as f:
+        f.write(b"x")
+    _write(tmp_path / "a ok", b"")
+    it = scan(tmp_path)
+    assert next(it).path == "a ok"  # lazy: good files before the bad one still come out
+    with pytest.raises(BadInput) as ei:
+        next(it)
+    msg = str(ei.value)
+    assert "bad\\xff name.txt" in msg and "sub" in msg
+    assert "not valid UTF-8; rename it (blob names must be UTF-8)" in msg
+    assert "\n" not in msg and ei.value.exit_code == EXIT_BAD_INPUT
+
+
+def test_non_utf8_directory_name_is_bad_input(tmp_path: Path) -> None:
+    os.makedirs(os.path.join(os.fsencode(tmp_path), b"d\xe9j\xe0"))
+    with pytest.raises(BadInput, match="not valid UTF-8"):
+        list(scan(tmp_path))
+
+
+def test_non_utf8_symlink_is_only_skipped(tmp_path: Path) -> None:
+    os.symlink(b"target", os.path.join(os.fsencode(tmp_path), b"l\xff"))
+    skipped: list[tuple[str, str]] = []
+    assert list(scan(tmp_path, lambda p, r: skipped.append((p, r)))) == []
+    assert skipped == [("l\\xff", "symbolic link (not followed)")]
+
+
+def test_root_missing(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="does not exist; check the path") as ei:
+        scan(tmp_path / "nope")  # raised at the call, before iteration
+    assert "nope" in str(ei.value)
+
+
+def test_root_not_a_directory(tmp_path: Path) -> None:
+    _write(tmp_path / "f", b"")
+    with pytest.raises(BadInput, match="not a directory"):
+        scan(tmp_path / "f")
+
+
+def test_root_may_be_a_symlink_to_a_directory(tree: Path, tmp_path: Path) -> None:
+    os.symlink(tree, tmp_path / "via link")
+    assert [f.path for f in scan(tmp_path / "via link")] == [p for p, _ in EXPECTED]
+
+
+def _deny(monkeypatch: pytest.MonkeyPatch, fn: str, target: Path) -> None:
+    """Make os.<fn> raise PermissionError for ``target`` (chmod does not stop root)."""
+    real = getattr(os, fn)
+    bad = os.fsencode(target)
+
+    def fake(p, *a, **kw):  # type: ignore[no-untyped-def]
+        if os.fsencode(p) == bad:
+            raise PermissionError(13, "Permission denied", p)
+        return real(p, *a, **kw)
+
+    monkeypatch.setattr(scan_mod.os, fn, fake)
+
+
+def test_unreadable_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _deny(monkeypatch, "scandir", tmp_path)
+    with pytest.raises(BadInput, match="permission denied; grant read access") as ei:
+        scan(tmp_path)
+    assert str(tmp_path) in str(ei.value)
+
+
+def test_unreadable_subdirectory_names_it(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _deny(monkeypatch, "scandir", tree / "dir a" / "deeper")
+    with pytest.raises(BadInput) as ei:
+        list(scan(tree))
+    msg = str(ei.value)
+    assert "dir a/deeper" in msg and "cannot list directory: permission denied" in msg
+
+
+def test_unstatable_file_names_it(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _deny(monkeypatch, "lstat", tree / "b.txt")
+    with pytest.raises(BadInput, match=r"b\.txt'?: cannot stat: permission denied"):
+        list(scan(tree))
+
+
+def test_entry_vanishing_during_scan_is_skipped(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.lstat
+    gone = os.fsencode(tree / "b.txt")
+
+    def fake(p, *a, **kw):  # type: ignore[no-untyped-def]
+        if os.fsencode(p) == gone:
+            raise FileNotFoundError(2, "No such file or directory", p)
+        return real(p, *a, **kw)
+
+    monkeypatch.setattr(scan_mod.os, "lstat", fake)
+    skipped: list[tuple[str, str]] = []
+    files = [f.path for f in scan(tree, lambda p, r: skipped.append((p, r)))]
+    assert "b.txt" not in files and len(files) == len(EXPECTED) - 1
+    assert skipped == [("b.txt", "vanished during scan")]
+
+
+def test_walk_holds_only_the_current_path(tmp_path: Path) -> None:
+    # A deep chain: the generator works one directory at a time (no recursion limit either).
+    p = tmp_path
+    for i in range(300):
+        p = p / f"d{i}"
+    p.mkdir(parents=True)
+    _write(p / "leaf", b"!")
+    (f,) = scan(tmp_path)
+    assert f.path.endswith("/d299/leaf") and f.path.count("/") == 300
+
+
+def test_tree_deeper_than_path_max_is_bad_input(tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)  # build it relative to the cwd: absolute paths this long fail
+        for _ in range(20):
+            os.mkdir("x" * 250)
+            os.chdir("x" * 250)
+        Path("f").write_bytes(b"")
+    with pytest.raises(BadInput, match="File name too long") as ei:
+        list(scan(tmp_path))
+    assert "\n" not in str(ei.value)
+
+
+def test_directory_vanishing_during_scan_is_skipped(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.scandir
+    gone = os.fsencode(tree / "dir a")
+
+    def fake(p, *a, **kw):  # type: ignore[no-untyped-def]
+        if os.fsencode(p) == gone:
+            raise FileNotFoundError(2, "No such file or directory", p)
+        return real(p, *a, **kw)
+
+    monkeypatch.setattr(scan_mod.os, "scandir", fake)
+    skipped: list[tuple[str, str]] = []
+    files = [f.path for f in scan(tree, lambda p, r: skipped.append((p, r)))]
+    assert [p for p, _ in EXPECTED if not p.startswith("dir a/")] == files
+    assert skipped == [("dir a", "vanished during scan")]
