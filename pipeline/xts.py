@@ -1,25 +1,28 @@
 """AES-XTS over runs of data units, with dm-crypt ``plain64`` IVs.
 
 Why this module exists: ``cryptography`` fixes the XTS tweak when a cipher context is
-built, so encrypting a run sector by sector costs one context per sector (~190 MB/s).
-For block j of a data unit whose IV is ``i``, XTS is::
+built, so encrypting a run sector by sector costs one context per sector, a few hundred
+MB/s at best.  For block j of a data unit whose IV is ``i``, XTS is::
 
     C_j = E_K1(P_j ^ T_j) ^ T_j,    T_j = E_K2(i) * alpha^j  in GF(2^128)
 
 so a whole run needs only AES-ECB: one call over the IVs of all units (their initial
 tweaks) and one over the data.  The per-block tweaks are derived from the initial ones
-with vectorised numpy arithmetic, about a MiB of data at a time so that the scratch
-buffers stay cache-sized.
+with vectorised numpy arithmetic, a MiB of data at a time so that the scratch buffers
+stay cache-sized.
 
-The module is pure (no I/O) and keeps no mutable global state: every buffer and cipher
-context belongs to one call, so worker threads may call it concurrently.  AES and the
-numpy loops release the GIL, so such threads do run in parallel.
+The module is pure (no I/O) and safe to call from several threads at once: cipher
+contexts belong to one call and scratch buffers to one thread; the only shared state is
+a read-only table.  numpy releases the GIL in its loops, so threads overlap there;
+cryptography (48) holds the GIL during AES, so that part (about a fifth of the time)
+runs one thread at a time.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import threading
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
@@ -35,7 +38,7 @@ _U64 = np.dtype("<u8")
 _I64 = np.dtype("<i8")
 _RAW16 = np.dtype("V16")  # a whole block, moved as raw bytes
 
-# Data handled per inner step: its scratch (~5x this) should stay in the CPU caches.
+# Data handled per inner step: its scratch (~6x this) should stay in the CPU caches.
 _CHUNK_BYTES = 1 << 20
 # Data whose units' initial tweaks are computed together: bounds that table to 1/16 of it.
 _BATCH_BYTES = 16 << 20
@@ -163,6 +166,7 @@ def _transform(
     span = math.gcd(blocks, _SPAN)
     src = np.frombuffer(source, dtype=_U64).reshape(units, blocks, 2)
     dst = np.frombuffer(target, dtype=_U64).reshape(units, blocks, 2)
+    scratch = _scratch()
 
     tweak_cipher = Cipher(algorithms.AES(key2), modes.ECB()).encryptor()
     data_ecb = Cipher(algorithms.AES(key1), modes.ECB())
@@ -170,94 +174,135 @@ def _transform(
 
     per_chunk = max(1, min(units, _CHUNK_BYTES // sector_size))
     per_batch = per_chunk * max(1, _BATCH_BYTES // (per_chunk * sector_size))
-    work = _Workspace(per_chunk, blocks, span)
     for first in range(0, units, per_batch):
         last = min(first + per_batch, units)
-        bases = _unit_bases(tweak_cipher, iv + first * iv_step, iv_step, last - first, blocks, span)
+        bases = _unit_bases(
+            scratch, tweak_cipher, iv + first * iv_step, iv_step, last - first, blocks, span
+        )
         for start in range(first, last, per_chunk):
             stop = min(start + per_chunk, last)
             n = stop - start
-            tweaks = work.expand(bases[start - first : stop - first])
-            masked = work.staged[: n * blocks * 2].reshape(n, blocks, 2)
+            tweaks = _expand(scratch, bases[start - first : stop - first], span)
+            # "staged" is free again once _expand has returned.
+            masked = scratch.get("staged", n * blocks * 2).reshape(n, blocks, 2)
             np.bitwise_xor(src[start:stop], tweaks, out=masked)
             # update_into wants room for one block more than it writes.
-            aes_out = work.aes_out[: n * sector_size + _BLOCK - 1]
-            data_cipher.update_into(masked.view(np.uint8), aes_out)
+            aes_out = scratch.get("aes_out", n * sector_size + _BLOCK, np.uint8)
+            data_cipher.update_into(masked.view(np.uint8), aes_out[:-1])
             crypted = aes_out[: n * sector_size].view(_U64).reshape(n, blocks, 2)
             np.bitwise_xor(crypted, tweaks, out=dst[start:stop])
     data_cipher.finalize()
 
 
 def _unit_bases(
-    tweak_cipher: CipherContext, iv: int, iv_step: int, units: int, blocks: int, span: int
+    scratch: _Scratch,
+    tweak_cipher: CipherContext,
+    iv: int,
+    iv_step: int,
+    units: int,
+    blocks: int,
+    span: int,
 ) -> np.ndarray:
     """Per unit u of a batch: E_K2(plain64(iv + u*iv_step)) * alpha^(span*a), a < blocks/span.
 
     All initial tweaks of the batch come from a single ECB call.
     """
-    ivs = np.zeros((units, 2), dtype=_U64)
+    ivs = scratch.get("ivs", 2 * units).reshape(units, 2)
+    ivs[:, 1] = 0
     lane = ivs[:, 0]
     lane[:] = np.arange(units, dtype=_U64)
     lane *= np.uint64(iv_step & _MASK64)  # numpy wraps modulo 2**64, as plain64 does
     lane += np.uint64(iv & _MASK64)
-    bases = np.empty((units, blocks // span, 2), dtype=_U64)
+    groups = blocks // span
+    bases = scratch.get("bases", 2 * units * groups).reshape(units, groups, 2)
     first = tweak_cipher.update(ivs.view(np.uint8))
     bases[:, 0, :] = np.frombuffer(first, dtype=_U64).reshape(units, 2)
     # Doubling: bases [d, 2d) = bases [0, d) * alpha^(span*d).
     done = 1
-    while done < bases.shape[1]:
-        n = min(done, bases.shape[1] - done)
+    while done < groups:
+        n = min(done, groups - done)
         _mul_alpha_pow(bases[:, :n], bases[:, done : done + n], span * done)
         done += n
     return bases
 
 
-class _Workspace:
-    """Scratch buffers for one chunk of units, owned by a single call."""
+def _expand(scratch: _Scratch, bases: np.ndarray, span: int) -> np.ndarray:
+    """Tweak of every block of a chunk: block span*a + b of unit u is bases[u, a] * alpha^b.
 
-    def __init__(self, units: int, blocks: int, span: int) -> None:
-        groups = blocks // span
-        self.span = span
-        self.tweaks = np.empty((units, blocks, 2), dtype=_U64)
-        # Tweaks before reordering; free again once expand() returns, so the caller
-        # reuses it (as ``masked``) for the data XORed with the tweaks.
-        self.staged = np.empty(units * blocks * 2, dtype=_U64)
-        self.aes_out = np.empty(units * blocks * _BLOCK + _BLOCK, dtype=np.uint8)
-        self.base_lo = np.empty((units, groups), dtype=_U64)
-        self.base_hi = np.empty((units, groups), dtype=_U64)
-        self.tmp = [np.empty(units * blocks, dtype=_U64) for _ in range(3)]
-        self.shift = np.arange(span, dtype=_U64).reshape(span, 1, 1)
-        self.rshift = np.uint64(64) - self.shift  # numpy yields 0 for a shift by 64
+    Worked out with b outermost, as (b, unit, group): every shift is then by one amount
+    over a long contiguous run, which numpy vectorises well.  The blocks are put in order
+    at the end by one 16-byte move each, which costs much less than storing the two
+    8-byte lanes out of order (several times less on some Xeons).
+    """
+    units, groups, _ = bases.shape
+    size = span * units * groups  # blocks in the chunk
+    lo = scratch.get("base_lo", units * groups).reshape(units, groups)
+    hi = scratch.get("base_hi", units * groups).reshape(units, groups)
+    np.copyto(lo, bases[:, :, 0])
+    np.copyto(hi, bases[:, :, 1])
+    t1, t2, t3 = (scratch.get(name, size).reshape(span, units, groups) for name in _TEMPS)
+    staged = scratch.get("staged", 2 * size).reshape(span, units, groups, 2)
+    shift, rshift = _SHIFTS[span]
+    # hi = (base_hi << b) | (base_lo >> (64 - b))
+    np.left_shift(hi, shift, out=t1)
+    np.right_shift(lo, rshift, out=t2)
+    np.bitwise_or(t1, t2, out=staged[..., 1])
+    # lo = (base_lo << b) ^ fold(base_hi >> (64 - b))
+    np.right_shift(hi, rshift, out=t2)
+    _FOLD.take(t2.view(_I64), out=t3, mode="clip")
+    np.left_shift(lo, shift, out=t1)
+    np.bitwise_xor(t1, t3, out=staged[..., 0])
+    tweaks = scratch.get("tweaks", 2 * size).reshape(units, span * groups, 2)
+    ordered = tweaks.view(_RAW16).reshape(units, groups, span).transpose(2, 0, 1)
+    np.copyto(ordered, staged.view(_RAW16).reshape(span, units, groups))
+    return tweaks
 
-    def expand(self, bases: np.ndarray) -> np.ndarray:
-        """Tweak of every block: block span*a + b of unit u is bases[u, a] * alpha^b.
 
-        Worked out with b outermost, as (b, unit, group): every shift is then by one
-        amount over a long contiguous run, which numpy vectorises well.  The blocks are
-        put in order at the end by one 16-byte move each, which costs much less than
-        storing the two 8-byte lanes out of order (several times less on some Xeons).
-        """
-        units, groups, _ = bases.shape
-        span = self.span
-        lo, hi = self.base_lo[:units], self.base_hi[:units]
-        np.copyto(lo, bases[:, :, 0])
-        np.copyto(hi, bases[:, :, 1])
-        size = span * units * groups
-        t1, t2, t3 = (t[:size].reshape(span, units, groups) for t in self.tmp)
-        staged = self.staged[: 2 * size].reshape(span, units, groups, 2)
-        # hi = (base_hi << b) | (base_lo >> (64 - b))
-        np.left_shift(hi, self.shift, out=t1)
-        np.right_shift(lo, self.rshift, out=t2)
-        np.bitwise_or(t1, t2, out=staged[..., 1])
-        # lo = (base_lo << b) ^ fold(base_hi >> (64 - b))
-        np.right_shift(hi, self.rshift, out=t2)
-        _FOLD.take(t2.view(_I64), out=t3, mode="clip")
-        np.left_shift(lo, self.shift, out=t1)
-        np.bitwise_xor(t1, t3, out=staged[..., 0])
-        tweaks = self.tweaks[:units]
-        ordered = tweaks.view(_RAW16).reshape(units, groups, span).transpose(2, 0, 1)
-        np.copyto(ordered, staged.view(_RAW16).reshape(span, units, groups))
-        return tweaks
+_TEMPS = ("tmp1", "tmp2", "tmp3")
+
+
+def _shift_amounts(span: int) -> tuple[np.ndarray, np.ndarray]:
+    """b and 64 - b for b < span, shaped to broadcast over (b, unit, group)."""
+    shift = np.arange(span, dtype=_U64).reshape(span, 1, 1)
+    rshift = np.uint64(64) - shift  # numpy yields 0 for a shift by 64, as wanted for b = 0
+    shift.flags.writeable = rshift.flags.writeable = False
+    return shift, rshift
+
+
+_SHIFTS = {span: _shift_amounts(span) for span in (1, 2, 4, 8, 16)}  # span divides _SPAN
+
+
+class _Scratch:
+    """Named flat scratch buffers, grown on demand and reused by later calls.
+
+    Fresh memory costs a page fault per 4 KiB when first touched, which for a 1 MiB run
+    costs more than the arithmetic; so every thread keeps one set of buffers (about
+    6 x _CHUNK_BYTES), never shared with another thread.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, count: int, dtype: np.dtype | type = _U64) -> np.ndarray:
+        """A writable array of ``count`` elements; its content is left over from before."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < count:
+            buffer = np.empty(count, dtype=dtype)
+            if buffer.nbytes <= _KEEP_BYTES:  # unusually large ones are not kept
+                self._buffers[name] = buffer
+        return buffer[:count]
+
+
+_KEEP_BYTES = 4 * (_CHUNK_BYTES + _BATCH_BYTES // 16)
+_local = threading.local()
+
+
+def _scratch() -> _Scratch:
+    """This thread's scratch buffers."""
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None:
+        scratch = _local.scratch = _Scratch()
+    return scratch
 
 
 def _mul_alpha_pow(src: np.ndarray, dst: np.ndarray, k: int) -> None:

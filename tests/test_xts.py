@@ -528,6 +528,17 @@ def test_chunk_and_batch_boundaries(
     assert xts.decrypt(key, ciphertext, iv, sector_size) == data
 
 
+def test_data_unit_larger_than_a_chunk() -> None:
+    # One unit per chunk, and a size (2**20 + 16) with no power-of-two block count.
+    rng = random.Random(8)
+    key = rng.randbytes(64)
+    sector_size = xts._CHUNK_BYTES + 16
+    data = rng.randbytes(2 * sector_size)
+    ciphertext = xts.encrypt(key, data, 5, sector_size)
+    assert ciphertext == reference(key, data, 5, sector_size, sector_size // 512)
+    assert xts.decrypt(key, ciphertext, 5, sector_size) == data
+
+
 def test_multi_chunk_run_at_default_sizes() -> None:
     rng = random.Random(7)
     key = rng.randbytes(64)
