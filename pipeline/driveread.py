@@ -63,23 +63,30 @@ def read_index(od: OpenedDrive) -> tuple[format.Trailer, format.Segment]:
 
 
 def read_segments(od: OpenedDrive, wanted: Iterable[tuple[int, int, int]]
-                  ) -> Iterator[tuple[int, int, format.Segment | format.CorruptRecord]]:
+                  ) -> Iterator[tuple[int, format.Segment | None, format.CorruptRecord | None]]:
     """Decode segments given as (seq, offset, length), reading neighbours together.
 
-    Yields (seq, offset, segment or the CorruptRecord that says what is wrong).
+    Yields (seq, segment, error).  When only the payload is damaged, the
+    segment comes with its records (whose checksums held) and the error, so
+    each extent's own xxh3-128 can tell which are hit; when the header or
+    records are damaged, segment is None.
     """
     batch: list[tuple[int, int, int]] = []
 
-    def flush() -> Iterator[tuple[int, int, format.Segment | format.CorruptRecord]]:
+    def flush() -> Iterator[tuple[int, format.Segment | None, format.CorruptRecord | None]]:
         start = batch[0][1]
         end = batch[-1][1] + batch[-1][2]
         data = memoryview(od.cipher.read(od.drive, start, end - start))
         for seq, offset, length in batch:
+            blob = data[offset - start:offset - start + length]
             try:
-                yield seq, offset, format.decode_segment(
-                    data[offset - start:offset - start + length], offset, seq)
+                yield seq, format.decode_segment(blob, offset, seq), None
             except format.CorruptRecord as exc:
-                yield seq, offset, exc
+                try:
+                    salvaged = format.decode_segment(blob, offset, seq, check_payload=False)
+                except format.CorruptRecord:
+                    salvaged = None
+                yield seq, salvaged, exc
 
     for seq, offset, length in wanted:
         if batch and (offset != batch[-1][1] + batch[-1][2]

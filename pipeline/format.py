@@ -891,13 +891,16 @@ def encode_index(records: Sequence[Record], seq: int, offset: int) -> bytes:
     return encode_segment(records, b"", seq, offset, SegmentKind.INDEX)
 
 
-def decode_segment(b: bytes, offset: int, seq: int | None = None) -> Segment:
+def decode_segment(b: bytes, offset: int, seq: int | None = None, *,
+                   check_payload: bool = True) -> Segment:
     """Decode and check a whole segment read from data-area ``offset``.
 
     ``b`` starts with the header and holds at least ``header.total_len`` bytes;
     anything after that is ignored.  Every byte counts: header, records,
     payload (xxh3-64 each) and padding (must be zero).  ``seq``, if given, is
-    the sequence number the segment must carry.
+    the sequence number the segment must carry.  ``check_payload=False``
+    salvages the records of a segment whose payload is damaged, so that each
+    extent's own xxh3-128 can tell which ones are.
     """
     header = decode_segment_header(b, offset, seq)
     where = _where(header.seq, offset)
@@ -912,7 +915,7 @@ def decode_segment(b: bytes, offset: int, seq: int | None = None) -> Segment:
     if _xxh3_64(blob) != header.records_xxh3:
         decode_records(blob, where)  # names the damaged record, if its own xxh32 catches it
         raise CorruptRecord(f"{where}: records checksum mismatch")
-    if _xxh3_64(payload) != header.payload_xxh3:
+    if check_payload and _xxh3_64(payload) != header.payload_xxh3:
         raise CorruptRecord(f"{where}: payload checksum mismatch")
     if mv[pend:total] != bytes(total - pend):
         raise CorruptRecord(f"{where}: padding after the payload is not zero")

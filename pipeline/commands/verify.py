@@ -78,10 +78,10 @@ def verify_drive(jrn: journal.Journal, path: str) -> DriveReport:
             report.problems.append(f"drive is {info.state}: not closed, it has no index yet; "
                                    "finish prep (--resume) before shipping it")
         seen: set[tuple[int, int]] = set()
-        for seq, _offset, seg in driveread.read_segments(od, jrn.segments()):
-            if isinstance(seg, format.CorruptRecord):
+        for seq, seg, error in driveread.read_segments(od, jrn.segments()):
+            if seg is None:
                 for ext in by_segment.get(seq, []):
-                    damage(ext.file_id, str(seg))
+                    damage(ext.file_id, str(error))
                     seen.add((ext.file_id, ext.offset))
                 continue
             for ext in seg.extents:

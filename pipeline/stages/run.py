@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from pipeline import credentials, drives, format, journal, luks2, scan
+from pipeline import credentials, drives, faults, format, journal, luks2, scan
 from pipeline.errors import BadInput, OutOfDrives
 from pipeline.progress import Stats
 from pipeline.session import FileJob, Session
@@ -103,8 +103,10 @@ class DrivePool:
             jrn = journal.Journal.create(journal.journal_path(self.cfg.jdir, session.session_id,
                                                               seq), session, info, password)
             self.next_seq += 1
+            faults.reached("after_journal_create")
             _, cipher = drives.format_drive(drive, self._keyslots(password), self._identity(seq),
                                             uuid=volume_uuid)
+            faults.reached("after_format")
             jrn.set_state("open")
             self.passwords[seq] = password
             return drive, cipher, jrn

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from pipeline import drives, format, journal
+from pipeline import drives, faults, format, journal
 from pipeline.progress import Stats
 from pipeline.stages.pack import PackedExtent
 from pipeline.stages.read import EXTENT_SIZE
@@ -135,6 +135,7 @@ class DriveWriter:
                                        stage="encrypt", cpu=True)
         await self._thread(self.drive.pwrite, encrypted,
                            self.cipher.segment_offset + header.offset, stage="write")
+        faults.reached("after_pwrite")
         self.stats.bytes_written += len(blob)
         self.stats.bytes_stored += header.payload_len
         self.progress.used = header.end
@@ -146,8 +147,10 @@ class DriveWriter:
         if not self.pending:
             return
         await self._thread(self.drive.sync, stage="sync")
+        faults.reached("after_sync")
         await self._thread(self.journal.commit, self.pending, self.state.offset,
                            self.state.seq, stage="journal")
+        faults.reached("after_commit")
         self.pending, self.pending_bytes = [], 0
         self.last_commit = time.monotonic()
 
@@ -171,8 +174,10 @@ class DriveWriter:
             index_length=len(index), segment_count=self.state.seq + 1,
             payload_bytes=info.payload_bytes))
         await self._thread(self.cipher.write, self.drive, offset, index, stage="write")
+        faults.reached("after_index")
         await self._thread(self.cipher.write, self.drive, self.state.capacity, trailer,
                            stage="write")
+        faults.reached("after_trailer")
         await self._thread(self.drive.sync, stage="sync")
         self.stats.bytes_written += len(index) + len(trailer)
         self.progress.used, self.progress.state = offset + len(index), state

@@ -1,0 +1,161 @@
+"""prep end to end, as an operator runs it: round trips over several drives, out of
+drives and resume, verify and keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from pipeline import journal
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_OUT_OF_DRIVES
+
+from .conftest import FAST_KDF_ARGS, run_cli
+from .drivedata import make_tree, read_tree, restore
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    root = tmp_path_factory.mktemp("staging") / "src"
+    make_tree(root, random_mb=30)
+    return root, read_tree(root)
+
+
+def prep(src: Path, jdir: Path, session: str, drives: list[Path], *extra: str):
+    args = ["prep", "--srcdir", str(src), "--dstdir", "seed-test/vdir/", "--journal-dir",
+            str(jdir), "--session-id", session, *FAST_KDF_ARGS, *extra]
+    for d in drives:
+        args += ["--drive", str(d)]
+    return run_cli(*args)
+
+
+def journals_of(jdir: Path) -> list[journal.Journal]:
+    return journal.session_journals(jdir)
+
+
+def restored(jdir: Path) -> dict[str, bytes]:
+    pairs = []
+    for j in journals_of(jdir):
+        pairs.append((j.drive.path, j.recovery_password))
+        j.close()
+    return restore(pairs)
+
+
+@pytest.mark.parametrize("fill", ["sequential", "parallel"])
+def test_round_trip_over_three_drives(tmp_path: Path, tree, fill: str) -> None:
+    src, files = tree
+    jdir = tmp_path / "journals"
+    drives = [tmp_path / f"drive{i}.img" for i in (1, 2, 3)]
+    size = "32M" if fill == "sequential" else "48M"
+    proc = prep(src, jdir, f"rt-{fill}", drives, "--drive-size", size, "--fill", fill, "--json")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[0]["type"] == "start" and events[-1] == {**events[-1], "type": "exit",
+                                                            "code": 0}
+    summary = next(e for e in events if e["type"] == "summary")
+    assert [d["seq"] for d in summary["drives"]] == [1, 2, 3]
+    states = [d["state"] for d in summary["drives"]]
+    if fill == "sequential":
+        assert states == ["full", "full", "closed"]  # each drive filled, the last closed
+    else:
+        assert states == ["closed"] * 3
+        assert all(d["payload_bytes"] > 4 * MiB for d in summary["drives"])
+    for j in journals_of(jdir):
+        assert stat.S_IMODE(os.stat(j.path).st_mode) == 0o600
+        assert j.drive.state in ("full", "closed")
+        j.close()
+
+    assert run_cli("verify", "--journal-dir", str(jdir)).returncode == 0
+    back = restored(jdir)
+    assert back.keys() == files.keys()
+    for name, data in files.items():
+        assert back[name] == data, name
+    # Holes and zero runs are not stored: far less on the drives than in staging.
+    stored = sum(d["payload_bytes"] for d in summary["drives"])
+    assert stored < sum(map(len, files.values())) * 0.7
+
+
+def test_out_of_drives_then_resume_with_a_new_drive(tmp_path: Path, tree) -> None:
+    src, files = tree
+    jdir = tmp_path / "j"
+    proc = prep(src, jdir, "ood-1", [tmp_path / "a.img"], "--drive-size", "40M")
+    assert proc.returncode == EXIT_OUT_OF_DRIVES, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline prep: every drive is full")
+    assert f"--resume --journal-dir {jdir} --session-id ood-1 --drive NEW" in last
+    assert "recovery password:" in proc.stdout  # the full drive's password is shown
+    proc = prep(src, jdir, "ood-1", [tmp_path / "b.img"], "--resume", "--drive-size", "64M")
+    assert proc.returncode == 0, proc.stderr
+    assert run_cli("verify", "--journal-dir", str(jdir)).returncode == 0
+    assert restored(jdir) == files
+    keys = run_cli("keys", "--journal-dir", str(jdir), "--json", check_code=0)
+    rows = json.loads(keys.stdout)
+    assert [r["seq"] for r in rows] == [1, 2]
+    assert all(len(r["recovery_password"]) == 55 for r in rows)
+
+
+def test_resume_rewrites_changed_files_only(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=200, random_mb=2, sparse_mb=8)
+    jdir = tmp_path / "j"
+    drive = tmp_path / "d.img"
+    assert prep(src, jdir, "chg-1", [drive], "--drive-size", "64M").returncode == 0
+    (src / "logs" / "sys log.txt").write_text("rewritten\n")
+    (src / "new file.txt").write_text("new\n")
+    proc = prep(src, jdir, "chg-1", [], "--resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = next(json.loads(x) for x in proc.stdout.splitlines() if '"summary"' in x)
+    assert summary["bytes_read"] == len("rewritten\n") + len("new\n")
+    assert run_cli("verify", "--journal-dir", str(jdir)).returncode == 0
+    assert restored(jdir) == read_tree(src)
+
+
+def test_verify_names_damaged_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=50, random_mb=3, sparse_mb=4)
+    jdir = tmp_path / "j"
+    drive = tmp_path / "d.img"
+    assert prep(src, jdir, "dmg-1", [drive], "--drive-size", "64M").returncode == 0
+    j = journals_of(jdir)[0]
+    victim = next(e for e in j.extents() if e.stored_len > 100_000)
+    path = next(f.path for f in j.files() if f.file_id == victim.file_id)
+    offset = 16 * MiB + victim.location + 5000
+    j.close()
+    with open(drive, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+    proc = run_cli("verify", "--journal-dir", str(jdir))
+    assert proc.returncode == EXIT_INTEGRITY
+    assert f"damaged: {path}:" in proc.stdout
+    assert proc.stdout.count("damaged:") == 1
+    assert path in proc.stderr.strip().splitlines()[-1]
+
+
+def test_bad_inputs(tmp_path: Path, tree) -> None:
+    src, _ = tree
+    jdir = tmp_path / "j"
+    cases = [
+        (["--session-id", "x"], "session id 'x' is invalid"),
+        (["--dstdir", "Bad_Container/"], "container 'Bad_Container' is invalid"),
+        (["--srcdir", str(tmp_path / "nope")], "does not exist"),
+        (["--level", "40"], "--level 40 is out of range"),
+        (["--blob-type", "page"], "is not a multiple of 512, which page blobs require"),
+    ]
+    for override, needle in cases:
+        args = {"--srcdir": str(src), "--dstdir": "seed/", "--journal-dir": str(jdir),
+                "--session-id": "bad-1", "--drive": str(tmp_path / "x.img"),
+                "--drive-size": "64M"}
+        args.update(dict(zip(override[::2], override[1::2], strict=True)))
+        proc = run_cli("prep", *[x for kv in args.items() for x in kv], *FAST_KDF_ARGS)
+        assert proc.returncode == EXIT_BAD_INPUT, (override, proc.stderr)
+        assert needle in proc.stderr.strip().splitlines()[-1], proc.stderr
+        assert not (tmp_path / "x.img").exists()
+    proc = run_cli("prep", "--journal-dir", str(jdir), "--session-id", "none-1", "--resume")
+    assert proc.returncode == EXIT_BAD_INPUT and "no journals of session none-1" in proc.stderr
