@@ -1,9 +1,10 @@
 """Crash points for fault-injection tests.
 
-``PIPELINE_CRASH_AT=point:n`` makes the process SIGKILL itself the n-th time
-it reaches ``point`` (e.g. ``after_pwrite:3``), so tests can stop prep exactly
-between a write and its fdatasync, or between the fdatasync and the journal
-commit.  Unset, :func:`reached` costs one comparison.
+``PIPELINE_CRASH_AT=point:n[:SIGNAL]`` makes the process send itself SIGKILL
+(or ``SIGNAL``, e.g. ``INT`` for a Ctrl-C) the n-th time it reaches ``point``
+(e.g. ``after_pwrite:3``), so tests can stop prep exactly between a write and
+its fdatasync, or between the fdatasync and the journal commit.  Unset,
+:func:`reached` costs one comparison.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import signal
 import threading
 
 _SPEC = os.environ.get("PIPELINE_CRASH_AT", "")
-_POINT, _, _N = _SPEC.partition(":")
+_POINT, _, _REST = _SPEC.partition(":")
+_N, _, _SIGNAL = _REST.partition(":")
 _lock = threading.Lock()
 _seen = 0
 
@@ -28,5 +30,5 @@ def reached(point: str) -> None:
         return
     with _lock:
         _seen += 1
-        if _seen >= int(_N or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if _seen == int(_N or 1):
+            os.kill(os.getpid(), getattr(signal, "SIG" + _SIGNAL) if _SIGNAL else signal.SIGKILL)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from pipeline import journal
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_OUT_OF_DRIVES
 
-from .conftest import FAST_KDF_ARGS, run_cli
+from .conftest import FAST_KDF_ARGS, ROOT, run_cli
 from .drivedata import make_tree, read_tree, restore
 
 MiB = 1 << 20
@@ -159,3 +161,52 @@ def test_bad_inputs(tmp_path: Path, tree) -> None:
         assert not (tmp_path / "x.img").exists()
     proc = run_cli("prep", "--journal-dir", str(jdir), "--session-id", "none-1", "--resume")
     assert proc.returncode == EXIT_BAD_INPUT and "no journals of session none-1" in proc.stderr
+
+
+def test_ctrl_c_commits_what_was_read_and_resume_finishes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=500, random_mb=24, sparse_mb=8)
+    jdir = tmp_path / "j"
+    env_prep = ["prep", "--srcdir", str(src), "--dstdir", "seed/", "--journal-dir", str(jdir),
+                "--session-id", "int-1", "--drive", str(tmp_path / "d.img"),
+                "--drive-size", "64M", *FAST_KDF_ARGS]
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *env_prep], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                          "PIPELINE_CRASH_AT": "after_pwrite:2:INT"})
+    assert proc.returncode == 130, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "interrupted after" in last and "what was read is committed" in last
+    assert f"pipeline prep --resume --journal-dir {jdir} --session-id int-1" in last
+    j = journals_of(jdir)[0]
+    assert j.drive.state == "closed" and j.drive.payload_bytes > 0  # drained and closed
+    j.close()
+    proc = run_cli(*env_prep[:-len(FAST_KDF_ARGS)], "--resume", "--json", *FAST_KDF_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    summary = next(json.loads(x) for x in proc.stdout.splitlines() if '"summary"' in x)
+    assert summary["skipped_bytes"] > 0
+    assert run_cli("verify", "--journal-dir", str(jdir)).returncode == 0
+    assert restored(jdir) == read_tree(src)
+
+
+def test_abort_voids_the_session(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=10, random_mb=1, sparse_mb=2)
+    jdir = tmp_path / "j"
+    assert prep(src, jdir, "abt-1", [tmp_path / "d.img"], "--drive-size", "64M"
+                ).returncode == 0
+    proc = run_cli("prep", "--journal-dir", str(jdir), "--session-id", "abt-1", "--abort")
+    assert proc.returncode == 0 and "void" in proc.stdout
+    proc = prep(src, jdir, "abt-1", [], "--resume")
+    assert proc.returncode == EXIT_BAD_INPUT and "was aborted" in proc.stderr
+
+
+def test_preview_estimates_drives(tmp_path: Path, tree) -> None:
+    src, files = tree
+    proc = run_cli("preview", "--srcdir", str(src), "--drive-size", "32M", "--json",
+                   check_code=0)
+    est = json.loads(proc.stdout)
+    assert est["files"] == len(files)
+    assert est["bytes"] == sum(map(len, files.values()))
+    assert est["data_bytes"] < est["bytes"]  # the VHD's holes
+    assert 2 <= est["drives"] <= 4  # prep needed exactly 3 such drives
+    assert not any(p.name.endswith(".img") for p in tmp_path.iterdir())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import trio
 
 from pipeline import credentials, drives, format, journal, progress, scan
 from pipeline.commands import _options
-from pipeline.errors import BadInput, OutOfDrives, PipelineError
+from pipeline.errors import EXIT_INTERRUPTED, BadInput, OutOfDrives, PipelineError
 from pipeline.session import Session
 from pipeline.stages.run import DrivePool, PrepConfig, run_prep
 from pipeline.stages.write import DriveWriter
@@ -193,14 +194,31 @@ def run(args: argparse.Namespace) -> int:
 
     pool_box: list[DrivePool] = []
 
+    interrupts: list[str] = []
+
+    async def watch_sigint(stop: trio.CancelScope, everything: trio.CancelScope) -> None:
+        """borg's model: the first Ctrl-C finishes what is in flight, the second stops now."""
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async for _ in signals:
+                if not interrupts:
+                    interrupts.append("soft")
+                    stop.cancel()
+                    renderer.event("warning", message="interrupted: writing and committing "
+                                   "what was read; press Ctrl-C again to stop at once")
+                else:
+                    interrupts.append("hard")
+                    everything.cancel()
+
     async def main() -> None:
         session = Session(cfg.srcdir, cfg.dstdir, journals)
         pool = DrivePool(cfg, journals, trio.CapacityLimiter(cfg.cpu_threads), stats)
         pool_box.append(pool)
+        stop = trio.CancelScope()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(progress.ticker, stats, renderer)
+            nursery.start_soon(watch_sigint, stop, nursery.cancel_scope)
             try:
-                await run_prep(cfg, session, pool, stats, on_skip, on_changed, on_full)
+                await run_prep(cfg, session, pool, stats, on_skip, on_changed, on_full, stop)
             finally:
                 nursery.cancel_scope.cancel()
 
@@ -217,6 +235,14 @@ def run(args: argparse.Namespace) -> int:
         renderer.event("exit", code=first.exit_code, message=str(first))
         renderer.close()
         raise
+    resume_hint = (f"pipeline prep --resume --journal-dir {jdir} --session-id "
+                   f"{cfg.session_id}")
+    if interrupts:  # decides the exit code, even over a drive that filled meanwhile
+        code = EXIT_INTERRUPTED
+        message = (f"interrupted after {drives.human(stats.bytes_done)} of "
+                   f"{drives.human(stats.bytes_total)}"
+                   + ("; what was read is committed" if interrupts == ["soft"] else "")
+                   + f"; continue with: {resume_hint}")
     if not code and changed:
         code = 1
         message = (f"{len(changed)} file(s) changed while being read (first: {changed[0]}); "

@@ -156,12 +156,15 @@ class DrivePool:
 # Stages
 
 
-def _plan(cfg: PrepConfig, session: Session, on_skip: Callable[[str, str], None]
-          ) -> Iterator[FileJob]:
+def _plan(cfg: PrepConfig, session: Session, on_skip: Callable[[str, str], None],
+          stats: Stats) -> Iterator[FileJob]:
     for src in scan.scan(cfg.srcdir, on_skip):
         job = session.plan(src)
         if job is not None:
             yield job
+        else:  # wholly committed by an earlier run (runs in a thread: plain += is enough)
+            stats.skipped_bytes += src.size
+            stats.files_done += 1
 
 
 async def plan_stage(jobs: Iterator[FileJob], tx: trio.MemorySendChannel[FileJob],
@@ -224,23 +227,40 @@ async def _run_parallel(writer: DriveWriter, rx: trio.MemoryReceiveChannel[pack.
 async def run_prep(cfg: PrepConfig, session: Session, pool: DrivePool, stats: Stats,
                    on_skip: Callable[[str, str], None],
                    on_changed: Callable[[str, str], None],
-                   on_full: Callable[[DriveWriter], None]) -> None:
-    """Run the whole pipeline into ``pool``'s drives (the pool keeps drives and passwords)."""
+                   on_full: Callable[[DriveWriter], None],
+                   stop: trio.CancelScope | None = None) -> None:
+    """Run the whole pipeline into ``pool``'s drives (the pool keeps drives and passwords).
+
+    Cancelling ``stop`` ends the input side only (Ctrl-C, once): the readers
+    close their channels, everything already read is packed, written and
+    committed, and the drives are closed cleanly.
+    """
     cpu = pool.cpu
     io = trio.CapacityLimiter(cfg.readers)
     depth = cfg.depth
-    files_tx, files_rx = trio.open_memory_channel[FileJob](depth * 4)
     raw_tx, raw_rx = trio.open_memory_channel[pack.RawExtent](depth)
     packed_tx, packed_rx = trio.open_memory_channel[pack.PackedExtent](depth)
-    jobs = _plan(cfg, session, on_skip)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(plan_stage, jobs, files_tx, stats)
-        async with files_rx, raw_tx:
-            for _ in range(cfg.readers):
-                nursery.start_soon(read.run, files_rx.clone(), raw_tx.clone(), io, stats,
-                                   on_changed)
+        nursery.start_soon(_source, cfg, session, raw_tx, io, stats, on_skip, on_changed,
+                           stop or trio.CancelScope())
         async with raw_rx, packed_tx:
             for _ in range(cfg.cpu_threads):
                 nursery.start_soon(pack.run, raw_rx.clone(), packed_tx.clone(), cpu,
                                    cfg.level, stats)
         nursery.start_soon(write_all, packed_rx, pool, cfg.fill, on_full)
+
+
+async def _source(cfg: PrepConfig, session: Session, raw_tx: trio.MemorySendChannel,
+                  io: trio.CapacityLimiter, stats: Stats, on_skip: Callable[[str, str], None],
+                  on_changed: Callable[[str, str], None], stop: trio.CancelScope) -> None:
+    """Scan and read, under ``stop``: the part of the pipeline a first Ctrl-C ends."""
+    files_tx, files_rx = trio.open_memory_channel[FileJob](cfg.depth * 4)
+    async with raw_tx:
+        with stop:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(plan_stage, _plan(cfg, session, on_skip, stats), files_tx,
+                                   stats)
+                async with files_rx:
+                    for _ in range(cfg.readers):
+                        nursery.start_soon(read.run, files_rx.clone(), raw_tx.clone(), io,
+                                           stats, on_changed)

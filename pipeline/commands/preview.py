@@ -1,0 +1,109 @@
+"""`pipeline preview`: how many drives a staging directory needs, before any write.
+
+Holes are found with SEEK_DATA/SEEK_HOLE (they cost nothing on a drive); the
+compression ratio comes from a deterministic sample of extents spread over the
+whole tree, packed exactly as prep packs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline import codec, drives, format, luks2, scan
+from pipeline.errors import BadInput
+from pipeline.stages import read
+
+PER_FILE_OVERHEAD = 2 * (format.EXTENT_RECORD_SIZE + 64)  # records in a segment and the index
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "preview", help="estimate the drives a staging directory needs",
+        description="Estimate how many drives of --drive-size the staging directory needs: "
+        "holes are skipped, the compression ratio is sampled.  Writes nothing.")
+    p.add_argument("--srcdir", required=True, metavar="DIR")
+    p.add_argument("--drive-size", required=True, metavar="SIZE",
+                   help="size of each drive (e.g. 4T, or 2G for image files)")
+    p.add_argument("--level", type=int, default=1, metavar="N", help="zstd level (default 1)")
+    p.add_argument("--sample", default="64M", metavar="SIZE",
+                   help="how much data to compress for the ratio (default 64M)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Estimate:
+    files: int
+    bytes: int
+    data_bytes: int  # bytes outside holes
+    sampled_bytes: int
+    ratio: float  # stored / raw over the sample
+    stored_bytes: int  # estimated bytes on drives, records included
+    drive_size: int
+    usable_per_drive: int
+    drives: int
+
+
+def usable(drive_size: int) -> int:
+    """Data area of one drive, less the trailer and one extent of headroom at the end."""
+    area = drive_size - luks2.DATA_OFFSET
+    area -= area % format.SECTOR
+    return max(0, area - 2 * format.SECTOR - read.EXTENT_SIZE - (1 << 20))
+
+
+def estimate(srcdir: Path, drive_size: int, level: int, sample: int) -> Estimate:
+    files = list(scan.scan(srcdir))
+    total = sum(f.size for f in files)
+    cells: list[tuple[Path, int, int]] = []
+    data_bytes = 0
+    for f in files:
+        path = srcdir / f.path
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for off, length, has_data in read.plan_extents(f.size, read.data_ranges(fd, f.size)):
+                if has_data:
+                    data_bytes += length
+                    cells.append((path, off, length))
+        finally:
+            os.close(fd)
+    step = max(1, math.ceil(sum(c[2] for c in cells) / max(sample, 1)))
+    raw = stored = 0
+    for path, off, length in cells[::step]:
+        with open(path, "rb") as fh:
+            data = os.pread(fh.fileno(), length, off)
+        if not data:
+            continue
+        raw += len(data)
+        stored += len(codec.pack(data, level).stored)
+    ratio = stored / raw if raw else 1.0
+    need = int(data_bytes * ratio) + PER_FILE_OVERHEAD * len(files)
+    per = usable(drive_size)
+    if per <= 0:
+        raise BadInput(f"--drive-size {drives.human(drive_size)} is smaller than the minimum "
+                       f"volume of {drives.human(drives.MIN_DRIVE_SIZE)}")
+    return Estimate(files=len(files), bytes=total, data_bytes=data_bytes, sampled_bytes=raw,
+                    ratio=round(ratio, 4), stored_bytes=need, drive_size=drive_size,
+                    usable_per_drive=per, drives=max(1, math.ceil(need / per)))
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.level <= 22:
+        raise BadInput(f"--level {args.level} is out of range; zstd levels are 1 to 22")
+    est = estimate(Path(args.srcdir), drives.parse_size(args.drive_size), args.level,
+                   drives.parse_size(args.sample))
+    if args.json:
+        print(json.dumps(asdict(est), indent=2))
+        return 0
+    h = drives.human
+    print(f"files           {est.files}")
+    print(f"staging size    {h(est.bytes)} ({h(est.bytes - est.data_bytes)} in holes)")
+    print(f"compression     {est.ratio:.2f} of the data (sampled {h(est.sampled_bytes)})")
+    print(f"on drives       about {h(est.stored_bytes)}")
+    print(f"drives needed   {est.drives} of {h(est.drive_size)} "
+          f"({h(est.usable_per_drive)} usable each)")
+    return 0
