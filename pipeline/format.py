@@ -14,13 +14,16 @@ what ``encode_*`` writes is exactly what the importer's ``decode_*`` reads
     +--------+---------+---------+-----+---------+------------+-----------+
 
     one segment (starts on a 4096 boundary, length a multiple of 4096)
-    +--------------+------------------------+-------------------+---------+
-    | header (64)  | records blob           | payload blob      | zero    |
-    | magic, kind, | record, record, ...    | stored extent     | padding |
-    | seq, offset, |                        | bytes (DATA only) | to 4096 |
-    | lengths, 3x  |                        |                   |         |
-    | xxh3-64      |                        |                   |         |
-    +--------------+------------------------+-------------------+---------+
+    +--------------+-------------------+------------------------+---------+
+    | header (64)  | payload blob      | records blob           | zero    |
+    | magic, kind, | stored extent     | record, record, ...    | padding |
+    | flags, seq,  | bytes (DATA only) | as one zstd frame when | to 4096 |
+    | offset, lens,|                   | that is smaller        |         |
+    | 3x xxh3-64   |                   |                        |         |
+    +--------------+-------------------+------------------------+---------+
+
+The payload comes first so that it always starts at ``offset + 64``: extent
+locations then never depend on how well the records that hold them compress.
 
     one record
     +----------+---------------+-------------------+---------------------+
@@ -47,6 +50,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, TypeVar
 
 import xxhash
+import zstandard
 
 from pipeline.errors import IntegrityError
 
@@ -62,6 +66,8 @@ __all__ = [
     "MAX_NAME_BYTES",
     "MAX_SB_STRING_BYTES",
     "NEED_DATA",
+    "RECORDS_ZSTD",
+    "RECORDS_ZSTD_LEVEL",
     "SECTOR",
     "SEGMENT_MAGIC",
     "SUPERBLOCK_MAGIC",
@@ -113,15 +119,20 @@ SEGMENT_MAGIC = b"PLSG"
 HEADER_SIZE = 64
 """Bytes in a segment header; ``decode_segment_header`` needs only these."""
 
+RECORDS_ZSTD = 0x01
+"""Segment header flag: the records blob is stored as one zstd frame."""
+RECORDS_ZSTD_LEVEL = 3
+"""zstd level for records blobs (writers only; readers take any level)."""
+
 CHECKSUM_AT = SECTOR - 8
 """Superblock and trailer: xxh3-64 of bytes [0, CHECKSUM_AT) is stored here."""
 
 MAX_DATA_PAYLOAD = 64 << 20
 """Largest payload of a DATA segment (64 MiB): bounds what garbage can make us buffer."""
 MAX_DATA_RECORDS_LEN = 16 << 20
-"""Largest records blob of a DATA segment (16 MiB)."""
+"""Largest records blob of a DATA segment (16 MiB), decompressed."""
 MAX_INDEX_RECORDS_LEN = 1 << 31
-"""Largest records blob of an INDEX segment (2 GiB, about 37 million extents)."""
+"""Largest records blob of an INDEX segment (2 GiB, about 37 million extents), decompressed."""
 MAX_NAME_BYTES = 4096
 """Largest UTF-8 FileEntry path or blob name (PATH_MAX; Azure blob names are shorter)."""
 MAX_SB_STRING_BYTES = 1024
@@ -189,7 +200,11 @@ def trailer_offset(data_area_size: int) -> int:
 
 
 def segment_total_len(records_len: int, payload_len: int) -> int:
-    """Bytes a segment occupies on the drive, padding included."""
+    """Bytes a segment occupies on the drive, padding included.
+
+    With the uncompressed records length (the sum of ``record_size``) this is an
+    upper bound, because records are stored compressed only when that is smaller.
+    """
     return align_up(HEADER_SIZE + records_len + payload_len)
 
 
@@ -348,7 +363,7 @@ _xxh3_64 = xxhash.xxh3_64_intdigest
 
 
 def record_size(rec: Record) -> int:
-    """Encoded size of one record, so callers can plan segments without encoding."""
+    """Encoded size of one record before compression, so callers can plan segments."""
     if type(rec) is Extent:
         return EXTENT_RECORD_SIZE
     if type(rec) is FileEntry:
@@ -405,7 +420,7 @@ def _decode_file_body(mv: memoryview, pos: int, end: int) -> FileEntry:
     return FileEntry(file_id, path, blob, size, mtime_ns, mode)
 
 
-def decode_records(blob: bytes, where: str = "records") -> list[Record]:
+def decode_records(blob: bytes | memoryview, where: str = "records") -> list[Record]:
     """Parse a records blob; a damaged record raises CorruptRecord naming it.
 
     Each record's own xxh32 is checked before its body is read, so damage is
@@ -653,22 +668,32 @@ def decode_trailer(b: bytes, superblock: Superblock | None = None) -> Trailer:
 
 # --------------------------------------------------------------------------- segments
 
-_HEADER = struct.Struct("<4sBBHQQIIQQQ")  # everything before the header checksum
+_HEADER = struct.Struct("<4sBBHQQIIIIQQ")  # everything before the header checksum
 assert _HEADER.size + _CKSUM.size == HEADER_SIZE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SegmentHeader:
-    """The first HEADER_SIZE bytes of a segment: enough to know how much to read next."""
+    """The first HEADER_SIZE bytes of a segment: enough to know how much to read next.
+
+    ``records_len`` counts the records blob as stored (compressed when ``flags``
+    has RECORDS_ZSTD); ``records_raw_len`` counts it decompressed.
+    """
 
     kind: SegmentKind
+    flags: int
     seq: int
     offset: int
     record_count: int
     records_len: int
     payload_len: int
+    records_raw_len: int
     records_xxh3: int
     payload_xxh3: int
+
+    @property
+    def records_compressed(self) -> bool:
+        return bool(self.flags & RECORDS_ZSTD)
 
     @property
     def total_len(self) -> int:
@@ -677,8 +702,13 @@ class SegmentHeader:
 
     @property
     def payload_offset(self) -> int:
-        """Absolute data-area offset of the payload's first byte."""
-        return self.offset + HEADER_SIZE + self.records_len
+        """Absolute data-area offset of the payload's first byte (right after the header)."""
+        return self.offset + HEADER_SIZE
+
+    @property
+    def records_offset(self) -> int:
+        """Absolute data-area offset of the stored records blob (right after the payload)."""
+        return self.offset + HEADER_SIZE + self.payload_len
 
     @property
     def end(self) -> int:
@@ -692,7 +722,7 @@ def _where(seq: int | None, offset: int | None) -> str:
 
 
 def _check_layout(kind: SegmentKind, records_len: int, payload_len: int) -> str | None:
-    """The size limits per kind; returns what is wrong, or None."""
+    """The size limits per kind (``records_len`` decompressed); returns what is wrong, or None."""
     if kind is SegmentKind.DATA:
         if records_len > MAX_DATA_RECORDS_LEN:
             return f"records blob of {records_len} bytes exceeds {MAX_DATA_RECORDS_LEN}"
@@ -718,9 +748,8 @@ def decode_segment_header(
     where = _where(seq, offset)
     if len(b) < HEADER_SIZE:
         raise CorruptRecord(f"{where}: truncated header: {len(b)} bytes, need {HEADER_SIZE}")
-    (magic, kind, r1, r2, own_seq, own_offset, count, rlen, plen, rhash, phash) = (
-        _HEADER.unpack_from(b, 0)
-    )
+    (magic, kind, flags, reserved, own_seq, own_offset, count, rlen, plen, raw_len, rhash,
+     phash) = _HEADER.unpack_from(b, 0)
     if magic != SEGMENT_MAGIC:
         raise CorruptRecord(f"{where}: bad magic {magic!r}, expected {SEGMENT_MAGIC!r}")
     if _xxh3_64(memoryview(b)[: _HEADER.size]) != _CKSUM.unpack_from(b, _HEADER.size)[0]:
@@ -734,15 +763,21 @@ def decode_segment_header(
         raise CorruptRecord(f"{where}: offset is not a sector boundary after the superblock")
     if kind not in (SegmentKind.DATA, SegmentKind.INDEX):
         raise CorruptRecord(f"{where}: unknown segment kind {kind}")
-    if r1 or r2:
-        raise CorruptRecord(f"{where}: reserved header bytes are not zero")
+    if reserved or flags & ~RECORDS_ZSTD:
+        raise CorruptRecord(f"{where}: reserved header bytes or flags are not zero")
     kind = SegmentKind(kind)
-    problem = _check_layout(kind, rlen, plen)
-    if problem is None and count * _MIN_RECORD_SIZE > rlen:
-        problem = f"{count} records cannot fit in {rlen} bytes"
+    problem = _check_layout(kind, raw_len, plen)
+    if problem is None:
+        if not flags & RECORDS_ZSTD and raw_len != rlen:
+            problem = f"uncompressed records: raw length {raw_len} differs from {rlen}"
+        elif flags & RECORDS_ZSTD and raw_len <= rlen:
+            problem = f"compressed records of {rlen} bytes do not shrink {raw_len} bytes"
+        elif count * _MIN_RECORD_SIZE > raw_len:
+            problem = f"{count} records cannot fit in {raw_len} bytes"
     if problem is not None:
         raise CorruptRecord(f"{where}: {problem}")
-    return SegmentHeader(kind, own_seq, own_offset, count, rlen, plen, rhash, phash)
+    return SegmentHeader(kind, flags, own_seq, own_offset, count, rlen, plen, raw_len, rhash,
+                         phash)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -822,17 +857,54 @@ def _check_records(
     return None
 
 
+def _compress_records(blob: bytes, compress: bool) -> tuple[bytes, int]:
+    """(stored blob, flags): one zstd frame if that is smaller, else the blob itself."""
+    if compress and blob:
+        frame = zstandard.ZstdCompressor(
+            level=RECORDS_ZSTD_LEVEL, write_checksum=False, write_content_size=True,
+            write_dict_id=False,
+        ).compress(blob)
+        if len(frame) < len(blob):
+            return frame, RECORDS_ZSTD
+    return blob, 0
+
+
+def _decompress_records(stored: memoryview, raw_len: int, where: str) -> bytes:
+    """Decompress a records frame to exactly ``raw_len`` bytes (checked against the limits).
+
+    The frame's own content size must equal ``raw_len`` before anything is
+    allocated: python-zstandard allocates whatever a frame header declares.
+    """
+    try:
+        declared = zstandard.frame_content_size(stored)
+        if declared != raw_len:
+            shown = "no size" if declared < 0 else f"{declared} bytes"
+            raise CorruptRecord(f"records zstd frame declares {shown}, the header {raw_len}")
+        blob = zstandard.ZstdDecompressor().decompress(stored, allow_extra_data=False)
+    except (zstandard.ZstdError, ValueError) as e:
+        raise CorruptRecord(f"{where}: records do not decompress: {e}") from None
+    except CorruptRecord as e:
+        raise CorruptRecord(f"{where}: {e}") from None
+    if len(blob) != raw_len:
+        raise CorruptRecord(f"{where}: records decompress to {len(blob)} bytes, not {raw_len}")
+    return blob
+
+
 def encode_segment(
     records: Sequence[Record],
     payload: bytes,
     seq: int,
     offset: int,
     kind: SegmentKind = SegmentKind.DATA,
+    *,
+    compress: bool = True,
 ) -> bytes:
     """Encode one segment to be written at data-area ``offset``; returns SECTOR-aligned bytes.
 
-    Every stored extent must lie inside this segment's payload (DATA) or in the
-    segments before it (INDEX); anything else is a caller bug: ValueError.
+    Every stored extent must lie inside this segment's payload (DATA), which
+    starts at ``offset + HEADER_SIZE``, or in the segments before it (INDEX);
+    anything else is a caller bug: ValueError.  The records blob is stored as
+    a zstd frame when ``compress`` and that is smaller.
     """
     kind = SegmentKind(kind)
     _int("seq", seq, 0, _U64)
@@ -844,17 +916,18 @@ def encode_segment(
     blob = encode_records(records)
     problem = _check_layout(kind, len(blob), len(payload))
     problem = problem or _check_records(
-        kind, records, offset, offset + HEADER_SIZE + len(blob), len(payload)
+        kind, records, offset, offset + HEADER_SIZE, len(payload)
     )
     if problem is not None:
         raise ValueError(f"{_where(seq, offset)}: {problem}")
+    stored, flags = _compress_records(blob, compress)
     head = _HEADER.pack(
-        SEGMENT_MAGIC, kind, 0, 0, seq, offset, len(records), len(blob), len(payload),
-        _xxh3_64(blob), _xxh3_64(payload),
+        SEGMENT_MAGIC, kind, flags, 0, seq, offset, len(records), len(stored), len(payload),
+        len(blob), _xxh3_64(stored), _xxh3_64(payload),
     )
-    used = HEADER_SIZE + len(blob) + len(payload)
+    used = HEADER_SIZE + len(stored) + len(payload)
     return b"".join(
-        (head, _CKSUM.pack(_xxh3_64(head)), blob, payload, bytes(align_up(used) - used))
+        (head, _CKSUM.pack(_xxh3_64(head)), payload, stored, bytes(align_up(used) - used))
     )
 
 
@@ -863,15 +936,17 @@ def layout_data_segment(
     extents: Sequence[tuple[Extent, bytes]],
     seq: int,
     offset: int,
+    *,
+    compress: bool = True,
 ) -> tuple[bytes, list[Record]]:
     """Place extents in a DATA segment at ``offset``: returns (encoded bytes, final records).
 
     Records are the file entries, then the extents in the order given, each
     stored extent's ``location`` set to where its bytes land in the payload.
-    Records have fixed sizes whatever their locations, so one pass suffices.
+    The payload starts right after the header whatever the records compress
+    to, so one pass suffices.
     """
-    records_len = sum(record_size(f) for f in files) + EXTENT_RECORD_SIZE * len(extents)
-    location = offset + HEADER_SIZE + records_len
+    location = offset + HEADER_SIZE
     placed: list[Record] = list(files)
     parts: list[bytes] = []
     for ext, data in extents:
@@ -883,24 +958,26 @@ def layout_data_segment(
         placed.append(dataclasses.replace(ext, location=location))
         parts.append(data)
         location += len(data)
-    return encode_segment(placed, b"".join(parts), seq, offset), placed
+    return encode_segment(placed, b"".join(parts), seq, offset, compress=compress), placed
 
 
-def encode_index(records: Sequence[Record], seq: int, offset: int) -> bytes:
+def encode_index(records: Sequence[Record], seq: int, offset: int, *,
+                 compress: bool = True) -> bytes:
     """The closing INDEX segment: every FileEntry and Extent on the drive, no payload."""
-    return encode_segment(records, b"", seq, offset, SegmentKind.INDEX)
+    return encode_segment(records, b"", seq, offset, SegmentKind.INDEX, compress=compress)
 
 
 def decode_segment(b: bytes, offset: int, seq: int | None = None, *,
                    check_payload: bool = True) -> Segment:
     """Decode and check a whole segment read from data-area ``offset``.
 
-    ``b`` starts with the header and holds at least ``header.total_len`` bytes;
-    anything after that is ignored.  Every byte counts: header, records,
-    payload (xxh3-64 each) and padding (must be zero).  ``seq``, if given, is
-    the sequence number the segment must carry.  ``check_payload=False``
-    salvages the records of a segment whose payload is damaged, so that each
-    extent's own xxh3-128 can tell which ones are.
+    ``b`` (bytes or a memoryview) starts with the header and holds at least
+    ``header.total_len`` bytes; anything after that is ignored.  Every byte
+    counts: header, payload, stored records (xxh3-64 each) and padding (must be
+    zero); compressed records are decompressed only after all of that held.
+    ``seq``, if given, is the sequence number the segment must carry.
+    ``check_payload=False`` salvages the records of a segment whose payload is
+    damaged, so that each extent's own xxh3-128 can tell which ones are.
     """
     header = decode_segment_header(b, offset, seq)
     where = _where(header.seq, offset)
@@ -908,17 +985,21 @@ def decode_segment(b: bytes, offset: int, seq: int | None = None, *,
     total = header.total_len
     if len(mv) < total:
         raise CorruptRecord(f"{where}: truncated: {len(mv)} bytes, the segment is {total}")
-    rend = HEADER_SIZE + header.records_len
-    pend = rend + header.payload_len
-    blob = mv[HEADER_SIZE:rend]
-    payload = mv[rend:pend]
-    if _xxh3_64(blob) != header.records_xxh3:
-        decode_records(blob, where)  # names the damaged record, if its own xxh32 catches it
+    pend = HEADER_SIZE + header.payload_len
+    rend = pend + header.records_len
+    payload = mv[HEADER_SIZE:pend]
+    stored = mv[pend:rend]
+    if _xxh3_64(stored) != header.records_xxh3:
+        if not header.records_compressed:
+            decode_records(stored, where)  # names the damaged record, if its xxh32 catches it
         raise CorruptRecord(f"{where}: records checksum mismatch")
     if check_payload and _xxh3_64(payload) != header.payload_xxh3:
         raise CorruptRecord(f"{where}: payload checksum mismatch")
-    if mv[pend:total] != bytes(total - pend):
-        raise CorruptRecord(f"{where}: padding after the payload is not zero")
+    if mv[rend:total] != bytes(total - rend):
+        raise CorruptRecord(f"{where}: padding after the records is not zero")
+    blob: bytes | memoryview = stored
+    if header.records_compressed:
+        blob = _decompress_records(stored, header.records_raw_len, where)
     records = decode_records(blob, where)
     if len(records) != header.record_count:
         raise CorruptRecord(
@@ -966,6 +1047,7 @@ class SegmentDecoder:
     header is not a valid header for the next sequence number ends the log
     (END, reason in ``end_reason``); a valid header followed by a damaged body
     still raises.  After an error every call raises it again.
+    ``max_segment_len`` bounds each segment as if its records were uncompressed.
     """
 
     def __init__(
@@ -1036,10 +1118,12 @@ class SegmentDecoder:
             raw = bytes(self._buf[self._start : self._start + HEADER_SIZE])  # a small copy
             try:
                 header = decode_segment_header(raw, self.offset, self.next_seq)
-                if header.total_len > self.max_segment_len:
+                # Counted with the records decompressed: it bounds memory, not just reads.
+                size = segment_total_len(header.records_raw_len, header.payload_len)
+                if size > self.max_segment_len:
                     raise CorruptRecord(
-                        f"{where}: {header.total_len} bytes exceeds this reader's limit "
-                        f"of {self.max_segment_len}"
+                        f"{where}: {size} bytes (records decompressed) exceeds this reader's "
+                        f"limit of {self.max_segment_len}"
                     )
             except CorruptRecord as e:
                 if self.scan:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 import struct
 import time
+import tracemalloc
 
 import pytest
 import xxhash
+import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -140,10 +143,13 @@ def index_contents(draw: st.DrawFn) -> tuple[int, list[fmt.Record]]:
 
 def make_log(specs: list[tuple[list[FileEntry], list[tuple[Extent, bytes]]]],
              start: int = SECTOR, seq: int = 0) -> tuple[bytes, list[fmt.Segment]]:
-    """Back-to-back DATA segments as prep writes them, and their expected decodings."""
+    """Back-to-back DATA segments as prep writes them, and their expected decodings.
+
+    Odd segments keep their records uncompressed, so a log mixes both kinds.
+    """
     out, segs, offset = [], [], start
     for files, exts in specs:
-        blob, _ = fmt.layout_data_segment(files, exts, seq, offset)
+        blob, _ = fmt.layout_data_segment(files, exts, seq, offset, compress=seq % 2 == 0)
         out.append(blob)
         segs.append(fmt.decode_segment(blob, offset))
         offset += len(blob)
@@ -165,9 +171,40 @@ EXT_ZSTD = Extent(7, 5, 9995, Codec.ZSTD, 3, bytes(range(16)))
 EXT_ZERO = Extent(7, 8192, 1808, Codec.ZERO, 0, xxhash.xxh3_128_digest(bytes(1808)))
 
 
-def small_segment(offset: int = SECTOR, seq: int = 0) -> tuple[bytes, list[fmt.Record]]:
+def small_segment(offset: int = SECTOR, seq: int = 0,
+                  compress: bool = True) -> tuple[bytes, list[fmt.Record]]:
     return fmt.layout_data_segment(
-        [FE], [(EXT_RAW, b"hello"), (EXT_ZSTD, b"zst"), (EXT_ZERO, b"")], seq, offset)
+        [FE], [(EXT_RAW, b"hello"), (EXT_ZSTD, b"zst"), (EXT_ZERO, b"")], seq, offset,
+        compress=compress)
+
+
+def many_files(n: int, start: int = 0, tiny: bool = False) -> list[tuple[FileEntry, Extent, bytes]]:
+    """Small files as a real tree gives them: records that compress well.
+
+    ``tiny`` stores a few bytes per file, to keep segments short.
+    """
+    out = []
+    for i in range(start, start + n):
+        path = f"small/d{i // 1000}/e{(i // 50) % 20}/file {i:05d}.txt"
+        size = 1 + (i * 7919) % (64 << 10)
+        stored = bytes(1 + (i % 17 if tiny else size // 3))
+        ext = Extent(i, 0, size, Codec.ZSTD, len(stored),
+                     xxhash.xxh3_128_digest(i.to_bytes(8, "little")))
+        out.append((FileEntry(i, path, "vdir/" + path, size,
+                              1_764_115_200_000_000_000 + i * 4_294_967_291, 0o100644),
+                    ext, stored))
+    return out
+
+
+def many_segment(n: int = 20, offset: int = SECTOR, seq: int = 0, compress: bool = True,
+                 tiny: bool = False) -> tuple[bytes, list[fmt.Record]]:
+    rows = many_files(n, tiny=tiny)
+    return fmt.layout_data_segment([f for f, _, _ in rows], [(e, d) for _, e, d in rows], seq,
+                                   offset, compress=compress)
+
+
+HEADER_FMT = "<4sBBHQQIIIIQQ"
+"""The segment header as docs/FORMAT.md gives it, before the header checksum."""
 
 
 def flip(b: bytes, pos: int, mask: int) -> bytes:
@@ -183,15 +220,28 @@ def seal_sector(body: bytes) -> bytes:
 
 
 def raw_segment(kind: int, seq: int, offset: int, blob: bytes, payload: bytes = b"",
-                count: int | None = None, reserved: tuple[int, int] = (0, 0)) -> bytes:
-    """A segment with valid checksums around whatever contents, bypassing encoder checks."""
+                count: int | None = None, reserved: tuple[int, int] = (0, 0),
+                stored: bytes | None = None, raw_len: int | None = None) -> bytes:
+    """A segment with valid checksums around whatever contents, bypassing encoder checks.
+
+    ``stored`` replaces the records blob on disk (say, a zstd frame of ``blob``);
+    ``reserved`` is (flags, reserved u16), flags defaulting to RECORDS_ZSTD with ``stored``.
+    """
     if count is None:
         count = len(fmt.decode_records(blob)) if blob else 0
-    head = struct.pack("<4sBBHQQIIQQQ", fmt.SEGMENT_MAGIC, kind, *reserved, seq, offset, count,
-                       len(blob), len(payload), xxhash.xxh3_64_intdigest(blob),
-                       xxhash.xxh3_64_intdigest(payload))
-    body = head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head)) + blob + payload
+    if stored is None:
+        stored = blob
+    elif reserved == (0, 0):
+        reserved = (fmt.RECORDS_ZSTD, 0)
+    head = struct.pack(HEADER_FMT, fmt.SEGMENT_MAGIC, kind, *reserved, seq, offset, count,
+                       len(stored), len(payload), len(blob) if raw_len is None else raw_len,
+                       xxhash.xxh3_64_intdigest(stored), xxhash.xxh3_64_intdigest(payload))
+    body = head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head)) + payload + stored
     return body + bytes(fmt.align_up(len(body)) - len(body))
+
+
+def zstd_frame(blob: bytes) -> bytes:
+    return zstandard.ZstdCompressor(write_checksum=False).compress(blob)
 
 
 def framed(rtype: int, body: bytes) -> bytes:
@@ -295,16 +345,17 @@ def test_trailer_bytes_match_docs() -> None:
 
 
 def test_segment_and_record_bytes_match_docs() -> None:
-    blob, recs = small_segment(offset=2 * SECTOR, seq=9)
+    blob, recs = small_segment(offset=2 * SECTOR, seq=9, compress=False)
     assert len(blob) == SECTOR
-    magic, kind, r1, r2, seq, off, count, rlen, plen, rh, ph, hh = struct.unpack_from(
-        "<4sBBHQQIIQQQQ", blob, 0)
-    assert (magic, kind, r1, r2, seq, off, count) == (b"PLSG", 1, 0, 0, 9, 2 * SECTOR, 4)
-    assert plen == 8 and hh == xxhash.xxh3_64_intdigest(blob[:56])
-    records_blob = blob[64 : 64 + rlen]
+    (magic, kind, flags, r2, seq, off, count, rlen, plen, raw_len, rh, ph, hh) = (
+        struct.unpack_from(HEADER_FMT + "Q", blob, 0))
+    assert (magic, kind, flags, r2, seq, off, count) == (b"PLSG", 1, 0, 0, 9, 2 * SECTOR, 4)
+    assert plen == 8 and raw_len == rlen and hh == xxhash.xxh3_64_intdigest(blob[:56])
+    # The payload comes first, right after the header; the records follow it.
+    assert blob[64 : 64 + plen] == b"hellozst"
+    assert ph == xxhash.xxh3_64_intdigest(blob[64 : 64 + plen])
+    records_blob = blob[64 + plen : 64 + plen + rlen]
     assert rh == xxhash.xxh3_64_intdigest(records_blob)
-    assert ph == xxhash.xxh3_64_intdigest(blob[64 + rlen : 64 + rlen + plen])
-    assert blob[64 + rlen : 64 + rlen + plen] == b"hellozst"
     # First record: the FileEntry.
     rtype, body_len = struct.unpack_from("<BI", records_blob, 0)
     assert rtype == 1 and body_len == fmt.record_size(FE) - 9
@@ -315,18 +366,42 @@ def test_segment_and_record_bytes_match_docs() -> None:
     # Second record: the RAW extent, placed at the first payload byte.
     e = records_blob[crc_at + 4 : crc_at + 4 + EXTENT_RECORD_SIZE]
     assert struct.unpack("<BIQQIBI16sQI", e)[:9] == (
-        2, 49, 7, 0, 5, 2, 5, EXT_RAW.xxh3, 2 * SECTOR + 64 + rlen)
-    assert recs[1].location == 2 * SECTOR + 64 + rlen
-    assert blob[64 + rlen + plen :] == bytes(SECTOR - 64 - rlen - plen)
+        2, 49, 7, 0, 5, 2, 5, EXT_RAW.xxh3, 2 * SECTOR + 64)
+    assert recs[1].location == 2 * SECTOR + 64
+    assert blob[64 + plen + rlen :] == bytes(SECTOR - 64 - rlen - plen)
+
+
+def test_compressed_records_bytes_match_docs() -> None:
+    plain, recs = many_segment(20, offset=2 * SECTOR, seq=9, compress=False)
+    blob, recs2 = many_segment(20, offset=2 * SECTOR, seq=9)
+    assert recs2 == recs  # locations do not depend on compression
+    (_, kind, flags, r2, _, _, count, rlen, plen, raw_len, rh, ph, hh) = struct.unpack_from(
+        HEADER_FMT + "Q", blob, 0)
+    p_rlen = struct.unpack_from(HEADER_FMT, plain, 0)[7]
+    assert (kind, flags, r2, count, raw_len) == (1, fmt.RECORDS_ZSTD, 0, 40, p_rlen)
+    assert rlen < raw_len and hh == xxhash.xxh3_64_intdigest(blob[:56])
+    assert blob[64 : 64 + plen] == plain[64 : 64 + plen]
+    frame = blob[64 + plen : 64 + plen + rlen]
+    assert rh == xxhash.xxh3_64_intdigest(frame)
+    # One standard zstd frame, with its content size, that yields the uncompressed records.
+    assert frame[:4] == b"\x28\xb5\x2f\xfd" and zstandard.frame_content_size(frame) == raw_len
+    assert zstandard.ZstdDecompressor().decompress(frame) == plain[64 + plen : 64 + plen + raw_len]
+    assert blob[64 + plen + rlen :] == bytes(len(blob) - 64 - plen - rlen)
 
 
 def test_format_is_pinned() -> None:
-    """Regression pin: if these change, the on-drive format changed: bump FORMAT_VERSION."""
-    blob, recs = small_segment(offset=2 * SECTOR, seq=9)
-    index = fmt.encode_index(recs, 10, 3 * SECTOR)
+    """Regression pin: if these change, the on-drive format changed: bump FORMAT_VERSION.
+
+    Records are pinned uncompressed: zstd's output may differ between library
+    versions without any change to the format (readers take any valid frame).
+    """
+    blob, recs = small_segment(offset=2 * SECTOR, seq=9, compress=False)
+    index = fmt.encode_index(recs, 10, 3 * SECTOR, compress=False)
     trailer = fmt.encode_trailer(Trailer(3, 1 << 30, 3 * SECTOR, SECTOR, 11, 8))
     digest = hashlib.sha256(fmt.encode_superblock(SB) + blob + index + trailer).hexdigest()
-    assert digest == "c3b38049994773116e6c983fca0514738abb81a792f1c95d6a4d1b3aefea7386"
+    assert digest == "11bd99ff85726e8a0ae3d3a8ce91f785072cdbb754a6c7bebe067443d8a30178"
+    packed, packed_recs = small_segment(offset=2 * SECTOR, seq=9)
+    assert packed_recs == recs and fmt.decode_segment(packed, 2 * SECTOR).records == tuple(recs)
 
 
 # --------------------------------------------------------------------------- round trips
@@ -370,19 +445,24 @@ def test_trailer_checked_against_superblock() -> None:
 
 
 @given(st.lists(file_entries(), max_size=3), st.lists(unplaced_extents(), max_size=4),
-       u64, sector_offsets)
+       u64, sector_offsets, st.booleans())
 def test_data_segment_roundtrip(files: list[FileEntry], exts: list[tuple[Extent, bytes]],
-                                seq: int, offset: int) -> None:
-    blob, recs = fmt.layout_data_segment(files, exts, seq, offset)
+                                seq: int, offset: int, compress: bool) -> None:
+    blob, recs = fmt.layout_data_segment(files, exts, seq, offset, compress=compress)
     assert len(blob) % SECTOR == 0
     assert recs[: len(files)] == files
     header = fmt.decode_segment_header(blob[:HEADER_SIZE])
     assert (header.kind, header.seq, header.offset, header.total_len) == (
         SegmentKind.DATA, seq, offset, len(blob))
+    raw_len = sum(map(fmt.record_size, recs))
+    assert header.records_raw_len == raw_len and header.records_len <= raw_len
+    assert header.records_compressed == (header.records_len < raw_len)
+    assert compress or not header.records_compressed
     seg = fmt.decode_segment(blob, offset)
     assert seg.header == header and list(seg.records) == recs
+    assert fmt.decode_segment(memoryview(b"..." + blob)[3:], offset) == seg
     assert seg.files == tuple(files)
-    assert fmt.encode_segment(recs, seg.payload, seq, offset) == blob
+    assert fmt.encode_segment(recs, seg.payload, seq, offset, compress=compress) == blob
     for placed, (ext, data) in zip(recs[len(files) :], exts, strict=True):
         assert dataclass_without_location(placed) == dataclass_without_location(ext)
         if ext.codec is Codec.ZERO:
@@ -398,10 +478,12 @@ def dataclass_without_location(e: fmt.Record) -> tuple[object, ...]:
     return (e.file_id, e.offset, e.raw_len, e.codec, e.stored_len, e.xxh3)
 
 
-@given(index_contents(), u64)
-def test_index_segment_roundtrip(content: tuple[int, list[fmt.Record]], seq: int) -> None:
+@given(index_contents(), u64, st.booleans())
+def test_index_segment_roundtrip(content: tuple[int, list[fmt.Record]], seq: int,
+                                 compress: bool) -> None:
     offset, recs = content
-    blob = fmt.encode_index(recs, seq, offset)
+    blob = fmt.encode_index(recs, seq, offset, compress=compress)
+    assert compress or not fmt.decode_segment_header(blob).records_compressed
     seg = fmt.decode_segment(blob, offset)
     assert seg.kind is SegmentKind.INDEX and list(seg.records) == recs and seg.payload == b""
     assert fmt.decode_segment_header(blob).total_len == len(blob)
@@ -566,9 +648,14 @@ def test_decoder_limit_on_segment_length() -> None:
 # --------------------------------------------------------------------------- damage: any byte
 
 
-def test_every_single_byte_flip_of_a_segment_is_detected() -> None:
-    blob, _ = small_segment(offset=SECTOR, seq=0)
+@pytest.mark.parametrize("compressed", [False, True])
+def test_every_single_byte_flip_of_a_segment_is_detected(compressed: bool) -> None:
+    if compressed:
+        blob, _ = many_segment(40, tiny=True)
+    else:
+        blob, _ = small_segment(offset=SECTOR, seq=0, compress=False)
     assert len(blob) == SECTOR
+    assert fmt.decode_segment_header(blob).records_compressed == compressed
     for pos in range(len(blob)):
         for mask in (0x01, 0x80, 0xFF):
             with pytest.raises(CorruptRecord):
@@ -586,11 +673,12 @@ def test_every_single_byte_flip_of_superblock_and_trailer_is_detected() -> None:
 
 
 @given(st.lists(file_entries(), max_size=2), st.lists(unplaced_extents(), max_size=3),
-       st.data())
+       st.booleans(), st.data())
 def test_any_byte_flip_of_a_data_segment_is_detected(
-    files: list[FileEntry], exts: list[tuple[Extent, bytes]], data: st.DataObject
+    files: list[FileEntry], exts: list[tuple[Extent, bytes]], compress: bool,
+    data: st.DataObject
 ) -> None:
-    blob, _ = fmt.layout_data_segment(files, exts, 5, 2 * SECTOR)
+    blob, _ = fmt.layout_data_segment(files, exts, 5, 2 * SECTOR, compress=compress)
     pos = data.draw(st.integers(0, len(blob) - 1))
     mask = data.draw(st.integers(1, 255))
     damaged = flip(blob, pos, mask)
@@ -600,12 +688,12 @@ def test_any_byte_flip_of_a_data_segment_is_detected(
         SegmentDecoder(2 * SECTOR, 5).feed(damaged)
 
 
-@given(index_contents(), st.data())
+@given(index_contents(), st.booleans(), st.data())
 def test_any_byte_flip_of_an_index_segment_is_detected(
-    content: tuple[int, list[fmt.Record]], data: st.DataObject
+    content: tuple[int, list[fmt.Record]], compress: bool, data: st.DataObject
 ) -> None:
     offset, recs = content
-    blob = fmt.encode_index(recs, 1, offset)
+    blob = fmt.encode_index(recs, 1, offset, compress=compress)
     pos = data.draw(st.integers(0, len(blob) - 1))
     with pytest.raises(CorruptRecord):
         fmt.decode_segment(flip(blob, pos, data.draw(st.integers(1, 255))), offset)
@@ -622,17 +710,21 @@ def test_any_byte_flip_of_superblock_or_trailer_is_detected(
 
 
 def test_damaged_record_is_named() -> None:
-    blob, _ = small_segment()
-    rlen = struct.unpack_from("<I", blob, 28)[0]
-    second = HEADER_SIZE + fmt.record_size(FE)
+    plain, _ = small_segment(compress=False)
+    plen = struct.unpack_from("<I", plain, 32)[0]
+    second = HEADER_SIZE + plen + fmt.record_size(FE)
     with pytest.raises(CorruptRecord, match=r"record 1 at byte \d+: checksum mismatch"):
-        fmt.decode_segment(flip(blob, second + 10, 0x04), SECTOR)
-    with pytest.raises(CorruptRecord, match="payload checksum mismatch"):
-        fmt.decode_segment(flip(blob, HEADER_SIZE + rlen + 1, 0x04), SECTOR)
-    with pytest.raises(CorruptRecord, match="padding"):
-        fmt.decode_segment(flip(blob, SECTOR - 1, 0x04), SECTOR)
-    with pytest.raises(CorruptRecord, match="truncated"):
-        fmt.decode_segment(blob[:-1], SECTOR)
+        fmt.decode_segment(flip(plain, second + 10, 0x04), SECTOR)
+    for blob in (plain, many_segment(20)[0]):
+        plen = struct.unpack_from("<I", blob, 32)[0]
+        with pytest.raises(CorruptRecord, match="payload checksum mismatch"):
+            fmt.decode_segment(flip(blob, HEADER_SIZE + 1, 0x04), SECTOR)
+        with pytest.raises(CorruptRecord, match="record.* checksum mismatch"):
+            fmt.decode_segment(flip(blob, HEADER_SIZE + plen + 20, 0x04), SECTOR)
+        with pytest.raises(CorruptRecord, match="padding"):
+            fmt.decode_segment(flip(blob, len(blob) - 1, 0x04), SECTOR)
+        with pytest.raises(CorruptRecord, match="truncated"):
+            fmt.decode_segment(blob[:-1], SECTOR)
 
 
 def test_unsupported_version_says_so() -> None:
@@ -718,14 +810,18 @@ def test_garbage_records_with_valid_checksums_raise_only_corrupt_record(
         fmt.decode_segment(seg, SECTOR)
 
 
-@given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 0xFFFF), u64, u64, u32, u32, u64)
-@example(1, 0, 0, 0, SECTOR, 0, 0, 0)
-@example(2, 0, 0, 0, SECTOR, 0, fmt.MAX_INDEX_RECORDS_LEN, 0)
+@given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 0xFFFF), u64, u64, u32, u32, u32,
+       u32)
+@example(1, 0, 0, 0, SECTOR, 0, 0, 0, 0)
+@example(2, 0, 0, 0, SECTOR, 0, fmt.MAX_INDEX_RECORDS_LEN, 0, fmt.MAX_INDEX_RECORDS_LEN)
+@example(2, 1, 0, 0, SECTOR, 0, 100, 0, fmt.MAX_INDEX_RECORDS_LEN)
+@example(1, 1, 0, 0, SECTOR, 0, 100, 0, U32)
 def test_sealed_garbage_headers_raise_only_corrupt_record(
-    kind: int, r1: int, r2: int, seq: int, offset: int, count: int, rlen: int, plen: int
+    kind: int, flags: int, r2: int, seq: int, offset: int, count: int, rlen: int, plen: int,
+    raw_len: int,
 ) -> None:
-    head = struct.pack("<4sBBHQQIIQQQ", b"PLSG", kind, r1, r2, seq, offset, count, rlen, plen,
-                       0, 0)
+    head = struct.pack(HEADER_FMT, b"PLSG", kind, flags, r2, seq, offset, count, rlen, plen,
+                       raw_len, 0, 0)
     b = head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head))
     try:
         h = fmt.decode_segment_header(b)
@@ -733,6 +829,7 @@ def test_sealed_garbage_headers_raise_only_corrupt_record(
         return
     assert h.total_len % SECTOR == 0 and h.total_len >= HEADER_SIZE + h.records_len + h.payload_len
     assert h.total_len <= HEADER_SIZE + fmt.MAX_INDEX_RECORDS_LEN + SECTOR
+    assert h.records_len <= h.records_raw_len <= fmt.MAX_INDEX_RECORDS_LEN
     _only_corrupt(b)
 
 
@@ -744,7 +841,10 @@ def test_checksum_valid_but_inconsistent_segments_are_corrupt() -> None:
         (raw_segment(1, 0, SECTOR, blob, b"hello", count=3), "header says 3"),
         (raw_segment(2, 0, SECTOR, blob, b"x"), "INDEX segment has no payload"),
         (raw_segment(3, 0, SECTOR, b""), "unknown segment kind 3"),
-        (raw_segment(1, 0, SECTOR, b"", reserved=(1, 0)), "reserved"),
+        (raw_segment(1, 0, SECTOR, b"", reserved=(2, 0)), "reserved"),
+        (raw_segment(1, 0, SECTOR, b"", reserved=(0, 1)), "reserved"),
+        (raw_segment(1, 0, SECTOR, blob, b"hello", raw_len=len(blob) + 1), "raw length"),
+        (raw_segment(1, 0, SECTOR, blob, b"hello", reserved=(1, 0)), "do not shrink"),
         (raw_segment(1, 0, SECTOR + 1, b""), "sector boundary"),
         (raw_segment(2, 0, 2 * SECTOR, fmt.encode_records([EXT_ZERO])), "no FileEntry"),
         (raw_segment(2, 0, 2 * SECTOR, fmt.encode_records([FE, FE])), "appears twice"),
@@ -763,6 +863,168 @@ def test_checksum_valid_but_inconsistent_segments_are_corrupt() -> None:
 
 def seg_offset(seg: bytes) -> int:
     return struct.unpack_from("<Q", seg, 16)[0]
+
+
+# --------------------------------------------------------------------------- compressed records
+
+# Fields with no redundancy to speak of: a zstd frame of these records is not smaller.
+FE_DENSE = FileEntry(4712128852136459333, "Qz", "xK", 10876825249457225881, 6368248133177167415,
+                     4047793130)
+EXT_DENSE = Extent(4712128852136459333, 3614262064, 2941943690, Codec.ZSTD, 2847597351,
+                   bytes.fromhex("a07d1dec25b1b087efe26c07ff0d21d7"), 1526713224155)
+
+
+def test_records_are_stored_compressed_only_when_that_is_smaller() -> None:
+    cases = [
+        (fmt.encode_segment([], b"", 0, SECTOR), False),
+        (fmt.encode_index([FE_DENSE, EXT_DENSE], 3, 2**42), False),
+        (small_segment()[0], True),
+        (many_segment(20)[0], True),
+    ]
+    for blob, compressed in cases:
+        h = fmt.decode_segment_header(blob)
+        assert h.records_compressed == compressed
+        assert (h.records_len < h.records_raw_len) == compressed
+        plain = fmt.encode_segment(fmt.decode_segment(blob, h.offset).records,
+                                   blob[HEADER_SIZE : HEADER_SIZE + h.payload_len], h.seq,
+                                   h.offset, h.kind, compress=False)
+        p = fmt.decode_segment_header(plain)
+        assert not p.records_compressed and p.records_len == p.records_raw_len == h.records_raw_len
+        assert fmt.decode_segment(plain, h.offset).records == fmt.decode_segment(
+            blob, h.offset).records
+
+
+def test_locations_do_not_depend_on_compression() -> None:
+    """The payload comes right after the header, so layout is one pass either way."""
+    rows = many_files(50)
+    files, exts = [f for f, _, _ in rows], [(e, d) for _, e, d in rows]
+    a, recs = fmt.layout_data_segment(files, exts, 4, 3 * SECTOR)
+    b, plain_recs = fmt.layout_data_segment(files, exts, 4, 3 * SECTOR, compress=False)
+    assert recs == plain_recs and len(a) < len(b)
+    ha, hb = fmt.decode_segment_header(a), fmt.decode_segment_header(b)
+    assert ha.payload_offset == hb.payload_offset == 3 * SECTOR + HEADER_SIZE
+    assert recs[len(files)].location == 3 * SECTOR + HEADER_SIZE
+    assert ha.records_offset == 3 * SECTOR + HEADER_SIZE + ha.payload_len
+    seg = fmt.decode_segment(a, 3 * SECTOR)
+    for (_, data), ext in zip(exts, seg.extents, strict=True):
+        assert seg.stored(ext) == data
+        assert a[ext.location - 3 * SECTOR :][: ext.stored_len] == data
+
+
+def zstd_rle_frame(declared: int | None, n: int) -> bytes:
+    """A hand-made zstd frame: a content size (or none) and one RLE block of ``n`` zeros."""
+    head = b"\x00\x00" if declared is None else b"\xe0" + declared.to_bytes(8, "little")
+    return b"\x28\xb5\x2f\xfd" + head + ((n << 3) | 0b011).to_bytes(3, "little") + b"\x00"
+
+
+def test_decompression_bombs_are_refused_before_anything_is_allocated() -> None:
+    records = fmt.encode_records(many_segment(20)[1])
+    frame = zstd_frame(records)
+    assert 2 * len(frame) + 1 < len(records)
+    assert zstandard.frame_content_size(zstd_rle_frame(16 << 20, 100)) == 16 << 20
+    cases = [
+        # The header's own raw length is checked against the limits first.
+        (raw_segment(1, 0, SECTOR, records, b"hello", stored=frame,
+                     raw_len=fmt.MAX_DATA_RECORDS_LEN + 1), "exceeds"),
+        (raw_segment(2, 0, 2 * SECTOR, records, stored=frame, raw_len=U32), "exceeds"),
+        # The frame must declare the header's raw length: never trusted beyond it.
+        (raw_segment(1, 0, SECTOR, records, b"hello", stored=zstd_rle_frame(16 << 20, 100),
+                     raw_len=len(records)), "declares 16777216 bytes"),
+        (raw_segment(2, 0, 2 * SECTOR, records, stored=zstd_rle_frame(1 << 40, 100),
+                     raw_len=len(records)), "declares 1099511627776 bytes"),
+        (raw_segment(1, 0, SECTOR, records, b"hello", stored=zstd_rle_frame(None, 200),
+                     raw_len=len(records)), "declares no size"),
+        # A frame that holds more than it declares, or more than one frame, or junk after it.
+        (raw_segment(1, 0, SECTOR, records, b"hello", stored=zstd_rle_frame(len(records), 900),
+                     raw_len=len(records)), "do not decompress"),
+        (raw_segment(1, 0, SECTOR, records, b"hello", stored=frame + frame,
+                     raw_len=len(records)), "do not decompress"),
+        (raw_segment(1, 0, SECTOR, records, b"hello", stored=frame + b"\0",
+                     raw_len=len(records)), "do not decompress"),
+        (raw_segment(1, 0, SECTOR, records, b"hello", stored=frame[:-1],
+                     raw_len=len(records)), "do not decompress"),
+        (raw_segment(1, 0, SECTOR, records, b"hello", stored=b"not a zstd frame",
+                     raw_len=len(records)), "records"),
+    ]
+    for seg, match in cases:
+        tracemalloc.start()
+        try:
+            with pytest.raises(CorruptRecord, match=match):
+                fmt.decode_segment(seg, seg_offset(seg))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20, (match, peak)
+        with pytest.raises(CorruptRecord):
+            SegmentDecoder(seg_offset(seg)).feed(seg)
+
+
+def test_decoder_limit_counts_records_decompressed() -> None:
+    blob, _ = many_segment(200, tiny=True)
+    h = fmt.decode_segment_header(blob)
+    assert h.records_compressed
+    unpacked = fmt.segment_total_len(h.records_raw_len, h.payload_len)
+    assert h.total_len < unpacked
+    with pytest.raises(CorruptRecord, match="records decompressed.*limit"):
+        SegmentDecoder(max_segment_len=unpacked - 1).feed(blob)
+    assert len(SegmentDecoder(max_segment_len=unpacked).feed(blob)) == 1
+
+
+@given(garbage_frames(), st.sampled_from(SegmentKind), st.binary(max_size=64), st.data())
+def test_compressed_garbage_with_valid_checksums_raises_only_corrupt_record(
+    blob: bytes, kind: SegmentKind, payload: bytes, data: st.DataObject
+) -> None:
+    frame = zstd_frame(blob)
+    if data.draw(st.booleans()):  # damage the frame itself, then reseal the checksums
+        frame = flip(frame, data.draw(st.integers(0, len(frame) - 1)),
+                     data.draw(st.integers(1, 255)))
+    raw_len = data.draw(st.one_of(st.just(len(blob)), u32))
+    seg = raw_segment(kind, 0, SECTOR, blob, payload, count=1, stored=frame, raw_len=raw_len)
+    with contextlib.suppress(CorruptRecord):
+        fmt.decode_segment(seg, SECTOR)
+
+
+def overhead_tree(n: int, seed: int = 1) -> list[tuple[FileEntry, Extent, bytes]]:
+    """A tree of small files: sequential ids, mtimes within a day, sizes 1-64 KiB."""
+    rnd = random.Random(seed)
+    day = 1_764_115_200_000_000_000
+    out = []
+    for i in range(n):
+        path = f"small/d{i // 1000}/e{(i // 50) % 20}/file {i:05d}.txt"
+        size = rnd.randint(1, 64 << 10)
+        stored = bytes(max(1, size // 3))
+        ext = Extent(i, 0, size, Codec.ZSTD, len(stored),
+                     xxhash.xxh3_128_digest(i.to_bytes(8, "little")))
+        out.append((FileEntry(i, path, "vdir/" + path, size, day + rnd.randrange(86_400 * 10**9),
+                              0o100644), ext, stored))
+    return out
+
+
+def test_records_overhead_of_small_files() -> None:
+    """Bytes per file beyond the stored payload, DATA segments of 1000 files plus the INDEX."""
+    tree, per_seg = overhead_tree(20_000), 1000
+    per_file = {}
+    for compress in (False, True):
+        offset, seq, data_bytes, placed = SECTOR, 0, 0, []
+        for k in range(0, len(tree), per_seg):
+            rows = tree[k : k + per_seg]
+            blob, recs = fmt.layout_data_segment(
+                [f for f, _, _ in rows], [(e, d) for _, e, d in rows], seq, offset,
+                compress=compress)
+            h = fmt.decode_segment_header(blob[:HEADER_SIZE], offset, seq)
+            data_bytes += h.total_len - h.payload_len  # header, records and padding
+            placed += recs
+            offset, seq = h.end, seq + 1
+        index = fmt.encode_index(placed, seq, offset, compress=compress)
+        assert list(fmt.decode_segment(index, offset).records) == placed
+        per_file[compress] = (data_bytes / len(tree), len(index) / len(tree))
+    (d0, i0), (d1, i1) = per_file[False], per_file[True]
+    print(f"\nrecords overhead per small file: uncompressed DATA {d0:.1f} + INDEX {i0:.1f} = "
+          f"{d0 + i0:.1f} B; zstd DATA {d1:.1f} + INDEX {i1:.1f} = {d1 + i1:.1f} B")
+    assert d0 + i0 > 300  # 158 bytes of records per file, twice
+    # Measured 58.4 + 55.5 = 113.9 (zstandard 0.25, level 3). The floor is about 48:
+    # the xxh3-128 digest (16) and two xxh32 record checksums (8) do not compress.
+    assert d1 + i1 < 125
 
 
 # --------------------------------------------------------------------------- validation (bugs)
@@ -885,16 +1147,21 @@ def test_index_of_200k_extents_encodes_and_decodes_in_linear_time() -> None:
     files = [FileEntry(i, f"dir {i % 7}/file {i}.bin", f"c/dir/file {i}.bin", 1 << 30, 0, 0o644)
              for i in range(n_files)]
     exts = [Extent(i % n_files, (i // n_files) << 20, 1 << 20, Codec.ZSTD, 1000,
-                   i.to_bytes(16, "big"), SECTOR + 64 + 1000 * i) for i in range(n)]
+                   xxhash.xxh3_128_digest(i.to_bytes(8, "little")), SECTOR + 64 + 1000 * i)
+            for i in range(n)]
     recs: list[fmt.Record] = [*files, *exts]
     offset = fmt.align_up(SECTOR + 64 + 1000 * n)
-    t0 = time.perf_counter()
-    blob = fmt.encode_index(recs, 1, offset)
-    t1 = time.perf_counter()
-    seg = fmt.decode_segment(blob, offset)
-    t2 = time.perf_counter()
-    assert list(seg.records) == recs
-    assert len(blob) == fmt.align_up(HEADER_SIZE + sum(map(fmt.record_size, recs)))
-    print(f"\nindex of {n} extents + {n_files} files, {len(blob)} bytes: "
-          f"encode {t1 - t0:.3f} s, decode {t2 - t1:.3f} s")
-    assert t2 - t0 < 30  # generous: shared CI machines; quadratic would take minutes
+    raw_len = sum(map(fmt.record_size, recs))
+    for compress in (False, True):
+        t0 = time.perf_counter()
+        blob = fmt.encode_index(recs, 1, offset, compress=compress)
+        t1 = time.perf_counter()
+        seg = fmt.decode_segment(blob, offset)
+        t2 = time.perf_counter()
+        assert list(seg.records) == recs
+        assert seg.header.records_compressed == compress
+        assert seg.header.records_raw_len == raw_len
+        assert len(blob) <= fmt.align_up(HEADER_SIZE + raw_len)
+        print(f"\nindex of {n} extents + {n_files} files, {'zstd' if compress else 'plain'} "
+              f"records, {len(blob)} bytes: encode {t1 - t0:.3f} s, decode {t2 - t1:.3f} s")
+        assert t2 - t0 < 30  # generous: shared CI machines; quadratic would take minutes
