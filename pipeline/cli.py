@@ -16,9 +16,9 @@ from collections.abc import Iterator, Sequence
 import trio
 
 from pipeline import __version__, errors
-from pipeline.commands import drive, keys, prep, preview, verify
+from pipeline.commands import drive, import_, keys, prep, preview, repair, verify
 
-COMMANDS = (prep, preview, verify, keys, drive)
+COMMANDS = (prep, preview, verify, keys, import_, repair, drive)
 
 
 def build_parser() -> argparse.ArgumentParser:

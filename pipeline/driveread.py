@@ -96,3 +96,34 @@ def read_segments(od: OpenedDrive, wanted: Iterable[tuple[int, int, int]]
         batch.append((seq, offset, length))
     if batch:
         yield from flush()
+
+
+def scan_log(od: OpenedDrive) -> tuple[dict[int, format.FileEntry], list[format.Extent]]:
+    """Recover the records of a drive that was never closed, by walking its segments.
+
+    Stops at the first block that is not the next segment (the uncommitted
+    tail) or at a damaged one; what was read before stands.
+    """
+    files: dict[int, format.FileEntry] = {}
+    extents: list[format.Extent] = []
+    decoder = format.SegmentDecoder(scan=True)
+    offset, end = format.SECTOR, format.trailer_offset(od.superblock.data_area_size)
+    while offset < end and not decoder.ended:
+        size = min(READ_CHUNK, end - offset)
+        decoder.receive_data(od.cipher.read(od.drive, offset, size))
+        offset += size
+        if offset >= end:
+            decoder.receive_data(b"")
+        try:
+            while True:
+                seg = decoder.next_segment()
+                if seg is format.NEED_DATA or seg is format.END:
+                    break
+                if seg.kind is format.SegmentKind.INDEX:
+                    decoder.receive_data(b"")
+                    return files, extents
+                files.update((f.file_id, f) for f in seg.files)
+                extents.extend(seg.extents)
+        except format.CorruptRecord:
+            break
+    return files, extents

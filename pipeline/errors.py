@@ -12,6 +12,7 @@ Exit codes (also printed by ``--help``; any unknown code means failure):
     3      out of drives: stopped cleanly, resume with more drives
     4      integrity failure: checksum, decrypt or format mismatch
     5      refused: unsafe device or missing confirmation
+    6      storage account unreachable or refused; retry when it is back
     70     internal error (a bug)
     128+N  ended by signal N (130 = Ctrl-C)
 """
@@ -24,6 +25,7 @@ EXIT_BAD_INPUT = 2
 EXIT_OUT_OF_DRIVES = 3
 EXIT_INTEGRITY = 4
 EXIT_REFUSED = 5
+EXIT_STORAGE = 6
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
 
@@ -35,6 +37,7 @@ exit codes:
   3    out of drives: stopped cleanly; run again with --resume and more drives
   4    integrity failure: checksum, decrypt or format mismatch
   5    refused: unsafe device or missing confirmation (--yes)
+  6    storage account unreachable or refused; retry when it is back
   70   internal error (a bug): traceback on stderr
   130  interrupted (Ctrl-C); resumable
 any other code means failure"""

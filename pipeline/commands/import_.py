@@ -1,0 +1,128 @@
+"""`pipeline import`: drives -> storage account, with a copy log per drive."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from pipeline import credentials, driveread, drives, importer, journal
+from pipeline.commands import _options
+from pipeline.errors import BadInput, IntegrityError, Refused
+from pipeline.storage import open_storage
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import", help="import drives into a storage account",
+        description="Unlock each drive, check every extent (xxh3-128), decompress and write "
+        "the blobs into the storage account under the session's container and virtual "
+        "directory.  Drives can be imported in any order, in separate runs; importing a "
+        "drive twice changes nothing.  A copy log (JSON Lines) per drive says what "
+        "happened to every blob.")
+    p.add_argument("--drive", action="append", required=True, metavar="PATH",
+                   help="drive to import (repeat for more)")
+    p.add_argument("--to", metavar="STORAGE",
+                   help="storage account: a directory (or file://PATH), an Azure connection "
+                   "string or account URL with SAS (default: $AZURE_STORAGE_CONNECTION_STRING)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--journal-dir", metavar="JDIR", help="the session's journals (passwords "
+                   "and the expected records)")
+    g.add_argument("--recovery-password-file", metavar="FILE",
+                   help="the drive's recovery password, when the journal is lost")
+    g.add_argument("--passphrase-file", metavar="FILE", help="the operator passphrase (slot 1)")
+    g.add_argument("--key-file", metavar="FILE", help="the operator key file (slot 1)")
+    p.add_argument("--log-dir", default=".", metavar="DIR",
+                   help="where to write the copy logs (default: current directory)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary per drive")
+    p.set_defaults(func=run)
+
+
+def _journal_for(journals: list[journal.Journal], path: str) -> journal.Journal:
+    with drives.open_drive(path) as d:
+        uuid = drives.read_volume(d).uuid
+    for j in journals:
+        if j.drive.uuid == uuid:
+            return j
+    raise Refused(f"{path} (volume {uuid}) belongs to no journal in this journal directory "
+                  "(a drive of another session?); pass the journal directory of its session")
+
+
+def run(args: argparse.Namespace) -> int:
+    log_dir = Path(args.log_dir)
+    if not log_dir.is_dir():
+        raise BadInput(f"log directory {log_dir} does not exist; create it or pass --log-dir")
+    journals = journal.session_journals(args.journal_dir) if args.journal_dir else []
+    if args.journal_dir and not journals:
+        raise BadInput(f"no journals in {args.journal_dir}; check --journal-dir")
+    secret = None if args.journal_dir else _options.unlock_secret(args)
+    store = open_storage(args.to or os.environ.get("AZURE_STORAGE_CONNECTION_STRING"))
+    store.check()
+
+    opened: list[tuple[driveread.OpenedDrive, importer.DrivePlan]] = []
+    try:
+        for path in args.drive:  # every drive unlocked and checked before anything is written
+            jrn = _journal_for(journals, path) if journals else None
+            if jrn is not None:
+                key = credentials.Secret(jrn.recovery_password.encode(), "recovery password")
+            else:
+                assert secret is not None
+                key = secret
+            od = driveread.open_drive(path, key.value, key.kind)
+            opened.append((od, importer.plan_drive(od, jrn)))
+            importer.check_names(opened[-1][1])
+        bad = 0
+        for od, plan in opened:
+            bad += _import_one(od, plan, store, log_dir, args.json)
+    finally:
+        for od, _ in opened:
+            od.close()
+        for j in journals:
+            j.close()
+    if bad:
+        raise IntegrityError(f"{bad} blob(s) corrupt or missing; see the copy logs in "
+                             f"{log_dir}, then re-send them: pipeline repair --journal-dir "
+                             "JDIR --srcdir DIR --to STORAGE")
+    return 0
+
+
+def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_dir: Path,
+                as_json: bool) -> int:
+    sb = plan.superblock
+    path = importer.log_path(log_dir, sb.session_id, sb.drive_seq)
+    with open(path, "w", encoding="utf-8") as stream:
+        log = importer.CopyLog(stream, str(od.drive.path))
+        log.write({"type": "start", "drive": str(od.drive.path), "session_id": sb.session_id,
+                   "seq": sb.drive_seq, "container": plan.container,
+                   "records_from": plan.source, "storage": store.name})
+        try:
+            result = trio.run(importer.import_drive, od, plan, store, log,
+                              trio.CapacityLimiter(os.cpu_count() or 2),
+                              trio.CapacityLimiter(8))
+        except BaseException as exc:
+            log.close("failed", str(exc))
+            raise
+        log.close("already imported" if result.already else "done")
+    try:  # a copy next to the blobs, as the import service's verbose log
+        store.put(plan.container, f"{importer.MARKER_PREFIX}{sb.session_id}/"
+                  f"copylog-drive-{sb.drive_seq:02d}.jsonl",
+                  ("\n".join(log.lines) + "\n").encode())
+    except Exception as exc:  # noqa: BLE001 - the local log is the record; say so, go on
+        print(f"pipeline import: could not store the copy log in the account ({exc}); "
+              f"it is in {path}", file=sys.stderr)
+    t = log.totals
+    if as_json:
+        print(json.dumps({"seq": sb.drive_seq, "session_id": sb.session_id,
+                          "already_imported": result.already, "copy_log": str(path), **t}))
+    elif result.already:
+        print(f"drive {sb.drive_seq} of session {sb.session_id} ({od.drive.path}) was already "
+              "imported; nothing changed")
+    else:
+        print(f"drive {sb.drive_seq} of session {sb.session_id} ({od.drive.path}): "
+              f"{t['ok']} blob(s) complete, {t['skipped']} waiting for other drives or "
+              f"skipped, {t['corrupt']} corrupt, {t['missing']} missing; copy log {path}")
+    return t["corrupt"] + t["missing"]

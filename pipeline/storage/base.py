@@ -1,0 +1,190 @@
+"""What the importer needs from a storage account, and Azure's naming rules.
+
+A blob is assembled from parts on a 1 MiB grid (``CELL``), possibly over several
+runs days apart, and becomes visible only when committed.  Every method is
+blocking and thread-safe: the importer calls them from Trio worker threads,
+several at once.  Backends: ``local.LocalStorage`` (a directory, the default)
+and ``azure.AzureStorage`` (azure-storage-blob).
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+from pipeline.errors import EXIT_STORAGE, BadInput, IntegrityError, PipelineError
+from pipeline.format import BlobType
+
+__all__ = [
+    "CELL",
+    "PAGE",
+    "BlobType",
+    "InvalidName",
+    "PartsMissing",
+    "Storage",
+    "StorageUnavailable",
+    "cells_of",
+    "check_blob_name",
+    "check_container_name",
+    "check_part",
+    "open_storage",
+]
+
+CELL = 1 << 20          # grid of write_part offsets; the drive format's extent size
+PAGE = 512              # Azure page blob unit
+MAX_BLOB_NAME = 1024
+MAX_SEGMENTS = 254
+AZURE_FIX = "check the connection string / SAS and that the account is reachable"
+
+
+class StorageUnavailable(PipelineError):
+    """storage {} is unavailable ({}); {}, then run the same command again"""
+
+    exit_code = EXIT_STORAGE
+
+    def __init__(self, name: str, reason: str, fix: str = AZURE_FIX) -> None:
+        super().__init__(name, reason, fix)
+
+
+class InvalidName(BadInput):
+    """{} name {} breaks Azure's naming rules: {}; rename it"""
+
+    def __init__(self, kind: str, name: str, why: str) -> None:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        super().__init__(kind, repr(shown), why)
+        self.name = name
+
+
+class PartsMissing(IntegrityError):
+    """storage {}: {} cannot be committed, parts at offsets {} were never stored or are gone (Azure drops uncommitted parts after 7 days); import the drives holding them again"""  # noqa: E501 - the message template is one line
+
+    def __init__(self, name: str, where: str, offsets: Sequence[int]) -> None:
+        shown = ", ".join(str(o) for o in offsets[:5]) + (" ..." if len(offsets) > 5 else "")
+        super().__init__(name, where, shown)
+        self.offsets = builtins.list(offsets)
+
+
+_CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_container_name(name: str) -> str:
+    """Refuse what Azure would refuse, before any drive data moves."""
+    if not 3 <= len(name) <= 63:
+        raise InvalidName("container", name, "it must be 3 to 63 characters long")
+    if not _CONTAINER.fullmatch(name):
+        raise InvalidName("container", name, "only lowercase letters, digits and single "
+                          "hyphens, starting and ending with a letter or digit")
+    return name
+
+
+def check_blob_name(name: str) -> str:
+    """Refuse names Azure rejects or rewrites, and '.'/'..' segments (they escape a directory)."""
+    if not 1 <= len(name) <= MAX_BLOB_NAME:
+        raise InvalidName("blob", name, f"it must be 1 to {MAX_BLOB_NAME} characters long")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName("blob", name, "it is not valid UTF-8") from None
+    if _CONTROL.search(name):
+        raise InvalidName("blob", name, "it contains a control character")
+    if "\\" in name:
+        raise InvalidName("blob", name, "it contains '\\' (Azure turns it into '/')")
+    if name.endswith((".", "/")):
+        raise InvalidName("blob", name, "it ends with '.' or '/'")
+    segments = name.split("/")
+    if len(segments) > MAX_SEGMENTS:
+        raise InvalidName("blob", name, f"more than {MAX_SEGMENTS} path segments")
+    if "" in segments:
+        raise InvalidName("blob", name, "an empty path segment ('//' or a leading '/')")
+    if "." in segments or ".." in segments:
+        raise InvalidName("blob", name, "a '.' or '..' path segment")
+    return name
+
+
+def cells_of(size: int) -> range:
+    """Grid offsets of a blob of ``size`` bytes."""
+    return range(0, size, CELL)
+
+
+def check_part(blob_type: BlobType, size: int, offset: int, data: bytes) -> None:
+    """A misaligned part is the caller's bug, not the user's: ValueError (exit 70)."""
+    if size < 0 or offset < 0 or offset % CELL or len(data) > CELL or offset + len(data) > size:
+        raise ValueError(f"part at {offset} of {len(data)} bytes does not fit the {CELL}-byte "
+                         f"grid of a {size}-byte blob")
+    if blob_type is BlobType.PAGE and (size % PAGE or len(data) % PAGE):
+        raise ValueError(f"page blob part at {offset} of {len(data)} bytes, blob size {size}: "
+                         f"not multiples of {PAGE}")
+
+
+class Storage(Protocol):
+    """A storage account as the importer sees it; see the module docstring."""
+
+    name: str  # for messages; never holds a SAS token or an account key
+
+    def check(self) -> None:
+        """Raise StorageUnavailable (or BadInput) unless reachable and authorised."""
+
+    def ensure_container(self, container: str) -> None:
+        """Create the container if it does not exist."""
+
+    def write_part(self, container: str, blob: str, blob_type: BlobType, size: int, offset: int,
+                   data: bytes) -> None:
+        """Store ``data`` at ``offset`` of a blob being assembled; idempotent, durable."""
+
+    def commit(self, container: str, blob: str, blob_type: BlobType, size: int,
+               zero_offsets: Sequence[int]) -> None:
+        """Make the blob visible with ``size`` bytes; cells not written are in zero_offsets."""
+
+    def discard(self, container: str, blob: str) -> None:
+        """Forget a partial blob; a committed one stays."""
+
+    def size(self, container: str, blob: str) -> int | None:
+        """Committed size, None if absent or still partial."""
+
+    def read(self, container: str, blob: str, offset: int, length: int) -> bytes:
+        """A range of a committed blob (short at its end)."""
+
+    def put(self, container: str, blob: str, data: bytes) -> None:
+        """Replace a small whole block blob atomically (markers, logs)."""
+
+    def get(self, container: str, blob: str) -> bytes | None:
+        """A whole committed blob, None if absent."""
+
+    def list(self, container: str, prefix: str = "") -> builtins.list[str]:
+        """Committed blob names starting with ``prefix``, sorted."""
+
+
+_CONN_KEYS = re.compile(r"(?i)(?:^|;)\s*(?:AccountName|BlobEndpoint|UseDevelopmentStorage)\s*=")
+_SCHEME = re.compile(r"(?i)^([a-z][a-z0-9+.-]*)://")
+
+
+def open_storage(target: str | None) -> Storage:
+    """Pick the backend from a ``--to`` value (or the environment when None)."""
+    if target is None:
+        target = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or None
+        if target is None:
+            raise BadInput("give --to PATH or an Azure connection string / account URL "
+                           "(or set AZURE_STORAGE_CONNECTION_STRING)")
+    target = target.strip()
+    if not target:
+        raise BadInput("--to is empty; give a directory or an Azure connection string / "
+                       "account URL")
+    scheme = _SCHEME.match(target)
+    if _CONN_KEYS.search(target) or (scheme and scheme.group(1).lower() in ("http", "https")):
+        from pipeline.storage.azure import AzureStorage  # the SDK loads only when needed
+
+        return AzureStorage(target)
+    from pipeline.storage.local import LocalStorage
+
+    if scheme:
+        if scheme.group(1).lower() != "file":
+            raise BadInput(f"--to {scheme.group(0)}...: unsupported storage; give a directory, "
+                           "file://PATH or an Azure connection string / account URL")
+        target = target[scheme.end():]
+        if not target:
+            raise BadInput("--to file:// names no directory; give file:///PATH")
+    return LocalStorage(target)

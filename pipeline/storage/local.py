@@ -1,0 +1,290 @@
+"""A directory standing in for a storage account: the embedded default.
+
+Layout under ROOT::
+
+    ROOT/CONTAINER/BLOB                        committed blobs ('/' in a name = subdirectories)
+    ROOT/.pipeline-partial/CONTAINER/BLOB      blobs being assembled: sparse, ``size`` bytes
+    ROOT/.pipeline-partial/.put/               temporary files of put()
+
+No container name starts with '.', so the partial tree never collides with a
+container.  Zero cells are holes.  write_part() is durable when it returns (as
+Azure's Put Block is): the importer records delivered parts right after it.
+Commit is fsync + rename + directory fsync, so a crash leaves either the old
+blob or the new one.  The only shared state is the file system, so any number
+of threads (or processes) may call in at once.  Unlike Azure, a file system
+cannot hold both a blob ``a`` and a blob ``a/b``; that pair is refused.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import os
+import stat
+import uuid
+from collections.abc import Iterator, Sequence
+
+from pipeline.errors import BadInput
+from pipeline.format import BlobType
+from pipeline.storage.base import (
+    InvalidName,
+    PartsMissing,
+    StorageUnavailable,
+    cells_of,
+    check_blob_name,
+    check_container_name,
+    check_part,
+)
+
+PARTIAL = ".pipeline-partial"
+PUT_TMP = ".put"
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+NAME_MAX = 255
+PATH_MAX = 4096
+_UNAVAILABLE = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.ENOTCONN, errno.ESTALE}
+
+
+class LocalStorage:
+    """Blobs as files under one directory (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.name = self.root
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def _path(self, container: str, blob: str | None = None, *, partial: bool = False) -> str:
+        check_container_name(container)
+        parts = [self.root, PARTIAL, container] if partial else [self.root, container]
+        if blob is not None:
+            check_blob_name(blob)
+            segments = blob.split("/")
+            if any(len(s.encode()) > NAME_MAX for s in segments):
+                raise InvalidName("blob", blob, f"a path segment is longer than {NAME_MAX} "
+                                  "bytes, which the local file system refuses")
+            parts += segments
+        path = os.path.join(*parts)
+        if len(os.fsencode(path)) + len(PARTIAL) + 2 >= PATH_MAX:
+            raise InvalidName("blob", blob or container, "the path is too long for the local "
+                              "file system")
+        return path
+
+    def _clash(self, container: str, blob: str) -> BadInput:
+        return BadInput(f"{self.root}: blob {container}/{blob} clashes with a blob named like "
+                        "one of its parent directories (a file system cannot hold both 'a' "
+                        "and 'a/b'); import into Azure or another container")
+
+    def _makedirs(self, path: str) -> None:
+        """mkdir -p with 0755 whatever the umask; concurrent creators both succeed."""
+        if os.path.isdir(path):
+            return
+        if path == self.root:
+            raise self._missing()
+        parent = os.path.dirname(path)
+        self._makedirs(parent)
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", path) from None
+            return
+        os.chmod(path, DIR_MODE)
+        _fsync_dir(parent)
+
+    @contextlib.contextmanager
+    def _writing(self, container: str, blob: str) -> Iterator[None]:
+        """Name/directory clashes are bad input; a full, failing or read-only disk is
+        'unavailable' (exit 6: fix it and run again), never a traceback."""
+        try:
+            yield
+        except (NotADirectoryError, IsADirectoryError):
+            raise self._clash(container, blob) from None
+        except OSError as exc:
+            if exc.errno in _UNAVAILABLE:
+                raise StorageUnavailable(self.root, exc.strerror or str(exc),
+                                         "free space or fix the directory") from None
+            raise
+
+    # -- Storage ----------------------------------------------------------------------------
+
+    def _missing(self) -> BadInput:
+        return BadInput(f"storage directory {self.root} does not exist; create it "
+                        f"(mkdir -p {self.root}) or give another --to")
+
+    def check(self) -> None:
+        if not os.path.isdir(self.root):
+            raise self._missing()
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise BadInput(f"storage directory {self.root} is not writable; fix its "
+                           "permissions or give another --to")
+        with self._writing(PARTIAL, PUT_TMP):
+            self._makedirs(os.path.join(self.root, PARTIAL, PUT_TMP))
+
+    def ensure_container(self, container: str) -> None:
+        path = self._path(container)
+        with self._writing(container, ""):
+            self._makedirs(path)
+
+    def write_part(self, container: str, blob: str, blob_type: BlobType, size: int, offset: int,
+                   data: bytes) -> None:
+        check_part(blob_type, size, offset, data)
+        path = self._path(container, blob, partial=True)
+        with self._writing(container, blob):
+            fd = self._open_partial(path, size)
+            try:
+                view = memoryview(data)
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(fd, view[done:], offset + done)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+    def _open_partial(self, path: str, size: int) -> int:
+        """Open (creating durably, sparse, ``size`` bytes) the partial file."""
+        self._makedirs(os.path.dirname(path))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        else:
+            os.fchmod(fd, FILE_MODE)
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+            _fsync_dir(os.path.dirname(path))
+            return fd
+        if os.fstat(fd).st_size != size:   # racing creator, or a size change: last size wins
+            os.ftruncate(fd, size)
+        return fd
+
+    def commit(self, container: str, blob: str, blob_type: BlobType, size: int,
+               zero_offsets: Sequence[int]) -> None:
+        partial = self._path(container, blob, partial=True)
+        final = self._path(container, blob)
+        with self._writing(container, blob):
+            self._makedirs(os.path.dirname(final))
+            try:
+                fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if self.size(container, blob) == size:
+                    return                          # committed already: idempotent
+                zeros = set(zero_offsets)
+                missing = [o for o in cells_of(size) if o not in zeros]
+                if missing:
+                    raise PartsMissing(self.root, f"{container}/{blob}", missing) from None
+                self._replace(final, b"", size)     # all zeros: one sparse file
+                return
+            try:
+                if os.fstat(fd).st_size != size:
+                    os.ftruncate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.replace(partial, final)
+            except FileNotFoundError:               # another thread committed it just now
+                if self.size(container, blob) != size:
+                    raise
+                return
+            _fsync_dir(os.path.dirname(final))
+
+    def discard(self, container: str, blob: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(self._path(container, blob, partial=True))
+
+    def size(self, container: str, blob: str) -> int | None:
+        try:
+            st = os.stat(self._path(container, blob))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def read(self, container: str, blob: str, offset: int, length: int) -> bytes:
+        """Raises FileNotFoundError when the blob is absent."""
+        path = self._path(container, blob)
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except (NotADirectoryError, IsADirectoryError):
+            raise FileNotFoundError(errno.ENOENT, "no such blob", path) from None
+        with f:
+            chunks = []
+            while length > 0:
+                got = os.pread(f.fileno(), length, offset)
+                if not got:
+                    break
+                chunks.append(got)
+                offset += len(got)
+                length -= len(got)
+            return b"".join(chunks)
+
+    def put(self, container: str, blob: str, data: bytes) -> None:
+        final = self._path(container, blob)
+        with self._writing(container, blob):
+            self._makedirs(os.path.dirname(final))
+            self._replace(final, data, len(data))
+
+    def get(self, container: str, blob: str) -> bytes | None:
+        try:
+            with open(self._path(container, blob), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def list(self, container: str, prefix: str = "") -> builtins.list[str]:
+        top = self._path(container)
+        out: builtins.list[str] = []
+
+        def walk(path: str, rel: str) -> None:
+            try:
+                entries = builtins.list(os.scandir(path))
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            for e in entries:
+                name = rel + e.name
+                if e.is_dir(follow_symlinks=False):
+                    sub = name + "/"
+                    if sub.startswith(prefix) or prefix.startswith(sub):
+                        walk(e.path, sub)
+                elif e.is_file() and name.startswith(prefix):
+                    out.append(name)
+
+        walk(top, "")
+        return sorted(out)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _replace(self, final: str, data: bytes, size: int) -> None:
+        """Write a temporary file (``size`` bytes, ``data`` first), fsync, rename into place."""
+        tmpdir = os.path.join(self.root, PARTIAL, PUT_TMP)
+        self._makedirs(tmpdir)
+        tmp = os.path.join(tmpdir, uuid.uuid4().hex)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            try:
+                os.fchmod(fd, FILE_MODE)
+                view = memoryview(data)
+                done = 0
+                while done < len(view):
+                    done += os.write(fd, view[done:])
+                if size != len(data):
+                    os.ftruncate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(os.path.dirname(final))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
