@@ -210,3 +210,16 @@ def test_preview_estimates_drives(tmp_path: Path, tree) -> None:
     assert est["data_bytes"] < est["bytes"]  # the VHD's holes
     assert 2 <= est["drives"] <= 4  # prep needed exactly 3 such drives
     assert not any(p.name.endswith(".img") for p in tmp_path.iterdir())
+
+
+def test_a_refused_drive_stops_prep_before_any_format(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=10, random_mb=1, sparse_mb=2)
+    jdir = tmp_path / "j"
+    good, bad = tmp_path / "good.img", src / "inside.img"
+    proc = prep(src, jdir, "pre-1", [good, bad], "--drive-size", "64M", "--fill", "parallel")
+    assert proc.returncode == 5, proc.stderr
+    assert "is inside the staging location" in proc.stderr.strip().splitlines()[-1]
+    assert not list(jdir.glob("*.journal"))  # the session never began
+    with open(good, "rb") as f:
+        assert f.read(1 << 20) == bytes(1 << 20)  # nothing written

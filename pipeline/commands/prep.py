@@ -112,6 +112,22 @@ def _prescan(cfg: PrepConfig, stats: progress.Stats) -> None:
         stats.bytes_total += src.size
 
 
+def _preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
+    """Run every new drive through the safety checks before the first one is formatted,
+    so a refused drive stops prep before the session has begun."""
+    known = {str(Path(j.drive.path).resolve()) for j in journals}
+    seen: set[str] = set()
+    for path in cfg.drives:
+        real = str(Path(path).resolve())
+        if real in seen:
+            raise BadInput(f"--drive {path} is given twice")
+        seen.add(real)
+        if real in known:
+            continue
+        size = cfg.drive_size if not Path(path).exists() else None
+        drives.prepare_target(path, size=size, staging=cfg.srcdir, confirmed=cfg.yes).close()
+
+
 def _summary(pool: DrivePool, stats: progress.Stats) -> dict[str, Any]:
     out = []
     for j in sorted(pool.journals, key=lambda j: j.drive.seq):
@@ -175,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     renderer = progress.make_renderer(args.json)
     stats = progress.Stats()
     _prescan(cfg, stats)
+    _preflight(cfg, journals)
     renderer.start("prep", session_id=cfg.session_id, srcdir=str(cfg.srcdir),
                    files=stats.files_total, bytes=stats.bytes_total, fill=cfg.fill)
 
