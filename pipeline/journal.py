@@ -257,3 +257,19 @@ def session_journals(jdir: str | os.PathLike[str], session_id: str | None = None
         else:
             j.close()
     return sorted(out, key=lambda j: j.drive.seq)
+
+
+def one_session(jdir: str | os.PathLike[str], session_id: str | None) -> list[Journal]:
+    """The journals of exactly one session: the one named, or the only one in ``jdir``."""
+    journals = session_journals(jdir, session_id)
+    if not journals:
+        raise BadInput(f"no journals in {jdir}"
+                       + (f" for session {session_id}" if session_id else "")
+                       + "; check --journal-dir")
+    sessions = {j.session.session_id for j in journals}
+    if len(sessions) > 1:
+        for j in journals:
+            j.close()
+        raise BadInput(f"{jdir} holds several sessions ({', '.join(sorted(sessions))}); "
+                       "pick one with --session-id")
+    return journals

@@ -108,13 +108,7 @@ def resend(store: Storage, container: str, blob_type: format.BlobType, srcdir: P
 
 
 def run(args: argparse.Namespace) -> int:
-    journals = journal.session_journals(args.journal_dir, args.session_id)
-    if not journals:
-        raise BadInput(f"no journals in {args.journal_dir}; check --journal-dir")
-    sessions = {j.session.session_id for j in journals}
-    if len(sessions) > 1:
-        raise BadInput(f"{args.journal_dir} holds several sessions ({', '.join(sorted(sessions))})"
-                       "; pick one with --session-id")
+    journals = journal.one_session(args.journal_dir, args.session_id)
     session = journals[0].session
     container = session.dstdir.split("/", 1)[0]
     blob_type = format.BlobType(session.blob_type)

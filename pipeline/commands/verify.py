@@ -108,13 +108,7 @@ def verify_drive(jrn: journal.Journal, path: str) -> DriveReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    journals = journal.session_journals(args.journal_dir, args.session_id)
-    if not journals:
-        raise BadInput(f"no journals in {args.journal_dir}; check --journal-dir")
-    sessions = {j.session.session_id for j in journals}
-    if len(sessions) > 1:
-        raise BadInput(f"{args.journal_dir} holds several sessions ({', '.join(sorted(sessions))})"
-                       "; pick one with --session-id")
+    journals = journal.one_session(args.journal_dir, args.session_id)
     targets = _match_drives(journals, args.drive)
 
     async def main() -> list[DriveReport]:
