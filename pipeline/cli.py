@@ -16,9 +16,18 @@ from collections.abc import Iterator, Sequence
 import trio
 
 from pipeline import __version__, errors
-from pipeline.commands import drive, import_, keys, prep, preview, repair, verify
+from pipeline.commands import (
+    drive,
+    import_,
+    journal_cmd,
+    keys,
+    prep,
+    preview,
+    repair,
+    verify,
+)
 
-COMMANDS = (prep, preview, verify, keys, import_, repair, drive)
+COMMANDS = (prep, preview, verify, keys, journal_cmd, import_, repair, drive)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,6 +74,8 @@ class DriveInfo:
     payload_bytes: int = 0
     index_offset: int = 0
     index_length: int = 0
+    header_sha256: str = ""  # of the LUKS2 primary header as formatted: driveHeaderHash
+    index_sha256: str = ""  # of the closing index segment (plaintext): manifestHash
 
 
 def journal_path(jdir: str | os.PathLike[str], session_id: str, seq: int) -> Path:
@@ -187,9 +189,11 @@ class Journal:
             db.execute("ROLLBACK")
             raise
 
-    def set_state(self, state: str, *, index_offset: int = 0, index_length: int = 0) -> None:
+    def set_state(self, state: str, *, index_offset: int = 0, index_length: int = 0,
+                  index_sha256: str = "") -> None:
         self.drive.state = state
         self.drive.index_offset, self.drive.index_length = index_offset, index_length
+        self.drive.index_sha256 = index_sha256
         self._db.execute("BEGIN IMMEDIATE")
         self._save_drive()
         self._db.execute("COMMIT")

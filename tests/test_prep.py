@@ -223,3 +223,29 @@ def test_a_refused_drive_stops_prep_before_any_format(tmp_path: Path) -> None:
     assert not list(jdir.glob("*.journal"))  # the session never began
     with open(good, "rb") as f:
         assert f.read(1 << 20) == bytes(1 << 20)  # nothing written
+
+
+def test_journal_export_drive_list(tmp_path: Path) -> None:
+    import hashlib
+
+    from pipeline import driveread, format, luks2
+
+    src = tmp_path / "src"
+    make_tree(src, small_files=20, random_mb=1, sparse_mb=2)
+    jdir = tmp_path / "j"
+    drive = tmp_path / "d.img"
+    assert prep(src, jdir, "exp-1", [drive], "--drive-size", "64M").returncode == 0
+    proc = run_cli("journal", "export", "--journal-dir", str(jdir), check_code=0)
+    (entry,) = json.loads(proc.stdout)
+    j = journals_of(jdir)[0]
+    assert entry["driveId"] == j.drive.uuid
+    assert entry["bitLockerKey"] == j.recovery_password
+    j.close()
+    with open(drive, "rb") as f:
+        assert entry["driveHeaderHash"] == hashlib.sha256(f.read(luks2.HDR_SIZE)).hexdigest()
+    with driveread.open_drive(str(drive), entry["bitLockerKey"].encode()) as od:
+        tr = format.decode_trailer(od.cipher.read(
+            od.drive, format.trailer_offset(od.superblock.data_area_size), format.SECTOR))
+        index = od.cipher.read(od.drive, tr.index_offset, tr.index_length)
+    assert entry["manifestHash"] == hashlib.sha256(index).hexdigest()
+    assert entry["manifestFile"] == f"/index@{tr.index_offset}+{tr.index_length}"

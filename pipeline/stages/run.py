@@ -12,6 +12,7 @@ open segment (4 MiB) per writing drive.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
@@ -107,6 +108,7 @@ class DrivePool:
             _, cipher = drives.format_drive(drive, self._keyslots(password), self._identity(seq),
                                             uuid=volume_uuid)
             faults.reached("after_format")
+            jrn.drive.header_sha256 = hashlib.sha256(drive.pread(luks2.HDR_SIZE, 0)).hexdigest()
             jrn.set_state("open")
             self.passwords[seq] = password
             return drive, cipher, jrn
@@ -121,6 +123,7 @@ class DrivePool:
             if info.state == "formatting":  # crashed while formatting: nothing was written
                 _, cipher = drives.format_drive(drive, self._keyslots(jrn.recovery_password),
                                                 self._identity(info.seq), uuid=info.uuid)
+                info.header_sha256 = hashlib.sha256(drive.pread(luks2.HDR_SIZE, 0)).hexdigest()
                 jrn.set_state("open")
                 return drive, cipher
             volume = drives.read_volume(drive)

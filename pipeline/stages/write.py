@@ -17,6 +17,7 @@ index and trailer and returns.
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -182,7 +183,8 @@ class DriveWriter:
         self.stats.bytes_written += len(index) + len(trailer)
         self.progress.used, self.progress.state = offset + len(index), state
         await self._thread(functools.partial(self.journal.set_state, state,
-                                             index_offset=offset, index_length=len(index)),
+                                             index_offset=offset, index_length=len(index),
+                                             index_sha256=hashlib.sha256(index).hexdigest()),
                            stage="journal")
 
     async def run(self, rx: trio.MemoryReceiveChannel[PackedExtent]) -> bool:

@@ -1,0 +1,53 @@
+"""`pipeline journal export`: the session's drives as the import job's `driveList`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline import journal
+from pipeline.errors import BadInput
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("journal", help="work with prep's journals",
+                       description="Work with prep's per-drive journals.")
+    jsub = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    e = jsub.add_parser(
+        "export", help="print the drives as an import job's driveList (JSON)",
+        description="Print, as JSON, the `driveList` array of an import job in the "
+        "Microsoft.ImportExport API's shape: one entry per closed drive with its id (the "
+        "volume UUID), recovery password (bitLockerKey), manifest (the drive's closing "
+        "index) and hashes.  It holds the recovery passwords: treat the output as secret.")
+    e.add_argument("--journal-dir", required=True, metavar="JDIR")
+    e.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
+    e.set_defaults(func=run_export)
+
+
+def drive_list(journals: list[journal.Journal]) -> list[dict[str, str]]:
+    """The driveList entries; refuses drives that are not closed (nothing to ship yet)."""
+    out = []
+    for j in journals:
+        d = j.drive
+        if d.state not in ("closed", "full"):
+            raise BadInput(f"drive {d.seq} ({d.path}) is {d.state}, not closed; finish it with "
+                           f"pipeline prep --resume --journal-dir {j.path.parent} "
+                           f"--session-id {j.session.session_id}")
+        out.append({
+            "driveId": d.uuid,
+            "bitLockerKey": j.recovery_password,
+            "manifestFile": f"/index@{d.index_offset}+{d.index_length}",
+            "manifestHash": d.index_sha256,
+            "driveHeaderHash": d.header_sha256,
+        })
+    return out
+
+
+def run_export(args: argparse.Namespace) -> int:
+    journals = journal.one_session(args.journal_dir, args.session_id)
+    try:
+        print(json.dumps(drive_list(journals), indent=2))
+    finally:
+        for j in journals:
+            j.close()
+    return 0
