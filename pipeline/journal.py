@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,6 +88,9 @@ class Journal:
 
     def __init__(self, path: Path, db: sqlite3.Connection) -> None:
         self.path, self._db = path, db
+        # One connection, used from worker threads: the writer's commits and the planner's
+        # supersede() must not interleave inside one transaction.
+        self._lock = threading.Lock()
         self.session = SessionInfo(**self._meta("session"))
         self.drive = DriveInfo(**self._meta("drive"))
 
@@ -163,24 +167,30 @@ class Journal:
     def commit(self, segments: Iterable[tuple[format.SegmentHeader, list[format.Record]]],
                log_offset: int, log_seq: int) -> None:
         """Record synced DATA segments and move the watermark, atomically."""
+        with self._lock:
+            self._commit(segments, log_offset, log_seq)
+
+    def _commit(self, segments: Iterable[tuple[format.SegmentHeader, list[format.Record]]],
+                log_offset: int, log_seq: int) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             payload = 0
+            seg_rows, file_rows, ext_rows = [], [], []
             for header, records in segments:
-                db.execute("INSERT INTO segments VALUES (?, ?, ?, ?)",
-                           (header.seq, header.offset, header.total_len, int(header.kind)))
+                seg_rows.append((header.seq, header.offset, header.total_len, int(header.kind)))
                 payload += header.payload_len
                 for rec in records:
                     if isinstance(rec, format.FileEntry):
-                        db.execute("INSERT OR IGNORE INTO files (file_id, path, blob, size, "
-                                   "mtime_ns, mode) VALUES (?, ?, ?, ?, ?, ?)",
-                                   (rec.file_id, rec.path, rec.blob, rec.size, rec.mtime_ns,
-                                    rec.mode))
+                        file_rows.append((rec.file_id, rec.path, rec.blob, rec.size,
+                                          rec.mtime_ns, rec.mode))
                     else:
-                        db.execute("INSERT OR REPLACE INTO extents VALUES (?,?,?,?,?,?,?,?)",
-                                   (rec.file_id, rec.offset, rec.raw_len, int(rec.codec),
-                                    rec.stored_len, rec.xxh3, rec.location, header.seq))
+                        ext_rows.append((rec.file_id, rec.offset, rec.raw_len, int(rec.codec),
+                                         rec.stored_len, rec.xxh3, rec.location, header.seq))
+            db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?)", seg_rows)
+            db.executemany("INSERT OR IGNORE INTO files (file_id, path, blob, size, mtime_ns, "
+                           "mode) VALUES (?, ?, ?, ?, ?, ?)", file_rows)
+            db.executemany("INSERT OR REPLACE INTO extents VALUES (?,?,?,?,?,?,?,?)", ext_rows)
             self.drive.log_offset, self.drive.log_seq = log_offset, log_seq
             self.drive.payload_bytes += payload
             self._save_drive()
@@ -194,17 +204,19 @@ class Journal:
         self.drive.state = state
         self.drive.index_offset, self.drive.index_length = index_offset, index_length
         self.drive.index_sha256 = index_sha256
-        self._db.execute("BEGIN IMMEDIATE")
-        self._save_drive()
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._save_drive()
+            self._db.execute("COMMIT")
 
     def supersede(self, file_ids: Iterable[int]) -> None:
         """Mark files whose staging copy changed: their records here are stale."""
         ids = [(i,) for i in file_ids]
         if ids:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE files SET superseded=1 WHERE file_id=?", ids)
-            self._db.execute("COMMIT")
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("UPDATE files SET superseded=1 WHERE file_id=?", ids)
+                self._db.execute("COMMIT")
 
     # -- reading -------------------------------------------------------------
 
