@@ -249,3 +249,25 @@ def test_journal_export_drive_list(tmp_path: Path) -> None:
         index = od.cipher.read(od.drive, tr.index_offset, tr.index_length)
     assert entry["manifestHash"] == hashlib.sha256(index).hexdigest()
     assert entry["manifestFile"] == f"/index@{tr.index_offset}+{tr.index_length}"
+
+
+def test_one_operator_passphrase_opens_every_drive(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=10, random_mb=3, sparse_mb=2)
+    jdir = tmp_path / "j"
+    op = tmp_path / "operator.pass"
+    op.write_text("correct horse battery staple\n")
+    drives = [tmp_path / "a.img", tmp_path / "b.img"]
+    assert prep(src, jdir, "op-1", drives, "--drive-size", "64M", "--fill", "parallel",
+                "--passphrase-file", str(op)).returncode == 0
+    for d in drives:
+        proc = run_cli("drive", "unlock", str(d), "--passphrase-file", str(op), check_code=0)
+        assert "passphrase opens keyslot 1" in proc.stdout
+        info = json.loads(run_cli("drive", "info", str(d), "--json", check_code=0).stdout)
+        assert [k["id"] for k in info["keyslots"]] == [0, 1]
+        assert "correct horse" not in json.dumps(info)
+    wrong = tmp_path / "wrong.pass"
+    wrong.write_text("incorrect horse\n")
+    proc = run_cli("drive", "unlock", str(drives[0]), "--passphrase-file", str(wrong))
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "no keyslot opens with this passphrase" in proc.stderr
