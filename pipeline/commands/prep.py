@@ -179,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     journals = journal.session_journals(jdir, args.session_id)
     if args.resume and not journals:
         raise BadInput(f"no journals of session {args.session_id} in {jdir}; check "
-                       "--journal-dir and --session-id")
+                       "--journal-dir and --session-id (a session that never began is started "
+                       "without --resume)")
     if not args.resume and journals:
         raise BadInput(f"session {args.session_id} already has journals in {jdir}; continue it "
                        "with --resume, or end it with --abort")
