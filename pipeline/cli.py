@@ -24,10 +24,11 @@ from pipeline.commands import (
     prep,
     preview,
     repair,
+    service,
     verify,
 )
 
-COMMANDS = (prep, preview, verify, keys, journal_cmd, import_, repair, drive)
+COMMANDS = (prep, preview, verify, keys, journal_cmd, import_, repair, drive, service)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,142 @@
+"""`pipeline service`: run the import service; `pipeline service subscription add|list`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import ssl
+import sys
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from pipeline.errors import BadInput
+from pipeline.jobs import auth, rules, service
+from pipeline.jobs.catalog import Catalog
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "service", help="run the import service: job catalog and Azure-compatible REST API",
+        description="Run the import service: the job catalog (SQLite in --data) behind a REST "
+        "API compatible with Azure's Microsoft.ImportExport provider (api-version 2016-11-01). "
+        "Binds 127.0.0.1 unless --host says otherwise; Ctrl-C stops it cleanly.  Create a "
+        "customer's credentials with `pipeline service subscription add`.")
+    parser.add_argument("--data", metavar="DIR",
+                        help="the service's data directory (catalog, key file, regions.json); "
+                        "created on first start")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8443,
+                        help="TCP port (default 8443; 0 picks a free one)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="PEM certificate: serve HTTPS")
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    parser.set_defaults(func=run_serve)
+    ssub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+
+    s = ssub.add_parser("subscription", help="create or list subscriptions (customer accounts)",
+                        description="Create or list subscriptions: the accounts jobs belong to.")
+    actions = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = actions.add_parser(
+        "add", help="create a subscription and write its publish settings file",
+        description="Create a subscription and write its publish settings file (Azure's "
+        "PublishData XML, mode 0600).  The file holds the subscription's private key and is "
+        "the only copy: whoever holds it can create and read that subscription's jobs, "
+        "recovery passwords included.  The catalog keeps only the public key.")
+    p.add_argument("name", metavar="NAME", help="1-64 letters, digits, '.', '_' or '-'")
+    p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
+    p.add_argument("--out", metavar="FILE",
+                   help="publish settings file to write (default NAME.publishsettings)")
+    p.add_argument("--url", default=auth.DEFAULT_URL,
+                   help=f"the service URL clients use (default {auth.DEFAULT_URL}; "
+                   "http://... for a service without --tls-cert)")
+    p.set_defaults(func=run_subscription_add)
+    p = actions.add_parser("list", help="list subscriptions",
+                           description="List subscriptions: id, name, creation time.")
+    p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
+    p.set_defaults(func=run_subscription_list)
+
+
+def _check_tls(cert: str | None, key: str | None) -> None:
+    if (cert is None) != (key is None):
+        raise BadInput("give both --tls-cert and --tls-key, or neither (plain HTTP)")
+    if cert is None or key is None:
+        return
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not Path(path).is_file():
+            raise BadInput(f"{flag} {path} does not exist; check the path")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise BadInput(f"--tls-cert {cert} / --tls-key {key} cannot be used ({exc}); give a "
+                       "PEM certificate and its private key") from None
+
+
+async def run_serve(args: argparse.Namespace) -> int:
+    if not args.data:
+        raise BadInput("--data DIR is required: where the service keeps its catalog")
+    if not 0 <= args.port <= 65535:
+        raise BadInput(f"--port {args.port} is not a TCP port (0-65535)")
+    _check_tls(args.tls_cert, args.tls_key)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    catalog = Catalog.open(args.data)
+    config = service.hypercorn_config(args.host, args.port, args.tls_cert, args.tls_key)
+    stop = trio.Event()
+
+    async def watch_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                print(f"pipeline service: {signal.Signals(signum).name}, stopping",
+                      file=sys.stderr, flush=True)
+                stop.set()
+                return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals)
+            binds = await nursery.start(partial(service.serve, catalog, config,
+                                                shutdown_trigger=stop.wait))
+            print(f"pipeline service: listening on {' '.join(binds)} (data {args.data})",
+                  file=sys.stderr, flush=True)
+            await stop.wait()
+    except* OSError as group:
+        exc = _first(group)
+        raise BadInput(f"cannot listen on {args.host}:{args.port}: "
+                       f"{getattr(exc, 'strerror', None) or exc}; pick another --port or "
+                       "--host") from None
+    finally:
+        catalog.close()
+    print("pipeline service: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _first(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def run_subscription_add(args: argparse.Namespace) -> int:
+    name = rules.check_subscription_name(args.name)
+    if not args.url.startswith(("http://", "https://")):
+        raise BadInput(f"--url {args.url} must start with https:// (or http://)")
+    out = Path(args.out or f"{name}.publishsettings")
+    if out.exists():
+        raise BadInput(f"{out} already exists; give another --out (it may hold another "
+                       "subscription's key)")
+    with Catalog.open(args.data) as catalog:
+        sub = auth.add_subscription(catalog, name, out, args.url)
+    print(f"subscription {name}: {sub.id}")
+    print(f"publish settings: {out} (mode 0600; holds the subscription's key: give it only to "
+          "its owner)", file=sys.stderr)
+    return 0
+
+
+def run_subscription_list(args: argparse.Namespace) -> int:
+    with Catalog.open(args.data) as catalog:
+        for sub in catalog.subscriptions():
+            print(f"{sub.id}  {sub.created}  {sub.name}")
+    return 0
