@@ -19,6 +19,7 @@ from pipeline import __version__, errors
 from pipeline.commands import (
     drive,
     import_,
+    jobs,
     journal_cmd,
     keys,
     prep,
@@ -28,7 +29,7 @@ from pipeline.commands import (
     verify,
 )
 
-COMMANDS = (prep, preview, verify, keys, journal_cmd, import_, repair, drive, service)
+COMMANDS = (prep, preview, verify, keys, journal_cmd, jobs, import_, repair, drive, service)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -289,3 +289,22 @@ def one_session(jdir: str | os.PathLike[str], session_id: str | None) -> list[Jo
         raise BadInput(f"{jdir} holds several sessions ({', '.join(sorted(sessions))}); "
                        "pick one with --session-id")
     return journals
+
+
+def drive_list(journals: list[Journal]) -> list[dict[str, str]]:
+    """The driveList entries; refuses drives that are not closed (nothing to ship yet)."""
+    out = []
+    for j in journals:
+        d = j.drive
+        if d.state not in ("closed", "full"):
+            raise BadInput(f"drive {d.seq} ({d.path}) is {d.state}, not closed; finish it with "
+                           f"pipeline prep --resume --journal-dir {j.path.parent} "
+                           f"--session-id {j.session.session_id}")
+        out.append({
+            "driveId": d.uuid,
+            "bitLockerKey": j.recovery_password,
+            "manifestFile": f"/index@{d.index_offset}+{d.index_length}",
+            "manifestHash": d.index_sha256,
+            "driveHeaderHash": d.header_sha256,
+        })
+    return out

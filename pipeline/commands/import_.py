@@ -13,6 +13,7 @@ import trio
 from pipeline import credentials, driveread, drives, importer, journal
 from pipeline.commands import _options
 from pipeline.errors import BadInput, IntegrityError, Refused
+from pipeline.jobs import service_import
 from pipeline.storage import open_storage
 
 
@@ -32,10 +33,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--journal-dir", metavar="JDIR", help="the session's journals (passwords "
                    "and the expected records)")
+    g.add_argument("--service", metavar="URL", help="the import service: take the drives' keys "
+                   "from the job (--job, --publish-settings) and report progress to it")
     g.add_argument("--recovery-password-file", metavar="FILE",
                    help="the drive's recovery password, when the journal is lost")
     g.add_argument("--passphrase-file", metavar="FILE", help="the operator passphrase (slot 1)")
     g.add_argument("--key-file", metavar="FILE", help="the operator key file (slot 1)")
+    s = p.add_argument_group("with --service")
+    s.add_argument("--job", metavar="NAME", help="the import job the drives belong to")
+    s.add_argument("--publish-settings", metavar="FILE", help="the subscription's settings")
+    s.add_argument("--resource-group", metavar="NAME", help="(default pipeline)")
+    s.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
+    s.add_argument("--return-tracking", metavar="NUMBER",
+                   help="drives shipped back with this tracking number: complete the job")
     p.add_argument("--log-dir", default=".", metavar="DIR",
                    help="where to write the copy logs (default: current directory)")
     p.add_argument("--json", action="store_true", help="print one JSON summary per drive")
@@ -59,7 +69,13 @@ def run(args: argparse.Namespace) -> int:
     journals = journal.session_journals(args.journal_dir) if args.journal_dir else []
     if args.journal_dir and not journals:
         raise BadInput(f"no journals in {args.journal_dir}; check --journal-dir")
-    secret = None if args.journal_dir else _options.unlock_secret(args)
+    job: service_import.JobImport | None = None
+    if args.service:
+        if not (args.job and args.publish_settings):
+            raise BadInput("--service needs --job NAME and --publish-settings FILE")
+        job = service_import.JobImport.connect(args.service, args.job, args.publish_settings,
+                                               args.resource_group, args.ca_file)
+    secret = None if (args.journal_dir or job) else _options.unlock_secret(args)
     store = open_storage(args.to or os.environ.get("AZURE_STORAGE_CONNECTION_STRING"))
     store.check()
 
@@ -69,15 +85,25 @@ def run(args: argparse.Namespace) -> int:
             jrn = _journal_for(journals, path) if journals else None
             if jrn is not None:
                 key = credentials.Secret(jrn.recovery_password.encode(), "recovery password")
+            elif job is not None:
+                key = job.key_for(path)
             else:
                 assert secret is not None
                 key = secret
             od = driveread.open_drive(path, key.value, key.kind)
             opened.append((od, importer.plan_drive(od, jrn)))
             importer.check_names(opened[-1][1])
+        if job is not None:
+            job.start([od.volume.uuid for od, _ in opened])
         bad = 0
         for od, plan in opened:
-            bad += _import_one(od, plan, store, log_dir, args.json)
+            report = job.reporter(od.volume.uuid, plan) if job else None
+            n, log = _import_one(od, plan, store, log_dir, args.json, report)
+            bad += n
+            if job is not None:
+                job.finish_drive(od.volume.uuid, log, store, plan)
+        if job is not None:
+            job.finish(args.return_tracking)
     finally:
         for od, _ in opened:
             od.close()
@@ -91,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_dir: Path,
-                as_json: bool) -> int:
+                as_json: bool, report: service_import.Reporter | None = None
+                ) -> tuple[int, importer.CopyLog]:
     sb = plan.superblock
     path = importer.log_path(log_dir, sb.session_id, sb.drive_seq)
     with open(path, "w", encoding="utf-8") as stream:
@@ -99,10 +126,18 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
         log.write({"type": "start", "drive": str(od.drive.path), "session_id": sb.session_id,
                    "seq": sb.drive_seq, "container": plan.container,
                    "records_from": plan.source, "storage": store.name})
+        async def main() -> importer.DriveResult:
+            async with trio.open_nursery() as nursery:
+                if report is not None:
+                    nursery.start_soon(report.run)
+                result = await importer.import_drive(
+                    od, plan, store, log, trio.CapacityLimiter(os.cpu_count() or 2),
+                    trio.CapacityLimiter(8), report.add if report else lambda n: None)
+                nursery.cancel_scope.cancel()
+            return result
+
         try:
-            result = trio.run(importer.import_drive, od, plan, store, log,
-                              trio.CapacityLimiter(os.cpu_count() or 2),
-                              trio.CapacityLimiter(8))
+            result = trio.run(main)
         except BaseException as exc:
             log.close("failed", str(exc))
             raise
@@ -125,4 +160,4 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
         print(f"drive {sb.drive_seq} of session {sb.session_id} ({od.drive.path}): "
               f"{t['ok']} blob(s) complete, {t['skipped']} waiting for other drives or "
               f"skipped, {t['corrupt']} corrupt, {t['missing']} missing; copy log {path}")
-    return t["corrupt"] + t["missing"]
+    return t["corrupt"] + t["missing"], log

@@ -6,7 +6,6 @@ import argparse
 import json
 
 from pipeline import journal
-from pipeline.errors import BadInput
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,29 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export)
 
 
-def drive_list(journals: list[journal.Journal]) -> list[dict[str, str]]:
-    """The driveList entries; refuses drives that are not closed (nothing to ship yet)."""
-    out = []
-    for j in journals:
-        d = j.drive
-        if d.state not in ("closed", "full"):
-            raise BadInput(f"drive {d.seq} ({d.path}) is {d.state}, not closed; finish it with "
-                           f"pipeline prep --resume --journal-dir {j.path.parent} "
-                           f"--session-id {j.session.session_id}")
-        out.append({
-            "driveId": d.uuid,
-            "bitLockerKey": j.recovery_password,
-            "manifestFile": f"/index@{d.index_offset}+{d.index_length}",
-            "manifestHash": d.index_sha256,
-            "driveHeaderHash": d.header_sha256,
-        })
-    return out
-
-
 def run_export(args: argparse.Namespace) -> int:
     journals = journal.one_session(args.journal_dir, args.session_id)
     try:
-        print(json.dumps(drive_list(journals), indent=2))
+        print(json.dumps(journal.drive_list(journals), indent=2))
     finally:
         for j in journals:
             j.close()

@@ -1,0 +1,216 @@
+"""`pipeline jobs create|show|list|ship|cancel|keys|token`: the copy machine's client
+for the import service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pipeline import journal
+from pipeline.jobs import auth
+from pipeline.jobs.client import ServiceClient
+
+
+def _common(p: argparse.ArgumentParser, job: bool = True) -> None:
+    p.add_argument("--publish-settings", required=True, metavar="FILE",
+                   help="the subscription's publish settings file")
+    p.add_argument("--service", metavar="URL",
+                   help="the import service (default: the URL in the publish settings)")
+    p.add_argument("--resource-group", metavar="NAME", help="resource group (default pipeline)")
+    p.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    if job:
+        p.add_argument("--job", required=True, metavar="NAME", help="the import job's name")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jobs", help="create and follow import jobs on the import service",
+                       description="Create and follow import jobs on the import service.")
+    jsub = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+
+    c = jsub.add_parser("create", help="create an import job from prep's journals",
+                        description="Create an import job whose drive list comes from prep's "
+                        "journals; prints the data center's shipping address.")
+    _common(c)
+    c.add_argument("--journal-dir", required=True, metavar="JDIR")
+    c.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
+    c.add_argument("--location", required=True, metavar="REGION",
+                   help="data-center location (see `jobs locations`)")
+    c.add_argument("--storage-account", required=True, metavar="NAME")
+    g = c.add_argument_group("return address and shipping")
+    for name in ("name", "street", "city", "postal-code", "country", "phone", "email"):
+        g.add_argument(f"--return-{name}", required=True)
+    g.add_argument("--return-state", default=None)
+    g.add_argument("--return-carrier", required=True, help="carrier for the way back")
+    g.add_argument("--return-account", required=True, help="your account with that carrier")
+    c.set_defaults(func=run_create)
+
+    for name, helptext, func in (("show", "a job's state, drives and shipping address", run_show),
+                                 ("keys", "the drives' recovery passwords", run_keys),
+                                 ("cancel", "cancel a job (only before Transferring)",
+                                  run_cancel)):
+        s = jsub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:])
+        _common(s)
+        s.set_defaults(func=func)
+
+    s = jsub.add_parser("ship", help="record the carrier and tracking number: job Shipping",
+                        description="Record how the drives travel; the job moves to Shipping.")
+    _common(s)
+    s.add_argument("--carrier", required=True)
+    s.add_argument("--tracking", required=True, metavar="NUMBER")
+    s.add_argument("--drive-count", type=int, default=None)
+    s.add_argument("--ship-date", default=None, metavar="YYYY-MM-DD")
+    s.set_defaults(func=run_ship)
+
+    s = jsub.add_parser("list", help="the subscription's jobs", description="List the jobs.")
+    _common(s, job=False)
+    s.set_defaults(func=run_list)
+
+    s = jsub.add_parser("locations", help="data-center locations and their addresses",
+                        description="Data-center locations, their addresses and carriers.")
+    _common(s, job=False)
+    s.set_defaults(func=run_locations)
+
+    s = jsub.add_parser("token", help="print a short-lived bearer token for other tools",
+                        description="Print a bearer token (valid one hour) for curl or the "
+                        "Azure SDK.")
+    s.add_argument("--publish-settings", required=True, metavar="FILE")
+    s.set_defaults(func=run_token)
+
+
+def client(args: argparse.Namespace) -> ServiceClient:
+    return ServiceClient.from_file(args.publish_settings, url=args.service,
+                                   resource_group=args.resource_group, ca_file=args.ca_file)
+
+
+def _address(loc: dict[str, Any]) -> str:
+    p = loc.get("properties", {})
+    lines = [p.get("recipientName", ""), p.get("streetAddress1", ""), p.get("streetAddress2", ""),
+             " ".join(filter(None, (p.get("postalCode"), p.get("city"),
+                                    p.get("stateOrProvince")))),
+             p.get("countryOrRegion", ""), f"phone {p.get('phone', '')}"]
+    return "\n".join("    " + x for x in lines if x and x.strip())
+
+
+def run_create(args: argparse.Namespace) -> int:
+    journals = journal.one_session(args.journal_dir, args.session_id)
+    try:
+        drives = journal.drive_list(journals)
+    finally:
+        for j in journals:
+            j.close()
+    svc = client(args)
+    address = {"recipientName": args.return_name, "streetAddress1": args.return_street,
+               "city": args.return_city, "postalCode": args.return_postal_code,
+               "countryOrRegion": args.return_country, "phone": args.return_phone,
+               "email": args.return_email}
+    if args.return_state:
+        address["stateOrProvince"] = args.return_state
+    body = {"location": args.location, "properties": {
+        "storageAccountId": (f"/subscriptions/{svc.settings.subscription_id}/resourceGroups/"
+                             f"{svc.resource_group}/providers/Microsoft.Storage/"
+                             f"storageAccounts/{args.storage_account}"),
+        "jobType": "Import", "returnAddress": address,
+        "returnShipping": {"carrierName": args.return_carrier,
+                           "carrierAccountNumber": args.return_account},
+        "diagnosticsPath": "waimportexport", "logLevel": "Verbose",
+        "backupDriveManifest": True, "driveList": drives}}
+    job = svc.put(args.job, body)
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    loc = svc.location(args.location)
+    print(f"job {job['name']} created: {job['properties']['state']}, "
+          f"{len(job['properties']['driveList'])} drive(s)")
+    print(f"ship the drives to ({loc['name']}):\n{_address(loc)}")
+    print(f"then: pipeline jobs ship --job {job['name']} --carrier CARRIER --tracking NUMBER "
+          f"--publish-settings {args.publish_settings}")
+    print(f"portal: {svc.url}/")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    svc = client(args)
+    job = svc.get(args.job)
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    p = job["properties"]
+    print(f"job {job['name']}  state {p['state']}  {p.get('percentComplete', 0)}% "
+          f"location {job['location']}")
+    pkg = p.get("deliveryPackage")
+    if pkg:
+        print(f"shipped with {pkg.get('carrierName')} tracking {pkg.get('trackingNumber')}")
+    for d in p.get("driveList", []):
+        print(f"  drive {d['driveId']}  {d.get('state')}  {d.get('percentComplete', 0)}%  "
+              f"{d.get('bytesSucceeded', 0)} bytes"
+              + (f"  errors: {d['errorLogUri']}" if d.get("errorLogUri") else ""))
+    info = p.get("shippingInformation")
+    if info:
+        print("shipping address:\n" + _address({"properties": info}))
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    jobs = client(args).list()
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    for job in jobs:
+        p = job["properties"]
+        print(f"{job['name']:<24}  {p['state']:<13}  {len(p.get('driveList', []))} drive(s)  "
+              f"{job['location']}")
+    return 0
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    svc = client(args)
+    current = svc.get(args.job)
+    pkg: dict[str, Any] = {"carrierName": args.carrier, "trackingNumber": args.tracking,
+                           "driveCount": args.drive_count
+                           or len(current["properties"].get("driveList", []))}
+    if args.ship_date:
+        pkg["shipDate"] = args.ship_date
+    job = svc.patch(args.job, {"properties": {"deliveryPackage": pkg, "state": "Shipping"}})
+    if args.json:
+        print(json.dumps(job, indent=2))
+    else:
+        print(f"job {job['name']}: {job['properties']['state']} with {args.carrier}, "
+              f"tracking {args.tracking}")
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    job = client(args).patch(args.job, {"properties": {"cancelRequested": True}})
+    if args.json:
+        print(json.dumps(job, indent=2))
+    else:
+        print(f"job {job['name']}: {job['properties']['state']}")
+    return 0
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    keys = client(args).keys(args.job)
+    if args.json:
+        print(json.dumps(keys, indent=2))
+    else:
+        for k in keys:
+            print(f"{k['driveId']}  {k['bitLockerKey']}")
+    return 0
+
+
+def run_locations(args: argparse.Namespace) -> int:
+    locs = client(args).locations()
+    if args.json:
+        print(json.dumps(locs, indent=2))
+        return 0
+    for loc in locs:
+        carriers = ", ".join(loc["properties"].get("supportedCarriers", []))
+        print(f"{loc['name']}  ({carriers})\n{_address(loc)}")
+    return 0
+
+
+def run_token(args: argparse.Namespace) -> int:
+    print(auth.token_from_publish_settings(args.publish_settings))
+    return 0

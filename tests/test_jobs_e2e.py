@@ -1,0 +1,119 @@
+"""End to end over the import service: prep -> jobs create -> jobs ship ->
+import --service -> the job Completed, or CompletedMoreInfo with an error log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline import journal, luks2
+from pipeline.errors import EXIT_INTEGRITY
+from pipeline.jobs import testing
+
+from .conftest import FAST_KDF_ARGS, run_cli
+from .drivedata import make_tree, read_tree
+
+
+def prep_two_drives(base: Path, session: str) -> tuple[Path, Path, list[Path]]:
+    src, jdir = base / "src", base / "j"
+    make_tree(src, small_files=200, random_mb=6, sparse_mb=8)
+    drives = [base / "a.img", base / "b.img"]
+    run_cli("prep", "--srcdir", str(src), "--dstdir", "seeded/backup/", "--journal-dir",
+            str(jdir), "--session-id", session, *FAST_KDF_ARGS, "--fill", "parallel",
+            "--drive", str(drives[0]), "--drive", str(drives[1]), "--drive-size", "40M",
+            check_code=0)
+    return src, jdir, drives
+
+
+def jobs(settings: Path, url: str, *args: str, code: int = 0):
+    return run_cli("jobs", *args, "--publish-settings", str(settings), "--service", url,
+                   check_code=code)
+
+
+def create_and_ship(settings: Path, url: str, job: str, jdir: Path) -> None:
+    out = jobs(settings, url, "create", "--job", job, "--journal-dir", str(jdir),
+               "--location", "westeurope", "--storage-account", "seedacct",
+               "--return-name", "Ops Team", "--return-street", "1 Data Way",
+               "--return-city", "Lisboa", "--return-postal-code", "1000-001",
+               "--return-country", "PT", "--return-phone", "+351 21 000 0000",
+               "--return-email", "ops@example.org", "--return-carrier", "DHL",
+               "--return-account", "ACC-123").stdout
+    assert f"job {job} created: Creating, 2 drive(s)" in out
+    assert "ship the drives to (westeurope)" in out
+    shown = jobs(settings, url, "ship", "--job", job, "--carrier", "DHL", "--tracking",
+                 "TRK-1").stdout
+    assert "Shipping" in shown
+
+
+def test_prep_create_ship_import_completed(tmp_path: Path) -> None:
+    src, jdir, drives = prep_two_drives(tmp_path, "svc-1")
+    data = tmp_path / "data"
+    with testing.ServiceProcess(data) as svc:
+        settings = tmp_path / "site.publishsettings"
+        run_cli("service", "subscription", "add", "site", "--data", str(data), "--out",
+                str(settings), check_code=0)
+        create_and_ship(settings, svc.url, "seed-one", jdir)
+        account = tmp_path / "account"
+        account.mkdir()
+        for d in drives:  # the receiving site, one drive at a time
+            proc = run_cli("import", "--drive", str(d), "--to", str(account), "--service",
+                           svc.url, "--job", "seed-one", "--publish-settings", str(settings),
+                           "--log-dir", str(tmp_path), "--return-tracking", "RET-9")
+            assert proc.returncode == 0, proc.stderr
+        job = json.loads(jobs(settings, svc.url, "show", "--job", "seed-one", "--json").stdout)
+        props = job["properties"]
+        assert props["state"] == "Completed"
+        assert props["returnPackage"]["trackingNumber"] == "RET-9"
+        for d in props["driveList"]:
+            assert d["state"] == "ShippedBack" and d["percentComplete"] == 100
+            assert d["bytesSucceeded"] > 0
+            assert d["verboseLogUri"].startswith("file://")
+            assert "bitLockerKey" not in d
+        assert sum(d["bytesSucceeded"] for d in props["driveList"]) == sum(
+            map(len, read_tree(src).values()))
+        base = account / "seeded" / "backup"
+        got = {str(p.relative_to(base)): p.read_bytes() for p in base.rglob("*")
+               if p.is_file()}
+        assert got == read_tree(src)
+        keys = jobs(settings, svc.url, "keys", "--job", "seed-one").stdout
+        for j in journal.session_journals(jdir):
+            assert j.recovery_password in keys
+            assert j.recovery_password not in svc.log()
+            j.close()
+
+
+def test_a_damaged_drive_ends_completed_more_info(tmp_path: Path) -> None:
+    src, jdir, drives = prep_two_drives(tmp_path, "svc-2")
+    j = journal.session_journals(jdir)[0]
+    names = {f.file_id: f.blob for f in j.files()}
+    victim = next(e for e in j.extents() if e.stored_len > 50_000)
+    damaged_path = j.drive.path
+    j.close()
+    with open(damaged_path, "r+b") as f:
+        f.seek(luks2.DATA_OFFSET + victim.location + 99)
+        b = f.read(1)
+        f.seek(luks2.DATA_OFFSET + victim.location + 99)
+        f.write(bytes([b[0] ^ 0xFF]))
+    data = tmp_path / "data"
+    with testing.ServiceProcess(data) as svc:
+        settings = tmp_path / "s.publishsettings"
+        run_cli("service", "subscription", "add", "site", "--data", str(data), "--out",
+                str(settings), check_code=0)
+        create_and_ship(settings, svc.url, "seed-two", jdir)
+        account = tmp_path / "account"
+        account.mkdir()
+        proc = run_cli("import", "--drive", str(drives[0]), "--drive", str(drives[1]), "--to",
+                       str(account), "--service", svc.url, "--job", "seed-two",
+                       "--publish-settings", str(settings), "--log-dir", str(tmp_path))
+        assert proc.returncode == EXIT_INTEGRITY, proc.stderr
+        job = json.loads(jobs(settings, svc.url, "show", "--job", "seed-two", "--json").stdout)
+        props = job["properties"]
+        assert props["state"] == "Packaging"
+        by_path = {d["driveId"]: d for d in props["driveList"]}
+        states = sorted(d["state"] for d in by_path.values())
+        assert states == ["Completed", "CompletedMoreInfo"]
+        bad = next(d for d in by_path.values() if d["state"] == "CompletedMoreInfo")
+        error_log = Path(bad["errorLogUri"].removeprefix("file://"))
+        lines = [json.loads(x) for x in error_log.read_text().splitlines()]
+        assert {x["blob"] for x in lines} == {names[victim.file_id]}
+        assert all(x["status"] == "corrupt" for x in lines)
