@@ -1,4 +1,5 @@
-"""`pipeline service`: run the import service; `pipeline service subscription add|list`."""
+"""`pipeline service`: run the import service; `pipeline service subscription add|list`;
+`pipeline service site-token`: the receiving site's portal credential."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import trio
 from pipeline.errors import BadInput
 from pipeline.jobs import auth, rules, service
 from pipeline.jobs.catalog import Catalog
+from pipeline.jobs.portal import tokens
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +59,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            description="List subscriptions: id, name, creation time.")
     p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
     p.set_defaults(func=run_subscription_list)
+
+    p = ssub.add_parser(
+        "site-token", help="print a token for the receiving site's portal view",
+        description="Print a site token: the receiving site signs in to the portal with it "
+        "(/portal/signin) and sees every subscription's jobs, marks drives Received or "
+        "NeverReceived and follows the import; it never sees a recovery password.  The token "
+        "is signed (HMAC-SHA256) with DATA/site.key, mode 0600, created on first use; anyone "
+        "who can read that file can make site tokens.  No restart is needed.  --rotate "
+        "replaces the key: every earlier site token, and every site session signed in with "
+        "one, stops working.")
+    p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
+    p.add_argument("--hours", type=float, default=tokens.DEFAULT_SITE_HOURS,
+                   help=f"how long the token is valid (default {tokens.DEFAULT_SITE_HOURS}, "
+                   f"at most {tokens.MAX_SITE_HOURS})")
+    p.add_argument("--rotate", action="store_true",
+                   help="new site key first: revokes every site token given out before")
+    p.set_defaults(func=run_site_token)
 
 
 def _check_tls(cert: str | None, key: str | None) -> None:
@@ -139,4 +158,19 @@ def run_subscription_list(args: argparse.Namespace) -> int:
     with Catalog.open(args.data) as catalog:
         for sub in catalog.subscriptions():
             print(f"{sub.id}  {sub.created}  {sub.name}")
+    return 0
+
+
+def run_site_token(args: argparse.Namespace) -> int:
+    if not 0 < args.hours <= tokens.MAX_SITE_HOURS:
+        raise BadInput(f"--hours {args.hours:g} is out of range; give more than 0 and at most "
+                       f"{tokens.MAX_SITE_HOURS}")
+    with Catalog.open(args.data):  # checks (or creates) the data directory as the service does
+        pass
+    if args.rotate:
+        tokens.rotate_site_key(args.data)
+    print(tokens.make_site_token(args.data, hours=args.hours))
+    print(f"site token: valid {args.hours:g} h; it shows every subscription's jobs (no recovery "
+          "passwords): give it only to the receiving site"
+          + ("; earlier site tokens are revoked" if args.rotate else ""), file=sys.stderr)
     return 0

@@ -68,7 +68,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from pipeline.jobs import auth, rules
+from pipeline.jobs import auth, portal, rules
 from pipeline.jobs.catalog import MAX_TOP, Catalog
 from pipeline.jobs.errors import (
     ApiError,
@@ -369,11 +369,12 @@ def _printable(raw_path: bytes) -> str:
 def create_app(catalog: Catalog, *, max_body: int = MAX_BODY) -> Starlette:
     """The ASGI app.  Every request that no Starlette route claims goes to the API,
     which routes on the raw path itself (Starlette's router matches the decoded
-    path, where ``%2F`` is a slash and ``%0A`` matches no route at all).  The portal
-    can add its own routes (``app.router.routes``) in front."""
+    path, where ``%2F`` is a slash and ``%0A`` matches no route at all).  The portal's
+    routes (``/portal/...`` and ``GET /``) come first; see ``pipeline.jobs.portal``."""
     api = Api(catalog, max_body)
     app = Starlette()
     app.router.default = api.asgi
+    app.router.routes.extend(portal.routes(catalog, api.asgi))  # /portal/..., GET / -> portal
     return app
 
 
