@@ -17,6 +17,7 @@ import trio
 
 from pipeline import __version__, errors
 from pipeline.commands import (
+    diskprep,
     drive,
     import_,
     jobs,
@@ -29,7 +30,8 @@ from pipeline.commands import (
     verify,
 )
 
-COMMANDS = (prep, preview, verify, keys, journal_cmd, jobs, import_, repair, drive, service)
+COMMANDS = (prep, preview, verify, keys, journal_cmd, jobs, import_, repair, diskprep, drive,
+            service)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ Exit codes (also printed by ``--help``; any unknown code means failure):
     4      integrity failure: checksum, decrypt or format mismatch
     5      refused: unsafe device or missing confirmation
     6      storage account unreachable or refused; retry when it is back
+    7      no offline backup in the staging location, or its seed is not imported yet
     70     internal error (a bug)
     128+N  ended by signal N (130 = Ctrl-C)
 """
@@ -26,6 +27,7 @@ EXIT_OUT_OF_DRIVES = 3
 EXIT_INTEGRITY = 4
 EXIT_REFUSED = 5
 EXIT_STORAGE = 6
+EXIT_NO_SEED = 7
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
 
@@ -38,6 +40,7 @@ exit codes:
   4    integrity failure: checksum, decrypt or format mismatch
   5    refused: unsafe device or missing confirmation (--yes)
   6    storage account unreachable or refused; retry when it is back
+  7    no offline backup in the staging location, or its seed is not imported yet
   70   internal error (a bug): traceback on stderr
   130  interrupted (Ctrl-C); resumable
 any other code means failure"""

@@ -35,11 +35,13 @@ def require_root() -> None:
 
 
 def run_cli(*args: str, input: str | None = None, cwd: Path | None = None,
-            check_code: int | None = None) -> subprocess.CompletedProcess[str]:
+            check_code: int | None = None, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
     """Run `python -m pipeline ARGS` as a user would; never a traceback for bad input."""
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
-        input=input, cwd=cwd or ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        input=input, cwd=cwd or ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         timeout=600,
     )
     if check_code is not None:

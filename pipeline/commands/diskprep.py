@@ -1,0 +1,227 @@
+"""`pipeline diskprep s:<staging> [p:<publish settings>]`: drives for an offline backup.
+
+The seed's disk preparation: read the offline settings the offline backup left
+in the staging location, confirm the import job, ask for drives (another one
+whenever one fills), run prep with page blobs into the job's container, then
+create the import job on the import service with the drives' journals and say
+where to ship them.  Every question has a flag for unattended runs (``--job``,
+``--drive``, ``--drive-size``, ``--location``, ``--yes``).
+
+prep runs as its own process (``python -m pipeline prep``): its progress bar,
+Ctrl-C handling and exit codes are exactly those of prep, and "drives full"
+(exit 3) is the cue to ask for the next drive and resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline import journal
+from pipeline.commands import _options
+from pipeline.errors import EXIT_NO_SEED, EXIT_OUT_OF_DRIVES, BadInput, PipelineError, Refused
+from pipeline.jobs import rules
+from pipeline.jobs.client import ServiceClient, ServiceError
+
+SETTINGS_FILE = "pipeline-offline.json"
+
+
+class NoOfflineBackup(PipelineError):
+    """{}"""
+
+    exit_code = EXIT_NO_SEED
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diskprep", help="prepare drives for an offline backup and create its import job",
+        description="Prepare drives for an offline backup: s:<staging location> and, on a copy "
+        "machine other than the source machine, p:<publish settings file>.  Asks which import "
+        "job, which drives (another when one fills) and confirms formatting; then creates the "
+        "import job on the import service and prints where to ship the drives.")
+    p.add_argument("locations", nargs="*", metavar="s:STAGING|p:SETTINGS",
+                   help="the seed's syntax: s:<staging location> p:<publish settings file>")
+    p.add_argument("--staging", metavar="DIR", help="the staging location (same as s:)")
+    p.add_argument("--publish-settings", metavar="FILE", help="same as p:")
+    p.add_argument("--job", metavar="NAME", help="answer: the import job to prepare for")
+    p.add_argument("--drive", action="append", default=[], metavar="PATH",
+                   help="answer: target drive(s), in order (block device or image file)")
+    p.add_argument("--drive-size", metavar="SIZE", help="size of new image files, e.g. 2G")
+    p.add_argument("--location", metavar="REGION", help="answer: the job's data-center region")
+    p.add_argument("--yes", "--silentmode", dest="yes", action="store_true",
+                   help="answer yes to the confirmations (job, formatting)")
+    p.add_argument("--journal-dir", metavar="JDIR",
+                   help="where the drives' journals go (default: the config directory)")
+    p.add_argument("--service", metavar="URL", help="import service (default: from p:)")
+    p.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
+    _options.add_kdf_arguments(p)
+    p.set_defaults(func=run)
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("PIPELINE_CONFIG_DIR") or Path.home() / ".config" / "pipeline")
+
+
+def _split_locations(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    staging, settings = args.staging, args.publish_settings
+    for item in args.locations:
+        kind, sep, value = item.partition(":")
+        if not sep or kind.lower() not in ("s", "p") or not value:
+            raise BadInput(f"{item!r} is not s:<staging location> or p:<publish settings file>")
+        if kind.lower() == "s":
+            staging = value
+        else:
+            settings = value
+    return staging, settings
+
+
+def read_offline(staging: Path) -> dict[str, Any]:
+    path = staging / SETTINGS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NoOfflineBackup(f"{staging} holds no offline backup ({SETTINGS_FILE} is missing); "
+                              "start one with: pipeline backup --offline --staging "
+                              f"{staging} ...") from None
+    except (OSError, ValueError) as exc:
+        raise NoOfflineBackup(f"{path} cannot be read ({exc}); run the offline backup "
+                              "again") from None
+    for key in ("job_name", "subscription", "account", "container", "repository"):
+        if not data.get(key):
+            raise NoOfflineBackup(f"{path} lacks {key!r}; run the offline backup again")
+    return data
+
+
+def source_config(staging: Path) -> dict[str, Any] | None:
+    """This machine's own record of the offline backup (present on the source machine)."""
+    path = config_dir() / "offline.json"
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    entry = entries.get(str(staging.resolve()))
+    return entry if isinstance(entry, dict) else None
+
+
+class Terminal:
+    """Questions and answers; with --yes or given flags nothing is asked."""
+
+    def __init__(self, ask: Callable[[str], str] = input) -> None:
+        self.ask = ask
+
+    def question(self, text: str) -> str:
+        try:
+            return self.ask(text).strip()
+        except EOFError:
+            raise BadInput(f"no answer to {text.strip()!r}; give it as a flag for unattended "
+                           "runs (--job, --drive, --drive-size, --location, --yes)") from None
+
+    def confirm(self, text: str, default: bool = False) -> bool:
+        answer = self.question(f"{text} [{'Y/n' if default else 'y/N'}]: ").lower()
+        return default if not answer else answer in ("y", "yes")
+
+
+def run(args: argparse.Namespace) -> int:
+    staging_arg, settings_arg = _split_locations(args)
+    if not staging_arg:
+        raise BadInput("give the staging location: pipeline diskprep s:<staging> "
+                       "[p:<publish settings file>]")
+    staging = Path(staging_arg).resolve()
+    offline = read_offline(staging)
+    own = source_config(staging)
+    settings_path = settings_arg or (own or {}).get("publish_settings")
+    if not settings_path:
+        raise BadInput("this is not the source machine of the offline backup: give the "
+                       "publish settings file as p:<file>")
+    term = Terminal()
+    job_name = rules.check_job_name(offline["job_name"])
+    say = print
+    say(f"staging location {staging}: offline backup for import job {job_name}")
+    say(f"  subscription {offline['subscription']}, storage account {offline['account']}, "
+        f"container {offline['container']}")
+    if args.job and args.job != job_name:
+        raise BadInput(f"--job {args.job}: the offline backup in {staging} is for job "
+                       f"{job_name}")
+    if not (args.job or args.yes) and not term.confirm(f"Prepare drives for job {job_name}?",
+                                                       True):
+        raise Refused("stopped: no job chosen")
+    client = ServiceClient.from_file(settings_path, url=args.service, ca_file=args.ca_file)
+    if client.settings.subscription_id.lower() != offline["subscription"].lower():
+        raise BadInput(f"{settings_path} is for subscription {client.settings.subscription_id}, "
+                       f"but the offline backup is for {offline['subscription']}; give that "
+                       "subscription's publish settings file")
+    jdir = Path(args.journal_dir) if args.journal_dir else config_dir() / "journals" / job_name
+    jdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    repo = staging / offline["repository"]
+    prep_base = [sys.executable, "-m", "pipeline", "prep", "--srcdir", str(repo),
+                 "--dstdir", f"{offline['container']}/", "--journal-dir", str(jdir),
+                 "--session-id", job_name, "--blob-type", "page", *_kdf_flags(args)]
+    if args.drive_size:
+        prep_base += ["--drive-size", args.drive_size]
+    queue = list(args.drive)
+    resume = bool(journal.session_journals(jdir, job_name))
+    while True:
+        drive = queue.pop(0) if queue else term.question(
+            "Path of the next drive (block device or image file): " if resume else
+            "Path of the target drive (block device or image file): ")
+        if not drive:
+            raise BadInput("no drive given; run diskprep again to continue")
+        cmd = [*prep_base, "--drive", drive] + (["--resume"] if resume else [])
+        if not Path(drive).exists() and not args.drive_size:
+            size = term.question(f"{drive} does not exist; size of the image file to create "
+                                 "(e.g. 2G): ")
+            cmd += ["--drive-size", size]
+        if args.yes or term.confirm(f"Format {drive}? Everything on it is lost."):
+            cmd.append("--yes")
+        else:
+            raise Refused(f"{drive} not formatted; run diskprep again with another drive")
+        code = subprocess.run(cmd).returncode
+        resume = True
+        if code == 0:
+            break
+        if code != EXIT_OUT_OF_DRIVES:
+            return code  # prep said why on stderr
+        say("the drive is full: attach another drive")
+    journals = journal.one_session(jdir, job_name)
+    try:
+        drive_list = journal.drive_list(journals)
+    finally:
+        for j in journals:
+            j.close()
+    location = args.location or term.question(
+        f"Data-center region for the job ({', '.join(loc['name'] for loc in client.locations())}"
+        "): ")
+    body = {"location": location, "properties": {
+        "storageAccountId": (f"/subscriptions/{client.settings.subscription_id}/resourceGroups/"
+                             f"{client.resource_group}/providers/Microsoft.Storage/"
+                             f"storageAccounts/{offline['account']}"),
+        "jobType": "Import", "diagnosticsPath": "waimportexport", "logLevel": "Verbose",
+        "backupDriveManifest": True, "driveList": drive_list}}
+    try:
+        job = client.put(job_name, body)
+    except ServiceError as exc:
+        raise BadInput(f"the import job {job_name} could not be created: {exc}") from None
+    loc = client.location(job["location"])
+    p = loc["properties"]
+    say(f"import job {job_name} created with {len(drive_list)} drive(s); journals in {jdir}")
+    say("ship the drives to:")
+    for line in (p.get("recipientName"), p.get("streetAddress1"), p.get("streetAddress2"),
+                 " ".join(filter(None, (p.get("postalCode"), p.get("city")))),
+                 p.get("countryOrRegion"), f"phone {p.get('phone', '')}"):
+        if line:
+            say(f"  {line}")
+    say(f"then record the carrier and tracking number: {client.url}/portal/ or pipeline jobs "
+        f"ship --job {job_name} --publish-settings {settings_path} --carrier C --tracking N")
+    return 0
+
+
+def _kdf_flags(args: argparse.Namespace) -> list[str]:
+    return ["--pbkdf", args.pbkdf, "--pbkdf-memory", str(args.pbkdf_memory), "--pbkdf-time",
+            str(args.pbkdf_time), "--pbkdf-parallel", str(args.pbkdf_parallel),
+            "--pbkdf-force-iterations", str(args.pbkdf_force_iterations)]

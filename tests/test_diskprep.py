@@ -1,0 +1,120 @@
+"""diskprep as a person runs it, in a pseudo-terminal: s:/p:, job confirmation, drive
+paths, format confirmation, a second drive when the first fills, then the import job
+exists on the service with the drives' journals."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pexpect
+
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_NO_SEED
+from pipeline.jobs import testing
+
+from .conftest import FAST_KDF_ARGS, ROOT, run_cli
+
+MiB = 1 << 20
+
+
+def fake_offline_backup(staging: Path, config: Path, job: str, sub: str,
+                        settings: Path | None) -> None:
+    """What `backup --offline` leaves: a repository of 512-aligned packs, the settings file,
+    and (on the source machine) the config entry."""
+    rng = random.Random(3)
+    repo = staging / "repo"
+    (repo / "data").mkdir(parents=True)
+    for i in range(6):
+        (repo / "data" / f"pack-{i:02d}").write_bytes(rng.randbytes(6 * MiB))
+    (repo / "config").write_bytes(rng.randbytes(4096))
+    (staging / "pipeline-offline.json").write_text(json.dumps({
+        "version": 1, "staging": str(staging), "repository": "repo", "job_name": job,
+        "subscription": sub, "account": "seedacct", "container": "backups",
+        "created": "2026-11-26T00:00:00Z"}))
+    if settings is not None:
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "offline.json").write_text(json.dumps({str(staging): {
+            "publish_settings": str(settings), "container": "backups", "job_name": job,
+            "subscription": sub, "account": "seedacct", "source": "/src"}}))
+
+
+def subscription(data: Path, out: Path) -> str:
+    run_cli("service", "subscription", "add", "backup-ops", "--data", str(data), "--out",
+            str(out), check_code=0)
+    from pipeline.jobs import auth
+    return auth.read_publish_settings(out).subscription_id
+
+
+def test_diskprep_interactive_two_drives(tmp_path: Path) -> None:
+    data, settings = tmp_path / "svc", tmp_path / "ops.publishsettings"
+    with testing.ServiceProcess(data) as svc:
+        sub = subscription(data, settings)
+        staging, config = tmp_path / "staging", tmp_path / "config"
+        fake_offline_backup(staging, config, "nightly-seed", sub, settings)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CONFIG_DIR": str(config)}
+        child = pexpect.spawn(sys.executable, ["-m", "pipeline", "diskprep", f"s:{staging}",
+                                               "--service", svc.url, *FAST_KDF_ARGS],
+                              env=env, cwd=str(ROOT), encoding="utf-8", timeout=120)
+        child.expect("offline backup for import job nightly-seed")
+        child.expect(r"Prepare drives for job nightly-seed\? \[Y/n\]: ")
+        child.sendline("")
+        child.expect("Path of the target drive")
+        child.sendline(str(tmp_path / "d1.img"))
+        child.expect("size of the image file to create")
+        child.sendline("32M")
+        child.expect(r"Format .*d1.img\? Everything on it is lost. \[y/N\]: ")
+        child.sendline("y")
+        child.expect("the drive is full: attach another drive")
+        child.expect("Path of the next drive")
+        child.sendline(str(tmp_path / "d2.img"))
+        child.expect("size of the image file to create")
+        child.sendline("64M")
+        child.expect(r"Format .*d2.img\?")
+        child.sendline("y")
+        child.expect(r"Data-center region for the job \(.*westeurope.*\): ")
+        child.sendline("westeurope")
+        child.expect("import job nightly-seed created with 2 drive")
+        child.expect("ship the drives to:")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+        job = json.loads(run_cli("jobs", "show", "--job", "nightly-seed", "--json",
+                                 "--publish-settings", str(settings), "--service", svc.url,
+                                 check_code=0).stdout)
+        props = job["properties"]
+        assert props["state"] == "Creating" and len(props["driveList"]) == 2
+        journals = sorted((config / "journals" / "nightly-seed").glob("*.journal"))
+        assert len(journals) == 2
+        assert all(os.stat(j).st_mode & 0o777 == 0o600 for j in journals)
+        # Nothing secret went into the staging location.
+        keys = run_cli("jobs", "keys", "--job", "nightly-seed", "--publish-settings",
+                       str(settings), "--service", svc.url, check_code=0).stdout
+        for line in keys.splitlines():
+            password = line.split()[1]
+            for f in staging.rglob("*"):
+                if f.is_file():
+                    assert password.encode() not in f.read_bytes()
+
+
+def test_diskprep_refusals(tmp_path: Path) -> None:
+    staging = tmp_path / "empty-staging"
+    staging.mkdir()
+    env_config = {"PIPELINE_CONFIG_DIR": str(tmp_path / "cfg")}
+    proc = run_cli("diskprep", f"s:{staging}", "--yes", env=env_config)
+    assert proc.returncode == EXIT_NO_SEED
+    assert "holds no offline backup" in proc.stderr and "backup --offline" in proc.stderr
+    other = tmp_path / "staging"
+    fake_offline_backup(other, tmp_path / "unused", "nightly-seed",
+                        "00000000-0000-0000-0000-000000000000", None)
+    proc = run_cli("diskprep", f"s:{other}", "--yes", env=env_config)  # another copy machine
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "give the publish settings file as p:<file>" in proc.stderr
+    bogus = tmp_path / "bogus.publishsettings"
+    bogus.write_text("not xml")
+    proc = run_cli("diskprep", f"s:{other}", f"p:{bogus}", "--yes", env=env_config)
+    assert proc.returncode == EXIT_BAD_INPUT and "cannot be read as XML" in proc.stderr
+    proc = run_cli("diskprep", "x:/nowhere", env=env_config)
+    assert proc.returncode == EXIT_BAD_INPUT and "is not s:<staging location>" in proc.stderr
