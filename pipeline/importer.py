@@ -249,9 +249,11 @@ async def import_drive(od: driveread.OpenedDrive, plan: DrivePlan, store: Storag
                          "blob": fd.entry.blob, "size": fd.entry.size,
                          "cells": sorted(fd.cells), "zero": sorted(fd.zero),
                          "bad": sorted(fd.bad)} for fd in on_drive.values()]}
+    await trio.to_thread.run_sync(store.sync, limiter=net)  # parts durable before the marker
     await trio.to_thread.run_sync(store.put, container, marker,
                                   json.dumps(record).encode(), limiter=net)
     await _commit_ready(store, container, sb, on_drive, log, net)
+    await trio.to_thread.run_sync(store.sync, limiter=net)  # commits durable before "done"
     record["state"] = "done"
     await trio.to_thread.run_sync(store.put, container, marker,
                                   json.dumps(record).encode(), limiter=net)

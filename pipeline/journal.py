@@ -106,16 +106,20 @@ class Journal:
     @classmethod
     def create(cls, path: str | os.PathLike[str], session: SessionInfo, drive: DriveInfo,
                recovery_password: str) -> Journal:
+        """Build the journal under a temporary name, then rename it into place: a crash
+        leaves either no journal or a complete one, never an empty file."""
         path = Path(path)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
+        if path.exists():
             raise BadInput(f"journal {path} already exists; use --resume to continue its "
-                           "session or pick another --journal-dir") from None
+                           "session or pick another --journal-dir")
+        tmp = path.with_name(path.name + ".new")
+        tmp.unlink(missing_ok=True)  # left by a crash during an earlier create
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except OSError as exc:
             raise BadInput(f"cannot create journal {path}: {exc.strerror}") from None
         os.close(fd)
-        db = cls._connect(path)
+        db = cls._connect(tmp)
         db.execute("BEGIN")
         for stmt in filter(str.strip, _SCHEMA.split(";")):
             db.execute(stmt)
@@ -123,7 +127,21 @@ class Journal:
                 ("drive", json.dumps(asdict(drive))), ("recovery_password", recovery_password)]
         db.executemany("INSERT INTO meta VALUES (?, ?)", rows)
         db.execute("COMMIT")
-        return cls(path, db)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+        db.close()
+        try:
+            os.link(tmp, path)  # atomic; fails if another process created it meanwhile
+        except FileExistsError:
+            raise BadInput(f"journal {path} already exists; use --resume to continue its "
+                           "session or pick another --journal-dir") from None
+        finally:
+            tmp.unlink()
+        dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+        return cls(path, cls._connect(path))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Journal:

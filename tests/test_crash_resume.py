@@ -29,7 +29,9 @@ KILLS = 24
 
 def committed_digests(jdir: Path) -> dict[str, tuple[int, str]]:
     """Per drive: its committed watermark and a hash of every byte up to it."""
-    out = {}
+    out: dict[str, tuple[int, str]] = {}
+    if not jdir.exists():  # killed before the session began
+        return out
     for j in journal.session_journals(jdir):
         info = j.drive
         if info.state != "formatting":

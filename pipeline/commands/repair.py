@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         resent += 1
         _say(args.json, {"blob": name, "status": "re-sent", "reason": why, "bytes": sent})
+    store.sync()
     summary = f"checked {checked} blob(s), re-sent {resent}"
     if failed:
         raise IntegrityError(f"{summary}; {len(failed)} still differ (first: {failed[0]})")

@@ -43,19 +43,33 @@ def pack_one(raw: RawExtent, level: int) -> PackedExtent:
     return PackedExtent(raw.file, extent, packed.stored)
 
 
+BATCH_BYTES = 2 << 20  # raw bytes packed per worker-thread call ...
+BATCH_ITEMS = 64  # ... or this many extents: small files cost hand-offs, not bytes
+
+
 async def run(rx: trio.MemoryReceiveChannel[RawExtent],
               tx: trio.MemorySendChannel[PackedExtent],
               cpu: trio.CapacityLimiter, level: int, stats: Stats) -> None:
+    """Pack what is waiting in one thread call, up to BATCH_BYTES; holes skip the thread."""
     async with rx, tx:
-        async for raw in rx:
-            if raw.data is None:
-                packed = pack_one(raw, level)
+        async for first in rx:
+            batch, total = [first], first.length
+            while len(batch) < BATCH_ITEMS and total < BATCH_BYTES:
+                try:
+                    raw = rx.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                batch.append(raw)
+                total += raw.length
+            if all(raw.data is None for raw in batch):
+                packed = [pack_one(raw, level) for raw in batch]
             else:
-                packed = await trio.to_thread.run_sync(_timed_pack, raw, level, stats,
+                packed = await trio.to_thread.run_sync(_timed_pack, batch, level, stats,
                                                        limiter=cpu)
-            await tx.send(packed)
+            for item in packed:
+                await tx.send(item)
 
 
-def _timed_pack(raw: RawExtent, level: int, stats: Stats) -> PackedExtent:
+def _timed_pack(batch: list[RawExtent], level: int, stats: Stats) -> list[PackedExtent]:
     with stats.timed("pack"):
-        return pack_one(raw, level)
+        return [pack_one(raw, level) for raw in batch]

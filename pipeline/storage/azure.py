@@ -282,6 +282,9 @@ class AzureStorage:
         with self._lock:
             self._pages_open.discard((container, blob))
 
+    def sync(self) -> None:
+        """Azure acknowledges a block, page or commit only once it is durable."""
+
     def discard(self, container: str, blob: str) -> None:
         """Forget parts; a committed blob stays.  Staged blocks of a block blob that also has
         a committed version cannot be dropped alone: they stay until Azure expires them

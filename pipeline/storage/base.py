@@ -139,6 +139,9 @@ class Storage(Protocol):
                zero_offsets: Sequence[int]) -> None:
         """Make the blob visible with ``size`` bytes; cells not written are in zero_offsets."""
 
+    def sync(self) -> None:
+        """Make every write_part and commit so far durable (Azure's are already)."""
+
     def discard(self, container: str, blob: str) -> None:
         """Forget a partial blob; a committed one stays."""
 

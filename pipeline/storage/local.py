@@ -7,10 +7,11 @@ Layout under ROOT::
     ROOT/.pipeline-partial/.put/               temporary files of put()
 
 No container name starts with '.', so the partial tree never collides with a
-container.  Zero cells are holes.  write_part() is durable when it returns (as
-Azure's Put Block is): the importer records delivered parts right after it.
-Commit is fsync + rename + directory fsync, so a crash leaves either the old
-blob or the new one.  The only shared state is the file system, so any number
+container.  Zero cells are holes.  write_part() and commit() are not synced
+one by one: sync() makes everything so far durable with one syncfs, and the
+importer calls it before it records delivered parts or a finished drive.
+Commit is a rename, so a crash leaves either the old blob or the new one;
+put() (markers, logs) is durable by itself.  The only shared state is the file system, so any number
 of threads (or processes) may call in at once.  Unlike Azure, a file system
 cannot hold both a blob ``a`` and a blob ``a/b``; that pair is refused.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
 import errno
 import os
 import stat
@@ -45,6 +47,13 @@ NAME_MAX = 255
 PATH_MAX = 4096
 _UNAVAILABLE = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM,
                 errno.ENOTCONN, errno.ESTALE}
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+    _LIBC.syncfs  # noqa: B018 - present on Linux (glibc 2.14+)
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 class LocalStorage:
@@ -139,7 +148,6 @@ class LocalStorage:
                 done = 0
                 while done < len(view):
                     done += os.pwrite(fd, view[done:], offset + done)
-                os.fdatasync(fd)
             finally:
                 os.close(fd)
 
@@ -153,8 +161,6 @@ class LocalStorage:
         else:
             os.fchmod(fd, FILE_MODE)
             os.ftruncate(fd, size)
-            os.fsync(fd)
-            _fsync_dir(os.path.dirname(path))
             return fd
         if os.fstat(fd).st_size != size:   # racing creator, or a size change: last size wins
             os.ftruncate(fd, size)
@@ -180,7 +186,6 @@ class LocalStorage:
             try:
                 if os.fstat(fd).st_size != size:
                     os.ftruncate(fd, size)
-                os.fsync(fd)
             finally:
                 os.close(fd)
             try:
@@ -189,7 +194,17 @@ class LocalStorage:
                 if self.size(container, blob) != size:
                     raise
                 return
-            _fsync_dir(os.path.dirname(final))
+
+    def sync(self) -> None:
+        """Make every part and commit so far durable: one syncfs of the account's file
+        system instead of an fsync per part, file and directory (measured: per-part fsyncs
+        held import to 39 MB/s)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if _LIBC is None or _LIBC.syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def discard(self, container: str, blob: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
