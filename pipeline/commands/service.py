@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from pipeline.errors import BadInput
-from pipeline.jobs import auth, rules, service
+from pipeline.jobs import auth, rules
 from pipeline.jobs.catalog import Catalog
 from pipeline.jobs.portal import tokens
 
@@ -102,6 +102,8 @@ async def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     catalog = Catalog.open(args.data)
+    from pipeline.jobs import service  # starlette + hypercorn: only when serving
+
     config = service.hypercorn_config(args.host, args.port, args.tls_cert, args.tls_key)
     stop = trio.Event()
 

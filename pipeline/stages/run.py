@@ -85,12 +85,12 @@ class DrivePool:
         return drives.Identity(session_id=self.cfg.session_id, job_name="", sequence=seq,
                                dstdir=self.cfg.dstdir, blob_type=self.cfg.blob_type)
 
-    def _format_new(self, path: str) -> tuple[drives.Drive, drives.DriveCipher, journal.Journal]:
+    def _format_new(self, path: str, seq: int
+                    ) -> tuple[drives.Drive, drives.DriveCipher, journal.Journal]:
         size = self.cfg.drive_size if not Path(path).exists() else None
         drive = drives.prepare_target(path, size=size, staging=self.cfg.srcdir,
                                       confirmed=self.cfg.yes)
         try:
-            seq = self.next_seq
             password = luks2.new_recovery_password()
             volume_uuid = str(uuidlib.uuid4())
             area = drive.size - luks2.DATA_OFFSET
@@ -103,7 +103,6 @@ class DrivePool:
                 level=self.cfg.level, fill=self.cfg.fill)
             jrn = journal.Journal.create(journal.journal_path(self.cfg.jdir, session.session_id,
                                                               seq), session, info, password)
-            self.next_seq += 1
             faults.reached("after_journal_create")
             _, cipher = drives.format_drive(drive, self._keyslots(password), self._identity(seq),
                                             uuid=volume_uuid)
@@ -146,7 +145,8 @@ class DrivePool:
             drive, cipher = await trio.to_thread.run_sync(self._reopen, item)
             jrn = item
         else:
-            drive, cipher, jrn = await trio.to_thread.run_sync(self._format_new, item)
+            seq, self.next_seq = self.next_seq, self.next_seq + 1  # on the Trio thread
+            drive, cipher, jrn = await trio.to_thread.run_sync(self._format_new, item, seq)
             self.journals.append(jrn)
         name = f"drive {jrn.drive.seq}"
         d = self.stats.add_drive(name, jrn.drive.data_area_size, jrn.drive.seq)
@@ -203,9 +203,16 @@ async def write_all(rx: trio.MemoryReceiveChannel[pack.PackedExtent], pool: Driv
                     writer.drive.close()
                 on_full(writer)
         else:
-            writers = []
-            while (writer := await pool.next_writer()) is not None:
-                writers.append(writer)
+            writers: list[DriveWriter] = []
+
+            async def open_one() -> None:
+                writer = await pool.next_writer()
+                if writer is not None:
+                    writers.append(writer)
+
+            async with trio.open_nursery() as formatting:  # every drive at once
+                for _ in range(len(pool.queue)):
+                    formatting.start_soon(open_one)
             try:
                 async with trio.open_nursery() as nursery:
                     for writer in writers:
