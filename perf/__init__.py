@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline against C baselines; ``python -m perf --help``."""

@@ -1,0 +1,185 @@
+"""Run one command and measure it: wall time, peak RSS, exit code, stdout.
+
+Peak RSS comes two ways, both kept:
+
+- ``maxrss``: ``os.wait4`` on the child, whose ``ru_maxrss`` covers the child and every
+  descendant it waited for: exact, but it is the largest *single* process (for
+  ``tar | zstd`` the larger of the two, not their sum);
+- ``tree_rss``: the sum of RSS over the whole process tree, sampled every 20 ms from
+  ``/proc/PID/task/*/children`` and ``/proc/PID/statm``; a lower bound on the true
+  peak sum (a spike shorter than the interval can be missed).
+
+The figure reported is the larger of the two.  For ``prep``, ``verify`` and
+``import`` (one process) both agree up to sampling.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+KiB = 1024
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+def drop_caches() -> None:
+    """Write back dirty pages, then drop the page cache, dentries and inodes (root only)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def can_drop_caches() -> bool:
+    return os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in ``pid`` and all its descendants now."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += _rss(p)
+        todo += _children(p)
+    return total
+
+
+@dataclass
+class Sample:
+    """One timed run."""
+
+    wall_s: float
+    maxrss: int  # bytes, largest single process (wait4)
+    tree_rss: int  # bytes, sampled peak of the tree's sum
+    rc: int
+    cpu_s: float = 0.0  # user + system seconds of the child and its waited-for descendants
+    stdout: str = field(default="", repr=False)
+    stderr: str = field(default="", repr=False)
+
+    @property
+    def peak_rss(self) -> int:
+        return max(self.maxrss, self.tree_rss)
+
+    def to_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d.pop("stdout")
+        d.pop("stderr")
+        d["peak_rss"] = self.peak_rss
+        return d
+
+
+def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+        cgroup: Path | None = None, stdout_path: Path | None = None,
+        interval: float = 0.02, check: bool = True) -> Sample:
+    """Run ``argv`` (a list; use ``["sh", "-c", ...]`` for pipelines) and measure it.
+
+    ``cgroup``: a cgroup directory the command is started in (``cgroup.procs``): the
+    child moves itself there before exec, so every descendant starts inside it.
+    stdout is kept (``Sample.stdout``) unless ``stdout_path`` is given.
+    """
+    if cgroup is not None:
+        argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
+    out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE  # noqa: SIM115
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.PIPE)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval):
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    # Read the pipes before reaping, or a chatty child blocks on a full pipe.
+    captured = b""
+    if stdout_path is None:
+        assert proc.stdout is not None
+        captured = proc.stdout.read()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stdout and proc.stdout.close()
+    proc.stderr.close()
+    if stdout_path:
+        out.close()  # type: ignore[union-attr]
+    if check and proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-5:]
+        raise CommandFailed(f"{' '.join(map(str, argv))[:300]}\n  exit {proc.returncode}: "
+                            + "\n  ".join(tail))
+    return Sample(wall, usage.ru_maxrss * KiB, peak[0], proc.returncode,
+                  usage.ru_utime + usage.ru_stime, captured.decode(errors="replace"),
+                  err.decode(errors="replace"))
+
+
+@dataclass
+class Series:
+    """Repeated runs of one contender over the same input."""
+
+    name: str
+    input_bytes: int
+    samples: list[Sample] = field(default_factory=list)
+    extra: list[dict[str, object]] = field(default_factory=list)  # per run: parsed summaries
+
+    def rates(self) -> list[float]:
+        return [self.input_bytes / s.wall_s / 1e6 for s in self.samples]
+
+    @property
+    def mbps(self) -> float:
+        return statistics.median(self.rates())
+
+    @property
+    def mbps_min(self) -> float:
+        return min(self.rates())
+
+    @property
+    def mbps_max(self) -> float:
+        return max(self.rates())
+
+    @property
+    def peak_rss(self) -> int:
+        return max(s.peak_rss for s in self.samples)
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "input_bytes": self.input_bytes,
+                "mbps_median": round(self.mbps, 1), "mbps_min": round(self.mbps_min, 1),
+                "mbps_max": round(self.mbps_max, 1), "peak_rss": self.peak_rss,
+                "runs": [s.to_json() for s in self.samples], "extra": self.extra}

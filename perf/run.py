@@ -1,0 +1,621 @@
+"""``python -m perf``: MB/s and peak RSS of prep, verify and import against C baselines.
+
+One run, one dataset (``perf/dataset.py``), every contender measured ``--runs`` times,
+round-robin so that drift hits all of them alike:
+
+- baselines a Linux operator would use: ``dd`` to the target file system,
+  ``tar | cat``, ``tar | zstd -1 -T0``, ``tar | zstd -3 -T0`` (each into an image file);
+- ``prep`` (sequential spill and parallel fill onto 4 image drives on the same disk,
+  ``--level 3``, ``--threads 1``), ``verify``, and ``import --to DIR`` (local account);
+- four loop devices throttled like SATA disks (cgroup blkio / io.max):
+  sequential spill vs parallel fill, against the drives' aggregate bandwidth;
+- peak RSS of prep at each ``--rss-sizes`` size (it must not grow);
+- where prep's time goes: its own per-stage busy counters (``--json`` summary), and with
+  ``--profile`` a Trio run-loop probe and a py-spy GIL profile.
+
+MB/s is input bytes (the dataset's logical size: holes count, as tar reads them) per
+wall-clock second of the whole command, from start to exit (interpreter start, drive
+formatting and closing included).  Keyslots use a cheap KDF (``--pbkdf-memory 8192
+--pbkdf-parallel 2``) so that key derivation, which is meant to be slow, does not
+count as throughput.  By default the page cache is dropped (``sync; echo 3 >
+/proc/sys/vm/drop_caches``) before every timed run: every contender reads the dataset
+from disk (``--cache warm`` reads it into the cache before every run instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perf import dataset, measure
+from perf.measure import Sample, Series
+from perf.throttle import NoThrottle, Throttle
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parents[1]
+KDF = ["--pbkdf-memory", "8192", "--pbkdf-parallel", "2"]
+RSS_LIMIT = 300 * MiB
+
+# Row keys, in table order.
+DD, CAT, Z1, Z3 = "dd write", "tar | cat", "tar | zstd -1 -T0", "tar | zstd -3 -T0"
+SEQ, PAR, SEQ3 = "prep sequential", "prep parallel", "prep sequential --level 3"
+VERIFY, IMPORT = "verify", "import --to DIR"
+T_SEQ, T_PAR = "prep sequential, throttled", "prep parallel, throttled"
+BOUND = " (drive-bound control)"
+
+
+def threads_key(n: int) -> str:
+    return f"prep sequential --threads {n}"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    data: Path
+    info: dict[str, Any]
+    out: Path  # scratch for one run's outputs: emptied before every run
+    env: dict[str, str]
+    drive_size: int
+    series: dict[str, Series] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.info["bytes"])
+
+    def add(self, key: str) -> Series:
+        return self.series.setdefault(key, Series(key, self.nbytes))
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def pipeline_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", *args]
+
+
+def fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def prepare_cache(ctx: Ctx) -> None:
+    """The same page-cache state before every timed run: cold (dropped) or warm (read)."""
+    if ctx.args.cache == "cold":
+        measure.drop_caches()
+    else:
+        subprocess.run(["sh", "-c", f"tar -cf - -C '{ctx.data.parent}' '{ctx.data.name}' "
+                        "| cat > /dev/null"], check=True)
+        os.sync()
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def prep_summary(sample: Sample) -> dict[str, Any]:
+    """The bits of prep's --json summary the report needs (no recovery passwords)."""
+    events = json_lines(sample.stdout)
+    summary = next((e for e in reversed(events) if e.get("type") == "summary"), None)
+    if summary is None:
+        raise measure.CommandFailed("prep printed no summary event")
+    drives = [{"path": d["path"], "state": d["state"], "used": d["used"],
+               "capacity": d["capacity"]} for d in summary.get("drives", [])]
+    # Steady state: log bytes written per second from the first progress event that shows
+    # data written to the summary (drive formatting before the first byte excluded).
+    ticks = [(e["t"], e["bytes_written"]) for e in events
+             if e.get("type") in ("progress", "summary") and e.get("bytes_written")]
+    steady = None
+    if len(ticks) >= 2 and ticks[-1][0] > ticks[0][0]:
+        steady = round((ticks[-1][1] - ticks[0][1]) / (ticks[-1][0] - ticks[0][0]) / 1e6, 1)
+    return {"elapsed_s": summary["elapsed_s"], "busy_s": summary.get("busy_s", {}),
+            "steady_write_mbps": steady,
+            "bytes_written": summary.get("bytes_written"),
+            "bytes_stored": summary.get("bytes_stored"),
+            "zero_bytes": summary.get("zero_bytes"), "drives": drives,
+            "cpu_s": round(sample.cpu_s, 2)}
+
+
+def prep_argv(ctx: Ctx, drives: list[str], *extra: str, image: bool = True) -> list[str]:
+    args = ["prep", "--srcdir", str(ctx.data), "--dstdir", "perf/run/",
+            "--journal-dir", str(ctx.out / "journals"), "--session-id", "perf-run",
+            *[a for d in drives for a in ("--drive", d)], *KDF, "--json", *extra]
+    if image:
+        args += ["--drive-size", str(ctx.drive_size)]
+    return pipeline_cmd(*args)
+
+
+def timed(ctx: Ctx, key: str, argv: list[str], *, cgroup: Path | None = None,
+          after: Callable[[Sample], dict[str, Any]] | None = None) -> Sample:
+    prepare_cache(ctx)
+    sample = measure.run(argv, cwd=REPO, env=ctx.env, cgroup=cgroup)
+    series = ctx.add(key)
+    series.samples.append(sample)
+    extra = after(sample) if after else {}
+    series.extra.append(extra)
+    rate = ctx.nbytes / sample.wall_s / 1e6
+    log(f"  {key:34s} {sample.wall_s:7.2f} s {rate:8.1f} MB/s  "
+        f"peak RSS {sample.peak_rss / MiB:6.1f} MiB  cpu {sample.cpu_s:6.1f} s")
+    return sample
+
+
+# ------------------------------------------------------------------------------- contenders
+
+
+def run_baselines(ctx: Ctx) -> None:
+    img = ctx.out / "image"
+    src = f"tar -cf - -C '{ctx.data.parent}' '{ctx.data.name}'"
+    fresh(ctx.out)
+    count = -(-ctx.nbytes // MiB)
+    timed(ctx, DD, ["dd", "if=/dev/zero", f"of={img}", "bs=1M", f"count={count}",
+                    "conv=fdatasync", "status=none"])
+    for key, sink in ((CAT, "cat"), (Z1, "zstd -1 -T0 -q"), (Z3, "zstd -3 -T0 -q")):
+        fresh(ctx.out)
+        timed(ctx, key, ["bash", "-o", "pipefail", "-c", f"{src} | {sink} > '{img}'"],
+              after=lambda s, img=img: {"image_bytes": img.stat().st_size})
+    fresh(ctx.out)
+
+
+def images(ctx: Ctx, n: int = 4) -> list[str]:
+    return [str(ctx.out / f"drive{i}.img") for i in range(1, n + 1)]
+
+
+def run_prep_family(ctx: Ctx) -> None:
+    cores = os.cpu_count() or 2
+    # prep sequential (the defaults), then verify and import of what it wrote.
+    fresh(ctx.out)
+    s = timed(ctx, SEQ, prep_argv(ctx, images(ctx)), after=prep_summary)
+    used = [d["path"] for d in prep_summary(s)["drives"]]
+    timed(ctx, VERIFY, pipeline_cmd("verify", "--journal-dir", str(ctx.out / "journals"),
+                                    "--json"))
+    acct, logs = ctx.out / "account", ctx.out / "copylogs"
+    acct.mkdir()
+    logs.mkdir()
+    timed(ctx, IMPORT, pipeline_cmd("import", *[a for d in used for a in ("--drive", d)],
+                                    "--journal-dir", str(ctx.out / "journals"), "--to",
+                                    str(acct), "--log-dir", str(logs), "--json"))
+    fresh(ctx.out)
+    timed(ctx, PAR, prep_argv(ctx, images(ctx), "--fill", "parallel"), after=prep_summary)
+    fresh(ctx.out)
+    timed(ctx, SEQ3, prep_argv(ctx, images(ctx), "--level", "3"), after=prep_summary)
+    for n in sorted({1, 2, cores}):
+        if n == cores:
+            continue  # the default run above is this one
+        fresh(ctx.out)
+        timed(ctx, threads_key(n), prep_argv(ctx, images(ctx), "--threads", str(n)),
+              after=prep_summary)
+    fresh(ctx.out)
+
+
+def run_throttled(ctx: Ctx, mbps: float, runs: int, suffix: str = "") -> dict[str, Any]:
+    """Sequential spill vs parallel fill onto ``--drives`` loop devices at ``mbps`` each."""
+    a = ctx.args
+    seq, par = T_SEQ + suffix, T_PAR + suffix
+    result: dict[str, Any] = {"drives": a.drives, "limit_mbps_each": mbps,
+                              "aggregate_mbps": mbps * a.drives, "drive_size": ctx.drive_size,
+                              "dataset_bytes": ctx.nbytes, "keys": [seq, par]}
+    try:
+        with Throttle(a.workdir / "loops", a.drives, ctx.drive_size, int(mbps * 1e6)) as thr:
+            result["cgroup"] = f"{thr.kind} ({thr.cgroup})"
+            check = thr.check()
+            result["check"] = check
+            log(f"  throttle check ({thr.kind}): dd direct {check['dd_direct_in_cgroup_mbps']}"
+                f" MB/s, dd + fdatasync {check['dd_fdatasync_in_cgroup_mbps']} MB/s in the "
+                f"cgroup; {check['dd_fdatasync_outside_mbps']} MB/s outside; limit "
+                f"{mbps:g} MB/s: {'bites' if check['bites'] else 'DOES NOT BITE'}")
+            for _ in range(runs):
+                for key, extra in ((seq, ()), (par, ("--fill", "parallel"))):
+                    fresh(ctx.out)
+                    before = thr.charged()
+                    s = timed(ctx, key, prep_argv(ctx, thr.devices, "--yes", *extra,
+                                                  image=False),
+                              cgroup=thr.cgroup, after=prep_summary)
+                    after = thr.charged()
+                    summ = ctx.series[key].extra[-1]
+                    summ["charged_bytes"] = sum(after.get(d, 0) - before.get(d, 0)
+                                                for d in thr.devices)
+                    summ["stored_mbps"] = round(summ["bytes_written"] / s.wall_s / 1e6, 1)
+    except NoThrottle as exc:
+        result["error"] = str(exc)
+        log(f"  throttled scenario skipped: {exc}")
+    fresh(ctx.out)
+    for key in (seq, par):
+        s = ctx.series.get(key)
+        if s and s.samples:
+            result[key] = {
+                "mbps": round(s.mbps, 1),
+                "stored_mbps": round(statistics.median(e["stored_mbps"] for e in s.extra), 1),
+                "steady_write_mbps": statistics.median(e["steady_write_mbps"] or 0.0
+                                                       for e in s.extra),
+                "drives_used": statistics.median(len(e["drives"]) for e in s.extra),
+                "charged_bytes": sum(e["charged_bytes"] for e in s.extra),
+                "bytes_written": sum(e["bytes_written"] for e in s.extra)}
+    if seq in result and par in result:
+        result["parallel_over_sequential"] = round(result[par]["mbps"] / result[seq]["mbps"], 3)
+        if result[seq]["steady_write_mbps"]:
+            result["steady_parallel_over_sequential"] = round(
+                result[par]["steady_write_mbps"] / result[seq]["steady_write_mbps"], 3)
+    return result
+
+
+def run_drive_bound(ctx: Ctx) -> dict[str, Any]:
+    """Control: drives slow enough that they, not prep, are the limit (small dataset)."""
+    a = ctx.args
+    root = a.workdir / f"data-{a.bound_size // MiB}M-s{a.seed}"
+    info = dataset.ensure(root, a.bound_size, a.seed, log=log)
+    sub = Ctx(a, root, info, ctx.out, ctx.env, drive_size=drive_size_for(int(info["bytes"])))
+    res = run_throttled(sub, a.bound_mbps, 1, BOUND)
+    ctx.series.update(sub.series)
+    return res
+
+
+def run_rss_sizes(ctx: Ctx) -> list[dict[str, Any]]:
+    out = []
+    for size in ctx.args.rss_sizes:
+        if size == ctx.args.size and SEQ in ctx.series:
+            s = ctx.series[SEQ]
+            out.append({"size": size, "bytes": ctx.nbytes, "files": ctx.info["files"],
+                        "peak_rss": s.peak_rss, "mbps": round(s.mbps, 1), "runs": len(s.samples)})
+            continue
+        root = ctx.args.workdir / f"data-{size // MiB}M-s{ctx.args.seed}"
+        info = dataset.ensure(root, size, ctx.args.seed, log=log)
+        sub = Ctx(ctx.args, root, info, ctx.out, ctx.env,
+                  drive_size=drive_size_for(int(info["bytes"])))
+        fresh(sub.out)
+        sample = timed(sub, f"{SEQ} ({dataset.human(size)})", prep_argv(sub, images(sub)),
+                       after=prep_summary)
+        fresh(sub.out)
+        out.append({"size": size, "bytes": info["bytes"], "files": info["files"],
+                    "peak_rss": sample.peak_rss,
+                    "mbps": round(int(info["bytes"]) / sample.wall_s / 1e6, 1), "runs": 1})
+        ctx.series[f"rss {size}"] = sub.series[f"{SEQ} ({dataset.human(size)})"]
+    return out
+
+
+def drive_size_for(nbytes: int) -> int:
+    """Four drives that hold the data even if nothing compresses; sequential spills."""
+    return (nbytes // 4 + 64 * MiB + MiB - 1) // MiB * MiB
+
+
+# ------------------------------------------------------------------------------- analysis
+
+
+def stage_profile(series: Series) -> dict[str, Any]:
+    """Median per-stage busy seconds of prep's own counters, as a share of its elapsed_s."""
+    runs = [e for e in series.extra if e.get("busy_s")]
+    if not runs:
+        return {}
+    stages = sorted({k for e in runs for k in e["busy_s"]})
+    elapsed = statistics.median(e["elapsed_s"] for e in runs)
+    busy = {k: statistics.median(e["busy_s"].get(k, 0.0) for e in runs) for k in stages}
+    cpu = statistics.median(e["cpu_s"] for e in runs)
+    wall = statistics.median(s.wall_s for s in series.samples)
+    return {"elapsed_s": elapsed, "wall_s": round(wall, 3), "cpu_s": cpu,
+            "cpu_share_of_cores": round(cpu / wall / (os.cpu_count() or 1), 3),
+            "busy_s": busy, "busy_pct": {k: round(100 * v / elapsed, 1) for k, v in busy.items()},
+            "note": "busy_s is prep's own counter per stage (wall time inside the stage's "
+                    "calls, threads add up); stages without a counter (reading staging, "
+                    "the Trio thread's own work) are not in it"}
+
+
+def ratio(ctx: Ctx, key: str, base: str) -> float | None:
+    a, b = ctx.series.get(key), ctx.series.get(base)
+    if not a or not b or not a.samples or not b.samples:
+        return None
+    return a.mbps / b.mbps
+
+
+def baseline_of(key: str) -> str:
+    return Z3 if "--level 3" in key or key == Z3 else Z1
+
+
+def criteria(ctx: Ctx, throttled: list[dict[str, Any]], rss: list[dict[str, Any]],
+             elapsed: float) -> list[dict[str, Any]]:
+    out = []
+    out.append({"n": 1, "what": f"python -m perf completes in under 10 minutes "
+                f"(--size {dataset.human(ctx.args.size)})",
+                "value": round(elapsed, 1), "unit": "s", "ok": elapsed < 600})
+    r = ratio(ctx, SEQ, Z1)
+    out.append({"n": 2, "what": "prep (level 1, defaults) / tar | zstd -1 -T0 >= 0.8",
+                "value": None if r is None else round(r, 3), "unit": "x",
+                "ok": r is not None and r >= 0.8})
+    r3 = ratio(ctx, T_PAR, T_SEQ)
+    main = throttled[0] if throttled else {}
+    bites = main.get("check", {}).get("bites", False)
+    note = "" if bites else "throttle not verified; figure not meaningful"
+    control = next((t for t in throttled if "parallel_over_sequential" in t
+                    and BOUND in t["keys"][0]), None)
+    if control:
+        note = (f"{note}; " if note else "") + (
+            f"control at {control['limit_mbps_each']:g} MB/s per drive: "
+            f"{control['parallel_over_sequential']:.2f}x end to end, "
+            f"{control.get('steady_parallel_over_sequential', 0):.2f}x once writing")
+    out.append({"n": 3, "what": f"parallel / sequential on {ctx.args.drives} drives throttled "
+                f"to {ctx.args.drive_mbps:g} MB/s >= 3", "value": None if r3 is None
+                else round(r3, 3), "unit": "x", "ok": bool(r3 is not None and r3 >= 3 and bites),
+                "note": note})
+    peaks = [x["peak_rss"] for x in rss] or ([ctx.series[SEQ].peak_rss] if SEQ in ctx.series
+                                             else [])
+    grow = len(rss) > 1 and rss[-1]["peak_rss"] > rss[0]["peak_rss"] * 1.10
+    out.append({"n": 4, "what": "prep peak RSS < 300 MiB and not growing with the data size",
+                "value": [round(p / MiB, 1) for p in peaks], "unit": "MiB",
+                "sizes": [dataset.human(x["size"]) for x in rss],
+                "ok": bool(peaks) and max(peaks) < RSS_LIMIT and not grow,
+                "note": "" if len(rss) > 1 else "one size only: growth not measured "
+                "(use --rss-sizes 1G,4G)"})
+    return out
+
+
+# ------------------------------------------------------------------------------- output
+
+
+def table_rows(ctx: Ctx) -> list[dict[str, Any]]:
+    rows = []
+    order = [DD, CAT, Z1, Z3, SEQ, PAR, SEQ3,
+             *sorted(k for k in ctx.series if k.startswith("prep sequential --threads")),
+             VERIFY, IMPORT, T_SEQ, T_PAR]
+    for key in order:
+        s = ctx.series.get(key)
+        if not s or not s.samples:
+            continue
+        base = baseline_of(key)
+        r = ratio(ctx, key, base)
+        rows.append({"name": key, "mbps": round(s.mbps, 1), "min": round(s.mbps_min, 1),
+                     "max": round(s.mbps_max, 1), "runs": len(s.samples),
+                     "ratio": None if r is None else round(r, 3), "vs": base,
+                     "peak_rss_mib": round(s.peak_rss / MiB, 1)})
+    return rows
+
+
+def print_report(ctx: Ctx, rows: list[dict[str, Any]], throttled: list[dict[str, Any]],
+                 rss: list[dict[str, Any]], profile: dict[str, Any],
+                 crit: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+    a = ctx.args
+    lines = []
+    p = lines.append
+    p(f"dataset: {dataset.human(ctx.nbytes)} logical ({ctx.info['files']} files, "
+      f"{dataset.human(int(ctx.info['allocated']))} allocated), seed {a.seed}; "
+      f"{os.cpu_count()} CPUs; page cache {a.cache}"
+      f"{' (dropped before every run)' if a.cache == 'cold' else ' (read before every run)'}; "
+      f"median of {a.runs} runs")
+    p("prep: 4 image drives on the same disk, keyslot KDF --pbkdf-memory 8192 "
+      "--pbkdf-parallel 2 (cheap on purpose)")
+    p("")
+    p(f"{'contender':36s} {'MB/s':>8s} {'min-max':>15s} {'ratio':>7s} {'vs':18s} "
+      f"{'peak RSS':>9s}")
+    for r in rows:
+        ratio_s = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        p(f"{r['name']:36s} {r['mbps']:8.1f} {r['min']:7.1f}-{r['max']:<7.1f} {ratio_s:>7s} "
+          f"{r['vs']:18s} {r['peak_rss_mib']:6.1f} MiB")
+    p("MB/s = dataset logical bytes / wall seconds of the whole command; ratio = this row's "
+      "MB/s over the tar | zstd -T0 row of the same level")
+    for t in throttled:
+        p("")
+        if "error" in t:
+            p(f"throttled drives: not measured: {t['error']}")
+            continue
+        c = t["check"]
+        p(f"throttled drives{' (drive-bound control)' if BOUND in t['keys'][0] else ''}: "
+          f"{t['drives']} loop devices, {t['limit_mbps_each']:g} MB/s write each "
+          f"({t['cgroup']}); aggregate {t['aggregate_mbps']:g} MB/s; dataset "
+          f"{dataset.human(t['dataset_bytes'])}")
+        p(f"  check on one device: dd oflag=direct {c['dd_direct_in_cgroup_mbps']} MB/s, "
+          f"dd conv=fdatasync {c['dd_fdatasync_in_cgroup_mbps']} MB/s (in the cgroup), "
+          f"{c['dd_fdatasync_outside_mbps']} MB/s outside it: "
+          f"{'the limit bites' if c['bites'] else 'THE LIMIT DOES NOT BITE'}")
+        for key in t["keys"]:
+            r = t.get(key)
+            if not r:
+                continue
+            p(f"  {key}: {r['mbps']:.1f} MB/s input, {r['stored_mbps']:.1f} MB/s of log to "
+              f"the drives = {r['stored_mbps'] / t['aggregate_mbps']:.2f} of the aggregate "
+              f"({r['steady_write_mbps']:.1f} MB/s once the first byte is written), "
+              f"{r['drives_used']:g} drives used; the cgroup was charged "
+              f"{r['charged_bytes'] / 1e6:.0f} MB for {r['bytes_written'] / 1e6:.0f} MB of "
+              "log (the rest: LUKS headers)")
+        if "parallel_over_sequential" in t:
+            p(f"  parallel / sequential: {t['parallel_over_sequential']:.2f}x end to end, "
+              f"{t.get('steady_parallel_over_sequential', 0):.2f}x in log MB/s once writing")
+        if BOUND not in t["keys"][0] and PAR in ctx.series:
+            par = ctx.series[PAR]
+            stored = statistics.median(e["bytes_written"] / s.wall_s / 1e6
+                                       for e, s in zip(par.extra, par.samples, strict=True))
+            p(f"  unthrottled, {PAR} writes {stored:.0f} MB/s of log: that is what the drives "
+              f"are offered, against {t['limit_mbps_each']:g} MB/s for one drive")
+    if rss:
+        p("")
+        p("prep peak RSS by data size: " + ", ".join(
+            f"{dataset.human(x['size'])}: {x['peak_rss'] / MiB:.1f} MiB ({x['mbps']} MB/s, "
+            f"{x['files']} files)" for x in rss))
+    if profile:
+        p("")
+        p(f"where prep's time goes ({SEQ}, median): wall {profile['wall_s']:.2f} s, prep "
+          f"elapsed_s {profile['elapsed_s']:.2f} s, CPU {profile['cpu_s']:.1f} s = "
+          f"{100 * profile['cpu_share_of_cores']:.0f}% of {os.cpu_count()} cores")
+        for k, v in sorted(profile["busy_s"].items(), key=lambda kv: -kv[1]):
+            p(f"  {k:10s} {v:7.2f} s busy  {profile['busy_pct'][k]:5.1f}% of elapsed")
+        p(f"  ({profile['note']})")
+    for key, text in extra.items():
+        p("")
+        p(f"{key}:")
+        p(text)
+    p("")
+    p("criteria (issue 5):")
+    for c in crit:
+        v = c["value"]
+        vs = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+        note = f"  [{c['note']}]" if c.get("note") else ""
+        p(f"  {c['n']}. {'PASS' if c['ok'] else 'FAIL'}  {c['what']}: {vs} {c['unit']}{note}")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def markdown(ctx: Ctx, rows: list[dict[str, Any]], crit: list[dict[str, Any]]) -> str:
+    out = ["| contender | MB/s (median) | min–max | ratio | vs | peak RSS |",
+           "|---|---:|---:|---:|---|---:|"]
+    for r in rows:
+        ratio_s = "" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+        name, vs = (x.replace("|", "\\|") for x in (r["name"], r["vs"]))
+        out.append(f"| {name} | {r['mbps']:.0f} | {r['min']:.0f}–{r['max']:.0f} | {ratio_s} | "
+                   f"{vs} | {r['peak_rss_mib']:.0f} MiB |")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m perf", description=__doc__.split("\n\n")[0],
+                                epilog="Run as root from the repository root (drop_caches, "
+                                "loop devices, cgroups).")
+    p.add_argument("--size", type=dataset.parse_size, default=dataset.GiB,
+                   help="dataset size (default 1G)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per contender (median)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workdir", type=Path, default=Path("/var/tmp/pipeline-perf"),
+                   help="datasets and scratch outputs (default /var/tmp/pipeline-perf)")
+    p.add_argument("--cache", choices=("cold", "warm"), default="cold",
+                   help="page cache before each run: cold = dropped (default), warm = read")
+    p.add_argument("--rss-sizes", type=lambda s: [dataset.parse_size(x) for x in s.split(",")],
+                   default=None, metavar="SIZES",
+                   help="sizes whose prep peak RSS is compared, e.g. 1G,4G (default: --size)")
+    p.add_argument("--drives", type=int, default=4, help="throttled loop devices (default 4)")
+    p.add_argument("--drive-mbps", type=float, default=150.0,
+                   help="write limit per throttled drive, MB/s (default 150, a SATA disk)")
+    p.add_argument("--no-throttle", action="store_true", help="skip the throttled scenario")
+    p.add_argument("--bound-mbps", type=float, default=10.0,
+                   help="control run: drives this slow (MB/s each) are slower than prep, so "
+                   "the fill mode decides (default 10; 0 skips it)")
+    p.add_argument("--bound-size", type=dataset.parse_size, default=256 * MiB,
+                   help="dataset of the control run (default 256M, to keep it short)")
+    p.add_argument("--profile", action="store_true",
+                   help="also run prep once under the Trio probe and once under py-spy")
+    p.add_argument("--results", type=Path, default=REPO / "perf" / "results",
+                   help="where latest.json, latest.md and perf.png go")
+    args = p.parse_args(argv)
+    if args.rss_sizes is None:
+        args.rss_sizes = [args.size]
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    def first_line(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0]
+        except (OSError, IndexError):
+            return "missing"
+
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f
+                      if line.startswith("model name")), "")
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version(), "zstd": first_line(["zstd", "--version"]),
+            "tar": first_line(["tar", "--version"]),
+            "mem_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    missing = [t for t in ("tar", "zstd", "dd", "losetup") if shutil.which(t) is None]
+    if missing:
+        log(f"perf: missing {', '.join(missing)}: apt-get install -y tar zstd coreutils mount")
+        return 2
+    if args.cache == "cold" and not measure.can_drop_caches():
+        log("perf: --cache cold needs root (writes /proc/sys/vm/drop_caches); run as root "
+            "or pass --cache warm")
+        return 2
+    t0 = time.monotonic()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    root = args.workdir / f"data-{args.size // MiB}M-s{args.seed}"
+    info = dataset.ensure(root, args.size, args.seed, log=log)
+    ctx = Ctx(args, root, info, args.workdir / "out", python_env(),
+              drive_size=drive_size_for(int(info["bytes"])))
+    log(f"dataset {root}: {info['files']} files, {dataset.human(int(info['bytes']))}; "
+        f"{args.runs} runs per contender, cache {args.cache}")
+    try:
+        for i in range(args.runs):
+            log(f"round {i + 1}/{args.runs}")
+            run_baselines(ctx)
+            run_prep_family(ctx)
+        throttled: list[dict[str, Any]] = []
+        if not args.no_throttle:
+            log(f"throttled drives: {args.drives} x {args.drive_mbps:g} MB/s")
+            throttled.append(run_throttled(ctx, args.drive_mbps, args.runs))
+            if args.bound_mbps > 0:
+                log(f"drive-bound control: {args.drives} x {args.bound_mbps:g} MB/s, "
+                    f"{dataset.human(args.bound_size)} dataset")
+                throttled.append(run_drive_bound(ctx))
+        log("peak RSS by size")
+        rss = run_rss_sizes(ctx)
+        extra: dict[str, Any] = {}
+        prof: dict[str, Any] = {}
+        if args.profile:
+            from perf import profile
+
+            log("profile")
+            prof = profile.run(ctx)
+            extra = prof.get("text", {})
+    finally:
+        shutil.rmtree(ctx.out, ignore_errors=True)
+    elapsed = time.monotonic() - t0
+    rows = table_rows(ctx)
+    stages = stage_profile(ctx.series[SEQ]) if SEQ in ctx.series else {}
+    crit = criteria(ctx, throttled, rss, elapsed)
+    print()
+    report = print_report(ctx, rows, throttled, rss, stages, crit, extra)
+    print(f"\ntotal {elapsed:.0f} s")
+    args.results.mkdir(parents=True, exist_ok=True)
+    doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+           "argv": sys.argv[1:], "elapsed_s": round(elapsed, 1),
+           "settings": {"size": args.size, "runs": args.runs, "seed": args.seed,
+                        "cache": args.cache, "kdf": KDF, "image_drives": 4,
+                        "drive_size": ctx.drive_size},
+           "dataset": info, "table": rows, "throttled": throttled, "rss_by_size": rss,
+           "stage_profile": stages, "profile": {k: v for k, v in prof.items() if k != "text"},
+           "criteria": crit, "series": {k: s.to_json() for k, s in ctx.series.items()},
+           "report": report}
+    (args.results / "latest.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (args.results / "latest.md").write_text(markdown(ctx, rows, crit))
+    log(f"wrote {args.results / 'latest.json'} and latest.md")
+    from perf import chart
+
+    png = chart.draw(doc, args.results / "perf.png")
+    if png:
+        log(f"wrote {png}")
+    return 0
