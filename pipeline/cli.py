@@ -17,6 +17,7 @@ import trio
 
 from pipeline import __version__, errors
 from pipeline.commands import (
+    backup,
     diskprep,
     drive,
     import_,
@@ -26,12 +27,14 @@ from pipeline.commands import (
     prep,
     preview,
     repair,
+    restore,
     service,
+    snapshots,
     verify,
 )
 
 COMMANDS = (prep, preview, verify, keys, journal_cmd, jobs, import_, repair, diskprep, drive,
-            service)
+            service, backup, restore, snapshots)
 
 
 def build_parser() -> argparse.ArgumentParser:

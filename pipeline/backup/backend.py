@@ -1,0 +1,198 @@
+"""Where a repository's files live: a local directory (the staging location) or a
+``Storage`` container (plus an optional name prefix).
+
+A repository only ever adds files under new names (content-addressed or
+time-stamped) and never rewrites one, so backends need no locking: ``put`` is
+atomic (a file appears whole or not at all) and idempotent.  Every call blocks
+and is thread-safe; the Trio stages call them in worker threads.  ``bytes_sent``
+counts every byte handed to the storage layer, which is what an online
+backup sends over the network.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import os
+import threading
+import uuid
+from typing import Protocol
+
+from pipeline.backup.errors import CorruptRepository, StagingFull
+from pipeline.errors import BadInput
+from pipeline.storage.base import CELL, BlobType, Storage
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+class Backend(Protocol):
+    name: str
+    bytes_sent: int
+    files_sent: int
+
+    def list(self, prefix: str) -> builtins.list[str]:
+        """Names starting with ``prefix`` ("data/", "index/", ...), sorted."""
+
+    def get(self, name: str) -> bytes | None:
+        """A whole file, None if absent."""
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        """A range of a file; CorruptRepository if the file is missing."""
+
+    def put(self, name: str, data: bytes) -> None:
+        """Store a whole new file atomically."""
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.bytes_sent = 0
+        self.files_sent = 0
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_sent += n
+            self.files_sent += 1
+
+
+class DirBackend(_Counter):
+    """Files under ``root``; temporary files in a sibling ``.NAME.partial`` directory, so
+    a crash never leaves a half file inside the repository (prep copies the repository
+    directory as it is)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.root = os.path.abspath(os.fspath(root))
+        self.name = self.root
+        parent, base = os.path.split(self.root)
+        self._tmp = os.path.join(parent, f".{base}.partial")
+
+    def _path(self, name: str) -> str:
+        parts = name.split("/")
+        if not name or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"bad repository file name {name!r}")
+        return os.path.join(self.root, *parts)
+
+    def list(self, prefix: str) -> builtins.list[str]:
+        top = os.path.join(self.root, prefix.rstrip("/")) if prefix else self.root
+        out: builtins.list[str] = []
+        for dirpath, _dirs, files in os.walk(top):
+            rel = os.path.relpath(dirpath, self.root)
+            for f in files:
+                name = f if rel == "." else f"{rel}/{f}".replace(os.sep, "/")
+                if name.startswith(prefix):
+                    out.append(name)
+        return sorted(out)
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            with open(self._path(name), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise CorruptRepository(f"{name} is missing from {self.root}") from None
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def put(self, name: str, data: bytes) -> None:
+        final = self._path(name)
+        try:
+            self._mkdirs(os.path.dirname(final))
+            self._mkdirs(self._tmp)
+            tmp = os.path.join(self._tmp, uuid.uuid4().hex)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                try:
+                    view = memoryview(data)
+                    done = 0
+                    while done < len(view):
+                        done += os.write(fd, view[done:])
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(os.path.dirname(final))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StagingFull(f"{self.root} is full ({exc.strerror}); free space, then run "
+                                  "the same command again: it continues where it stopped"
+                                  ) from None
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise BadInput(f"cannot write {final}: {exc.strerror}; make it writable or "
+                               "give another location") from None
+            raise
+        self._count(len(data))
+
+    def _mkdirs(self, path: str) -> None:
+        if os.path.isdir(path):
+            return
+        self._mkdirs(os.path.dirname(path))
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, DIR_MODE)
+
+    def close(self) -> None:
+        """Drop the temporary directory when it is empty."""
+        with contextlib.suppress(OSError):
+            os.rmdir(self._tmp)
+
+
+class StorageBackend(_Counter):
+    """A container of a storage account.  Packs go as page blobs (their sizes are multiples
+    of 512, as a seeded repository's are), small files as block blobs; reading works on
+    either, so a repository imported from drives reads the same as one written online."""
+
+    def __init__(self, storage: Storage, container: str, prefix: str = "") -> None:
+        super().__init__()
+        self.storage, self.container, self.prefix = storage, container, prefix
+        self.name = f"{storage.name} container {container}" + (f" prefix {prefix}"
+                                                                 if prefix else "")
+
+    def list(self, prefix: str) -> builtins.list[str]:
+        n = len(self.prefix)
+        return [b[n:] for b in self.storage.list(self.container, self.prefix + prefix)]
+
+    def get(self, name: str) -> bytes | None:
+        return self.storage.get(self.container, self.prefix + name)
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            return self.storage.read(self.container, self.prefix + name, offset, length)
+        except FileNotFoundError:
+            raise CorruptRepository(f"{name} is missing from {self.name}") from None
+
+    def put(self, name: str, data: bytes) -> None:
+        blob = self.prefix + name
+        if name.startswith("data/"):
+            size = len(data)
+            view = memoryview(data)
+            for off in range(0, size, CELL):
+                self.storage.write_part(self.container, blob, BlobType.PAGE, size, off,
+                                        bytes(view[off:off + CELL]))
+            self.storage.commit(self.container, blob, BlobType.PAGE, size, [])
+        else:
+            self.storage.put(self.container, blob, data)
+        self._count(len(data))
+
+    def close(self) -> None:
+        """Nothing to release; the Storage object outlives the backend."""
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

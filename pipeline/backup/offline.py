@@ -1,0 +1,245 @@
+"""The offline backup's settings and checks: what staging holds, what stays on the source.
+
+Two JSON files, read by ``diskprep`` too:
+
+* ``STAGING/pipeline-offline.json`` (no secrets; it travels with the staging data)::
+
+    {"version": 1, "staging": "<abs STAGING>", "repository": "repo", "job_name": NAME,
+     "subscription": ID, "account": ACCOUNT, "container": C, "created": "<iso8601>"}
+
+  It is written last, after the snapshot: its presence means the initial backup
+  is complete.
+
+* ``$PIPELINE_CONFIG_DIR/offline.json`` (default ``~/.config/pipeline/offline.json``),
+  mode 0600, on the source machine only, keyed by the staging path::
+
+    {"<abs STAGING>": {"publish_settings": "<abs path or null>", "container": C,
+                       "job_name": NAME, "subscription": ID, "account": ACCOUNT,
+                       "source": "<abs source>"}}
+
+The backup passphrase is stored nowhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline import codec
+from pipeline.backup.walk import walk
+from pipeline.errors import BadInput
+from pipeline.stages.read import data_ranges
+
+STAGING_FILE = "pipeline-offline.json"
+REPOSITORY = "repo"
+CONFIG_FILE = "offline.json"
+SAMPLE = 32 << 20               # bytes compressed to sample the ratio (as `pipeline preview`)
+CELL = 1 << 20
+_ACCOUNT = re.compile(r"[a-z0-9]{3,24}\Z")
+
+
+def check_account_name(name: str) -> str:
+    if not _ACCOUNT.match(name):
+        raise BadInput(f"--account {name!r} is not a storage account name; use 3-24 lowercase "
+                       "letters and digits")
+    return name
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_staging(staging: Path, source: Path) -> Path:
+    """An existing, writable directory apart from the source (either inside the other
+    would back up the staging copy, or ship the source unencrypted)."""
+    s = Path(os.path.abspath(staging))
+    if not s.is_dir():
+        what = "is not a directory" if s.exists() else "does not exist"
+        raise BadInput(f"--staging {s} {what}; create the staging directory first "
+                       f"(mkdir -p {s})")
+    s = s.resolve()
+    if _inside(s, source) or _inside(source, s):
+        raise BadInput(f"--staging {s} and --source {source} overlap; put the staging "
+                       "location outside the source (and the source outside it)")
+    probe = s / f".pipeline-probe-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInput(f"--staging {s} is not writable ({exc.strerror}); fix its permissions "
+                       "or mount, or give another staging location") from None
+    return s
+
+
+def check_outside(path: str, staging: Path, what: str) -> None:
+    """Secrets (publish settings, passphrase) must not sit in the staging data that ships."""
+    p = Path(path).resolve()
+    if _inside(p, staging):
+        raise BadInput(f"{what} {p} is inside the staging location {staging}, which is copied "
+                       "onto the drives; move it out of the staging location")
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+@dataclass(frozen=True)
+class Estimate:
+    files: int
+    bytes: int
+    data_bytes: int           # outside holes
+    sampled: int
+    ratio: float              # stored / raw over the sample (zero cells count 0)
+    needed: int               # bytes the repository will take, at most (dedup ignored)
+
+
+def estimate(source: Path, level: int = 1, sample: int = SAMPLE) -> Estimate:
+    """Like ``pipeline preview``: holes skipped, zstd ratio sampled over cells spread
+    across the tree; dedup is ignored, so the figure errs on the large side."""
+    cells: list[tuple[Path, int, int]] = []
+    files = total = data = 0
+    for node in walk(source, lambda _m: None):
+        if node.type != "file":
+            continue
+        files += 1
+        total += node.size
+        path = source / node.path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue                   # reported by the backup itself
+        try:
+            for start, end in data_ranges(fd, node.size):
+                data += end - start
+                cells.extend((path, off, min(CELL, end - off)) for off in range(start, end, CELL))
+        finally:
+            os.close(fd)
+    step = max(1, math.ceil(sum(c[2] for c in cells) / max(sample, 1)))
+    raw = stored = 0
+    for path, off, length in cells[::step]:
+        try:
+            with open(path, "rb") as f:
+                piece = os.pread(f.fileno(), length, off)
+        except OSError:
+            continue
+        if piece:
+            raw += len(piece)
+            stored += len(codec.pack(piece, level).stored)
+    ratio = stored / raw if raw else 1.0
+    chunks = data // (1 << 20) + files
+    needed = (int(data * ratio * 1.01) + chunks * 200 + files * 300
+              + (data // (16 << 20) + 1) * 1024 + (1 << 20))
+    return Estimate(files, total, data, raw, round(ratio, 4), needed)
+
+
+def check_space(staging: Path, est: Estimate) -> None:
+    st = os.statvfs(staging)
+    free = st.f_bavail * st.f_frsize
+    if free < est.needed:
+        raise BadInput(f"--staging {staging} has {_human(free)} free, the backup needs about "
+                       f"{_human(est.needed)} ({_human(est.data_bytes)} of data, compressing "
+                       f"to {est.ratio:.0%} in a sample); free space or give a larger staging "
+                       "location")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# --------------------------------------------------------------------------- settings files
+
+
+def staging_file(staging: Path) -> Path:
+    return staging / STAGING_FILE
+
+
+def read_staging(staging: Path) -> dict[str, Any]:
+    """The offline settings a staging location holds; BadInput saying how to make them."""
+    path = staging_file(staging)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"staging location {staging} holds no offline backup ({STAGING_FILE} is "
+                       "missing); start one with: pipeline backup --offline --staging "
+                       f"{staging} ...") from None
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path} cannot be read ({exc}); run pipeline backup --offline "
+                       "into a new staging location") from None
+    if not isinstance(obj, dict) or obj.get("version") != 1:
+        raise BadInput(f"{path} is not an offline backup record of version 1")
+    return obj
+
+
+def write_staging(staging: Path, job_name: str, subscription: str, account: str,
+                  container: str) -> dict[str, Any]:
+    obj = {"version": 1, "staging": str(staging), "repository": REPOSITORY,
+           "job_name": job_name, "subscription": subscription, "account": account,
+           "container": container, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    _write_atomic(staging_file(staging), json.dumps(obj, indent=2) + "\n", 0o644)
+    return obj
+
+
+def config_path() -> Path:
+    base = os.environ.get("PIPELINE_CONFIG_DIR")
+    return (Path(base) if base else Path.home() / ".config" / "pipeline") / CONFIG_FILE
+
+
+def read_config() -> dict[str, Any]:
+    path = config_path()
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path} cannot be read ({exc}); fix or remove it") from None
+    if not isinstance(obj, dict):
+        raise BadInput(f"{path} is not a JSON object; fix or remove it")
+    return obj
+
+
+def record_config(staging: Path, entry: dict[str, Any]) -> Path:
+    """Add or replace this staging location's entry; the file stays mode 0600."""
+    path = config_path()
+    obj = read_config()
+    obj[str(staging)] = entry
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", 0o600)
+    return path
+
+
+def entries_for_source(source: Path) -> list[tuple[str, dict[str, Any]]]:
+    return [(s, e) for s, e in read_config().items()
+            if isinstance(e, dict) and e.get("source") == str(source)]
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            data = text.encode()
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+

@@ -1,0 +1,279 @@
+"""A backup repository on a backend: keys, the chunk index, packs and snapshots.
+
+Sync and free of trio (the stages call it in worker threads, or on the Trio
+thread where nothing blocks).  Nothing is ever rewritten: a backup adds packs,
+then index files naming them, then one snapshot; the snapshot is the commit
+point, so an interrupted backup leaves at worst packs and index files that the
+next backup reuses, never a snapshot that points at missing data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pipeline import luks2
+from pipeline.backup import crypto
+from pipeline.backup import format as fmt
+from pipeline.backup.backend import Backend
+from pipeline.backup.errors import CorruptRepository, NoRepository, WrongPassphrase
+from pipeline.errors import BadInput
+
+INDEX_EVERY = 8192              # entries per index file: ~400 KiB for ~8 GiB of data
+FETCHERS = 8                    # index/snapshot files fetched at once when opening
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRef:
+    """A snapshot as its file name tells it (no key needed)."""
+
+    name: str
+    time: datetime
+    id: bytes
+
+    @property
+    def hex(self) -> str:
+        return self.id.hex()
+
+
+@dataclass(slots=True)
+class Pack:
+    """A finished pack: its bytes, its id (sha256 of them) and where each chunk lies."""
+
+    id: bytes
+    data: bytes
+    entries: list[fmt.IndexEntry]
+
+    @property
+    def name(self) -> str:
+        return fmt.pack_name(self.id)
+
+
+@dataclass(slots=True)
+class PackBuilder:
+    """Gathers sealed chunks until the pack reaches its target size."""
+
+    target: int
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    entries: list[fmt.PackEntry] = field(default_factory=list)
+
+    def add(self, kind: int, cid: bytes, sealed: tuple[bytes, bytes], raw_len: int) -> None:
+        """``sealed`` is (nonce, ciphertext): joined only once, when the pack is finished."""
+        length = len(sealed[0]) + len(sealed[1])
+        self.entries.append(fmt.PackEntry(kind, cid, self.size, length, raw_len))
+        self.parts.extend(sealed)
+        self.size += length
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.target
+
+    def finish(self, cr: crypto.Crypto) -> Pack:
+        header = cr.seal(fmt.encode_pack_header(self.entries), crypto.PACK_HEADER_AAD)
+        data = fmt.encode_pack(self.parts, header)
+        pack_id = hashlib.sha256(data).digest()
+        entries = [fmt.IndexEntry(e.kind, e.id, pack_id, e.offset, e.length, e.raw_len)
+                   for e in self.entries]
+        self.parts, self.entries, self.size = [], [], 0
+        return Pack(pack_id, data, entries)
+
+
+def exists(backend: Backend) -> bool:
+    return backend.get(fmt.CONFIG) is not None
+
+
+def list_snapshots(backend: Backend) -> list[SnapshotRef]:
+    """Every snapshot, oldest first (by the time in its name, then its id); needs no key."""
+    refs = []
+    for name in backend.list(fmt.SNAPSHOTS):
+        parsed = fmt.parse_snapshot_name(name)
+        if parsed is not None:
+            refs.append(SnapshotRef(name, parsed[0], parsed[1]))
+    return sorted(refs, key=lambda r: (r.time, r.id))
+
+
+class Repository:
+    """An opened repository: its config, its keys, and the index of every stored chunk."""
+
+    def __init__(self, backend: Backend, config: fmt.Config, keys: crypto.MasterKeys) -> None:
+        self.backend = backend
+        self.config = config
+        self.crypto = crypto.Crypto(keys)
+        self.index: dict[bytes, fmt.IndexEntry] = {}
+        self.pending: set[bytes] = set()           # chunks claimed by this run, not yet indexed
+        self.unindexed: list[fmt.IndexEntry] = []  # stored in packs, not yet in an index file
+
+    # -- creating and opening ------------------------------------------------------------
+
+    @classmethod
+    def init(cls, backend: Backend, passphrase: bytes, kdf: luks2.KdfParams = crypto.DEFAULT_KDF,
+             chunker: fmt.ChunkerParams | None = None, pack_size: int = 16 << 20,
+             keys: crypto.MasterKeys | None = None) -> Repository:
+        """A new repository: the key file first, the config last (the config marks it as
+        existing, so a crash in between leaves no half repository).  ``keys``: for tests
+        that need reproducible chunk boundaries; otherwise random."""
+        if exists(backend):
+            raise BadInput(f"{backend.name} already holds a backup repository")
+        now = _now_iso()
+        config = fmt.Config(repo_id=secrets.token_hex(16), created=now, pack_size=pack_size,
+                            chunker=chunker or fmt.ChunkerParams())
+        keys = keys or crypto.MasterKeys.generate()
+        data = crypto.make_key_file(keys, passphrase, config.repo_id, kdf, now)
+        backend.put(fmt.key_name(hashlib.sha256(data).digest()), data)
+        backend.put(fmt.CONFIG, config.encode())
+        return cls(backend, config, keys)
+
+    @classmethod
+    def open(cls, backend: Backend, passphrase: bytes, passphrase_source: str,
+             missing: str | None = None) -> Repository:
+        """Unlock with the passphrase; ``missing`` is the message when there is no repository."""
+        raw = backend.get(fmt.CONFIG)
+        if raw is None:
+            raise NoRepository(missing or f"no backup repository in {backend.name}; give the "
+                               "repository's location (for a staging location: STAGING/repo)")
+        config = fmt.Config.decode(raw)
+        names = backend.list(fmt.KEYS)
+        if not names:
+            raise CorruptRepository(f"{backend.name} has no key file (keys/)")
+        for name in names:
+            data = backend.get(name)
+            if data is None:
+                continue
+            keys = crypto.open_key_file(data, passphrase, config.repo_id)
+            if keys is not None:
+                return cls(backend, config, keys)
+        raise WrongPassphrase(backend.name, passphrase_source)
+
+    # -- the index -----------------------------------------------------------------------
+
+    def load_index(self) -> int:
+        """Read every index file; returns how many chunks the repository holds."""
+        names = self.backend.list(fmt.INDEX)
+
+        def load(name: str) -> list[fmt.IndexEntry]:
+            data = self._get_checked(name, fmt.check_id(name.removeprefix(fmt.INDEX), name))
+            return fmt.decode_index(self.crypto.open_file(fmt.INDEX_MAGIC, data, name))
+
+        with ThreadPoolExecutor(FETCHERS) as pool:
+            for entries in pool.map(load, names):
+                for e in entries:
+                    self.index.setdefault(e.id, e)
+        return len(self.index)
+
+    def missing_packs(self) -> tuple[int, int]:
+        """(packs the index names that the backend lacks, packs the index names): nonzero
+        while a seed's import is still under way."""
+        wanted = {e.pack for e in self.index.values()}
+        have = set()
+        for name in self.backend.list(fmt.DATA):
+            tail = name.rsplit("/", 1)[-1]
+            if len(tail) == 64:
+                with contextlib.suppress(ValueError):
+                    have.add(bytes.fromhex(tail))
+        return len(wanted - have), len(wanted)
+
+    def claim(self, cid: bytes) -> bool:
+        """True once for a chunk this repository lacks: the caller must store it."""
+        if cid in self.index or cid in self.pending:
+            return False
+        self.pending.add(cid)
+        return True
+
+    def packed(self, pack: Pack) -> list[fmt.IndexEntry] | None:
+        """Record a stored pack; returns a batch for an index file when one is due."""
+        for e in pack.entries:
+            self.index.setdefault(e.id, e)
+            self.pending.discard(e.id)
+        self.unindexed.extend(pack.entries)
+        if len(self.unindexed) >= INDEX_EVERY:
+            return self.take_unindexed()
+        return None
+
+    def take_unindexed(self) -> list[fmt.IndexEntry]:
+        batch, self.unindexed = self.unindexed, []
+        return batch
+
+    def write_index(self, entries: list[fmt.IndexEntry]) -> int:
+        """One new index file for ``entries``; returns its size."""
+        data = self.crypto.seal_file(fmt.INDEX_MAGIC, fmt.encode_index(entries))
+        self.backend.put(fmt.index_name(hashlib.sha256(data).digest()), data)
+        return len(data)
+
+    # -- chunks --------------------------------------------------------------------------
+
+    def entry(self, cid: bytes) -> fmt.IndexEntry:
+        e = self.index.get(cid)
+        if e is None:
+            raise CorruptRepository(f"chunk {cid.hex()[:16]} is in no index file; the "
+                                    "repository is damaged or an index file is missing")
+        return e
+
+    def read_chunk(self, cid: bytes) -> bytes:
+        e = self.entry(cid)
+        sealed = self.backend.read(fmt.pack_name(e.pack), e.offset, e.length)
+        if len(sealed) != e.length:
+            raise CorruptRepository(f"pack {e.pack.hex()[:16]} is shorter than its index says")
+        return self.crypto.open_chunk(e.kind, cid, sealed, e.raw_len)
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def snapshots(self) -> list[SnapshotRef]:
+        return list_snapshots(self.backend)
+
+    def manifest(self, ref: SnapshotRef) -> fmt.Manifest:
+        data = self._get_checked(ref.name, ref.id)
+        return fmt.Manifest.decode(self.crypto.open_file(fmt.SNAPSHOT_MAGIC, data, ref.name))
+
+    def manifests(self, refs: list[SnapshotRef]) -> list[fmt.Manifest]:
+        with ThreadPoolExecutor(FETCHERS) as pool:
+            return list(pool.map(self.manifest, refs))
+
+    def tree(self, manifest: fmt.Manifest) -> Iterator[fmt.Node]:
+        """The snapshot's entries in walk order, reading one tree chunk at a time."""
+        for line in fmt.split_lines(self.read_chunk(t) for t in manifest.tree):
+            yield fmt.Node.decode(line)
+
+    def write_snapshot(self, manifest: fmt.Manifest, when: datetime) -> SnapshotRef:
+        data = self.crypto.seal_file(fmt.SNAPSHOT_MAGIC, manifest.encode())
+        sid = hashlib.sha256(data).digest()
+        name = fmt.snapshot_name(when, sid)
+        self.backend.put(name, data)
+        return SnapshotRef(name, when.astimezone(UTC), sid)
+
+    def _get_checked(self, name: str, expect: bytes) -> bytes:
+        data = self.backend.get(name)
+        if data is None:
+            raise CorruptRepository(f"{name} vanished from {self.backend.name}")
+        if hashlib.sha256(data).digest() != expect:
+            raise CorruptRepository(f"{name}: content does not match its name (damaged)")
+        return data
+
+
+def find_snapshot(refs: list[SnapshotRef], wanted: str | None) -> SnapshotRef:
+    """The latest snapshot, or the one whose id starts with ``wanted`` (8+ hex digits)."""
+    if not refs:
+        raise BadInput("the repository has no snapshot yet; run `pipeline backup` first")
+    if wanted is None or wanted == "latest":
+        return refs[-1]
+    w = wanted.lower()
+    hits = [r for r in refs if r.hex.startswith(w)] if len(w) >= 8 else []
+    if len(hits) != 1:
+        why = "is ambiguous" if len(hits) > 1 else "matches no snapshot"
+        raise BadInput(f"--snapshot {wanted} {why}; give 8 or more hex digits of an id from "
+                       "`pipeline snapshots`")
+    return hits[0]
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,62 @@
+"""Progress for the backup commands: prep's renderers and ticker around one Trio call."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
+
+from pipeline import progress
+from pipeline.errors import PipelineError
+
+T = TypeVar("T")
+
+
+async def with_progress(renderer: progress.Renderer, stats: progress.Stats,
+                        fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``fn`` with the ticker beside it; on a PipelineError, emit the `exit` event
+    (--json) before cli.py prints the one-line error."""
+    box: list[T] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(progress.ticker, stats, renderer)
+            try:
+                box.append(await fn())
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        first = _first_error(exc)
+        if first is not None:
+            renderer.event("exit", code=first.exit_code, message=str(first))
+        renderer.close()
+        raise
+    return box[0]
+
+
+def _first_error(exc: BaseException) -> PipelineError | None:
+    if isinstance(exc, PipelineError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def finish(renderer: progress.Renderer, stats: progress.Stats, json_mode: bool,
+           summary: dict[str, Any], code: int, message: str,
+           lines: list[str] | None = None) -> None:
+    """The last progress line, the summary, then `exit` (--json) or human lines on stderr
+    (``lines``, by default prep's summary of the counters)."""
+    renderer.update(stats, force=True)
+    if json_mode:
+        renderer.event("summary", **{**stats.statistics(), **summary})
+        renderer.event("exit", code=code, message=message)
+        renderer.close()
+        return
+    renderer.close()
+    for line in progress.format_summary(stats) if lines is None else lines:
+        print(line, file=sys.stderr)

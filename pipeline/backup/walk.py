@@ -1,0 +1,255 @@
+"""Walk a source tree into snapshot nodes, and read files into content-defined chunks.
+
+Sync and free of trio: the backup stages run these in worker threads.  The walk
+is depth first with each directory's names sorted by bytes, the order of
+``format.path_key``, so the previous snapshot's tree can be merged against it
+in one pass (``ParentTree``) whatever the number of files.  Names that are not
+UTF-8 are kept (surrogate escapes), since a backup must not refuse a file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyfastcdc
+
+from pipeline import codec
+from pipeline.backup import format as fmt
+from pipeline.errors import BadInput
+from pipeline.stages.read import data_ranges
+
+Warn = Callable[[str], None]
+Deliver = Callable[[bytes | None, bytes | memoryview | None, int], None]
+"""``deliver(chunk id, data, length)`` for each piece read; id and data are None for zeros."""
+
+_SKIP = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+         (stat.S_ISBLK, "block device"))
+
+
+def check_source(source: Path) -> Path:
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise BadInput(f"--source {source} does not exist; give the directory to back up"
+                       ) from None
+    except OSError as exc:
+        raise BadInput(f"--source {source}: {exc.strerror}; fix it or give another directory"
+                       ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"--source {source} is not a directory; give the directory to back up")
+    return source.resolve()
+
+
+def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
+    """``root`` itself (path "."), then every directory, regular file and symlink under it.
+
+    Entries that vanish or cannot be read are reported through ``warn`` and left out.
+    """
+    broot = os.fsencode(root)
+    st = os.stat(broot)
+    yield fmt.Node("dir", fmt.ROOT, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    stack: list[tuple[bytes, str, Iterator[bytes]]] = [(broot, "", iter(_names(broot, "", warn)))]
+    while stack:
+        dirpath, prefix, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        full = os.path.join(dirpath, name)
+        rel = prefix + os.fsdecode(name)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            warn(f"{rel}: vanished during the backup; skipped")
+            continue
+        except OSError as exc:
+            warn(f"{rel}: cannot stat ({exc.strerror}); skipped")
+            continue
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            yield fmt.Node("dir", rel, stat.S_IMODE(mode), st.st_mtime_ns)
+            stack.append((full, rel + "/", iter(_names(full, rel, warn))))
+        elif stat.S_ISREG(mode):
+            yield fmt.Node("file", rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size,
+                           st.st_ctime_ns, st.st_ino)
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.fsdecode(os.readlink(full))
+            except OSError as exc:
+                warn(f"{rel}: cannot read the link ({exc.strerror}); skipped")
+                continue
+            yield fmt.Node("symlink", rel, stat.S_IMODE(mode), st.st_mtime_ns, target=target)
+        else:
+            kind = next((k for test, k in _SKIP if test(mode)), "special file")
+            warn(f"{rel}: {kind}, not backed up")
+
+
+def _names(path: bytes, rel: str, warn: Warn) -> list[bytes]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it)
+    except FileNotFoundError:
+        if rel:
+            warn(f"{rel}: vanished during the backup; skipped")
+            return []
+        raise
+    except OSError as exc:
+        if not rel:
+            raise BadInput(f"--source {os.fsdecode(path)}: cannot list it ({exc.strerror})"
+                           ) from None
+        warn(f"{rel}: cannot list the directory ({exc.strerror}); skipped")
+        return []
+
+
+class ParentTree:
+    """The previous snapshot's files, looked up in walk order in one forward pass."""
+
+    def __init__(self, nodes: Iterator[fmt.Node] | None) -> None:
+        self._nodes = nodes
+        self._cur: fmt.Node | None = None
+        self._advance()
+
+    def _advance(self) -> None:
+        self._cur = next(self._nodes, None) if self._nodes is not None else None
+
+    def find(self, path: str) -> fmt.Node | None:
+        key = fmt.path_key(path)
+        while self._cur is not None and fmt.path_key(self._cur.path) < key:
+            self._advance()
+        if self._cur is not None and self._cur.path == path:
+            return self._cur
+        return None
+
+
+def unchanged(node: fmt.Node, old: fmt.Node | None) -> bool:
+    """Same file as last time (restic's rule: size, mtime, ctime and inode): reuse its chunks."""
+    return (old is not None and old.type == "file" and old.size == node.size
+            and old.mtime_ns == node.mtime_ns and old.ctime_ns == node.ctime_ns
+            and old.inode == node.inode)
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+class _Range:
+    """``readinto`` over [start, end) of a file, for pyfastcdc's stream chunker."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self.fd, self.pos, self.end = fd, start, end
+
+    def readinto(self, buf: memoryview) -> int:
+        n = min(len(buf), self.end - self.pos)
+        if n <= 0:
+            return 0
+        got = os.preadv(self.fd, [buf[:n]], self.pos)
+        self.pos += got
+        return got
+
+
+class FileReader:
+    """Reads files into chunks: holes and all-zero chunks become zero runs (no id, never
+    stored), every other chunk is named by its keyed hash and handed to ``deliver``."""
+
+    def __init__(self, params: fmt.ChunkerParams, seed: int,
+                 chunk_id: Callable[[bytes | memoryview], bytes]) -> None:
+        self.params, self.seed, self.chunk_id = params, seed, chunk_id
+        self._local = threading.local()
+
+    def _cdc(self) -> pyfastcdc.FastCDC:
+        """This thread's chunker: reusable, but not to be shared between threads."""
+        cdc: pyfastcdc.FastCDC | None = getattr(self._local, "cdc", None)
+        if cdc is None:
+            p = self.params
+            cdc = self._local.cdc = pyfastcdc.FastCDC(
+                p.avg, min_size=p.min, max_size=p.max, normalized_chunking=p.nc, seed=self.seed)
+        return cdc
+
+    def read(self, path: str | Path, node: fmt.Node, deliver: Deliver, warn: Warn) -> bool:
+        """Fill ``node.content`` (and its size/times as read); False if the file is gone."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | os.O_NOATIME)
+        except PermissionError:
+            fd = None
+        except OSError as exc:
+            return self._unreadable(node, exc, warn)
+        if fd is None:
+            try:
+                fd = os.open(path, flags)
+            except OSError as exc:
+                return self._unreadable(node, exc, warn)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                warn(f"{node.path}: no longer a regular file; skipped")
+                return False
+            node.size, node.mtime_ns, node.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+            node.inode, node.mode = st.st_ino, stat.S_IMODE(st.st_mode)
+            node.content = self._chunks(fd, st.st_size, deliver)
+            node.size = sum(n for _, n in node.content)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                warn(f"{node.path}: changed while being read; the backup holds it as read, "
+                     "run the backup again for a consistent copy")
+            return True
+        except OSError as exc:
+            return self._unreadable(node, exc, warn)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _unreadable(node: fmt.Node, exc: OSError, warn: Warn) -> bool:
+        if exc.errno == errno.ENOENT:
+            warn(f"{node.path}: vanished during the backup; skipped")
+        else:
+            warn(f"{node.path}: cannot read ({exc.strerror}); skipped")
+        return False
+
+    def _chunks(self, fd: int, size: int, deliver: Deliver) -> fmt.Content:
+        content: fmt.Content = []
+
+        def zeros(n: int) -> None:
+            if n <= 0:
+                return
+            if content and content[-1][0] is None:
+                content[-1] = (None, content[-1][1] + n)
+            else:
+                content.append((None, n))
+            deliver(None, None, n)
+
+        pos = 0
+        shrunk = False
+        for start, end in data_ranges(fd, size):
+            zeros(start - pos)
+            pos = start
+            pieces: Iterator[bytes | memoryview]
+            if end - start <= self.params.min:          # one chunk whatever the data
+                pieces = iter((os.pread(fd, end - start, start),))
+            elif end - start <= self.params.max:
+                # small: one read, and the chunks are views of it (no copy; the bytes are
+                # immutable, so a view stays valid for as long as a stage holds it)
+                data = os.pread(fd, end - start, start)
+                pieces = (data if c.length == len(data) else c.data
+                          for c in self._cdc().cut_buf(data))
+            else:
+                # large: the stream chunker reuses its buffer, so each chunk is copied out
+                pieces = (bytes(c.data) for c in self._cdc().cut_stream(_Range(fd, start, end)))
+            for piece in pieces:
+                if codec.is_zero(piece):
+                    zeros(len(piece))
+                else:
+                    cid = self.chunk_id(piece)
+                    content.append((cid, len(piece)))
+                    deliver(cid, piece, len(piece))
+                pos += len(piece)
+            if pos < end:                            # the file shrank under us
+                shrunk = True
+                break
+        if not shrunk:
+            zeros(size - pos)                        # a trailing hole
+        return content

@@ -1,0 +1,72 @@
+"""`pipeline restore`: a snapshot back into a directory (the latest unless --snapshot)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from pipeline import credentials, progress
+from pipeline.backup import locate, ui
+from pipeline.backup.errors import EXIT_CODES
+from pipeline.backup.repo import Repository, SnapshotRef, find_snapshot
+from pipeline.backup.restore import check_target, run_restore
+from pipeline.errors import BadInput
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "restore", help="restore a backup snapshot into a directory",
+        description="Restore a snapshot (the latest unless --snapshot) into --target, which "
+        "must be absent or empty.  Files appear there only once all of them are complete.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", required=True, metavar="STORAGE",
+                   help="storage account (with --container), or a repository directory "
+                   "such as STAGING/repo")
+    p.add_argument("--container", metavar="C", help="container holding the repository")
+    p.add_argument("--snapshot", metavar="ID", help="snapshot id or 8+ leading hex digits "
+                   "(default: the latest)")
+    p.add_argument("--target", required=True, metavar="DIR", help="new or empty directory")
+    p.add_argument("--passphrase-file", required=True, metavar="FILE",
+                   help="file holding the backup passphrase")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="fetch/decrypt threads (default: the number of cores)")
+    p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
+    p.set_defaults(func=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    target = check_target(Path(args.target))
+    threads = args.threads or os.cpu_count() or 2
+    if threads < 1:
+        raise BadInput("--threads must be at least 1")
+    secret = credentials.passphrase_file(args.passphrase_file)
+    backend = await trio.to_thread.run_sync(locate.open_backend, args.source, args.container)
+
+    def open_repo() -> tuple[Repository, SnapshotRef]:
+        repo = Repository.open(backend, secret.value, args.passphrase_file,
+                               missing=locate.missing_message(backend))
+        ref = find_snapshot(repo.snapshots(), args.snapshot)
+        repo.load_index()
+        return repo, ref
+
+    repo, ref = await trio.to_thread.run_sync(open_repo)
+    stats = progress.Stats()
+    renderer = progress.make_renderer(args.json)
+    renderer.start("restore", snapshot=ref.hex, storage=backend.name, target=str(target))
+    manifest = await ui.with_progress(
+        renderer, stats, lambda: run_restore(repo, ref, target, stats, threads))
+    message = f"restored snapshot {ref.hex} ({manifest.files} files) into {target}"
+    summary = {"snapshot": ref.hex, "time": manifest.time, "source": manifest.source,
+               "files": manifest.files, "bytes": manifest.bytes, "target": str(target)}
+    lines = [f"restored {progress.format_size(stats.bytes_read)} in {stats.files_done} files "
+             f"({progress.format_size(stats.zero_bytes)} of it zeros, left as holes), "
+             f"{progress.format_duration(stats.elapsed())} wall, "
+             f"{progress.format_rate(stats.rate())}"]
+    ui.finish(renderer, stats, args.json, summary, 0, message, lines)
+    if not args.json:
+        print(f"pipeline restore: {message}", file=sys.stderr)
+    return 0

@@ -1,0 +1,65 @@
+"""`pipeline snapshots`: a repository's snapshots, oldest first."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pipeline import credentials
+from pipeline.backup import locate
+from pipeline.backup.errors import EXIT_CODES, NoRepository
+from pipeline.backup.repo import Repository, exists, list_snapshots
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "snapshots", help="list a backup repository's snapshots, oldest first",
+        description="List the snapshots, oldest first.  Ids and times need no key; with "
+        "--passphrase-file each also shows its source, host, file count and bytes.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", required=True, metavar="STORAGE",
+                   help="storage account (with --container), or a repository directory")
+    p.add_argument("--container", metavar="C", help="container holding the repository")
+    p.add_argument("--passphrase-file", metavar="FILE",
+                   help="file holding the backup passphrase (for source, files and bytes)")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(func=run)
+
+
+def rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    backend = locate.open_backend(args.source, args.container)
+    if args.passphrase_file:
+        secret = credentials.passphrase_file(args.passphrase_file)
+        repo = Repository.open(backend, secret.value, args.passphrase_file,
+                               missing=locate.missing_message(backend))
+        refs = repo.snapshots()
+        out = []
+        for ref, m in zip(refs, repo.manifests(refs), strict=True):
+            out.append({"id": ref.hex, "time": m.time, "hostname": m.hostname,
+                        "source": m.source, "files": m.files, "dirs": m.dirs,
+                        "bytes": m.bytes, "parent": m.parent})
+        return out
+    if not exists(backend):
+        raise NoRepository(locate.missing_message(backend))
+    refs = list_snapshots(backend)       # no key: what the names tell (id and time)
+    return [{"id": r.hex, "time": r.time.isoformat(timespec="microseconds"), "hostname": None,
+             "source": None, "files": None, "dirs": None, "bytes": None, "parent": None}
+            for r in refs]
+
+
+def run(args: argparse.Namespace) -> int:
+    found = rows(args)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print("no snapshots")
+        return 0
+    print(f"{'id':<16}  {'time':<32}  {'files':>8}  {'bytes':>14}  source")
+    for r in found:
+        files = "-" if r["files"] is None else str(r["files"])
+        size = "-" if r["bytes"] is None else str(r["bytes"])
+        print(f"{r['id'][:16]:<16}  {r['time']:<32}  {files:>8}  {size:>14}  "
+              f"{r['source'] or '-'}")
+    return 0

@@ -1,0 +1,143 @@
+"""The backup repository's byte layout and crypto, without files (pipeline.backup.format/crypto)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.backup import crypto
+from pipeline.backup import format as fmt
+from pipeline.backup.errors import CorruptRepository
+from tests.conftest import FAST_ARGON
+
+KEYS = crypto.MasterKeys(enc_key=bytes(range(32)), id_key=bytes(range(32, 64)), chunker_seed=5)
+
+ids = st.binary(min_size=32, max_size=32)
+entries = st.builds(fmt.IndexEntry, st.sampled_from(fmt.KINDS), ids, ids,
+                    st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+
+
+def test_every_file_is_a_multiple_of_512() -> None:
+    cr = crypto.Crypto(KEYS)
+    assert len(fmt.pad(b"")) == 0
+    for n in (1, 511, 512, 513, 5000):
+        assert len(fmt.pad(b"x" * n)) % 512 == 0
+    assert len(fmt.Config("ab" * 16).encode()) % 512 == 0
+    assert len(cr.seal_file(fmt.INDEX_MAGIC, b"y" * 777)) % 512 == 0
+    b = bytes(1000)
+    assert len(fmt.encode_pack([b, b"x"], cr.seal(b"hdr", b"a"))) % 512 == 0
+
+
+@given(st.lists(entries, max_size=30))
+def test_index_round_trip(es: list[fmt.IndexEntry]) -> None:
+    assert fmt.decode_index(fmt.encode_index(es)) == es
+
+
+@given(st.binary(max_size=600))
+@settings(max_examples=300)
+def test_decoders_raise_only_corrupt_repository(data: bytes) -> None:
+    """Any bytes parse or raise CorruptRepository, never IndexError or struct.error."""
+    cr = crypto.Crypto(KEYS)
+    for fn in (fmt.decode_index, fmt.decode_pack_header, fmt.decode_pack_trailer,
+               lambda d: fmt.decode_envelope(d, fmt.INDEX_MAGIC, "index"),
+               lambda d: cr.open_file(fmt.SNAPSHOT_MAGIC, d, "snapshot"),
+               lambda d: fmt.Config.decode(d), fmt.Node.decode, fmt.Manifest.decode,
+               lambda d: cr.open_chunk(fmt.KIND_DATA, bytes(32), d, 10)):
+        with contextlib.suppress(CorruptRepository):
+            fn(data)
+
+
+def test_pack_round_trip_and_trailer() -> None:
+    cr = crypto.Crypto(KEYS)
+    chunks = [os.urandom(n) for n in (1, 1000, 70000)] + [b"a" * 100000]
+    blobs: list[bytes] = []
+    pes = []
+    at = 0
+    for c in chunks:
+        cid = cr.chunk_id(c)
+        nonce, ct = cr.seal_chunk(fmt.KIND_DATA, cid, c, 1)
+        pes.append(fmt.PackEntry(fmt.KIND_DATA, cid, at, len(nonce) + len(ct), len(c)))
+        blobs += [nonce, ct]
+        at += len(nonce) + len(ct)
+    pack = fmt.encode_pack(blobs, cr.seal(fmt.encode_pack_header(pes), crypto.PACK_HEADER_AAD))
+    hoff, hlen = fmt.decode_pack_trailer(pack)
+    header = fmt.decode_pack_header(cr.open(pack[hoff:hoff + hlen], crypto.PACK_HEADER_AAD, "h"))
+    assert header == pes
+    for e, c in zip(header, chunks, strict=True):
+        assert cr.open_chunk(e.kind, e.id, pack[e.offset:e.offset + e.length], e.raw_len) == c
+    # the compressible chunk was compressed, the random ones stored raw
+    assert pes[-1].length < 1000 and pes[1].length == 1000 + fmt.SEAL_OVERHEAD
+    # a chunk moved under another id, or flipped, does not open
+    e0, e1 = header[0], header[1]
+    with pytest.raises(CorruptRepository):
+        cr.open_chunk(e1.kind, e1.id, pack[e0.offset:e0.offset + e0.length], e1.raw_len)
+    bad = bytearray(pack)
+    bad[e1.offset + 20] ^= 1
+    with pytest.raises(CorruptRepository):
+        cr.open_chunk(e1.kind, e1.id, bad[e1.offset:e1.offset + e1.length], e1.raw_len)
+
+
+def test_chunk_ids_are_keyed() -> None:
+    other = crypto.Crypto(crypto.MasterKeys.generate())
+    cr = crypto.Crypto(KEYS)
+    assert cr.chunk_id(b"data") != other.chunk_id(b"data")
+    assert cr.chunk_id(b"data") == cr.chunk_id(b"data")
+
+
+def test_key_file_opens_only_with_its_passphrase() -> None:
+    keys = crypto.MasterKeys.generate()
+    data = crypto.make_key_file(keys, b"secret words", "r" * 32, FAST_ARGON, "now")
+    assert len(data) % 512 == 0
+    assert b"secret words" not in data and keys.enc_key not in data
+    assert crypto.open_key_file(data, b"secret words", "r" * 32) == keys
+    assert crypto.open_key_file(data, b"secret word", "r" * 32) is None
+    assert crypto.open_key_file(data, b"secret words", "x" * 32) is None   # another repository
+    assert "enc_key" not in repr(keys) and repr(crypto.Crypto(keys)) == "Crypto(<keys>)"
+
+
+def test_snapshot_names_sort_oldest_first() -> None:
+    times = [datetime(2026, 1, d, 12, 0, 0, 5, tzinfo=UTC) for d in (3, 1, 2)]
+    names = [fmt.snapshot_name(t, bytes([i]) * 32) for i, t in enumerate(times)]
+    parsed = [fmt.parse_snapshot_name(n) for n in sorted(names)]
+    assert [p[0] for p in parsed if p] == sorted(times)
+    assert fmt.parse_snapshot_name("snapshots/junk") is None
+
+
+def test_tree_nodes_round_trip_odd_names() -> None:
+    weird = os.fsdecode(b"caf\xe9-\xff.bin")          # not UTF-8: kept as surrogate escapes
+    for node in (fmt.Node("file", "dir/ü日本 x.txt", 0o640, 123, 10, 5, 7, content=[
+                     (b"a" * 32, 4), (None, 6)]),
+                 fmt.Node("file", weird, 0o600, 1, 0, 1, 1),
+                 fmt.Node("symlink", "l", 0o777, 9, target="../t"),
+                 fmt.Node("dir", fmt.ROOT, 0o755, 3)):
+        assert fmt.Node.decode(node.encode()) == node
+        assert node.encode().count(b"\n") == 1
+    for path in ("../x", "/etc/passwd", "a/../../b", "a//b"):
+        with pytest.raises(CorruptRepository):
+            fmt.Node.decode(fmt.Node("dir", path, 0o755, 1).encode())
+
+
+def test_walk_order_key() -> None:
+    paths = ["b", ".", "a/z", "a", "-x", "a/b/c", "a.b"]
+    assert sorted(paths, key=fmt.path_key) == [".", "-x", "a", "a/b/c", "a/z", "a.b", "b"]
+
+
+def test_tree_cutter_resyncs_after_a_change() -> None:
+    lines = [fmt.Node("file", f"d/f{i:05d}", 0o644, i, i, i, i).encode() for i in range(3000)]
+
+    def cut(ls: list[bytes]) -> list[bytes]:
+        c = fmt.TreeCutter()
+        out = [x for x in (c.add(line) for line in ls) if x]
+        last = c.finish()
+        return out + ([last] if last else [])
+
+    a = cut(lines)
+    assert b"".join(a) == b"".join(lines) and 5 < len(a) < 200
+    b = cut(lines[:10] + [fmt.Node("file", "d/new", 0o644, 1, 1, 1, 1).encode()] + lines[10:])
+    assert len(set(a) & set(b)) >= len(a) - 2          # one change touches one chunk
+    assert list(fmt.split_lines(a)) == lines
