@@ -216,8 +216,9 @@ def run(args: argparse.Namespace) -> int:
                  p.get("countryOrRegion"), f"phone {p.get('phone', '')}"):
         if line:
             say(f"  {line}")
-    say(f"then record the carrier and tracking number: {client.url}/portal/ or pipeline jobs "
-        f"ship --job {job_name} --publish-settings {settings_path} --carrier C --tracking N")
+    say(f"then record the carrier, tracking number and return shipping: {client.url}/portal/ "
+        f"or pipeline jobs ship --job {job_name} --publish-settings {settings_path} --carrier C "
+        "--tracking N --return-carrier C --return-account A")
     return 0
 
 

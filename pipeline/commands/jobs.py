@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from pipeline import journal
+from pipeline.errors import BadInput
 from pipeline.jobs import auth
 from pipeline.jobs.client import ServiceClient
 
@@ -61,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tracking", required=True, metavar="NUMBER")
     s.add_argument("--drive-count", type=int, default=None)
     s.add_argument("--ship-date", default=None, metavar="YYYY-MM-DD")
+    s.add_argument("--return-carrier", help="carrier for the way back (if not set yet)")
+    s.add_argument("--return-account", help="your account with that carrier")
     s.set_defaults(func=run_ship)
 
     s = jsub.add_parser("list", help="the subscription's jobs", description="List the jobs.")
@@ -172,7 +175,13 @@ def run_ship(args: argparse.Namespace) -> int:
                            or len(current["properties"].get("driveList", []))}
     if args.ship_date:
         pkg["shipDate"] = args.ship_date
-    job = svc.patch(args.job, {"properties": {"deliveryPackage": pkg, "state": "Shipping"}})
+    props: dict[str, Any] = {"deliveryPackage": pkg, "state": "Shipping"}
+    if args.return_carrier or args.return_account:
+        if not (args.return_carrier and args.return_account):
+            raise BadInput("give --return-carrier and --return-account together")
+        props["returnShipping"] = {"carrierName": args.return_carrier,
+                                   "carrierAccountNumber": args.return_account}
+    job = svc.patch(args.job, {"properties": props})
     if args.json:
         print(json.dumps(job, indent=2))
     else:

@@ -1,0 +1,108 @@
+"""Issue 8's scenario, as a person runs it: backup --offline -> diskprep s: p: in a
+pseudo-terminal (a second drive asked for when the first fills) -> the job on the
+service -> jobs ship -> import --service -> job Completed -> the source changes ->
+online backup -> restore of both snapshots, each byte-identical to its time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pexpect
+
+from pipeline.jobs import auth, testing
+
+from .conftest import FAST_KDF_ARGS, ROOT, run_cli
+from .drivedata import make_tree, read_tree
+
+
+def test_offline_seed_then_incremental_backup(tmp_path: Path) -> None:
+    src = tmp_path / "source"
+    make_tree(src, small_files=300, random_mb=20, sparse_mb=16)
+    first = read_tree(src)
+    config, staging = tmp_path / "config", tmp_path / "staging"
+    staging.mkdir()
+    env = {"PIPELINE_CONFIG_DIR": str(config)}
+    passphrase = tmp_path / "backup.pass"
+    passphrase.write_text("a long backup passphrase\n")
+    data, settings = tmp_path / "svc", tmp_path / "ops.publishsettings"
+    with testing.ServiceProcess(data) as svc:
+        run_cli("service", "subscription", "add", "ops", "--data", str(data), "--out",
+                str(settings), check_code=0)
+        sub = auth.read_publish_settings(settings).subscription_id
+        run_cli("backup", "--source", str(src), "--offline", "--staging", str(staging),
+                "--job-name", "offline-seed", "--subscription", sub, "--account", "opsacct",
+                "--container", "backups", "--publish-settings", str(settings),
+                "--passphrase-file", str(passphrase), *FAST_KDF_ARGS, env=env, check_code=0)
+        assert (staging / "pipeline-offline.json").exists()
+
+        child = pexpect.spawn(
+            sys.executable, ["-m", "pipeline", "diskprep", f"s:{staging}", f"p:{settings}",
+                             "--service", svc.url, *FAST_KDF_ARGS],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env}, cwd=str(ROOT),
+            encoding="utf-8", timeout=180)
+        child.expect(r"Prepare drives for job offline-seed\? \[Y/n\]: ")
+        child.sendline("y")
+        child.expect("Path of the target drive")
+        child.sendline(str(tmp_path / "d1.img"))
+        child.expect("size of the image file to create")
+        child.sendline("32M")
+        child.expect(r"Format .*d1.img\?")
+        child.sendline("y")
+        child.expect("the drive is full: attach another drive")
+        child.expect("Path of the next drive")
+        child.sendline(str(tmp_path / "d2.img"))
+        child.expect("size of the image file to create")
+        child.sendline("64M")
+        child.expect(r"Format .*d2.img\?")
+        child.sendline("y")
+        child.expect("Data-center region for the job")
+        child.sendline("westeurope")
+        child.expect("import job offline-seed created with 2 drive")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+
+        common = ["--publish-settings", str(settings), "--service", svc.url]
+        run_cli("jobs", "ship", "--job", "offline-seed", "--carrier", "DHL", "--tracking",
+                "T-1", "--return-carrier", "DHL", "--return-account", "ACC-1", *common,
+                check_code=0)
+        account = tmp_path / "account"
+        account.mkdir()
+        proc = run_cli("import", "--drive", str(tmp_path / "d1.img"), "--drive",
+                       str(tmp_path / "d2.img"), "--to", str(account), "--service", svc.url,
+                       "--job", "offline-seed", "--publish-settings", str(settings),
+                       "--log-dir", str(tmp_path), "--return-tracking", "R-1", env=env)
+        assert proc.returncode == 0, proc.stderr
+        job = json.loads(run_cli("jobs", "show", "--job", "offline-seed", "--json", *common,
+                                 check_code=0).stdout)
+        assert job["properties"]["state"] == "Completed"
+        assert all(d["state"] == "ShippedBack" for d in job["properties"]["driveList"])
+
+        # The source moves on; the next backup goes over the network, on top of the seed.
+        (src / "logs" / "sys log.txt").write_text("a new day\n" * 1000)
+        (src / "new report.txt").write_text("quarterly numbers\n")
+        (src / "blobs" / "odd size.bin").unlink()
+        second = read_tree(src)
+        proc = run_cli("backup", "--source", str(src), "--to", str(account), "--passphrase-file",
+                       str(passphrase), "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        snaps = json.loads(run_cli("snapshots", "--from", str(account), "--container",
+                                   "backups", "--json", env=env, check_code=0).stdout)
+        assert len(snaps) == 2
+        for snap, want in zip(snaps, (first, second), strict=True):
+            target = tmp_path / f"restore-{snap['id'][:8]}"
+            run_cli("restore", "--from", str(account), "--container", "backups", "--snapshot",
+                    snap["id"], "--target", str(target), "--passphrase-file", str(passphrase),
+                    env=env, check_code=0)
+            assert read_tree(target) == want
+            shutil.rmtree(target)
+        # The passphrase is nowhere on disk outside its own file.
+        secret = b"a long backup passphrase"
+        for where in (staging, account, tmp_path / "d1.img", tmp_path / "d2.img", config):
+            files = [where] if where.is_file() else [p for p in where.rglob("*") if p.is_file()]
+            for f in files:
+                assert secret not in f.read_bytes(), f
