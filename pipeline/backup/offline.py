@@ -35,7 +35,7 @@ from typing import Any
 
 from pipeline import codec
 from pipeline.backup.walk import walk
-from pipeline.errors import BadInput
+from pipeline.errors import EXIT_NO_SEED, BadInput, PipelineError
 from pipeline.stages.read import data_ranges
 
 STAGING_FILE = "pipeline-offline.json"
@@ -161,6 +161,12 @@ def _human(n: float) -> str:
 # --------------------------------------------------------------------------- settings files
 
 
+class NoOfflineBackup(PipelineError):
+    """{}"""
+
+    exit_code = EXIT_NO_SEED
+
+
 def staging_file(staging: Path) -> Path:
     return staging / STAGING_FILE
 
@@ -171,9 +177,9 @@ def read_staging(staging: Path) -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
-        raise BadInput(f"staging location {staging} holds no offline backup ({STAGING_FILE} is "
-                       "missing); start one with: pipeline backup --offline --staging "
-                       f"{staging} ...") from None
+        raise NoOfflineBackup(f"staging location {staging} holds no offline backup "
+                              f"({STAGING_FILE} is missing); start one with: pipeline backup "
+                              f"--offline --staging {staging} ...") from None
     except (OSError, ValueError) as exc:
         raise BadInput(f"{path} cannot be read ({exc}); run pipeline backup --offline "
                        "into a new staging location") from None

@@ -15,8 +15,6 @@ Ctrl-C handling and exit codes are exactly those of prep, and "drives full"
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,18 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import journal
+from pipeline.backup import offline
 from pipeline.commands import _options
-from pipeline.errors import EXIT_NO_SEED, EXIT_OUT_OF_DRIVES, BadInput, PipelineError, Refused
+from pipeline.errors import EXIT_OUT_OF_DRIVES, BadInput, Refused
 from pipeline.jobs import rules
 from pipeline.jobs.client import ServiceClient, ServiceError
-
-SETTINGS_FILE = "pipeline-offline.json"
-
-
-class NoOfflineBackup(PipelineError):
-    """{}"""
-
-    exit_code = EXIT_NO_SEED
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_dir() -> Path:
-    return Path(os.environ.get("PIPELINE_CONFIG_DIR") or Path.home() / ".config" / "pipeline")
+    return offline.config_path().parent
 
 
 def _split_locations(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -82,30 +73,17 @@ def _split_locations(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def read_offline(staging: Path) -> dict[str, Any]:
-    path = staging / SETTINGS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NoOfflineBackup(f"{staging} holds no offline backup ({SETTINGS_FILE} is missing); "
-                              "start one with: pipeline backup --offline --staging "
-                              f"{staging} ...") from None
-    except (OSError, ValueError) as exc:
-        raise NoOfflineBackup(f"{path} cannot be read ({exc}); run the offline backup "
-                              "again") from None
+    data = offline.read_staging(staging)
     for key in ("job_name", "subscription", "account", "container", "repository"):
         if not data.get(key):
-            raise NoOfflineBackup(f"{path} lacks {key!r}; run the offline backup again")
+            raise offline.NoOfflineBackup(f"{offline.staging_file(staging)} lacks {key!r}; run "
+                                          "the offline backup again")
     return data
 
 
 def source_config(staging: Path) -> dict[str, Any] | None:
     """This machine's own record of the offline backup (present on the source machine)."""
-    path = config_dir() / "offline.json"
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    entry = entries.get(str(staging.resolve()))
+    entry = offline.read_config().get(str(staging.resolve()))
     return entry if isinstance(entry, dict) else None
 
 
