@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pexpect
+import pytest
 
 from pipeline.jobs import auth, testing
 
@@ -19,7 +20,9 @@ from .conftest import FAST_KDF_ARGS, ROOT, run_cli
 from .drivedata import make_tree, read_tree
 
 
-def test_offline_seed_then_incremental_backup(tmp_path: Path) -> None:
+@pytest.mark.parametrize("account_kind", ["local", "azurite"])
+def test_offline_seed_then_incremental_backup(tmp_path: Path, account_kind: str,
+                                              request: pytest.FixtureRequest) -> None:
     src = tmp_path / "source"
     make_tree(src, small_files=300, random_mb=20, sparse_mb=16)
     first = read_tree(src)
@@ -70,10 +73,13 @@ def test_offline_seed_then_incremental_backup(tmp_path: Path) -> None:
         run_cli("jobs", "ship", "--job", "offline-seed", "--carrier", "DHL", "--tracking",
                 "T-1", "--return-carrier", "DHL", "--return-account", "ACC-1", *common,
                 check_code=0)
-        account = tmp_path / "account"
-        account.mkdir()
+        if account_kind == "local":
+            (tmp_path / "account").mkdir()
+            account = str(tmp_path / "account")
+        else:
+            account = request.getfixturevalue("azurite")
         proc = run_cli("import", "--drive", str(tmp_path / "d1.img"), "--drive",
-                       str(tmp_path / "d2.img"), "--to", str(account), "--service", svc.url,
+                       str(tmp_path / "d2.img"), "--to", account, "--service", svc.url,
                        "--job", "offline-seed", "--publish-settings", str(settings),
                        "--log-dir", str(tmp_path), "--return-tracking", "R-1", env=env)
         assert proc.returncode == 0, proc.stderr
@@ -87,22 +93,28 @@ def test_offline_seed_then_incremental_backup(tmp_path: Path) -> None:
         (src / "new report.txt").write_text("quarterly numbers\n")
         (src / "blobs" / "odd size.bin").unlink()
         second = read_tree(src)
-        proc = run_cli("backup", "--source", str(src), "--to", str(account), "--passphrase-file",
+        proc = run_cli("backup", "--source", str(src), "--to", account, "--passphrase-file",
                        str(passphrase), "--json", env=env)
         assert proc.returncode == 0, proc.stderr
-        snaps = json.loads(run_cli("snapshots", "--from", str(account), "--container",
+        snaps = json.loads(run_cli("snapshots", "--from", account, "--container",
                                    "backups", "--json", env=env, check_code=0).stdout)
         assert len(snaps) == 2
         for snap, want in zip(snaps, (first, second), strict=True):
             target = tmp_path / f"restore-{snap['id'][:8]}"
-            run_cli("restore", "--from", str(account), "--container", "backups", "--snapshot",
+            run_cli("restore", "--from", account, "--container", "backups", "--snapshot",
                     snap["id"], "--target", str(target), "--passphrase-file", str(passphrase),
                     env=env, check_code=0)
             assert read_tree(target) == want
             shutil.rmtree(target)
         # The passphrase is nowhere on disk outside its own file.
         secret = b"a long backup passphrase"
-        for where in (staging, account, tmp_path / "d1.img", tmp_path / "d2.img", config):
+        places = [staging, tmp_path / "d1.img", tmp_path / "d2.img", config]
+        if account_kind == "local":
+            places.append(tmp_path / "account")
+        for where in places:
             files = [where] if where.is_file() else [p for p in where.rglob("*") if p.is_file()]
             for f in files:
                 assert secret not in f.read_bytes(), f
+
+
+pytest_plugins = ["tests.azurite"]
