@@ -19,6 +19,7 @@ import threading
 import uuid
 from typing import Protocol
 
+from pipeline import atomic
 from pipeline.backup.errors import CorruptRepository, StagingFull
 from pipeline.errors import BadInput
 from pipeline.storage.base import CELL, BlobType, Storage
@@ -109,22 +110,7 @@ class DirBackend(_Counter):
             self._mkdirs(os.path.dirname(final))
             self._mkdirs(self._tmp)
             tmp = os.path.join(self._tmp, uuid.uuid4().hex)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-            try:
-                try:
-                    view = memoryview(data)
-                    done = 0
-                    while done < len(view):
-                        done += os.write(fd, view[done:])
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, final)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            _fsync_dir(os.path.dirname(final))
+            atomic.replace_file(tmp, final, data, FILE_MODE)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StagingFull(f"{self.root} is full ({exc.strerror}); free space, then run "
@@ -188,11 +174,3 @@ class StorageBackend(_Counter):
 
     def close(self) -> None:
         """Nothing to release; the Storage object outlives the backend."""
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

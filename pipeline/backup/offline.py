@@ -22,7 +22,6 @@ The backup passphrase is stored nowhere.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -33,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import codec
+from pipeline import atomic, codec
 from pipeline.backup.walk import walk
 from pipeline.errors import EXIT_NO_SEED, BadInput, PipelineError
 from pipeline.stages.read import data_ranges
@@ -231,21 +230,5 @@ def entries_for_source(source: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _write_atomic(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            data = text.encode()
-            done = 0
-            while done < len(data):
-                done += os.write(fd, data[done:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
+    atomic.replace_file(path.with_name(f".{path.name}.{secrets.token_hex(4)}"), path,
+                        text.encode(), mode)

@@ -27,6 +27,7 @@ import stat
 import uuid
 from collections.abc import Iterator, Sequence
 
+from pipeline import atomic
 from pipeline.errors import BadInput
 from pipeline.format import BlobType
 from pipeline.storage.base import (
@@ -101,7 +102,7 @@ class LocalStorage:
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", path) from None
             return
         os.chmod(path, DIR_MODE)
-        _fsync_dir(parent)
+        atomic.fsync_dir(parent)
 
     @contextlib.contextmanager
     def _writing(self, container: str, blob: str) -> Iterator[None]:
@@ -276,30 +277,6 @@ class LocalStorage:
         tmpdir = os.path.join(self.root, PARTIAL, PUT_TMP)
         self._makedirs(tmpdir)
         tmp = os.path.join(tmpdir, uuid.uuid4().hex)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        try:
-            try:
-                os.fchmod(fd, FILE_MODE)
-                view = memoryview(data)
-                done = 0
-                while done < len(view):
-                    done += os.write(fd, view[done:])
-                if size != len(data):
-                    os.ftruncate(fd, size)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(os.path.dirname(final))
+        atomic.replace_file(tmp, final, data, FILE_MODE, size)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
