@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ def test_offline_seed_then_incremental_backup(tmp_path: Path, account_kind: str,
                                               request: pytest.FixtureRequest) -> None:
     src = tmp_path / "source"
     make_tree(src, small_files=300, random_mb=20, sparse_mb=16)
+    container = f"offline-{secrets.token_hex(4)}"  # Azurite is shared by the whole test run
     first = read_tree(src)
     config, staging = tmp_path / "config", tmp_path / "staging"
     staging.mkdir()
@@ -38,7 +40,7 @@ def test_offline_seed_then_incremental_backup(tmp_path: Path, account_kind: str,
         sub = auth.read_publish_settings(settings).subscription_id
         run_cli("backup", "--source", str(src), "--offline", "--staging", str(staging),
                 "--job-name", "offline-seed", "--subscription", sub, "--account", "opsacct",
-                "--container", "backups", "--publish-settings", str(settings),
+                "--container", container, "--publish-settings", str(settings),
                 "--passphrase-file", str(passphrase), *FAST_KDF_ARGS, env=env, check_code=0)
         assert (staging / "pipeline-offline.json").exists()
 
@@ -97,11 +99,11 @@ def test_offline_seed_then_incremental_backup(tmp_path: Path, account_kind: str,
                        str(passphrase), "--json", env=env)
         assert proc.returncode == 0, proc.stderr
         snaps = json.loads(run_cli("snapshots", "--from", account, "--container",
-                                   "backups", "--json", env=env, check_code=0).stdout)
+                                   container, "--json", env=env, check_code=0).stdout)
         assert len(snaps) == 2
         for snap, want in zip(snaps, (first, second), strict=True):
             target = tmp_path / f"restore-{snap['id'][:8]}"
-            run_cli("restore", "--from", account, "--container", "backups", "--snapshot",
+            run_cli("restore", "--from", account, "--container", container, "--snapshot",
                     snap["id"], "--target", str(target), "--passphrase-file", str(passphrase),
                     env=env, check_code=0)
             assert read_tree(target) == want
