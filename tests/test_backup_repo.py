@@ -31,8 +31,6 @@ from pipeline.storage import BlobType, Storage, open_storage
 from pipeline.storage.base import CELL
 from tests.conftest import FAST_ARGON
 
-pytest_plugins = ["tests.azurite"]
-
 MiB = 1 << 20
 PASS = b"correct horse battery staple"
 CONTAINER = "backups"

@@ -265,6 +265,3 @@ def test_import_block_blobs_into_azurite(tmp_path: Path, three_drives, azurite: 
         assert got[name].blob_type == "BlockBlob"
         assert container.download_blob("vdir/" + name).readall() == files[name], name
     assert sum(b.size for b in got.values()) == sum(map(len, files.values()))
-
-
-pytest_plugins = ["tests.azurite"]

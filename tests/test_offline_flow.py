@@ -117,6 +117,3 @@ def test_offline_seed_then_incremental_backup(tmp_path: Path, account_kind: str,
             files = [where] if where.is_file() else [p for p in where.rglob("*") if p.is_file()]
             for f in files:
                 assert secret not in f.read_bytes(), f
-
-
-pytest_plugins = ["tests.azurite"]

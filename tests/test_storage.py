@@ -30,8 +30,6 @@ from pipeline.storage import (
 from pipeline.storage.local import LocalStorage
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, connection_string
 
-pytest_plugins = ["tests.azurite"]   # the session fixture `azurite`
-
 MB = 1 << 20
 BLOCK, PAGE = BlobType.BLOCK, BlobType.PAGE
 Factory = Callable[[], Storage]
