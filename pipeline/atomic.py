@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import threading
+from pathlib import Path
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -44,3 +47,26 @@ def replace_file(tmp: str | os.PathLike[str], final: str | os.PathLike[str],
             os.unlink(tmp)
         raise
     fsync_dir(os.path.dirname(os.fspath(final)) or ".")
+
+
+def write_key(path: str | os.PathLike[str], *, replace: bool, size: int = 32) -> None:
+    """A new random key file, 0600, fsynced, appearing whole.  ``replace=False`` links it
+    into place and keeps a key another process made first (first writer wins);
+    ``replace=True`` renames over the old key (rotation)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, secrets.token_bytes(size))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)

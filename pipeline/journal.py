@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline import format
+from pipeline import atomic, format
 from pipeline.errors import BadInput
 
 SCHEMA_VERSION = 1
@@ -136,11 +136,7 @@ class Journal:
                            "session or pick another --journal-dir") from None
         finally:
             tmp.unlink()
-        dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        atomic.fsync_dir(path.parent)
         return cls(path, cls._connect(path))
 
     @classmethod

@@ -175,14 +175,8 @@ def run(args: argparse.Namespace) -> int:
     location = args.location or term.question(
         f"Data-center region for the job ({', '.join(loc['name'] for loc in client.locations())}"
         "): ")
-    body = {"location": location, "properties": {
-        "storageAccountId": (f"/subscriptions/{client.settings.subscription_id}/resourceGroups/"
-                             f"{client.resource_group}/providers/Microsoft.Storage/"
-                             f"storageAccounts/{offline['account']}"),
-        "jobType": "Import", "diagnosticsPath": "waimportexport", "logLevel": "Verbose",
-        "backupDriveManifest": True, "driveList": drive_list}}
     try:
-        job = client.put(job_name, body)
+        job = client.create_import_job(job_name, location, offline["account"], drive_list)
     except ServiceError as exc:
         raise BadInput(f"the import job {job_name} could not be created: {exc}") from None
     loc = client.location(job["location"])

@@ -110,16 +110,10 @@ def run_create(args: argparse.Namespace) -> int:
                "email": args.return_email}
     if args.return_state:
         address["stateOrProvince"] = args.return_state
-    body = {"location": args.location, "properties": {
-        "storageAccountId": (f"/subscriptions/{svc.settings.subscription_id}/resourceGroups/"
-                             f"{svc.resource_group}/providers/Microsoft.Storage/"
-                             f"storageAccounts/{args.storage_account}"),
-        "jobType": "Import", "returnAddress": address,
-        "returnShipping": {"carrierName": args.return_carrier,
-                           "carrierAccountNumber": args.return_account},
-        "diagnosticsPath": "waimportexport", "logLevel": "Verbose",
-        "backupDriveManifest": True, "driveList": drives}}
-    job = svc.put(args.job, body)
+    job = svc.create_import_job(
+        args.job, args.location, args.storage_account, drives, returnAddress=address,
+        returnShipping={"carrierName": args.return_carrier,
+                        "carrierAccountNumber": args.return_account})
     if args.json:
         print(json.dumps(job, indent=2))
         return 0

@@ -55,6 +55,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from pipeline import atomic
 from pipeline.errors import BadInput, IntegrityError
 from pipeline.jobs import model, regions, rules
 from pipeline.jobs.errors import BadRequest, Conflict, NotFound, PreconditionFailed
@@ -607,24 +608,7 @@ def _key_file(data: Path, *, create: bool) -> bytes:
         if not create:
             raise BadInput(f"{path} is missing but the catalog holds encrypted recovery "
                            "passwords; restore the key file from backup")
-        tmp = data / f".{KEY_NAME}.{os.getpid()}.{threading.get_ident()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, os.urandom(32))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # fails if another process created it first: use theirs
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-        dir_fd = os.open(data, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic.write_key(path, replace=False)  # another process may win: use its key
     if path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)
     key = path.read_bytes()

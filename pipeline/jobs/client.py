@@ -114,6 +114,18 @@ class ServiceClient:
         headers = {"If-Match": etag} if etag else None
         return self.request("PATCH", self._job_path(job), body, headers)[0]
 
+    def create_import_job(self, job: str, location: str, account: str,
+                          drive_list: list[dict[str, str]], **properties: Any) -> dict[str, Any]:
+        """PUT a new import job into storage ``account`` (extra ``properties``: return
+        address and shipping, ...)."""
+        account_id = (f"/subscriptions/{self.settings.subscription_id}/resourceGroups/"
+                      f"{self.resource_group}/providers/Microsoft.Storage/"
+                      f"storageAccounts/{account}")
+        return self.put(job, {"location": location, "properties": {
+            "storageAccountId": account_id, "jobType": "Import",
+            "diagnosticsPath": "waimportexport", "logLevel": "Verbose",
+            "backupDriveManifest": True, "driveList": drive_list, **properties}})
+
     def list(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         path = self._job_path()

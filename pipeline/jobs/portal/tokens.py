@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -45,6 +43,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from pipeline import atomic
 from pipeline.errors import BadInput
 from pipeline.jobs import auth, rules
 from pipeline.jobs.errors import BadRequest, Unauthorized
@@ -115,37 +114,13 @@ def site_key_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / SITE_KEY_NAME
 
 
-def _write_key(path: Path, *, replace: bool) -> None:
-    """32 random bytes, 0600, fsynced; atomic (link or rename), so a reader sees old or new."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, secrets.token_bytes(32))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if replace:
-            os.replace(tmp, path)
-        else:
-            with contextlib.suppress(FileExistsError):  # another process made it: keep theirs
-                os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def site_key(data_dir: str | os.PathLike[str], *, create: bool = False) -> bytes | None:
     """The site key, or None if no site token was ever made (then none is valid)."""
     path = site_key_path(data_dir)
     if not path.exists():
         if not create:
             return None
-        _write_key(path, replace=False)
+        atomic.write_key(path, replace=False)
     if path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)
     key = path.read_bytes()
@@ -157,7 +132,7 @@ def site_key(data_dir: str | os.PathLike[str], *, create: bool = False) -> bytes
 
 def rotate_site_key(data_dir: str | os.PathLike[str]) -> None:
     """A new site key: every site token and site session made before stops working."""
-    _write_key(site_key_path(data_dir), replace=True)
+    atomic.write_key(site_key_path(data_dir), replace=True)
 
 
 def key_fingerprint(key: bytes) -> str:
