@@ -8,6 +8,7 @@ a plain function, or an async one that runs under ``trio.run``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import sys
 import traceback
@@ -16,28 +17,25 @@ from collections.abc import Iterator, Sequence
 import trio
 
 from pipeline import __version__, errors
-from pipeline.commands import (
-    backup,
-    diskprep,
-    drive,
-    import_,
-    jobs,
-    journal_cmd,
-    keys,
-    prep,
-    preview,
-    repair,
-    restore,
-    service,
-    snapshots,
-    verify,
-)
 
-COMMANDS = (prep, preview, verify, keys, journal_cmd, jobs, import_, repair, diskprep, drive,
-            service, backup, restore, snapshots)
+# Command name -> module under pipeline.commands, in help order.  Only the module of the
+# command being run is imported: importing all of them (the service's web stack, the
+# backup's chunker) cost about a second on every invocation.
+COMMANDS = {
+    "prep": "prep", "preview": "preview", "verify": "verify", "keys": "keys",
+    "journal": "journal_cmd", "jobs": "jobs", "import": "import_", "repair": "repair",
+    "diskprep": "diskprep", "drive": "drive", "service": "service", "backup": "backup",
+    "restore": "restore", "snapshots": "snapshots",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv``: the first argument that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``command`` given and known) one with just that command."""
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="Offline data seeding: prepare encrypted drives, import them, "
@@ -47,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMANDS:
-        module.add_parser(sub)
+    names = [command] if command in COMMANDS else list(COMMANDS)
+    for name in names:
+        importlib.import_module(f"pipeline.commands.{COMMANDS[name]}").add_parser(sub)
     return parser
 
 
@@ -71,7 +70,8 @@ def _rank(exc: BaseException) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     name = " ".join(filter(None, ("pipeline", args.command, getattr(args, "subcommand", None))))
     try:
