@@ -51,11 +51,13 @@ def loop_device(tmp_path: Path, size: int, name: str = "disk.img",
                         f"2>/dev/null; losetup -d {dev}"], capture_output=True)
 
 
-def mkfs_and_mount(dev: str, where: Path) -> None:
+def mkfs_and_mount(dev: str, where: Path, *, writable: bool = False) -> None:
     require_tool("mkfs.ext4")
     sh("mkfs.ext4", "-q", "-F", dev)
     where.mkdir(parents=True, exist_ok=True)
-    sh("mount", dev, str(where))
+    # Read-only: a read-write ext4 writes to its own device after mounting (lazy inode-table
+    # init, journal commits), which the "left untouched" digests would blame on us.
+    sh("mount", "-o", "rw" if writable else "ro", dev, str(where))
 
 
 def digest(dev: str) -> str:
@@ -100,7 +102,7 @@ def test_refuses_a_device_holding_a_mounted_partition(tmp_path: Path) -> None:
 def test_refuses_the_device_holding_the_staging_directory(tmp_path: Path) -> None:
     with loop_device(tmp_path, 64 * MiB, partitions=True) as dev:
         mnt = tmp_path / "staging-fs"
-        mkfs_and_mount(dev + "p1", mnt)
+        mkfs_and_mount(dev + "p1", mnt, writable=True)
         staging = mnt / "data"
         staging.mkdir()
         assert_refused(format_cli(dev, "--yes", "--staging", str(staging)), dev,
