@@ -67,6 +67,11 @@ def test_prep_create_ship_import_completed(tmp_path: Path) -> None:
         for d in props["driveList"]:
             assert d["state"] == "ShippedBack" and d["percentComplete"] == 100
             assert d["bytesSucceeded"] > 0
+        for d, j in zip(sorted(props["driveList"], key=lambda d: d["driveId"]),
+                        sorted(journal.session_journals(jdir), key=lambda j: j.drive.uuid),
+                        strict=True):  # a drive's bytes are those it carried, whole files or not
+            assert d["bytesSucceeded"] == sum(e.raw_len for e in j.extents())
+            j.close()
             assert d["verboseLogUri"].startswith("file://")
             assert "bitLockerKey" not in d
         assert sum(d["bytesSucceeded"] for d in props["driveList"]) == sum(

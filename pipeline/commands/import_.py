@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
             n, log = _import_one(od, plan, store, log_dir, args.json, report)
             bad += n
             if job is not None:
-                job.finish_drive(od.volume.uuid, log, store, plan)
+                job.finish_drive(od.volume.uuid, log, store, plan,
+                                 report.done + report.zero if report else 0)
         if job is not None:
             job.finish(args.return_tracking)
     finally:

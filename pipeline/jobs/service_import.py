@@ -42,6 +42,7 @@ class Reporter:
     job: JobImport
     drive_id: str
     total: int
+    zero: int = 0  # bytes of the drive's holes and zero runs: copied without being written
     done: int = 0
 
     def add(self, n: int) -> None:
@@ -116,17 +117,25 @@ class JobImport:
 
     def reporter(self, uuid: str, plan: importer.DrivePlan) -> Reporter:
         total = sum(e.raw_len for e in plan.extents if e.codec is not format.Codec.ZERO)
-        return Reporter(self, uuid, total)
+        zero = sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO)
+        return Reporter(self, uuid, total, zero)
 
     def finish_drive(self, uuid: str, log: importer.CopyLog, store: Storage,
-                     plan: importer.DrivePlan) -> None:
-        """Publish the copy logs next to the blobs and record the drive's outcome."""
+                     plan: importer.DrivePlan, transferred: int) -> None:
+        """Publish the copy logs next to the blobs and record the drive's outcome.
+
+        ``transferred``: bytes of file data this drive carried into the account
+        (its holes and zero runs count: they are copied by not being written).
+        Not the sizes of the blobs it completed: a drive holding only the first
+        parts of files that continue on another completes none, yet its data was
+        copied.  Over every drive of a job it adds up to the files' total size.
+        """
         t = log.totals
         sb = plan.superblock
         prefix = f"{importer.MARKER_PREFIX}{sb.session_id}/"
         verbose = f"{prefix}copylog-drive-{sb.drive_seq:02d}.jsonl"
         entry: dict[str, Any] = {
-            "driveId": uuid, "percentComplete": 100, "bytesSucceeded": t["bytes"],
+            "driveId": uuid, "percentComplete": 100, "bytesSucceeded": transferred,
             "verboseLogUri": log_uri(store, plan.container, verbose)}
         if t["corrupt"] or t["missing"]:
             errors = [line for line in log.lines
@@ -139,6 +148,7 @@ class JobImport:
             entry.update(state="Completed", copyStatus="Completed")
         if self._drives()[uuid].get("state") in _DONE:
             entry.pop("state")  # imported again: the drive's outcome stands
+            entry.pop("bytesSucceeded")  # ... and so do the bytes it transferred then
         self._patch({"driveList": [entry]})
 
     def finish(self, return_tracking: str | None) -> None:
