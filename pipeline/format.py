@@ -58,6 +58,7 @@ __all__ = [
     "END",
     "CHECKSUM_AT",
     "EXTENT_RECORD_SIZE",
+    "FILE_RECORD_OVERHEAD",
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAX_DATA_PAYLOAD",
@@ -94,6 +95,7 @@ __all__ = [
     "decode_superblock",
     "decode_trailer",
     "encode_index",
+    "IndexEncoder",
     "encode_records",
     "encode_segment",
     "encode_superblock",
@@ -356,6 +358,8 @@ _FILE_MIN_BODY = _FILE_FIXED.size + 2 * _LEN16.size
 _FILE_MAX_BODY = _FILE_MIN_BODY + 2 * MAX_NAME_BYTES
 EXTENT_RECORD_SIZE = _EXTENT_HEAD.size + _CRC.size
 """Every Extent record is this many bytes (58), whatever its values."""
+FILE_RECORD_OVERHEAD = _FRAME_SIZE + _FILE_MIN_BODY
+"""A FileEntry record is this many bytes plus its path and blob name in UTF-8."""
 _MIN_RECORD_SIZE = _FRAME_SIZE + min(_FILE_MIN_BODY + 2, _EXTENT_BODY.size)
 
 _xxh32 = xxhash.xxh32_intdigest
@@ -367,9 +371,7 @@ def record_size(rec: Record) -> int:
     if type(rec) is Extent:
         return EXTENT_RECORD_SIZE
     if type(rec) is FileEntry:
-        return (
-            _FRAME_SIZE + _FILE_MIN_BODY + len(rec.path.encode()) + len(rec.blob.encode())
-        )
+        return FILE_RECORD_OVERHEAD + len(rec.path.encode()) + len(rec.blob.encode())
     raise TypeError(f"not a record: {rec!r}")
 
 
@@ -965,6 +967,96 @@ def encode_index(records: Sequence[Record], seq: int, offset: int, *,
                  compress: bool = True) -> bytes:
     """The closing INDEX segment: every FileEntry and Extent on the drive, no payload."""
     return encode_segment(records, b"", seq, offset, SegmentKind.INDEX, compress=compress)
+
+
+class IndexEncoder:
+    """The closing INDEX segment, encoded from records fed in batches.
+
+    ``encode_index`` needs every record in memory at once, which on a drive of
+    millions of small files is the largest allocation prep makes.  This keeps
+    only the compressed output and each file's size (for the checks), so a
+    writer can stream the index out of its journal.  Feed every FileEntry
+    first, then the Extents; ``records_len`` is their encoded size (the sum of
+    ``record_size``), known beforehand because the zstd frame declares it.
+    The checks are those of ``encode_segment`` for an INDEX: ValueError on a
+    caller bug.  The result decodes exactly as ``encode_index``'s would.
+    """
+
+    _KEEP_RAW = 1 << 20  # below this, keep the raw blob too: tiny indexes may not compress
+
+    def __init__(self, seq: int, offset: int, records_len: int) -> None:
+        _int("seq", seq, 0, _U64)
+        _int("offset", offset, SECTOR, _U64)
+        if offset % SECTOR:
+            raise ValueError(f"segment offset {offset} is not a multiple of {SECTOR}")
+        problem = _check_layout(SegmentKind.INDEX, records_len, 0)
+        if problem is not None:
+            raise ValueError(f"{_where(seq, offset)}: {problem}")
+        self.seq, self.offset, self.records_len = seq, offset, records_len
+        self._sizes: dict[int, int] = {}
+        self._count = self._fed = 0
+        self._extents_begun = False
+        self._frames: list[bytes] = []
+        self._raw: list[bytes] | None = [] if records_len <= self._KEEP_RAW else None
+        self._zstd = zstandard.ZstdCompressor(
+            level=RECORDS_ZSTD_LEVEL, write_checksum=False, write_content_size=True,
+            write_dict_id=False).compressobj(size=records_len)
+
+    def add(self, records: Sequence[Record]) -> None:
+        where = _where(self.seq, self.offset)
+        lowest = SECTOR + HEADER_SIZE
+        for i, r in enumerate(records, self._count):
+            if type(r) is FileEntry:
+                if self._extents_begun:
+                    raise ValueError(f"{where}: record {i}: a FileEntry after the extents began")
+                if r.file_id in self._sizes:
+                    raise ValueError(f"{where}: record {i}: file id {r.file_id} appears twice "
+                                     "in the index")
+                self._sizes[r.file_id] = r.size
+            elif type(r) is Extent:
+                self._extents_begun = True
+                size = self._sizes.get(r.file_id)
+                if size is None:
+                    raise ValueError(f"{where}: record {i}: extent of file id {r.file_id}, "
+                                     "which has no FileEntry in the index")
+                if r.offset + r.raw_len > size:
+                    raise ValueError(f"{where}: record {i}: extent [{r.offset}, +{r.raw_len}) "
+                                     f"runs past the file size {size}")
+                if r.codec is not Codec.ZERO and not (
+                        lowest <= r.location and r.location + r.stored_len <= self.offset):
+                    raise ValueError(
+                        f"{where}: record {i}: extent stored at [{r.location}, "
+                        f"+{r.stored_len}) is not inside the segments before the index "
+                        f"(offset {self.offset})")
+        blob = encode_records(records)
+        self._fed += len(blob)
+        if self._fed > self.records_len:
+            raise ValueError(f"{where}: records exceed the declared {self.records_len} bytes")
+        self._count += len(records)
+        if len(self._frames) >= 1024:  # many small outputs: join them now and then
+            self._frames = [b"".join(self._frames)]
+        self._frames.append(self._zstd.compress(blob))
+        if self._raw is not None:
+            self._raw.append(blob)
+
+    def finish(self) -> bytes:
+        """The whole segment, SECTOR-aligned, ready to encrypt and write at ``offset``."""
+        if self._fed != self.records_len:
+            raise ValueError(f"{_where(self.seq, self.offset)}: records came to {self._fed} "
+                             f"bytes, not the declared {self.records_len}")
+        self._frames.append(self._zstd.flush())
+        stored, flags = b"".join(self._frames), RECORDS_ZSTD
+        if len(stored) >= self.records_len:  # did not shrink: store the records raw
+            if self._raw is None:
+                raise ValueError(f"{_where(self.seq, self.offset)}: {self.records_len} bytes of "
+                                 "records did not compress")
+            stored, flags = b"".join(self._raw), 0
+        head = _HEADER.pack(
+            SEGMENT_MAGIC, SegmentKind.INDEX, flags, 0, self.seq, self.offset, self._count,
+            len(stored), 0, self.records_len, _xxh3_64(stored), _xxh3_64(b""),
+        )
+        used = HEADER_SIZE + len(stored)
+        return b"".join((head, _CKSUM.pack(_xxh3_64(head)), stored, bytes(align_up(used) - used)))
 
 
 def decode_segment(b: bytes, offset: int, seq: int | None = None, *,

@@ -241,6 +241,35 @@ class Journal:
         for row in self._db.execute(sql + " ORDER BY file_id"):
             yield format.FileEntry(*row)
 
+    def index_segment(self, seq: int, offset: int) -> bytes:
+        """The drive's closing INDEX segment, streamed out of the journal.
+
+        Memory stays O(files) (the encoder's size checks), not O(records): the
+        records go through the encoder a batch at a time, never all at once.
+        """
+        with self._lock:  # no supersede() between counting the records and listing them
+            enc = format.IndexEncoder(seq, offset, self._index_records_len())
+            for records in (self.files(), self.extents()):
+                batch: list[format.Record] = []
+                for rec in records:
+                    batch.append(rec)
+                    if len(batch) == 4096:
+                        enc.add(batch)
+                        batch = []
+                enc.add(batch)
+            return enc.finish()
+
+    def _index_records_len(self) -> int:
+        """Encoded size of the records the closing index lists (``files()`` + ``extents()``)."""
+        nfiles, names = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(CAST(path AS BLOB)) "
+            "+ length(CAST(blob AS BLOB))), 0) FROM files WHERE superseded=0").fetchone()
+        (nextents,) = self._db.execute(
+            "SELECT count(*) FROM extents e JOIN files f ON f.file_id = e.file_id "
+            "WHERE f.superseded=0").fetchone()
+        return (nfiles * format.FILE_RECORD_OVERHEAD + names
+                + nextents * format.EXTENT_RECORD_SIZE)
+
     def superseded_ids(self) -> set[int]:
         return {r[0] for r in self._db.execute("SELECT file_id FROM files WHERE superseded=1")}
 

@@ -492,6 +492,73 @@ def test_index_segment_roundtrip(content: tuple[int, list[fmt.Record]], seq: int
         assert fmt.decode_index(blob, tr) == seg
 
 
+def _files_first(recs: list[fmt.Record]) -> list[fmt.Record]:
+    return ([r for r in recs if type(r) is FileEntry] + [r for r in recs if type(r) is Extent])
+
+
+@given(index_contents(), u64, st.integers(1, 7))
+def test_index_encoder_decodes_as_encode_index(content: tuple[int, list[fmt.Record]], seq: int,
+                                               batch: int) -> None:
+    offset, recs = content
+    recs = _files_first(recs)
+    enc = fmt.IndexEncoder(seq, offset, sum(fmt.record_size(r) for r in recs))
+    for i in range(0, len(recs), batch):
+        enc.add(recs[i:i + batch])
+    enc.add([])
+    blob = enc.finish()
+    seg = fmt.decode_segment(blob, offset)
+    assert seg.kind is SegmentKind.INDEX and list(seg.records) == recs and seg.payload == b""
+    assert seg == fmt.decode_segment(fmt.encode_index(recs, seq, offset), offset)
+    assert fmt.decode_segment_header(blob).total_len == len(blob) and len(blob) % SECTOR == 0
+
+
+def test_index_encoder_streams_a_large_index_compressed() -> None:
+    """Beyond the raw-copy threshold only compressed output is kept; it still decodes."""
+    offset = 1 << 30
+    recs: list[fmt.Record] = []
+    exts: list[fmt.Record] = []
+    for i in range(1, 20_001):
+        recs.append(FileEntry(i, f"dir{i % 97}/file-{i:06d}.txt", f"c/dir{i % 97}/file-{i:06d}.txt",
+                              4096, 1_700_000_000_000_000_000 + i, 0o100644))
+        exts.append(Extent(i, 0, 4096, Codec.ZSTD, 100, i.to_bytes(16, "little"),
+                           SECTOR + HEADER_SIZE + 100 * i))
+    recs += exts
+    size = sum(fmt.record_size(r) for r in recs)
+    assert size > fmt.IndexEncoder._KEEP_RAW
+    enc = fmt.IndexEncoder(3, offset, size)
+    for i in range(0, len(recs), 4096):
+        enc.add(recs[i:i + 4096])
+    blob = enc.finish()
+    assert fmt.decode_segment_header(blob).records_compressed
+    assert list(fmt.decode_segment(blob, offset).records) == recs
+
+
+def test_index_encoder_refuses_what_encode_index_refuses() -> None:
+    f = FileEntry(1, "a", "c/a", 10, 0, 0o100644)
+    ext = Extent(1, 0, 10, Codec.RAW, 10, bytes(16), SECTOR + HEADER_SIZE)
+    size = fmt.record_size(f) + fmt.record_size(ext)
+    g = FileEntry(2, "b", "c/b", 10, 0, 0o100644)
+    with pytest.raises(ValueError, match="after the extents began"):
+        fmt.IndexEncoder(0, 4 * SECTOR, size + fmt.record_size(g)).add([f, ext, g])
+    with pytest.raises(ValueError, match="no FileEntry"):
+        fmt.IndexEncoder(0, 4 * SECTOR, size).add([ext])
+    with pytest.raises(ValueError, match="appears twice"):
+        fmt.IndexEncoder(0, 4 * SECTOR, 2 * fmt.record_size(f)).add([f, f])
+    with pytest.raises(ValueError, match="not inside the segments before the index"):
+        fmt.IndexEncoder(0, SECTOR, size).add([f, ext])
+    with pytest.raises(ValueError, match="runs past the file size"):
+        fmt.IndexEncoder(0, 4 * SECTOR, size).add([f, Extent(1, 5, 10, Codec.ZERO, 0,
+                                                              bytes(16), 0)])
+    short = fmt.IndexEncoder(0, 4 * SECTOR, size + 1)
+    short.add([f, ext])
+    with pytest.raises(ValueError, match="not the declared"):
+        short.finish()
+    with pytest.raises(ValueError, match="exceed the declared"):
+        fmt.IndexEncoder(0, 4 * SECTOR, size - 1).add([f, ext])
+    with pytest.raises(ValueError, match="multiple of"):
+        fmt.IndexEncoder(0, SECTOR + 1, size)
+
+
 def test_decode_index_checks_what_the_trailer_says() -> None:
     _, recs = small_segment()
     index = fmt.encode_index(recs, 1, 2 * SECTOR)

@@ -4,6 +4,11 @@ The order on the success path is the whole consistency story::
 
     seal segment -> encrypt (cpu thread) -> pwrite -> ... -> fdatasync -> journal commit
 
+Three tasks per drive, joined by one-slot channels, so that sealing the next
+segment (Python, Trio thread), encrypting the one before (a CPU thread) and
+writing or syncing the one before that (I/O threads) overlap: a writer that did
+them one after another spent most of its time waiting on itself.
+
 Nothing is marked committed in ``finally`` or ``except``: if anything raises,
 the nursery cancels us and whatever was not committed is rewritten by
 ``--resume``, at the same offsets, from the journal's watermark.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +44,10 @@ COMMIT_SECONDS = 1.0  # ... or this long since the last commit
 _MAX_FILE_RECORD = format.record_size(
     format.FileEntry(1, "p" * format.MAX_NAME_BYTES, "b" * format.MAX_NAME_BYTES, 0, 0, 0))
 _MAX_RECORDS = _MAX_FILE_RECORD + format.EXTENT_RECORD_SIZE
+
+
+_Sealed = tuple[bytes, format.SegmentHeader, list[format.Record]]
+_Encrypted = tuple[bytes, int, format.SegmentHeader, list[format.Record]]
 
 
 @dataclass
@@ -80,7 +90,7 @@ class DriveState:
         self.index_records += added
         return self.seg_payload >= SEGMENT_PAYLOAD or self.seg_records >= SEGMENT_RECORDS
 
-    def seal(self) -> tuple[bytes, format.SegmentHeader, list[format.Record]] | None:
+    def seal(self) -> _Sealed | None:
         """Lay out the open segment at the log end and advance past it."""
         if not (self.seg_files or self.seg_extents):
             return None
@@ -127,21 +137,62 @@ class DriveWriter:
         if self.journal.drive.state != "open":
             await self._thread(self.journal.set_state, "open", stage="journal")
 
-    async def write_segment(self) -> None:
+    async def _seal_into(self, tx: trio.MemorySendChannel[_Sealed]) -> None:
         sealed = self.state.seal()
-        if sealed is None:
-            return
-        blob, header, records = sealed
-        encrypted = await self._thread(self.cipher.encrypt, blob, header.offset,
-                                       stage="encrypt", cpu=True)
-        await self._thread(self.drive.pwrite, encrypted,
-                           self.cipher.segment_offset + header.offset, stage="write")
+        if sealed is not None:
+            await tx.send(sealed)
+
+    async def _fill(self, rx: trio.MemoryReceiveChannel[PackedExtent],
+                    tx: trio.MemorySendChannel[_Sealed]) -> bool:
+        """Take extents while the drive can hold them; True if the stream ended."""
+        async with tx:
+            ended = False
+            while self.state.can_take_any():
+                try:
+                    item = await rx.receive()
+                except trio.EndOfChannel:
+                    ended = True
+                    break
+                if self.state.add(item):
+                    await self._seal_into(tx)
+            await self._seal_into(tx)
+            return ended
+
+    async def _encrypt_all(self, rx: trio.MemoryReceiveChannel[_Sealed],
+                           tx: trio.MemorySendChannel[_Encrypted]) -> None:
+        async with rx, tx:
+            async for blob, header, records in rx:
+                encrypted = await self._thread(self.cipher.encrypt, blob, header.offset,
+                                               stage="encrypt", cpu=True)
+                await tx.send((encrypted, len(blob), header, records))
+
+    async def _write_all(self, rx: trio.MemoryReceiveChannel[_Encrypted]) -> None:
+        """pwrite each segment; commit every COMMIT_BYTES, or COMMIT_SECONDS, and at the end."""
+        async with rx:
+            while True:
+                wait = COMMIT_SECONDS - (time.monotonic() - self.last_commit)
+                with trio.move_on_after(max(0.0, wait) if self.pending else math.inf):
+                    try:
+                        item = await rx.receive()
+                    except trio.EndOfChannel:
+                        break
+                    await self._write(*item)
+                if self.pending_bytes >= COMMIT_BYTES or (
+                        self.pending and time.monotonic() - self.last_commit >= COMMIT_SECONDS):
+                    await self.commit()
+            await self.commit()
+
+    async def _write(self, encrypted: bytes, length: int, header: format.SegmentHeader,
+                     records: list[format.Record]) -> None:
+        with trio.CancelScope(shield=True):  # the COMMIT_SECONDS timer must not cut a write
+            await self._thread(self.drive.pwrite, encrypted,
+                               self.cipher.segment_offset + header.offset, stage="write")
         faults.reached("after_pwrite")
-        self.stats.bytes_written += len(blob)
+        self.stats.bytes_written += length
         self.stats.bytes_stored += header.payload_len
         self.progress.used = header.end
         self.pending.append((header, records))
-        self.pending_bytes += len(blob)
+        self.pending_bytes += length
 
     async def commit(self) -> None:
         """fdatasync the drive, then record what it now durably holds."""
@@ -149,27 +200,19 @@ class DriveWriter:
             return
         await self._thread(self.drive.sync, stage="sync")
         faults.reached("after_sync")
-        await self._thread(self.journal.commit, self.pending, self.state.offset,
-                           self.state.seq, stage="journal")
+        header = self.pending[-1][0]
+        await self._thread(self.journal.commit, self.pending, header.end, header.seq + 1,
+                           stage="journal")
         faults.reached("after_commit")
         self.pending, self.pending_bytes = [], 0
         self.last_commit = time.monotonic()
 
-    async def add(self, item: PackedExtent) -> None:
-        if self.state.add(item):
-            await self.write_segment()
-        if self.pending_bytes >= COMMIT_BYTES or (
-                self.pending and time.monotonic() - self.last_commit >= COMMIT_SECONDS):
-            await self.commit()
-
     async def close(self, state: str) -> None:
-        """Flush, commit, then write the closing index and trailer (state: closed|full)."""
-        await self.write_segment()
-        await self.commit()
+        """Write the closing index and trailer (state: closed|full); all else is committed."""
         info = self.journal.drive
-        records: list[format.Record] = [*self.journal.files(), *self.journal.extents()]
         offset = self.state.offset
-        index = format.encode_index(records, self.state.seq, offset)
+        index: bytes = await self._thread(  # type: ignore[assignment]
+            self.journal.index_segment, self.state.seq, offset, stage="journal")
         trailer = format.encode_trailer(format.Trailer(
             drive_seq=info.seq, data_area_size=info.data_area_size, index_offset=offset,
             index_length=len(index), segment_count=self.state.seq + 1,
@@ -190,15 +233,14 @@ class DriveWriter:
     async def run(self, rx: trio.MemoryReceiveChannel[PackedExtent]) -> bool:
         """Write until the stream ends (True) or the drive is full (False)."""
         await self.reopen()
-        while self.state.can_take_any():
-            try:
-                item = await rx.receive()
-            except trio.EndOfChannel:
-                await self.close("closed")
-                return True
-            await self.add(item)
-        await self.close("full")
-        return False
+        sealed_tx, sealed_rx = trio.open_memory_channel[_Sealed](1)
+        encrypted_tx, encrypted_rx = trio.open_memory_channel[_Encrypted](1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._encrypt_all, sealed_rx, encrypted_tx)
+            nursery.start_soon(self._write_all, encrypted_rx)
+            ended = await self._fill(rx, sealed_tx)
+        await self.close("closed" if ended else "full")
+        return ended
 
 
 OpenDrive = Callable[[], Awaitable["DriveWriter | None"]]

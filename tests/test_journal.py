@@ -1,0 +1,36 @@
+"""The journal's closing index: streamed out of SQLite, the same as encoding it whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import format as fmt
+from pipeline import journal
+from pipeline.format import SECTOR, Codec, Extent, FileEntry
+
+
+def test_index_segment_streams_what_encode_index_would(tmp_path: Path) -> None:
+    session = journal.SessionInfo("s", "/src", "c/v/", 1, 1, "sequential")
+    drive = journal.DriveInfo(1, "/dev/null", "u", 1 << 30, 1 << 30)
+    jrn = journal.Journal.create(tmp_path / "j.journal", session, drive, "pw")
+    names = ["a.txt", "ünïcödé/ファイル.bin", "emoji-\U0001f4be.log", "x" * 300]
+    files = [FileEntry(i, name, "v/" + name, 5000, 1_700_000_000 + i, 0o100644)
+             for i, name in enumerate(names * 40, 1)]
+    extents: list[tuple[Extent, bytes]] = []
+    for f in files:
+        extents.append((Extent(f.file_id, 0, 4096, Codec.ZSTD, 50,
+                               f.file_id.to_bytes(16, "big"), 0), bytes([f.file_id % 256]) * 50))
+        extents.append((Extent(f.file_id, 4096, 904, Codec.ZERO, 0, bytes(16), 0), b""))
+    blob, records = fmt.layout_data_segment(files, extents, 0, SECTOR)
+    header = fmt.decode_segment_header(blob, SECTOR, 0)
+    end = header.end
+    jrn.commit([(header, records)], end, 1)
+    jrn.supersede([3])  # a superseded file and its extents are not in the index
+
+    blob = jrn.index_segment(1, end)
+    listed = [*jrn.files(), *jrn.extents()]
+    assert all(r.file_id != 3 for r in listed)
+    assert list(fmt.decode_segment(blob, end).records) == listed
+    assert fmt.decode_segment(blob, end) == fmt.decode_segment(
+        fmt.encode_index(listed, 1, end), end)
+    jrn.close()
