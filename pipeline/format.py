@@ -279,6 +279,19 @@ class FileEntry:
     mtime_ns: int
     mode: int
 
+    @classmethod
+    def unchecked(cls, file_id: int, path: str, blob: str, size: int, mtime_ns: int,
+                  mode: int) -> FileEntry:
+        """Build one without the checks, for values this program checked when it first built
+        the record (a journal row being listed into the closing index): listing a drive of
+        millions of small files spent most of its time re-checking them.  The encoder still
+        refuses anything that does not fit its fields."""
+        obj = object.__new__(cls)
+        for name, value in zip(cls.__slots__, (file_id, path, blob, size, mtime_ns, mode),
+                               strict=True):
+            object.__setattr__(obj, name, value)
+        return obj
+
     def __post_init__(self) -> None:
         _int("file_id", self.file_id, 0, _U64)
         _utf8("path", self.path, MAX_NAME_BYTES)
@@ -305,6 +318,16 @@ class Extent:
     stored_len: int
     xxh3: bytes
     location: int = 0
+
+    @classmethod
+    def unchecked(cls, file_id: int, offset: int, raw_len: int, codec: Codec, stored_len: int,
+                  xxh3: bytes, location: int) -> Extent:
+        """Build one without the checks: see ``FileEntry.unchecked``."""
+        obj = object.__new__(cls)
+        for name, value in zip(cls.__slots__, (file_id, offset, raw_len, codec, stored_len, xxh3,
+                                               location), strict=True):
+            object.__setattr__(obj, name, value)
+        return obj
 
     def __post_init__(self) -> None:
         codec = self.codec
@@ -957,7 +980,8 @@ def layout_data_segment(
         if ext.codec is Codec.ZERO:
             placed.append(ext)
             continue
-        placed.append(dataclasses.replace(ext, location=location))
+        placed.append(Extent(ext.file_id, ext.offset, ext.raw_len, ext.codec, ext.stored_len,
+                             ext.xxh3, location))  # not dataclasses.replace: 3x slower
         parts.append(data)
         location += len(data)
     return encode_segment(placed, b"".join(parts), seq, offset, compress=compress), placed

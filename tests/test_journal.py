@@ -34,3 +34,24 @@ def test_index_segment_streams_what_encode_index_would(tmp_path: Path) -> None:
     assert fmt.decode_segment(blob, end) == fmt.decode_segment(
         fmt.encode_index(listed, 1, end), end)
     jrn.close()
+
+
+def test_commit_inserts_any_number_of_rows(tmp_path: Path) -> None:
+    """Rows go in several to a statement; counts around the statement size all land."""
+    session = journal.SessionInfo("s", "/src", "c/v/", 1, 1, "sequential")
+    drive = journal.DriveInfo(1, "/dev/null", "u", 1 << 30, 1 << 30)
+    jrn = journal.Journal.create(tmp_path / "j.journal", session, drive, "pw")
+    offset, seq, next_id = SECTOR, 0, 1
+    for n in (0, 1, 63, 64, 65, 130):
+        files = [FileEntry(i, f"f{i}", f"v/f{i}", 10, i, 0o100644)
+                 for i in range(next_id, next_id + n)]
+        extents = [(Extent(f.file_id, 0, 10, Codec.RAW, 10, bytes(16), 0), b"x" * 10)
+                   for f in files]
+        blob, records = fmt.layout_data_segment(files, extents, seq, offset)
+        header = fmt.decode_segment_header(blob, offset, seq)
+        jrn.commit([(header, records)], header.end, seq + 1)
+        offset, seq, next_id = header.end, seq + 1, next_id + n
+        assert [f.file_id for f in jrn.files()] == list(range(1, next_id))
+        assert len(list(jrn.extents())) == next_id - 1
+        assert [s[0] for s in jrn.segments()] == list(range(seq))
+    jrn.close()
