@@ -9,6 +9,7 @@ stale in every journal) and written again under a new id.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ class FileJob:
     """A file to read: its entry, where it is, and the grid cells already committed."""
 
     entry: format.FileEntry
-    abspath: Path
+    abspath: str  # a str, not a Path: joining Paths cost more than reading a small file
     skip: frozenset[int] = frozenset()
 
 
@@ -44,6 +45,7 @@ class Session:
 
     def __init__(self, srcdir: Path, dstdir: str, journals: list[journal.Journal]) -> None:
         self.srcdir = srcdir
+        self._root = os.path.join(os.fspath(srcdir), "")  # with its trailing separator
         self.vdir = dstdir.partition("/")[2]
         self.committed: dict[str, _Committed] = {}
         self.next_id = 1
@@ -77,7 +79,7 @@ class Session:
                 return None
             entry = format.FileEntry(prev.file_id, src.path, self.vdir + src.path, src.size,
                                      src.mtime_ns, src.mode)
-            return FileJob(entry, self.srcdir / src.path, frozenset(prev.offsets))
+            return FileJob(entry, self._root + src.path, frozenset(prev.offsets))
         if prev is not None:  # changed since it was written: stale everywhere
             for j in prev.journals:
                 j.supersede([prev.file_id])
@@ -86,4 +88,4 @@ class Session:
         entry = format.FileEntry(self.next_id, src.path, self.vdir + src.path, src.size,
                                  src.mtime_ns, src.mode)
         self.next_id += 1
-        return FileJob(entry, self.srcdir / src.path)
+        return FileJob(entry, self._root + src.path)

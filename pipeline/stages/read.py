@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pipeline import codec
+from pipeline import codec, format
 from pipeline.errors import BadInput
 from pipeline.progress import Stats
-from pipeline.stages.pack import RawExtent
+from pipeline.stages.pack import Bundle, PackedExtent, RawExtent, pack_one
 
 if TYPE_CHECKING:
     from pipeline.session import FileJob
@@ -212,15 +212,20 @@ def read_small(path: str | os.PathLike[str], size: int, mtime_ns: int) -> bytes 
     return None if codec.is_zero(data) else data
 
 
-def _read_batch(jobs: list[FileJob], stats: Stats) -> list[bytes | None | FileChanged]:
+def _read_batch(jobs: list[FileJob], level: int, stats: Stats
+                ) -> list[PackedExtent | FileChanged]:
+    """Read, then pack, a batch of small files in one thread call."""
+    raw: list[bytes | None | FileChanged] = []
     with stats.timed("read"):
-        out: list[bytes | None | FileChanged] = []
         for job in jobs:
             try:
-                out.append(read_small(job.abspath, job.entry.size, job.entry.mtime_ns))
+                raw.append(read_small(job.abspath, job.entry.size, job.entry.mtime_ns))
             except FileChanged as exc:
-                out.append(exc)
-        return out
+                raw.append(exc)
+    with stats.timed("pack"):
+        return [got if isinstance(got, FileChanged)
+                else pack_one(RawExtent(job.entry, 0, job.entry.size, got), level)
+                for job, got in zip(jobs, raw, strict=True)]
 
 
 def _take(gen: Iterator[tuple[int, int, bytes | None]], n: int, stats: Stats
@@ -238,57 +243,59 @@ def _is_small(job: FileJob) -> bool:
     return job.entry.size <= EXTENT_SIZE and not job.skip
 
 
-async def run(rx: trio.MemoryReceiveChannel[FileJob], tx: trio.MemorySendChannel[RawExtent],
+async def run(rx: trio.MemoryReceiveChannel[list[FileJob]],
+              tx: trio.MemorySendChannel[RawExtent],
+              packed_tx: trio.MemorySendChannel[Bundle], level: int,
               io: trio.CapacityLimiter, stats: Stats,
               on_changed: Callable[[str, str], None]) -> None:
     """Read each planned file into grid extents; ``io`` bounds concurrent staging reads.
 
-    Small files go to a worker thread in batches (one thread hand-off per batch,
-    not per file: the hand-offs, not the bytes, are what small files cost).  A
-    file that changes while it is read is reported through ``on_changed`` and
-    left for ``--resume``, which sees its new size or mtime and writes it again.
+    Files come in the planner's chunks.  Small files are read and packed in a
+    worker thread in batches (one hand-off per batch, not per file: the
+    hand-offs, not the bytes, are what small files cost) and go straight to the
+    writers; large files go to the pack stage an extent at a time.  A file that
+    changes while it is read is reported through ``on_changed`` and left for
+    ``--resume``, which sees its new size or mtime and writes it again.
     """
-    async with rx, tx:
-        pending: FileJob | None = None
-        ended = False
-        while pending is not None or not ended:
-            if pending is not None:
-                job, pending = pending, None
-            else:
-                try:
-                    job = await rx.receive()
-                except trio.EndOfChannel:
-                    break
-            if not _is_small(job):
-                await _read_large(job, tx, io, stats, on_changed)
-                continue
-            batch, total = [job], job.entry.size
-            while len(batch) < SMALL_BATCH and total < SMALL_BYTES:
-                try:
-                    nxt = rx.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                except trio.EndOfChannel:
-                    ended = True
-                    break
-                if not _is_small(nxt):
-                    pending = nxt
-                    break
-                batch.append(nxt)
-                total += nxt.entry.size
-            results = await trio.to_thread.run_sync(_read_batch, batch, stats, limiter=io)
-            for job, got in zip(batch, results, strict=True):
-                if isinstance(got, FileChanged):
-                    on_changed(job.entry.path, str(got))
+    async with rx, tx, packed_tx:
+        async for jobs in rx:
+            batch: list[FileJob] = []
+            total = 0
+            for job in jobs:
+                if not _is_small(job):
+                    await _read_small(batch, packed_tx, level, io, stats, on_changed)
+                    batch, total = [], 0
+                    await _read_large(job, tx, io, stats, on_changed)
                     continue
-                size = job.entry.size
-                await tx.send(RawExtent(job.entry, 0, size, got))
-                stats.bytes_read += size
-                stats.files_done += 1
-                if size:
-                    stats.extents += 1
-                    if got is None:
-                        stats.zero_bytes += size
+                batch.append(job)
+                total += job.entry.size
+                if len(batch) >= SMALL_BATCH or total >= SMALL_BYTES:
+                    await _read_small(batch, packed_tx, level, io, stats, on_changed)
+                    batch, total = [], 0
+            await _read_small(batch, packed_tx, level, io, stats, on_changed)
+
+
+async def _read_small(batch: list[FileJob], tx: trio.MemorySendChannel[Bundle],
+                      level: int, io: trio.CapacityLimiter, stats: Stats,
+                      on_changed: Callable[[str, str], None]) -> None:
+    if not batch:
+        return
+    results = await trio.to_thread.run_sync(_read_batch, batch, level, stats, limiter=io)
+    bundle: Bundle = []
+    for job, got in zip(batch, results, strict=True):
+        if isinstance(got, FileChanged):
+            on_changed(job.entry.path, str(got))
+            continue
+        size = job.entry.size
+        bundle.append(got)
+        stats.bytes_read += size
+        stats.files_done += 1
+        if size:
+            stats.extents += 1
+            if got.extent is not None and got.extent.codec is format.Codec.ZERO:
+                stats.zero_bytes += size
+    if bundle:
+        await tx.send(bundle)
 
 
 async def _read_large(job: FileJob, tx: trio.MemorySendChannel[RawExtent],

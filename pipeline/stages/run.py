@@ -2,12 +2,16 @@
 
 ::
 
-    plan (scan + resume, thread) -> files -> read (x2) -> raw -> pack (x cpu) -> packed
-        -> write: sequential (one drive after another) | parallel (every drive at once)
+    plan (scan + resume, thread) -> chunks of files -> read (x2)
+        small files: read and packed in one thread call -------------------> packed
+        large files: -> raw extents -> pack (x cpu) -----------------------> packed
+    packed (bundles) -> write: sequential (one drive after another)
+                             | parallel (every drive at once)
 
-Every channel is bounded, so memory is arithmetic: at most
-``2 * depth + cpu + readers + drives`` extents of 1 MiB are in flight, plus one
-open segment (4 MiB) per writing drive.
+Every channel is bounded, so memory is arithmetic: ``depth`` raw extents of up
+to 1 MiB, ``depth / 4`` bundles of up to ~4 MiB, one call's worth in each
+reader and packer, and per writing drive one open segment (4 MiB) and the two
+sealed or encrypted ones behind it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid as uuidlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,9 +175,9 @@ def _plan(cfg: PrepConfig, session: Session, on_skip: Callable[[str, str], None]
             stats.files_done += 1
 
 
-async def plan_stage(jobs: Iterator[FileJob], tx: trio.MemorySendChannel[FileJob],
+async def plan_stage(jobs: Iterator[FileJob], tx: trio.MemorySendChannel[list[FileJob]],
                      stats: Stats, batch: int = 256) -> None:
-    """Scan staging in a thread, a batch of files per call; never blocks the Trio loop."""
+    """Scan staging in a thread, a chunk of files per call, sent on as one item."""
     def take() -> list[FileJob]:
         out = []
         for job in jobs:
@@ -186,18 +191,18 @@ async def plan_stage(jobs: Iterator[FileJob], tx: trio.MemorySendChannel[FileJob
             chunk = await trio.to_thread.run_sync(take)
             if not chunk:
                 return
-            for job in chunk:
-                await tx.send(job)
+            await tx.send(chunk)
 
 
-async def write_all(rx: trio.MemoryReceiveChannel[pack.PackedExtent], pool: DrivePool,
+async def write_all(rx: trio.MemoryReceiveChannel[pack.Bundle], pool: DrivePool,
                     fill: str, on_full: Callable[[DriveWriter], None]) -> None:
     """Feed the writers; raise OutOfDrives if data is left when every drive is full."""
+    spill: deque[pack.PackedExtent] = deque()  # unpacked bundles, shared by the writers
     async with rx:
         if fill == "sequential":
             while (writer := await pool.next_writer()) is not None:
                 try:
-                    if await writer.run(rx):
+                    if await writer.run(rx, spill):
                         return
                 finally:
                     writer.drive.close()
@@ -216,21 +221,23 @@ async def write_all(rx: trio.MemoryReceiveChannel[pack.PackedExtent], pool: Driv
             try:
                 async with trio.open_nursery() as nursery:
                     for writer in writers:
-                        nursery.start_soon(_run_parallel, writer, rx.clone(), on_full)
+                        nursery.start_soon(_run_parallel, writer, rx.clone(), spill, on_full)
             finally:
                 for writer in writers:
                     writer.drive.close()
-        try:
-            await rx.receive()
-        except trio.EndOfChannel:
-            return  # the last drive filled exactly as the data ended
+        if not spill:
+            try:
+                await rx.receive()
+            except trio.EndOfChannel:
+                return  # the last drive filled exactly as the data ended
         raise OutOfDrives("drives full")
 
 
-async def _run_parallel(writer: DriveWriter, rx: trio.MemoryReceiveChannel[pack.PackedExtent],
+async def _run_parallel(writer: DriveWriter, rx: trio.MemoryReceiveChannel[pack.Bundle],
+                        spill: deque[pack.PackedExtent],
                         on_full: Callable[[DriveWriter], None]) -> None:
     async with rx:
-        if not await writer.run(rx):
+        if not await writer.run(rx, spill):
             on_full(writer)
 
 
@@ -249,10 +256,11 @@ async def run_prep(cfg: PrepConfig, session: Session, pool: DrivePool, stats: St
     io = trio.CapacityLimiter(cfg.readers)
     depth = cfg.depth
     raw_tx, raw_rx = trio.open_memory_channel[pack.RawExtent](depth)
-    packed_tx, packed_rx = trio.open_memory_channel[pack.PackedExtent](depth)
+    # A bundle holds up to ~4 MiB (a worker call's output), a raw extent 1 MiB.
+    packed_tx, packed_rx = trio.open_memory_channel[pack.Bundle](max(2, depth // 4))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_source, cfg, session, raw_tx, io, stats, on_skip, on_changed,
-                           stop or trio.CancelScope())
+        nursery.start_soon(_source, cfg, session, raw_tx, packed_tx.clone(), io, stats, on_skip,
+                           on_changed, stop or trio.CancelScope())
         async with raw_rx, packed_tx:
             for _ in range(cfg.cpu_threads):
                 nursery.start_soon(pack.run, raw_rx.clone(), packed_tx.clone(), cpu,
@@ -261,16 +269,17 @@ async def run_prep(cfg: PrepConfig, session: Session, pool: DrivePool, stats: St
 
 
 async def _source(cfg: PrepConfig, session: Session, raw_tx: trio.MemorySendChannel,
-                  io: trio.CapacityLimiter, stats: Stats, on_skip: Callable[[str, str], None],
+                  packed_tx: trio.MemorySendChannel, io: trio.CapacityLimiter, stats: Stats,
+                  on_skip: Callable[[str, str], None],
                   on_changed: Callable[[str, str], None], stop: trio.CancelScope) -> None:
     """Scan and read, under ``stop``: the part of the pipeline a first Ctrl-C ends."""
-    files_tx, files_rx = trio.open_memory_channel[FileJob](cfg.depth * 4)
-    async with raw_tx:
+    files_tx, files_rx = trio.open_memory_channel[list[FileJob]](cfg.readers)
+    async with raw_tx, packed_tx:
         with stop:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(plan_stage, _plan(cfg, session, on_skip, stats), files_tx,
                                    stats)
                 async with files_rx:
                     for _ in range(cfg.readers):
-                        nursery.start_soon(read.run, files_rx.clone(), raw_tx.clone(), io,
-                                           stats, on_changed)
+                        nursery.start_soon(read.run, files_rx.clone(), raw_tx.clone(),
+                                           packed_tx.clone(), cfg.level, io, stats, on_changed)

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ import trio
 
 from pipeline import drives, faults, format, journal
 from pipeline.progress import Stats
-from pipeline.stages.pack import PackedExtent
+from pipeline.stages.pack import Bundle, PackedExtent
 from pipeline.stages.read import EXTENT_SIZE
 
 SEGMENT_PAYLOAD = 4 << 20  # seal a segment at this much stored payload
@@ -142,18 +143,26 @@ class DriveWriter:
         if sealed is not None:
             await tx.send(sealed)
 
-    async def _fill(self, rx: trio.MemoryReceiveChannel[PackedExtent],
+    async def _fill(self, rx: trio.MemoryReceiveChannel[Bundle], spill: deque[PackedExtent],
                     tx: trio.MemorySendChannel[_Sealed]) -> bool:
-        """Take extents while the drive can hold them; True if the stream ended."""
+        """Take extents while the drive can hold them; True if the stream ended.
+
+        Bundles are unpacked into ``spill``, shared by every writer of the run:
+        what a drive cannot take when it fills is there for the next one.
+        """
         async with tx:
             ended = False
             while self.state.can_take_any():
-                try:
-                    item = await rx.receive()
-                except trio.EndOfChannel:
-                    ended = True
-                    break
-                if self.state.add(item):
+                if not spill:
+                    try:
+                        spill.extend(await rx.receive())
+                    except trio.EndOfChannel:
+                        if spill:  # another writer's bundle arrived meanwhile: ours too
+                            continue
+                        ended = True
+                        break
+                    continue  # another writer may have emptied it while we waited
+                if self.state.add(spill.popleft()):
                     await self._seal_into(tx)
             await self._seal_into(tx)
             return ended
@@ -230,7 +239,8 @@ class DriveWriter:
                                              index_sha256=hashlib.sha256(index).hexdigest()),
                            stage="journal")
 
-    async def run(self, rx: trio.MemoryReceiveChannel[PackedExtent]) -> bool:
+    async def run(self, rx: trio.MemoryReceiveChannel[Bundle], spill: deque[PackedExtent]
+                  ) -> bool:
         """Write until the stream ends (True) or the drive is full (False)."""
         await self.reopen()
         sealed_tx, sealed_rx = trio.open_memory_channel[_Sealed](1)
@@ -238,7 +248,7 @@ class DriveWriter:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._encrypt_all, sealed_rx, encrypted_tx)
             nursery.start_soon(self._write_all, encrypted_rx)
-            ended = await self._fill(rx, sealed_tx)
+            ended = await self._fill(rx, spill, sealed_tx)
         await self.close("closed" if ended else "full")
         return ended
 
