@@ -146,6 +146,7 @@ _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 _E = TypeVar("_E", bound=enum.IntEnum)
+_R = TypeVar("_R")
 
 
 class CorruptRecord(IntegrityError):
@@ -268,6 +269,14 @@ def _check_uuid(value: object) -> None:
 # --------------------------------------------------------------------------- records
 
 
+def _unchecked(cls: type[_R], *values: object) -> _R:
+    """A frozen, slotted record built field by field, skipping ``__post_init__``."""
+    obj = object.__new__(cls)
+    for name, value in zip(cls.__slots__, values, strict=True):  # type: ignore[attr-defined]
+        object.__setattr__(obj, name, value)
+    return obj
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class FileEntry:
     """One file in staging; extents refer to it by ``file_id``."""
@@ -286,11 +295,7 @@ class FileEntry:
         the record (a journal row being listed into the closing index): listing a drive of
         millions of small files spent most of its time re-checking them.  The encoder still
         refuses anything that does not fit its fields."""
-        obj = object.__new__(cls)
-        for name, value in zip(cls.__slots__, (file_id, path, blob, size, mtime_ns, mode),
-                               strict=True):
-            object.__setattr__(obj, name, value)
-        return obj
+        return _unchecked(cls, file_id, path, blob, size, mtime_ns, mode)
 
     def __post_init__(self) -> None:
         _int("file_id", self.file_id, 0, _U64)
@@ -323,11 +328,7 @@ class Extent:
     def unchecked(cls, file_id: int, offset: int, raw_len: int, codec: Codec, stored_len: int,
                   xxh3: bytes, location: int) -> Extent:
         """Build one without the checks: see ``FileEntry.unchecked``."""
-        obj = object.__new__(cls)
-        for name, value in zip(cls.__slots__, (file_id, offset, raw_len, codec, stored_len, xxh3,
-                                               location), strict=True):
-            object.__setattr__(obj, name, value)
-        return obj
+        return _unchecked(cls, file_id, offset, raw_len, codec, stored_len, xxh3, location)
 
     def __post_init__(self) -> None:
         codec = self.codec
@@ -861,24 +862,37 @@ def _check_records(
     sizes: dict[int, int] = {}
     for i, r in enumerate(records):
         if type(r) is FileEntry:
-            if r.file_id in sizes:
-                return f"record {i}: file id {r.file_id} appears twice in the index"
+            problem = _index_file_problem(i, r, sizes)
+            if problem is not None:
+                return problem
             sizes[r.file_id] = r.size
-    lowest = SECTOR + HEADER_SIZE
     for i, r in enumerate(records):
-        if type(r) is not Extent:
-            continue
-        size = sizes.get(r.file_id)
-        if size is None:
-            return f"record {i}: extent of file id {r.file_id}, which has no FileEntry in the index"
-        if r.offset + r.raw_len > size:
-            return f"record {i}: extent [{r.offset}, +{r.raw_len}) runs past the file size {size}"
-        if r.codec is not Codec.ZERO and not (lowest <= r.location and r.location + r.stored_len
-                                              <= offset):
-            return (
-                f"record {i}: extent stored at [{r.location}, +{r.stored_len}) is not inside the "
-                f"segments before the index (offset {offset})"
-            )
+        if type(r) is Extent:
+            problem = _index_extent_problem(i, r, sizes, offset)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _index_file_problem(i: int, r: FileEntry, sizes: dict[int, int]) -> str | None:
+    if r.file_id in sizes:
+        return f"record {i}: file id {r.file_id} appears twice in the index"
+    return None
+
+
+def _index_extent_problem(i: int, r: Extent, sizes: dict[int, int], offset: int) -> str | None:
+    """An index extent must belong to a listed file and lie in the segments before ``offset``."""
+    size = sizes.get(r.file_id)
+    if size is None:
+        return f"record {i}: extent of file id {r.file_id}, which has no FileEntry in the index"
+    if r.offset + r.raw_len > size:
+        return f"record {i}: extent [{r.offset}, +{r.raw_len}) runs past the file size {size}"
+    if r.codec is not Codec.ZERO and not (r.location >= SECTOR + HEADER_SIZE
+                                          and r.location + r.stored_len <= offset):
+        return (
+            f"record {i}: extent stored at [{r.location}, +{r.stored_len}) is not inside the "
+            f"segments before the index (offset {offset})"
+        )
     return None
 
 
@@ -1027,35 +1041,22 @@ class IndexEncoder:
             write_dict_id=False).compressobj(size=records_len)
 
     def add(self, records: Sequence[Record]) -> None:
-        where = _where(self.seq, self.offset)
-        lowest = SECTOR + HEADER_SIZE
         for i, r in enumerate(records, self._count):
+            problem = None  # not a record at all: encode_records says so below
             if type(r) is FileEntry:
-                if self._extents_begun:
-                    raise ValueError(f"{where}: record {i}: a FileEntry after the extents began")
-                if r.file_id in self._sizes:
-                    raise ValueError(f"{where}: record {i}: file id {r.file_id} appears twice "
-                                     "in the index")
+                problem = (f"record {i}: a FileEntry after the extents began"
+                           if self._extents_begun else _index_file_problem(i, r, self._sizes))
                 self._sizes[r.file_id] = r.size
             elif type(r) is Extent:
                 self._extents_begun = True
-                size = self._sizes.get(r.file_id)
-                if size is None:
-                    raise ValueError(f"{where}: record {i}: extent of file id {r.file_id}, "
-                                     "which has no FileEntry in the index")
-                if r.offset + r.raw_len > size:
-                    raise ValueError(f"{where}: record {i}: extent [{r.offset}, +{r.raw_len}) "
-                                     f"runs past the file size {size}")
-                if r.codec is not Codec.ZERO and not (
-                        lowest <= r.location and r.location + r.stored_len <= self.offset):
-                    raise ValueError(
-                        f"{where}: record {i}: extent stored at [{r.location}, "
-                        f"+{r.stored_len}) is not inside the segments before the index "
-                        f"(offset {self.offset})")
+                problem = _index_extent_problem(i, r, self._sizes, self.offset)
+            if problem is not None:
+                raise ValueError(f"{_where(self.seq, self.offset)}: {problem}")
         blob = encode_records(records)
         self._fed += len(blob)
         if self._fed > self.records_len:
-            raise ValueError(f"{where}: records exceed the declared {self.records_len} bytes")
+            raise ValueError(f"{_where(self.seq, self.offset)}: records exceed the declared "
+                             f"{self.records_len} bytes")
         self._count += len(records)
         if len(self._frames) >= 1024:  # many small outputs: join them now and then
             self._frames = [b"".join(self._frames)]
