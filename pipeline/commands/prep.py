@@ -105,13 +105,39 @@ def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepCo
 
 
 def _prescan(cfg: PrepConfig, stats: progress.Stats) -> None:
-    """Count the work and check the page-blob rule before anything is written."""
+    """Page blobs: check the 512-byte rule on every file before anything is written."""
     for src in scan.scan(cfg.srcdir):
-        if cfg.blob_type is format.BlobType.PAGE and src.size % 512:
+        if src.size % 512:
             raise BadInput(f"{cfg.srcdir / src.path}: {src.size} bytes is not a multiple of 512, "
                            "which page blobs require; pad the file or use --blob-type block")
         stats.files_total += 1
         stats.bytes_total += src.size
+
+
+async def count_totals(cfg: PrepConfig, stats: progress.Stats, batch: int = 4096) -> None:
+    """Count the work for progress and ETA while prep runs (block blobs need no pre-check).
+
+    A cold walk of a large tree takes seconds that need not delay the first
+    write; the planner walks the same tree meanwhile, so the disk reads each
+    inode once.  The totals appear when the count is complete (a partial total
+    would make a wrong ETA); each thread call counts ``batch`` files, so
+    cancelling it never waits for the whole walk.
+    """
+    files = scan.scan(cfg.srcdir)
+    count = size = 0
+
+    def more() -> bool:
+        nonlocal count, size
+        n = 0
+        for src in files:
+            count, size, n = count + 1, size + src.size, n + 1
+            if n >= batch:
+                return True
+        return False
+
+    while await trio.to_thread.run_sync(more):
+        pass
+    stats.files_total, stats.bytes_total = count, size
 
 
 def _lean_malloc() -> None:
@@ -209,10 +235,15 @@ def run(args: argparse.Namespace) -> int:
     _lean_malloc()
     renderer = progress.make_renderer(args.json)
     stats = progress.Stats()
-    _prescan(cfg, stats)
+    counted = cfg.blob_type is format.BlobType.PAGE
+    if counted:
+        _prescan(cfg, stats)
+    else:
+        scan.scan(cfg.srcdir)  # a missing or unreadable staging root stops prep here
     _preflight(cfg, journals)
     renderer.start("prep", session_id=cfg.session_id, srcdir=str(cfg.srcdir),
-                   files=stats.files_total, bytes=stats.bytes_total, fill=cfg.fill)
+                   files=stats.files_total if counted else None,
+                   bytes=stats.bytes_total if counted else None, fill=cfg.fill)
 
     def on_skip(path: str, reason: str) -> None:
         renderer.event("warning", message=f"skipped {path}: {reason}")
@@ -254,7 +285,10 @@ def run(args: argparse.Namespace) -> int:
             nursery.start_soon(progress.ticker, stats, renderer)
             nursery.start_soon(watch_sigint, stop, nursery.cancel_scope)
             try:
-                await run_prep(cfg, session, pool, stats, on_skip, on_changed, on_full, stop)
+                async with trio.open_nursery() as work:
+                    if not counted:
+                        work.start_soon(count_totals, cfg, stats)
+                    await run_prep(cfg, session, pool, stats, on_skip, on_changed, on_full, stop)
             finally:
                 nursery.cancel_scope.cancel()
 
