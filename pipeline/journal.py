@@ -28,7 +28,7 @@ from pathlib import Path
 from pipeline import atomic, format
 from pipeline.errors import BadInput
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each record's encoded bytes (rec), from which the index is built
 SUFFIX = ".journal"
 
 _SCHEMA = """
@@ -36,12 +36,12 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE files (
     file_id INTEGER PRIMARY KEY, path TEXT NOT NULL, blob TEXT NOT NULL,
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
-    superseded INTEGER NOT NULL DEFAULT 0);
+    superseded INTEGER NOT NULL DEFAULT 0, rec BLOB NOT NULL);
 CREATE INDEX files_path ON files(path);
 CREATE TABLE extents (
     file_id INTEGER NOT NULL, offset INTEGER NOT NULL, raw_len INTEGER NOT NULL,
     codec INTEGER NOT NULL, stored_len INTEGER NOT NULL, xxh3 BLOB NOT NULL,
-    location INTEGER NOT NULL, segment INTEGER NOT NULL,
+    location INTEGER NOT NULL, segment INTEGER NOT NULL, rec BLOB NOT NULL,
     PRIMARY KEY (file_id, offset)) WITHOUT ROWID;
 CREATE TABLE segments (
     seq INTEGER PRIMARY KEY, offset INTEGER NOT NULL, length INTEGER NOT NULL,
@@ -50,6 +50,9 @@ CREATE TABLE segments (
 
 
 _ROWS_PER_STATEMENT = 64
+
+Committed = tuple[format.SegmentHeader, list[format.Record], list[bytes]]
+"""A synced DATA segment for ``Journal.commit``: header, records, each record's encoding."""
 
 
 def _insert(db: sqlite3.Connection, head: str, rows: list[tuple[object, ...]]) -> None:
@@ -70,6 +73,29 @@ def _insert(db: sqlite3.Connection, head: str, rows: list[tuple[object, ...]]) -
                              for i in range(0, full * n, n)))
     if rest:
         db.execute(f"{head} {','.join([one] * rest)}", tuple(chain.from_iterable(rows[full * n:])))
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: give every row its record's encoding (one transaction)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE files ADD COLUMN rec BLOB")
+        db.execute("ALTER TABLE extents ADD COLUMN rec BLOB")
+        rows = db.execute("SELECT file_id, path, blob, size, mtime_ns, mode FROM files")
+        db.executemany("UPDATE files SET rec=? WHERE file_id=?",
+                       [(format.encode_records([format.FileEntry(*r)]), r[0]) for r in rows])
+        rows = db.execute("SELECT file_id, offset, raw_len, codec, stored_len, xxh3, location "
+                          "FROM extents")
+        db.executemany(
+            "UPDATE extents SET rec=? WHERE file_id=? AND offset=?",
+            [(format.encode_records([format.Extent(r[0], r[1], r[2], format.Codec(r[3]), r[4],
+                                                   bytes(r[5]), r[6])]), r[0], r[1])
+             for r in rows])
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 @dataclass(frozen=True)
@@ -173,7 +199,10 @@ class Journal:
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError:
             raise BadInput(f"{path} is not a pipeline journal (not an SQLite database)") from None
-        if not row or int(row[0]) != SCHEMA_VERSION:
+        version = int(row[0]) if row else 0
+        if version == 1:
+            _migrate_v1(db)
+        elif version != SCHEMA_VERSION:
             db.close()
             raise BadInput(f"{path}: unsupported journal schema; use the pipeline that made it")
         return cls(path, db)
@@ -202,32 +231,35 @@ class Journal:
         self._db.execute("UPDATE meta SET value=? WHERE key='drive'",
                          (json.dumps(asdict(self.drive)),))
 
-    def commit(self, segments: Iterable[tuple[format.SegmentHeader, list[format.Record]]],
-               log_offset: int, log_seq: int) -> None:
-        """Record synced DATA segments and move the watermark, atomically."""
+    def commit(self, segments: Iterable[Committed], log_offset: int, log_seq: int) -> None:
+        """Record synced DATA segments and move the watermark, atomically.
+
+        Each segment comes with its records and their encodings, as
+        ``format.layout_data_segment`` made them; the closing index reuses those.
+        """
         with self._lock:
             self._commit(segments, log_offset, log_seq)
 
-    def _commit(self, segments: Iterable[tuple[format.SegmentHeader, list[format.Record]]],
-                log_offset: int, log_seq: int) -> None:
+    def _commit(self, segments: Iterable[Committed], log_offset: int, log_seq: int) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             payload = 0
             seg_rows, file_rows, ext_rows = [], [], []
-            for header, records in segments:
+            file_type = format.FileEntry
+            for header, records, encoded in segments:
                 seg_rows.append((header.seq, header.offset, header.total_len, int(header.kind)))
                 payload += header.payload_len
-                for rec in records:
-                    if isinstance(rec, format.FileEntry):
+                for rec, enc in zip(records, encoded, strict=True):
+                    if type(rec) is file_type:
                         file_rows.append((rec.file_id, rec.path, rec.blob, rec.size,
-                                          rec.mtime_ns, rec.mode))
+                                          rec.mtime_ns, rec.mode, enc))
                     else:
                         ext_rows.append((rec.file_id, rec.offset, rec.raw_len, int(rec.codec),
-                                         rec.stored_len, rec.xxh3, rec.location, header.seq))
+                                         rec.stored_len, rec.xxh3, rec.location, header.seq, enc))
             _insert(db, "INSERT INTO segments VALUES", seg_rows)
-            _insert(db, "INSERT OR IGNORE INTO files (file_id, path, blob, size, mtime_ns, mode) "
-                    "VALUES", file_rows)
+            _insert(db, "INSERT OR IGNORE INTO files "
+                    "(file_id, path, blob, size, mtime_ns, mode, rec) VALUES", file_rows)
             _insert(db, "INSERT OR REPLACE INTO extents VALUES", ext_rows)
             self.drive.log_offset, self.drive.log_seq = log_offset, log_seq
             self.drive.payload_bytes += payload
@@ -271,21 +303,38 @@ class Journal:
     def index_segment(self, seq: int, offset: int) -> bytes:
         """The drive's closing INDEX segment, streamed out of the journal.
 
-        Memory stays O(files) (the encoder's size checks), not O(records): the
-        records go through the encoder a batch at a time, never all at once.
+        The rows keep each record's encoding, so the index is their
+        concatenation (files by id, then extents in log order) fed through the
+        encoder a batch at a time: nothing is decoded or encoded again, and
+        memory stays O(batch).  The index's cross-record rules are checked
+        here in SQL instead of record by record.
         """
         with self._lock:  # no supersede() between counting the records and listing them
+            self._check_index_rows(offset)
             enc = format.IndexEncoder(seq, offset, self._index_records_len())
-            # Listed unchecked: every record was checked when it was committed.
-            for records in (self.files(checked=False), self.extents(checked=False)):
-                batch: list[format.Record] = []
-                for rec in records:
-                    batch.append(rec)
-                    if len(batch) == 4096:
-                        enc.add(batch)
-                        batch = []
-                enc.add(batch)
+            for sql in ("SELECT rec FROM files WHERE superseded=0 ORDER BY file_id",
+                        "SELECT e.rec FROM extents e JOIN files f ON f.file_id = e.file_id "
+                        "WHERE f.superseded=0 ORDER BY e.location, e.file_id, e.offset"):
+                rows = self._db.execute(sql)
+                while batch := rows.fetchmany(4096):
+                    enc.add_encoded([r[0] for r in batch])
             return enc.finish()
+
+    def _check_index_rows(self, offset: int) -> None:
+        """What ``format.IndexEncoder.add`` checks per record, over the rows: a caller bug
+        (ValueError) if an extent has no file, runs past its file, or is stored outside
+        the segments before the index at ``offset``."""
+        row = self._db.execute(
+            "SELECT e.file_id, e.offset, e.raw_len, e.location, e.stored_len, f.size "
+            "FROM extents e LEFT JOIN files f ON f.file_id = e.file_id "
+            "WHERE f.file_id IS NULL OR (f.superseded=0 AND (e.offset + e.raw_len > f.size "
+            "OR (e.codec != ? AND (e.location < ? OR e.location + e.stored_len > ?)))) LIMIT 1",
+            (int(format.Codec.ZERO), format.SECTOR + format.HEADER_SIZE, offset)).fetchone()
+        if row is not None:
+            fid, off, raw, loc, stored, size = row
+            raise ValueError(f"journal {self.path}: extent of file {fid} at [{off}, +{raw}) "
+                             f"stored at [{loc}, +{stored}) does not fit its file (size {size}) "
+                             f"or the segments before the index at {offset}")
 
     def _index_records_len(self) -> int:
         """Encoded size of the records the closing index lists (``files()`` + ``extents()``)."""

@@ -149,7 +149,7 @@ def make_log(specs: list[tuple[list[FileEntry], list[tuple[Extent, bytes]]]],
     """
     out, segs, offset = [], [], start
     for files, exts in specs:
-        blob, _ = fmt.layout_data_segment(files, exts, seq, offset, compress=seq % 2 == 0)
+        blob, _, _ = fmt.layout_data_segment(files, exts, seq, offset, compress=seq % 2 == 0)
         out.append(blob)
         segs.append(fmt.decode_segment(blob, offset))
         offset += len(blob)
@@ -175,7 +175,7 @@ def small_segment(offset: int = SECTOR, seq: int = 0,
                   compress: bool = True) -> tuple[bytes, list[fmt.Record]]:
     return fmt.layout_data_segment(
         [FE], [(EXT_RAW, b"hello"), (EXT_ZSTD, b"zst"), (EXT_ZERO, b"")], seq, offset,
-        compress=compress)
+        compress=compress)[:2]
 
 
 def many_files(n: int, start: int = 0, tiny: bool = False) -> list[tuple[FileEntry, Extent, bytes]]:
@@ -200,7 +200,7 @@ def many_segment(n: int = 20, offset: int = SECTOR, seq: int = 0, compress: bool
                  tiny: bool = False) -> tuple[bytes, list[fmt.Record]]:
     rows = many_files(n, tiny=tiny)
     return fmt.layout_data_segment([f for f, _, _ in rows], [(e, d) for _, e, d in rows], seq,
-                                   offset, compress=compress)
+                                   offset, compress=compress)[:2]
 
 
 HEADER_FMT = "<4sBBHQQIIIIQQ"
@@ -448,7 +448,7 @@ def test_trailer_checked_against_superblock() -> None:
        u64, sector_offsets, st.booleans())
 def test_data_segment_roundtrip(files: list[FileEntry], exts: list[tuple[Extent, bytes]],
                                 seq: int, offset: int, compress: bool) -> None:
-    blob, recs = fmt.layout_data_segment(files, exts, seq, offset, compress=compress)
+    blob, recs, _ = fmt.layout_data_segment(files, exts, seq, offset, compress=compress)
     assert len(blob) % SECTOR == 0
     assert recs[: len(files)] == files
     header = fmt.decode_segment_header(blob[:HEADER_SIZE])
@@ -745,7 +745,7 @@ def test_any_byte_flip_of_a_data_segment_is_detected(
     files: list[FileEntry], exts: list[tuple[Extent, bytes]], compress: bool,
     data: st.DataObject
 ) -> None:
-    blob, _ = fmt.layout_data_segment(files, exts, 5, 2 * SECTOR, compress=compress)
+    blob, _, _ = fmt.layout_data_segment(files, exts, 5, 2 * SECTOR, compress=compress)
     pos = data.draw(st.integers(0, len(blob) - 1))
     mask = data.draw(st.integers(1, 255))
     damaged = flip(blob, pos, mask)
@@ -965,8 +965,8 @@ def test_locations_do_not_depend_on_compression() -> None:
     """The payload comes right after the header, so layout is one pass either way."""
     rows = many_files(50)
     files, exts = [f for f, _, _ in rows], [(e, d) for _, e, d in rows]
-    a, recs = fmt.layout_data_segment(files, exts, 4, 3 * SECTOR)
-    b, plain_recs = fmt.layout_data_segment(files, exts, 4, 3 * SECTOR, compress=False)
+    a, recs, _ = fmt.layout_data_segment(files, exts, 4, 3 * SECTOR)
+    b, plain_recs, _ = fmt.layout_data_segment(files, exts, 4, 3 * SECTOR, compress=False)
     assert recs == plain_recs and len(a) < len(b)
     ha, hb = fmt.decode_segment_header(a), fmt.decode_segment_header(b)
     assert ha.payload_offset == hb.payload_offset == 3 * SECTOR + HEADER_SIZE
@@ -1075,7 +1075,7 @@ def test_records_overhead_of_small_files() -> None:
         offset, seq, data_bytes, placed = SECTOR, 0, 0, []
         for k in range(0, len(tree), per_seg):
             rows = tree[k : k + per_seg]
-            blob, recs = fmt.layout_data_segment(
+            blob, recs, _ = fmt.layout_data_segment(
                 [f for f, _, _ in rows], [(e, d) for _, e, d in rows], seq, offset,
                 compress=compress)
             h = fmt.decode_segment_header(blob[:HEADER_SIZE], offset, seq)

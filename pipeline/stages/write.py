@@ -47,8 +47,8 @@ _MAX_FILE_RECORD = format.record_size(
 _MAX_RECORDS = _MAX_FILE_RECORD + format.EXTENT_RECORD_SIZE
 
 
-_Sealed = tuple[bytes, format.SegmentHeader, list[format.Record]]
-_Encrypted = tuple[bytes, int, format.SegmentHeader, list[format.Record]]
+_Sealed = tuple[bytes, journal.Committed]
+_Encrypted = tuple[bytes, int, journal.Committed]
 
 
 @dataclass
@@ -95,12 +95,12 @@ class DriveState:
         """Lay out the open segment at the log end and advance past it."""
         if not (self.seg_files or self.seg_extents):
             return None
-        blob, records = format.layout_data_segment(self.seg_files, self.seg_extents,
-                                                   self.seq, self.offset)
+        blob, records, encoded = format.layout_data_segment(self.seg_files, self.seg_extents,
+                                                            self.seq, self.offset)
         header = format.decode_segment_header(blob[:format.HEADER_SIZE], self.offset, self.seq)
         self.offset, self.seq = header.end, self.seq + 1
         self.seg_files, self.seg_extents, self.seg_records, self.seg_payload = [], [], 0, 0
-        return blob, header, records
+        return blob, (header, records, encoded)
 
 
 class DriveWriter:
@@ -119,7 +119,7 @@ class DriveWriter:
             capacity=format.trailer_offset(info.data_area_size), offset=info.log_offset,
             seq=info.log_seq, index_records=index_records,
             files_here={f.file_id for f in files})
-        self.pending: list[tuple[format.SegmentHeader, list[format.Record]]] = []
+        self.pending: list[journal.Committed] = []
         self.pending_bytes = 0
         self.last_commit = time.monotonic()
 
@@ -170,10 +170,11 @@ class DriveWriter:
     async def _encrypt_all(self, rx: trio.MemoryReceiveChannel[_Sealed],
                            tx: trio.MemorySendChannel[_Encrypted]) -> None:
         async with rx, tx:
-            async for blob, header, records in rx:
+            async for blob, committed in rx:
+                header = committed[0]
                 encrypted = await self._thread(self.cipher.encrypt, blob, header.offset,
                                                stage="encrypt", cpu=True)
-                await tx.send((encrypted, len(blob), header, records))
+                await tx.send((encrypted, len(blob), committed))
 
     async def _write_all(self, rx: trio.MemoryReceiveChannel[_Encrypted]) -> None:
         """pwrite each segment; commit every COMMIT_BYTES, or COMMIT_SECONDS, and at the end."""
@@ -191,8 +192,9 @@ class DriveWriter:
                     await self.commit()
             await self.commit()
 
-    async def _write(self, encrypted: bytes, length: int, header: format.SegmentHeader,
-                     records: list[format.Record]) -> None:
+    async def _write(self, encrypted: bytes, length: int, committed: journal.Committed
+                     ) -> None:
+        header = committed[0]
         with trio.CancelScope(shield=True):  # the COMMIT_SECONDS timer must not cut a write
             await self._thread(self.drive.pwrite, encrypted,
                                self.cipher.segment_offset + header.offset, stage="write")
@@ -200,7 +202,7 @@ class DriveWriter:
         self.stats.bytes_written += length
         self.stats.bytes_stored += header.payload_len
         self.progress.used = header.end
-        self.pending.append((header, records))
+        self.pending.append(committed)
         self.pending_bytes += length
 
     async def commit(self) -> None:
