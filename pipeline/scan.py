@@ -23,6 +23,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from pipeline import smallio
 from pipeline.errors import BadInput
 
 __all__ = ["SkipCallback", "SourceFile", "scan", "totals"]
@@ -113,27 +114,55 @@ def scan(root: str | os.PathLike[str], on_skip: SkipCallback | None = None) -> I
     return _walk(broot, top, on_skip)
 
 
+_STAT_BATCH = 256  # names of one directory lstat'ed per smallio call
+
+
+def _lstat_many(paths: list[bytes]) -> list[tuple[int, int, int] | OSError]:
+    """(mode, size, mtime_ns) or the OSError, per path; in one GIL-holding batch where
+    ``smallio`` works (an ``os.lstat`` per file queues for the GIL behind prep's other
+    threads), else one ``os.lstat`` each."""
+    if smallio.AVAILABLE:
+        return [st.error if isinstance(st, smallio.Failed) else st
+                for st in smallio.lstat_batch(paths)]
+    out: list[tuple[int, int, int] | OSError] = []
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            out.append(e)
+            continue
+        out.append((st.st_mode, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def _entries(dirpath: bytes, names: list[bytes]
+             ) -> Iterator[tuple[bytes, bytes, tuple[int, int, int] | OSError]]:
+    """(name, full path, lstat result) of each name, lstat'ed a batch at a time."""
+    for i in range(0, len(names), _STAT_BATCH):
+        chunk = names[i:i + _STAT_BATCH]
+        fulls = [os.path.join(dirpath, name) for name in chunk]
+        yield from zip(chunk, fulls, _lstat_many(fulls), strict=True)
+
+
 def _walk(
     broot: bytes, top: list[bytes], on_skip: SkipCallback | None
 ) -> Iterator[SourceFile]:
-    # One frame per directory on the current path: (its full path, its relpath prefix, names).
-    stack: list[tuple[bytes, str, Iterator[bytes]]] = [(broot, "", iter(top))]
+    # One frame per directory on the current path: (its relpath prefix, its entries).
+    stack = [("", _entries(broot, top))]
     while stack:
-        dirpath, prefix, names = stack[-1]
-        name = next(names, None)
-        if name is None:
+        prefix, entries = stack[-1]
+        item = next(entries, None)
+        if item is None:
             stack.pop()
             continue
-        full = os.path.join(dirpath, name)
-        try:
-            st = os.lstat(full)
-        except FileNotFoundError:
-            if on_skip is not None:
-                on_skip(prefix + _show(name), "vanished during scan")
-            continue
-        except OSError as e:
-            raise _os_error(full, "stat", e) from None
-        mode = st.st_mode
+        name, full, st = item
+        if isinstance(st, OSError):
+            if isinstance(st, FileNotFoundError):
+                if on_skip is not None:
+                    on_skip(prefix + _show(name), "vanished during scan")
+                continue
+            raise _os_error(full, "stat", st)
+        mode, size, mtime_ns = st
         is_dir, is_reg = stat.S_ISDIR(mode), stat.S_ISREG(mode)
         if not (is_dir or is_reg):
             if on_skip is not None:
@@ -156,9 +185,9 @@ def _walk(
                 continue
             except OSError as e:
                 raise _os_error(full, "list directory", e) from None
-            stack.append((full, rel + "/", iter(sub)))
+            stack.append((rel + "/", _entries(full, sub)))
             continue
-        yield SourceFile(rel, st.st_size, st.st_mtime_ns, stat.S_IMODE(mode))
+        yield SourceFile(rel, size, mtime_ns, stat.S_IMODE(mode))
 
 
 def totals(root: str | os.PathLike[str], on_skip: SkipCallback | None = None) -> tuple[int, int]:
