@@ -25,12 +25,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import trio
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.text import Text
+
+if TYPE_CHECKING:  # rich is imported when a bar is drawn: --json and quiet runs start faster
+    from rich.console import Console
 
 Clock = Callable[[], float]
 
@@ -400,6 +400,9 @@ class TtyRenderer(Renderer):
     """
 
     def __init__(self, console: Console | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
         self.console = console if console is not None else Console(stderr=True)
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
@@ -454,6 +457,8 @@ class TtyRenderer(Renderer):
                 describe_event(type, fields)]
         else:
             lines = [describe_event(type, fields)]
+        from rich.text import Text
+
         style = _EVENT_STYLES.get(type, "")
         for line in lines:  # styled Text, not print(style=): that would colour the bar too
             self.console.print(Text(line, style=style), highlight=False)
