@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -197,3 +198,26 @@ def totals(root: str | os.PathLike[str], on_skip: SkipCallback | None = None) ->
         count += 1
         size += f.size
     return count, size
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.scan ROOT``: print "FILES BYTES" of ``totals(ROOT)``.
+
+    prep counts its work in this separate process so that the walk's lstat
+    calls, cold-cache disk reads among them, never hold prep's GIL.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m pipeline.scan ROOT", file=sys.stderr)
+        return 2
+    try:
+        files, size = totals(args[0])
+    except BadInput as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
+    print(files, size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,8 @@ import errno
 import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -308,3 +310,18 @@ def test_directory_vanishing_during_scan_is_skipped(
     files = [f.path for f in scan(tree, lambda p, r: skipped.append((p, r)))]
     assert [p for p, _ in EXPECTED if not p.startswith("dir a/")] == files
     assert skipped == [("dir a", "vanished during scan")]
+
+
+def test_main_prints_the_totals(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m pipeline.scan ROOT``: what prep's progress counts, in a process of its own."""
+    assert scan_mod.main([str(tree)]) == 0
+    assert capsys.readouterr().out.split() == [str(n) for n in totals(tree)]
+    assert scan_mod.main([str(tree / "missing")]) == EXIT_BAD_INPUT
+    assert "does not exist" in capsys.readouterr().err
+    assert scan_mod.main([]) == 2
+
+
+def test_count_runs_as_a_module(tree: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "pipeline.scan", str(tree)], check=True,
+                         capture_output=True, text=True).stdout
+    assert out.split() == [str(n) for n in totals(tree)]

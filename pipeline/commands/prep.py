@@ -114,30 +114,22 @@ def _prescan(cfg: PrepConfig, stats: progress.Stats) -> None:
         stats.bytes_total += src.size
 
 
-async def count_totals(cfg: PrepConfig, stats: progress.Stats, batch: int = 4096) -> None:
+async def count_totals(cfg: PrepConfig, stats: progress.Stats) -> None:
     """Count the work for progress and ETA while prep runs (block blobs need no pre-check).
 
     A cold walk of a large tree takes seconds that need not delay the first
-    write; the planner walks the same tree meanwhile, so the disk reads each
-    inode once.  The totals appear when the count is complete (a partial total
-    would make a wrong ETA); each thread call counts ``batch`` files, so
-    cancelling it never waits for the whole walk.
+    write, so it runs beside the pipeline, in its own process (``python -m
+    pipeline.scan``): its lstat calls then never hold or wait for this
+    process's GIL.  The planner walks the same tree meanwhile, so the disk
+    reads each inode about once.  The totals appear when the count is complete
+    (a partial total would make a wrong ETA); if the count fails, they stay
+    unknown and the planner reports the cause.  Cancelling kills the count.
     """
-    files = scan.scan(cfg.srcdir)
-    count = size = 0
-
-    def more() -> bool:
-        nonlocal count, size
-        n = 0
-        for src in files:
-            count, size, n = count + 1, size + src.size, n + 1
-            if n >= batch:
-                return True
-        return False
-
-    while await trio.to_thread.run_sync(more):
-        pass
-    stats.files_total, stats.bytes_total = count, size
+    done = await trio.run_process([sys.executable, "-m", "pipeline.scan", str(cfg.srcdir)],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    if done.returncode == 0:
+        files, size = done.stdout.split()
+        stats.files_total, stats.bytes_total = int(files), int(size)
 
 
 def _lean_malloc() -> None:
