@@ -37,7 +37,6 @@ CREATE TABLE files (
     file_id INTEGER PRIMARY KEY, path TEXT NOT NULL, blob TEXT NOT NULL,
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
     superseded INTEGER NOT NULL DEFAULT 0, rec BLOB NOT NULL);
-CREATE INDEX files_path ON files(path);
 CREATE TABLE extents (
     file_id INTEGER NOT NULL, offset INTEGER NOT NULL, raw_len INTEGER NOT NULL,
     codec INTEGER NOT NULL, stored_len INTEGER NOT NULL, xxh3 BLOB NOT NULL,
