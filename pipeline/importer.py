@@ -36,6 +36,9 @@ from pipeline.storage.base import Storage
 
 MARKER_PREFIX = ".pipeline-import/"
 WINDOW = 16 << 20  # bytes read and decrypted per worker-thread call
+UPLOAD_BATCH = 64  # extents written per storage thread call ...
+UPLOAD_BYTES = 4 << 20  # ... up to about this many bytes
+COMMIT_BATCH = 256  # blobs committed per storage thread call
 
 
 def marker_name(session_id: str, seq: int) -> str:
@@ -213,30 +216,44 @@ async def import_drive(od: driveread.OpenedDrive, plan: DrivePlan, store: Storag
               and e.file_id in on_drive]
     btype = sb.blob_type
 
-    async def upload(e: format.Extent, raw: bytes) -> None:
-        f = on_drive[e.file_id].entry
-        await trio.to_thread.run_sync(store.write_part, container, f.blob, btype, f.size,
-                                      e.offset, raw, limiter=net)
-        on_drive[e.file_id].cells.add(e.offset)
-        progress(len(raw))
+    def write_parts(batch: list[tuple[format.Extent, bytes]]) -> None:
+        for e, raw in batch:
+            f = on_drive[e.file_id].entry
+            store.write_part(container, f.blob, btype, f.size, e.offset, raw)
+
+    async def upload(batch: list[tuple[format.Extent, bytes]]) -> None:
+        await trio.to_thread.run_sync(write_parts, batch, limiter=net)
+        for e, raw in batch:
+            on_drive[e.file_id].cells.add(e.offset)
+            progress(len(raw))
 
     async with trio.open_nursery() as nursery:
-        send, recv = trio.open_memory_channel[tuple[format.Extent, bytes]](8)
+        # Batches of extents, not one a message: small files cost thread hand-offs, not bytes.
+        send, recv = trio.open_memory_channel[list[tuple[format.Extent, bytes]]](4)
 
         async def reader() -> None:
             async with send:
                 for win in windows(stored):
+                    batch: list[tuple[format.Extent, bytes]] = []
+                    size = 0
                     for e, got in await trio.to_thread.run_sync(read_window, od, win,
                                                                 limiter=cpu):
                         if isinstance(got, tuple):
                             on_drive[e.file_id].bad[e.offset] = got
-                        else:
-                            await send.send((e, got))
+                            continue
+                        batch.append((e, got))
+                        size += len(got)
+                        if len(batch) >= UPLOAD_BATCH or size >= UPLOAD_BYTES:
+                            await send.send(batch)
+                            batch, size = [], 0
+                    if batch:
+                        await send.send(batch)
 
-        async def uploader(rx: trio.MemoryReceiveChannel[tuple[format.Extent, bytes]]) -> None:
+        async def uploader(rx: trio.MemoryReceiveChannel[list[tuple[format.Extent, bytes]]]
+                           ) -> None:
             async with rx:
-                async for e, raw in rx:
-                    await upload(e, raw)
+                async for batch in rx:
+                    await upload(batch)
 
         nursery.start_soon(reader)
         async with recv:
@@ -283,6 +300,18 @@ async def _commit_ready(store: Storage, container: str, sb: format.Superblock,
             where.setdefault(f["file_id"], set()).add(m["seq"])
             newest[f["blob"]] = max(newest.get(f["blob"], 0), f["file_id"])
     btype = sb.blob_type
+    ready: list[format.FileEntry] = []
+
+    def commit_all(entries: list[format.FileEntry]) -> None:
+        for f in entries:
+            store.commit(container, f.blob, btype, f.size, sorted(zero.get(f.file_id, set())))
+
+    async def flush() -> None:
+        await trio.to_thread.run_sync(commit_all, ready, limiter=net)
+        for f in ready:
+            log.blob("ok", f.blob, "", f.size, file_id=f.file_id)
+        ready.clear()
+
     for fd in on_drive.values():
         f = fd.entry
         if newest.get(f.blob, 0) > f.file_id:
@@ -301,9 +330,10 @@ async def _commit_ready(store: Storage, container: str, sb: format.Superblock,
                      f"{len(cells_of(f.size))} extents); completes when that drive is "
                      "imported", f.size, drives=sorted(where.get(f.file_id, ())))
             continue
-        await trio.to_thread.run_sync(store.commit, container, f.blob, btype, f.size,
-                                      sorted(zero.get(f.file_id, set())), limiter=net)
-        log.blob("ok", f.blob, "", f.size, file_id=f.file_id)
+        ready.append(f)
+        if len(ready) >= COMMIT_BATCH:
+            await flush()
+    await flush()
 
 
 def log_path(log_dir: Path, session_id: str, seq: int) -> Path:
