@@ -148,7 +148,6 @@ _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 _E = TypeVar("_E", bound=enum.IntEnum)
-_R = TypeVar("_R")
 
 
 class CorruptRecord(IntegrityError):
@@ -271,14 +270,6 @@ def _check_uuid(value: object) -> None:
 # --------------------------------------------------------------------------- records
 
 
-def _unchecked(cls: type[_R], *values: object) -> _R:
-    """A frozen, slotted record built field by field, skipping ``__post_init__``."""
-    obj = object.__new__(cls)
-    for name, value in zip(cls.__slots__, values, strict=True):  # type: ignore[attr-defined]
-        object.__setattr__(obj, name, value)
-    return obj
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class FileEntry:
     """One file in staging; extents refer to it by ``file_id``."""
@@ -289,15 +280,6 @@ class FileEntry:
     size: int
     mtime_ns: int
     mode: int
-
-    @classmethod
-    def unchecked(cls, file_id: int, path: str, blob: str, size: int, mtime_ns: int,
-                  mode: int) -> FileEntry:
-        """Build one without the checks, for values this program checked when it first built
-        the record (a journal row being listed into the closing index): listing a drive of
-        millions of small files spent most of its time re-checking them.  The encoder still
-        refuses anything that does not fit its fields."""
-        return _unchecked(cls, file_id, path, blob, size, mtime_ns, mode)
 
     def __post_init__(self) -> None:
         _int("file_id", self.file_id, 0, _U64)
@@ -325,12 +307,6 @@ class Extent:
     stored_len: int
     xxh3: bytes
     location: int = 0
-
-    @classmethod
-    def unchecked(cls, file_id: int, offset: int, raw_len: int, codec: Codec, stored_len: int,
-                  xxh3: bytes, location: int) -> Extent:
-        """Build one without the checks: see ``FileEntry.unchecked``."""
-        return _unchecked(cls, file_id, offset, raw_len, codec, stored_len, xxh3, location)
 
     def __post_init__(self) -> None:
         codec = self.codec

@@ -289,15 +289,13 @@ class Journal:
 
     # -- reading -------------------------------------------------------------
 
-    def files(self, include_superseded: bool = False, *, checked: bool = True
-              ) -> Iterator[format.FileEntry]:
-        """The drive's files; ``checked=False`` skips re-checking each (see FileEntry.unchecked)."""
-        make = format.FileEntry if checked else format.FileEntry.unchecked
+    def files(self, include_superseded: bool = False) -> Iterator[format.FileEntry]:
+        """The drive's files, in file-id order."""
         sql = "SELECT file_id, path, blob, size, mtime_ns, mode FROM files"
         if not include_superseded:
             sql += " WHERE superseded=0"
         for row in self._db.execute(sql + " ORDER BY file_id"):
-            yield make(*row)
+            yield format.FileEntry(*row)
 
     def index_segment(self, seq: int, offset: int) -> bytes:
         """The drive's closing INDEX segment, streamed out of the journal.
@@ -310,7 +308,7 @@ class Journal:
         """
         with self._lock:  # no supersede() between counting the records and listing them
             self._check_index_rows(offset)
-            enc = format.IndexEncoder(seq, offset, self._index_records_len())
+            enc = format.IndexEncoder(seq, offset, self.index_records_len())
             for sql in ("SELECT rec FROM files WHERE superseded=0 ORDER BY file_id",
                         "SELECT e.rec FROM extents e JOIN files f ON f.file_id = e.file_id "
                         "WHERE f.superseded=0 ORDER BY e.location, e.file_id, e.offset"):
@@ -335,7 +333,7 @@ class Journal:
                              f"stored at [{loc}, +{stored}) does not fit its file (size {size}) "
                              f"or the segments before the index at {offset}")
 
-    def _index_records_len(self) -> int:
+    def index_records_len(self) -> int:
         """Encoded size of the records the closing index lists (``files()`` + ``extents()``)."""
         nfiles, names = self._db.execute(
             "SELECT count(*), coalesce(sum(length(CAST(path AS BLOB)) "
@@ -349,17 +347,15 @@ class Journal:
     def superseded_ids(self) -> set[int]:
         return {r[0] for r in self._db.execute("SELECT file_id FROM files WHERE superseded=1")}
 
-    def extents(self, include_superseded: bool = False, *, checked: bool = True
-                ) -> Iterator[format.Extent]:
-        """The drive's extents in log order; ``checked`` as for ``files``."""
-        make = format.Extent if checked else format.Extent.unchecked
+    def extents(self, include_superseded: bool = False) -> Iterator[format.Extent]:
+        """The drive's extents in log order."""
         sql = ("SELECT e.file_id, e.offset, e.raw_len, e.codec, e.stored_len, e.xxh3, "
                "e.location FROM extents e")
         if not include_superseded:
             sql += " JOIN files f ON f.file_id = e.file_id WHERE f.superseded=0"
         for row in self._db.execute(sql + " ORDER BY e.location, e.file_id, e.offset"):
-            yield make(row[0], row[1], row[2], format.Codec(row[3]), row[4], bytes(row[5]),
-                       row[6])
+            yield format.Extent(row[0], row[1], row[2], format.Codec(row[3]), row[4],
+                                bytes(row[5]), row[6])
 
     def extents_with_segment(self) -> Iterator[tuple[format.Extent, int]]:
         """Every extent (superseded too) with the sequence number of its segment."""

@@ -1232,11 +1232,3 @@ def test_index_of_200k_extents_encodes_and_decodes_in_linear_time() -> None:
         print(f"\nindex of {n} extents + {n_files} files, {'zstd' if compress else 'plain'} "
               f"records, {len(blob)} bytes: encode {t1 - t0:.3f} s, decode {t2 - t1:.3f} s")
         assert t2 - t0 < 30  # generous: shared CI machines; quadratic would take minutes
-
-
-@given(records)
-def test_unchecked_records_equal_checked_ones(rec: fmt.Record) -> None:
-    fields = [getattr(rec, name) for name in type(rec).__slots__]
-    twin = type(rec).unchecked(*fields)
-    assert twin == rec and hash(twin) == hash(rec)
-    assert fmt.encode_records([twin]) == fmt.encode_records([rec])

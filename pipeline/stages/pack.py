@@ -41,8 +41,15 @@ extent a message; per-message channel work was a large share of a small file's c
 
 def pack_one(raw: RawExtent, level: int) -> PackedExtent:
     if raw.length == 0:  # an empty file: only its entry goes to a drive
+        return packed_extent(raw, None)
+    return packed_extent(raw, codec.zero(raw.length) if raw.data is None
+                         else codec.pack(raw.data, level))
+
+
+def packed_extent(raw: RawExtent, packed: codec.Packed | None) -> PackedExtent:
+    """What the writers get for ``raw`` packed as ``packed`` (None: an empty file)."""
+    if packed is None:
         return PackedExtent(raw.file, None, b"")
-    packed = codec.zero(raw.length) if raw.data is None else codec.pack(raw.data, level)
     extent = format.Extent(raw.file.file_id, raw.offset, raw.length, packed.codec,
                            len(packed.stored), packed.xxh3, 0)
     return PackedExtent(raw.file, extent, packed.stored)

@@ -19,7 +19,7 @@ import trio
 from pipeline import codec, format, smallio
 from pipeline.errors import BadInput
 from pipeline.progress import Stats
-from pipeline.stages.pack import Bundle, PackedExtent, RawExtent
+from pipeline.stages.pack import Bundle, PackedExtent, RawExtent, packed_extent
 
 if TYPE_CHECKING:
     from pipeline.session import FileJob
@@ -264,14 +264,12 @@ def _read_batch(jobs: list[FileJob], level: int, stats: Stats
         packed = iter(codec.pack_many(data, level))
         out: list[PackedExtent | FileChanged] = []
         for job, got in zip(jobs, raw, strict=True):
-            entry = job.entry
-            if isinstance(got, FileChanged) or not entry.size:
-                out.append(got if isinstance(got, FileChanged)
-                           else PackedExtent(entry, None, b""))
+            if isinstance(got, FileChanged):
+                out.append(got)
                 continue
-            p = codec.zero(entry.size) if got is None else next(packed)
-            out.append(PackedExtent(entry, format.Extent(
-                entry.file_id, 0, entry.size, p.codec, len(p.stored), p.xxh3, 0), p.stored))
+            size = job.entry.size
+            out.append(packed_extent(RawExtent(job.entry, 0, size, got), None if not size
+                                     else codec.zero(size) if got is None else next(packed)))
         return out
 
 

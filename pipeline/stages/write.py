@@ -113,8 +113,7 @@ class DriveWriter:
         info = jrn.drive
         self.progress = stats.add_drive(f"drive {info.seq}", info.data_area_size, info.seq)
         files = list(jrn.files(include_superseded=True))
-        index_records = sum(format.record_size(f) for f in jrn.files()) + (
-            format.EXTENT_RECORD_SIZE * sum(1 for _ in jrn.extents()))
+        index_records = jrn.index_records_len()
         self.state = DriveState(
             capacity=format.trailer_offset(info.data_area_size), offset=info.log_offset,
             seq=info.log_seq, index_records=index_records,
