@@ -124,8 +124,12 @@ def pack(raw: bytes | memoryview, level: int = 1) -> Packed:
         raise ValueError(f"an extent is 1..{MAX_RAW_LEN} bytes, got {n}")
     if is_zero(raw):
         return zero(n)
-    digest = xxhash.xxh3_128_digest(raw)
-    frame = _compressor(level).compress(raw)
+    return _stored(raw, _compressor(level).compress(raw))
+
+
+def _stored(raw: bytes | memoryview, frame: bytes) -> Packed:
+    """ZSTD with ``frame`` (zstd of ``raw``) if it is smaller, else RAW."""
+    n, digest = len(raw), xxhash.xxh3_128_digest(raw)
     if len(frame) >= n:
         return Packed(Codec.RAW, bytes(raw), n, digest)
     return Packed(Codec.ZSTD, frame, n, digest)
@@ -152,14 +156,11 @@ def pack_many(raws: list[bytes], level: int = 1) -> list[Packed]:
     if not todo:
         return out  # type: ignore[return-value]
     frames = _compressor(level).multi_compress_to_buffer(todo, threads=0)
-    digest = xxhash.xxh3_128_digest
     k = 0
     for i, got in enumerate(out):
         if got is None:
-            raw, frame = todo[k], frames[k].tobytes()
+            out[i] = _stored(todo[k], frames[k].tobytes())
             k += 1
-            out[i] = (Packed(Codec.RAW, raw, len(raw), digest(raw)) if len(frame) >= len(raw)
-                      else Packed(Codec.ZSTD, frame, len(raw), digest(raw)))
     return out  # type: ignore[return-value]
 
 

@@ -334,15 +334,13 @@ class Journal:
                              f"or the segments before the index at {offset}")
 
     def index_records_len(self) -> int:
-        """Encoded size of the records the closing index lists (``files()`` + ``extents()``)."""
-        nfiles, names = self._db.execute(
-            "SELECT count(*), coalesce(sum(length(CAST(path AS BLOB)) "
-            "+ length(CAST(blob AS BLOB))), 0) FROM files WHERE superseded=0").fetchone()
-        (nextents,) = self._db.execute(
-            "SELECT count(*) FROM extents e JOIN files f ON f.file_id = e.file_id "
-            "WHERE f.superseded=0").fetchone()
-        return (nfiles * format.FILE_RECORD_OVERHEAD + names
-                + nextents * format.EXTENT_RECORD_SIZE)
+        """Encoded size of the records the closing index lists: the rows' stored encodings."""
+        (files,) = self._db.execute(
+            "SELECT coalesce(sum(length(rec)), 0) FROM files WHERE superseded=0").fetchone()
+        (extents,) = self._db.execute(
+            "SELECT coalesce(sum(length(e.rec)), 0) FROM extents e "
+            "JOIN files f ON f.file_id = e.file_id WHERE f.superseded=0").fetchone()
+        return files + extents
 
     def superseded_ids(self) -> set[int]:
         return {r[0] for r in self._db.execute("SELECT file_id FROM files WHERE superseded=1")}
