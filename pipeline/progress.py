@@ -77,10 +77,7 @@ class _Timed:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        spent = self._stats.timer() - self._t0
-        with _BUSY_LOCK:  # pack times itself inside worker threads; += is not atomic
-            busy = self._stats.busy
-            busy[self._stage] = busy.get(self._stage, 0.0) + spent
+        self._stats.add_busy(self._stage, self._stats.timer() - self._t0)
 
 
 @dataclass
@@ -127,6 +124,11 @@ class Stats:
         in parallel add up, so a stage can be busy for more than 100% of wall.
         """
         return _Timed(self, stage)
+
+    def add_busy(self, stage: str, seconds: float) -> None:
+        """Count ``seconds`` of work done elsewhere (a worker thread, the feeder process)."""
+        with _BUSY_LOCK:  # pack times itself inside worker threads; += is not atomic
+            self.busy[stage] = self.busy.get(stage, 0.0) + seconds
 
     @property
     def bytes_done(self) -> int:

@@ -5,6 +5,10 @@ every journal of the session, which grid cells of which file are already on a
 drive: those are skipped, never rewritten.  A file whose size or mtime changed
 in staging since it was written is superseded (its old records are marked
 stale in every journal) and written again under a new id.
+
+The deciding part, ``Planner``, is plain data and pure: the feeder process
+(``pipeline.stages.feed``) plans with a copy of it while the walk runs there,
+and tells prep which file ids to supersede; ``Session`` owns the journals.
 """
 
 from __future__ import annotations
@@ -28,64 +32,82 @@ class FileJob:
 
 
 @dataclass(slots=True)
-class _Committed:
+class Committed:
+    """What the journals hold of one staging path (its newest file id)."""
+
     file_id: int
     size: int
     mtime_ns: int
     offsets: set[int] = field(default_factory=set)
-    journals: list[journal.Journal] = field(default_factory=list)
 
 
 def grid_cells(size: int) -> int:
     return -(-size // EXTENT_SIZE)
 
 
+@dataclass
+class Planner:
+    """Staging file -> the work left for it (pure: no journal, no I/O; picklable)."""
+
+    root: str  # the staging root with its trailing separator
+    vdir: str
+    committed: dict[str, Committed] = field(default_factory=dict)
+    next_id: int = 1
+
+    def plan(self, src: SourceFile) -> tuple[FileJob | None, int | None]:
+        """(the job, or None when ``src`` is wholly on the drives already; the file id
+        to supersede, or None).  A superseded id must be marked stale before the new
+        copy is committed."""
+        prev = self.committed.get(src.path)
+        superseded = None
+        if prev is not None and (prev.size, prev.mtime_ns) == (src.size, src.mtime_ns):
+            if len(prev.offsets) >= grid_cells(src.size):
+                return None, None
+            entry = format.FileEntry(prev.file_id, src.path, self.vdir + src.path, src.size,
+                                     src.mtime_ns, src.mode)
+            return FileJob(entry, self.root + src.path, frozenset(prev.offsets)), None
+        if prev is not None:  # changed since it was written: stale everywhere
+            superseded = prev.file_id
+            del self.committed[src.path]
+        entry = format.FileEntry(self.next_id, src.path, self.vdir + src.path, src.size,
+                                 src.mtime_ns, src.mode)
+        self.next_id += 1
+        return FileJob(entry, self.root + src.path), superseded
+
+
 class Session:
-    """Plans each staging file against what the session's journals hold."""
+    """The session's journals, and a ``Planner`` built from what they hold."""
 
     def __init__(self, srcdir: Path, dstdir: str, journals: list[journal.Journal]) -> None:
         self.srcdir = srcdir
-        self._root = os.path.join(os.fspath(srcdir), "")  # with its trailing separator
-        self.vdir = dstdir.partition("/")[2]
-        self.committed: dict[str, _Committed] = {}
-        self.next_id = 1
-        self.superseded = 0
+        self.planner = Planner(os.path.join(os.fspath(srcdir), ""), dstdir.partition("/")[2])
+        self.holders: dict[int, list[journal.Journal]] = {}  # file id -> journals listing it
+        committed = self.planner.committed
         for j in journals:
             for entry in j.files(include_superseded=True):
-                self.next_id = max(self.next_id, entry.file_id + 1)
-            by_id: dict[int, _Committed] = {}
+                self.planner.next_id = max(self.planner.next_id, entry.file_id + 1)
+            by_id: dict[int, Committed] = {}
             for entry in j.files():
-                c = self.committed.get(entry.path)
+                c = committed.get(entry.path)
                 if c is None or c.file_id < entry.file_id:
-                    c = self.committed[entry.path] = _Committed(entry.file_id, entry.size,
-                                                                entry.mtime_ns)
+                    c = committed[entry.path] = Committed(entry.file_id, entry.size,
+                                                          entry.mtime_ns)
                 if c.file_id == entry.file_id:
-                    c.journals.append(j)
+                    self.holders.setdefault(entry.file_id, []).append(j)
                     by_id[entry.file_id] = c
             for ext in j.extents():
                 c = by_id.get(ext.file_id)
                 if c is not None:
                     c.offsets.update(range(ext.offset, ext.offset + ext.raw_len, EXTENT_SIZE))
 
-    @property
-    def resuming(self) -> bool:
-        return bool(self.committed)
+    def supersede(self, file_id: int) -> None:
+        """Mark ``file_id`` stale in every journal that lists it (its staging copy changed)."""
+        for j in self.holders.pop(file_id, []):
+            j.supersede([file_id])
 
     def plan(self, src: SourceFile) -> FileJob | None:
-        """The work left for ``src``, or None when it is wholly on the drives already."""
-        prev = self.committed.get(src.path)
-        if prev is not None and (prev.size, prev.mtime_ns) == (src.size, src.mtime_ns):
-            if len(prev.offsets) >= grid_cells(src.size):
-                return None
-            entry = format.FileEntry(prev.file_id, src.path, self.vdir + src.path, src.size,
-                                     src.mtime_ns, src.mode)
-            return FileJob(entry, self._root + src.path, frozenset(prev.offsets))
-        if prev is not None:  # changed since it was written: stale everywhere
-            for j in prev.journals:
-                j.supersede([prev.file_id])
-            del self.committed[src.path]
-            self.superseded += 1
-        entry = format.FileEntry(self.next_id, src.path, self.vdir + src.path, src.size,
-                                 src.mtime_ns, src.mode)
-        self.next_id += 1
-        return FileJob(entry, self._root + src.path)
+        """``Planner.plan`` in this process, superseding as it goes."""
+        job, superseded = self.planner.plan(src)
+        if superseded is not None:
+            self.supersede(superseded)
+        return job

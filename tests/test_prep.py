@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -184,6 +185,53 @@ def test_ctrl_c_commits_what_was_read_and_resume_finishes(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     summary = next(json.loads(x) for x in proc.stdout.splitlines() if '"summary"' in x)
     assert summary["skipped_bytes"] > 0
+    assert run_cli("verify", "--journal-dir", str(jdir)).returncode == 0
+    assert restored(jdir) == read_tree(src)
+
+
+def _children(pid: int, needle: str) -> list[int]:
+    """Processes whose parent is ``pid`` and whose command line contains ``needle``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat_ = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat_.rpartition(")")[2].split()[1]) == pid and needle in cmd:
+            out.append(int(entry))
+    return out
+
+
+def test_ctrl_c_at_the_terminal_reaches_prep_and_its_helpers(tmp_path: Path) -> None:
+    """A real Ctrl-C signals the whole process group: the feeder and the counting walk get
+    it too.  prep alone decides (drain, commit, exit 130); no helper prints a traceback."""
+    src = tmp_path / "src"
+    make_tree(src, small_files=20_000, random_mb=8, sparse_mb=8)
+    jdir = tmp_path / "j"
+    args = ["prep", "--srcdir", str(src), "--dstdir", "seed/", "--journal-dir", str(jdir),
+            "--session-id", "grp-1", "--drive", str(tmp_path / "d.img"), "--drive-size", "128M",
+            "--json", *FAST_KDF_ARGS]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until data is flowing to the drive
+        event = json.loads(line)
+        if event["type"] == "progress" and event["bytes_written"] > 0:
+            break
+    assert _children(proc.pid, "pipeline.stages.feed"), "the feeder ended before Ctrl-C"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    events = [json.loads(x) for x in out.splitlines()]
+    if events[-1]["code"] == 0:  # finished before the signal landed: nothing to check
+        pytest.fail("prep ended before Ctrl-C; make the tree larger")
+    assert proc.returncode == 130 and events[-1]["code"] == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    proc2 = run_cli(*args[:-len(FAST_KDF_ARGS) - 1], "--resume", *FAST_KDF_ARGS)
+    assert proc2.returncode == 0, proc2.stderr
     assert run_cli("verify", "--journal-dir", str(jdir)).returncode == 0
     assert restored(jdir) == read_tree(src)
 

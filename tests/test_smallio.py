@@ -74,10 +74,10 @@ def _jobs(paths: list[Path], sizes: list[int] | None = None,
 
 
 def _both(jobs: list[FileJob], monkeypatch: pytest.MonkeyPatch) -> tuple[list, list]:
-    fast = read._read_many(jobs)
+    fast = read.read_many(jobs)
     with monkeypatch.context() as m:
         m.setattr(smallio, "AVAILABLE", False)
-        slow = read._read_many(jobs)
+        slow = read.read_many(jobs)
     return fast, slow
 
 
@@ -140,7 +140,7 @@ def test_permission_denied_is_bad_input(tmp_path: Path, monkeypatch: pytest.Monk
     [got] = smallio.read_batch([(str(p), 1)], read._OPEN_FLAGS)
     assert isinstance(got, smallio.Failed) and got.op == "open"
     with pytest.raises(BadInput, match="permission denied; grant read access"):
-        read._read_many(_jobs([p]))
+        read.read_many(_jobs([p]))
 
 
 def test_noatime_refused_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,7 +149,7 @@ def test_noatime_refused_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     p.write_bytes(b"data")
     fake, calls = _fake_open(errno.EPERM, only_with_noatime=True)
     monkeypatch.setattr(smallio, "_open", fake)
-    assert read._read_many(_jobs([p])) == [b"data"]
+    assert read.read_many(_jobs([p])) == [b"data"]
     assert [bool(f & os.O_NOATIME) for f in calls] == [True, False]
 
 

@@ -120,10 +120,10 @@ async def count_totals(cfg: PrepConfig, stats: progress.Stats) -> None:
     A cold walk of a large tree takes seconds that need not delay the first
     write, so it runs beside the pipeline, in its own process (``python -m
     pipeline.scan``): its lstat calls then never hold or wait for this
-    process's GIL.  The planner walks the same tree meanwhile, so the disk
+    process's GIL.  The feeder walks the same tree meanwhile, so the disk
     reads each inode about once.  The totals appear when the count is complete
     (a partial total would make a wrong ETA); if the count fails, they stay
-    unknown and the planner reports the cause.  Cancelling kills the count.
+    unknown and the feeder reports the cause.  Cancelling kills the count.
     """
     done = await trio.run_process([sys.executable, "-m", "pipeline.scan", str(cfg.srcdir)],
                                   capture_stdout=True, capture_stderr=True, check=False)

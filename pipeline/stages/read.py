@@ -1,7 +1,8 @@
-"""Read stage: staging file -> extents on a fixed grid (sparse-aware, zero runs skipped).
+"""Reading staging files: file -> extents on a fixed grid (sparse-aware, zero runs skipped).
 
-The sync part below runs in worker threads and imports no trio; it knows
-nothing of drives.  Extent k of a file always covers
+Sync and free of trio: prep's worker threads run it for large files, and the
+feeder process (``pipeline.stages.feed``) for small ones.  It knows nothing of
+drives.  Extent k of a file always covers
 ``[k*E, min((k+1)*E, size))``: resume skips committed offsets and page-blob
 alignment on import relies on the grid, so the grid never depends on the data.
 """
@@ -11,15 +12,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Container, Iterator
 from typing import TYPE_CHECKING
 
-import trio
-
-from pipeline import codec, format, smallio
+from pipeline import codec, smallio
 from pipeline.errors import BadInput
-from pipeline.progress import Stats
-from pipeline.stages.pack import Bundle, PackedExtent, RawExtent, packed_extent
 
 if TYPE_CHECKING:
     from pipeline.session import FileJob
@@ -28,9 +25,11 @@ __all__ = [
     "EXTENT_SIZE",
     "FileChanged",
     "data_ranges",
+    "is_small",
     "plan_extents",
     "read_extents",
-    "run",
+    "read_many",
+    "read_small",
 ]
 
 # =========================================================================== sync: file -> extents
@@ -198,11 +197,15 @@ def read_extents(
         os.close(fd)
 
 
-# =========================================================================== async stage (lead)
+# =========================================================================== small files
 
-_PER_CALL = 4  # extents of a large file read per worker-thread call
-SMALL_BATCH = 64  # small files read per worker-thread call ...
+SMALL_BATCH = 64  # small files read (and packed) together ...
 SMALL_BYTES = 4 << 20  # ... up to this many bytes
+
+
+def is_small(size: int, skip: Container[int]) -> bool:
+    """Read whole in one batch with others (at most one extent, nothing committed)."""
+    return size <= EXTENT_SIZE and not skip
 
 
 def read_small(path: str | os.PathLike[str], size: int, mtime_ns: int) -> bytes | None:
@@ -224,7 +227,7 @@ def read_small(path: str | os.PathLike[str], size: int, mtime_ns: int) -> bytes 
     return None if codec.is_zero(data) else data
 
 
-def _read_many(jobs: list[FileJob]) -> list[bytes | None | FileChanged]:
+def read_many(jobs: list[FileJob]) -> list[bytes | None | FileChanged]:
     """``read_small`` of each job; through ``smallio`` (few GIL hand-offs) where it works."""
     if not smallio.AVAILABLE:
         out: list[bytes | None | FileChanged] = []
@@ -254,115 +257,3 @@ def _read_many(jobs: list[FileJob]) -> list[bytes | None | FileChanged]:
     return out
 
 
-def _read_batch(jobs: list[FileJob], level: int, stats: Stats
-                ) -> list[PackedExtent | FileChanged]:
-    """Read, then pack, a batch of small files in one thread call."""
-    with stats.timed("read"):
-        raw = _read_many(jobs)
-    with stats.timed("pack"):
-        data = [got for got in raw if isinstance(got, bytes)]
-        packed = iter(codec.pack_many(data, level))
-        out: list[PackedExtent | FileChanged] = []
-        for job, got in zip(jobs, raw, strict=True):
-            if isinstance(got, FileChanged):
-                out.append(got)
-                continue
-            size = job.entry.size
-            out.append(packed_extent(RawExtent(job.entry, 0, size, got), None if not size
-                                     else codec.zero(size) if got is None else next(packed)))
-        return out
-
-
-def _take(gen: Iterator[tuple[int, int, bytes | None]], n: int, stats: Stats
-          ) -> list[tuple[int, int, bytes | None]]:
-    with stats.timed("read"):
-        out = []
-        for item in gen:
-            out.append(item)
-            if len(out) >= n:
-                break
-        return out
-
-
-def _is_small(job: FileJob) -> bool:
-    return job.entry.size <= EXTENT_SIZE and not job.skip
-
-
-async def run(rx: trio.MemoryReceiveChannel[list[FileJob]],
-              tx: trio.MemorySendChannel[RawExtent],
-              packed_tx: trio.MemorySendChannel[Bundle], level: int,
-              io: trio.CapacityLimiter, stats: Stats,
-              on_changed: Callable[[str, str], None]) -> None:
-    """Read each planned file into grid extents; ``io`` bounds concurrent staging reads.
-
-    Files come in the planner's chunks.  Small files are read and packed in a
-    worker thread in batches (one hand-off per batch, not per file: the
-    hand-offs, not the bytes, are what small files cost) and go straight to the
-    writers; large files go to the pack stage an extent at a time.  A file that
-    changes while it is read is reported through ``on_changed`` and left for
-    ``--resume``, which sees its new size or mtime and writes it again.
-    """
-    async with rx, tx, packed_tx:
-        async for jobs in rx:
-            batch: list[FileJob] = []
-            total = 0
-            for job in jobs:
-                if not _is_small(job):
-                    await _read_small(batch, packed_tx, level, io, stats, on_changed)
-                    batch, total = [], 0
-                    await _read_large(job, tx, io, stats, on_changed)
-                    continue
-                batch.append(job)
-                total += job.entry.size
-                if len(batch) >= SMALL_BATCH or total >= SMALL_BYTES:
-                    await _read_small(batch, packed_tx, level, io, stats, on_changed)
-                    batch, total = [], 0
-            await _read_small(batch, packed_tx, level, io, stats, on_changed)
-
-
-async def _read_small(batch: list[FileJob], tx: trio.MemorySendChannel[Bundle],
-                      level: int, io: trio.CapacityLimiter, stats: Stats,
-                      on_changed: Callable[[str, str], None]) -> None:
-    if not batch:
-        return
-    results = await trio.to_thread.run_sync(_read_batch, batch, level, stats, limiter=io)
-    bundle: Bundle = []
-    for job, got in zip(batch, results, strict=True):
-        if isinstance(got, FileChanged):
-            on_changed(job.entry.path, str(got))
-            continue
-        size = job.entry.size
-        bundle.append(got)
-        stats.bytes_read += size
-        stats.files_done += 1
-        if size:
-            stats.extents += 1
-            if got.extent is not None and got.extent.codec is format.Codec.ZERO:
-                stats.zero_bytes += size
-    if bundle:
-        await tx.send(bundle)
-
-
-async def _read_large(job: FileJob, tx: trio.MemorySendChannel[RawExtent],
-                      io: trio.CapacityLimiter, stats: Stats,
-                      on_changed: Callable[[str, str], None]) -> None:
-    entry = job.entry
-    stats.skipped_bytes += sum(min(EXTENT_SIZE, entry.size - o) for o in job.skip)
-    gen = read_extents(job.abspath, entry.size, entry.mtime_ns, skip=job.skip)
-    try:
-        while True:
-            batch = await trio.to_thread.run_sync(_take, gen, _PER_CALL, stats, limiter=io)
-            for offset, length, data in batch:
-                await tx.send(RawExtent(entry, offset, length, data))
-                stats.bytes_read += length
-                stats.extents += 1
-                if data is None:
-                    stats.zero_bytes += length
-            if len(batch) < _PER_CALL:
-                break
-    except FileChanged as exc:
-        on_changed(entry.path, str(exc))
-        return
-    finally:
-        gen.close()
-    stats.files_done += 1

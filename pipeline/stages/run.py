@@ -2,9 +2,9 @@
 
 ::
 
-    plan (scan + resume, thread) -> chunks of files -> read (x2)
-        small files: read and packed in one thread call -------------------> packed
-        large files: -> raw extents -> pack (x cpu) -----------------------> packed
+    feeder process: walk + plan (resume), small files read and packed ---> packed
+        large files: -> read (x readers, threads) -> raw extents
+                     -> pack (x cpu) --------------------------------------> packed
     packed (bundles) -> write: sequential (one drive after another)
                              | parallel (every drive at once)
 
@@ -20,17 +20,17 @@ import hashlib
 import os
 import uuid as uuidlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from pipeline import credentials, drives, faults, format, journal, luks2, scan
+from pipeline import credentials, drives, faults, format, journal, luks2
 from pipeline.errors import BadInput, OutOfDrives
 from pipeline.progress import Stats
-from pipeline.session import FileJob, Session
-from pipeline.stages import pack, read
+from pipeline.session import Session
+from pipeline.stages import pack, read, source
 from pipeline.stages.write import DriveWriter
 
 MiB = 1 << 20
@@ -164,36 +164,6 @@ class DrivePool:
 # Stages
 
 
-def _plan(cfg: PrepConfig, session: Session, on_skip: Callable[[str, str], None],
-          stats: Stats) -> Iterator[FileJob]:
-    for src in scan.scan(cfg.srcdir, on_skip):
-        job = session.plan(src)
-        if job is not None:
-            yield job
-        else:  # wholly committed by an earlier run (runs in a thread: plain += is enough)
-            stats.skipped_bytes += src.size
-            stats.files_done += 1
-
-
-async def plan_stage(jobs: Iterator[FileJob], tx: trio.MemorySendChannel[list[FileJob]],
-                     stats: Stats, batch: int = 256) -> None:
-    """Scan staging in a thread, a chunk of files per call, sent on as one item."""
-    def take() -> list[FileJob]:
-        out = []
-        for job in jobs:
-            out.append(job)
-            if len(out) >= batch:
-                break
-        return out
-
-    async with tx:
-        while True:
-            chunk = await trio.to_thread.run_sync(take)
-            if not chunk:
-                return
-            await tx.send(chunk)
-
-
 async def write_all(rx: trio.MemoryReceiveChannel[pack.Bundle], pool: DrivePool,
                     fill: str, on_full: Callable[[DriveWriter], None]) -> None:
     """Feed the writers; raise OutOfDrives if data is left when every drive is full."""
@@ -273,13 +243,7 @@ async def _source(cfg: PrepConfig, session: Session, raw_tx: trio.MemorySendChan
                   on_skip: Callable[[str, str], None],
                   on_changed: Callable[[str, str], None], stop: trio.CancelScope) -> None:
     """Scan and read, under ``stop``: the part of the pipeline a first Ctrl-C ends."""
-    files_tx, files_rx = trio.open_memory_channel[list[FileJob]](cfg.readers)
     async with raw_tx, packed_tx:
         with stop:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(plan_stage, _plan(cfg, session, on_skip, stats), files_tx,
-                                   stats)
-                async with files_rx:
-                    for _ in range(cfg.readers):
-                        nursery.start_soon(read.run, files_rx.clone(), raw_tx.clone(),
-                                           packed_tx.clone(), cfg.level, io, stats, on_changed)
+            await source.run(str(cfg.srcdir), cfg.level, cfg.readers, session, raw_tx.clone(),
+                             packed_tx.clone(), io, stats, on_skip, on_changed)

@@ -1,0 +1,273 @@
+"""The feeder process: its frames, what it sends for a tree, resume plans, errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline import codec, format, scan
+from pipeline.errors import BadInput
+from pipeline.progress import Stats
+from pipeline.session import Committed, FileJob, Planner, Session
+from pipeline.stages import feed, read, source
+from pipeline.stages.pack import Bundle
+
+MiB = 1 << 20
+
+
+# --------------------------------------------------------------------------- frames
+
+_values = st.recursive(
+    st.none() | st.integers() | st.binary(max_size=200) | st.text(max_size=50),
+    lambda inner: st.lists(inner, max_size=5).map(tuple), max_leaves=20)
+
+
+@given(messages=st.lists(st.tuples(st.text(max_size=8), _values), max_size=8),
+       cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=10))
+def test_frames_round_trip_whatever_the_chunking(messages: list[tuple[Any, ...]],
+                                                 cuts: list[int]) -> None:
+    stream = b"".join(feed.encode_frame(m) for m in messages)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    reader = feed.FrameReader()
+    got = []
+    for a, b in zip(points, points[1:], strict=False):
+        got += reader.feed(stream[a:b])
+    reader.eof()
+    assert got == messages
+
+
+def test_stream_cut_inside_a_frame_is_an_error() -> None:
+    frame = feed.encode_frame(("small", [1, 2, 3], 0.0, 0.0))
+    reader = feed.FrameReader()
+    assert reader.feed(frame[:-1]) == []
+    with pytest.raises(ValueError, match="inside a frame"):
+        reader.eof()
+
+
+def test_absurd_frame_length_is_an_error() -> None:
+    with pytest.raises(ValueError, match="broken"):
+        feed.FrameReader().feed((feed.MAX_FRAME + 1).to_bytes(4, "little") + b"x")
+
+
+# --------------------------------------------------------------------------- what it sends
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "a/empty": b"",
+        "a/text.log": b"line of a log\n" * 300,
+        "a/zeros": bytes(5000),
+        "b/random": os.urandom(3000),
+        "b/one-extent": os.urandom(MiB),
+        "big/image.vhd": os.urandom(1000) + bytes(2 * MiB) + b"tail",
+        "z/\u00fc name.txt": b"non-ASCII name\n",
+    }
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (root / "a" / "link").symlink_to("text.log")
+    os.mkfifo(root / "b" / "fifo")
+    return files
+
+
+def _plan(root: Path, planner: Planner | None = None) -> feed.Plan:
+    return feed.Plan(str(root), 1, planner or Planner(os.path.join(str(root), ""), "vdir/"))
+
+
+def _run(plan: feed.Plan) -> list[tuple[Any, ...]]:
+    sent: list[tuple[Any, ...]] = []
+    feed.feed(plan, sent.append)
+    return sent
+
+
+def _small_rows(sent: list[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    return {row[1]: row for m in sent if m[0] == "small" for row in m[1]}
+
+
+def test_tree_becomes_small_rows_large_jobs_and_skips(tmp_path: Path) -> None:
+    files = _tree(tmp_path)
+    sent = _run(_plan(tmp_path))
+    assert sent[-1] == ("end",)
+    assert {(m[1], m[2]) for m in sent if m[0] == "skip"} == {
+        ("a/link", "symbolic link (not followed)"), ("b/fifo", "fifo")}
+    rows = _small_rows(sent)
+    large = [job for m in sent if m[0] == "large" for job in m[1]]
+    assert sorted(rows) == sorted(p for p, d in files.items() if len(d) <= MiB)
+    assert [j[1] for j in large] == ["big/image.vhd"]
+    fid, path, blob, size, mtime_ns, mode, abspath, skip = large[0]
+    assert (blob, size, abspath, skip) == ("vdir/big/image.vhd", len(files[path]),
+                                           str(tmp_path / path), ())
+    for path, (_, _, blob, size, mtime_ns, mode, c, xxh3, stored) in rows.items():
+        st_ = (tmp_path / path).stat()
+        assert (blob, size, mtime_ns, mode) == ("vdir/" + path, st_.st_size, st_.st_mtime_ns,
+                                                st_.st_mode & 0o7777)
+        if not size:
+            assert (c, stored) == (None, b"")
+            continue
+        assert codec.unpack(format.Codec(c), stored, size, xxh3) == files[path]
+    assert rows["a/zeros"][6] == format.Codec.ZERO
+    assert rows["a/text.log"][6] == format.Codec.ZSTD
+    assert rows["b/random"][6] == format.Codec.RAW
+    # File ids follow the walk order, from the planner's next id.
+    ids = {r[1]: r[0] for r in rows.values()} | {large[0][1]: large[0][0]}
+    walk = [f.path for f in scan.scan(tmp_path)]
+    assert [ids[p] for p in walk] == list(range(1, len(walk) + 1))
+
+
+def test_batches_are_bounded(tmp_path: Path) -> None:
+    n = read.SMALL_BATCH * 2 + 5
+    for i in range(n):
+        (tmp_path / f"f{i:04d}").write_bytes(b"x" * 100)
+    (tmp_path / "g-big1").write_bytes(os.urandom(MiB))  # batches also close on bytes
+    for i in range(5):
+        (tmp_path / f"h{i}").write_bytes(os.urandom(MiB))
+    sent = _run(_plan(tmp_path))
+    batches = [m[1] for m in sent if m[0] == "small"]
+    assert sum(map(len, batches)) == n + 6
+    assert max(map(len, batches)) == read.SMALL_BATCH
+    assert all(sum(r[3] for r in b[:-1]) < read.SMALL_BYTES for b in batches)
+
+
+def test_resume_plan_skips_supersedes_and_resumes(tmp_path: Path) -> None:
+    files = _tree(tmp_path)
+    stat = {p: (tmp_path / p).stat() for p in files}
+    committed = {
+        # wholly on a drive: nothing to send but the count
+        "a/text.log": Committed(7, stat["a/text.log"].st_size, stat["a/text.log"].st_mtime_ns,
+                                {0}),
+        # changed since: superseded, then sent again under a new id
+        "b/random": Committed(8, 3000, stat["b/random"].st_mtime_ns - 1, {0}),
+        # one of three extents committed: prep reads the rest
+        "big/image.vhd": Committed(9, stat["big/image.vhd"].st_size,
+                                   stat["big/image.vhd"].st_mtime_ns, {MiB}),
+    }
+    planner = Planner(os.path.join(str(tmp_path), ""), "vdir/", committed, next_id=20)
+    sent = _run(_plan(tmp_path, planner))
+    assert ("committed", 1, len(files["a/text.log"])) in sent
+    rows = _small_rows(sent)
+    assert "a/text.log" not in rows
+    sup = sent.index(("supersede", 8))
+    assert rows["b/random"][0] >= 20
+    assert sup < next(i for i, m in enumerate(sent) if m[0] == "small" and any(
+        r[1] == "b/random" for r in m[1]))
+    [large] = [job for m in sent if m[0] == "large" for job in m[1]]
+    assert (large[0], large[1], large[7]) == (9, "big/image.vhd", (MiB,))
+
+
+def test_file_changed_after_the_walk_is_reported_not_sent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "stays").write_bytes(b"same")
+    (tmp_path / "moves").write_bytes(b"before")
+    real = scan.scan
+
+    def scan_then_change(root: str, on_skip: Any = None) -> Any:
+        for src in real(root, on_skip):
+            if src.path == "moves":
+                (tmp_path / "moves").write_bytes(b"after, and longer")
+            yield src
+
+    monkeypatch.setattr(feed.scan, "scan", scan_then_change)
+    sent = _run(_plan(tmp_path))
+    [changed] = [m for m in sent if m[0] == "changed"]
+    assert changed[1] == "moves" and "size 6 became 17" in changed[2]
+    assert set(_small_rows(sent)) == {"stays"}
+
+
+def test_bad_name_stops_the_walk(tmp_path: Path) -> None:
+    (tmp_path / "ok").write_bytes(b"1")
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"bad\xff"))
+    with pytest.raises(BadInput, match="not valid UTF-8"):
+        _run(_plan(tmp_path))
+
+
+# --------------------------------------------------------------------------- the process
+
+
+def _process(plan: feed.Plan) -> tuple[int, list[tuple[Any, ...]]]:
+    done = subprocess.run([sys.executable, "-m", "pipeline.stages.feed"],
+                          input=pickle.dumps(plan), capture_output=True, check=False)
+    reader = feed.FrameReader()
+    messages = reader.feed(done.stdout)
+    reader.eof()
+    return done.returncode, messages
+
+
+def test_process_sends_the_same_as_the_function(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    code, messages = _process(_plan(tmp_path))
+    assert code == 0
+    expected = _run(_plan(tmp_path))
+    strip = [(m[0], m[1]) if m[0] == "small" else m for m in expected]  # busy times differ
+    assert [(m[0], m[1]) if m[0] == "small" else m for m in messages] == strip
+
+
+def test_process_reports_bad_input_as_a_message(tmp_path: Path) -> None:
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"bad\xff"))
+    code, messages = _process(_plan(tmp_path))
+    assert code == BadInput.exit_code
+    assert messages[-1][0] == "error" and "not valid UTF-8" in messages[-1][1]
+
+
+def test_process_imports_neither_trio_nor_numpy() -> None:
+    """The feeder starts beside prep and counts against its memory: it stays small."""
+    code = ("import sys, pipeline.stages.feed; "
+            "print(sorted(m for m in ('trio', 'numpy', 'rich') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- prep's side
+
+
+async def _drain(plan: feed.Plan, tmp_path: Path) -> tuple[list[Any], list[Any], Stats]:
+    session = Session(tmp_path, "c/vdir", [])
+    session.planner = plan.planner
+    jobs_tx, jobs_rx = trio.open_memory_channel[FileJob](100)
+    packed_tx, packed_rx = trio.open_memory_channel[Bundle](100)
+    stats = Stats()
+    async with packed_tx:  # _feed closes the jobs channel, run() the packed one
+        await source._feed(plan, session, jobs_tx, packed_tx, stats, lambda p, r: None,
+                           lambda p, m: None)
+    return ([j async for j in jobs_rx], [b async for b in packed_rx], stats)
+
+
+async def test_prep_side_builds_bundles_and_jobs(tmp_path: Path) -> None:
+    files = _tree(tmp_path)
+    jobs, bundles, stats = await _drain(_plan(tmp_path), tmp_path)
+    assert [j.entry.path for j in jobs] == ["big/image.vhd"]
+    got = {p.file.path: p for b in bundles for p in b}
+    assert sorted(got) == sorted(p for p, d in files.items() if len(d) <= MiB)
+    for path, item in got.items():
+        if item.extent is None:
+            assert files[path] == b""
+            continue
+        assert codec.unpack(item.extent.codec, item.stored, item.extent.raw_len,
+                            item.extent.xxh3) == files[path]
+    assert stats.files_done == len(got)
+    assert stats.bytes_read == sum(len(files[p]) for p in got)
+    assert stats.zero_bytes == len(files["a/zeros"])
+
+
+async def test_feeder_that_dies_is_an_error_not_an_early_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    monkeypatch.setattr(source.sys, "executable", "false")  # exits 1, sends nothing
+    with pytest.raises(source.FeederFailed, match="exit code 1"):
+        await _drain(_plan(tmp_path), tmp_path)
+
+
+async def test_feeder_error_message_is_bad_input(tmp_path: Path) -> None:
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"bad\xff"))
+    with pytest.raises(BadInput, match="not valid UTF-8"):
+        await _drain(_plan(tmp_path), tmp_path)
