@@ -282,13 +282,28 @@ class FileEntry:
     mode: int
 
     def __post_init__(self) -> None:
-        _int("file_id", self.file_id, 0, _U64)
-        _utf8("path", self.path, MAX_NAME_BYTES)
-        _check_relpath(self.path)
-        _utf8("blob", self.blob, MAX_NAME_BYTES)
-        _int("size", self.size, 0, _U64)
-        _int("mtime_ns", self.mtime_ns, _I64_MIN, _I64_MAX)
-        _int("mode", self.mode, 0, _U32)
+        fid, path, blob, size, mtime_ns, mode = (
+            self.file_id, self.path, self.blob, self.size, self.mtime_ns, self.mode)
+        # One combined test on the hot path (prep makes one of these a staging file, and
+        # decoding an index millions): ASCII names are their own UTF-8, so their length is
+        # their size.  Anything else takes the per-field checks, which say what is wrong.
+        if (
+            type(fid) is int and type(size) is int and type(mtime_ns) is int
+            and type(mode) is int and 0 <= fid <= _U64 and 0 <= size <= _U64
+            and _I64_MIN <= mtime_ns <= _I64_MAX and 0 <= mode <= _U32
+            and type(path) is str and type(blob) is str and path.isascii() and blob.isascii()
+            and 0 < len(path) <= MAX_NAME_BYTES and 0 < len(blob) <= MAX_NAME_BYTES
+            and "\0" not in path and "\0" not in blob
+            and "//" not in (p := f"/{path}/") and "/./" not in p and "/../" not in p
+        ):
+            return
+        _int("file_id", fid, 0, _U64)
+        _utf8("path", path, MAX_NAME_BYTES)
+        _check_relpath(path)
+        _utf8("blob", blob, MAX_NAME_BYTES)
+        _int("size", size, 0, _U64)
+        _int("mtime_ns", mtime_ns, _I64_MIN, _I64_MAX)
+        _int("mode", mode, 0, _U32)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1166,6 +1166,41 @@ def test_invalid_field_values_raise_value_error(cls: type, base: dict, change: d
         cls(**{**base, **change})
 
 
+def _field_checks_pass(path: object, blob: object, size: object) -> bool:
+    """The per-field checks alone, as FileEntry ran them before its combined fast test."""
+    try:
+        fmt._utf8("path", path, fmt.MAX_NAME_BYTES)
+        fmt._check_relpath(path)  # type: ignore[arg-type]
+        fmt._utf8("blob", blob, fmt.MAX_NAME_BYTES)
+        fmt._int("size", size, 0, 2**64 - 1)
+    except ValueError:
+        return False
+    return True
+
+
+_name_parts = st.sampled_from(["", ".", "..", "a", "b.c", "...", "\0", "\u00fc", "\ud800",
+                               "x" * 2100, "/"])
+
+
+@settings(max_examples=400)
+@given(path=st.lists(_name_parts, max_size=4).map("/".join) | st.text(max_size=12),
+       blob=st.lists(_name_parts, max_size=3).map("/".join) | st.text(max_size=8),
+       size=st.sampled_from([0, 1, -1, 2**64 - 1, 2**64, True, 1.0]))
+@example(path="a/..", blob="b", size=0)
+@example(path="x" * 4096, blob="b", size=0)
+@example(path="x" * 4097, blob="b", size=0)
+@example(path="\u00fc" * 2048, blob="b", size=0)
+@example(path="\u00fc" * 2049, blob="b", size=0)
+def test_file_entry_fast_check_agrees_with_the_field_checks(path: str, blob: str,
+                                                            size: int) -> None:
+    try:
+        FileEntry(1, path, blob, size, 0, 0o644)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert accepted == _field_checks_pass(path, blob, size)
+
+
 def test_job_name_may_be_empty_until_the_job_is_named() -> None:
     sb = Superblock(**{**SB_ARGS, "job_name": ""})
     assert fmt.decode_superblock(fmt.encode_superblock(sb)).job_name == ""
