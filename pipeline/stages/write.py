@@ -138,7 +138,11 @@ class DriveWriter:
             await self._thread(self.journal.set_state, "open", stage="journal")
 
     async def _seal_into(self, tx: trio.MemorySendChannel[_Sealed]) -> None:
-        sealed = self.state.seal()
+        # In a thread: laying out a segment copies and hashes megabytes, and the hash lets
+        # go of the GIL, then waits for it behind the workers, up to a switch interval a
+        # segment; on the Trio thread that wait stalled every task, here only this drive.
+        sealed: _Sealed | None = await self._thread(self.state.seal,  # type: ignore[assignment]
+                                                    stage="seal")
         if sealed is not None:
             await tx.send(sealed)
 
