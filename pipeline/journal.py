@@ -59,19 +59,23 @@ def _insert(db: sqlite3.Connection, head: str, rows: list[tuple[object, ...]]) -
 
     executemany steps once per row, and every step releases and retakes the GIL:
     with 30,000 small files a run, the retakes queued behind the Trio thread and
-    cost more than the inserts.  One statement of 64 rows steps once.
+    cost more than the inserts.  One statement of 64 rows steps once.  The rest
+    go in statements of 32, 16, ... 1 rows: a statement for every possible
+    remainder would fill sqlite3's statement cache with up to 63 variants per
+    table and connection, megabytes that grew with the run.
     """
     if not rows:
         return
     one = "(" + ",".join("?" * len(rows[0])) + ")"
-    n = _ROWS_PER_STATEMENT
-    full, rest = divmod(len(rows), n)
-    if full:
-        sql = f"{head} {','.join([one] * n)}"
-        db.executemany(sql, (tuple(chain.from_iterable(rows[i:i + n]))
-                             for i in range(0, full * n, n)))
-    if rest:
-        db.execute(f"{head} {','.join([one] * rest)}", tuple(chain.from_iterable(rows[full * n:])))
+    pos, n = 0, _ROWS_PER_STATEMENT
+    while pos < len(rows):
+        count = (len(rows) - pos) // n
+        if count:
+            sql = f"{head} {','.join([one] * n)}"
+            db.executemany(sql, (tuple(chain.from_iterable(rows[i:i + n]))
+                                 for i in range(pos, pos + count * n, n)))
+            pos += count * n
+        n //= 2
 
 
 def _migrate_v1(db: sqlite3.Connection) -> None:
@@ -277,6 +281,8 @@ class Journal:
             self._db.execute("BEGIN IMMEDIATE")
             self._save_drive()
             self._db.execute("COMMIT")
+            if state in ("closed", "full"):  # done with its rows: let its page cache go,
+                self._db.execute("PRAGMA shrink_memory")  # or each drive's stays for the run
 
     def supersede(self, file_ids: Iterable[int]) -> None:
         """Mark files whose staging copy changed: their records here are stale."""

@@ -107,3 +107,17 @@ def test_index_refuses_rows_that_break_its_rules(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="extent of file 3"):
         jrn.index_segment(1, end)
     jrn.close()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 63, 64, 65, 127, 128, 200, 1000])
+def test_insert_in_few_distinct_statements(n: int) -> None:
+    """Every row lands once, in order, through at most seven statement shapes (64, 32, ...
+    1 rows): one per possible remainder would bloat sqlite3's statement cache."""
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (a, b)")
+    shapes: set[str] = set()
+    db.set_trace_callback(lambda sql: shapes.add(sql.split(" VALUES ")[1].count("(")))
+    rows = [(i, f"r{i}") for i in range(n)]
+    journal._insert(db, "INSERT INTO t VALUES", rows)
+    assert db.execute("SELECT a, b FROM t ORDER BY rowid").fetchall() == rows
+    assert shapes <= {64, 32, 16, 8, 4, 2, 1}
