@@ -34,6 +34,7 @@ from pipeline.stages import pack, read, source
 from pipeline.stages.write import DriveWriter
 
 MiB = 1 << 20
+HELPERS_MEMORY = 48 * MiB  # the feeder process (~26 MiB) and the counting walk (~15 MiB)
 
 
 @dataclass
@@ -58,7 +59,8 @@ class PrepConfig:
     def depth(self) -> int:
         """Channel depth from the --memory budget (each slot holds up to 1 MiB)."""
         per_drive = 2 * format.MAX_DATA_PAYLOAD // 8  # open segment + encrypt copy
-        budget = self.memory - len(self.drives) * per_drive - 64 * MiB  # interpreter etc.
+        budget = (self.memory - len(self.drives) * per_drive - 64 * MiB  # interpreter etc.
+                  - HELPERS_MEMORY)
         slots = budget // read.EXTENT_SIZE - self.cpu_threads - self.readers
         return max(2, min(64, slots // 2))
 

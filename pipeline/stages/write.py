@@ -5,7 +5,7 @@ The order on the success path is the whole consistency story::
     seal segment -> encrypt (cpu thread) -> pwrite -> ... -> fdatasync -> journal commit
 
 Three tasks per drive, joined by one-slot channels, so that sealing the next
-segment (Python, Trio thread), encrypting the one before (a CPU thread) and
+segment (a worker thread), encrypting the one before (a CPU thread) and
 writing or syncing the one before that (I/O threads) overlap: a writer that did
 them one after another spent most of its time waiting on itself.
 
@@ -79,8 +79,13 @@ class DriveState:
     def add(self, item: PackedExtent) -> bool:
         """Add to the open segment; True when the segment should be sealed."""
         added = 0
-        if item.file.file_id not in self.files_here:
-            self.files_here.add(item.file.file_id)
+        fid = item.file.file_id
+        if fid not in self.files_here:
+            # Only a file with more extents to come needs remembering: one whose single
+            # extent is the whole file (or an empty one) never shows up again, and a run
+            # of small files would otherwise grow this set without bound.
+            if item.extent is not None and item.extent.raw_len != item.file.size:
+                self.files_here.add(fid)
             self.seg_files.append(item.file)
             added += format.record_size(item.file)
         if item.extent is not None:
