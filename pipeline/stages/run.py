@@ -10,8 +10,8 @@
 
 Every channel is bounded, so memory is arithmetic: ``depth`` raw extents of up
 to 1 MiB, ``depth / 4`` bundles of up to ~4 MiB, one call's worth in each
-reader and packer, and per writing drive one open segment (4 MiB) and the two
-sealed or encrypted ones behind it.
+reader and packer, and per writing drive (all of them in parallel fill, one in
+sequential) ``WRITER_MEMORY``; ``--memory`` sets ``depth`` from what is left.
 """
 
 from __future__ import annotations
@@ -31,10 +31,14 @@ from pipeline.errors import BadInput, OutOfDrives
 from pipeline.progress import Stats
 from pipeline.session import Session
 from pipeline.stages import pack, read, source
-from pipeline.stages.write import DriveWriter
+from pipeline.stages.write import SEGMENT_PAYLOAD, DriveWriter
 
 MiB = 1 << 20
 HELPERS_MEMORY = 48 * MiB  # the feeder process (~26 MiB) and the counting walk (~15 MiB)
+# A writing drive holds up to: its open segment, the one being laid out (payload and
+# segment), the sealed one, the one being encrypted (plain and cipher) and the one written.
+WRITER_MEMORY = 6 * (SEGMENT_PAYLOAD + read.EXTENT_SIZE)
+MAX_DEPTH = 40  # raw extents in flight; deeper bought no speed, only memory
 
 
 @dataclass
@@ -58,11 +62,11 @@ class PrepConfig:
     @property
     def depth(self) -> int:
         """Channel depth from the --memory budget (each slot holds up to 1 MiB)."""
-        per_drive = 2 * format.MAX_DATA_PAYLOAD // 8  # open segment + encrypt copy
-        budget = (self.memory - len(self.drives) * per_drive - 64 * MiB  # interpreter etc.
+        writing = max(1, len(self.drives)) if self.fill == "parallel" else 1
+        budget = (self.memory - writing * WRITER_MEMORY - 64 * MiB  # interpreter etc.
                   - HELPERS_MEMORY)
         slots = budget // read.EXTENT_SIZE - self.cpu_threads - self.readers
-        return max(2, min(64, slots // 2))
+        return max(2, min(MAX_DEPTH, slots // 2))
 
 
 class DrivePool:

@@ -4,7 +4,8 @@ The order on the success path is the whole consistency story::
 
     seal segment -> encrypt (cpu thread) -> pwrite -> ... -> fdatasync -> journal commit
 
-Three tasks per drive, joined by one-slot channels, so that sealing the next
+Three tasks per drive, joined by unbuffered channels (a hand-over, no slot: in
+parallel fill a slot per drive cost two segments each), so that sealing the next
 segment (a worker thread), encrypting the one before (a CPU thread) and
 writing or syncing the one before that (I/O threads) overlap: a writer that did
 them one after another spent most of its time waiting on itself.
@@ -253,8 +254,8 @@ class DriveWriter:
                   ) -> bool:
         """Write until the stream ends (True) or the drive is full (False)."""
         await self.reopen()
-        sealed_tx, sealed_rx = trio.open_memory_channel[_Sealed](1)
-        encrypted_tx, encrypted_rx = trio.open_memory_channel[_Encrypted](1)
+        sealed_tx, sealed_rx = trio.open_memory_channel[_Sealed](0)
+        encrypted_tx, encrypted_rx = trio.open_memory_channel[_Encrypted](0)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._encrypt_all, sealed_rx, encrypted_tx)
             nursery.start_soon(self._write_all, encrypted_rx)
