@@ -134,6 +134,47 @@ def test_totals_match_scan(tree: Path) -> None:
     assert seen == ["link"]
 
 
+def _special_tree(tree: Path, tmp_path: Path) -> Path:
+    """``tree`` with what the walk must not count, and reached through a symlinked root."""
+    os.symlink("a.txt", tree / "link")
+    os.symlink(tmp_path / "elsewhere", tree / "dir link")  # never followed
+    _write(tmp_path / "elsewhere" / "big", bytes(5000))
+    os.mkfifo(tree / "fifo")
+    os.link(tree / "b.txt", tree / "hard link")  # a second path to the same file: counted
+    link = tmp_path / "root link"
+    os.symlink(tree, link)
+    return link
+
+
+async def _count(root: Path) -> tuple[int, int]:
+    from pipeline.commands.prep import count_totals
+    from pipeline.progress import Stats
+
+    stats = Stats()
+    await count_totals(type("Cfg", (), {"srcdir": root})(), stats)  # type: ignore[arg-type]
+    return stats.files_total, stats.bytes_total
+
+
+@pytest.mark.parametrize("find", ["gnu find", "no find", "find fails"])
+async def test_prep_counts_what_scan_lists(tree: Path, tmp_path: Path, find: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """prep's count (GNU find where there is one, else the walk in Python) is the scan's."""
+    import shutil
+
+    from pipeline.commands import prep
+
+    root = _special_tree(tree, tmp_path)
+    if find == "gnu find":
+        assert shutil.which("find"), "CI runs on Debian: GNU find must be there"
+    elif find == "no find":
+        monkeypatch.setattr(prep.shutil, "which", lambda name: None)
+    else:
+        monkeypatch.setattr(prep.shutil, "which", lambda name: "/bin/false")
+    files = list(scan(root))
+    assert await _count(root) == (len(files), sum(f.size for f in files))
+    assert len(files) == len(EXPECTED) + 1
+
+
 def test_non_utf8_file_name_is_bad_input(tmp_path: Path) -> None:
     root = os.fsencode(tmp_path)
     os.mkdir(os.path.join(root, b"sub"))
