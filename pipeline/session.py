@@ -104,10 +104,3 @@ class Session:
         """Mark ``file_id`` stale in every journal that lists it (its staging copy changed)."""
         for j in self.holders.pop(file_id, []):
             j.supersede([file_id])
-
-    def plan(self, src: SourceFile) -> FileJob | None:
-        """``Planner.plan`` in this process, superseding as it goes."""
-        job, superseded = self.planner.plan(src)
-        if superseded is not None:
-            self.supersede(superseded)
-        return job

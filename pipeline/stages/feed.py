@@ -112,14 +112,17 @@ class FrameReader:
 # --------------------------------------------------------------------------- the walk
 
 
-def _read_batch(jobs: list[FileJob], level: int) -> tuple[list[tuple[Any, ...]], list[tuple[
-        str, str]], float, float]:
+Row = tuple[Any, ...]
+
+
+def _read_batch(jobs: list[FileJob], level: int
+                ) -> tuple[list[Row], list[tuple[str, str]], float, float]:
     """Read and pack whole small files: (rows, changed, read seconds, pack seconds)."""
     t0 = time.perf_counter()
     raw = read.read_many(jobs)
     t1 = time.perf_counter()
     packed = iter(codec.pack_many([got for got in raw if isinstance(got, bytes)], level))
-    rows: list[tuple[Any, ...]] = []
+    rows: list[Row] = []
     changed: list[tuple[str, str]] = []
     for job, got in zip(jobs, raw, strict=True):
         e = job.entry
@@ -207,10 +210,11 @@ def main() -> int:
         _write_all(out, encode_frame(message))
 
     try:
-        feed(plan, send)
-    except BadInput as exc:
-        send(("error", str(exc)))
-        return exc.exit_code
+        try:
+            feed(plan, send)
+        except BadInput as exc:
+            send(("error", str(exc)))
+            return exc.exit_code
     except BrokenPipeError:  # prep is gone; nobody to tell
         return 1
     return 0
