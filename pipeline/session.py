@@ -59,7 +59,6 @@ class Planner:
         to supersede, or None).  A superseded id must be marked stale before the new
         copy is committed."""
         prev = self.committed.get(src.path)
-        superseded = None
         if prev is not None and (prev.size, prev.mtime_ns) == (src.size, src.mtime_ns):
             if len(prev.offsets) >= grid_cells(src.size):
                 return None, None
@@ -67,19 +66,17 @@ class Planner:
                                      src.mtime_ns, src.mode)
             return FileJob(entry, self.root + src.path, frozenset(prev.offsets)), None
         if prev is not None:  # changed since it was written: stale everywhere
-            superseded = prev.file_id
             del self.committed[src.path]
         entry = format.FileEntry(self.next_id, src.path, self.vdir + src.path, src.size,
                                  src.mtime_ns, src.mode)
         self.next_id += 1
-        return FileJob(entry, self.root + src.path), superseded
+        return FileJob(entry, self.root + src.path), None if prev is None else prev.file_id
 
 
 class Session:
     """The session's journals, and a ``Planner`` built from what they hold."""
 
     def __init__(self, srcdir: Path, dstdir: str, journals: list[journal.Journal]) -> None:
-        self.srcdir = srcdir
         self.planner = Planner(os.path.join(os.fspath(srcdir), ""), dstdir.partition("/")[2])
         self.holders: dict[int, list[journal.Journal]] = {}  # file id -> journals listing it
         committed = self.planner.committed

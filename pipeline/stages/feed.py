@@ -159,8 +159,7 @@ def feed(plan: Plan, send: Callable[[tuple[Any, ...]], None]) -> None:
 
     for src in scan.scan(plan.root, lambda path, reason: send(("skip", path, reason))):
         job, superseded = planner.plan(src)
-        if superseded is not None:
-            flush()
+        if superseded is not None:  # ahead of the new copy, which is still to be read
             send(("supersede", superseded))
         if job is None:
             committed_files += 1

@@ -249,7 +249,7 @@ async def _source(cfg: PrepConfig, session: Session, raw_tx: trio.MemorySendChan
                   on_skip: Callable[[str, str], None],
                   on_changed: Callable[[str, str], None], stop: trio.CancelScope) -> None:
     """Scan and read, under ``stop``: the part of the pipeline a first Ctrl-C ends."""
-    async with raw_tx, packed_tx:
+    async with raw_tx, packed_tx:  # closed even if ``stop`` was cancelled before run began
         with stop:
-            await source.run(str(cfg.srcdir), cfg.level, cfg.readers, session, raw_tx.clone(),
-                             packed_tx.clone(), io, stats, on_skip, on_changed)
+            await source.run(str(cfg.srcdir), cfg.level, cfg.readers, session, raw_tx,
+                             packed_tx, io, stats, on_skip, on_changed)
