@@ -6,6 +6,8 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +166,24 @@ def test_resume_plan_skips_supersedes_and_resumes(tmp_path: Path) -> None:
     assert (large[0], large[1], large[7]) == (9, "big/image.vhd", (MiB,))
 
 
+def test_long_resume_walk_reports_as_it_goes(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over committed files only, the feeder still writes now and then: progress for the
+    operator, and a failed write (EPIPE) that ends it if prep is gone."""
+    monkeypatch.setattr(feed, "COMMITTED_EVERY", 3)
+    committed = {}
+    for i in range(8):
+        (tmp_path / f"f{i}").write_bytes(b"x" * i)
+        st = (tmp_path / f"f{i}").stat()
+        committed[f"f{i}"] = Committed(i + 1, i, st.st_mtime_ns, {0})
+    planner = Planner(os.path.join(str(tmp_path), ""), "vdir/", committed, next_id=20)
+    sent = _run(_plan(tmp_path, planner))
+    counts = [m for m in sent if m[0] == "committed"]
+    assert [m[1] for m in counts] == [3, 3, 2]
+    assert sum(m[2] for m in counts) == sum(range(8))
+    assert sent[-1] == ("end",)
+
+
 def test_file_changed_after_the_walk_is_reported_not_sent(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "stays").write_bytes(b"same")
@@ -216,6 +236,64 @@ def test_process_reports_bad_input_as_a_message(tmp_path: Path) -> None:
     code, messages = _process(_plan(tmp_path))
     assert code == BadInput.exit_code
     assert messages[-1][0] == "error" and "not valid UTF-8" in messages[-1][1]
+
+
+def test_process_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
+    """Trio starts the feeder from a worker thread, which exits after 10 s idle; the
+    feeder must go on (PR_SET_PDEATHSIG killed it then: its "parent" is that thread)."""
+    _tree(tmp_path)
+    started: list[tuple[subprocess.Popen[bytes], bytes]] = []
+
+    def spawn() -> None:  # like trio.run_process: start it, talk to it, then go idle
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.feed"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(pickle.dumps(_plan(tmp_path)))
+        proc.stdin.close()
+        started.append((proc, proc.stdout.read(1)))  # the feeder is well under way
+
+    spawner = threading.Thread(target=spawn)
+    spawner.start()
+    spawner.join()
+    proc, first = started[0]
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    assert proc.wait(timeout=60) == 0
+    assert feed.FrameReader().feed(first + out)[-1] == ("end",)
+
+
+def test_process_ends_when_prep_is_killed(tmp_path: Path) -> None:
+    """prep killed (SIGKILL: no clean-up) while the feeder waits on a full pipe."""
+    for i in range(3000):  # some 3 MiB of frames: more than the pipe holds
+        (tmp_path / f"f{i}").write_bytes(os.urandom(1024))
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-m', 'pipeline.stages.feed'], "
+        "stdin=subprocess.PIPE, stdout=subprocess.PIPE); "
+        "p.stdin.write(sys.stdin.buffer.read()); p.stdin.close(); "
+        "print(p.pid, flush=True); time.sleep(600)")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=False)
+    assert parent.stdin is not None and parent.stdout is not None
+    parent.stdin.write(pickle.dumps(_plan(tmp_path)))
+    parent.stdin.close()
+    pid = int(parent.stdout.readline())
+    time.sleep(0.5)
+    assert _alive(pid), "the feeder should be waiting on its full pipe"
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the feeder outlived prep"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_process_imports_neither_trio_nor_numpy() -> None:

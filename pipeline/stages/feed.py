@@ -33,14 +33,14 @@ Protocol (prep is the only peer; both sides are this version of the code):
 
 A frame holds at most SMALL_BYTES of file data plus records, so memory stays
 bounded on both sides: when prep stops reading, the pipe fills and the feeder
-waits.  The feeder ignores SIGINT (prep decides what Ctrl-C means) and dies
-with prep.
+waits.  The feeder ignores SIGINT (prep decides what Ctrl-C means) and ends
+at its next write when prep is gone (EPIPE); a resume walk over committed files
+writes a ``committed`` message every COMMITTED_EVERY files, so it too notices.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import pickle
@@ -62,6 +62,7 @@ __all__ = ["FrameReader", "Plan", "encode_frame", "feed", "main"]
 _LEN = struct.Struct("<I")
 MAX_FRAME = 64 << 20  # far above any batch: a longer frame means a broken stream
 PIPE_SIZE = 1 << 20  # fewer wake-ups than the default 64 KiB pipe
+COMMITTED_EVERY = 4096  # files skipped on resume between two messages
 
 
 @dataclass
@@ -164,6 +165,9 @@ def feed(plan: Plan, send: Callable[[tuple[Any, ...]], None]) -> None:
         if job is None:
             committed_files += 1
             committed_bytes += src.size
+            if committed_files >= COMMITTED_EVERY:  # progress, and a write that fails
+                send(("committed", committed_files, committed_bytes))  # if prep is gone
+                committed_files = committed_bytes = 0
             continue
         e = job.entry
         if read.is_small(e.size, job.skip):
@@ -182,15 +186,6 @@ def feed(plan: Plan, send: Callable[[tuple[Any, ...]], None]) -> None:
 # --------------------------------------------------------------------------- the process
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL when prep dies, even by SIGKILL (else EPIPE ends us at the next write)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -198,8 +193,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def main() -> int:
+    # A terminal's Ctrl-C reaches the whole process group; prep decides what it means.
+    # When prep dies, our next write fails with EPIPE and ends us (see ``feed``).  Not
+    # PR_SET_PDEATHSIG: its "parent" is the thread that forked us, and Trio forks from a
+    # worker thread, which exits after idling 10 s - taking us with it mid-run.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
     out = sys.stdout.fileno()
     with contextlib.suppress(OSError):  # not a pipe, or above the system's limit: the
         fcntl.fcntl(out, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # default size works too
