@@ -18,6 +18,7 @@ Everything here is synchronous; the Trio stages call it in worker threads.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -37,6 +38,14 @@ from pipeline.format import CorruptRecord
 __all__ = ["CorruptRecord"]  # re-exported: callers above this layer catch it from here
 
 MiB = 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER
+try:  # CDLL: the GIL is let go while the kernel queues the pages
+    _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    _sync_file_range.restype = ctypes.c_int
+except (OSError, AttributeError):  # not Linux/glibc: fdatasync alone still makes it durable
+    _sync_file_range = None
 MIN_DRIVE_SIZE = 32 * MiB  # LUKS2 header region (16 MiB) + a usable data area
 _BLKGETSIZE64 = 0x80081272
 _PROBE = 1 * MiB  # bytes inspected at each end for an existing volume
@@ -190,6 +199,26 @@ class Drive:
         while view:
             n = os.pwrite(self.fd, view, offset)
             view, offset = view[n:], offset + n
+
+    def write_behind(self, offset: int, length: int) -> None:
+        """Start writing these bytes to the device now, without waiting for them.
+
+        Without it the kernel holds a commit's worth of dirty pages until the
+        ``fdatasync``: the drive idles while prep fills them, then prep waits while
+        the drive writes.  Only a hint for durability (``fdatasync`` still decides).
+        """
+        if _sync_file_range is not None:
+            _sync_file_range(self.fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+    def wait_written(self, offset: int, length: int) -> None:
+        """Wait until these bytes have left the page cache for the device.
+
+        The backpressure of a slow drive: buffered writes return at memory speed,
+        so without a wait a writer takes data as fast as prep makes it, and in
+        parallel fill the drive that commits last ends up with the most to write.
+        """
+        if _sync_file_range is not None:
+            _sync_file_range(self.fd, offset, length, _SYNC_FILE_RANGE_WAIT)
 
     def sync(self) -> None:
         os.fdatasync(self.fd)

@@ -41,6 +41,7 @@ SEGMENT_PAYLOAD = 4 << 20  # seal a segment at this much stored payload
 SEGMENT_RECORDS = 1 << 20  # ... or at this many bytes of records (small files)
 COMMIT_BYTES = 32 << 20  # fdatasync + journal commit after this much written ...
 COMMIT_SECONDS = 1.0  # ... or this long since the last commit
+WRITE_BEHIND = 8 << 20  # written but not yet on the device, at most, per drive
 # Worst case one message adds: a file entry with the longest names, an extent record,
 # the largest stored extent, and the same records again in the closing index.
 _MAX_FILE_RECORD = format.record_size(
@@ -125,6 +126,8 @@ class DriveWriter:
             seq=info.log_seq, index_records=index_records,
             files_here={f.file_id for f in files})
         self.pending: list[journal.Committed] = []
+        self.in_flight: deque[tuple[int, int]] = deque()  # written, maybe not yet on the device
+        self.in_flight_bytes = 0
         self.pending_bytes = 0
         self.last_commit = time.monotonic()
 
@@ -205,7 +208,7 @@ class DriveWriter:
                      ) -> None:
         header = committed[0]
         with trio.CancelScope(shield=True):  # the COMMIT_SECONDS timer must not cut a write
-            await self._thread(self.drive.pwrite, encrypted,
+            await self._thread(self._pwrite, encrypted,
                                self.cipher.segment_offset + header.offset, stage="write")
         faults.reached("after_pwrite")
         self.stats.bytes_written += length
@@ -213,6 +216,17 @@ class DriveWriter:
         self.progress.used = header.end
         self.pending.append(committed)
         self.pending_bytes += length
+
+    def _pwrite(self, encrypted: bytes, offset: int) -> None:
+        """pwrite, start the device on it, and wait for all but WRITE_BEHIND of it."""
+        self.drive.pwrite(encrypted, offset)
+        self.drive.write_behind(offset, len(encrypted))
+        self.in_flight.append((offset, len(encrypted)))
+        self.in_flight_bytes += len(encrypted)
+        while self.in_flight_bytes - self.in_flight[0][1] >= WRITE_BEHIND:
+            start, length = self.in_flight.popleft()
+            self.drive.wait_written(start, length)
+            self.in_flight_bytes -= length
 
     async def commit(self) -> None:
         """fdatasync the drive, then record what it now durably holds."""
@@ -225,6 +239,8 @@ class DriveWriter:
                            stage="journal")
         faults.reached("after_commit")
         self.pending, self.pending_bytes = [], 0
+        self.in_flight.clear()  # on the device now
+        self.in_flight_bytes = 0
         self.last_commit = time.monotonic()
 
     async def close(self, state: str) -> None:
