@@ -6,6 +6,8 @@
  * (ECB through `cryptography`); pipeline/xts.py falls back to numpy when this module
  * was not built (no compiler), and the tests hold both paths to the same answers.
  *
+ * plain64(iv, step, count): the IVs of `count` data units, to encrypt into those tweaks.
+ *
  * xor_tweaks(src, dst, first, unit_blocks): `first` holds, per data unit, its initial
  * tweak E_K2(IV) (16 bytes); unit u's block j in `src` is XORed with
  * first[u] * alpha^j (GF(2^128), XTS's little-endian convention) into `dst`.
@@ -103,7 +105,34 @@ done:
     return result;
 }
 
+/* plain64(iv, step, count): `count` dm-crypt plain64 IVs, iv + k * step modulo 2**64,
+ * each as 8 little-endian bytes and 8 zero bytes: the inputs of the initial tweaks. */
+static PyObject *plain64(PyObject *self, PyObject *args)
+{
+    unsigned long long iv, step;
+    Py_ssize_t count;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKn", &iv, &step, &count))
+        return NULL;
+    if (count < 0 || count > PY_SSIZE_T_MAX / 16) {
+        PyErr_SetString(PyExc_ValueError, "plain64: count out of range");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 16 * count);
+    if (out == NULL)
+        return NULL;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    uint64_t v = iv, zero = 0;
+    for (Py_ssize_t k = 0; k < count; k++, v += step) {
+        memcpy(p + 16 * k, &v, 8);
+        memcpy(p + 16 * k + 8, &zero, 8);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"plain64", plain64, METH_VARARGS,
+     "plain64(iv, step, count): count 16-byte plain64 IVs from iv, step apart (mod 2**64)."},
     {"xor_tweaks", xor_tweaks, METH_VARARGS,
      "xor_tweaks(src, dst, first, unit_blocks): dst = src ^ first[u] * alpha^j per block."},
     {NULL, NULL, 0, NULL},
