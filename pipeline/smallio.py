@@ -24,7 +24,8 @@ import os
 import struct
 from typing import NamedTuple
 
-__all__ = ["AVAILABLE", "Failed", "Opened", "lstat_batch", "read_batch"]
+__all__ = ["AVAILABLE", "Failed", "OpenBatch", "Opened", "lstat_batch", "open_batch",
+           "read_batch"]
 
 _AT_EMPTY_PATH = 0x1000
 _AT_SYMLINK_NOFOLLOW = 0x100
@@ -85,6 +86,62 @@ def read_batch(files: list[tuple[str, int]], flags: int) -> list[Opened | Failed
     result is an ``Opened`` or what stopped it (``Failed``); the batch itself
     never raises for one bad file.
     """
+    return open_batch(files, flags).read()
+
+
+class OpenBatch:
+    """Files opened and their reads started (``open_batch``); ``read`` finishes them.
+
+    Between the two the disk works on its own: a caller that opens the next
+    batch before it reads this one overlaps the cold reads with its own work.
+    Holds a descriptor a file until ``read`` or ``close``.
+    """
+
+    def __init__(self, files: list[tuple[str, int]], fds: list[int | Failed]) -> None:
+        self.files, self._fds = files, fds
+
+    def read(self) -> list[Opened | Failed]:
+        """Read, statx and close every file (see ``read_batch``)."""
+        try:
+            files, fds = self.files, self._fds
+            total = sum(size + 1 for _, size in files)
+            buf = bytearray(max(total, 1))
+            base = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+            view = memoryview(buf)
+            st = bytearray(_STATX_SIZE)
+            st_addr = ctypes.addressof((ctypes.c_char * _STATX_SIZE).from_buffer(st))
+            out: list[Opened | Failed] = []
+            pos = 0
+            for (path, size), fd in zip(files, fds, strict=True):
+                if isinstance(fd, Failed):
+                    out.append(fd)
+                    continue
+                n = _pread(fd, base + pos, size + 1, 0) if size else 0
+                if n < 0:
+                    out.append(_error(path, "read"))
+                elif _statx(fd, b"", _AT_EMPTY_PATH, _STATX_BASIC_STATS, st_addr) != 0:
+                    out.append(_error(path, "statx"))
+                else:
+                    mode, st_size, sec, nsec = _STATX.unpack_from(st)
+                    out.append(Opened(bytes(view[pos:pos + n]), mode, st_size,
+                                      sec * 1_000_000_000 + nsec))
+                pos += size + 1
+            view.release()
+            return out
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close what is still open (``read`` does; an abandoned batch must)."""
+        fds, self._fds = self._fds, [Failed("closed", OSError(errno.EBADF, "closed"))
+                                     ] * len(self._fds)
+        for fd in fds:
+            if not isinstance(fd, Failed):
+                _close(fd)
+
+
+def open_batch(files: list[tuple[str, int]], flags: int) -> OpenBatch:
+    """Open each (path, expected size) and ask the kernel to start reading it (WILLNEED)."""
     fds: list[int | Failed] = []
     try:
         for path, size in files:
@@ -98,34 +155,10 @@ def read_batch(files: list[tuple[str, int]], flags: int) -> list[Opened | Failed
             fds.append(fd)
             if size:
                 _fadvise(fd, 0, size + 1, _FADV_WILLNEED)
-        total = sum(size + 1 for _, size in files)
-        buf = bytearray(max(total, 1))
-        base = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
-        view = memoryview(buf)
-        st = bytearray(_STATX_SIZE)
-        st_addr = ctypes.addressof((ctypes.c_char * _STATX_SIZE).from_buffer(st))
-        out: list[Opened | Failed] = []
-        pos = 0
-        for (path, size), fd in zip(files, fds, strict=True):
-            if isinstance(fd, Failed):
-                out.append(fd)
-                continue
-            n = _pread(fd, base + pos, size + 1, 0) if size else 0
-            if n < 0:
-                out.append(_error(path, "read"))
-            elif _statx(fd, b"", _AT_EMPTY_PATH, _STATX_BASIC_STATS, st_addr) != 0:
-                out.append(_error(path, "statx"))
-            else:
-                mode, st_size, sec, nsec = _STATX.unpack_from(st)
-                out.append(Opened(bytes(view[pos:pos + n]), mode, st_size,
-                                  sec * 1_000_000_000 + nsec))
-            pos += size + 1
-        view.release()
-        return out
-    finally:
-        for fd in fds:
-            if not isinstance(fd, Failed):
-                _close(fd)
+    except BaseException:
+        OpenBatch(files[:len(fds)], fds).close()
+        raise
+    return OpenBatch(files, fds)
 
 
 def lstat_batch(paths: list[bytes]) -> list[tuple[int, int, int] | Failed]:

@@ -140,6 +140,41 @@ def test_batches_are_bounded(tmp_path: Path) -> None:
     assert all(sum(r[3] for r in b[:-1]) < read.SMALL_BYTES for b in batches)
 
 
+def test_reads_one_batch_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch n+1 is opened (its disk reads started) before batch n is read and sent."""
+    n = read.SMALL_BATCH * 3 + 5
+    for i in range(n):
+        (tmp_path / f"f{i:04d}").write_bytes(b"x" * 100)
+    events: list[tuple[str, int]] = []
+    real = read.Prefetch
+
+    class Recorded(real):  # type: ignore[misc,valid-type]
+        def __init__(self, jobs: list[FileJob]) -> None:
+            super().__init__(jobs)
+            self.n = sum(1 for e in events if e[0] == "open")
+            events.append(("open", self.n))
+
+        def read(self) -> list[Any]:
+            events.append(("read", self.n))
+            return super().read()
+
+    monkeypatch.setattr(read, "Prefetch", Recorded)
+    sent = _run(_plan(tmp_path))
+    assert sum(len(m[1]) for m in sent if m[0] == "small") == n
+    assert events == [("open", 0), ("open", 1), ("read", 0), ("open", 2), ("read", 1),
+                      ("open", 3), ("read", 2), ("read", 3)]
+
+
+def test_bad_input_mid_walk_closes_the_batch_ahead(tmp_path: Path) -> None:
+    for i in range(read.SMALL_BATCH + 3):
+        (tmp_path / f"a{i:04d}").write_bytes(b"x")
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"z-bad\xff"))  # walked last
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(BadInput, match="not valid UTF-8"):
+        _run(_plan(tmp_path))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_resume_plan_skips_supersedes_and_resumes(tmp_path: Path) -> None:
     files = _tree(tmp_path)
     stat = {p: (tmp_path / p).stat() for p in files}

@@ -53,6 +53,27 @@ def test_read_batch_matches_os(tmp_path: Path) -> None:
             p.read_bytes(), st_.st_mode, st_.st_size, st_.st_mtime_ns)
 
 
+def test_open_batch_then_read_is_read_batch(tmp_path: Path) -> None:
+    paths = _files(tmp_path)
+    files = [(str(p), p.stat().st_size) for p in paths]
+    before = _open_fds()
+    batch = smallio.open_batch(files, read._OPEN_FLAGS)
+    assert _open_fds() == before + len(paths)  # held open between the two steps
+    got = batch.read()
+    assert _open_fds() == before
+    assert [(o.data, o.size) for o in got] == [  # type: ignore[union-attr]
+        (o.data, o.size) for o in smallio.read_batch(files, read._OPEN_FLAGS)]
+
+
+def test_open_batch_closed_unread_leaks_nothing(tmp_path: Path) -> None:
+    paths = _files(tmp_path)
+    before = _open_fds()
+    batch = smallio.open_batch([(str(p), p.stat().st_size) for p in paths], read._OPEN_FLAGS)
+    batch.close()
+    batch.close()  # twice is harmless
+    assert _open_fds() == before
+
+
 def test_read_batch_asks_one_byte_more(tmp_path: Path) -> None:
     """A file that grew since the scan shows it: the read is not cut at the old size."""
     p = tmp_path / "grew"

@@ -116,11 +116,12 @@ class FrameReader:
 Row = tuple[Any, ...]
 
 
-def _read_batch(jobs: list[FileJob], level: int
+def _read_batch(batch: read.Prefetch, level: int
                 ) -> tuple[list[Row], list[tuple[str, str]], float, float]:
     """Read and pack whole small files: (rows, changed, read seconds, pack seconds)."""
+    jobs = batch.jobs
     t0 = time.perf_counter()
-    raw = read.read_many(jobs)
+    raw = batch.read()
     t1 = time.perf_counter()
     packed = iter(codec.pack_many([got for got in raw if isinstance(got, bytes)], level))
     rows: list[Row] = []
@@ -140,47 +141,65 @@ def _read_batch(jobs: list[FileJob], level: int
 
 
 def feed(plan: Plan, send: Callable[[tuple[Any, ...]], None]) -> None:
-    """Walk, plan and read, sending each message through ``send``; BadInput stops it."""
+    """Walk, plan and read, sending each message through ``send``; BadInput stops it.
+
+    One batch of small files is read ahead: a full batch is opened (its disk reads
+    start) before the one before it is read, packed and sent.
+    """
     planner = plan.planner
     small: list[FileJob] = []
     small_bytes = 0
     committed_files = committed_bytes = 0
+    ahead: read.Prefetch | None = None  # opened, not yet read
 
-    def flush() -> None:
-        nonlocal small, small_bytes, committed_files, committed_bytes
+    def send_batch(batch: read.Prefetch) -> None:
+        rows, changed, read_s, pack_s = _read_batch(batch, plan.level)
+        for path, message in changed:
+            send(("changed", path, message))
+        send(("small", rows, read_s, pack_s))
+
+    def flush(*, drain: bool) -> None:
+        nonlocal small, small_bytes, committed_files, committed_bytes, ahead
         if committed_files:
             send(("committed", committed_files, committed_bytes))
             committed_files = committed_bytes = 0
+        opened = None
         if small:
-            rows, changed, read_s, pack_s = _read_batch(small, plan.level)
-            for path, message in changed:
-                send(("changed", path, message))
-            send(("small", rows, read_s, pack_s))
-            small, small_bytes = [], 0
+            opened, small, small_bytes = read.Prefetch(small), [], 0
+        done, ahead = ahead, opened
+        if done is not None:
+            send_batch(done)
+        if drain and ahead is not None:
+            done, ahead = ahead, None
+            send_batch(done)
 
-    for src in scan.scan(plan.root, lambda path, reason: send(("skip", path, reason))):
-        job, superseded = planner.plan(src)
-        if superseded is not None:  # ahead of the new copy, which is still to be read
-            send(("supersede", superseded))
-        if job is None:
-            committed_files += 1
-            committed_bytes += src.size
-            if committed_files >= COMMITTED_EVERY:  # progress, and a write that fails
-                send(("committed", committed_files, committed_bytes))  # if prep is gone
-                committed_files = committed_bytes = 0
-            continue
-        e = job.entry
-        if read.is_small(e.size, job.skip):
-            small.append(job)
-            small_bytes += e.size
-            if len(small) >= read.SMALL_BATCH or small_bytes >= read.SMALL_BYTES:
-                flush()
-            continue
-        flush()
-        send(("large", [(e.file_id, e.path, e.blob, e.size, e.mtime_ns, e.mode, job.abspath,
-                         tuple(sorted(job.skip)))]))
-    flush()
-    send(("end",))
+    try:
+        for src in scan.scan(plan.root, lambda path, reason: send(("skip", path, reason))):
+            job, superseded = planner.plan(src)
+            if superseded is not None:  # ahead of the new copy, which is still to be read
+                send(("supersede", superseded))
+            if job is None:
+                committed_files += 1
+                committed_bytes += src.size
+                if committed_files >= COMMITTED_EVERY:  # progress, and a write that fails
+                    send(("committed", committed_files, committed_bytes))  # if prep is gone
+                    committed_files = committed_bytes = 0
+                continue
+            e = job.entry
+            if read.is_small(e.size, job.skip):
+                small.append(job)
+                small_bytes += e.size
+                if len(small) >= read.SMALL_BATCH or small_bytes >= read.SMALL_BYTES:
+                    flush(drain=False)
+                continue
+            flush(drain=False)  # the batch ahead stays ahead: a large file is prep's to read
+            send(("large", [(e.file_id, e.path, e.blob, e.size, e.mtime_ns, e.mode,
+                             job.abspath, tuple(sorted(job.skip)))]))
+        flush(drain=True)
+        send(("end",))
+    finally:
+        if ahead is not None:  # stopped early (bad input, prep gone): close its files
+            ahead.close()
 
 
 # --------------------------------------------------------------------------- the process

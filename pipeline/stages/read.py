@@ -28,6 +28,7 @@ __all__ = [
     "is_small",
     "plan_extents",
     "read_extents",
+    "Prefetch",
     "read_many",
     "read_small",
 ]
@@ -229,31 +230,50 @@ def read_small(path: str | os.PathLike[str], size: int, mtime_ns: int) -> bytes 
 
 def read_many(jobs: list[FileJob]) -> list[bytes | None | FileChanged]:
     """``read_small`` of each job; through ``smallio`` (few GIL hand-offs) where it works."""
-    if not smallio.AVAILABLE:
+    return Prefetch(jobs).read()
+
+
+class Prefetch:
+    """``read_many`` in two steps: opening a batch starts its disk reads, ``read`` ends them.
+
+    The feeder opens the next batch before it reads and packs this one, so a cold
+    tree's reads overlap its CPU work (it spent a fifth of its time waiting on them).
+    """
+
+    def __init__(self, jobs: list[FileJob]) -> None:
+        self.jobs = jobs
+        self._batch = smallio.open_batch([(job.abspath, job.entry.size) for job in jobs],
+                                         _OPEN_FLAGS | os.O_NOATIME) if smallio.AVAILABLE else None
+
+    def close(self) -> None:
+        """Give up the batch unread (its descriptors closed)."""
+        if self._batch is not None:
+            self._batch.close()
+
+    def read(self) -> list[bytes | None | FileChanged]:
+        """Each job's bytes (None: all zero) or how it changed since the scan."""
         out: list[bytes | None | FileChanged] = []
-        for job in jobs:
+        if self._batch is None:
+            for job in self.jobs:
+                try:
+                    out.append(read_small(job.abspath, job.entry.size, job.entry.mtime_ns))
+                except FileChanged as exc:
+                    out.append(exc)
+            return out
+        for job, one in zip(self.jobs, self._batch.read(), strict=True):
+            path, size = job.abspath, job.entry.size
             try:
-                out.append(read_small(job.abspath, job.entry.size, job.entry.mtime_ns))
+                if isinstance(one, smallio.Failed):
+                    if one.op == "open":
+                        raise _open_error(path, one.error)
+                    raise one.error
+                _check_stat(path, one.mode, one.size, one.mtime_ns, size, job.entry.mtime_ns)
+                if len(one.data) != size:
+                    raise FileChanged(path, f"read {len(one.data)} bytes, expected {size}")
             except FileChanged as exc:
                 out.append(exc)
+                continue
+            out.append(None if codec.is_zero(one.data) else one.data)
         return out
-    got = smallio.read_batch([(job.abspath, job.entry.size) for job in jobs],
-                             _OPEN_FLAGS | os.O_NOATIME)
-    out = []
-    for job, one in zip(jobs, got, strict=True):
-        path, size = job.abspath, job.entry.size
-        try:
-            if isinstance(one, smallio.Failed):
-                if one.op == "open":
-                    raise _open_error(path, one.error)
-                raise one.error
-            _check_stat(path, one.mode, one.size, one.mtime_ns, size, job.entry.mtime_ns)
-            if len(one.data) != size:
-                raise FileChanged(path, f"read {len(one.data)} bytes, expected {size}")
-        except FileChanged as exc:
-            out.append(exc)
-            continue
-        out.append(None if codec.is_zero(one.data) else one.data)
-    return out
 
 
