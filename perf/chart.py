@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from perf.dataset import human
+
 MiB = 1 << 20
 
 
@@ -60,7 +62,8 @@ def draw(doc: dict[str, Any], png: Path) -> Path | None:
                 if key in t:
                     mode = "parallel" if "parallel" in key else "sequential"
                     labels.append(f"{mode}\n{t['drives']}x{t['limit_mbps_each']:g} MB/s"
-                                  + ("\n(control, 256M)" if bound else ""))
+                                  + (f"\n(drive-bound, {human(t['dataset_bytes'])})"
+                                     if bound else ""))
                     inp.append(t[key]["mbps"])
                     stored.append(t[key]["stored_mbps"])
                     limits.append((t["limit_mbps_each"], t["aggregate_mbps"]))
