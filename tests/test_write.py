@@ -16,11 +16,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import drives, journal, luks2
 from pipeline.progress import Stats
 from pipeline.session import Session
 from pipeline.stages import write
+from pipeline.stages.read import EXTENT_SIZE
 from pipeline.stages.run import DrivePool, PrepConfig, run_prep
 
 from .conftest import FAST_ARGON
@@ -80,6 +83,21 @@ class SlowDevice:
         monkeypatch.setattr(drives.Drive, "write_behind", write_behind)
         monkeypatch.setattr(drives.Drive, "wait_written", wait_written)
         monkeypatch.setattr(drives.Drive, "sync", sync)
+
+
+@settings(max_examples=500, deadline=None)
+@given(capacity=st.integers(0, 1 << 34), offset=st.integers(4096, 1 << 33),
+       seg_records=st.integers(0, 1 << 21), seg_payload=st.integers(0, 8 << 20),
+       index_records=st.integers(0, 1 << 30), near=st.integers(-(16 << 20), 16 << 20))
+def test_can_take_any_fast_path_agrees(capacity: int, offset: int, seg_records: int,
+                                       seg_payload: int, index_records: int, near: int) -> None:
+    """The shortcut never says yes where the exact sum says no (or the other way round)."""
+    st_ = write.DriveState(capacity=capacity, offset=offset, seq=0, index_records=index_records,
+                           seg_records=seg_records, seg_payload=seg_payload)
+    exact = st_._end_with(write._MAX_RECORDS, EXTENT_SIZE)
+    for cap in (capacity, exact + near, exact, exact - 1):
+        st_.capacity = cap
+        assert st_.can_take_any() == (exact <= cap)
 
 
 def test_sync_file_range_is_there() -> None:

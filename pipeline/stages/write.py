@@ -47,6 +47,8 @@ WRITE_BEHIND = 8 << 20  # written but not yet on the device, at most, per drive
 _MAX_FILE_RECORD = format.record_size(
     format.FileEntry(1, "p" * format.MAX_NAME_BYTES, "b" * format.MAX_NAME_BYTES, 0, 0, 0))
 _MAX_RECORDS = _MAX_FILE_RECORD + format.EXTENT_RECORD_SIZE
+# _end_with(_MAX_RECORDS, EXTENT_SIZE) is at most the drive's counters plus this.
+_ANY_FITS = 2 * (format.HEADER_SIZE + format.SECTOR - 1) + 2 * _MAX_RECORDS + EXTENT_SIZE
 
 
 _Sealed = tuple[bytes, journal.Committed]
@@ -76,6 +78,11 @@ class DriveState:
 
     def can_take_any(self) -> bool:
         """Room for the largest extent of a new file, and the index that lists it."""
+        # Asked before every extent: first the sum without the two roundings to a sector
+        # (each adds less than one), which answers yes until the drive is nearly full.
+        if (self.offset + self.seg_records + self.seg_payload + self.index_records
+                + _ANY_FITS) <= self.capacity:
+            return True
         return self._end_with(_MAX_RECORDS, EXTENT_SIZE) <= self.capacity
 
     def add(self, item: PackedExtent) -> bool:
