@@ -8,6 +8,8 @@ a plain function, or an async one that runs under ``trio.run``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import importlib
 import inspect
 import sys
@@ -69,8 +71,24 @@ def _rank(exc: BaseException) -> int:
     return len(order)
 
 
+def lean_malloc() -> None:
+    """Have every thread allocate from glibc's one main arena (before any thread starts).
+
+    By default each worker thread gets its own malloc arena, and the MiB-sized
+    buffers freed in one stay there: perf measured prep's peak RSS at 382 MiB for
+    1 GiB of data and 550 MiB for 4 GiB that way, and import's at 464-498 MiB for
+    1 GiB (240 MiB with one arena).  Lowering the mmap threshold instead (every
+    buffer its own mapping) kept RSS down but made the kernel zero-fill each buffer
+    again: a quarter of prep's CPU time.  One arena keeps both down; the threads
+    hardly contend for it (they allocate large buffers, a few a millisecond).
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator, its rules
+        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    lean_malloc()
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     name = " ".join(filter(None, ("pipeline", args.command, getattr(args, "subcommand", None))))

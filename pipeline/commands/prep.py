@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -146,21 +144,6 @@ async def count_totals(cfg: PrepConfig, stats: progress.Stats) -> None:
         stats.files_total, stats.bytes_total = int(files), int(size)
 
 
-def _lean_malloc() -> None:
-    """Have every thread allocate from glibc's one main arena.
-
-    By default each worker thread gets its own malloc arena, and the 1 MiB
-    extent buffers freed in one stay there: perf measured prep's peak RSS at
-    382 MiB for 1 GiB of data and 550 MiB for 4 GiB that way.  Lowering the
-    mmap threshold instead (every buffer its own mapping) kept RSS down but
-    made the kernel zero-fill each buffer again: a quarter of prep's CPU time.
-    One arena keeps both down; the threads hardly contend for it (they allocate
-    large buffers, a few a millisecond).
-    """
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator, its rules
-        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
-
-
 def _preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
     """Run every new drive through the safety checks before the first one is formatted,
     so a refused drive stops prep before the session has begun."""
@@ -238,7 +221,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args, journals)
     if not cfg.drives and not args.resume:
         raise BadInput("give at least one --drive (block device or image file)")
-    _lean_malloc()
     renderer = progress.make_renderer(args.json)
     stats = progress.Stats()
     counted = cfg.blob_type is format.BlobType.PAGE
