@@ -133,8 +133,7 @@ class OpenBatch:
 
     def close(self) -> None:
         """Close what is still open (``read`` does; an abandoned batch must)."""
-        fds, self._fds = self._fds, [Failed("closed", OSError(errno.EBADF, "closed"))
-                                     ] * len(self._fds)
+        fds, self._fds = self._fds, []
         for fd in fds:
             if not isinstance(fd, Failed):
                 _close(fd)
