@@ -12,9 +12,11 @@ import contextlib
 import ctypes
 import importlib
 import inspect
+import os
+import signal
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import trio
 
@@ -53,24 +55,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
-def _rank(exc: BaseException) -> int:
-    """Which error decides the exit code when several arrive together."""
-    order = (KeyboardInterrupt, errors.IntegrityError, errors.OutOfDrives,
-             errors.Refused, errors.BadInput, errors.PipelineError)
-    for rank, cls in enumerate(order):
-        if isinstance(exc, cls):
-            return rank
-    return len(order)
-
-
 def lean_malloc() -> None:
     """Have every thread allocate from glibc's one main arena (before any thread starts).
 
@@ -99,7 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = args.func(args)
         return int(code or 0)
     except BaseException as exc:  # noqa: BLE001 - this is the one place that decides
-        worst = min(_leaves(exc), key=_rank)
+        worst = errors.worst(exc)
+        if errors.is_no_space(worst):  # a full disk is the user's to fix, not a bug
+            where = getattr(worst, "filename", None) or os.getcwd()
+            worst = errors.NoSpace(where, os.fspath(where))
+        if isinstance(worst, BrokenPipeError):  # `pipeline ... | head`: the reader left
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE  # what a shell reports for a pipe's writer
         if isinstance(worst, KeyboardInterrupt):
             print(f"{name}: interrupted", file=sys.stderr)
             return errors.EXIT_INTERRUPTED
