@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import format, luks2, xts
-from pipeline.errors import BadInput, Refused, WrongPassword
+from pipeline.errors import BadInput, NoSpace, Refused, WrongPassword, is_no_space
 from pipeline.format import CorruptRecord
 
 __all__ = ["CorruptRecord"]  # re-exported: callers above this layer catch it from here
@@ -196,9 +196,13 @@ class Drive:
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as exc:
+            self._check_space(exc)
+            raise
 
     def write_behind(self, offset: int, length: int) -> None:
         """Start writing these bytes to the device now, without waiting for them.
@@ -221,7 +225,18 @@ class Drive:
             _sync_file_range(self.fd, offset, length, _SYNC_FILE_RANGE_WAIT)
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:  # delayed allocation reports a full filesystem here
+            self._check_space(exc)
+            raise
+
+    def _check_space(self, exc: OSError) -> None:
+        """An image file is sparse: its host filesystem can fill before the drive does.
+        That is no full drive (its size is what was promised) but a full filesystem to
+        name, and prep resumes from the journal once there is room."""
+        if self.kind == "image" and is_no_space(exc):
+            raise NoSpace(self.path, f"drive image {self.path}") from None
 
     def close(self) -> None:
         if self.fd >= 0:

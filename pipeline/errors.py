@@ -119,12 +119,18 @@ class Incomplete(PipelineError):
 
 
 class NoSpace(PipelineError):
-    """no space left on {} (writing {}); free space there, then run the same command again"""
+    """no space left on {} (writing {}); free space there, then {}"""
 
     exit_code = EXIT_NO_SPACE
 
-    def __init__(self, path: str | os.PathLike[str], what: str = "") -> None:
-        super().__init__(filesystem_of(path), what or os.fspath(path))
+    def __init__(self, path: str | os.PathLike[str], what: str = "",
+                 then: str = "run the same command again") -> None:
+        super().__init__(filesystem_of(path), what or os.fspath(path), then)
+
+    def next_step(self, what: str) -> None:
+        """Say what to run once there is room, where the same command again would not do
+        (prep: its --resume); the raiser deep down does not know the command."""
+        self.args = (*self.args[:2], what)
 
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

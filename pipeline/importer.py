@@ -19,9 +19,10 @@ says so; a ``parts`` drive (a crash mid-import) is simply imported again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -29,7 +30,7 @@ from typing import IO, Any
 import trio
 
 from pipeline import codec, driveread, format, journal
-from pipeline.errors import BadInput, IntegrityError, Refused
+from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, is_no_space
 from pipeline.stages.read import EXTENT_SIZE
 from pipeline.storage import base as storage_base
 from pipeline.storage.base import Storage
@@ -64,8 +65,14 @@ class CopyLog:
     def write(self, obj: dict[str, Any]) -> None:
         line = json.dumps({"t": round(time.time(), 3), **obj}, ensure_ascii=False)
         self.lines.append(line)
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except OSError as exc:  # a full log directory is the user's to fix, named, not a bug
+            if is_no_space(exc):
+                name = getattr(self.stream, "name", "the copy log")
+                raise NoSpace(name, f"copy log {name}") from None
+            raise
 
     def blob(self, status: str, blob: str, reason: str = "", size: int = 0, **extra: Any) -> None:
         self.totals[status] += 1
@@ -77,6 +84,34 @@ class CopyLog:
     def close(self, result: str, message: str = "") -> None:
         self.write({"type": "totals", "drive": self.drive, "result": result,
                     "message": message, **self.totals})
+
+
+@contextlib.contextmanager
+def open_copy_log(path: Path) -> Iterator[IO[str]]:
+    """The copy log at ``path``, open for writing; a full filesystem is NoSpace naming it.
+
+    A line that did not fit stays in the file object's buffer and fails again when it
+    is closed: on the way out with an error already, that second failure is dropped,
+    so it does not hide what stopped the import.
+    """
+    try:
+        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        if is_no_space(exc):
+            raise NoSpace(path, f"copy log {path}") from None
+        raise
+    try:
+        yield stream
+    except BaseException:
+        with contextlib.suppress(OSError):
+            stream.close()
+        raise
+    try:
+        stream.close()
+    except OSError as exc:
+        if is_no_space(exc):
+            raise NoSpace(path, f"copy log {path}") from None
+        raise
 
 
 # --------------------------------------------------------------------------

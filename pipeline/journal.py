@@ -16,6 +16,7 @@ at a time per journal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -26,7 +27,7 @@ from itertools import chain
 from pathlib import Path
 
 from pipeline import atomic, format
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, NoSpace, is_no_space
 
 SCHEMA_VERSION = 2  # 2: each record's encoded bytes (rec), from which the index is built
 SUFFIX = ".journal"
@@ -78,6 +79,42 @@ def _insert(db: sqlite3.Connection, head: str, rows: list[tuple[object, ...]]) -
         n //= 2
 
 
+# Errors SQLite reports when the journal's filesystem is full: SQLITE_FULL for the database
+# and its WAL; growing the -shm index is an I/O error (SQLite does not say which errno).
+_SHM_GROW_FAILED = getattr(sqlite3, "SQLITE_IOERR_SHMSIZE", 4874)
+
+
+def _full(exc: BaseException, path: Path) -> bool:
+    """Whether ``exc`` means the filesystem holding the journal ``path`` is full."""
+    if not isinstance(exc, sqlite3.Error):
+        return is_no_space(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return False
+    if code & 0xFF == sqlite3.SQLITE_FULL:
+        return True
+    if code != _SHM_GROW_FAILED:
+        return False
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (64 << 10)  # less than the -shm grows by: full
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already.
+
+    On SQLITE_FULL (and some I/O errors) SQLite rolls the whole transaction back by
+    itself, and a ROLLBACK then fails with 'no transaction is active', hiding the real
+    error.  In WAL mode a transaction whose commit frame was never written does not
+    count, so the journal stays as it was whichever way it ended.
+    """
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):  # the error that got us here says more
+            db.execute("ROLLBACK")
+
+
 def _migrate_v1(db: sqlite3.Connection) -> None:
     """Schema 1 -> 2: give every row its record's encoding (one transaction)."""
     db.execute("BEGIN IMMEDIATE")
@@ -97,7 +134,7 @@ def _migrate_v1(db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
 
 
@@ -130,6 +167,12 @@ class DriveInfo:
     index_length: int = 0
     header_sha256: str = ""  # of the LUKS2 primary header as formatted: driveHeaderHash
     index_sha256: str = ""  # of the closing index segment (plaintext): manifestHash
+
+
+def _unlink_db(path: Path) -> None:
+    """Remove an SQLite database and the WAL and index files beside it."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
 
 
 def journal_path(jdir: str | os.PathLike[str], session_id: str, seq: int) -> Path:
@@ -166,31 +209,49 @@ class Journal:
             raise BadInput(f"journal {path} already exists; use --resume to continue its "
                            "session or pick another --journal-dir")
         tmp = path.with_name(path.name + ".new")
-        tmp.unlink(missing_ok=True)  # left by a crash during an earlier create
+        _unlink_db(tmp)  # left by a crash (or a full disk) during an earlier create
         try:
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except OSError as exc:
+            if is_no_space(exc):
+                raise NoSpace(path, f"journal {path}") from None
             raise BadInput(f"cannot create journal {path}: {exc.strerror}") from None
         os.close(fd)
-        db = cls._connect(tmp)
-        db.execute("BEGIN")
-        for stmt in filter(str.strip, _SCHEMA.split(";")):
-            db.execute(stmt)
-        rows = [("schema", str(SCHEMA_VERSION)), ("session", json.dumps(asdict(session))),
-                ("drive", json.dumps(asdict(drive))), ("recovery_password", recovery_password)]
-        db.executemany("INSERT INTO meta VALUES (?, ?)", rows)
-        db.execute("COMMIT")
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
-        db.close()
         try:
-            os.link(tmp, path)  # atomic; fails if another process created it meanwhile
-        except FileExistsError:
-            raise BadInput(f"journal {path} already exists; use --resume to continue its "
-                           "session or pick another --journal-dir") from None
-        finally:
-            tmp.unlink()
-        atomic.fsync_dir(path.parent)
-        return cls(path, cls._connect(path))
+            db = cls._connect(tmp)
+            try:
+                db.execute("BEGIN")
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(stmt)
+                rows = [("schema", str(SCHEMA_VERSION)),
+                        ("session", json.dumps(asdict(session))),
+                        ("drive", json.dumps(asdict(drive))),
+                        ("recovery_password", recovery_password)]
+                db.executemany("INSERT INTO meta VALUES (?, ?)", rows)
+                db.execute("COMMIT")
+                # Everything in the main file, or the link below names a file without it.
+                busy, wal, done = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy or wal or done:
+                    raise sqlite3.OperationalError(f"checkpoint of {tmp} left frames in its WAL")
+            except BaseException:
+                _rollback(db)
+                raise
+            finally:
+                db.close()
+            try:
+                os.link(tmp, path)  # atomic; fails if another process created it meanwhile
+            except FileExistsError:
+                raise BadInput(f"journal {path} already exists; use --resume to continue its "
+                               "session or pick another --journal-dir") from None
+            finally:
+                _unlink_db(tmp)
+            atomic.fsync_dir(path.parent)
+            return cls(path, cls._connect(path))  # a complete journal, even if this fails
+        except BaseException as exc:
+            _unlink_db(tmp)
+            if _full(exc, path):
+                raise NoSpace(path, f"journal {path}") from None
+            raise
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Journal:
@@ -200,11 +261,19 @@ class Journal:
         try:
             db = cls._connect(path)
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:  # opening a WAL journal writes its -shm
+            if _full(exc, path):
+                raise NoSpace(path, f"journal {path}") from None
             raise BadInput(f"{path} is not a pipeline journal (not an SQLite database)") from None
         version = int(row[0]) if row else 0
         if version == 1:
-            _migrate_v1(db)
+            try:
+                _migrate_v1(db)
+            except sqlite3.Error as exc:
+                db.close()
+                if _full(exc, path):
+                    raise NoSpace(path, f"journal {path}") from None
+                raise
         elif version != SCHEMA_VERSION:
             db.close()
             raise BadInput(f"{path}: unsupported journal schema; use the pipeline that made it")
@@ -230,6 +299,28 @@ class Journal:
 
     # -- writing -------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, all or nothing, under the lock.
+
+        If it does not commit, ``self.drive`` is put back as it was, so that the copy
+        in memory never runs ahead of the row (nor the watermark ahead of the drive);
+        a full filesystem is :class:`NoSpace` naming it, for the user to fix, not a bug.
+        """
+        with self._lock:
+            before, db = asdict(self.drive), self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(db)
+                for key, value in before.items():
+                    setattr(self.drive, key, value)
+                if _full(exc, self.path):
+                    raise NoSpace(self.path, f"journal {self.path}") from None
+                raise
+
     def _save_drive(self) -> None:
         self._db.execute("UPDATE meta SET value=? WHERE key='drive'",
                          (json.dumps(asdict(self.drive)),))
@@ -240,58 +331,49 @@ class Journal:
         Each segment comes with its records and their encodings, as
         ``format.layout_data_segment`` made them; the closing index reuses those.
         """
-        with self._lock:
-            self._commit(segments, log_offset, log_seq)
+        with self._transaction() as db:
+            self._commit(db, segments, log_offset, log_seq)
 
-    def _commit(self, segments: Iterable[Committed], log_offset: int, log_seq: int) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            payload = 0
-            seg_rows, file_rows, ext_rows = [], [], []
-            file_type = format.FileEntry
-            for header, records, encoded in segments:
-                seg_rows.append((header.seq, header.offset, header.total_len, int(header.kind)))
-                payload += header.payload_len
-                for rec, enc in zip(records, encoded, strict=True):
-                    if type(rec) is file_type:
-                        file_rows.append((rec.file_id, rec.path, rec.blob, rec.size,
-                                          rec.mtime_ns, rec.mode, enc))
-                    else:
-                        ext_rows.append((rec.file_id, rec.offset, rec.raw_len, int(rec.codec),
-                                         rec.stored_len, rec.xxh3, rec.location, header.seq, enc))
-            _insert(db, "INSERT INTO segments VALUES", seg_rows)
-            _insert(db, "INSERT OR IGNORE INTO files "
-                    "(file_id, path, blob, size, mtime_ns, mode, rec) VALUES", file_rows)
-            _insert(db, "INSERT OR REPLACE INTO extents VALUES", ext_rows)
-            self.drive.log_offset, self.drive.log_seq = log_offset, log_seq
-            self.drive.payload_bytes += payload
-            self._save_drive()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+    def _commit(self, db: sqlite3.Connection, segments: Iterable[Committed], log_offset: int,
+                log_seq: int) -> None:
+        payload = 0
+        seg_rows, file_rows, ext_rows = [], [], []
+        file_type = format.FileEntry
+        for header, records, encoded in segments:
+            seg_rows.append((header.seq, header.offset, header.total_len, int(header.kind)))
+            payload += header.payload_len
+            for rec, enc in zip(records, encoded, strict=True):
+                if type(rec) is file_type:
+                    file_rows.append((rec.file_id, rec.path, rec.blob, rec.size,
+                                      rec.mtime_ns, rec.mode, enc))
+                else:
+                    ext_rows.append((rec.file_id, rec.offset, rec.raw_len, int(rec.codec),
+                                     rec.stored_len, rec.xxh3, rec.location, header.seq, enc))
+        _insert(db, "INSERT INTO segments VALUES", seg_rows)
+        _insert(db, "INSERT OR IGNORE INTO files "
+                "(file_id, path, blob, size, mtime_ns, mode, rec) VALUES", file_rows)
+        _insert(db, "INSERT OR REPLACE INTO extents VALUES", ext_rows)
+        self.drive.log_offset, self.drive.log_seq = log_offset, log_seq
+        self.drive.payload_bytes += payload
+        self._save_drive()
 
     def set_state(self, state: str, *, index_offset: int = 0, index_length: int = 0,
                   index_sha256: str = "") -> None:
-        self.drive.state = state
-        self.drive.index_offset, self.drive.index_length = index_offset, index_length
-        self.drive.index_sha256 = index_sha256
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
+            self.drive.state = state
+            self.drive.index_offset, self.drive.index_length = index_offset, index_length
+            self.drive.index_sha256 = index_sha256
             self._save_drive()
-            self._db.execute("COMMIT")
-            if state in ("closed", "full"):  # done with its rows: let its page cache go,
-                self._db.execute("PRAGMA shrink_memory")  # or each drive's stays for the run
+        if state in ("closed", "full"):  # done with its rows: let its page cache go,
+            with self._lock:  # or each drive's stays for the run
+                self._db.execute("PRAGMA shrink_memory")
 
     def supersede(self, file_ids: Iterable[int]) -> None:
         """Mark files whose staging copy changed: their records here are stale."""
         ids = [(i,) for i in file_ids]
         if ids:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("UPDATE files SET superseded=1 WHERE file_id=?", ids)
-                self._db.execute("COMMIT")
+            with self._transaction() as db:
+                db.executemany("UPDATE files SET superseded=1 WHERE file_id=?", ids)
 
     # -- reading -------------------------------------------------------------
 

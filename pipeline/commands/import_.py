@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ import trio
 
 from pipeline import credentials, driveread, drives, importer, journal
 from pipeline.commands import _options
-from pipeline.errors import BadInput, IntegrityError, Refused
+from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, worst
 from pipeline.jobs import service_import
 from pipeline.storage import open_storage
 
@@ -122,7 +123,7 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
                 ) -> tuple[int, importer.CopyLog]:
     sb = plan.superblock
     path = importer.log_path(log_dir, sb.session_id, sb.drive_seq)
-    with open(path, "w", encoding="utf-8") as stream:
+    with importer.open_copy_log(path) as stream:
         log = importer.CopyLog(stream, str(od.drive.path))
         log.write({"type": "start", "drive": str(od.drive.path), "session_id": sb.session_id,
                    "seq": sb.drive_seq, "container": plan.container,
@@ -140,7 +141,8 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
         try:
             result = trio.run(main)
         except BaseException as exc:
-            log.close("failed", str(exc))
+            with contextlib.suppress(NoSpace):  # a full log disk: say why the import stopped
+                log.close("failed", str(worst(exc)))
             raise
         log.close("already imported" if result.already else "done")
     try:  # a copy next to the blobs, as the import service's verbose log

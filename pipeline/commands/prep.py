@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from pipeline import credentials, drives, format, journal, progress, scan
+from pipeline import credentials, drives, errors, format, journal, progress, scan
 from pipeline.commands import _options
 from pipeline.errors import EXIT_INTERRUPTED, BadInput, OutOfDrives, PipelineError
 from pipeline.session import Session
@@ -289,7 +289,11 @@ def run(args: argparse.Namespace) -> int:
                    f"{drives.human(stats.bytes_total)}; add drives, then: pipeline prep "
                    f"--resume --journal-dir {jdir} --session-id {cfg.session_id} --drive NEW")
     except* PipelineError as group:
-        first = group.exceptions[0]
+        first = errors.worst(group)  # a writer's error arrives inside nested nursery groups
+        assert isinstance(first, PipelineError)
+        if isinstance(first, errors.NoSpace) and pool_box and pool_box[0].journals:
+            first.next_step(f"continue with: pipeline prep --resume --journal-dir {jdir} "
+                            f"--session-id {cfg.session_id}")
         renderer.event("exit", code=first.exit_code, message=str(first))
         renderer.close()
         raise

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 
 from pipeline import atomic
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, filesystem_of, is_no_space
 from pipeline.format import BlobType
 from pipeline.storage.base import (
     InvalidName,
@@ -113,6 +113,9 @@ class LocalStorage:
         except (NotADirectoryError, IsADirectoryError):
             raise self._clash(container, blob) from None
         except OSError as exc:
+            if is_no_space(exc):  # which filesystem: the account may be a directory on /
+                raise StorageUnavailable(self.root, f"no space left on {filesystem_of(self.root)}",
+                                         "free space there") from None
             if exc.errno in _UNAVAILABLE:
                 raise StorageUnavailable(self.root, exc.strerror or str(exc),
                                          "free space or fix the directory") from None
