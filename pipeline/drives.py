@@ -34,6 +34,7 @@ from pathlib import Path
 from pipeline import format, luks2, xts
 from pipeline.errors import BadInput, NoSpace, Refused, WrongPassword, is_no_space
 from pipeline.format import CorruptRecord
+from pipeline.names import check_dstdir as check_dstdir  # re-exported: its home was here
 
 __all__ = ["CorruptRecord"]  # re-exported: callers above this layer catch it from here
 
@@ -467,25 +468,6 @@ def check_session_id(session_id: str) -> str:
         raise BadInput(f"session id {session_id!r} is invalid; use 3-30 letters, digits, "
                        "'_', '-' or '#'")
     return session_id
-
-
-_CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]")
-
-
-def check_dstdir(dstdir: str) -> str:
-    """'container/virtual/dir/' with an Azure-valid container name; returned normalised."""
-    text = dstdir.strip()
-    if not text.endswith("/"):
-        text += "/"
-    container, _, vdir = text.partition("/")
-    if not _CONTAINER.fullmatch(container):
-        raise BadInput(f"dstdir {dstdir!r}: container {container!r} is invalid; use 3-63 "
-                       "lowercase letters, digits and single hyphens, starting and ending "
-                       "with a letter or digit")
-    if "//" in text or any(p in (".", "..") for p in vdir.split("/")) or len(text) > 1024:
-        raise BadInput(f"dstdir {dstdir!r}: the virtual directory must be plain names "
-                       "separated by single '/' (no '.', '..' or '//')")
-    return text
 
 
 def new_session_id() -> str:

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import trio
 
-from pipeline import codec, driveread, format, journal
+from pipeline import codec, driveread, format, journal, names
 from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, is_no_space
 from pipeline.stages.read import EXTENT_SIZE
 from pipeline.storage import base as storage_base
@@ -158,10 +158,11 @@ def plan_drive(od: driveread.OpenedDrive, jrn: journal.Journal | None) -> DriveP
 
 
 def check_names(plan: DrivePlan) -> None:
-    """Every container and blob name valid before anything is written."""
-    storage_base.check_container_name(plan.container)
+    """Every container and blob name valid before anything is written: the rules prep
+    applied when it skipped the names it could not copy (``pipeline.names``)."""
+    names.check_container_name(plan.container)
     for f in plan.files.values():
-        storage_base.check_blob_name(f.blob)
+        names.check_blob_name(f.blob)
         if plan.superblock.blob_type is format.BlobType.PAGE and f.size % 512:
             raise BadInput(f"{f.path}: {f.size} bytes cannot be a page blob (not a multiple "
                            "of 512)")

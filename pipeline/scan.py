@@ -7,10 +7,16 @@ the journal rely on that).  Only the directories on the current path are held in
 memory, each as a sorted list of names, never the whole tree: millions of files
 cost no more than the largest directory.
 
-Names are bytes on Linux.  Every name we keep must be valid UTF-8 because it
-becomes a blob name; anything else is ``BadInput`` asking the operator to
-rename it.  Symbolic links are never followed and, like fifos, sockets and
-devices, are skipped and reported through ``on_skip``.  Paths are opened
+Names are bytes on Linux, and every path we keep becomes a blob name: one that
+``names.blob_for`` refuses (not UTF-8, a control character, a backslash, too
+long with the virtual directory, ...) is skipped and reported through
+``on_skip`` with the reason, and so is a directory no file name beneath could
+fix (once, not per file).  Skipping here, before a byte is written, is what
+keeps a drive importable: import refuses a drive holding such a name.  The
+path handed to ``on_skip`` for a name that is not UTF-8 is surrogate-escaped
+(``os.fsdecode``); ``names.show`` prints it.  Symbolic links are never followed
+and, like fifos, sockets and devices, are skipped and reported through
+``on_skip``.  Paths are opened
 whole, so Linux's PATH_MAX (4096 with the NUL) keeps every relative path
 within ``format.MAX_NAME_BYTES``; a deeper tree is ``BadInput`` (name too
 long) at the directory that overflows.
@@ -24,7 +30,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pipeline import smallio
+from pipeline import names, smallio
 from pipeline.errors import BadInput
 
 __all__ = ["SkipCallback", "SourceFile", "scan", "totals"]
@@ -38,7 +44,7 @@ class SourceFile:
     """One regular file under the staging root, as ``lstat`` saw it during the scan."""
 
     path: str
-    """Relative POSIX path under the root ("dir a/ü.txt"): valid UTF-8, no leading "/"."""
+    """Relative POSIX path under the root ("dir a/ü.txt"): a valid blob name (names.blob_for)."""
     size: int
     mtime_ns: int
     mode: int
@@ -99,8 +105,10 @@ def _open_root(root: str | os.PathLike[str]) -> bytes:
     return broot
 
 
-def scan(root: str | os.PathLike[str], on_skip: SkipCallback | None = None) -> Iterator[SourceFile]:
-    """Every regular file under ``root``, depth-first, each level sorted by name bytes.
+def scan(root: str | os.PathLike[str], on_skip: SkipCallback | None = None,
+         vdir: str = "") -> Iterator[SourceFile]:
+    """Every regular file under ``root`` whose blob name (under ``vdir``, the dstdir's
+    virtual directory) is valid, depth-first, each level sorted by name bytes.
 
     A bad root (missing, not a directory, unreadable) raises ``BadInput`` here,
     before anything starts; the rest is lazy and raises ``BadInput`` at the
@@ -112,7 +120,7 @@ def scan(root: str | os.PathLike[str], on_skip: SkipCallback | None = None) -> I
         top = _list(broot)
     except OSError as e:
         raise _os_error(broot, "list directory", e) from None
-    return _walk(broot, top, on_skip)
+    return _walk(broot, top, on_skip, vdir)
 
 
 _STAT_BATCH = 256  # names of one directory lstat'ed per smallio call
@@ -146,7 +154,7 @@ def _entries(dirpath: bytes, names: list[bytes]
 
 
 def _walk(
-    broot: bytes, top: list[bytes], on_skip: SkipCallback | None
+    broot: bytes, top: list[bytes], on_skip: SkipCallback | None, vdir: str
 ) -> Iterator[SourceFile]:
     # One frame per directory on the current path: (its relpath prefix, its entries).
     stack = [("", _entries(broot, top))]
@@ -172,11 +180,15 @@ def _walk(
             continue
         try:
             rel = prefix + name.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadInput(
-                f"{full!r}: file name is not valid UTF-8; rename it (blob names must be UTF-8)"
-            ) from None
+        except UnicodeDecodeError:  # names refuses it below, with the reason
+            rel = prefix + name.decode("utf-8", "surrogateescape")
         if is_dir:
+            why = names.dir_problem(rel, vdir)
+            if why is not None:
+                if on_skip is not None:
+                    on_skip(rel + "/", f"no blob name can start with it: {why}; rename it "
+                            "(nothing under it is copied)")
+                continue
             # _list reads the whole directory and closes it: no descriptor stays open across yields.
             try:
                 sub = _list(full)
@@ -187,6 +199,12 @@ def _walk(
             except OSError as e:
                 raise _os_error(full, "list directory", e) from None
             stack.append((rel + "/", _entries(full, sub)))
+            continue
+        try:
+            names.blob_for(rel, vdir)
+        except names.InvalidName as e:
+            if on_skip is not None:
+                on_skip(rel, f"it cannot be a blob name: {e.why}; rename it")
             continue
         yield SourceFile(rel, size, mtime_ns, stat.S_IMODE(mode))
 

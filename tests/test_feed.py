@@ -165,14 +165,36 @@ def test_reads_one_batch_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                       ("open", 3), ("read", 2), ("read", 3)]
 
 
-def test_bad_input_mid_walk_closes_the_batch_ahead(tmp_path: Path) -> None:
+def test_bad_input_mid_walk_closes_the_batch_ahead(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(read.SMALL_BATCH + 3):
         (tmp_path / f"a{i:04d}").write_bytes(b"x")
-    os.mkdir(os.path.join(os.fsencode(tmp_path), b"z-bad\xff"))  # walked last
+    real = scan.scan
+
+    def scan_then_fail(root: str, on_skip: Any = None, vdir: str = "") -> Any:
+        yield from real(root, on_skip, vdir)
+        raise BadInput("'z': cannot list directory: permission denied")  # as root, chmod won't
+
+    monkeypatch.setattr(scan, "scan", scan_then_fail)
     before = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(BadInput, match="not valid UTF-8"):
+    with pytest.raises(BadInput, match="permission denied"):
         _run(_plan(tmp_path))
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_names_import_would_refuse_are_skip_messages(tmp_path: Path) -> None:
+    """Not UTF-8, a newline, a backslash: each a ("skip", path, reason), and the walk goes on."""
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"z-bad\xff"))
+    (tmp_path / "z-bad\xff".encode("latin-1").decode("utf-8", "surrogateescape")
+     / "inner").write_bytes(b"x")
+    (tmp_path / "a\nb").write_bytes(b"x")
+    (tmp_path / "back\\slash").write_bytes(b"x")
+    (tmp_path / "ok").write_bytes(b"x")
+    sent = _run(_plan(tmp_path))
+    skips = sorted(m[1] for m in sent if m[0] == "skip")
+    assert skips == sorted(["a\nb", "back\\slash", os.fsdecode(b"z-bad\xff/")])
+    assert [r[1] for m in sent if m[0] == "small" for r in m[1]] == ["ok"]
+    assert sent[-1] == ("end",)
 
 
 def test_resume_plan_skips_supersedes_and_resumes(tmp_path: Path) -> None:
@@ -225,8 +247,8 @@ def test_file_changed_after_the_walk_is_reported_not_sent(
     (tmp_path / "moves").write_bytes(b"before")
     real = scan.scan
 
-    def scan_then_change(root: str, on_skip: Any = None) -> Any:
-        for src in real(root, on_skip):
+    def scan_then_change(root: str, on_skip: Any = None, vdir: str = "") -> Any:
+        for src in real(root, on_skip, vdir):
             if src.path == "moves":
                 (tmp_path / "moves").write_bytes(b"after, and longer")
             yield src
@@ -238,11 +260,12 @@ def test_file_changed_after_the_walk_is_reported_not_sent(
     assert set(_small_rows(sent)) == {"stays"}
 
 
-def test_bad_name_stops_the_walk(tmp_path: Path) -> None:
+def test_bad_name_does_not_stop_the_walk(tmp_path: Path) -> None:
     (tmp_path / "ok").write_bytes(b"1")
     os.mkdir(os.path.join(os.fsencode(tmp_path), b"bad\xff"))
-    with pytest.raises(BadInput, match="not valid UTF-8"):
-        _run(_plan(tmp_path))
+    sent = _run(_plan(tmp_path))
+    assert [m[1] for m in sent if m[0] == "skip"] == [os.fsdecode(b"bad\xff/")]
+    assert _small_rows(sent) and sent[-1] == ("end",)
 
 
 # --------------------------------------------------------------------------- the process
@@ -267,10 +290,18 @@ def test_process_sends_the_same_as_the_function(tmp_path: Path) -> None:
 
 
 def test_process_reports_bad_input_as_a_message(tmp_path: Path) -> None:
-    os.mkdir(os.path.join(os.fsencode(tmp_path), b"bad\xff"))
-    code, messages = _process(_plan(tmp_path))
+    code, messages = _process(_plan(tmp_path / "gone"))
     assert code == BadInput.exit_code
-    assert messages[-1][0] == "error" and "not valid UTF-8" in messages[-1][1]
+    assert messages[-1][0] == "error" and "does not exist" in messages[-1][1]
+
+
+def test_process_sends_a_non_utf8_name_as_a_skip(tmp_path: Path) -> None:
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff"), "wb") as f:
+        f.write(b"x")
+    code, messages = _process(_plan(tmp_path))
+    assert code == 0 and messages[-1] == ("end",)
+    [skip] = [m for m in messages if m[0] == "skip"]
+    assert os.fsencode(skip[1]) == b"bad\xff" and "not valid UTF-8" in skip[2]
 
 
 def test_process_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
@@ -381,6 +412,5 @@ async def test_feeder_that_dies_is_an_error_not_an_early_end(
 
 
 async def test_feeder_error_message_is_bad_input(tmp_path: Path) -> None:
-    os.mkdir(os.path.join(os.fsencode(tmp_path), b"bad\xff"))
-    with pytest.raises(BadInput, match="not valid UTF-8"):
-        await _drain(_plan(tmp_path), tmp_path)
+    with pytest.raises(BadInput, match="does not exist"):
+        await _drain(_plan(tmp_path / "gone"), tmp_path)

@@ -36,7 +36,7 @@ def tree(tmp_path: Path) -> Path:
     _write(root / "dir a" / "deeper" / "x y z", b"xyz" * 10, 0o755)
     _write(root / "Z upper", b"Z")
     _write(root / "日本語" / "ファイル.bin", bytes(range(256)))
-    _write(root / "odd\\name\tctl", b"backslash and tab are allowed")
+    _write(root / "odd 'name' #%&+=.txt", b"quotes, '#%&+=' are allowed")
     (root / "empty dir" / "nested empty").mkdir(parents=True)
     _write(root / "a", b"file a sorts before a.txt and a/")  # name "a" vs dir "a.d"
     _write(root / "a.d" / "inner", b"i")
@@ -52,7 +52,7 @@ EXPECTED = [
     ("dir a/deeper/x y z", 30),
     ("dir a/empty", 0),
     ("dir a/ü.txt", len("ünïcødé".encode())),
-    ("odd\\name\tctl", 29),
+    ("odd 'name' #%&+=.txt", 27),
     ("日本語/ファイル.bin", 256),
 ]
 
@@ -175,26 +175,62 @@ async def test_prep_counts_what_scan_lists(tree: Path, tmp_path: Path, find: str
     assert len(files) == len(EXPECTED) + 1
 
 
-def test_non_utf8_file_name_is_bad_input(tmp_path: Path) -> None:
+def test_non_utf8_file_name_is_skipped_not_fatal(tmp_path: Path) -> None:
     root = os.fsencode(tmp_path)
     os.mkdir(os.path.join(root, b"sub"))
     with open(os.path.join(root, b"sub", b"bad\xff name.txt"), "wb") as f:
         f.write(b"x")
     _write(tmp_path / "a ok", b"")
-    it = scan(tmp_path)
-    assert next(it).path == "a ok"  # lazy: good files before the bad one still come out
-    with pytest.raises(BadInput) as ei:
-        next(it)
-    msg = str(ei.value)
-    assert "bad\\xff name.txt" in msg and "sub" in msg
-    assert "not valid UTF-8; rename it (blob names must be UTF-8)" in msg
-    assert "\n" not in msg and ei.value.exit_code == EXIT_BAD_INPUT
+    _write(tmp_path / "sub" / "z ok", b"")
+    skipped: list[tuple[str, str]] = []
+    got = [f.path for f in scan(tmp_path, lambda p, r: skipped.append((p, r)))]
+    assert got == ["a ok", "sub/z ok"]  # the walk goes on past it
+    [(path, reason)] = skipped
+    assert os.fsencode(path) == b"sub/bad\xff name.txt"  # surrogate-escaped: the bytes back
+    assert "not valid UTF-8" in reason and reason.endswith("rename it")
 
 
-def test_non_utf8_directory_name_is_bad_input(tmp_path: Path) -> None:
-    os.makedirs(os.path.join(os.fsencode(tmp_path), b"d\xe9j\xe0"))
-    with pytest.raises(BadInput, match="not valid UTF-8"):
-        list(scan(tmp_path))
+def test_non_utf8_directory_is_skipped_once(tmp_path: Path) -> None:
+    bad = os.path.join(os.fsencode(tmp_path), b"d\xe9j\xe0")
+    os.makedirs(os.path.join(bad, b"deeper"))
+    for name in (b"one", b"two", b"deeper/three"):
+        with open(os.path.join(bad, name), "wb") as f:
+            f.write(b"x")
+    skipped: list[tuple[str, str]] = []
+    assert list(scan(tmp_path, lambda p, r: skipped.append((p, r)))) == []
+    [(path, reason)] = skipped
+    assert os.fsencode(path) == b"d\xe9j\xe0/"
+    assert "not valid UTF-8" in reason and "nothing under it is copied" in reason
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("a\nb", "control character '\\n'"),
+    ("tab\there", "control character '\\t'"),
+    ("back\\slash", "contains '\\'"),
+    ("ends with dot.", "ends with '.'"),
+    ("c1 \x85 char", "control character '\\x85'"),
+])
+def test_names_import_would_refuse_are_skipped(tmp_path: Path, name: str, why: str) -> None:
+    _write(tmp_path / name, b"x")
+    _write(tmp_path / "fine", b"y")
+    skipped: list[tuple[str, str]] = []
+    assert [f.path for f in scan(tmp_path, lambda p, r: skipped.append((p, r)))] == ["fine"]
+    assert skipped == [(name, skipped[0][1])] and why in skipped[0][1], skipped
+
+
+def test_blob_name_too_long_with_the_vdir_is_skipped(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 250) / ("e" * 250) / ("f" * 250)
+    _write(deep / ("g" * 200), b"x")  # 953 characters: fits alone ...
+    skipped: list[tuple[str, str]] = []
+    assert len([f for f in scan(tmp_path)]) == 1
+    vdir = "v" * 100 + "/"  # ... but not under a 101-character virtual directory
+    assert list(scan(tmp_path, lambda p, r: skipped.append((p, r)), vdir)) == []
+    [(path, reason)] = skipped
+    assert path.endswith("g" * 200) and "1054 characters long" in reason
+    skipped.clear()  # a directory no name under it could fit is named once, not per file
+    vdir = "v" * 300 + "/"
+    assert list(scan(tmp_path, lambda p, r: skipped.append((p, r)), vdir)) == []
+    assert [p for p, _ in skipped] == ["d" * 250 + "/" + "e" * 250 + "/" + "f" * 250 + "/"]
 
 
 def test_non_utf8_symlink_is_only_skipped(tmp_path: Path) -> None:
@@ -315,15 +351,24 @@ def test_large_directory_spans_lstat_batches(tmp_path: Path) -> None:
 def test_walk_holds_only_the_current_path(tmp_path: Path) -> None:
     # A deep chain: the generator works one directory at a time (no recursion limit either).
     p = tmp_path
-    for i in range(300):
-        p = p / f"d{i}"
+    for i in range(253):  # + the leaf: Azure's 254 path segments
+        p = p / chr(ord("a") + i % 26)
     p.mkdir(parents=True)
     _write(p / "leaf", b"!")
     (f,) = scan(tmp_path)
-    assert f.path.endswith("/d299/leaf") and f.path.count("/") == 300
+    assert f.path.endswith("/s/leaf") and f.path.count("/") == 253
+    (p / "d253").mkdir()  # one deeper: no blob name could hold it, and it is named once
+    _write(p / "d253" / "leaf", b"!")
+    skipped: list[tuple[str, str]] = []
+    assert [g.path for g in scan(tmp_path, lambda q, r: skipped.append((q, r)))] == [f.path]
+    assert [(q.count("/"), "more than 254 path segments" in r) for q, r in skipped] == [(254, True)]
 
 
-def test_tree_deeper_than_path_max_is_bad_input(tmp_path: Path) -> None:
+def test_tree_deeper_than_path_max_is_bad_input(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # The name rules skip such a tree long before (1024 characters); the walk's own limit
+    # still holds for a long root with a name of up to 1024 four-byte characters.
+    monkeypatch.setattr(scan_mod.names, "dir_problem", lambda *a: None)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)  # build it relative to the cwd: absolute paths this long fail
         for _ in range(20):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import credentials, drives, luks2
+from pipeline import credentials, drives, luks2, names
 from pipeline.commands import _options
 
 
@@ -153,7 +153,7 @@ def run_format(args: argparse.Namespace) -> int:
     elif args.key_file:
         extra = credentials.key_file(args.key_file)
     session = drives.check_session_id(args.session_id or drives.new_session_id())
-    dstdir = drives.check_dstdir(args.dstdir)
+    dstdir = names.check_dstdir(args.dstdir)
     recovery = luks2.new_recovery_password()
     slots = [(recovery.encode(), kdf)] + ([(extra.value, kdf)] if extra else [])
     identity = drives.Identity(session_id=session, job_name=args.job_name, sequence=1,

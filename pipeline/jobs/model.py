@@ -171,8 +171,8 @@ def parse_new_job(ref: JobRef, body: Any, regions: Mapping[str, Region]) -> tupl
                                     MAX_LONG_STRING),
         "jobType": "Import",
         "shippingInformation": region.shipping_information(),
-        "diagnosticsPath": _string(_given(props, "diagnosticsPath", "waimportexport"),
-                                   "properties.diagnosticsPath", MAX_LONG_STRING),
+        "diagnosticsPath": rules.check_diagnostics_path(
+            _given(props, "diagnosticsPath", "waimportexport")),
         "logLevel": _log_level(_given(props, "logLevel", "Error")),
         "backupDriveManifest": _bool(_given(props, "backupDriveManifest", False),
                                      "properties.backupDriveManifest"),

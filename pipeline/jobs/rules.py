@@ -12,7 +12,9 @@ starting with a letter (the character rules Azure documents for import job
 names).  The 24-character limit is ours: Azure states none, and 24 fits a
 shipping label and the job-name field of a drive's superblock.  Resource group:
 1-90 ASCII letters, digits, ``_ - . ( )``, not ending in ``.`` (ARM's rule, ASCII
-only, so ``..`` is never a name).  Subscription: a UUID.
+only, so ``..`` is never a name).  Subscription: a UUID.  diagnosticsPath: a
+virtual blob directory, by the blob-name rules of ``pipeline.names`` (the ones
+prep, preview and import use).
 
 Rule 1 (as in h11's ``_state.py``): every transition lives in the two tables
 below, and nowhere else.  Naming the current state again is not a transition
@@ -66,6 +68,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline import names
+from pipeline.errors import BadInput
 from pipeline.jobs.errors import BadRequest, Conflict
 
 JOB_NAME_MIN = 3
@@ -329,6 +333,19 @@ def location_key(name: object) -> str:
         raise BadRequest(f"location {quote(name)} is not a location name; list them with "
                          "GET /providers/Microsoft.ImportExport/locations", "InvalidLocation")
     return key
+
+
+def check_diagnostics_path(value: object) -> str:
+    """properties.diagnosticsPath: the virtual blob directory the copy logs go to, so the
+    blob-name rules every command uses (``pipeline.names``); returned as given."""
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"properties.diagnosticsPath {quote(value)} must be a non-empty "
+                         "string such as 'waimportexport'", "InvalidRequestContent")
+    try:
+        names.check_vdir(value, "properties.diagnosticsPath")
+    except BadInput as exc:
+        raise BadRequest(str(exc), "InvalidRequestContent") from None
+    return value
 
 
 _SUBSCRIPTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")

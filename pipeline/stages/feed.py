@@ -25,9 +25,10 @@ Protocol (prep is the only peer; both sides are this version of the code):
   ``("committed", files, size)``
       resume: files wholly on the drives already.
   ``("skip", path, reason)`` / ``("changed", path, message)``
-      not seeded: special files; files that changed while read (left for --resume).
+      not seeded: special files and names that cannot be blob names (``path`` may be
+      surrogate-escaped); files that changed while read (left for --resume).
   ``("error", message)``
-      bad input (an unreadable directory, a name that is not UTF-8): prep stops with it.
+      bad input (an unreadable directory): prep stops with it.
   ``("end",)``
       the walk is complete.
 
@@ -174,7 +175,8 @@ def feed(plan: Plan, send: Callable[[tuple[Any, ...]], None]) -> None:
             send_batch(done)
 
     try:
-        for src in scan.scan(plan.root, lambda path, reason: send(("skip", path, reason))):
+        for src in scan.scan(plan.root, lambda path, reason: send(("skip", path, reason)),
+                             planner.vdir):
             job, superseded = planner.plan(src)
             if superseded is not None:  # ahead of the new copy, which is still to be read
                 send(("supersede", superseded))

@@ -1,4 +1,4 @@
-"""What the importer needs from a storage account, and Azure's naming rules.
+"""What the importer needs from a storage account; its name rules are ``pipeline.names``.
 
 A blob is assembled from parts on a 1 MiB grid (``CELL``), possibly over several
 runs days apart, and becomes visible only when committed.  Every method is
@@ -17,6 +17,11 @@ from typing import Protocol
 
 from pipeline.errors import EXIT_STORAGE, BadInput, IntegrityError, PipelineError
 from pipeline.format import BlobType
+from pipeline.names import (  # the rules live in names.py; re-exported for the backends
+    InvalidName,
+    check_blob_name,
+    check_container_name,
+)
 
 __all__ = [
     "CELL",
@@ -35,8 +40,6 @@ __all__ = [
 
 CELL = 1 << 20          # grid of write_part offsets; the drive format's extent size
 PAGE = 512              # Azure page blob unit
-MAX_BLOB_NAME = 1024
-MAX_SEGMENTS = 254
 AZURE_FIX = "check the connection string / SAS and that the account is reachable"
 
 
@@ -49,15 +52,6 @@ class StorageUnavailable(PipelineError):
         super().__init__(name, reason, fix)
 
 
-class InvalidName(BadInput):
-    """{} name {} breaks Azure's naming rules: {}; rename it"""
-
-    def __init__(self, kind: str, name: str, why: str) -> None:
-        shown = name if len(name) <= 80 else name[:77] + "..."
-        super().__init__(kind, repr(shown), why)
-        self.name = name
-
-
 class PartsMissing(IntegrityError):
     """storage {}: {} cannot be committed, parts at offsets {} were never stored or are gone (Azure drops uncommitted parts after 7 days); import the drives holding them again"""  # noqa: E501 - the message template is one line
 
@@ -65,44 +59,6 @@ class PartsMissing(IntegrityError):
         shown = ", ".join(str(o) for o in offsets[:5]) + (" ..." if len(offsets) > 5 else "")
         super().__init__(name, where, shown)
         self.offsets = builtins.list(offsets)
-
-
-_CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def check_container_name(name: str) -> str:
-    """Refuse what Azure would refuse, before any drive data moves."""
-    if not 3 <= len(name) <= 63:
-        raise InvalidName("container", name, "it must be 3 to 63 characters long")
-    if not _CONTAINER.fullmatch(name):
-        raise InvalidName("container", name, "only lowercase letters, digits and single "
-                          "hyphens, starting and ending with a letter or digit")
-    return name
-
-
-def check_blob_name(name: str) -> str:
-    """Refuse names Azure rejects or rewrites, and '.'/'..' segments (they escape a directory)."""
-    if not 1 <= len(name) <= MAX_BLOB_NAME:
-        raise InvalidName("blob", name, f"it must be 1 to {MAX_BLOB_NAME} characters long")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidName("blob", name, "it is not valid UTF-8") from None
-    if _CONTROL.search(name):
-        raise InvalidName("blob", name, "it contains a control character")
-    if "\\" in name:
-        raise InvalidName("blob", name, "it contains '\\' (Azure turns it into '/')")
-    if name.endswith((".", "/")):
-        raise InvalidName("blob", name, "it ends with '.' or '/'")
-    segments = name.split("/")
-    if len(segments) > MAX_SEGMENTS:
-        raise InvalidName("blob", name, f"more than {MAX_SEGMENTS} path segments")
-    if "" in segments:
-        raise InvalidName("blob", name, "an empty path segment ('//' or a leading '/')")
-    if "." in segments or ".." in segments:
-        raise InvalidName("blob", name, "a '.' or '..' path segment")
-    return name
 
 
 def cells_of(size: int) -> range:
