@@ -109,6 +109,7 @@ class Repository:
         self.index: dict[bytes, fmt.IndexEntry] = {}
         self.pending: set[bytes] = set()           # chunks claimed by this run, not yet indexed
         self.unindexed: list[fmt.IndexEntry] = []  # stored in packs, not yet in an index file
+        self.damaged: list[str] = []               # index files load_index skipped, why
 
     # -- creating and opening ------------------------------------------------------------
 
@@ -153,13 +154,22 @@ class Repository:
 
     # -- the index -----------------------------------------------------------------------
 
-    def load_index(self) -> int:
-        """Read every index file; returns how many chunks the repository holds."""
+    def load_index(self, skip_damaged: bool = False) -> int:
+        """Read every index file; returns how many chunks the repository holds.
+        ``skip_damaged`` (restore): a damaged index file is noted in ``damaged`` instead of
+        raised, so that the chunks the other index files name can still be restored."""
         names = self.backend.list(fmt.INDEX)
 
         def load(name: str) -> list[fmt.IndexEntry]:
-            data = self._get_checked(name, fmt.check_id(name.removeprefix(fmt.INDEX), name))
-            return fmt.decode_index(self.crypto.open_file(fmt.INDEX_MAGIC, data, name))
+            try:
+                data = self._get_checked(name, fmt.check_id(name.removeprefix(fmt.INDEX),
+                                                            name))
+                return fmt.decode_index(self.crypto.open_file(fmt.INDEX_MAGIC, data, name))
+            except CorruptRepository as exc:
+                if not skip_damaged:
+                    raise
+                self.damaged.append(str(exc.args[0]))
+                return []
 
         with ThreadPoolExecutor(FETCHERS) as pool:
             for entries in pool.map(load, names):
@@ -211,8 +221,9 @@ class Repository:
     def entry(self, cid: bytes) -> fmt.IndexEntry:
         e = self.index.get(cid)
         if e is None:
-            raise CorruptRepository(f"chunk {cid.hex()[:16]} is in no index file; the "
-                                    "repository is damaged or an index file is missing")
+            why = (f"index file damaged: {self.damaged[0]}" if self.damaged else
+                   "the repository is damaged or an index file is missing")
+            raise CorruptRepository(f"chunk {cid.hex()[:16]} is in no readable index file; {why}")
         return e
 
     def read_chunk(self, cid: bytes) -> bytes:

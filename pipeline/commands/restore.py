@@ -10,18 +10,23 @@ from pathlib import Path
 import trio
 
 from pipeline import credentials, progress
+from pipeline.backup import format as fmt
 from pipeline.backup import locate, ui
-from pipeline.backup.errors import EXIT_CODES
+from pipeline.backup.errors import EXIT_CODES, PartialRestore
 from pipeline.backup.repo import Repository, SnapshotRef, find_snapshot
 from pipeline.backup.restore import check_target, run_restore
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, leaves
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "restore", help="restore a backup snapshot into a directory",
         description="Restore a snapshot (the latest unless --snapshot) into --target, which "
-        "must be absent or empty.  Files appear there only once all of them are complete.",
+        "must be absent or empty.  Each file appears under its name only once it is complete "
+        "and checked.  A damaged or missing chunk fails only the files holding it: every "
+        "other file is restored, those are named, and the exit code is 4.  If a restore "
+        "stops (full disk, Ctrl-C, kill), --target stays marked unfinished and the same "
+        "command run again writes it afresh.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="source", required=True, metavar="STORAGE",
                    help="storage account (with --container), or a repository directory "
@@ -50,15 +55,36 @@ async def run(args: argparse.Namespace) -> int:
         repo = Repository.open(backend, secret.value, args.passphrase_file,
                                missing=locate.missing_message(backend))
         ref = find_snapshot(repo.snapshots(), args.snapshot)
-        repo.load_index()
+        repo.load_index(skip_damaged=True)   # what the other index files name is restored
         return repo, ref
 
     repo, ref = await trio.to_thread.run_sync(open_repo)
     stats = progress.Stats()
     renderer = progress.make_renderer(args.json)
     renderer.start("restore", snapshot=ref.hex, storage=backend.name, target=str(target))
-    manifest = await ui.with_progress(
-        renderer, stats, lambda: run_restore(repo, ref, target, stats, threads))
+
+    async def go() -> fmt.Manifest:
+        try:
+            return await run_restore(repo, ref, target, stats, threads)
+        except PartialRestore as exc:     # --json: each file, then the exit event
+            if not args.json:
+                raise
+            for f in exc.failed:
+                renderer.event("error", message=f.line(), path=f.path, chunk=f.chunk,
+                               chunks=f.chunks, reason=f.reason)
+            renderer.event("summary", **stats.statistics(), snapshot=ref.hex,
+                           target=str(target), restored=exc.restored,
+                           failed=[f.path for f in exc.failed])
+            raise
+
+    try:
+        manifest = await ui.with_progress(renderer, stats, go)
+    except* PartialRestore as group:      # one line per file, path first; cli adds the total
+        if not args.json:
+            for exc in leaves(group):
+                for f in getattr(exc, "failed", ()):
+                    print(f"pipeline restore: {f.line()}", file=sys.stderr)
+        raise
     message = f"restored snapshot {ref.hex} ({manifest.files} files) into {target}"
     summary = {"snapshot": ref.hex, "time": manifest.time, "source": manifest.source,
                "files": manifest.files, "bytes": manifest.bytes, "target": str(target)}
