@@ -20,8 +20,8 @@ import uuid
 from typing import Protocol
 
 from pipeline import atomic
-from pipeline.backup.errors import CorruptRepository, StagingFull
-from pipeline.errors import BadInput
+from pipeline.backup.errors import CorruptRepository
+from pipeline.errors import BadInput, NoSpace, is_no_space
 from pipeline.storage.base import CELL, BlobType, Storage
 
 FILE_MODE = 0o644
@@ -112,10 +112,8 @@ class DirBackend(_Counter):
             tmp = os.path.join(self._tmp, uuid.uuid4().hex)
             atomic.replace_file(tmp, final, data, FILE_MODE)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StagingFull(f"{self.root} is full ({exc.strerror}); free space, then run "
-                                  "the same command again: it continues where it stopped"
-                                  ) from None
+            if is_no_space(exc):    # the snapshot is written last: nothing claims completion
+                raise NoSpace(self.root, final) from None
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise BadInput(f"cannot write {final}: {exc.strerror}; make it writable or "
                                "give another location") from None

@@ -34,7 +34,7 @@ from typing import Any
 
 from pipeline import atomic, codec
 from pipeline.backup.walk import walk
-from pipeline.errors import EXIT_NO_SEED, BadInput, PipelineError
+from pipeline.errors import EXIT_NO_SEED, BadInput, NoSpace, PipelineError, is_no_space
 from pipeline.stages.read import data_ranges
 
 STAGING_FILE = "pipeline-offline.json"
@@ -230,5 +230,10 @@ def entries_for_source(source: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _write_atomic(path: Path, text: str, mode: int) -> None:
-    atomic.replace_file(path.with_name(f".{path.name}.{secrets.token_hex(4)}"), path,
-                        text.encode(), mode)
+    try:
+        atomic.replace_file(path.with_name(f".{path.name}.{secrets.token_hex(4)}"), path,
+                            text.encode(), mode)
+    except OSError as exc:
+        if is_no_space(exc):        # the old file (or none) stays: nothing half-recorded
+            raise NoSpace(path) from None
+        raise
