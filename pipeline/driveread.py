@@ -8,9 +8,10 @@ damaged segment is reported, never decoded into wrong data.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline import drives, format, luks2
+from pipeline.errors import IntegrityError, Refused
 
 READ_CHUNK = 16 << 20  # bytes per read when walking segments
 
@@ -22,6 +23,7 @@ class OpenedDrive:
     cipher: drives.DriveCipher
     keyslot: int
     superblock: format.Superblock
+    truncated_at: int | None = None  # data-area bytes present, when fewer than it should hold
 
     def close(self) -> None:
         self.drive.close()
@@ -33,21 +35,37 @@ class OpenedDrive:
         self.close()
 
 
-def open_drive(path: str, secret: bytes, what: str = "recovery password") -> OpenedDrive:
-    """Open read-only, unlock with ``secret``, decrypt and check the superblock."""
+def open_drive(path: str, secret: bytes, what: str = "recovery password",
+               expected_uuid: str | None = None) -> OpenedDrive:
+    """Open read-only, unlock with ``secret``, decrypt and check the superblock.
+
+    ``expected_uuid`` (the journal's record of the volume) is checked before any
+    keyslot is tried, so another drive at the recorded path is named as such,
+    not as a wrong password.  A drive shorter than its superblock says (a
+    truncated image) still opens: what lies before the cut is read and checked,
+    and reads past it fail as damage (``truncated_at`` says where).
+    """
     drive = drives.open_drive(path)
     try:
         volume = drives.read_volume(drive)
+        if expected_uuid is not None and volume.uuid != expected_uuid:
+            raise Refused(f"{path} holds LUKS2 volume {volume.uuid}, not the journal's volume "
+                          f"{expected_uuid}: another drive is at that path; pass the drive's "
+                          "current path (--drive)")
         slot, key = drives.unlock(drive, volume, secret, what)
         cipher = drives.DriveCipher.for_volume(volume, key)
-        sb = drives.read_superblock(drive, cipher)
+        try:
+            sb = drives.read_superblock(drive, cipher)
+        except IntegrityError as exc:
+            raise format.CorruptRecord(f"{path}: {exc}") from None
         if sb.volume_uuid != volume.uuid:
             raise format.CorruptRecord(f"{path}: superblock belongs to volume {sb.volume_uuid}, "
                                        f"not {volume.uuid}")
-        if sb.data_area_size > cipher.data_area_size(drive.size):
-            raise format.CorruptRecord(f"{path}: the drive is smaller than its superblock says "
-                                       "(truncated image?)")
-        return OpenedDrive(drive, volume, cipher, slot, sb)
+        od = OpenedDrive(drive, volume, cipher, slot, sb)
+        present = cipher.data_area_size(drive.size)
+        if sb.data_area_size > present:
+            od.truncated_at = max(present, 0)
+        return od
     except BaseException:
         drive.close()
         raise
@@ -98,32 +116,64 @@ def read_segments(od: OpenedDrive, wanted: Iterable[tuple[int, int, int]]
         yield from flush()
 
 
-def scan_log(od: OpenedDrive) -> tuple[dict[int, format.FileEntry], list[format.Extent]]:
-    """Recover the records of a drive that was never closed, by walking its segments.
+@dataclass
+class LogScan:
+    """What a walk of the log found, and what it could not vouch for."""
 
-    Stops at the first block that is not the next segment (the uncommitted
-    tail) or at a damaged one; what was read before stands.
+    files: dict[int, format.FileEntry] = field(default_factory=dict)
+    extents: list[format.Extent] = field(default_factory=list)
+    segments: int = 0
+    end_reason: str = ""  # why the walk stopped: the end of the committed log, or damage
+    damage: list[str] = field(default_factory=list)  # segments read around, each named
+
+
+def scan_log(od: OpenedDrive) -> LogScan:
+    """Recover the records of a drive whose closing index is missing or damaged.
+
+    Walks the segments from the first; the first block that is not the next
+    segment's header ends the log (the uncommitted tail of a crash, or the
+    index).  A segment whose header holds but whose body is damaged is read
+    around: its records when they are intact (each extent's xxh3-128 then says
+    which bytes are hit), nothing when they are not; either way it is named in
+    ``damage`` and the walk goes on after it, because the header says where it ends.
     """
-    files: dict[int, format.FileEntry] = {}
-    extents: list[format.Extent] = []
-    decoder = format.SegmentDecoder(scan=True)
-    offset, end = format.SECTOR, format.trailer_offset(od.superblock.data_area_size)
-    while offset < end and not decoder.ended:
-        size = min(READ_CHUNK, end - offset)
-        decoder.receive_data(od.cipher.read(od.drive, offset, size))
-        offset += size
-        if offset >= end:
-            decoder.receive_data(b"")
-        try:
-            while True:
-                seg = decoder.next_segment()
-                if seg is format.NEED_DATA or seg is format.END:
-                    break
-                if seg.kind is format.SegmentKind.INDEX:
-                    decoder.receive_data(b"")
-                    return files, extents
-                files.update((f.file_id, f) for f in seg.files)
-                extents.extend(seg.extents)
-        except format.CorruptRecord:
+    out = LogScan()
+    offset, seq = format.SECTOR, 0
+    end = format.trailer_offset(od.superblock.data_area_size)
+    while True:
+        if offset + format.SECTOR > end:
+            out.end_reason = "the log reaches the end of the drive"
             break
-    return files, extents
+        try:
+            head = format.decode_segment_header(
+                od.cipher.read(od.drive, offset, format.SECTOR), offset, seq)
+        except (IntegrityError, OSError) as exc:
+            out.end_reason = f"segment {seq} at {offset}: {exc}"
+            break
+        if head.end > end:
+            out.end_reason = f"segment {seq} at {offset} runs past the end of the data area"
+            break
+        if head.kind is format.SegmentKind.INDEX:
+            out.end_reason = f"the closing index at {offset}"
+            break
+        try:
+            blob = od.cipher.read(od.drive, offset, head.total_len)
+        except (IntegrityError, OSError) as exc:
+            out.damage.append(f"segment {seq} at {offset}: unreadable ({exc})")
+            out.end_reason = f"segment {seq} at {offset} is unreadable"
+            break
+        try:
+            seg = format.decode_segment(blob, offset, seq)
+        except format.CorruptRecord as exc:
+            try:
+                seg = format.decode_segment(blob, offset, seq, check_payload=False)
+                out.damage.append(f"{exc} (its records are intact: each extent is checked)")
+            except format.CorruptRecord:
+                out.damage.append(f"{exc}: the files and extents it recorded are unknown")
+                seg = None
+        if seg is not None:
+            out.files.update((f.file_id, f) for f in seg.files)
+            out.extents.extend(seg.extents)
+        out.segments += 1
+        offset, seq = head.end, seq + 1
+    return out

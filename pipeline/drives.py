@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import format, luks2, xts
-from pipeline.errors import BadInput, NoSpace, Refused, WrongPassword, is_no_space
+from pipeline import format, luks2, names, xts
+from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, WrongPassword, is_no_space
 from pipeline.format import CorruptRecord
 from pipeline.names import check_dstdir as check_dstdir  # re-exported: its home was here
 
@@ -449,7 +449,8 @@ class DriveCipher:
         """Read and decrypt ``size`` bytes at data-area ``offset`` (whole sectors)."""
         raw = drive.pread(size, self.segment_offset + offset)
         if len(raw) != size:
-            raise BadInput(f"{drive.path}: read past the end of the drive")
+            raise DriveTruncated(f"{drive.path}: the drive ends at byte {drive.size}, before "
+                                 f"data-area bytes [{offset}, +{size}) (a truncated image?)")
         return self.decrypt(raw, offset)
 
     def write(self, drive: Drive, offset: int, plain: bytes | memoryview) -> None:
@@ -460,14 +461,12 @@ class DriveCipher:
 # A pipeline drive: LUKS2 volume + superblock
 
 
-_SESSION_ID = re.compile(r"[A-Za-z0-9_#-]{3,30}")
+class DriveTruncated(IntegrityError):
+    """{}"""
 
 
 def check_session_id(session_id: str) -> str:
-    if not _SESSION_ID.fullmatch(session_id):
-        raise BadInput(f"session id {session_id!r} is invalid; use 3-30 letters, digits, "
-                       "'_', '-' or '#'")
-    return session_id
+    return names.check_session_id(session_id)  # the rule lives in pipeline.names
 
 
 def new_session_id() -> str:

@@ -20,7 +20,7 @@ _lock = threading.Lock()
 _seen = 0
 
 POINTS = ("after_journal_create", "after_format", "after_pwrite", "after_sync",
-          "after_commit", "after_index", "after_trailer")
+          "after_commit", "after_index", "after_trailer", "after_reopen")
 
 
 def reached(point: str) -> None:

@@ -105,6 +105,7 @@ __all__ = [
     "layout_data_segment",
     "record_size",
     "segment_total_len",
+    "superblock_names_problem",
     "trailer_offset",
 ]
 
@@ -613,11 +614,40 @@ def decode_superblock(b: bytes) -> Superblock:
             p += n
         if mv[p:CHECKSUM_AT] != bytes(CHECKSUM_AT - p):
             raise ValueError("bytes after the strings are not zero")
-        return Superblock(
+        sb = Superblock(
             drive_seq, str(uuid, "ascii"), *strings, blob_type, created_ns, size, version
         )
     except ValueError as e:
         raise CorruptRecord(f"{what}: {e}") from None
+    problem = superblock_names_problem(sb)
+    if problem is not None:
+        raise CorruptRecord(f"{what}: {problem}")
+    return sb
+
+
+def superblock_names_problem(sb: Superblock) -> str | None:
+    """The superblock's strings against the rules prep wrote them under, or what breaks.
+
+    They name files (journals, copy logs), containers and the importer's state,
+    so a drive must not carry one prep would never write: a session id like
+    ``x/../../tmp/PWNED`` or with a newline, a dstdir that is no container and
+    plain virtual directory.  The checksum only says the bytes are the ones
+    written; whoever wrote them may be hostile.
+    """
+    from pipeline import names  # pure, like this module
+    from pipeline.errors import BadInput
+
+    why = names.session_id_problem(sb.session_id)
+    if why is not None:
+        return f"session id {names.show(sb.session_id)} is not one prep writes ({why})"
+    if not sb.job_name.isprintable():  # it is shown in messages and logs, one line each
+        return f"job name {names.show(sb.job_name)} has a control character"
+    try:
+        if names.check_dstdir(sb.dstdir) != sb.dstdir:
+            return f"dstdir {names.show(sb.dstdir)} is not in its normal form"
+    except BadInput as e:
+        return f"dstdir {names.show(sb.dstdir)} is not one prep writes ({e})"
+    return None
 
 
 # --------------------------------------------------------------------------- trailer

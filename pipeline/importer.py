@@ -35,15 +35,23 @@ from pipeline.stages.read import EXTENT_SIZE
 from pipeline.storage import base as storage_base
 from pipeline.storage.base import Storage
 
-MARKER_PREFIX = ".pipeline-import/"
+# The importer's own state (per-drive markers, copy logs) lives in a container of its own,
+# as Azure's diagnosticsPath does (default ``waimportexport``): never among the customer's
+# blobs, where a blob on a drive could be named like a marker and forge one.
+STATE_CONTAINER = "waimportexport"
 WINDOW = 16 << 20  # bytes read and decrypted per worker-thread call
 UPLOAD_BATCH = 64  # extents written per storage thread call ...
 UPLOAD_BYTES = 4 << 20  # ... up to about this many bytes
 COMMIT_BATCH = 256  # blobs committed per storage thread call
 
 
+def state_name(session_id: str, leaf: str) -> str:
+    """A blob of the importer's state for a session, in STATE_CONTAINER."""
+    return f"{session_id}/{leaf}"
+
+
 def marker_name(session_id: str, seq: int) -> str:
-    return f"{MARKER_PREFIX}{session_id}/drive-{seq:02d}.json"
+    return state_name(session_id, f"drive-{seq:02d}.json")
 
 
 def cells_of(size: int) -> list[int]:
@@ -120,12 +128,19 @@ def open_copy_log(path: Path) -> Iterator[IO[str]]:
 
 @dataclass
 class DrivePlan:
-    """The records of one drive, from its journal or its closing index."""
+    """The records of one drive, from its journal or its closing index (or, failing both,
+    a walk of its log), with what could not be vouched for."""
 
     superblock: format.Superblock
     files: dict[int, format.FileEntry]
     extents: list[format.Extent]
-    source: str  # "journal" or "index"
+    source: str  # "journal", "index" or "log scan"
+    # Files the drive lists but that must not be imported: file id -> (status, why).
+    rejected: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Older copies of a file rewritten on this drive (log scan): never imported.
+    superseded: dict[int, format.FileEntry] = field(default_factory=dict)
+    damage: list[str] = field(default_factory=list)  # named on the terminal and in the log
+    incomplete: str = ""  # why the drive cannot vouch that it holds every file it should
 
     @property
     def container(self) -> str:
@@ -135,6 +150,10 @@ class DrivePlan:
 def plan_drive(od: driveread.OpenedDrive, jrn: journal.Journal | None) -> DrivePlan:
     sb = od.superblock
     storage_base.check_container_name(sb.dstdir.split("/", 1)[0])
+    if sb.dstdir.split("/", 1)[0] == STATE_CONTAINER:
+        raise IntegrityError(f"{od.drive.path}: the superblock names container "
+                             f"{STATE_CONTAINER}, which holds the importer's own state; "
+                             "a drive prepared by pipeline never does")
     if jrn is not None:
         info = jrn.drive
         if (sb.session_id, sb.drive_seq, sb.volume_uuid) != (
@@ -143,18 +162,82 @@ def plan_drive(od: driveread.OpenedDrive, jrn: journal.Journal | None) -> DriveP
                           f"not drive {info.seq} of {jrn.session.session_id}; pass the journal "
                           "directory of its own session")
         files = {f.file_id: f for f in jrn.files()}
-        return DrivePlan(sb, files, list(jrn.extents()), "journal")
-    try:
-        _, index = driveread.read_index(od)
-    except format.CorruptRecord:
-        # No closing index (prep crashed before closing the drive): walk the log.
-        files, extents = driveread.scan_log(od)
-        if not files:
-            raise IntegrityError(f"{od.drive.path}: neither a closing index nor any segment "
-                                 "could be read; import it with its journal (--journal-dir)"
-                                 ) from None
-        return DrivePlan(sb, files, extents, "log scan")
-    return DrivePlan(sb, {f.file_id: f for f in index.files}, list(index.extents), "index")
+        plan = DrivePlan(sb, files, list(jrn.extents()), "journal")
+    else:
+        try:
+            _, index = driveread.read_index(od)
+        except (IntegrityError, OSError) as exc:
+            # No intact closing index (prep crashed before closing the drive, or damage):
+            # walk the log, and say the drive cannot vouch for what is not on it.
+            scan = driveread.scan_log(od)
+            if not scan.files:
+                raise IntegrityError(
+                    f"{od.drive.path}: neither the closing index ({exc}) nor any segment "
+                    f"could be read ({scan.end_reason}); import it with its journal "
+                    "(--journal-dir)") from None
+            plan = DrivePlan(sb, scan.files, scan.extents, "log scan", damage=scan.damage)
+            plan.incomplete = (
+                f"no intact closing index ({exc}); its records were recovered by walking "
+                f"the log ({scan.segments} segment(s), ended by {scan.end_reason}), so files "
+                "prep had not yet written, or recorded only past the damage, cannot be named")
+        else:
+            plan = DrivePlan(sb, {f.file_id: f for f in index.files}, list(index.extents),
+                             "index")
+    if od.truncated_at is not None:
+        plan.damage.append(f"the drive ends {od.truncated_at} bytes into its "
+                           f"{sb.data_area_size}-byte data area (a truncated image?); extents "
+                           "past the cut are reported missing")
+    _check_plan(plan, od)
+    return plan
+
+
+def _check_plan(plan: DrivePlan, od: driveread.OpenedDrive) -> None:
+    """Apply the journal's rules to whatever the records came from, before any byte moves.
+
+    - Every blob is the session's virtual directory + the file's path: a record
+      naming anything else (another directory, the importer's own state) is damage.
+    - One version of a blob: a file rewritten on this drive by ``prep --resume``
+      (its staging copy changed) appears twice in the log, and only the newest
+      file id stands, as in the journal; older copies are never written anywhere.
+      A closing index or journal never lists a blob twice, so there it is damage.
+    - Every extent lies on the file's 1 MiB grid, inside the file and the drive.
+    """
+    sb = plan.superblock
+    vdir = sb.dstdir.partition("/")[2]
+    limit = format.trailer_offset(sb.data_area_size)
+    by_blob: dict[str, list[int]] = {}
+    for fid, f in plan.files.items():
+        if f.blob != vdir + f.path:
+            plan.rejected[fid] = ("corrupt", f"recorded as blob {f.blob!r}, not "
+                                  f"{vdir + f.path!r} (the session's directory + its path)")
+        by_blob.setdefault(f.blob, []).append(fid)
+    for fids in by_blob.values():
+        if len(fids) < 2:
+            continue
+        fids.sort()
+        if plan.source == "log scan":
+            for fid in fids[:-1]:
+                plan.superseded[fid] = plan.files.pop(fid)
+        else:
+            for fid in fids:
+                plan.rejected[fid] = ("corrupt", f"the drive's {plan.source} lists this blob "
+                                      f"{len(fids)} times (file ids {fids}); importing neither")
+    kept: list[format.Extent] = []
+    for e in plan.extents:
+        f = plan.files.get(e.file_id)
+        if f is None:
+            continue  # a superseded copy's, or an unlisted file's: nothing to write
+        why = ""
+        if e.offset % EXTENT_SIZE or e.raw_len > EXTENT_SIZE or e.offset + e.raw_len > f.size:
+            why = (f"extent [{e.offset}, +{e.raw_len}) is off the {EXTENT_SIZE}-byte grid or "
+                   f"past the file's {f.size} bytes")
+        elif e.codec is not format.Codec.ZERO and not (
+                e.location >= format.SECTOR and e.location + e.stored_len <= limit):
+            why = f"extent stored at [{e.location}, +{e.stored_len}) is outside the drive's log"
+        if why and e.file_id not in plan.rejected:
+            plan.rejected[e.file_id] = ("corrupt", why)
+        kept.append(e)
+    plan.extents = kept
 
 
 def check_names(plan: DrivePlan) -> None:
@@ -198,7 +281,9 @@ def read_window(od: driveread.OpenedDrive, exts: list[format.Extent]
     hi = max(format.align_up(e.location + e.stored_len) for e in exts)
     try:
         plain = memoryview(od.cipher.read(od.drive, lo, hi - lo))
-    except (OSError, BadInput) as exc:
+    except (OSError, BadInput, IntegrityError) as exc:
+        if len(exts) > 1:  # a bad sector or a cut: read one by one, lose only what is hit
+            return [got for e in exts for got in read_window(od, [e])]
         return [(e, ("missing", f"unreadable on the drive: {exc}")) for e in exts]
     out: list[tuple[format.Extent, bytes | tuple[str, str]]] = []
     for e in exts:
@@ -237,14 +322,29 @@ async def import_drive(od: driveread.OpenedDrive, plan: DrivePlan, store: Storag
     result = DriveResult(sb.drive_seq, sb.session_id)
     marker = marker_name(sb.session_id, sb.drive_seq)
     await trio.to_thread.run_sync(store.ensure_container, container, limiter=net)
-    existing = await trio.to_thread.run_sync(store.get, container, marker, limiter=net)
-    if existing is not None and json.loads(existing).get("state") == "done":
+    await trio.to_thread.run_sync(store.ensure_container, STATE_CONTAINER, limiter=net)
+    existing = await trio.to_thread.run_sync(store.get, STATE_CONTAINER, marker, limiter=net)
+    if existing is not None and _parse_marker(marker, existing).get("state") == "done":
         for f in plan.files.values():
             log.blob("skipped", f.blob, "drive already imported; nothing changed", f.size)
         result.already = True
         return result
 
-    on_drive = {fid: FileOnDrive(f) for fid, f in plan.files.items()}
+    for fid, f in plan.superseded.items():
+        log.blob("skipped", f.blob, "an older copy of the file, rewritten later on this drive "
+                 "(its staging copy changed); never written", f.size, file_id=fid)
+    # A newer copy already delivered by another drive: this one must not touch the blob.
+    newest = _newest_versions(await _read_markers(store, sb.session_id, net))
+    on_drive: dict[int, FileOnDrive] = {}
+    for fid, f in plan.files.items():
+        if fid in plan.rejected:
+            status, why = plan.rejected[fid]
+            log.blob(status, f.blob, why, f.size, file_id=fid)
+        elif newest.get(f.blob, 0) > fid:
+            log.blob("skipped", f.blob, "superseded by a newer copy of the file on another "
+                     "drive; never written", f.size, file_id=fid)
+        else:
+            on_drive[fid] = FileOnDrive(f)
     for e in plan.extents:
         if e.file_id in on_drive and e.codec is format.Codec.ZERO:
             on_drive[e.file_id].zero.update(range(e.offset, e.offset + e.raw_len, EXTENT_SIZE))
@@ -303,12 +403,12 @@ async def import_drive(od: driveread.OpenedDrive, plan: DrivePlan, store: Storag
                          "cells": sorted(fd.cells), "zero": sorted(fd.zero),
                          "bad": sorted(fd.bad)} for fd in on_drive.values()]}
     await trio.to_thread.run_sync(store.sync, limiter=net)  # parts durable before the marker
-    await trio.to_thread.run_sync(store.put, container, marker,
+    await trio.to_thread.run_sync(store.put, STATE_CONTAINER, marker,
                                   json.dumps(record).encode(), limiter=net)
     await _commit_ready(store, container, sb, on_drive, log, net)
     await trio.to_thread.run_sync(store.sync, limiter=net)  # commits durable before "done"
     record["state"] = "done"
-    await trio.to_thread.run_sync(store.put, container, marker,
+    await trio.to_thread.run_sync(store.put, STATE_CONTAINER, marker,
                                   json.dumps(record).encode(), limiter=net)
     return result
 
@@ -317,24 +417,16 @@ async def _commit_ready(store: Storage, container: str, sb: format.Superblock,
                         on_drive: dict[int, FileOnDrive], log: CopyLog,
                         net: trio.CapacityLimiter) -> None:
     """Commit each file of this drive whose cells every imported drive now covers."""
-    prefix = f"{MARKER_PREFIX}{sb.session_id}/"
-    names = await trio.to_thread.run_sync(store.list, container, prefix, limiter=net)
-    markers = []
-    for name in names:
-        if name.endswith(".json"):
-            raw = await trio.to_thread.run_sync(store.get, container, name, limiter=net)
-            if raw:
-                markers.append(json.loads(raw))
+    markers = await _read_markers(store, sb.session_id, net)
     cells: dict[int, set[int]] = {}
     zero: dict[int, set[int]] = {}
     where: dict[int, set[int]] = {}
-    newest: dict[str, int] = {}
     for m in markers:
         for f in m["files"]:
             cells.setdefault(f["file_id"], set()).update(f["cells"])
             zero.setdefault(f["file_id"], set()).update(f["zero"])
             where.setdefault(f["file_id"], set()).add(m["seq"])
-            newest[f["blob"]] = max(newest.get(f["blob"], 0), f["file_id"])
+    newest = _newest_versions(markers)
     btype = sb.blob_type
     ready: list[format.FileEntry] = []
 
@@ -370,6 +462,48 @@ async def _commit_ready(store: Storage, container: str, sb: format.Superblock,
         if len(ready) >= COMMIT_BATCH:
             await flush()
     await flush()
+
+
+async def _read_markers(store: Storage, session_id: str, net: trio.CapacityLimiter
+                        ) -> list[dict[str, Any]]:
+    """Every imported drive's marker of the session (this drive's too, once written)."""
+    prefix = state_name(session_id, "drive-")
+    found = await trio.to_thread.run_sync(store.list, STATE_CONTAINER, prefix, limiter=net)
+    markers = []
+    for name in found:
+        if name.endswith(".json"):
+            raw = await trio.to_thread.run_sync(store.get, STATE_CONTAINER, name, limiter=net)
+            if raw:
+                markers.append(_parse_marker(name, raw))
+    return markers
+
+
+def _parse_marker(name: str, raw: bytes) -> dict[str, Any]:
+    """A marker read back from the account: checked before anything trusts it."""
+    try:
+        m = json.loads(raw)
+        ok = (isinstance(m, dict) and isinstance(m.get("seq"), int)
+              and m.get("state") in ("parts", "done") and isinstance(m.get("files"), list)
+              and all(isinstance(f, dict) and isinstance(f.get("file_id"), int)
+                      and isinstance(f.get("blob"), str)
+                      and all(isinstance(f.get(k), list) and all(type(c) is int for c in f[k])
+                              for k in ("cells", "zero"))
+                      for f in m["files"]))
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise IntegrityError(f"storage: import marker {STATE_CONTAINER}/{name} is damaged; "
+                             "delete it and import that drive again")
+    return m
+
+
+def _newest_versions(markers: list[dict[str, Any]]) -> dict[str, int]:
+    """Blob -> the newest file id any imported drive delivered for it."""
+    newest: dict[str, int] = {}
+    for m in markers:
+        for f in m["files"]:
+            newest[f["blob"]] = max(newest.get(f["blob"], 0), f["file_id"])
+    return newest
 
 
 def log_path(log_dir: Path, session_id: str, seq: int) -> Path:

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import format as fmt
-from pipeline.errors import EXIT_INTEGRITY, IntegrityError
+from pipeline import names
+from pipeline.errors import EXIT_INTEGRITY, BadInput, IntegrityError
 from pipeline.format import (
     END,
     EXTENT_RECORD_SIZE,
@@ -94,14 +95,23 @@ def unplaced_extents(draw: st.DrawFn) -> tuple[Extent, bytes]:
     return ext, draw(st.binary(min_size=ext.stored_len, max_size=ext.stored_len))
 
 
+def _valid_dstdir(dstdir: str) -> bool:
+    try:
+        return names.check_dstdir(dstdir) == dstdir
+    except BadInput:
+        return False
+
+
 sector_offsets = st.integers(1, 2**40).map(lambda n: n * SECTOR)
 superblocks = st.builds(
     Superblock,
     drive_seq=st.integers(1, U32),
     volume_uuid=st.uuids().map(str),
-    session_id=st.text(_name_chars, min_size=1, max_size=40),
-    job_name=st.text(_name_chars, max_size=40),
-    dstdir=st.lists(components, min_size=1, max_size=3).map(lambda c: "/".join(c) + "/"),
+    session_id=st.from_regex(r"[A-Za-z0-9_#-]{3,30}", fullmatch=True),
+    job_name=st.text(_name_chars, max_size=40).filter(str.isprintable),
+    dstdir=st.tuples(st.from_regex(r"[a-z0-9]{3,20}", fullmatch=True),
+                     st.lists(components, max_size=3)).map(
+        lambda c: "/".join([c[0], *c[1]]) + "/").filter(_valid_dstdir),
     blob_type=st.sampled_from(BlobType),
     created_ns=i64,
     data_area_size=st.integers(3, U64 // SECTOR).map(lambda n: n * SECTOR),
@@ -420,8 +430,9 @@ def test_records_roundtrip(recs: list[fmt.Record]) -> None:
 
 
 @given(superblocks)
-@example(Superblock(U32, "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "é" * 512, "j" * 1024,
-                    "c/" * 511 + "/", BlobType.BLOCK, I64_MIN, U64 // SECTOR * SECTOR))
+@example(Superblock(U32, "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "s" * 30, "é" * 512,
+                    "cnt/" + ("c" * 250 + "/") * 4, BlobType.BLOCK, I64_MIN,
+                    U64 // SECTOR * SECTOR))
 def test_superblock_roundtrip(sb: Superblock) -> None:
     b = fmt.encode_superblock(sb)
     assert len(b) == SECTOR
@@ -579,7 +590,7 @@ def test_decode_index_checks_what_the_trailer_says() -> None:
 def test_full_drive_read_path() -> None:
     """superblock -> trailer -> index, and the scan fallback, over one small data area."""
     size = 16 * SECTOR
-    sb = Superblock(1, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "s", "j", "c/", BlobType.BLOCK,
+    sb = Superblock(1, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "s-1", "j", "cnt/", BlobType.BLOCK,
                     0, size)
     log, segs = make_log([([FE], [(EXT_RAW, b"hello")]), ([], [(EXT_ZSTD, b"zst")])])
     placed = [r for s in segs for r in s.records]
@@ -1100,7 +1111,7 @@ UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 FE_ARGS = dict(file_id=1, path="a/b", blob="c/a/b", size=10, mtime_ns=0, mode=0o644)
 EXT_ARGS = dict(file_id=1, offset=0, raw_len=10, codec=Codec.ZSTD, stored_len=5,
                 xxh3=bytes(16), location=0)
-SB_ARGS = dict(drive_seq=1, volume_uuid=UUID, session_id="s", job_name="j", dstdir="c/d/",
+SB_ARGS = dict(drive_seq=1, volume_uuid=UUID, session_id="s-1", job_name="j", dstdir="cnt/d/",
                blob_type=BlobType.BLOCK, created_ns=0, data_area_size=3 * SECTOR)
 TR_ARGS = dict(drive_seq=1, data_area_size=4 * SECTOR, index_offset=SECTOR,
                index_length=2 * SECTOR, segment_count=1, payload_bytes=0)
@@ -1267,3 +1278,21 @@ def test_index_of_200k_extents_encodes_and_decodes_in_linear_time() -> None:
         print(f"\nindex of {n} extents + {n_files} files, {'zstd' if compress else 'plain'} "
               f"records, {len(blob)} bytes: encode {t1 - t0:.3f} s, decode {t2 - t1:.3f} s")
         assert t2 - t0 < 30  # generous: shared CI machines; quadratic would take minutes
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("session_id", "x/../../../../tmp/PWNED", "session id"),
+    ("session_id", "new\nline", "session id"),
+    ("session_id", "s", "session id"),
+    ("job_name", "job\nname", "job name"),
+    ("dstdir", "cnt/../x/", "dstdir"),
+    ("dstdir", "Bad_Container/", "dstdir"),
+    ("dstdir", "cnt/a\\b/", "dstdir"),
+    ("dstdir", "cnt/a//b/", "dstdir"),
+])
+def test_superblock_strings_are_checked_before_use(field: str, value: str, said: str) -> None:
+    """A checksum only says the bytes are the ones written; the decoder holds the strings to
+    the rules prep writes them under (issue 15 #3: a session id named files outside --log-dir)."""
+    sb = Superblock(**{**SB_ARGS, field: value})
+    with pytest.raises(CorruptRecord, match=f"superblock: {said}"):
+        fmt.decode_superblock(fmt.encode_superblock(sb))

@@ -13,7 +13,7 @@ import trio
 
 from pipeline import credentials, driveread, drives, importer, journal
 from pipeline.commands import _options
-from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, worst
+from pipeline.errors import BadInput, Incomplete, IntegrityError, NoSpace, Refused, worst
 from pipeline.jobs import service_import
 from pipeline.storage import open_storage
 
@@ -92,12 +92,20 @@ def run(args: argparse.Namespace) -> int:
                 assert secret is not None
                 key = secret
             od = driveread.open_drive(path, key.value, key.kind)
+            for warning in od.volume.warnings:  # a damaged header copy, read past
+                print(f"pipeline import: warning: {path}: {warning}", file=sys.stderr)
             opened.append((od, importer.plan_drive(od, jrn)))
             importer.check_names(opened[-1][1])
         if job is not None:
             job.start([od.volume.uuid for od, _ in opened])
         bad = 0
+        unvouched: list[str] = []
         for od, plan in opened:
+            for line in plan.damage:
+                print(f"pipeline import: {od.drive.path}: {line}", file=sys.stderr)
+            if plan.incomplete:
+                unvouched.append(str(od.drive.path))
+                print(f"pipeline import: {od.drive.path}: {plan.incomplete}", file=sys.stderr)
             report = job.reporter(od.volume.uuid, plan) if job else None
             n, log = _import_one(od, plan, store, log_dir, args.json, report)
             bad += n
@@ -115,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
         raise IntegrityError(f"{bad} blob(s) corrupt or missing; see the copy logs in "
                              f"{log_dir}, then re-send them: pipeline repair --journal-dir "
                              "JDIR --srcdir DIR --to STORAGE")
+    if unvouched:
+        raise Incomplete(f"{', '.join(unvouched)}: imported what the drive holds, every extent "
+                         "checked, but it cannot vouch that nothing is missing (see above); "
+                         "import it with its journal (--journal-dir) to know, or compare with "
+                         "the source: pipeline repair")
     return 0
 
 
@@ -128,6 +141,10 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
         log.write({"type": "start", "drive": str(od.drive.path), "session_id": sb.session_id,
                    "seq": sb.drive_seq, "container": plan.container,
                    "records_from": plan.source, "storage": store.name})
+        for line in plan.damage:
+            log.write({"type": "damage", "message": line})
+        if plan.incomplete:
+            log.write({"type": "incomplete", "message": plan.incomplete})
         async def main() -> importer.DriveResult:
             async with trio.open_nursery() as nursery:
                 if report is not None:
@@ -146,8 +163,8 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
             raise
         log.close("already imported" if result.already else "done")
     try:  # a copy next to the blobs, as the import service's verbose log
-        store.put(plan.container, f"{importer.MARKER_PREFIX}{sb.session_id}/"
-                  f"copylog-drive-{sb.drive_seq:02d}.jsonl",
+        store.put(importer.STATE_CONTAINER,
+                  importer.state_name(sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl"),
                   ("\n".join(log.lines) + "\n").encode())
     except Exception as exc:  # noqa: BLE001 - the local log is the record; say so, go on
         print(f"pipeline import: could not store the copy log in the account ({exc}); "

@@ -60,7 +60,10 @@ def verify_drive(jrn: journal.Journal, path: str) -> DriveReport:
     def damage(file_id: int, reason: str) -> None:
         report.damaged.setdefault(names.get(file_id, f"file #{file_id}"), reason)
 
-    with driveread.open_drive(path, jrn.recovery_password.encode()) as od:
+    with driveread.open_drive(path, jrn.recovery_password.encode(),
+                              expected_uuid=info.uuid) as od:
+        for warning in od.volume.warnings:  # a damaged header copy, read past
+            print(f"pipeline verify: warning: {path}: {warning}", file=sys.stderr)
         sb = od.superblock
         if (sb.volume_uuid, sb.session_id, sb.drive_seq) != (
                 info.uuid, jrn.session.session_id, info.seq):

@@ -132,18 +132,19 @@ class JobImport:
         """
         t = log.totals
         sb = plan.superblock
-        prefix = f"{importer.MARKER_PREFIX}{sb.session_id}/"
-        verbose = f"{prefix}copylog-drive-{sb.drive_seq:02d}.jsonl"
+        state = importer.STATE_CONTAINER
+        verbose = importer.state_name(sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl")
         entry: dict[str, Any] = {
             "driveId": uuid, "percentComplete": 100, "bytesSucceeded": transferred,
-            "verboseLogUri": log_uri(store, plan.container, verbose)}
+            "verboseLogUri": log_uri(store, state, verbose)}
         if t["corrupt"] or t["missing"]:
             errors = [line for line in log.lines
                       if json.loads(line).get("status") in ("corrupt", "missing")]
-            error_blob = f"{prefix}errorlog-drive-{sb.drive_seq:02d}.jsonl"
-            store.put(plan.container, error_blob, ("\n".join(errors) + "\n").encode())
+            error_blob = importer.state_name(sb.session_id,
+                                             f"errorlog-drive-{sb.drive_seq:02d}.jsonl")
+            store.put(state, error_blob, ("\n".join(errors) + "\n").encode())
             entry.update(state="CompletedMoreInfo", copyStatus="CompletedWithErrors",
-                         errorLogUri=log_uri(store, plan.container, error_blob))
+                         errorLogUri=log_uri(store, state, error_blob))
         else:
             entry.update(state="Completed", copyStatus="Completed")
         if self._drives()[uuid].get("state") in _DONE:

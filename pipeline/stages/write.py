@@ -145,13 +145,48 @@ class DriveWriter:
                 return fn(*args)
         return await trio.to_thread.run_sync(timed, limiter=self.cpu if cpu else None)
 
+    def _stale_tail(self) -> list[int]:
+        """Offsets of the segments a killed run wrote past the journal's watermark that a
+        log scan could still read as the log's continuation (each the next one's header)."""
+        out: list[int] = []
+        offset, seq = self.state.offset, self.state.seq
+        while offset + format.SECTOR <= self.state.capacity:
+            try:
+                head = format.decode_segment_header(
+                    self.cipher.read(self.drive, offset, format.SECTOR), offset, seq)
+            except format.CorruptRecord:
+                break
+            out.append(offset)
+            if head.kind is format.SegmentKind.INDEX:
+                break
+            offset, seq = head.end, seq + 1
+        return out
+
+    def _wipe_stale_tail(self) -> None:
+        """Make the uncommitted tail unreadable before anything new is appended.
+
+        A resumed run writes new segments from the watermark; if one ended exactly
+        where an old uncommitted segment with the next sequence number begins, a
+        log scan (an import without journal or index) would read that stale
+        segment, and the old copy of a file changed since, as the log going on.
+        Wiped last first, each synced: a crash midway leaves a shorter chain that
+        the next run finds and wipes.
+        """
+        zero = bytes(format.SECTOR)
+        for offset in reversed(self._stale_tail()):
+            self.cipher.write(self.drive, offset, zero)
+            self.drive.sync()
+
     async def reopen(self) -> None:
-        """Invalidate a trailer a crashed or earlier close may have left, before appending."""
+        """Invalidate the uncommitted tail and a trailer that a crashed or earlier close may
+        have left, before appending."""
+        await self._thread(self._wipe_stale_tail, stage="write")
         zero = bytes(format.SECTOR)
         await self._thread(self.cipher.write, self.drive, self.state.capacity, zero,
                            stage="write")
         if self.journal.drive.state != "open":
             await self._thread(self.journal.set_state, "open", stage="journal")
+        faults.reached("after_reopen")
 
     async def _seal_into(self, tx: trio.MemorySendChannel[_Sealed]) -> None:
         # In a thread: laying out a segment copies and hashes megabytes, and the hash lets

@@ -31,6 +31,7 @@ from pipeline import atomic
 from pipeline.errors import BadInput, filesystem_of, is_no_space
 from pipeline.format import BlobType
 from pipeline.storage.base import (
+    CELL,
     InvalidName,
     PartsMissing,
     StorageUnavailable,
@@ -55,6 +56,22 @@ try:
     _LIBC.syncfs  # noqa: B018 - present on Linux (glibc 2.14+)
 except (OSError, AttributeError):
     _LIBC = None
+
+
+_FALLOC_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+
+
+def _zero(fd: int, offset: int, length: int) -> None:
+    """Make ``length`` bytes at ``offset`` read as zeros: a hole where the file system can
+    punch one (nearly free on a cell that is a hole already), zeros written otherwise."""
+    if length <= 0:
+        return
+    if _LIBC is not None:
+        fallocate = _LIBC.fallocate
+        fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        if fallocate(fd, _FALLOC_PUNCH, offset, length) == 0:
+            return
+    os.pwrite(fd, bytes(length), offset)
 
 
 class LocalStorage:
@@ -190,6 +207,8 @@ class LocalStorage:
             try:
                 if os.fstat(fd).st_size != size:
                     os.ftruncate(fd, size)
+                for offset in zero_offsets:  # bytes an older copy left there are not the file's
+                    _zero(fd, offset, min(CELL, size - offset))
             finally:
                 os.close(fd)
             try:
