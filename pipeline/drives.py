@@ -388,17 +388,22 @@ def existing_content(drive: Drive) -> str | None:
 
 
 def read_volume(drive: Drive) -> luks2.Volume:
-    """Parse the drive's LUKS2 header (reading more when the header asks for it)."""
-    want = 2 * luks2.HDR_SIZE
+    """Parse the drive's LUKS2 header (reading more when the header asks for it).
+
+    The device size bounds what the header may name, so a damaged primary sends
+    the probe for the secondary copy no further than the drive goes.  Read-only:
+    a damaged copy is reported in ``Volume.warnings``, never rewritten here.
+    """
+    want = min(2 * luks2.HDR_SIZE, drive.size)
     while True:
         blob = drive.pread(want, 0)
         try:
-            return luks2.parse_header(blob)
+            return luks2.parse_header(blob, drive.size)
         except luks2.NeedMoreData as more:
             if more.size <= want or len(blob) < want:
                 raise luks2.CorruptHeader(
                     f"{drive.path}: LUKS2 header is truncated or damaged") from None
-            want = more.size
+            want = min(max(more.size, 2 * want), drive.size)  # probing doubles its reach
         except luks2.CorruptHeader as exc:
             raise luks2.CorruptHeader(f"{drive.path}: {exc}") from None
 

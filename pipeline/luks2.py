@@ -37,7 +37,8 @@ import threading
 import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import pairwise
+from typing import Any, NamedTuple
 
 from argon2.low_level import Type, hash_secret_raw
 
@@ -62,6 +63,17 @@ DIGEST_ITERATIONS = 100_000
 TOKEN_TYPE = "pipeline-drive"  # plaintext drive identity (session, job, sequence)
 # hdr_size values cryptsetup accepts; the secondary header sits at one of them.
 HDR_SIZES = tuple(16384 << i for i in range(9))
+# Where cryptsetup probes for the secondary header when the primary cannot say its
+# hdr_size (LUKS2_HDR2_OFFSETS): the secondary always follows a primary of one of
+# the sizes above.
+HDR2_OFFSETS = HDR_SIZES
+MAX_KEYSLOTS_SIZE = 128 * 1024 * 1024  # cryptsetup's LUKS2_MAX_KEYSLOTS_SIZE
+MAX_KEYSLOTS = 32  # cryptsetup's LUKS2_KEYSLOTS_MAX
+MAX_ARGON2_MEMORY = 4 * 1024 * 1024  # KiB; cryptsetup's upper bound
+_UINT32 = 2**32 - 1
+_UINT64 = 2**64 - 1
+# Hashes a header may name (checksum, AF, PBKDF2): hashlib has them everywhere.
+_HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512")
 
 _BIN = struct.Struct(">6sHQQ48s32s64s40s48sQ184s64s")
 _CSUM_OFFSET = 448
@@ -269,32 +281,19 @@ class Volume:
     seqid: int
     hdr_size: int
     metadata: dict[str, Any]
-    copy: str  # "primary" or "secondary": which header copy was valid
+    copy: str  # "primary" or "secondary": which header copy was used
     warnings: tuple[str, ...] = field(default=())
+    offset: int = 0  # where the copy used sits on the device
 
     @property
     def keyslots(self) -> dict[int, Keyslot]:
-        out = {}
-        for key, ks in self.metadata["keyslots"].items():
-            af, area, kdf = ks["af"], ks["area"], ks["kdf"]
-            out[int(key)] = Keyslot(
-                id=int(key), key_size=int(ks["key_size"]), area_offset=int(area["offset"]),
-                area_size=int(area["size"]), area_encryption=str(area["encryption"]),
-                area_key_size=int(area["key_size"]), stripes=int(af["stripes"]),
-                af_hash=str(af["hash"]), kdf=KdfParams.from_json(kdf),
-                kdf_salt=base64.b64decode(kdf["salt"]), priority=int(ks.get("priority", 1)),
-            )
+        """The keyslots, by id (parse_header has already checked every field)."""
+        out = {int(key): _parse_keyslot(key, ks) for key, ks in self.metadata["keyslots"].items()}
         return dict(sorted(out.items()))
 
     @property
     def segment(self) -> Segment:
-        seg = self.metadata["segments"]["0"]
-        size = seg["size"]
-        return Segment(
-            offset=int(seg["offset"]), size=None if size == "dynamic" else int(size),
-            encryption=str(seg["encryption"]), sector_size=int(seg["sector_size"]),
-            iv_tweak=int(seg["iv_tweak"]),
-        )
+        return _parse_segment(self.metadata["segments"]["0"])
 
     @property
     def token(self) -> dict[str, Any] | None:
@@ -310,7 +309,7 @@ class Volume:
         return {
             "version": VERSION, "uuid": self.uuid, "label": self.label,
             "subsystem": self.subsystem, "seqid": self.seqid, "header_copy": self.copy,
-            "metadata_size": self.hdr_size,
+            "header_offset": self.offset, "metadata_size": self.hdr_size,
             "keyslots_size": int(self.metadata["config"]["keyslots_size"]),
             "segment": {"offset": seg.offset, "size": seg.size or "dynamic",
                         "cipher": seg.encryption, "sector_size": seg.sector_size},
@@ -332,114 +331,322 @@ def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-def _check_copy(blob: bytes, at: int, magic: bytes) -> tuple[dict[str, Any], tuple] | str:
-    """Validate one header copy at ``at``; return (json, fields) or why not."""
-    if len(blob) < at + BINARY_HEADER_SIZE:
-        raise NeedMoreData(at + BINARY_HEADER_SIZE)
-    fields = _BIN.unpack_from(blob, at)
-    if fields[0] != magic:
-        return "no LUKS2 header magic"
-    if fields[1] != VERSION:
-        return f"LUKS version {fields[1]}, not 2"
-    hdr_size = fields[2]
-    if hdr_size not in HDR_SIZES:
-        return f"unsupported header size {hdr_size}"
-    if fields[9] != at:
-        return f"header offset field {fields[9]} does not match its position {at}"
-    if len(blob) < at + hdr_size:
-        raise NeedMoreData(at + hdr_size)
-    alg = _cstr(fields[5])
-    if alg not in ("sha256", "sha512", "sha1"):
+class _Binary(NamedTuple):
+    """The fields of one binary header, in ``_BIN`` order."""
+
+    magic: bytes
+    version: int
+    hdr_size: int
+    seqid: int
+    label: bytes
+    checksum_alg: bytes
+    salt: bytes
+    uuid: bytes
+    subsystem: bytes
+    hdr_offset: int
+    padding: bytes
+    csum: bytes
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """One header copy whose checksum and metadata both hold."""
+
+    at: int
+    binary: _Binary
+    meta: dict[str, Any]
+
+
+# -- hostile-input field readers: every field of the JSON area goes through one,
+# so a crafted header gives a CorruptHeader naming the field, never a KeyError.
+
+_KINDS = {dict: "an object", list: "an array", str: "a string", int: "an integer"}
+
+
+def _field(obj: Any, key: str, kind: type, where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise CorruptHeader(f"{where} is not an object")
+    if key not in obj:
+        raise CorruptHeader(f"{where} has no {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise CorruptHeader(f"{where}: {key!r} is not {_KINDS.get(kind, kind.__name__)}")
+    return value
+
+
+def _uint(obj: Any, key: str, where: str, limit: int = _UINT64) -> int:
+    """A non-negative integer stored as a JSON number or a decimal string (LUKS2 uses both)."""
+    if not isinstance(obj, dict) or key not in obj:
+        raise CorruptHeader(f"{where} has no {key!r}")
+    value = obj[key]
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise CorruptHeader(f"{where}: {key!r} is not an integer from 0 to {limit}")
+    return value
+
+
+def _hash_name(obj: Any, key: str, where: str) -> str:
+    name = _field(obj, key, str, where)
+    if name not in _HASHES:
+        raise CorruptHeader(f"{where}: unsupported hash {name[:32]!r}")
+    return name
+
+
+def _b64(obj: Any, key: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(_field(obj, key, str, where), validate=True)
+    except ValueError:
+        raise CorruptHeader(f"{where}: {key!r} is not base64") from None
+
+
+def _parse_kdf(obj: Any, where: str) -> tuple[KdfParams, bytes]:
+    """A keyslot's KDF and salt, bounded as cryptsetup bounds them: a hostile
+    header must not make unlocking allocate terabytes or overflow libargon2."""
+    kind = _field(obj, "type", str, where)
+    try:
+        if kind == "pbkdf2":
+            kdf = KdfParams(type="pbkdf2", iterations=_uint(obj, "iterations", where, _UINT32),
+                            hash=_hash_name(obj, "hash", where))
+        else:
+            kdf = KdfParams(type=kind, time=_uint(obj, "time", where, _UINT32),
+                            memory=_uint(obj, "memory", where, MAX_ARGON2_MEMORY),
+                            cpus=_uint(obj, "cpus", where, _UINT32))
+    except ValueError as exc:
+        raise CorruptHeader(f"{where}: {exc}") from None
+    salt = _b64(obj, "salt", where)
+    if kdf.type != "pbkdf2" and len(salt) < 8:  # libargon2's minimum
+        raise CorruptHeader(f"{where}: salt shorter than 8 bytes")
+    return kdf, salt
+
+
+def _parse_keyslot(key: str, ks: Any) -> Keyslot:
+    where = f"keyslot {key[:20]}"
+    if not (key.isascii() and key.isdigit() and int(key) < MAX_KEYSLOTS):
+        raise CorruptHeader(f"{where}: keyslot ids are 0 to {MAX_KEYSLOTS - 1}")
+    if _field(ks, "type", str, where) != "luks2":
+        raise CorruptHeader(f"{where}: unsupported type")
+    af = _field(ks, "af", dict, where)
+    area = _field(ks, "area", dict, where)
+    if _field(af, "type", str, f"{where} af") != "luks1":
+        raise CorruptHeader(f"{where}: unsupported anti-forensic splitter")
+    if _field(area, "type", str, f"{where} area") != "raw":
+        raise CorruptHeader(f"{where}: unsupported area type")
+    kdf, salt = _parse_kdf(ks.get("kdf"), f"{where} kdf")
+    priority = _uint(ks, "priority", where, 2) if "priority" in ks else 1
+    encryption = _field(area, "encryption", str, f"{where} area")
+    area_key_size = _uint(area, "key_size", f"{where} area", 512)
+    if encryption == CIPHER and area_key_size not in (32, 64):
+        raise CorruptHeader(f"{where}: XTS keys are 32 or 64 bytes, not {area_key_size}")
+    key_size = _uint(ks, "key_size", where, 512)
+    stripes = _uint(af, "stripes", f"{where} af", _UINT32)
+    if key_size < 1 or stripes < 1:
+        raise CorruptHeader(f"{where}: key_size and stripes must be at least 1")
+    return Keyslot(
+        id=int(key), key_size=key_size, area_offset=_uint(area, "offset", f"{where} area"),
+        area_size=_uint(area, "size", f"{where} area"), area_encryption=encryption,
+        area_key_size=area_key_size, stripes=stripes,
+        af_hash=_hash_name(af, "hash", f"{where} af"), kdf=kdf, kdf_salt=salt,
+        priority=priority,
+    )
+
+
+def _parse_segment(seg: Any) -> Segment:
+    where = "segment 0"
+    if _field(seg, "type", str, where) != "crypt":
+        raise CorruptHeader(f"{where} is not a crypt segment")
+    size = _uint(seg, "size", where) if seg.get("size") != "dynamic" else None
+    sector_size = _uint(seg, "sector_size", where)
+    if sector_size not in (512, 1024, 2048, 4096):
+        raise CorruptHeader(f"{where}: bad sector size {sector_size}")
+    return Segment(offset=_uint(seg, "offset", where), size=size,
+                   encryption=_field(seg, "encryption", str, where), sector_size=sector_size,
+                   iv_tweak=_uint(seg, "iv_tweak", where))
+
+
+def _validate(meta: Any, hdr_size: int, device_size: int | None) -> None:
+    """Structural checks on a copy's JSON (as cryptsetup's LUKS2_hdr_validate, for
+    the parts we use); raise CorruptHeader with the reason."""
+    if not isinstance(meta, dict):
+        raise CorruptHeader("JSON metadata is not an object")
+    for name in ("keyslots", "tokens", "segments", "digests", "config"):
+        _field(meta, name, dict, "JSON metadata")
+    config = meta["config"]
+    if _uint(config, "json_size", "config") != hdr_size - BINARY_HEADER_SIZE:
+        raise CorruptHeader("config: json_size does not match the header size")
+    keyslots_size = _uint(config, "keyslots_size", "config", MAX_KEYSLOTS_SIZE)
+    if keyslots_size % 4096:
+        raise CorruptHeader("config: keyslots_size is not a multiple of 4096")
+    ks_end = 2 * hdr_size + keyslots_size
+    if device_size is not None and ks_end > device_size:
+        raise CorruptHeader(f"keyslots area ends at {ks_end}, beyond the end of the device "
+                            f"({device_size})")
+    if len(meta["keyslots"]) > MAX_KEYSLOTS:
+        raise CorruptHeader(f"more than {MAX_KEYSLOTS} keyslots")
+    areas = []
+    for key, value in meta["keyslots"].items():
+        ks = _parse_keyslot(key, value)
+        if ks.area_offset < 2 * hdr_size or ks.area_offset + ks.area_size > ks_end:
+            raise CorruptHeader(f"keyslot {key}: area outside the keyslots area")
+        if ks.material_size > ks.area_size:
+            raise CorruptHeader(f"keyslot {key}: area too small for its key")
+        areas.append((ks.area_offset, ks.area_offset + ks.area_size, key))
+    areas.sort()
+    for (_, end, key), (start, _, other) in pairwise(areas):
+        if start < end:
+            raise CorruptHeader(f"keyslot {key}: area overlaps keyslot {other}")
+    if "0" not in meta["segments"]:
+        raise CorruptHeader("no segment 0")
+    seg = _parse_segment(meta["segments"]["0"])
+    if seg.offset < ks_end:
+        raise CorruptHeader("segment 0 starts inside the metadata or keyslots area")
+    if device_size is not None and seg.offset + (seg.size or 0) > device_size:
+        raise CorruptHeader(f"segment 0 ends beyond the end of the device ({device_size})")
+    for key, dg in meta["digests"].items():
+        where = f"digest {key[:20]}"
+        if _field(dg, "type", str, where) != "pbkdf2":
+            raise CorruptHeader(f"{where}: unsupported type")
+        slots = _field(dg, "keyslots", list, where)
+        if any(not isinstance(s, str) or s not in meta["keyslots"] for s in slots):
+            raise CorruptHeader(f"{where}: refers to a keyslot that does not exist")
+        if not all(isinstance(s, str) for s in _field(dg, "segments", list, where)):
+            raise CorruptHeader(f"{where}: 'segments' is not an array of ids")
+        _hash_name(dg, "hash", where)
+        if _uint(dg, "iterations", where, _UINT32) < 1:
+            raise CorruptHeader(f"{where}: no iterations")
+        _b64(dg, "salt", where)
+        if not 16 <= len(_b64(dg, "digest", where)) <= 64:
+            raise CorruptHeader(f"{where}: digest is not 16 to 64 bytes")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _binary(blob: bytes, at: int, magic: bytes, device_size: int | None) -> _Binary | str:
+    """The binary header at ``at`` if it passes cryptsetup's checks and its checksum
+    (``hdr_read_disk``), else why not."""
+    end = at + BINARY_HEADER_SIZE
+    if device_size is not None and end > device_size:
+        return "beyond the end of the device"
+    if len(blob) < end:
+        raise NeedMoreData(end)
+    hdr = _Binary._make(_BIN.unpack_from(blob, at))
+    if hdr.magic != magic:
+        return "bad magic"
+    if hdr.version != VERSION:
+        return f"LUKS version {hdr.version}, not 2"
+    if hdr.hdr_offset != at:
+        return f"its offset field says {hdr.hdr_offset}"
+    if hdr.hdr_size not in HDR_SIZES:
+        return f"unsupported header size {hdr.hdr_size}"
+    if magic == MAGIC_SECONDARY and hdr.hdr_size != at:
+        return f"header size {hdr.hdr_size} does not match its offset"
+    if device_size is not None and at + hdr.hdr_size > device_size:
+        return "beyond the end of the device"
+    if len(blob) < at + hdr.hdr_size:
+        raise NeedMoreData(at + hdr.hdr_size)
+    alg = _cstr(hdr.checksum_alg)
+    if alg not in _HASHES:
         return f"unsupported checksum algorithm {alg!r}"
-    area = bytearray(blob[at:at + hdr_size])
-    stored = bytes(area[_CSUM_OFFSET:_CSUM_OFFSET + _CSUM_LEN])
+    area = bytearray(blob[at:at + hdr.hdr_size])
     area[_CSUM_OFFSET:_CSUM_OFFSET + _CSUM_LEN] = bytes(_CSUM_LEN)
     digest = hashlib.new(alg, area).digest()
-    if not hmac.compare_digest(stored[:len(digest)], digest):
-        return "header checksum mismatch"
-    text = bytes(area[BINARY_HEADER_SIZE:]).split(b"\0", 1)[0]
+    if not hmac.compare_digest(hdr.csum[:len(digest)], digest):
+        return "checksum mismatch"
+    return hdr
+
+
+def _copy(blob: bytes, hdr: _Binary, at: int, device_size: int | None) -> _Copy | str:
+    """The copy whose binary header passed, if its JSON area parses and validates."""
+    area = bytes(blob[at + BINARY_HEADER_SIZE:at + hdr.hdr_size])
+    text, nul, rest = area.partition(b"\0")
+    if not text.startswith(b"{"):
+        return "JSON area does not start with '{'"
+    if not nul:  # as cryptsetup's validate_json_area
+        return "JSON area has no NUL after the JSON text"
+    if rest.count(0) != len(rest):
+        return "JSON area holds data after the JSON text"
     try:
-        meta = json.loads(text)
-    except (UnicodeDecodeError, ValueError):
+        meta = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return "JSON metadata does not parse"
-    return meta, fields
-
-
-def _validate(meta: Any, hdr_size: int) -> None:
-    """Structural checks; raise CorruptHeader with the reason."""
     try:
-        for name in ("keyslots", "tokens", "segments", "digests", "config"):
-            if not isinstance(meta[name], dict):
-                raise CorruptHeader(f"LUKS2 metadata: {name!r} is not an object")
-        if int(meta["config"]["json_size"]) != hdr_size - BINARY_HEADER_SIZE:
-            raise CorruptHeader("LUKS2 metadata: json_size does not match the header size")
-        ks_end = 2 * hdr_size + int(meta["config"]["keyslots_size"])
-        for key, ks in meta["keyslots"].items():
-            if ks["type"] != "luks2" or ks["af"]["type"] != "luks1":
-                raise CorruptHeader(f"LUKS2 keyslot {key}: unsupported type")
-            off, size = int(ks["area"]["offset"]), int(ks["area"]["size"])
-            if off < 2 * hdr_size or off + size > ks_end:
-                raise CorruptHeader(f"LUKS2 keyslot {key}: area outside the keyslots area")
-            if _af_bytes(int(ks["key_size"]), int(ks["af"]["stripes"])) > size:
-                raise CorruptHeader(f"LUKS2 keyslot {key}: area too small for its key")
-            KdfParams.from_json(ks["kdf"])
-            base64.b64decode(ks["kdf"]["salt"], validate=True)
-        seg = meta["segments"]["0"]
-        if seg["type"] != "crypt":
-            raise CorruptHeader("LUKS2 segment 0 is not a crypt segment")
-        if int(seg["offset"]) < ks_end or int(seg["sector_size"]) not in (512, 1024, 2048, 4096):
-            raise CorruptHeader("LUKS2 segment 0: bad offset or sector size")
-        for key, dg in meta["digests"].items():
-            if dg["type"] != "pbkdf2":
-                raise CorruptHeader(f"LUKS2 digest {key}: unsupported type {dg['type']!r}")
-            base64.b64decode(dg["salt"], validate=True)
-            base64.b64decode(dg["digest"], validate=True)
-            int(dg["iterations"])
-    except CorruptHeader:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptHeader(f"LUKS2 metadata is malformed ({exc!r})") from None
+        _validate(meta, hdr.hdr_size, device_size)
+    except CorruptHeader as exc:
+        return str(exc)
+    return _Copy(at, hdr, meta)
 
 
-def parse_header(blob: bytes) -> Volume:
-    """Parse the LUKS2 header from the first bytes of a device.
+def _secondary(blob: bytes, offsets: tuple[int, ...], device_size: int | None
+               ) -> tuple[_Copy | str, int | None]:
+    """The secondary copy, probed as cryptsetup does: the first offset whose binary
+    header and checksum hold is the copy; (copy or why not, where)."""
+    reasons: list[tuple[int, str]] = []
+    for at in offsets:
+        hdr = _binary(blob, at, MAGIC_SECONDARY, device_size)
+        if isinstance(hdr, _Binary):
+            return _copy(blob, hdr, at, device_size), at
+        reasons.append((at, hdr))
+    if len(offsets) == 1:
+        return reasons[0][1], offsets[0]
+    for at, reason in reasons:  # the one that looked like a header says the most
+        if reason not in ("bad magic", "beyond the end of the device"):
+            return reason, at
+    return f"not found at offsets {offsets[0]} to {offsets[-1]}", None
 
-    Raises :class:`NeedMoreData` when ``blob`` is too short (read that many
-    bytes and call again), :class:`CorruptHeader` when neither copy is valid.
-    Like cryptsetup, a damaged primary falls back to the secondary copy.
+
+def parse_header(blob: bytes, device_size: int | None = None) -> Volume:
+    """Parse the LUKS2 header from the first bytes of a device, as cryptsetup reads it.
+
+    The primary copy sits at 0; the secondary at the primary's hdr_size, or, when
+    the primary's binary header is damaged, at the first of :data:`HDR2_OFFSETS`
+    where one holds.  Each copy is checked on its own (magic, version, offset,
+    checksum, JSON); the valid copy with the higher seqid wins, the primary on a
+    tie.  A damaged copy is reported in ``Volume.warnings``, never repaired here.
+
+    Raises :class:`NeedMoreData` when ``blob`` is too short (read that many bytes
+    and call again), :class:`CorruptHeader` naming each copy's fault when no copy
+    is valid.  ``device_size``, when given, bounds the offsets a header may name.
     """
-    if len(blob) < BINARY_HEADER_SIZE:
-        raise NeedMoreData(BINARY_HEADER_SIZE)
-    if blob[:6] != MAGIC_PRIMARY and blob[:6] != MAGIC_SECONDARY:
-        raise CorruptHeader("no LUKS2 header (not a drive formatted by pipeline or cryptsetup)")
-    primary = _check_copy(blob, 0, MAGIC_PRIMARY)
-    secondary: tuple | str = "not found"
-    if isinstance(primary, tuple):
-        secondary = _check_copy(blob, primary[1][2], MAGIC_SECONDARY)
+    first = _binary(blob, 0, MAGIC_PRIMARY, device_size)
+    if isinstance(first, _Binary):
+        primary = _copy(blob, first, 0, device_size)
+        offsets: tuple[int, ...] = (first.hdr_size,)
     else:
-        for at in HDR_SIZES:  # where cryptsetup looks for the secondary copy
-            secondary = _check_copy(blob, at, MAGIC_SECONDARY)
-            if isinstance(secondary, tuple):
-                break
+        primary, offsets = first, HDR2_OFFSETS
+    secondary, at2 = _secondary(blob, offsets, device_size)
+    where2 = f"secondary at {at2}" if at2 is not None else "secondary"
+    if not isinstance(primary, _Copy) and not isinstance(secondary, _Copy):
+        hint = ""
+        if primary in ("bad magic", "beyond the end of the device") and at2 is None:
+            hint = " (not a drive formatted by pipeline or cryptsetup, or both copies are lost)"
+        raise CorruptHeader(f"no valid LUKS2 header: primary at 0: {primary}; "
+                            f"{where2}: {secondary}{hint}")
+    repair = "`cryptsetup repair` on a writable device rewrites it from the good copy"
     warnings = []
-    if not isinstance(primary, tuple):
-        warnings.append(f"primary header: {primary}")
-    if not isinstance(secondary, tuple):
-        warnings.append(f"secondary header: {secondary}")
-    elif isinstance(primary, tuple) and secondary[1][3] != primary[1][3]:
-        warnings.append("header copies have different sequence ids")
-    if isinstance(primary, tuple):
-        chosen, copy = primary, "primary"
-    elif isinstance(secondary, tuple):
-        chosen, copy = secondary, "secondary"
+    if not isinstance(primary, _Copy):
+        assert isinstance(secondary, _Copy)
+        chosen = secondary
+        warnings.append(f"primary LUKS2 header at 0 is damaged ({primary}); using the "
+                        f"secondary copy at {secondary.at} ({repair})")
+    elif not isinstance(secondary, _Copy):
+        chosen = primary
+        warnings.append(f"{where2.replace('secondary', 'secondary LUKS2 header')} is damaged "
+                        f"({secondary}); using the primary copy ({repair})")
     else:
-        raise CorruptHeader(f"LUKS2 header damaged: {'; '.join(warnings)}")
-    meta, fields = chosen
-    _validate(meta, fields[2])
+        chosen = secondary if secondary.binary.seqid > primary.binary.seqid else primary
+        if secondary.binary.seqid != primary.binary.seqid:
+            newer = "primary" if chosen is primary else "secondary"
+            warnings.append(f"LUKS2 header copies differ: primary seqid "
+                            f"{primary.binary.seqid}, secondary seqid "
+                            f"{secondary.binary.seqid}; using the newer {newer} copy")
+    hdr = chosen.binary
     return Volume(
-        uuid=_cstr(fields[7]), label=_cstr(fields[4]), subsystem=_cstr(fields[8]),
-        seqid=fields[3], hdr_size=fields[2], metadata=meta, copy=copy,
-        warnings=tuple(warnings),
+        uuid=_cstr(hdr.uuid), label=_cstr(hdr.label), subsystem=_cstr(hdr.subsystem),
+        seqid=hdr.seqid, hdr_size=hdr.hdr_size, metadata=chosen.meta,
+        copy="primary" if chosen is primary else "secondary", warnings=tuple(warnings),
+        offset=chosen.at,
     )
 
 
@@ -471,7 +678,13 @@ def open_keyslot(volume: Volume, slot: int, passphrase: bytes, area: bytes) -> b
     slot_key = derive(ks.kdf, passphrase, ks.kdf_salt, ks.area_key_size)
     material = xts.decrypt(slot_key, bytes(area[:size]), 0, sector_size=512)
     key = af_merge(material, ks.key_size, ks.stripes, ks.af_hash)
-    return key if verify_key(volume, slot, key) else None
+    if not verify_key(volume, slot, key):
+        return None
+    if volume.segment.encryption == CIPHER and (
+            len(key) not in (32, 64) or key[:len(key) // 2] == key[len(key) // 2:]):
+        # Only a crafted header gets here: XTS would refuse this key later, less clearly.
+        raise CorruptHeader(f"LUKS2 keyslot {slot}: the volume key does not fit {CIPHER}")
+    return key
 
 
 def verify_key(volume: Volume, slot: int, key: bytes) -> bool:

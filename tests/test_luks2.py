@@ -134,7 +134,9 @@ def test_damaged_primary_falls_back_to_secondary(volume) -> None:
     blob[5000] ^= 1  # inside the primary JSON area
     vol = luks2.parse_header(bytes(blob))
     assert vol.copy == "secondary"
-    assert any("primary header: header checksum mismatch" in w for w in vol.warnings)
+    assert vol.offset == luks2.HDR_SIZE
+    assert any("primary LUKS2 header at 0 is damaged (checksum mismatch)" in w
+               for w in vol.warnings)
     assert luks2.open_keyslot(vol, 0, b"recovery", _area(region, vol, 0)) == KEY
 
 
@@ -144,7 +146,8 @@ def test_damaged_secondary_is_reported(volume) -> None:
     blob[luks2.HDR_SIZE + 100] ^= 1
     vol = luks2.parse_header(bytes(blob))
     assert vol.copy == "primary"
-    assert vol.warnings == ("secondary header: header checksum mismatch",)
+    assert len(vol.warnings) == 1
+    assert "secondary LUKS2 header at 16384 is damaged (checksum mismatch)" in vol.warnings[0]
 
 
 def test_both_copies_damaged(volume) -> None:
@@ -152,7 +155,8 @@ def test_both_copies_damaged(volume) -> None:
     blob = bytearray(region)  # with no valid primary, every secondary offset is probed
     blob[5000] ^= 1
     blob[luks2.HDR_SIZE + 5000] ^= 1
-    with pytest.raises(luks2.CorruptHeader, match="primary.*secondary"):
+    with pytest.raises(luks2.CorruptHeader, match="primary at 0: checksum mismatch; "
+                       "secondary at 16384: checksum mismatch"):
         luks2.parse_header(bytes(blob))
 
 
@@ -174,7 +178,11 @@ def test_any_flipped_header_byte_is_detected_or_harmless(volume, pos: int, mask:
 
 
 def test_not_luks() -> None:
-    with pytest.raises(luks2.CorruptHeader, match="no LUKS2 header"):
+    with pytest.raises(luks2.CorruptHeader, match="no valid LUKS2 header"):
+        luks2.parse_header(bytes(8192), device_size=8192)
+    with pytest.raises(luks2.CorruptHeader, match="no valid LUKS2 header"):
+        luks2.parse_header(bytes(8 << 20))  # every secondary offset probed
+    with pytest.raises(luks2.NeedMoreData):  # a blank start: the secondary may follow
         luks2.parse_header(bytes(8192))
     with pytest.raises(luks2.NeedMoreData):
         luks2.parse_header(b"LUKS\xba\xbe")

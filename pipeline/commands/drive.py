@@ -68,8 +68,8 @@ def _print_json(obj: Any) -> None:
 
 def _text_info(info: dict[str, Any]) -> str:
     lines = [
-        f"LUKS2 volume  {info['uuid']}  (header copy used: {info['header_copy']}, "
-        f"seqid {info['seqid']})",
+        f"LUKS2 volume  {info['uuid']}  (header copy used: {info['header_copy']} at "
+        f"{info['header_offset']}, seqid {info['seqid']})",
         f"data segment  {info['segment']['cipher']}, sector {info['segment']['sector_size']}, "
         f"offset {info['segment']['offset']}, size {info['segment']['size']}",
     ]
@@ -132,6 +132,8 @@ def run_unlock(args: argparse.Namespace) -> int:
     with drives.open_drive(args.path) as drive:
         volume = drives.read_volume(drive)
         slot, key = drives.unlock(drive, volume, secret.value, secret.kind)
+    for warning in volume.warnings:  # a damaged header copy: the operator should know
+        print(f"pipeline drive unlock: warning: {args.path}: {warning}", file=sys.stderr)
     out: dict[str, Any] = {"path": args.path, "uuid": volume.uuid, "keyslot": slot}
     if args.show_key:
         out["volume_key"] = key.hex()
