@@ -54,3 +54,28 @@ def test_running_one_command_imports_no_other() -> None:
     assert "pipeline.commands.keys" in loaded
     assert "pipeline.commands.service" not in loaded
     assert "pipeline.commands.backup" not in loaded
+
+
+@pytest.mark.parametrize("args", [["--help"], ["prep", "--help"], ["service", "--help"]])
+def test_a_reader_that_leaves_the_pipe_is_no_traceback(args: list[str]) -> None:
+    """`pipeline ... | head`: the reader is gone before the output is; issue 15 #8."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert proc.returncode in (0, 141)
+
+
+def test_grouped_errors_are_ranked_like_bare_ones() -> None:
+    """A Trio nursery groups what its tasks raise, however deep: the worst decides."""
+    from pipeline import errors
+
+    inner = BaseExceptionGroup("a", [ValueError("x"), errors.BadInput("bad")])
+    outer = BaseExceptionGroup("b", [inner, errors.IntegrityError("damaged")])
+    assert isinstance(errors.worst(outer), errors.IntegrityError)
+    assert isinstance(errors.worst(inner), errors.BadInput)
+    full = OSError(28, "No space left on device", "/x")
+    assert errors.is_no_space(full) and errors.worst(BaseExceptionGroup("c", [full])) is full
