@@ -172,7 +172,9 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
     t = log.totals
     if as_json:
         print(json.dumps({"seq": sb.drive_seq, "session_id": sb.session_id,
-                          "already_imported": result.already, "copy_log": str(path), **t}))
+                          "already_imported": result.already, "copy_log": str(path),
+                          "records_from": plan.source, "damage": plan.damage,
+                          "incomplete": plan.incomplete, **t}))
     elif result.already:
         print(f"drive {sb.drive_seq} of session {sb.session_id} ({od.drive.path}) was already "
               "imported; nothing changed")
