@@ -179,6 +179,35 @@ def test_any_damage_to_one_pack(built: Built, data: st.DataObject, kind: str,
         check_damage(built, Path(where), pack, kind, at)
 
 
+def test_one_damaged_index_file_fails_only_the_chunks_it_alone_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.backup.repo.INDEX_EVERY", 8)   # many index files
+    (tmp_path / "b").mkdir()
+    b = _build(tmp_path / "b")
+    repo = reopen(DirBackend(b.repo))
+    named: dict[str, set[bytes]] = {}
+    for name in repo.backend.list(fmt.INDEX):
+        data = repo.backend.get(name)
+        assert data is not None
+        plain = repo.crypto.open_file(fmt.INDEX_MAGIC, data, name)
+        named[name] = {e.id for e in fmt.decode_index(plain)}
+    assert len(named) > 3
+    victim = next(n for n, ids in named.items() if not ids & b.tree)
+    others = set().union(*(ids for n, ids in named.items() if n != victim))
+    unindexed = named[victim] - others
+    lost = {path for path, chunks in b.files.items() if chunks & unindexed}
+    assert lost
+    path = b.repo / victim
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1
+    path.write_bytes(bytes(data))
+    error = _restore(b.repo, tmp_path / "out")
+    assert isinstance(error, PartialRestore)
+    assert {f.path for f in error.failed} == lost
+    assert all("index file damaged" in f.reason for f in error.failed)
+    assert describe(tmp_path / "out") == {k: v for k, v in b.before.items() if k not in lost}
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
