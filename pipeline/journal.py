@@ -375,6 +375,23 @@ class Journal:
             with self._transaction() as db:
                 db.executemany("UPDATE files SET superseded=1 WHERE file_id=?", ids)
 
+    def set_skipped(self, skipped: Iterable[tuple[str, str]]) -> None:
+        """Record the staging entries the latest run did not copy, as (path, reason).
+
+        A session fact every journal keeps, so that any one of them tells the
+        receiving site what is missing and why.  A meta row, so journals made
+        before it need no migration (no row: nothing was recorded).  A path that
+        is not UTF-8 is surrogate-escaped; ``json.dumps`` keeps it as ``\\udcXX``.
+        """
+        value = json.dumps([[path, reason] for path, reason in skipped])
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('skipped', ?)", (value,))
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """What :meth:`set_skipped` last recorded: (path, reason) of each entry not copied."""
+        row = self._db.execute("SELECT value FROM meta WHERE key='skipped'").fetchone()
+        return [(path, reason) for path, reason in json.loads(row[0])] if row else []
+
     # -- reading -------------------------------------------------------------
 
     def files(self, include_superseded: bool = False) -> Iterator[format.FileEntry]:

@@ -191,6 +191,16 @@ def vdir_of(dstdir: str) -> str:
 # --------------------------------------------------------------------------- staging paths
 
 
+def _path_problem(path: str, vdir: str) -> str | None:
+    """blob_problem of ``vdir + path``, and no segment over NAME_MAX bytes (no staging name
+    is; a longer one could not be imported into a local directory)."""
+    why = blob_problem(vdir + path)
+    if (why is None and len(path) > MAX_SEGMENT_BYTES // 4  # shorter cannot be too long
+            and any(len(s.encode()) > MAX_SEGMENT_BYTES for s in path.split("/"))):
+        why = f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes"
+    return why
+
+
 def blob_for(path: str, vdir: str = "") -> str:
     """The blob name of staging file ``path`` (relative, '/'-separated) under ``vdir`` (a
     checked dstdir's virtual directory), or InvalidName saying why it cannot be one.
@@ -199,7 +209,7 @@ def blob_for(path: str, vdir: str = "") -> str:
     that is refused here, like every other name import would refuse.
     """
     blob = vdir + path
-    why = blob_problem(blob)
+    why = _path_problem(path, vdir)
     if why is not None:
         raise InvalidName("blob", blob, why)
     return blob
@@ -215,7 +225,7 @@ def dir_problem(path: str, vdir: str = "") -> str | None:
     if len(prefix) >= MAX_BLOB_NAME:
         return (f"it is {len(prefix)} characters long with the virtual directory, so every "
                 f"blob name under it would exceed {MAX_BLOB_NAME}")
-    return blob_problem(prefix + "x")
+    return _path_problem(path + "/x", vdir)
 
 
 # --------------------------------------------------------------------------- session ids

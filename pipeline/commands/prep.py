@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from pipeline import credentials, drives, errors, format, journal, progress, scan
+from pipeline import credentials, drives, errors, format, journal, names, progress, scan
 from pipeline.commands import _options
 from pipeline.errors import EXIT_INTERRUPTED, BadInput, OutOfDrives, PipelineError
 from pipeline.session import Session
@@ -76,7 +76,7 @@ def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepCo
     srcdir = pick("srcdir", str(Path(args.srcdir).resolve()) if args.srcdir else None, None)
     if srcdir is None:
         raise BadInput("--srcdir is required: the staging directory to copy")
-    dstdir_arg = drives.check_dstdir(args.dstdir) if args.dstdir else None
+    dstdir_arg = names.check_dstdir(args.dstdir) if args.dstdir else None
     dstdir = pick("dstdir", dstdir_arg, None)
     if dstdir is None:
         raise BadInput("--dstdir is required: CONTAINER/VIRTUAL/DIR/ in the storage account")
@@ -104,8 +104,9 @@ def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepCo
 
 
 def _prescan(cfg: PrepConfig, stats: progress.Stats) -> None:
-    """Page blobs: check the 512-byte rule on every file before anything is written."""
-    for src in scan.scan(cfg.srcdir):
+    """Page blobs: check the 512-byte rule on every file before anything is written
+    (files whose names are skipped are not checked: the feeder reports them)."""
+    for src in scan.scan(cfg.srcdir, vdir=names.vdir_of(cfg.dstdir)):
         if src.size % 512:
             raise BadInput(f"{cfg.srcdir / src.path}: {src.size} bytes is not a multiple of 512, "
                            "which page blobs require; pad the file or use --blob-type block")
@@ -126,7 +127,8 @@ async def count_totals(cfg: PrepConfig, stats: progress.Stats) -> None:
     same tree meanwhile, so the disk reads each inode about once.  The totals
     appear when the count is complete (a partial total would make a wrong
     ETA); if the count fails, they stay unknown and the feeder reports the
-    cause.  Cancelling kills the count.
+    cause.  Files skipped for their names are counted too (find cannot tell),
+    so the total errs by those few.  Cancelling kills the count.
     """
     root = str(cfg.srcdir)
     find = shutil.which("find")
@@ -171,9 +173,18 @@ def _summary(pool: DrivePool, stats: progress.Stats) -> dict[str, Any]:
     return {**stats.statistics(), "drives": out}
 
 
+def _skipped_summary(skipped: list[tuple[str, str]]) -> dict[str, Any]:
+    """The summary's list of entries not copied; a path that is not UTF-8 stays
+    surrogate-escaped (JSON writes it as a \\udcXX escape; os.fsencode gives the bytes back)."""
+    return {"skipped": [{"path": p, "reason": r} for p, r in skipped]}
+
+
 def _print_summary(summary: dict[str, Any], stats: progress.Stats) -> None:
     for line in progress.format_summary(stats):
         print(line, file=sys.stderr)
+    if summary.get("skipped"):  # named once already, as they were met
+        print(f"skipped  {len(summary['skipped'])} staging entries not copied (named above; "
+              "recorded in the journals)", file=sys.stderr)
     print("drive  state    used / capacity          files  journal / recovery password")
     for d in summary["drives"]:
         print(f"{d['seq']:>5}  {d['state']:<7}  {drives.human(d['used']):>10} / "
@@ -233,8 +244,11 @@ def run(args: argparse.Namespace) -> int:
                    files=stats.files_total if counted else None,
                    bytes=stats.bytes_total if counted else None, fill=cfg.fill)
 
+    skipped: list[tuple[str, str]] = []
+
     def on_skip(path: str, reason: str) -> None:
-        renderer.event("warning", message=f"skipped {path}: {reason}")
+        skipped.append((path, reason))
+        renderer.event("warning", message=f"skipped {names.show(path)}: {reason}")
 
     def on_full(writer: DriveWriter) -> None:
         info = writer.journal.drive
@@ -305,12 +319,22 @@ def run(args: argparse.Namespace) -> int:
                    f"{drives.human(stats.bytes_total)}"
                    + ("; what was read is committed" if interrupts == ["soft"] else "")
                    + f"; continue with: {resume_hint}")
-    if not code and changed:
+    if not code and (changed or skipped):
         code = 1
-        message = (f"{len(changed)} file(s) changed while being read (first: {changed[0]}); "
-                   f"run the same command with --resume to write them again")
+        notes = []
+        if changed:
+            notes.append(f"{len(changed)} file(s) changed while being read (first: "
+                         f"{changed[0]}); run the same command with --resume to write them "
+                         "again")
+        if skipped:
+            notes.append(f"{len(skipped)} staging entries skipped (named above; recorded in "
+                         "the journals)")
+        message = "; ".join(notes)
+    for j in journals:
+        j.set_skipped(skipped)
     renderer.update(stats, force=True)
     summary = _summary(pool_box[0], stats) if pool_box else {"drives": []}
+    summary.update(_skipped_summary(skipped))
     if args.json:
         renderer.event("summary", **summary)
         renderer.event("exit", code=code, message=message)

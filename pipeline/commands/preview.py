@@ -2,7 +2,8 @@
 
 Holes are found with SEEK_DATA/SEEK_HOLE (they cost nothing on a drive); the
 compression ratio comes from a deterministic sample of extents spread over the
-whole tree, packed exactly as prep packs them.
+whole tree, packed exactly as prep packs them.  What prep would skip (names that
+cannot be blob names, special files) is named and left out of the estimate.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import argparse
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline import codec, drives, format, luks2, scan
+from pipeline import codec, drives, format, luks2, names, scan
 from pipeline.errors import BadInput
 from pipeline.stages import read
 
@@ -32,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=int, default=1, metavar="N", help="zstd level (default 1)")
     p.add_argument("--sample", default="64M", metavar="SIZE",
                    help="how much data to compress for the ratio (default 64M)")
+    p.add_argument("--dstdir", metavar="CONTAINER/VDIR/",
+                   help="the dstdir prep will get: names too long under it are named too")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -47,6 +50,7 @@ class Estimate:
     drive_size: int
     usable_per_drive: int
     drives: int
+    skipped: list[dict[str, str]] = field(default_factory=list)  # path, reason: prep skips them
 
 
 def usable(drive_size: int) -> int:
@@ -56,8 +60,10 @@ def usable(drive_size: int) -> int:
     return max(0, area - 2 * format.SECTOR - read.EXTENT_SIZE - (1 << 20))
 
 
-def estimate(srcdir: Path, drive_size: int, level: int, sample: int) -> Estimate:
-    files = list(scan.scan(srcdir))
+def estimate(srcdir: Path, drive_size: int, level: int, sample: int,
+             vdir: str = "") -> Estimate:
+    skipped: list[dict[str, str]] = []
+    files = list(scan.scan(srcdir, lambda p, r: skipped.append({"path": p, "reason": r}), vdir))
     total = sum(f.size for f in files)
     cells: list[tuple[Path, int, int]] = []
     data_bytes = 0
@@ -88,17 +94,20 @@ def estimate(srcdir: Path, drive_size: int, level: int, sample: int) -> Estimate
                        f"volume of {drives.human(drives.MIN_DRIVE_SIZE)}")
     return Estimate(files=len(files), bytes=total, data_bytes=data_bytes, sampled_bytes=raw,
                     ratio=round(ratio, 4), stored_bytes=need, drive_size=drive_size,
-                    usable_per_drive=per, drives=max(1, math.ceil(need / per)))
+                    usable_per_drive=per, drives=max(1, math.ceil(need / per)),
+                    skipped=skipped)
 
 
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.level <= 22:
         raise BadInput(f"--level {args.level} is out of range; zstd levels are 1 to 22")
+    vdir = names.vdir_of(names.check_dstdir(args.dstdir)) if args.dstdir else ""
     est = estimate(Path(args.srcdir), drives.parse_size(args.drive_size), args.level,
-                   drives.parse_size(args.sample))
+                   drives.parse_size(args.sample), vdir)
+    code = 1 if est.skipped else 0  # done with warnings: prep would skip these
     if args.json:
         print(json.dumps(asdict(est), indent=2))
-        return 0
+        return code
     h = drives.human
     print(f"files           {est.files}")
     print(f"staging size    {h(est.bytes)} ({h(est.bytes - est.data_bytes)} in holes)")
@@ -106,4 +115,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"on drives       about {h(est.stored_bytes)}")
     print(f"drives needed   {est.drives} of {h(est.drive_size)} "
           f"({h(est.usable_per_drive)} usable each)")
-    return 0
+    if est.skipped:
+        print(f"skipped         {len(est.skipped)} (prep will not copy them)")
+        for s in est.skipped:
+            print(f"  {names.show(s['path'])}: {s['reason']}")
+    return code

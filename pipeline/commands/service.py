@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, worst
 from pipeline.jobs import auth, rules
 from pipeline.jobs.catalog import Catalog
 from pipeline.jobs.portal import tokens
@@ -124,7 +124,7 @@ async def run_serve(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
             await stop.wait()
     except* OSError as group:
-        exc = _first(group)
+        exc = worst(group)  # however deeply grouped, ranked as the cli ranks it
         raise BadInput(f"cannot listen on {args.host}:{args.port}: "
                        f"{getattr(exc, 'strerror', None) or exc}; pick another --port or "
                        "--host") from None
@@ -132,12 +132,6 @@ async def run_serve(args: argparse.Namespace) -> int:
         catalog.close()
     print("pipeline service: stopped", file=sys.stderr, flush=True)
     return 0
-
-
-def _first(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 def run_subscription_add(args: argparse.Namespace) -> int:
