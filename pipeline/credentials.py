@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import luks2
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, NoSpace, is_no_space
 
 MAX_KEY_FILE = 8 * 1024 * 1024  # cryptsetup's default key-file size limit
 
@@ -81,5 +81,11 @@ def write_private(path: str | os.PathLike[str], text: str) -> None:
         raise BadInput(f"{p} already exists; give a new file name") from None
     except OSError as exc:
         raise BadInput(f"cannot create {p}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        p.unlink(missing_ok=True)  # half a recovery password saved is worse than none
+        if is_no_space(exc):
+            raise NoSpace(p) from None
+        raise

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import codec, driveread, format, journal
-from pipeline.errors import EXIT_NO_SPACE, EXIT_STORAGE
+from pipeline import codec, credentials, driveread, format, journal
+from pipeline.errors import EXIT_NO_SPACE, EXIT_STORAGE, NoSpace
 
 from .conftest import FAST_KDF_ARGS, ROOT, run_cli
 from .diskfull import fill, grow, small_tmpfs
@@ -267,3 +267,11 @@ def test_import_into_a_full_local_account_then_again(tmp_path: Path, tree, prepp
         grow(account, "128m")
         run_cli(*cmd, check_code=0)
         assert imported(account) == files
+
+
+def test_a_secret_file_on_a_full_filesystem_is_not_left_half_written(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "keys", "64k") as keys:
+        fill(keys)
+        with pytest.raises(NoSpace, match=f"no space left on the filesystem mounted at {keys}"):
+            credentials.write_private(keys / "recovery.txt", "123456-" * 8 + "\n")
+        assert not (keys / "recovery.txt").exists()

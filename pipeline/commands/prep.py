@@ -218,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             jdir.mkdir(mode=0o700, parents=True)
         except OSError as exc:
+            if errors.is_no_space(exc):
+                raise errors.NoSpace(jdir, f"journal directory {jdir}") from None
             raise BadInput(f"cannot create journal directory {jdir}: {exc.strerror}") from None
     journals = journal.session_journals(jdir, args.session_id)
     if args.resume and not journals:
