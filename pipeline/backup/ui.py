@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import trio
 
 from pipeline import progress
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, worst
 
 T = TypeVar("T")
 
@@ -27,23 +27,12 @@ async def with_progress(renderer: progress.Renderer, stats: progress.Stats,
             finally:
                 nursery.cancel_scope.cancel()
     except BaseException as exc:
-        first = _first_error(exc)
-        if first is not None:
+        first = worst(exc)  # the error cli.py reports, so the `exit` event matches it
+        if isinstance(first, PipelineError):
             renderer.event("exit", code=first.exit_code, message=str(first))
         renderer.close()
         raise
     return box[0]
-
-
-def _first_error(exc: BaseException) -> PipelineError | None:
-    if isinstance(exc, PipelineError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def finish(renderer: progress.Renderer, stats: progress.Stats, json_mode: bool,
