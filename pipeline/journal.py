@@ -384,8 +384,8 @@ class Journal:
         is not UTF-8 is surrogate-escaped; ``json.dumps`` keeps it as ``\\udcXX``.
         """
         value = json.dumps([[path, reason] for path, reason in skipped])
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('skipped', ?)", (value,))
+        with self._transaction() as db:  # a full disk: NoSpace, not a traceback
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('skipped', ?)", (value,))
 
     def skipped(self) -> list[tuple[str, str]]:
         """What :meth:`set_skipped` last recorded: (path, reason) of each entry not copied."""

@@ -275,3 +275,43 @@ def test_a_secret_file_on_a_full_filesystem_is_not_left_half_written(tmp_path: P
         with pytest.raises(NoSpace, match=f"no space left on the filesystem mounted at {keys}"):
             credentials.write_private(keys / "recovery.txt", "123456-" * 8 + "\n")
         assert not (keys / "recovery.txt").exists()
+
+
+def test_every_journal_write_on_a_full_filesystem_changes_nothing(tmp_path: Path) -> None:
+    """commit, set_state, supersede, set_skipped: NoSpace, the journal and its copy of the
+    drive row as they were (no 'cannot rollback'), and each works once there is room."""
+    session = journal.SessionInfo("s", "/src", "c/v/", 1, 1, "sequential")
+    drive = journal.DriveInfo(1, "/dev/null", "u", 1 << 30, 1 << 30, state="open")
+
+    def segment(first: int, seq: int, offset: int) -> tuple[list[journal.Committed], int, int]:
+        files = [format.FileEntry(i, f"f{i}" + "x" * 200, f"v/f{i}", 10, i, 0o100644)
+                 for i in range(first, first + 500)]
+        exts = [(format.Extent(f.file_id, 0, 10, format.Codec.RAW, 10, bytes(16), 0),
+                 b"y" * 10) for f in files]
+        blob, records, encoded = format.layout_data_segment(files, exts, seq, offset)
+        header = format.decode_segment_header(blob, offset, seq)
+        return [(header, records, encoded)], header.end, seq + 1
+
+    with small_tmpfs(tmp_path / "j", "1m") as jdir:
+        jrn = journal.Journal.create(jdir / "j.journal", session, drive, "pw")
+        jrn.commit(*segment(1, 0, format.SECTOR))
+        before = (journal.DriveInfo(**vars(jrn.drive)), jrn.counts())
+        second = segment(1000, 1, jrn.drive.log_offset)
+        writes = [lambda j: j.commit(*second),
+                  lambda j: j.set_state("closed", index_offset=1 << 20, index_length=4096),
+                  lambda j: j.supersede(range(1, 400)),
+                  lambda j: j.set_skipped([("bad\\name", "a backslash")] * 2000)]
+        filler = fill(jdir)
+        for write in writes:
+            with pytest.raises(NoSpace, match=f"mounted at {jdir} .writing journal"):
+                write(jrn)
+            assert (jrn.drive, jrn.counts()) == before
+        jrn.close()
+        (jrn,) = journal.session_journals(jdir)
+        assert (jrn.drive, jrn.counts()) == before
+        filler.unlink()
+        for write in writes:
+            write(jrn)
+        assert (jrn.drive.state, jrn.drive.log_offset) == ("closed", second[1])
+        assert len(jrn.skipped()) == 2000
+        jrn.close()

@@ -332,8 +332,12 @@ def run(args: argparse.Namespace) -> int:
             notes.append(f"{len(skipped)} staging entries skipped (named above; recorded in "
                          "the journals)")
         message = "; ".join(notes)
-    for j in journals:
-        j.set_skipped(skipped)
+    try:
+        for j in journals:
+            j.set_skipped(skipped)
+    except errors.NoSpace as exc:  # the drives are done; --resume records this again
+        exc.next_step(f"continue with: {resume_hint}")
+        raise
     renderer.update(stats, force=True)
     summary = _summary(pool_box[0], stats) if pool_box else {"drives": []}
     summary.update(_skipped_summary(skipped))
