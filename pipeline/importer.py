@@ -187,11 +187,11 @@ def plan_drive(od: driveread.OpenedDrive, jrn: journal.Journal | None) -> DriveP
         plan.damage.append(f"the drive ends {od.truncated_at} bytes into its "
                            f"{sb.data_area_size}-byte data area (a truncated image?); extents "
                            "past the cut are reported missing")
-    _check_plan(plan, od)
+    check_plan(plan)
     return plan
 
 
-def _check_plan(plan: DrivePlan, od: driveread.OpenedDrive) -> None:
+def check_plan(plan: DrivePlan) -> None:
     """Apply the journal's rules to whatever the records came from, before any byte moves.
 
     - Every blob is the session's virtual directory + the file's path: a record
@@ -206,10 +206,19 @@ def _check_plan(plan: DrivePlan, od: driveread.OpenedDrive) -> None:
     vdir = sb.dstdir.partition("/")[2]
     limit = format.trailer_offset(sb.data_area_size)
     by_blob: dict[str, list[int]] = {}
+    page = sb.blob_type is format.BlobType.PAGE
     for fid, f in plan.files.items():
+        bad_name = names.blob_problem(f.blob)
         if f.blob != vdir + f.path:
-            plan.rejected[fid] = ("corrupt", f"recorded as blob {f.blob!r}, not "
-                                  f"{vdir + f.path!r} (the session's directory + its path)")
+            plan.rejected[fid] = ("corrupt", f"recorded as blob {names.show(f.blob)}, not "
+                                  f"{names.show(vdir + f.path)} (the session's directory + "
+                                  "its path)")
+        elif bad_name is not None:  # a drive prepared before prep applied the name rules
+            plan.rejected[fid] = ("missing", f"its name cannot be a blob name ({bad_name}); "
+                                  "rename it in staging and send it again: pipeline repair")
+        elif page and f.size % 512:
+            plan.rejected[fid] = ("missing", f"{f.size} bytes cannot be a page blob (not a "
+                                  "multiple of 512)")
         by_blob.setdefault(f.blob, []).append(fid)
     for fids in by_blob.values():
         if len(fids) < 2:
@@ -244,7 +253,9 @@ def check_names(plan: DrivePlan) -> None:
     """Every container and blob name valid before anything is written: the rules prep
     applied when it skipped the names it could not copy (``pipeline.names``)."""
     names.check_container_name(plan.container)
-    for f in plan.files.values():
+    for fid, f in plan.files.items():
+        if fid in plan.rejected:  # named in the copy log; the rest of the drive imports
+            continue
         names.check_blob_name(f.blob)
         if plan.superblock.blob_type is format.BlobType.PAGE and f.size % 512:
             raise BadInput(f"{f.path}: {f.size} bytes cannot be a page blob (not a multiple "

@@ -46,7 +46,7 @@ _LOCAL = local.LocalStorage("/srv/account")  # _path only checks; nothing is ope
 def _plan(blob: str, path: str, size: int = 1) -> Any:
     sb = SimpleNamespace(blob_type=format.BlobType.BLOCK)
     entry = SimpleNamespace(path=path, blob=blob, size=size)
-    return SimpleNamespace(container="seed-test", superblock=sb, files={1: entry})
+    return SimpleNamespace(container="seed-test", superblock=sb, files={1: entry}, rejected={})
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -229,3 +229,19 @@ def test_preview_names_what_prep_would_skip(tmp_path: Path, staging: Path) -> No
     proc = run_cli("preview", "--srcdir", str(staging), "--drive-size", "40M", "--json")
     assert proc.returncode == 1
     assert len(json.loads(proc.stdout)["skipped"]) == 5
+
+
+def test_a_bad_name_on_an_old_drive_costs_that_file_only() -> None:
+    """A drive prepared before prep applied the name rules may list a name import refuses:
+    that file is named missing in the copy log; the drive's other files still import."""
+    sb = format.Superblock(1, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "old-1", "",
+                           "seed-test/vdir/", format.BlobType.BLOCK, 0, 1 << 30)
+    files = {1: format.FileEntry(1, "a\nb", "vdir/a\nb", 10, 0, 0o644),
+             2: format.FileEntry(2, "good", "vdir/good", 10, 0, 0o644),
+             3: format.FileEntry(3, "elsewhere", "other/elsewhere", 10, 0, 0o644)}
+    plan = importer.DrivePlan(sb, files, [], "index")
+    importer.check_plan(plan)
+    importer.check_names(plan)  # raises for nothing left to import
+    assert set(plan.rejected) == {1, 3}
+    assert plan.rejected[1][0] == "missing" and "control character" in plan.rejected[1][1]
+    assert plan.rejected[3][0] == "corrupt" and "session's directory" in plan.rejected[3][1]
