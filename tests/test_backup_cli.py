@@ -173,7 +173,9 @@ def test_online_backup_after_the_seed_is_imported(env: dict[str, Path]) -> None:
     broken = run_cli("restore", "--from", to, "--container", CONTAINER, "--target",
                      str(env["tmp"] / "broken"), "--passphrase-file", str(env["pass"]))
     assert broken.returncode == EXIT_INTEGRITY
-    named, total = broken.stderr.strip().splitlines()
+    lines = broken.stderr.strip().splitlines()
+    assert len(lines) == 2, broken.stderr
+    named, total = lines
     path = named.removeprefix("pipeline restore: ").split(": chunk ")[0]
     assert "does not decrypt" in named and "1 of 6 files could not be restored" in total
     assert describe(env["tmp"] / "broken") == {k: v for k, v in after.items() if k != path}
