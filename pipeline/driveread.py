@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline import drives, format, luks2
-from pipeline.errors import IntegrityError, Refused
+from pipeline import drives, format, journal, luks2
+from pipeline.errors import IntegrityError, Refused, WrongPassword
 
 READ_CHUNK = 16 << 20  # bytes per read when walking segments
 
@@ -24,6 +24,7 @@ class OpenedDrive:
     keyslot: int
     superblock: format.Superblock
     truncated_at: int | None = None  # data-area bytes present, when fewer than it should hold
+    superblock_damage: str = ""  # why the journal's record stands in for the superblock
 
     def close(self) -> None:
         self.drive.close()
@@ -36,12 +37,17 @@ class OpenedDrive:
 
 
 def open_drive(path: str, secret: bytes, what: str = "recovery password",
-               expected_uuid: str | None = None) -> OpenedDrive:
+               expected_uuid: str | None = None,
+               recorded: format.Superblock | None = None) -> OpenedDrive:
     """Open read-only, unlock with ``secret``, decrypt and check the superblock.
 
     ``expected_uuid`` (the journal's record of the volume) is checked before any
     keyslot is tried, so another drive at the recorded path is named as such,
-    not as a wrong password.  A drive shorter than its superblock says (a
+    not as a wrong password; with it, the secret is the journal's, known to be
+    right, so a keyslot that does not open is damage (exit 4), not a mistyped
+    password.  ``recorded`` (the superblock the journal knows) stands in for a
+    damaged one, named in ``superblock_damage``: the LUKS2 uuid has already
+    said which drive this is.  A drive shorter than its superblock says (a
     truncated image) still opens: what lies before the cut is read and checked,
     and reads past it fail as damage (``truncated_at`` says where).
     """
@@ -52,16 +58,27 @@ def open_drive(path: str, secret: bytes, what: str = "recovery password",
             raise Refused(f"{path} holds LUKS2 volume {volume.uuid}, not the journal's volume "
                           f"{expected_uuid}: another drive is at that path; pass the drive's "
                           "current path (--drive)")
-        slot, key = drives.unlock(drive, volume, secret, what)
+        try:
+            slot, key = drives.unlock(drive, volume, secret, what)
+        except WrongPassword:
+            if expected_uuid is None:
+                raise
+            raise IntegrityError(f"{path}: the journal's {what} opens no keyslot of this "
+                                 "volume although it is the journal's: the keyslot area is "
+                                 "damaged") from None
         cipher = drives.DriveCipher.for_volume(volume, key)
+        damage = ""
         try:
             sb = drives.read_superblock(drive, cipher)
+            if sb.volume_uuid != volume.uuid:
+                raise format.CorruptRecord(f"superblock belongs to volume {sb.volume_uuid}, "
+                                           f"not {volume.uuid}")
         except IntegrityError as exc:
-            raise format.CorruptRecord(f"{path}: {exc}") from None
-        if sb.volume_uuid != volume.uuid:
-            raise format.CorruptRecord(f"{path}: superblock belongs to volume {sb.volume_uuid}, "
-                                       f"not {volume.uuid}")
-        od = OpenedDrive(drive, volume, cipher, slot, sb)
+            why = str(exc).removeprefix(f"{path}: ")
+            if recorded is None:
+                raise format.CorruptRecord(f"{path}: {why}") from None
+            sb, damage = recorded, why
+        od = OpenedDrive(drive, volume, cipher, slot, sb, superblock_damage=damage)
         present = cipher.data_area_size(drive.size)
         if sb.data_area_size > present:
             od.truncated_at = max(present, 0)
@@ -69,6 +86,13 @@ def open_drive(path: str, secret: bytes, what: str = "recovery password",
     except BaseException:
         drive.close()
         raise
+
+
+def recorded_superblock(jrn: journal.Journal) -> format.Superblock:
+    """The superblock as the journal knows it (all but the creation time and job name)."""
+    info, session = jrn.drive, jrn.session
+    return format.Superblock(info.seq, info.uuid, session.session_id, "", session.dstdir,
+                             format.BlobType(session.blob_type), 0, info.data_area_size)
 
 
 def read_index(od: OpenedDrive) -> tuple[format.Trailer, format.Segment]:
@@ -94,7 +118,17 @@ def read_segments(od: OpenedDrive, wanted: Iterable[tuple[int, int, int]]
     def flush() -> Iterator[tuple[int, format.Segment | None, format.CorruptRecord | None]]:
         start = batch[0][1]
         end = batch[-1][1] + batch[-1][2]
-        data = memoryview(od.cipher.read(od.drive, start, end - start))
+        try:
+            data = memoryview(od.cipher.read(od.drive, start, end - start))
+        except (IntegrityError, OSError) as exc:  # a cut image or a bad sector
+            if len(batch) > 1:  # one by one: only what is hit is lost
+                for one in list(batch):
+                    batch[:] = [one]
+                    yield from flush()
+                return
+            yield batch[0][0], None, format.CorruptRecord(
+                f"segment {batch[0][0]} at offset {start}: unreadable: {exc}")
+            return
         for seq, offset, length in batch:
             blob = data[offset - start:offset - start + length]
             try:

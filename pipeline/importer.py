@@ -63,11 +63,14 @@ def cells_of(size: int) -> list[int]:
 
 
 class CopyLog:
-    """One JSON object per blob (ok / corrupt / missing / skipped + reason), then totals."""
+    """One JSON object per blob, then totals.  Statuses: ok; unvouched (written and every
+    extent checked, but read from a drive that cannot vouch it is the newest copy: no
+    intact closing index); corrupt; missing; skipped (with the reason)."""
 
     def __init__(self, stream: IO[str], drive: str) -> None:
         self.stream, self.drive = stream, drive
-        self.totals = {"ok": 0, "corrupt": 0, "missing": 0, "skipped": 0, "bytes": 0}
+        self.totals = {"ok": 0, "unvouched": 0, "corrupt": 0, "missing": 0, "skipped": 0,
+                       "bytes": 0}
         self.lines: list[str] = []
 
     def write(self, obj: dict[str, Any]) -> None:
@@ -84,7 +87,7 @@ class CopyLog:
 
     def blob(self, status: str, blob: str, reason: str = "", size: int = 0, **extra: Any) -> None:
         self.totals[status] += 1
-        if status == "ok":
+        if status in ("ok", "unvouched"):
             self.totals["bytes"] += size
         self.write({"type": "blob", "status": status, "blob": blob, "size": size,
                     "reason": reason, **extra})
@@ -183,6 +186,8 @@ def plan_drive(od: driveread.OpenedDrive, jrn: journal.Journal | None) -> DriveP
         else:
             plan = DrivePlan(sb, {f.file_id: f for f in index.files}, list(index.extents),
                              "index")
+    if od.superblock_damage:
+        plan.damage.append(f"{od.superblock_damage}; the journal's record of it stands in")
     if od.truncated_at is not None:
         plan.damage.append(f"the drive ends {od.truncated_at} bytes into its "
                            f"{sb.data_area_size}-byte data area (a truncated image?); extents "
@@ -216,6 +221,10 @@ def check_plan(plan: DrivePlan) -> None:
         elif bad_name is not None:  # a drive prepared before prep applied the name rules
             plan.rejected[fid] = ("missing", f"its name cannot be a blob name ({bad_name}); "
                                   "rename it in staging and send it again: pipeline repair")
+        elif f.size > storage_base.MAX_BLOB_SIZE[sb.blob_type]:
+            plan.rejected[fid] = ("corrupt", f"size {f.size} exceeds the largest "
+                                  f"{sb.blob_type.name.lower()} blob Azure holds "
+                                  f"({storage_base.MAX_BLOB_SIZE[sb.blob_type]} bytes)")
         elif page and f.size % 512:
             plan.rejected[fid] = ("missing", f"{f.size} bytes cannot be a page blob (not a "
                                   "multiple of 512)")
@@ -416,7 +425,8 @@ async def import_drive(od: driveread.OpenedDrive, plan: DrivePlan, store: Storag
     await trio.to_thread.run_sync(store.sync, limiter=net)  # parts durable before the marker
     await trio.to_thread.run_sync(store.put, STATE_CONTAINER, marker,
                                   json.dumps(record).encode(), limiter=net)
-    await _commit_ready(store, container, sb, on_drive, log, net)
+    await _commit_ready(store, container, sb, on_drive, log, net,
+                        vouched=not plan.incomplete)
     await trio.to_thread.run_sync(store.sync, limiter=net)  # commits durable before "done"
     record["state"] = "done"
     await trio.to_thread.run_sync(store.put, STATE_CONTAINER, marker,
@@ -426,8 +436,18 @@ async def import_drive(od: driveread.OpenedDrive, plan: DrivePlan, store: Storag
 
 async def _commit_ready(store: Storage, container: str, sb: format.Superblock,
                         on_drive: dict[int, FileOnDrive], log: CopyLog,
-                        net: trio.CapacityLimiter) -> None:
-    """Commit each file of this drive whose cells every imported drive now covers."""
+                        net: trio.CapacityLimiter, vouched: bool = True) -> None:
+    """Commit each file of this drive whose cells every imported drive now covers.
+
+    From a drive that cannot vouch for itself (``vouched`` false: its records come
+    from a walk of the log), a committed blob is "unvouched", not "ok": every byte
+    checks, but a newer copy of the file may lie on another drive, which only the
+    closing index (rewritten by prep when that happens) or the journal would say.
+    """
+    done = "ok" if vouched else "unvouched"
+    why = "" if vouched else ("every extent checks, but the drive has no intact closing index "
+                              "to vouch that this is the newest copy; import the session's "
+                              "other drives, or compare with the source (pipeline repair)")
     markers = await _read_markers(store, sb.session_id, net)
     cells: dict[int, set[int]] = {}
     zero: dict[int, set[int]] = {}
@@ -448,7 +468,7 @@ async def _commit_ready(store: Storage, container: str, sb: format.Superblock,
     async def flush() -> None:
         await trio.to_thread.run_sync(commit_all, ready, limiter=net)
         for f in ready:
-            log.blob("ok", f.blob, "", f.size, file_id=f.file_id)
+            log.blob(done, f.blob, why, f.size, file_id=f.file_id)
         ready.clear()
 
     for fd in on_drive.values():

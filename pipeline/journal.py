@@ -167,6 +167,9 @@ class DriveInfo:
     index_length: int = 0
     header_sha256: str = ""  # of the LUKS2 primary header as formatted: driveHeaderHash
     index_sha256: str = ""  # of the closing index segment (plaintext): manifestHash
+    # A file this closed drive's index lists was superseded since (its staging copy changed
+    # and --resume wrote it again elsewhere): the index on the drive must be written again.
+    index_stale: bool = False
 
 
 def _unlink_db(path: Path) -> None:
@@ -363,6 +366,7 @@ class Journal:
             self.drive.state = state
             self.drive.index_offset, self.drive.index_length = index_offset, index_length
             self.drive.index_sha256 = index_sha256
+            self.drive.index_stale = False  # a new index is written, or will be at close
             self._save_drive()
         if state in ("closed", "full"):  # done with its rows: let its page cache go,
             with self._lock:  # or each drive's stays for the run
@@ -374,6 +378,9 @@ class Journal:
         if ids:
             with self._transaction() as db:
                 db.executemany("UPDATE files SET superseded=1 WHERE file_id=?", ids)
+                if self.drive.state in ("closed", "full"):  # its index on the drive lists them
+                    self.drive.index_stale = True
+                    self._save_drive()
 
     def set_skipped(self, skipped: Iterable[tuple[str, str]]) -> None:
         """Record the staging entries the latest run did not copy, as (path, reason).

@@ -118,7 +118,7 @@ def test_file_rewritten_on_resume_imports_new_content_from_a_log_scan(tmp_path: 
     assert any(x["type"] == "incomplete" for x in log)
     statuses = [(x["status"], x["reason"]) for x in log
                 if x["type"] == "blob" and x["blob"] == "vdir/a/F.bin"]
-    assert ("ok", "") in statuses
+    assert any(s == "unvouched" for s, _ in statuses)  # no index: not the drive's word
     assert any(s == "skipped" and "older copy" in r for s, r in statuses)
 
     # With the journal the same drive imports the same bytes, and vouches for itself.
@@ -185,7 +185,15 @@ def test_damaged_superblock_names_the_drive(tmp_path: Path) -> None:
     _flip(drive, luks2.DATA_OFFSET + 100, 8)
     proc = run_cli("verify", "--journal-dir", str(tmp_path / "j"))
     assert proc.returncode == EXIT_INTEGRITY, proc.stderr
-    assert f"{drive}: superblock" in proc.stderr
+    assert f"({drive}) damaged, every file intact: superblock:" in proc.stderr
+    # With the journal the import loses nothing: the journal's record stands in, named.
+    account = tmp_path / "acc"
+    account.mkdir()
+    proc = run_cli("import", "--drive", str(drive), "--to", str(account), "--journal-dir",
+                   str(tmp_path / "j"), "--log-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "superblock: checksum mismatch; the journal's record of it stands in" in proc.stderr
+    assert local_blobs(account, "seed-test") == {"x.bin": (src / "x.bin").read_bytes()}
     pw = _password_file(tmp_path / "j", tmp_path / "pw")
     proc = run_cli("import", "--drive", str(drive), "--to", str(tmp_path),
                    "--recovery-password-file", str(pw), "--log-dir", str(tmp_path))
@@ -293,3 +301,43 @@ def test_resume_wipes_the_uncommitted_tail_before_appending(tmp_path: Path) -> N
                          capture_output=True, timeout=300)
     assert run.returncode == 0, run.stderr.decode()
     assert run_cli("verify", "--journal-dir", str(jdir)).returncode == 0
+
+
+def test_a_full_drives_index_is_written_again_when_resume_supersedes_its_files(
+        tmp_path: Path) -> None:
+    """Drive 1 fills and closes listing F; F changes in staging; --resume writes F again on
+    drive 2.  Drive 1 alone (no journal) must no longer offer the old F as complete."""
+    src, jdir = tmp_path / "src", tmp_path / "j"
+    rng = random.Random(99)
+    src.mkdir()
+    (src / "F.bin").write_bytes(rng.randbytes(3 * MiB))
+    (src / "G.bin").write_bytes(rng.randbytes(30 * MiB))
+    d1, d2 = tmp_path / "d1.img", tmp_path / "d2.img"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, "-m", "pipeline", "prep", "--srcdir", str(src), "--dstdir",
+            "seed-test/vdir/", "--journal-dir", str(jdir), "--session-id", "stale-1",
+            "--drive-size", "40M", *FAST_KDF_ARGS, "--threads", "1"]
+    run = subprocess.run([*base, "--drive", str(d1)], env=env, capture_output=True,
+                         timeout=300)
+    assert run.returncode == 3, run.stderr.decode()  # drive 1 full: out of drives
+    (j1,) = journal.session_journals(jdir)
+    assert j1.drive.state == "full" and "F.bin" in {f.path for f in j1.files()}
+    j1.close()
+    with open(src / "F.bin", "r+b") as f:  # F changes: resume supersedes the copy on drive 1
+        f.write(bytes(MiB))
+    run = subprocess.run([*base, "--resume", "--drive", str(d2)], env=env,
+                         capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr.decode()
+    j1 = journal.session_journals(jdir)[0]
+    assert not j1.drive.index_stale
+    pw = tmp_path / "pw1"
+    pw.write_text(j1.recovery_password)
+    j1.close()
+    account, logs = tmp_path / "account", tmp_path / "logs"
+    account.mkdir()
+    logs.mkdir()
+    proc = run_cli("import", "--drive", str(d1), "--to", str(account),
+                   "--recovery-password-file", str(pw), "--log-dir", str(logs))
+    assert proc.returncode == 0, proc.stderr
+    assert "F.bin" not in local_blobs(account, "seed-test")  # the old copy is not offered
+    assert "vdir/F.bin" not in {x.get("blob") for x in copy_log(logs, "stale-1", 1)}

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline import credentials, drives, luks2, names
 from pipeline.commands import _options
+from pipeline.errors import EXIT_INTEGRITY, IntegrityError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -117,13 +118,20 @@ def run_info(args: argparse.Namespace) -> int:
                     "data_area_size": sb.data_area_size,
                     "matches_header": sb.volume_uuid == volume.uuid,
                 }
-            except drives.CorruptRecord as exc:
+                present = cipher.data_area_size(drive.size)
+                if sb.data_area_size > present:
+                    info["truncated"] = (f"the drive ends {max(present, 0)} bytes into its "
+                                         f"{sb.data_area_size}-byte data area")
+            except IntegrityError as exc:  # a damaged superblock, or none left (a cut image)
                 info["superblock_error"] = f"damaged: {exc}"
     if args.json:
         _print_json(info)
     else:
         print(_text_info(info))
-    return 0
+    # What it found is printed either way; the exit code says the drive is damaged.
+    for problem in filter(None, (info.get("superblock_error"), info.get("truncated"))):
+        print(f"pipeline drive info: {args.path}: {problem}", file=sys.stderr)
+    return EXIT_INTEGRITY if "superblock_error" in info or "truncated" in info else 0
 
 
 def run_unlock(args: argparse.Namespace) -> int:

@@ -91,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 assert secret is not None
                 key = secret
-            od = driveread.open_drive(path, key.value, key.kind)
+            if jrn is not None:  # the journal's key and records: damage is named, not fatal
+                od = driveread.open_drive(path, key.value, key.kind,
+                                          expected_uuid=jrn.drive.uuid,
+                                          recorded=driveread.recorded_superblock(jrn))
+            else:
+                od = driveread.open_drive(path, key.value, key.kind)
             for warning in od.volume.warnings:  # a damaged header copy, read past
                 print(f"pipeline import: warning: {path}: {warning}", file=sys.stderr)
             opened.append((od, importer.plan_drive(od, jrn)))
@@ -180,6 +185,9 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
               "imported; nothing changed")
     else:
         print(f"drive {sb.drive_seq} of session {sb.session_id} ({od.drive.path}): "
-              f"{t['ok']} blob(s) complete, {t['skipped']} waiting for other drives or "
+              f"{t['ok'] + t['unvouched']} blob(s) complete"
+              + (f" ({t['unvouched']} unvouched: the drive cannot vouch they are the newest "
+                 "copies)" if t["unvouched"] else "")
+              + f", {t['skipped']} waiting for other drives or "
               f"skipped, {t['corrupt']} corrupt, {t['missing']} missing; copy log {path}")
     return t["corrupt"] + t["missing"], log

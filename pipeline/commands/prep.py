@@ -17,7 +17,7 @@ from pipeline.commands import _options
 from pipeline.errors import EXIT_INTERRUPTED, BadInput, OutOfDrives, PipelineError
 from pipeline.session import Session
 from pipeline.stages.run import DrivePool, PrepConfig, run_prep
-from pipeline.stages.write import DriveWriter
+from pipeline.stages.write import DriveWriter, rewrite_index
 
 REMINDER = ("Store the recovery passwords apart from the drives: whoever holds a drive and "
             "its password reads the data.  `pipeline keys --journal-dir DIR` shows them again.")
@@ -61,6 +61,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--abort", action="store_true", help="end the session; its drives become void")
     _options.add_kdf_arguments(p)
     p.set_defaults(func=run)
+
+
+def _rewrite_stale_indexes(pool: DrivePool) -> list[str]:
+    """Closed drives whose index lists files superseded since: write it again (see
+    ``write.rewrite_index``).  A drive that cannot be reached is named, to do later."""
+    problems = []
+    for j in pool.journals:
+        info = j.drive
+        if not (info.index_stale and info.state in ("closed", "full")):
+            continue
+        try:
+            drive, cipher = pool.reopen(j)
+            try:
+                rewrite_index(drive, cipher, j)
+            finally:
+                drive.close()
+        except (OSError, PipelineError) as exc:
+            problems.append(f"drive {info.seq}'s closing index still lists older copies of "
+                            f"files changed since ({exc}); attach it at {info.path} and run "
+                            "prep --resume, or import that drive with its journal")
+    for line in problems:
+        print(f"pipeline prep: warning: {line}", file=sys.stderr)
+    return problems
 
 
 def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepConfig:
@@ -321,9 +344,10 @@ def run(args: argparse.Namespace) -> int:
                    f"{drives.human(stats.bytes_total)}"
                    + ("; what was read is committed" if interrupts == ["soft"] else "")
                    + f"; continue with: {resume_hint}")
-    if not code and (changed or skipped):
+    stale = [] if interrupts or not pool_box else _rewrite_stale_indexes(pool_box[0])
+    if not code and (changed or skipped or stale):
         code = 1
-        notes = []
+        notes = stale[:]
         if changed:
             notes.append(f"{len(changed)} file(s) changed while being read (first: "
                          f"{changed[0]}); run the same command with --resume to write them "

@@ -60,8 +60,14 @@ def verify_drive(jrn: journal.Journal, path: str) -> DriveReport:
     def damage(file_id: int, reason: str) -> None:
         report.damaged.setdefault(names.get(file_id, f"file #{file_id}"), reason)
 
-    with driveread.open_drive(path, jrn.recovery_password.encode(),
-                              expected_uuid=info.uuid) as od:
+    with driveread.open_drive(path, jrn.recovery_password.encode(), expected_uuid=info.uuid,
+                              recorded=driveread.recorded_superblock(jrn)) as od:
+        if od.superblock_damage:
+            report.problems.append(od.superblock_damage)
+        if od.truncated_at is not None:
+            report.problems.append(f"the drive ends {od.truncated_at} bytes into its "
+                                   f"{od.superblock.data_area_size}-byte data area "
+                                   "(a truncated image?)")
         for warning in od.volume.warnings:  # a damaged header copy, read past
             print(f"pipeline verify: warning: {path}: {warning}", file=sys.stderr)
         sb = od.superblock
@@ -75,7 +81,7 @@ def verify_drive(jrn: journal.Journal, path: str) -> DriveReport:
                 on_drive = {(e.file_id, e.offset): e for e in index.extents}
                 if on_drive != expected or {f.file_id for f in index.files} != live:
                     report.problems.append("the closing index does not match the journal")
-            except format.CorruptRecord as exc:
+            except IntegrityError as exc:
                 report.problems.append(f"closing index unreadable: {exc}")
         else:
             report.problems.append(f"drive is {info.state}: not closed, it has no index yet; "
@@ -145,10 +151,12 @@ def run(args: argparse.Namespace) -> int:
     bad = [r for r in reports if not r.ok]
     if bad:
         names = sorted({n for r in bad for n in r.damaged})
-        raise IntegrityError(f"{len(names)} damaged file(s) on drive(s) "
-                             f"{', '.join(str(r.seq) for r in bad)}"
-                             + (f": {', '.join(names[:5])}" if names else
-                                f": {bad[0].problems[0]}"))
+        where = ", ".join(f"{r.seq} ({r.path})" for r in bad)
+        if names:
+            raise IntegrityError(f"{len(names)} damaged file(s) on drive(s) {where}: "
+                                 f"{', '.join(names[:5])}")
+        raise IntegrityError(f"drive(s) {where} damaged, every file intact: "
+                             f"{bad[0].problems[0]}")
     print(f"verified {len(reports)} drive(s): every extent matches its journal",
           file=sys.stderr)
     return 0

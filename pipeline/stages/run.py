@@ -126,7 +126,8 @@ class DrivePool:
             drive.close()
             raise
 
-    def _reopen(self, jrn: journal.Journal) -> tuple[drives.Drive, drives.DriveCipher]:
+    def reopen(self, jrn: journal.Journal) -> tuple[drives.Drive, drives.DriveCipher]:
+        """Open a drive of the session at its recorded path, unlocked, checked to be it."""
         info = jrn.drive
         drive = drives.open_drive(info.path, writable=True)
         try:
@@ -153,7 +154,7 @@ class DrivePool:
             return None
         item = self.queue.pop(0)
         if isinstance(item, journal.Journal):
-            drive, cipher = await trio.to_thread.run_sync(self._reopen, item)
+            drive, cipher = await trio.to_thread.run_sync(self.reopen, item)
             jrn = item
         else:
             seq, self.next_seq = self.next_seq, self.next_seq + 1  # on the Trio thread

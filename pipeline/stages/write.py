@@ -322,4 +322,34 @@ class DriveWriter:
         return ended
 
 
+def rewrite_index(drive: drives.Drive, cipher: drives.DriveCipher, jrn: journal.Journal
+                  ) -> None:
+    """Write a closed drive's index again, without the files superseded since it was closed.
+
+    Without it, the drive alone (imported without its journal) would still offer
+    the old copy of a file that --resume wrote again on another drive, and call
+    it complete.  The new index is written where the old one was (it lists fewer
+    records, so it never grows past it), then the trailer: a crash in between
+    leaves an index the trailer does not match, which an import reports as a
+    damaged index (it walks the log, and says it cannot vouch), never as an old
+    index that looks whole.
+    """
+    info = jrn.drive
+    index = jrn.index_segment(info.log_seq, info.index_offset)
+    end = format.trailer_offset(info.data_area_size)
+    if info.index_offset + len(index) > end:
+        raise ValueError(f"drive {info.seq}: the new index does not fit before the trailer")
+    cipher.write(drive, info.index_offset, index)
+    faults.reached("after_index")
+    drive.sync()
+    cipher.write(drive, end, format.encode_trailer(format.Trailer(
+        drive_seq=info.seq, data_area_size=info.data_area_size, index_offset=info.index_offset,
+        index_length=len(index), segment_count=info.log_seq + 1,
+        payload_bytes=info.payload_bytes)))
+    faults.reached("after_trailer")
+    drive.sync()
+    jrn.set_state(info.state, index_offset=info.index_offset, index_length=len(index),
+                  index_sha256=hashlib.sha256(index).hexdigest())
+
+
 OpenDrive = Callable[[], Awaitable["DriveWriter | None"]]

@@ -40,6 +40,8 @@ __all__ = [
 
 CELL = 1 << 20          # grid of write_part offsets; the drive format's extent size
 PAGE = 512              # Azure page blob unit
+MAX_BLOB_SIZE = {BlobType.BLOCK: 50_000 * 4000 << 20,  # Azure's limits: 50,000 blocks of
+                 BlobType.PAGE: 8 << 40}                # 4000 MiB; page blobs 8 TiB
 AZURE_FIX = "check the connection string / SAS and that the account is reachable"
 
 

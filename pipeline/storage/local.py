@@ -48,7 +48,7 @@ DIR_MODE = 0o755
 NAME_MAX = 255
 PATH_MAX = 4096
 _UNAVAILABLE = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM,
-                errno.ENOTCONN, errno.ESTALE}
+                errno.ENOTCONN, errno.ESTALE, errno.EFBIG}
 
 
 try:
