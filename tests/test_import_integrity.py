@@ -52,6 +52,17 @@ def _password_file(jdir: Path, out: Path) -> Path:
     return out
 
 
+def _import(tmp_path: Path, drive: Path, *secret: str, name: str = "account"
+            ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """`pipeline import` of one drive into a fresh local account; copy logs in tmp/logs."""
+    account, logs = tmp_path / name, tmp_path / "logs"
+    account.mkdir()
+    logs.mkdir(exist_ok=True)
+    proc = run_cli("import", "--drive", str(drive), "--to", str(account), *secret,
+                   "--log-dir", str(logs))
+    return proc, account, logs
+
+
 def _flip(path: Path, offset: int, n: int = 64) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -102,11 +113,7 @@ def test_file_rewritten_on_resume_imports_new_content_from_a_log_scan(tmp_path: 
     _flip(drive, luks2.DATA_OFFSET + index_offset + 200)  # the closing index is damaged
 
     pw = _password_file(jdir, tmp_path / "pw")
-    account, logs = tmp_path / "account", tmp_path / "logs"
-    account.mkdir()
-    logs.mkdir()
-    proc = run_cli("import", "--drive", str(drive), "--to", str(account),
-                   "--recovery-password-file", str(pw), "--log-dir", str(logs))
+    proc, account, logs = _import(tmp_path, drive, "--recovery-password-file", str(pw))
     # The drive cannot vouch for completeness without its index: said, with its own code.
     assert proc.returncode == EXIT_INCOMPLETE, proc.stderr
     assert "no intact closing index" in proc.stderr
@@ -122,10 +129,7 @@ def test_file_rewritten_on_resume_imports_new_content_from_a_log_scan(tmp_path: 
     assert any(s == "skipped" and "older copy" in r for s, r in statuses)
 
     # With the journal the same drive imports the same bytes, and vouches for itself.
-    account2 = tmp_path / "account2"
-    account2.mkdir()
-    proc = run_cli("import", "--drive", str(drive), "--to", str(account2),
-                   "--journal-dir", str(jdir), "--log-dir", str(logs))
+    proc, account2, _ = _import(tmp_path, drive, "--journal-dir", str(jdir), name="account2")
     assert proc.returncode == 0, proc.stderr
     assert local_blobs(account2, "seed-test")["a/F.bin"] == new
 
@@ -146,11 +150,7 @@ def test_never_closed_drive_without_journal_says_it_cannot_vouch(tmp_path: Path)
     count, state, _, _ = _journal_state(jdir)
     assert state == "open"
     pw = _password_file(jdir, tmp_path / "pw")
-    account, logs = tmp_path / "account", tmp_path / "logs"
-    account.mkdir()
-    logs.mkdir()
-    proc = run_cli("import", "--drive", str(drive), "--to", str(account),
-                   "--recovery-password-file", str(pw), "--log-dir", str(logs))
+    proc, account, logs = _import(tmp_path, drive, "--recovery-password-file", str(pw))
     assert proc.returncode == EXIT_INCOMPLETE, proc.stderr
     assert str(drive) in proc.stderr and "cannot vouch" in proc.stderr
     blobs = local_blobs(account, "seed-test")
@@ -213,11 +213,7 @@ def test_truncated_image_imports_what_is_there_and_names_the_rest(tmp_path: Path
     _, _, _, log_end = _journal_state(jdir)
     cut = luks2.DATA_OFFSET + log_end // 2
     os.truncate(drive, cut - cut % 4096)
-    account, logs = tmp_path / "account", tmp_path / "logs"
-    account.mkdir()
-    logs.mkdir()
-    proc = run_cli("import", "--drive", str(drive), "--to", str(account), "--journal-dir",
-                   str(jdir), "--log-dir", str(logs))
+    proc, account, logs = _import(tmp_path, drive, "--journal-dir", str(jdir))
     assert proc.returncode == EXIT_INTEGRITY, proc.stderr
     assert "truncated" in proc.stderr
     blobs = local_blobs(account, "seed-test")
@@ -247,11 +243,7 @@ def test_importer_state_is_kept_out_of_the_customers_container(tmp_path: Path) -
     (src / "x.bin").write_bytes(os.urandom(MiB))
     drive, jdir = tmp_path / "d.img", tmp_path / "j"
     prep(src, jdir, "state-1", [drive], "40M")
-    account, logs = tmp_path / "account", tmp_path / "logs"
-    account.mkdir()
-    logs.mkdir()
-    proc = run_cli("import", "--drive", str(drive), "--to", str(account), "--journal-dir",
-                   str(jdir), "--log-dir", str(logs))
+    proc, account, logs = _import(tmp_path, drive, "--journal-dir", str(jdir))
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (account / "seed-test").rglob("*") if p.is_file()) == ["x.bin"]
     marker = json.loads((account / "waimportexport" / "state-1" / "drive-01.json").read_text())
@@ -333,11 +325,7 @@ def test_a_full_drives_index_is_written_again_when_resume_supersedes_its_files(
     pw = tmp_path / "pw1"
     pw.write_text(j1.recovery_password)
     j1.close()
-    account, logs = tmp_path / "account", tmp_path / "logs"
-    account.mkdir()
-    logs.mkdir()
-    proc = run_cli("import", "--drive", str(d1), "--to", str(account),
-                   "--recovery-password-file", str(pw), "--log-dir", str(logs))
+    proc, account, logs = _import(tmp_path, d1, "--recovery-password-file", str(pw))
     assert proc.returncode == 0, proc.stderr
     assert "F.bin" not in local_blobs(account, "seed-test")  # the old copy is not offered
     assert "vdir/F.bin" not in {x.get("blob") for x in copy_log(logs, "stale-1", 1)}
