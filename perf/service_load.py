@@ -7,7 +7,7 @@ What it does, in order:
 1. makes a fresh data directory (under ``/var/tmp`` by default: a real disk, so the
    catalog's ``synchronous=FULL`` commits pay for their fsync), creates a subscription
    with ``pipeline service subscription add`` as an operator would, and starts
-   ``pipeline service`` on a free port with ``pipeline.jobs.testing.ServiceProcess``
+   ``pipeline service`` on a free port with ``tests.jobservice.ServiceProcess``
    (plain HTTP, or HTTPS with a self-signed certificate under ``--tls``);
 2. signs one bearer token from the publish settings file (``auth.token_from_publish_settings``);
 3. runs ``--clients`` concurrent clients, each a Trio task with its own ``httpx.AsyncClient``
@@ -53,8 +53,9 @@ from typing import Any
 import httpx
 import trio
 
-from pipeline.jobs import auth, testing
+from pipeline.jobs import auth
 from pipeline.jobs.catalog import DB_NAME, Catalog
+from tests import jobservice
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "perf" / "results"
@@ -125,9 +126,9 @@ async def _call(load: Load, http: httpx.AsyncClient, op: str, method: str, url: 
 
 async def _one_job(load: Load, http: httpx.AsyncClient, i: int) -> None:
     url = load.job_url(i)
-    drives = testing.drive_list(1 + i % 4, prefix=f"load{i}")
-    body = testing.job_body(drives, returnShipping={"carrierName": "DHL",
-                                                    "carrierAccountNumber": f"ACC-{i}"})
+    drives = jobservice.drive_list(1 + i % 4, prefix=f"load{i}")
+    body = jobservice.job_body(drives, returnShipping={"carrierName": "DHL",
+                                                       "carrierAccountNumber": f"ACC-{i}"})
     if await _call(load, http, "PUT create", "PUT", url, 201, json=body) is None:
         return
     got = await _call(load, http, "GET job", "GET", url, 200)
@@ -387,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, "-m", "pipeline", "service", "subscription", "add", "load",
                     "--data", str(data), "--out", str(settings), "--url", "http://127.0.0.1"],
                    check=True, cwd=REPO, env=env, capture_output=True)
-    tls = testing.self_signed_cert(scratch) if args.tls else None
-    svc = testing.ServiceProcess(data, tls=tls, log_path=scratch / "service.log").start()
+    tls = jobservice.self_signed_cert(scratch) if args.tls else None
+    svc = jobservice.ServiceProcess(data, tls=tls, log_path=scratch / "service.log").start()
     try:
         assert svc.proc is not None
         pid, port = svc.proc.pid, int(svc.url.rsplit(":", 1)[1].split("/")[0])

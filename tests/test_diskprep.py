@@ -13,7 +13,7 @@ from pathlib import Path
 import pexpect
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_NO_SEED
-from pipeline.jobs import testing
+from tests import jobservice
 
 from .conftest import FAST_KDF_ARGS, ROOT, run_cli
 
@@ -50,7 +50,7 @@ def subscription(data: Path, out: Path) -> str:
 
 def test_diskprep_interactive_two_drives(tmp_path: Path) -> None:
     data, settings = tmp_path / "svc", tmp_path / "ops.publishsettings"
-    with testing.ServiceProcess(data) as svc:
+    with jobservice.ServiceProcess(data) as svc:
         sub = subscription(data, settings)
         staging, config = tmp_path / "staging", tmp_path / "config"
         fake_offline_backup(staging, config, "nightly-seed", sub, settings)

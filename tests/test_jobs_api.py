@@ -26,11 +26,12 @@ import pytest
 import trio
 
 from pipeline.errors import BadInput, IntegrityError
-from pipeline.jobs import auth, service, testing
+from pipeline.jobs import auth, service
 from pipeline.jobs.catalog import DB_NAME, KEY_NAME, Catalog
 from pipeline.jobs.errors import NotFound, PreconditionFailed
 from pipeline.jobs.model import JobRef
 from pipeline.jobs.rules import JobState
+from tests import jobservice
 
 V = "2016-11-01"
 
@@ -102,8 +103,8 @@ async def client(catalog: Catalog) -> AsyncIterator[httpx.AsyncClient]:
 
 async def create(client: httpx.AsyncClient, who: Account, name: str, drives: int = 2,
                  rg: str = "rg1") -> tuple[httpx.Response, list[dict[str, Any]]]:
-    drive_list = testing.drive_list(drives)
-    r = await client.put(who.job(name, rg), json=testing.job_body(drive_list),
+    drive_list = jobservice.drive_list(drives)
+    r = await client.put(who.job(name, rg), json=jobservice.job_body(drive_list),
                          headers=who.headers)
     assert r.status_code == 201, r.text
     return r, drive_list
@@ -210,7 +211,7 @@ async def test_another_subscriptions_job_is_404_not_403(client: httpx.AsyncClien
                                ("POST", as_bob.job(name).replace(
                                    "?", "/listBitLockerKeys?"))):
             r = await client.request(method, target, headers=bob.headers,
-                                     json=testing.job_body(testing.drive_list(1)))
+                                     json=jobservice.job_body(jobservice.drive_list(1)))
             seen.append((method, r.status_code, error(r, 404)))
     half = len(seen) // 2
     assert [(m, s) for m, s, _ in seen[:half]] == [(m, s) for m, s, _ in seen[half:]]
@@ -237,7 +238,7 @@ async def test_bad_requests_get_400_with_a_reason(client: httpx.AsyncClient,
                                                   alice: Account) -> None:
     h = alice.headers
     url = alice.job("job-400")
-    body = json.dumps(testing.job_body(testing.drive_list(1))).encode()
+    body = json.dumps(jobservice.job_body(jobservice.drive_list(1))).encode()
     cases: list[tuple[str, str, bytes, str, str]] = [
         ("PUT", url, b'{"location": "westeurope",', "InvalidRequestContent", "not valid JSON"),
         ("PUT", url, b"[1, 2]", "InvalidRequestContent", "must be a JSON object"),
@@ -258,11 +259,12 @@ async def test_bad_requests_get_400_with_a_reason(client: httpx.AsyncClient,
         ("GET", alice.jobs(**{"$top": "ten"}), b"", "InvalidTop", "$top"),
         ("GET", alice.jobs(**{"$skipToken": "forged"}), b"", "InvalidSkipToken", "nextLink"),
         ("GET", alice.jobs(**{"$filter": "state eq 'x'"}), b"", "InvalidFilter", "$filter"),
-        ("PUT", url, json.dumps({**testing.job_body(testing.drive_list(1)),
+        ("PUT", url, json.dumps({**jobservice.job_body(jobservice.drive_list(1)),
                                  "location": "mars"}).encode(), "InvalidLocation", "mars"),
-        ("PUT", url, json.dumps(testing.job_body(testing.drive_list(1), colour="red")).encode(),
+        ("PUT", url,
+         json.dumps(jobservice.job_body(jobservice.drive_list(1), colour="red")).encode(),
          "InvalidRequestContent", "properties.'colour'"),
-        ("PUT", url, json.dumps(testing.job_body(testing.drive_list(1), jobType="Export"))
+        ("PUT", url, json.dumps(jobservice.job_body(jobservice.drive_list(1), jobType="Export"))
          .encode(), "UnsupportedJobType", "import"),
     ]
     for method, target, content, code, words in cases:
@@ -350,7 +352,7 @@ async def test_refused_transitions_get_409_with_the_reason(client: httpx.AsyncCl
         "carrierName": "UPS", "trackingNumber": "1Z"}}}
     r = await client.patch(url, json=ship, headers=h)
     assert r.status_code == 200 and r.json()["properties"]["state"] == "Shipping"
-    error(await client.put(url, json=testing.job_body(drives), headers=h), 409,
+    error(await client.put(url, json=jobservice.job_body(drives), headers=h), 409,
           "JobNotReplaceable")
     error(await client.delete(url, headers=h), 409, "JobNotDeletable")
     msg = error(await client.patch(url, json={"properties": {"driveList": [
@@ -381,7 +383,7 @@ async def test_etags_and_if_match(client: httpx.AsyncClient, alice: Account) -> 
     assert (await client.get(url, headers=h)).headers["ETag"] == '"3"'
     r = await client.patch(url, json={"tags": {"b": "2"}}, headers={**h, "If-Match": "*"})
     assert r.headers["ETag"] == '"3"'  # changes nothing: no write, same version
-    body = testing.job_body(drives)
+    body = jobservice.job_body(drives)
     error(await client.put(url, json=body, headers={**h, "If-Match": '"1"'}), 412)
     error(await client.put(url, json=body, headers={**h, "If-None-Match": "*"}), 412)
     error(await client.put(alice.job("fresh-job"), json=body, headers={**h, "If-Match": "*"}),
@@ -447,7 +449,7 @@ def test_catalog_threads_lose_no_write(catalog: Catalog, alice: Account) -> None
     If-Match, retrying on 412.  A stale write is refused, never merged over, so every
     thread's last value survives and the version counts every write."""
     ref = JobRef(alice.sub, "rg1", "threaded")
-    catalog.put_job(ref, testing.job_body(testing.drive_list(1)))
+    catalog.put_job(ref, jobservice.job_body(jobservice.drive_list(1)))
     conflicts = [0] * 8
     failures: list[BaseException] = []
 
@@ -490,15 +492,15 @@ async def test_recovery_passwords_only_in_list_bitlocker_keys(
     await client.get(url, headers=h)
     await client.get(alice.jobs(), headers=h)
     await client.get(alice.jobs("rg1"), headers=h)
-    replaced = testing.drive_list(3)
-    await client.put(url, json=testing.job_body(replaced), headers=h)
+    replaced = jobservice.drive_list(3)
+    await client.put(url, json=jobservice.job_body(replaced), headers=h)
     passwords += [d["bitLockerKey"] for d in replaced]
-    extra = testing.drive_list(1, prefix="late")
+    extra = jobservice.drive_list(1, prefix="late")
     await client.patch(url, json={"properties": {"driveList": extra}}, headers=h)
     passwords.append(extra[0]["bitLockerKey"])
-    bad = testing.drive_list(1)
+    bad = jobservice.drive_list(1)
     bad[0]["manifestHash"] = "not hex"
-    await client.put(alice.job("bad-secret-job"), json=testing.job_body(bad), headers=h)
+    await client.put(alice.job("bad-secret-job"), json=jobservice.job_body(bad), headers=h)
     passwords.append(bad[0]["bitLockerKey"])
     r = await client.post(url.replace("?", "/listBitLockerKeys?"), headers=h)
     keys = {k["driveId"]: k["bitLockerKey"] for k in r.json()["value"]}
@@ -523,7 +525,8 @@ async def test_recovery_passwords_only_in_list_bitlocker_keys(
 
 
 def test_files_are_private(catalog: Catalog, alice: Account) -> None:
-    catalog.put_job(JobRef(alice.sub, "rg1", "modes"), testing.job_body(testing.drive_list(1)))
+    catalog.put_job(JobRef(alice.sub, "rg1", "modes"),
+                    jobservice.job_body(jobservice.drive_list(1)))
     data = catalog.data_dir
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", KEY_NAME):
@@ -534,10 +537,10 @@ def test_the_key_file_guards_the_passwords(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with Catalog.open(data) as catalog:
         acct = new_account(catalog, tmp_path, "carol")
-        drives = testing.drive_list(2)
+        drives = jobservice.drive_list(2)
         a, b = (JobRef(acct.sub, "rg", n) for n in ("job-a", "job-b"))
-        catalog.put_job(a, testing.job_body(drives))
-        catalog.put_job(b, testing.job_body(testing.drive_list(1)))
+        catalog.put_job(a, jobservice.job_body(drives))
+        catalog.put_job(b, jobservice.job_body(jobservice.drive_list(1)))
         # move a ciphertext onto another row: it must not decrypt there
         with catalog._write() as conn:
             conn.execute("UPDATE drives SET bitlocker_key = (SELECT bitlocker_key FROM drives "
@@ -578,13 +581,13 @@ def test_kill_9_during_updates_loses_no_acknowledged_change(tmp_path: Path) -> N
     data = tmp_path / "data"
     with Catalog.open(data) as catalog:
         acct = new_account(catalog, tmp_path, "dave")
-    svc = testing.ServiceProcess(data).start()
+    svc = jobservice.ServiceProcess(data).start()
     try:
         writers, acked, created = 6, {}, []
         lock, stop = threading.Lock(), threading.Event()
         with httpx.Client(base_url=svc.url, timeout=10) as c:
             for k in range(writers):
-                c.put(acct.job(f"crash-{k}"), json=testing.job_body(testing.drive_list(1)),
+                c.put(acct.job(f"crash-{k}"), json=jobservice.job_body(jobservice.drive_list(1)),
                       headers=acct.headers).raise_for_status()
 
         def patcher(k: int) -> None:
@@ -608,7 +611,7 @@ def test_kill_9_during_updates_loses_no_acknowledged_change(tmp_path: Path) -> N
                         return
                     try:
                         r = c.put(acct.job(f"new-{i}"),
-                                  json=testing.job_body(testing.drive_list(1)),
+                                  json=jobservice.job_body(jobservice.drive_list(1)),
                                   headers=acct.headers)
                     except httpx.HTTPError:
                         return
@@ -628,7 +631,7 @@ def test_kill_9_during_updates_loses_no_acknowledged_change(tmp_path: Path) -> N
         assert len(acked) == writers and min(acked.values()) > 5 and len(created) > 5
     finally:
         svc.kill()
-    with testing.ServiceProcess(data) as again, httpx.Client(base_url=again.url) as c:
+    with jobservice.ServiceProcess(data) as again, httpx.Client(base_url=again.url) as c:
         for k, n in acked.items():
             r = c.get(acct.job(f"crash-{k}"), headers=acct.headers)
             assert r.status_code == 200
@@ -644,7 +647,7 @@ def test_real_http_path_tricks_and_clean_stop(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with Catalog.open(data) as catalog:
         acct = new_account(catalog, tmp_path, "erin")
-    with testing.ServiceProcess(data) as svc:
+    with jobservice.ServiceProcess(data) as svc:
         host, port = urlsplit(svc.url).hostname, urlsplit(svc.url).port
         base = f"/subscriptions/{acct.sub}/resourceGroups/rg1/providers/Microsoft.ImportExport"
         conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -672,7 +675,7 @@ def test_site_wide_listing_and_statistics(catalog: Catalog, alice: Account,
     for who, names in ((alice, ("a-one", "a-two")), (bob, ("b-one",))):
         for name in names:
             catalog.put_job(JobRef(who.sub, "Site-RG", name),
-                            testing.job_body(testing.drive_list(2)))
+                            jobservice.job_body(jobservice.drive_list(2)))
     catalog.update_job(JobRef(bob.sub, "site-rg", "b-one"), {"properties": {
         "deliveryPackage": {"carrierName": "UPS", "trackingNumber": "U1"}, "state": "Shipping"}})
     everyone = catalog.list_jobs(None, top=2)
@@ -688,5 +691,5 @@ def test_site_wide_listing_and_statistics(catalog: Catalog, alice: Account,
                                     "subscriptions": 2, "drives": 6}
     with pytest.raises(NotFound, match="subscription .* does not exist"):
         catalog.put_job(JobRef("99999999-9999-9999-9999-999999999999", "rg", "orphan"),
-                        testing.job_body(testing.drive_list(1)))
+                        jobservice.job_body(jobservice.drive_list(1)))
     assert catalog.location("North Europe").name == "northeurope"

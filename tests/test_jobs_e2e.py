@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline import journal, luks2
 from pipeline.errors import EXIT_INTEGRITY
-from pipeline.jobs import testing
+from tests import jobservice
 
 from .conftest import FAST_KDF_ARGS, run_cli
 from .drivedata import make_tree, read_tree
@@ -48,7 +48,7 @@ def create_and_ship(settings: Path, url: str, job: str, jdir: Path) -> None:
 def test_prep_create_ship_import_completed(tmp_path: Path) -> None:
     src, jdir, drives = prep_two_drives(tmp_path, "svc-1")
     data = tmp_path / "data"
-    with testing.ServiceProcess(data) as svc:
+    with jobservice.ServiceProcess(data) as svc:
         settings = tmp_path / "site.publishsettings"
         run_cli("service", "subscription", "add", "site", "--data", str(data), "--out",
                 str(settings), check_code=0)
@@ -100,7 +100,7 @@ def test_a_damaged_drive_ends_completed_more_info(tmp_path: Path) -> None:
         f.seek(luks2.DATA_OFFSET + victim.location + 99)
         f.write(bytes([b[0] ^ 0xFF]))
     data = tmp_path / "data"
-    with testing.ServiceProcess(data) as svc:
+    with jobservice.ServiceProcess(data) as svc:
         settings = tmp_path / "s.publishsettings"
         run_cli("service", "subscription", "add", "site", "--data", str(data), "--out",
                 str(settings), check_code=0)

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from pipeline.errors import BadInput
-from pipeline.jobs import model, regions, rules, testing
+from pipeline.jobs import model, regions, rules
 from pipeline.jobs.errors import BadRequest, Conflict
 from pipeline.jobs.rules import After, DriveState, JobState
+from tests import jobservice
 
 J, D = JobState, DriveState
 JOB_ALLOWED = {
@@ -170,7 +171,7 @@ def test_subscription_ids_and_locations() -> None:
 
 
 def test_recovery_passwords_are_checked_but_never_echoed() -> None:
-    good = testing.recovery_password()
+    good = jobservice.recovery_password()
     assert rules.check_recovery_password("d1", good) == good
     bad = good[:-1] + str((int(good[-1]) + 1) % 10)
     with pytest.raises(BadRequest) as refused:
@@ -182,36 +183,36 @@ def test_recovery_passwords_are_checked_but_never_echoed() -> None:
 
 
 def test_at_most_ten_drives() -> None:
-    job, keys = model.parse_new_job(REF, testing.job_body(testing.drive_list(10)), REGIONS)
+    job, keys = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(10)), REGIONS)
     assert len(job.drives) == 10 and len(keys) == 10
     with pytest.raises(BadRequest, match="at most 10 drives") as many:
-        model.parse_new_job(REF, testing.job_body(testing.drive_list(11)), REGIONS)
+        model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(11)), REGIONS)
     assert many.value.code == "TooManyDrives"
     with pytest.raises(BadRequest, match="at least one drive"):
-        model.parse_new_job(REF, testing.job_body([]), REGIONS)
+        model.parse_new_job(REF, jobservice.job_body([]), REGIONS)
     # a PATCH may add drives while Creating, up to the same cap
-    extra = testing.drive_list(1, prefix="extra")
+    extra = jobservice.drive_list(1, prefix="extra")
     with pytest.raises(BadRequest, match="at most 10 drives"):
         model.apply_update(job, {"properties": {"driveList": extra}}, REGIONS)
-    nine, _ = model.parse_new_job(REF, testing.job_body(testing.drive_list(9)), REGIONS)
+    nine, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(9)), REGIONS)
     ten, new_keys = model.apply_update(nine, {"properties": {"driveList": extra}}, REGIONS)
     assert len(ten.drives) == 10 and list(new_keys) == [extra[0]["driveId"]]
 
 
 def test_duplicate_and_malformed_drives() -> None:
-    drives = testing.drive_list(2)
+    drives = jobservice.drive_list(2)
     drives[1]["driveId"] = drives[0]["driveId"]
     with pytest.raises(BadRequest, match="listed twice"):
-        model.parse_new_job(REF, testing.job_body(drives), REGIONS)
+        model.parse_new_job(REF, jobservice.job_body(drives), REGIONS)
     for field, value, match in [("driveId", "has space", "driveId"),
                                 ("manifestHash", "xyz", "hexadecimal"),
                                 ("bitLockerKey", "123", "not a recovery password"),
                                 ("state", "Received", "starts Specified"),
                                 ("colour", "blue", "unknown field")]:
-        entry = testing.drive_list(1)
+        entry = jobservice.drive_list(1)
         entry[0][field] = value
         with pytest.raises(BadRequest, match=match):
-            model.parse_new_job(REF, testing.job_body(entry), REGIONS)
+            model.parse_new_job(REF, jobservice.job_body(entry), REGIONS)
 
 
 def test_carriers_come_from_the_location() -> None:
@@ -220,13 +221,13 @@ def test_carriers_come_from_the_location() -> None:
     with pytest.raises(BadRequest, match="use one of: DHL, FedEx, TNT, UPS") as bad:
         rules.check_carrier("Correios", west.supported_carriers, "westeurope")
     assert bad.value.code == "UnsupportedCarrier"
-    brazil = testing.job_body(testing.drive_list(1), location="brazilsouth")
+    brazil = jobservice.job_body(jobservice.drive_list(1), location="brazilsouth")
     job, _ = model.parse_new_job(REF, brazil, REGIONS)
     package = {"carrierName": "correios", "trackingNumber": "BR123"}
     shipped, _ = model.apply_update(
         job, {"properties": {"deliveryPackage": package, "state": "Shipping"}}, REGIONS)
     assert shipped.details["deliveryPackage"]["carrierName"] == "Correios"
-    job2, _ = model.parse_new_job(REF, testing.job_body(testing.drive_list(1)), REGIONS)
+    job2, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(1)), REGIONS)
     with pytest.raises(BadRequest, match="does not deliver to location westeurope"):
         model.apply_update(job2, {"properties": {"deliveryPackage": package}}, REGIONS)
     with pytest.raises(BadRequest, match="returnShipping|carrier"):
@@ -235,7 +236,7 @@ def test_carriers_come_from_the_location() -> None:
 
 
 def test_shipping_needs_carrier_and_tracking_number() -> None:
-    job, _ = model.parse_new_job(REF, testing.job_body(testing.drive_list(2)), REGIONS)
+    job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(2)), REGIONS)
     with pytest.raises(Conflict, match="carrier and tracking number"):
         model.apply_update(job, {"properties": {"state": "Shipping"}}, REGIONS)
     with pytest.raises(BadRequest, match="trackingNumber"):
@@ -244,7 +245,7 @@ def test_shipping_needs_carrier_and_tracking_number() -> None:
 
 
 def test_frozen_fields_and_cancellation() -> None:
-    job, _ = model.parse_new_job(REF, testing.job_body(testing.drive_list(1)), REGIONS)
+    job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(1)), REGIONS)
     package = {"properties": {"deliveryPackage": {"carrierName": "DHL", "trackingNumber": "1"}}}
     job, _ = model.apply_update(job, package, REGIONS)
     job, _ = model.apply_update(job, {"properties": {"state": "Shipping"}}, REGIONS)
@@ -258,7 +259,7 @@ def test_frozen_fields_and_cancellation() -> None:
             {"driveId": drive_id, "manifestHash": "abcd"}]}}, REGIONS)
     with pytest.raises(Conflict, match="drive identity"):
         model.apply_update(job, {"properties": {"driveList": [
-            {"driveId": drive_id, "bitLockerKey": testing.recovery_password()}]}}, REGIONS)
+            {"driveId": drive_id, "bitLockerKey": jobservice.recovery_password()}]}}, REGIONS)
     # one PATCH: the drive arrives and the job starts copying it
     moving = {"properties": {"state": "Transferring", "driveList": [
         {"driveId": drive_id, "state": "Received"}]}}
@@ -274,7 +275,7 @@ def test_frozen_fields_and_cancellation() -> None:
 
 
 def test_cancel_and_it_cannot_be_undone() -> None:
-    job, _ = model.parse_new_job(REF, testing.job_body(testing.drive_list(1)), REGIONS)
+    job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(1)), REGIONS)
     canceled, _ = model.apply_update(job, {"properties": {"cancelRequested": True}}, REGIONS)
     assert canceled.state == J.CANCELED and canceled.cancel_requested
     with pytest.raises(Conflict, match="cannot be undone"):
@@ -299,7 +300,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.job, self.keys = model.parse_new_job(
-            REF, testing.job_body(testing.drive_list(3)), REGIONS)
+            REF, jobservice.job_body(jobservice.drive_list(3)), REGIONS)
         self.ids = [d.drive_id for d in self.job.drives]
 
     def patch(self, body: dict[str, Any], expect_ok: bool) -> None:
@@ -369,7 +370,7 @@ TestJobLifecycle.settings = settings(max_examples=300, stateful_step_count=50, d
 
 def test_the_lifecycle_reaches_every_state() -> None:
     """The happy path to Closed, one PATCH at a time (the receiving site's sequence)."""
-    job, _ = model.parse_new_job(REF, testing.job_body(testing.drive_list(2)), REGIONS)
+    job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(2)), REGIONS)
     a, b = (d.drive_id for d in job.drives)
     steps: list[dict[str, Any]] = [
         {"deliveryPackage": {"carrierName": "FedEx", "trackingNumber": "F1"},

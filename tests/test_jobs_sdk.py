@@ -20,7 +20,8 @@ from azure.core.credentials import AccessToken
 from azure.mgmt.storageimportexport import StorageImportExport, models
 from msrest.exceptions import HttpOperationError
 
-from pipeline.jobs import auth, testing
+from pipeline.jobs import auth
+from tests import jobservice
 from tests.conftest import FAST_KDF_ARGS, run_cli
 from tests.drivedata import make_tree
 
@@ -63,9 +64,9 @@ def real_drive_list(tmp_path: Path) -> list[dict[str, str]]:
 
 def test_azure_sdk_against_the_service(tmp_path: Path) -> None:
     drives = real_drive_list(tmp_path)
-    cert, key = testing.self_signed_cert(tmp_path)
+    cert, key = jobservice.self_signed_cert(tmp_path)
     data = tmp_path / "data"
-    with testing.ServiceProcess(data, tls=(cert, key)) as svc:
+    with jobservice.ServiceProcess(data, tls=(cert, key)) as svc:
         assert svc.url.startswith("https://127.0.0.1:")
         settings = tmp_path / "sdk.publishsettings"
         added = run_cli("service", "subscription", "add", "sdk", "--data", str(data),
@@ -120,7 +121,7 @@ def test_azure_sdk_against_the_service(tmp_path: Path) -> None:
             client.jobs.create(more, "other-rg", models.PutJobParameters(
                 location="eastus", properties=models.JobDetails(
                     storage_account_id="/x", drive_list=[models.DriveStatus(
-                        drive_id=f"{more}-d", bit_locker_key=testing.recovery_password(),
+                        drive_id=f"{more}-d", bit_locker_key=jobservice.recovery_password(),
                         manifest_file="/m", manifest_hash="00ff")])))
         by_sub = [j.name for j in client.jobs.list_by_subscription(top=2)]
         assert sorted(by_sub) == ["seed-job-1", "seed-job-2", "seed-job-3"]

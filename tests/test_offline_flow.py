@@ -15,7 +15,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from pipeline.jobs import auth, testing
+from pipeline.jobs import auth
+from tests import jobservice
 
 from .conftest import FAST_KDF_ARGS, ROOT, run_cli
 from .drivedata import make_tree, read_tree
@@ -34,7 +35,7 @@ def test_offline_seed_then_incremental_backup(tmp_path: Path, account_kind: str,
     passphrase = tmp_path / "backup.pass"
     passphrase.write_text("a long backup passphrase\n")
     data, settings = tmp_path / "svc", tmp_path / "ops.publishsettings"
-    with testing.ServiceProcess(data) as svc:
+    with jobservice.ServiceProcess(data) as svc:
         run_cli("service", "subscription", "add", "ops", "--data", str(data), "--out",
                 str(settings), check_code=0)
         sub = auth.read_publish_settings(settings).subscription_id

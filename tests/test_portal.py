@@ -4,7 +4,7 @@ Debian's ``chromium`` (``/usr/bin/chromium``, installed by scripts/install) runs
 under Playwright for Python with ``executable_path``: no browser download.
 Playwright's ``launch`` gives each run a fresh temporary ``--user-data-dir``
 (it refuses one in ``args``).  The service is the real one, ``python -m
-pipeline service`` on a free port (``testing.ServiceProcess``), and the drive
+pipeline service`` on a free port (``jobservice.ServiceProcess``), and the drive
 list comes from a real ``pipeline prep`` of a tiny tree to two image drives.
 
 Screenshots go to a temporary folder; with ``PIPELINE_SCREENSHOTS=1`` they
@@ -27,9 +27,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from pipeline.jobs import auth, service, testing
+from pipeline.jobs import auth, service
 from pipeline.jobs.catalog import Catalog
 from pipeline.jobs.portal import tokens
+from tests import jobservice
 from tests.conftest import FAST_KDF_ARGS, ROOT, run_cli
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,7 +50,7 @@ class World:
     drive_file: Path         # `pipeline journal export` output of a real prep
     drives: list[dict[str, Any]]
     site_token: str
-    svc: testing.ServiceProcess
+    svc: jobservice.ServiceProcess
 
     def token(self) -> str:
         return auth.token_from_publish_settings(self.settings)
@@ -64,7 +65,7 @@ class World:
                 f"Microsoft.ImportExport/jobs/{name}")
 
     def create_job(self, name: str, rg: str = "rg1") -> dict[str, Any]:
-        body = testing.job_body(self.drives, location="westeurope",
+        body = jobservice.job_body(self.drives, location="westeurope",
                                 returnAddress=ADDRESS, returnShipping={
                                     "carrierName": "DHL", "carrierAccountNumber": "123"})
         r = self.api("PUT", self.job_path(name, rg), body)
@@ -108,7 +109,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     str(settings), "--url", "http://127.0.0.1", check_code=0)
     site = run_cli("service", "site-token", "--data", str(data), check_code=0)
     assert stat.S_IMODE((data / "site.key").stat().st_mode) == 0o600
-    with testing.ServiceProcess(data) as svc:
+    with jobservice.ServiceProcess(data) as svc:
         yield World(url=svc.url, data=data, tmp=tmp, settings=settings,
                     sub=added.stdout.split()[-1], drive_file=drive_file, drives=drives,
                     site_token=site.stdout.strip(), svc=svc)

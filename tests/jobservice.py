@@ -3,8 +3,8 @@
 ``ServiceProcess`` starts ``python -m pipeline service`` in a subprocess on a
 free port and knows its URL and log; ``self_signed_cert`` makes a certificate
 for 127.0.0.1; ``drive_list``/``job_body`` build valid PUT bodies by hand
-(``pipeline journal export`` gives the real drive list).  Nothing here is used
-by the service itself.
+(``pipeline journal export`` gives the real drive list).  It lives under tests/
+because nothing in the package uses it; perf/ imports it from here too.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def recovery_password() -> str:
