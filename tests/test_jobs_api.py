@@ -584,7 +584,7 @@ def test_kill_9_during_updates_loses_no_acknowledged_change(tmp_path: Path) -> N
     svc = jobservice.ServiceProcess(data).start()
     try:
         writers, acked, created = 6, {}, []
-        lock, stop = threading.Lock(), threading.Event()
+        progress, stop = threading.Condition(), threading.Event()
         with httpx.Client(base_url=svc.url, timeout=10) as c:
             for k in range(writers):
                 c.put(acct.job(f"crash-{k}"), json=jobservice.job_body(jobservice.drive_list(1)),
@@ -601,8 +601,9 @@ def test_kill_9_during_updates_loses_no_acknowledged_change(tmp_path: Path) -> N
                     except httpx.HTTPError:
                         return
                     if r.status_code == 200:
-                        with lock:
+                        with progress:
                             acked[k] = n
+                            progress.notify_all()
 
         def creator() -> None:
             with httpx.Client(base_url=svc.url, timeout=10) as c:
@@ -616,19 +617,25 @@ def test_kill_9_during_updates_loses_no_acknowledged_change(tmp_path: Path) -> N
                     except httpx.HTTPError:
                         return
                     if r.status_code == 201:
-                        with lock:
+                        with progress:
                             created.append(f"new-{i}")
+                            progress.notify_all()
 
         threads = [threading.Thread(target=patcher, args=(k,)) for k in range(writers)]
         threads.append(threading.Thread(target=creator))
+        def enough() -> bool:  # every writer well into its burst: kill it now
+            return (len(acked) == writers and min(acked.values()) > 5
+                    and len(created) > 5)
+
         for t in threads:
             t.start()
-        time.sleep(1.5)
+        with progress:  # wait for the writes, not for a guess at how long they take
+            waited = progress.wait_for(enough, timeout=60)
         svc.kill()  # SIGKILL mid-burst
         stop.set()
         for t in threads:
             t.join(30)
-        assert len(acked) == writers and min(acked.values()) > 5 and len(created) > 5
+        assert waited, (acked, len(created))
     finally:
         svc.kill()
     with jobservice.ServiceProcess(data) as again, httpx.Client(base_url=again.url) as c:

@@ -89,9 +89,15 @@ def test_prep_create_ship_import_completed(tmp_path: Path) -> None:
 
 def test_a_damaged_drive_ends_completed_more_info(tmp_path: Path) -> None:
     src, jdir, drives = prep_two_drives(tmp_path, "svc-2")
-    j = journal.session_journals(jdir)[0]
+    # --fill parallel spreads the files by timing: damage whichever drive got a large extent
+    victim = None
+    for j in journal.session_journals(jdir):
+        victim = next((e for e in j.extents() if e.stored_len > 50_000), None)
+        if victim is not None:
+            break
+        j.close()
+    assert victim is not None
     names = {f.file_id: f.blob for f in j.files()}
-    victim = next(e for e in j.extents() if e.stored_len > 50_000)
     damaged_path = j.drive.path
     j.close()
     with open(damaged_path, "r+b") as f:
