@@ -1,0 +1,55 @@
+"""What travels on backup's channels: frozen, slotted dataclasses, one per kind of message.
+
+Work crosses between the Trio thread and worker threads in batches (of nodes, of
+chunks): one crossing costs ~100 us, which per small file would cost more than the file.
+So a channel carries a batch (a list) of these, never one at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.backup import format as fmt
+
+
+@dataclass(frozen=True, slots=True)
+class Walked:
+    """A node as the walk found it; ``reuse``: its content is the parent snapshot's."""
+
+    node: fmt.Node
+    reuse: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBatch:
+    """walk -> read: consecutive nodes in walk order, numbered so the tree can reorder."""
+
+    seq: int
+    items: list[Walked]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBatch:
+    """read -> tree: a walk batch once read, less the files that could not be read."""
+
+    seq: int
+    nodes: list[fmt.Node]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """read/tree -> seal: a chunk the repository lacks (claimed), in plain text."""
+
+    kind: int
+    id: bytes
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class SealedChunk:
+    """seal -> pack: a chunk compressed and encrypted, as (nonce, ciphertext)."""
+
+    kind: int
+    id: bytes
+    sealed: tuple[bytes, bytes]
+    raw_len: int

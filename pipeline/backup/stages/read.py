@@ -1,0 +1,114 @@
+"""Backup's read stage: files into content-defined chunks, the new ones on to sealing.
+
+Several tasks (``readers``, 2 by default: restic's, borg #3500) share one ``Read``,
+which owns the count of new chunks.  Each batch of files is read in one worker thread
+behind the disk limiter; the thread hands chunks back in bundles of up to
+``DELIVER_BYTES``, and on the Trio thread each chunk is claimed in the repository:
+a chunk it already has (or another task is storing) is never sealed or sent again.
+A file unchanged since the parent snapshot is not read at all when the index still
+holds every chunk of it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import trio
+
+from pipeline.backup import format as fmt
+from pipeline.backup.repo import Repository
+from pipeline.backup.stages.messages import Chunk, NodeBatch, ReadBatch
+from pipeline.backup.walk import FileReader, Warn
+from pipeline.progress import Stats
+
+DELIVER_BYTES = 4 << 20           # chunks a reader hands over at once
+DELIVER_COUNT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """What a reading thread hands back: a chunk, or a zero run (no id, no data)."""
+
+    id: bytes | None
+    data: bytes | memoryview | None
+    length: int
+
+
+class Read:
+    """The read tasks' shared state: the repository's chunk claims and the new-chunk totals."""
+
+    def __init__(self, repo: Repository, root: str, stats: Stats,
+                 disk: trio.CapacityLimiter, warn: Warn) -> None:
+        self.repo, self.root, self.stats, self.disk, self.warn = repo, root, stats, disk, warn
+        self.reader = FileReader(repo.config.chunker, repo.crypto.keys.chunker_seed,
+                                 repo.crypto.chunk_id)
+        self.chunks_new = 0
+        self.raw_new = 0                   # plaintext bytes of the new chunks
+
+    async def run(self, rx: trio.MemoryReceiveChannel[NodeBatch],
+                  done: trio.MemorySendChannel[ReadBatch],
+                  out: trio.MemorySendChannel[list[Chunk]]) -> None:
+        """One read task: every batch on ``rx`` read, its new chunks to ``out``, then the
+        batch (less unreadable files) to ``done``; closes the three ends at the end."""
+        async with rx, done, out:
+            async for batch in rx:
+                to_read = []
+                for item in batch.items:
+                    node = item.node
+                    if node.type != "file":
+                        continue
+                    if item.reuse and all(c is None or c in self.repo.index
+                                          for c, _ in node.content):
+                        self.stats.skipped_bytes += node.size
+                        self.stats.files_done += 1
+                    else:
+                        to_read.append(node)
+                gone = (await trio.to_thread.run_sync(self._read_files, to_read, out,
+                                                      limiter=self.disk)
+                        if to_read else set())
+                await done.send(ReadBatch(batch.seq, [i.node for i in batch.items
+                                                      if id(i.node) not in gone]))
+
+    def _read_files(self, nodes: list[fmt.Node],
+                    out: trio.MemorySendChannel[list[Chunk]]) -> set[int]:
+        """In a worker thread: read ``nodes``; returns the ids of those that could not be."""
+        pending: list[Piece] = []
+        size = files = 0
+        gone: set[int] = set()
+
+        def piece(cid: bytes | None, data: bytes | memoryview | None, n: int) -> None:
+            nonlocal size, files
+            pending.append(Piece(cid, data, n))
+            size += n if data is not None else 0
+            if size >= DELIVER_BYTES or len(pending) >= DELIVER_COUNT:
+                trio.from_thread.run(self._deliver, pending.copy(), files, out)
+                pending.clear()
+                size = files = 0
+
+        for node in nodes:
+            if self.reader.read(os.path.join(self.root, node.path), node, piece, self.warn):
+                files += 1
+            else:
+                gone.add(id(node))
+        trio.from_thread.run(self._deliver, pending, files, out)
+        return gone
+
+    async def _deliver(self, pieces: list[Piece], files: int,
+                       out: trio.MemorySendChannel[list[Chunk]]) -> None:
+        """On the Trio thread: count what was read, claim each chunk, send on the new ones."""
+        stats = self.stats
+        stats.files_done += files
+        new = []
+        for p in pieces:
+            stats.bytes_read += p.length
+            if p.id is None:
+                stats.zero_bytes += p.length
+                continue
+            stats.extents += 1
+            if p.data is not None and self.repo.claim(p.id):
+                self.chunks_new += 1
+                self.raw_new += p.length
+                new.append(Chunk(fmt.KIND_DATA, p.id, p.data))
+        if new:
+            await out.send(new)

@@ -1,0 +1,35 @@
+"""Backup's upload stage: packs to the backend, then the index files naming them.
+
+Several tasks (``uploaders``) share one ``Upload``, which owns the count of packs
+stored.  A pack enters the index only once it is stored, and an index file is written
+once ``repo.packed`` says one is due, so that no index names a pack the backend lacks.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from pipeline.backup.repo import Pack, Repository
+from pipeline.progress import Stats
+
+
+class Upload:
+    """The upload tasks' shared state: the packs stored so far."""
+
+    def __init__(self, repo: Repository, net: trio.CapacityLimiter, stats: Stats) -> None:
+        self.repo, self.net, self.stats = repo, net, stats
+        self.packs = 0
+
+    async def run(self, rx: trio.MemoryReceiveChannel[Pack]) -> None:
+        """One upload task: each pack from ``rx`` stored, then indexed; closes ``rx``."""
+        repo = self.repo
+        async with rx:
+            async for pack in rx:
+                await trio.to_thread.run_sync(repo.backend.put, pack.name, pack.data,
+                                              limiter=self.net)
+                self.stats.bytes_written += len(pack.data)
+                self.packs += 1
+                batch = repo.packed(pack)      # indexed only once the pack is stored
+                if batch:
+                    self.stats.bytes_written += await trio.to_thread.run_sync(
+                        repo.write_index, batch, limiter=self.net)

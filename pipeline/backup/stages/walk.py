@@ -1,0 +1,54 @@
+"""Backup's walk stage: the source tree in walk order, matched against the parent snapshot.
+
+One worker thread stats every entry (``backup.walk.walk``) and, for a file unchanged
+since the parent snapshot (restic's rule, ``walk.unchanged``), takes the parent's chunk
+list so that the file is not read again.  Nodes go out in numbered batches; ``ahead``
+bounds how many the walk may run ahead of the tree stage, which puts them back in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import trio
+
+from pipeline.backup import format as fmt
+from pipeline.backup.stages.messages import NodeBatch, Walked
+from pipeline.backup.walk import ParentTree, Warn, unchanged, walk
+
+BATCH_NODES = 512                 # nodes per walk batch
+BATCH_BYTES = 32 << 20            # or file bytes to read per walk batch
+
+
+async def run(source: Path, parent: Iterator[fmt.Node] | None,
+              tx: trio.MemorySendChannel[NodeBatch], ahead: trio.Semaphore,
+              warn: Warn) -> None:
+    """Walk ``source`` in a thread; ``parent`` is the parent snapshot's tree, read lazily
+    in that thread; ``warn`` must be callable from it.  Closes ``tx`` at the end."""
+    async def send(batch: NodeBatch) -> None:
+        await ahead.acquire()                      # released by the tree stage
+        await tx.send(batch)
+
+    def sync() -> None:
+        old = ParentTree(parent)
+        batch: list[Walked] = []
+        seq = to_read = 0
+        for node in walk(source, warn):
+            reuse = False
+            if node.type == "file":
+                prev = old.find(node.path)
+                if unchanged(node, prev):
+                    assert prev is not None
+                    node.content, reuse = prev.content, True
+                else:
+                    to_read += node.size
+            batch.append(Walked(node, reuse))
+            if len(batch) >= BATCH_NODES or to_read >= BATCH_BYTES:
+                trio.from_thread.run(send, NodeBatch(seq, batch))
+                batch, seq, to_read = [], seq + 1, 0
+        if batch:
+            trio.from_thread.run(send, NodeBatch(seq, batch))
+
+    async with tx:
+        await trio.to_thread.run_sync(sync)
