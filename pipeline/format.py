@@ -56,6 +56,7 @@ from pipeline.errors import IntegrityError
 
 __all__ = [
     "END",
+    "CELL",
     "CHECKSUM_AT",
     "EXTENT_RECORD_SIZE",
     "FILE_RECORD_OVERHEAD",
@@ -101,6 +102,8 @@ __all__ = [
     "encode_segment",
     "encode_superblock",
     "encode_trailer",
+    "grid",
+    "grid_cells",
     "LaidOut",
     "layout_data_segment",
     "record_size",
@@ -113,6 +116,10 @@ __all__ = [
 
 SECTOR = 4096
 """Every structure starts on a SECTOR boundary: it is dm-crypt's sector size."""
+
+CELL = 1 << 20
+"""The extent grid: extent k of a file covers ``[k*CELL, min((k+1)*CELL, size))``.  Resume
+skips committed cells and import aligns page blobs on it, so it never depends on the data."""
 
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
@@ -197,6 +204,18 @@ END = _Sentinel.END
 def align_up(n: int) -> int:
     """Round ``n`` up to a multiple of SECTOR."""
     return -(-n // SECTOR) * SECTOR
+
+
+def grid_cells(size: int) -> int:
+    """How many CELL grid cells a ``size``-byte file has (the last one may be short)."""
+    return -(-size // CELL)
+
+
+def grid(end: int, start: int = 0) -> range:
+    """The offsets of the grid cells that begin in ``[start, end)`` (``start`` on the grid):
+    ``grid(size)`` is every cell of a file, ``grid(e.offset + e.raw_len, e.offset)`` an
+    extent's."""
+    return range(start, end, CELL)
 
 
 def trailer_offset(data_area_size: int) -> int:

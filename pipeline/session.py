@@ -19,7 +19,6 @@ from pathlib import Path
 
 from pipeline import format, journal
 from pipeline.scan import SourceFile
-from pipeline.stages.read import EXTENT_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +40,6 @@ class Committed:
     offsets: set[int] = field(default_factory=set)
 
 
-def grid_cells(size: int) -> int:
-    return -(-size // EXTENT_SIZE)
-
-
 @dataclass
 class Planner:
     """Staging file -> the work left for it (pure: no journal, no I/O; picklable)."""
@@ -60,7 +55,7 @@ class Planner:
         copy is committed."""
         prev = self.committed.get(src.path)
         if prev is not None and (prev.size, prev.mtime_ns) == (src.size, src.mtime_ns):
-            if len(prev.offsets) >= grid_cells(src.size):
+            if len(prev.offsets) >= format.grid_cells(src.size):
                 return None, None
             entry = format.FileEntry(prev.file_id, src.path, self.vdir + src.path, src.size,
                                      src.mtime_ns, src.mode)
@@ -95,7 +90,7 @@ class Session:
             for ext in j.extents():
                 c = by_id.get(ext.file_id)
                 if c is not None:
-                    c.offsets.update(range(ext.offset, ext.offset + ext.raw_len, EXTENT_SIZE))
+                    c.offsets.update(format.grid(ext.offset + ext.raw_len, ext.offset))
 
     def supersede(self, file_id: int) -> None:
         """Mark ``file_id`` stale in every journal that lists it (its staging copy changed)."""

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline import format
 from pipeline.errors import EXIT_BAD_INPUT, BadInput
 from pipeline.stages import read
 from pipeline.stages.read import (
-    EXTENT_SIZE,
     FileChanged,
     data_ranges,
     plan_extents,
@@ -22,7 +22,17 @@ from pipeline.stages.read import (
 )
 
 M = 1 << 20
-assert EXTENT_SIZE == M
+assert format.CELL == read.EXTENT_SIZE == M
+
+
+@given(size=st.integers(0, 10 * M), start_cell=st.integers(0, 12))
+def test_grid_helpers_agree_with_the_read_plan(size: int, start_cell: int) -> None:
+    """format.grid/grid_cells, used by resume and import, name the cells reading makes."""
+    cells = [off for off, _, _ in plan_extents(size, [(0, size)])]
+    assert format.grid_cells(size) == len(cells)
+    assert list(format.grid(size)) == cells
+    start = start_cell * M
+    assert list(format.grid(size, start)) == [c for c in cells if c >= start]
 
 
 def _make(path: Path, size: int, writes: dict[int, bytes]) -> os.stat_result:

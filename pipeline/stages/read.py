@@ -13,13 +13,10 @@ import errno
 import os
 import stat
 from collections.abc import Container, Iterator
-from typing import TYPE_CHECKING
 
-from pipeline import codec, smallio
+from pipeline import codec, format, smallio
 from pipeline.errors import BadInput
-
-if TYPE_CHECKING:
-    from pipeline.session import FileJob
+from pipeline.session import FileJob
 
 __all__ = [
     "EXTENT_SIZE",
@@ -35,8 +32,8 @@ __all__ = [
 
 # =========================================================================== sync: file -> extents
 
-EXTENT_SIZE = 1 << 20
-"""Grid step: extent k covers [k*E, min((k+1)*E, size))."""
+EXTENT_SIZE = format.CELL
+"""The grid step, ``format.CELL``: the name the receiving side and backup still import."""
 
 _NO_SEEK_HOLE = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
@@ -100,7 +97,7 @@ def _cells(
 
 
 def plan_extents(
-    size: int, ranges: list[tuple[int, int]], extent_size: int = EXTENT_SIZE
+    size: int, ranges: list[tuple[int, int]], extent_size: int = format.CELL
 ) -> list[tuple[int, int, bool]]:
     """(offset, length, has_data) for each grid cell of a ``size``-byte file.
 
@@ -163,7 +160,7 @@ def read_extents(
     mtime_ns: int,
     *,
     skip: Container[int] = (),
-    extent_size: int = EXTENT_SIZE,
+    extent_size: int = format.CELL,
 ) -> Iterator[tuple[int, int, bytes | None]]:
     """Yield (offset, length, data) for each grid cell of the file not in ``skip``.
 
@@ -206,7 +203,7 @@ SMALL_BYTES = 4 << 20  # ... up to this many bytes
 
 def is_small(size: int, skip: Container[int]) -> bool:
     """Read whole in one batch with others (at most one extent, nothing committed)."""
-    return size <= EXTENT_SIZE and not skip
+    return size <= format.CELL and not skip
 
 
 def read_small(path: str | os.PathLike[str], size: int, mtime_ns: int) -> bytes | None:
