@@ -13,8 +13,8 @@ from pipeline.storage.base import (
     StorageUnavailable,
     check_blob_name,
     check_container_name,
-    open_storage,
 )
+from pipeline.storage.target import open_storage
 
 __all__ = [
     "CELL",

@@ -10,12 +10,10 @@ and ``azure.AzureStorage`` (azure-storage-blob).
 from __future__ import annotations
 
 import builtins
-import os
-import re
 from collections.abc import Sequence
 from typing import Protocol
 
-from pipeline.errors import EXIT_STORAGE, BadInput, IntegrityError, PipelineError
+from pipeline.errors import EXIT_STORAGE, IntegrityError, PipelineError
 from pipeline.format import BlobType
 from pipeline.names import (  # the rules live in names.py; re-exported for the backends
     InvalidName,
@@ -35,7 +33,6 @@ __all__ = [
     "check_blob_name",
     "check_container_name",
     "check_part",
-    "open_storage",
 ]
 
 CELL = 1 << 20          # grid of write_part offsets; the drive format's extent size
@@ -117,35 +114,3 @@ class Storage(Protocol):
 
     def list(self, container: str, prefix: str = "") -> builtins.list[str]:
         """Committed blob names starting with ``prefix``, sorted."""
-
-
-_CONN_KEYS = re.compile(r"(?i)(?:^|;)\s*(?:AccountName|BlobEndpoint|UseDevelopmentStorage)\s*=")
-_SCHEME = re.compile(r"(?i)^([a-z][a-z0-9+.-]*)://")
-
-
-def open_storage(target: str | None) -> Storage:
-    """Pick the backend from a ``--to`` value (or the environment when None)."""
-    if target is None:
-        target = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or None
-        if target is None:
-            raise BadInput("give --to PATH or an Azure connection string / account URL "
-                           "(or set AZURE_STORAGE_CONNECTION_STRING)")
-    target = target.strip()
-    if not target:
-        raise BadInput("--to is empty; give a directory or an Azure connection string / "
-                       "account URL")
-    scheme = _SCHEME.match(target)
-    if _CONN_KEYS.search(target) or (scheme and scheme.group(1).lower() in ("http", "https")):
-        from pipeline.storage.azure import AzureStorage  # the SDK loads only when needed
-
-        return AzureStorage(target)
-    from pipeline.storage.local import LocalStorage
-
-    if scheme:
-        if scheme.group(1).lower() != "file":
-            raise BadInput(f"--to {scheme.group(0)}...: unsupported storage; give a directory, "
-                           "file://PATH or an Azure connection string / account URL")
-        target = target[scheme.end():]
-        if not target:
-            raise BadInput("--to file:// names no directory; give file:///PATH")
-    return LocalStorage(target)
