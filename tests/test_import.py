@@ -250,18 +250,34 @@ def test_import_into_azurite_with_page_blobs(tmp_path: Path, azurite: str) -> No
     assert sum(r.end - r.start + 1 for r in ranges if not r.cleared) < 8 * MiB
 
 
-def test_import_block_blobs_into_azurite(tmp_path: Path, three_drives, azurite: str) -> None:
+def test_import_block_blobs_into_azurite(tmp_path: Path, azurite: str) -> None:
+    """Block blobs in Azure's own emulator, from two drives imported last first.
+
+    A small tree of its own (the module's is for the local account: 1,500 small
+    files made this test take over a minute): one incompressible file in parts on
+    both drives, a sparse image (its zero cells staged as zero blocks), empty,
+    small and odd-named files.
+    """
     from azure.storage.blob import BlobServiceClient
 
-    src, jdir, paths = three_drives
+    src, jdir = tmp_path / "src", tmp_path / "j"
+    make_tree(src, small_files=40, random_mb=20, sparse_mb=8)
+    paths = [tmp_path / "b1.img", tmp_path / "b2.img"]
+    prep(src, jdir, "blk-1", paths, "32M")
     files = read_tree(src)
     logs = tmp_path / "logs"
-    for seq in (2, 3, 1):
-        proc = import_(paths[seq - 1], azurite, "--journal-dir", str(jdir), log_dir=logs)
-        assert proc.returncode == 0, proc.stderr
     container = BlobServiceClient.from_connection_string(azurite).get_container_client(
         "seed-test")
-    got = {b.name.removeprefix("vdir/"): b for b in container.list_blobs(name_starts_with="vdir/")}
+    for n, seq in enumerate((2, 1)):
+        proc = import_(paths[seq - 1], azurite, "--journal-dir", str(jdir), log_dir=logs)
+        assert proc.returncode == 0, proc.stderr
+        got = {b.name.removeprefix("vdir/"): b
+               for b in container.list_blobs(name_starts_with="vdir/")}
+        if n == 0:  # random.bin outgrows a drive: its part on drive 2 waits, unseen
+            waiting = [x for x in copy_log(logs, "blk-1", seq) if x.get("status") == "skipped"]
+            assert any("continues on another drive" in x["reason"] and
+                       x["blob"].endswith("blobs/random.bin") for x in waiting), waiting
+            assert "blobs/random.bin" not in got and 0 < len(got) < len(files)
     assert set(got) == set(files)
     for name in ("images/disk 0.vhd", "blobs/random.bin", "naïve café — ünïcode.txt",
                  "empty/zero bytes", "small/d07/e0/file 00007.txt"):
