@@ -1,6 +1,7 @@
 """The import service: job catalog, Azure-compatible REST API, and their rules.
 
-Never touches drives.  Imports point one way, as in the rest of pipeline::
+Never touches drives: the receiving side's link to a job (pipeline/service_import.py)
+lives outside.  Imports point one way, as in the rest of pipeline::
 
     service.py  ASGI app (Starlette) served by Hypercorn's trio worker; routes, auth, HTTP codes
     auth.py     subscriptions' publish settings files, Ed25519-signed bearer tokens (JWT)
@@ -9,7 +10,8 @@ Never touches drives.  Imports point one way, as in the rest of pipeline::
     rules.py    names, drive cap, carriers, the job and drive state machines (one table each)
     regions.py  data-center locations: regions.json, copied into the data directory
     errors.py   ApiError family: HTTP status + ARM error code + one-line message
-    testing.py  helpers for tests and load runs (service subprocess, certificates, bodies)
+    client.py   the REST client: `pipeline jobs` and the receiving side's `import --service`
+    portal/     the customer web portal (Jinja pages, sessions, the create-job wizard)
 
 model, rules and errors are pure (no I/O).
 """
