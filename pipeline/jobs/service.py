@@ -68,7 +68,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from pipeline.jobs import auth, portal, rules
+from pipeline.jobs import auth, rules
 from pipeline.jobs.catalog import MAX_TOP, Catalog
 from pipeline.jobs.errors import (
     ApiError,
@@ -79,6 +79,7 @@ from pipeline.jobs.errors import (
     Unauthorized,
 )
 from pipeline.jobs.model import PROVIDER, Job, JobRef
+from pipeline.jobs.portal.routes import routes as portal_routes
 
 API_VERSIONS = ("2016-11-01", "2021-01-01")
 MAX_BODY = 1 << 20
@@ -374,7 +375,7 @@ def create_app(catalog: Catalog, *, max_body: int = MAX_BODY) -> Starlette:
     api = Api(catalog, max_body)
     app = Starlette()
     app.router.default = api.asgi
-    app.router.routes.extend(portal.routes(catalog, api.asgi))  # /portal/..., GET / -> portal
+    app.router.routes.extend(portal_routes(catalog, api.asgi))  # /portal/..., GET / -> portal
     return app
 
 

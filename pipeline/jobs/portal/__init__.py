@@ -6,7 +6,8 @@ port and TLS as the REST API.  Every change goes through the catalog's public
 API with the REST API's own bodies, so both refuse the same things in the
 same words.
 
-    routes.py    the pages and the route table (its docstring lists every URL)
+    routes.py    the pages and the route table (its docstring lists every URL);
+                 ``routes.routes()`` is what ``service.create_app`` mounts
     wizard.py    the create-job wizard: drives, contact, job name, region, return shipping
     web.py       plumbing: form parsing, audience check, CSRF, rendering, error pages, headers
     sessions.py  in-memory sessions behind an HttpOnly SameSite=Strict cookie; CSRF design
@@ -28,6 +29,5 @@ Recovery passwords appear on one page only, the owner's keys page
 server memory and never writes it back into a page.
 """
 
-from pipeline.jobs.portal.routes import routes
-
-__all__ = ["routes"]
+# Nothing is imported here: web and wizard import this package's modules
+# (sessions, tokens), so re-exporting routes here would close a cycle through it.
