@@ -1,0 +1,82 @@
+"""Restore's layout, before and after the fetch: the skeleton, then the finish.
+
+Before: directories (0700 until the end) and every file of several chunks or with
+holes at its full size under its temporary name, so that the fetch threads only
+``pwrite``; zero runs are never written, so sparse files come back sparse.  After:
+symlinks (last, so nothing is written through them), the marker removed, then the
+directories' modes and times.  Both are sync: call them in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from pipeline.backup import format as fmt
+from pipeline.backup.stages.files import CREATE, MARKER, TEMP_NAME, Files, fs_path, space
+
+
+def skeleton(files: Files, resuming: bool) -> None:
+    """Directories, and every file of several chunks or with holes at its size under its
+    temporary name; files without chunks are finished here.  ``resuming``: clear the
+    temporary files an interrupted restore left."""
+    with space(files.target):
+        made: set[bytes] = set()
+        for n in files.nodes:
+            if n.type == "dir":
+                p = fs_path(files.root, n.path)
+                os.makedirs(p, 0o700, exist_ok=True)
+                made.add(p)
+                if resuming:
+                    clear_temps(p)
+        for f in files.files:
+            parent = os.path.dirname(f.final)
+            if parent not in made:              # a directory the walk could not list
+                os.makedirs(parent, 0o700, exist_ok=True)
+                made.add(parent)
+                if resuming:
+                    clear_temps(parent)
+            if f.done or f.whole:
+                continue
+            fd = os.open(f.tmp, CREATE, 0o600)
+            try:
+                os.ftruncate(fd, f.node.size)
+            finally:
+                os.close(fd)
+            if f.left == 0:
+                files.settle(f)
+
+
+def finish(files: Files) -> None:
+    """Symlinks last (nothing is written through them), the marker removed, then modes
+    and times, deepest directories last so that writing inside does not move them."""
+    with space(files.target):
+        for i, n in enumerate(files.nodes):
+            if n.type != "symlink":
+                continue
+            tmp = files.temp(n, i)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.symlink(os.fsencode(n.target), tmp)
+            with contextlib.suppress(NotImplementedError, OSError):
+                os.utime(tmp, ns=(n.mtime_ns, n.mtime_ns), follow_symlinks=False)
+            os.rename(tmp, fs_path(files.root, n.path))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(files.root, MARKER.encode()))
+    dirs = sorted((n for n in files.nodes if n.type == "dir" and n.path != fmt.ROOT),
+                  key=lambda n: -n.path.count("/"))
+    dirs += [n for n in files.nodes if n.type == "dir" and n.path == fmt.ROOT]
+    for n in dirs:
+        p = fs_path(files.root, n.path)
+        os.chmod(p, n.mode)
+        os.utime(p, ns=(n.mtime_ns, n.mtime_ns))
+
+
+def clear_temps(directory: bytes) -> None:
+    """Temporary files an interrupted restore left in ``directory``."""
+    with os.scandir(directory) as it:
+        stale = [e.path for e in it if TEMP_NAME.match(e.name) and not e.is_dir(
+            follow_symlinks=False)]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
