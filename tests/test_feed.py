@@ -20,7 +20,18 @@ from pipeline import codec, format, scan
 from pipeline.errors import BadInput
 from pipeline.progress import Stats
 from pipeline.session import Committed, FileJob, Planner, Session
-from pipeline.stages import feed, read, source
+from pipeline.stages import feed, feedwire, read, source
+from pipeline.stages.feedwire import (
+    AlreadyCommitted,
+    Changed,
+    End,
+    InputError,
+    Large,
+    Message,
+    Skipped,
+    Small,
+    Supersede,
+)
 from pipeline.stages.pack import Bundle
 
 MiB = 1 << 20
@@ -28,18 +39,28 @@ MiB = 1 << 20
 
 # --------------------------------------------------------------------------- frames
 
-_values = st.recursive(
-    st.none() | st.integers() | st.binary(max_size=200) | st.text(max_size=50),
-    lambda inner: st.lists(inner, max_size=5).map(tuple), max_leaves=20)
+_row = st.tuples(st.integers(1, 1 << 40), st.text(min_size=1, max_size=20),
+                 st.text(min_size=1, max_size=20), st.integers(0, 1 << 20), st.integers(),
+                 st.integers(0, 0o7777),
+                 st.none() | st.sampled_from([c.value for c in format.Codec]),
+                 st.binary(max_size=8), st.binary(max_size=200))
+_messages = st.one_of(
+    st.builds(Small, st.lists(_row, max_size=5), st.floats(0, 1), st.floats(0, 1)),
+    st.builds(Supersede, st.integers(1, 1 << 40)),
+    st.builds(AlreadyCommitted, st.integers(0, 1 << 20), st.integers(0, 1 << 40)),
+    st.builds(Skipped, st.text(max_size=50), st.text(max_size=50)),
+    st.builds(Changed, st.text(max_size=50), st.text(max_size=50)),
+    st.builds(InputError, st.text(max_size=50)),
+    st.just(End()))
 
 
-@given(messages=st.lists(st.tuples(st.text(max_size=8), _values), max_size=8),
+@given(messages=st.lists(_messages, max_size=8),
        cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=10))
-def test_frames_round_trip_whatever_the_chunking(messages: list[tuple[Any, ...]],
+def test_frames_round_trip_whatever_the_chunking(messages: list[Message],
                                                  cuts: list[int]) -> None:
-    stream = b"".join(feed.encode_frame(m) for m in messages)
+    stream = b"".join(feedwire.encode_frame(m) for m in messages)
     points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
-    reader = feed.FrameReader()
+    reader = feedwire.FrameReader()
     got = []
     for a, b in zip(points, points[1:], strict=False):
         got += reader.feed(stream[a:b])
@@ -48,8 +69,8 @@ def test_frames_round_trip_whatever_the_chunking(messages: list[tuple[Any, ...]]
 
 
 def test_stream_cut_inside_a_frame_is_an_error() -> None:
-    frame = feed.encode_frame(("small", [1, 2, 3], 0.0, 0.0))
-    reader = feed.FrameReader()
+    frame = feedwire.encode_frame(Small([], 0.0, 0.0))
+    reader = feedwire.FrameReader()
     assert reader.feed(frame[:-1]) == []
     with pytest.raises(ValueError, match="inside a frame"):
         reader.eof()
@@ -57,7 +78,7 @@ def test_stream_cut_inside_a_frame_is_an_error() -> None:
 
 def test_absurd_frame_length_is_an_error() -> None:
     with pytest.raises(ValueError, match="broken"):
-        feed.FrameReader().feed((feed.MAX_FRAME + 1).to_bytes(4, "little") + b"x")
+        feedwire.FrameReader().feed((feedwire.MAX_FRAME + 1).to_bytes(4, "little") + b"x")
 
 
 # --------------------------------------------------------------------------- what it sends
@@ -82,33 +103,37 @@ def _tree(root: Path) -> dict[str, bytes]:
     return files
 
 
-def _plan(root: Path, planner: Planner | None = None) -> feed.Plan:
-    return feed.Plan(str(root), 1, planner or Planner(os.path.join(str(root), ""), "vdir/"))
+def _plan(root: Path, planner: Planner | None = None) -> feedwire.Plan:
+    return feedwire.Plan(str(root), 1, planner or Planner(os.path.join(str(root), ""), "vdir/"))
 
 
-def _run(plan: feed.Plan) -> list[tuple[Any, ...]]:
-    sent: list[tuple[Any, ...]] = []
+def _run(plan: feedwire.Plan) -> list[Message]:
+    sent: list[Message] = []
     feed.feed(plan, sent.append)
     return sent
 
 
-def _small_rows(sent: list[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
-    return {row[1]: row for m in sent if m[0] == "small" for row in m[1]}
+def _small_rows(sent: list[Message]) -> dict[str, tuple[Any, ...]]:
+    return {row[1]: row for m in sent if isinstance(m, Small) for row in m.rows}
+
+
+def _of(kind: type, sent: list[Message]) -> list[Any]:
+    return [m for m in sent if isinstance(m, kind)]
 
 
 def test_tree_becomes_small_rows_large_jobs_and_skips(tmp_path: Path) -> None:
     files = _tree(tmp_path)
     sent = _run(_plan(tmp_path))
-    assert sent[-1] == ("end",)
-    assert {(m[1], m[2]) for m in sent if m[0] == "skip"} == {
-        ("a/link", "symbolic link (not followed)"), ("b/fifo", "fifo")}
+    assert sent[-1] == End()
+    assert set(_of(Skipped, sent)) == {
+        Skipped("a/link", "symbolic link (not followed)"), Skipped("b/fifo", "fifo")}
     rows = _small_rows(sent)
-    large = [job for m in sent if m[0] == "large" for job in m[1]]
+    large = [m.job for m in _of(Large, sent)]
     assert sorted(rows) == sorted(p for p, d in files.items() if len(d) <= MiB)
-    assert [j[1] for j in large] == ["big/image.vhd"]
-    fid, path, blob, size, mtime_ns, mode, abspath, skip = large[0]
-    assert (blob, size, abspath, skip) == ("vdir/big/image.vhd", len(files[path]),
-                                           str(tmp_path / path), ())
+    assert [j.entry.path for j in large] == ["big/image.vhd"]
+    e = large[0].entry
+    assert (e.blob, e.size, large[0].abspath, large[0].skip) == (
+        "vdir/big/image.vhd", len(files[e.path]), str(tmp_path / e.path), frozenset())
     for path, (_, _, blob, size, mtime_ns, mode, c, xxh3, stored) in rows.items():
         st_ = (tmp_path / path).stat()
         assert (blob, size, mtime_ns, mode) == ("vdir/" + path, st_.st_size, st_.st_mtime_ns,
@@ -121,7 +146,7 @@ def test_tree_becomes_small_rows_large_jobs_and_skips(tmp_path: Path) -> None:
     assert rows["a/text.log"][6] == format.Codec.ZSTD
     assert rows["b/random"][6] == format.Codec.RAW
     # File ids follow the walk order, from the planner's next id.
-    ids = {r[1]: r[0] for r in rows.values()} | {large[0][1]: large[0][0]}
+    ids = {r[1]: r[0] for r in rows.values()} | {e.path: e.file_id}
     walk = [f.path for f in scan.scan(tmp_path)]
     assert [ids[p] for p in walk] == list(range(1, len(walk) + 1))
 
@@ -134,7 +159,7 @@ def test_batches_are_bounded(tmp_path: Path) -> None:
     for i in range(5):
         (tmp_path / f"h{i}").write_bytes(os.urandom(MiB))
     sent = _run(_plan(tmp_path))
-    batches = [m[1] for m in sent if m[0] == "small"]
+    batches = [m.rows for m in _of(Small, sent)]
     assert sum(map(len, batches)) == n + 6
     assert max(map(len, batches)) == read.SMALL_BATCH
     assert all(sum(r[3] for r in b[:-1]) < read.SMALL_BYTES for b in batches)
@@ -160,7 +185,7 @@ def test_reads_one_batch_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(read, "Prefetch", Recorded)
     sent = _run(_plan(tmp_path))
-    assert sum(len(m[1]) for m in sent if m[0] == "small") == n
+    assert sum(len(m.rows) for m in _of(Small, sent)) == n
     assert events == [("open", 0), ("open", 1), ("read", 0), ("open", 2), ("read", 1),
                       ("open", 3), ("read", 2), ("read", 3)]
 
@@ -183,7 +208,7 @@ def test_bad_input_mid_walk_closes_the_batch_ahead(
 
 
 def test_names_import_would_refuse_are_skip_messages(tmp_path: Path) -> None:
-    """Not UTF-8, a newline, a backslash: each a ("skip", path, reason), and the walk goes on."""
+    """Not UTF-8, a newline, a backslash: each a Skipped(path, reason), and the walk goes on."""
     os.mkdir(os.path.join(os.fsencode(tmp_path), b"z-bad\xff"))
     (tmp_path / "z-bad\xff".encode("latin-1").decode("utf-8", "surrogateescape")
      / "inner").write_bytes(b"x")
@@ -191,10 +216,10 @@ def test_names_import_would_refuse_are_skip_messages(tmp_path: Path) -> None:
     (tmp_path / "back\\slash").write_bytes(b"x")
     (tmp_path / "ok").write_bytes(b"x")
     sent = _run(_plan(tmp_path))
-    skips = sorted(m[1] for m in sent if m[0] == "skip")
+    skips = sorted(m.path for m in _of(Skipped, sent))
     assert skips == sorted(["a\nb", "back\\slash", os.fsdecode(b"z-bad\xff/")])
-    assert [r[1] for m in sent if m[0] == "small" for r in m[1]] == ["ok"]
-    assert sent[-1] == ("end",)
+    assert [r[1] for m in _of(Small, sent) for r in m.rows] == ["ok"]
+    assert sent[-1] == End()
 
 
 def test_resume_plan_skips_supersedes_and_resumes(tmp_path: Path) -> None:
@@ -212,15 +237,16 @@ def test_resume_plan_skips_supersedes_and_resumes(tmp_path: Path) -> None:
     }
     planner = Planner(os.path.join(str(tmp_path), ""), "vdir/", committed, next_id=20)
     sent = _run(_plan(tmp_path, planner))
-    assert ("committed", 1, len(files["a/text.log"])) in sent
+    assert AlreadyCommitted(1, len(files["a/text.log"])) in sent
     rows = _small_rows(sent)
     assert "a/text.log" not in rows
-    sup = sent.index(("supersede", 8))
+    sup = sent.index(Supersede(8))
     assert rows["b/random"][0] >= 20
-    assert sup < next(i for i, m in enumerate(sent) if m[0] == "small" and any(
-        r[1] == "b/random" for r in m[1]))
-    [large] = [job for m in sent if m[0] == "large" for job in m[1]]
-    assert (large[0], large[1], large[7]) == (9, "big/image.vhd", (MiB,))
+    assert sup < next(i for i, m in enumerate(sent) if isinstance(m, Small) and any(
+        r[1] == "b/random" for r in m.rows))
+    [large] = [m.job for m in _of(Large, sent)]
+    assert (large.entry.file_id, large.entry.path, large.skip) == (
+        9, "big/image.vhd", frozenset({MiB}))
 
 
 def test_long_resume_walk_reports_as_it_goes(tmp_path: Path,
@@ -235,10 +261,10 @@ def test_long_resume_walk_reports_as_it_goes(tmp_path: Path,
         committed[f"f{i}"] = Committed(i + 1, i, st.st_mtime_ns, {0})
     planner = Planner(os.path.join(str(tmp_path), ""), "vdir/", committed, next_id=20)
     sent = _run(_plan(tmp_path, planner))
-    counts = [m for m in sent if m[0] == "committed"]
-    assert [m[1] for m in counts] == [3, 3, 2]
-    assert sum(m[2] for m in counts) == sum(range(8))
-    assert sent[-1] == ("end",)
+    counts = _of(AlreadyCommitted, sent)
+    assert [m.files for m in counts] == [3, 3, 2]
+    assert sum(m.size for m in counts) == sum(range(8))
+    assert sent[-1] == End()
 
 
 def test_file_changed_after_the_walk_is_reported_not_sent(
@@ -255,8 +281,8 @@ def test_file_changed_after_the_walk_is_reported_not_sent(
 
     monkeypatch.setattr(feed.scan, "scan", scan_then_change)
     sent = _run(_plan(tmp_path))
-    [changed] = [m for m in sent if m[0] == "changed"]
-    assert changed[1] == "moves" and "size 6 became 17" in changed[2]
+    [changed] = _of(Changed, sent)
+    assert changed.path == "moves" and "size 6 became 17" in changed.message
     assert set(_small_rows(sent)) == {"stays"}
 
 
@@ -264,17 +290,17 @@ def test_bad_name_does_not_stop_the_walk(tmp_path: Path) -> None:
     (tmp_path / "ok").write_bytes(b"1")
     os.mkdir(os.path.join(os.fsencode(tmp_path), b"bad\xff"))
     sent = _run(_plan(tmp_path))
-    assert [m[1] for m in sent if m[0] == "skip"] == [os.fsdecode(b"bad\xff/")]
-    assert _small_rows(sent) and sent[-1] == ("end",)
+    assert [m.path for m in _of(Skipped, sent)] == [os.fsdecode(b"bad\xff/")]
+    assert _small_rows(sent) and sent[-1] == End()
 
 
 # --------------------------------------------------------------------------- the process
 
 
-def _process(plan: feed.Plan) -> tuple[int, list[tuple[Any, ...]]]:
+def _process(plan: feedwire.Plan) -> tuple[int, list[Message]]:
     done = subprocess.run([sys.executable, "-m", "pipeline.stages.feed"],
                           input=pickle.dumps(plan), capture_output=True, check=False)
-    reader = feed.FrameReader()
+    reader = feedwire.FrameReader()
     messages = reader.feed(done.stdout)
     reader.eof()
     return done.returncode, messages
@@ -285,23 +311,25 @@ def test_process_sends_the_same_as_the_function(tmp_path: Path) -> None:
     code, messages = _process(_plan(tmp_path))
     assert code == 0
     expected = _run(_plan(tmp_path))
-    strip = [(m[0], m[1]) if m[0] == "small" else m for m in expected]  # busy times differ
-    assert [(m[0], m[1]) if m[0] == "small" else m for m in messages] == strip
+    def strip(m: Message) -> Any:  # busy times differ
+        return m.rows if isinstance(m, Small) else m
+
+    assert list(map(strip, messages)) == list(map(strip, expected))
 
 
 def test_process_reports_bad_input_as_a_message(tmp_path: Path) -> None:
     code, messages = _process(_plan(tmp_path / "gone"))
     assert code == BadInput.exit_code
-    assert messages[-1][0] == "error" and "does not exist" in messages[-1][1]
+    assert isinstance(messages[-1], InputError) and "does not exist" in messages[-1].message
 
 
 def test_process_sends_a_non_utf8_name_as_a_skip(tmp_path: Path) -> None:
     with open(os.path.join(os.fsencode(tmp_path), b"bad\xff"), "wb") as f:
         f.write(b"x")
     code, messages = _process(_plan(tmp_path))
-    assert code == 0 and messages[-1] == ("end",)
-    [skip] = [m for m in messages if m[0] == "skip"]
-    assert os.fsencode(skip[1]) == b"bad\xff" and "not valid UTF-8" in skip[2]
+    assert code == 0 and messages[-1] == End()
+    [skip] = _of(Skipped, messages)
+    assert os.fsencode(skip.path) == b"bad\xff" and "not valid UTF-8" in skip.reason
 
 
 def test_process_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
@@ -325,7 +353,7 @@ def test_process_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
     assert proc.stdout is not None
     out = proc.stdout.read()
     assert proc.wait(timeout=60) == 0
-    assert feed.FrameReader().feed(first + out)[-1] == ("end",)
+    assert feedwire.FrameReader().feed(first + out)[-1] == End()
 
 
 def test_process_ends_when_prep_is_killed(tmp_path: Path) -> None:
@@ -374,15 +402,14 @@ def test_process_imports_neither_trio_nor_numpy() -> None:
 # --------------------------------------------------------------------------- prep's side
 
 
-async def _drain(plan: feed.Plan, tmp_path: Path) -> tuple[list[Any], list[Any], Stats]:
+async def _drain(plan: feedwire.Plan, tmp_path: Path) -> tuple[list[Any], list[Any], Stats]:
     session = Session(tmp_path, "c/vdir", [])
     session.planner = plan.planner
     jobs_tx, jobs_rx = trio.open_memory_channel[FileJob](100)
     packed_tx, packed_rx = trio.open_memory_channel[Bundle](100)
     stats = Stats()
-    async with packed_tx:  # _feed closes the jobs channel, run() the packed one
-        await source._feed(plan, session, jobs_tx, packed_tx, stats, lambda p, r: None,
-                           lambda p, m: None)
+    await source.run(plan, session, jobs_tx, packed_tx, trio.CapacityLimiter(1), stats,
+                     lambda p, r: None, lambda p, m: None)  # closes both channels
     return ([j async for j in jobs_rx], [b async for b in packed_rx], stats)
 
 

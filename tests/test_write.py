@@ -19,11 +19,10 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import drives, journal, luks2
+from pipeline import drives, format, journal, luks2
 from pipeline.progress import Stats
 from pipeline.session import Session
 from pipeline.stages import write
-from pipeline.stages.read import EXTENT_SIZE
 from pipeline.stages.run import DrivePool, PrepConfig, run_prep
 
 from .conftest import FAST_ARGON
@@ -94,7 +93,7 @@ def test_can_take_any_fast_path_agrees(capacity: int, offset: int, seg_records: 
     """The shortcut never says yes where the exact sum says no (or the other way round)."""
     st_ = write.DriveState(capacity=capacity, offset=offset, seq=0, index_records=index_records,
                            seg_records=seg_records, seg_payload=seg_payload)
-    exact = st_._end_with(write._MAX_RECORDS, EXTENT_SIZE)
+    exact = st_._end_with(write._MAX_RECORDS, format.CELL)
     for cap in (capacity, exact + near, exact, exact - 1):
         st_.capacity = cap
         assert st_.can_take_any() == (exact <= cap)

@@ -4,11 +4,12 @@ The order on the success path is the whole consistency story::
 
     seal segment -> encrypt (cpu thread) -> pwrite -> ... -> fdatasync -> journal commit
 
-Three tasks per drive, joined by unbuffered channels (a hand-over, no slot: in
-parallel fill a slot per drive cost two segments each), so that sealing the next
-segment (a worker thread), encrypting the one before (a CPU thread) and
-writing or syncing the one before that (I/O threads) overlap: a writer that did
-them one after another spent most of its time waiting on itself.
+Three tasks per drive (``fill``, ``encrypt_all``, ``write_all``; ``run.py`` wires
+them with unbuffered channels, a hand-over, no slot: in parallel fill a slot per
+drive cost two segments each), so that sealing the next segment (a worker
+thread), encrypting the one before (a CPU thread) and writing or syncing the one
+before that (I/O threads) overlap: a writer that did them one after another
+spent most of its time waiting on itself.
 
 Nothing is marked committed in ``finally`` or ``except``: if anything raises,
 the nursery cancels us and whatever was not committed is rewritten by
@@ -27,7 +28,7 @@ import hashlib
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -35,24 +36,37 @@ import trio
 from pipeline import drives, faults, format, journal
 from pipeline.progress import Stats
 from pipeline.stages.pack import Bundle, PackedExtent
-from pipeline.stages.read import EXTENT_SIZE
 
 SEGMENT_PAYLOAD = 4 << 20  # seal a segment at this much stored payload
 SEGMENT_RECORDS = 1 << 20  # ... or at this many bytes of records (small files)
 COMMIT_BYTES = 32 << 20  # fdatasync + journal commit after this much written ...
 COMMIT_SECONDS = 1.0  # ... or this long since the last commit
 WRITE_BEHIND = 8 << 20  # written but not yet on the device, at most, per drive
+WRITER_THREADS = 2  # a drive's I/O threads at once: its seal, and its write/sync/journal
 # Worst case one message adds: a file entry with the longest names, an extent record,
 # the largest stored extent, and the same records again in the closing index.
 _MAX_FILE_RECORD = format.record_size(
     format.FileEntry(1, "p" * format.MAX_NAME_BYTES, "b" * format.MAX_NAME_BYTES, 0, 0, 0))
 _MAX_RECORDS = _MAX_FILE_RECORD + format.EXTENT_RECORD_SIZE
-# _end_with(_MAX_RECORDS, EXTENT_SIZE) is at most the drive's counters plus this.
-_ANY_FITS = 2 * (format.HEADER_SIZE + format.SECTOR - 1) + 2 * _MAX_RECORDS + EXTENT_SIZE
+# _end_with(_MAX_RECORDS, format.CELL) is at most the drive's counters plus this.
+_ANY_FITS = 2 * (format.HEADER_SIZE + format.SECTOR - 1) + 2 * _MAX_RECORDS + format.CELL
 
 
-_Sealed = tuple[bytes, journal.Committed]
-_Encrypted = tuple[bytes, int, journal.Committed]
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A segment laid out in plain text, and what committing it records."""
+
+    blob: bytes
+    committed: journal.Committed
+
+
+@dataclass(frozen=True, slots=True)
+class Encrypted:
+    """A segment ready to pwrite: its cipher text, its plain length, what it commits."""
+
+    data: bytes
+    length: int
+    committed: journal.Committed
 
 
 @dataclass
@@ -83,7 +97,7 @@ class DriveState:
         if (self.offset + self.seg_records + self.seg_payload + self.index_records
                 + _ANY_FITS) <= self.capacity:
             return True
-        return self._end_with(_MAX_RECORDS, EXTENT_SIZE) <= self.capacity
+        return self._end_with(_MAX_RECORDS, format.CELL) <= self.capacity
 
     def add(self, item: PackedExtent) -> bool:
         """Add to the open segment; True when the segment should be sealed."""
@@ -105,7 +119,7 @@ class DriveState:
         self.index_records += added
         return self.seg_payload >= SEGMENT_PAYLOAD or self.seg_records >= SEGMENT_RECORDS
 
-    def seal(self) -> _Sealed | None:
+    def seal(self) -> Sealed | None:
         """Lay out the open segment at the log end and advance past it."""
         if not (self.seg_files or self.seg_extents):
             return None
@@ -114,7 +128,7 @@ class DriveState:
         header = format.decode_segment_header(blob[:format.HEADER_SIZE], self.offset, self.seq)
         self.offset, self.seq = header.end, self.seq + 1
         self.seg_files, self.seg_extents, self.seg_records, self.seg_payload = [], [], 0, 0
-        return blob, (header, records, encoded)
+        return Sealed(blob, (header, records, encoded))
 
 
 class DriveWriter:
@@ -124,6 +138,7 @@ class DriveWriter:
                  jrn: journal.Journal, cpu: trio.CapacityLimiter, stats: Stats) -> None:
         self.drive, self.cipher, self.journal, self.cpu, self.stats = (
             drive, cipher, jrn, cpu, stats)
+        self.io = trio.CapacityLimiter(WRITER_THREADS)
         info = jrn.drive
         self.progress = stats.add_drive(f"drive {info.seq}", info.data_area_size, info.seq)
         files = list(jrn.files(include_superseded=True))
@@ -143,7 +158,7 @@ class DriveWriter:
         def timed() -> object:
             with self.stats.timed(stage):
                 return fn(*args)
-        return await trio.to_thread.run_sync(timed, limiter=self.cpu if cpu else None)
+        return await trio.to_thread.run_sync(timed, limiter=self.cpu if cpu else self.io)
 
     def _stale_tail(self) -> list[int]:
         """Offsets of the segments a killed run wrote past the journal's watermark that a
@@ -188,17 +203,17 @@ class DriveWriter:
             await self._thread(self.journal.set_state, "open", stage="journal")
         faults.reached("after_reopen")
 
-    async def _seal_into(self, tx: trio.MemorySendChannel[_Sealed]) -> None:
+    async def _seal_into(self, tx: trio.MemorySendChannel[Sealed]) -> None:
         # In a thread: laying out a segment copies and hashes megabytes, and the hash lets
         # go of the GIL, then waits for it behind the workers, up to a switch interval a
         # segment; on the Trio thread that wait stalled every task, here only this drive.
-        sealed: _Sealed | None = await self._thread(self.state.seal,  # type: ignore[assignment]
-                                                    stage="seal")
+        sealed: Sealed | None = await self._thread(self.state.seal,  # type: ignore[assignment]
+                                                   stage="seal")
         if sealed is not None:
             await tx.send(sealed)
 
-    async def _fill(self, rx: trio.MemoryReceiveChannel[Bundle], spill: deque[PackedExtent],
-                    tx: trio.MemorySendChannel[_Sealed]) -> bool:
+    async def fill(self, rx: trio.MemoryReceiveChannel[Bundle], spill: deque[PackedExtent],
+                   tx: trio.MemorySendChannel[Sealed]) -> bool:
         """Take extents while the drive can hold them; True if the stream ended.
 
         Bundles are unpacked into ``spill``, shared by every writer of the run:
@@ -221,16 +236,17 @@ class DriveWriter:
             await self._seal_into(tx)
             return ended
 
-    async def _encrypt_all(self, rx: trio.MemoryReceiveChannel[_Sealed],
-                           tx: trio.MemorySendChannel[_Encrypted]) -> None:
+    async def encrypt_all(self, rx: trio.MemoryReceiveChannel[Sealed],
+                          tx: trio.MemorySendChannel[Encrypted]) -> None:
+        """Encrypt each sealed segment at its offset, in a CPU thread."""
         async with rx, tx:
-            async for blob, committed in rx:
-                header = committed[0]
-                encrypted = await self._thread(self.cipher.encrypt, blob, header.offset,
-                                               stage="encrypt", cpu=True)
-                await tx.send((encrypted, len(blob), committed))
+            async for sealed in rx:
+                header = sealed.committed[0]
+                data: bytes = await self._thread(  # type: ignore[assignment]
+                    self.cipher.encrypt, sealed.blob, header.offset, stage="encrypt", cpu=True)
+                await tx.send(Encrypted(data, len(sealed.blob), sealed.committed))
 
-    async def _write_all(self, rx: trio.MemoryReceiveChannel[_Encrypted]) -> None:
+    async def write_all(self, rx: trio.MemoryReceiveChannel[Encrypted]) -> None:
         """pwrite each segment; commit every COMMIT_BYTES, or COMMIT_SECONDS, and at the end."""
         async with rx:
             while True:
@@ -240,24 +256,23 @@ class DriveWriter:
                         item = await rx.receive()
                     except trio.EndOfChannel:
                         break
-                    await self._write(*item)
+                    await self._write(item)
                 if self.pending_bytes >= COMMIT_BYTES or (
                         self.pending and time.monotonic() - self.last_commit >= COMMIT_SECONDS):
                     await self.commit()
             await self.commit()
 
-    async def _write(self, encrypted: bytes, length: int, committed: journal.Committed
-                     ) -> None:
-        header = committed[0]
+    async def _write(self, item: Encrypted) -> None:
+        header = item.committed[0]
         with trio.CancelScope(shield=True):  # the COMMIT_SECONDS timer must not cut a write
-            await self._thread(self._pwrite, encrypted,
+            await self._thread(self._pwrite, item.data,
                                self.cipher.segment_offset + header.offset, stage="write")
         faults.reached("after_pwrite")
-        self.stats.bytes_written += length
+        self.stats.bytes_written += item.length
         self.stats.bytes_stored += header.payload_len
         self.progress.used = header.end
-        self.pending.append(committed)
-        self.pending_bytes += length
+        self.pending.append(item.committed)
+        self.pending_bytes += item.length
 
     def _pwrite(self, encrypted: bytes, offset: int) -> None:
         """pwrite, start the device on it, and wait for all but WRITE_BEHIND of it."""
@@ -308,19 +323,6 @@ class DriveWriter:
                                              index_sha256=hashlib.sha256(index).hexdigest()),
                            stage="journal")
 
-    async def run(self, rx: trio.MemoryReceiveChannel[Bundle], spill: deque[PackedExtent]
-                  ) -> bool:
-        """Write until the stream ends (True) or the drive is full (False)."""
-        await self.reopen()
-        sealed_tx, sealed_rx = trio.open_memory_channel[_Sealed](0)
-        encrypted_tx, encrypted_rx = trio.open_memory_channel[_Encrypted](0)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._encrypt_all, sealed_rx, encrypted_tx)
-            nursery.start_soon(self._write_all, encrypted_rx)
-            ended = await self._fill(rx, spill, sealed_tx)
-        await self.close("closed" if ended else "full")
-        return ended
-
 
 def rewrite_index(drive: drives.Drive, cipher: drives.DriveCipher, jrn: journal.Journal
                   ) -> None:
@@ -350,6 +352,3 @@ def rewrite_index(drive: drives.Drive, cipher: drives.DriveCipher, jrn: journal.
     drive.sync()
     jrn.set_state(info.state, index_offset=info.index_offset, index_length=len(index),
                   index_sha256=hashlib.sha256(index).hexdigest())
-
-
-OpenDrive = Callable[[], Awaitable["DriveWriter | None"]]
