@@ -31,7 +31,6 @@ import trio
 
 from pipeline import codec, driveread, format, journal, names
 from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, is_no_space
-from pipeline.stages.read import EXTENT_SIZE
 from pipeline.storage import base as storage_base
 from pipeline.storage.base import Storage
 
@@ -55,7 +54,7 @@ def marker_name(session_id: str, seq: int) -> str:
 
 
 def cells_of(size: int) -> list[int]:
-    return list(range(0, size, EXTENT_SIZE))
+    return list(format.grid(size))
 
 
 # --------------------------------------------------------------------------
@@ -246,8 +245,8 @@ def check_plan(plan: DrivePlan) -> None:
         if f is None:
             continue  # a superseded copy's, or an unlisted file's: nothing to write
         why = ""
-        if e.offset % EXTENT_SIZE or e.raw_len > EXTENT_SIZE or e.offset + e.raw_len > f.size:
-            why = (f"extent [{e.offset}, +{e.raw_len}) is off the {EXTENT_SIZE}-byte grid or "
+        if e.offset % format.CELL or e.raw_len > format.CELL or e.offset + e.raw_len > f.size:
+            why = (f"extent [{e.offset}, +{e.raw_len}) is off the {format.CELL}-byte grid or "
                    f"past the file's {f.size} bytes")
         elif e.codec is not format.Codec.ZERO and not (
                 e.location >= format.SECTOR and e.location + e.stored_len <= limit):
@@ -367,7 +366,7 @@ async def import_drive(od: driveread.OpenedDrive, plan: DrivePlan, store: Storag
             on_drive[fid] = FileOnDrive(f)
     for e in plan.extents:
         if e.file_id in on_drive and e.codec is format.Codec.ZERO:
-            on_drive[e.file_id].zero.update(range(e.offset, e.offset + e.raw_len, EXTENT_SIZE))
+            on_drive[e.file_id].zero.update(range(e.offset, e.offset + e.raw_len, format.CELL))
     stored = [e for e in plan.extents if e.codec is not format.Codec.ZERO
               and e.file_id in on_drive]
     btype = sb.blob_type

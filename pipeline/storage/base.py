@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from pipeline.errors import EXIT_STORAGE, IntegrityError, PipelineError
-from pipeline.format import BlobType
+from pipeline.format import CELL, BlobType  # CELL: the grid of write_part offsets
 from pipeline.names import (  # the rules live in names.py; re-exported for the backends
     InvalidName,
     check_blob_name,
@@ -35,7 +35,6 @@ __all__ = [
     "check_part",
 ]
 
-CELL = 1 << 20          # grid of write_part offsets; the drive format's extent size
 PAGE = 512              # Azure page blob unit
 MAX_BLOB_SIZE = {BlobType.BLOCK: 50_000 * 4000 << 20,  # Azure's limits: 50,000 blocks of
                  BlobType.PAGE: 8 << 40}                # 4000 MiB; page blobs 8 TiB
