@@ -45,7 +45,8 @@ EVENT_TYPES = ("start", "progress", "drive_full", "warning", "error", "summary",
 
 @dataclass
 class DriveStats:
-    """One target drive as the bar and the summary show it; `place`/`write` bump `used`."""
+    """One target drive as the bar and the summary show it; its writer (stages/write.py)
+    moves `used` as segments land, the drive pool sets it from the journal on resume."""
 
     name: str
     seq: int = 0
