@@ -20,7 +20,6 @@ Public API (everything else is private)::
     catalog.add_subscription(name, public_key) -> Subscription
     catalog.subscription(subscription_id) -> Subscription | None
     catalog.subscriptions() -> list[Subscription]
-    catalog.resource_groups(subscription_id) -> list[str]
     catalog.locations() -> list[Region];  catalog.location(name) -> Region
     catalog.put_job(ref, body, if_match=None, if_none_match=False) -> (Job, created)
     catalog.get_job(ref) -> Job
@@ -352,12 +351,6 @@ class Catalog:
             rows = conn.execute("SELECT * FROM subscriptions ORDER BY name").fetchall()
         return [Subscription(r["id"], r["name"], bytes(r["public_key"]), r["created"])
                 for r in rows]
-
-    def resource_groups(self, subscription_id: str) -> list[str]:
-        with self._read() as conn:
-            rows = conn.execute("SELECT name FROM resource_groups WHERE subscription_id = ? "
-                                "ORDER BY key", (subscription_id.lower(),)).fetchall()
-        return [r["name"] for r in rows]
 
     # ------------------------------------------------------------------ regions
 
