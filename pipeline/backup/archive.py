@@ -45,6 +45,8 @@ __all__ = ["BackupOptions", "BackupResult", "Warn", "find_parent", "run_backup"]
 
 @dataclass
 class BackupOptions:
+    """How wide each stage runs and how deep each channel is (memory, see above)."""
+
     level: int = 1                    # zstd level
     threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     readers: int = 2                  # files read at once (restic's default; borg #3500)
@@ -55,6 +57,8 @@ class BackupOptions:
 
 @dataclass
 class BackupResult:
+    """What one run stored, for the summary line and ``--json``."""
+
     snapshot: SnapshotRef
     manifest: fmt.Manifest
     parent: SnapshotRef | None
