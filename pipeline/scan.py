@@ -1,6 +1,7 @@
 """Walk the staging tree and list the regular files to seed; reads no file data.
 
-Sync and free of trio: the prep pipeline runs it in a worker thread.  The walk
+Sync and free of trio: prep's feeder process runs it, and so do the count
+(``python -m pipeline.scan``), preview and the page-blob pre-check.  The walk
 is depth-first with each directory's entries sorted by their name bytes, so two
 runs over the same tree list the same files in the same order (``--resume`` and
 the journal rely on that).  Only the directories on the current path are held in
@@ -30,7 +31,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pipeline import names, smallio
+from pipeline import names
 from pipeline.errors import BadInput
 
 __all__ = ["SkipCallback", "SourceFile", "scan", "totals"]
@@ -123,16 +124,12 @@ def scan(root: str | os.PathLike[str], on_skip: SkipCallback | None = None,
     return _walk(broot, top, on_skip, vdir)
 
 
-_STAT_BATCH = 256  # names of one directory lstat'ed per smallio call
+_STAT_BATCH = 256  # names of one directory lstat'ed together
 
 
 def _lstat_many(paths: list[bytes]) -> list[tuple[int, int, int] | OSError]:
-    """(mode, size, mtime_ns) or the OSError, per path; in one GIL-holding batch where
-    ``smallio`` works (an ``os.lstat`` per file queues for the GIL behind prep's other
-    threads), else one ``os.lstat`` each."""
-    if smallio.AVAILABLE:
-        return [st.error if isinstance(st, smallio.Failed) else st
-                for st in smallio.lstat_batch(paths)]
+    """(mode, size, mtime_ns) or the OSError, per path.  Plain ``os.lstat``: in the
+    single-threaded feeder a GIL-holding batch through libc measured no faster."""
     out: list[tuple[int, int, int] | OSError] = []
     for path in paths:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from pipeline import scan as scan_mod
-from pipeline import smallio
 from pipeline.errors import EXIT_BAD_INPUT, BadInput
 from pipeline.format import FileEntry
 from pipeline.scan import SourceFile, scan, totals
@@ -285,59 +283,33 @@ def test_unreadable_subdirectory_names_it(tree: Path, monkeypatch: pytest.Monkey
     assert "dir a/deeper" in msg and "cannot list directory: permission denied" in msg
 
 
-@pytest.fixture(params=["smallio", "os"])
-def lstat_via(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways the scan lstat's: batched through smallio (Linux/glibc), or os.lstat."""
-    if request.param == "os":
-        monkeypatch.setattr(smallio, "AVAILABLE", False)
-    return str(request.param)
-
-
-def _fail_lstat(monkeypatch: pytest.MonkeyPatch, via: str, target: Path, code: int) -> None:
-    """Make the scan's lstat of ``target`` fail with errno ``code``, whichever way it goes."""
+def _fail_lstat(monkeypatch: pytest.MonkeyPatch, target: Path, code: int) -> None:
+    """Make the scan's lstat of ``target`` fail with errno ``code``."""
     bad = os.fsencode(target)
-    if via == "os":
-        real = os.lstat
+    real = os.lstat
 
-        def fake(p, *a, **kw):  # type: ignore[no-untyped-def]
-            if os.fsencode(p) == bad:
-                raise OSError(code, os.strerror(code), p)
-            return real(p, *a, **kw)
+    def fake(p, *a, **kw):  # type: ignore[no-untyped-def]
+        if os.fsencode(p) == bad:
+            raise OSError(code, os.strerror(code), p)
+        return real(p, *a, **kw)
 
-        monkeypatch.setattr(scan_mod.os, "lstat", fake)
-        return
-    real_statx = smallio._statx
-
-    def fake_statx(dirfd, path, flags, mask, buf):  # type: ignore[no-untyped-def]
-        if path == bad:
-            ctypes.set_errno(code)
-            return -1
-        return real_statx(dirfd, path, flags, mask, buf)
-
-    monkeypatch.setattr(smallio, "_statx", fake_statx)
+    monkeypatch.setattr(scan_mod.os, "lstat", fake)
 
 
-def test_unstatable_file_names_it(tree: Path, monkeypatch: pytest.MonkeyPatch,
-                                  lstat_via: str) -> None:
-    _fail_lstat(monkeypatch, lstat_via, tree / "b.txt", errno.EACCES)
+def test_unstatable_file_names_it(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_lstat(monkeypatch, tree / "b.txt", errno.EACCES)
     with pytest.raises(BadInput, match=r"b\.txt'?: cannot stat: permission denied"):
         list(scan(tree))
 
 
 def test_entry_vanishing_during_scan_is_skipped(
-    tree: Path, monkeypatch: pytest.MonkeyPatch, lstat_via: str
+    tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _fail_lstat(monkeypatch, lstat_via, tree / "b.txt", errno.ENOENT)
+    _fail_lstat(monkeypatch, tree / "b.txt", errno.ENOENT)
     skipped: list[tuple[str, str]] = []
     files = [f.path for f in scan(tree, lambda p, r: skipped.append((p, r)))]
     assert "b.txt" not in files and len(files) == len(EXPECTED) - 1
     assert skipped == [("b.txt", "vanished during scan")]
-
-
-def test_both_lstat_ways_list_the_same(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = list(scan(tree))
-    monkeypatch.setattr(smallio, "AVAILABLE", False)
-    assert list(scan(tree)) == fast
 
 
 def test_large_directory_spans_lstat_batches(tmp_path: Path) -> None:

@@ -226,7 +226,7 @@ def read_small(path: str | os.PathLike[str], size: int, mtime_ns: int) -> bytes 
 
 
 def read_many(jobs: list[FileJob]) -> list[bytes | None | FileChanged]:
-    """``read_small`` of each job; through ``smallio`` (few GIL hand-offs) where it works."""
+    """``read_small`` of each job, through ``smallio`` (every read started at once)."""
     return Prefetch(jobs).read()
 
 
