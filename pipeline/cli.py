@@ -1,8 +1,24 @@
-"""Command line: argparse built from ``commands/*``, exceptions turned into exit codes.
+"""Command line: argparse built from ``commands/*``, outcomes and exceptions turned into
+exit codes.  The only module that prints errors or decides the exit status.
 
-The only module that prints errors or decides the exit status.  Each command
-module provides ``add_parser(subparsers)``, which sets ``func`` on its parser:
-a plain function, or an async one that runs under ``trio.run``.
+The contract every command keeps:
+
+- Its module provides ``add_parser(subparsers)``, which sets ``func`` on its parser
+  (and on each subcommand's), and ``EXITS``: the exit codes beyond
+  ``errors.EVERY_COMMAND`` it can end with.  ``--help`` lists them, worded by the one
+  table, ``errors.EXIT_CODES``.
+- ``func(args)`` is a plain function, or an ``async def`` that cli runs under
+  ``trio.run``; no command calls ``trio.run`` itself, nor runs another command as a
+  process.
+- It returns an ``errors.Outcome``: done (0) or done with warnings (1), with an
+  optional line that cli prints on stderr as ``pipeline CMD: line``.
+- Anything else ends it by raising: a ``PipelineError`` (its class decides the code;
+  cli prints ``pipeline CMD: message``, after the error's ``details()`` unless --json
+  sent those as events), ``KeyboardInterrupt`` (130), or any other exception (70, a
+  bug, with its traceback).  A command prints progress, results, JSON events and
+  warnings; never its own error line, never its own exit code.
+- SIGTERM and SIGHUP are a Ctrl-C (``stop_signals_as_ctrl_c``): what a command does
+  on Ctrl-C (prep: commit what was read, then 130) it does on ``kill`` too.
 """
 
 from __future__ import annotations
@@ -15,8 +31,10 @@ import inspect
 import os
 import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
 import trio
 
@@ -38,21 +56,90 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped to the terminal, as argparse does; the exit-code table as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit codes:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _with_exit_codes(parser: argparse.ArgumentParser, codes: Sequence[int]) -> None:
+    """Give ``parser`` and its subcommands' parsers the table of the command's codes."""
+    parser.epilog = errors.exit_code_help(codes)
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _with_exit_codes(child, codes)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or (``command`` given and known) one with just that command."""
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="Offline data seeding: prepare encrypted drives, import them, "
         "then back up incrementally over the network.",
-        epilog=errors.EXIT_CODE_TABLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=errors.exit_code_help(),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     names = [command] if command in COMMANDS else list(COMMANDS)
     for name in names:
-        importlib.import_module(f"pipeline.commands.{COMMANDS[name]}").add_parser(sub)
+        module = importlib.import_module(f"pipeline.commands.{COMMANDS[name]}")
+        module.add_parser(sub)
+        _with_exit_codes(sub.choices[name], module.EXITS)
     return parser
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """Hand SIGTERM/SIGHUP to whatever handles SIGINT now, as if it were one: Python's
+    KeyboardInterrupt, Trio's (which raises it only where that is safe) or a command's
+    own receiver (prep's two-stage stop).  Called as a signal handler, so a blocking
+    system call is interrupted as by Ctrl-C."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL)  # Ctrl-C ignored (a background job): end as
+    signal.raise_signal(signum)            # this signal always ended us
+
+
+@contextlib.contextmanager
+def stop_signals_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (kill, systemd, a container stopping) and SIGHUP (the terminal went away)
+    stop every command as Ctrl-C does: cleanly, resumably, exit 130.  A signal the caller
+    set to be ignored (``nohup``) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():  # only it gets signals
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig, handler in previous.items():
+        if handler is signal.SIG_DFL:
+            signal.signal(sig, _as_ctrl_c)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def _run(func: object, args: argparse.Namespace) -> errors.Outcome:
+    """Call the command; async ones under one ``trio.run``."""
+    if inspect.iscoroutinefunction(func):
+        outcome = trio.run(func, args)
+    else:
+        assert callable(func)
+        outcome = func(args)
+    if not isinstance(outcome, errors.Outcome):
+        raise TypeError(f"{func!r} returned {outcome!r}, not an errors.Outcome")
+    return outcome
 
 
 def lean_malloc() -> None:
@@ -71,35 +158,43 @@ def lean_malloc() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command line; return its exit code (the one place that decides it)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     lean_malloc()
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     name = " ".join(filter(None, ("pipeline", args.command, getattr(args, "subcommand", None))))
     try:
-        if inspect.iscoroutinefunction(args.func):
-            code = trio.run(args.func, args)
-        else:
-            code = args.func(args)
-        return int(code or 0)
+        with stop_signals_as_ctrl_c():
+            outcome = _run(args.func, args)
     except BaseException as exc:  # noqa: BLE001 - this is the one place that decides
-        worst = errors.worst(exc)
-        if errors.is_no_space(worst):  # a full disk is the user's to fix, not a bug
-            where = getattr(worst, "filename", None) or os.getcwd()
-            worst = errors.NoSpace(where, os.fspath(where))
-        if isinstance(worst, BrokenPipeError):  # `pipeline ... | head`: the reader left
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 128 + signal.SIGPIPE  # what a shell reports for a pipe's writer
-        if isinstance(worst, KeyboardInterrupt):
-            print(f"{name}: interrupted", file=sys.stderr)
-            return errors.EXIT_INTERRUPTED
-        if isinstance(worst, SystemExit):
-            raise worst from None
-        if isinstance(worst, errors.PipelineError) and worst.exit_code != errors.EXIT_BUG:
-            print(f"{name}: {worst}", file=sys.stderr)
-            return worst.exit_code
-        traceback.print_exception(exc)
-        print(f"{name}: internal error (a bug); please report it with the traceback above",
-              file=sys.stderr)
-        return errors.EXIT_BUG
+        return _failed(name, exc, bool(getattr(args, "json", False)))
+    if outcome.message:
+        print(f"{name}: {outcome.message}", file=sys.stderr)
+    return outcome.code
+
+
+def _failed(name: str, exc: BaseException, json_mode: bool) -> int:
+    """Say why the command ``name`` stopped, in one line (a traceback for a bug); its code."""
+    worst = errors.worst(exc)
+    if errors.is_no_space(worst):  # a full disk is the user's to fix, not a bug
+        where = getattr(worst, "filename", None) or os.getcwd()
+        worst = errors.NoSpace(where, os.fspath(where))
+    if isinstance(worst, BrokenPipeError):  # `pipeline ... | head`: the reader left
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a shell reports for a pipe's writer
+    if isinstance(worst, KeyboardInterrupt):
+        print(f"{name}: interrupted", file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
+    if isinstance(worst, SystemExit):
+        raise worst from None
+    if isinstance(worst, errors.PipelineError) and worst.exit_code != errors.EXIT_BUG:
+        for line in [] if json_mode else worst.details():
+            print(f"{name}: {line}", file=sys.stderr)
+        print(f"{name}: {worst}", file=sys.stderr)
+        return worst.exit_code
+    traceback.print_exception(exc)
+    print(f"{name}: internal error (a bug); please report it with the traceback above",
+          file=sys.stderr)
+    return errors.EXIT_BUG

@@ -1,32 +1,20 @@
-"""Exceptions the user can act on, each with its exit code.
+"""Exceptions the user can act on, each with its exit code; the one exit-code table.
 
 Modelled on borg's ``helpers/errors.py``: the class docstring is the message
 template, ``exit_code`` is what ``cli.main`` returns.  Modules raise; only
-``cli.py`` prints and exits.  This module imports nothing from pipeline.
-
-Exit codes (also printed by ``--help``; any unknown code means failure):
-
-    0      done
-    1      done with warnings
-    2      bad input: arguments, paths, names, wrong password
-    3      out of drives: stopped cleanly, resume with more drives
-    4      integrity failure: checksum, decrypt or format mismatch
-    5      refused: unsafe device or missing confirmation
-    6      storage account unreachable or refused; retry when it is back
-    7      no offline backup in the staging location, or its seed is not imported yet
-    8      a drive cannot vouch for completeness: no closing index, or it was never closed
-           (what it holds was imported and checked; files not on it are named)
-    9      no space left on a local filesystem pipeline writes (journal, copy log, restore
-           target, staging): free space, then run the same command again
-    70     internal error (a bug)
-    128+N  ended by signal N (130 = Ctrl-C)
+``cli.py`` prints and exits.  A command that ran to its end returns an
+``Outcome`` instead (done, or done with warnings).  ``EXIT_CODES`` is the only
+table of codes: ``--help`` of each command lists the codes it declares, from it
+(``exit_code_help``).  This module imports nothing from pipeline.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 EXIT_OK = 0
 EXIT_WARNING = 1
@@ -41,23 +29,58 @@ EXIT_NO_SPACE = 9
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
 
-EXIT_CODE_TABLE = """\
-exit codes:
-  0    done
-  1    done with warnings (items skipped; listed in the log)
-  2    bad input: arguments, paths, names, wrong password
-  3    out of drives: stopped cleanly; run again with --resume and more drives
-  4    integrity failure: checksum, decrypt or format mismatch
-  5    refused: unsafe device or missing confirmation (--yes)
-  6    storage account unreachable or refused; retry when it is back
-  7    no offline backup in the staging location, or its seed is not imported yet
-  8    a drive cannot vouch for completeness (no intact closing index): what it holds was
-       imported and checked; import it with its journal (--journal-dir) to know the rest
-  9    no space left on a local filesystem (journal, copy log, restore target, staging):
-       free space, then run the same command again (prep: --resume)
-  70   internal error (a bug): traceback on stderr
-  130  interrupted (Ctrl-C); resumable
-any other code means failure"""
+# Every code any command ends with, and what it tells the user to do next.
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "done",
+    EXIT_WARNING: "done with warnings (items skipped; each named on stderr or in the log)",
+    EXIT_BAD_INPUT: "bad input: arguments, paths, names, staging checks, wrong password or "
+                    "passphrase",
+    EXIT_OUT_OF_DRIVES: "out of drives: stopped cleanly; run again with --resume and more "
+                        "drives",
+    EXIT_INTEGRITY: "integrity failure: checksum, decrypt or format mismatch; a backup pack, "
+                    "index or snapshot damaged or missing (restore: every other file is "
+                    "restored; the ones that could not be are named)",
+    EXIT_REFUSED: "refused: unsafe device or missing confirmation (--yes)",
+    EXIT_STORAGE: "storage account unreachable or refused; retry when it is back",
+    EXIT_NO_SEED: "no backup repository there yet (the seed's import job must complete "
+                  "first), or no offline backup in the staging location (backup --offline)",
+    EXIT_INCOMPLETE: "a drive cannot vouch for completeness (no intact closing index): what "
+                     "it holds was imported and checked; import it with its journal "
+                     "(--journal-dir) to know the rest",
+    EXIT_NO_SPACE: "no space left on a local filesystem (journal, copy log, restore target, "
+                   "staging): free space, then run the same command again (prep: --resume)",
+    EXIT_BUG: "internal error (a bug): traceback on stderr",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM or SIGHUP); resumable: run the same "
+                      "command again (prep: --resume)",
+}
+
+# What every command can end with: its arguments, a bug, an interrupt.
+EVERY_COMMAND = (EXIT_OK, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED)
+
+
+def exit_code_help(codes: Iterable[int] | None = None) -> str:
+    """The ``--help`` table of ``codes`` (with ``EVERY_COMMAND``'s), or of every code."""
+    chosen = sorted(set(EXIT_CODES if codes is None else (*EVERY_COMMAND, *codes)))
+    lines = ["exit codes:"]
+    for code in chosen:
+        lines += textwrap.wrap(f"{code:<4} {EXIT_CODES[code]}", 88, initial_indent="  ",
+                               subsequent_indent=" " * 7, break_on_hyphens=False)
+    return "\n".join([*lines, "any other code means failure"])
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a command that ran to its end returns to ``cli.main``: ``code`` is
+    ``EXIT_OK`` or ``EXIT_WARNING`` (a failure is raised, never returned), and
+    ``message``, when not empty, is the line cli prints on stderr after the command's
+    name (``pipeline prep: ...``)."""
+
+    code: int = EXIT_OK
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.code not in (EXIT_OK, EXIT_WARNING):
+            raise ValueError(f"exit code {self.code} is not an outcome: raise its error")
 
 
 class PipelineError(Exception):
@@ -78,6 +101,11 @@ class PipelineError(Exception):
 
     def __str__(self) -> str:
         return self.message()
+
+    def details(self) -> list[str]:
+        """Lines cli prints before the message, one per item the error is about (none by
+        default; with --json they went out as events instead)."""
+        return []
 
 
 class BadInput(PipelineError):
@@ -116,6 +144,12 @@ class Incomplete(PipelineError):
     """{}"""
 
     exit_code = EXIT_INCOMPLETE
+
+
+class Interrupted(PipelineError):
+    """{}"""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class NoSpace(PipelineError):
@@ -162,8 +196,8 @@ def leaves(exc: BaseException) -> Iterator[BaseException]:
 
 def rank(exc: BaseException) -> int:
     """Which error decides the exit code when several arrive together (lower wins)."""
-    order = (KeyboardInterrupt, IntegrityError, OutOfDrives, Refused, BadInput, NoSpace,
-             PipelineError)
+    order = ((KeyboardInterrupt, Interrupted), IntegrityError, OutOfDrives, Refused,
+             BadInput, NoSpace, PipelineError)
     for i, cls in enumerate(order):
         if isinstance(exc, cls):
             return i

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pipeline.backup.errors import EXIT_NO_REPOSITORY
-from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_OK, EXIT_STORAGE
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_NO_SEED, EXIT_OK, EXIT_STORAGE
 from pipeline.jobs import auth
 from pipeline.storage import open_storage
 from tests.azurite import connection_string, free_port
@@ -123,7 +122,7 @@ def test_online_backup_after_the_seed_is_imported(env: dict[str, Path]) -> None:
     # before the import: no repository in the container yet -> wait for the import job
     early = run_cli("backup", "--source", str(env["src"]), "--to", to, "--passphrase-file",
                     str(env["pass"]))
-    assert early.returncode == EXIT_NO_REPOSITORY
+    assert early.returncode == EXIT_NO_SEED
     line = one_line(early)
     assert f"import job {JOB}" in line and "Completed" in line
 
@@ -131,7 +130,7 @@ def test_online_backup_after_the_seed_is_imported(env: dict[str, Path]) -> None:
     import_seed(env["staging"] / "repo", open_storage(to), skip=lambda n: n.startswith("data/"))
     partial = run_cli("backup", "--source", str(env["src"]), "--to", to, "--passphrase-file",
                       str(env["pass"]))
-    assert partial.returncode == EXIT_NO_REPOSITORY
+    assert partial.returncode == EXIT_NO_SEED
     assert "incomplete" in one_line(partial) and f"import job {JOB}" in one_line(partial)
 
     import_seed(env["staging"] / "repo", open_storage(to))

@@ -1,10 +1,12 @@
-"""The command line loads only the module of the command it runs."""
+"""The command line: it loads only the module of the command it runs, words every exit
+code from one table, and makes SIGTERM and SIGHUP a Ctrl-C."""
 
 from __future__ import annotations
 
 import argparse
 import ast
 import importlib
+import signal
 import subprocess
 import sys
 
@@ -79,3 +81,85 @@ def test_grouped_errors_are_ranked_like_bare_ones() -> None:
     assert isinstance(errors.worst(inner), errors.BadInput)
     full = OSError(28, "No space left on device", "/x")
     assert errors.is_no_space(full) and errors.worst(BaseExceptionGroup("c", [full])) is full
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_each_command_declares_its_exit_codes_and_help_lists_them(name: str) -> None:
+    """One table (errors.EXIT_CODES) words every code; each command lists its own."""
+    from pipeline import errors
+
+    module = importlib.import_module(f"pipeline.commands.{cli.COMMANDS[name]}")
+    assert set(module.EXITS) <= set(errors.EXIT_CODES), module.EXITS
+    parser = cli.build_parser(name)
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    out = sub.choices[name].format_help()
+    assert "any other code means failure" in out
+    for code in (*errors.EVERY_COMMAND, *module.EXITS):
+        assert f"\n  {code:<4} {errors.EXIT_CODES[code].split()[0]}" in out, (name, code)
+
+
+def test_an_outcome_is_done_or_done_with_warnings() -> None:
+    """A failure is raised (its class picks the code), never returned."""
+    from pipeline import errors
+
+    assert errors.Outcome().code == 0 and errors.Outcome(1, "2 skipped").code == 1
+    with pytest.raises(ValueError):
+        errors.Outcome(errors.EXIT_INTEGRITY, "damaged")
+
+
+_STOP = """
+import signal, sys, time, trio
+from pipeline import cli
+
+def ready():
+    print("ready", flush=True)
+
+with cli.stop_signals_as_ctrl_c():
+    if sys.argv[1] == "plain":               # a plain command, blocked in a system call
+        try:
+            ready()
+            time.sleep(30)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt")
+    elif sys.argv[1] == "trio":              # an async one: Trio raises it where it is safe
+        async def main():
+            ready()
+            await trio.sleep(30)
+        try:
+            trio.run(main)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt")
+    else:                                    # a command's own Ctrl-C receiver (prep's)
+        async def main():
+            with trio.open_signal_receiver(signal.SIGINT) as signals:
+                ready()
+                async for got in signals:
+                    print(signal.Signals(got).name)
+                    return
+        trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("mode", ["plain", "trio", "receiver"])
+def test_sigterm_and_sighup_are_a_ctrl_c(mode: str, sig: signal.Signals) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _STOP, mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert out.strip() == ("SIGINT" if mode == "receiver" else "KeyboardInterrupt")
+
+
+def test_an_ignored_sighup_stays_ignored() -> None:
+    """nohup: the caller asked that a hangup not stop us."""
+    code = ("import os, signal\nfrom pipeline import cli\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "with cli.stop_signals_as_ctrl_c():\n"
+            "    os.kill(os.getpid(), signal.SIGHUP)\n"
+            "print('still here')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=20)
+    assert proc.stdout.strip() == "still here", proc.stderr

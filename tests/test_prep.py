@@ -164,7 +164,10 @@ def test_bad_inputs(tmp_path: Path, tree) -> None:
     assert proc.returncode == EXIT_BAD_INPUT and "no journals of session none-1" in proc.stderr
 
 
-def test_ctrl_c_commits_what_was_read_and_resume_finishes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", ["INT", "TERM", "HUP"])
+def test_ctrl_c_commits_what_was_read_and_resume_finishes(tmp_path: Path, sig: str) -> None:
+    """Ctrl-C, `kill` (SIGTERM) and a closed terminal (SIGHUP) stop prep alike: what was
+    read is written and committed, exit 130, and --resume finishes the copy."""
     src = tmp_path / "src"
     make_tree(src, small_files=500, random_mb=24, sparse_mb=8)
     jdir = tmp_path / "j"
@@ -173,7 +176,7 @@ def test_ctrl_c_commits_what_was_read_and_resume_finishes(tmp_path: Path) -> Non
                 "--drive-size", "64M", *FAST_KDF_ARGS]
     proc = subprocess.run([sys.executable, "-m", "pipeline", *env_prep], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT),
-                                          "PIPELINE_CRASH_AT": "after_pwrite:2:INT"})
+                                          "PIPELINE_CRASH_AT": f"after_pwrite:2:{sig}"})
     assert proc.returncode == 130, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "interrupted after" in last and "what was read is committed" in last
@@ -205,9 +208,12 @@ def _children(pid: int, needle: str) -> list[int]:
     return out
 
 
-def test_ctrl_c_at_the_terminal_reaches_prep_and_its_helpers(tmp_path: Path) -> None:
-    """A real Ctrl-C signals the whole process group: the feeder and the counting walk get
-    it too.  prep alone decides (drain, commit, exit 130); no helper prints a traceback."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_at_the_terminal_reaches_prep_and_its_helpers(tmp_path: Path,
+                                                             sig: signal.Signals) -> None:
+    """A real Ctrl-C signals the whole process group, as a service manager's SIGTERM does:
+    the feeder and the counting walk get it too.  prep alone decides (drain, commit, exit
+    130); no helper prints a traceback."""
     src = tmp_path / "src"
     make_tree(src, small_files=20_000, random_mb=8, sparse_mb=8)
     jdir = tmp_path / "j"
@@ -223,7 +229,7 @@ def test_ctrl_c_at_the_terminal_reaches_prep_and_its_helpers(tmp_path: Path) -> 
         if event["type"] == "progress" and event["bytes_written"] > 0:
             break
     assert _children(proc.pid, "pipeline.stages.feed"), "the feeder ended before Ctrl-C"
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
     events = [json.loads(x) for x in out.splitlines()]
     if events[-1]["code"] == 0:  # finished before the signal landed: nothing to check

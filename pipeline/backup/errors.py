@@ -1,34 +1,16 @@
-"""The backup repository's errors, each with its exit code (see ``pipeline.errors``).
+"""The backup repository's errors, each with its exit code (the table is ``pipeline.errors``).
 
-Exit code 7 is new here: the online backup, ``restore`` and ``snapshots`` found
-no repository in the storage account, which after an offline seed means the
-import job has not completed yet.  It differs from bad input (2) because the
-right move is to wait, not to change the command.  A full staging location or
-restore target is ``pipeline.errors.NoSpace`` (9), as for every local filesystem.
+No repository in the storage account is ``EXIT_NO_SEED`` (7): after an offline
+seed it means the import job has not completed yet, and the right move is to
+wait, not to change the command.  A full staging location or restore target is
+``pipeline.errors.NoSpace`` (9), as for every local filesystem.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import BadInput, IntegrityError, PipelineError
-
-EXIT_NO_REPOSITORY = 7
-
-EXIT_CODES = """\
-exit codes:
-  0    done
-  1    done with warnings (files skipped; listed as warnings)
-  2    bad input: arguments, paths, names, staging checks, wrong passphrase
-  4    integrity failure: a pack, index or snapshot is damaged or missing (restore:
-       every other file is restored; the ones that could not be are named)
-  6    storage account unreachable or refused; fix it and run the same command again
-  7    no backup repository there yet: the seed's import job must complete first
-  9    no space left on a local filesystem (staging location, restore target): free
-       space, then run the same command again
-  70   internal error (a bug): traceback on stderr
-  130  interrupted (Ctrl-C); nothing is marked complete, run the command again
-any other code means failure"""
+from pipeline.errors import EXIT_NO_SEED, BadInput, IntegrityError, PipelineError
 
 
 class WrongPassphrase(BadInput):
@@ -42,7 +24,7 @@ class CorruptRepository(IntegrityError):
 class NoRepository(PipelineError):
     """{}"""
 
-    exit_code = EXIT_NO_REPOSITORY
+    exit_code = EXIT_NO_SEED
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +49,7 @@ class PartialRestore(IntegrityError):
         super().__init__(message)
         self.failed = failed
         self.restored = restored
+
+    def details(self) -> list[str]:
+        """One line per file not restored, path first (cli prints them before the total)."""
+        return [f.line() for f in self.failed]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,28 @@ import trio
 from pipeline import credentials, progress
 from pipeline.backup import archive, offline, ui
 from pipeline.backup.backend import DirBackend, StorageBackend
-from pipeline.backup.errors import EXIT_CODES, NoRepository
+from pipeline.backup.errors import NoRepository
 from pipeline.backup.repo import Repository, SnapshotRef, exists, hostname
 from pipeline.backup.walk import check_source
 from pipeline.commands import _options
-from pipeline.errors import BadInput
+from pipeline.errors import (
+    EXIT_INTEGRITY,
+    EXIT_NO_SEED,
+    EXIT_NO_SPACE,
+    EXIT_OK,
+    EXIT_STORAGE,
+    EXIT_WARNING,
+    BadInput,
+    Outcome,
+)
 from pipeline.jobs import auth, rules
 from pipeline.storage import check_container_name, open_storage
 
 _OFFLINE_ONLY = ("staging", "job_name", "subscription", "account", "publish_settings")
+
+
+# Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
+EXITS = (EXIT_WARNING, EXIT_INTEGRITY, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="With --offline: check every input, then write the initial full backup "
         "into STAGING/repo and record the offline settings (then: pipeline diskprep "
         "s:STAGING).  Without: back up into the seeded repository in the storage account, "
-        "sending only the chunks it does not have.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "sending only the chunks it does not have.")
     p.add_argument("--source", required=True, metavar="DIR", help="the directory to back up")
     p.add_argument("--passphrase-file", required=True, metavar="FILE",
                    help="file holding the backup passphrase (one trailing newline ignored)")
@@ -74,7 +85,7 @@ def _opts(args: argparse.Namespace) -> archive.BackupOptions:
     return archive.BackupOptions(level=args.level, threads=threads)
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> Outcome:
     if args.offline:
         return await _offline(args)
     given = [f"--{a.replace('_', '-')}" for a in _OFFLINE_ONLY if getattr(args, a)]
@@ -97,7 +108,7 @@ def _require(args: argparse.Namespace) -> None:
         raise BadInput("--to goes with the online backup; --offline writes into --staging")
 
 
-async def _offline(args: argparse.Namespace) -> int:
+async def _offline(args: argparse.Namespace) -> Outcome:
     # Every input is checked before anything is written.
     _require(args)
     source = check_source(Path(args.source))
@@ -146,16 +157,13 @@ async def _offline(args: argparse.Namespace) -> int:
     cfg = offline.record_config(staging, {
         "publish_settings": settings_path, "container": container, "job_name": job,
         "subscription": subscription, "account": account, "source": str(source)})
-    code = 1 if result.warnings else 0
+    code = EXIT_WARNING if result.warnings else EXIT_OK
     message = (f"snapshot {result.snapshot.hex} in {staging / offline.REPOSITORY}; next: "
                f"pipeline diskprep s:{staging}")
     summary = {**result.summary(), "staging": str(staging), "config": str(cfg)}
     ui.finish(renderer, stats, args.json, summary, code, message,
               progress.format_summary(stats) + [_sent_line(result)])
-    if not args.json:
-        print(f"snapshot {result.snapshot.hex}")
-        print(f"pipeline backup: {message}", file=sys.stderr)
-    return code
+    return _done(args, result, code, message)
 
 
 # --------------------------------------------------------------------------- online
@@ -187,7 +195,7 @@ def _missing_seed(backend: StorageBackend, entry: dict[str, Any] | None,
     return f"{what}: the offline seed must be imported first; {wait}, then run this backup again"
 
 
-async def _online(args: argparse.Namespace) -> int:
+async def _online(args: argparse.Namespace) -> Outcome:
     source = check_source(Path(args.source))
     container, entry = _container_for(source, args.container)
     secret = credentials.passphrase_file(args.passphrase_file)
@@ -213,15 +221,21 @@ async def _online(args: argparse.Namespace) -> int:
         return await archive.run_backup(repo, source, stats, _warner(renderer), opts, parent)
 
     result = await ui.with_progress(renderer, stats, go)
-    code = 1 if result.warnings else 0
+    code = EXIT_WARNING if result.warnings else EXIT_OK
     message = (f"snapshot {result.snapshot.hex}: sent {result.bytes_sent} bytes "
                f"({result.chunks_new} new chunks) to {backend.name}")
     ui.finish(renderer, stats, args.json, result.summary(), code, message,
               progress.format_summary(stats) + [_sent_line(result)])
-    if not args.json:
-        print(f"snapshot {result.snapshot.hex}")
-        print(f"pipeline backup: {message}", file=sys.stderr)
-    return code
+    return _done(args, result, code, message)
+
+
+def _done(args: argparse.Namespace, result: archive.BackupResult, code: int, message: str
+          ) -> Outcome:
+    """The snapshot id on stdout; the message (already in the `exit` event with --json)."""
+    if args.json:
+        return Outcome(code)
+    print(f"snapshot {result.snapshot.hex}")
+    return Outcome(code, message)
 
 
 def _sent_line(result: archive.BackupResult) -> str:

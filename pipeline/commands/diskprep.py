@@ -7,26 +7,38 @@ create the import job on the import service with the drives' journals and say
 where to ship them.  Every question has a flag for unattended runs (``--job``,
 ``--drive``, ``--drive-size``, ``--location``, ``--yes``).
 
-prep runs as its own process (``python -m pipeline prep``): its progress bar,
-Ctrl-C handling and exit codes are exactly those of prep, and "drives full"
-(exit 3) is the cue to ask for the next drive and resume.
+prep runs in this process, given the flags a user would give ``pipeline prep``
+(``prep.parse_args``): its progress bar, summary and Ctrl-C handling are exactly
+prep's, and ``OutOfDrives`` is the cue to ask for the next drive and resume.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline import journal
 from pipeline.backup import offline
-from pipeline.commands import _options
-from pipeline.errors import EXIT_OUT_OF_DRIVES, BadInput, Refused
+from pipeline.commands import _options, prep
+from pipeline.errors import (
+    EXIT_INTEGRITY,
+    EXIT_NO_SEED,
+    EXIT_NO_SPACE,
+    EXIT_REFUSED,
+    EXIT_STORAGE,
+    EXIT_WARNING,
+    BadInput,
+    Outcome,
+    OutOfDrives,
+    Refused,
+)
 from pipeline.jobs import rules
 from pipeline.jobs.client import ServiceClient, ServiceError
+
+# Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
+EXITS = (EXIT_WARNING, EXIT_INTEGRITY, EXIT_REFUSED, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +117,7 @@ class Terminal:
         return default if not answer else answer in ("y", "yes")
 
 
-def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> Outcome:
     staging_arg, settings_arg = _split_locations(args)
     if not staging_arg:
         raise BadInput("give the staging location: pipeline diskprep s:<staging> "
@@ -137,35 +149,11 @@ def run(args: argparse.Namespace) -> int:
     jdir = Path(args.journal_dir) if args.journal_dir else config_dir() / "journals" / job_name
     jdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     repo = staging / offline["repository"]
-    prep_base = [sys.executable, "-m", "pipeline", "prep", "--srcdir", str(repo),
-                 "--dstdir", f"{offline['container']}/", "--journal-dir", str(jdir),
-                 "--session-id", job_name, "--blob-type", "page", *_kdf_flags(args)]
-    if args.drive_size:
-        prep_base += ["--drive-size", args.drive_size]
-    queue = list(args.drive)
-    resume = bool(journal.session_journals(jdir, job_name))
-    while True:
-        drive = queue.pop(0) if queue else term.question(
-            "Path of the next drive (block device or image file): " if resume else
-            "Path of the target drive (block device or image file): ")
-        if not drive:
-            raise BadInput("no drive given; run diskprep again to continue")
-        cmd = [*prep_base, "--drive", drive] + (["--resume"] if resume else [])
-        if not Path(drive).exists() and not args.drive_size:
-            size = term.question(f"{drive} does not exist; size of the image file to create "
-                                 "(e.g. 2G): ")
-            cmd += ["--drive-size", size]
-        if args.yes or term.confirm(f"Format {drive}? Everything on it is lost."):
-            cmd.append("--yes")
-        else:
-            raise Refused(f"{drive} not formatted; run diskprep again with another drive")
-        code = subprocess.run(cmd).returncode
-        resume = True
-        if code == 0:
-            break
-        if code != EXIT_OUT_OF_DRIVES:
-            return code  # prep said why on stderr
-        say("the drive is full: attach another drive")
+    copied = await _prep_until_done(args, term, jdir, job_name, [
+        "--srcdir", str(repo), "--dstdir", f"{offline['container']}/", "--journal-dir",
+        str(jdir), "--session-id", job_name, "--blob-type", "page", *_kdf_flags(args)])
+    if copied.code:  # done with warnings: prep named them; no job until the copy is clean
+        return copied
     journals = journal.one_session(jdir, job_name)
     try:
         drive_list = journal.drive_list(journals)
@@ -191,7 +179,37 @@ def run(args: argparse.Namespace) -> int:
     say(f"then record the carrier, tracking number and return shipping: {client.url}/portal/ "
         f"or pipeline jobs ship --job {job_name} --publish-settings {settings_path} --carrier C "
         "--tracking N --return-carrier C --return-account A")
-    return 0
+    return Outcome()
+
+
+async def _prep_until_done(args: argparse.Namespace, term: Terminal, jdir: Path, job_name: str,
+                           base: list[str]) -> Outcome:
+    """prep of the staging location onto the drives given or asked for, another drive
+    whenever one fills, until every file is on a drive: prep's outcome."""
+    if args.drive_size:
+        base = [*base, "--drive-size", args.drive_size]
+    queue = list(args.drive)
+    resume = bool(journal.session_journals(jdir, job_name))
+    while True:
+        drive = queue.pop(0) if queue else term.question(
+            "Path of the next drive (block device or image file): " if resume else
+            "Path of the target drive (block device or image file): ")
+        if not drive:
+            raise BadInput("no drive given; run diskprep again to continue")
+        argv = [*base, "--drive", drive] + (["--resume"] if resume else [])
+        if not Path(drive).exists() and not args.drive_size:
+            size = term.question(f"{drive} does not exist; size of the image file to create "
+                                 "(e.g. 2G): ")
+            argv += ["--drive-size", size]
+        if args.yes or term.confirm(f"Format {drive}? Everything on it is lost."):
+            argv.append("--yes")
+        else:
+            raise Refused(f"{drive} not formatted; run diskprep again with another drive")
+        resume = True
+        try:
+            return await prep.run(prep.parse_args(argv))
+        except OutOfDrives:
+            print("the drive is full: attach another drive")
 
 
 def _kdf_flags(args: argparse.Namespace) -> list[str]:

@@ -10,7 +10,9 @@ from typing import Any
 
 from pipeline import credentials, drives, luks2, names
 from pipeline.commands import _options
-from pipeline.errors import EXIT_INTEGRITY, IntegrityError
+from pipeline.errors import EXIT_INTEGRITY, EXIT_NO_SPACE, EXIT_REFUSED, IntegrityError, Outcome
+
+EXITS = (EXIT_INTEGRITY, EXIT_REFUSED, EXIT_NO_SPACE)  # exit codes beyond errors.EVERY_COMMAND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +99,7 @@ def _text_info(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_info(args: argparse.Namespace) -> int:
+def run_info(args: argparse.Namespace) -> Outcome:
     secret = _options.unlock_secret(args)
     with drives.open_drive(args.path) as drive:
         volume = drives.read_volume(drive)
@@ -129,12 +131,13 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         print(_text_info(info))
     # What it found is printed either way; the exit code says the drive is damaged.
-    for problem in filter(None, (info.get("superblock_error"), info.get("truncated"))):
-        print(f"pipeline drive info: {args.path}: {problem}", file=sys.stderr)
-    return EXIT_INTEGRITY if "superblock_error" in info or "truncated" in info else 0
+    problem = info.get("superblock_error") or info.get("truncated")  # at most one is found
+    if problem:
+        raise IntegrityError(f"{args.path}: {problem}")
+    return Outcome()
 
 
-def run_unlock(args: argparse.Namespace) -> int:
+def run_unlock(args: argparse.Namespace) -> Outcome:
     secret = _options.unlock_secret(args)
     assert secret is not None  # the argument group is required
     with drives.open_drive(args.path) as drive:
@@ -151,10 +154,10 @@ def run_unlock(args: argparse.Namespace) -> int:
         print(f"{args.path}: the {secret.kind} opens keyslot {slot} of LUKS2 volume {volume.uuid}")
         if args.show_key:
             print(f"volume key: {key.hex()}")
-    return 0
+    return Outcome()
 
 
-def run_format(args: argparse.Namespace) -> int:
+def run_format(args: argparse.Namespace) -> Outcome:
     size = drives.parse_size(args.drive_size) if args.drive_size else None
     kdf = _options.kdf_from_args(args)
     extra = None
@@ -185,7 +188,7 @@ def run_format(args: argparse.Namespace) -> int:
         out["recovery_password"] = recovery
     if args.json:
         _print_json(out)
-        return 0
+        return Outcome()
     print(f"formatted {args.path}: LUKS2 volume {volume.uuid}, {drives.human(out['size'])}, "
           f"session {session}")
     if args.save_recovery_password:
@@ -194,4 +197,4 @@ def run_format(args: argparse.Namespace) -> int:
         print(f"recovery password: {recovery}")
     print("Keep the recovery password apart from the drive: whoever holds both reads the data.",
           file=sys.stderr)
-    return 0
+    return Outcome()

@@ -11,11 +11,26 @@ from pathlib import Path
 
 import trio
 
-from pipeline import credentials, driveread, drives, importer, journal
+from pipeline import credentials, driveread, drives, importer, journal, service_import
 from pipeline.commands import _options
-from pipeline.errors import BadInput, Incomplete, IntegrityError, NoSpace, Refused, worst
-from pipeline.jobs import service_import
+from pipeline.errors import (
+    EXIT_INCOMPLETE,
+    EXIT_INTEGRITY,
+    EXIT_NO_SPACE,
+    EXIT_REFUSED,
+    EXIT_STORAGE,
+    BadInput,
+    Incomplete,
+    IntegrityError,
+    NoSpace,
+    Outcome,
+    Refused,
+    worst,
+)
 from pipeline.storage import open_storage
+
+# Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
+EXITS = (EXIT_INTEGRITY, EXIT_REFUSED, EXIT_STORAGE, EXIT_INCOMPLETE, EXIT_NO_SPACE)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +78,7 @@ def _journal_for(journals: list[journal.Journal], path: str) -> journal.Journal:
                   "(a drive of another session?); pass the journal directory of its session")
 
 
-def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> Outcome:
     log_dir = Path(args.log_dir)
     if not log_dir.is_dir():
         raise BadInput(f"log directory {log_dir} does not exist; create it or pass --log-dir")
@@ -112,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 unvouched.append(str(od.drive.path))
                 print(f"pipeline import: {od.drive.path}: {plan.incomplete}", file=sys.stderr)
             report = job.reporter(od.volume.uuid, plan) if job else None
-            n, log = _import_one(od, plan, store, log_dir, args.json, report)
+            n, log = await _import_one(od, plan, store, log_dir, args.json, report)
             bad += n
             if job is not None:
                 job.finish_drive(od.volume.uuid, log, store, plan,
@@ -133,12 +148,12 @@ def run(args: argparse.Namespace) -> int:
                          "checked, but it cannot vouch that nothing is missing (see above); "
                          "import it with its journal (--journal-dir) to know, or compare with "
                          "the source: pipeline repair")
-    return 0
+    return Outcome()
 
 
-def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_dir: Path,
-                as_json: bool, report: service_import.Reporter | None = None
-                ) -> tuple[int, importer.CopyLog]:
+async def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store,
+                      log_dir: Path, as_json: bool, report: service_import.Reporter | None = None
+                      ) -> tuple[int, importer.CopyLog]:
     sb = plan.superblock
     path = importer.log_path(log_dir, sb.session_id, sb.drive_seq)
     with importer.open_copy_log(path) as stream:
@@ -150,7 +165,7 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
             log.write({"type": "damage", "message": line})
         if plan.incomplete:
             log.write({"type": "incomplete", "message": plan.incomplete})
-        async def main() -> importer.DriveResult:
+        try:
             async with trio.open_nursery() as nursery:
                 if report is not None:
                     nursery.start_soon(report.run)
@@ -158,10 +173,6 @@ def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store, log_
                     od, plan, store, log, trio.CapacityLimiter(os.cpu_count() or 2),
                     trio.CapacityLimiter(8), report.add if report else lambda n: None)
                 nursery.cancel_scope.cancel()
-            return result
-
-        try:
-            result = trio.run(main)
         except BaseException as exc:
             with contextlib.suppress(NoSpace):  # a full log disk: say why the import stopped
                 log.close("failed", str(worst(exc)))

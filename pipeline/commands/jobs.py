@@ -8,9 +8,11 @@ import json
 from typing import Any
 
 from pipeline import journal
-from pipeline.errors import BadInput
+from pipeline.errors import EXIT_STORAGE, BadInput, Outcome
 from pipeline.jobs import auth
 from pipeline.jobs.client import ServiceClient
+
+EXITS = (EXIT_STORAGE,)  # exit codes beyond errors.EVERY_COMMAND
 
 
 def _common(p: argparse.ArgumentParser, job: bool = True) -> None:
@@ -96,7 +98,7 @@ def _address(loc: dict[str, Any]) -> str:
     return "\n".join("    " + x for x in lines if x and x.strip())
 
 
-def run_create(args: argparse.Namespace) -> int:
+def run_create(args: argparse.Namespace) -> Outcome:
     journals = journal.one_session(args.journal_dir, args.session_id)
     try:
         drives = journal.drive_list(journals)
@@ -116,7 +118,7 @@ def run_create(args: argparse.Namespace) -> int:
                         "carrierAccountNumber": args.return_account})
     if args.json:
         print(json.dumps(job, indent=2))
-        return 0
+        return Outcome()
     loc = svc.location(args.location)
     print(f"job {job['name']} created: {job['properties']['state']}, "
           f"{len(job['properties']['driveList'])} drive(s)")
@@ -124,15 +126,15 @@ def run_create(args: argparse.Namespace) -> int:
     print(f"then: pipeline jobs ship --job {job['name']} --carrier CARRIER --tracking NUMBER "
           f"--publish-settings {args.publish_settings}")
     print(f"portal: {svc.url}/")
-    return 0
+    return Outcome()
 
 
-def run_show(args: argparse.Namespace) -> int:
+def run_show(args: argparse.Namespace) -> Outcome:
     svc = client(args)
     job = svc.get(args.job)
     if args.json:
         print(json.dumps(job, indent=2))
-        return 0
+        return Outcome()
     p = job["properties"]
     print(f"job {job['name']}  state {p['state']}  {p.get('percentComplete', 0)}% "
           f"location {job['location']}")
@@ -146,22 +148,22 @@ def run_show(args: argparse.Namespace) -> int:
     info = p.get("shippingInformation")
     if info:
         print("shipping address:\n" + _address({"properties": info}))
-    return 0
+    return Outcome()
 
 
-def run_list(args: argparse.Namespace) -> int:
+def run_list(args: argparse.Namespace) -> Outcome:
     jobs = client(args).list()
     if args.json:
         print(json.dumps(jobs, indent=2))
-        return 0
+        return Outcome()
     for job in jobs:
         p = job["properties"]
         print(f"{job['name']:<24}  {p['state']:<13}  {len(p.get('driveList', []))} drive(s)  "
               f"{job['location']}")
-    return 0
+    return Outcome()
 
 
-def run_ship(args: argparse.Namespace) -> int:
+def run_ship(args: argparse.Namespace) -> Outcome:
     svc = client(args)
     current = svc.get(args.job)
     pkg: dict[str, Any] = {"carrierName": args.carrier, "trackingNumber": args.tracking,
@@ -181,39 +183,39 @@ def run_ship(args: argparse.Namespace) -> int:
     else:
         print(f"job {job['name']}: {job['properties']['state']} with {args.carrier}, "
               f"tracking {args.tracking}")
-    return 0
+    return Outcome()
 
 
-def run_cancel(args: argparse.Namespace) -> int:
+def run_cancel(args: argparse.Namespace) -> Outcome:
     job = client(args).patch(args.job, {"properties": {"cancelRequested": True}})
     if args.json:
         print(json.dumps(job, indent=2))
     else:
         print(f"job {job['name']}: {job['properties']['state']}")
-    return 0
+    return Outcome()
 
 
-def run_keys(args: argparse.Namespace) -> int:
+def run_keys(args: argparse.Namespace) -> Outcome:
     keys = client(args).keys(args.job)
     if args.json:
         print(json.dumps(keys, indent=2))
     else:
         for k in keys:
             print(f"{k['driveId']}  {k['bitLockerKey']}")
-    return 0
+    return Outcome()
 
 
-def run_locations(args: argparse.Namespace) -> int:
+def run_locations(args: argparse.Namespace) -> Outcome:
     locs = client(args).locations()
     if args.json:
         print(json.dumps(locs, indent=2))
-        return 0
+        return Outcome()
     for loc in locs:
         carriers = ", ".join(loc["properties"].get("supportedCarriers", []))
         print(f"{loc['name']}  ({carriers})\n{_address(loc)}")
-    return 0
+    return Outcome()
 
 
-def run_token(args: argparse.Namespace) -> int:
+def run_token(args: argparse.Namespace) -> Outcome:
     print(auth.token_from_publish_settings(args.publish_settings))
-    return 0
+    return Outcome()

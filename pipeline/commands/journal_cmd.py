@@ -6,6 +6,9 @@ import argparse
 import json
 
 from pipeline import journal
+from pipeline.errors import Outcome
+
+EXITS = ()  # exit codes beyond errors.EVERY_COMMAND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,11 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export)
 
 
-def run_export(args: argparse.Namespace) -> int:
+def run_export(args: argparse.Namespace) -> Outcome:
     journals = journal.one_session(args.journal_dir, args.session_id)
     try:
         print(json.dumps(journal.drive_list(journals), indent=2))
     finally:
         for j in journals:
             j.close()
-    return 0
+    return Outcome()

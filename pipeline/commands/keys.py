@@ -6,7 +6,9 @@ import argparse
 import json
 
 from pipeline import journal
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, Outcome
+
+EXITS = ()  # exit codes beyond errors.EVERY_COMMAND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Outcome:
     journals = journal.session_journals(args.journal_dir, args.session_id)
     if not journals:
         raise BadInput(f"no journals in {args.journal_dir}"
@@ -37,4 +39,4 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r['session_id']}  drive {r['seq']}  {r['path']}  ({r['state']})\n"
                   f"    volume {r['uuid']}\n    recovery password: {r['recovery_password']}")
-    return 0
+    return Outcome()

@@ -7,6 +7,8 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,30 @@ import trio
 
 from pipeline import credentials, drives, errors, format, journal, names, progress, scan
 from pipeline.commands import _options
-from pipeline.errors import EXIT_INTERRUPTED, BadInput, OutOfDrives, PipelineError
+from pipeline.errors import (
+    EXIT_INTEGRITY,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SPACE,
+    EXIT_OK,
+    EXIT_OUT_OF_DRIVES,
+    EXIT_REFUSED,
+    EXIT_WARNING,
+    BadInput,
+    Interrupted,
+    Outcome,
+    OutOfDrives,
+    PipelineError,
+)
 from pipeline.session import Session
 from pipeline.stages.run import DrivePool, PrepConfig, run_prep
 from pipeline.stages.write import DriveWriter, rewrite_index
 
 REMINDER = ("Store the recovery passwords apart from the drives: whoever holds a drive and "
             "its password reads the data.  `pipeline keys --journal-dir DIR` shows them again.")
+
+
+# Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
+EXITS = (EXIT_WARNING, EXIT_OUT_OF_DRIVES, EXIT_INTEGRITY, EXIT_REFUSED, EXIT_NO_SPACE)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -217,7 +236,7 @@ def _print_summary(summary: dict[str, Any], stats: progress.Stats) -> None:
     print(REMINDER, file=sys.stderr)
 
 
-def _abort(args: argparse.Namespace) -> int:
+def _abort(args: argparse.Namespace) -> Outcome:
     journals = journal.session_journals(args.journal_dir, args.session_id)
     if not journals:
         raise BadInput(f"no journals of session {args.session_id} in {args.journal_dir}")
@@ -227,13 +246,20 @@ def _abort(args: argparse.Namespace) -> int:
         j.close()
     print(f"session {args.session_id} aborted: its drives must not be shipped; "
           "format them again for a new session", file=sys.stderr)
-    return 0
+    return Outcome()
 
 
-def run(args: argparse.Namespace) -> int:
-    drives.check_session_id(args.session_id)
-    if args.abort:
-        return _abort(args)
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """prep's arguments from ``argv``, exactly as `pipeline prep ARGV` parses them: diskprep
+    runs the prep a user would run with these flags, in its own process."""
+    parser = argparse.ArgumentParser(prog="pipeline")
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["prep", *argv])
+
+
+def _open_session(args: argparse.Namespace) -> list[journal.Journal]:
+    """The session's journals (none for a new session), once the journal directory exists
+    and the session is in a state this command may continue."""
     jdir = Path(args.journal_dir)
     if not jdir.is_dir():
         if args.resume:
@@ -254,6 +280,141 @@ def run(args: argparse.Namespace) -> int:
                        "with --resume, or end it with --abort")
     if any(j.drive.state == "void" for j in journals):
         raise BadInput(f"session {args.session_id} was aborted; start a new session")
+    return journals
+
+
+@dataclass
+class _Copy:
+    """One prep run: the state its callbacks, its Ctrl-C watcher and its report share."""
+
+    cfg: PrepConfig
+    journals: list[journal.Journal]
+    renderer: progress.Renderer
+    stats: progress.Stats
+    counted: bool                       # the totals are known before the copy begins
+    json_mode: bool
+    pool: DrivePool | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    interrupts: list[str] = field(default_factory=list)   # "soft", then "hard"
+
+    def on_skip(self, path: str, reason: str) -> None:
+        self.skipped.append((path, reason))
+        self.renderer.event("warning", message=f"skipped {names.show(path)}: {reason}")
+
+    def on_full(self, writer: DriveWriter) -> None:
+        info = writer.journal.drive
+        self.stats.drives[f"drive {info.seq}"].state = "full"
+        self.renderer.event("drive_full", seq=info.seq, path=info.path)
+
+    def on_changed(self, path: str, message: str) -> None:
+        self.changed.append(path)
+        self.renderer.event("warning", message=message)
+
+    async def watch_sigint(self, stop: trio.CancelScope, everything: trio.CancelScope) -> None:
+        """borg's model: the first Ctrl-C finishes what is in flight, the second stops now
+        (cli makes SIGTERM and SIGHUP a Ctrl-C too)."""
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async for _ in signals:
+                if not self.interrupts:
+                    self.interrupts.append("soft")
+                    stop.cancel()
+                    self.renderer.event("warning", message="interrupted: writing and "
+                                        "committing what was read; press Ctrl-C again to "
+                                        "stop at once")
+                else:
+                    self.interrupts.append("hard")
+                    everything.cancel()
+
+    async def run(self) -> None:
+        """The pipeline, beside the ticker, the Ctrl-C watcher and (block blobs) the count."""
+        cfg, stats = self.cfg, self.stats
+        session = Session(cfg.srcdir, cfg.dstdir, self.journals)
+        self.pool = DrivePool(cfg, self.journals, trio.CapacityLimiter(cfg.cpu_threads), stats)
+        stop = trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(progress.ticker, stats, self.renderer)
+            nursery.start_soon(self.watch_sigint, stop, nursery.cancel_scope)
+            try:
+                async with trio.open_nursery() as work:
+                    if not self.counted:
+                        work.start_soon(count_totals, cfg, stats)
+                    await run_prep(cfg, session, self.pool, stats, self.on_skip,
+                                   self.on_changed, self.on_full, stop)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    @property
+    def resume_hint(self) -> str:
+        return (f"pipeline prep --resume --journal-dir {self.cfg.jdir} --session-id "
+                f"{self.cfg.session_id}")
+
+    def out_of_drives(self) -> str:
+        s = self.stats
+        return (f"every drive is full after {drives.human(s.bytes_done)} of "
+                f"{drives.human(s.bytes_total)}; add drives, then: pipeline prep --resume "
+                f"--journal-dir {self.cfg.jdir} --session-id {self.cfg.session_id} --drive NEW")
+
+    def failed(self, group: BaseExceptionGroup) -> None:
+        """The copy stopped on an error: name the next step, emit the `exit` event."""
+        first = errors.worst(group)  # a writer's error arrives inside nested nursery groups
+        assert isinstance(first, PipelineError)
+        if isinstance(first, errors.NoSpace) and self.pool and self.pool.journals:
+            first.next_step(f"continue with: {self.resume_hint}")
+        self.renderer.event("exit", code=first.exit_code, message=str(first))
+        self.renderer.close()
+
+    def ending(self, code: int, message: str) -> tuple[int, str]:
+        """The exit code and message once the copy returned: interrupted (over a drive that
+        filled meanwhile too), done with warnings, or as it came."""
+        s = self.stats
+        if self.interrupts:
+            return EXIT_INTERRUPTED, (
+                f"interrupted after {drives.human(s.bytes_done)} of "
+                f"{drives.human(s.bytes_total)}"
+                + ("; what was read is committed" if self.interrupts == ["soft"] else "")
+                + f"; continue with: {self.resume_hint}")
+        stale = _rewrite_stale_indexes(self.pool) if self.pool else []
+        if code or not (self.changed or self.skipped or stale):
+            return code, message
+        notes = stale[:]
+        if self.changed:
+            notes.append(f"{len(self.changed)} file(s) changed while being read (first: "
+                         f"{self.changed[0]}); run the same command with --resume to write "
+                         "them again")
+        if self.skipped:
+            notes.append(f"{len(self.skipped)} staging entries skipped (named above; "
+                         "recorded in the journals)")
+        return EXIT_WARNING, "; ".join(notes)
+
+    def report(self, code: int, message: str) -> None:
+        """Record what was skipped, then the summary and (--json) the `exit` event."""
+        try:
+            for j in self.journals:
+                j.set_skipped(self.skipped)
+        except errors.NoSpace as exc:  # the drives are done; --resume records this again
+            exc.next_step(f"continue with: {self.resume_hint}")
+            raise
+        self.renderer.update(self.stats, force=True)
+        summary = _summary(self.pool, self.stats) if self.pool else {"drives": []}
+        summary.update(_skipped_summary(self.skipped))
+        if self.json_mode:
+            self.renderer.event("summary", **summary)
+            self.renderer.event("exit", code=code, message=message)
+            self.renderer.close()
+        else:
+            self.renderer.close()
+            _print_summary(summary, self.stats)
+        for j in self.journals:
+            j.close()
+
+
+async def run(args: argparse.Namespace) -> Outcome:
+    """`pipeline prep`, and diskprep's prep (see ``parse_args``)."""
+    drives.check_session_id(args.session_id)
+    if args.abort:
+        return _abort(args)
+    journals = _open_session(args)
     cfg = _config(args, journals)
     if not cfg.drives and not args.resume:
         raise BadInput("give at least one --drive (block device or image file)")
@@ -268,114 +429,19 @@ def run(args: argparse.Namespace) -> int:
     renderer.start("prep", session_id=cfg.session_id, srcdir=str(cfg.srcdir),
                    files=stats.files_total if counted else None,
                    bytes=stats.bytes_total if counted else None, fill=cfg.fill)
-
-    skipped: list[tuple[str, str]] = []
-
-    def on_skip(path: str, reason: str) -> None:
-        skipped.append((path, reason))
-        renderer.event("warning", message=f"skipped {names.show(path)}: {reason}")
-
-    def on_full(writer: DriveWriter) -> None:
-        info = writer.journal.drive
-        stats.drives[f"drive {info.seq}"].state = "full"
-        renderer.event("drive_full", seq=info.seq, path=info.path)
-
-    changed: list[str] = []
-
-    def on_changed(path: str, message: str) -> None:
-        changed.append(path)
-        renderer.event("warning", message=message)
-
-    pool_box: list[DrivePool] = []
-
-    interrupts: list[str] = []
-
-    async def watch_sigint(stop: trio.CancelScope, everything: trio.CancelScope) -> None:
-        """borg's model: the first Ctrl-C finishes what is in flight, the second stops now."""
-        with trio.open_signal_receiver(signal.SIGINT) as signals:
-            async for _ in signals:
-                if not interrupts:
-                    interrupts.append("soft")
-                    stop.cancel()
-                    renderer.event("warning", message="interrupted: writing and committing "
-                                   "what was read; press Ctrl-C again to stop at once")
-                else:
-                    interrupts.append("hard")
-                    everything.cancel()
-
-    async def main() -> None:
-        session = Session(cfg.srcdir, cfg.dstdir, journals)
-        pool = DrivePool(cfg, journals, trio.CapacityLimiter(cfg.cpu_threads), stats)
-        pool_box.append(pool)
-        stop = trio.CancelScope()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(progress.ticker, stats, renderer)
-            nursery.start_soon(watch_sigint, stop, nursery.cancel_scope)
-            try:
-                async with trio.open_nursery() as work:
-                    if not counted:
-                        work.start_soon(count_totals, cfg, stats)
-                    await run_prep(cfg, session, pool, stats, on_skip, on_changed, on_full, stop)
-            finally:
-                nursery.cancel_scope.cancel()
-
-    code, message = 0, "done"
+    current = _Copy(cfg, journals, renderer, stats, counted, args.json)
+    code, message = EXIT_OK, "done"
     try:
-        trio.run(main)
+        await current.run()
     except* OutOfDrives:
-        code = OutOfDrives.exit_code
-        message = (f"every drive is full after {drives.human(stats.bytes_done)} of "
-                   f"{drives.human(stats.bytes_total)}; add drives, then: pipeline prep "
-                   f"--resume --journal-dir {jdir} --session-id {cfg.session_id} --drive NEW")
+        code, message = EXIT_OUT_OF_DRIVES, current.out_of_drives()
     except* PipelineError as group:
-        first = errors.worst(group)  # a writer's error arrives inside nested nursery groups
-        assert isinstance(first, PipelineError)
-        if isinstance(first, errors.NoSpace) and pool_box and pool_box[0].journals:
-            first.next_step(f"continue with: pipeline prep --resume --journal-dir {jdir} "
-                            f"--session-id {cfg.session_id}")
-        renderer.event("exit", code=first.exit_code, message=str(first))
-        renderer.close()
+        current.failed(group)
         raise
-    resume_hint = (f"pipeline prep --resume --journal-dir {jdir} --session-id "
-                   f"{cfg.session_id}")
-    if interrupts:  # decides the exit code, even over a drive that filled meanwhile
-        code = EXIT_INTERRUPTED
-        message = (f"interrupted after {drives.human(stats.bytes_done)} of "
-                   f"{drives.human(stats.bytes_total)}"
-                   + ("; what was read is committed" if interrupts == ["soft"] else "")
-                   + f"; continue with: {resume_hint}")
-    stale = [] if interrupts or not pool_box else _rewrite_stale_indexes(pool_box[0])
-    if not code and (changed or skipped or stale):
-        code = 1
-        notes = stale[:]
-        if changed:
-            notes.append(f"{len(changed)} file(s) changed while being read (first: "
-                         f"{changed[0]}); run the same command with --resume to write them "
-                         "again")
-        if skipped:
-            notes.append(f"{len(skipped)} staging entries skipped (named above; recorded in "
-                         "the journals)")
-        message = "; ".join(notes)
-    try:
-        for j in journals:
-            j.set_skipped(skipped)
-    except errors.NoSpace as exc:  # the drives are done; --resume records this again
-        exc.next_step(f"continue with: {resume_hint}")
-        raise
-    renderer.update(stats, force=True)
-    summary = _summary(pool_box[0], stats) if pool_box else {"drives": []}
-    summary.update(_skipped_summary(skipped))
-    if args.json:
-        renderer.event("summary", **summary)
-        renderer.event("exit", code=code, message=message)
-        renderer.close()
-    else:
-        renderer.close()
-        _print_summary(summary, stats)
-    for j in journals:
-        j.close()
-    if code == OutOfDrives.exit_code:
+    code, message = current.ending(code, message)
+    current.report(code, message)
+    if code == EXIT_OUT_OF_DRIVES:
         raise OutOfDrives(message)
-    if code:
-        print(f"pipeline prep: {message}", file=sys.stderr)
-    return code
+    if code == EXIT_INTERRUPTED:
+        raise Interrupted(message)
+    return Outcome(code, message if code else "")

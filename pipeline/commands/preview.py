@@ -16,10 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import codec, drives, format, luks2, names, scan
-from pipeline.errors import BadInput
+from pipeline.errors import EXIT_OK, EXIT_WARNING, BadInput, Outcome
 from pipeline.stages import read
 
 PER_FILE_OVERHEAD = 2 * (format.EXTENT_RECORD_SIZE + 64)  # records in a segment and the index
+
+
+EXITS = (EXIT_WARNING,)  # exit codes beyond errors.EVERY_COMMAND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -98,16 +101,16 @@ def estimate(srcdir: Path, drive_size: int, level: int, sample: int,
                     skipped=skipped)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Outcome:
     if not 1 <= args.level <= 22:
         raise BadInput(f"--level {args.level} is out of range; zstd levels are 1 to 22")
     vdir = names.vdir_of(names.check_dstdir(args.dstdir)) if args.dstdir else ""
     est = estimate(Path(args.srcdir), drives.parse_size(args.drive_size), args.level,
                    drives.parse_size(args.sample), vdir)
-    code = 1 if est.skipped else 0  # done with warnings: prep would skip these
+    done = Outcome(EXIT_WARNING if est.skipped else EXIT_OK)  # warnings: prep would skip these
     if args.json:
         print(json.dumps(asdict(est), indent=2))
-        return code
+        return done
     h = drives.human
     print(f"files           {est.files}")
     print(f"staging size    {h(est.bytes)} ({h(est.bytes - est.data_bytes)} in holes)")
@@ -119,4 +122,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped         {len(est.skipped)} (prep will not copy them)")
         for s in est.skipped:
             print(f"  {names.show(s['path'])}: {s['reason']}")
-    return code
+    return done

@@ -17,9 +17,11 @@ from pathlib import Path
 import xxhash
 
 from pipeline import codec, format, journal
-from pipeline.errors import BadInput, IntegrityError
+from pipeline.errors import EXIT_INTEGRITY, EXIT_STORAGE, BadInput, IntegrityError, Outcome
 from pipeline.storage import open_storage
 from pipeline.storage.base import Storage
+
+EXITS = (EXIT_INTEGRITY, EXIT_STORAGE)  # exit codes beyond errors.EVERY_COMMAND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -107,7 +109,7 @@ def resend(store: Storage, container: str, blob_type: format.BlobType, srcdir: P
     return sent
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Outcome:
     journals = journal.one_session(args.journal_dir, args.session_id)
     session = journals[0].session
     container = session.dstdir.split("/", 1)[0]
@@ -143,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         raise IntegrityError(f"{summary}; {len(failed)} still differ (first: {failed[0]})")
     _say(args.json, {"status": "summary", "checked": checked, "re_sent": resent})
-    return 0
+    return Outcome()
 
 
 def _say(as_json: bool, obj: dict) -> None:

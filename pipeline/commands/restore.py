@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import trio
@@ -12,10 +11,21 @@ import trio
 from pipeline import credentials, progress
 from pipeline.backup import format as fmt
 from pipeline.backup import locate, ui
-from pipeline.backup.errors import EXIT_CODES, PartialRestore
+from pipeline.backup.errors import PartialRestore
 from pipeline.backup.repo import Repository, SnapshotRef, find_snapshot
 from pipeline.backup.restore import check_target, run_restore
-from pipeline.errors import BadInput, leaves
+from pipeline.errors import (
+    EXIT_INTEGRITY,
+    EXIT_NO_SEED,
+    EXIT_NO_SPACE,
+    EXIT_OK,
+    EXIT_STORAGE,
+    BadInput,
+    Outcome,
+)
+
+# Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
+EXITS = (EXIT_INTEGRITY, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and checked.  A damaged or missing chunk fails only the files holding it: every "
         "other file is restored, those are named, and the exit code is 4.  If a restore "
         "stops (full disk, Ctrl-C, kill), --target stays marked unfinished and the same "
-        "command run again writes it afresh.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "command run again writes it afresh.")
     p.add_argument("--from", dest="source", required=True, metavar="STORAGE",
                    help="storage account (with --container), or a repository directory "
                    "such as STAGING/repo")
@@ -43,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> Outcome:
     target = check_target(Path(args.target))
     threads = args.threads or os.cpu_count() or 2
     if threads < 1:
@@ -77,14 +86,7 @@ async def run(args: argparse.Namespace) -> int:
                            failed=[f.path for f in exc.failed])
             raise
 
-    try:
-        manifest = await ui.with_progress(renderer, stats, go)
-    except* PartialRestore as group:      # one line per file, path first; cli adds the total
-        if not args.json:
-            for exc in leaves(group):
-                for f in getattr(exc, "failed", ()):
-                    print(f"pipeline restore: {f.line()}", file=sys.stderr)
-        raise
+    manifest = await ui.with_progress(renderer, stats, go)  # cli names the files not restored
     message = f"restored snapshot {ref.hex} ({manifest.files} files) into {target}"
     summary = {"snapshot": ref.hex, "time": manifest.time, "source": manifest.source,
                "files": manifest.files, "bytes": manifest.bytes, "target": str(target)}
@@ -92,7 +94,5 @@ async def run(args: argparse.Namespace) -> int:
              f"({progress.format_size(stats.zero_bytes)} of it zeros, left as holes), "
              f"{progress.format_duration(stats.elapsed())} wall, "
              f"{progress.format_rate(stats.rate())}"]
-    ui.finish(renderer, stats, args.json, summary, 0, message, lines)
-    if not args.json:
-        print(f"pipeline restore: {message}", file=sys.stderr)
-    return 0
+    ui.finish(renderer, stats, args.json, summary, EXIT_OK, message, lines)
+    return Outcome(EXIT_OK, "" if args.json else message)  # --json: in the `exit` event

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import trio
 
-from pipeline.errors import BadInput, worst
+from pipeline.errors import EXIT_NO_SPACE, BadInput, Outcome, worst
 from pipeline.jobs import auth, rules
 from pipeline.jobs.catalog import Catalog
 from pipeline.jobs.portal import tokens
+
+EXITS = (EXIT_NO_SPACE,)  # exit codes beyond errors.EVERY_COMMAND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -93,7 +95,7 @@ def _check_tls(cert: str | None, key: str | None) -> None:
                        "PEM certificate and its private key") from None
 
 
-async def run_serve(args: argparse.Namespace) -> int:
+async def run_serve(args: argparse.Namespace) -> Outcome:
     if not args.data:
         raise BadInput("--data DIR is required: where the service keeps its catalog")
     if not 0 <= args.port <= 65535:
@@ -108,7 +110,7 @@ async def run_serve(args: argparse.Namespace) -> int:
     stop = trio.Event()
 
     async def watch_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 print(f"pipeline service: {signal.Signals(signum).name}, stopping",
                       file=sys.stderr, flush=True)
@@ -131,10 +133,10 @@ async def run_serve(args: argparse.Namespace) -> int:
     finally:
         catalog.close()
     print("pipeline service: stopped", file=sys.stderr, flush=True)
-    return 0
+    return Outcome()
 
 
-def run_subscription_add(args: argparse.Namespace) -> int:
+def run_subscription_add(args: argparse.Namespace) -> Outcome:
     name = rules.check_subscription_name(args.name)
     if not args.url.startswith(("http://", "https://")):
         raise BadInput(f"--url {args.url} must start with https:// (or http://)")
@@ -147,17 +149,17 @@ def run_subscription_add(args: argparse.Namespace) -> int:
     print(f"subscription {name}: {sub.id}")
     print(f"publish settings: {out} (mode 0600; holds the subscription's key: give it only to "
           "its owner)", file=sys.stderr)
-    return 0
+    return Outcome()
 
 
-def run_subscription_list(args: argparse.Namespace) -> int:
+def run_subscription_list(args: argparse.Namespace) -> Outcome:
     with Catalog.open(args.data) as catalog:
         for sub in catalog.subscriptions():
             print(f"{sub.id}  {sub.created}  {sub.name}")
-    return 0
+    return Outcome()
 
 
-def run_site_token(args: argparse.Namespace) -> int:
+def run_site_token(args: argparse.Namespace) -> Outcome:
     if not 0 < args.hours <= tokens.MAX_SITE_HOURS:
         raise BadInput(f"--hours {args.hours:g} is out of range; give more than 0 and at most "
                        f"{tokens.MAX_SITE_HOURS}")
@@ -169,4 +171,4 @@ def run_site_token(args: argparse.Namespace) -> int:
     print(f"site token: valid {args.hours:g} h; it shows every subscription's jobs (no recovery "
           "passwords): give it only to the receiving site"
           + ("; earlier site tokens are revoked" if args.rotate else ""), file=sys.stderr)
-    return 0
+    return Outcome()

@@ -8,16 +8,18 @@ from typing import Any
 
 from pipeline import credentials
 from pipeline.backup import locate
-from pipeline.backup.errors import EXIT_CODES, NoRepository
+from pipeline.backup.errors import NoRepository
 from pipeline.backup.repo import Repository, exists, list_snapshots
+from pipeline.errors import EXIT_INTEGRITY, EXIT_NO_SEED, EXIT_STORAGE, Outcome
+
+EXITS = (EXIT_INTEGRITY, EXIT_STORAGE, EXIT_NO_SEED)  # exit codes beyond errors.EVERY_COMMAND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "snapshots", help="list a backup repository's snapshots, oldest first",
         description="List the snapshots, oldest first.  Ids and times need no key; with "
-        "--passphrase-file each also shows its source, host, file count and bytes.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "--passphrase-file each also shows its source, host, file count and bytes.")
     p.add_argument("--from", dest="source", required=True, metavar="STORAGE",
                    help="storage account (with --container), or a repository directory")
     p.add_argument("--container", metavar="C", help="container holding the repository")
@@ -48,18 +50,18 @@ def rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             for r in refs]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Outcome:
     found = rows(args)
     if args.json:
         print(json.dumps(found, indent=2))
-        return 0
+        return Outcome()
     if not found:
         print("no snapshots")
-        return 0
+        return Outcome()
     print(f"{'id':<16}  {'time':<32}  {'files':>8}  {'bytes':>14}  source")
     for r in found:
         files = "-" if r["files"] is None else str(r["files"])
         size = "-" if r["bytes"] is None else str(r["bytes"])
         print(f"{r['id'][:16]:<16}  {r['time']:<32}  {files:>8}  {size:>14}  "
               f"{r['source'] or '-'}")
-    return 0
+    return Outcome()

@@ -11,7 +11,9 @@ from pathlib import Path
 import trio
 
 from pipeline import codec, driveread, drives, format, journal
-from pipeline.errors import BadInput, IntegrityError
+from pipeline.errors import EXIT_INTEGRITY, BadInput, IntegrityError, Outcome
+
+EXITS = (EXIT_INTEGRITY,)  # exit codes beyond errors.EVERY_COMMAND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -116,22 +118,19 @@ def verify_drive(jrn: journal.Journal, path: str) -> DriveReport:
     return report
 
 
-def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> Outcome:
     journals = journal.one_session(args.journal_dir, args.session_id)
     targets = _match_drives(journals, args.drive)
 
-    async def main() -> list[DriveReport]:
-        reports: list[DriveReport] = []
+    reports: list[DriveReport] = []
 
-        async def one(j: journal.Journal, path: str) -> None:
-            reports.append(await trio.to_thread.run_sync(verify_drive, j, path))
+    async def one(j: journal.Journal, path: str) -> None:
+        reports.append(await trio.to_thread.run_sync(verify_drive, j, path))
 
-        async with trio.open_nursery() as nursery:
-            for j, path in targets:
-                nursery.start_soon(one, j, path)
-        return sorted(reports, key=lambda r: r.seq)
-
-    reports = trio.run(main)
+    async with trio.open_nursery() as nursery:  # every drive at once, each in its thread
+        for j, path in targets:
+            nursery.start_soon(one, j, path)
+    reports.sort(key=lambda r: r.seq)
     for j in journals:
         j.close()
     if args.json:
@@ -159,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                              f"{bad[0].problems[0]}")
     print(f"verified {len(reports)} drive(s): every extent matches its journal",
           file=sys.stderr)
-    return 0
+    return Outcome()
 
 
 def _match_drives(journals: list[journal.Journal], given: list[str]
