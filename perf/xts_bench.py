@@ -1,4 +1,4 @@
-"""Throughput of pipeline.xts against plain cryptography, on 16 MiB of 4096-byte sectors.
+"""Throughput of pipeline.volume.xts against plain cryptography, on 16 MiB of 4096-byte sectors.
 
 Run ``python perf/xts_bench.py`` from the repository root.  It prints MB/s (10**6 bytes/s)
 for: our ``encrypt``/``decrypt``; the naive loop that builds one cryptography XTS context
@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import xts  # noqa: E402
+from pipeline.volume import xts  # noqa: E402
 
 RUN = 16 << 20
 SECTOR = 4096
@@ -84,11 +84,11 @@ def main() -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"16 MiB of {SECTOR}-byte sectors, AES-256-XTS (64-byte key); {cpus} CPUs usable")
     same = ours(key, data, FIRST_IV) == naive(key, data, FIRST_IV)
-    print(f"pipeline.xts output identical to the per-sector loop: {same}")
+    print(f"pipeline.volume.xts output identical to the per-sector loop: {same}")
 
     rows = [
-        ("pipeline.xts.encrypt", lambda: ours(key, data, FIRST_IV), 15),
-        ("pipeline.xts.decrypt", lambda: ours_decrypt(key, data, FIRST_IV), 15),
+        ("pipeline.volume.xts.encrypt", lambda: ours(key, data, FIRST_IV), 15),
+        ("pipeline.volume.xts.decrypt", lambda: ours_decrypt(key, data, FIRST_IV), 15),
         ("naive loop, one XTS context per sector", lambda: naive(key, data, FIRST_IV), 3),
         ("one cryptography XTS call (upper bound)", lambda: single_call(key, data, 0), 15),
     ]
@@ -98,7 +98,8 @@ def main() -> None:
 
     print("aggregate over 8 runs of 16 MiB, 1 vs 2 threads:")
     runs = [os.urandom(RUN) for _ in range(2)] * 4
-    for name, fn in [("pipeline.xts.encrypt", ours), ("one cryptography XTS call", single_call)]:
+    for name, fn in [("pipeline.volume.xts.encrypt", ours),
+                     ("one cryptography XTS call", single_call)]:
         for threads in (1, 2):
             with ThreadPoolExecutor(threads) as pool:
                 best, median = rate(threaded(pool, fn, key, runs), RUN * len(runs), 5)

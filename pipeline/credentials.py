@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import luks2
 from pipeline.errors import BadInput, NoSpace, is_no_space
+from pipeline.volume import luks2
 
 MAX_KEY_FILE = 8 * 1024 * 1024  # cryptsetup's default key-file size limit
 

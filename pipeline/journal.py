@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
 
-from pipeline import atomic, format
+from pipeline import atomic
 from pipeline.errors import BadInput, NoSpace, is_no_space
+from pipeline.layout import format
 
 SCHEMA_VERSION = 2  # 2: each record's encoded bytes (rec), from which the index is built
 SUFFIX = ".journal"
@@ -51,7 +52,7 @@ CREATE TABLE segments (
 
 _ROWS_PER_STATEMENT = 64
 
-Committed = tuple[format.SegmentHeader, list[format.Record], list[bytes]]
+SyncedSegment = tuple[format.SegmentHeader, list[format.Record], list[bytes]]
 """A synced DATA segment for ``Journal.commit``: header, records, each record's encoding."""
 
 
@@ -328,7 +329,7 @@ class Journal:
         self._db.execute("UPDATE meta SET value=? WHERE key='drive'",
                          (json.dumps(asdict(self.drive)),))
 
-    def commit(self, segments: Iterable[Committed], log_offset: int, log_seq: int) -> None:
+    def commit(self, segments: Iterable[SyncedSegment], log_offset: int, log_seq: int) -> None:
         """Record synced DATA segments and move the watermark, atomically.
 
         Each segment comes with its records and their encodings, as
@@ -337,7 +338,7 @@ class Journal:
         with self._transaction() as db:
             self._commit(db, segments, log_offset, log_seq)
 
-    def _commit(self, db: sqlite3.Connection, segments: Iterable[Committed], log_offset: int,
+    def _commit(self, db: sqlite3.Connection, segments: Iterable[SyncedSegment], log_offset: int,
                 log_seq: int) -> None:
         payload = 0
         seg_rows, file_rows, ext_rows = [], [], []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import luks2
+from pipeline.volume import luks2
 
 ROOT = Path(__file__).resolve().parent.parent
 

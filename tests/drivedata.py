@@ -7,7 +7,8 @@ import os
 import random
 from pathlib import Path
 
-from pipeline import codec, driveread, format
+from pipeline.layout import codec, format
+from pipeline.receive import driveread
 
 
 def make_tree(root: Path, *, small_files: int = 20_000, seed: int = 1,
@@ -61,7 +62,7 @@ def restore(drives: list[tuple[str, str]]) -> dict[str, bytes]:
     entries: dict[str, format.FileEntry] = {}
     extents: dict[int, list[tuple[format.Extent, bytes]]] = {}
     for path, password in drives:
-        with driveread.open_drive(path, password.encode()) as od:
+        with driveread.unlock_drive(path, password.encode()) as od:
             _, index = driveread.read_index(od)
             for f in index.files:
                 if f.path not in entries or entries[f.path].file_id < f.file_id:

@@ -4,7 +4,7 @@ as a user would, read what they left behind, and craft drives byte by byte.
 Everything here reads drives on its own (LUKS2 header, keyslot, data area, segments)
 through the sans-I/O layer, never through the importer, so the expectations of the
 tests do not come from the code under test.  The raw encoders follow docs/FORMAT.md
-field by field: they write what ``pipeline.format``'s encoders refuse to (a NUL in a
+field by field: they write what ``pipeline.layout.format``'s encoders refuse to (a NUL in a
 name, an extent outside the drive), with valid checksums, so that only the hostile
 field is wrong.
 """
@@ -27,7 +27,9 @@ from pathlib import Path
 
 import xxhash
 
-from pipeline import drives, format, journal, luks2
+from pipeline import journal
+from pipeline.layout import format
+from pipeline.volume import drives, luks2
 
 from .conftest import ROOT
 

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import progress
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.backend import DirBackend
 from pipeline.backup.errors import CorruptRepository, PartialRestore
 from pipeline.backup.repo import Repository, find_snapshot

@@ -1,4 +1,4 @@
-"""The backup repository's byte layout and crypto, without files (pipeline.backup.format/crypto)."""
+"""The backup repository's byte layout and crypto, without files (backup.encoding, crypto)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.backup import crypto
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository
 from tests.conftest import FAST_ARGON
 

@@ -22,7 +22,7 @@ import trio
 
 from pipeline import progress
 from pipeline.backup import archive
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.backend import Backend, DirBackend, StorageBackend
 from pipeline.backup.errors import NoRepository, PartialRestore, WrongPassphrase
 from pipeline.backup.repo import Repository, find_snapshot

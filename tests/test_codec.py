@@ -1,4 +1,4 @@
-"""Tests for pipeline.codec: round trips, codec choice, known answers, damage, threads."""
+"""Tests for pipeline.layout.codec: round trips, codec choice, known answers, damage, threads."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import codec
-from pipeline.codec import Packed, is_zero, pack, unpack, zero
 from pipeline.errors import EXIT_INTEGRITY
-from pipeline.format import Codec, CorruptRecord, Extent
+from pipeline.layout import codec
+from pipeline.layout.codec import Packed, is_zero, pack, unpack, zero
+from pipeline.layout.format import Codec, CorruptRecord, Extent
 
 from .conftest import require_tool
 

@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import faults, journal, luks2
+from pipeline import faults, journal
+from pipeline.volume import luks2
 
 from .conftest import FAST_KDF_ARGS, ROOT
 from .drivedata import make_tree, read_tree, restore

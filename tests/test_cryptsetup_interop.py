@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import drives, luks2
+from pipeline.volume import drives, luks2
 
 from .conftest import FAST_ARGON, FAST_KDF_ARGS, FAST_PBKDF2, require_tool, run_cli
 

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import codec, credentials, driveread, format, journal
+from pipeline import credentials, journal
 from pipeline.errors import EXIT_NO_SPACE, EXIT_STORAGE, NoSpace
+from pipeline.layout import codec, format
+from pipeline.receive import driveread
 
 from .conftest import FAST_KDF_ARGS, ROOT, run_cli
 from .diskfull import fill, grow, small_tmpfs
@@ -68,7 +70,7 @@ def check_committed(jdir: Path) -> dict[str, int]:
     for j in journal.session_journals(jdir):
         info = j.drive
         assert all(off + length <= info.log_offset for _, off, length in j.segments())
-        with driveread.open_drive(info.path, j.recovery_password.encode()) as od:
+        with driveread.unlock_drive(info.path, j.recovery_password.encode()) as od:
             for e in j.extents(include_superseded=True):
                 if e.codec is format.Codec.ZERO:
                     continue
@@ -283,7 +285,7 @@ def test_every_journal_write_on_a_full_filesystem_changes_nothing(tmp_path: Path
     session = journal.SessionInfo("s", "/src", "c/v/", 1, 1, "sequential")
     drive = journal.DriveInfo(1, "/dev/null", "u", 1 << 30, 1 << 30, state="open")
 
-    def segment(first: int, seq: int, offset: int) -> tuple[list[journal.Committed], int, int]:
+    def segment(first: int, seq: int, offset: int) -> tuple[list[journal.SyncedSegment], int, int]:
         files = [format.FileEntry(i, f"f{i}" + "x" * 200, f"v/f{i}", 10, i, 0o100644)
                  for i in range(first, first + 500)]
         exts = [(format.Extent(f.file_id, 0, 10, format.Codec.RAW, 10, bytes(16), 0),

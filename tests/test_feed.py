@@ -16,11 +16,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import codec, format, scan
 from pipeline.errors import BadInput
+from pipeline.layout import codec, format
 from pipeline.progress import Stats
-from pipeline.session import Committed, FileJob, Planner, Session
-from pipeline.stages import feed, feedwire, read, source
+from pipeline.stages import feed, feedwire, read, scan, source
 from pipeline.stages.feedwire import (
     AlreadyCommitted,
     Changed,
@@ -33,6 +32,7 @@ from pipeline.stages.feedwire import (
     Supersede,
 )
 from pipeline.stages.pack import Bundle
+from pipeline.stages.session import Committed, FileJob, Planner, Session
 
 MiB = 1 << 20
 

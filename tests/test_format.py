@@ -1,4 +1,4 @@
-"""Tests for pipeline.format: round trips, h11-style incremental decoding, damage, fuzz.
+"""Tests for pipeline.layout.format: round trips, h11-style incremental decoding, damage, fuzz.
 
 Every decoder must return what the encoder was given, whatever way the bytes
 arrive, and must answer anything else with CorruptRecord and nothing else.
@@ -19,10 +19,10 @@ import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline import format as fmt
 from pipeline import names
 from pipeline.errors import EXIT_INTEGRITY, BadInput, IntegrityError
-from pipeline.format import (
+from pipeline.layout import format as fmt
+from pipeline.layout.format import (
     END,
     EXTENT_RECORD_SIZE,
     HEADER_SIZE,

@@ -28,7 +28,8 @@ import signal
 import time
 from pathlib import Path
 
-from pipeline import faults, format
+from pipeline import faults
+from pipeline.layout import format
 
 from . import hostile as h
 from .conftest import FAST_KDF_ARGS

@@ -43,7 +43,8 @@ from typing import Any
 
 import pytest
 
-from pipeline import format, luks2
+from pipeline.layout import format
+from pipeline.volume import luks2
 
 from . import hostile as h
 from .conftest import FAST_KDF_ARGS

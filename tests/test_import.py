@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import drives, importer, journal, luks2
+from pipeline import journal
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_REFUSED
+from pipeline.receive import importer
+from pipeline.volume import drives, luks2
 
 from .conftest import FAST_ARGON, FAST_KDF_ARGS, run_cli
 from .drivedata import make_tree, read_tree

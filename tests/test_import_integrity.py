@@ -15,10 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import journal, luks2
+from pipeline import journal
 from pipeline.errors import EXIT_INCOMPLETE, EXIT_INTEGRITY, EXIT_REFUSED
-from pipeline.format import BlobType
+from pipeline.layout.format import BlobType
 from pipeline.storage.local import LocalStorage
+from pipeline.volume import luks2
 
 from .conftest import FAST_KDF_ARGS, ROOT, run_cli
 from .test_import import copy_log, local_blobs, prep
@@ -252,11 +253,12 @@ def test_importer_state_is_kept_out_of_the_customers_container(tmp_path: Path) -
 
 def _segments_from_watermark(drive: Path, jdir: Path) -> int:
     """How many segments a log scan would read past the journal's watermark."""
-    from pipeline import driveread, format
+    from pipeline.layout import format
+    from pipeline.receive import driveread
 
     (j,) = journal.session_journals(jdir)
     try:
-        od = driveread.open_drive(str(drive), j.recovery_password.encode())
+        od = driveread.unlock_drive(str(drive), j.recovery_password.encode())
         offset, seq, n = j.drive.log_offset, j.drive.log_seq, 0
     finally:
         j.close()

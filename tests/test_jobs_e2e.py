@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import journal, luks2
+from pipeline import journal
 from pipeline.errors import EXIT_INTEGRITY
+from pipeline.volume import luks2
 from tests import jobservice
 
 from .conftest import FAST_KDF_ARGS, run_cli

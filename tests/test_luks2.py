@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import luks2
 from pipeline.errors import EXIT_BAD_INPUT, InvalidRecoveryPassword
+from pipeline.volume import luks2
 
 from .conftest import FAST_ARGON, FAST_PBKDF2
 

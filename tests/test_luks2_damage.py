@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import drives, luks2
 from pipeline.errors import EXIT_INTEGRITY, IntegrityError
+from pipeline.volume import drives, luks2
 
 from .conftest import FAST_ARGON, FAST_KDF_ARGS, FAST_PBKDF2, require_tool, run_cli
 

@@ -16,10 +16,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline import format, importer, journal, names
+from pipeline import journal, names
 from pipeline.errors import BadInput
 from pipeline.jobs import rules
 from pipeline.jobs.errors import BadRequest
+from pipeline.layout import format
+from pipeline.receive import importer
 from pipeline.storage import base, local
 
 from .conftest import FAST_KDF_ARGS, run_cli
@@ -88,7 +90,7 @@ def test_backends_use_the_one_rule() -> None:
     assert base.check_blob_name is names.check_blob_name
     assert local.check_blob_name is names.check_blob_name
     assert base.InvalidName is names.InvalidName
-    from pipeline import drives
+    from pipeline.volume import drives
 
     assert drives.check_dstdir is names.check_dstdir
 

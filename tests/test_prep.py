@@ -282,7 +282,9 @@ def test_a_refused_drive_stops_prep_before_any_format(tmp_path: Path) -> None:
 def test_journal_export_drive_list(tmp_path: Path) -> None:
     import hashlib
 
-    from pipeline import driveread, format, luks2
+    from pipeline.layout import format
+    from pipeline.receive import driveread
+    from pipeline.volume import luks2
 
     src = tmp_path / "src"
     make_tree(src, small_files=20, random_mb=1, sparse_mb=2)
@@ -297,7 +299,7 @@ def test_journal_export_drive_list(tmp_path: Path) -> None:
     j.close()
     with open(drive, "rb") as f:
         assert entry["driveHeaderHash"] == hashlib.sha256(f.read(luks2.HDR_SIZE)).hexdigest()
-    with driveread.open_drive(str(drive), entry["bitLockerKey"].encode()) as od:
+    with driveread.unlock_drive(str(drive), entry["bitLockerKey"].encode()) as od:
         tr = format.decode_trailer(od.cipher.read(
             od.drive, format.trailer_offset(od.superblock.data_area_size), format.SECTOR))
         index = od.cipher.read(od.drive, tr.index_offset, tr.index_length)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import format
 from pipeline.errors import EXIT_BAD_INPUT, BadInput
+from pipeline.layout import format
 from pipeline.stages import read
 from pipeline.stages.read import (
     FileChanged,

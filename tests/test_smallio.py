@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import codec, format, smallio
 from pipeline.errors import BadInput
-from pipeline.session import FileJob
-from pipeline.stages import read
+from pipeline.layout import codec, format
+from pipeline.stages import read, smallio
+from pipeline.stages.session import FileJob
 
 
 def test_available_on_linux_glibc() -> None:

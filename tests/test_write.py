@@ -19,11 +19,13 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import drives, format, journal, luks2
+from pipeline import journal
+from pipeline.layout import format
 from pipeline.progress import Stats
-from pipeline.session import Session
 from pipeline.stages import write
 from pipeline.stages.run import DrivePool, PrepConfig, run_prep
+from pipeline.stages.session import Session
+from pipeline.volume import drives, luks2
 
 from .conftest import FAST_ARGON
 from .drivedata import read_tree, restore
@@ -91,7 +93,7 @@ class SlowDevice:
 def test_can_take_any_fast_path_agrees(capacity: int, offset: int, seg_records: int,
                                        seg_payload: int, index_records: int, near: int) -> None:
     """The shortcut never says yes where the exact sum says no (or the other way round)."""
-    st_ = write.DriveState(capacity=capacity, offset=offset, seq=0, index_records=index_records,
+    st_ = write.LogSpace(capacity=capacity, offset=offset, seq=0, index_records=index_records,
                            seg_records=seg_records, seg_payload=seg_payload)
     exact = st_._end_with(write._MAX_RECORDS, format.CELL)
     for cap in (capacity, exact + near, exact, exact - 1):

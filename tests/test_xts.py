@@ -1,4 +1,4 @@
-"""AES-XTS with dm-crypt plain64 IVs (pipeline.xts).
+"""AES-XTS with dm-crypt plain64 IVs (pipeline.volume.xts).
 
 Checked against published known answers (IEEE 1619), against two independent
 implementations (Node's OpenSSL-backed crypto, and cryptography one unit at a time), and
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import xts
+from pipeline.volume import xts
 
 MASK64 = (1 << 64) - 1
 XtsFunc = Callable[..., bytes]
@@ -37,9 +37,9 @@ def masks(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def test_compiled_masks_are_built() -> None:
-    """setup.py builds pipeline._xtsmask wherever gcc and Python's headers are (CI has
+    """setup.py builds pipeline.volume._xtsmask wherever gcc and Python's headers are (CI has
     both); without it prep still works, three times slower at encrypting, so say so here."""
-    assert NATIVE is not None, "pipeline._xtsmask was not built: pip install -e . with gcc"
+    assert NATIVE is not None, "pipeline.volume._xtsmask was not built: pip install -e . with gcc"
 
 
 @pytest.mark.parametrize(("src", "dst", "first", "blocks"), [
@@ -51,7 +51,7 @@ def test_compiled_masks_are_built() -> None:
 def test_compiled_masks_check_their_buffers(src: int, dst: int, first: int,
                                             blocks: int) -> None:
     if NATIVE is None:
-        pytest.fail("pipeline._xtsmask was not built")
+        pytest.fail("pipeline.volume._xtsmask was not built")
     with pytest.raises(ValueError, match="do not fit"):
         NATIVE.xor_tweaks(bytes(src), bytearray(dst), bytes(first), blocks)
 
@@ -60,14 +60,15 @@ def test_compiled_masks_check_their_buffers(src: int, dst: int, first: int,
 @given(iv=st.integers(0, MASK64), step=st.integers(0, MASK64), count=st.integers(0, 40))
 def test_compiled_plain64_ivs(iv: int, step: int, count: int) -> None:
     if NATIVE is None:
-        pytest.fail("pipeline._xtsmask was not built")
+        pytest.fail("pipeline.volume._xtsmask was not built")
     assert NATIVE.plain64(iv, step, count) == b"".join(
         ((iv + k * step) & MASK64).to_bytes(8, "little") + bytes(8) for k in range(count))
 
 
 def test_xts_does_not_import_numpy_when_compiled() -> None:
     """numpy costs every command ~0.2 s of start-up and ~11 MiB: only the fallback uses it."""
-    code = ("import sys; from pipeline import xts; xts.encrypt(bytes(range(64)), bytes(8192), 0); "
+    code = ("import sys; from pipeline.volume import xts; "
+            "xts.encrypt(bytes(range(64)), bytes(8192), 0); "
             "print(xts._native is not None, 'numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
@@ -76,7 +77,7 @@ def test_xts_does_not_import_numpy_when_compiled() -> None:
 
 def test_compiled_masks_in_place_and_read_only_refused() -> None:
     if NATIVE is None:
-        pytest.fail("pipeline._xtsmask was not built")
+        pytest.fail("pipeline.volume._xtsmask was not built")
     buf = bytearray(range(64))
     first = bytes(16)
     NATIVE.xor_tweaks(buf, buf, first, 4)  # a zero tweak stays zero: nothing changes

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import trio
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.repo import Pack, Repository, SnapshotRef, hostname
 from pipeline.backup.stages import pack, seal, walk
 from pipeline.backup.stages.messages import Chunk, NodeBatch, ReadBatch, SealedChunk

@@ -24,9 +24,10 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pipeline import codec, luks2
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository
+from pipeline.layout import codec
+from pipeline.volume import luks2
 
 KEY_AAD = b"pipeline-backup key v1 "
 PACK_HEADER_AAD = b"PLBK pack header"

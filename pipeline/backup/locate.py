@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup import offline
 from pipeline.backup.backend import Backend, DirBackend, StorageBackend
 from pipeline.errors import BadInput

@@ -32,9 +32,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import atomic, codec
+from pipeline import atomic
 from pipeline.backup.walk import walk
 from pipeline.errors import EXIT_NO_SEED, BadInput, NoSpace, PipelineError, is_no_space
+from pipeline.layout import codec
 from pipeline.stages.read import data_ranges
 
 STAGING_FILE = "pipeline-offline.json"

@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pipeline import luks2
 from pipeline.backup import crypto
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.backend import Backend
 from pipeline.backup.errors import CorruptRepository, NoRepository, WrongPassphrase
 from pipeline.errors import BadInput
+from pipeline.volume import luks2
 
 INDEX_EVERY = 8192              # entries per index file: ~400 KiB for ~8 GiB of data
 FETCHERS = 8                    # index/snapshot files fetched at once when opening

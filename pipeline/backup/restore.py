@@ -35,7 +35,7 @@ from pathlib import Path
 
 import trio
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import PartialRestore
 from pipeline.backup.repo import Repository, SnapshotRef
 from pipeline.backup.stages import fetch, layout

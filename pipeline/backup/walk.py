@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pyfastcdc
 
-from pipeline import codec
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.errors import BadInput
+from pipeline.layout import codec
 from pipeline.stages.read import data_ranges
 
 Warn = Callable[[str], None]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import credentials, luks2
+from pipeline import credentials
 from pipeline.errors import BadInput
+from pipeline.volume import luks2
 
 
 def add_unlock_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

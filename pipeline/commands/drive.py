@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import credentials, drives, luks2, names
+from pipeline import credentials, names
 from pipeline.commands import _options
 from pipeline.errors import EXIT_INTEGRITY, EXIT_NO_SPACE, EXIT_REFUSED, IntegrityError, Outcome
+from pipeline.volume import drives, luks2
 
 EXITS = (EXIT_INTEGRITY, EXIT_REFUSED, EXIT_NO_SPACE)  # exit codes beyond errors.EVERY_COMMAND
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from pipeline import credentials, driveread, drives, importer, journal, service_import
+from pipeline import credentials, journal
 from pipeline.commands import _options
 from pipeline.errors import (
     EXIT_INCOMPLETE,
@@ -27,7 +27,9 @@ from pipeline.errors import (
     Refused,
     worst,
 )
+from pipeline.receive import driveread, importer, service_import
 from pipeline.storage import open_storage
+from pipeline.volume import drives
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
 EXITS = (EXIT_INTEGRITY, EXIT_REFUSED, EXIT_STORAGE, EXIT_INCOMPLETE, EXIT_NO_SPACE)
@@ -95,7 +97,7 @@ async def run(args: argparse.Namespace) -> Outcome:
     store = open_storage(args.to or os.environ.get("AZURE_STORAGE_CONNECTION_STRING"))
     store.check()
 
-    opened: list[tuple[driveread.OpenedDrive, importer.DrivePlan]] = []
+    opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     try:
         for path in args.drive:  # every drive unlocked and checked before anything is written
             jrn = _journal_for(journals, path) if journals else None
@@ -107,11 +109,11 @@ async def run(args: argparse.Namespace) -> Outcome:
                 assert secret is not None
                 key = secret
             if jrn is not None:  # the journal's key and records: damage is named, not fatal
-                od = driveread.open_drive(path, key.value, key.kind,
+                od = driveread.unlock_drive(path, key.value, key.kind,
                                           expected_uuid=jrn.drive.uuid,
                                           recorded=driveread.recorded_superblock(jrn))
             else:
-                od = driveread.open_drive(path, key.value, key.kind)
+                od = driveread.unlock_drive(path, key.value, key.kind)
             for warning in od.volume.warnings:  # a damaged header copy, read past
                 print(f"pipeline import: warning: {path}: {warning}", file=sys.stderr)
             opened.append((od, importer.plan_drive(od, jrn)))
@@ -151,7 +153,7 @@ async def run(args: argparse.Namespace) -> Outcome:
     return Outcome()
 
 
-async def _import_one(od: driveread.OpenedDrive, plan: importer.DrivePlan, store,
+async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store,
                       log_dir: Path, as_json: bool, report: service_import.Reporter | None = None
                       ) -> tuple[int, importer.CopyLog]:
     sb = plan.superblock

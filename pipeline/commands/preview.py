@@ -15,9 +15,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline import codec, drives, format, luks2, names, scan
+from pipeline import names
 from pipeline.errors import EXIT_OK, EXIT_WARNING, BadInput, Outcome
-from pipeline.stages import read
+from pipeline.layout import codec, format
+from pipeline.stages import read, scan
+from pipeline.volume import drives, luks2
 
 PER_FILE_OVERHEAD = 2 * (format.EXTENT_RECORD_SIZE + 64)  # records in a segment and the index
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import xxhash
 
-from pipeline import codec, format, journal
+from pipeline import journal
 from pipeline.errors import EXIT_INTEGRITY, EXIT_STORAGE, BadInput, IntegrityError, Outcome
+from pipeline.layout import codec, format
 from pipeline.storage import open_storage
 from pipeline.storage.base import Storage
 

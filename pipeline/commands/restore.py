@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from pipeline import credentials, progress
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup import locate, ui
 from pipeline.backup.errors import PartialRestore
 from pipeline.backup.repo import Repository, SnapshotRef, find_snapshot

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import trio
 
-from pipeline import codec, driveread, drives, format, journal
+from pipeline import journal
 from pipeline.errors import EXIT_INTEGRITY, BadInput, IntegrityError, Outcome
+from pipeline.layout import codec, format
+from pipeline.receive import driveread
+from pipeline.volume import drives
 
 EXITS = (EXIT_INTEGRITY,)  # exit codes beyond errors.EVERY_COMMAND
 
@@ -62,7 +65,7 @@ def verify_drive(jrn: journal.Journal, path: str) -> DriveReport:
     def damage(file_id: int, reason: str) -> None:
         report.damaged.setdefault(names.get(file_id, f"file #{file_id}"), reason)
 
-    with driveread.open_drive(path, jrn.recovery_password.encode(), expected_uuid=info.uuid,
+    with driveread.unlock_drive(path, jrn.recovery_password.encode(), expected_uuid=info.uuid,
                               recorded=driveread.recorded_superblock(jrn)) as od:
         if od.superblock_damage:
             report.problems.append(od.superblock_damage)

@@ -1,6 +1,6 @@
 """The import service: job catalog, Azure-compatible REST API, and their rules.
 
-Never touches drives: the receiving side's link to a job (pipeline/service_import.py)
+Never touches drives: the receiving side's link to a job (pipeline/receive/service_import.py)
 lives outside.  Imports point one way, as in the rest of pipeline::
 
     service.py  ASGI app (Starlette) served by Hypercorn's trio worker; routes, auth, HTTP codes

@@ -58,7 +58,7 @@ from pipeline import atomic
 from pipeline.errors import BadInput, IntegrityError
 from pipeline.jobs import model, regions, rules
 from pipeline.jobs.errors import BadRequest, Conflict, NotFound, PreconditionFailed
-from pipeline.jobs.model import Drive, Job, JobRef
+from pipeline.jobs.model import Job, JobDrive, JobRef
 from pipeline.jobs.regions import Region
 from pipeline.jobs.rules import DriveState, JobState
 
@@ -516,13 +516,13 @@ class Catalog:
                 f"({', '.join('?' * len(rows))})", [r["subscription_id"] for r in rows])}
         else:
             groups = {(r["subscription_id"], r["rg_key"]): r["rg_name"] for r in rows}
-        drives: dict[int, list[Drive]] = {r["id"]: [] for r in rows}
+        drives: dict[int, list[JobDrive]] = {r["id"]: [] for r in rows}
         for d in conn.execute(f"SELECT * FROM drives WHERE job_id IN "
                               f"({', '.join('?' * len(rows))}) ORDER BY job_id, position",
                               [r["id"] for r in rows]):
             values = {c: d[c] for c in _DRIVE_COLUMNS}
             values["state"] = DriveState(values["state"])
-            drives[d["job_id"]].append(Drive(**values))
+            drives[d["job_id"]].append(JobDrive(**values))
         return [Job(ref=JobRef(r["subscription_id"], groups[(r["subscription_id"], r["rg_key"])],
                                r["name"]),
                     location=r["location"], details=json.loads(r["details"]),
@@ -539,8 +539,8 @@ class Catalog:
                       job.updated, json.dumps(job.tags), json.dumps(job.details), job_id))
         self._store_drives(conn, job_id, job.drives, keys, old.drives)
 
-    def _store_drives(self, conn: sqlite3.Connection, job_id: int, drives: Sequence[Drive],
-                      keys: dict[str, str], old: Sequence[Drive]) -> None:
+    def _store_drives(self, conn: sqlite3.Connection, job_id: int, drives: Sequence[JobDrive],
+                      keys: dict[str, str], old: Sequence[JobDrive]) -> None:
         known = {d.drive_id for d in old}
         gone = known - {d.drive_id for d in drives}
         for drive_id in gone:  # PUT over a Creating job may drop drives

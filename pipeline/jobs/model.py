@@ -74,7 +74,7 @@ class JobRef:
 
 
 @dataclass(frozen=True, slots=True)
-class Drive:
+class JobDrive:
     """One drive of a job, as ``DriveStatus`` minus its recovery password."""
 
     drive_id: str
@@ -108,7 +108,7 @@ class Job:
     ref: JobRef
     location: str
     details: Mapping[str, Any]
-    drives: tuple[Drive, ...]
+    drives: tuple[JobDrive, ...]
     state: JobState = JobState.CREATING
     cancel_requested: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -127,7 +127,7 @@ class Job:
                    if d.state != DriveState.NEVER_RECEIVED]
         return sum(counted) // len(counted) if counted else 0
 
-    def drive(self, drive_id: str) -> Drive | None:
+    def drive(self, drive_id: str) -> JobDrive | None:
         return next((d for d in self.drives if d.drive_id == drive_id), None)
 
     def to_resource(self) -> dict[str, Any]:
@@ -185,7 +185,7 @@ def parse_new_job(ref: JobRef, body: Any, regions: Mapping[str, Region]) -> tupl
         raise BadRequest("properties.driveList must be a list of drives "
                          "(`pipeline journal export` prints it)", "InvalidDriveList")
     rules.check_drive_count(len(entries))
-    drives: list[Drive] = []
+    drives: list[JobDrive] = []
     keys: Keys = {}
     for i, entry in enumerate(entries):
         drive, key = _new_drive(entry, f"properties.driveList[{i}]")
@@ -276,7 +276,7 @@ def _target_state(job: Job, props: Mapping[str, Any]) -> tuple[JobState, bool]:
     return JobState.CANCELED, True
 
 
-def _update_drives(job: Job, entries: Any) -> tuple[tuple[Drive, ...], Keys]:
+def _update_drives(job: Job, entries: Any) -> tuple[tuple[JobDrive, ...], Keys]:
     """Merge a PATCH's driveList into the job's drives, matched by driveId."""
     if entries is None:
         return job.drives, {}
@@ -319,7 +319,7 @@ def _update_drives(job: Job, entries: Any) -> tuple[tuple[Drive, ...], Keys]:
     return tuple(drives.values()), keys
 
 
-def _new_drive(entry: Any, where: str) -> tuple[Drive, str]:
+def _new_drive(entry: Any, where: str) -> tuple[JobDrive, str]:
     entry = _object(entry, where)
     _no_unknown(entry, {"driveId", "bitLockerKey", "state", *_DRIVE_IDENTITY}, where + ".",
                 ignored=set(_DRIVE_PROGRESS))
@@ -332,7 +332,7 @@ def _new_drive(entry: Any, where: str) -> tuple[Drive, str]:
         raise BadRequest(f"{where}.state: a new drive starts Specified; leave state out",
                          "InvalidDriveState")
     identity = _drive_identity(entry, where, partial=False)
-    return Drive(drive_id=drive_id, **identity), key
+    return JobDrive(drive_id=drive_id, **identity), key
 
 
 def _drive_identity(entry: Mapping[str, Any], where: str, *, partial: bool) -> dict[str, Any]:

@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import credentials, format, luks2
+from pipeline import credentials
+from pipeline.layout import format
 from pipeline.stages.write import SEGMENT_PAYLOAD
+from pipeline.volume import luks2
 
 __all__ = ["PrepConfig"]
 

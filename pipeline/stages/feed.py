@@ -27,10 +27,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from pipeline import codec, scan
 from pipeline.errors import BadInput
-from pipeline.session import FileJob
-from pipeline.stages import read
+from pipeline.layout import codec
+from pipeline.stages import read, scan
 from pipeline.stages.feedwire import (
     PIPE_SIZE,
     AlreadyCommitted,
@@ -46,6 +45,7 @@ from pipeline.stages.feedwire import (
     Supersede,
     encode_frame,
 )
+from pipeline.stages.session import FileJob
 
 __all__ = ["feed", "main"]
 

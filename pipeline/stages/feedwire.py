@@ -38,7 +38,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 
-from pipeline.session import FileJob, Planner
+from pipeline.stages.session import FileJob, Planner
 
 __all__ = ["AlreadyCommitted", "Changed", "End", "FrameReader", "InputError", "Large",
            "Message", "Plan", "Skipped", "Small", "SmallRow", "Supersede", "encode_frame"]

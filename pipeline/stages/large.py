@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-from pipeline import format
+from pipeline.layout import format
 from pipeline.progress import Stats
-from pipeline.session import FileJob
 from pipeline.stages import read
 from pipeline.stages.pack import RawExtent
+from pipeline.stages.session import FileJob
 
 __all__ = ["run"]
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import trio
 
-from pipeline import drives, faults, journal, luks2
+from pipeline import faults, journal
 from pipeline.errors import BadInput
 from pipeline.progress import Stats
 from pipeline.stages.config import PrepConfig
 from pipeline.stages.write import DriveWriter
+from pipeline.volume import drives, luks2
 
 __all__ = ["DrivePool"]
 

@@ -14,9 +14,10 @@ import os
 import stat
 from collections.abc import Container, Iterator
 
-from pipeline import codec, format, smallio
 from pipeline.errors import BadInput
-from pipeline.session import FileJob
+from pipeline.layout import codec, format
+from pipeline.stages import smallio
+from pipeline.stages.session import FileJob
 
 __all__ = [
     "EXTENT_SIZE",

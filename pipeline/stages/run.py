@@ -23,11 +23,11 @@ import trio
 
 from pipeline.errors import OutOfDrives
 from pipeline.progress import Stats
-from pipeline.session import FileJob, Session
 from pipeline.stages import feedwire, large, pack, source
 from pipeline.stages.config import PrepConfig
 from pipeline.stages.pack import Bundle, PackedExtent, RawExtent
 from pipeline.stages.pool import DrivePool
+from pipeline.stages.session import FileJob, Session
 from pipeline.stages.write import DriveWriter, Encrypted, Sealed, rewrite_index
 
 __all__ = ["DrivePool", "DriveWriter", "PrepConfig", "rewrite_index", "run_prep",

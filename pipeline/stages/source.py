@@ -23,10 +23,9 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-from pipeline import format
 from pipeline.errors import BadInput
+from pipeline.layout import format
 from pipeline.progress import Stats
-from pipeline.session import FileJob, Session
 from pipeline.stages import feedwire
 from pipeline.stages.feedwire import (
     AlreadyCommitted,
@@ -40,6 +39,7 @@ from pipeline.stages.feedwire import (
     Supersede,
 )
 from pipeline.stages.pack import Bundle, PackedExtent
+from pipeline.stages.session import FileJob, Session
 
 __all__ = ["FeederFailed", "LARGE_AHEAD", "run"]
 

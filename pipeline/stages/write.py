@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from pipeline import drives, faults, format, journal
+from pipeline import faults, journal
+from pipeline.layout import format
 from pipeline.progress import Stats
 from pipeline.stages.pack import Bundle, PackedExtent
+from pipeline.volume import drives
 
 SEGMENT_PAYLOAD = 4 << 20  # seal a segment at this much stored payload
 SEGMENT_RECORDS = 1 << 20  # ... or at this many bytes of records (small files)
@@ -57,7 +59,7 @@ class Sealed:
     """A segment laid out in plain text, and what committing it records."""
 
     blob: bytes
-    committed: journal.Committed
+    committed: journal.SyncedSegment
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +68,11 @@ class Encrypted:
 
     data: bytes
     length: int
-    committed: journal.Committed
+    committed: journal.SyncedSegment
 
 
 @dataclass
-class DriveState:
+class LogSpace:
     """Bookkeeping of one drive's log: where the next segment goes, what it holds."""
 
     capacity: int  # data must end before the trailer
@@ -143,11 +145,11 @@ class DriveWriter:
         self.progress = stats.add_drive(f"drive {info.seq}", info.data_area_size, info.seq)
         files = list(jrn.files(include_superseded=True))
         index_records = jrn.index_records_len()
-        self.state = DriveState(
+        self.state = LogSpace(
             capacity=format.trailer_offset(info.data_area_size), offset=info.log_offset,
             seq=info.log_seq, index_records=index_records,
             files_here={f.file_id for f in files})
-        self.pending: list[journal.Committed] = []
+        self.pending: list[journal.SyncedSegment] = []
         self.in_flight: deque[tuple[int, int]] = deque()  # written, maybe not yet on the device
         self.in_flight_bytes = 0
         self.pending_bytes = 0

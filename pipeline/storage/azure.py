@@ -45,7 +45,7 @@ from azure.storage.blob import BlobType as AzureBlobType
 from urllib3.util.retry import Retry
 
 from pipeline.errors import BadInput
-from pipeline.format import BlobType
+from pipeline.layout.format import BlobType
 from pipeline.storage.base import (
     CELL,
     PartsMissing,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from pipeline.errors import EXIT_STORAGE, IntegrityError, PipelineError
-from pipeline.format import CELL, BlobType  # CELL: the grid of write_part offsets
+from pipeline.layout.format import CELL, BlobType  # CELL: the grid of write_part offsets
 from pipeline.names import (  # the rules live in names.py; re-exported for the backends
     InvalidName,
     check_blob_name,

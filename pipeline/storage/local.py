@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 
 from pipeline import atomic
 from pipeline.errors import BadInput, filesystem_of, is_no_space
-from pipeline.format import BlobType
+from pipeline.layout.format import BlobType
 from pipeline.storage.base import (
     CELL,
     InvalidName,

@@ -12,7 +12,7 @@ import os
 
 import trio
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository
 from pipeline.backup.repo import Repository
 from pipeline.backup.stages.files import CREATE, WRITE, Files, RestoreFile, space

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import FailedFile
 from pipeline.backup.repo import SnapshotRef
 from pipeline.errors import NoSpace, is_no_space

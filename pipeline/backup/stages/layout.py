@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.stages.files import CREATE, MARKER, TEMP_NAME, Files, fs_path, space
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 
 
 @dataclass(frozen=True, slots=True)

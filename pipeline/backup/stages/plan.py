@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository
 from pipeline.backup.repo import Repository
 from pipeline.backup.stages.files import Files

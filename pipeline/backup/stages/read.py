@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.repo import Repository
 from pipeline.backup.stages.messages import Chunk, NodeBatch, ReadBatch
 from pipeline.backup.walk import FileReader, Warn

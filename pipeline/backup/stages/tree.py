@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trio
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.repo import Repository
 from pipeline.backup.stages.messages import Chunk, ReadBatch
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from pipeline.backup import format as fmt
+from pipeline.backup import encoding as fmt
 from pipeline.backup.stages.messages import NodeBatch, Walked
 from pipeline.backup.walk import ParentTree, Warn, unchanged, walk
 

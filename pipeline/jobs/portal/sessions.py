@@ -52,7 +52,7 @@ SITE = "site"
 
 
 @dataclass
-class Session:
+class PortalSession:
     """One signed-in browser.  ``draft`` is the create wizard's work in progress."""
 
     kind: str                      # OWNER or SITE
@@ -65,7 +65,7 @@ class Session:
     flash: list[tuple[str, str]] = field(default_factory=list)  # (kind, text), shown once
 
     def __repr__(self) -> str:  # never a session's secrets or draft in a log
-        return f"Session({self.kind}, {self.label!r})"
+        return f"PortalSession({self.kind}, {self.label!r})"
 
     def check_csrf(self, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), self.csrf.encode())
@@ -76,16 +76,17 @@ class SessionStore:
 
     def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
         self._lock = threading.Lock()
-        self._sessions: dict[bytes, Session] = {}
+        self._sessions: dict[bytes, PortalSession] = {}
         self._max = max_sessions
 
     @staticmethod
     def _key(session_id: str) -> bytes:
         return hashlib.sha256(session_id.encode("utf-8", "replace")).digest()
 
-    def create(self, kind: str, subject: str, label: str, expires: float) -> tuple[str, Session]:
+    def create(self, kind: str, subject: str, label: str, expires: float
+               ) -> tuple[str, PortalSession]:
         session_id = secrets.token_urlsafe(32)
-        session = Session(kind=kind, subject=subject, label=label,
+        session = PortalSession(kind=kind, subject=subject, label=label,
                           expires=min(expires, time.time() + MAX_SESSION_S))
         with self._lock:
             self._purge(time.time())
@@ -95,7 +96,7 @@ class SessionStore:
             self._sessions[self._key(session_id)] = session
         return session_id, session
 
-    def get(self, session_id: str | None) -> Session | None:
+    def get(self, session_id: str | None) -> PortalSession | None:
         """The live session for a cookie value, touched; None if unknown or expired."""
         if not session_id or len(session_id) > 100:
             return None

@@ -46,7 +46,7 @@ from pipeline.jobs.catalog import Catalog
 from pipeline.jobs.errors import ApiError, BadRequest, PayloadTooLarge
 from pipeline.jobs.model import Job
 from pipeline.jobs.portal import sessions, tokens
-from pipeline.jobs.portal.sessions import OWNER, SITE, Session, SessionStore
+from pipeline.jobs.portal.sessions import OWNER, SITE, PortalSession, SessionStore
 
 HERE = Path(__file__).parent
 MAX_FORM = 512 * 1024   # a drive list of 10 drives is ~4 KiB; a publish settings file < 64 KiB
@@ -94,7 +94,7 @@ class Ctx:
 
     portal: Portal
     request: Request
-    session: Session | None
+    session: PortalSession | None
     session_id: str | None
     form: dict[str, list[str]] = field(default_factory=dict)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
@@ -114,7 +114,7 @@ class Ctx:
         return self.files.get(name)
 
     @property
-    def owner(self) -> Session:
+    def owner(self) -> PortalSession:
         assert self.session is not None and self.session.kind == OWNER
         return self.session
 
@@ -190,7 +190,7 @@ class Portal:
 
     # ------------------------------------------------------------------ rendering
 
-    def render(self, template: str, session: Session | None, *, status: int = 200,
+    def render(self, template: str, session: PortalSession | None, *, status: int = 200,
                **values: Any) -> HTMLResponse:
         flash = []
         if session is not None:
@@ -199,7 +199,8 @@ class Portal:
             session=session, csrf=session.csrf if session else "", flash=flash, **values)
         return HTMLResponse(html, status_code=status)
 
-    def error_page(self, status: int, message: str, session: Session | None = None) -> Response:
+    def error_page(self, status: int, message: str, session: PortalSession | None = None
+                   ) -> Response:
         titles = {400: "Bad request", 401: "Not signed in", 403: "Forbidden", 404: "Not found",
                   405: "Method not allowed", 409: "Refused", 412: "Changed meanwhile",
                   413: "Too large", 500: "Internal error", 503: "Busy"}
@@ -219,7 +220,7 @@ class Portal:
 
         async def run(request: Request) -> Response:
             started = time.perf_counter()
-            session: Session | None = None
+            session: PortalSession | None = None
             try:
                 response = await self._dispatch(request, page, audience, signin)
             except ApiError as exc:
@@ -281,7 +282,7 @@ class Portal:
         except ApiError as exc:
             return self.error_page(exc.status, str(exc), ctx.session)
 
-    def _still_valid(self, session: Session) -> bool:
+    def _still_valid(self, session: PortalSession) -> bool:
         if session.kind == OWNER:
             return self.catalog.subscription(session.subject) is not None
         key = tokens.site_key(self.data_dir)

@@ -8,8 +8,8 @@ MB/s at best.  For block j of a data unit whose IV is ``i``, XTS is::
 
 so a whole run needs only AES-ECB: one call over the IVs of all units (their initial
 tweaks) and one over the data.  The masks ``^ T_j`` are applied by a small compiled
-module (``pipeline/_xtsmask.c``: one pass, the GIL let go), a MiB at a time; where it
-was not built, ``pipeline.xts_numpy`` derives them with numpy, at about half the speed.
+module (``pipeline/volume/_xtsmask.c``: one pass, the GIL let go), a MiB at a time; where it
+was not built, ``pipeline.volume.xts_numpy`` derives them with numpy, at about half the speed.
 
 The module is pure (no I/O) and safe to call from several threads at once: cipher
 contexts belong to one call and buffers to one call (a pool).  cryptography holds the
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 try:  # the masks compiled (setup.py builds it where a C compiler is at hand)
-    from pipeline import _xtsmask as _native
+    from pipeline.volume import _xtsmask as _native
 except ImportError:  # exercised by the tests, which set _native = None
     _native = None
 
@@ -127,7 +127,7 @@ def _xts(
     if _native is not None:
         _transform_native(key1, key2, source, target, iv, iv_step, sector_size, decrypting)
     else:
-        from pipeline import xts_numpy  # numpy: ~0.2 s and ~11 MiB, only where needed
+        from pipeline.volume import xts_numpy  # numpy: ~0.2 s and ~11 MiB, only where needed
 
         xts_numpy.transform(key1, key2, source, target, iv, iv_step, sector_size, decrypting,
                             _CHUNK_BYTES, _BATCH_BYTES)

@@ -25,10 +25,13 @@ from typing import Any
 
 import trio
 
-from pipeline import credentials, drives, format, importer, luks2
+from pipeline import credentials
 from pipeline.errors import BadInput, Refused
 from pipeline.jobs.client import ServiceClient
+from pipeline.layout import format
+from pipeline.receive import importer
 from pipeline.storage.base import Storage
+from pipeline.volume import drives, luks2
 
 REPORT_EVERY_S = 2.0
 _DONE = ("Completed", "CompletedMoreInfo", "NeverReceived", "ShippedBack")

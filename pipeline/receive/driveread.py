@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline import drives, format, journal, luks2
+from pipeline import journal
 from pipeline.errors import IntegrityError, Refused, WrongPassword
+from pipeline.layout import format
+from pipeline.volume import drives, luks2
 
 READ_CHUNK = 16 << 20  # bytes per read when walking segments
 
 
 @dataclass
-class OpenedDrive:
+class UnlockedDrive:
     drive: drives.Drive
     volume: luks2.Volume
     cipher: drives.DriveCipher
@@ -29,16 +31,16 @@ class OpenedDrive:
     def close(self) -> None:
         self.drive.close()
 
-    def __enter__(self) -> OpenedDrive:
+    def __enter__(self) -> UnlockedDrive:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def open_drive(path: str, secret: bytes, what: str = "recovery password",
+def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
                expected_uuid: str | None = None,
-               recorded: format.Superblock | None = None) -> OpenedDrive:
+               recorded: format.Superblock | None = None) -> UnlockedDrive:
     """Open read-only, unlock with ``secret``, decrypt and check the superblock.
 
     ``expected_uuid`` (the journal's record of the volume) is checked before any
@@ -78,7 +80,7 @@ def open_drive(path: str, secret: bytes, what: str = "recovery password",
             if recorded is None:
                 raise format.CorruptRecord(f"{path}: {why}") from None
             sb, damage = recorded, why
-        od = OpenedDrive(drive, volume, cipher, slot, sb, superblock_damage=damage)
+        od = UnlockedDrive(drive, volume, cipher, slot, sb, superblock_damage=damage)
         present = cipher.data_area_size(drive.size)
         if sb.data_area_size > present:
             od.truncated_at = max(present, 0)
@@ -95,7 +97,7 @@ def recorded_superblock(jrn: journal.Journal) -> format.Superblock:
                              format.BlobType(session.blob_type), 0, info.data_area_size)
 
 
-def read_index(od: OpenedDrive) -> tuple[format.Trailer, format.Segment]:
+def read_index(od: UnlockedDrive) -> tuple[format.Trailer, format.Segment]:
     """The closing index, via the trailer; CorruptRecord if either is missing or damaged."""
     sb = od.superblock
     tr_off = format.trailer_offset(sb.data_area_size)
@@ -104,7 +106,7 @@ def read_index(od: OpenedDrive) -> tuple[format.Trailer, format.Segment]:
     return trailer, format.decode_index(blob, trailer)
 
 
-def read_segments(od: OpenedDrive, wanted: Iterable[tuple[int, int, int]]
+def read_segments(od: UnlockedDrive, wanted: Iterable[tuple[int, int, int]]
                   ) -> Iterator[tuple[int, format.Segment | None, format.CorruptRecord | None]]:
     """Decode segments given as (seq, offset, length), reading neighbours together.
 
@@ -161,7 +163,7 @@ class LogScan:
     damage: list[str] = field(default_factory=list)  # segments read around, each named
 
 
-def scan_log(od: OpenedDrive) -> LogScan:
+def scan_log(od: UnlockedDrive) -> LogScan:
     """Recover the records of a drive whose closing index is missing or damaged.
 
     Walks the segments from the first; the first block that is not the next

@@ -42,8 +42,8 @@ from typing import Any, NamedTuple
 
 from argon2.low_level import Type, hash_secret_raw
 
-from pipeline import xts
 from pipeline.errors import BadInput, IntegrityError, InvalidRecoveryPassword
+from pipeline.volume import xts
 
 MAGIC_PRIMARY = b"LUKS\xba\xbe"
 MAGIC_SECONDARY = b"SKUL\xba\xbe"

@@ -17,8 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import format, journal
-from pipeline.scan import SourceFile
+from pipeline import journal
+from pipeline.layout import format
+from pipeline.stages.scan import SourceFile
 
 
 @dataclass(frozen=True, slots=True)

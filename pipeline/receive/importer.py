@@ -29,8 +29,10 @@ from typing import IO, Any
 
 import trio
 
-from pipeline import codec, driveread, format, journal, names
+from pipeline import journal, names
 from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, is_no_space
+from pipeline.layout import codec, format
+from pipeline.receive import driveread
 from pipeline.storage import base as storage_base
 from pipeline.storage.base import Storage
 
@@ -149,7 +151,7 @@ class DrivePlan:
         return self.superblock.dstdir.split("/", 1)[0]
 
 
-def plan_drive(od: driveread.OpenedDrive, jrn: journal.Journal | None) -> DrivePlan:
+def plan_drive(od: driveread.UnlockedDrive, jrn: journal.Journal | None) -> DrivePlan:
     sb = od.superblock
     storage_base.check_container_name(sb.dstdir.split("/", 1)[0])
     if sb.dstdir.split("/", 1)[0] == STATE_CONTAINER:
@@ -290,7 +292,7 @@ def windows(extents: Iterable[format.Extent]) -> list[list[format.Extent]]:
     return out
 
 
-def read_window(od: driveread.OpenedDrive, exts: list[format.Extent]
+def read_window(od: driveread.UnlockedDrive, exts: list[format.Extent]
                 ) -> list[tuple[format.Extent, bytes | tuple[str, str]]]:
     """Read, decrypt, decompress and check a window of extents (runs in a thread).
 
@@ -334,7 +336,7 @@ class DriveResult:
     totals: dict[str, int] = field(default_factory=dict)
 
 
-async def import_drive(od: driveread.OpenedDrive, plan: DrivePlan, store: Storage,
+async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Storage,
                        log: CopyLog, cpu: trio.CapacityLimiter, net: trio.CapacityLimiter,
                        progress: Callable[[int], None] = lambda n: None) -> DriveResult:
     sb, container = plan.superblock, plan.container

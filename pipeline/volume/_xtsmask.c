@@ -3,7 +3,7 @@
  * Why: in numpy, deriving T_j = T_0 * alpha^j block by block takes a dozen passes
  * over each MiB and was ~85% of prep's encryption time (0.6 GB/s a core); here it is
  * one pass of shifts and XORs, with the GIL let go.  AES itself stays in OpenSSL
- * (ECB through `cryptography`); pipeline/xts.py falls back to numpy when this module
+ * (ECB through `cryptography`); pipeline/volume/xts.py falls back to numpy when this module
  * was not built (no compiler), and the tests hold both paths to the same answers.
  *
  * plain64(iv, step, count): the IVs of `count` data units, to encrypt into those tweaks.
@@ -20,7 +20,7 @@
 #include <string.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "little-endian hosts only: pipeline.xts uses numpy elsewhere"
+#error "little-endian hosts only: pipeline.volume.xts uses numpy elsewhere"
 #endif
 
 /* times alpha: shift the 128-bit value left by one; a bit shifted out of the top folds
@@ -139,8 +139,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "pipeline._xtsmask",
-    "AES-XTS tweak masks over runs of data units (see pipeline/xts.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "pipeline.volume._xtsmask",
+    "AES-XTS tweak masks over runs of data units (see pipeline/volume/xts.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__xtsmask(void)

@@ -31,10 +31,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import format, luks2, names, xts
+from pipeline import names
 from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, WrongPassword, is_no_space
-from pipeline.format import CorruptRecord
+from pipeline.layout import format
+from pipeline.layout.format import CorruptRecord
 from pipeline.names import check_dstdir as check_dstdir  # re-exported: its home was here
+from pipeline.volume import luks2, xts
 
 __all__ = ["CorruptRecord"]  # re-exported: callers above this layer catch it from here
 

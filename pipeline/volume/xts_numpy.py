@@ -1,4 +1,4 @@
-"""AES-XTS tweak masks in numpy: pipeline.xts's fallback where _xtsmask was not built.
+"""AES-XTS tweak masks in numpy: pipeline.volume.xts's fallback where _xtsmask was not built.
 
 For block j of a data unit whose IV is ``i``, XTS is::
 
