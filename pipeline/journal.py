@@ -27,8 +27,8 @@ from itertools import chain
 from pathlib import Path
 
 from pipeline import atomic
+from pipeline.drive import format
 from pipeline.errors import BadInput, NoSpace, is_no_space
-from pipeline.layout import format
 
 SCHEMA_VERSION = 2  # 2: each record's encoded bytes (rec), from which the index is built
 SUFFIX = ".journal"

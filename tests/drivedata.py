@@ -7,8 +7,8 @@ import os
 import random
 from pathlib import Path
 
-from pipeline.layout import codec, format
-from pipeline.receive import driveread
+from pipeline.drive import codec, format
+from pipeline.receive import reader as driveread
 
 
 def make_tree(root: Path, *, small_files: int = 20_000, seed: int = 1,

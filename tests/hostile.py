@@ -4,7 +4,7 @@ as a user would, read what they left behind, and craft drives byte by byte.
 Everything here reads drives on its own (LUKS2 header, keyslot, data area, segments)
 through the sans-I/O layer, never through the importer, so the expectations of the
 tests do not come from the code under test.  The raw encoders follow docs/FORMAT.md
-field by field: they write what ``pipeline.layout.format``'s encoders refuse to (a NUL in a
+field by field: they write what ``pipeline.drive.format``'s encoders refuse to (a NUL in a
 name, an extent outside the drive), with valid checksums, so that only the hostile
 field is wrong.
 """
@@ -28,13 +28,13 @@ from pathlib import Path
 import xxhash
 
 from pipeline import journal
-from pipeline.layout import format
+from pipeline.drive import format
 from pipeline.volume import drives, luks2
 
 from .conftest import ROOT
 
 MiB = 1 << 20
-CELL = 1 << 20  # the importer's and prep's extent grid (pipeline.stages.read.EXTENT_SIZE)
+CELL = 1 << 20  # the importer's and prep's extent grid (pipeline.prep.read.EXTENT_SIZE)
 DATA_OFFSET = luks2.DATA_OFFSET
 SECTOR = format.SECTOR
 EXIT_BUG = 70

@@ -1,4 +1,4 @@
-"""Tests for pipeline.layout.codec: round trips, codec choice, known answers, damage, threads."""
+"""Tests for pipeline.drive.codec: round trips, codec choice, known answers, damage, threads."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.drive import codec
+from pipeline.drive.codec import Packed, is_zero, pack, unpack, zero
+from pipeline.drive.format import Codec, CorruptRecord, Extent
 from pipeline.errors import EXIT_INTEGRITY
-from pipeline.layout import codec
-from pipeline.layout.codec import Packed, is_zero, pack, unpack, zero
-from pipeline.layout.format import Codec, CorruptRecord, Extent
 
 from .conftest import require_tool
 

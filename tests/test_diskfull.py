@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import credentials, journal
+from pipeline.drive import codec, format
 from pipeline.errors import EXIT_NO_SPACE, EXIT_STORAGE, NoSpace
-from pipeline.layout import codec, format
-from pipeline.receive import driveread
+from pipeline.receive import reader as driveread
 
 from .conftest import FAST_KDF_ARGS, ROOT, run_cli
 from .diskfull import fill, grow, small_tmpfs

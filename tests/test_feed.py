@@ -16,11 +16,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.drive import codec, format
 from pipeline.errors import BadInput
-from pipeline.layout import codec, format
-from pipeline.progress import Stats
-from pipeline.stages import feed, feedwire, read, scan, source
-from pipeline.stages.feedwire import (
+from pipeline.prep import feed, feedwire, read, scan, source
+from pipeline.prep.feedwire import (
     AlreadyCommitted,
     Changed,
     End,
@@ -31,8 +30,9 @@ from pipeline.stages.feedwire import (
     Small,
     Supersede,
 )
-from pipeline.stages.pack import Bundle
-from pipeline.stages.session import Committed, FileJob, Planner, Session
+from pipeline.prep.pack import Bundle
+from pipeline.prep.session import Committed, FileJob, Planner, Session
+from pipeline.progress import Stats
 
 MiB = 1 << 20
 
@@ -298,7 +298,7 @@ def test_bad_name_does_not_stop_the_walk(tmp_path: Path) -> None:
 
 
 def _process(plan: feedwire.Plan) -> tuple[int, list[Message]]:
-    done = subprocess.run([sys.executable, "-m", "pipeline.stages.feed"],
+    done = subprocess.run([sys.executable, "-m", "pipeline.prep.feed"],
                           input=pickle.dumps(plan), capture_output=True, check=False)
     reader = feedwire.FrameReader()
     messages = reader.feed(done.stdout)
@@ -339,7 +339,7 @@ def test_process_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
     started: list[tuple[subprocess.Popen[bytes], bytes]] = []
 
     def spawn() -> None:  # like trio.run_process: start it, talk to it, then go idle
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.feed"],
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.prep.feed"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(pickle.dumps(_plan(tmp_path)))
@@ -362,7 +362,7 @@ def test_process_ends_when_prep_is_killed(tmp_path: Path) -> None:
         (tmp_path / f"f{i}").write_bytes(os.urandom(1024))
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time; "
-        "p = subprocess.Popen([sys.executable, '-m', 'pipeline.stages.feed'], "
+        "p = subprocess.Popen([sys.executable, '-m', 'pipeline.prep.feed'], "
         "stdin=subprocess.PIPE, stdout=subprocess.PIPE); "
         "p.stdin.write(sys.stdin.buffer.read()); p.stdin.close(); "
         "print(p.pid, flush=True); time.sleep(600)")],
@@ -392,7 +392,7 @@ def _alive(pid: int) -> bool:
 
 def test_process_imports_neither_trio_nor_numpy() -> None:
     """The feeder starts beside prep and counts against its memory: it stays small."""
-    code = ("import sys, pipeline.stages.feed; "
+    code = ("import sys, pipeline.prep.feed; "
             "print(sorted(m for m in ('trio', 'numpy', 'rich') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

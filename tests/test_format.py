@@ -1,4 +1,4 @@
-"""Tests for pipeline.layout.format: round trips, h11-style incremental decoding, damage, fuzz.
+"""Tests for pipeline.drive.format: round trips, h11-style incremental decoding, damage, fuzz.
 
 Every decoder must return what the encoder was given, whatever way the bytes
 arrive, and must answer anything else with CorruptRecord and nothing else.
@@ -20,9 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import names
-from pipeline.errors import EXIT_INTEGRITY, BadInput, IntegrityError
-from pipeline.layout import format as fmt
-from pipeline.layout.format import (
+from pipeline.drive import format as fmt
+from pipeline.drive.format import (
     END,
     EXTENT_RECORD_SIZE,
     HEADER_SIZE,
@@ -38,6 +37,7 @@ from pipeline.layout.format import (
     Superblock,
     Trailer,
 )
+from pipeline.errors import EXIT_INTEGRITY, BadInput, IntegrityError
 
 U32 = 2**32 - 1
 U64 = 2**64 - 1

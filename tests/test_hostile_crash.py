@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from pipeline import faults
-from pipeline.layout import format
+from pipeline.drive import format
 
 from . import hostile as h
 from .conftest import FAST_KDF_ARGS

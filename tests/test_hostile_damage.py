@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.layout import format
+from pipeline.drive import format
 from pipeline.volume import luks2
 
 from . import hostile as h

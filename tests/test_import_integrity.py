@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from pipeline import journal
+from pipeline.drive.format import BlobType
 from pipeline.errors import EXIT_INCOMPLETE, EXIT_INTEGRITY, EXIT_REFUSED
-from pipeline.layout.format import BlobType
 from pipeline.storage.local import LocalStorage
 from pipeline.volume import luks2
 
@@ -253,8 +253,8 @@ def test_importer_state_is_kept_out_of_the_customers_container(tmp_path: Path) -
 
 def _segments_from_watermark(drive: Path, jdir: Path) -> int:
     """How many segments a log scan would read past the journal's watermark."""
-    from pipeline.layout import format
-    from pipeline.receive import driveread
+    from pipeline.drive import format
+    from pipeline.receive import reader as driveread
 
     (j,) = journal.session_journals(jdir)
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import journal
-from pipeline.layout import format as fmt
-from pipeline.layout.format import SECTOR, Codec, Extent, FileEntry
+from pipeline.drive import format as fmt
+from pipeline.drive.format import SECTOR, Codec, Extent, FileEntry
 
 
 def test_index_segment_streams_what_encode_index_would(tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import journal, names
+from pipeline.drive import format
 from pipeline.errors import BadInput
 from pipeline.jobs import rules
 from pipeline.jobs.errors import BadRequest
-from pipeline.layout import format
 from pipeline.receive import importer
 from pipeline.storage import base, local
 

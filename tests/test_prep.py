@@ -228,7 +228,7 @@ def test_ctrl_c_at_the_terminal_reaches_prep_and_its_helpers(tmp_path: Path,
         event = json.loads(line)
         if event["type"] == "progress" and event["bytes_written"] > 0:
             break
-    assert _children(proc.pid, "pipeline.stages.feed"), "the feeder ended before Ctrl-C"
+    assert _children(proc.pid, "pipeline.prep.feed"), "the feeder ended before Ctrl-C"
     os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
     events = [json.loads(x) for x in out.splitlines()]
@@ -282,8 +282,8 @@ def test_a_refused_drive_stops_prep_before_any_format(tmp_path: Path) -> None:
 def test_journal_export_drive_list(tmp_path: Path) -> None:
     import hashlib
 
-    from pipeline.layout import format
-    from pipeline.receive import driveread
+    from pipeline.drive import format
+    from pipeline.receive import reader as driveread
     from pipeline.volume import luks2
 
     src = tmp_path / "src"

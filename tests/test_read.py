@@ -1,4 +1,4 @@
-"""Tests for the sync part of pipeline.stages.read: holes, the grid, files changing under us."""
+"""Tests for the sync part of pipeline.prep.read: holes, the grid, files changing under us."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.drive import format
 from pipeline.errors import EXIT_BAD_INPUT, BadInput
-from pipeline.layout import format
-from pipeline.stages import read
-from pipeline.stages.read import (
+from pipeline.prep import read
+from pipeline.prep.read import (
     FileChanged,
     data_ranges,
     plan_extents,

@@ -1,4 +1,4 @@
-"""Tests for pipeline.stages.scan: what is listed, in order, what is skipped, what is refused."""
+"""Tests for pipeline.prep.scan: what is listed, in order, what is skipped, what is refused."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.drive.format import FileEntry
 from pipeline.errors import EXIT_BAD_INPUT, BadInput
-from pipeline.layout.format import FileEntry
-from pipeline.stages import scan as scan_mod
-from pipeline.stages.scan import SourceFile, scan, totals
+from pipeline.prep import scan as scan_mod
+from pipeline.prep.scan import SourceFile, scan, totals
 
 
 def _write(p: Path, data: bytes, mode: int = 0o644) -> None:
@@ -371,7 +371,7 @@ def test_directory_vanishing_during_scan_is_skipped(
 
 
 def test_main_prints_the_totals(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``python -m pipeline.stages.scan ROOT``: what prep's progress counts, in its own process."""
+    """``python -m pipeline.prep.scan ROOT``: what prep's progress counts, in its own process."""
     assert scan_mod.main([str(tree)]) == 0
     assert capsys.readouterr().out.split() == [str(n) for n in totals(tree)]
     assert scan_mod.main([str(tree / "missing")]) == EXIT_BAD_INPUT
@@ -380,6 +380,6 @@ def test_main_prints_the_totals(tree: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_count_runs_as_a_module(tree: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "pipeline.stages.scan", str(tree)], check=True,
+    out = subprocess.run([sys.executable, "-m", "pipeline.prep.scan", str(tree)], check=True,
                          capture_output=True, text=True).stdout
     assert out.split() == [str(n) for n in totals(tree)]

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.drive import codec, format
 from pipeline.errors import BadInput
-from pipeline.layout import codec, format
-from pipeline.stages import read, smallio
-from pipeline.stages.session import FileJob
+from pipeline.prep import read, smallio
+from pipeline.prep.session import FileJob
 
 
 def test_available_on_linux_glibc() -> None:

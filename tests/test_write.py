@@ -20,11 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import journal
-from pipeline.layout import format
+from pipeline.drive import format
+from pipeline.prep import write
+from pipeline.prep.run import DrivePool, PrepConfig, run_prep
+from pipeline.prep.session import Session
 from pipeline.progress import Stats
-from pipeline.stages import write
-from pipeline.stages.run import DrivePool, PrepConfig, run_prep
-from pipeline.stages.session import Session
 from pipeline.volume import drives, luks2
 
 from .conftest import FAST_ARGON

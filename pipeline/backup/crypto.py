@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository
-from pipeline.layout import codec
+from pipeline.drive import codec
 from pipeline.volume import luks2
 
 KEY_AAD = b"pipeline-backup key v1 "

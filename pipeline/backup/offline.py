@@ -34,9 +34,9 @@ from typing import Any
 
 from pipeline import atomic
 from pipeline.backup.walk import walk
+from pipeline.drive import codec
 from pipeline.errors import EXIT_NO_SEED, BadInput, NoSpace, PipelineError, is_no_space
-from pipeline.layout import codec
-from pipeline.stages.read import data_ranges
+from pipeline.prep.read import data_ranges
 
 STAGING_FILE = "pipeline-offline.json"
 REPOSITORY = "repo"

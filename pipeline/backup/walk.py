@@ -19,9 +19,9 @@ from pathlib import Path
 import pyfastcdc
 
 from pipeline.backup import encoding as fmt
+from pipeline.drive import codec
 from pipeline.errors import BadInput
-from pipeline.layout import codec
-from pipeline.stages.read import data_ranges
+from pipeline.prep.read import data_ranges
 
 Warn = Callable[[str], None]
 Deliver = Callable[[bytes | None, bytes | memoryview | None, int], None]

@@ -27,7 +27,8 @@ from pipeline.errors import (
     Refused,
     worst,
 )
-from pipeline.receive import driveread, importer, service_import
+from pipeline.receive import importer, service_import
+from pipeline.receive import reader as driveread
 from pipeline.storage import open_storage
 from pipeline.volume import drives
 

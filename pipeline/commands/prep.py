@@ -16,6 +16,7 @@ import trio
 
 from pipeline import credentials, errors, journal, names, progress
 from pipeline.commands import _options
+from pipeline.drive import format
 from pipeline.errors import (
     EXIT_INTEGRITY,
     EXIT_INTERRUPTED,
@@ -30,11 +31,10 @@ from pipeline.errors import (
     OutOfDrives,
     PipelineError,
 )
-from pipeline.layout import format
-from pipeline.stages import scan
-from pipeline.stages.run import DrivePool, PrepConfig, run_prep
-from pipeline.stages.session import Session
-from pipeline.stages.write import DriveWriter, rewrite_index
+from pipeline.prep import scan
+from pipeline.prep.run import DrivePool, PrepConfig, run_prep
+from pipeline.prep.session import Session
+from pipeline.prep.write import DriveWriter, rewrite_index
 from pipeline.volume import drives
 
 REMINDER = ("Store the recovery passwords apart from the drives: whoever holds a drive and "
@@ -167,7 +167,7 @@ async def count_totals(cfg: PrepConfig, stats: progress.Stats) -> None:
     then never hold or wait for this process's GIL.  GNU find does it where
     there is one (``find -H ROOT -type f``: the same regular files as
     ``scan.scan``, at 0.33 core-seconds and 2 MiB for 30,000 files against
-    0.76 and 15 MiB for the same walk in Python, ``python -m pipeline.stages.scan``,
+    0.76 and 15 MiB for the same walk in Python, ``python -m pipeline.prep.scan``,
     which is what runs if find fails or is missing).  The feeder walks the
     same tree meanwhile, so the disk reads each inode about once.  The totals
     appear when the count is complete (a partial total would make a wrong
@@ -184,7 +184,7 @@ async def count_totals(cfg: PrepConfig, stats: progress.Stats) -> None:
             sizes = done.stdout.split()
             stats.files_total, stats.bytes_total = len(sizes), sum(map(int, sizes))
             return
-    done = await trio.run_process([sys.executable, "-m", "pipeline.stages.scan", root],
+    done = await trio.run_process([sys.executable, "-m", "pipeline.prep.scan", root],
                                   capture_stdout=True, capture_stderr=True, check=False)
     if done.returncode == 0:
         files, size = done.stdout.split()

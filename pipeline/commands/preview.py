@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import names
+from pipeline.drive import codec, format
 from pipeline.errors import EXIT_OK, EXIT_WARNING, BadInput, Outcome
-from pipeline.layout import codec, format
-from pipeline.stages import read, scan
+from pipeline.prep import read, scan
 from pipeline.volume import drives, luks2
 
 PER_FILE_OVERHEAD = 2 * (format.EXTENT_RECORD_SIZE + 64)  # records in a segment and the index

@@ -17,8 +17,8 @@ from pathlib import Path
 import xxhash
 
 from pipeline import journal
+from pipeline.drive import codec, format
 from pipeline.errors import EXIT_INTEGRITY, EXIT_STORAGE, BadInput, IntegrityError, Outcome
-from pipeline.layout import codec, format
 from pipeline.storage import open_storage
 from pipeline.storage.base import Storage
 

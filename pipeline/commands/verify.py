@@ -11,9 +11,9 @@ from pathlib import Path
 import trio
 
 from pipeline import journal
+from pipeline.drive import codec, format
 from pipeline.errors import EXIT_INTEGRITY, BadInput, IntegrityError, Outcome
-from pipeline.layout import codec, format
-from pipeline.receive import driveread
+from pipeline.receive import reader as driveread
 from pipeline.volume import drives
 
 EXITS = (EXIT_INTEGRITY,)  # exit codes beyond errors.EVERY_COMMAND

@@ -1,1 +1,2 @@
-"""The receiving side: read a prepared drive back, import it, report to the job."""
+"""The receiving side: a prepared drive read back (reader, also what verify uses), imported
+into a storage account (importer), reported to its import job (service_import)."""

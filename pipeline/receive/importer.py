@@ -30,9 +30,9 @@ from typing import IO, Any
 import trio
 
 from pipeline import journal, names
+from pipeline.drive import codec, format
 from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, is_no_space
-from pipeline.layout import codec, format
-from pipeline.receive import driveread
+from pipeline.receive import reader as driveread
 from pipeline.storage import base as storage_base
 from pipeline.storage.base import Storage
 

@@ -26,9 +26,9 @@ from typing import Any
 import trio
 
 from pipeline import credentials
+from pipeline.drive import format
 from pipeline.errors import BadInput, Refused
 from pipeline.jobs.client import ServiceClient
-from pipeline.layout import format
 from pipeline.receive import importer
 from pipeline.storage.base import Storage
 from pipeline.volume import drives, luks2

@@ -44,8 +44,8 @@ from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, Exponen
 from azure.storage.blob import BlobType as AzureBlobType
 from urllib3.util.retry import Retry
 
+from pipeline.drive.format import BlobType
 from pipeline.errors import BadInput
-from pipeline.layout.format import BlobType
 from pipeline.storage.base import (
     CELL,
     PartsMissing,

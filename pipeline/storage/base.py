@@ -13,8 +13,8 @@ import builtins
 from collections.abc import Sequence
 from typing import Protocol
 
+from pipeline.drive.format import CELL, BlobType  # CELL: the grid of write_part offsets
 from pipeline.errors import EXIT_STORAGE, IntegrityError, PipelineError
-from pipeline.layout.format import CELL, BlobType  # CELL: the grid of write_part offsets
 from pipeline.names import (  # the rules live in names.py; re-exported for the backends
     InvalidName,
     check_blob_name,

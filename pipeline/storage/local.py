@@ -28,8 +28,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 
 from pipeline import atomic
+from pipeline.drive.format import BlobType
 from pipeline.errors import BadInput, filesystem_of, is_no_space
-from pipeline.layout.format import BlobType
 from pipeline.storage.base import (
     CELL,
     InvalidName,

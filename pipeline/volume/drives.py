@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import names
+from pipeline.drive import format
+from pipeline.drive.format import CorruptRecord
 from pipeline.errors import BadInput, IntegrityError, NoSpace, Refused, WrongPassword, is_no_space
-from pipeline.layout import format
-from pipeline.layout.format import CorruptRecord
 from pipeline.names import check_dstdir as check_dstdir  # re-exported: its home was here
 from pipeline.volume import luks2, xts
 

@@ -1,7 +1,7 @@
 """Walk the staging tree and list the regular files to seed; reads no file data.
 
 Sync and free of trio: prep's feeder process runs it, and so do the count
-(``python -m pipeline.stages.scan``), preview and the page-blob pre-check.  The walk
+(``python -m pipeline.prep.scan``), preview and the page-blob pre-check.  The walk
 is depth-first with each directory's entries sorted by their name bytes, so two
 runs over the same tree list the same files in the same order (``--resume`` and
 the journal rely on that).  Only the directories on the current path are held in
@@ -216,14 +216,14 @@ def totals(root: str | os.PathLike[str], on_skip: SkipCallback | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.stages.scan ROOT``: print "FILES BYTES" of ``totals(ROOT)``.
+    """``python -m pipeline.prep.scan ROOT``: print "FILES BYTES" of ``totals(ROOT)``.
 
     prep counts its work in this separate process so that the walk's lstat
     calls, cold-cache disk reads among them, never hold prep's GIL.
     """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m pipeline.stages.scan ROOT", file=sys.stderr)
+        print("usage: python -m pipeline.prep.scan ROOT", file=sys.stderr)
         return 2
     try:
         files, size = totals(args[0])

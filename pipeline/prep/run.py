@@ -22,13 +22,13 @@ from collections.abc import Callable
 import trio
 
 from pipeline.errors import OutOfDrives
+from pipeline.prep import feedwire, large, pack, source
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.pack import Bundle, PackedExtent, RawExtent
+from pipeline.prep.pool import DrivePool
+from pipeline.prep.session import FileJob, Session
+from pipeline.prep.write import DriveWriter, Encrypted, Sealed, rewrite_index
 from pipeline.progress import Stats
-from pipeline.stages import feedwire, large, pack, source
-from pipeline.stages.config import PrepConfig
-from pipeline.stages.pack import Bundle, PackedExtent, RawExtent
-from pipeline.stages.pool import DrivePool
-from pipeline.stages.session import FileJob, Session
-from pipeline.stages.write import DriveWriter, Encrypted, Sealed, rewrite_index
 
 __all__ = ["DrivePool", "DriveWriter", "PrepConfig", "rewrite_index", "run_prep",
            "write_all", "write_drive"]

@@ -6,7 +6,7 @@
         small files: one bundle a frame ------------------------------> packed
         large files: one FileJob each --------------------------------> jobs (large.py)
 
-The feeder (``pipeline.stages.feed``) does the per-file work on another core;
+The feeder (``pipeline.prep.feed``) does the per-file work on another core;
 this side turns its messages (``feedwire``) into the pipeline's objects.  Large
 files are read by ``large``, in prep: their bytes would only cross the pipe for
 nothing.  Cancelling (the first Ctrl-C) kills the feeder; everything already
@@ -23,11 +23,10 @@ from collections.abc import Callable, Iterator
 
 import trio
 
+from pipeline.drive import format
 from pipeline.errors import BadInput
-from pipeline.layout import format
-from pipeline.progress import Stats
-from pipeline.stages import feedwire
-from pipeline.stages.feedwire import (
+from pipeline.prep import feedwire
+from pipeline.prep.feedwire import (
     AlreadyCommitted,
     Changed,
     End,
@@ -38,8 +37,9 @@ from pipeline.stages.feedwire import (
     SmallRow,
     Supersede,
 )
-from pipeline.stages.pack import Bundle, PackedExtent
-from pipeline.stages.session import FileJob, Session
+from pipeline.prep.pack import Bundle, PackedExtent
+from pipeline.prep.session import FileJob, Session
+from pipeline.progress import Stats
 
 __all__ = ["FeederFailed", "LARGE_AHEAD", "run"]
 
@@ -63,7 +63,7 @@ async def run(plan: feedwire.Plan, session: Session, jobs_tx: trio.MemorySendCha
     """
     async with jobs_tx, packed_tx, trio.open_nursery() as nursery:
         proc: trio.Process = await nursery.start(functools.partial(
-            trio.run_process, [sys.executable, "-m", "pipeline.stages.feed"],
+            trio.run_process, [sys.executable, "-m", "pipeline.prep.feed"],
             stdin=pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL),
             stdout=subprocess.PIPE, check=False))
         assert proc.stdout is not None

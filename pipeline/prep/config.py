@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import credentials
-from pipeline.layout import format
-from pipeline.stages.write import SEGMENT_PAYLOAD
+from pipeline.drive import format
+from pipeline.prep.write import SEGMENT_PAYLOAD
 from pipeline.volume import luks2
 
 __all__ = ["PrepConfig"]

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pipeline import journal
+from pipeline.drive import format
 from pipeline.errors import IntegrityError, Refused, WrongPassword
-from pipeline.layout import format
 from pipeline.volume import drives, luks2
 
 READ_CHUNK = 16 << 20  # bytes per read when walking segments

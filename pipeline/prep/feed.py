@@ -5,7 +5,7 @@ or zstd: some 100 us of interpreter work a file, all under one GIL, so the
 second core idles.  The feeder takes the part of that work that needs no
 drive (walk, plan, read, compress, hash) to a second process, and prep keeps
 placing, encrypting, writing and journaling.  ``python -m
-pipeline.stages.feed``; it imports neither trio nor numpy, to start fast and
+pipeline.prep.feed``; it imports neither trio nor numpy, to start fast and
 stay small.
 
 The messages and frames are ``feedwire``'s.  A frame holds at most SMALL_BYTES
@@ -27,10 +27,10 @@ import sys
 import time
 from collections.abc import Callable
 
+from pipeline.drive import codec
 from pipeline.errors import BadInput
-from pipeline.layout import codec
-from pipeline.stages import read, scan
-from pipeline.stages.feedwire import (
+from pipeline.prep import read, scan
+from pipeline.prep.feedwire import (
     PIPE_SIZE,
     AlreadyCommitted,
     Changed,
@@ -45,7 +45,7 @@ from pipeline.stages.feedwire import (
     Supersede,
     encode_frame,
 )
-from pipeline.stages.session import FileJob
+from pipeline.prep.session import FileJob
 
 __all__ = ["feed", "main"]
 

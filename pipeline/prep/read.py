@@ -1,7 +1,7 @@
 """Reading staging files: file -> extents on a fixed grid (sparse-aware, zero runs skipped).
 
 Sync and free of trio: prep's worker threads run it for large files, and the
-feeder process (``pipeline.stages.feed``) for small ones.  It knows nothing of
+feeder process (``pipeline.prep.feed``) for small ones.  It knows nothing of
 drives.  Extent k of a file always covers
 ``[k*E, min((k+1)*E, size))``: resume skips committed offsets and page-blob
 alignment on import relies on the grid, so the grid never depends on the data.
@@ -14,10 +14,10 @@ import os
 import stat
 from collections.abc import Container, Iterator
 
+from pipeline.drive import codec, format
 from pipeline.errors import BadInput
-from pipeline.layout import codec, format
-from pipeline.stages import smallio
-from pipeline.stages.session import FileJob
+from pipeline.prep import smallio
+from pipeline.prep.session import FileJob
 
 __all__ = [
     "EXTENT_SIZE",

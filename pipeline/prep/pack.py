@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import trio
 
-from pipeline.layout import codec, format
+from pipeline.drive import codec, format
 from pipeline.progress import Stats
 
 

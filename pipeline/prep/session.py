@@ -7,7 +7,7 @@ in staging since it was written is superseded (its old records are marked
 stale in every journal) and written again under a new id.
 
 The deciding part, ``Planner``, is plain data and pure: the feeder process
-(``pipeline.stages.feed``) plans with a copy of it while the walk runs there,
+(``pipeline.prep.feed``) plans with a copy of it while the walk runs there,
 and tells prep which file ids to supersede; ``Session`` owns the journals.
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import journal
-from pipeline.layout import format
-from pipeline.stages.scan import SourceFile
+from pipeline.drive import format
+from pipeline.prep.scan import SourceFile
 
 
 @dataclass(frozen=True, slots=True)

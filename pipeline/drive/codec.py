@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import xxhash
 import zstandard
 
-from pipeline.layout.format import Codec, CorruptRecord
+from pipeline.drive.format import Codec, CorruptRecord
 
 __all__ = ["MAX_RAW_LEN", "Packed", "is_zero", "pack", "pack_many", "unpack", "zero"]
 
@@ -140,7 +140,7 @@ def pack_many(raws: list[bytes], level: int = 1) -> list[Packed]:
 
     ``compress`` releases the GIL for each input and must take it back, which
     beside busy threads costs far more than compressing a few KiB (see
-    ``pipeline.stages.smallio``); ``multi_compress_to_buffer`` lets go of it once for
+    ``pipeline.prep.smallio``); ``multi_compress_to_buffer`` lets go of it once for
     them all, and makes the same frames.
     """
     out: list[Packed | None] = []

@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-from pipeline.layout import format
+from pipeline.drive import format
+from pipeline.prep import read
+from pipeline.prep.pack import RawExtent
+from pipeline.prep.session import FileJob
 from pipeline.progress import Stats
-from pipeline.stages import read
-from pipeline.stages.pack import RawExtent
-from pipeline.stages.session import FileJob
 
 __all__ = ["run"]
 

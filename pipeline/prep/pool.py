@@ -16,9 +16,9 @@ import trio
 
 from pipeline import faults, journal
 from pipeline.errors import BadInput
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.write import DriveWriter
 from pipeline.progress import Stats
-from pipeline.stages.config import PrepConfig
-from pipeline.stages.write import DriveWriter
 from pipeline.volume import drives, luks2
 
 __all__ = ["DrivePool"]

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 import trio
 
 from pipeline import faults, journal
-from pipeline.layout import format
+from pipeline.drive import format
+from pipeline.prep.pack import Bundle, PackedExtent
 from pipeline.progress import Stats
-from pipeline.stages.pack import Bundle, PackedExtent
 from pipeline.volume import drives
 
 SEGMENT_PAYLOAD = 4 << 20  # seal a segment at this much stored payload

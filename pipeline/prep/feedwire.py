@@ -29,7 +29,7 @@ Protocol (prep is the only peer; both sides are this version of the code):
   ``End()``
       the walk is complete.
 
-How the feeder bounds its frames and when it ends: ``pipeline.stages.feed``.
+How the feeder bounds its frames and when it ends: ``pipeline.prep.feed``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 
-from pipeline.stages.session import FileJob, Planner
+from pipeline.prep.session import FileJob, Planner
 
 __all__ = ["AlreadyCommitted", "Changed", "End", "FrameReader", "InputError", "Large",
            "Message", "Plan", "Skipped", "Small", "SmallRow", "Supersede", "encode_frame"]
