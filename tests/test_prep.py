@@ -224,11 +224,14 @@ def test_ctrl_c_at_the_terminal_reaches_prep_and_its_helpers(tmp_path: Path,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
-    for line in proc.stdout:  # wait until data is flowing to the drive
+    feeding = False
+    for line in proc.stdout:  # wait until data flows, with the feeder still at work
         event = json.loads(line)
-        if event["type"] == "progress" and event["bytes_written"] > 0:
-            break
-    assert _children(proc.pid, "pipeline.prep.feed"), "the feeder ended before Ctrl-C"
+        if event["type"] == "progress" and event["bytes_read"] > 0:
+            feeding = bool(_children(proc.pid, "pipeline.prep.feed"))
+            if feeding or event["bytes_written"] > 0:
+                break
+    assert feeding, "the feeder ended before Ctrl-C; make the tree larger"
     os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
     events = [json.loads(x) for x in out.splitlines()]

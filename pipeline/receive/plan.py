@@ -1,0 +1,159 @@
+"""What is on a drive, before a byte moves: its records, and what must not be imported.
+
+From the journal when there is one, else the closing index, else a walk of the log
+(then the drive cannot vouch for completeness).  ``check_plan`` applies the journal's
+rules to whatever the records came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline import journal, names
+from pipeline.drive import format
+from pipeline.errors import BadInput, IntegrityError, Refused
+from pipeline.receive import reader as driveread
+from pipeline.receive.markers import STATE_CONTAINER
+from pipeline.storage import base as storage_base
+
+
+@dataclass
+class DrivePlan:
+    """The records of one drive, from its journal or its closing index (or, failing both,
+    a walk of its log), with what could not be vouched for."""
+
+    superblock: format.Superblock
+    files: dict[int, format.FileEntry]
+    extents: list[format.Extent]
+    source: str  # "journal", "index" or "log scan"
+    # Files the drive lists but that must not be imported: file id -> (status, why).
+    rejected: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Older copies of a file rewritten on this drive (log scan): never imported.
+    superseded: dict[int, format.FileEntry] = field(default_factory=dict)
+    damage: list[str] = field(default_factory=list)  # named on the terminal and in the log
+    incomplete: str = ""  # why the drive cannot vouch that it holds every file it should
+
+    @property
+    def container(self) -> str:
+        return self.superblock.dstdir.split("/", 1)[0]
+
+
+def plan_drive(od: driveread.UnlockedDrive, jrn: journal.Journal | None) -> DrivePlan:
+    sb = od.superblock
+    storage_base.check_container_name(sb.dstdir.split("/", 1)[0])
+    if sb.dstdir.split("/", 1)[0] == STATE_CONTAINER:
+        raise IntegrityError(f"{od.drive.path}: the superblock names container "
+                             f"{STATE_CONTAINER}, which holds the importer's own state; "
+                             "a drive prepared by pipeline never does")
+    if jrn is not None:
+        info = jrn.drive
+        if (sb.session_id, sb.drive_seq, sb.volume_uuid) != (
+                jrn.session.session_id, info.seq, info.uuid):
+            raise Refused(f"{od.drive.path} is drive {sb.drive_seq} of session {sb.session_id}, "
+                          f"not drive {info.seq} of {jrn.session.session_id}; pass the journal "
+                          "directory of its own session")
+        files = {f.file_id: f for f in jrn.files()}
+        plan = DrivePlan(sb, files, list(jrn.extents()), "journal")
+    else:
+        try:
+            _, index = driveread.read_index(od)
+        except (IntegrityError, OSError) as exc:
+            # No intact closing index (prep crashed before closing the drive, or damage):
+            # walk the log, and say the drive cannot vouch for what is not on it.
+            scan = driveread.scan_log(od)
+            if not scan.files:
+                raise IntegrityError(
+                    f"{od.drive.path}: neither the closing index ({exc}) nor any segment "
+                    f"could be read ({scan.end_reason}); import it with its journal "
+                    "(--journal-dir)") from None
+            plan = DrivePlan(sb, scan.files, scan.extents, "log scan", damage=scan.damage)
+            plan.incomplete = (
+                f"no intact closing index ({exc}); its records were recovered by walking "
+                f"the log ({scan.segments} segment(s), ended by {scan.end_reason}), so files "
+                "prep had not yet written, or recorded only past the damage, cannot be named")
+        else:
+            plan = DrivePlan(sb, {f.file_id: f for f in index.files}, list(index.extents),
+                             "index")
+    if od.superblock_damage:
+        plan.damage.append(f"{od.superblock_damage}; the journal's record of it stands in")
+    if od.truncated_at is not None:
+        plan.damage.append(f"the drive ends {od.truncated_at} bytes into its "
+                           f"{sb.data_area_size}-byte data area (a truncated image?); extents "
+                           "past the cut are reported missing")
+    check_plan(plan)
+    return plan
+
+
+def check_plan(plan: DrivePlan) -> None:
+    """Apply the journal's rules to whatever the records came from, before any byte moves.
+
+    - Every blob is the session's virtual directory + the file's path: a record
+      naming anything else (another directory, the importer's own state) is damage.
+    - One version of a blob: a file rewritten on this drive by ``prep --resume``
+      (its staging copy changed) appears twice in the log, and only the newest
+      file id stands, as in the journal; older copies are never written anywhere.
+      A closing index or journal never lists a blob twice, so there it is damage.
+    - Every extent lies on the file's 1 MiB grid, inside the file and the drive.
+    """
+    sb = plan.superblock
+    vdir = sb.dstdir.partition("/")[2]
+    limit = format.trailer_offset(sb.data_area_size)
+    by_blob: dict[str, list[int]] = {}
+    page = sb.blob_type is format.BlobType.PAGE
+    for fid, f in plan.files.items():
+        bad_name = names.blob_problem(f.blob)
+        if f.blob != vdir + f.path:
+            plan.rejected[fid] = ("corrupt", f"recorded as blob {names.show(f.blob)}, not "
+                                  f"{names.show(vdir + f.path)} (the session's directory + "
+                                  "its path)")
+        elif bad_name is not None:  # a drive prepared before prep applied the name rules
+            plan.rejected[fid] = ("missing", f"its name cannot be a blob name ({bad_name}); "
+                                  "rename it in staging and send it again: pipeline repair")
+        elif f.size > storage_base.MAX_BLOB_SIZE[sb.blob_type]:
+            plan.rejected[fid] = ("corrupt", f"size {f.size} exceeds the largest "
+                                  f"{sb.blob_type.name.lower()} blob Azure holds "
+                                  f"({storage_base.MAX_BLOB_SIZE[sb.blob_type]} bytes)")
+        elif page and f.size % 512:
+            plan.rejected[fid] = ("missing", f"{f.size} bytes cannot be a page blob (not a "
+                                  "multiple of 512)")
+        by_blob.setdefault(f.blob, []).append(fid)
+    for fids in by_blob.values():
+        if len(fids) < 2:
+            continue
+        fids.sort()
+        if plan.source == "log scan":
+            for fid in fids[:-1]:
+                plan.superseded[fid] = plan.files.pop(fid)
+        else:
+            for fid in fids:
+                plan.rejected[fid] = ("corrupt", f"the drive's {plan.source} lists this blob "
+                                      f"{len(fids)} times (file ids {fids}); importing neither")
+    kept: list[format.Extent] = []
+    for e in plan.extents:
+        f = plan.files.get(e.file_id)
+        if f is None:
+            continue  # a superseded copy's, or an unlisted file's: nothing to write
+        why = ""
+        if e.offset % format.CELL or e.raw_len > format.CELL or e.offset + e.raw_len > f.size:
+            why = (f"extent [{e.offset}, +{e.raw_len}) is off the {format.CELL}-byte grid or "
+                   f"past the file's {f.size} bytes")
+        elif e.codec is not format.Codec.ZERO and not (
+                e.location >= format.SECTOR and e.location + e.stored_len <= limit):
+            why = f"extent stored at [{e.location}, +{e.stored_len}) is outside the drive's log"
+        if why and e.file_id not in plan.rejected:
+            plan.rejected[e.file_id] = ("corrupt", why)
+        kept.append(e)
+    plan.extents = kept
+
+
+def check_names(plan: DrivePlan) -> None:
+    """Every container and blob name valid before anything is written: the rules prep
+    applied when it skipped the names it could not copy (``pipeline.names``)."""
+    names.check_container_name(plan.container)
+    for fid, f in plan.files.items():
+        if fid in plan.rejected:  # named in the copy log; the rest of the drive imports
+            continue
+        names.check_blob_name(f.blob)
+        if plan.superblock.blob_type is format.BlobType.PAGE and f.size % 512:
+            raise BadInput(f"{f.path}: {f.size} bytes cannot be a page blob (not a multiple "
+                           "of 512)")
