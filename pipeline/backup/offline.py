@@ -35,6 +35,7 @@ from typing import Any
 from pipeline import atomic
 from pipeline.backup.walk import walk
 from pipeline.drive import codec
+from pipeline.drive.format import CELL, grid
 from pipeline.errors import EXIT_NO_SEED, BadInput, NoSpace, PipelineError, is_no_space
 from pipeline.prep.read import data_ranges
 
@@ -42,7 +43,6 @@ STAGING_FILE = "pipeline-offline.json"
 REPOSITORY = "repo"
 CONFIG_FILE = "offline.json"
 SAMPLE = 32 << 20               # bytes compressed to sample the ratio (as `pipeline preview`)
-CELL = 1 << 20
 _ACCOUNT = re.compile(r"[a-z0-9]{3,24}\Z")
 
 
@@ -119,7 +119,7 @@ def estimate(source: Path, level: int = 1, sample: int = SAMPLE) -> Estimate:
         try:
             for start, end in data_ranges(fd, node.size):
                 data += end - start
-                cells.extend((path, off, min(CELL, end - off)) for off in range(start, end, CELL))
+                cells.extend((path, off, min(CELL, end - off)) for off in grid(end, start))
         finally:
             os.close(fd)
     step = max(1, math.ceil(sum(c[2] for c in cells) / max(sample, 1)))

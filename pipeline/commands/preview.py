@@ -62,7 +62,7 @@ def usable(drive_size: int) -> int:
     """Data area of one drive, less the trailer and one extent of headroom at the end."""
     area = drive_size - luks2.DATA_OFFSET
     area -= area % format.SECTOR
-    return max(0, area - 2 * format.SECTOR - read.EXTENT_SIZE - (1 << 20))
+    return max(0, area - 2 * format.SECTOR - format.CELL - (1 << 20))
 
 
 def estimate(srcdir: Path, drive_size: int, level: int, sample: int,
