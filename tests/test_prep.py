@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,17 @@ def test_ctrl_c_commits_what_was_read_and_resume_finishes(tmp_path: Path, sig: s
     assert restored(jdir) == read_tree(src)
 
 
+def _ignores(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` ignores ``sig`` (SigIgn in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((int(x.split()[1], 16) for x in status.splitlines() if x.startswith("SigIgn:")),
+                0)
+    return bool(mask >> (sig - 1) & 1)
+
+
 def _children(pid: int, needle: str) -> list[int]:
     """Processes whose parent is ``pid`` and whose command line contains ``needle``."""
     out = []
@@ -224,14 +236,14 @@ def test_ctrl_c_at_the_terminal_reaches_prep_and_its_helpers(tmp_path: Path,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
-    feeding = False
-    for line in proc.stdout:  # wait until data flows, with the feeder still at work
-        event = json.loads(line)
-        if event["type"] == "progress" and event["bytes_read"] > 0:
-            feeding = bool(_children(proc.pid, "pipeline.prep.feed"))
-            if feeding or event["bytes_written"] > 0:
-                break
-    assert feeding, "the feeder ended before Ctrl-C; make the tree larger"
+    # Signal while the feeder is at work: poll for it (waiting for a progress event could
+    # let a fast machine's feeder finish its whole walk first).
+    # Once it ignores the signal (it sets that first thing): before, the signal would be a
+    # race this test does not mean to run.
+    deadline = time.monotonic() + 60
+    while not any(_ignores(pid, sig) for pid in _children(proc.pid, "pipeline.prep.feed")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no feeder started"
+        time.sleep(0.005)
     os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
     events = [json.loads(x) for x in out.splitlines()]
