@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import BadInput, PipelineError, Refused
+from pipeline.errors import EXIT_STORAGE, BadInput, PipelineError, Refused
 from pipeline.jobs import auth
 
 API_VERSION = "2016-11-01"
@@ -28,7 +28,7 @@ DEFAULT_RESOURCE_GROUP = "pipeline"
 class ServiceUnavailable(PipelineError):
     """{}"""
 
-    exit_code = 6
+    exit_code = EXIT_STORAGE
 
 
 class ServiceError(BadInput):
