@@ -282,6 +282,8 @@ class DriveFacts:
     files: dict[int, format.FileEntry]
     extents: list[format.Extent]
     file_segment: dict[int, int] = field(default_factory=dict)  # file id -> seq of its entry
+    # (file id, offset) -> seq of the segment recording the extent (ZERO extents too)
+    extent_segment: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def blobs_complete(self) -> set[str]:
         """Blobs whose every 1 MiB cell is on this drive (the rest continue on another)."""
@@ -298,6 +300,12 @@ class DriveFacts:
                 if e.codec is not format.Codec.ZERO
                 and e.location < hi and e.location + e.stored_len > lo}
 
+    def blobs_recorded_from(self, seq: int) -> set[str]:
+        """Blobs with an extent (stored or ZERO) recorded in segment ``seq`` or later: a drive
+        cut there no longer carries the record, so a reader of the drive cannot deliver it."""
+        return {self.files[fid].blob for (fid, _), s in self.extent_segment.items()
+                if s >= seq and fid in self.files}
+
     def blobs_entered_from(self, seq: int) -> set[str]:
         """Blobs whose FileEntry is first recorded in segment ``seq`` or later."""
         return {self.files[fid].blob for fid, s in self.file_segment.items() if s >= seq}
@@ -311,7 +319,8 @@ def session_facts(jdir: Path) -> list[DriveFacts]:
             seq=d.seq, path=Path(d.path), password=j.recovery_password, state=d.state,
             data_area_size=d.data_area_size, index_offset=d.index_offset,
             index_length=d.index_length, segments=j.segments(),
-            files={f.file_id: f for f in j.files()}, extents=list(j.extents()))
+            files={f.file_id: f for f in j.files()}, extents=list(j.extents()),
+            extent_segment={(e.file_id, e.offset): s for e, s in j.extents_with_segment()})
         j.close()
         if facts.segments:
             for seq, seg in read_data_segments(facts.path, facts.password, facts.segments):

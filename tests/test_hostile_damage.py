@@ -249,6 +249,7 @@ class Case:
     dir: Path
     victims: set[str]  # blobs with a stored byte in the damage
     scan_victims: set[str]  # ... plus those a log scan cannot learn of (entered past a cut)
+    verify_victims: set[str]  # ... plus those with an extent recorded past a cut (verify)
     results: dict[str, h.Ran]
     strays: dict[str, set[Path]]  # reader -> files it created outside --to / --log-dir
     image_changed: bool
@@ -320,12 +321,14 @@ def damaged_case(s: Session, region_name: str, damage: str) -> Case:
             strays[f"(in {j.name})"] = {j / x for x in new}
     lo_hi = damaged_range(region, damage)
     victims = set().union(*(d.blobs_stored_in(lo, hi) for lo, hi in lo_hi)) if lo_hi else set()
-    scan_victims = set(victims)
+    scan_victims, verify_victims = set(victims), set(victims)
     if damage == "truncate" and region.cut is not None and region.cut >= D:
         first_lost = [seq for seq, off, _ in d.segments if off >= region.cut - D]
-        if first_lost:
-            scan_victims |= d.blobs_entered_from(min(first_lost))
-    case = Case(cdir, victims, scan_victims, results, strays,
+        if first_lost:  # records past the cut are gone too (a ZERO extent's among them)
+            recorded = d.blobs_recorded_from(min(first_lost))
+            scan_victims |= d.blobs_entered_from(min(first_lost)) | recorded
+            verify_victims |= recorded
+    case = Case(cdir, victims, scan_victims, verify_victims, results, strays,
                 h.sha256_file(img) != before)
     _cache[key] = case
     return case
@@ -388,7 +391,7 @@ def check_verify(s: Session, case: Case, outcome: str) -> list[str]:
     if len(mine) != 1:
         return [f"verify reported {len(mine)} entries for drive {s.drive.seq}"]
     named = set(mine[0].get("damaged", {}))
-    want = {b.removeprefix(VDIR) for b in case.victims} if outcome == VICTIMS else set()
+    want = {b.removeprefix(VDIR) for b in case.verify_victims} if outcome == VICTIMS else set()
     if named != want:
         return [f"verify names damaged files {sorted(named)}, the damage hit {sorted(want)}"]
     return []
