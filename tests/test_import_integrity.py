@@ -331,3 +331,15 @@ def test_a_full_drives_index_is_written_again_when_resume_supersedes_its_files(
     assert proc.returncode == 0, proc.stderr
     assert "F.bin" not in local_blobs(account, "seed-test")  # the old copy is not offered
     assert "vdir/F.bin" not in {x.get("blob") for x in copy_log(logs, "stale-1", 1)}
+
+
+def test_commit_clears_runs_of_cells_and_a_short_last_one(tmp_path: Path) -> None:
+    """Adjacent zero cells are cleared as one run, the file's short last cell too."""
+    store = LocalStorage(tmp_path)
+    store.ensure_container("cont")
+    size = 3 * MiB + 512
+    for off in (0, MiB, 2 * MiB, 3 * MiB):
+        store.write_part("cont", "b", BlobType.BLOCK, size, off, b"\xee" * min(MiB, size - off))
+    store.write_part("cont", "b", BlobType.BLOCK, size, 2 * MiB, b"\x02" * MiB)
+    store.commit("cont", "b", BlobType.BLOCK, size, [3 * MiB, 0, MiB])
+    assert store.read("cont", "b", 0, size) == bytes(2 * MiB) + b"\x02" * MiB + bytes(512)

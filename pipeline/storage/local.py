@@ -61,17 +61,26 @@ except (OSError, AttributeError):
 _FALLOC_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 
 
-def _zero(fd: int, offset: int, length: int) -> None:
-    """Make ``length`` bytes at ``offset`` read as zeros: a hole where the file system can
-    punch one (nearly free on a cell that is a hole already), zeros written otherwise."""
-    if length <= 0:
-        return
-    if _LIBC is not None:
-        fallocate = _LIBC.fallocate
-        fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-        if fallocate(fd, _FALLOC_PUNCH, offset, length) == 0:
-            return
-    os.pwrite(fd, bytes(length), offset)
+if _LIBC is not None:
+    _LIBC.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def _zero(fd: int, cells: Sequence[int], size: int) -> None:
+    """Make these grid cells of a ``size``-byte file read as zeros: one hole punched per run
+    of adjacent cells (nearly free where it is a hole already; a sparse image has millions
+    of such cells), zeros written where the file system cannot punch."""
+    runs: list[list[int]] = []
+    for offset in sorted(cells):
+        end = min(offset + CELL, size)
+        if runs and runs[-1][1] == offset:
+            runs[-1][1] = end
+        elif offset < end:
+            runs.append([offset, end])
+    for start, end in runs:
+        if _LIBC is not None and _LIBC.fallocate(fd, _FALLOC_PUNCH, start, end - start) == 0:
+            continue
+        for offset in range(start, end, CELL):
+            os.pwrite(fd, bytes(min(CELL, end - offset)), offset)
 
 
 class LocalStorage:
@@ -207,8 +216,7 @@ class LocalStorage:
             try:
                 if os.fstat(fd).st_size != size:
                     os.ftruncate(fd, size)
-                for offset in zero_offsets:  # bytes an older copy left there are not the file's
-                    _zero(fd, offset, min(CELL, size - offset))
+                _zero(fd, zero_offsets, size)  # an older copy's bytes there are not the file's
             finally:
                 os.close(fd)
             try:
