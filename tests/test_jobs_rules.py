@@ -19,22 +19,29 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pipeline.errors import BadInput
 from pipeline.jobs import model, regions, rules
-from pipeline.jobs.errors import BadRequest, Conflict
-from pipeline.jobs.rules import After, DriveState, JobState
+from pipeline.jobs.errors import BadRequest, Conflict, Forbidden
+from pipeline.jobs.rules import After, DriveState, JobState, Role
 from tests import jobservice
 
 J, D = JobState, DriveState
+C, S = Role.CUSTOMER, Role.SITE
+# (job from, job to) -> the role that may make the change
 JOB_ALLOWED = {
-    (J.CREATING, J.SHIPPING), (J.CREATING, J.CANCELED),
-    (J.SHIPPING, J.RECEIVED), (J.SHIPPING, J.CANCELED),
-    (J.RECEIVED, J.TRANSFERRING), (J.RECEIVED, J.CANCELED),
-    (J.TRANSFERRING, J.PACKAGING), (J.PACKAGING, J.COMPLETED), (J.COMPLETED, J.CLOSED),
+    (J.CREATING, J.SHIPPING): C, (J.CREATING, J.CANCELED): C,
+    (J.SHIPPING, J.RECEIVED): S, (J.SHIPPING, J.CANCELED): C,
+    (J.RECEIVED, J.SHIPPING): S, (J.RECEIVED, J.TRANSFERRING): S,
+    (J.TRANSFERRING, J.PACKAGING): S, (J.PACKAGING, J.COMPLETED): S, (J.COMPLETED, J.CLOSED): S,
 }
-# (drive from, drive to) -> the job states (after the update) in which it is allowed
+# the states each role may name at all (anything else is 403 before the table is asked)
+TARGETS = {C: {J.SHIPPING, J.CANCELED},
+           S: {J.RECEIVED, J.SHIPPING, J.TRANSFERRING, J.PACKAGING, J.COMPLETED, J.CLOSED}}
+# (drive from, drive to) -> the job states (after the update) in which the site may do it
 DRIVE_ALLOWED = {
     (D.SPECIFIED, D.RECEIVED): {J.SHIPPING, J.RECEIVED, J.TRANSFERRING},
     (D.SPECIFIED, D.NEVER_RECEIVED): {J.RECEIVED, J.TRANSFERRING, J.PACKAGING},
     (D.NEVER_RECEIVED, D.RECEIVED): {J.RECEIVED, J.TRANSFERRING},
+    (D.RECEIVED, D.SPECIFIED): {J.SHIPPING, J.RECEIVED},
+    (D.NEVER_RECEIVED, D.SPECIFIED): {J.SHIPPING, J.RECEIVED},
     (D.RECEIVED, D.TRANSFERRING): {J.TRANSFERRING},
     (D.RECEIVED, D.SHIPPED_BACK): {J.CANCELED},
     (D.TRANSFERRING, D.COMPLETED): {J.TRANSFERRING, J.PACKAGING},
@@ -46,13 +53,20 @@ COPIED = {D.COMPLETED, D.COMPLETED_MORE_INFO, D.NEVER_RECEIVED}
 RETURNED = {D.SHIPPED_BACK, D.NEVER_RECEIVED}
 REGIONS = regions.load(regions.SHIPPED)
 REF = model.JobRef("0f0e0d0c-0b0a-0908-0706-050403020100", "rg", "job-1")
+ADDRESS = {"recipientName": "Ops", "streetAddress1": "1 Way", "city": "Lisboa",
+           "postalCode": "1000-001", "countryOrRegion": "PT", "phone": "+351 1",
+           "email": "ops@example.com"}
+RETURN = {"returnAddress": ADDRESS,
+          "returnShipping": {"carrierName": "DHL", "carrierAccountNumber": "A1"}}
 
 
-def guard_ok(target: JobState, has_package: bool, drives: tuple[DriveState, ...]) -> bool:
-    """The guards of the issue: Shipping needs the package; the copy and return steps
-    need every drive done; Transferring needs a received drive."""
+def guard_ok(current: JobState, target: JobState, has_package: bool,
+             drives: tuple[DriveState, ...]) -> bool:
+    """The guards of the issue: Shipping needs the package (and the return leg, a 400
+    the callers check); the copy and return steps need every drive done; Transferring
+    needs a received drive; going back to Shipping needs every mark undone."""
     if target == J.SHIPPING:
-        return has_package
+        return has_package if current == J.CREATING else all(d == D.SPECIFIED for d in drives)
     if target == J.TRANSFERRING:
         return any(d in (D.RECEIVED, D.TRANSFERRING) for d in drives)
     if target == J.PACKAGING:
@@ -69,22 +83,36 @@ def permissive(target: JobState) -> After:
     return After(state=target, has_delivery_package=True, drive_states=drives)
 
 
-@pytest.mark.parametrize(("current", "target"), list(itertools.product(JobState, JobState)))
-def test_every_job_transition(current: JobState, target: JobState) -> None:
+@pytest.mark.parametrize(("current", "target", "role"),
+                         list(itertools.product(JobState, JobState, Role)))
+def test_every_job_transition(current: JobState, target: JobState, role: Role) -> None:
     after = permissive(target)
-    if current == target or (current, target) in JOB_ALLOWED:
-        rules.check_job_transition(current, after)
+    owner = JOB_ALLOWED.get((current, target))
+    if current == target or owner == role:
+        rules.check_job_transition(current, after, role)
+        return
+    if owner is not None or target not in TARGETS[role]:
+        with pytest.raises(Forbidden) as forbidden:
+            rules.check_job_transition(current, after, role)
+        assert forbidden.value.status == 403 and forbidden.value.code == "AuthorizationFailed"
+        assert f"to {target} is the" in str(forbidden.value)
         return
     with pytest.raises(Conflict) as refused:
-        rules.check_job_transition(current, after)
+        rules.check_job_transition(current, after, role)
     assert refused.value.code == "InvalidStateTransition" and refused.value.status == 409
     assert f"from {current} to {target}" in str(refused.value)
     if target == J.CANCELED:
-        assert "only before Transferring" in str(refused.value)
+        assert "only before the site receives it" in str(refused.value)
+
+
+def test_the_default_role_is_the_customer() -> None:
+    with pytest.raises(Forbidden):
+        rules.check_job_transition(J.SHIPPING, permissive(J.RECEIVED))
+    with pytest.raises(Forbidden):
+        rules.check_drive_transition("d1", D.SPECIFIED, D.RECEIVED, permissive(J.SHIPPING))
 
 
 @pytest.mark.parametrize(("target", "after", "reason"), [
-    (J.SHIPPING, After(J.SHIPPING, False, (D.SPECIFIED,)), "carrier and tracking number"),
     (J.TRANSFERRING, After(J.TRANSFERRING, True, (D.SPECIFIED, D.NEVER_RECEIVED)),
      "no drive has been received"),
     (J.PACKAGING, After(J.PACKAGING, True, (D.COMPLETED, D.TRANSFERRING)),
@@ -94,27 +122,62 @@ def test_every_job_transition(current: JobState, target: JobState) -> None:
 def test_job_guards_say_why(target: JobState, after: After, reason: str) -> None:
     current = next(a for a, b in JOB_ALLOWED if b == target)
     with pytest.raises(Conflict, match=reason):
-        rules.check_job_transition(current, after)
+        rules.check_job_transition(current, after, S)
+
+
+def test_undoing_every_mark_takes_the_job_back_to_shipping() -> None:
+    with pytest.raises(Conflict, match="still Received; undo every drive's mark"):
+        rules.check_job_transition(J.RECEIVED, After(J.SHIPPING, True, (D.SPECIFIED, D.RECEIVED)),
+                                   S)
+    rules.check_job_transition(J.RECEIVED, After(J.SHIPPING, True, (D.SPECIFIED,)), S)
+
+
+@pytest.mark.parametrize(("address", "shipping", "package"),
+                         [c for c in itertools.product((True, False), repeat=3) if not all(c)])
+def test_shipping_needs_the_return_leg_and_the_package(address: bool, shipping: bool,
+                                                       package: bool) -> None:
+    after = After(J.SHIPPING, package, (D.SPECIFIED,), has_return_address=address,
+                  has_return_shipping=shipping)
+    with pytest.raises(BadRequest) as bad:
+        rules.check_job_transition(J.CREATING, after, C)
+    assert bad.value.status == 400 and bad.value.code == "InvalidRequest"
+    message = str(bad.value)
+    assert ("return address" in message) != address
+    assert ("return carrier" in message) != shipping
+    assert ("tracking number" in message) != package
+    assert "properties.returnAddress.postalCode" not in message
 
 
 @pytest.mark.parametrize(("current", "target", "job"),
                          list(itertools.product(DriveState, DriveState, JobState)))
 def test_every_drive_transition(current: DriveState, target: DriveState, job: JobState) -> None:
     after = After(job, True, (target,))
+    if current != target:  # every drive state change is the site's
+        with pytest.raises(Forbidden, match="receiving site's step"):
+            rules.check_drive_transition("d1", current, target, after, C)
     if current == target or job in DRIVE_ALLOWED.get((current, target), ()):
-        rules.check_drive_transition("d1", current, target, after)
+        rules.check_drive_transition("d1", current, target, after, S)
         return
     with pytest.raises(Conflict) as refused:
-        rules.check_drive_transition("d1", current, target, after)
+        rules.check_drive_transition("d1", current, target, after, S)
     assert refused.value.code == "InvalidDriveStateTransition"
     assert f"drive d1 cannot go from {current} to {target}" in str(refused.value)
 
 
+@pytest.mark.parametrize("mark", [D.RECEIVED, D.NEVER_RECEIVED])
+def test_a_mark_cannot_be_undone_once_the_copy_started(mark: DriveState) -> None:
+    after = After(J.RECEIVED, True, (D.SPECIFIED,))
+    rules.check_drive_transition("d1", mark, D.SPECIFIED, after, S, copy_started=False)
+    with pytest.raises(Conflict, match="copy has started"):
+        rules.check_drive_transition("d1", mark, D.SPECIFIED, after, S, copy_started=True)
+
+
 def test_final_states_say_so() -> None:
     with pytest.raises(Conflict, match="nothing \\(final state\\)"):
-        rules.check_job_transition(J.CLOSED, permissive(J.COMPLETED))
+        rules.check_job_transition(J.CLOSED, permissive(J.COMPLETED), S)
     with pytest.raises(Conflict, match="nothing \\(final state\\)"):
-        rules.check_drive_transition("d", D.SHIPPED_BACK, D.RECEIVED, After(J.RECEIVED, True, ()))
+        rules.check_drive_transition("d", D.SHIPPED_BACK, D.RECEIVED, After(J.RECEIVED, True, ()),
+                                     S)
 
 
 # --------------------------------------------------------------------------- names
@@ -221,7 +284,7 @@ def test_carriers_come_from_the_location() -> None:
     with pytest.raises(BadRequest, match="use one of: DHL, FedEx, TNT, UPS") as bad:
         rules.check_carrier("Correios", west.supported_carriers, "westeurope")
     assert bad.value.code == "UnsupportedCarrier"
-    brazil = jobservice.job_body(jobservice.drive_list(1), location="brazilsouth")
+    brazil = jobservice.job_body(jobservice.drive_list(1), location="brazilsouth", **RETURN)
     job, _ = model.parse_new_job(REF, brazil, REGIONS)
     package = {"carrierName": "correios", "trackingNumber": "BR123"}
     shipped, _ = model.apply_update(
@@ -237,19 +300,28 @@ def test_carriers_come_from_the_location() -> None:
 
 def test_shipping_needs_carrier_and_tracking_number() -> None:
     job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(2)), REGIONS)
-    with pytest.raises(Conflict, match="carrier and tracking number"):
+    with pytest.raises(BadRequest, match="return address.*return carrier.*tracking number"):
         model.apply_update(job, {"properties": {"state": "Shipping"}}, REGIONS)
     with pytest.raises(BadRequest, match="trackingNumber"):
         model.apply_update(job, {"properties": {"deliveryPackage": {"carrierName": "DHL"},
                                                 "state": "Shipping"}}, REGIONS)
+    package = {"carrierName": "DHL", "trackingNumber": "1"}
+    with pytest.raises(BadRequest, match="give the return address .*; the return carrier") as bad:
+        model.apply_update(job, {"properties": {"deliveryPackage": package,
+                                                "state": "Shipping"}}, REGIONS)
+    assert "tracking number" not in str(bad.value)
+    shipped, _ = model.apply_update(job, {"properties": {"deliveryPackage": package,
+                                                         "state": "Shipping", **RETURN}}, REGIONS)
+    assert shipped.state == J.SHIPPING
 
 
 def test_frozen_fields_and_cancellation() -> None:
-    job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(1)), REGIONS)
+    job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(1), **RETURN),
+                                 REGIONS)
     package = {"properties": {"deliveryPackage": {"carrierName": "DHL", "trackingNumber": "1"}}}
     job, _ = model.apply_update(job, package, REGIONS)
     job, _ = model.apply_update(job, {"properties": {"state": "Shipping"}}, REGIONS)
-    job, _ = model.apply_update(job, {"properties": {"state": "Received"}}, REGIONS)
+    job, _ = model.apply_update(job, {"properties": {"state": "Received"}}, REGIONS, S)
     with pytest.raises(Conflict, match="deliveryPackage cannot change while the job is Received"):
         model.apply_update(job, {"properties": {"deliveryPackage": {
             "carrierName": "UPS", "trackingNumber": "2"}}}, REGIONS)
@@ -265,10 +337,10 @@ def test_frozen_fields_and_cancellation() -> None:
         {"driveId": drive_id, "state": "Received"}]}}
     with pytest.raises(Conflict, match="drive .* Received to Transferring|Received"):
         model.apply_update(job, {"properties": {"driveList": [
-            {"driveId": drive_id, "state": "Transferring"}]}}, REGIONS)
-    job, _ = model.apply_update(job, moving, REGIONS)
+            {"driveId": drive_id, "state": "Transferring"}]}}, REGIONS, S)
+    job, _ = model.apply_update(job, moving, REGIONS, S)
     assert job.state == J.TRANSFERRING and job.drives[0].state == D.RECEIVED
-    with pytest.raises(Conflict, match="only before Transferring"):
+    with pytest.raises(Conflict, match="only before the site receives it"):
         model.apply_update(job, {"properties": {"cancelRequested": True}}, REGIONS)
     with pytest.raises(BadRequest, match="properties.state cannot|cannot be changed by PATCH"):
         model.apply_update(job, {"properties": {"percentComplete": 5}}, REGIONS)
@@ -288,52 +360,69 @@ def test_cancel_and_it_cannot_be_undone() -> None:
 # --------------------------------------------------------------------------- the whole PATCH path
 
 
-FORWARD_JOB = {a: b for a, b in JOB_ALLOWED if b != J.CANCELED}
+FORWARD_JOB = {a: b for a, b in JOB_ALLOWED
+               if b != J.CANCELED and (a, b) != (J.RECEIVED, J.SHIPPING)}
 FORWARD_DRIVE = {D.SPECIFIED: D.RECEIVED, D.NEVER_RECEIVED: D.RECEIVED,
                  D.RECEIVED: D.TRANSFERRING, D.TRANSFERRING: D.COMPLETED,
                  D.COMPLETED: D.SHIPPED_BACK, D.COMPLETED_MORE_INFO: D.SHIPPED_BACK}
 
 
 class JobLifecycle(RuleBasedStateMachine):
-    """Random PATCHes through ``model.apply_update``, checked against the tables above."""
+    """Random PATCHes by either role through ``model.apply_update``, checked against the
+    tables above: each is allowed, 403 (the other role's), 409 or 400, never something else."""
 
     def __init__(self) -> None:
         super().__init__()
         self.job, self.keys = model.parse_new_job(
-            REF, jobservice.job_body(jobservice.drive_list(3)), REGIONS)
+            REF, jobservice.job_body(jobservice.drive_list(3), **RETURN), REGIONS)
         self.ids = [d.drive_id for d in self.job.drives]
 
-    def patch(self, body: dict[str, Any], expect_ok: bool) -> None:
+    def patch(self, body: dict[str, Any], role: Role, expect: type[Exception] | None) -> None:
         before = self.job
         try:
-            self.job, _ = model.apply_update(self.job, body, REGIONS)
-        except Conflict as exc:
-            assert not expect_ok, f"refused {body}: {exc}"
+            self.job, _ = model.apply_update(self.job, body, REGIONS, role)
+        except (Forbidden, Conflict, BadRequest) as exc:
+            assert type(exc) is expect, f"{role} {body} from {before.state}: {exc!r}"
             assert self.job is before
         else:
-            assert expect_ok, f"allowed {body} from {before.state}"
+            assert expect is None, f"{role} allowed {body} from {before.state}"
 
     # None: the forward step, drawn often so that runs get past Transferring
-    @rule(state=st.sampled_from([*JobState, None, None, None, None]), package=st.booleans())
-    def job_to(self, state: JobState | None, package: bool) -> None:
-        target = state or FORWARD_JOB.get(self.job.state, self.job.state)
+    @rule(state=st.sampled_from([*JobState, None, None, None, None]), package=st.booleans(),
+          role=st.sampled_from(Role))
+    def job_to(self, state: JobState | None, package: bool, role: Role) -> None:
+        current = self.job.state
+        target = state or FORWARD_JOB.get(current, current)
+        owner = JOB_ALLOWED.get((current, target))
+        if state is None and owner is not None:
+            role = owner
         props: dict[str, Any] = {"state": target.value}
-        editable = self.job.state in (J.CREATING, J.SHIPPING)
-        if package and editable:
+        if package and role == C and current in (J.CREATING, J.SHIPPING):
             props["deliveryPackage"] = {"carrierName": "UPS", "trackingNumber": "T1"}
         has_package = "deliveryPackage" in self.job.details or "deliveryPackage" in props
         drives = tuple(d.state for d in self.job.drives)
-        ok = target == self.job.state or (
-            (self.job.state, target) in JOB_ALLOWED and guard_ok(target, has_package, drives))
-        self.patch({"properties": props}, ok)
+        expect: type[Exception] | None = None
+        if target == current:
+            pass
+        elif (owner is not None and owner != role) or (owner is None
+                                                       and target not in TARGETS[role]):
+            expect = Forbidden
+        elif owner is None or not guard_ok(current, target, has_package, drives):
+            expect = BadRequest if (current, target) == (J.CREATING, J.SHIPPING) else Conflict
+        self.patch({"properties": props}, role, expect)
 
-    @rule(index=st.integers(0, 2), state=st.sampled_from([*DriveState, None, None, None]))
-    def drive_to(self, index: int, state: DriveState | None) -> None:
-        target = state or FORWARD_DRIVE.get(self.job.drives[index].state, D.SHIPPED_BACK)
-        current = self.job.drives[index].state
-        ok = target == current or self.job.state in DRIVE_ALLOWED.get((current, target), ())
+    @rule(index=st.integers(0, 2), state=st.sampled_from([*DriveState, None, None, None]),
+          role=st.sampled_from([S, S, C]))
+    def drive_to(self, index: int, state: DriveState | None, role: Role) -> None:
+        drive = self.job.drives[index]
+        target = state or FORWARD_DRIVE.get(drive.state, D.SHIPPED_BACK)
+        ok = target == drive.state or (
+            self.job.state in DRIVE_ALLOWED.get((drive.state, target), ())
+            and (target != D.SPECIFIED or drive.copy_status in (None, "NotStarted")))
+        expect = (Forbidden if role == C and target != drive.state
+                  else None if ok else Conflict)
         self.patch({"properties": {"driveList": [{"driveId": self.ids[index],
-                                                  "state": target.value}]}}, ok)
+                                                  "state": target.value}]}}, role, expect)
 
     @rule()
     def every_drive_forward(self) -> None:
@@ -344,15 +433,20 @@ class JobLifecycle(RuleBasedStateMachine):
             ok = ok and (target == d.state
                          or self.job.state in DRIVE_ALLOWED.get((d.state, target), ()))
             entries.append({"driveId": d.drive_id, "state": target.value})
-        self.patch({"properties": {"driveList": entries}}, ok)
+        self.patch({"properties": {"driveList": entries}}, S, None if ok else Conflict)
 
     @precondition(lambda self: self.job.state == J.TRANSFERRING)
-    @rule(index=st.integers(0, 2), percent=st.integers(0, 100))
-    def progress(self, index: int, percent: int) -> None:
-        self.patch({"properties": {"driveList": [{
-            "driveId": self.ids[index], "percentComplete": percent,
-            "bytesSucceeded": percent * 1000, "copyStatus": "copying"}]}}, True)
-        assert self.job.drives[index].percent_complete == percent
+    @rule(index=st.integers(0, 2), percent=st.integers(0, 100), role=st.sampled_from(Role))
+    def progress(self, index: int, percent: int, role: Role) -> None:
+        entry = {"driveId": self.ids[index], "percentComplete": percent,
+                 "bytesSucceeded": percent * 1000, "copyStatus": "copying"}
+        drive = self.job.drives[index]
+        changes = (drive.percent_complete, drive.bytes_succeeded, drive.copy_status) != (
+            percent, percent * 1000, "copying")
+        self.patch({"properties": {"driveList": [entry]}}, role,
+                   Forbidden if role == C and changes else None)
+        if role == S:
+            assert self.job.drives[index].percent_complete == percent
 
     @invariant()
     def consistent(self) -> None:
@@ -369,26 +463,31 @@ TestJobLifecycle.settings = settings(max_examples=300, stateful_step_count=50, d
 
 
 def test_the_lifecycle_reaches_every_state() -> None:
-    """The happy path to Closed, one PATCH at a time (the receiving site's sequence)."""
-    job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(2)), REGIONS)
+    """The happy path to Closed, one PATCH at a time, each by the role whose step it is."""
+    job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(2), **RETURN),
+                                 REGIONS)
     a, b = (d.drive_id for d in job.drives)
-    steps: list[dict[str, Any]] = [
-        {"deliveryPackage": {"carrierName": "FedEx", "trackingNumber": "F1"},
-         "state": "Shipping"},
-        {"state": "Received", "driveList": [{"driveId": a, "state": "Received"}]},
-        {"driveList": [{"driveId": b, "state": "NeverReceived"}]},
-        {"state": "Transferring", "driveList": [{"driveId": a, "state": "Transferring"}]},
-        {"driveList": [{"driveId": a, "percentComplete": 100,
-                        "errorLogUri": "https://logs.example/a-error.xml"}]},
-        {"state": "Packaging", "driveList": [{"driveId": a, "state": "CompletedMoreInfo"}]},
-        {"driveList": [{"driveId": a, "state": "ShippedBack"}],
-         "returnPackage": {"carrierName": "FedEx", "trackingNumber": "R1", "driveCount": 1,
-                           "shipDate": "2026-12-01"}},
-        {"state": "Completed"},
-        {"state": "Closed"},
+    steps: list[tuple[Role, dict[str, Any]]] = [
+        (C, {"deliveryPackage": {"carrierName": "FedEx", "trackingNumber": "F1"},
+             "state": "Shipping"}),
+        (S, {"state": "Received", "driveList": [{"driveId": a, "state": "Received"},
+                                                {"driveId": b, "state": "Received"}]}),
+        (S, {"state": "Shipping", "driveList": [{"driveId": a, "state": "Specified"},
+                                                {"driveId": b, "state": "Specified"}]}),
+        (S, {"state": "Received", "driveList": [{"driveId": a, "state": "Received"}]}),
+        (S, {"driveList": [{"driveId": b, "state": "NeverReceived"}]}),
+        (S, {"state": "Transferring", "driveList": [{"driveId": a, "state": "Transferring"}]}),
+        (S, {"driveList": [{"driveId": a, "percentComplete": 100,
+                            "errorLogUri": "https://logs.example/a-error.xml"}]}),
+        (S, {"state": "Packaging", "driveList": [{"driveId": a, "state": "CompletedMoreInfo"}]}),
+        (S, {"driveList": [{"driveId": a, "state": "ShippedBack"}],
+             "returnPackage": {"carrierName": "FedEx", "trackingNumber": "R1", "driveCount": 1,
+                               "shipDate": "2026-12-01"}}),
+        (S, {"state": "Completed"}),
+        (S, {"state": "Closed"}),
     ]
-    for props in steps:
-        job, _ = model.apply_update(job, {"properties": props}, REGIONS)
+    for role, props in steps:
+        job, _ = model.apply_update(job, {"properties": props}, REGIONS, role)
     assert job.state == J.CLOSED and job.percent_complete == 100
     assert job.to_resource()["properties"]["returnPackage"]["trackingNumber"] == "R1"
 

@@ -23,7 +23,7 @@ Public API (everything else is private)::
     catalog.locations() -> list[Region];  catalog.location(name) -> Region
     catalog.put_job(ref, body, if_match=None, if_none_match=False) -> (Job, created)
     catalog.get_job(ref) -> Job
-    catalog.update_job(ref, patch, if_match=None) -> Job
+    catalog.update_job(ref, patch, if_match=None, role=Role.CUSTOMER) -> Job
     catalog.delete_job(ref, if_match=None) -> None
     catalog.list_jobs(subscription_id, resource_group=None, state=None, top=100,
                       skip_token=None) -> Page
@@ -60,7 +60,7 @@ from pipeline.jobs import model, regions, rules
 from pipeline.jobs.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from pipeline.jobs.model import Job, JobDrive, JobRef
 from pipeline.jobs.regions import Region
-from pipeline.jobs.rules import DriveState, JobState
+from pipeline.jobs.rules import DriveState, JobState, Role
 
 DB_NAME = "catalog.db"
 KEY_NAME = "catalog.key"
@@ -404,13 +404,16 @@ class Catalog:
             self._store(conn, row["id"], new, keys, old)
             return new, False
 
-    def update_job(self, ref: JobRef, patch: Any, *, if_match: str | None = None) -> Job:
-        """Apply an ARM PATCH body through the rules; a PATCH that changes nothing is no write."""
+    def update_job(self, ref: JobRef, patch: Any, *, if_match: str | None = None,
+                   role: Role = Role.CUSTOMER) -> Job:
+        """Apply an ARM PATCH body by ``role`` through the rules (the customer's token by
+        default: a site caller says ``role=Role.SITE``); a PATCH that changes nothing is no
+        write."""
         with self._write() as conn:
             row = self._row(conn, ref)
             old = self._load(conn, row)
             _check_if_match(old, if_match)
-            new, keys = model.apply_update(old, patch, self._regions)
+            new, keys = model.apply_update(old, patch, self._regions, role)
             if new == old and not keys:
                 return old
             new = replace(new, version=old.version + 1, updated=_now())

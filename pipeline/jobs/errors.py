@@ -44,6 +44,13 @@ class Unauthorized(ApiError):
     code = "AuthenticationFailed"
 
 
+class Forbidden(ApiError):
+    """{}"""
+
+    status = 403
+    code = "AuthorizationFailed"
+
+
 class NotFound(ApiError):
     """{}"""
 

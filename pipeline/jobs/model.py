@@ -26,7 +26,7 @@ from typing import Any
 from pipeline.jobs import rules
 from pipeline.jobs.errors import BadRequest, Conflict
 from pipeline.jobs.regions import Region
-from pipeline.jobs.rules import DriveState, JobState
+from pipeline.jobs.rules import DriveState, JobState, Role
 
 PROVIDER = "Microsoft.ImportExport"
 RESOURCE_TYPE = "Microsoft.ImportExport/jobs"
@@ -207,8 +207,11 @@ def replace_job(old: Job, new: Job) -> Job:
     return replace(new, version=old.version, created=old.created)
 
 
-def apply_update(job: Job, body: Any, regions: Mapping[str, Region]) -> tuple[Job, Keys]:
-    """A PATCH body -> the updated job and any new recovery passwords, through the rules.
+def apply_update(job: Job, body: Any, regions: Mapping[str, Region],
+                 role: Role = Role.CUSTOMER) -> tuple[Job, Keys]:
+    """A PATCH body by ``role`` -> the updated job and any new recovery passwords, through
+    the rules: a change that is the other role's is 403 (``rules.FIELD_ROLE``), one the
+    job's state forbids 409.
 
     Fields change first, then the state changes are checked against the job as it
     will be after the PATCH (see ``rules``), so one request may carry a delivery
@@ -241,18 +244,26 @@ def apply_update(job: Job, body: Any, regions: Mapping[str, Region]) -> tuple[Jo
             continue
         value = _DETAIL_PARSERS[name](props[name], region)
         if value != details.get(name):
+            rules.check_role(name, role, f"properties.{name}")
             rules.check_editable(name, job.state)
             details[name] = value
     target, cancel = _target_state(job, props)
-    drives, keys = _update_drives(job, props.get("driveList"))
+    drives, keys = _update_drives(job, props.get("driveList"), role)
     tags = _tags(body["tags"]) if body.get("tags") is not None else job.tags
+    if tags != job.tags:
+        rules.check_role("tags", role)
     after = rules.After(state=target, has_delivery_package="deliveryPackage" in details,
-                        drive_states=tuple(d.state for d in drives))
-    rules.check_job_transition(job.state, after)
-    old = {d.drive_id: d.state for d in job.drives}
+                        drive_states=tuple(d.state for d in drives),
+                        has_return_address="returnAddress" in details,
+                        has_return_shipping="returnShipping" in details)
+    rules.check_job_transition(job.state, after, role)
+    old = {d.drive_id: d for d in job.drives}
     for d in drives:
         if d.drive_id in old:
-            rules.check_drive_transition(d.drive_id, old[d.drive_id], d.state, after)
+            was = old[d.drive_id]
+            rules.check_drive_transition(
+                d.drive_id, was.state, d.state, after, role,
+                copy_started=(was.copy_status or "") not in rules.COPY_NOT_STARTED)
     updated = replace(job, details=details, drives=drives, state=target, tags=tags,
                       cancel_requested=cancel)
     return updated, keys
@@ -276,7 +287,7 @@ def _target_state(job: Job, props: Mapping[str, Any]) -> tuple[JobState, bool]:
     return JobState.CANCELED, True
 
 
-def _update_drives(job: Job, entries: Any) -> tuple[tuple[JobDrive, ...], Keys]:
+def _update_drives(job: Job, entries: Any, role: Role) -> tuple[tuple[JobDrive, ...], Keys]:
     """Merge a PATCH's driveList into the job's drives, matched by driveId."""
     if entries is None:
         return job.drives, {}
@@ -295,6 +306,7 @@ def _update_drives(job: Job, entries: Any) -> tuple[tuple[JobDrive, ...], Keys]:
         seen.add(drive_id)
         current = drives.get(drive_id)
         if current is None:
+            rules.check_role("drive identity", role, f"adding drive {drive_id}")
             rules.check_editable("drive identity", job.state)
             drives[drive_id], keys[drive_id] = _new_drive(entry, where)
             continue
@@ -302,14 +314,18 @@ def _update_drives(job: Job, entries: Any) -> tuple[tuple[JobDrive, ...], Keys]:
                             *_DRIVE_PROGRESS}, where + ".")
         changes: dict[str, Any] = {}
         if entry.get("bitLockerKey") is not None:
+            rules.check_role("drive identity", role, f"the recovery password of drive {drive_id}")
             rules.check_editable("drive identity", job.state)
             keys[drive_id] = rules.check_recovery_password(drive_id, entry["bitLockerKey"])
         identity = _drive_identity(entry, where, partial=True)
         if any(getattr(current, k) != v for k, v in identity.items()):
+            rules.check_role("drive identity", role, f"the manifest of drive {drive_id}")
             rules.check_editable("drive identity", job.state)
             changes.update(identity)
         progress = _drive_progress(entry, where)
         if any(getattr(current, k) != v for k, v in progress.items()):
+            rules.check_role("drive progress", role, f"the copy progress of drive {drive_id} "
+                             "(copyStatus, percentComplete, bytesSucceeded, log URIs)")
             rules.check_editable("drive progress", job.state)
             changes.update(progress)
         if entry.get("state") is not None:

@@ -17,31 +17,44 @@ virtual blob directory, by the blob-name rules of ``pipeline.names`` (the ones
 prep, preview and import use).
 
 Rule 1 (as in h11's ``_state.py``): every transition lives in the two tables
-below, and nowhere else.  Naming the current state again is not a transition
-(it is accepted and changes nothing).  A PATCH is checked as one step: each
-guard sees the job as it will be *after* the PATCH, so "job Transferring and
-its drives Transferring" can be one request.
+below, and nowhere else, with the role that may make it.  Naming the current
+state again is not a transition (it is accepted and changes nothing).  A PATCH
+is checked as one step: each guard sees the job as it will be *after* the
+PATCH, so "job Transferring and its drives Transferring" can be one request.
+
+Roles
+-----
+Two roles act on a job, as in Azure: the **customer** (the subscription's
+token) creates it, ships it, cancels it and edits its shipping details; the
+**site** (the receiving data center's site token) does everything after the
+package arrives.  ``FIELD_ROLE`` says whose each PATCH field is, the tables say
+whose each state change is.  A change made by the other role is refused with
+``Forbidden`` (HTTP 403, ``AuthorizationFailed``) before the state machine is
+asked, so a customer learns "that is the site's step", never whether the step
+would have been allowed.  Sending a field's current value is no change.
 
 Job states::
 
-    from          to             guard (the job after the change)
-    Creating      Shipping       deliveryPackage has carrierName and trackingNumber
-    Creating      Canceled       -
-    Shipping      Received       -
-    Shipping      Canceled       -
-    Received      Transferring   at least one drive Received or Transferring
-    Received      Canceled       -
-    Transferring  Packaging      every drive Completed, CompletedMoreInfo or NeverReceived
-    Packaging     Completed      every drive ShippedBack or NeverReceived
-    Completed     Closed         -
+    from          to             by        guard (the job after the change)
+    Creating      Shipping       customer  returnAddress, returnShipping, deliveryPackage (400)
+    Creating      Canceled       customer  -
+    Shipping      Received       site      -
+    Shipping      Canceled       customer  -
+    Received      Shipping       site      every drive Specified (undo of a wrong mark)
+    Received      Transferring   site      at least one drive Received or Transferring
+    Transferring  Packaging      site      every drive Completed, CompletedMoreInfo or NeverReceived
+    Packaging     Completed      site      every drive ShippedBack or NeverReceived
+    Completed     Closed         site      -
     Closed, Canceled: final
 
-Drive states::
+Drive states (every drive state change is the site's)::
 
     from               to                 guard (the job's state after the change)
     Specified          Received           Shipping, Received or Transferring (package arrived)
     Specified          NeverReceived      Received, Transferring or Packaging (drive missing)
     NeverReceived      Received           Received or Transferring (arrived late)
+    Received           Specified          Shipping or Received, copy not started (undo)
+    NeverReceived      Specified          Shipping or Received, copy not started (undo)
     Received           Transferring       Transferring
     Received           ShippedBack        Canceled (returned without import)
     Transferring       Completed          Transferring or Packaging
@@ -51,9 +64,15 @@ Drive states::
     ShippedBack: final
 
 A NeverReceived drive is not shipped back (there is nothing to ship); if it
-turns up late it becomes Received.  Canceled is reachable only before
-Transferring: once data is being written, the job runs to the end.  (Packaging
-in a drive's guard lets the last drive finish in the PATCH that packs the job.)
+turns up late it becomes Received.  Canceling is the customer's, and only
+before the site has the package (Creating or Shipping), as Azure's portal has
+it ("you can only cancel a job while it's in Creating state" once tracking is
+in, Azure says; we keep Shipping too, since the drives may still be on the
+way, and a drive the site already received goes back: Received -> ShippedBack).
+Moving to Shipping without a return address, return carrier or delivery
+package is a 400 (``InvalidRequest``) naming every missing piece: bad input,
+not a state conflict.  (Packaging in a drive's guard lets the last drive finish
+in the PATCH that packs the job.)
 
 Beside the state machines, ``EDITABLE`` says in which job states a PATCH may
 change each field (the delivery package only until the package arrives, a
@@ -67,15 +86,23 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from pipeline import names
 from pipeline.errors import BadInput
-from pipeline.jobs.errors import BadRequest, Conflict
+from pipeline.jobs.errors import BadRequest, Conflict, Forbidden
 
 JOB_NAME_MIN = 3
 JOB_NAME_MAX = 24
 RESOURCE_GROUP_MAX = 90
 MAX_DRIVES = 10
+
+
+class Role(StrEnum):
+    """Who asks: the job's owner (a subscription token) or the receiving site (a site token)."""
+
+    CUSTOMER = "customer"
+    SITE = "site"
 
 
 class JobState(StrEnum):
@@ -101,25 +128,52 @@ class DriveState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class After:
-    """What a guard may look at: the job as it will be after the update."""
+    """What a guard may look at: the job as it will be after the update.
+
+    The return fields default to present so that a caller previewing a site step
+    (which never needs them) can leave them out; ``model`` always fills them in."""
 
     state: JobState
     has_delivery_package: bool
     drive_states: tuple[DriveState, ...]
+    has_return_address: bool = True
+    has_return_shipping: bool = True
 
 
 Guard = Callable[[After], str | None]  # None: allowed; otherwise the reason it is not
+
+
+class Step(NamedTuple):
+    """One job transition: who may make it, and what must hold after it."""
+
+    role: Role
+    guard: Guard
 
 
 def _always(_: After) -> str | None:
     return None
 
 
-def _shipped(after: After) -> str | None:
-    if not after.has_delivery_package:
-        return ("shipping needs the carrier and tracking number: set properties.deliveryPackage "
-                "{carrierName, trackingNumber} in this or an earlier request")
+def _ready_to_ship(after: After) -> str | None:
+    """Azure's rule: the return leg and the delivery package are known before Shipping.
+    Missing input is a 400 naming every missing piece, not a 409."""
+    missing = [what for have, what in (
+        (after.has_return_address, "the return address (properties.returnAddress: "
+                                   "name, street, city, postal code, country, phone, email)"),
+        (after.has_return_shipping, "the return carrier and its account number "
+                                    "(properties.returnShipping)"),
+        (after.has_delivery_package, "the carrier and tracking number of the package "
+                                     "(properties.deliveryPackage)"))
+        if not have]
+    if missing:
+        raise BadRequest("the job cannot ship yet: give " + "; ".join(missing)
+                         + ", in this or an earlier request", "InvalidRequest")
     return None
+
+
+def _nothing_received(after: After) -> str | None:
+    return _all_drives(after, (DriveState.SPECIFIED,),
+                       "undo every drive's mark first (back to Specified)")
 
 
 def _some_drive_received(after: After) -> str | None:
@@ -153,36 +207,60 @@ def _job_in(*states: JobState) -> Guard:
     return guard
 
 
-J, D = JobState, DriveState
+J, D, C, S = JobState, DriveState, Role.CUSTOMER, Role.SITE
 
-# Rule 1: the job state machine.  from -> {to: guard}
-JOB_TRANSITIONS: Mapping[JobState, Mapping[JobState, Guard]] = {
-    J.CREATING: {J.SHIPPING: _shipped, J.CANCELED: _always},
-    J.SHIPPING: {J.RECEIVED: _always, J.CANCELED: _always},
-    J.RECEIVED: {J.TRANSFERRING: _some_drive_received, J.CANCELED: _always},
-    J.TRANSFERRING: {J.PACKAGING: _every_drive_copied},
-    J.PACKAGING: {J.COMPLETED: _every_drive_returned},
-    J.COMPLETED: {J.CLOSED: _always},
+# Rule 1: the job state machine.  from -> {to: (who, guard)}
+JOB_TRANSITIONS: Mapping[JobState, Mapping[JobState, Step]] = {
+    J.CREATING: {J.SHIPPING: Step(C, _ready_to_ship), J.CANCELED: Step(C, _always)},
+    J.SHIPPING: {J.RECEIVED: Step(S, _always), J.CANCELED: Step(C, _always)},
+    J.RECEIVED: {J.SHIPPING: Step(S, _nothing_received),
+                 J.TRANSFERRING: Step(S, _some_drive_received)},
+    J.TRANSFERRING: {J.PACKAGING: Step(S, _every_drive_copied)},
+    J.PACKAGING: {J.COMPLETED: Step(S, _every_drive_returned)},
+    J.COMPLETED: {J.CLOSED: Step(S, _always)},
     J.CLOSED: {},
     J.CANCELED: {},
 }
 
+# the states each role may name in properties.state (derived: the table is the rule)
+TARGETS: Mapping[Role, frozenset[JobState]] = {
+    role: frozenset(to for steps in JOB_TRANSITIONS.values()
+                    for to, step in steps.items() if step.role == role)
+    for role in Role}
+
 _ARRIVED = _job_in(J.SHIPPING, J.RECEIVED, J.TRANSFERRING)
 _OPENED = _job_in(J.RECEIVED, J.TRANSFERRING)
 _MISSING = _job_in(J.RECEIVED, J.TRANSFERRING, J.PACKAGING)
+_UNDO = _job_in(J.SHIPPING, J.RECEIVED)
 _COPYING = _job_in(J.TRANSFERRING)
 _COPIED = _job_in(J.TRANSFERRING, J.PACKAGING)
 _RETURNING = _job_in(J.PACKAGING, J.COMPLETED, J.CANCELED)
 
-# Rule 1: the drive state machine.  from -> {to: guard on the job}
+# Rule 1: the drive state machine.  from -> {to: guard on the job}; all the site's
+DRIVE_ROLE = Role.SITE
 DRIVE_TRANSITIONS: Mapping[DriveState, Mapping[DriveState, Guard]] = {
     D.SPECIFIED: {D.RECEIVED: _ARRIVED, D.NEVER_RECEIVED: _MISSING},
-    D.NEVER_RECEIVED: {D.RECEIVED: _OPENED},
-    D.RECEIVED: {D.TRANSFERRING: _COPYING, D.SHIPPED_BACK: _job_in(J.CANCELED)},
+    D.NEVER_RECEIVED: {D.RECEIVED: _OPENED, D.SPECIFIED: _UNDO},
+    D.RECEIVED: {D.SPECIFIED: _UNDO, D.TRANSFERRING: _COPYING,
+                 D.SHIPPED_BACK: _job_in(J.CANCELED)},
     D.TRANSFERRING: {D.COMPLETED: _COPIED, D.COMPLETED_MORE_INFO: _COPIED},
     D.COMPLETED: {D.SHIPPED_BACK: _RETURNING},
     D.COMPLETED_MORE_INFO: {D.SHIPPED_BACK: _RETURNING},
     D.SHIPPED_BACK: {},
+}
+
+# A drive's copy has started once the site reports a copyStatus other than these.
+COPY_NOT_STARTED = frozenset({"", "NotStarted"})
+
+# Whose each PATCH field is (job states: the table above).
+FIELD_ROLE: Mapping[str, Role] = {
+    "tags": C, "cancelRequested": C, "returnAddress": C, "returnShipping": C,
+    "deliveryPackage": C, "logLevel": C, "backupDriveManifest": C,
+    "drive identity": C,      # a drive's manifest, hashes and recovery password; new drives
+    "returnPackage": S,
+    "drive state": S,         # properties.driveList[*].state
+    "drive progress": S,      # copyStatus, percentComplete, bytesSucceeded, the log URIs
+    "copy log": S,            # PUT .../copyLogs/{drive}/{kind}
 }
 
 # Which job fields a PATCH may change, by job state.  Tags may always change.
@@ -198,11 +276,24 @@ EDITABLE: Mapping[str, frozenset[JobState]] = {
     "drive identity": frozenset({J.CREATING}),
     # copyStatus, percentComplete, bytesSucceeded and the log URIs: while the site works on it
     "drive progress": frozenset({J.RECEIVED, J.TRANSFERRING, J.PACKAGING}),
+    "copy log": frozenset({J.TRANSFERRING, J.PACKAGING, J.COMPLETED, J.CLOSED}),
 }
 
-# DELETE removes a job only before anything shipped or after it ended (Azure allows
-# Creating and Completed; Closed and Canceled are ended too).
-DELETABLE = frozenset({J.CREATING, J.COMPLETED, J.CLOSED, J.CANCELED})
+# DELETE removes a job only before anything shipped or after it ended, as Azure
+# (Creating, Completed).  Canceled is Azure's "Completed after cancelRequested", so
+# it goes too; Closed does not (the site closes a job it keeps on record).
+DELETABLE = frozenset({J.CREATING, J.COMPLETED, J.CANCELED})
+
+_WHOSE = {C: "the customer's (the subscription's token)",
+          S: "the receiving site's step (a site token)"}
+
+
+def check_role(field: str, role: Role, label: str | None = None) -> None:
+    """Refuse (403) a change to a field that is the other role's."""
+    owner = FIELD_ROLE[field]
+    if owner != role:
+        raise Forbidden(f"{label or field} is {_WHOSE[owner]}; a {role.value} token cannot "
+                        f"change it", "AuthorizationFailed")
 
 
 def job_state(value: object) -> JobState:
@@ -221,35 +312,51 @@ def drive_state(value: object) -> DriveState:
                          "InvalidDriveState") from None
 
 
-def check_job_transition(current: JobState, after: After) -> None:
-    """Refuse (409, with the reason) a job state change the table does not allow."""
+def check_job_transition(current: JobState, after: After, role: Role = Role.CUSTOMER) -> None:
+    """Refuse a job state change: 403 if it is the other role's, else 409 (with the reason)
+    if the table does not allow it, or 400 if the job lacks what Shipping needs."""
     target = after.state
     if target == current:
         return
-    guard = JOB_TRANSITIONS[current].get(target)
-    if guard is None:
+    step = JOB_TRANSITIONS[current].get(target)
+    owner = step.role if step is not None else (role if target in TARGETS[role] else None)
+    if owner != role:
+        if role == Role.CUSTOMER:
+            fix = ("a customer token may set properties.state only to Shipping, and cancel "
+                   "with properties.cancelRequested")
+        else:
+            fix = "the customer ships and cancels with the subscription's token"
+        raise Forbidden(f"moving a {current} job to {target} is "
+                        f"{_WHOSE[Role.SITE if role == Role.CUSTOMER else Role.CUSTOMER]}; "
+                        f"{fix}", "AuthorizationFailed")
+    if step is None:
         allowed = ", ".join(JOB_TRANSITIONS[current]) or "nothing (final state)"
-        why = (" (a job can be canceled only before Transferring)"
+        why = (" (a job can be canceled only before the site receives it)"
                if target == J.CANCELED else "")
         raise Conflict(f"job cannot go from {current} to {target}{why}; from {current} "
                        f"it can go to {allowed}", "InvalidStateTransition")
-    reason = guard(after)
+    reason = step.guard(after)
     if reason is not None:
         raise Conflict(f"job cannot go from {current} to {target}: {reason}",
                        "InvalidStateTransition")
 
 
 def check_drive_transition(drive_id: str, current: DriveState, target: DriveState,
-                           after: After) -> None:
-    """Refuse (409, with the reason) a drive state change the table does not allow."""
+                           after: After, role: Role = Role.CUSTOMER, *,
+                           copy_started: bool = False) -> None:
+    """Refuse a drive state change: 403 unless the site asks, else 409 with the reason.
+    ``copy_started``: the drive reported a copyStatus; a mark can no longer be undone."""
     if target == current:
         return
+    check_role("drive state", role, f"marking drive {drive_id} {target}")
     guard = DRIVE_TRANSITIONS[current].get(target)
     if guard is None:
         allowed = ", ".join(DRIVE_TRANSITIONS[current]) or "nothing (final state)"
         raise Conflict(f"drive {drive_id} cannot go from {current} to {target}; from "
                        f"{current} it can go to {allowed}", "InvalidDriveStateTransition")
     reason = guard(after)
+    if reason is None and target == D.SPECIFIED and copy_started:
+        reason = "its copy has started, so the mark cannot be undone"
     if reason is not None:
         raise Conflict(f"drive {drive_id} cannot go from {current} to {target}: {reason}",
                        "InvalidDriveStateTransition")
@@ -258,8 +365,8 @@ def check_drive_transition(drive_id: str, current: DriveState, target: DriveStat
 def check_deletable(state: JobState) -> None:
     if state not in DELETABLE:
         raise Conflict(f"a {state} job cannot be deleted; delete it while it is Creating, or "
-                       "once it is Completed, Closed or Canceled (cancel it first with PATCH "
-                       "properties.cancelRequested=true)", "JobNotDeletable")
+                       "once it is Completed or Canceled (cancel it while it is Creating or "
+                       "Shipping with PATCH properties.cancelRequested=true)", "JobNotDeletable")
 
 
 def check_editable(field: str, state: JobState) -> None:
