@@ -3,7 +3,10 @@
 ``ServiceProcess`` starts ``python -m pipeline service`` in a subprocess on a
 free port and knows its URL and log; ``self_signed_cert`` makes a certificate
 for 127.0.0.1; ``drive_list``/``job_body`` build valid PUT bodies by hand
-(``pipeline journal export`` gives the real drive list).  It lives under tests/
+(``pipeline journal export`` gives the real drive list), with a return address
+and return carrier unless told otherwise (Shipping needs them); ``site_token``
+(or ``ServiceProcess.site_token()``) makes the receiving site's credential for a
+data directory, before or while the service runs.  It lives under tests/
 because nothing in the package uses it; perf/ imports it from here too.
 """
 
@@ -41,14 +44,34 @@ def drive_list(count: int, prefix: str = "drive") -> list[dict[str, Any]]:
             for i in range(count)]
 
 
+RETURN_ADDRESS = {"recipientName": "Ops Team", "streetAddress1": "1 Backup Way",
+                  "city": "Lisboa", "postalCode": "1000-001", "countryOrRegion": "PT",
+                  "phone": "+351 21 000 0000", "email": "ops@example.com"}
+RETURN_SHIPPING = {"carrierName": "UPS", "carrierAccountNumber": "A1B2C3"}  # every location
+
+
 def job_body(drives: list[dict[str, Any]], location: str = "westeurope",
              **properties: Any) -> dict[str, Any]:
+    """A PUT body; a property given as None is left out (``returnAddress=None``)."""
     props = {"storageAccountId": "/subscriptions/00000000-0000-0000-0000-000000000000/"
              "resourceGroups/seed/providers/Microsoft.Storage/storageAccounts/seedacct",
              "jobType": "Import", "diagnosticsPath": "waimportexport", "logLevel": "Verbose",
-             "backupDriveManifest": False, "driveList": drives}
+             "backupDriveManifest": False, "driveList": drives,
+             "returnAddress": RETURN_ADDRESS, "returnShipping": RETURN_SHIPPING}
     props.update(properties)
-    return {"location": location, "properties": props}
+    return {"location": location,
+            "properties": {k: v for k, v in props.items() if v is not None}}
+
+
+def site_token(data: Path, hours: float = 12) -> str:
+    """A site token for the service on ``data`` (creates the site key on first use), as
+    ``pipeline service site-token --data DATA`` prints it."""
+    from pipeline.jobs import sitetoken
+    return sitetoken.make_site_token(data, hours=hours)
+
+
+def site_headers(data: Path) -> dict[str, str]:
+    return {"Authorization": f"Bearer {site_token(data)}"}
 
 
 def self_signed_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
@@ -112,6 +135,10 @@ class ServiceProcess:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"the service did not start; its log: {self.log()[-2000:]}")
+
+    def site_token(self, hours: float = 12) -> str:
+        """The receiving site's token for this service (valid at once: no restart)."""
+        return site_token(self.data, hours)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
