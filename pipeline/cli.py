@@ -45,9 +45,9 @@ from pipeline import __version__, errors
 # backup's chunker) cost about a second on every invocation.
 COMMANDS = {
     "prep": "prep", "preview": "preview", "verify": "verify", "keys": "keys",
-    "journal": "journal_cmd", "jobs": "jobs", "import": "import_", "repair": "repair",
-    "diskprep": "diskprep", "drive": "drive", "service": "service", "backup": "backup",
-    "restore": "restore", "snapshots": "snapshots",
+    "journal": "journal_cmd", "jobs": "jobs", "site": "site", "import": "import_",
+    "repair": "repair", "diskprep": "diskprep", "drive": "drive", "service": "service",
+    "backup": "backup", "restore": "restore", "snapshots": "snapshots",
 }
 
 

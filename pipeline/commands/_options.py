@@ -1,8 +1,10 @@
-"""Argument groups several commands share (key input, KDF cost); no command logic."""
+"""Argument groups several commands share (key input, KDF cost, return address); no command
+logic."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from pipeline import credentials
 from pipeline.errors import BadInput
@@ -49,3 +51,58 @@ def kdf_from_args(args: argparse.Namespace) -> luks2.KdfParams:
                                cpus=args.pbkdf_parallel, iterations=args.pbkdf_force_iterations)
     except ValueError as exc:
         raise BadInput(f"keyslot KDF settings: {exc}") from None
+
+
+# --------------------------------------------------------------------------- return address
+
+# flag suffix -> (Azure's returnAddress field, one-line help, required for shipping)
+RETURN_ADDRESS = {
+    "name": ("recipientName", "who receives the drives back (contact name)", True),
+    "street": ("streetAddress1", "street address for the drives' return", True),
+    "city": ("city", "city of the return address", True),
+    "postal-code": ("postalCode", "postal code of the return address", True),
+    "country": ("countryOrRegion", "country of the return address (ISO code, e.g. PT)", True),
+    "phone": ("phone", "contact phone for the return shipment", True),
+    "email": ("email", "contact email for the return shipment", True),
+    "state": ("stateOrProvince", "state or province of the return address (optional)", False),
+}
+RETURN_SHIPPING = {
+    "carrier": ("carrierName", "carrier that brings the drives back", True),
+    "account": ("carrierAccountNumber", "your account number with that carrier", True),
+}
+
+
+def add_return_arguments(parser: argparse.ArgumentParser) -> None:
+    """The return address and shipping (Azure's returnAddress, returnShipping): jobs create,
+    jobs ship and diskprep take the same flags."""
+    g = parser.add_argument_group("return address and shipping (needed before Shipping)")
+    for table in (RETURN_ADDRESS, RETURN_SHIPPING):
+        for suffix, (_, text, _) in table.items():
+            g.add_argument(f"--return-{suffix}", metavar=suffix.upper().replace("-", "_"),
+                           help=text)
+
+
+def return_flag(suffix: str) -> str:
+    return f"--return-{suffix}"
+
+
+def return_properties(args: argparse.Namespace, current: dict[str, Any] | None = None
+                      ) -> tuple[dict[str, Any], list[str]]:
+    """(returnAddress/returnShipping properties, the flags still missing): the flags given,
+    over what the job already holds (``current``: its properties), so a PUT that replaces
+    the job keeps them."""
+    current = current or {}
+    props: dict[str, Any] = {}
+    missing: list[str] = []
+    for key, table in (("returnAddress", RETURN_ADDRESS), ("returnShipping", RETURN_SHIPPING)):
+        value = dict(current.get(key) or {})
+        given = False
+        for suffix, (field, _, required) in table.items():
+            flag = getattr(args, "return_" + suffix.replace("-", "_"), None)
+            if flag is not None and flag.strip():
+                value[field], given = flag.strip(), True
+            if required and not value.get(field):
+                missing.append(return_flag(suffix))
+        if given or value:
+            props[key] = value
+    return props, missing

@@ -22,19 +22,22 @@ from pipeline.errors import (
     EXIT_NO_SEED,
     EXIT_NO_SPACE,
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_STORAGE,
     EXIT_WARNING,
     BadInput,
     Outcome,
 )
 from pipeline.jobs import auth, rules
+from pipeline.jobs.client import ServiceClient, ServiceUnavailable
 from pipeline.storage import check_container_name, open_storage
 
-_OFFLINE_ONLY = ("staging", "job_name", "subscription", "account", "publish_settings")
+_OFFLINE_ONLY = ("staging", "job_name", "subscription", "account", "publish_settings", "service",
+                 "ca_file")
 
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
-EXITS = (EXIT_WARNING, EXIT_INTEGRITY, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
+EXITS = (EXIT_WARNING, EXIT_INTEGRITY, EXIT_REFUSED, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,10 +55,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="initial full backup into --staging, to ship on drives")
     o.add_argument("--staging", metavar="S", help="staging location (an existing directory)")
     o.add_argument("--job-name", metavar="NAME", help="the import job's name")
-    o.add_argument("--subscription", metavar="ID", help="subscription id (a UUID)")
+    o.add_argument("--subscription", metavar="ID",
+                   help="subscription id (a UUID; default: the one in --publish-settings)")
     o.add_argument("--account", metavar="ACCOUNT", help="storage account name")
     o.add_argument("--publish-settings", metavar="FILE",
-                   help="the subscription's publish settings file (stays on this machine)")
+                   help="the subscription's publish settings file (stays on this machine): "
+                   "the import service is asked first whether the job name is free")
+    o.add_argument("--service", metavar="URL",
+                   help="the import service (default: the URL in --publish-settings)")
+    o.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
     n = p.add_argument_group("online backup (after the seed is imported)")
     n.add_argument("--to", metavar="STORAGE",
                    help="storage account: a directory, or an Azure connection string / URL")
@@ -99,9 +107,9 @@ async def run(args: argparse.Namespace) -> Outcome:
 
 
 def _require(args: argparse.Namespace) -> None:
-    missing = [f"--{a.replace('_', '-')}" for a in ("staging", "job_name", "subscription",
-                                                   "account", "container")
-               if not getattr(args, a)]
+    needed = ("staging", "job_name", "account", "container",
+              *(() if args.publish_settings else ("subscription",)))
+    missing = [f"--{a.replace('_', '-')}" for a in needed if not getattr(args, a)]
     if missing:
         raise BadInput(f"--offline needs {', '.join(missing)}")
     if args.to:
@@ -113,14 +121,16 @@ async def _offline(args: argparse.Namespace) -> Outcome:
     _require(args)
     source = check_source(Path(args.source))
     job = rules.check_job_name(args.job_name)
-    subscription = rules.check_subscription_id(args.subscription)
+    given = rules.check_subscription_id(args.subscription) if args.subscription else None
+    settings = (auth.read_publish_settings(args.publish_settings, given)
+                if args.publish_settings else None)
+    subscription = given or (settings.subscription_id if settings else "")
     account = offline.check_account_name(args.account)
     container = check_container_name(args.container)
     staging = offline.check_staging(Path(args.staging), source)
     settings_path = None
     if args.publish_settings:
         offline.check_outside(args.publish_settings, staging, "--publish-settings")
-        auth.read_publish_settings(args.publish_settings, subscription)
         settings_path = str(Path(args.publish_settings).resolve())
     offline.check_outside(args.passphrase_file, staging, "--passphrase-file")
     secret = credentials.passphrase_file(args.passphrase_file)
@@ -131,6 +141,8 @@ async def _offline(args: argparse.Namespace) -> Outcome:
         raise BadInput(f"staging location {staging} already holds the offline backup for job "
                        f"{rec.get('job_name')}; prepare the drives with: pipeline diskprep "
                        f"s:{staging} (or give an empty staging location)")
+    if settings is not None:  # a taken job name found now, not after the drives ship
+        await trio.to_thread.run_sync(_check_job_name, settings, args, job)
     stats = progress.Stats()
     est = await trio.to_thread.run_sync(offline.estimate, source, args.level)
     offline.check_space(staging, est)
@@ -164,6 +176,15 @@ async def _offline(args: argparse.Namespace) -> Outcome:
     ui.finish(renderer, stats, args.json, summary, code, message,
               progress.format_summary(stats) + [_sent_line(result)])
     return _done(args, result, code, message)
+
+
+def _check_job_name(settings: auth.PublishSettings, args: argparse.Namespace, job: str) -> None:
+    client = ServiceClient(settings, args.service or "", ca_file=args.ca_file)
+    try:
+        client.check_job_name(job)
+    except ServiceUnavailable as exc:
+        raise ServiceUnavailable(f"{exc}; it must say whether job name {job} is free (or leave "
+                                 "--publish-settings out: diskprep asks it then)") from None
 
 
 # --------------------------------------------------------------------------- online

@@ -15,6 +15,7 @@ prep's, and ``OutOfDrives`` is the cue to ask for the next drive and resume.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "diskprep", help="prepare drives for an offline backup and create its import job",
         description="Prepare drives for an offline backup: s:<staging location> and, on a copy "
-        "machine other than the source machine, p:<publish settings file>.  Asks which import "
-        "job, which drives (another when one fills) and confirms formatting; then creates the "
-        "import job on the import service and prints where to ship the drives.")
+        "machine other than the source machine, p:<publish settings file>.  Checks first that "
+        "the import job's name is free on the service (or is this backup's own job); asks "
+        "which job, the region and the return address and contact (the --return-* flags), "
+        "then which drives (another when one fills) and confirms formatting; then creates the "
+        "import job and prints where to ship the drives.  Not on a terminal, every answer "
+        "must come as a flag.")
     p.add_argument("locations", nargs="*", metavar="s:STAGING|p:SETTINGS",
                    help="the seed's syntax: s:<staging location> p:<publish settings file>")
     p.add_argument("--staging", metavar="DIR", help="the staging location (same as s:)")
@@ -63,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where the drives' journals go (default: the config directory)")
     p.add_argument("--service", metavar="URL", help="import service (default: from p:)")
     p.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
+    _options.add_return_arguments(p)
     _options.add_kdf_arguments(p)
     p.set_defaults(func=run)
 
@@ -102,8 +107,10 @@ def source_config(staging: Path) -> dict[str, Any] | None:
 class Terminal:
     """Questions and answers; with --yes or given flags nothing is asked."""
 
-    def __init__(self, ask: Callable[[str], str] = input) -> None:
+    def __init__(self, ask: Callable[[str], str] = input, interactive: bool | None = None
+                 ) -> None:
         self.ask = ask
+        self.interactive = sys.stdin.isatty() if interactive is None else interactive
 
     def question(self, text: str) -> str:
         try:
@@ -142,11 +149,14 @@ async def run(args: argparse.Namespace) -> Outcome:
                                                        True):
         raise Refused("stopped: no job chosen")
     client = ServiceClient.from_file(settings_path, url=args.service, ca_file=args.ca_file)
-    if client.settings.subscription_id.lower() != offline["subscription"].lower():
-        raise BadInput(f"{settings_path} is for subscription {client.settings.subscription_id}, "
+    if client.subscription_id.lower() != offline["subscription"].lower():
+        raise BadInput(f"{settings_path} is for subscription {client.subscription_id}, "
                        f"but the offline backup is for {offline['subscription']}; give that "
                        "subscription's publish settings file")
     jdir = Path(args.journal_dir) if args.journal_dir else config_dir() / "journals" / job_name
+    existing = client.check_job_name(job_name, _own_drives(jdir, job_name))
+    location = _region(args, term, client, existing)
+    shipping = _return_address(args, term, (existing or {}).get("properties"))
     jdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     repo = staging / offline["repository"]
     copied = await _prep_until_done(args, term, jdir, job_name, [
@@ -160,11 +170,9 @@ async def run(args: argparse.Namespace) -> Outcome:
     finally:
         for j in journals:
             j.close()
-    location = args.location or term.question(
-        f"Data-center region for the job ({', '.join(loc['name'] for loc in client.locations())}"
-        "): ")
     try:
-        job = client.create_import_job(job_name, location, offline["account"], drive_list)
+        job = client.create_import_job(job_name, location, offline["account"], drive_list,
+                                       **shipping)
     except ServiceError as exc:
         raise BadInput(f"the import job {job_name} could not be created: {exc}") from None
     loc = client.location(job["location"])
@@ -176,10 +184,60 @@ async def run(args: argparse.Namespace) -> Outcome:
                  p.get("countryOrRegion"), f"phone {p.get('phone', '')}"):
         if line:
             say(f"  {line}")
-    say(f"then record the carrier, tracking number and return shipping: {client.url}/portal/ "
-        f"or pipeline jobs ship --job {job_name} --publish-settings {settings_path} --carrier C "
-        "--tracking N --return-carrier C --return-account A")
+    say(f"then record the carrier and tracking number: {client.url}/portal/ or pipeline jobs "
+        f"ship --job {job_name} --publish-settings {settings_path} --carrier C --tracking N")
     return Outcome()
+
+
+def _own_drives(jdir: Path, job_name: str) -> set[str]:
+    """Volume UUIDs of the drives this machine prepared for the job (its journals)."""
+    if not jdir.is_dir():
+        return set()
+    journals = journal.session_journals(jdir, job_name)
+    try:
+        return {j.drive.uuid for j in journals}
+    finally:
+        for j in journals:
+            j.close()
+
+
+def _region(args: argparse.Namespace, term: Terminal, client: ServiceClient,
+            existing: dict[str, Any] | None) -> str:
+    """The job's region: --location, the existing job's, or asked (checked by the service)."""
+    if args.location:
+        return args.location
+    if existing:
+        return existing["location"]
+    names = [loc["name"] for loc in client.locations()]
+    if not term.interactive:
+        raise BadInput(f"give --location REGION (one of {', '.join(names)})")
+    answer = term.question(f"Data-center region for the job ({', '.join(names)}): ")
+    if answer.lower() not in (n.lower() for n in names):
+        raise BadInput(f"region {answer!r} is not one of {', '.join(names)}; run diskprep "
+                       "again (or give --location)")
+    return answer
+
+
+def _return_address(args: argparse.Namespace, term: Terminal,
+                    current: dict[str, Any] | None) -> dict[str, Any]:
+    """Where the drives come back to and how (the seed's "shipping info -> contact
+    details"): the --return-* flags, the existing job's, else asked on a terminal."""
+    shipping, missing = _options.return_properties(args, current)
+    if missing and not term.interactive:
+        raise BadInput(f"the job needs a return address and shipping before the drives ship; "
+                       f"give {' '.join(missing)} (nothing was written)")
+    if missing:
+        print("Return address and contact for the drives' way back:")
+    for flag in missing:
+        suffix = flag.removeprefix("--return-")
+        table = {**_options.RETURN_ADDRESS, **_options.RETURN_SHIPPING}
+        answer = term.question(f"  {table[suffix][1][0].upper()}{table[suffix][1][1:]}: ")
+        if not answer:
+            raise BadInput(f"no answer for {flag}; run diskprep again (or give {flag})")
+        setattr(args, "return_" + suffix.replace("-", "_"), answer)
+    if missing:
+        shipping, _ = _options.return_properties(args, current)
+    return shipping
 
 
 async def _prep_until_done(args: argparse.Namespace, term: Terminal, jdir: Path, job_name: str,

@@ -27,6 +27,7 @@ from pipeline.errors import (
     Refused,
     worst,
 )
+from pipeline.jobs.client import ServiceClient
 from pipeline.receive import importer, service_import
 from pipeline.receive import reader as driveread
 from pipeline.storage import open_storage
@@ -53,22 +54,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--journal-dir", metavar="JDIR", help="the session's journals (passwords "
                    "and the expected records)")
     g.add_argument("--service", metavar="URL", help="the import service: take the drives' keys "
-                   "from the job (--job, --publish-settings) and report progress to it")
+                   "from the job (--job, --site-token-file) and report progress to it")
     g.add_argument("--recovery-password-file", metavar="FILE",
                    help="the drive's recovery password, when the journal is lost")
     g.add_argument("--passphrase-file", metavar="FILE", help="the operator passphrase (slot 1)")
     g.add_argument("--key-file", metavar="FILE", help="the operator key file (slot 1)")
-    s = p.add_argument_group("with --service")
+    s = p.add_argument_group("with --service (the receiving site)")
     s.add_argument("--job", metavar="NAME", help="the import job the drives belong to")
-    s.add_argument("--publish-settings", metavar="FILE", help="the subscription's settings")
-    s.add_argument("--resource-group", metavar="NAME", help="(default pipeline)")
+    s.add_argument("--site-token-file", metavar="FILE",
+                   help="file holding the site token (pipeline service site-token): the "
+                   "site's own credential; the job is found by name in every subscription")
+    s.add_argument("--subscription", metavar="ID",
+                   help="the job's subscription, when several jobs have its name")
+    s.add_argument("--resource-group", metavar="NAME",
+                   help="the job's resource group, when several jobs have its name")
+    s.add_argument("--publish-settings", metavar="FILE",
+                   help="the customer's credential: not enough for the site's steps (the "
+                   "service refuses it them); use --site-token-file")
     s.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
     s.add_argument("--return-tracking", metavar="NUMBER",
-                   help="drives shipped back with this tracking number: complete the job")
+                   help="shortcut for `pipeline site return` once every drive is imported: "
+                   "the drives went back with this tracking number (carrier: the job's "
+                   "return carrier); the job is Completed")
     p.add_argument("--log-dir", default=".", metavar="DIR",
                    help="where to write the copy logs (default: current directory)")
     p.add_argument("--json", action="store_true", help="print one JSON summary per drive")
     p.set_defaults(func=run)
+
+
+def _site_client(args: argparse.Namespace) -> ServiceClient:
+    """The site's client (--site-token-file); a customer's --publish-settings is still
+    read, and the service refuses it the site's steps (a 403 that says what to use)."""
+    if not args.job:
+        raise BadInput("--service needs --job NAME (and --site-token-file FILE)")
+    if args.site_token_file and args.publish_settings:
+        raise BadInput("give --site-token-file (the site's credential), not --publish-settings")
+    if args.site_token_file:
+        return ServiceClient.from_site_token_file(args.service, args.site_token_file,
+                                                  args.ca_file)
+    if args.publish_settings:
+        return ServiceClient.from_file(args.publish_settings, url=args.service,
+                                       resource_group=args.resource_group,
+                                       ca_file=args.ca_file)
+    raise BadInput("--service needs the site's credential: --site-token-file FILE (from "
+                   "pipeline service site-token --data DIR)")
 
 
 def _journal_for(journals: list[journal.Journal], path: str) -> journal.Journal:
@@ -90,10 +119,11 @@ async def run(args: argparse.Namespace) -> Outcome:
         raise BadInput(f"no journals in {args.journal_dir}; check --journal-dir")
     job: service_import.JobImport | None = None
     if args.service:
-        if not (args.job and args.publish_settings):
-            raise BadInput("--service needs --job NAME and --publish-settings FILE")
-        job = service_import.JobImport.connect(args.service, args.job, args.publish_settings,
-                                               args.resource_group, args.ca_file)
+        job = service_import.JobImport.connect(_site_client(args), args.job, args.subscription,
+                                               args.resource_group)
+    elif args.site_token_file or args.publish_settings or args.return_tracking:
+        raise BadInput("--site-token-file, --publish-settings and --return-tracking go with "
+                       "--service URL")
     secret = None if (args.journal_dir or job) else _options.unlock_secret(args)
     store = open_storage(args.to or os.environ.get("AZURE_STORAGE_CONNECTION_STRING"))
     store.check()
@@ -133,8 +163,9 @@ async def run(args: argparse.Namespace) -> Outcome:
             n, log = await _import_one(od, plan, store, log_dir, args.json, report)
             bad += n
             if job is not None:
-                job.finish_drive(od.volume.uuid, log, store, plan,
-                                 report.done + report.zero if report else 0)
+                for warning in job.finish_drive(od.volume.uuid, log, store, plan,
+                                                report.done + report.zero if report else 0):
+                    print(f"pipeline import: warning: {warning}", file=sys.stderr)
         if job is not None:
             job.finish(args.return_tracking)
     finally:

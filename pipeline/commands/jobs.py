@@ -8,11 +8,12 @@ import json
 from typing import Any
 
 from pipeline import journal
-from pipeline.errors import EXIT_STORAGE, BadInput, Outcome
+from pipeline.commands import _options
+from pipeline.errors import EXIT_REFUSED, EXIT_STORAGE, BadInput, Outcome
 from pipeline.jobs import auth
-from pipeline.jobs.client import ServiceClient
+from pipeline.jobs.client import ServiceClient, ServiceError
 
-EXITS = (EXIT_STORAGE,)  # exit codes beyond errors.EVERY_COMMAND
+EXITS = (EXIT_REFUSED, EXIT_STORAGE)  # exit codes beyond errors.EVERY_COMMAND
 
 
 def _common(p: argparse.ArgumentParser, job: bool = True) -> None:
@@ -36,17 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         description="Create an import job whose drive list comes from prep's "
                         "journals; prints the data center's shipping address.")
     _common(c)
-    c.add_argument("--journal-dir", required=True, metavar="JDIR")
+    c.add_argument("--journal-dir", required=True, metavar="JDIR",
+                   help="prep's journal directory: the drive list comes from it")
     c.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
     c.add_argument("--location", required=True, metavar="REGION",
                    help="data-center location (see `jobs locations`)")
-    c.add_argument("--storage-account", required=True, metavar="NAME")
-    g = c.add_argument_group("return address and shipping")
-    for name in ("name", "street", "city", "postal-code", "country", "phone", "email"):
-        g.add_argument(f"--return-{name}", required=True)
-    g.add_argument("--return-state", default=None)
-    g.add_argument("--return-carrier", required=True, help="carrier for the way back")
-    g.add_argument("--return-account", required=True, help="your account with that carrier")
+    c.add_argument("--storage-account", required=True, metavar="NAME",
+                   help="the storage account the drives are imported into")
+    _options.add_return_arguments(c)
     c.set_defaults(func=run_create)
 
     for name, helptext, func in (("show", "a job's state, drives and shipping address", run_show),
@@ -58,14 +56,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         s.set_defaults(func=func)
 
     s = jsub.add_parser("ship", help="record the carrier and tracking number: job Shipping",
-                        description="Record how the drives travel; the job moves to Shipping.")
+                        description="Record how the drives travel; the job moves to Shipping.  "
+                   "Shipping needs the return address and shipping: give the --return-* "
+                   "flags unless jobs create (or diskprep) already recorded them; given "
+                   "here, they replace those fields.")
     _common(s)
-    s.add_argument("--carrier", required=True)
-    s.add_argument("--tracking", required=True, metavar="NUMBER")
-    s.add_argument("--drive-count", type=int, default=None)
-    s.add_argument("--ship-date", default=None, metavar="YYYY-MM-DD")
-    s.add_argument("--return-carrier", help="carrier for the way back (if not set yet)")
-    s.add_argument("--return-account", help="your account with that carrier")
+    s.add_argument("--carrier", required=True, help="carrier taking the drives to the site")
+    s.add_argument("--tracking", required=True, metavar="NUMBER",
+                   help="that shipment's tracking number")
+    s.add_argument("--drive-count", type=int, default=None,
+                   help="drives in the package (default: every drive of the job)")
+    s.add_argument("--ship-date", default=None, metavar="YYYY-MM-DD",
+                   help="the day the package left (optional)")
+    _options.add_return_arguments(s)
     s.set_defaults(func=run_ship)
 
     s = jsub.add_parser("list", help="the subscription's jobs", description="List the jobs.")
@@ -80,7 +83,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = jsub.add_parser("token", help="print a short-lived bearer token for other tools",
                         description="Print a bearer token (valid one hour) for curl or the "
                         "Azure SDK.")
-    s.add_argument("--publish-settings", required=True, metavar="FILE")
+    s.add_argument("--publish-settings", required=True, metavar="FILE",
+                   help="the subscription's publish settings file")
     s.set_defaults(func=run_token)
 
 
@@ -106,16 +110,12 @@ def run_create(args: argparse.Namespace) -> Outcome:
         for j in journals:
             j.close()
     svc = client(args)
-    address = {"recipientName": args.return_name, "streetAddress1": args.return_street,
-               "city": args.return_city, "postalCode": args.return_postal_code,
-               "countryOrRegion": args.return_country, "phone": args.return_phone,
-               "email": args.return_email}
-    if args.return_state:
-        address["stateOrProvince"] = args.return_state
-    job = svc.create_import_job(
-        args.job, args.location, args.storage_account, drives, returnAddress=address,
-        returnShipping={"carrierName": args.return_carrier,
-                        "carrierAccountNumber": args.return_account})
+    shipping, missing = _options.return_properties(args)
+    if shipping and missing:
+        raise BadInput(f"a return address is given in full or not at all; add "
+                       f"{' '.join(missing)} (or give them later to jobs ship)")
+    job = svc.create_import_job(args.job, args.location, args.storage_account, drives,
+                                **shipping)
     if args.json:
         print(json.dumps(job, indent=2))
         return Outcome()
@@ -124,7 +124,8 @@ def run_create(args: argparse.Namespace) -> Outcome:
           f"{len(job['properties']['driveList'])} drive(s)")
     print(f"ship the drives to ({loc['name']}):\n{_address(loc)}")
     print(f"then: pipeline jobs ship --job {job['name']} --carrier CARRIER --tracking NUMBER "
-          f"--publish-settings {args.publish_settings}")
+          f"--publish-settings {args.publish_settings}"
+          + ("" if not missing else " " + " ".join(f"{f} ..." for f in missing)))
     print(f"portal: {svc.url}/")
     return Outcome()
 
@@ -148,6 +149,13 @@ def run_show(args: argparse.Namespace) -> Outcome:
     info = p.get("shippingInformation")
     if info:
         print("shipping address:\n" + _address({"properties": info}))
+    back = p.get("returnPackage")
+    if back:
+        print(f"drives returned with {back.get('carrierName')} tracking "
+              f"{back.get('trackingNumber')} on {back.get('shipDate')} "
+              f"({back.get('driveCount')} drive(s))")
+    elif p.get("returnAddress"):
+        print("return address:\n" + _address({"properties": p["returnAddress"]}))
     return Outcome()
 
 
@@ -165,25 +173,34 @@ def run_list(args: argparse.Namespace) -> Outcome:
 
 def run_ship(args: argparse.Namespace) -> Outcome:
     svc = client(args)
-    current = svc.get(args.job)
+    current = svc.get(args.job)["properties"]
+    shipping, missing = _options.return_properties(args, current)
+    if missing:
+        raise BadInput(_no_return(args.job, missing))
     pkg: dict[str, Any] = {"carrierName": args.carrier, "trackingNumber": args.tracking,
-                           "driveCount": args.drive_count
-                           or len(current["properties"].get("driveList", []))}
+                           "driveCount": args.drive_count or len(current.get("driveList", []))}
     if args.ship_date:
         pkg["shipDate"] = args.ship_date
-    props: dict[str, Any] = {"deliveryPackage": pkg, "state": "Shipping"}
-    if args.return_carrier or args.return_account:
-        if not (args.return_carrier and args.return_account):
-            raise BadInput("give --return-carrier and --return-account together")
-        props["returnShipping"] = {"carrierName": args.return_carrier,
-                                   "carrierAccountNumber": args.return_account}
-    job = svc.patch(args.job, {"properties": props})
+    try:
+        job = svc.patch(args.job, {"properties": {"deliveryPackage": pkg, "state": "Shipping",
+                                                  **shipping}})
+    except ServiceError as exc:  # the service's own rule (Azure's): said with our flags
+        if exc.status == 400 and "return" in str(exc).lower():
+            raise BadInput(_no_return(args.job, [_options.return_flag(x) for x in (
+                *_options.RETURN_ADDRESS, *_options.RETURN_SHIPPING) if x != "state"])
+                           + f" (the service: {exc})") from None
+        raise
     if args.json:
         print(json.dumps(job, indent=2))
     else:
         print(f"job {job['name']}: {job['properties']['state']} with {args.carrier}, "
               f"tracking {args.tracking}")
     return Outcome()
+
+
+def _no_return(job: str, missing: list[str]) -> str:
+    return (f"job {job} cannot ship without a return address and return shipping (the drives "
+            f"come back to you); give {' '.join(missing)}")
 
 
 def run_cancel(args: argparse.Namespace) -> Outcome:

@@ -1,11 +1,18 @@
-"""`pipeline service`: run the import service; `pipeline service subscription add|list`;
-`pipeline service site-token`: the receiving site's portal credential."""
+"""`pipeline service`: run the import service; `pipeline service subscription
+add|list|remove|reissue`; `pipeline service site-token`: the receiving site's credential.
+
+The service records the address it actually serves (the bound port, http without TLS)
+in ``DATA/service.json`` when it starts, so `subscription add` writes that address
+into the publish settings it makes unless --url says otherwise."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import secrets
 import signal
+import socket
 import ssl
 import sys
 from functools import partial
@@ -13,12 +20,13 @@ from pathlib import Path
 
 import trio
 
-from pipeline.errors import EXIT_NO_SPACE, BadInput, Outcome, worst
-from pipeline.jobs import auth, rules
-from pipeline.jobs.catalog import Catalog
-from pipeline.jobs.portal import tokens
+from pipeline import atomic
+from pipeline.errors import EXIT_NO_SPACE, EXIT_REFUSED, BadInput, Outcome, Refused, worst
+from pipeline.jobs import auth, rules, sitetoken
+from pipeline.jobs.catalog import Catalog, Subscription
 
-EXITS = (EXIT_NO_SPACE,)  # exit codes beyond errors.EVERY_COMMAND
+SERVICE_FILE = "service.json"
+EXITS = (EXIT_NO_SPACE, EXIT_REFUSED)  # exit codes beyond errors.EVERY_COMMAND
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_serve)
     ssub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
 
-    s = ssub.add_parser("subscription", help="create or list subscriptions (customer accounts)",
-                        description="Create or list subscriptions: the accounts jobs belong to.")
+    s = ssub.add_parser("subscription", help="create, list, remove or reissue subscriptions",
+                        description="Subscriptions: the customer accounts jobs belong to.")
     actions = s.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = actions.add_parser(
         "add", help="create a subscription and write its publish settings file",
@@ -50,17 +58,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the only copy: whoever holds it can create and read that subscription's jobs, "
         "recovery passwords included.  The catalog keeps only the public key.")
     p.add_argument("name", metavar="NAME", help="1-64 letters, digits, '.', '_' or '-'")
-    p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
-    p.add_argument("--out", metavar="FILE",
-                   help="publish settings file to write (default NAME.publishsettings)")
-    p.add_argument("--url", default=auth.DEFAULT_URL,
-                   help=f"the service URL clients use (default {auth.DEFAULT_URL}; "
-                   "http://... for a service without --tls-cert)")
+    _data_out_url(p)
     p.set_defaults(func=run_subscription_add)
     p = actions.add_parser("list", help="list subscriptions",
-                           description="List subscriptions: id, name, creation time.")
+                           description="List subscriptions: id, creation time, name.")
     p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
+    p.add_argument("--json", action="store_true", help="one JSON object per subscription")
     p.set_defaults(func=run_subscription_list)
+    p = actions.add_parser(
+        "remove", help="remove a subscription: its publish settings stop working",
+        description="Remove a subscription (by name or id): tokens from its publish "
+        "settings file are refused from then on.  Asks first, unless --yes.")
+    p.add_argument("subscription", metavar="NAME|ID", help="the subscription's name or id")
+    p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
+    p.add_argument("--yes", action="store_true", help="remove without asking")
+    p.set_defaults(func=run_subscription_remove)
+    p = actions.add_parser(
+        "reissue", help="a new key for a subscription: a new publish settings file",
+        description="Give a subscription a new key pair and write a new publish settings "
+        "file (mode 0600); the old file stops working (a lost or leaked file).  Its jobs stay.")
+    p.add_argument("subscription", metavar="NAME|ID", help="the subscription's name or id")
+    _data_out_url(p)
+    p.set_defaults(func=run_subscription_reissue)
 
     p = ssub.add_parser(
         "site-token", help="print a token for the receiving site's portal view",
@@ -72,12 +91,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "replaces the key: every earlier site token, and every site session signed in with "
         "one, stops working.")
     p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
-    p.add_argument("--hours", type=float, default=tokens.DEFAULT_SITE_HOURS,
-                   help=f"how long the token is valid (default {tokens.DEFAULT_SITE_HOURS}, "
-                   f"at most {tokens.MAX_SITE_HOURS})")
+    p.add_argument("--hours", type=float, default=sitetoken.DEFAULT_SITE_HOURS,
+                   help=f"how long the token is valid (default {sitetoken.DEFAULT_SITE_HOURS}, "
+                   f"at most {sitetoken.MAX_SITE_HOURS})")
     p.add_argument("--rotate", action="store_true",
                    help="new site key first: revokes every site token given out before")
     p.set_defaults(func=run_site_token)
+
+
+def _data_out_url(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
+    p.add_argument("--out", metavar="FILE",
+                   help="publish settings file to write (default NAME.publishsettings)")
+    p.add_argument("--url", default=None,
+                   help="the service URL clients use (default: the address the service on "
+                   f"--data recorded when it started, else {auth.DEFAULT_URL})")
 
 
 def _check_tls(cert: str | None, key: str | None) -> None:
@@ -122,6 +150,7 @@ async def run_serve(args: argparse.Namespace) -> Outcome:
             nursery.start_soon(watch_signals)
             binds = await nursery.start(partial(service.serve, catalog, config,
                                                 shutdown_trigger=stop.wait))
+            record_url(args.data, binds[0])
             print(f"pipeline service: listening on {' '.join(binds)} (data {args.data})",
                   file=sys.stderr, flush=True)
             await stop.wait()
@@ -136,38 +165,113 @@ async def run_serve(args: argparse.Namespace) -> Outcome:
     return Outcome()
 
 
-def run_subscription_add(args: argparse.Namespace) -> Outcome:
-    name = rules.check_subscription_name(args.name)
-    if not args.url.startswith(("http://", "https://")):
-        raise BadInput(f"--url {args.url} must start with https:// (or http://)")
+def advertised(bind: str) -> str:
+    """The URL clients use for a bound address: a wildcard host becomes this host's name."""
+    scheme, _, rest = bind.partition("://")
+    host, _, port = rest.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"{scheme}://{host}:{port}"
+
+
+def record_url(data: str, bind: str) -> None:
+    """DATA/service.json: the address this service serves, for `subscription add`."""
+    path = Path(data) / SERVICE_FILE
+    text = json.dumps({"url": advertised(bind)}) + "\n"
+    atomic.replace_file(path.with_name(f".{SERVICE_FILE}.{secrets.token_hex(4)}"), path,
+                        text.encode(), 0o644)
+
+
+def recorded_url(data: str) -> str:
+    """The URL the service on ``data`` recorded, else the default (saying so on stderr)."""
+    path = Path(data) / SERVICE_FILE
+    try:
+        url = json.loads(path.read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        url = None
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return url
+    print(f"pipeline service: note: no service has started on {data} yet ({path} missing); "
+          f"the publish settings say {auth.DEFAULT_URL}: give --url if clients reach it "
+          "elsewhere", file=sys.stderr)
+    return auth.DEFAULT_URL
+
+
+def _url_and_out(args: argparse.Namespace, name: str) -> tuple[str, Path]:
+    url = args.url or recorded_url(args.data)
+    if not url.startswith(("http://", "https://")):
+        raise BadInput(f"--url {url} must start with https:// (or http://)")
     out = Path(args.out or f"{name}.publishsettings")
     if out.exists():
         raise BadInput(f"{out} already exists; give another --out (it may hold another "
                        "subscription's key)")
+    return url, out
+
+
+def run_subscription_add(args: argparse.Namespace) -> Outcome:
+    name = rules.check_subscription_name(args.name)
+    url, out = _url_and_out(args, name)
     with Catalog.open(args.data) as catalog:
-        sub = auth.add_subscription(catalog, name, out, args.url)
+        sub = auth.add_subscription(catalog, name, out, url)
     print(f"subscription {name}: {sub.id}")
-    print(f"publish settings: {out} (mode 0600; holds the subscription's key: give it only to "
-          "its owner)", file=sys.stderr)
+    print(f"publish settings: {out} for {url} (mode 0600; holds the subscription's key: give "
+          "it only to its owner)", file=sys.stderr)
     return Outcome()
 
 
 def run_subscription_list(args: argparse.Namespace) -> Outcome:
     with Catalog.open(args.data) as catalog:
         for sub in catalog.subscriptions():
-            print(f"{sub.id}  {sub.created}  {sub.name}")
+            if args.json:
+                print(json.dumps({"id": sub.id, "name": sub.name, "created": sub.created}))
+            else:
+                print(f"{sub.id}  {sub.created}  {sub.name}")
+    return Outcome()
+
+
+def _subscription(catalog: Catalog, given: str) -> Subscription:
+    for sub in catalog.subscriptions():
+        if given.lower() in (sub.id.lower(), sub.name.lower()):
+            return sub
+    raise BadInput(f"no subscription {given!r} on this service; see pipeline service "
+                   "subscription list --data DIR")
+
+
+def run_subscription_remove(args: argparse.Namespace) -> Outcome:
+    with Catalog.open(args.data) as catalog:
+        sub = _subscription(catalog, args.subscription)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise Refused(f"removing subscription {sub.name} ({sub.id}) makes its publish "
+                              "settings useless; confirm with --yes")
+            answer = input(f"Remove subscription {sub.name} ({sub.id})? [y/N]: ")
+            if answer.strip().lower() not in ("y", "yes"):
+                raise Refused(f"subscription {sub.name} not removed")
+        catalog.remove_subscription(sub.id)
+    print(f"subscription {sub.name} ({sub.id}) removed: its publish settings no longer work")
+    return Outcome()
+
+
+def run_subscription_reissue(args: argparse.Namespace) -> Outcome:
+    with Catalog.open(args.data) as catalog:
+        sub = _subscription(catalog, args.subscription)
+        url, out = _url_and_out(args, sub.name)
+        sub = auth.reissue_subscription(catalog, sub.id, out, url)
+    print(f"subscription {sub.name}: {sub.id}")
+    print(f"publish settings: {out} for {url} (mode 0600); the subscription's earlier publish "
+          "settings no longer work", file=sys.stderr)
     return Outcome()
 
 
 def run_site_token(args: argparse.Namespace) -> Outcome:
-    if not 0 < args.hours <= tokens.MAX_SITE_HOURS:
+    if not 0 < args.hours <= sitetoken.MAX_SITE_HOURS:
         raise BadInput(f"--hours {args.hours:g} is out of range; give more than 0 and at most "
-                       f"{tokens.MAX_SITE_HOURS}")
+                       f"{sitetoken.MAX_SITE_HOURS}")
     with Catalog.open(args.data):  # checks (or creates) the data directory as the service does
         pass
     if args.rotate:
-        tokens.rotate_site_key(args.data)
-    print(tokens.make_site_token(args.data, hours=args.hours))
+        sitetoken.rotate_site_key(args.data)
+    print(sitetoken.make_site_token(args.data, hours=args.hours))
     print(f"site token: valid {args.hours:g} h; it shows every subscription's jobs (no recovery "
           "passwords): give it only to the receiving site"
           + ("; earlier site tokens are revoked" if args.rotate else ""), file=sys.stderr)
