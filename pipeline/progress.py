@@ -94,10 +94,12 @@ class Stats:
     files_done: int = 0
     bytes_read: int = 0  # raw bytes consumed from staging, holes included
     bytes_stored: int = 0  # compressed payload written to drives
+    raw_stored: int = 0  # what that payload holds, uncompressed (zero extents not counted)
     bytes_written: int = 0  # everything written to drives: payload, headers, padding
     extents: int = 0
     zero_bytes: int = 0  # all-zero extents and holes: recorded, not stored
     skipped_bytes: int = 0  # already committed by an earlier run (--resume)
+    unchanged_bytes: int = 0  # backup: files as the parent snapshot has them, not read again
     current_drive: str = ""
     drives: dict[str, DriveStats] = field(default_factory=dict)
     busy: dict[str, float] = field(default_factory=dict)  # stage -> seconds
@@ -134,7 +136,7 @@ class Stats:
     @property
     def bytes_done(self) -> int:
         """Bytes of the staging total that are dealt with: read now, or skipped on resume."""
-        return self.bytes_read + self.skipped_bytes
+        return self.bytes_read + self.skipped_bytes + self.unchanged_bytes
 
     def elapsed(self) -> float:
         return max(0.0, self.clock() - self.started)
@@ -182,10 +184,12 @@ class Stats:
             "bytes_total": self.bytes_total,
             "bytes_read": self.bytes_read,
             "bytes_stored": self.bytes_stored,
+            "raw_stored": self.raw_stored,
             "bytes_written": self.bytes_written,
             "extents": self.extents,
             "zero_bytes": self.zero_bytes,
             "skipped_bytes": self.skipped_bytes,
+            "unchanged_bytes": self.unchanged_bytes,
             "elapsed_s": round(self.elapsed(), 3),
             "bytes_per_s": round(self.rate(), 1),
             "bytes_per_s_recent": round(recent, 1),
@@ -228,29 +232,40 @@ def _percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
 
 
-def format_summary(stats: Stats | Mapping[str, Any]) -> list[str]:
+def format_summary(stats: Stats | Mapping[str, Any], *, verbose: bool = False) -> list[str]:
     """Human end-of-run lines from a `Stats` or its `statistics()` snapshot.
 
     Takes the snapshot too, so a `summary` event can be rendered from its fields.
-    Recovery passwords are printed by the caller; this never sees them.
+    Every figure is what its label says: "compressed to N%" is stored payload over
+    the raw bytes of the same extents (not over everything read: data read but cut
+    off by a full drive is not in the payload).  The per-stage busy table is for
+    tuning, shown with ``verbose``.  Recovery passwords are printed by the caller;
+    this never sees them.
     """
     s = stats.statistics() if isinstance(stats, Stats) else stats
     wall = float(s.get("elapsed_s") or 0.0)
     read, zero = int(s.get("bytes_read", 0)), int(s.get("zero_bytes", 0))
     stored, skipped = int(s.get("bytes_stored", 0)), int(s.get("skipped_bytes", 0))
+    raw = int(s.get("raw_stored", 0))
     files = f"{s.get('files_done', 0)}"
     if s.get("files_total"):
         files += f" of {s['files_total']}"
     lines = [
         f"read     {format_size(read)} in {files} files, {format_duration(wall)} wall, "
-        f"{format_rate(float(s.get('bytes_per_s') or 0.0))}",
-        f"stored   {format_size(stored)} compressed ({_percent(stored, read - zero)} of non-zero"
-        f" data), {format_size(int(s.get('bytes_written', 0)))} written, "
-        f"{s.get('extents', 0)} extents",
-    ]
-    if zero or skipped:
-        lines.append(f"skipped  {format_size(zero)} zero/holes, "
-                     f"{format_size(skipped)} already committed (resume)")
+        f"{format_rate(float(s.get('bytes_per_s') or 0.0))}"]
+    if s.get("extents"):  # prep: backup says what it sent in its own line
+        lines.append(f"stored   {format_size(raw)} of data compressed to {format_size(stored)} "
+                     f"({_percent(stored, raw)}), {format_size(int(s.get('bytes_written', 0)))}"
+                     f" written to drives, {s['extents']} extents")
+    unchanged = int(s.get("unchanged_bytes", 0))
+    if unchanged:
+        lines.append(f"unchanged {format_size(unchanged)} in files as the last snapshot holds "
+                     "them: not read again")
+    if zero:
+        lines.append(f"zeros    {format_size(zero)} of holes and zero runs: recorded, not stored")
+    if skipped:
+        lines.append(f"resumed  {format_size(skipped)} already on the drives from an earlier "
+                     "run of this session")
     drives = s.get("drives") or []
     if drives:
         lines.append("drives")
@@ -262,7 +277,7 @@ def format_summary(stats: Stats | Mapping[str, Any]) -> list[str]:
             lines.append(f"  #{d.get('seq', 0):<3} {name:<{width}}  "
                          f"{format_size(used)}{of}  {d.get('state', '')}")
     busy = s.get("busy_s") or {}
-    if busy:
+    if busy and verbose:
         lines.append("busy     time per stage, % of wall (over 100% = workers in parallel)")
         width = max(len(stage) for stage in busy)
         for stage, sec in sorted(busy.items(), key=lambda kv: -kv[1]):

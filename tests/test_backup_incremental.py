@@ -139,7 +139,7 @@ async def test_online_backup_sends_at_most_two_percent(tmp_path: Path) -> None:
     assert counting.sent == backend.bytes_sent == online.bytes_sent
     assert ratio <= 0.02
     assert online.raw_new >= modified           # the change was really read and stored
-    assert stats.skipped_bytes > 0              # unchanged small files were not read again
+    assert stats.unchanged_bytes > 0            # unchanged small files were not read again
 
     for ref, want, name in ((seed.snapshot, seeded_state, "first"),
                             (online.snapshot, changed_state, "second")):

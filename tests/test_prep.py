@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from pipeline import journal
@@ -92,7 +93,10 @@ def test_out_of_drives_then_resume_with_a_new_drive(tmp_path: Path, tree) -> Non
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("pipeline prep: every drive is full")
     assert f"--resume --journal-dir {jdir} --session-id ood-1 --drive NEW" in last
-    assert "recovery password:" in proc.stdout  # the full drive's password is shown
+    # stdout is a pipe here (a log file in real life): no password in it, the command instead
+    assert "recovery password:" not in proc.stdout + proc.stderr
+    keys_cmd = f"pipeline keys --journal-dir {jdir.resolve()} --session-id ood-1"
+    assert keys_cmd in proc.stdout and keys_cmd in proc.stderr
     proc = prep(src, jdir, "ood-1", [tmp_path / "b.img"], "--resume", "--drive-size", "64M")
     assert proc.returncode == 0, proc.stderr
     assert run_cli("verify", "--journal-dir", str(jdir)).returncode == 0
@@ -290,8 +294,41 @@ def test_a_refused_drive_stops_prep_before_any_format(tmp_path: Path) -> None:
     assert proc.returncode == 5, proc.stderr
     assert "is inside the staging location" in proc.stderr.strip().splitlines()[-1]
     assert not list(jdir.glob("*.journal"))  # the session never began
-    with open(good, "rb") as f:
-        assert f.read(1 << 20) == bytes(1 << 20)  # nothing written
+    assert not good.exists()  # an image is created only when prep opens that drive
+
+
+def test_a_drive_never_reached_leaves_no_image_and_no_password_in_a_log(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=10, random_mb=1, sparse_mb=2)
+    jdir = tmp_path / "j"
+    first, spare = tmp_path / "first.img", tmp_path / "spare.img"
+    proc = prep(src, jdir, "spare-1", [first, spare], "--drive-size", "64M")
+    assert proc.returncode == 0, proc.stderr
+    assert first.exists() and not spare.exists()  # sequential fill never opened the spare
+    [j] = journal.session_journals(jdir, "spare-1")
+    password = j.recovery_password
+    j.close()
+    assert password not in proc.stdout + proc.stderr  # stdout is a pipe (a log, in real life)
+    assert "pipeline keys --journal-dir" in proc.stdout
+
+
+def test_on_a_terminal_prep_shows_progress_and_the_passwords(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=10, random_mb=1, sparse_mb=2)
+    jdir = tmp_path / "j"
+    args = ["-m", "pipeline", "prep", "--srcdir", str(src), "--dstdir", "seed-test/vdir/",
+            "--journal-dir", str(jdir), "--session-id", "tty-1", *FAST_KDF_ARGS,
+            "--drive", str(tmp_path / "d.img"), "--drive-size", "64M"]
+    child = pexpect.spawn(sys.executable, args, cwd=str(tmp_path), encoding="utf-8",
+                          timeout=120, dimensions=(40, 160))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    [j] = journal.session_journals(jdir, "tty-1")
+    password = j.recovery_password
+    j.close()
+    assert f"recovery password: {password}" in child.before
+    assert "MB/s" in child.before
 
 
 def test_journal_export_drive_list(tmp_path: Path) -> None:

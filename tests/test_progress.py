@@ -64,6 +64,7 @@ def busy_run(clock: FakeClock) -> Stats:
     clock.now = stats.started + 10.0
     stats.files_done, stats.bytes_read, stats.extents = 4, 100 * MB, 100
     stats.bytes_stored, stats.bytes_written, stats.zero_bytes = 40 * MB, 41 * MB, 20 * MB
+    stats.raw_stored = 60 * MB  # one fifth of what was read did not fit on the drives
     stats.busy["read"], stats.busy["pack"] = 2.0, 15.0
     return stats
 
@@ -192,13 +193,22 @@ def test_format_summary(clock: FakeClock) -> None:
     assert "10.0 MB/s" in text  # decimal MB/s
     assert "95.4 MiB" in text  # 100e6 bytes read, binary units
     assert "4 of 4 files" in text
-    assert "50% of non-zero" in text  # 40 MB stored of 80 MB non-zero
+    # the ratio of the stored extents' payload to their own raw bytes (40 of 60 MB), not to
+    # everything read (80 MB non-zero: part of it was cut off by a full drive)
+    assert "57.2 MiB of data compressed to 38.1 MiB (67%)" in text
+    assert "zeros    19.1 MiB" in text and "resumed" not in text
     assert any("sdb" in ln and "64.0 MiB of 64.0 MiB (100%)" in ln and "full" in ln
                for ln in lines)
     assert any("sdc" in ln and "(12%)" in ln and "open" in ln for ln in lines)
-    busy = {ln.split()[0]: ln.split()[-1] for ln in lines if ln.startswith("  ") and " s " in ln}
-    assert busy == {"pack": "150%", "read": "20%"}
+    assert "busy" not in text  # the per-stage table is for tuning: --verbose
     assert format_summary(stats.statistics()) == lines  # a summary event's fields work too
+    verbose = format_summary(stats, verbose=True)
+    busy = {ln.split()[0]: ln.split()[-1] for ln in verbose
+            if ln.startswith("  ") and " s " in ln}
+    assert busy == {"pack": "150%", "read": "20%"}
+    stats.skipped_bytes = 5 * MB
+    assert any(ln.startswith("resumed  4.8 MiB already on the drives")
+               for ln in format_summary(stats))
 
 
 def test_format_summary_shows_only_drive_sizes(clock: FakeClock) -> None:
@@ -357,7 +367,7 @@ def test_tty_unknown_total_and_summary(clock: FakeClock,
     r.update(stats)  # after close: ignored
     text = buf.getvalue()
     assert "3.0 MiB" in text and "--:--" in text
-    assert "4 of 4 files" in text and "busy" in text
+    assert "4 of 4 files" in text and "compressed to" in text and "busy" not in text
     assert capsys.readouterr().out == ""
 
 

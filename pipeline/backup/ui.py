@@ -39,7 +39,10 @@ def finish(renderer: progress.Renderer, stats: progress.Stats, json_mode: bool,
            summary: dict[str, Any], code: int, message: str,
            lines: list[str] | None = None) -> None:
     """The last progress line, the summary, then `exit` (--json) or human lines on stderr
-    (``lines``, by default prep's summary of the counters)."""
+    (``lines``, by default prep's summary of the counters).  A run that ended knows
+    what there was: the last bar shows that, not the estimate made before it began
+    (files added or removed meanwhile made "265.7 MiB / 264.3 MiB")."""
+    stats.files_total, stats.bytes_total = stats.files_done, stats.bytes_done
     renderer.update(stats, force=True)
     if json_mode:
         renderer.event("summary", **{**stats.statistics(), **summary})

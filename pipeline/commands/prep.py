@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -38,7 +39,7 @@ from pipeline.prep.write import DriveWriter, rewrite_index
 from pipeline.volume import drives
 
 REMINDER = ("Store the recovery passwords apart from the drives: whoever holds a drive and "
-            "its password reads the data.  `pipeline keys --journal-dir DIR` shows them again.")
+            "its password reads the data.")
 
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
@@ -78,6 +79,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="compression/encryption threads (default: the number of cores)")
     p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print the time each pipeline stage was busy (for tuning)")
     m = p.add_mutually_exclusive_group()
     m.add_argument("--resume", action="store_true", help="continue the session from its journals")
     m.add_argument("--abort", action="store_true", help="end the session; its drives become void")
@@ -204,18 +207,29 @@ def _preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
         if real in known:
             continue
         size = cfg.drive_size if not Path(path).exists() else None
-        drives.prepare_target(path, size=size, staging=cfg.srcdir, confirmed=cfg.yes).close()
+        drives.check_target(path, size=size, staging=cfg.srcdir, confirmed=cfg.yes)
+
+
+def keys_command(journals: list[journal.Journal]) -> str:
+    """The command that shows these drives' recovery passwords, ready to copy."""
+    if not journals:
+        return "pipeline keys --journal-dir JDIR"
+    j = journals[0]
+    return (f"pipeline keys --journal-dir {shlex.quote(str(j.path.parent.resolve()))} "
+            f"--session-id {shlex.quote(j.session.session_id)}")
 
 
 def _summary(pool: DrivePool, stats: progress.Stats) -> dict[str, Any]:
+    """The `summary` event's fields.  No recovery password: --json output is usually
+    redirected to a file anyone may read; the event names the command that shows them."""
     out = []
     for j in sorted(pool.journals, key=lambda j: j.drive.seq):
         c = j.counts()
         out.append({"seq": j.drive.seq, "path": j.drive.path, "state": j.drive.state,
                     "uuid": j.drive.uuid, "capacity": j.drive.data_area_size,
                     "used": j.drive.log_offset + j.drive.index_length, **c,
-                    "journal": str(j.path), "recovery_password": j.recovery_password})
-    return {**stats.statistics(), "drives": out}
+                    "journal": str(j.path)})
+    return {**stats.statistics(), "drives": out, "keys_command": keys_command(pool.journals)}
 
 
 def _skipped_summary(skipped: list[tuple[str, str]]) -> dict[str, Any]:
@@ -224,19 +238,30 @@ def _skipped_summary(skipped: list[tuple[str, str]]) -> dict[str, Any]:
     return {"skipped": [{"path": p, "reason": r} for p, r in skipped]}
 
 
-def _print_summary(summary: dict[str, Any], stats: progress.Stats) -> None:
-    for line in progress.format_summary(stats):
+def _print_summary(summary: dict[str, Any], stats: progress.Stats,
+                   journals: list[journal.Journal], verbose: bool) -> None:
+    """The summary on stderr, the drive table on stdout.  The recovery passwords go in
+    the table only when stdout is a terminal: redirected to a log, they would sit in a
+    file others may read; there the table says how to show them."""
+    for line in progress.format_summary(stats, verbose=verbose):
         print(line, file=sys.stderr)
     if summary.get("skipped"):  # named once already, as they were met
         print(f"skipped  {len(summary['skipped'])} staging entries not copied (named above; "
               "recorded in the journals)", file=sys.stderr)
-    print("drive  state    used / capacity          files  journal / recovery password")
+    on_terminal = sys.stdout.isatty()
+    passwords = {j.drive.seq: j.recovery_password for j in journals} if on_terminal else {}
+    print("drive  state    used / capacity          files  journal"
+          + (" / recovery password" if on_terminal else ""))
     for d in summary["drives"]:
         print(f"{d['seq']:>5}  {d['state']:<7}  {drives.human(d['used']):>10} / "
               f"{drives.human(d['capacity']):<10}  {d['files']:>7}  {d['path']}")
         print(f"{'':>45}  {d['journal']}")
-        print(f"{'':>45}  recovery password: {d['recovery_password']}")
-    print(REMINDER, file=sys.stderr)
+        if d["seq"] in passwords:
+            print(f"{'':>45}  recovery password: {passwords[d['seq']]}")
+    if not on_terminal and summary["drives"]:
+        print(f"recovery passwords: not printed (stdout is not a terminal); show them where "
+              f"nobody else can see with: {summary['keys_command']}")
+    print(f"{REMINDER}  Show them again with: {summary['keys_command']}", file=sys.stderr)
 
 
 def _abort(args: argparse.Namespace) -> Outcome:
@@ -296,6 +321,7 @@ class _Copy:
     stats: progress.Stats
     counted: bool                       # the totals are known before the copy begins
     json_mode: bool
+    verbose: bool = False
     pool: DrivePool | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
@@ -407,7 +433,8 @@ class _Copy:
             self.renderer.close()
         else:
             self.renderer.close()
-            _print_summary(summary, self.stats)
+            _print_summary(summary, self.stats, self.pool.journals if self.pool else [],
+                           self.verbose)
         for j in self.journals:
             j.close()
 
@@ -432,7 +459,8 @@ async def run(args: argparse.Namespace) -> Outcome:
     renderer.start("prep", session_id=cfg.session_id, srcdir=str(cfg.srcdir),
                    files=stats.files_total if counted else None,
                    bytes=stats.bytes_total if counted else None, fill=cfg.fill)
-    current = _Copy(cfg, journals, renderer, stats, counted, args.json)
+    current = _Copy(cfg, journals, renderer, stats, counted, args.json,
+                    getattr(args, "verbose", False))
     code, message = EXIT_OK, "done"
     try:
         await current.run()

@@ -272,6 +272,9 @@ class DriveWriter:
         faults.reached("after_pwrite")
         self.stats.bytes_written += item.length
         self.stats.bytes_stored += header.payload_len
+        self.stats.raw_stored += sum(r.raw_len for r in item.committed[1]
+                                     if isinstance(r, format.Extent)
+                                     and r.codec is not format.Codec.ZERO)
         self.progress.used = header.end
         self.pending.append(item.committed)
         self.pending_bytes += item.length

@@ -319,11 +319,7 @@ def prepare_target(
         if why:
             raise Refused(f"{path} {why}")
     else:
-        if staging is not None:
-            real, stage = path.resolve(), Path(staging).resolve()
-            if real == stage or stage in real.parents:
-                raise Refused(f"{path} is inside the staging location {staging}; "
-                              "put image drives outside it")
+        _check_outside_staging(path, staging)
         if exists:
             backing = loop_backing(path)
             if backing:
@@ -333,11 +329,7 @@ def prepare_target(
             raise BadInput(f"drive {path} does not exist; give --drive-size to create an "
                            "image file, or the path of a block device")
         else:
-            if size < MIN_DRIVE_SIZE:
-                raise Refused(f"{path}: {human(size)} is smaller than the minimum volume of "
-                              f"{human(MIN_DRIVE_SIZE)}; give a larger --drive-size")
-            if not path.parent.is_dir():
-                raise BadInput(f"cannot create {path}: directory {path.parent} does not exist")
+            _check_new_image(path, size)
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             except OSError as exc:
@@ -368,6 +360,43 @@ def prepare_target(
         drive.close()
         raise
     return drive
+
+
+def _check_outside_staging(path: Path, staging: str | os.PathLike[str] | None) -> None:
+    if staging is not None:
+        real, stage = path.resolve(), Path(staging).resolve()
+        if real == stage or stage in real.parents:
+            raise Refused(f"{path} is inside the staging location {staging}; "
+                          "put image drives outside it")
+
+
+def _check_new_image(path: Path, size: int) -> None:
+    """What makes an image file of ``size`` at ``path`` impossible, before creating it."""
+    if size < MIN_DRIVE_SIZE:
+        raise Refused(f"{path}: {human(size)} is smaller than the minimum volume of "
+                      f"{human(MIN_DRIVE_SIZE)}; give a larger --drive-size")
+    if not path.parent.is_dir():
+        raise BadInput(f"cannot create {path}: directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise BadInput(f"cannot create {path}: directory {path.parent} is not writable")
+
+
+def check_target(
+    path: str | os.PathLike[str],
+    *,
+    size: int | None = None,
+    staging: str | os.PathLike[str] | None = None,
+    confirmed: bool = False,
+) -> None:
+    """Every check ``prepare_target`` makes, changing nothing: an image file that does
+    not exist yet is not created (prep creates it only when it opens that drive, so a
+    drive a run never reaches leaves no empty image behind)."""
+    p = Path(path)
+    if not p.exists() and not p.is_symlink() and size is not None:
+        _check_outside_staging(p, staging)
+        _check_new_image(p, size)
+        return
+    prepare_target(p, size=size, staging=staging, confirmed=confirmed).close()
 
 
 def existing_content(drive: Drive) -> str | None:

@@ -60,7 +60,7 @@ class Read:
                         continue
                     if item.reuse and all(c is None or c in self.repo.index
                                           for c, _ in node.content):
-                        self.stats.skipped_bytes += node.size
+                        self.stats.unchanged_bytes += node.size
                         self.stats.files_done += 1
                     else:
                         to_read.append(node)
