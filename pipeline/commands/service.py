@@ -67,11 +67,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_subscription_list)
     p = actions.add_parser(
         "remove", help="remove a subscription: its publish settings stop working",
-        description="Remove a subscription (by name or id): tokens from its publish "
-        "settings file are refused from then on.  Asks first, unless --yes.")
+        description="Remove a subscription (by name or id) with its jobs: tokens from its "
+        "publish settings file are refused from then on.  Refused while one of its jobs is "
+        "under way (not Completed, Closed or Canceled) unless --force.  Asks first, unless "
+        "--yes.")
     p.add_argument("subscription", metavar="NAME|ID", help="the subscription's name or id")
     p.add_argument("--data", required=True, metavar="DIR", help="the service's data directory")
     p.add_argument("--yes", action="store_true", help="remove without asking")
+    p.add_argument("--force", action="store_true",
+                   help="remove even while jobs are under way (their drives may be in transit)")
     p.set_defaults(func=run_subscription_remove)
     p = actions.add_parser(
         "reissue", help="a new key for a subscription: a new publish settings file",
@@ -242,13 +246,14 @@ def run_subscription_remove(args: argparse.Namespace) -> Outcome:
         sub = _subscription(catalog, args.subscription)
         if not args.yes:
             if not sys.stdin.isatty():
-                raise Refused(f"removing subscription {sub.name} ({sub.id}) makes its publish "
-                              "settings useless; confirm with --yes")
-            answer = input(f"Remove subscription {sub.name} ({sub.id})? [y/N]: ")
+                raise Refused(f"removing subscription {sub.name} ({sub.id}) deletes its jobs "
+                              "and makes its publish settings useless; confirm with --yes")
+            answer = input(f"Remove subscription {sub.name} ({sub.id}) and its jobs? [y/N]: ")
             if answer.strip().lower() not in ("y", "yes"):
                 raise Refused(f"subscription {sub.name} not removed")
-        catalog.remove_subscription(sub.id)
-    print(f"subscription {sub.name} ({sub.id}) removed: its publish settings no longer work")
+        count = catalog.remove_subscription(sub.id, force=args.force)
+    print(f"subscription {sub.name} ({sub.id}) removed with {count} job(s): its publish "
+          "settings no longer work")
     return Outcome()
 
 
