@@ -79,6 +79,12 @@ def bob(catalog: Catalog, tmp_path: Path) -> Account:
     return new_account(catalog, tmp_path, "bob")
 
 
+@pytest.fixture
+def site(catalog: Catalog) -> dict[str, str]:
+    """The receiving site's headers: a site token for the catalog's data directory."""
+    return jobservice.site_headers(catalog.data_dir)
+
+
 class Recorder:
     """Every response body the client saw, to search for recovery passwords."""
 
@@ -339,14 +345,15 @@ async def test_oversized_bodies_get_413(client: httpx.AsyncClient, alice: Accoun
 
 
 async def test_refused_transitions_get_409_with_the_reason(client: httpx.AsyncClient,
-                                                           alice: Account) -> None:
+                                                           alice: Account,
+                                                           site: dict[str, str]) -> None:
     _, drives = await create(client, alice, "job-409")
     url, h = alice.job("job-409"), alice.headers
-    msg = error(await client.patch(url, json={"properties": {"state": "Received"}}, headers=h),
+    msg = error(await client.patch(url, json={"properties": {"state": "Received"}}, headers=site),
                 409, "InvalidStateTransition")
     assert "from Creating to Received" in msg and "Shipping, Canceled" in msg
     msg = error(await client.patch(url, json={"properties": {"state": "Shipping"}}, headers=h),
-                409, "InvalidStateTransition")
+                400, "InvalidRequest")
     assert "carrier and tracking number" in msg
     ship = {"properties": {"state": "Shipping", "deliveryPackage": {
         "carrierName": "UPS", "trackingNumber": "1Z"}}}
@@ -356,16 +363,16 @@ async def test_refused_transitions_get_409_with_the_reason(client: httpx.AsyncCl
           "JobNotReplaceable")
     error(await client.delete(url, headers=h), 409, "JobNotDeletable")
     msg = error(await client.patch(url, json={"properties": {"driveList": [
-        {"driveId": drives[0]["driveId"], "state": "Transferring"}]}}, headers=h), 409,
+        {"driveId": drives[0]["driveId"], "state": "Transferring"}]}}, headers=site), 409,
         "InvalidDriveStateTransition")
     assert "Specified to Transferring" in msg
     await client.patch(url, json={"properties": {"state": "Received", "driveList": [
-        {"driveId": d["driveId"], "state": "Received"} for d in drives]}}, headers=h)
-    r = await client.patch(url, json={"properties": {"state": "Transferring"}}, headers=h)
-    assert r.json()["properties"]["state"] == "Transferring"
+        {"driveId": d["driveId"], "state": "Received"} for d in drives]}}, headers=site)
     msg = error(await client.patch(url, json={"properties": {"cancelRequested": True}},
                                    headers=h), 409)
-    assert "only before Transferring" in msg
+    assert "only before the site receives it" in msg
+    r = await client.patch(url, json={"properties": {"state": "Transferring"}}, headers=site)
+    assert r.json()["properties"]["state"] == "Transferring"
     assert (await client.get(url, headers=h)).json()["properties"]["cancelRequested"] is False
 
 
@@ -416,14 +423,17 @@ async def test_concurrent_patches_with_if_match_one_wins(client: httpx.AsyncClie
 
 
 async def test_concurrent_patches_without_if_match_lose_no_write(client: httpx.AsyncClient,
-                                                                 alice: Account) -> None:
+                                                                 alice: Account,
+                                                                 site: dict[str, str]) -> None:
     _, drives = await create(client, alice, "busy-job", drives=10)
     url, h = alice.job("busy-job"), alice.headers
-    for props in ({"state": "Shipping", "deliveryPackage": {"carrierName": "DHL",
-                                                             "trackingNumber": "D1"}},
-                  {"state": "Received", "driveList": [{"driveId": d["driveId"],
-                                                       "state": "Received"} for d in drives]}):
-        assert (await client.patch(url, json={"properties": props}, headers=h)).status_code == 200
+    r = await client.patch(url, json={"properties": {"state": "Shipping", "deliveryPackage": {
+        "carrierName": "DHL", "trackingNumber": "D1"}}}, headers=h)
+    assert r.status_code == 200, r.text
+    h = site  # from here on, the site's steps
+    r = await client.patch(url, json={"properties": {"state": "Received", "driveList": [
+        {"driveId": d["driveId"], "state": "Received"} for d in drives]}}, headers=h)
+    assert r.status_code == 200, r.text
     rounds, acked = 5, []
 
     async def site_worker(drive: dict[str, Any]) -> None:  # one per drive, as import would

@@ -26,7 +26,12 @@ Public API (everything else is private)::
     catalog.update_job(ref, patch, if_match=None, role=Role.CUSTOMER) -> Job
     catalog.delete_job(ref, if_match=None) -> None
     catalog.list_jobs(subscription_id, resource_group=None, state=None, top=100,
-                      skip_token=None) -> Page
+                      skip_token=None, where=None) -> Page      (where: a filter.Expr)
+    catalog.put_copy_log(ref, drive_id, kind, data) -> None
+    catalog.copy_log(ref, drive_id, kind) -> bytes | None
+    catalog.copy_log_kinds(ref, drive_id) -> list[str]
+    catalog.remove_subscription(subscription_id, force=False) -> int   (jobs removed)
+    catalog.replace_subscription_key(subscription_id, public_key) -> Subscription
     catalog.bitlocker_keys(ref) -> list[(drive_id, recovery_password)]
     catalog.statistics() -> dict
 
@@ -56,14 +61,25 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pipeline import atomic
 from pipeline.errors import BadInput, IntegrityError
-from pipeline.jobs import model, regions, rules
-from pipeline.jobs.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from pipeline.jobs import filter, model, regions, rules
+from pipeline.jobs.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+)
 from pipeline.jobs.model import Job, JobDrive, JobRef
 from pipeline.jobs.regions import Region
 from pipeline.jobs.rules import DriveState, JobState, Role
 
 DB_NAME = "catalog.db"
 KEY_NAME = "catalog.key"
+COPY_LOG_DIR = "copylogs"
+COPY_LOG_KINDS = ("error", "verbose")
+MAX_COPY_LOG = 64 << 20
+ENDED = frozenset({JobState.COMPLETED, JobState.CLOSED, JobState.CANCELED})
+SITE_ACTOR = "receiving-site"
 SCHEMA_VERSION = 1
 MAX_TOP = 100  # ARM's limit for $top
 BUSY_TIMEOUT_S = 30.0
@@ -117,6 +133,15 @@ CREATE TABLE IF NOT EXISTS drives (
     PRIMARY KEY (job_id, drive_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS drives_by_serial ON drives(drive_id);
+CREATE TABLE IF NOT EXISTS copy_logs (     -- the site's copy logs; the bytes are files
+    job_id      INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    drive_id    TEXT NOT NULL,
+    kind        TEXT NOT NULL,             -- error | verbose
+    file        TEXT NOT NULL,             -- random name under DATA/copylogs/
+    size        INTEGER NOT NULL,
+    updated     TEXT NOT NULL,
+    PRIMARY KEY (job_id, drive_id, kind)
+) STRICT;
 """
 
 _DRIVE_COLUMNS = ("drive_id", "manifest_file", "manifest_hash", "drive_header_hash", "state",
@@ -339,6 +364,46 @@ class Catalog:
                          "VALUES (?, ?, ?, ?)", (sub.id, sub.name, sub.public_key, sub.created))
         return sub
 
+    def remove_subscription(self, subscription_id: str, *, force: bool = False) -> int:
+        """Remove a subscription with its jobs; returns how many jobs went.  Refused (409)
+        while a job is not Completed, Closed or Canceled (drives may be on the way or in
+        the site), unless ``force``.  Its publish settings file stops working at once."""
+        sub_id = rules.check_subscription_id(subscription_id)
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM subscriptions WHERE id = ?",
+                            (sub_id,)).fetchone() is None:
+                raise NotFound(f"subscription {sub_id} does not exist", "SubscriptionNotFound")
+            active = [r["name"] for r in conn.execute(
+                f"SELECT name FROM jobs WHERE subscription_id = ? AND state NOT IN "
+                f"({', '.join('?' * len(ENDED))}) ORDER BY name", (sub_id, *ENDED))]
+            if active and not force:
+                shown = ", ".join(active[:5]) + (", ..." if len(active) > 5 else "")
+                raise Conflict(f"subscription {sub_id} has {len(active)} job(s) still under "
+                               f"way ({shown}); wait until they are Completed or cancel them, "
+                               "or remove it anyway with --force", "SubscriptionHasActiveJobs")
+            files = [r["file"] for r in conn.execute(
+                "SELECT file FROM copy_logs JOIN jobs ON jobs.id = copy_logs.job_id "
+                "WHERE jobs.subscription_id = ?", (sub_id,))]
+            count = conn.execute("DELETE FROM jobs WHERE subscription_id = ?",
+                                 (sub_id,)).rowcount
+            conn.execute("DELETE FROM resource_groups WHERE subscription_id = ?", (sub_id,))
+            conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
+        self._unlink_logs(files)
+        return count
+
+    def replace_subscription_key(self, subscription_id: str, public_key: bytes) -> Subscription:
+        """A new public key for a subscription: tokens from the old key fail from now on."""
+        if len(public_key) != 32:
+            raise BadRequest("an Ed25519 public key has 32 bytes", "InvalidPublicKey")
+        sub_id = rules.check_subscription_id(subscription_id)
+        with self._write() as conn:
+            if conn.execute("UPDATE subscriptions SET public_key = ? WHERE id = ?",
+                            (public_key, sub_id)).rowcount != 1:
+                raise NotFound(f"subscription {sub_id} does not exist", "SubscriptionNotFound")
+        found = self.subscription(sub_id)
+        assert found is not None
+        return found
+
     def subscription(self, subscription_id: str) -> Subscription | None:
         with self._read() as conn:
             row = conn.execute("SELECT * FROM subscriptions WHERE id = ?",
@@ -372,8 +437,13 @@ class Catalog:
 
     def put_job(self, ref: JobRef, body: Any, *, if_match: str | None = None,
                 if_none_match: bool = False) -> tuple[Job, bool]:
-        """Create a job, or replace one still Creating (ARM PUT).  Returns (job, created)."""
+        """Create a job, or replace one still Creating (ARM PUT).  Returns (job, created).
+        Only the customer creates jobs (the REST API refuses a site token)."""
         job, keys = model.parse_new_job(ref, body, self._regions)
+        actor = _actor(Role.CUSTOMER, ref.subscription_id)
+        job = replace(job, details={**job.details, "systemData": {
+            "createdBy": actor[0], "createdByType": actor[1],
+            "lastModifiedBy": actor[0], "lastModifiedByType": actor[1]}})
         now = _now()
         with self._write() as conn:
             row = self._row(conn, ref, missing_ok=True)
@@ -400,6 +470,10 @@ class Catalog:
                                          "PreconditionFailed")
             _check_if_match(old, if_match)
             new = model.replace_job(old, replace(job, ref=old.ref))
+            created_by = {k: v for k, v in old.details.get("systemData", {}).items()
+                          if k.startswith("created")}
+            new = replace(new, details={**new.details, "systemData": {
+                **new.details["systemData"], **created_by}})
             new = replace(new, version=old.version + 1, updated=now)
             self._store(conn, row["id"], new, keys, old)
             return new, False
@@ -416,6 +490,10 @@ class Catalog:
             new, keys = model.apply_update(old, patch, self._regions, role)
             if new == old and not keys:
                 return old
+            by, by_type = _actor(role, ref.subscription_id)
+            new = replace(new, details={**new.details, "systemData": {
+                **new.details.get("systemData", {}), "lastModifiedBy": by,
+                "lastModifiedByType": by_type}})
             new = replace(new, version=old.version + 1, updated=_now())
             self._store(conn, row["id"], new, keys, old)
             return new
@@ -426,33 +504,42 @@ class Catalog:
             old = self._load(conn, row)
             _check_if_match(old, if_match)
             rules.check_deletable(old.state)
+            files = [r["file"] for r in conn.execute(
+                "SELECT file FROM copy_logs WHERE job_id = ?", (row["id"],))]
             conn.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
+        self._unlink_logs(files)
 
     def list_jobs(self, subscription_id: str | None, resource_group: str | None = None, *,
                   state: JobState | None = None, top: int = MAX_TOP,
-                  skip_token: str | None = None) -> Page:
-        """Jobs in name order, ``top`` at a time.  ``subscription_id=None`` lists every
-        subscription's jobs: for site-side tools, never for a customer request."""
+                  skip_token: str | None = None, where: filter.Expr | None = None) -> Page:
+        """Jobs in name order, ``top`` at a time, those ``where`` (an OData ``$filter``
+        tree) matches.  ``subscription_id=None`` lists every subscription's jobs: for
+        site-side tools, never for a customer request."""
         if not 1 <= top <= MAX_TOP:
             raise BadRequest(f"$top must be from 1 to {MAX_TOP}", "InvalidTop")
-        where, args = [], []
+        conds: list[str] = []
+        args: list[Any] = []
         order = ["subscription_id", "rg_key", "name"]
         if subscription_id is not None:
-            where.append("subscription_id = ?")
+            conds.append("subscription_id = ?")
             args.append(subscription_id.lower())
             order.remove("subscription_id")
             if resource_group is not None:
-                where.append("rg_key = ?")
+                conds.append("rg_key = ?")
                 args.append(resource_group.lower())
                 order.remove("rg_key")
         if state is not None:
-            where.append("state = ?")
+            conds.append("state = ?")
             args.append(JobState(state).value)
+        if where is not None:
+            clause, filter_args = filter.to_sql(where, _FILTER_COLUMNS, _filter_fold)
+            conds.append(clause)
+            args.extend(filter_args)
         if skip_token is not None:
             after = _decode_token(skip_token, len(order))
-            where.append(f"({', '.join(order)}) > ({', '.join('?' * len(order))})")
+            conds.append(f"({', '.join(order)}) > ({', '.join('?' * len(order))})")
             args.extend(after)
-        sql = (f"SELECT * FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
+        sql = (f"SELECT * FROM jobs {'WHERE ' + ' AND '.join(conds) if conds else ''} "
                f"ORDER BY {', '.join(order)} LIMIT ?")
         with self._read() as conn:
             rows = conn.execute(sql, (*args, top + 1)).fetchall()
@@ -471,6 +558,80 @@ class Catalog:
                                   "ORDER BY position", (row["id"],)).fetchall()
         return [(d["drive_id"], self._keybox.open(row["id"], d["drive_id"], d["bitlocker_key"]))
                 for d in drives]
+
+    # ------------------------------------------------------------------ copy logs
+
+    def put_copy_log(self, ref: JobRef, drive_id: str, kind: str, data: bytes, *,
+                     role: Role = Role.CUSTOMER) -> None:
+        """Store (or replace) a drive's copy log: the site's, while the job is being copied
+        or after.  The bytes go to a new file (fsynced) before the row names it, so a crash
+        leaves the old log or the new one, never half of one."""
+        rules.check_role("copy log", role, "uploading a copy log")
+        kind = _copy_log_kind(kind)
+        if len(data) > MAX_COPY_LOG:
+            raise PayloadTooLarge(f"a copy log is at most {MAX_COPY_LOG} bytes",
+                                  "RequestEntityTooLarge")
+        with self._read() as conn:  # fail before writing a file for nothing
+            job = self._load(conn, self._row(conn, ref))
+        self._copy_log_drive(job, drive_id)
+        rules.check_editable("copy log", job.state)
+        folder = self.data_dir / COPY_LOG_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        name = f"{uuid.uuid4().hex}.jsonl"
+        atomic.replace_file(folder / f".{name}.tmp", folder / name, data, 0o600)
+        old: list[str] = []
+        try:
+            with self._write() as conn:
+                row = self._row(conn, ref)
+                rules.check_editable("copy log", JobState(row["state"]))
+                old = [r["file"] for r in conn.execute(
+                    "SELECT file FROM copy_logs WHERE job_id = ? AND drive_id = ? AND kind = ?",
+                    (row["id"], drive_id, kind))]
+                conn.execute("INSERT OR REPLACE INTO copy_logs (job_id, drive_id, kind, file, "
+                             "size, updated) VALUES (?, ?, ?, ?, ?, ?)",
+                             (row["id"], drive_id, kind, name, len(data), _now()))
+        except BaseException:
+            old = [name]
+            raise
+        finally:
+            self._unlink_logs(old)
+
+    def copy_log(self, ref: JobRef, drive_id: str, kind: str) -> bytes | None:
+        """A drive's copy log of ``kind``, or None if the site uploaded none."""
+        kind = _copy_log_kind(kind)
+        with self._read() as conn:
+            job = self._load(conn, self._row(conn, ref))
+            self._copy_log_drive(job, drive_id)
+            found = conn.execute(
+                "SELECT copy_logs.file FROM copy_logs JOIN jobs ON jobs.id = copy_logs.job_id "
+                "WHERE jobs.subscription_id = ? AND jobs.rg_key = ? AND jobs.name = ? AND "
+                "drive_id = ? AND kind = ?", (ref.subscription_id, ref.resource_group.lower(),
+                                              ref.name, drive_id, kind)).fetchone()
+        if found is None:
+            return None
+        try:
+            return (self.data_dir / COPY_LOG_DIR / found["file"]).read_bytes()
+        except FileNotFoundError:  # replaced between the read and now
+            return self.copy_log(ref, drive_id, kind)
+
+    def copy_log_kinds(self, ref: JobRef, drive_id: str) -> list[str]:
+        """Which copy logs a drive has, in COPY_LOG_KINDS order."""
+        with self._read() as conn:
+            row = self._row(conn, ref)
+            self._copy_log_drive(self._load(conn, row), drive_id)
+            kinds = {r["kind"] for r in conn.execute(
+                "SELECT kind FROM copy_logs WHERE job_id = ? AND drive_id = ?",
+                (row["id"], drive_id))}
+        return [k for k in COPY_LOG_KINDS if k in kinds]
+
+    @staticmethod
+    def _copy_log_drive(job: Job, drive_id: str) -> None:
+        if job.drive(drive_id) is None:
+            raise NotFound(f"drive {rules.quote(drive_id)} is not in {job.ref}", "DriveNotFound")
+
+    def _unlink_logs(self, files: Sequence[str]) -> None:
+        for name in files:
+            (self.data_dir / COPY_LOG_DIR / name).unlink(missing_ok=True)
 
     def statistics(self) -> dict[str, Any]:
         """Counts for the portal and the logs: jobs by state, subscriptions, drives."""
@@ -567,6 +728,31 @@ class Catalog:
                              f"{', '.join(_DRIVE_COLUMNS)}) VALUES "
                              f"(?, ?, ?, {', '.join('?' * len(_DRIVE_COLUMNS))})",
                              (job_id, position, sealed, *values))
+
+
+# $filter fields -> SQL expressions, folded as _filter_fold folds the literals
+_FILTER_COLUMNS = {"name": "lower(name)", "properties/state": "lower(state)",
+                   "properties/jobType": "lower(coalesce(json_extract(details, '$.jobType'), "
+                                         "'Import'))",
+                   "location": "lower(location)"}
+
+
+def _filter_fold(field: str, value: str) -> str:
+    """As the columns above: ASCII lowercase; a location as its key ('West US' = westus)."""
+    folded = filter.ascii_fold(field, value)
+    return folded.replace(" ", "") if field == "location" else folded
+
+
+def _actor(role: Role, subscription_id: str) -> tuple[str, str]:
+    """systemData's (by, byType) for a write: the subscription's key, or the site."""
+    return (subscription_id, "Key") if role == Role.CUSTOMER else (SITE_ACTOR, "Application")
+
+
+def _copy_log_kind(kind: str) -> str:
+    if kind not in COPY_LOG_KINDS:
+        raise NotFound(f"copy log kind {rules.quote(kind)} does not exist; use "
+                       f"{' or '.join(COPY_LOG_KINDS)}", "CopyLogNotFound")
+    return kind
 
 
 def _check_if_match(job: Job, if_match: str | None) -> None:

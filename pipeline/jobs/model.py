@@ -37,9 +37,14 @@ MAX_LONG_STRING = 2048
 # JobDetails fields kept in Job.details, in the order the API returns them.
 DETAIL_FIELDS = ("storageAccountId", "jobType", "returnAddress", "returnShipping",
                  "shippingInformation", "deliveryPackage", "returnPackage", "diagnosticsPath",
-                 "logLevel", "backupDriveManifest")
+                 "logLevel", "backupDriveManifest", "encryptionKey")
+# Job.details also keeps the resource's "identity" and the "systemData" actors (not properties)
 _READ_ONLY = frozenset({"percentComplete", "provisioningState", "shippingInformation",
-                        "returnPackage", "incompleteBlobListUri", "encryptionKey"})
+                        "returnPackage", "incompleteBlobListUri"})
+_KEK_TYPES = ("MicrosoftManaged", "CustomerManaged")
+_IDENTITY_TYPES = ("None", "SystemAssigned", "UserAssigned")
+DEFAULT_ENCRYPTION_KEY = {"kekType": "MicrosoftManaged"}
+DEFAULT_IDENTITY = {"type": "None"}
 _PATCHABLE = frozenset({"cancelRequested", "state", "returnAddress", "returnShipping",
                         "deliveryPackage", "returnPackage", "logLevel", "backupDriveManifest",
                         "driveList"})
@@ -140,8 +145,13 @@ class Job:
             "driveList": [d.to_api() for d in self.drives],
             "provisioningState": "Succeeded",
         })
+        props.setdefault("encryptionKey", dict(DEFAULT_ENCRYPTION_KEY))
+        system = {**self.details.get("systemData", {}), "createdAt": self.created,
+                  "lastModifiedAt": self.updated}
         return {"id": self.ref.resource_id, "name": self.ref.name, "type": RESOURCE_TYPE,
-                "location": self.location, "tags": dict(self.tags), "properties": props}
+                "location": self.location, "tags": dict(self.tags), "properties": props,
+                "identity": dict(self.details.get("identity", DEFAULT_IDENTITY)),
+                "systemData": {k: v for k, v in system.items() if v}}
 
 
 Keys = dict[str, str]  # drive id -> recovery password
@@ -150,12 +160,12 @@ Keys = dict[str, str]  # drive id -> recovery password
 def parse_new_job(ref: JobRef, body: Any, regions: Mapping[str, Region]) -> tuple[Job, Keys]:
     """A PUT body -> a job in Creating with its drives Specified, and the drives' keys."""
     body = _object(body, "request body")
-    _no_unknown(body, {"location", "tags", "properties"}, "",
-                ignored={"id", "name", "type", "identity", "systemData", "etag"})
+    _no_unknown(body, {"location", "tags", "properties", "identity"}, "",
+                ignored={"id", "name", "type", "systemData", "etag"})
     region = _region(body.get("location"), regions)
     props = _object(body.get("properties"), "properties")
     known = _PATCHABLE | _READ_ONLY | {"storageAccountId", "jobType", "diagnosticsPath",
-                                       "export"}
+                                       "export", "encryptionKey"}
     _no_unknown(props, known, "properties.")
     if props.get("export") is not None or str(props.get("jobType") or "Import").lower() != "import":
         raise BadRequest("only import jobs are supported: set properties.jobType to Import and "
@@ -176,6 +186,9 @@ def parse_new_job(ref: JobRef, body: Any, regions: Mapping[str, Region]) -> tupl
         "logLevel": _log_level(_given(props, "logLevel", "Error")),
         "backupDriveManifest": _bool(_given(props, "backupDriveManifest", False),
                                      "properties.backupDriveManifest"),
+        "encryptionKey": _encryption_key(_given(props, "encryptionKey",
+                                                DEFAULT_ENCRYPTION_KEY)),
+        "identity": _identity(_given(body, "identity", DEFAULT_IDENTITY)),
     }
     for name in ("returnAddress", "returnShipping", "deliveryPackage"):
         if props.get(name) is not None:
@@ -364,6 +377,8 @@ def _drive_identity(entry: Mapping[str, Any], where: str, *, partial: bool) -> d
             continue
         if api == "manifestFile":
             out[attr] = _string(value, f"{where}.{api}", MAX_LONG_STRING)
+        elif api == "driveHeaderHash":
+            out[attr] = _header_hash(value, f"{where}.{api}")
         else:
             out[attr] = _hex(value, f"{where}.{api}")
     return out
@@ -425,6 +440,61 @@ def _hex(value: Any, where: str) -> str:
     if not all(c in "0123456789abcdefABCDEF" for c in text):
         raise BadRequest(f"{where} must be a hexadecimal hash", "InvalidRequestContent")
     return text
+
+
+def _header_hash(value: Any, where: str) -> str:
+    """A hex hash (ours), or Azure's ``offset:length:hash;offset:length:hash...`` form
+    (the WAImportExport tool's hashes of the drive's header regions)."""
+    text = _string(value, where, MAX_LONG_STRING)
+    if ":" not in text:
+        return _hex(text, where)
+    for part in text.split(";"):
+        fields = part.split(":")
+        if (len(fields) != 3 or not all(f.isascii() and f.isdigit() for f in fields[:2])
+                or not fields[2] or not all(c in "0123456789abcdefABCDEF" for c in fields[2])):
+            raise BadRequest(f"{where} must be a hexadecimal hash, or Azure's "
+                             "offset:length:hash;... list", "InvalidRequestContent")
+    return text
+
+
+def _encryption_key(value: Any) -> dict[str, str]:
+    """EncryptionKeyDetails (2021-01-01): who holds the key-encryption key.  Stored and
+    returned as given; this service wraps nothing with it (recovery passwords are sealed
+    with the catalog's own key), which a CustomerManaged job is told nowhere else."""
+    where = "properties.encryptionKey"
+    obj = _object(value, where)
+    _no_unknown(obj, {"kekType", "kekUrl", "kekVaultResourceID"}, where + ".")
+    kek = obj.get("kekType", "MicrosoftManaged")
+    if kek not in _KEK_TYPES:
+        raise BadRequest(f"{where}.kekType must be {' or '.join(_KEK_TYPES)}",
+                         "InvalidRequestContent")
+    out = {"kekType": kek}
+    if kek == "CustomerManaged":
+        out["kekUrl"] = _uri(obj.get("kekUrl"), f"{where}.kekUrl")
+        out["kekVaultResourceID"] = _string(obj.get("kekVaultResourceID"),
+                                            f"{where}.kekVaultResourceID", MAX_LONG_STRING)
+    else:
+        for name in ("kekUrl", "kekVaultResourceID"):
+            if obj.get(name) is not None:
+                raise BadRequest(f"{where}.{name} is only for kekType CustomerManaged",
+                                 "InvalidRequestContent")
+    return out
+
+
+def _identity(value: Any) -> dict[str, str]:
+    """IdentityDetails: its type is the caller's; principalId and tenantId are ARM's
+    (read-only), so an echoed value is kept only if it is a string."""
+    obj = _object(value, "identity")
+    _no_unknown(obj, {"type", "principalId", "tenantId"}, "identity.")
+    kind = obj.get("type", "None")
+    if kind not in _IDENTITY_TYPES:
+        raise BadRequest(f"identity.type must be one of {', '.join(_IDENTITY_TYPES)}",
+                         "InvalidRequestContent")
+    out = {"type": kind}
+    for name in ("principalId", "tenantId"):
+        if obj.get(name) is not None:
+            out[name] = _string(obj[name], f"identity.{name}", 64)
+    return out
 
 
 def _uri(value: Any, where: str) -> str:

@@ -261,6 +261,9 @@ FIELD_ROLE: Mapping[str, Role] = {
     "drive state": S,         # properties.driveList[*].state
     "drive progress": S,      # copyStatus, percentComplete, bytesSucceeded, the log URIs
     "copy log": S,            # PUT .../copyLogs/{drive}/{kind}
+    # operations rather than fields
+    "create": C, "delete": C,
+    "list every subscription": S,  # GET /providers/Microsoft.ImportExport/jobs
 }
 
 # Which job fields a PATCH may change, by job state.  Tags may always change.
@@ -292,8 +295,8 @@ def check_role(field: str, role: Role, label: str | None = None) -> None:
     """Refuse (403) a change to a field that is the other role's."""
     owner = FIELD_ROLE[field]
     if owner != role:
-        raise Forbidden(f"{label or field} is {_WHOSE[owner]}; a {role.value} token cannot "
-                        f"change it", "AuthorizationFailed")
+        raise Forbidden(f"{label or field} is {_WHOSE[owner]}, not a {role.value} token's",
+                        "AuthorizationFailed")
 
 
 def job_state(value: object) -> JobState:

@@ -10,36 +10,46 @@ on top.  Routing is ours (below), on the *raw* path: ``%2F`` in a name must be a
 400 for that name, not a different route, and ARM's literal path segments are
 case-insensitive.
 
-Endpoints (``?api-version=2016-11-01``, or ``2021-01-01``; every request needs
-``Authorization: Bearer TOKEN``, see ``auth``)::
+Endpoints (``?api-version=`` 2016-11-01, 2020-08-01 or 2021-01-01; every
+request needs ``Authorization: Bearer TOKEN``: a subscription's JWT, see
+``auth``, or the receiving site's ``site1.`` token, see ``sitetoken``)::
 
     GET    /providers/Microsoft.ImportExport/operations
     GET    /providers/Microsoft.ImportExport/locations
     GET    /providers/Microsoft.ImportExport/locations/{location}
-    GET    /subscriptions/{sub}/providers/Microsoft.ImportExport/jobs          [$top, $skipToken]
+    GET    /providers/Microsoft.ImportExport/jobs            site only: every subscription's
+    GET    /subscriptions/{sub}/providers/Microsoft.ImportExport/jobs
     GET    /subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ImportExport/jobs
-    PUT    .../resourceGroups/{rg}/providers/Microsoft.ImportExport/jobs/{job}  (201 new)
+           (the three listings: $filter, $top, $skipToken; nextLink carries them on)
+    PUT    .../resourceGroups/{rg}/providers/Microsoft.ImportExport/jobs/{job}  customer (201 new)
     GET    .../jobs/{job}
-    PATCH  .../jobs/{job}
-    DELETE .../jobs/{job}
+    PATCH  .../jobs/{job}                                each field by its role (``rules``)
+    DELETE .../jobs/{job}                                customer; Creating, Completed, Canceled
     POST   .../jobs/{job}/listBitLockerKeys
+    PUT    .../jobs/{job}/copyLogs/{driveId}/{error|verbose}   site only; body <= 64 MiB JSONL
+    GET    .../jobs/{job}/copyLogs/{driveId}/{error|verbose}   application/x-ndjson
+
+Roles.  A subscription's token (the **customer**) sees its own subscription
+only, and may create, delete, and PATCH what Azure lets a customer PATCH:
+tags, cancelRequested, state Shipping, returnAddress, returnShipping,
+deliveryPackage, logLevel, backupDriveManifest, and a drive's identity while
+Creating.  The **site** token sees every subscription's jobs (a subscription
+that does not exist is 404), reads recovery passwords to unlock drives, and
+PATCHes the site's steps: job states past Shipping (and back to Shipping to
+undo a wrong mark), drive states, copy progress and log URIs, returnPackage; it
+uploads copy logs.  It never creates, replaces or deletes a job.  A change that
+is the other role's is 403 ``AuthorizationFailed`` naming whose it is (checked
+before the state machine, so the answer does not depend on the job's state).
 
 Bodies are Azure's shapes (``model``); errors are ARM's ``{"error": {"code",
-"message"}}``: 401 bad or missing token, 404 unknown resource *and* another
-subscription's (a token for subscription A never learns whether B's job
-exists), 400 malformed JSON, invalid names or API version, 405, 409 refused
-state change (with the reason), 412 ``If-Match`` mismatch, 413 body over 1 MiB.
-Job GET/PUT/PATCH return an ``ETag``; PUT, PATCH and DELETE honour ``If-Match``
-and PUT ``If-None-Match: *``.
-
-Receiving-site updates.  Azure lets only the service move a job past Shipping;
-here the receiving site (``pipeline import --service``, the portal) uses the
-same PATCH with the subscription's token: ``properties.state`` may name any
-job state and ``properties.driveList[*]`` may carry ``state``, ``copyStatus``,
-``percentComplete``, ``bytesSucceeded``, ``errorLogUri``, ``verboseLogUri`` and
-``manifestUri`` per ``driveId``; ``returnPackage`` records the return shipment.
-Every change goes through the state machine in ``rules`` (409 with the reason
-otherwise), so the owner can report progress but cannot skip a step.
+"message"}}``: 401 bad or missing token, 403 the other role's step, 404 unknown
+resource *and* another subscription's (a token for subscription A never learns
+whether B's job exists), 400 malformed JSON, invalid names, API version or
+``$filter``, or Shipping without the return address, return carrier and
+delivery package, 405, 409 refused state change (with the reason), 412
+``If-Match`` mismatch, 413 body over 1 MiB (64 MiB for a copy log).  Job
+GET/PUT/PATCH return an ``ETag``; PUT, PATCH and DELETE honour ``If-Match`` and
+PUT ``If-None-Match: *``.  The token is checked before any body is read.
 
 Recovery passwords appear only in ``listBitLockerKeys`` responses: never in
 job bodies (``model.Job`` holds none), error messages, or the log, which has
@@ -68,8 +78,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from pipeline.jobs import auth, rules
-from pipeline.jobs.catalog import MAX_TOP, Catalog
+from pipeline.jobs import auth, filter, rules, sitetoken
+from pipeline.jobs.catalog import MAX_COPY_LOG, MAX_TOP, Catalog
 from pipeline.jobs.errors import (
     ApiError,
     BadRequest,
@@ -80,8 +90,9 @@ from pipeline.jobs.errors import (
 )
 from pipeline.jobs.model import PROVIDER, Job, JobRef
 from pipeline.jobs.portal.routes import routes as portal_routes
+from pipeline.jobs.rules import Role
 
-API_VERSIONS = ("2016-11-01", "2021-01-01")
+API_VERSIONS = ("2016-11-01", "2020-08-01", "2021-01-01")
 MAX_BODY = 1 << 20
 MAX_PATH = 2048
 log = logging.getLogger("pipeline.jobs.service")
@@ -117,7 +128,8 @@ class Call:
     base_url: str
     path: str
     api_version: str = ""
-    subscription_id: str = ""
+    subscription_id: str = ""     # the customer's; "" for the site
+    role: Role = Role.CUSTOMER
 
     def json(self) -> Any:
         return parse_json(self.raw_body)
@@ -134,11 +146,14 @@ ROUTES: list[tuple[tuple[str, ...], dict[str, str]]] = [
     ((*_PREFIX, "operations"), {"GET": "operations"}),
     ((*_PREFIX, "locations"), {"GET": "locations"}),
     ((*_PREFIX, "locations", "{location}"), {"GET": "location"}),
+    ((*_PREFIX, "jobs"), {"GET": "list_all"}),
     (("subscriptions", "{sub}", *_PREFIX, "jobs"), {"GET": "list_jobs"}),
     (_JOBS, {"GET": "list_jobs"}),
     ((*_JOBS, "{job}"), {"GET": "get_job", "PUT": "put_job", "PATCH": "patch_job",
                          "DELETE": "delete_job"}),
     ((*_JOBS, "{job}", "listBitLockerKeys"), {"POST": "list_keys"}),
+    ((*_JOBS, "{job}", "copyLogs", "{drive}", "{kind}"), {"GET": "get_copy_log",
+                                                           "PUT": "put_copy_log"}),
 ]
 
 
@@ -228,14 +243,21 @@ class Api:
             if request.method not in methods:
                 raise MethodNotAllowed(f"{request.method} is not supported here; use "
                                        f"{' or '.join(methods)}", "MethodNotAllowed")
-            # cheap 401 before reading any body; the token itself is checked in the thread
+            # cheap 401 before anything else; the token itself is checked in a thread,
+            # before any body is read (a copy log may be 64 MiB: strangers send none)
             auth.bearer_token(request.headers.get("authorization"))
-            raw = await self._body(request) if request.method in ("PUT", "PATCH", "POST") else b""
+            name = methods[request.method]
             call = Call(method=request.method, params=params, query=request.query_params,
-                        headers=request.headers, raw_body=raw, base_url=str(request.base_url),
+                        headers=request.headers, raw_body=b"", base_url=str(request.base_url),
                         path=raw_path.decode("ascii", "replace").split("?")[0])
-            handler: Handler = getattr(Api, "_" + methods[request.method])
-            response = await run_in_threadpool(self._run, handler, call)
+            await run_in_threadpool(self._authorize, call)
+            if name == "put_copy_log":  # refuse before 64 MiB arrive
+                rules.check_role("copy log", call.role, "uploading a copy log")
+            if request.method in ("PUT", "PATCH", "POST"):
+                limit = MAX_COPY_LOG if name == "put_copy_log" else self.max_body
+                call.raw_body = await self._body(request, limit)
+            handler: Handler = getattr(Api, "_" + name)
+            response = await run_in_threadpool(handler, self, call)
         except ApiError as exc:
             response = _json(exc.body(), exc.status)
             if isinstance(exc, Unauthorized):
@@ -257,35 +279,41 @@ class Api:
         response.headers["Cache-Control"] = "no-store"
         log.info("%s %s %d %.1fms%s", request.method, _printable(raw_path),
                  response.status_code, (time.perf_counter() - started) * 1000,
-                 f" sub={call.subscription_id}" if call and call.subscription_id else "")
+                 "" if call is None or not call.api_version else
+                 f" sub={call.subscription_id}" if call.role == Role.CUSTOMER else " site")
         return response
 
-    async def _body(self, request: Request) -> bytes:
-        too_large = PayloadTooLarge(f"the request body is larger than {self.max_body} bytes",
+    async def _body(self, request: Request, limit: int) -> bytes:
+        too_large = PayloadTooLarge(f"the request body is larger than {limit} bytes",
                                     "RequestEntityTooLarge")
         length = request.headers.get("content-length")
         if length is not None:
             if not length.isdigit():
                 raise BadRequest("Content-Length is not a number", "InvalidRequest")
-            if int(length) > self.max_body:
+            if int(length) > limit:
                 raise too_large
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > self.max_body:
+            if size > limit:
                 raise too_large
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _run(self, handler: Handler, call: Call) -> Response:
-        """Worker thread: authenticate, check the API version and subscription, handle."""
+    def _authorize(self, call: Call) -> None:
+        """Worker thread: authenticate (a subscription's JWT or a site token), check the
+        API version and that the path's subscription is one the caller may see."""
         token = auth.bearer_token(call.headers.get("authorization"))
 
         def public_key(sub: str) -> bytes | None:
             found = self.catalog.subscription(sub)
             return None if found is None else found.public_key
 
-        call.subscription_id = auth.verify_token(token, public_key)
+        if sitetoken.is_site_token(token):
+            sitetoken.verify_site_token(self.catalog.data_dir, token)
+            call.role = Role.SITE
+        else:
+            call.subscription_id = auth.verify_token(token, public_key)
         version = call.query.get("api-version")
         if version is None:
             raise BadRequest("the api-version query parameter is missing; add "
@@ -296,12 +324,14 @@ class Api:
         call.api_version = version
         if "sub" in call.params:
             sub = rules.check_subscription_id(call.params["sub"])
-            if sub != call.subscription_id:
+            if call.role == Role.SITE:  # every subscription's jobs, of subscriptions that exist
+                if self.catalog.subscription(sub) is None:
+                    raise NotFound(f"subscription {sub} does not exist", "SubscriptionNotFound")
+            elif sub != call.subscription_id:
                 # as if it did not exist: never confirm another subscription's resources
                 if "job" in call.params:
                     raise NotFound(f"{call.ref()} does not exist", "ResourceNotFound")
                 raise NotFound(f"subscription {sub} does not exist", "SubscriptionNotFound")
-        return handler(self, call)
 
     # ------------------------------------------------------------------ handlers
 
@@ -316,18 +346,30 @@ class Api:
 
     def _list_jobs(self, call: Call) -> Response:
         group = rules.check_resource_group(call.params["rg"]) if "rg" in call.params else None
-        if call.query.get("$filter") is not None:
-            raise BadRequest("$filter is not supported; list without it", "InvalidFilter")
+        sub = rules.check_subscription_id(call.params["sub"])
+        return self._page(call, sub, group)
+
+    def _list_all(self, call: Call) -> Response:
+        """The receiving site's view: every subscription's jobs (ids name their own)."""
+        rules.check_role("list every subscription", call.role,
+                         "listing every subscription's jobs")
+        return self._page(call, None, None)
+
+    def _page(self, call: Call, sub: str | None, group: str | None) -> Response:
+        text = call.query.get("$filter")
+        where = filter.parse(text) if text is not None else None
         top_text = call.query.get("$top", str(MAX_TOP))
         if not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
             raise BadRequest(f"$top must be an integer from 1 to {MAX_TOP}", "InvalidTop")
-        page = self.catalog.list_jobs(call.subscription_id, group, top=int(top_text),
+        page = self.catalog.list_jobs(sub, group, top=int(top_text), where=where,
                                       skip_token=call.query.get("$skipToken"))
         body: dict[str, Any] = {"value": [j.to_resource() for j in page.jobs]}
         if page.next_token is not None:
-            query = urlencode({"api-version": call.api_version, "$top": top_text,
-                               "$skipToken": page.next_token})
-            body["nextLink"] = f"{call.base_url.rstrip('/')}{call.path}?{query}"
+            query = {"api-version": call.api_version, "$top": top_text,
+                     "$skipToken": page.next_token}
+            if text is not None:
+                query["$filter"] = text
+            body["nextLink"] = f"{call.base_url.rstrip('/')}{call.path}?{urlencode(query)}"
         return _json(body)
 
     def _get_job(self, call: Call) -> Response:
@@ -336,6 +378,7 @@ class Api:
 
     def _put_job(self, call: Call) -> Response:
         ref = call.ref()
+        rules.check_role("create", call.role, "creating or replacing a job")
         if_none_match = call.headers.get("if-none-match")
         if if_none_match not in (None, "*"):
             raise BadRequest("If-None-Match supports only '*' (create, never replace)",
@@ -347,17 +390,35 @@ class Api:
 
     def _patch_job(self, call: Call) -> Response:
         job = self.catalog.update_job(call.ref(), call.json(),
-                                      if_match=call.headers.get("if-match"))
+                                      if_match=call.headers.get("if-match"), role=call.role)
         return _json(job.to_resource(), job=job)
 
     def _delete_job(self, call: Call) -> Response:
-        self.catalog.delete_job(call.ref(), if_match=call.headers.get("if-match"))
+        ref = call.ref()
+        rules.check_role("delete", call.role, "deleting a job")
+        self.catalog.delete_job(ref, if_match=call.headers.get("if-match"))
         return Response(status_code=200)
 
     def _list_keys(self, call: Call) -> Response:
         keys = self.catalog.bitlocker_keys(call.ref())
         return _json({"value": [{"bitLockerKey": key, "driveId": drive_id}
                                 for drive_id, key in keys]})
+
+    def _get_copy_log(self, call: Call) -> Response:
+        ref, drive, kind = call.ref(), call.params["drive"], call.params["kind"]
+        data = self.catalog.copy_log(ref, drive, kind)
+        if data is None:
+            raise NotFound(f"drive {rules.quote(drive)} of {ref} has no {kind} copy log "
+                           "(yet): the site uploads it when it has imported the drive",
+                           "CopyLogNotFound")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in drive)
+        return Response(data, media_type="application/x-ndjson", headers={
+            "Content-Disposition": f'attachment; filename="{ref.name}-{safe}-{kind}.jsonl"'})
+
+    def _put_copy_log(self, call: Call) -> Response:
+        self.catalog.put_copy_log(call.ref(), call.params["drive"], call.params["kind"],
+                                  call.raw_body, role=call.role)
+        return Response(status_code=204)
 
 
 def _printable(raw_path: bytes) -> str:
