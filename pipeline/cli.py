@@ -26,15 +26,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import difflib
 import importlib
 import inspect
 import os
+import re
 import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from types import FrameType
+from typing import NoReturn, TextIO
 
 import trio
 
@@ -65,6 +69,55 @@ class HelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, plus a suggestion for a mistyped command or option (``pipeline improt``:
+    did you mean ``import``?), as git and restic do.  ``argv`` is the command line being
+    parsed: argparse reports a missing required option before an unknown one, and the
+    unknown one (``--sorce``) is the reason."""
+
+    argv: Sequence[str] = ()
+
+    def error(self, message: str) -> NoReturn:
+        super().error(f"{message}{_suggestion(self, message, self.argv)}")
+
+
+def _all_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every long option of ``parser`` and its subcommands' parsers."""
+    found = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found |= _all_options(child)
+    return found
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[Parser]:
+    """``parser`` and every subcommand's parser under it."""
+    if isinstance(parser, Parser):
+        yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                yield from _parsers(child)
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str, argv: Sequence[str]) -> str:
+    """'; did you mean X?' for a mistyped command word or option in ``argv``, or ''."""
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        close = difflib.get_close_matches(choice[1], re.findall(r"'([^']*)'", choice[2]),
+                                          n=1, cutoff=0.6)
+        return f"; did you mean {close[0]}?" if close else ""
+    known = _all_options(parser)
+    for word in argv:
+        option = word.split("=", 1)[0]
+        if option.startswith("--") and option not in known:
+            close = difflib.get_close_matches(option, sorted(known), n=1, cutoff=0.6)
+            if close:
+                return f"; {option} is not an option: did you mean {close[0]}?"
+    return ""
+
+
 def _with_exit_codes(parser: argparse.ArgumentParser, codes: Sequence[int]) -> None:
     """Give ``parser`` and its subcommands' parsers the table of the command's codes."""
     parser.epilog = errors.exit_code_help(codes)
@@ -77,7 +130,7 @@ def _with_exit_codes(parser: argparse.ArgumentParser, codes: Sequence[int]) -> N
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or (``command`` given and known) one with just that command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pipeline",
         description="Offline data seeding: prepare encrypted drives, import them, "
         "then back up incrementally over the network.",
@@ -130,6 +183,25 @@ def stop_signals_as_ctrl_c() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def warnings_as_lines(name: str) -> Iterator[None]:
+    """An ``errors.Caution`` a library module raises as a warning (``warnings.warn``)
+    prints as one line naming the command, ``pipeline CMD: warning: ...``: library code
+    does not print, and does not know which command runs it."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        if issubclass(category, errors.Caution):
+            print(f"{name}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    shown = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", errors.Caution)
+        warnings.showwarning = show
+        yield
+
+
 def _run(func: object, args: argparse.Namespace) -> errors.Outcome:
     """Call the command; async ones under one ``trio.run``."""
     if inspect.iscoroutinefunction(func):
@@ -162,10 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     lean_malloc()
     parser = build_parser(_command_in(argv))
+    for each in _parsers(parser):
+        each.argv = argv
     args = parser.parse_args(argv)
     name = " ".join(filter(None, ("pipeline", args.command, getattr(args, "subcommand", None))))
     try:
-        with stop_signals_as_ctrl_c():
+        with stop_signals_as_ctrl_c(), warnings_as_lines(name):
             outcome = _run(args.func, args)
     except BaseException as exc:  # noqa: BLE001 - this is the one place that decides
         return _failed(name, exc, bool(getattr(args, "json", False)))

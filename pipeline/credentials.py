@@ -7,11 +7,14 @@ prints a secret.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import BadInput, NoSpace, is_no_space
+from pipeline.errors import BadInput, Caution, NoSpace, is_no_space
 from pipeline.volume import luks2
 
 MAX_KEY_FILE = 8 * 1024 * 1024  # cryptsetup's default key-file size limit
@@ -28,11 +31,25 @@ class Secret:
         return f"Secret(<{self.kind}>)"
 
 
+def warn_if_exposed(path: str | os.PathLike[str], what: str) -> None:
+    """Warn (``errors.Caution``) when others may read the secret file ``path``: its group
+    or anyone, by its mode.  A warning, not a refusal: the operator may have reasons (an
+    ACL-guarded share), but must know."""
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode
+        if mode & 0o044:
+            warnings.warn(Caution(
+                f"{what} {path} is readable by {'anyone' if mode & 0o004 else 'its group'} "
+                f"(mode {stat.S_IMODE(mode):04o}); make it private: chmod 600 {path}"),
+                stacklevel=2)
+
+
 def _read(path: str | os.PathLike[str], what: str) -> bytes:
     p = Path(path)
     try:
         if p.stat().st_size > MAX_KEY_FILE:
             raise BadInput(f"{what} {p} is larger than {MAX_KEY_FILE} bytes; is it the right file?")
+        warn_if_exposed(p, what)
         return p.read_bytes()
     except FileNotFoundError:
         raise BadInput(f"{what} {p} does not exist; check the path") from None

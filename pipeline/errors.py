@@ -83,6 +83,11 @@ class Outcome:
             raise ValueError(f"exit code {self.code} is not an outcome: raise its error")
 
 
+class Caution(UserWarning):
+    """Something the user should fix though the command goes on (a secret file others can
+    read): library code ``warnings.warn``s it, cli.py prints it as one line."""
+
+
 class PipelineError(Exception):
     """Error: {}"""
 

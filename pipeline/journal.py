@@ -488,14 +488,19 @@ class Journal:
                 "payload_bytes": self.drive.payload_bytes}
 
 
-def session_journals(jdir: str | os.PathLike[str], session_id: str | None = None
-                     ) -> list[Journal]:
-    """Every journal in ``jdir`` (of one session, if given), ordered by drive number."""
+def session_journals(jdir: str | os.PathLike[str], session_id: str | None = None, *,
+                     below: bool = False) -> list[Journal]:
+    """Every journal in ``jdir`` (of one session, if given), ordered by drive number.
+    ``below``: also in the folders under it (diskprep keeps one folder per job), when
+    ``jdir`` itself holds none."""
     jdir = Path(jdir)
     if not jdir.is_dir():
         raise BadInput(f"journal directory {jdir} does not exist")
+    paths = sorted(jdir.glob(f"*{SUFFIX}"))
+    if below and not paths:
+        paths = sorted(jdir.rglob(f"*{SUFFIX}"))
     out = []
-    for path in sorted(jdir.glob(f"*{SUFFIX}")):
+    for path in paths:
         j = Journal.open(path)
         if session_id is None or j.session.session_id == session_id:
             out.append(j)

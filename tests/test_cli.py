@@ -163,3 +163,78 @@ def test_an_ignored_sighup_stays_ignored() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=20)
     assert proc.stdout.strip() == "still here", proc.stderr
+
+
+# --------------------------------------------------------------------------- a newcomer's typos
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["improt"], "did you mean import?"),
+    (["snapshot"], "did you mean snapshots?"),
+    (["backup", "--sorce", "x"], "--sorce is not an option: did you mean --source?"),
+    (["prep", "--srcdri", "x", "--journal-dir", "j", "--session-id", "abc"],
+     "did you mean --srcdir?"),
+    (["prep", "--jornal-dir=j", "--session-id", "abc"], "did you mean --journal-dir?"),
+])
+def test_typos_get_a_suggestion(argv: list[str], hint: str,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(hint), err
+
+
+def test_no_suggestion_for_a_word_like_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["xyzzyqq"])
+    assert "did you mean" not in capsys.readouterr().err
+
+
+def walk(parser: argparse.ArgumentParser, path: str = "pipeline"):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if child.prog.endswith(" " + name):  # aliases share the parser
+                    yield from walk(child, f"{path} {name}")
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    """`--help` is the manual at 3 a.m.: no option without its line, no command without a
+    description, every command's epilog its exit codes."""
+    missing = []
+    for path, parser in walk(cli.build_parser()):
+        if path != "pipeline" and not (parser.description or "").strip():
+            missing.append(f"{path}: no description")
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or isinstance(
+                    action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        if "exit codes:" not in (parser.epilog or ""):
+            missing.append(f"{path}: no exit-code table")
+    assert not missing, "\n".join(missing)
+
+
+def test_a_secret_file_others_can_read_is_named_with_the_command(tmp_path) -> None:
+    secret = tmp_path / "pass.txt"
+    secret.write_text("correct horse battery staple\n")
+    secret.chmod(0o644)
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "f").write_text("x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "backup", "--source", str(tmp_path / "none"),
+         "--to", str(tmp_path / "acct"), "--container", "backups",
+         "--passphrase-file", str(secret)], capture_output=True, text=True, timeout=120)
+    line = (f"pipeline backup: warning: passphrase file {secret} is readable by anyone "
+            f"(mode 0644); make it private: chmod 600 {secret}")
+    assert line in proc.stderr.splitlines(), proc.stderr
+    assert "correct horse" not in proc.stdout + proc.stderr
+    secret.chmod(0o600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "backup", "--source", str(tmp_path / "none"),
+         "--to", str(tmp_path / "acct"), "--container", "backups",
+         "--passphrase-file", str(secret)], capture_output=True, text=True, timeout=120)
+    assert "warning" not in proc.stderr, proc.stderr

@@ -310,6 +310,9 @@ def test_a_drive_never_reached_leaves_no_image_and_no_password_in_a_log(tmp_path
     j.close()
     assert password not in proc.stdout + proc.stderr  # stdout is a pipe (a log, in real life)
     assert "pipeline keys --journal-dir" in proc.stdout
+    # keys finds the journals from a folder above them (diskprep keeps one folder a job)
+    keys = run_cli("keys", "--journal-dir", str(tmp_path), check_code=0)
+    assert f"recovery password: {password}" in keys.stdout
 
 
 def test_on_a_terminal_prep_shows_progress_and_the_passwords(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ def unlock_secret(args: argparse.Namespace) -> credentials.Secret | None:
 def add_kdf_arguments(parser: argparse.ArgumentParser) -> None:
     """cryptsetup's names for the keyslot KDF cost."""
     g = parser.add_argument_group("keyslot KDF (as cryptsetup luksFormat)")
-    g.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"), default="argon2id")
+    g.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"), default="argon2id",
+                   help="key derivation for the keyslots (default argon2id)")
     g.add_argument("--pbkdf-memory", type=int, default=262144, metavar="KIB",
                    help="argon2 memory cost in KiB (default 262144 = 256 MiB)")
     g.add_argument("--pbkdf-time", type=int, default=4, metavar="N",

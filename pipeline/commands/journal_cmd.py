@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Microsoft.ImportExport API's shape: one entry per closed drive with its id (the "
         "volume UUID), recovery password (bitLockerKey), manifest (the drive's closing "
         "index) and hashes.  It holds the recovery passwords: treat the output as secret.")
-    e.add_argument("--journal-dir", required=True, metavar="JDIR")
+    e.add_argument("--journal-dir", required=True, metavar="JDIR",
+                   help="the session's journal directory (from prep)")
     e.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
     e.set_defaults(func=run_export)
 

@@ -16,14 +16,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Print each drive's recovery password, from the journals. "
                        "Anyone holding a drive and its password reads the data: show them only "
                        "where nobody else can see.")
-    p.add_argument("--journal-dir", required=True, metavar="JDIR")
+    p.add_argument("--journal-dir", required=True, metavar="JDIR",
+                   help="prep's journal directory (or a folder above several: searched below)")
     p.add_argument("--session-id", metavar="ID", help="only this session")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> Outcome:
-    journals = journal.session_journals(args.journal_dir, args.session_id)
+    journals = journal.session_journals(args.journal_dir, args.session_id, below=True)
     if not journals:
         raise BadInput(f"no journals in {args.journal_dir}"
                        + (f" for session {args.session_id}" if args.session_id else ""))

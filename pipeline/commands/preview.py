@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "preview", help="estimate the drives a staging directory needs",
         description="Estimate how many drives of --drive-size the staging directory needs: "
         "holes are skipped, the compression ratio is sampled.  Writes nothing.")
-    p.add_argument("--srcdir", required=True, metavar="DIR")
+    p.add_argument("--srcdir", required=True, metavar="DIR", help="the staging directory to size")
     p.add_argument("--drive-size", required=True, metavar="SIZE",
                    help="size of each drive (e.g. 4T, or 2G for image files)")
     p.add_argument("--level", type=int, default=1, metavar="N", help="zstd level (default 1)")

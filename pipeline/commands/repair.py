@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Compare the storage account against the journals (size and xxh3-128 "
         "of every extent) and re-send from the staging directory only the blobs that are "
         "missing or corrupt.  Prints what it re-sent.")
-    p.add_argument("--journal-dir", required=True, metavar="JDIR")
+    p.add_argument("--journal-dir", required=True, metavar="JDIR",
+                   help="the session's journal directory (from prep)")
     p.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
     p.add_argument("--srcdir", required=True, metavar="DIR", help="the staging directory")
     p.add_argument("--to", metavar="STORAGE", help="storage account (as for import)")
