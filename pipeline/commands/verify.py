@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,20 +38,27 @@ async def run(args: argparse.Namespace) -> Outcome:
     targets = _match_drives(journals, args.drive)
 
     reports: list[DriveReport] = []
+    cpu = trio.CapacityLimiter(os.cpu_count() or 2)  # the checkers of every drive share it
 
     async def one(j: journal.Journal, path: str) -> None:
-        reports.append(await trio.to_thread.run_sync(verify_drive, j, path))
+        reports.append(await verify_drive(j, path, cpu))
 
-    async with trio.open_nursery() as nursery:  # every drive at once, each in its thread
-        for j, path in targets:
-            nursery.start_soon(one, j, path)
+    try:
+        async with trio.open_nursery() as nursery:  # every drive at once
+            for j, path in targets:
+                nursery.start_soon(one, j, path)
+    finally:
+        for j in journals:
+            j.close()
     reports.sort(key=lambda r: r.seq)
-    for j in journals:
-        j.close()
+    for r in reports:
+        for warning in r.warnings:  # a damaged header copy, read past
+            print(f"pipeline verify: warning: {r.path}: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps([{"seq": r.seq, "path": r.path, "ok": r.ok, "files": r.files,
                            "extents": r.extents, "raw_bytes": r.raw_bytes,
-                           "damaged": r.damaged, "problems": r.problems} for r in reports],
+                           "damaged": r.damaged, "problems": r.problems,
+                           "warnings": r.warnings} for r in reports],
                          indent=2))
     else:
         for r in reports:

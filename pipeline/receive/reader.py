@@ -106,50 +106,73 @@ def read_index(od: UnlockedDrive) -> tuple[format.Trailer, format.Segment]:
     return trailer, format.decode_index(blob, trailer)
 
 
-def read_segments(od: UnlockedDrive, wanted: Iterable[tuple[int, int, int]]
-                  ) -> Iterator[tuple[int, format.Segment | None, format.CorruptRecord | None]]:
-    """Decode segments given as (seq, offset, length), reading neighbours together.
+@dataclass(frozen=True, slots=True)
+class RawSegment:
+    """One segment's plaintext as read from the drive, or why it could not be read."""
 
-    Yields (seq, segment, error).  When only the payload is damaged, the
-    segment comes with its records (whose checksums held) and the error, so
-    each extent's own xxh3-128 can tell which are hit; when the header or
-    records are damaged, segment is None.
-    """
+    seq: int
+    offset: int
+    data: memoryview | None  # None: unreadable (``error`` says why)
+    error: format.CorruptRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRead:
+    """One segment decoded.  When only the payload is damaged, ``segment`` comes with its
+    records (whose checksums held) and ``error``, so each extent's own xxh3-128 can tell
+    which are hit; when the header or records are damaged, ``segment`` is None."""
+
+    seq: int
+    segment: format.Segment | None
+    error: format.CorruptRecord | None
+
+
+def batches(wanted: Iterable[tuple[int, int, int]]) -> Iterator[list[tuple[int, int, int]]]:
+    """Segments given as (seq, offset, length), neighbours grouped into reads of at most
+    READ_CHUNK bytes (a lone larger segment is a read of its own)."""
     batch: list[tuple[int, int, int]] = []
-
-    def flush() -> Iterator[tuple[int, format.Segment | None, format.CorruptRecord | None]]:
-        start = batch[0][1]
-        end = batch[-1][1] + batch[-1][2]
-        try:
-            data = memoryview(od.cipher.read(od.drive, start, end - start))
-        except (IntegrityError, OSError) as exc:  # a cut image or a bad sector
-            if len(batch) > 1:  # one by one: only what is hit is lost
-                for one in list(batch):
-                    batch[:] = [one]
-                    yield from flush()
-                return
-            yield batch[0][0], None, format.CorruptRecord(
-                f"segment {batch[0][0]} at offset {start}: unreadable: {exc}")
-            return
-        for seq, offset, length in batch:
-            blob = data[offset - start:offset - start + length]
-            try:
-                yield seq, format.decode_segment(blob, offset, seq), None
-            except format.CorruptRecord as exc:
-                try:
-                    salvaged = format.decode_segment(blob, offset, seq, check_payload=False)
-                except format.CorruptRecord:
-                    salvaged = None
-                yield seq, salvaged, exc
-
     for seq, offset, length in wanted:
         if batch and (offset != batch[-1][1] + batch[-1][2]
                       or offset + length - batch[0][1] > READ_CHUNK):
-            yield from flush()
+            yield batch
             batch = []
         batch.append((seq, offset, length))
     if batch:
-        yield from flush()
+        yield batch
+
+
+def read_batch(od: UnlockedDrive, batch: list[tuple[int, int, int]]) -> list[RawSegment]:
+    """Read and decrypt a batch of neighbouring segments at once (runs in a thread).
+
+    On a read error (a cut image, a bad sector) the batch is read again one segment
+    at a time, so that only what is hit is lost.
+    """
+    start = batch[0][1]
+    end = batch[-1][1] + batch[-1][2]
+    try:
+        data = memoryview(od.cipher.read(od.drive, start, end - start))
+    except (IntegrityError, OSError) as exc:
+        if len(batch) > 1:
+            return [got for one in batch for got in read_batch(od, [one])]
+        return [RawSegment(batch[0][0], start, None, format.CorruptRecord(
+            f"segment {batch[0][0]} at offset {start}: unreadable: {exc}"))]
+    return [RawSegment(seq, offset, data[offset - start:offset - start + length])
+            for seq, offset, length in batch]
+
+
+def decode(raw: RawSegment) -> SegmentRead:
+    """Decode and check one segment read back; damage is named, never decoded into data."""
+    if raw.data is None:
+        return SegmentRead(raw.seq, None, raw.error)
+    try:
+        return SegmentRead(raw.seq, format.decode_segment(raw.data, raw.offset, raw.seq), None)
+    except format.CorruptRecord as exc:
+        try:
+            salvaged = format.decode_segment(raw.data, raw.offset, raw.seq,
+                                             check_payload=False)
+        except format.CorruptRecord:
+            salvaged = None
+        return SegmentRead(raw.seq, salvaged, exc)
 
 
 @dataclass

@@ -1,19 +1,32 @@
-"""verify_drive(): read a drive back and check every extent against its journal.
+"""verify_drive(): read a drive back and check every extent against its journal; the wiring.
+
+::
+
+    unlock + drive-level checks (io thread: LUKS2, superblock, closing index)
+      -> read (io thread, one per drive: 16 MiB of neighbouring segments, decrypted)
+         -> Window -> check x N (cpu threads: decode segments, decompress, xxh3-128)
+            -> Checked -> report (one task: merges windows in any order)
 
 Everything found goes into the report (nothing is raised for damage): the files
 whose extents do not check, and the drive-level problems (a damaged superblock,
-closing index or keyslot, a cut image), so that one run names all of it.
+closing index or keyslot, a cut image), so that one run names all of it.  Nothing
+here prints: warnings (a damaged LUKS2 header copy read past) go into the report
+for the command to show.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
+import trio
+
 from pipeline import journal
-from pipeline.drive import codec, format
+from pipeline.drive import format
 from pipeline.errors import BadInput, IntegrityError
+from pipeline.receive import check
 from pipeline.receive import reader as driveread
+
+WINDOWS_DEPTH = 1  # windows read ahead of the checkers (16 MiB each)
 
 
 @dataclass
@@ -25,38 +38,49 @@ class DriveReport:
     raw_bytes: int = 0
     damaged: dict[str, str] = field(default_factory=dict)  # path -> first reason
     problems: list[str] = field(default_factory=list)  # drive-level findings
+    warnings: list[str] = field(default_factory=list)  # read past, nothing lost
 
     @property
     def ok(self) -> bool:
         return not self.damaged and not self.problems
 
 
-def verify_drive(jrn: journal.Journal, path: str) -> DriveReport:
-    """Check one drive; everything found goes into the report (nothing raised for damage)."""
-    info = jrn.drive
-    report = DriveReport(info.seq, path)
+@dataclass(frozen=True)
+class _Plan:
+    """What the journal says the drive holds."""
+
+    names: dict[int, str]  # file id -> path, superseded files too
+    live: frozenset[int]
+    expected: check.Expected
+    segments: list[tuple[int, int, int]]  # (seq, offset, length) of every DATA segment
+
+
+def _plan(jrn: journal.Journal) -> _Plan:
     names = {f.file_id: f.path for f in jrn.files(include_superseded=True)}
-    live = {f.file_id for f in jrn.files()}
-    expected: dict[tuple[int, int], format.Extent] = {}
+    live = frozenset(f.file_id for f in jrn.files())
+    expected: dict[check.Key, format.Extent] = {}
     by_segment: dict[int, list[format.Extent]] = {}
     for ext, seg in jrn.extents_with_segment():
         if ext.file_id in live:
             expected[(ext.file_id, ext.offset)] = ext
             by_segment.setdefault(seg, []).append(ext)
+    return _Plan(names, live, check.Expected(expected, by_segment), jrn.segments())
 
-    def damage(file_id: int, reason: str) -> None:
-        report.damaged.setdefault(names.get(file_id, f"file #{file_id}"), reason)
 
-    with driveread.unlock_drive(path, jrn.recovery_password.encode(), expected_uuid=info.uuid,
-                              recorded=driveread.recorded_superblock(jrn)) as od:
+def _open(jrn: journal.Journal, path: str, plan: _Plan, report: DriveReport
+          ) -> driveread.UnlockedDrive:
+    """Unlock the drive and check it as a whole: superblock, size, closing index."""
+    info = jrn.drive
+    od = driveread.unlock_drive(path, jrn.recovery_password.encode(), expected_uuid=info.uuid,
+                                recorded=driveread.recorded_superblock(jrn))
+    try:
         if od.superblock_damage:
             report.problems.append(od.superblock_damage)
         if od.truncated_at is not None:
             report.problems.append(f"the drive ends {od.truncated_at} bytes into its "
                                    f"{od.superblock.data_area_size}-byte data area "
                                    "(a truncated image?)")
-        for warning in od.volume.warnings:  # a damaged header copy, read past
-            print(f"pipeline verify: warning: {path}: {warning}", file=sys.stderr)
+        report.warnings.extend(od.volume.warnings)  # a damaged header copy, read past
         sb = od.superblock
         if (sb.volume_uuid, sb.session_id, sb.drive_seq) != (
                 info.uuid, jrn.session.session_id, info.seq):
@@ -66,38 +90,83 @@ def verify_drive(jrn: journal.Journal, path: str) -> DriveReport:
             try:
                 _, index = driveread.read_index(od)
                 on_drive = {(e.file_id, e.offset): e for e in index.extents}
-                if on_drive != expected or {f.file_id for f in index.files} != live:
+                if (on_drive != plan.expected.extents
+                        or {f.file_id for f in index.files} != plan.live):
                     report.problems.append("the closing index does not match the journal")
             except IntegrityError as exc:
                 report.problems.append(f"closing index unreadable: {exc}")
         else:
             report.problems.append(f"drive is {info.state}: not closed, it has no index yet; "
                                    "finish prep (--resume) before shipping it")
-        seen: set[tuple[int, int]] = set()
-        for seq, seg, error in driveread.read_segments(od, jrn.segments()):
-            if seg is None:
-                for ext in by_segment.get(seq, []):
-                    damage(ext.file_id, str(error))
-                    seen.add((ext.file_id, ext.offset))
-                continue
-            for ext in seg.extents:
-                key = (ext.file_id, ext.offset)
-                want = expected.get(key)
-                if want is None:
-                    continue  # a superseded file's stale extent
-                seen.add(key)
-                if ext != want:
-                    damage(ext.file_id, f"extent at {ext.offset} differs from the journal")
-                    continue
-                try:
-                    stored = b"" if ext.codec is format.Codec.ZERO else seg.stored(ext)
-                    codec.unpack(ext.codec, stored, ext.raw_len, ext.xxh3)
-                except format.CorruptRecord as exc:
-                    damage(ext.file_id, f"extent at {ext.offset}: {exc}")
-                    continue
-                report.extents += 1
-                report.raw_bytes += ext.raw_len
-        for key in expected.keys() - seen:
-            damage(key[0], f"extent at {key[1]} is missing from the drive")
-    report.files = len(live)
+        return od
+    except BaseException:
+        od.close()
+        raise
+
+
+async def _read(od: driveread.UnlockedDrive, segments: list[tuple[int, int, int]],
+                tx: trio.MemorySendChannel[check.Window], io: trio.CapacityLimiter) -> None:
+    """Stage: the drive's segments in log order, a batch of neighbours per read."""
+    async with tx:
+        for batch in driveread.batches(segments):
+            raw = await trio.to_thread.run_sync(driveread.read_batch, od, batch, limiter=io)
+            await tx.send(check.Window(tuple(raw)))
+
+
+class _Tally:
+    """Stage: the report's side of the checks, order-independent.  Each file keeps the
+    damage a walk of the log would have met first, wherever its window was checked."""
+
+    def __init__(self) -> None:
+        self.extents = self.raw_bytes = 0
+        self.seen: set[check.Key] = set()
+        self.first: dict[int, check.Damage] = {}  # file id -> its earliest damage
+
+    async def run(self, rx: trio.MemoryReceiveChannel[check.Checked]) -> None:
+        async with rx:
+            async for got in rx:
+                self.extents += got.extents
+                self.raw_bytes += got.raw_bytes
+                self.seen.update(got.seen)
+                for d in got.damage:
+                    if d.file_id not in self.first or d.where < self.first[d.file_id].where:
+                        self.first[d.file_id] = d
+
+    def finish(self, plan: _Plan, report: DriveReport) -> None:
+        report.extents, report.raw_bytes = self.extents, self.raw_bytes
+
+        def name(file_id: int) -> str:
+            return plan.names.get(file_id, f"file #{file_id}")
+
+        for d in sorted(self.first.values(), key=lambda d: d.where):
+            report.damaged.setdefault(name(d.file_id), d.reason)
+        for fid, offset in sorted(plan.expected.extents.keys() - self.seen):
+            report.damaged.setdefault(name(fid), f"extent at {offset} is missing from the drive")
+        report.files = len(plan.live)
+
+
+async def verify_drive(jrn: journal.Journal, path: str, cpu: trio.CapacityLimiter,
+                       workers: int | None = None) -> DriveReport:
+    """Check one drive; everything found goes into the report (nothing raised for damage).
+
+    ``cpu`` is shared by every drive verified at once; the drive's own reads get a
+    thread of their own (its io limiter), so reading one window overlaps checking
+    the ones before.  ``workers`` checkers (default: the cpu limiter's tokens).
+    """
+    report = DriveReport(jrn.drive.seq, path)
+    io = trio.CapacityLimiter(1)
+    plan = await trio.to_thread.run_sync(_plan, jrn, limiter=io)
+    od = await trio.to_thread.run_sync(_open, jrn, path, plan, report, limiter=io)
+    tally = _Tally()
+    with od:
+        async with trio.open_nursery() as nursery:
+            win_tx, win_rx = trio.open_memory_channel[check.Window](WINDOWS_DEPTH)
+            got_tx, got_rx = trio.open_memory_channel[check.Checked](0)
+            nursery.start_soon(_read, od, plan.segments, win_tx, io)
+            async with win_rx, got_tx:
+                for _ in range(workers or int(cpu.total_tokens)):
+                    nursery.start_soon(check.run, win_rx.clone(), got_tx.clone(),
+                                       plan.expected, cpu)
+            nursery.start_soon(tally.run, got_rx)
+    tally.finish(plan, report)
     return report

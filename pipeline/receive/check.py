@@ -1,0 +1,99 @@
+"""Stage: check a window of segments against the journal, in cpu worker threads.
+
+Each segment read back is decoded (header, records and payload checksums), its
+extent records are compared with the journal's, and every extent is decompressed
+and its xxh3-128 checked: zstd and xxh3 let go of the GIL, so several windows are
+checked at once.  What a window finds comes back as a ``Checked``, in a form the
+report can merge in any order: each damage carries the place a sequential walk of
+the log would have met it, so a file's first damage is the same whatever finishes
+first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from pipeline.drive import codec, format
+from pipeline.receive import reader as driveread
+
+Key = tuple[int, int]  # (file id, offset in the file): one extent
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What the journal says the drive holds (live files only); read-only, so every
+    worker shares it."""
+
+    extents: dict[Key, format.Extent]
+    by_segment: dict[int, list[format.Extent]]  # segment seq -> its extents, in log order
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Neighbouring segments read with one pread and decrypted: the read stage's message."""
+
+    segments: tuple[driveread.RawSegment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """One extent that does not check."""
+
+    where: tuple[int, int]  # (segment seq, place in it): the order a walk of the log meets it
+    file_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What one window's check found: the check stage's message to the report."""
+
+    extents: int  # extents that checked
+    raw_bytes: int  # ... and their bytes
+    seen: tuple[Key, ...]  # every expected extent the window accounted for, intact or not
+    damage: tuple[Damage, ...]
+
+
+def check_window(window: Window, expected: Expected) -> Checked:
+    """Decode every segment of ``window`` and check each extent the journal expects there."""
+    extents = raw_bytes = 0
+    seen: list[Key] = []
+    damage: list[Damage] = []
+    for raw in window.segments:
+        got = driveread.decode(raw)
+        seg = got.segment
+        if seg is None:  # header or records damaged: all it should hold is lost
+            for i, ext in enumerate(expected.by_segment.get(got.seq, ())):
+                damage.append(Damage((got.seq, i), ext.file_id, str(got.error)))
+                seen.append((ext.file_id, ext.offset))
+            continue
+        for i, ext in enumerate(seg.extents):
+            key = (ext.file_id, ext.offset)
+            want = expected.extents.get(key)
+            if want is None:
+                continue  # a superseded file's stale extent
+            seen.append(key)
+            if ext != want:
+                damage.append(Damage((got.seq, i), ext.file_id,
+                                     f"extent at {ext.offset} differs from the journal"))
+                continue
+            try:
+                stored = b"" if ext.codec is format.Codec.ZERO else seg.stored(ext)
+                codec.unpack(ext.codec, stored, ext.raw_len, ext.xxh3)
+            except format.CorruptRecord as exc:
+                damage.append(Damage((got.seq, i), ext.file_id, f"extent at {ext.offset}: {exc}"))
+                continue
+            extents += 1
+            raw_bytes += ext.raw_len
+    return Checked(extents, raw_bytes, tuple(seen), tuple(damage))
+
+
+async def run(rx: trio.MemoryReceiveChannel[Window], tx: trio.MemorySendChannel[Checked],
+              expected: Expected, cpu: trio.CapacityLimiter) -> None:
+    """One worker: check windows until the channel ends (each a call in a cpu thread)."""
+    async with rx, tx:
+        async for window in rx:
+            await tx.send(await trio.to_thread.run_sync(check_window, window, expected,
+                                                        limiter=cpu))
