@@ -238,3 +238,16 @@ def test_a_secret_file_others_can_read_is_named_with_the_command(tmp_path) -> No
          "--to", str(tmp_path / "acct"), "--container", "backups",
          "--passphrase-file", str(secret)], capture_output=True, text=True, timeout=120)
     assert "warning" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["prep", "preview", "repair"])
+def test_one_name_per_concept_older_spellings_hidden(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "--source DIR" in out and "--srcdir" not in out
+    parser = cli.build_parser(command)
+    args = parser.parse_args([command, "--srcdir", "/staging", "--journal-dir", "j",
+                              "--session-id", "abc", "--drive-size", "1G"])
+    assert args.source == "/staging"  # the old spelling still works (scripts, WAImportExport)

@@ -31,6 +31,19 @@ def unlock_secret(args: argparse.Namespace) -> credentials.Secret | None:
     return None
 
 
+def add_aliased(parser: argparse.ArgumentParser, name: str, aliases: tuple[str, ...], *,
+                required: bool = False, **kwargs: object) -> None:
+    """``name`` with its help; each older spelling in ``aliases`` still works but is not
+    shown (one name per concept in --help: ``--source``, ``--job``, ``--storage-account``).
+    ``required`` holds for the name or any alias."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    dest = name.lstrip("-").replace("-", "_")
+    group.add_argument(name, dest=dest, **kwargs)  # type: ignore[arg-type]
+    hidden = {k: v for k, v in kwargs.items() if k in ("type", "metavar", "action")}
+    for alias in aliases:
+        group.add_argument(alias, dest=dest, help=argparse.SUPPRESS, **hidden)  # type: ignore[arg-type]
+
+
 def add_kdf_arguments(parser: argparse.ArgumentParser) -> None:
     """cryptsetup's names for the keyslot KDF cost."""
     g = parser.add_argument_group("keyslot KDF (as cryptsetup luksFormat)")

@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "prep", help="copy a staging directory onto encrypted drives",
         description="Copy a staging directory onto LUKS2-encrypted drives: compressed, "
         "hashed, spread over the drives, one journal per drive.  Resumable after any crash.")
-    p.add_argument("--srcdir", metavar="DIR", help="staging directory to copy")
+    _options.add_aliased(p, "--source", ("--srcdir",), metavar="DIR",
+                         help="staging directory to copy (not needed with --resume)")
     p.add_argument("--dstdir", metavar="CONTAINER/VDIR/",
                    help="container and virtual directory the files import into")
     p.add_argument("--journal-dir", required=True, metavar="JDIR",
@@ -121,9 +122,9 @@ def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepCo
                            f"{recorded}; leave it out when resuming")
         return given if given is not None else (recorded if recorded is not None else default)
 
-    srcdir = pick("srcdir", str(Path(args.srcdir).resolve()) if args.srcdir else None, None)
+    srcdir = pick("srcdir", str(Path(args.source).resolve()) if args.source else None, None)
     if srcdir is None:
-        raise BadInput("--srcdir is required: the staging directory to copy")
+        raise BadInput("--source is required: the staging directory to copy")
     dstdir_arg = names.check_dstdir(args.dstdir) if args.dstdir else None
     dstdir = pick("dstdir", dstdir_arg, None)
     if dstdir is None:

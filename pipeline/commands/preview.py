@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import names
+from pipeline.commands import _options
 from pipeline.drive import codec, format
 from pipeline.errors import EXIT_OK, EXIT_WARNING, BadInput, Outcome
 from pipeline.prep import read, scan
@@ -32,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "preview", help="estimate the drives a staging directory needs",
         description="Estimate how many drives of --drive-size the staging directory needs: "
         "holes are skipped, the compression ratio is sampled.  Writes nothing.")
-    p.add_argument("--srcdir", required=True, metavar="DIR", help="the staging directory to size")
+    _options.add_aliased(p, "--source", ("--srcdir",), required=True, metavar="DIR",
+                         help="the staging directory to size")
     p.add_argument("--drive-size", required=True, metavar="SIZE",
                    help="size of each drive (e.g. 4T, or 2G for image files)")
     p.add_argument("--level", type=int, default=1, metavar="N", help="zstd level (default 1)")
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> Outcome:
     if not 1 <= args.level <= 22:
         raise BadInput(f"--level {args.level} is out of range; zstd levels are 1 to 22")
     vdir = names.vdir_of(names.check_dstdir(args.dstdir)) if args.dstdir else ""
-    est = estimate(Path(args.srcdir), drives.parse_size(args.drive_size), args.level,
+    est = estimate(Path(args.source), drives.parse_size(args.drive_size), args.level,
                    drives.parse_size(args.sample), vdir)
     done = Outcome(EXIT_WARNING if est.skipped else EXIT_OK)  # warnings: prep would skip these
     if args.json:

@@ -17,6 +17,7 @@ from pathlib import Path
 import xxhash
 
 from pipeline import journal
+from pipeline.commands import _options
 from pipeline.drive import codec, format
 from pipeline.errors import EXIT_INTEGRITY, EXIT_STORAGE, BadInput, IntegrityError, Outcome
 from pipeline.storage import open_storage
@@ -34,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--journal-dir", required=True, metavar="JDIR",
                    help="the session's journal directory (from prep)")
     p.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
-    p.add_argument("--srcdir", required=True, metavar="DIR", help="the staging directory")
+    _options.add_aliased(p, "--source", ("--srcdir",), required=True, metavar="DIR",
+                         help="the staging directory prep copied")
     p.add_argument("--to", metavar="STORAGE", help="storage account (as for import)")
     p.add_argument("--dry-run", action="store_true", help="compare only; send nothing")
     p.add_argument("--json", action="store_true", help="JSON Lines: one object per blob")
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> Outcome:
     blob_type = format.BlobType(session.blob_type)
     store = open_storage(args.to or os.environ.get("AZURE_STORAGE_CONNECTION_STRING"))
     store.check()
-    srcdir = Path(args.srcdir)
+    srcdir = Path(args.source)
     if not srcdir.is_dir():
         raise BadInput(f"staging directory {srcdir} does not exist")
     blobs = expected_blobs(journals)
