@@ -248,6 +248,7 @@ def test_one_name_per_concept_older_spellings_hidden(
     out = capsys.readouterr().out
     assert "--source DIR" in out and "--srcdir" not in out
     parser = cli.build_parser(command)
-    args = parser.parse_args([command, "--srcdir", "/staging", "--journal-dir", "j",
-                              "--session-id", "abc", "--drive-size", "1G"])
+    rest = {"prep": ["--journal-dir", "j", "--session-id", "abc"],
+            "preview": ["--drive-size", "1G"], "repair": ["--journal-dir", "j"]}[command]
+    args = parser.parse_args([command, "--srcdir", "/staging", *rest])
     assert args.source == "/staging"  # the old spelling still works (scripts, WAImportExport)
