@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Read every drive back, decrypt, decompress and check every extent "
         "(xxh3-128) against the journal.  Damaged files are reported by name; "
         "exit code 4 when anything is damaged.")
-    p.add_argument("--journal-dir", required=True, metavar="JDIR")
+    p.add_argument("--journal-dir", required=True, metavar="JDIR",
+                   help="the session's journal directory (from prep)")
     p.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
     p.add_argument("--drive", action="append", default=[], metavar="PATH",
                    help="drive to verify (default: every drive of the journals, at the path "
