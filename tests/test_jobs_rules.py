@@ -299,7 +299,8 @@ def test_carriers_come_from_the_location() -> None:
 
 
 def test_shipping_needs_carrier_and_tracking_number() -> None:
-    job, _ = model.parse_new_job(REF, jobservice.job_body(jobservice.drive_list(2)), REGIONS)
+    bare = jobservice.job_body(jobservice.drive_list(2), returnAddress=None, returnShipping=None)
+    job, _ = model.parse_new_job(REF, bare, REGIONS)
     with pytest.raises(BadRequest, match="return address.*return carrier.*tracking number"):
         model.apply_update(job, {"properties": {"state": "Shipping"}}, REGIONS)
     with pytest.raises(BadRequest, match="trackingNumber"):

@@ -343,6 +343,9 @@ def _update_drives(job: Job, entries: Any, role: Role) -> tuple[tuple[JobDrive, 
             changes.update(progress)
         if entry.get("state") is not None:
             changes["state"] = rules.drive_state(entry["state"])
+            if changes["state"] != current.state:  # 403 before any 409 of the job's
+                rules.check_role("drive state", role,
+                                 f"marking drive {drive_id} {changes['state']}")
         drives[drive_id] = replace(current, **changes)
     rules.check_drive_count(len(drives))
     return tuple(drives.values()), keys

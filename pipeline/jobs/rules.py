@@ -330,8 +330,8 @@ def check_job_transition(current: JobState, after: After, role: Role = Role.CUST
         else:
             fix = "the customer ships and cancels with the subscription's token"
         raise Forbidden(f"moving a {current} job to {target} is "
-                        f"{_WHOSE[Role.SITE if role == Role.CUSTOMER else Role.CUSTOMER]}; "
-                        f"{fix}", "AuthorizationFailed")
+                        f"{_WHOSE[Role.SITE if role == Role.CUSTOMER else Role.CUSTOMER]}, "
+                        f"not a {role.value} token's; {fix}", "AuthorizationFailed")
     if step is None:
         allowed = ", ".join(JOB_TRANSITIONS[current]) or "nothing (final state)"
         why = (" (a job can be canceled only before the site receives it)"
