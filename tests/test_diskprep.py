@@ -1,6 +1,8 @@
-"""diskprep as a person runs it, in a pseudo-terminal: s:/p:, job confirmation, drive
-paths, format confirmation, a second drive when the first fills, then the import job
-exists on the service with the drives' journals."""
+"""diskprep as a person runs it, in a pseudo-terminal: s:/p:, job confirmation, region and
+return address (the seed's "shipping info -> contact details", asked before any drive),
+drive paths, format confirmation, a second drive when the first fills, then the import job
+exists on the service with the drives' journals and the return leg.  A taken job name, or
+a missing answer off a terminal, stops it before any drive is touched."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pexpect
+import pytest
 
-from pipeline.errors import EXIT_BAD_INPUT, EXIT_NO_SEED
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_NO_SEED, EXIT_REFUSED
+from pipeline.jobs.client import JobNameTaken, ServiceClient
 from tests import jobservice
 
 from .conftest import FAST_KDF_ARGS, ROOT, run_cli
@@ -41,6 +45,24 @@ def fake_offline_backup(staging: Path, config: Path, job: str, sub: str,
             "subscription": sub, "account": "seedacct", "source": "/src"}}))
 
 
+RETURN_ADDRESS = {"recipientName": "Ops Team", "streetAddress1": "1 Data Way", "city": "Lisboa",
+                  "postalCode": "1000-001", "countryOrRegion": "PT", "phone": "+351 21 000 0000",
+                  "email": "ops@example.org"}
+ANSWERS = [("Who receives the drives back (contact name): ", "Ops Team"),
+           ("Street address for the drives' return: ", "1 Data Way"),
+           ("City of the return address: ", "Lisboa"),
+           ("Postal code of the return address: ", "1000-001"),
+           ("Country of the return address (ISO code, e.g. PT): ", "PT"),
+           ("Contact phone for the return shipment: ", "+351 21 000 0000"),
+           ("Contact email for the return shipment: ", "ops@example.org"),
+           ("Carrier that brings the drives back: ", "DHL"),
+           ("Your account number with that carrier: ", "ACC-9")]
+RETURN_FLAGS = ["--return-name", "Ops", "--return-street", "1 Data Way", "--return-city",
+                "Lisboa", "--return-postal-code", "1000-001", "--return-country", "PT",
+                "--return-phone", "+351 1", "--return-email", "ops@example.org",
+                "--return-carrier", "DHL", "--return-account", "ACC-9"]
+
+
 def subscription(data: Path, out: Path) -> str:
     run_cli("service", "subscription", "add", "backup-ops", "--data", str(data), "--out",
             str(out), check_code=0)
@@ -61,6 +83,12 @@ def test_diskprep_interactive_two_drives(tmp_path: Path) -> None:
         child.expect("offline backup for import job nightly-seed")
         child.expect(r"Prepare drives for job nightly-seed\? \[Y/n\]: ")
         child.sendline("")
+        child.expect(r"Data-center region for the job \(.*westeurope.*\): ")
+        child.sendline("westeurope")
+        child.expect("Return address and contact for the drives' way back:")
+        for prompt, answer in ANSWERS:
+            child.expect_exact(prompt)
+            child.sendline(answer)
         child.expect("Path of the target drive")
         child.sendline(str(tmp_path / "d1.img"))
         child.expect("size of the image file to create")
@@ -74,8 +102,6 @@ def test_diskprep_interactive_two_drives(tmp_path: Path) -> None:
         child.sendline("64M")
         child.expect(r"Format .*d2.img\?")
         child.sendline("y")
-        child.expect(r"Data-center region for the job \(.*westeurope.*\): ")
-        child.sendline("westeurope")
         child.expect("import job nightly-seed created with 2 drive")
         child.expect("ship the drives to:")
         child.expect(pexpect.EOF)
@@ -86,6 +112,15 @@ def test_diskprep_interactive_two_drives(tmp_path: Path) -> None:
                                  check_code=0).stdout)
         props = job["properties"]
         assert props["state"] == "Creating" and len(props["driveList"]) == 2
+        assert props["returnAddress"] == {**props["returnAddress"], **RETURN_ADDRESS}
+        assert props["returnShipping"] == {"carrierName": "DHL", "carrierAccountNumber": "ACC-9"}
+        # The name check knows this machine's own job (its journals' drives) from another's.
+        client = ServiceClient.from_file(str(settings), url=svc.url)
+        own = {d["driveId"] for d in props["driveList"]}
+        assert client.check_job_name("nightly-seed", own)["name"] == "nightly-seed"
+        with pytest.raises(JobNameTaken, match="already exists"):
+            client.check_job_name("nightly-seed", {next(iter(own))})
+        assert client.check_job_name("another-seed", own) is None
         journals = sorted((config / "journals" / "nightly-seed").glob("*.journal"))
         assert len(journals) == 2
         assert all(os.stat(j).st_mode & 0o777 == 0o600 for j in journals)
@@ -118,3 +153,40 @@ def test_diskprep_refusals(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_BAD_INPUT and "cannot be read as XML" in proc.stderr
     proc = run_cli("diskprep", "x:/nowhere", env=env_config)
     assert proc.returncode == EXIT_BAD_INPUT and "is not s:<staging location>" in proc.stderr
+
+
+def test_diskprep_stops_before_any_drive(tmp_path: Path) -> None:
+    """A taken job name, or the return address missing off a terminal: one line, and the
+    drive image, the journal directory and the service are as they were."""
+    data, settings = tmp_path / "svc", tmp_path / "ops.publishsettings"
+    with jobservice.ServiceProcess(data) as svc:
+        sub = subscription(data, settings)
+        staging, config = tmp_path / "staging", tmp_path / "config"
+        fake_offline_backup(staging, config, "taken-seed", sub, settings)
+        drive = tmp_path / "precious.img"
+        drive.write_bytes(random.Random(5).randbytes(4 * MiB))
+        before = drive.read_bytes()
+        env = {"PIPELINE_CONFIG_DIR": str(config)}
+        common = ["diskprep", f"s:{staging}", "--service", svc.url, "--drive", str(drive),
+                  "--location", "westeurope", "--yes", *FAST_KDF_ARGS]
+
+        missing = run_cli(*common, env=env, input="")  # stdin is not a terminal
+        assert missing.returncode == EXIT_BAD_INPUT
+        line = missing.stderr.strip()
+        assert len(line.splitlines()) == 1 and "nothing was written" in line
+        assert "--return-name" in line and "--return-account" in line
+
+        # Someone else's job of that name in the subscription: refused before formatting.
+        ServiceClient.from_file(str(settings), url=svc.url).put(
+            "taken-seed", jobservice.job_body(jobservice.drive_list(1)))
+        taken = run_cli(*common, *RETURN_FLAGS, env=env, input="")
+        assert taken.returncode == EXIT_REFUSED
+        line = taken.stderr.strip()
+        assert len(line.splitlines()) == 1
+        assert "import job taken-seed already exists" in line and "nothing was written" in line
+        for proc in (missing, taken):
+            assert "Format" not in proc.stdout
+        assert drive.read_bytes() == before
+        assert not (config / "journals").exists()
+        job = ServiceClient.from_file(str(settings), url=svc.url).get("taken-seed")
+        assert len(job["properties"]["driveList"]) == 1  # the other job, unchanged

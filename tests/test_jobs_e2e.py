@@ -1,5 +1,7 @@
-"""End to end over the import service: prep -> jobs create -> jobs ship ->
-import --service -> the job Completed, or CompletedMoreInfo with an error log."""
+"""End to end over the import service: prep -> jobs create -> jobs ship (the customer's
+publish settings) -> import --service (the site's token) -> the job Completed (import's
+--return-tracking: the shortcut for `site return`), or CompletedMoreInfo with an error
+log that the service holds too."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 
 from pipeline import journal
 from pipeline.errors import EXIT_INTEGRITY
+from pipeline.jobs.client import ServiceClient, ServiceError
 from pipeline.volume import luks2
 from tests import jobservice
 
@@ -29,6 +32,13 @@ def prep_two_drives(base: Path, session: str) -> tuple[Path, Path, list[Path]]:
 def jobs(settings: Path, url: str, *args: str, code: int = 0):
     return run_cli("jobs", *args, "--publish-settings", str(settings), "--service", url,
                    check_code=code)
+
+
+def site_token_file(svc: jobservice.ServiceProcess, where: Path) -> Path:
+    """The receiving site's credential, in a file as the site keeps it."""
+    path = where / "site.token"
+    path.write_text(svc.site_token() + "\n")
+    return path
 
 
 def create_and_ship(settings: Path, url: str, job: str, jdir: Path) -> None:
@@ -56,9 +66,10 @@ def test_prep_create_ship_import_completed(tmp_path: Path) -> None:
         create_and_ship(settings, svc.url, "seed-one", jdir)
         account = tmp_path / "account"
         account.mkdir()
+        token = site_token_file(svc, tmp_path)
         for d in drives:  # the receiving site, one drive at a time
             proc = run_cli("import", "--drive", str(d), "--to", str(account), "--service",
-                           svc.url, "--job", "seed-one", "--publish-settings", str(settings),
+                           svc.url, "--job", "seed-one", "--site-token-file", str(token),
                            "--log-dir", str(tmp_path), "--return-tracking", "RET-9")
             assert proc.returncode == 0, proc.stderr
         job = json.loads(jobs(settings, svc.url, "show", "--job", "seed-one", "--json").stdout)
@@ -116,7 +127,8 @@ def test_a_damaged_drive_ends_completed_more_info(tmp_path: Path) -> None:
         account.mkdir()
         proc = run_cli("import", "--drive", str(drives[0]), "--drive", str(drives[1]), "--to",
                        str(account), "--service", svc.url, "--job", "seed-two",
-                       "--publish-settings", str(settings), "--log-dir", str(tmp_path))
+                       "--site-token-file", str(site_token_file(svc, tmp_path)),
+                       "--log-dir", str(tmp_path))
         assert proc.returncode == EXIT_INTEGRITY, proc.stderr
         job = json.loads(jobs(settings, svc.url, "show", "--job", "seed-two", "--json").stdout)
         props = job["properties"]
@@ -129,3 +141,17 @@ def test_a_damaged_drive_ends_completed_more_info(tmp_path: Path) -> None:
         lines = [json.loads(x) for x in error_log.read_text().splitlines()]
         assert {x["blob"] for x in lines} == {names[victim.file_id]}
         assert all(x["status"] == "corrupt" for x in lines)
+        # The service holds both logs of the bad drive (the job asked for Verbose) and the
+        # verbose one of the good drive; the customer reads them with its own credential.
+        customer = ServiceClient.from_file(str(settings), url=svc.url)
+        assert customer.get_copy_log("seed-two", bad["driveId"],
+                                     "error") == error_log.read_bytes()
+        for d in by_path.values():
+            verbose = customer.get_copy_log("seed-two", d["driveId"], "verbose")
+            assert b'"type": "totals"' in verbose
+        good = next(d for d in by_path.values() if d["state"] == "Completed")
+        try:
+            customer.get_copy_log("seed-two", good["driveId"], "error")
+            raise AssertionError("an error log for a drive without errors")
+        except ServiceError as exc:
+            assert exc.status == 404

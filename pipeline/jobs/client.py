@@ -150,8 +150,8 @@ class ServiceClient:
         try:
             with urllib.request.urlopen(req, timeout=60, context=context) as resp:
                 payload = resp.read()
-                if payload and "json" not in resp.headers.get("Content-Type", "json"):
-                    return payload, dict(resp.headers)
+                if payload and resp.headers.get_content_type() != "application/json":
+                    return payload, dict(resp.headers)  # a copy log: JSON Lines, as sent
                 return (json.loads(payload) if payload else None), dict(resp.headers)
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
