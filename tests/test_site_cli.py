@@ -50,11 +50,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for name in ("alice", "bob"):
             run_cli("service", "subscription", "add", name, "--data", str(data), "--out",
                     str(base / f"{name}.publishsettings"), check_code=0)
-        token = run_cli("service", "site-token", "--data", str(data), check_code=0).stdout
         token_file = base / "site.token"
-        token_file.write_text(token)
+        made = run_cli("service", "site-token", "--data", str(data), "--out", str(token_file),
+                       check_code=0)
+        token = token_file.read_text().strip()
+        assert made.stdout == "" and token not in made.stderr      # written, never shown
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        again = run_cli("service", "site-token", "--data", str(data), "--out", str(token_file))
+        assert again.returncode == EXIT_BAD_INPUT and "already exists" in again.stderr
+        assert token_file.read_text().strip() == token
         yield World(svc, data, base / "alice.publishsettings", base / "bob.publishsettings",
-                    token_file, token.strip())
+                    token_file, token)
 
 
 def _shipped(world: World, settings: Path, name: str, drives: int = 2) -> list[str]:

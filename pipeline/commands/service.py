@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from pipeline import atomic
+from pipeline import atomic, credentials
 from pipeline.errors import EXIT_NO_SPACE, EXIT_REFUSED, BadInput, Outcome, Refused, worst
 from pipeline.jobs import auth, rules, sitetoken
 from pipeline.jobs.catalog import Catalog, Subscription
@@ -86,10 +86,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_subscription_reissue)
 
     p = ssub.add_parser(
-        "site-token", help="print a token for the receiving site's portal view",
-        description="Print a site token: the receiving site signs in to the portal with it "
-        "(/portal/signin) and sees every subscription's jobs, marks drives Received or "
-        "NeverReceived and follows the import; it never sees a recovery password.  The token "
+        "site-token", help="print a token for the receiving site (pipeline site, import, portal)",
+        description="Print a site token: the receiving site's credential.  With it (in a "
+        "file: --site-token-file) `pipeline site` and `pipeline import --service` take the "
+        "site's steps of every subscription's jobs (receive, import, return, close), and the "
+        "portal's site view (/portal/signin) marks drives and follows the import.  The "
+        "recovery passwords it gets are the drives' keys for the import.  The token "
         "is signed (HMAC-SHA256) with DATA/site.key, mode 0600, created on first use; anyone "
         "who can read that file can make site tokens.  No restart is needed.  --rotate "
         "replaces the key: every earlier site token, and every site session signed in with "
@@ -100,6 +102,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    f"at most {sitetoken.MAX_SITE_HOURS})")
     p.add_argument("--rotate", action="store_true",
                    help="new site key first: revokes every site token given out before")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the token to this new file (mode 0600) instead of stdout: "
+                   "the --site-token-file of the site's commands")
     p.set_defaults(func=run_site_token)
 
 
@@ -274,10 +279,18 @@ def run_site_token(args: argparse.Namespace) -> Outcome:
                        f"{sitetoken.MAX_SITE_HOURS}")
     with Catalog.open(args.data):  # checks (or creates) the data directory as the service does
         pass
+    if args.out and Path(args.out).exists():
+        raise BadInput(f"--out {args.out} already exists; give a new file name")
     if args.rotate:
         sitetoken.rotate_site_key(args.data)
-    print(sitetoken.make_site_token(args.data, hours=args.hours))
-    print(f"site token: valid {args.hours:g} h; it shows every subscription's jobs (no recovery "
-          "passwords): give it only to the receiving site"
+    token = sitetoken.make_site_token(args.data, hours=args.hours)
+    if args.out:
+        credentials.write_private(args.out, token + "\n")
+    else:
+        print(token)
+    where = f" in {args.out}" if args.out else ""
+    print(f"site token{where}: valid {args.hours:g} h; it reads every subscription's jobs and "
+          "their drives' recovery passwords (the import needs them): give it only to the "
+          "receiving site"
           + ("; earlier site tokens are revoked" if args.rotate else ""), file=sys.stderr)
     return Outcome()
