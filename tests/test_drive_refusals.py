@@ -194,3 +194,13 @@ def test_formats_a_blank_loop_device(tmp_path: Path) -> None:
                        check_code=0)
         assert "superblock    verified" in info.stdout
         assert "refusal-test" in info.stdout
+
+
+def test_drive_info_on_a_blank_drive_is_a_wrong_path_not_damage(tmp_path: Path) -> None:
+    blank = tmp_path / "blank.img"
+    with open(blank, "wb") as f:
+        f.truncate(64 << 20)
+    proc = run_cli("drive", "info", str(blank))
+    assert proc.returncode == 2, proc.stderr  # bad input, not 4 (integrity)
+    assert proc.stderr.strip() == (f"pipeline drive info: {blank} is blank (no volume on it); "
+                                   "give a drive that prep or `pipeline drive format` prepared")

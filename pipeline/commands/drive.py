@@ -10,7 +10,14 @@ from typing import Any
 
 from pipeline import credentials, names
 from pipeline.commands import _options
-from pipeline.errors import EXIT_INTEGRITY, EXIT_NO_SPACE, EXIT_REFUSED, IntegrityError, Outcome
+from pipeline.errors import (
+    EXIT_INTEGRITY,
+    EXIT_NO_SPACE,
+    EXIT_REFUSED,
+    BadInput,
+    IntegrityError,
+    Outcome,
+)
 from pipeline.volume import drives, luks2
 
 EXITS = (EXIT_INTEGRITY, EXIT_REFUSED, EXIT_NO_SPACE)  # exit codes beyond errors.EVERY_COMMAND
@@ -103,6 +110,10 @@ def _text_info(info: dict[str, Any]) -> str:
 def run_info(args: argparse.Namespace) -> Outcome:
     secret = _options.unlock_secret(args)
     with drives.open_drive(args.path) as drive:
+        if drive.size >= drives.MIN_DRIVE_SIZE and drives.existing_content(drive) is None:
+            # zeros at both ends of a whole drive: a wrong path, not damage (a cut image is)
+            raise BadInput(f"{args.path} is blank (no volume on it); give a drive that prep or "
+                           "`pipeline drive format` prepared")
         volume = drives.read_volume(drive)
         info = volume.summary()
         info["path"] = str(drive.path)
