@@ -4,59 +4,55 @@ Owner pages (a subscription's sessions)::
 
     GET       /portal/                          -> jobs, site view or sign-in
     GET POST  /portal/signin                    token (pasted) or .publishsettings (upload)
-    POST      /portal/signout
+    POST      /portal/signout                   -> /portal/signed-out
+    GET       /portal/signed-out                "you are signed out"
     GET       /portal/jobs                      the subscription's jobs and their states
     GET       /portal/new                       -> the wizard's first unanswered step
     GET POST  /portal/new/{step}                drives, contact, details, region, carrier, review
-    POST      /portal/new-discard               drop the draft
-    GET       /portal/jobs/{rg}/{name}          job page: state, drives, shipping form
-    POST      /portal/jobs/{rg}/{name}/ship     Creating -> Shipping (carrier, tracking number)
-    POST      /portal/jobs/{rg}/{name}/cancel   where the state machine allows it
+    GET POST  /portal/new-discard               confirm, then drop the draft
+    GET       /portal/jobs/{rg}/{name}          job page: timeline, drives, copy logs, ship form
+    POST      /portal/jobs/{rg}/{name}/ship     Creating -> Shipping (package + the return leg)
+    GET POST  /portal/jobs/{rg}/{name}/cancel   confirm, then cancel
     GET       /portal/jobs/{rg}/{name}/keys     the recovery passwords: the only page with them
+    GET       /portal/jobs/{rg}/{name}/drives/{drive}/logs/{kind}[/download]   a copy log
 
-Receiving-site pages (a site token's sessions)::
+Receiving-site pages (a site token's sessions): ``site.py``, under
+``/portal/site``.
 
-    GET       /portal/site                      every subscription's jobs, by state
-    GET       /portal/site/jobs/{sub}/{rg}/{name}
-    POST      /portal/site/jobs/{sub}/{rg}/{name}/drives   mark drives Received / NeverReceived
-
-Every change is a ``catalog.update_job`` PATCH body (the REST API's), sent with
-the ETag the page was rendered from (``If-Match``), so the state machine in
-``rules`` decides and a page older than the job gets "changed meanwhile"
-instead of overwriting someone else's change.
+Every GET changes nothing; every POST changes at most one job and answers with
+a redirect to a GET (POST-redirect-GET: a reload never sends a form again; a
+refused form comes back through the session, ``Ctx.fail``).  Every change is a
+``catalog.update_job`` PATCH body (the REST API's, built in ``lifecycle``) with
+the role of the session (``Ctx.role``) and the ETag the page was rendered from
+(``If-Match``), so the rules decide, and a page older than the job gets "changed
+meanwhile, it is now X" instead of overwriting someone else's change.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from datetime import date
 from typing import Any
+from urllib.parse import quote
 
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipeline.jobs import auth, rules
+from pipeline.jobs import auth
 from pipeline.jobs.catalog import Catalog
-from pipeline.jobs.errors import ApiError, BadRequest, Conflict, PreconditionFailed
+from pipeline.jobs.errors import ApiError, BadRequest, Conflict, NotFound, PreconditionFailed
 from pipeline.jobs.model import Job, JobRef
-from pipeline.jobs.portal import sessions, tokens, wizard
+from pipeline.jobs.portal import copylogs, forms, lifecycle, sessions, site, tokens, wizard
 from pipeline.jobs.portal.sessions import OWNER, SITE
-from pipeline.jobs.portal.web import (
-    HERE,
-    Ctx,
-    Portal,
-    SecurityHeaders,
-    job_url,
-    safe_next,
-    site_job_url,
-)
-from pipeline.jobs.rules import DriveState, JobState
+from pipeline.jobs.portal.web import HERE, Ctx, Portal, SecurityHeaders, job_url, safe_next
+from pipeline.jobs.rules import JobState, Role
 
 PAGE_SIZE = 50
-MARKS = (DriveState.RECEIVED, DriveState.NEVER_RECEIVED)
+SIGNIN_REFUSALS = 1000   # refused sign-ins kept for the GET after the redirect
 
 
 # --------------------------------------------------------------------------- sign in / out
@@ -71,20 +67,34 @@ def index(ctx: Ctx) -> Response:
 def signin(ctx: Ctx) -> Response:
     if ctx.request.method == "POST":
         return _signin_post(ctx)
-    return _signin_form(ctx, {})
+    token = ctx.request.cookies.get(sessions.SIGNIN_COOKIE)
+    refused = ctx.portal.signin_refusals.pop(token, None) if token else None
+    return _signin_form(ctx, refused or {})
 
 
-def _signin_form(ctx: Ctx, errors: dict[str, str], status: int = 200) -> Response:
+def _signin_form(ctx: Ctx, errors: dict[str, str]) -> Response:
     token = ctx.request.cookies.get(sessions.SIGNIN_COOKIE)
     if not token or len(token) > 100:
         token = secrets.token_urlsafe(32)
-    response = ctx.portal.render("signin.html", ctx.session, status=status, errors=errors,
-                                 signin_csrf=token, next=ctx.request.query_params.get("next", ""))
+    query = ctx.request.query_params
+    response = ctx.portal.render("signin.html", ctx.session, errors=errors, signin_csrf=token,
+                                 next=query.get("next", ""), ended=bool(query.get("ended")))
     response.set_cookie(sessions.SIGNIN_COOKIE, token,
                         **sessions.cookie_options(ctx.request, sessions.SIGNIN_COOKIE_S))
-    if status == 401:
+    if errors:
         response.headers["WWW-Authenticate"] = 'Bearer realm="pipeline-portal"'
     return response
+
+
+def _signin_refused(ctx: Ctx, errors: dict[str, str]) -> Response:
+    """POST-redirect-GET for a refused sign-in: the reason is kept (by the sign-in form's own
+    cookie: there is no session yet) for the sign-in page the browser is sent back to."""
+    kept = ctx.portal.signin_refusals
+    while len(kept) >= SIGNIN_REFUSALS:
+        kept.pop(next(iter(kept)))
+    kept[ctx.request.cookies.get(sessions.SIGNIN_COOKIE, "")] = errors
+    target = safe_next(ctx.field("next"), "")
+    return ctx.redirect("/portal/signin" + (f"?next={quote(target)}" if target else ""))
 
 
 def _signin_post(ctx: Ctx) -> Response:
@@ -119,7 +129,7 @@ def _signin_post(ctx: Ctx) -> Response:
             kind, label = OWNER, f"subscription {sub.name}"
             expires = expires or float(auth.token_expiry(token))
     except ApiError as exc:
-        return _signin_form(ctx, {where: str(exc)}, exc.status)
+        return _signin_refused(ctx, {where: str(exc)})
     ctx.portal.sessions.drop(ctx.session_id)  # a new id at each sign-in (no fixation)
     session_id, ctx.session = ctx.portal.sessions.create(kind, subject, label, expires)
     default = "/portal/site" if kind == SITE else "/portal/jobs"
@@ -133,85 +143,133 @@ def _signin_post(ctx: Ctx) -> Response:
 
 def signout(ctx: Ctx) -> Response:
     ctx.portal.sessions.drop(ctx.session_id)
-    response = ctx.redirect("/portal/signin")
+    response = ctx.redirect("/portal/signed-out")
     response.delete_cookie(sessions.COOKIE, path=sessions.COOKIE_PATH,
                            secure=ctx.request.url.scheme == "https", httponly=True,
                            samesite="strict")
     return response
 
 
+def signed_out(ctx: Ctx) -> Response:
+    return ctx.render("signed_out.html")
+
+
 # --------------------------------------------------------------------------- owner pages
 
 
-def _ref(ctx: Ctx, subscription_id: str | None = None) -> JobRef:
-    sub = subscription_id if subscription_id is not None else ctx.owner.subject
-    return JobRef.parse(sub, ctx.params["rg"], ctx.params["name"])
+def _ref(ctx: Ctx) -> JobRef:
+    return JobRef.parse(ctx.owner.subject, ctx.params["rg"], ctx.params["name"])
+
+
+def _log_url(job: Job) -> Callable[[str, str], str]:
+    """(drive id, kind) -> the owner's page of that copy log."""
+    return lambda drive_id, kind: job_url(job, f"/drives/{quote(drive_id, safe='')}/logs/{kind}")
 
 
 def jobs(ctx: Ctx) -> Response:
     page = ctx.portal.catalog.list_jobs(ctx.owner.subject, top=PAGE_SIZE,
                                         skip_token=ctx.request.query_params.get("page"))
     return ctx.render("jobs.html", jobs=page.jobs, next_page=page.next_token,
-                      has_draft=bool(ctx.owner.draft))
+                      has_draft=bool(ctx.owner.draft), who=lambda s: lifecycle.who(
+                          lifecycle.actor(s), Role.CUSTOMER))
 
 
 def job_page(ctx: Ctx) -> Response:
-    return _job(ctx, ctx.portal.catalog.get_job(_ref(ctx)))
-
-
-def _job(ctx: Ctx, job: Job, values: dict[str, str] | None = None,
-         errors: dict[str, str] | None = None, status: int = 200) -> Response:
-    region = ctx.portal.regions.get(job.location)
-    return ctx.render("job.html", status=status, job=job,
+    job = ctx.portal.catalog.get_job(_ref(ctx))
+    kept = ctx.kept_form()
+    regions = ctx.portal.regions
+    region = regions.get(job.location)
+    return ctx.render("job.html", job=job, region=region,
                       carriers=region.supported_carriers if region else (),
+                      steps=lifecycle.timeline(job, Role.CUSTOMER),
                       can_ship=job.state == JobState.CREATING,
-                      can_cancel=(JobState.CANCELED in rules.JOB_TRANSITIONS[job.state]
-                                  and not job.cancel_requested),
-                      values=values or {}, errors=errors or {}, today=date.today().isoformat())
+                      need_address="returnAddress" not in job.details,
+                      need_return="returnShipping" not in job.details,
+                      can_cancel=(not job.cancel_requested and lifecycle.allowed(
+                          job, lifecycle.cancel_body(), regions, Role.CUSTOMER)),
+                      logs=copylogs.drive_logs(ctx.portal.catalog, job), log_url=_log_url(job),
+                      values=kept.values, errors=kept.errors,
+                      latest=forms.latest_ship_date().isoformat(),
+                      today=date.today().isoformat())
+
+
+def _ship_form(ctx: Ctx, job: Job, carriers: tuple[str, ...] | list[str]
+               ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
+    """The ship form's values, every error at once (in the form's order), and the PATCH."""
+    values = {k: ctx.field(k) for k in ("carrierName", "trackingNumber", "shipDate")}
+    errors = forms.check_package(values, carriers)
+    props: dict[str, Any] = {
+        "deliveryPackage": {"carrierName": values["carrierName"],
+                            "trackingNumber": values["trackingNumber"],
+                            "driveCount": len(job.drives), "shipDate": values["shipDate"]},
+        "state": JobState.SHIPPING.value}
+    if "returnAddress" not in job.details:
+        address = {k: ctx.field(k) for k in forms.ADDRESS_KEYS}
+        values.update(address)
+        errors.update(forms.check_address(address))
+        props["returnAddress"] = forms.address_values(address)
+    if "returnShipping" not in job.details:
+        carrier, account = ctx.field("return_carrierName"), ctx.field("return_carrierAccountNumber")
+        values.update(return_carrierName=carrier, return_carrierAccountNumber=account)
+        errors.update(forms.check_return_shipping(carrier, account, carriers, "return_"))
+        props["returnShipping"] = {"carrierName": carrier, "carrierAccountNumber": account}
+    return values, errors, {"properties": props}
 
 
 def ship(ctx: Ctx) -> Response:
     ref = _ref(ctx)
-    job = ctx.portal.catalog.get_job(ref)
-    values = {k: ctx.field(k) for k in ("carrierName", "trackingNumber", "shipDate")}
     try:
-        date.fromisoformat(values["shipDate"])
-    except ValueError:
-        return _job(ctx, job, values, {"shipDate": "give the date the package left (YYYY-MM-DD)"},
-                    400)
-    package = {"carrierName": values["carrierName"], "trackingNumber": values["trackingNumber"],
-               "driveCount": len(job.drives), "shipDate": values["shipDate"]}
-    body = {"properties": {"deliveryPackage": package, "state": JobState.SHIPPING.value}}
+        job = ctx.portal.catalog.get_job(ref)
+    except NotFound:
+        return ctx.gone(ref.name, "/portal/jobs")
+    url = job_url(job)
+    region = ctx.portal.regions.get(job.location)
+    values, errors, body = _ship_form(ctx, job, region.supported_carriers if region else ())
+    if ctx.field("etag") and ctx.field("etag") != job.etag:
+        return ctx.changed(job, url)
+    if errors:
+        return ctx.fail(url, values, errors)
     try:
-        job = ctx.portal.catalog.update_job(ref, body, if_match=ctx.field("etag") or None)
-    except BadRequest as exc:
-        errors = ({"carrierName": str(exc)} if exc.code == "UnsupportedCarrier" else
-                  wizard.field_errors(exc, {
-                      "properties.deliveryPackage.trackingNumber": "trackingNumber",
-                      "properties.deliveryPackage.carrierName": "carrierName",
-                      "properties.deliveryPackage.shipDate": "shipDate"}))
-        return _job(ctx, job, values, errors, 400)
-    except Conflict as exc:
-        return _job(ctx, job, values, {"_form": str(exc)}, 409)
+        job = ctx.portal.catalog.update_job(ref, body, if_match=ctx.field("etag") or None,
+                                            role=ctx.role)
+    except (BadRequest, Conflict) as exc:
+        return ctx.fail(url, values, {"_form": forms.plain(str(exc))})
     except PreconditionFailed:
-        return _changed(ctx, job_url(job))
+        return ctx.changed(ctx.portal.catalog.get_job(ref), url)
+    package = body["properties"]["deliveryPackage"]
     ctx.flash(f"Job {job.ref.name} is now {job.state}: carrier {package['carrierName']}, "
               f"tracking number {package['trackingNumber']}.")
-    return ctx.redirect(job_url(job))
+    return ctx.redirect(url)
 
 
 def cancel(ctx: Ctx) -> Response:
+    """GET: what canceling does (nothing changes); POST: cancel."""
     ref = _ref(ctx)
-    body = {"properties": {"cancelRequested": True}}
+    catalog = ctx.portal.catalog
     try:
-        job = ctx.portal.catalog.update_job(ref, body, if_match=ctx.field("etag") or None)
-    except Conflict as exc:
-        return _job(ctx, ctx.portal.catalog.get_job(ref), errors={"_form": str(exc)},
-                    status=409)
+        job = catalog.get_job(ref)
+    except NotFound:
+        if ctx.request.method == "POST":
+            return ctx.gone(ref.name, "/portal/jobs")
+        raise
+    url = job_url(job)
+    body = lifecycle.cancel_body()
+    if ctx.request.method == "GET":
+        ok = not job.cancel_requested and lifecycle.allowed(job, body, ctx.portal.regions,
+                                                            ctx.role)
+        return ctx.render("confirm_cancel.html", job=job, allowed=ok,
+                          held=[d for d in job.drives if d.state != "Specified"])
+    if ctx.field("etag") != job.etag:
+        return ctx.changed(job, url)
+    try:
+        job = catalog.update_job(ref, body, if_match=job.etag, role=ctx.role)
+    except (BadRequest, Conflict) as exc:
+        ctx.flash(forms.plain(str(exc)), "error")
+        return ctx.redirect(url)
     except PreconditionFailed:
-        return _changed(ctx, job_url(ctx.portal.catalog.get_job(ref)))
+        return ctx.changed(catalog.get_job(ref), url)
     ctx.flash(f"Job {job.ref.name} is {job.state}.")
-    return ctx.redirect(job_url(job))
+    return ctx.redirect(url)
 
 
 def keys(ctx: Ctx) -> Response:
@@ -220,93 +278,14 @@ def keys(ctx: Ctx) -> Response:
     return ctx.render("keys.html", job=job, keys=ctx.portal.catalog.bitlocker_keys(ref))
 
 
-def _changed(ctx: Ctx, url: str) -> Response:
-    ctx.flash("The job changed since the page was loaded (another window, the site or the "
-              "import). Check it below and try again.", "error")
-    return ctx.redirect(url)
+def log_view(ctx: Ctx) -> Response:
+    job = ctx.portal.catalog.get_job(_ref(ctx))
+    return copylogs.page(ctx, job, job_url(job), _log_url(job))
 
 
-# --------------------------------------------------------------------------- site pages
-
-
-def site_jobs(ctx: Ctx) -> Response:
-    query = ctx.request.query_params
-    state = rules.job_state(query["state"]) if query.get("state") else None
-    catalog = ctx.portal.catalog
-    page = catalog.list_jobs(None, state=state, top=PAGE_SIZE, skip_token=query.get("page"))
-    names = {s.id: s.name for s in catalog.subscriptions()}
-    return ctx.render("site.html", jobs=page.jobs, next_page=page.next_token, state=state,
-                      names=names, stats=catalog.statistics())
-
-
-def site_job(ctx: Ctx) -> Response:
-    job = ctx.portal.catalog.get_job(_ref(ctx, ctx.params["sub"]))
-    return _site_job(ctx, job)
-
-
-def _site_job(ctx: Ctx, job: Job, errors: dict[str, str] | None = None,
-              status: int = 200) -> Response:
-    sub = ctx.portal.catalog.subscription(job.ref.subscription_id)
-    return ctx.render("site_job.html", status=status, job=job, owner=sub.name if sub else "?",
-                      marks=_marks(job), errors=errors or {})
-
-
-def _job_after_mark(job: Job) -> JobState:
-    """Marking a drive of a Shipping job says the package arrived: the job is Received."""
-    return JobState.RECEIVED if job.state == JobState.SHIPPING else job.state
-
-
-def _marks(job: Job) -> dict[str, list[str]]:
-    """Drive id -> the marks the state machine allows it now (asking ``rules``)."""
-    after_state = _job_after_mark(job)
-    try:
-        rules.check_job_transition(job.state, rules.After(after_state, True, ()))
-    except Conflict:
-        return {}
-    out: dict[str, list[str]] = {}
-    for drive in job.drives:
-        allowed = []
-        for mark in MARKS:
-            states = tuple(mark if d is drive else d.state for d in job.drives)
-            try:
-                rules.check_drive_transition(drive.drive_id, drive.state, mark,
-                                             rules.After(after_state, True, states))
-            except Conflict:
-                continue
-            if mark != drive.state:
-                allowed.append(mark.value)
-        if allowed:
-            out[drive.drive_id] = allowed
-    return out
-
-
-def site_mark(ctx: Ctx) -> Response:
-    catalog = ctx.portal.catalog
-    ref = _ref(ctx, ctx.params["sub"])
-    job = catalog.get_job(ref)
-    mark = ctx.field("mark")
-    chosen = ctx.fields("drive")
-    if mark not in MARKS:
-        return _site_job(ctx, job, {"_form": "choose Received or NeverReceived"}, 400)
-    if not chosen:
-        return _site_job(ctx, job, {"_form": "tick the drives to mark first"}, 400)
-    unknown = sorted(set(chosen) - {d.drive_id for d in job.drives})
-    if unknown:
-        return _site_job(ctx, job, {"_form": f"drive {rules.quote(unknown[0])} is not in "
-                                    f"{job.ref}"}, 400)
-    body: dict[str, Any] = {"properties": {
-        "driveList": [{"driveId": drive_id, "state": mark} for drive_id in chosen]}}
-    if _job_after_mark(job) != job.state:
-        body["properties"]["state"] = _job_after_mark(job).value
-    try:
-        job = catalog.update_job(ref, body, if_match=ctx.field("etag") or None)
-    except (BadRequest, Conflict) as exc:
-        return _site_job(ctx, job, {"_form": str(exc)}, exc.status)
-    except PreconditionFailed:
-        return _changed(ctx, site_job_url(job))
-    ctx.flash(f"Marked {len(chosen)} drive{'s' if len(chosen) != 1 else ''} {mark}; "
-              f"job {job.ref.name} is {job.state}.")
-    return ctx.redirect(site_job_url(job))
+def log_download(ctx: Ctx) -> Response:
+    job = ctx.portal.catalog.get_job(_ref(ctx))
+    return copylogs.download(ctx, job)
 
 
 # --------------------------------------------------------------------------- wiring
@@ -333,17 +312,20 @@ def routes(catalog: Catalog, fallback: ASGIApp) -> list[BaseRoute]:
         Route("/", ep(index, None), methods=["GET"]),
         Route("/signin", ep(signin, None, signin=True), methods=["GET", "POST"]),
         Route("/signout", ep(signout, None), methods=["POST"]),
+        Route("/signed-out", ep(signed_out, None), methods=["GET"]),
         Route("/jobs", ep(jobs, OWNER), methods=["GET"]),
         Route("/new", ep(wizard.start, OWNER), methods=["GET"]),
-        Route("/new-discard", ep(wizard.discard, OWNER), methods=["POST"]),
+        Route("/new-discard", ep(wizard.discard, OWNER), methods=["GET", "POST"]),
         Route("/new/{step}", ep(wizard.step, OWNER), methods=["GET", "POST"]),
         Route("/jobs/{rg}/{name}", ep(job_page, OWNER), methods=["GET"]),
         Route("/jobs/{rg}/{name}/ship", ep(ship, OWNER), methods=["POST"]),
-        Route("/jobs/{rg}/{name}/cancel", ep(cancel, OWNER), methods=["POST"]),
+        Route("/jobs/{rg}/{name}/cancel", ep(cancel, OWNER), methods=["GET", "POST"]),
         Route("/jobs/{rg}/{name}/keys", ep(keys, OWNER), methods=["GET"]),
-        Route("/site", ep(site_jobs, SITE), methods=["GET"]),
-        Route("/site/jobs/{sub}/{rg}/{name}", ep(site_job, SITE), methods=["GET"]),
-        Route("/site/jobs/{sub}/{rg}/{name}/drives", ep(site_mark, SITE), methods=["POST"]),
+        Route("/jobs/{rg}/{name}/drives/{drive}/logs/{kind}", ep(log_view, OWNER),
+              methods=["GET"]),
+        Route("/jobs/{rg}/{name}/drives/{drive}/logs/{kind}/download", ep(log_download, OWNER),
+              methods=["GET"]),
+        *site.routes(ep),
         Mount("/static", app=StaticFiles(directory=HERE / "static")),
     ]
     router = Router(routes=pages, default=portal.not_found)

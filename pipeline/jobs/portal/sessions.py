@@ -51,9 +51,30 @@ OWNER = "owner"
 SITE = "site"
 
 
+@dataclass(frozen=True, slots=True)
+class Flash:
+    """A message shown once on the next page, with an optional link ("open job X")."""
+
+    kind: str                      # "ok", "warning" or "error"
+    text: str
+    href: str = ""
+    link: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FormState:
+    """A refused (or left) form, kept for the GET that follows the redirect (POST-redirect-GET):
+    what was typed, and each field's error in the order the fields appear."""
+
+    values: dict[str, Any]
+    errors: dict[str, str]
+
+
 @dataclass
 class PortalSession:
-    """One signed-in browser.  ``draft`` is the create wizard's work in progress."""
+    """One signed-in browser.  ``draft`` is the create wizard's work in progress (with an
+    ``id``, so a form from a stale tab is recognised); ``finished`` says what became of
+    earlier drafts (draft id -> (job page, job name), or ("", "") when discarded)."""
 
     kind: str                      # OWNER or SITE
     subject: str                   # the subscription id, or the site key's fingerprint
@@ -62,7 +83,9 @@ class PortalSession:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     last_seen: float = field(default_factory=time.time)
     draft: dict[str, Any] = field(default_factory=dict)
-    flash: list[tuple[str, str]] = field(default_factory=list)  # (kind, text), shown once
+    flash: list[Flash] = field(default_factory=list)  # shown once, on the next page
+    forms: dict[str, FormState] = field(default_factory=dict)  # GET path -> refused form
+    finished: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never a session's secrets or draft in a log
         return f"PortalSession({self.kind}, {self.label!r})"

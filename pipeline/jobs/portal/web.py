@@ -43,14 +43,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.jobs import rules
 from pipeline.jobs.catalog import Catalog
-from pipeline.jobs.errors import ApiError, BadRequest, PayloadTooLarge
+from pipeline.jobs.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge
 from pipeline.jobs.model import Job
-from pipeline.jobs.portal import sessions, tokens
-from pipeline.jobs.portal.sessions import OWNER, SITE, PortalSession, SessionStore
+from pipeline.jobs.portal import forms, sessions, tokens
+from pipeline.jobs.portal.countries import COUNTRIES
+from pipeline.jobs.portal.sessions import OWNER, SITE, Flash, FormState, PortalSession, SessionStore
+from pipeline.jobs.rules import Role
 
 HERE = Path(__file__).parent
 MAX_FORM = 512 * 1024   # a drive list of 10 drives is ~4 KiB; a publish settings file < 64 KiB
 MAX_FIELDS = 100
+MAX_KEPT_FORMS = 20     # refused forms a session keeps for the GET after the redirect
 log = logging.getLogger("pipeline.jobs.portal")
 
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -62,13 +65,6 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
-
-
-class Forbidden(ApiError):
-    """{}"""
-
-    status = 403
-    code = "Forbidden"
 
 
 class SecurityHeaders:
@@ -118,9 +114,33 @@ class Ctx:
         assert self.session is not None and self.session.kind == OWNER
         return self.session
 
-    def flash(self, text: str, kind: str = "ok") -> None:
+    @property
+    def role(self) -> Role:
+        """The role the signed-in person acts with: the site's session acts as the site."""
+        return Role.SITE if self.session is not None and self.session.kind == SITE \
+            else Role.CUSTOMER
+
+    def flash(self, text: str, kind: str = "ok", href: str = "", link: str = "") -> None:
         if self.session is not None:
-            self.session.flash.append((kind, text))
+            self.session.flash.append(Flash(kind, text, href, link))
+
+    def fail(self, url: str, values: Mapping[str, Any], errors: Mapping[str, str]) -> Response:
+        """POST-redirect-GET for a refused form: keep what was typed and why it was refused
+        for the page at ``url``, then redirect there (a reload re-sends nothing)."""
+        if self.session is not None:
+            kept = self.session.forms
+            kept.pop(url, None)
+            while len(kept) >= MAX_KEPT_FORMS:
+                kept.pop(next(iter(kept)))
+            kept[url] = FormState(dict(values), dict(errors))
+        return self.redirect(url)
+
+    def kept_form(self) -> FormState:
+        """The refused form kept for this page by ``fail`` (once), or an empty one."""
+        empty = FormState({}, {})
+        if self.session is None:
+            return empty
+        return self.session.forms.pop(self.request.url.path, empty)
 
     def render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
         return self.portal.render(template, self.session, status=status, **values)
@@ -128,6 +148,19 @@ class Ctx:
     @staticmethod
     def redirect(url: str) -> RedirectResponse:
         return RedirectResponse(url, status_code=303)
+
+    def changed(self, job: Job, url: str) -> Response:
+        """A stale page's form (If-Match failed): say what the job is now, show it again."""
+        self.flash(f"Job {job.ref.name} changed since this page was loaded (in another window, "
+                   f"by the receiving site or by the import): it is now {job.state}. Nothing "
+                   "was done; check it below and try again.", "error")
+        return self.redirect(url)
+
+    def gone(self, name: str, url: str) -> Response:
+        """A form for a job deleted meanwhile: name it, and go where it is no longer listed."""
+        self.flash(f"Job {name} was deleted elsewhere (in another window or by a client) "
+                   "since this page was loaded; nothing was done.", "error")
+        return self.redirect(url)
 
 
 Page = Callable[[Ctx], Response]
@@ -161,6 +194,11 @@ def human_bytes(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def first_error(errors: Mapping[str, str]) -> str | None:
+    """The first field with an error (the page focuses it); "_form" is not a field."""
+    return next((k for k in errors if k != "_form"), None)
+
+
 def safe_next(target: str | None, default: str) -> str:
     """Only a path inside the portal: never an absolute URL (no open redirect)."""
     if (target and target.startswith("/portal/") and "//" not in target and "\\" not in target
@@ -176,13 +214,16 @@ class Portal:
         self.catalog = catalog
         self.data_dir = catalog.data_dir
         self.sessions = SessionStore()
+        self.signin_refusals: dict[str, dict[str, str]] = {}  # sign-in cookie -> errors
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined,
             trim_blocks=True, lstrip_blocks=True)
         self.env.filters["bytes"] = human_bytes
         self.env.globals.update(job_url=job_url, site_job_url=site_job_url, link=link,
-                                rules=rules, JobState=rules.JobState)
+                                rules=rules, JobState=rules.JobState, countries=COUNTRIES,
+                                ADDRESS_FIELDS=forms.ADDRESS_FIELDS,
+                                country_choice=forms.country_choice, first_error=first_error)
 
     @property
     def regions(self) -> dict[str, Any]:
@@ -208,7 +249,8 @@ class Portal:
                            title=titles.get(status, "Error"), message=message)
 
     async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = self.error_page(404, "There is no such page in the portal.")
+        session = self.sessions.get(Request(scope).cookies.get(sessions.COOKIE))
+        response = self.error_page(404, "There is no such page in the portal.", session)
         await response(scope, receive, send)
 
     # ------------------------------------------------------------------ dispatch
@@ -260,7 +302,10 @@ class Portal:
                 if post:
                     raise Forbidden("your session has ended (or you never signed in); sign in "
                                     "again, then repeat what you did")
-                return ctx.redirect("/portal/signin?" + urlencode({"next": _path(request)}))
+                query = {"next": _path(request)}
+                if ctx.session_id:  # the browser had a session that is gone: say so
+                    query["ended"] = "1"
+                return ctx.redirect("/portal/signin?" + urlencode(query))
         if post:
             if signin:
                 expected = request.cookies.get(sessions.SIGNIN_COOKIE)
@@ -280,7 +325,7 @@ class Portal:
         try:
             return page(ctx)
         except ApiError as exc:
-            return self.error_page(exc.status, str(exc), ctx.session)
+            return self.error_page(exc.status, forms.plain(str(exc)), ctx.session)
 
     def _still_valid(self, session: PortalSession) -> bool:
         if session.kind == OWNER:

@@ -7,12 +7,21 @@ REST API runs (``model.parse_new_job`` on the job body built so far, ``rules``
 for names and carriers), and a refusal is shown next to the field it names.
 "Create" is one ``catalog.put_job(..., if_none_match=True)``: the portal makes
 exactly the job a ``PUT`` with that body would, and never replaces one.
+
+Every step's POST answers with a redirect (POST-redirect-GET): to the next step,
+or back to the same step with what was typed and every error at once
+(``Ctx.fail``), or to the previous step ("Previous" keeps what was typed on
+this one, unchecked, for when the person comes back).  Each form carries the
+draft's id: a form from a tab whose draft was created or discarded in another
+window says so ("created in another window: open job X") instead of starting a
+new draft from half a form.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,19 +30,19 @@ from starlette.responses import Response
 from pipeline.jobs import model, rules
 from pipeline.jobs.errors import ApiError, BadRequest, NotFound, PreconditionFailed
 from pipeline.jobs.model import JobRef
+from pipeline.jobs.portal import forms
+from pipeline.jobs.portal.forms import ADDRESS_FIELDS
 from pipeline.jobs.portal.web import Ctx, job_url
+from pipeline.jobs.rules import JobState
 
 STEPS = (("drives", "Drives"), ("contact", "Contact"), ("details", "Job name"),
          ("region", "Region"), ("carrier", "Return shipping"), ("review", "Review"))
 STEP_NAMES = tuple(name for name, _ in STEPS)
 
-ADDRESS_FIELDS = (("recipientName", "Recipient name", True), ("email", "Email", True),
-                  ("phone", "Phone", True), ("streetAddress1", "Street address", True),
-                  ("streetAddress2", "Street address, line 2", False),
-                  ("city", "City", True), ("stateOrProvince", "State or province", False),
-                  ("postalCode", "Postal code", True), ("countryOrRegion", "Country", True))
 LOG_LEVELS = ("Error", "Verbose")
 _STORAGE_NAME = re.compile(r"[a-z0-9]{3,24}\Z")
+ENDED = (JobState.COMPLETED, JobState.CLOSED, JobState.CANCELED)  # a drive is free again
+MAX_FINISHED = 20  # drafts a session remembers the end of (for stale tabs)
 _PLACEHOLDER_STORAGE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/"
                         "probe/providers/Microsoft.Storage/storageAccounts/probe")
 
@@ -64,6 +73,27 @@ def storage_account_id(value: str, subscription_id: str, resource_group: str) ->
                      "InvalidStorageAccount")
 
 
+def drives_in_use(ctx: Ctx, drive_ids: list[str]) -> list[str]:
+    """Warnings: the drives already in another active job of this subscription (a drive
+    ships in one job at a time; an ended job's drives are free again)."""
+    wanted = set(drive_ids)
+    found: list[str] = []
+    token = None
+    while True:
+        page = ctx.portal.catalog.list_jobs(ctx.owner.subject, top=100, skip_token=token)
+        for job in page.jobs:
+            if job.state in ENDED:
+                continue
+            for drive in job.drives:
+                if drive.drive_id in wanted:
+                    found.append(f"Drive {drive.drive_id} is already in job {job.ref.name} "
+                                 f"({job.state}) of this subscription; a drive ships in one "
+                                 "job at a time. Check the drive list, or cancel that job.")
+        token = page.next_token
+        if token is None:
+            return found
+
+
 def job_body(portal_regions: Mapping[str, Any], subscription_id: str,
              draft: Mapping[str, Any]) -> dict[str, Any]:
     """The REST API's PUT body for the draft so far (placeholders where a step is missing)."""
@@ -83,12 +113,13 @@ def job_body(portal_regions: Mapping[str, Any], subscription_id: str,
 
 
 def field_errors(exc: ApiError, paths: Mapping[str, str]) -> dict[str, str]:
-    """Put a refusal next to the field its message names (``paths``: API path -> field)."""
+    """Put a refusal, in words, next to the field its message names (``paths``: API path ->
+    field)."""
     message = str(exc)
     for path, name in sorted(paths.items(), key=lambda kv: -len(kv[0])):
         if path in message:
-            return {name: message}
-    return {"_form": message}
+            return {name: forms.plain(message)}
+    return {"_form": forms.plain(message)}
 
 
 def _probe(ctx: Ctx, draft: Mapping[str, Any]) -> None:
@@ -125,8 +156,49 @@ def start(ctx: Ctx) -> Response:
     return ctx.redirect(f"/portal/new/{next_missing(ctx.owner.draft)}")
 
 
+def _finish(ctx: Ctx, href: str = "", name: str = "") -> None:
+    """Remember what became of the draft (created as a job, or discarded), then drop it."""
+    draft = ctx.owner.draft
+    finished = ctx.owner.finished
+    if draft.get("id"):
+        while len(finished) >= MAX_FINISHED:
+            finished.pop(next(iter(finished)))
+        finished[draft["id"]] = (href, name)
+    draft.clear()
+
+
+def _stale(ctx: Ctx) -> Response | None:
+    """A form from another tab's draft: say what became of it instead of acting on it."""
+    given = ctx.field("draft")
+    current = ctx.owner.draft.get("id", "")
+    if given == current or (not given and not current):
+        return None
+    href, name = ctx.owner.finished.get(given, ("", ""))
+    if href:
+        ctx.flash(f"This draft was created in another window as job {name}; nothing was done "
+                  "here.", "error", href, f"Open job {name}")
+        return ctx.redirect("/portal/jobs")
+    if given in ctx.owner.finished:
+        ctx.flash("This draft was discarded in another window; nothing was done here.", "error")
+        return ctx.redirect("/portal/jobs")
+    if not given:  # a first step posted from a tab older than the draft another tab began
+        ctx.flash("Another window started a new job meanwhile; this page continues it.",
+                  "error")
+        return ctx.redirect(f"/portal/new/{next_missing(ctx.owner.draft)}")
+    ctx.flash("This page belongs to a draft that no longer exists; start again here.", "error")
+    return ctx.redirect(f"/portal/new/{next_missing(ctx.owner.draft)}")
+
+
 def discard(ctx: Ctx) -> Response:
-    ctx.owner.draft.clear()
+    """GET: what discarding drops (nothing changes); POST: drop the draft."""
+    draft = ctx.owner.draft
+    if ctx.request.method == "GET":
+        return ctx.render("confirm_discard.html", draft=_visible(draft),
+                          has_draft=bool(draft), back=f"/portal/new/{next_missing(draft)}")
+    stale = _stale(ctx)
+    if stale is not None:
+        return stale
+    _finish(ctx)
     ctx.flash("The draft job was discarded.")
     return ctx.redirect("/portal/jobs")
 
@@ -136,12 +208,31 @@ def step(ctx: Ctx) -> Response:
     if name not in STEP_NAMES:
         raise NotFound("there is no such step in the create wizard", "NotFound")
     draft = ctx.owner.draft
+    if ctx.request.method == "POST":
+        stale = _stale(ctx)
+        if stale is not None:
+            return stale
     missing = next_missing(draft)
     if STEP_NAMES.index(name) > STEP_NAMES.index(missing):
         return ctx.redirect(f"/portal/new/{missing}")
     if ctx.request.method == "POST":
+        if ctx.field("nav") == "previous" and name != STEP_NAMES[0]:
+            return _previous(ctx, name)
         return _POSTS[name](ctx, draft)
-    return _show(ctx, name, {}, {})
+    kept = ctx.kept_form()
+    return _show(ctx, name, kept.values, kept.errors)
+
+
+def _previous(ctx: Ctx, name: str) -> Response:
+    """Back one step, keeping what was typed here (unchecked) for when the person returns;
+    never the drive list's text (it holds recovery passwords)."""
+    keys = {"contact": forms.ADDRESS_KEYS,
+            "details": ("name", "resourceGroup", "storageAccount", "logLevel"),
+            "region": ("region",), "carrier": ("carrierName", "carrierAccountNumber")}
+    typed = {k: ctx.field(k) for k in keys.get(name, ())}
+    if typed:
+        ctx.fail(f"/portal/new/{name}", typed, {})
+    return ctx.redirect(f"/portal/new/{STEP_NAMES[STEP_NAMES.index(name) - 1]}")
 
 
 def _show(ctx: Ctx, name: str, values: Mapping[str, Any], errors: Mapping[str, str],
@@ -154,10 +245,17 @@ def _show(ctx: Ctx, name: str, values: Mapping[str, Any], errors: Mapping[str, s
         extra["regions"] = [regions[k] for k in sorted(regions)]
     if name in ("carrier", "review") and region is not None:
         extra["carriers"] = region.supported_carriers
+    warnings = []
+    if name in ("drives", "review") and draft.get("drives"):
+        warnings = drives_in_use(ctx, [d.get("driveId", "") for d in draft["drives"]
+                                       if isinstance(d, dict)])
+    index = STEP_NAMES.index(name)
     return ctx.render(f"new_{name}.html", status=status, steps=STEPS, step=name,
                       done=[s for s in STEP_NAMES if s in draft], draft=_visible(draft),
-                      region=region, values=values, errors=errors, name_rule=name_rule(),
-                      address_fields=ADDRESS_FIELDS, log_levels=LOG_LEVELS, **extra)
+                      draft_id=draft.get("id", ""), region=region, values=values,
+                      errors=errors, name_rule=name_rule(), log_levels=LOG_LEVELS,
+                      warnings=warnings, previous=STEP_NAMES[index - 1] if index else None,
+                      **extra)
 
 
 def _visible(draft: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,13 +276,16 @@ def _next(ctx: Ctx, after: str) -> Response:
 
 
 def _post_drives(ctx: Ctx, draft: dict[str, Any]) -> Response:
+    url = "/portal/new/drives"
     upload, text = ctx.file("drivelist"), ctx.field("drivelist_text")
     if upload is not None and text:
-        return _show(ctx, "drives", {}, {"drivelist": "give the drive list once: upload the "
-                                         "file or paste it, not both"}, 400)
+        return ctx.fail(url, {}, {"drivelist": "Give the drive list once: upload the file or "
+                                  "paste it, not both"})
     if upload is None and not text:
-        return _show(ctx, "drives", {}, {"drivelist": "upload the file `pipeline journal export` "
-                                         "wrote, or paste its content"}, 400)
+        if draft.get("drives"):  # "Next" with nothing new keeps the drives already given
+            return _next(ctx, "drives")
+        return ctx.fail(url, {}, {"drivelist": "Upload the file `pipeline journal export` "
+                                  "wrote, or paste its content"})
     source = upload[0][:100] if upload is not None else "pasted"
     raw = upload[1] if upload is not None else text.encode()
     try:
@@ -192,19 +293,27 @@ def _post_drives(ctx: Ctx, draft: dict[str, Any]) -> Response:
         _probe(ctx, {**draft, "drives": drives})
     except BadRequest as exc:
         # never refill the text area: what was pasted holds recovery passwords
-        return _show(ctx, "drives", {}, {"drivelist": str(exc)}, 400)
+        return ctx.fail(url, {}, {"drivelist": forms.plain(str(exc))})
+    draft.setdefault("id", secrets.token_urlsafe(12))
     draft["drives"] = drives
     draft["drives_source"] = source
+    for warning in drives_in_use(ctx, [d["driveId"] for d in drives]):
+        ctx.flash(warning, "warning")
     return _next(ctx, "drives")
 
 
 def _post_contact(ctx: Ctx, draft: dict[str, Any]) -> Response:
-    contact = {k: ctx.field(k) for k, _, _ in ADDRESS_FIELDS if ctx.field(k)}
-    try:
-        _probe(ctx, {**draft, "contact": contact})
-    except BadRequest as exc:
-        paths = {f"properties.returnAddress.{k}": k for k, _, _ in ADDRESS_FIELDS}
-        return _show(ctx, "contact", contact, field_errors(exc, paths), 400)
+    typed = {k: ctx.field(k) for k in forms.ADDRESS_KEYS}
+    errors = forms.check_address(typed)
+    contact = forms.address_values(typed)
+    if not errors:
+        try:
+            _probe(ctx, {**draft, "contact": contact})
+        except BadRequest as exc:
+            paths = {f"properties.returnAddress.{k}": k for k, _, _ in ADDRESS_FIELDS}
+            errors = field_errors(exc, paths)
+    if errors:
+        return ctx.fail("/portal/new/contact", typed, errors)
     draft["contact"] = contact
     return _next(ctx, "contact")
 
@@ -213,28 +322,29 @@ def _post_details(ctx: Ctx, draft: dict[str, Any]) -> Response:
     values = {"name": ctx.field("name"), "resourceGroup": ctx.field("resourceGroup"),
               "storageAccount": ctx.field("storageAccount"), "logLevel": ctx.field("logLevel")}
     errors: dict[str, str] = {}
-    try:
-        rules.check_job_name(values["name"])
-    except BadRequest as exc:
-        errors["name"] = str(exc)
-    try:
-        rules.check_resource_group(values["resourceGroup"])
-    except BadRequest as exc:
-        errors["resourceGroup"] = str(exc)
-    if values["logLevel"] not in LOG_LEVELS:
-        errors["logLevel"] = "choose Error or Verbose"
+    for key, check in (("name", rules.check_job_name),
+                       ("resourceGroup", rules.check_resource_group)):
+        try:
+            check(values[key])
+        except BadRequest as exc:
+            errors[key] = forms.plain(str(exc))
     storage_id = None
-    if "resourceGroup" not in errors:
+    if not values["storageAccount"]:
+        errors["storageAccount"] = "Storage account is required"
+    elif "resourceGroup" not in errors:
         try:
             storage_id = storage_account_id(values["storageAccount"], ctx.owner.subject,
                                             values["resourceGroup"])
         except BadRequest as exc:
-            errors["storageAccount"] = str(exc)
+            errors["storageAccount"] = forms.plain(str(exc))
+    if values["logLevel"] not in LOG_LEVELS:
+        errors["logLevel"] = "Copy log: choose Error or Verbose"
     if not errors:
         ref = JobRef.parse(ctx.owner.subject, values["resourceGroup"], values["name"])
         try:
             ctx.portal.catalog.get_job(ref)
-            errors["name"] = (f"{ref} already exists; choose another name (a job's name is "
+            errors["name"] = (f"Job {ref.name} already exists in resource group "
+                              f"{ref.resource_group}; choose another name (a job's name is "
                               "unique in its resource group)")
         except NotFound:
             pass
@@ -246,7 +356,7 @@ def _post_details(ctx: Ctx, draft: dict[str, Any]) -> Response:
             errors = field_errors(exc, {"properties.storageAccountId": "storageAccount",
                                         "properties.logLevel": "logLevel"})
     if errors:
-        return _show(ctx, "details", values, errors, 400)
+        return ctx.fail("/portal/new/details", values, errors)
     draft["details"] = details
     return _next(ctx, "details")
 
@@ -255,8 +365,8 @@ def _post_region(ctx: Ctx, draft: dict[str, Any]) -> Response:
     chosen = ctx.field("region")
     region = ctx.portal.regions.get(chosen)
     if region is None:
-        return _show(ctx, "region", {"region": chosen},
-                     {"region": "choose one of the listed data centers"}, 400)
+        return ctx.fail("/portal/new/region", {"region": chosen},
+                        {"region": "Data center: choose one of the listed data centers"})
     draft["region"] = region.name
     carrier = draft.get("carrier", {}).get("carrierName")
     if carrier is not None and carrier not in region.supported_carriers:
@@ -267,17 +377,19 @@ def _post_region(ctx: Ctx, draft: dict[str, Any]) -> Response:
 def _post_carrier(ctx: Ctx, draft: dict[str, Any]) -> Response:
     carrier = {"carrierName": ctx.field("carrierName"),
                "carrierAccountNumber": ctx.field("carrierAccountNumber")}
-    try:
-        region = ctx.portal.catalog.location(draft["region"])
-        carrier["carrierName"] = rules.check_carrier(carrier["carrierName"],
-                                                     region.supported_carriers, region.name)
-        _probe(ctx, {**draft, "carrier": carrier})
-    except BadRequest as exc:
-        errors = ({"carrierName": str(exc)} if exc.code == "UnsupportedCarrier" else
-                  field_errors(exc, {"properties.returnShipping.carrierAccountNumber":
-                                     "carrierAccountNumber",
-                                     "properties.returnShipping.carrierName": "carrierName"}))
-        return _show(ctx, "carrier", carrier, errors, 400)
+    region = ctx.portal.catalog.location(draft["region"])
+    errors = forms.check_return_shipping(carrier["carrierName"],
+                                         carrier["carrierAccountNumber"],
+                                         region.supported_carriers)
+    if not errors:
+        try:
+            _probe(ctx, {**draft, "carrier": carrier})
+        except BadRequest as exc:
+            errors = field_errors(exc, {"properties.returnShipping.carrierAccountNumber":
+                                        "carrierAccountNumber",
+                                        "properties.returnShipping.carrierName": "carrierName"})
+    if errors:
+        return ctx.fail("/portal/new/carrier", carrier, errors)
     draft["carrier"] = carrier
     return _next(ctx, "carrier")
 
@@ -290,12 +402,14 @@ def _post_review(ctx: Ctx, draft: dict[str, Any]) -> Response:
         job, _ = ctx.portal.catalog.put_job(ref, body, if_none_match=True)
     except PreconditionFailed:
         draft.pop("details")
-        ctx.flash(f"{ref} was created meanwhile (another window or client); choose another "
-                  "name.", "error")
+        ctx.flash(f"Job {ref.name} was created meanwhile in resource group "
+                  f"{ref.resource_group} (by another window or a client); choose another "
+                  "name.", "error", job_url(ctx.portal.catalog.get_job(ref)),
+                  f"Open job {ref.name}")
         return ctx.redirect("/portal/new/details")
     except BadRequest as exc:
-        return _show(ctx, "review", {}, {"_form": str(exc)}, 400)
-    draft.clear()
+        return ctx.fail("/portal/new/review", {}, {"_form": forms.plain(str(exc))})
+    _finish(ctx, job_url(job), job.ref.name)
     ctx.flash(f"Job {job.ref.name} created. Ship the drives to the address below, then enter "
               "the carrier and tracking number.")
     return ctx.redirect(job_url(job))
