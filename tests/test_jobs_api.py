@@ -28,7 +28,7 @@ import trio
 from pipeline.errors import BadInput, IntegrityError
 from pipeline.jobs import auth, service
 from pipeline.jobs.catalog import DB_NAME, KEY_NAME, Catalog
-from pipeline.jobs.errors import NotFound, PreconditionFailed
+from pipeline.jobs.errors import Conflict, NotFound, PreconditionFailed
 from pipeline.jobs.model import JobRef
 from pipeline.jobs.rules import JobState
 from tests import jobservice
@@ -710,3 +710,274 @@ def test_site_wide_listing_and_statistics(catalog: Catalog, alice: Account,
         catalog.put_job(JobRef("99999999-9999-9999-9999-999999999999", "rg", "orphan"),
                         jobservice.job_body(jobservice.drive_list(1)))
     assert catalog.location("North Europe").name == "northeurope"
+
+
+# --------------------------------------------------------------------------- issue 16
+
+# Azure's own example request body, verbatim from Azure/azure-rest-api-specs (MIT license),
+# specification/storageimportexport/resource-manager/Microsoft.ImportExport/preview/2021-01-01/
+# examples/CreateJob.json at commit 006815d3019fabc0bf7d3d7737d625d6caf9b02e ("parameters"
+# "body"); its job name "myJob" breaks the seed's lowercase rule, so the test uses "myjob".
+AZURE_CREATE_JOB_BODY = r"""
+{
+      "location": "West US",
+      "properties": {
+        "storageAccountId": "/subscriptions/xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx/resourceGroups/myResourceGroup/providers/Microsoft.ClassicStorage/storageAccounts/test",
+        "jobType": "Import",
+        "returnAddress": {
+          "recipientName": "Test",
+          "streetAddress1": "Street1",
+          "streetAddress2": "street2",
+          "city": "Redmond",
+          "stateOrProvince": "wa",
+          "postalCode": "98007",
+          "countryOrRegion": "USA",
+          "phone": "4250000000",
+          "email": "Test@contoso.com"
+        },
+        "returnShipping": {
+          "carrierName": "FedEx",
+          "carrierAccountNumber": "989ffff"
+        },
+        "diagnosticsPath": "waimportexport",
+        "logLevel": "Verbose",
+        "backupDriveManifest": true,
+        "driveList": [
+          {
+            "driveId": "9CA995BB",
+            "bitLockerKey": "238810-662376-448998-450120-652806-203390-606320-483076",
+            "manifestFile": "\\8a0c23f7-14b7-470a-9633-fcd46590a1bc.manifest",
+            "manifestHash": "4228EC5D8E048CB9B515338C789314BE8D0B2FDBC7C7A0308E1C826242CDE74E",
+            "driveHeaderHash": "0:1048576:FB6B6ED500D49DA6E0D723C98D42C657F2881CC13357C28DCECA6A524F1292501571A321238540E621AB5BD9C9A32637615919A75593E6CB5C1515DAE341CABF;135266304:143360:C957A189AFC38C4E80731252301EB91427CE55E61448FA3C73C6FDDE70ABBC197947EC8D0249A2C639BB10B95957D5820A4BE8DFBBF76FFFA688AE5CE0D42EC3"
+          }
+        ]
+      }
+    }
+"""  # noqa: E501 - Azure's example, verbatim
+
+
+async def test_azures_create_job_example_is_accepted_as_sent(client: httpx.AsyncClient,
+                                                             alice: Account) -> None:
+    sent = json.loads(AZURE_CREATE_JOB_BODY)
+    for version in ("2021-01-01", "2020-08-01", "2016-11-01"):
+        name = f"myjob-{version[:4]}"
+        target = alice.job(name, rg="myResourceGroup").replace(V, version)
+        r = await client.put(target, content=AZURE_CREATE_JOB_BODY.encode(),
+                             headers={**alice.headers, "Content-Type": "application/json"})
+        assert r.status_code == 201, r.text
+        got = r.json()
+        assert got["name"] == name and got["location"] == "westus"
+        props = got["properties"]
+        for key in ("storageAccountId", "jobType", "returnAddress", "returnShipping",
+                    "diagnosticsPath", "logLevel", "backupDriveManifest"):
+            assert props[key] == sent["properties"][key], key
+        drive = props["driveList"][0]
+        for key in ("driveId", "manifestFile", "manifestHash", "driveHeaderHash"):
+            assert drive[key] == sent["properties"]["driveList"][0][key], key
+        assert drive["state"] == "Specified" and "bitLockerKey" not in drive
+        assert props["encryptionKey"] == {"kekType": "MicrosoftManaged"}
+        assert got["identity"] == {"type": "None"}
+        assert got["systemData"]["createdBy"] == alice.sub
+        assert got["systemData"]["createdAt"] == got["systemData"]["lastModifiedAt"]
+        assert (await client.get(target, headers=alice.headers)).json() == got
+    keys = await client.post(alice.job("myjob-2021", rg="myResourceGroup").replace(
+        "?", "/listBitLockerKeys?"), headers=alice.headers)
+    assert keys.json()["value"] == [{"bitLockerKey": sent["properties"]["driveList"][0][
+        "bitLockerKey"], "driveId": "9CA995BB"}]
+    # encryptionKey and identity as the 2021-01-01 spec has them, stored and returned
+    body = json.loads(AZURE_CREATE_JOB_BODY)
+    body["identity"] = {"type": "SystemAssigned"}
+    body["properties"]["encryptionKey"] = {
+        "kekType": "CustomerManaged", "kekUrl": "https://vault.example/keys/k/1",
+        "kekVaultResourceID": "/subscriptions/x/resourceGroups/r/providers/"
+                              "Microsoft.KeyVault/vaults/v"}
+    r = await client.put(alice.job("cmk-job"), json=body, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["identity"] == {"type": "SystemAssigned"}
+    assert r.json()["properties"]["encryptionKey"] == body["properties"]["encryptionKey"]
+    for bad in ({"kekType": "Rot13"}, {"kekType": "CustomerManaged"},
+                {"kekType": "MicrosoftManaged", "kekUrl": "https://x/k"}):
+        body["properties"]["encryptionKey"] = bad
+        error(await client.put(alice.job("cmk-bad"), json=body, headers=alice.headers), 400)
+    body["properties"]["encryptionKey"] = None
+    body["properties"]["driveList"][0]["driveHeaderHash"] = "0:10:zz;1:2:ab"
+    error(await client.put(alice.job("hash-bad"), json=body, headers=alice.headers), 400)
+
+
+async def test_filter_on_the_listings(client: httpx.AsyncClient, alice: Account,
+                                      catalog: Catalog) -> None:
+    for i, location in enumerate(("westus", "westeurope", "westus", "eastus", "westus")):
+        r = await client.put(alice.job(f"flt-{i}", rg="rg-a" if i % 2 else "rg-b"),
+                             json=jobservice.job_body(jobservice.drive_list(1),
+                                                      location=location),
+                             headers=alice.headers)
+        assert r.status_code == 201
+    ship = {"properties": {"state": "Shipping", "deliveryPackage": {"carrierName": "UPS",
+                                                                    "trackingNumber": "1"}}}
+    for i in (0, 1):
+        assert (await client.patch(alice.job(f"flt-{i}", rg="rg-a" if i % 2 else "rg-b"),
+                                   json=ship, headers=alice.headers)).status_code == 200
+
+    async def names(query: str, rg: str | None = None) -> list[str]:
+        seen, link = [], alice.jobs(rg, **{"$filter": query, "$top": "1"})
+        while link:
+            body = (await client.get(link, headers=alice.headers)).json()
+            assert "value" in body, body
+            seen += [j["name"] for j in body["value"]]
+            link = body.get("nextLink", "").removeprefix("http://testserver")
+        assert len(seen) == len(set(seen))
+        return sorted(seen)
+
+    assert await names("properties/state eq 'Shipping'") == ["flt-0", "flt-1"]
+    assert await names("location eq 'West US' and properties/state ne 'Shipping'") == [
+        "flt-2", "flt-4"]
+    assert await names("name eq 'flt-3' or (location eq 'westeurope')") == ["flt-1", "flt-3"]
+    assert await names("properties/jobType eq 'Import'", "rg-a") == ["flt-1", "flt-3"]
+    assert await names("name eq 'nothing'") == []
+    site = jobservice.site_headers(catalog.data_dir)
+    r = await client.get("/providers/Microsoft.ImportExport/jobs?api-version=2020-08-01&"
+                         "$filter=properties/state eq 'Creating'", headers=site)
+    assert sorted(j["name"] for j in r.json()["value"]) == ["flt-2", "flt-3", "flt-4"]
+    for bad in ("state eq 'x'", "name eq 'a' and", "name lt 'b'", "(" * 50):
+        error(await client.get(alice.jobs(**{"$filter": bad}), headers=alice.headers), 400,
+              "InvalidFilter")
+
+
+async def test_delete_and_cancel_as_azure(client: httpx.AsyncClient, alice: Account,
+                                          catalog: Catalog) -> None:
+    site = jobservice.site_headers(catalog.data_dir)
+    ship = {"properties": {"state": "Shipping", "deliveryPackage": {"carrierName": "UPS",
+                                                                    "trackingNumber": "1"}}}
+    for name in ("del-creating", "del-shipping", "del-received", "del-canceled"):
+        await create(client, alice, name, drives=1)
+    assert (await client.delete(alice.job("del-creating"),
+                                headers=alice.headers)).status_code == 200
+    await client.patch(alice.job("del-shipping"), json=ship, headers=alice.headers)
+    error(await client.delete(alice.job("del-shipping"), headers=alice.headers), 409,
+          "JobNotDeletable")
+    # cancel: while Creating or Shipping; then it can be deleted
+    r = await client.patch(alice.job("del-shipping"), json={"properties": {
+        "cancelRequested": True}}, headers=alice.headers)
+    assert r.json()["properties"]["state"] == "Canceled"
+    assert r.json()["properties"]["cancelRequested"] is True
+    assert (await client.delete(alice.job("del-shipping"),
+                                headers=alice.headers)).status_code == 200
+    await client.patch(alice.job("del-received"), json=ship, headers=alice.headers)
+    await client.patch(alice.job("del-received"), json={"properties": {"state": "Received"}},
+                       headers=site)
+    message = error(await client.patch(alice.job("del-received"), json={"properties": {
+        "cancelRequested": True}}, headers=alice.headers), 409)
+    assert "only before the site receives it" in message
+    error(await client.delete(alice.job("del-received"), headers=alice.headers), 409)
+
+
+async def test_copy_logs(client: httpx.AsyncClient, alice: Account, bob: Account,
+                         catalog: Catalog) -> None:
+    site = jobservice.site_headers(catalog.data_dir)
+    _, drives = await create(client, alice, "logged", drives=2)
+    d0, d1 = drives[0]["driveId"], drives[1]["driveId"]
+
+    def log_url(drive: str, kind: str, who: Account = alice) -> str:
+        return who.job("logged").replace("?", f"/copyLogs/{drive}/{kind}?")
+
+    data = b"".join(json.dumps({"blob": f"b{i}", "status": "ok"}).encode() + b"\n"
+                    for i in range(1000))
+    # too early: the job is not being copied yet
+    error(await client.put(log_url(d0, "verbose"), content=data, headers=site), 409,
+          "PropertyNotEditable")
+    ship = {"properties": {"state": "Shipping", "deliveryPackage": {"carrierName": "UPS",
+                                                                    "trackingNumber": "1"}}}
+    await client.patch(alice.job("logged"), json=ship, headers=alice.headers)
+    r = await client.patch(alice.job("logged"), json={"properties": {
+        "state": "Transferring", "driveList": [{"driveId": d0, "state": "Transferring"}]}},
+        headers=site)
+    assert r.status_code == 409  # Received first
+    for props in ({"state": "Received", "driveList": [{"driveId": d0, "state": "Received"}]},
+                  {"state": "Transferring", "driveList": [{"driveId": d0,
+                                                           "state": "Transferring"}]}):
+        r = await client.patch(alice.job("logged"), json={"properties": props}, headers=site)
+        assert r.status_code == 200, r.text
+    # the wrong role, a stranger, a wrong drive or kind
+    error(await client.put(log_url(d0, "verbose"), content=data, headers=alice.headers), 403,
+          "AuthorizationFailed")
+    error(await client.get(log_url(d0, "verbose"), headers=alice.headers), 404,
+          "CopyLogNotFound")
+    assert (await client.put(log_url(d0, "verbose"), content=data,
+                             headers=site)).status_code == 204
+    r = await client.get(log_url(d0, "verbose"), headers=alice.headers)
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    assert "attachment" in r.headers["content-disposition"]
+    assert (await client.get(log_url(d0, "verbose"), headers=site)).content == data
+    as_bob = Account(alice.sub, bob.settings)
+    for who in (as_bob,):
+        for method in ("GET", "PUT"):
+            r = await client.request(method, log_url(d0, "verbose", who), content=b"{}\n",
+                                     headers=bob.headers)
+            error(r, 404)
+    error(await client.put(log_url("no-such-drive", "error"), content=b"x", headers=site), 404,
+          "DriveNotFound")
+    error(await client.put(log_url(d0, "debug"), content=b"x", headers=site), 404,
+          "CopyLogNotFound")
+    # replacing keeps one file; the size limit holds with and without Content-Length
+    await client.put(log_url(d0, "verbose"), content=b'{"again": 1}\n', headers=site)
+    assert (await client.get(log_url(d0, "verbose"), headers=site)).content == b'{"again": 1}\n'
+    assert catalog.copy_log_kinds(JobRef(alice.sub, "rg1", "logged"), d0) == ["verbose"]
+    assert catalog.copy_log_kinds(JobRef(alice.sub, "rg1", "logged"), d1) == []
+    assert len(list((catalog.data_dir / "copylogs").iterdir())) == 1
+    big = {**site, "Content-Length": str(service.MAX_COPY_LOG + 1)}
+    error(await client.put(log_url(d0, "error"), content=b"x", headers=big), 413)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(service.MAX_COPY_LOG // (1 << 20) + 1):
+            yield b"x" * (1 << 20)
+
+    error(await client.put(log_url(d0, "error"), content=chunks(), headers=site), 413)
+    assert catalog.copy_log(JobRef(alice.sub, "rg1", "logged"), d0, "error") is None
+    # deleting the job (once it is done) takes its logs along
+    with catalog._write() as conn:
+        conn.execute("UPDATE jobs SET state = 'Completed' WHERE name = 'logged'")
+    assert (await client.delete(alice.job("logged"), headers=alice.headers)).status_code == 200
+    assert list((catalog.data_dir / "copylogs").iterdir()) == []
+
+
+def test_subscriptions_reissue_and_remove(catalog: Catalog, alice: Account,
+                                          tmp_path: Path) -> None:
+    ref = JobRef(alice.sub, "rg1", "owned")
+    catalog.put_job(ref, jobservice.job_body(jobservice.drive_list(1)))
+    old_token = auth.make_token(alice.settings)
+
+    def key_of(sub: str) -> bytes | None:
+        found = catalog.subscription(sub)
+        return None if found is None else found.public_key
+
+    assert auth.verify_token(old_token, key_of) == alice.sub
+    out = tmp_path / "alice-new.publishsettings"
+    with pytest.raises(BadInput, match="does not exist"):
+        auth.reissue_subscription(catalog, "nobody", out)
+    sub = auth.reissue_subscription(catalog, "alice", out, "http://testserver")
+    assert sub.id == alice.sub and stat.S_IMODE(out.stat().st_mode) == 0o600
+    with pytest.raises(auth.Unauthorized):
+        auth.verify_token(old_token, key_of)
+    new = auth.read_publish_settings(out)
+    assert auth.verify_token(auth.make_token(new), key_of) == alice.sub
+    assert catalog.get_job(ref).state == JobState.CREATING  # the jobs stay
+    with pytest.raises(BadInput):  # never over an existing file
+        auth.reissue_subscription(catalog, alice.sub, out)
+    # removal: refused while a job is under way, unless forced
+    catalog.update_job(ref, {"properties": {"state": "Shipping", "deliveryPackage": {
+        "carrierName": "UPS", "trackingNumber": "1"}}})
+    with pytest.raises(Conflict, match="owned") as busy:
+        catalog.remove_subscription(alice.sub)
+    assert busy.value.code == "SubscriptionHasActiveJobs" and "--force" in str(busy.value)
+    assert catalog.remove_subscription(alice.sub.upper(), force=True) == 1
+    assert catalog.subscription(alice.sub) is None
+    with pytest.raises(NotFound):
+        catalog.get_job(ref)
+    with pytest.raises(NotFound):
+        catalog.remove_subscription(alice.sub)
+    carol = new_account(catalog, tmp_path, "carol")
+    done = JobRef(carol.sub, "rg", "done")
+    catalog.put_job(done, jobservice.job_body(jobservice.drive_list(1)))
+    catalog.update_job(done, {"properties": {"cancelRequested": True}})
+    assert catalog.remove_subscription(carol.sub) == 1

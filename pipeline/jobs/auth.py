@@ -84,6 +84,26 @@ def add_subscription(catalog: Catalog, name: str, out: str | os.PathLike[str],
         raise
 
 
+def reissue_subscription(catalog: Catalog, subscription: str, out: str | os.PathLike[str],
+                         url: str = DEFAULT_URL) -> Subscription:
+    """A new key pair for a subscription (by id or name), its publish settings file written
+    to ``out`` (0600, new file) before the catalog switches keys: from then on tokens
+    from the old file fail (401), and the jobs stay as they were."""
+    found = next((s for s in catalog.subscriptions()
+                  if subscription in (s.name, s.id) or subscription.lower() == s.id), None)
+    if found is None:
+        raise BadInput(f"subscription {rules.quote(subscription)} does not exist; "
+                       "`pipeline service subscription list` shows them")
+    key = Ed25519PrivateKey.generate()
+    write_publish_settings(out, publish_settings_xml(PublishSettings(url, found.id, found.name,
+                                                                     key)))
+    try:
+        return catalog.replace_subscription_key(found.id, public_bytes(key))
+    except BaseException:
+        Path(out).unlink(missing_ok=True)
+        raise
+
+
 def public_bytes(key: Ed25519PrivateKey) -> bytes:
     """The 32-byte public key the catalog stores."""
     return key.public_key().public_bytes(serialization.Encoding.Raw,
