@@ -271,3 +271,43 @@ def test_subscription_list_reissue_remove(tmp_path: Path) -> None:
         unknown = run_cli("service", "subscription", "reissue", "nobody", "--data", str(data))
         assert unknown.returncode == EXIT_BAD_INPUT and "no subscription 'nobody'" in \
             unknown.stderr
+
+
+def _to_packaging(world: World, name: str) -> list[str]:
+    """A shipped job taken to Packaging by the site's own REST calls (no drives imported:
+    the site's steps as the service sees them)."""
+    ids = _shipped(world, world.alice, name)
+    site = ServiceClient.from_site_token_file(world.svc.url, str(world.token_file))
+    site = site.bound_to(site.find(name))
+    site.patch(name, {"properties": {"state": "Received", "driveList": [
+        {"driveId": d, "state": "Received"} for d in ids]}})
+    site.patch(name, {"properties": {"state": "Transferring", "driveList": [
+        {"driveId": d, "state": "Transferring"} for d in ids]}})
+    site.patch(name, {"properties": {"state": "Packaging", "driveList": [
+        {"driveId": ids[0], "state": "Completed", "percentComplete": 100},
+        {"driveId": ids[1], "state": "CompletedMoreInfo", "percentComplete": 100}]}})
+    return ids
+
+
+def test_return_from_packaging(world: World) -> None:
+    ids = _to_packaging(world, "ret-pack")
+    listed = {r["name"]: r for r in json.loads(world.site("jobs", "--json", code=0).stdout)}
+    assert listed["ret-pack"]["next"] == "ship the drives back"
+    for date, why in (("2999-01-01", "is in the future"), ("01/12/2026", "is not a date")):
+        proc = world.site("return", "--job", "ret-pack", "--tracking", "R-2", "--ship-date",
+                          date, code=EXIT_BAD_INPUT)
+        assert why in proc.stderr
+    assert world.customer(world.alice).get("ret-pack")["properties"]["state"] == "Packaging"
+    out = world.site("return", "--job", "ret-pack", "--tracking", "R-2", "--ship-date",
+                     "2026-11-30", "--json", code=0).stdout
+    props = json.loads(out)["properties"]
+    assert props["state"] == "Completed"
+    # No --carrier: the carrier the customer chose for the way back (job_body's UPS).
+    assert props["returnPackage"] == {"carrierName": "UPS", "trackingNumber": "R-2",
+                                      "driveCount": 2, "shipDate": "2026-11-30"}
+    assert _drives(world, world.alice, "ret-pack") == dict.fromkeys(ids, "ShippedBack")
+    shown = world.jobs(world.alice, "show", "--job", "ret-pack", code=0).stdout
+    assert "state Completed" in shown
+    assert "drives returned with UPS tracking R-2 on 2026-11-30 (2 drive(s))" in shown
+    again = world.site("return", "--job", "ret-pack", "--tracking", "R-3", code=EXIT_BAD_INPUT)
+    assert "is Completed, not Packaging" in again.stderr and "site close" in again.stderr
