@@ -1,4 +1,4 @@
-"""Azure's own SDK drives the import service: the compatibility claim of issue 7, part 1.
+"""Azure's own SDK drives the import service: the compatibility claim of issues 7 and 16.
 
 ``azure-mgmt-storageimportexport`` 0.1.0 is the one release that speaks
 api-version 2016-11-01 (1.0.0b1/b2 speak 2021-01-01).  It is msrest-based:
@@ -123,6 +123,14 @@ def test_azure_sdk_against_the_service(tmp_path: Path) -> None:
                     storage_account_id="/x", drive_list=[models.DriveStatus(
                         drive_id=f"{more}-d", bit_locker_key=jobservice.recovery_password(),
                         manifest_file="/m", manifest_hash="00ff")])))
+        filtered = client.jobs.list_by_subscription(
+            top=1, filter="location eq 'East US' or name eq 'seed-job-1'")
+        assert sorted(j.name for j in filtered) == ["seed-job-1", "seed-job-2", "seed-job-3"]
+        assert [j.name for j in client.jobs.list_by_resource_group(
+            "other-rg", filter="name ne 'seed-job-2'")] == ["seed-job-3"]
+        with pytest.raises(models.ErrorResponseException) as bad_filter:
+            list(client.jobs.list_by_subscription(filter="state eq 'Shipping'"))
+        assert bad_filter.value.error.code == "InvalidFilter"
         by_sub = [j.name for j in client.jobs.list_by_subscription(top=2)]
         assert sorted(by_sub) == ["seed-job-1", "seed-job-2", "seed-job-3"]
         assert [j.name for j in client.jobs.list_by_resource_group("backup-rg")] == ["seed-job-1"]
@@ -155,9 +163,16 @@ def test_azure_sdk_against_the_service(tmp_path: Path) -> None:
         with pytest.raises(models.ErrorResponseException) as refused:
             client.jobs.update("seed-job-1", "backup-rg",
                                models.UpdateJobParameters(state="Completed"))
-        assert refused.value.response.status_code == 409
-        assert refused.value.error.code == "InvalidStateTransition"
-        assert "Shipping to Completed" in refused.value.message
+        assert refused.value.response.status_code == 403  # the receiving site's step
+        assert refused.value.error.code == "AuthorizationFailed"
+        assert "Shipping job to Completed" in refused.value.message
+        # the same client on the newer API versions' paths (0.1.0 lets us set the version)
+        for version in ("2020-08-01", "2021-01-01"):
+            client.jobs.api_version = version
+            assert client.jobs.get("seed-job-1", "backup-rg").properties.state == "Shipping"
+            assert [j.name for j in client.jobs.list_by_resource_group("backup-rg")] == [
+                "seed-job-1"]
+        client.jobs.api_version = "2016-11-01"
         with pytest.raises(models.ErrorResponseException) as carrier:
             client.jobs.update("seed-job-1", "backup-rg", models.UpdateJobParameters(
                 return_shipping=models.ReturnShipping(carrier_name="Pony Express",
