@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from pipeline import journal
-from pipeline.errors import EXIT_INTEGRITY
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY
 from pipeline.jobs.client import ServiceClient, ServiceError
 from pipeline.volume import luks2
 from tests import jobservice
@@ -155,3 +155,11 @@ def test_a_damaged_drive_ends_completed_more_info(tmp_path: Path) -> None:
             raise AssertionError("an error log for a drive without errors")
         except ServiceError as exc:
             assert exc.status == 404
+        # The same from the command line; `jobs show` names the command.
+        shown = jobs(settings, svc.url, "show", "--job", "seed-two").stdout
+        assert f"errors: pipeline jobs log --job seed-two --drive {bad['driveId']}" in shown
+        got = jobs(settings, svc.url, "log", "--job", "seed-two", "--drive", bad["driveId"])
+        assert got.stdout.encode() == error_log.read_bytes()
+        none = jobs(settings, svc.url, "log", "--job", "seed-two", "--drive", good["driveId"],
+                    code=EXIT_BAD_INPUT)
+        assert "has no error log for drive" in none.stderr

@@ -1,17 +1,18 @@
-"""`pipeline jobs create|show|list|ship|cancel|keys|token`: the copy machine's client
-for the import service."""
+"""`pipeline jobs create|show|list|ship|cancel|keys|log|locations|token`: the customer's
+client for the import service (its publish settings; the site has `pipeline site`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from pipeline import journal
 from pipeline.commands import _options
 from pipeline.errors import EXIT_REFUSED, EXIT_STORAGE, BadInput, Outcome
 from pipeline.jobs import auth
-from pipeline.jobs.client import ServiceClient, ServiceError
+from pipeline.jobs.client import COPY_LOG_KINDS, ServiceClient, ServiceError
 
 EXITS = (EXIT_REFUSED, EXIT_STORAGE)  # exit codes beyond errors.EVERY_COMMAND
 
@@ -70,6 +71,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the day the package left (optional)")
     _options.add_return_arguments(s)
     s.set_defaults(func=run_ship)
+
+    s = jsub.add_parser("log", help="a drive's copy log, as the receiving site handed it in",
+                        description="Print a drive's copy log (JSON Lines: every blob ok, "
+                        "corrupt or missing, then totals) that the import handed to the "
+                        "service: the error log when blobs failed, the verbose log when the "
+                        "job's logLevel is Verbose.")
+    _common(s)
+    s.add_argument("--drive", required=True, metavar="DRIVE-ID", help="the drive's id")
+    s.add_argument("--kind", choices=COPY_LOG_KINDS, default="error",
+                   help="error (default) or verbose")
+    s.set_defaults(func=run_log)
 
     s = jsub.add_parser("list", help="the subscription's jobs", description="List the jobs.")
     _common(s, job=False)
@@ -145,7 +157,8 @@ def run_show(args: argparse.Namespace) -> Outcome:
     for d in p.get("driveList", []):
         print(f"  drive {d['driveId']}  {d.get('state')}  {d.get('percentComplete', 0)}%  "
               f"{d.get('bytesSucceeded', 0)} bytes"
-              + (f"  errors: {d['errorLogUri']}" if d.get("errorLogUri") else ""))
+              + (f"  errors: pipeline jobs log --job {job['name']} --drive {d['driveId']}"
+                 if d.get("errorLogUri") else ""))
     info = p.get("shippingInformation")
     if info:
         print("shipping address:\n" + _address({"properties": info}))
@@ -156,6 +169,19 @@ def run_show(args: argparse.Namespace) -> Outcome:
               f"({back.get('driveCount')} drive(s))")
     elif p.get("returnAddress"):
         print("return address:\n" + _address({"properties": p["returnAddress"]}))
+    return Outcome()
+
+
+def run_log(args: argparse.Namespace) -> Outcome:
+    try:
+        data = client(args).get_copy_log(args.job, args.drive, args.kind)
+    except ServiceError as exc:
+        if exc.status == 404:
+            raise BadInput(f"job {args.job} has no {args.kind} log for drive {args.drive} "
+                           f"({exc}); an error log exists only when blobs failed, a verbose "
+                           "one when the job's logLevel is Verbose") from None
+        raise
+    sys.stdout.buffer.write(data)
     return Outcome()
 
 

@@ -164,6 +164,7 @@ def run_jobs(args: argparse.Namespace) -> Outcome:
         return Outcome()
     print(f"{'JOB':<24}  {'STATE':<12}  {'DRIVES':<6}  {'SUBSCRIPTION':<36}  NEXT")
     for r in rows:
-        print(f"{r['name']:<24}  {r['state']:<12}  {r['drivesReceived']}/{r['drives']:<4}  "
-              f"{r['subscription']:<36}  {r['nextBy']}: {r['next']}")
+        drives = f"{r['drivesReceived']}/{r['drives']}"
+        print(f"{r['name']:<24}  {r['state']:<12}  {drives:<6}  {r['subscription']:<36}  "
+              f"{r['nextBy']}: {r['next']}")
     return Outcome()
