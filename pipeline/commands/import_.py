@@ -69,8 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resource-group", metavar="NAME",
                    help="the job's resource group, when several jobs have its name")
     s.add_argument("--publish-settings", metavar="FILE",
-                   help="the customer's credential: not enough for the site's steps (the "
-                   "service refuses it them); use --site-token-file")
+                   help="the customer's credential: the service refuses it the site's "
+                   "steps; use --site-token-file")
     s.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
     s.add_argument("--return-tracking", metavar="NUMBER",
                    help="shortcut for `pipeline site return` once every drive is imported: "
