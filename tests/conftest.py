@@ -16,6 +16,12 @@ from pipeline.volume import luks2
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The secret files tests write (passphrases, recovery passwords, publish settings) are
+# private, as an operator's should be: a file others can read gets a warning line
+# (errors.Caution) that tests of exact stderr would trip on.  The test of that warning
+# chmods its file; the modes we set ourselves are set whatever the umask.
+os.umask(0o077)
+
 # Cheap keyslot KDFs for tests; the defaults (256 MiB argon2id) cost ~1 s per unlock.
 FAST_ARGON = luks2.KdfParams(type="argon2id", time=4, memory=8192, cpus=2)
 FAST_PBKDF2 = luks2.KdfParams(type="pbkdf2", iterations=1000)

@@ -195,9 +195,11 @@ async def test_round_trip_in_a_directory(tmp_path: Path) -> None:
     assert second.chunks_new == 0 and second.packs == 0
     assert backend.bytes_sent - sent == second.bytes_sent <= 2048
     assert second.parent is not None and second.parent.id == first.snapshot.id
-    # every repository file is a multiple of 512 bytes (page blobs), nothing left in .partial
-    for p in Path(backend.root).rglob("*"):
+    # every repository file is a multiple of 512 bytes (page blobs), nothing left in .partial;
+    # keys, config, packs, index, snapshots are the owner's only (0600, directories 0700)
+    for p in [Path(backend.root), *Path(backend.root).rglob("*")]:
         assert not p.is_file() or p.stat().st_size % 512 == 0, p
+        assert stat.S_IMODE(p.stat().st_mode) == (0o600 if p.is_file() else 0o700), p
     backend.close()
     assert not (tmp_path / "staging" / ".repo.partial").exists()
 

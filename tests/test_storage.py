@@ -493,10 +493,10 @@ def test_local_layout_modes_and_holes(tmp_path: Path) -> None:
         os.umask(old)
     final = root / "cont" / "d" / "e" / "f.img"
     assert not partial.exists()
-    assert stat.S_IMODE(final.stat().st_mode) == 0o644
-    assert stat.S_IMODE((root / "cont" / "m" / "x.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE(final.stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "cont" / "m" / "x.json").stat().st_mode) == 0o600
     for d in (root / "cont", root / "cont" / "d", root / "cont" / "d" / "e", root / "cont" / "m"):
-        assert stat.S_IMODE(d.stat().st_mode) == 0o755, d
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     assert final.stat().st_blocks * 512 < 2 * MB              # zero cells are holes
     assert s.list("cont") == ["d/e/f.img", "m/x.json"]        # nothing from .pipeline-partial
 

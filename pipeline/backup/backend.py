@@ -24,8 +24,9 @@ from pipeline.backup.errors import CorruptRepository
 from pipeline.errors import BadInput, NoSpace, is_no_space
 from pipeline.storage.base import CELL, BlobType, Storage
 
-FILE_MODE = 0o644
-DIR_MODE = 0o755
+# A repository's files (keys, config, packs, snapshots) are its owner's only, as restic's.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 class Backend(Protocol):

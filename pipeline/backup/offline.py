@@ -193,7 +193,7 @@ def write_staging(staging: Path, job_name: str, subscription: str, account: str,
     obj = {"version": 1, "staging": str(staging), "repository": REPOSITORY,
            "job_name": job_name, "subscription": subscription, "account": account,
            "container": container, "created": datetime.now(UTC).isoformat(timespec="seconds")}
-    _write_atomic(staging_file(staging), json.dumps(obj, indent=2) + "\n", 0o644)
+    _write_atomic(staging_file(staging), json.dumps(obj, indent=2) + "\n", 0o600)
     return obj
 
 

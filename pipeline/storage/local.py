@@ -43,8 +43,10 @@ from pipeline.storage.base import (
 
 PARTIAL = ".pipeline-partial"
 PUT_TMP = ".put"
-FILE_MODE = 0o644
-DIR_MODE = 0o755
+# Private, whatever the umask: an account holds customers' data and backup repositories
+# (keys, packs, snapshots); who else may read it is the operator's call (chmod, ACLs).
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 NAME_MAX = 255
 PATH_MAX = 4096
 _UNAVAILABLE = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM,
@@ -114,7 +116,7 @@ class LocalStorage:
                         "and 'a/b'); import into Azure or another container")
 
     def _makedirs(self, path: str) -> None:
-        """mkdir -p with 0755 whatever the umask; concurrent creators both succeed."""
+        """mkdir -p with DIR_MODE whatever the umask; concurrent creators both succeed."""
         if os.path.isdir(path):
             return
         if path == self.root:
