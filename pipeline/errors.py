@@ -68,6 +68,14 @@ def exit_code_help(codes: Iterable[int] | None = None) -> str:
     return "\n".join([*lines, "any other code means failure"])
 
 
+def exit_code_markdown() -> str:
+    """The README's table of every code: the same words as ``--help`` (a test holds the
+    README to it)."""
+    rows = ["| code | meaning |", "|------|---------|"]
+    rows += [f"| {code} | {text} |" for code, text in sorted(EXIT_CODES.items())]
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What a command that ran to its end returns to ``cli.main``: ``code`` is

@@ -9,6 +9,7 @@ import importlib
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +253,9 @@ def test_one_name_per_concept_older_spellings_hidden(
             "preview": ["--drive-size", "1G"], "repair": ["--journal-dir", "j"]}[command]
     args = parser.parse_args([command, "--srcdir", "/staging", *rest])
     assert args.source == "/staging"  # the old spelling still works (scripts, WAImportExport)
+
+
+def test_readme_exit_codes_are_the_one_table() -> None:
+    from pipeline import errors
+    readme = (Path(cli.__file__).parent.parent / "README.md").read_text()
+    assert errors.exit_code_markdown() in readme
