@@ -253,7 +253,7 @@ def format_summary(stats: Stats | Mapping[str, Any], *, verbose: bool = False) -
     lines = [
         f"read     {format_size(read)} in {files} files, {format_duration(wall)} wall, "
         f"{format_rate(float(s.get('bytes_per_s') or 0.0))}"]
-    if s.get("extents"):  # prep: backup says what it sent in its own line
+    if raw:  # prep: backup says what it sent in its own line
         lines.append(f"stored   {format_size(raw)} of data compressed to {format_size(stored)} "
                      f"({_percent(stored, raw)}), {format_size(int(s.get('bytes_written', 0)))}"
                      f" written to drives, {s['extents']} extents")

@@ -158,5 +158,6 @@ async def _commit(repo: Repository, manifest: fmt.Manifest, started: datetime,
     """Commit order: every pack is stored; now the index naming them, then the snapshot."""
     batch = repo.take_unindexed()
     if batch:
-        stats.bytes_written += await trio.to_thread.run_sync(repo.write_index, batch)
+        sent = await trio.to_thread.run_sync(repo.write_index, batch)
+        stats.bytes_written += sent
     return await trio.to_thread.run_sync(repo.write_snapshot, manifest, started)

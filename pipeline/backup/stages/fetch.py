@@ -25,8 +25,10 @@ async def run(rx: trio.MemoryReceiveChannel[Range], repo: Repository, files: Fil
     """One fetch task: every range from ``rx`` in a worker thread; closes ``rx``."""
     async with rx:
         async for rng in rx:
-            stats.bytes_read += await trio.to_thread.run_sync(fetch, repo, files, rng,
-                                                              limiter=cpu)
+            # not `stats.bytes_read += await ...`: that reads the counter before the await
+            # and stores after it, losing what the other fetch tasks added meanwhile
+            written = await trio.to_thread.run_sync(fetch, repo, files, rng, limiter=cpu)
+            stats.bytes_read += written
             stats.extents += len(rng.entries)
             stats.files_done = files.files_done
 

@@ -31,5 +31,6 @@ class Upload:
                 self.packs += 1
                 batch = repo.packed(pack)      # indexed only once the pack is stored
                 if batch:
-                    self.stats.bytes_written += await trio.to_thread.run_sync(
-                        repo.write_index, batch, limiter=self.net)
+                    sent = await trio.to_thread.run_sync(repo.write_index, batch,
+                                                         limiter=self.net)
+                    self.stats.bytes_written += sent  # after the await: other uploaders add
