@@ -140,6 +140,7 @@ def read_publish_settings(path: str | os.PathLike[str],
         if p.stat().st_size > MAX_SETTINGS_BYTES:
             raise BadInput(f"{p} is larger than {MAX_SETTINGS_BYTES} bytes; is it a publish "
                            "settings file?")
+        credentials.warn_if_exposed(p, "publish settings file")  # it holds the private key
         root = ET.fromstring(p.read_bytes())
     except FileNotFoundError:
         raise BadInput(f"publish settings file {p} does not exist; check the path") from None
