@@ -99,11 +99,16 @@ def recorded_superblock(jrn: journal.Journal) -> format.Superblock:
 
 def read_index(od: UnlockedDrive) -> tuple[format.Trailer, format.Segment]:
     """The closing index, via the trailer; CorruptRecord if either is missing or damaged."""
+    trailer, blob = read_index_bytes(od)
+    return trailer, format.decode_index(blob, trailer)
+
+
+def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
+    """The trailer, checked, and the closing index's bytes (decrypted, not yet decoded)."""
     sb = od.superblock
     tr_off = format.trailer_offset(sb.data_area_size)
     trailer = format.decode_trailer(od.cipher.read(od.drive, tr_off, format.SECTOR), sb)
-    blob = od.cipher.read(od.drive, trailer.index_offset, trailer.index_length)
-    return trailer, format.decode_index(blob, trailer)
+    return trailer, od.cipher.read(od.drive, trailer.index_offset, trailer.index_length)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,14 +49,14 @@ class DriveReport:
 class _Plan:
     """What the journal says the drive holds."""
 
-    names: dict[int, str]  # file id -> path, superseded files too
-    live: frozenset[int]
+    live: frozenset[int]  # file ids
     expected: check.Expected
     segments: list[tuple[int, int, int]]  # (seq, offset, length) of every DATA segment
+    index: bytes | None  # the closing index as prep wrote it (None: not closed, or unknown)
 
 
 def _plan(jrn: journal.Journal) -> _Plan:
-    names = {f.file_id: f.path for f in jrn.files(include_superseded=True)}
+    """Read from the journal in a thread of its own, while the drive is unlocked."""
     live = frozenset(f.file_id for f in jrn.files())
     expected: dict[check.Key, format.Extent] = {}
     by_segment: dict[int, list[format.Extent]] = {}
@@ -64,15 +64,36 @@ def _plan(jrn: journal.Journal) -> _Plan:
         if ext.file_id in live:
             expected[(ext.file_id, ext.offset)] = ext
             by_segment.setdefault(seg, []).append(ext)
-    return _Plan(names, live, check.Expected(expected, by_segment), jrn.segments())
+    info, index = jrn.drive, None
+    if info.state in ("closed", "full"):
+        try:
+            index = jrn.index_segment(info.log_seq, info.index_offset)
+        except ValueError:  # records the index could not hold: the drive's is decoded
+            index = None
+    return _Plan(live, check.Expected(expected, by_segment), jrn.segments(), index)
 
 
-def _open(jrn: journal.Journal, path: str, plan: _Plan, report: DriveReport
-          ) -> driveread.UnlockedDrive:
-    """Unlock the drive and check it as a whole: superblock, size, closing index."""
-    info = jrn.drive
-    od = driveread.unlock_drive(path, jrn.recovery_password.encode(), expected_uuid=info.uuid,
-                                recorded=driveread.recorded_superblock(jrn))
+@dataclass(frozen=True)
+class _Who:
+    """The journal's record of the drive, read before the threads start (one connection)."""
+
+    info: journal.DriveInfo
+    session_id: str
+    password: bytes
+    recorded: format.Superblock
+
+    @classmethod
+    def of(cls, jrn: journal.Journal) -> _Who:
+        return cls(jrn.drive, jrn.session.session_id, jrn.recovery_password.encode(),
+                   driveread.recorded_superblock(jrn))
+
+
+def _open(who: _Who, path: str, report: DriveReport
+          ) -> tuple[driveread.UnlockedDrive, tuple[format.Trailer, bytes] | None]:
+    """Unlock the drive and check it as a whole: superblock, size; read its closing index."""
+    info = who.info
+    od = driveread.unlock_drive(path, who.password, expected_uuid=info.uuid,
+                                recorded=who.recorded)
     try:
         if od.superblock_damage:
             report.problems.append(od.superblock_damage)
@@ -83,25 +104,66 @@ def _open(jrn: journal.Journal, path: str, plan: _Plan, report: DriveReport
         report.warnings.extend(od.volume.warnings)  # a damaged header copy, read past
         sb = od.superblock
         if (sb.volume_uuid, sb.session_id, sb.drive_seq) != (
-                info.uuid, jrn.session.session_id, info.seq):
+                info.uuid, who.session_id, info.seq):
             raise BadInput(f"{path} is not drive {info.seq} of session "
-                           f"{jrn.session.session_id}; pass the right --drive")
-        if info.state in ("closed", "full"):
-            try:
-                _, index = driveread.read_index(od)
-                on_drive = {(e.file_id, e.offset): e for e in index.extents}
-                if (on_drive != plan.expected.extents
-                        or {f.file_id for f in index.files} != plan.live):
-                    report.problems.append("the closing index does not match the journal")
-            except IntegrityError as exc:
-                report.problems.append(f"closing index unreadable: {exc}")
-        else:
+                           f"{who.session_id}; pass the right --drive")
+        if info.state not in ("closed", "full"):
             report.problems.append(f"drive is {info.state}: not closed, it has no index yet; "
                                    "finish prep (--resume) before shipping it")
-        return od
+            return od, None
+        try:
+            return od, driveread.read_index_bytes(od)
+        except IntegrityError as exc:
+            report.problems.append(f"closing index unreadable: {exc}")
+            return od, None
     except BaseException:
         od.close()
         raise
+
+
+def _index_problem(trailer: format.Trailer, blob: bytes, plan: _Plan) -> str:
+    """Why the drive's closing index is not the journal's, or "" (decoded: runs in a thread)."""
+    try:
+        index = format.decode_index(blob, trailer)
+    except IntegrityError as exc:
+        return f"closing index unreadable: {exc}"
+    on_drive = {(e.file_id, e.offset): e for e in index.extents}
+    if on_drive != plan.expected.extents or {f.file_id for f in index.files} != plan.live:
+        return "the closing index does not match the journal"
+    return ""
+
+
+async def _start(jrn: journal.Journal, path: str, report: DriveReport
+                 ) -> tuple[_Plan, driveread.UnlockedDrive]:
+    """The journal's plan and the unlocked drive, each in its own thread, at once; then
+    the closing index, byte for byte what prep wrote (decoded only when it is not)."""
+    who = _Who.of(jrn)
+    plans: list[_Plan] = []
+    opened: list[tuple[driveread.UnlockedDrive, tuple[format.Trailer, bytes] | None]] = []
+
+    async def plan() -> None:
+        plans.append(await trio.to_thread.run_sync(_plan, jrn,
+                                                   limiter=trio.CapacityLimiter(1)))
+
+    async def unlock() -> None:
+        opened.append(await trio.to_thread.run_sync(_open, who, path, report,
+                                                    limiter=trio.CapacityLimiter(1)))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(plan)
+            nursery.start_soon(unlock)
+        (od, index), p = opened[0], plans[0]
+        if index is not None and index[1] != p.index:
+            why = await trio.to_thread.run_sync(_index_problem, *index, p,
+                                                limiter=trio.CapacityLimiter(1))
+            if why:
+                report.problems.append(why)
+    except BaseException:
+        for od, _ in opened:
+            od.close()
+        raise
+    return p, od
 
 
 async def _read(od: driveread.UnlockedDrive, segments: list[tuple[int, int, int]],
@@ -132,17 +194,26 @@ class _Tally:
                     if d.file_id not in self.first or d.where < self.first[d.file_id].where:
                         self.first[d.file_id] = d
 
-    def finish(self, plan: _Plan, report: DriveReport) -> None:
+    def finish(self, plan: _Plan, names: dict[int, str], report: DriveReport) -> None:
         report.extents, report.raw_bytes = self.extents, self.raw_bytes
 
         def name(file_id: int) -> str:
-            return plan.names.get(file_id, f"file #{file_id}")
+            return names.get(file_id, f"file #{file_id}")
 
         for d in sorted(self.first.values(), key=lambda d: d.where):
             report.damaged.setdefault(name(d.file_id), d.reason)
         for fid, offset in sorted(plan.expected.extents.keys() - self.seen):
             report.damaged.setdefault(name(fid), f"extent at {offset} is missing from the drive")
         report.files = len(plan.live)
+
+    def complete(self, plan: _Plan) -> bool:
+        """Nothing damaged, nothing missing: no file needs naming."""
+        return not self.first and len(self.seen) == len(plan.expected.extents)
+
+
+def _names(jrn: journal.Journal) -> dict[int, str]:
+    """File id -> path, superseded files too: read only when a file is to be named."""
+    return {f.file_id: f.path for f in jrn.files(include_superseded=True)}
 
 
 async def verify_drive(jrn: journal.Journal, path: str, cpu: trio.CapacityLimiter,
@@ -154,19 +225,19 @@ async def verify_drive(jrn: journal.Journal, path: str, cpu: trio.CapacityLimite
     the ones before.  ``workers`` checkers (default: the cpu limiter's tokens).
     """
     report = DriveReport(jrn.drive.seq, path)
-    io = trio.CapacityLimiter(1)
-    plan = await trio.to_thread.run_sync(_plan, jrn, limiter=io)
-    od = await trio.to_thread.run_sync(_open, jrn, path, plan, report, limiter=io)
+    plan, od = await _start(jrn, path, report)
     tally = _Tally()
     with od:
         async with trio.open_nursery() as nursery:
             win_tx, win_rx = trio.open_memory_channel[check.Window](WINDOWS_DEPTH)
             got_tx, got_rx = trio.open_memory_channel[check.Checked](0)
-            nursery.start_soon(_read, od, plan.segments, win_tx, io)
+            nursery.start_soon(_read, od, plan.segments, win_tx, trio.CapacityLimiter(1))
             async with win_rx, got_tx:
                 for _ in range(workers or int(cpu.total_tokens)):
                     nursery.start_soon(check.run, win_rx.clone(), got_tx.clone(),
                                        plan.expected, cpu)
             nursery.start_soon(tally.run, got_rx)
-    tally.finish(plan, report)
+    names = {} if tally.complete(plan) else await trio.to_thread.run_sync(
+        _names, jrn, limiter=trio.CapacityLimiter(1))
+    tally.finish(plan, names, report)
     return report
