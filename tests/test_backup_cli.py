@@ -335,3 +335,24 @@ def test_restore_summary_figures_are_what_is_on_disk(env: dict[str, Path]) -> No
     assert summary["bytes_read"] == summary["bytes_total"] == sum(
         p.stat().st_size for p in on_disk)
     assert summary["elapsed_s"] > 0 and summary["bytes_per_s"] > 0
+
+
+def test_restore_finds_the_recorded_container_and_names_what_is_wrong(
+        env: dict[str, Path]) -> None:
+    run_cli(*offline_args(env, **{"--publish-settings": None}), check_code=EXIT_OK)
+    account = env["tmp"] / "account"
+    account.mkdir()
+    import_seed(env["staging"] / "repo", open_storage(f"file://{account}"))
+    restore = ["restore", "--from", str(account), "--passphrase-file", str(env["pass"])]
+    # backup --offline recorded the container: restore needs no --container
+    run_cli(*restore, "--target", str(env["tmp"] / "out"), check_code=EXIT_OK)
+    assert describe(env["tmp"] / "out") == describe(env["src"])
+    proc = run_cli("snapshots", "--from", str(account), "--container", "nosuch",
+                   "--passphrase-file", str(env["pass"]))
+    assert proc.returncode == EXIT_NO_SEED
+    assert f"container nosuch does not exist in {account}" in one_line(proc)
+    for wanted, needle in (("abc", "is too short"), ("zzzzzzzzzz", "is not a snapshot id"),
+                           ("00000000", "matches no snapshot")):
+        proc = run_cli(*restore, "--target", str(env["tmp"] / wanted), "--snapshot", wanted)
+        assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+        assert needle in one_line(proc)

@@ -18,7 +18,20 @@ from pipeline.storage import check_container_name, open_storage
 from pipeline.storage.local import LocalStorage
 
 
+def recorded_container() -> str | None:
+    """The container the offline backups on this machine recorded, when there is one;
+    several: an error naming them (the user picks with --container)."""
+    found = sorted({e["container"] for e in offline.read_config().values()
+                    if isinstance(e, dict) and isinstance(e.get("container"), str)})
+    if len(found) > 1:
+        raise BadInput(f"give --container: this machine's offline backups use {', '.join(found)}")
+    return found[0] if found else None
+
+
 def open_backend(source: str, container: str | None) -> Backend:
+    path = Path(source)
+    if container is None and not path.is_dir():  # an account (URL, connection string)
+        container = recorded_container()
     if container is not None:
         check_container_name(container)
         storage = open_storage(source)
@@ -29,15 +42,22 @@ def open_backend(source: str, container: str | None) -> Backend:
         else:
             storage.check()              # reachable and authorised, before the passphrase
         return StorageBackend(storage, container)
-    path = Path(source)
     if (path / offline.STAGING_FILE).exists() or (path / offline.REPOSITORY / fmt.CONFIG).exists():
         path = path / offline.REPOSITORY
     if not (path / fmt.CONFIG).is_file():
+        recorded = recorded_container()
+        if recorded is not None and (path / recorded).is_dir():  # a directory account
+            return open_backend(source, recorded)
         raise BadInput(f"--from {source} holds no backup repository; give the repository "
                        "directory (STAGING/repo), or a storage account with --container C")
     return DirBackend(path)
 
 
 def missing_message(backend: Backend) -> str:
+    if (isinstance(backend, StorageBackend) and isinstance(backend.storage, LocalStorage)
+            and not (Path(backend.storage.root) / backend.container).is_dir()):
+        return (f"container {backend.container} does not exist in {backend.storage.root}; "
+                    "check --container (the seed's import puts the repository in the "
+                    "container its dstdir names)")
     return (f"no backup repository in {backend.name} yet: if it is to come from an offline "
             "seed, wait until the import job is Completed, then run this again")

@@ -274,7 +274,13 @@ def find_snapshot(refs: list[SnapshotRef], wanted: str | None) -> SnapshotRef:
     if wanted is None or wanted == "latest":
         return refs[-1]
     w = wanted.lower()
-    hits = [r for r in refs if r.hex.startswith(w)] if len(w) >= 8 else []
+    if any(c not in "0123456789abcdef" for c in w):
+        raise BadInput(f"--snapshot {wanted} is not a snapshot id (hex digits); give one from "
+                       "`pipeline snapshots`, or latest")
+    if len(w) < 8:
+        raise BadInput(f"--snapshot {wanted} is too short to pick one snapshot safely; give 8 "
+                       "or more hex digits of an id from `pipeline snapshots`")
+    hits = [r for r in refs if r.hex.startswith(w)]
     if len(hits) != 1:
         why = "is ambiguous" if len(hits) > 1 else "matches no snapshot"
         raise BadInput(f"--snapshot {wanted} {why}; give 8 or more hex digits of an id from "
