@@ -28,12 +28,12 @@ from typing import Any
 from starlette.responses import Response
 
 from pipeline.jobs import model, rules
+from pipeline.jobs.catalog import ENDED  # an ended job's drives are free again
 from pipeline.jobs.errors import ApiError, BadRequest, NotFound, PreconditionFailed
 from pipeline.jobs.model import JobRef
 from pipeline.jobs.portal import forms
 from pipeline.jobs.portal.forms import ADDRESS_FIELDS
 from pipeline.jobs.portal.web import Ctx, job_url
-from pipeline.jobs.rules import JobState
 
 STEPS = (("drives", "Drives"), ("contact", "Contact"), ("details", "Job name"),
          ("region", "Region"), ("carrier", "Return shipping"), ("review", "Review"))
@@ -41,7 +41,6 @@ STEP_NAMES = tuple(name for name, _ in STEPS)
 
 LOG_LEVELS = ("Error", "Verbose")
 _STORAGE_NAME = re.compile(r"[a-z0-9]{3,24}\Z")
-ENDED = (JobState.COMPLETED, JobState.CLOSED, JobState.CANCELED)  # a drive is free again
 MAX_FINISHED = 20  # drafts a session remembers the end of (for stale tabs)
 _PLACEHOLDER_STORAGE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/"
                         "probe/providers/Microsoft.Storage/storageAccounts/probe")
