@@ -283,6 +283,13 @@ def test_preview_estimates_drives(tmp_path: Path, tree) -> None:
     assert est["data_bytes"] < est["bytes"]  # the VHD's holes
     assert 2 <= est["drives"] <= 4  # prep needed exactly 3 such drives
     assert not any(p.name.endswith(".img") for p in tmp_path.iterdir())
+    # the capacity preview names is the one prep shows for such a drive (its data area)
+    jdir = tmp_path / "j"
+    prep(src, jdir, "cap-1", [tmp_path / "a.img"], "--drive-size", "32M")
+    [j] = journal.session_journals(jdir, "cap-1")
+    assert est["data_area_per_drive"] == j.drive.data_area_size
+    j.close()
+    assert est["usable_per_drive"] < est["data_area_per_drive"]
 
 
 def test_a_refused_drive_stops_prep_before_any_format(tmp_path: Path) -> None:

@@ -55,16 +55,21 @@ class Estimate:
     ratio: float  # stored / raw over the sample
     stored_bytes: int  # estimated bytes on drives, records included
     drive_size: int
-    usable_per_drive: int
+    data_area_per_drive: int  # what prep reports as a drive's capacity
+    usable_per_drive: int  # the data area less the trailer and headroom for the index
     drives: int
     skipped: list[dict[str, str]] = field(default_factory=list)  # path, reason: prep skips them
 
 
+def data_area(drive_size: int) -> int:
+    """The encrypted data area of a drive: prep's capacity for it (DriveCipher's rule)."""
+    area = drive_size - luks2.DATA_OFFSET
+    return max(0, area - area % format.SECTOR)
+
+
 def usable(drive_size: int) -> int:
     """Data area of one drive, less the trailer and one extent of headroom at the end."""
-    area = drive_size - luks2.DATA_OFFSET
-    area -= area % format.SECTOR
-    return max(0, area - 2 * format.SECTOR - format.CELL - (1 << 20))
+    return max(0, data_area(drive_size) - 2 * format.SECTOR - format.CELL - (1 << 20))
 
 
 def estimate(srcdir: Path, drive_size: int, level: int, sample: int,
@@ -101,8 +106,8 @@ def estimate(srcdir: Path, drive_size: int, level: int, sample: int,
                        f"volume of {drives.human(drives.MIN_DRIVE_SIZE)}")
     return Estimate(files=len(files), bytes=total, data_bytes=data_bytes, sampled_bytes=raw,
                     ratio=round(ratio, 4), stored_bytes=need, drive_size=drive_size,
-                    usable_per_drive=per, drives=max(1, math.ceil(need / per)),
-                    skipped=skipped)
+                    data_area_per_drive=data_area(drive_size), usable_per_drive=per,
+                    drives=max(1, math.ceil(need / per)), skipped=skipped)
 
 
 def run(args: argparse.Namespace) -> Outcome:
@@ -121,7 +126,8 @@ def run(args: argparse.Namespace) -> Outcome:
     print(f"compression     {est.ratio:.2f} of the data (sampled {h(est.sampled_bytes)})")
     print(f"on drives       about {h(est.stored_bytes)}")
     print(f"drives needed   {est.drives} of {h(est.drive_size)} "
-          f"({h(est.usable_per_drive)} usable each)")
+          f"({h(est.data_area_per_drive)} data area each, as prep shows it; counted with "
+          f"{h(est.usable_per_drive)} for data, the rest kept for the index)")
     if est.skipped:
         print(f"skipped         {len(est.skipped)} (prep will not copy them)")
         for s in est.skipped:
