@@ -2,8 +2,10 @@
 
 ::
 
-    unlock + drive-level checks (io thread: LUKS2, superblock, closing index)
-      -> read (io thread, one per drive: 16 MiB of neighbouring segments, decrypted)
+    plan (a thread: the journal's extents, and its closing index as prep wrote it)
+    | unlock (a thread: LUKS2, superblock, the drive's closing index read), at once
+      -> index compared byte for byte (decoded only when it differs)
+      -> read (a thread of the drive's own: 16 MiB of neighbouring segments, decrypted)
          -> Window -> check x N (cpu threads: decode segments, decompress, xxh3-128)
             -> Checked -> report (one task: merges windows in any order)
 
@@ -26,7 +28,7 @@ from pipeline.errors import BadInput, IntegrityError
 from pipeline.receive import check
 from pipeline.receive import reader as driveread
 
-WINDOWS_DEPTH = 1  # windows read ahead of the checkers (16 MiB each)
+WINDOWS_DEPTH = 0  # a window read waits for a free checker: 16 MiB held per thread, no more
 
 
 @dataclass
