@@ -196,6 +196,54 @@ def test_wizard_to_a_job_shipping_form_and_site_receiving(world: World, browser:
         if path.is_file():
             assert secret.group(1).encode()[:40] not in path.read_bytes(), path
 
+    offered = _fill_the_wizard(page, world, shots)
+
+    # review + create
+    assert urlsplit(page.url).path == "/portal/new/review"
+    for d in world.drives:
+        expect(page.locator("dl.review")).to_contain_text(d["driveId"])
+    assert "Ops Desk &lt;ops@example.com&gt;" in page.content()
+    expect(page.locator("dl.review address").first).to_contain_text("Ops Desk <ops@example.com>")
+    page.click("button:has-text('Create job')")
+    assert urlsplit(page.url).path == "/portal/jobs/seed/seed-2026-11"
+    expect(page.locator("h1 .state")).to_have_text("Creating")
+    expect(page.locator("table.drives tbody tr")).to_have_count(2)
+    for state in page.locator("table.drives tbody .state").all_inner_texts():
+        assert state == "Specified"
+    job = world.job("seed-2026-11", "seed")
+    props = job["properties"]
+    assert props["returnAddress"]["recipientName"] == "Ops Desk <ops@example.com>"
+    assert props["returnShipping"] == {"carrierName": offered[0], "carrierAccountNumber":
+                                       "ACCT-991"}
+    assert [d["driveId"] for d in props["driveList"]] == [d["driveId"] for d in world.drives]
+    assert props["storageAccountId"].endswith("/resourceGroups/seed/providers/"
+                                              "Microsoft.Storage/storageAccounts/seedacct")
+    assert job["location"] == "westeurope" and props["logLevel"] == "Error"
+
+    # the shipping form moves the job Creating -> Shipping (an empty tracking number first)
+    page.select_option("#f-carrierName", "DHL")
+    page.fill("#f-trackingNumber", " ")
+    page.click("button:has-text('Mark as shipped')")
+    expect(page.locator(".field:has(#f-trackingNumber) .error")).to_have_text(
+        "Tracking number is required")
+    page.select_option("#f-carrierName", "DHL")
+    page.fill("#f-trackingNumber", "JD014600006281230704")
+    shot(page, shots / "job-shipping.png")
+    page.click("button:has-text('Mark as shipped')")
+    expect(page.locator("h1 .state")).to_have_text("Shipping")
+    expect(page.locator(".flash")).to_contain_text("now Shipping")
+    expect(page.locator("form.ship")).to_have_count(0)
+    package = world.job("seed-2026-11", "seed")["properties"]["deliveryPackage"]
+    assert package["carrierName"] == "DHL" and package["trackingNumber"] == "JD014600006281230704"
+    assert package["driveCount"] == 2
+
+    site = _site_receives_then_the_import_runs(browser, world, page, shots)
+    owner.close()
+    site.close()
+
+
+def _fill_the_wizard(page: Page, world: World, shots: Path) -> list[str]:
+    """The wizard's steps up to the review; returns the carriers the region offered."""
     # 1. drives prepared: the journal export, uploaded as a file
     page.click("a.button:has-text('New job')")
     assert urlsplit(page.url).path == "/portal/new/drives"
@@ -243,46 +291,12 @@ def test_wizard_to_a_job_shipping_form_and_site_receiving(world: World, browser:
     page.select_option("#f-carrierName", offered[0])
     page.fill("#f-carrierAccountNumber", "ACCT-991")
     page.click("button:has-text('Next')")
+    return offered
 
-    # review + create
-    assert urlsplit(page.url).path == "/portal/new/review"
-    for d in world.drives:
-        expect(page.locator("dl.review")).to_contain_text(d["driveId"])
-    assert "Ops Desk &lt;ops@example.com&gt;" in page.content()
-    expect(page.locator("dl.review address").first).to_contain_text("Ops Desk <ops@example.com>")
-    page.click("button:has-text('Create job')")
-    assert urlsplit(page.url).path == "/portal/jobs/seed/seed-2026-11"
-    expect(page.locator("h1 .state")).to_have_text("Creating")
-    expect(page.locator("table.drives tbody tr")).to_have_count(2)
-    for state in page.locator("table.drives tbody .state").all_inner_texts():
-        assert state == "Specified"
-    job = world.job("seed-2026-11", "seed")
-    props = job["properties"]
-    assert props["returnAddress"]["recipientName"] == "Ops Desk <ops@example.com>"
-    assert props["returnShipping"] == {"carrierName": offered[0], "carrierAccountNumber":
-                                       "ACCT-991"}
-    assert [d["driveId"] for d in props["driveList"]] == [d["driveId"] for d in world.drives]
-    assert props["storageAccountId"].endswith("/resourceGroups/seed/providers/"
-                                              "Microsoft.Storage/storageAccounts/seedacct")
-    assert job["location"] == "westeurope" and props["logLevel"] == "Error"
 
-    # the shipping form moves the job Creating -> Shipping (an empty tracking number first)
-    page.select_option("#f-carrierName", "DHL")
-    page.fill("#f-trackingNumber", " ")
-    page.click("button:has-text('Mark as shipped')")
-    expect(page.locator(".field:has(#f-trackingNumber) .error")).to_have_text(
-        "Tracking number is required")
-    page.select_option("#f-carrierName", "DHL")
-    page.fill("#f-trackingNumber", "JD014600006281230704")
-    shot(page, shots / "job-shipping.png")
-    page.click("button:has-text('Mark as shipped')")
-    expect(page.locator("h1 .state")).to_have_text("Shipping")
-    expect(page.locator(".flash")).to_contain_text("now Shipping")
-    expect(page.locator("form.ship")).to_have_count(0)
-    package = world.job("seed-2026-11", "seed")["properties"]["deliveryPackage"]
-    assert package["carrierName"] == "DHL" and package["trackingNumber"] == "JD014600006281230704"
-    assert package["driveCount"] == 2
-
+def _site_receives_then_the_import_runs(browser: Browser, world: World, page: Page,
+                                        shots: Path) -> BrowserContext:
+    """The site marks the drives Received; the import reports progress; both views follow."""
     # the receiving site: every subscription's jobs; it marks the drives Received
     site = new_context(browser, world)
     spage = site.new_page()
@@ -341,8 +355,7 @@ def test_wizard_to_a_job_shipping_form_and_site_receiving(world: World, browser:
     page.click("header a:text-is('Jobs')")
     expect(page.locator("table.list tr:has(a:text-is('seed-2026-11'))")).to_contain_text(
         "Transferring")
-    owner.close()
-    site.close()
+    return site
 
 
 # --------------------------------------------------------------------------- secrets

@@ -12,9 +12,15 @@ with what must hold for every page, in this order:
    subscription must still exist; a site session's key must still be the
    current site key.
 3. POST: the form's ``csrf`` field matches the session's token, else 403.
-4. The page runs; an ``ApiError`` becomes an error page with its status and
-   one-line message, any other exception a 500 page that says only "internal
-   error" (the traceback goes to the service log, never to the browser).
+4. The page runs; an ``ApiError`` becomes an error page with its status, its
+   one-line message in plain words (``forms.plain``) and links onwards, any
+   other exception a 500 page that says only "internal error" (the traceback
+   goes to the service log, never to the browser).
+
+Every POST answers with a 303 to a GET page (POST-redirect-GET: a reload never
+sends a form again).  A refused form travels to that page through the session
+(``Ctx.fail`` keeps what was typed and each field's error; ``Ctx.kept_form``
+hands them to the page once), and a message through ``Ctx.flash``.
 
 Pages are Jinja2 templates with autoescape on for everything and
 ``StrictUndefined``.  ``SecurityHeaders`` adds a strict CSP (no script at
