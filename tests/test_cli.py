@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import re
 import signal
 import subprocess
 import sys
@@ -259,3 +260,31 @@ def test_readme_exit_codes_are_the_one_table() -> None:
     from pipeline import errors
     readme = (Path(cli.__file__).parent.parent / "README.md").read_text()
     assert errors.exit_code_markdown() in readme
+
+
+def test_generate_completion_and_man_page_from_the_parser(tmp_path: Path) -> None:
+    bash, man = tmp_path / "pipeline.bash", tmp_path / "pipeline.1"
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "generate", "--bash-completion",
+                           str(bash), "--man", str(man)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # bash completes a command word and an option of that command, as a user's Tab would
+    script = (f"source {bash}\n"
+              "COMP_WORDS=(pipeline im); COMP_CWORD=1; COMP_LINE='pipeline im'; "
+              "COMP_POINT=${#COMP_LINE}; _shtab_pipeline; echo \"${COMPREPLY[@]}\"\n"
+              "COMP_WORDS=(pipeline prep --sou); COMP_CWORD=2; COMP_LINE='pipeline prep --sou'; "
+              "COMP_POINT=${#COMP_LINE}; _shtab_pipeline; echo \"${COMPREPLY[@]}\"\n")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    first, second = out.stdout.splitlines()[:2]
+    assert first.split() == ["import"], out
+    assert second.split() == ["--source"], out
+    # the man page renders, and names every command and the hidden spellings nowhere
+    text = subprocess.run(["groff", "-man", "-Tutf8", str(man)], capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+    text = re.sub(".\x08", "", text)  # groff's overstrike for bold and underline
+    for name in cli.COMMANDS:
+        assert f"pipeline {name}" in text, name
+    assert "--srcdir" not in man.read_text()
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "generate"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "nothing to generate" in proc.stderr
