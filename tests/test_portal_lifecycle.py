@@ -739,6 +739,50 @@ def test_a_stale_tab_says_what_happened(env: Env, browser: Browser) -> None:
     page.context.close()
 
 
+# --------------------------------------------------------------------------- signing in and out
+
+
+def test_sign_in_refusal_sign_out_and_missing_pages(env: Env, browser: Browser) -> None:
+    page = context(browser, env).new_page()
+    page.goto("/portal/signin")
+    page.fill("#f-token", "not-a-token")
+    page.click("form:has(#f-token) button[type=submit]")
+    assert urlsplit(page.url).path == "/portal/signin"
+    expect(page.locator("#e-token")).to_contain_text("not valid")
+    expect(page.locator("#f-token")).to_have_attribute("aria-describedby", "h-token e-token")
+    expect(page.locator("#f-token")).to_be_focused()
+    reload_sends_nothing(page)                     # the token is not sent again
+    sign_in(page, env.token())
+    cookie = next(c for c in page.context.cookies() if c["name"] == "pipeline_portal")
+    page.click("button:has-text('Sign out')")
+    assert urlsplit(page.url).path == "/portal/signed-out"
+    expect(page.locator("main")).to_contain_text("Your session has ended in this browser")
+    expect(page.locator("main a:has-text('Sign in again')")).to_be_visible()
+    # a browser still holding the ended session's cookie (another window): told, not just
+    # shown a sign-in form
+    stale = context(browser, env)
+    stale.add_cookies([{k: cookie[k] for k in ("name", "value", "domain", "path")}])
+    stale_page = stale.new_page()
+    stale_page.goto("/portal/jobs")
+    assert urlsplit(stale_page.url).path == "/portal/signin"
+    expect(stale_page.locator(".flash.warning")).to_contain_text("Your session has ended")
+    stale.close()
+    # a missing page or job: a 404 with the way onwards
+    sign_in(page, env.token())
+    for path, says in (("/portal/no-such-page", "no such page"),
+                       ("/portal/jobs/rg1/no-such-job", "does not exist")):
+        assert page.goto(path).status == 404
+        expect(page.locator("main")).to_contain_text(says)
+        expect(page.locator("main nav a:has-text('Your jobs')")).to_have_attribute(
+            "href", "/portal/jobs")
+        expect(page.locator("header nav a:has-text('New job')")).to_be_visible()
+    anonymous = context(browser, env).new_page()
+    assert anonymous.goto("/portal/no-such-page").status == 404
+    expect(anonymous.locator("main nav a:has-text('Sign in')")).to_be_visible()
+    page.context.close()
+    anonymous.context.close()
+
+
 # --------------------------------------------------------------------------- words
 
 
