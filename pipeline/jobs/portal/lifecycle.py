@@ -59,6 +59,7 @@ def actor(state: JobState) -> Role | None:
 
 
 def who(role: Role | None, viewer: Role) -> str:
+    """The actor in the viewer's words: "You" when it is the viewer's own step."""
     if role is None:
         return "Nobody"
     if role == viewer:
@@ -76,6 +77,7 @@ def _carrier(package: Mapping[str, Any] | None) -> str:
 
 
 def return_by(job: Job) -> str:
+    """How the drives come back: the customer's return carrier and account."""
     shipping = job.details.get("returnShipping") or {}
     if not shipping:
         return "the return carrier (not given yet)"
@@ -165,6 +167,7 @@ def allowed(job: Job, body: Mapping[str, Any], regions: Mapping[str, Region],
 
 
 def cancel_body() -> dict[str, Any]:
+    """Azure's way to cancel: cancelRequested, not a state."""
     return {"properties": {"cancelRequested": True}}
 
 
@@ -174,6 +177,7 @@ def _after_mark(job: Job) -> JobState:
 
 
 def mark_body(job: Job, mark: DriveState, drive_ids: Sequence[str]) -> dict[str, Any]:
+    """Marks for these drives, moving a Shipping job to Received in the same PATCH."""
     props: dict[str, Any] = {"driveList": [{"driveId": d, "state": mark.value}
                                            for d in drive_ids]}
     if _after_mark(job) != job.state:
@@ -220,4 +224,5 @@ def return_body(job: Job, carrier: str, tracking: str, ship_date: str) -> dict[s
 
 
 def close_body() -> dict[str, Any]:
+    """Completed -> Closed."""
     return {"properties": {"state": J.CLOSED.value}}

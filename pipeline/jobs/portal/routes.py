@@ -151,6 +151,7 @@ def signout(ctx: Ctx) -> Response:
 
 
 def signed_out(ctx: Ctx) -> Response:
+    """Where sign-out lands: says the session is over (on the service too)."""
     return ctx.render("signed_out.html")
 
 
@@ -167,6 +168,7 @@ def _log_url(job: Job) -> Callable[[str, str], str]:
 
 
 def jobs(ctx: Ctx) -> Response:
+    """The subscription's jobs, each with who acts next."""
     page = ctx.portal.catalog.list_jobs(ctx.owner.subject, top=PAGE_SIZE,
                                         skip_token=ctx.request.query_params.get("page"))
     return ctx.render("jobs.html", jobs=page.jobs, next_page=page.next_token,
@@ -175,6 +177,8 @@ def jobs(ctx: Ctx) -> Response:
 
 
 def job_page(ctx: Ctx) -> Response:
+    """One job: timeline, drives and copy logs, the ship form while Creating (with a form the
+    ship POST refused, kept through the redirect)."""
     job = ctx.portal.catalog.get_job(_ref(ctx))
     kept = ctx.kept_form()
     regions = ctx.portal.regions
@@ -217,6 +221,8 @@ def _ship_form(ctx: Ctx, job: Job, carriers: tuple[str, ...] | list[str]
 
 
 def ship(ctx: Ctx) -> Response:
+    """Creating -> Shipping in one PATCH: the package, and the return leg if the job lacks it
+    (the rules want all three before Shipping); every missing field is named at once."""
     ref = _ref(ctx)
     try:
         job = ctx.portal.catalog.get_job(ref)
@@ -257,8 +263,7 @@ def cancel(ctx: Ctx) -> Response:
     if ctx.request.method == "GET":
         ok = not job.cancel_requested and lifecycle.allowed(job, body, ctx.portal.regions,
                                                             ctx.role)
-        return ctx.render("confirm_cancel.html", job=job, allowed=ok,
-                          held=[d for d in job.drives if d.state != "Specified"])
+        return ctx.render("confirm_cancel.html", job=job, allowed=ok)
     if ctx.field("etag") != job.etag:
         return ctx.changed(job, url)
     try:
@@ -273,17 +278,20 @@ def cancel(ctx: Ctx) -> Response:
 
 
 def keys(ctx: Ctx) -> Response:
+    """The recovery passwords: the one page that shows them, to the job's owner only."""
     ref = _ref(ctx)
     job = ctx.portal.catalog.get_job(ref)
     return ctx.render("keys.html", job=job, keys=ctx.portal.catalog.bitlocker_keys(ref))
 
 
 def log_view(ctx: Ctx) -> Response:
+    """A copy log of one of the owner's jobs (another subscription's job is not found)."""
     job = ctx.portal.catalog.get_job(_ref(ctx))
     return copylogs.page(ctx, job, job_url(job), _log_url(job))
 
 
 def log_download(ctx: Ctx) -> Response:
+    """The same log as a file, byte for byte as the site stored it."""
     job = ctx.portal.catalog.get_job(_ref(ctx))
     return copylogs.download(ctx, job)
 

@@ -50,6 +50,7 @@ def _undo_url(job: Job) -> Callable[[str], str]:
 
 
 def jobs(ctx: Ctx) -> Response:
+    """Every subscription's jobs, filtered by state, with who acts next."""
     query = ctx.request.query_params
     state = rules.job_state(query["state"]) if query.get("state") else None
     catalog = ctx.portal.catalog
@@ -61,6 +62,7 @@ def jobs(ctx: Ctx) -> Response:
 
 
 def job_page(ctx: Ctx) -> Response:
+    """One job as the site sees it: the marks, undos, return form and close it may do now."""
     catalog = ctx.portal.catalog
     job = catalog.get_job(_ref(ctx))
     kept = ctx.kept_form()
@@ -205,11 +207,13 @@ def close(ctx: Ctx) -> Response:
 
 
 def log_view(ctx: Ctx) -> Response:
+    """A copy log of any job (the site sees every subscription's)."""
     job = ctx.portal.catalog.get_job(_ref(ctx))
     return copylogs.page(ctx, job, site_job_url(job), _log_url(job))
 
 
 def log_download(ctx: Ctx) -> Response:
+    """The same log as a file."""
     return copylogs.download(ctx, ctx.portal.catalog.get_job(_ref(ctx)))
 
 
