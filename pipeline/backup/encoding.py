@@ -352,10 +352,38 @@ class Manifest:
 Content = list[tuple[bytes | None, int]]
 """A file's bytes in order: (chunk id, length) or (None, length) for a run of zeros."""
 
+Xattrs = list[tuple[str, bytes]]
+"""Extended attributes (name, value), sorted by name; POSIX ACLs are two of them."""
+
+TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev")
+DEVICES = ("chardev", "blockdev")
+ACL_ACCESS = "system.posix_acl_access"
+ACL_DEFAULT = "system.posix_acl_default"
+XATTR_PREFIXES = ("user.", "security.", "trusted.")   # and the two ACL names, no other system.*
+XATTR_NAME_MAX = 255            # bytes (Linux XATTR_NAME_MAX)
+XATTR_VALUE_MAX = 65536         # bytes (Linux XATTR_SIZE_MAX)
+XATTRS_MAX = 1024               # attributes per entry
+NAME_MAX = 256                  # a user or group name (bytes)
+_ACL_HEADER = 4                 # posix_acl_xattr_header: u32 version, then 8-byte entries
+_ACL_ENTRY = 8
+
+
+def xattr_name_ok(name: str) -> bool:
+    """A name this format records: user.*, security.*, trusted.* or a POSIX ACL."""
+    if name in (ACL_ACCESS, ACL_DEFAULT):
+        return True
+    return (name.startswith(XATTR_PREFIXES) and "\0" not in name
+            and len(name.encode("utf-8", "surrogateescape")) <= XATTR_NAME_MAX
+            and name not in XATTR_PREFIXES)
+
 
 @dataclass(slots=True)
 class Node:
-    type: str                       # "file", "dir" or "symlink"
+    """One tree entry.  The fields after ``content`` came later (owner, xattrs, links,
+    devices): an entry written before them decodes with these defaults, and ``uid`` None
+    says the owner was not recorded (restore then leaves the restoring user's)."""
+
+    type: str                       # one of TYPES
     path: str
     mode: int = 0
     mtime_ns: int = 0
@@ -364,6 +392,14 @@ class Node:
     inode: int = 0
     target: str = ""                # symlink target
     content: Content = field(default_factory=list)
+    uid: int | None = None
+    gid: int | None = None
+    user: str = ""                  # the owner's name where the source machine had one
+    group: str = ""
+    xattrs: Xattrs = field(default_factory=list)
+    links: int = 1                  # a file's hard links; with dev + inode when above 1
+    dev: int = 0
+    rdev: int = 0                   # a device node's device number
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {"type": self.type, "path": self.path, "mode": self.mode,
@@ -371,15 +407,28 @@ class Node:
         if self.type == "file":
             obj.update(size=self.size, ctime_ns=self.ctime_ns, inode=self.inode,
                        content=[[None if c is None else c.hex(), n] for c, n in self.content])
+            if self.links > 1:
+                obj.update(links=self.links, dev=self.dev)
         elif self.type == "symlink":
             obj["target"] = self.target
+        elif self.type in DEVICES:
+            obj["rdev"] = self.rdev
+        if self.uid is not None:
+            obj.update(uid=self.uid, gid=self.gid)
+        if self.user:
+            obj["user"] = self.user
+        if self.group:
+            obj["group"] = self.group
+        if self.xattrs:
+            obj["xattrs"] = [[k, b64(v)] for k, v in self.xattrs]
         return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def decode(cls, line: bytes) -> Node:
         try:
             obj = json.loads(line)
-            node = cls(type=obj["type"], path=obj["path"], mode=int(obj["mode"]),
+            node = cls(type=obj["type"], path=_text(obj["path"], 1 << 16, "path"),
+                       mode=_int(obj["mode"], 0o7777, "mode"),
                        mtime_ns=int(obj["mtime_ns"]))
             if node.type == "file":
                 node.size, node.ctime_ns = int(obj["size"]), int(obj["ctime_ns"])
@@ -388,18 +437,69 @@ class Node:
                                 for c, n in obj["content"]]
                 if sum(n for _, n in node.content) != node.size:
                     raise ValueError("content does not add up to the size")
+                node.links = _int(obj.get("links", 1), 2**32 - 1, "links", low=1)
+                node.dev = _int(obj.get("dev", 0), 2**64 - 1, "dev")
             elif node.type == "symlink":
-                node.target = str(obj["target"])
-            elif node.type != "dir":
-                raise ValueError(f"unknown type {node.type!r}")
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-            raise CorruptRepository(f"tree entry is damaged ({exc})") from None
+                node.target = _text(obj["target"], 1 << 16, "target")
+            elif node.type in DEVICES:
+                node.rdev = _int(obj["rdev"], 2**64 - 1, "rdev")
+            elif node.type not in TYPES:
+                raise ValueError(f"unknown type {str(node.type)[:20]!r}")
+            _decode_meta(node, obj)
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise CorruptRepository(f"tree entry is damaged ({str(exc)[:200]})") from None
         parts = node.path.split("/")
         if node.path != ROOT and ("" in parts or "." in parts or ".." in parts):
             raise CorruptRepository(f"tree entry path {node.path[:80]!r} escapes the target")
         if node.path == ROOT and node.type != "dir":
             raise CorruptRepository("tree entry '.' is not a directory")
         return node
+
+
+def _int(value: object, high: int, what: str, low: int = 0) -> int:
+    """A JSON integer in [low, high]: not a bool, a float or a string."""
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{what} {str(value)[:40]!r} is not an integer in [{low}, {high}]")
+    return value
+
+
+def _text(value: object, limit: int, what: str) -> str:
+    if not isinstance(value, str) or len(value) > limit or "\0" in value:
+        raise ValueError(f"{what} is not a string of at most {limit} characters without NUL")
+    return value
+
+
+def _decode_meta(node: Node, obj: dict[str, Any]) -> None:
+    """The owner and the extended attributes, each checked: hostile input."""
+    if "uid" in obj or "gid" in obj:
+        node.uid = _int(obj["uid"], 2**32 - 1, "uid")
+        node.gid = _int(obj["gid"], 2**32 - 1, "gid")
+    for key in ("user", "group"):
+        name = _text(obj.get(key, ""), NAME_MAX, key)
+        if "/" in name or ":" in name or "\n" in name:
+            raise ValueError(f"{key} name {name[:40]!r} has '/', ':' or a newline")
+        setattr(node, key, name)
+    raw = obj.get("xattrs", [])
+    if not isinstance(raw, list) or len(raw) > XATTRS_MAX:
+        raise ValueError(f"xattrs is not a list of at most {XATTRS_MAX}")
+    seen: set[str] = set()
+    for pair in raw:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError("an xattr is not a [name, value] pair")
+        name = _text(pair[0], XATTR_NAME_MAX, "xattr name")
+        if not xattr_name_ok(name) or name in seen:
+            raise ValueError(f"xattr name {name[:40]!r} is not recorded by this format "
+                             "(or twice)")
+        seen.add(name)
+        value = unb64(_text(pair[1], XATTR_VALUE_MAX * 2, "xattr value"), "xattr value")
+        if len(value) > XATTR_VALUE_MAX:
+            raise ValueError(f"xattr {name[:40]!r} holds more than {XATTR_VALUE_MAX} bytes")
+        if name in (ACL_ACCESS, ACL_DEFAULT) and (
+                len(value) < _ACL_HEADER or (len(value) - _ACL_HEADER) % _ACL_ENTRY):
+            raise ValueError(f"{name} is not a POSIX ACL ({len(value)} bytes)")
+        if name == ACL_DEFAULT and node.type != "dir":
+            raise ValueError(f"{name} on a {node.type}, not a directory")
+        node.xattrs.append((name, value))
 
 
 ROOT = "."                      # the source directory itself (its mode and mtime)

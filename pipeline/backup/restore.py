@@ -7,8 +7,9 @@ files and their progress, is one ``files.Files``::
     tree (thread) -> plan: the needed chunks grouped by pack into ranges of up to 16 MiB
     -> skeleton: marker, dirs, files of several chunks at full size (holes) under
     temporary names -> ranges -> fetch x cpu (thread: one read per range, open + check
-    each chunk, pwrite it wherever it belongs; a file's last chunk renames it into
-    place) -> symlinks, directory modes and times, marker removed
+    each chunk, pwrite it wherever it belongs; a file's last chunk sets its owner, xattrs,
+    mode and times and renames it into place) -> fifos, device nodes, hard links,
+    symlinks, marker removed, each directory's owner, xattrs, mode and times
 
 One storage read per range, not per chunk, keeps a restore from Azure fast, and a
 chunk used by several files is fetched once.  Zero runs are never written, so
@@ -24,6 +25,12 @@ fails only the files that hold it; the restore carries on and then raises
 run again (after a full disk or a kill) accepts that target, clears the temporary
 files and writes every file again.  Restoring in place rather than into a sibling
 directory renamed at the end also lets TARGET be a mount point.
+
+Owners are restored as root only (by name where this machine has the name, else by
+number); as another user the files are the user's, silently, as with tar.  What
+cannot be set (a security.* attribute, a device node as a user, an attribute the
+target filesystem refuses) is a warning naming the entry, through ``warn``: the
+command's exit code 1, done with warnings.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from pipeline.backup.repo import Repository, SnapshotRef
 from pipeline.backup.stages import fetch, layout
 from pipeline.backup.stages.files import MARKER, TEMP_NAME, Files, space
 from pipeline.backup.stages.plan import Range, plan
+from pipeline.backup.walk import Warn
 from pipeline.errors import BadInput, is_no_space
 from pipeline.progress import Stats
 
@@ -111,14 +119,15 @@ def _claim(target: Path, ref: SnapshotRef) -> tuple[int, bool]:
 
 
 async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: Stats,
-                      threads: int) -> fmt.Manifest:
+                      threads: int, warn: Warn | None = None) -> fmt.Manifest:
     """Restore ``ref`` into ``target``; see the module docstring.  Raises PartialRestore
-    (after restoring every other file) when some files could not be restored."""
+    (after restoring every other file) when some files could not be restored; ``warn``
+    gets each warning (on the Trio thread) as it comes."""
     target = check_target(target)
     manifest = await trio.to_thread.run_sync(repo.manifest, ref)
     nodes = await trio.to_thread.run_sync(lambda: list(repo.tree(manifest)))
-    files = Files(target, ref, nodes)
-    stats.files_total = len(files.files)
+    files = Files(target, ref, nodes, warn)
+    stats.files_total = len(files.files) + len(files.links)
     stats.bytes_total = sum(f.node.size for f in files.files)
     ranges = await trio.to_thread.run_sync(plan, repo, files)
     fd, resuming = await trio.to_thread.run_sync(_claim, target, ref)
@@ -145,7 +154,7 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
     failed = files.failed()
     if failed:
         raise PartialRestore(
-            f"{len(failed)} of {len(files.files)} files could not be restored from snapshot "
+            f"{len(failed)} of {stats.files_total} files could not be restored from snapshot "
             f"{ref.hex[:16]} (damaged or missing chunks; each is named above); the other "
             f"{files.files_done} are in {target}", failed, files.files_done)
     return manifest

@@ -10,7 +10,10 @@ UTF-8 are kept (surrogate escapes), since a backup must not refuse a file.
 from __future__ import annotations
 
 import errno
+import functools
+import grp
 import os
+import pwd
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -27,8 +30,8 @@ Warn = Callable[[str], None]
 Deliver = Callable[[bytes | None, bytes | memoryview | None, int], None]
 """``deliver(chunk id, data, length)`` for each piece read; id and data are None for zeros."""
 
-_SKIP = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-         (stat.S_ISBLK, "block device"))
+_SPECIAL = ((stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "chardev"), (stat.S_ISBLK, "blockdev"))
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 def check_source(source: Path) -> Path:
@@ -46,13 +49,17 @@ def check_source(source: Path) -> Path:
 
 
 def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
-    """``root`` itself (path "."), then every directory, regular file and symlink under it.
+    """``root`` itself (path "."), then every directory, regular file, symlink, fifo and
+    device node under it, each with its owner, extended attributes (ACLs among them) and,
+    for a file of several hard links, its device and link count.
 
-    Entries that vanish or cannot be read are reported through ``warn`` and left out.
+    Entries that vanish or cannot be read are reported through ``warn`` and left out;
+    sockets too (a socket is a live endpoint, not data: restic skips them as well).
     """
     broot = os.fsencode(root)
     st = os.stat(broot)
-    yield fmt.Node("dir", fmt.ROOT, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    yield meta(fmt.Node("dir", fmt.ROOT, stat.S_IMODE(st.st_mode), st.st_mtime_ns),
+               broot, st, warn)
     stack: list[tuple[bytes, str, Iterator[bytes]]] = [(broot, "", iter(_names(broot, "", warn)))]
     while stack:
         dirpath, prefix, names = stack[-1]
@@ -70,23 +77,86 @@ def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
         except OSError as exc:
             warn(f"{rel}: cannot stat ({exc.strerror}); skipped")
             continue
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            yield fmt.Node("dir", rel, stat.S_IMODE(mode), st.st_mtime_ns)
+        node = _node(rel, full, st, warn)
+        if node is None:
+            continue
+        yield meta(node, full, st, warn)
+        if node.type == "dir":
             stack.append((full, rel + "/", iter(_names(full, rel, warn))))
-        elif stat.S_ISREG(mode):
-            yield fmt.Node("file", rel, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size,
-                           st.st_ctime_ns, st.st_ino)
-        elif stat.S_ISLNK(mode):
-            try:
-                target = os.fsdecode(os.readlink(full))
-            except OSError as exc:
-                warn(f"{rel}: cannot read the link ({exc.strerror}); skipped")
-                continue
-            yield fmt.Node("symlink", rel, stat.S_IMODE(mode), st.st_mtime_ns, target=target)
-        else:
-            kind = next((k for test, k in _SKIP if test(mode)), "special file")
-            warn(f"{rel}: {kind}, not backed up")
+
+
+def _node(rel: str, full: bytes, st: os.stat_result, warn: Warn) -> fmt.Node | None:
+    """The entry ``rel`` as lstat saw it, or None (reported) for what is not backed up."""
+    mode = st.st_mode
+    perm = stat.S_IMODE(mode)
+    if stat.S_ISDIR(mode):
+        return fmt.Node("dir", rel, perm, st.st_mtime_ns)
+    if stat.S_ISREG(mode):
+        return fmt.Node("file", rel, perm, st.st_mtime_ns, st.st_size, st.st_ctime_ns,
+                        st.st_ino)
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.fsdecode(os.readlink(full))
+        except OSError as exc:
+            warn(f"{rel}: cannot read the link ({exc.strerror}); skipped")
+            return None
+        return fmt.Node("symlink", rel, perm, st.st_mtime_ns, target=target)
+    kind = next((k for test, k in _SPECIAL if test(mode)), None)
+    if kind is None:
+        warn(f"{rel}: {'socket' if stat.S_ISSOCK(mode) else 'special file'}, not backed up")
+        return None
+    return fmt.Node(kind, rel, perm, st.st_mtime_ns, rdev=st.st_rdev)
+
+
+def meta(node: fmt.Node, full: bytes, st: os.stat_result, warn: Warn) -> fmt.Node:
+    """``node`` with its owner (ids and names), xattrs and, for a hard-linked file, the
+    identity its links share; an attribute that cannot be read is reported, not fatal."""
+    node.uid, node.gid = st.st_uid, st.st_gid
+    node.user, node.group = user_name(st.st_uid), group_name(st.st_gid)
+    if node.type == "file" and st.st_nlink > 1:
+        node.links, node.dev = st.st_nlink, st.st_dev
+    node.xattrs = read_xattrs(full, node.path, warn)
+    return node
+
+
+def read_xattrs(full: bytes, rel: str, warn: Warn) -> fmt.Xattrs:
+    """The attributes this format records (``encoding.xattr_name_ok``), sorted by name.
+    Others, system.* but the ACLs, are the filesystem's own and are not restorable."""
+    try:
+        names = os.listxattr(full, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_XATTRS and exc.errno != errno.ENOENT:
+            warn(f"{rel}: cannot list extended attributes ({exc.strerror}); backed up "
+                 "without them")
+        return []
+    out: fmt.Xattrs = []
+    for name in sorted(n for n in names if fmt.xattr_name_ok(n)):
+        try:
+            value = os.getxattr(full, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOENT):   # removed meanwhile: fine
+                warn(f"{rel}: cannot read extended attribute {name} ({exc.strerror}); "
+                     "backed up without it")
+            continue
+        out.append((name, value))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def user_name(uid: int) -> str:
+    """The user name of ``uid`` on this machine, "" where it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except (KeyError, OverflowError):
+        return ""
 
 
 def _names(path: bytes, rel: str, warn: Warn) -> list[bytes]:
@@ -127,10 +197,23 @@ class ParentTree:
 
 
 def unchanged(node: fmt.Node, old: fmt.Node | None) -> bool:
-    """Same file as last time (restic's rule: size, mtime, ctime and inode): reuse its chunks."""
-    return (old is not None and old.type == "file" and old.size == node.size
-            and old.mtime_ns == node.mtime_ns and old.ctime_ns == node.ctime_ns
-            and old.inode == node.inode)
+    """Same content as last time: reuse its chunks without reading the file.
+
+    restic's rule (size, mtime, ctime and inode all equal), with one exception: a
+    ctime that moved while size, mtime and inode did not is explained, and the content
+    trusted, when the metadata changed too (chmod, chown, setfattr, setfacl, a new hard
+    link all move the ctime); an unexplained ctime change reads the file again.  The
+    node itself is always the walk's, so the new metadata is what the snapshot holds."""
+    if (old is None or old.type != "file" or old.size != node.size
+            or old.mtime_ns != node.mtime_ns or old.inode != node.inode):
+        return False
+    if old.ctime_ns == node.ctime_ns:
+        return True
+    return old.uid is not None and _meta_key(old) != _meta_key(node)
+
+
+def _meta_key(n: fmt.Node) -> tuple[object, ...]:
+    return (n.mode, n.uid, n.gid, n.xattrs, n.links)
 
 
 # --------------------------------------------------------------------------- reading files

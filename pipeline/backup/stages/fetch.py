@@ -71,8 +71,5 @@ def _write(f: RestoreFile, raw: bytes, off: int) -> None:
         done = 0
         while done < len(raw):
             done += os.pwrite(fd, raw[done:], off + done)
-        if f.whole:
-            os.fchmod(fd, f.node.mode)
-            os.utime(fd, ns=(f.node.mtime_ns, f.node.mtime_ns))
-    finally:
+    finally:                        # mode, owner and times: Files.settle, once it is whole
         os.close(fd)

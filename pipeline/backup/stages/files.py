@@ -2,21 +2,30 @@
 
 Every other restore stage works on a ``Files``: the plan fills in where each chunk
 belongs, the skeleton creates the temporary files, the fetch threads write chunks and
-count them down (under ``Files.lock``), and the last chunk of a file settles it: renamed
-into place when every chunk is in, removed otherwise, so that no file under its final
-name is ever short.  The names a restore leaves in TARGET live here too.
+count them down (under ``Files.lock``), and the last chunk of a file settles it: its
+metadata set (``Files.set_meta``), then renamed into place when every chunk is in,
+removed otherwise, so that no file under its final name is ever short.  A file that is
+another hard link of an earlier one (same device and inode, same content) is not
+fetched: it becomes a ``Link``, made at the end.  What cannot be set (an owner, an
+attribute, a device node as a user) is a warning naming it, through ``Files.warn``.
+The names a restore leaves in TARGET live here too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import grp
 import os
+import pwd
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import trio
 
 from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import FailedFile
@@ -61,24 +70,103 @@ class RestoreFile:
     done: bool = False                   # renamed into place, or given up and removed
 
 
-class Files:
-    """One restore's files and their progress; the fetch threads share it."""
+@dataclass(slots=True, eq=False)
+class Link:
+    """A file that is another hard link of ``leader``: made by ``link()``, never written."""
 
-    def __init__(self, target: Path, ref: SnapshotRef, nodes: list[fmt.Node]) -> None:
+    node: fmt.Node
+    leader: RestoreFile
+    tmp: bytes
+    final: bytes
+
+
+class Files:
+    """One restore's files and their progress; the fetch threads share it.  ``warn`` is
+    called on the Trio thread (the stages run in worker threads)."""
+
+    def __init__(self, target: Path, ref: SnapshotRef, nodes: list[fmt.Node],
+                 warn: Callable[[str], None] | None = None) -> None:
         self.target, self.nodes = target, nodes
         self.root = os.fsencode(target)
         self.token = ref.hex[:12]
         self.lock = threading.Lock()
         self.files_done = 0
         self.files: list[RestoreFile] = []
+        self.links: list[Link] = []
+        self.warnings: list[str] = []
+        self._warn = warn
+        self.is_root = os.geteuid() == 0
         # chunk id -> every place it goes: (file, offset, its number among the file's chunks)
         self.where: dict[bytes, list[tuple[RestoreFile, int, int]]] = defaultdict(list)
+        inodes: dict[tuple[int, int], RestoreFile] = {}
         for i, n in enumerate(nodes):
-            if n.type == "file":
-                chunks = sum(1 for cid, _ in n.content if cid is not None)
-                self.files.append(RestoreFile(
-                    n, self.temp(n, i), fs_path(self.root, n.path), chunks, chunks,
-                    len(n.content) == 1 and chunks == 1))
+            if n.type != "file":
+                continue
+            leader = inodes.get((n.dev, n.inode)) if n.links > 1 else None
+            if leader is not None and leader.node.content == n.content:
+                self.links.append(Link(n, leader, self.temp(n, i), fs_path(self.root, n.path)))
+                continue
+            chunks = sum(1 for cid, _ in n.content if cid is not None)
+            f = RestoreFile(n, self.temp(n, i), fs_path(self.root, n.path), chunks, chunks,
+                            len(n.content) == 1 and chunks == 1)
+            self.files.append(f)
+            if n.links > 1:
+                inodes.setdefault((n.dev, n.inode), f)
+
+    def warn(self, message: str) -> None:
+        """A warning from any thread: kept, and passed to the caller's ``warn``."""
+        with self.lock:
+            self.warnings.append(message)
+        if self._warn is None:
+            return
+        try:
+            trio.from_thread.run_sync(self._warn, message)
+        except RuntimeError:                 # not in a Trio worker thread: call it here
+            self._warn(message)
+
+    def set_meta(self, path: bytes, n: fmt.Node) -> None:
+        """Owner, extended attributes (the ACLs among them), mode, then times, in that
+        order: chown clears setuid bits, and a chmod after the ACL keeps its mask.  The
+        owner only as root (a user keeps their own, as tar does); what cannot be set is
+        a warning naming the entry."""
+        if n.uid is not None and self.is_root:
+            uid, gid = owner(n)
+            try:
+                os.chown(path, uid, gid, follow_symlinks=False)
+            except OSError as exc:
+                self._unset(exc, f"{n.path}: owner {uid}:{gid} not restored ({exc.strerror})")
+        for name, value in n.xattrs:
+            try:
+                os.setxattr(path, name, value, follow_symlinks=False)
+            except OSError as exc:
+                self._unset(exc, f"{n.path}: extended attribute {name} not restored "
+                                 f"({exc.strerror})")
+        if n.type == "symlink":
+            with contextlib.suppress(NotImplementedError, OSError):
+                os.utime(path, ns=(n.mtime_ns, n.mtime_ns), follow_symlinks=False)
+            return
+        os.chmod(path, n.mode)
+        os.utime(path, ns=(n.mtime_ns, n.mtime_ns))
+
+    def _unset(self, exc: OSError, message: str) -> None:
+        if is_no_space(exc):
+            raise exc
+        self.warn(message)
+
+    def link(self, ln: Link) -> bool:
+        """Make ``ln`` a hard link of its leader, once the leader is in place; False when
+        the leader could not be restored (``failed`` names it then)."""
+        if ln.leader.first is not None or not ln.leader.done:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ln.tmp)
+        os.link(ln.leader.final, ln.tmp)
+        os.rename(ln.tmp, ln.final)
+        with contextlib.suppress(FileNotFoundError):   # rename of a link onto itself: kept
+            os.unlink(ln.tmp)
+        with self.lock:
+            self.files_done += 1
+        return True
 
     def temp(self, n: fmt.Node, i: int) -> bytes:
         """The temporary name of node ``i``, in its own directory."""
@@ -109,9 +197,7 @@ class Files:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f.tmp)
         else:
-            if not f.whole:
-                os.chmod(f.tmp, f.node.mode)
-                os.utime(f.tmp, ns=(f.node.mtime_ns, f.node.mtime_ns))
+            self.set_meta(f.tmp, f.node)
             os.rename(f.tmp, f.final)
             with self.lock:
                 self.files_done += 1
@@ -123,9 +209,40 @@ class Files:
             if not f.done:
                 with contextlib.suppress(OSError):
                     os.unlink(f.tmp)
+        for ln in self.links:
+            with contextlib.suppress(OSError):
+                os.unlink(ln.tmp)
 
     def failed(self) -> list[FailedFile]:
         """The files that could not be restored, in path order."""
         out = [FailedFile(f.node.path, f.first[0], f.chunks, f.first[1], f.failures - 1)
                for f in self.files if f.first is not None]
+        out += [FailedFile(ln.node.path, ln.leader.first[0], ln.leader.chunks,
+                           ln.leader.first[1], ln.leader.failures - 1)
+                for ln in self.links if ln.leader.first is not None]
         return sorted(out, key=lambda x: fmt.path_key(x.path))
+
+
+def owner(n: fmt.Node) -> tuple[int, int]:
+    """(uid, gid) to restore: by name where this machine has the name (tar's and rsync's
+    rule), else the recorded number."""
+    assert n.uid is not None and n.gid is not None
+    uid = _uid(n.user) if n.user else None
+    gid = _gid(n.group) if n.group else None
+    return (n.uid if uid is None else uid), (n.gid if gid is None else gid)
+
+
+@functools.lru_cache(maxsize=4096)
+def _uid(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except (KeyError, UnicodeEncodeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _gid(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except (KeyError, UnicodeEncodeError, ValueError):
+        return None

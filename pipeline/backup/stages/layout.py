@@ -3,14 +3,19 @@
 Before: directories (0700 until the end) and every file of several chunks or with
 holes at its full size under its temporary name, so that the fetch threads only
 ``pwrite``; zero runs are never written, so sparse files come back sparse.  After:
-symlinks (last, so nothing is written through them), the marker removed, then the
-directories' modes and times.  Both are sync: call them in a thread.
+fifos and device nodes, the hard links of files restored, symlinks (last, so nothing
+is written through them), the marker removed, then each directory's own metadata
+(owner, xattrs and ACLs, mode, times), once nothing more is written inside it: a
+default ACL set earlier would leak into the files restored under it.  Both are sync:
+call them in a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 
 from pipeline.backup import encoding as fmt
 from pipeline.backup.stages.files import CREATE, MARKER, TEMP_NAME, Files, fs_path, space
@@ -48,9 +53,15 @@ def skeleton(files: Files, resuming: bool) -> None:
 
 
 def finish(files: Files) -> None:
-    """Symlinks last (nothing is written through them), the marker removed, then modes
-    and times, deepest directories last so that writing inside does not move them."""
+    """Special files and hard links, symlinks last (nothing is written through them), the
+    marker removed, then each directory's metadata, deepest first so that setting one
+    does not move its parent's times."""
     with space(files.target):
+        for i, n in enumerate(files.nodes):
+            if n.type in ("fifo", *fmt.DEVICES):
+                _special(files, n, files.temp(n, i))
+        for ln in files.links:
+            files.link(ln)
         for i, n in enumerate(files.nodes):
             if n.type != "symlink":
                 continue
@@ -58,18 +69,38 @@ def finish(files: Files) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             os.symlink(os.fsencode(n.target), tmp)
-            with contextlib.suppress(NotImplementedError, OSError):
-                os.utime(tmp, ns=(n.mtime_ns, n.mtime_ns), follow_symlinks=False)
+            files.set_meta(tmp, n)
             os.rename(tmp, fs_path(files.root, n.path))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(files.root, MARKER.encode()))
+        dirs = sorted((n for n in files.nodes if n.type == "dir" and n.path != fmt.ROOT),
+                      key=lambda n: -n.path.count("/"))
+        dirs += [n for n in files.nodes if n.type == "dir" and n.path == fmt.ROOT]
+        for n in dirs:
+            files.set_meta(fs_path(files.root, n.path), n)
+
+
+_KIND = {"fifo": (stat.S_IFIFO, "fifo"), "chardev": (stat.S_IFCHR, "character device"),
+         "blockdev": (stat.S_IFBLK, "block device")}
+
+
+def _special(files: Files, n: fmt.Node, tmp: bytes) -> None:
+    """A fifo or device node made under its temporary name, then renamed into place; one
+    this user may not make (a device node, unless root) is a warning naming it."""
+    kind, what = _KIND[n.type]
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(files.root, MARKER.encode()))
-    dirs = sorted((n for n in files.nodes if n.type == "dir" and n.path != fmt.ROOT),
-                  key=lambda n: -n.path.count("/"))
-    dirs += [n for n in files.nodes if n.type == "dir" and n.path == fmt.ROOT]
-    for n in dirs:
-        p = fs_path(files.root, n.path)
-        os.chmod(p, n.mode)
-        os.utime(p, ns=(n.mtime_ns, n.mtime_ns))
+        os.unlink(tmp)
+    try:
+        os.mknod(tmp, kind | 0o600, n.rdev)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EACCES, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        dev = f" {os.major(n.rdev)}:{os.minor(n.rdev)}" if n.type != "fifo" else ""
+        need = " (making device nodes needs root)" if exc.errno == errno.EPERM else ""
+        files.warn(f"{n.path}: {what}{dev} not restored: {exc.strerror}{need}")
+        return
+    files.set_meta(tmp, n)
+    os.rename(tmp, fs_path(files.root, n.path))
 
 
 def clear_temps(directory: bytes) -> None:
