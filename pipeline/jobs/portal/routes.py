@@ -81,8 +81,6 @@ def _signin_form(ctx: Ctx, errors: dict[str, str]) -> Response:
                                  next=query.get("next", ""), ended=bool(query.get("ended")))
     response.set_cookie(sessions.SIGNIN_COOKIE, token,
                         **sessions.cookie_options(ctx.request, sessions.SIGNIN_COOKIE_S))
-    if errors:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="pipeline-portal"'
     return response
 
 
