@@ -52,6 +52,7 @@ COMMANDS = {
     "journal": "journal_cmd", "jobs": "jobs", "site": "site", "import": "import_",
     "repair": "repair", "diskprep": "diskprep", "drive": "drive", "service": "service",
     "backup": "backup", "restore": "restore", "snapshots": "snapshots",
+    "check": "check", "forget": "forget", "prune": "prune",
     "generate": "generate",
 }
 

@@ -1,9 +1,11 @@
 """Where a repository's files live: a local directory (the staging location) or a
 ``Storage`` container (plus an optional name prefix).
 
-A repository only ever adds files under new names (content-addressed or
+A backup only ever adds files under new names (content-addressed or
 time-stamped) and never rewrites one, so backends need no locking: ``put`` is
-atomic (a file appears whole or not at all) and idempotent.  Every call blocks
+atomic (a file appears whole or not at all) and idempotent.  Only ``forget`` and
+``prune`` delete, under the repository's exclusive lock (``lock.py``); a lock file
+is the one file rewritten in place (its refresh).  Every call blocks
 and is thread-safe; the Trio stages call them in worker threads.  ``bytes_sent``
 counts every byte handed to the storage layer, which is what an online
 backup sends over the network.
@@ -23,6 +25,7 @@ from pipeline import atomic
 from pipeline.backup.errors import CorruptRepository
 from pipeline.errors import BadInput, NoSpace, is_no_space
 from pipeline.storage.base import CELL, BlobType, Storage
+from pipeline.storage.local import LocalStorage
 
 # A repository's files (keys, config, packs, snapshots) are its owner's only, as restic's.
 FILE_MODE = 0o600
@@ -44,7 +47,13 @@ class Backend(Protocol):
         """A range of a file; CorruptRepository if the file is missing."""
 
     def put(self, name: str, data: bytes) -> None:
-        """Store a whole new file atomically."""
+        """Store a whole new file atomically (a lock file: replace it)."""
+
+    def delete(self, name: str) -> None:
+        """Remove a file (prune, forget, a released lock); absent already is fine."""
+
+    def size(self, name: str) -> int | None:
+        """A file's size, None if absent (check compares a pack's with its index)."""
 
 
 class _Counter:
@@ -121,6 +130,16 @@ class DirBackend(_Counter):
             raise
         self._count(len(data))
 
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(self._path(name))
+
+    def size(self, name: str) -> int | None:
+        try:
+            return os.stat(self._path(name)).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def _mkdirs(self, path: str) -> None:
         if os.path.isdir(path):
             return
@@ -170,6 +189,25 @@ class StorageBackend(_Counter):
         else:
             self.storage.put(self.container, blob, data)
         self._count(len(data))
+
+    def delete(self, name: str) -> None:
+        """The Storage protocol has no delete of a committed blob (the importer never
+        needs one): the storage's own when it has one, else the local file or the Azure
+        blob client.  Absent already is fine."""
+        blob = self.prefix + name
+        own = getattr(self.storage, "delete", None)
+        if callable(own):
+            own(self.container, blob)
+        elif isinstance(self.storage, LocalStorage):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(self.storage._path(self.container, blob))
+        else:
+            from azure.core.exceptions import ResourceNotFoundError
+            with contextlib.suppress(ResourceNotFoundError):
+                self.storage._blob(self.container, blob).delete_blob()  # type: ignore[attr-defined]
+
+    def size(self, name: str) -> int | None:
+        return self.storage.size(self.container, self.prefix + name)
 
     def close(self) -> None:
         """Nothing to release; the Storage object outlives the backend."""

@@ -3,14 +3,16 @@
 No repository in the storage account is ``EXIT_NO_SEED`` (7): after an offline
 seed it means the import job has not completed yet, and the right move is to
 wait, not to change the command.  A full staging location or restore target is
-``pipeline.errors.NoSpace`` (9), as for every local filesystem.
+``pipeline.errors.NoSpace`` (9), as for every local filesystem.  A repository
+another run holds locked (prune while a backup runs) is ``EXIT_REFUSED`` (5):
+nothing was changed, run it again once the other is done.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import EXIT_NO_SEED, BadInput, IntegrityError, PipelineError
+from pipeline.errors import EXIT_NO_SEED, BadInput, IntegrityError, PipelineError, Refused
 
 
 class WrongPassphrase(BadInput):
@@ -53,3 +55,19 @@ class PartialRestore(IntegrityError):
     def details(self) -> list[str]:
         """One line per file not restored, path first (cli prints them before the total)."""
         return [f.line() for f in self.failed]
+
+
+class RepositoryLocked(Refused):
+    """{}"""
+
+
+class RepositoryDamaged(IntegrityError):
+    """{}"""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+    def details(self) -> list[str]:
+        """One line per damaged or missing item, and what it affects (cli prints them first)."""
+        return list(self.problems)

@@ -1,4 +1,5 @@
-"""Where `restore` and `snapshots` find a repository: ``--from`` and ``--container``.
+"""Where `restore`, `snapshots`, `check`, `forget` and `prune` find a repository:
+``--from`` and ``--container``.
 
 With ``--container``, ``--from`` is a storage account (a directory account or an
 Azure connection string / URL) and the repository sits at the container's root,
@@ -8,11 +9,14 @@ or a staging location holding one (``S/repo``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from pipeline import credentials
 from pipeline.backup import encoding as fmt
 from pipeline.backup import offline
 from pipeline.backup.backend import Backend, DirBackend, StorageBackend
+from pipeline.backup.repo import LockMode, Repository
 from pipeline.errors import BadInput
 from pipeline.storage import check_container_name, open_storage
 from pipeline.storage.local import LocalStorage
@@ -61,3 +65,24 @@ def missing_message(backend: Backend) -> str:
                     "container its dstdir names)")
     return (f"no backup repository in {backend.name} yet: if it is to come from an offline "
             "seed, wait until the import job is Completed, then run this again")
+
+
+def open_repository(source: str, container: str | None, passphrase_file: str,
+                    lock: LockMode = "shared", command: str = "", wait: float = 0.0
+                    ) -> Repository:
+    """The repository at ``--from``/``--container``, unlocked and locked (sync)."""
+    backend = open_backend(source, container)
+    secret = credentials.passphrase_file(passphrase_file)
+    return Repository.open(backend, secret.value, passphrase_file,
+                           missing=missing_message(backend), lock=lock, command=command,
+                           wait=wait)
+
+
+def parse_wait(text: str | None) -> float:
+    """``--retry-lock``: seconds, or a number with s, m or h (restic's ``--retry-lock 5m``)."""
+    if not text:
+        return 0.0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    if m is None:
+        raise BadInput(f"--retry-lock {text}: give a duration such as 30s, 5m or 1h")
+    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]

@@ -4,7 +4,9 @@ Sync and free of trio (the stages call it in worker threads, or on the Trio
 thread where nothing blocks).  Nothing is ever rewritten: a backup adds packs,
 then index files naming them, then one snapshot; the snapshot is the commit
 point, so an interrupted backup leaves at worst packs and index files that the
-next backup reuses, never a snapshot that points at missing data.
+next backup reuses, never a snapshot that points at missing data.  Only ``forget``
+and ``prune`` delete, holding the exclusive lock; every other opener holds a
+shared one (``lock.py``), taken here when the repository is opened.
 """
 
 from __future__ import annotations
@@ -17,16 +19,20 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
+from pipeline import faults
 from pipeline.backup import crypto
 from pipeline.backup import encoding as fmt
 from pipeline.backup.backend import Backend
 from pipeline.backup.errors import CorruptRepository, NoRepository, WrongPassphrase
+from pipeline.backup.lock import Lock, take
 from pipeline.errors import BadInput
 from pipeline.volume import luks2
 
 INDEX_EVERY = 8192              # entries per index file: ~400 KiB for ~8 GiB of data
 FETCHERS = 8                    # index/snapshot files fetched at once when opening
+LockMode = Literal["shared", "exclusive"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +116,31 @@ class Repository:
         self.pending: set[bytes] = set()           # chunks claimed by this run, not yet indexed
         self.unindexed: list[fmt.IndexEntry] = []  # stored in packs, not yet in an index file
         self.damaged: list[str] = []               # index files load_index skipped, why
+        self.lock: Lock | None = None
+
+    def _lock(self, mode: LockMode, command: str, wait: float) -> Repository:
+        if mode is not None:
+            self.lock = take(self.backend, self.crypto, mode == "exclusive", command, wait)
+        return self
+
+    def close(self) -> None:
+        """Release this run's lock (also done at exit; a kill -9 leaves it to go stale)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- creating and opening ------------------------------------------------------------
 
     @classmethod
     def init(cls, backend: Backend, passphrase: bytes, kdf: luks2.KdfParams = crypto.DEFAULT_KDF,
              chunker: fmt.ChunkerParams | None = None, pack_size: int = 16 << 20,
-             keys: crypto.MasterKeys | None = None) -> Repository:
+             keys: crypto.MasterKeys | None = None, lock: LockMode = "shared",
+             command: str = "backup") -> Repository:
         """A new repository: the key file first, the config last (the config marks it as
         existing, so a crash in between leaves no half repository).  ``keys``: for tests
         that need reproducible chunk boundaries; otherwise random."""
@@ -129,12 +153,16 @@ class Repository:
         data = crypto.make_key_file(keys, passphrase, config.repo_id, kdf, now)
         backend.put(fmt.key_name(hashlib.sha256(data).digest()), data)
         backend.put(fmt.CONFIG, config.encode())
-        return cls(backend, config, keys)
+        return cls(backend, config, keys)._lock(lock, command, 0.0)
 
     @classmethod
     def open(cls, backend: Backend, passphrase: bytes, passphrase_source: str,
-             missing: str | None = None) -> Repository:
-        """Unlock with the passphrase; ``missing`` is the message when there is no repository."""
+             missing: str | None = None, lock: LockMode = "shared", command: str = "",
+             wait: float = 0.0) -> Repository:
+        """Unlock with the passphrase; ``missing`` is the message when there is no repository.
+        ``lock``: the lock this run holds until ``close`` (or exit), waiting up to ``wait``
+        seconds for a conflicting one to go; None only for tests that inspect a repository
+        another run holds."""
         raw = backend.get(fmt.CONFIG)
         if raw is None:
             raise NoRepository(missing or f"no backup repository in {backend.name}; give the "
@@ -149,7 +177,7 @@ class Repository:
                 continue
             keys = crypto.open_key_file(data, passphrase, config.repo_id)
             if keys is not None:
-                return cls(backend, config, keys)
+                return cls(backend, config, keys)._lock(lock, command, wait)
         raise WrongPassphrase(backend.name, passphrase_source)
 
     # -- the index -----------------------------------------------------------------------
@@ -202,6 +230,9 @@ class Repository:
             self.index.setdefault(e.id, e)
             self.pending.discard(e.id)
         self.unindexed.extend(pack.entries)
+        faults.reached("backup_after_pack")
+        if self.lock is not None:
+            self.lock.maybe_refresh()
         if len(self.unindexed) >= INDEX_EVERY:
             return self.take_unindexed()
         return None
@@ -214,6 +245,7 @@ class Repository:
         """One new index file for ``entries``; returns its size."""
         data = self.crypto.seal_file(fmt.INDEX_MAGIC, fmt.encode_index(entries))
         self.backend.put(fmt.index_name(hashlib.sha256(data).digest()), data)
+        faults.reached("after_index_file")
         return len(data)
 
     # -- chunks --------------------------------------------------------------------------
@@ -227,6 +259,8 @@ class Repository:
         return e
 
     def read_chunk(self, cid: bytes) -> bytes:
+        if self.lock is not None:
+            self.lock.maybe_refresh()
         e = self.entry(cid)
         sealed = self.backend.read(fmt.pack_name(e.pack), e.offset, e.length)
         if len(sealed) != e.length:
