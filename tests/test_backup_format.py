@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from datetime import UTC, datetime
 
@@ -141,3 +142,117 @@ def test_tree_cutter_resyncs_after_a_change() -> None:
     b = cut(lines[:10] + [fmt.Node("file", "d/new", 0o644, 1, 1, 1, 1).encode()] + lines[10:])
     assert len(set(a) & set(b)) >= len(a) - 2          # one change touches one chunk
     assert list(fmt.split_lines(a)) == lines
+
+
+# --------------------------------------------------------------------------- tree metadata
+
+OLD_LINES = [   # tree lines exactly as written before owners, xattrs, links and devices
+    b'{"type":"dir","path":".","mode":493,"mtime_ns":1600000000123456784}\n',
+    b'{"type":"file","path":"docs/readme.txt","mode":416,"mtime_ns":1600000000123458784,'
+    b'"size":30000,"ctime_ns":1733130000000000000,"inode":131074,"content":[["' + b"ab" * 32
+    + b'",29000],[null,1000]]}\n',
+    b'{"type":"symlink","path":"link","mode":511,"mtime_ns":1600000000123459784,'
+    b'"target":"docs/readme.txt"}\n',
+]
+
+
+def test_old_tree_lines_decode_with_defaults_and_encode_the_same() -> None:
+    """A repository written before the metadata fields restores as before: no owner
+    (restore leaves the restoring user's), no xattrs, one link; and a node without them
+    encodes to the very same line, so those trees still dedup."""
+    d, f, s = (fmt.Node.decode(line) for line in OLD_LINES)
+    assert d == fmt.Node("dir", ".", 0o755, 1600000000123456784)
+    assert f == fmt.Node("file", "docs/readme.txt", 0o640, 1600000000123458784, 30000,
+                         1733130000000000000, 131074,
+                         content=[(bytes.fromhex("ab" * 32), 29000), (None, 1000)])
+    assert s == fmt.Node("symlink", "link", 0o777, 1600000000123459784,
+                         target="docs/readme.txt")
+    for node in (d, f, s):
+        assert (node.uid, node.gid, node.user, node.group) == (None, None, "", "")
+        assert (node.xattrs, node.links, node.dev, node.rdev) == ([], 1, 0, 0)
+    assert [n.encode() for n in (d, f, s)] == OLD_LINES
+
+
+_names = st.text(st.characters(blacklist_characters="\0/:\n", blacklist_categories=("Cs",)),
+                 max_size=12)
+_xattr_names = st.one_of(
+    st.sampled_from([fmt.ACL_ACCESS]),
+    st.builds(lambda p, s: p + s, st.sampled_from(fmt.XATTR_PREFIXES),
+              st.text(st.characters(blacklist_characters="\0"), min_size=1, max_size=20)))
+_acl = st.builds(lambda n: b"\x02\0\0\0" + bytes(8 * n), st.integers(0, 5))
+
+
+@st.composite
+def meta_nodes(draw: st.DrawFn) -> fmt.Node:
+    kind = draw(st.sampled_from(fmt.TYPES))
+    node = fmt.Node(kind, draw(st.sampled_from(["a", "d/ü x", fmt.ROOT if kind == "dir"
+                                                else "b"])),
+                    draw(st.integers(0, 0o7777)), draw(st.integers(0, 2**63)))
+    if kind == "file":
+        node.content = draw(st.lists(st.tuples(st.one_of(st.none(), ids),
+                                               st.integers(0, 2**40)), max_size=4))
+        node.size = sum(n for _, n in node.content)
+        node.ctime_ns, node.inode = draw(st.integers(0, 2**63)), draw(st.integers(0, 2**63))
+        node.links = draw(st.integers(1, 2**32 - 1))
+        node.dev = draw(st.integers(0, 2**64 - 1)) if node.links > 1 else 0
+    elif kind == "symlink":
+        node.target = draw(st.text(st.characters(blacklist_characters="\0"), max_size=30))
+    elif kind in fmt.DEVICES:
+        node.rdev = draw(st.integers(0, 2**64 - 1))
+    if draw(st.booleans()):
+        node.uid, node.gid = draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**32 - 1))
+        node.user, node.group = draw(_names), draw(_names)
+    names = draw(st.lists(_xattr_names, unique=True, max_size=6))
+    if kind == "dir" and draw(st.booleans()):
+        names.append(fmt.ACL_DEFAULT)
+    node.xattrs = sorted((n, draw(_acl) if n.startswith("system.") else
+                          draw(st.binary(max_size=300))) for n in names)
+    return node
+
+
+@given(meta_nodes())
+@settings(max_examples=300)
+def test_tree_nodes_with_metadata_round_trip(node: fmt.Node) -> None:
+    line = node.encode()
+    assert line.count(b"\n") == 1 and fmt.Node.decode(line) == node
+
+
+def _line(**fields: object) -> bytes:
+    base: dict[str, object] = {"type": "file", "path": "f", "mode": 420, "mtime_ns": 1,
+                               "size": 0, "ctime_ns": 1, "inode": 1, "content": []}
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not _DROP}).encode()
+
+
+_DROP = object()
+_B64 = fmt.b64(b"v")
+
+
+@pytest.mark.parametrize("fields", [
+    {"uid": "5", "gid": 1}, {"uid": 1}, {"uid": True, "gid": 1}, {"uid": -1, "gid": 1},
+    {"uid": 2**32, "gid": 1}, {"uid": 1.5, "gid": 1}, {"user": 5}, {"user": "a:b"},
+    {"group": "x/y"}, {"user": "n" * 300}, {"user": "a\0"},
+    {"mode": 0o10000}, {"mode": -1}, {"mode": "420"},
+    {"links": 0}, {"links": 2, "dev": -1}, {"links": "2"},
+    {"type": "socket"}, {"type": ["file"]}, {"type": "chardev"},
+    {"type": "chardev", "rdev": 2**64}, {"type": "blockdev", "rdev": "7"},
+    {"path": 5}, {"path": "a\0b"}, {"type": "symlink", "target": 3},
+    {"xattrs": {"user.a": _B64}}, {"xattrs": [["user.a"]]}, {"xattrs": [["user.a", 5]]},
+    {"xattrs": [["user.a", "not base64!"]]}, {"xattrs": [["user.a", _B64], ["user.a", _B64]]},
+    {"xattrs": [["system.nfs4_acl", _B64]]}, {"xattrs": [["other.a", _B64]]},
+    {"xattrs": [["user.", _B64]]}, {"xattrs": [["user." + "x" * 260, _B64]]},
+    {"xattrs": [["user.a\0", _B64]]}, {"xattrs": [[5, _B64]]},
+    {"xattrs": [["user.big", fmt.b64(bytes(65537))]]},
+    {"xattrs": [[f"user.{i}", _B64] for i in range(1025)]},
+    {"xattrs": [[fmt.ACL_ACCESS, fmt.b64(b"\x02\0\0\0" + bytes(7))]]},
+    {"xattrs": [[fmt.ACL_DEFAULT, fmt.b64(b"\x02\0\0\0")]]},          # on a file
+    {"content": _DROP}, {"xattrs": "user.a"},
+])
+def test_hostile_tree_metadata_is_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(CorruptRepository):
+        fmt.Node.decode(_line(**fields))
+
+
+def test_deeply_nested_tree_line_is_refused() -> None:
+    with pytest.raises(CorruptRepository):
+        fmt.Node.decode(b"[" * 100_000)

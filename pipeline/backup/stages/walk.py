@@ -2,7 +2,8 @@
 
 One worker thread stats every entry (``backup.walk.walk``) and, for a file unchanged
 since the parent snapshot (restic's rule, ``walk.unchanged``), takes the parent's chunk
-list so that the file is not read again.  Nodes go out in numbered batches; ``ahead``
+list so that the file is not read again; a new path to a hard-linked file so taken (a
+new link) takes the same list.  Nodes go out in numbered batches; ``ahead``
 bounds how many the walk may run ahead of the tree stage, which puts them back in order.
 """
 
@@ -32,15 +33,20 @@ async def run(source: Path, parent: Iterator[fmt.Node] | None,
 
     def sync() -> None:
         old = ParentTree(parent)
+        linked: dict[tuple[int, int], fmt.Node] = {}   # hard-linked files taken from the parent
         batch: list[Walked] = []
         seq = to_read = 0
         for node in walk(source, warn):
             reuse = False
             if node.type == "file":
                 prev = old.find(node.path)
+                if node.links > 1 and not unchanged(node, prev):
+                    prev = linked.get((node.dev, node.inode))
                 if unchanged(node, prev):
                     assert prev is not None
                     node.content, reuse = prev.content, True
+                    if node.links > 1:
+                        linked.setdefault((node.dev, node.inode), node)
                 else:
                     to_read += node.size
             batch.append(Walked(node, reuse))
