@@ -187,12 +187,12 @@ def meta_nodes(draw: st.DrawFn) -> fmt.Node:
     kind = draw(st.sampled_from(fmt.TYPES))
     node = fmt.Node(kind, draw(st.sampled_from(["a", "d/ü x", fmt.ROOT if kind == "dir"
                                                 else "b"])),
-                    draw(st.integers(0, 0o7777)), draw(st.integers(0, 2**63)))
+                    draw(st.integers(0, 0o7777)), draw(st.integers(-2**63, 2**63 - 1)))
     if kind == "file":
         node.content = draw(st.lists(st.tuples(st.one_of(st.none(), ids),
-                                               st.integers(0, 2**40)), max_size=4))
+                                               st.integers(1, 2**40)), max_size=4))
         node.size = sum(n for _, n in node.content)
-        node.ctime_ns, node.inode = draw(st.integers(0, 2**63)), draw(st.integers(0, 2**63))
+        node.ctime_ns, node.inode = draw(st.integers(0, 2**63 - 1)), draw(st.integers(0, 2**64 - 1))
         node.links = draw(st.integers(1, 2**32 - 1))
         node.dev = draw(st.integers(0, 2**64 - 1)) if node.links > 1 else 0
     elif kind == "symlink":
@@ -246,7 +246,9 @@ _B64 = fmt.b64(b"v")
     {"xattrs": [[f"user.{i}", _B64] for i in range(1025)]},
     {"xattrs": [[fmt.ACL_ACCESS, fmt.b64(b"\x02\0\0\0" + bytes(7))]]},
     {"xattrs": [[fmt.ACL_DEFAULT, fmt.b64(b"\x02\0\0\0")]]},          # on a file
-    {"content": _DROP}, {"xattrs": "user.a"},
+    {"content": _DROP}, {"xattrs": "user.a"}, {"mtime_ns": 2**63}, {"mtime_ns": "1"},
+    {"size": 5, "content": [[None, 10], [None, -5]]}, {"size": -1, "content": [[None, -1]]},
+    {"inode": -1}, {"ctime_ns": 1.0},
 ])
 def test_hostile_tree_metadata_is_refused(fields: dict[str, object]) -> None:
     with pytest.raises(CorruptRepository):

@@ -429,12 +429,13 @@ class Node:
             obj = json.loads(line)
             node = cls(type=obj["type"], path=_text(obj["path"], 1 << 16, "path"),
                        mode=_int(obj["mode"], 0o7777, "mode"),
-                       mtime_ns=int(obj["mtime_ns"]))
+                       mtime_ns=_int(obj["mtime_ns"], _I64, "mtime_ns", low=-_I64 - 1))
             if node.type == "file":
-                node.size, node.ctime_ns = int(obj["size"]), int(obj["ctime_ns"])
-                node.inode = int(obj["inode"])
-                node.content = [(None if c is None else check_id(c, "chunk"), int(n))
-                                for c, n in obj["content"]]
+                node.size = _int(obj["size"], _I64, "size")
+                node.ctime_ns = _int(obj["ctime_ns"], _I64, "ctime_ns", low=-_I64 - 1)
+                node.inode = _int(obj["inode"], 2**64 - 1, "inode")
+                node.content = [(None if c is None else check_id(c, "chunk"),
+                                 _int(n, _I64, "length", low=1)) for c, n in obj["content"]]
                 if sum(n for _, n in node.content) != node.size:
                     raise ValueError("content does not add up to the size")
                 node.links = _int(obj.get("links", 1), 2**32 - 1, "links", low=1)
@@ -454,6 +455,9 @@ class Node:
         if node.path == ROOT and node.type != "dir":
             raise CorruptRepository("tree entry '.' is not a directory")
         return node
+
+
+_I64 = 2**63 - 1
 
 
 def _int(value: object, high: int, what: str, low: int = 0) -> int:
