@@ -212,6 +212,15 @@ def test_site_token_file_mistakes_are_one_line(world: World, tmp_path: Path) -> 
                    str(tmp_path / "forged.token"))
     assert proc.returncode == EXIT_REFUSED and "site-token" in proc.stderr
     assert world.token not in proc.stderr
+    # A token file others can read works, with a warning naming the chmod (never the token).
+    shared = tmp_path / "shared.token"
+    shared.write_text(world.token)
+    shared.chmod(0o644)
+    proc = run_cli("site", "jobs", "--service", world.svc.url, "--site-token-file",
+                   str(shared), check_code=0)
+    assert f"warning: --site-token-file {shared} is readable by anyone" in proc.stderr
+    assert f"chmod 600 {shared}" in proc.stderr and world.token not in proc.stderr
+    assert "tok-job" in proc.stdout
     assert _drives(world, world.alice, "tok-job") == dict.fromkeys(
         _drives(world, world.alice, "tok-job"), "Specified")
 

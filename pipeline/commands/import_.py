@@ -163,9 +163,8 @@ async def run(args: argparse.Namespace) -> Outcome:
             n, log = await _import_one(od, plan, store, log_dir, args.json, report)
             bad += n
             if job is not None:
-                for warning in job.finish_drive(od.volume.uuid, log, store, plan,
-                                                report.done + report.zero if report else 0):
-                    print(f"pipeline import: warning: {warning}", file=sys.stderr)
+                job.finish_drive(od.volume.uuid, log, store, plan,
+                                 report.done + report.zero if report else 0)
         if job is not None:
             job.finish(args.return_tracking)
     finally:

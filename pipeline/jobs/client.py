@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import credentials
 from pipeline.errors import EXIT_STORAGE, BadInput, PipelineError, Refused
 from pipeline.jobs import auth, sitetoken
 
@@ -60,6 +61,7 @@ def read_site_token(path: str) -> str:
         if p.stat().st_size > sitetoken.MAX_SITE_TOKEN_CHARS + 1:
             raise BadInput(f"--site-token-file {p} is larger than a site token; "
                            "give the file holding what `pipeline service site-token` printed")
+        credentials.warn_if_exposed(p, "--site-token-file")
         text = p.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         raise BadInput(f"--site-token-file {p} does not exist; save the site token there: "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,7 +38,7 @@ import trio
 
 from pipeline import credentials
 from pipeline.drive import format
-from pipeline.errors import BadInput, Refused
+from pipeline.errors import BadInput, Caution, Refused
 from pipeline.jobs.client import MAX_COPY_LOG, ServiceClient, ServiceError
 from pipeline.receive import importer
 from pipeline.storage.base import Storage
@@ -289,9 +290,9 @@ class JobImport:
         return Reporter(self, uuid, total, zero)
 
     def finish_drive(self, uuid: str, log: importer.CopyLog, store: Storage,
-                     plan: importer.DrivePlan, transferred: int) -> list[str]:
+                     plan: importer.DrivePlan, transferred: int) -> None:
         """Publish the copy logs (next to the blobs, and to the service as the job's
-        logLevel asks) and record the drive's outcome; the warnings to show.
+        logLevel asks) and record the drive's outcome.
 
         ``transferred``: bytes of file data this drive carried into the account
         (its holes and zero runs count: they are copied by not being written).
@@ -320,30 +321,30 @@ class JobImport:
         if self._drives()[uuid].get("state") in _DONE:
             entry.pop("state")  # imported again: the drive's outcome stands
             entry.pop("bytesSucceeded")  # ... and so do the bytes it transferred then
-        warnings = self._hand_in_logs(uuid, log.lines, errors)
+        self._hand_in_logs(uuid, log.lines, errors)
         self._patch({"driveList": [entry]})
-        return warnings
 
-    def _hand_in_logs(self, uuid: str, lines: list[str], errors: list[str]) -> list[str]:
-        """The copy logs the job's logLevel asks for, to the service; what failed, as
-        warnings (the logs are in the account and the log directory anyway)."""
+    def _hand_in_logs(self, uuid: str, lines: list[str], errors: list[str]) -> None:
+        """The copy logs the job's logLevel asks for, to the service; one it does not take
+        is a warning (``errors.Caution``): the logs are in the account and the log
+        directory anyway."""
         kinds = {"error": errors} if errors else {}
         if self.job["properties"].get("logLevel", "Error") == "Verbose":
             kinds["verbose"] = lines
-        warnings = []
         for kind, body in kinds.items():
             data = ("\n".join(body) + "\n").encode()
             if len(data) > MAX_COPY_LOG:
-                warnings.append(f"the {kind} log of drive {uuid} is {len(data)} bytes, over "
-                                f"the service's {MAX_COPY_LOG >> 20} MiB; it stays in the "
-                                "account and the log directory only")
+                warnings.warn(Caution(f"the {kind} log of drive {uuid} is {len(data)} bytes, "
+                                      f"over the service's {MAX_COPY_LOG >> 20} MiB; it stays "
+                                      "in the account and the log directory only"),
+                              stacklevel=2)
                 continue
             try:
                 site_call(self.name, self.client.put_copy_log, self.name, uuid, kind, data)
             except ServiceError as exc:
-                warnings.append(f"the service did not take the {kind} log of drive {uuid} "
-                                f"({exc}); it is in the account and the log directory")
-        return warnings
+                warnings.warn(Caution(f"the service did not take the {kind} log of drive "
+                                      f"{uuid} ({exc}); it is in the account and the log "
+                                      "directory"), stacklevel=2)
 
     def finish(self, return_tracking: str | None, carrier: str | None = None) -> None:
         """Every drive done: Packaging; with ``return_tracking`` (import's shortcut for
