@@ -283,7 +283,7 @@ class Checker:
             uses = hits.get(pack, [])
             what = ("no snapshot loses anything to it (its chunks have sound copies or no "
                     "snapshot uses them)" if not uses else
-                    f"affects {len(uses)} files or trees")
+                    f"affects {len(uses)} file(s) or tree(s)")
             self.problem(f"pack {fmt.pack_name(pack)}: {why}; {what}")
             for use in uses[:AFFECTED_SHOWN]:
                 self.problem(f"  {use}")

@@ -79,7 +79,8 @@ async def run(args: argparse.Namespace) -> Outcome:
     read = (f", read {report.packs_read} packs" if args.read_data or args.read_data_subset
             else "")
     if report.problems:
-        message = (f"{len(report.problems)} problems in {repo.backend.name}: "
+        count = sum(not line.startswith(" ") for line in report.problems)
+        message = (f"{count} problems in {repo.backend.name}: "
                    f"{len(report.damaged_packs)} damaged or missing packs{leftovers}")
         if args.json:
             for line in report.problems:
