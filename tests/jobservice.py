@@ -74,6 +74,22 @@ def site_headers(data: Path) -> dict[str, str]:
     return {"Authorization": f"Bearer {site_token(data)}"}
 
 
+def subscription_settings(svc: ServiceProcess, out: Path, subscription_id: str,
+                          name: str = "ops") -> Path:
+    """A subscription with a fixed id on the running service ``svc`` and its publish
+    settings file ``out`` (naming ``svc.url``): for tests whose ids are constants."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from pipeline.jobs import auth
+    from pipeline.jobs.catalog import Catalog
+    key = Ed25519PrivateKey.generate()
+    with Catalog.open(svc.data) as catalog:
+        catalog.add_subscription(name, auth.public_bytes(key), subscription_id=subscription_id)
+    auth.write_publish_settings(out, auth.publish_settings_xml(
+        auth.PublishSettings(svc.url, subscription_id, name, key)))
+    return out
+
+
 def self_signed_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
     """(cert.pem, key.pem) for ``host``: clients verify against cert.pem itself."""
     key = ec.generate_private_key(ec.SECP256R1())

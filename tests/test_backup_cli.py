@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_NO_SEED, EXIT_OK, EXIT_STORAGE
-from pipeline.jobs import auth
 from pipeline.storage import open_storage
+from tests import jobservice
 from tests.azurite import connection_string, free_port
 from tests.conftest import FAST_KDF_ARGS, require_root, run_cli
 from tests.test_backup_repo import CONTAINER, describe, import_seed, make_tree
@@ -27,8 +26,9 @@ ACCOUNT = "backupacct"
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """A source tree, an empty staging location, a passphrase, publish settings and a
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Path]]:
+    """A source tree, an empty staging location, a passphrase, publish settings of a
+    running import service (backup --offline asks it whether the job name is free) and a
     private config directory (PIPELINE_CONFIG_DIR) for this test."""
     src, staging, secrets_dir = tmp_path / "src", tmp_path / "staging", tmp_path / "secrets"
     for d in (src, staging, secrets_dir):
@@ -36,12 +36,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     make_tree(src)
     (secrets_dir / "pass").write_text("a long backup passphrase\n")
     settings = secrets_dir / "sub.publishsettings"
-    auth.write_publish_settings(settings, auth.publish_settings_xml(auth.PublishSettings(
-        "https://127.0.0.1:8443", SUB, "ops", Ed25519PrivateKey.generate())))
     monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path / "config"))
-    return {"src": src, "staging": staging, "pass": secrets_dir / "pass",
-            "settings": settings, "config": tmp_path / "config" / "offline.json",
-            "tmp": tmp_path}
+    with jobservice.ServiceProcess(tmp_path / "svc") as svc:
+        jobservice.subscription_settings(svc, settings, SUB)
+        yield {"src": src, "staging": staging, "pass": secrets_dir / "pass",
+               "settings": settings, "config": tmp_path / "config" / "offline.json",
+               "tmp": tmp_path}
 
 
 def offline_args(env: dict[str, Path], **over: str) -> list[str]:

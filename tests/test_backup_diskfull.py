@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository
 from pipeline.backup.restore import MARKER, TEMP_NAME
 from pipeline.errors import EXIT_NO_SPACE, EXIT_OK
-from pipeline.jobs import auth
+from tests import jobservice
 from tests.conftest import FAST_ARGON, FAST_KDF_ARGS, run_cli
 from tests.diskfull import grow, small_tmpfs
 from tests.test_backup_repo import CONTAINER, PASS, backup, describe
@@ -75,13 +74,6 @@ def test_restore_into_a_full_filesystem_then_again(tmp_path: Path, passfile: Pat
         assert describe(mnt) == before
 
 
-def _settings(tmp_path: Path) -> Path:
-    settings = tmp_path / "sub.publishsettings"
-    auth.write_publish_settings(settings, auth.publish_settings_xml(auth.PublishSettings(
-        "https://127.0.0.1:8443", SUB, "ops", Ed25519PrivateKey.generate())))
-    return settings
-
-
 def test_offline_backup_fills_its_staging_then_again(tmp_path: Path, passfile: Path) -> None:
     # The space check before writing samples every other MiB of a 34 MiB file: zeros there,
     # random data in between, so it lets 17 MiB of incompressible data at an 8 MiB staging.
@@ -92,11 +84,14 @@ def test_offline_backup_fills_its_staging_then_again(tmp_path: Path, passfile: P
         for i in range(34):
             f.write(bytes(MiB) if i % 2 == 0 else r.randbytes(MiB))
     before = describe(src)
-    with small_tmpfs(tmp_path / "staging", "8m") as staging:
+    settings = tmp_path / "sub.publishsettings"
+    with (jobservice.ServiceProcess(tmp_path / "svc") as svc,
+          small_tmpfs(tmp_path / "staging", "8m") as staging):
+        jobservice.subscription_settings(svc, settings, SUB)
         cmd = ["backup", "--offline", *FAST_KDF_ARGS, "--source", str(src), "--staging",
                str(staging), "--job-name", "seed-1", "--subscription", SUB, "--account",
                "backupacct", "--container", CONTAINER, "--publish-settings",
-               str(_settings(tmp_path)), "--passphrase-file", str(passfile)]
+               str(settings), "--passphrase-file", str(passfile)]
         proc = run_cli(*cmd, check_code=EXIT_NO_SPACE)
         line = one_line(proc)
         assert line.startswith(f"pipeline backup: no space left on the filesystem mounted at "
