@@ -25,7 +25,8 @@ def r(tmp_path: Path) -> Repo:
 
 
 def data_packs(r: Repo) -> list[tuple[Path, set[str]]]:
-    """Each pack file and the paths of the files (in any snapshot) with a chunk in it."""
+    """Each pack file holding file data only (a tree chunk's pack takes whole snapshots)
+    and the paths of the files (in any snapshot) with a chunk in it."""
     with r.open() as repo:
         by_chunk: dict[bytes, set[str]] = {}
         for ref in repo.snapshots():
@@ -41,7 +42,9 @@ def data_packs(r: Repo) -> list[tuple[Path, set[str]]]:
                 found = (path, set())
                 out.append(found)
             found[1].update(by_chunk.get(e.id, set()))
-    return sorted(out)
+        trees = {fmt.pack_name(e.pack).split("/")[-1] for e in repo.index.values()
+                 if e.kind == fmt.KIND_TREE}
+    return sorted(x for x in out if x[0].name not in trees)
 
 
 def test_a_clean_repository_checks_clean(r: Repo) -> None:
@@ -129,3 +132,11 @@ def test_subset_picks_a_share() -> None:
     groups = [set(check.choose(packs, f"{n}/4")) for n in range(1, 5)]
     assert set().union(*groups) == set(packs) and sum(map(len, groups)) == 200
     assert check.choose(packs, None) == sorted(packs)
+
+
+def test_a_lost_tree_chunk_names_the_whole_snapshot(r: Repo) -> None:
+    with r.open() as repo:
+        tree = next(e for e in repo.index.values() if e.kind == fmt.KIND_TREE)
+    (r.account / "backups" / fmt.pack_name(tree.pack)).unlink()
+    proc = r.cli("check", code=EXIT_INTEGRITY)
+    assert "missing" in proc.stderr and "(its whole file tree)" in proc.stderr
