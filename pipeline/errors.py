@@ -40,7 +40,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTEGRITY: "integrity failure: checksum, decrypt or format mismatch; a backup pack, "
                     "index or snapshot damaged or missing (restore: every other file is "
                     "restored; the ones that could not be are named)",
-    EXIT_REFUSED: "refused: unsafe device or missing confirmation (--yes)",
+    EXIT_REFUSED: "refused: unsafe device, missing confirmation (--yes), a job name taken, "
+                  "or a backup repository locked by another run",
     EXIT_STORAGE: "storage account unreachable or refused; retry when it is back",
     EXIT_NO_SEED: "no backup repository there yet (the seed's import job must complete "
                   "first), or no offline backup in the staging location (backup --offline)",

@@ -22,12 +22,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import trio
+
+from pipeline.errors import PipelineError, worst
 
 if TYPE_CHECKING:  # rich is imported when a bar is drawn: --json and quiet runs start faster
     from rich.console import Console
@@ -37,7 +39,7 @@ Clock = Callable[[], float]
 RECENT_WINDOW = 5.0  # seconds behind the "recent" rate
 _SAMPLES = 50  # at most this many rate samples per window
 _BUSY_LOCK = threading.Lock()  # uncontended: ~50 ns per timed block of >= 1 MiB of work
-EVENT_TYPES = ("start", "progress", "drive_full", "warning", "error", "summary", "exit")
+EVENT_TYPES = ("start", "progress", "drive_full", "drive", "warning", "error", "summary", "exit")
 
 
 # --------------------------------------------------------------------------- counters
@@ -504,3 +506,28 @@ async def ticker(stats: Stats, renderer: Renderer, interval: float = 0.1) -> Non
     while True:
         await trio.sleep(interval)
         renderer.update(stats)
+
+
+T = TypeVar("T")
+
+
+async def with_progress(renderer: Renderer, stats: Stats,
+                        fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``fn`` with the ticker beside it; on a PipelineError, emit the `exit` event
+    (--json) before cli.py prints the one-line error; on any error, stop the bar (a live
+    bar left running would garble the terminal)."""
+    box: list[T] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker, stats, renderer)
+            try:
+                box.append(await fn())
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        first = worst(exc)  # the error cli.py reports, so the `exit` event matches it
+        if isinstance(first, PipelineError):
+            renderer.event("exit", code=first.exit_code, message=str(first))
+        renderer.close()
+        raise
+    return box[0]

@@ -66,8 +66,19 @@ def test_import_three_drives_in_any_order_local(tmp_path: Path, three_drives) ->
     for n, seq in enumerate((3, 1, 2)):
         proc = import_(paths[seq - 1], str(account), "--journal-dir", str(jdir), log_dir=logs)
         assert proc.returncode == 0, proc.stderr
-        out = json.loads(proc.stdout)
+        events = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert events[0]["type"] == "start" and events[-1]["type"] == "summary"
+        assert any(e["type"] == "progress" for e in events)
+        [out] = [e for e in events if e["type"] == "drive"]
+        summary = events[-1]
         assert out["seq"] == seq and out["corrupt"] == out["missing"] == 0
+        # the figures are the drive's: every byte of its extents dealt with, each file once
+        with journal.Journal.open(next(jdir.glob(f"*drive{seq:02d}*"))) as j:
+            raw = sum(e.raw_len for e in j.extents())
+            nfiles = len(list(j.files()))
+        assert summary["bytes_read"] == summary["bytes_total"] == raw
+        assert summary["files_done"] == summary["files_total"] == nfiles
+        assert summary["elapsed_s"] > 0 and summary["bytes_per_s"] > 0
         got = local_blobs(account, "seed-test")
         for name, data in got.items():
             assert data == files[name], name  # whatever is visible is complete and right

@@ -3,36 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import trio
+from typing import Any
 
 from pipeline import progress
-from pipeline.errors import PipelineError, worst
-
-T = TypeVar("T")
-
-
-async def with_progress(renderer: progress.Renderer, stats: progress.Stats,
-                        fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``fn`` with the ticker beside it; on a PipelineError, emit the `exit` event
-    (--json) before cli.py prints the one-line error."""
-    box: list[T] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(progress.ticker, stats, renderer)
-            try:
-                box.append(await fn())
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseException as exc:
-        first = worst(exc)  # the error cli.py reports, so the `exit` event matches it
-        if isinstance(first, PipelineError):
-            renderer.event("exit", code=first.exit_code, message=str(first))
-        renderer.close()
-        raise
-    return box[0]
+from pipeline.progress import with_progress  # noqa: F401 - the backup commands' name for it
 
 
 def finish(renderer: progress.Renderer, stats: progress.Stats, json_mode: bool,

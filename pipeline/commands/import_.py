@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
 
 import trio
 
-from pipeline import credentials, journal
+from pipeline import credentials, journal, progress
 from pipeline.commands import _options
+from pipeline.drive import format
 from pipeline.errors import (
     EXIT_INCOMPLETE,
     EXIT_INTEGRITY,
@@ -31,6 +31,7 @@ from pipeline.jobs.client import ServiceClient
 from pipeline.receive import importer, service_import
 from pipeline.receive import reader as driveread
 from pipeline.storage import open_storage
+from pipeline.storage.base import Storage
 from pipeline.volume import drives
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
@@ -78,7 +79,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "return carrier); the job is Completed")
     p.add_argument("--log-dir", default=".", metavar="DIR",
                    help="where to write the copy logs (default: current directory)")
-    p.add_argument("--json", action="store_true", help="print one JSON summary per drive")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines events on stdout: start, progress, one `drive` event per "
+                   "drive, summary, exit")
     p.set_defaults(func=run)
 
 
@@ -151,20 +154,13 @@ async def run(args: argparse.Namespace) -> Outcome:
             importer.check_names(opened[-1][1])
         if job is not None:
             job.start([od.volume.uuid for od, _ in opened])
-        bad = 0
-        unvouched: list[str] = []
-        for od, plan in opened:
-            for line in plan.damage:
-                print(f"pipeline import: {od.drive.path}: {line}", file=sys.stderr)
-            if plan.incomplete:
-                unvouched.append(str(od.drive.path))
-                print(f"pipeline import: {od.drive.path}: {plan.incomplete}", file=sys.stderr)
-            report = job.reporter(od.volume.uuid, plan) if job else None
-            n, log = await _import_one(od, plan, store, log_dir, args.json, report)
-            bad += n
-            if job is not None:
-                job.finish_drive(od.volume.uuid, log, store, plan,
-                                 report.done + report.zero if report else 0)
+        stats = progress.Stats(files_total=sum(len(p.files) for _, p in opened),
+                               bytes_total=sum(e.raw_len for _, p in opened for e in p.extents))
+        renderer = progress.make_renderer(args.json)
+        renderer.start("import", drives=[str(od.drive.path) for od, _ in opened],
+                       storage=store.name, files=stats.files_total, bytes=stats.bytes_total)
+        bad, unvouched = await progress.with_progress(
+            renderer, stats, lambda: _import_all(opened, store, log_dir, job, renderer, stats))
         if job is not None:
             job.finish(args.return_tracking)
     finally:
@@ -172,10 +168,11 @@ async def run(args: argparse.Namespace) -> Outcome:
             od.close()
         for j in journals:
             j.close()
+    _finish(renderer, stats, args.json, len(opened))
     if bad:
         raise IntegrityError(f"{bad} blob(s) corrupt or missing; see the copy logs in "
                              f"{log_dir}, then re-send them: pipeline repair --journal-dir "
-                             "JDIR --srcdir DIR --to STORAGE")
+                             f"{args.journal_dir or 'JDIR'} --source DIR --to STORAGE")
     if unvouched:
         raise Incomplete(f"{', '.join(unvouched)}: imported what the drive holds, every extent "
                          "checked, but it cannot vouch that nothing is missing (see above); "
@@ -184,10 +181,61 @@ async def run(args: argparse.Namespace) -> Outcome:
     return Outcome()
 
 
-async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store,
-                      log_dir: Path, as_json: bool, report: service_import.Reporter | None = None
+def _finish(renderer: progress.Renderer, stats: progress.Stats, json_mode: bool,
+            drives_done: int) -> None:
+    """The last bar, then the summary: what was imported, how long it took, how fast."""
+    renderer.update(stats, force=True)
+    if json_mode:
+        renderer.event("summary", **stats.statistics(), drives_imported=drives_done)
+        renderer.close()
+        return
+    renderer.close()
+    print(f"imported {progress.format_size(stats.bytes_read)} in {stats.files_done} files "
+          f"from {drives_done} drive(s) ({progress.format_size(stats.zero_bytes)} of it zeros, "
+          f"not written), {progress.format_duration(stats.elapsed())} wall, "
+          f"{progress.format_rate(stats.rate())}"
+          + (f"; {progress.format_size(stats.skipped_bytes)} already imported before"
+             if stats.skipped_bytes else ""), file=sys.stderr)
+
+
+async def _import_all(opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]],
+                      store: Storage, log_dir: Path, job: service_import.JobImport | None,
+                      renderer: progress.Renderer, stats: progress.Stats
+                      ) -> tuple[int, list[str]]:
+    """Each drive in turn (the bar ticks beside, in ``with_progress``); the corrupt/missing
+    count and the drives that cannot vouch for completeness."""
+    unvouched = [str(od.drive.path) for od, plan in opened if plan.incomplete]
+    for od, plan in opened:  # named before the bar starts, where nothing can hide them
+        for line in [*plan.damage, *filter(None, [plan.incomplete])]:
+            print(f"pipeline import: {od.drive.path}: {line}", file=sys.stderr)
+    bad = 0
+    for od, plan in opened:
+        report = job.reporter(od.volume.uuid, plan) if job else None
+        n, log = await _import_one(od, plan, store, log_dir, renderer, stats, report)
+        bad += n
+        if job is not None:
+            job.finish_drive(od.volume.uuid, log, store, plan,
+                             report.done + report.zero if report else 0)
+    return bad, unvouched
+
+
+async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage,
+                      log_dir: Path, renderer: progress.Renderer, stats: progress.Stats,
+                      report: service_import.Reporter | None = None
                       ) -> tuple[int, importer.CopyLog]:
     sb = plan.superblock
+    stats.current_drive = f"drive {sb.drive_seq} ({od.drive.path})"
+    whole = sum(e.raw_len for e in plan.extents)
+    zero = sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO)
+    began = stats.bytes_read
+    stats.zero_bytes += zero
+    stats.bytes_read += zero  # holes and zero runs: copied by not being written
+
+    def uploaded(n: int) -> None:
+        stats.bytes_read += n
+        if report is not None:
+            report.add(n)
+
     path = importer.log_path(log_dir, sb.session_id, sb.drive_seq)
     with importer.open_copy_log(path) as stream:
         log = importer.CopyLog(stream, str(od.drive.path))
@@ -204,7 +252,7 @@ async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, sto
                     nursery.start_soon(report.run)
                 result = await importer.import_drive(
                     od, plan, store, log, trio.CapacityLimiter(os.cpu_count() or 2),
-                    trio.CapacityLimiter(8), report.add if report else lambda n: None)
+                    trio.CapacityLimiter(8), uploaded)
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
             with contextlib.suppress(NoSpace):  # a full log disk: say why the import stopped
@@ -219,11 +267,16 @@ async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, sto
         print(f"pipeline import: could not store the copy log in the account ({exc}); "
               f"it is in {path}", file=sys.stderr)
     t = log.totals
-    if as_json:
-        print(json.dumps({"seq": sb.drive_seq, "session_id": sb.session_id,
-                          "already_imported": result.already, "copy_log": str(path),
-                          "records_from": plan.source, "damage": plan.damage,
-                          "incomplete": plan.incomplete, **t}))
+    if result.already:  # nothing read this time: what the drive holds was imported before
+        stats.bytes_read = began
+        stats.zero_bytes -= zero
+        stats.skipped_bytes += whole
+    stats.files_done += len(plan.files)
+    if isinstance(renderer, progress.JsonRenderer):
+        renderer.event("drive", seq=sb.drive_seq, session_id=sb.session_id,
+                       path=str(od.drive.path), already_imported=result.already,
+                       copy_log=str(path), records_from=plan.source, damage=plan.damage,
+                       incomplete=plan.incomplete, **t)
     elif result.already:
         print(f"drive {sb.drive_seq} of session {sb.session_id} ({od.drive.path}) was already "
               "imported; nothing changed")
