@@ -384,9 +384,11 @@ def check_verify(s: Session, case: Case, outcome: str) -> list[str]:
     if outcome in (NONE, ANY):
         return []
     try:
-        reports = json.loads(ran.stdout)
-    except json.JSONDecodeError:
-        return [f"verify --json printed no JSON report: {ran.stdout[:300]!r}"]
+        events = [json.loads(line) for line in ran.stdout.splitlines()]
+        reports = next(e["reports"] for e in events if e["type"] == "summary")
+    except (json.JSONDecodeError, StopIteration, KeyError):
+        return [f"verify --json printed no summary event with the reports: "
+                f"{ran.stdout[-300:]!r}"]
     mine = [r for r in reports if r.get("seq") == s.drive.seq]
     if len(mine) != 1:
         return [f"verify reported {len(mine)} entries for drive {s.drive.seq}"]

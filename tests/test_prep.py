@@ -130,6 +130,16 @@ def test_verify_names_damaged_files(tmp_path: Path) -> None:
     drive = tmp_path / "d.img"
     assert prep(src, jdir, "dmg-1", [drive], "--drive-size", "64M").returncode == 0
     j = journals_of(jdir)[0]
+    live_files, live_raw = len(list(j.files())), sum(e.raw_len for e in j.extents())
+    # before the damage: verify's figures are the drive's, every byte and file once
+    clean = run_cli("verify", "--journal-dir", str(jdir), "--json", check_code=0)
+    events = [json.loads(line) for line in clean.stdout.splitlines()]
+    summary = next(e for e in events if e["type"] == "summary")
+    assert summary["bytes_read"] == summary["bytes_total"] == live_raw
+    assert summary["files_done"] == summary["files_total"] == live_files
+    assert [r["ok"] for r in summary["reports"]] == [True]
+    assert events[-1] == {"type": "exit", "t": events[-1]["t"], "code": 0,
+                          "message": "verified 1 drive(s): every extent matches its journal"}
     victim = next(e for e in j.extents() if e.stored_len > 100_000)
     path = next(f.path for f in j.files() if f.file_id == victim.file_id)
     offset = 16 * MiB + victim.location + 5000

@@ -18,6 +18,7 @@ for the command to show.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -181,7 +182,8 @@ class _Tally:
     """Stage: the report's side of the checks, order-independent.  Each file keeps the
     damage a walk of the log would have met first, wherever its window was checked."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Callable[[int], None]) -> None:
+        self.progress = progress  # raw bytes checked, as each window's are
         self.extents = self.raw_bytes = 0
         self.seen: set[check.Key] = set()
         self.first: dict[int, check.Damage] = {}  # file id -> its earliest damage
@@ -191,6 +193,7 @@ class _Tally:
             async for got in rx:
                 self.extents += got.extents
                 self.raw_bytes += got.raw_bytes
+                self.progress(got.raw_bytes)
                 self.seen.update(got.seen)
                 for d in got.damage:
                     if d.file_id not in self.first or d.where < self.first[d.file_id].where:
@@ -219,16 +222,18 @@ def _names(jrn: journal.Journal) -> dict[int, str]:
 
 
 async def verify_drive(jrn: journal.Journal, path: str, cpu: trio.CapacityLimiter,
-                       workers: int | None = None) -> DriveReport:
+                       workers: int | None = None,
+                       progress: Callable[[int], None] = lambda n: None) -> DriveReport:
     """Check one drive; everything found goes into the report (nothing raised for damage).
 
     ``cpu`` is shared by every drive verified at once; the drive's own reads get a
     thread of their own (its io limiter), so reading one window overlaps checking
     the ones before.  ``workers`` checkers (default: the cpu limiter's tokens).
+    ``progress`` hears the raw bytes of each window checked (the progress bar's feed).
     """
     report = DriveReport(jrn.drive.seq, path)
     plan, od = await _start(jrn, path, report)
-    tally = _Tally()
+    tally = _Tally(progress)
     with od:
         async with trio.open_nursery() as nursery:
             win_tx, win_rx = trio.open_memory_channel[check.Window](WINDOWS_DEPTH)
