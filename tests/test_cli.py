@@ -242,6 +242,31 @@ def test_a_secret_file_others_can_read_is_named_with_the_command(tmp_path) -> No
     assert "warning" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize(("command", "old", "new"), [
+    (["backup"], "--job-name", "--job"), (["backup"], "--account", "--storage-account"),
+    (["drive", "format"], "--job-name", "--job")])
+def test_one_name_for_the_job_and_the_account(command: list[str], old: str, new: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert f"{new} NAME" in out and old not in out
+    assert _all_dests(cli.build_parser(command[0]), old) == _all_dests(
+        cli.build_parser(command[0]), new)  # the old spelling fills the same field
+
+
+def _all_dests(parser: argparse.ArgumentParser, option: str) -> set[str]:
+    return {a.dest for p in walk_parsers(parser) for a in p._actions if option in a.option_strings}
+
+
+def walk_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from walk_parsers(child)
+
+
 @pytest.mark.parametrize("command", ["prep", "preview", "repair"])
 def test_one_name_per_concept_older_spellings_hidden(
         command: str, capsys: pytest.CaptureFixture[str]) -> None:

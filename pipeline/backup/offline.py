@@ -48,7 +48,7 @@ _ACCOUNT = re.compile(r"[a-z0-9]{3,24}\Z")
 
 def check_account_name(name: str) -> str:
     if not _ACCOUNT.match(name):
-        raise BadInput(f"--account {name!r} is not a storage account name; use 3-24 lowercase "
+        raise BadInput(f"--storage-account {name!r} is not a storage account name; use 3-24 lowercase "
                        "letters and digits")
     return name
 

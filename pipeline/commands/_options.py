@@ -31,13 +31,14 @@ def unlock_secret(args: argparse.Namespace) -> credentials.Secret | None:
     return None
 
 
-def add_aliased(parser: argparse.ArgumentParser, name: str, aliases: tuple[str, ...], *,
-                required: bool = False, **kwargs: object) -> None:
+def add_aliased(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str,
+                aliases: tuple[str, ...], *, required: bool = False, dest: str | None = None,
+                **kwargs: object) -> None:
     """``name`` with its help; each older spelling in ``aliases`` still works but is not
     shown (one name per concept in --help: ``--source``, ``--job``, ``--storage-account``).
     ``required`` holds for the name or any alias."""
     group = parser.add_mutually_exclusive_group(required=required)
-    dest = name.lstrip("-").replace("-", "_")
+    dest = dest or name.lstrip("-").replace("-", "_")
     group.add_argument(name, dest=dest, **kwargs)  # type: ignore[arg-type]
     hidden = {k: v for k, v in kwargs.items() if k in ("type", "metavar", "action")}
     for alias in aliases:

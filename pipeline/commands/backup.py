@@ -54,10 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--offline", action="store_true",
                    help="initial full backup into --staging, to ship on drives")
     o.add_argument("--staging", metavar="S", help="staging location (an existing directory)")
-    o.add_argument("--job-name", metavar="NAME", help="the import job's name")
+    _options.add_aliased(o, "--job", ("--job-name",), dest="job_name", metavar="NAME",
+                         help="the import job's name")
     o.add_argument("--subscription", metavar="ID",
                    help="subscription id (a UUID; default: the one in --publish-settings)")
-    o.add_argument("--account", metavar="ACCOUNT", help="storage account name")
+    _options.add_aliased(o, "--storage-account", ("--account",), dest="account",
+                         metavar="NAME", help="storage account name")
     o.add_argument("--publish-settings", metavar="FILE",
                    help="the subscription's publish settings file (stays on this machine): "
                    "the import service is asked first whether the job name is free")

@@ -58,7 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--staging", metavar="DIR",
                    help="staging location: refuse the drive that holds it")
     p.add_argument("--session-id", default=None, help="session id recorded on the drive")
-    p.add_argument("--job-name", default="", help="import job name recorded on the drive")
+    _options.add_aliased(p, "--job", ("--job-name",), dest="job_name", default="",
+                         metavar="NAME", help="import job name recorded on the drive")
     p.add_argument("--dstdir", default="seed/", metavar="CONTAINER/VDIR/",
                    help="where the drive's files import to (default seed/)")
     p.add_argument("--save-recovery-password", metavar="FILE",
