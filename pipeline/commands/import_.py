@@ -25,6 +25,7 @@ from pipeline.errors import (
     NoSpace,
     Outcome,
     Refused,
+    is_no_space,
     worst,
 )
 from pipeline.jobs.client import ServiceClient
@@ -115,8 +116,13 @@ def _journal_for(journals: list[journal.Journal], path: str) -> journal.Journal:
 
 async def run(args: argparse.Namespace) -> Outcome:
     log_dir = Path(args.log_dir)
-    if not log_dir.is_dir():
-        raise BadInput(f"log directory {log_dir} does not exist; create it or pass --log-dir")
+    try:  # a log directory is ours to make, as prep makes its journal directory
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        if is_no_space(exc):
+            raise NoSpace(log_dir, f"log directory {log_dir}") from None
+        raise BadInput(f"cannot create log directory {log_dir}: {exc.strerror}; pass another "
+                       "--log-dir") from None
     journals = journal.session_journals(args.journal_dir) if args.journal_dir else []
     if args.journal_dir and not journals:
         raise BadInput(f"no journals in {args.journal_dir}; check --journal-dir")

@@ -190,6 +190,8 @@ def run_list(args: argparse.Namespace) -> Outcome:
     if args.json:
         print(json.dumps(jobs, indent=2))
         return Outcome()
+    if not jobs:  # silence would read as a hang or a failure
+        print("no jobs in this subscription yet; create one: pipeline jobs create", file=sys.stderr)
     for job in jobs:
         p = job["properties"]
         print(f"{job['name']:<24}  {p['state']:<13}  {len(p.get('driveList', []))} drive(s)  "
