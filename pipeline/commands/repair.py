@@ -9,14 +9,14 @@ the source still matches what was prepared.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
 import xxhash
 
-from pipeline import journal
+from pipeline import journal, progress
 from pipeline.commands import _options
 from pipeline.drive import codec, format
 from pipeline.errors import EXIT_INTEGRITY, EXIT_STORAGE, BadInput, IntegrityError, Outcome
@@ -39,7 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          help="the staging directory prep copied")
     p.add_argument("--to", metavar="STORAGE", help="storage account (as for import)")
     p.add_argument("--dry-run", action="store_true", help="compare only; send nothing")
-    p.add_argument("--json", action="store_true", help="JSON Lines: one object per blob")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines events on stdout: start, progress, one `blob` event per blob "
+                   "that differs, summary, exit")
     p.set_defaults(func=run)
 
 
@@ -113,7 +115,7 @@ def resend(store: Storage, container: str, blob_type: format.BlobType, srcdir: P
     return sent
 
 
-def run(args: argparse.Namespace) -> Outcome:
+async def run(args: argparse.Namespace) -> Outcome:
     journals = journal.one_session(args.journal_dir, args.session_id)
     session = journals[0].session
     container = session.dstdir.split("/", 1)[0]
@@ -126,38 +128,70 @@ def run(args: argparse.Namespace) -> Outcome:
     blobs = expected_blobs(journals)
     for j in journals:
         j.close()
-    failed, resent, checked = [], 0, 0
-    for name, exp in sorted(blobs.items()):
-        checked += 1
-        why = compare(store, container, exp)
-        if why is None:
-            continue
-        if args.dry_run:
-            _say(args.json, {"blob": name, "status": "differs", "reason": why})
-            failed.append(name)
-            continue
-        try:
-            sent = resend(store, container, blob_type, srcdir, exp)
-        except BadInput as exc:
-            _say(args.json, {"blob": name, "status": "failed", "reason": str(exc)})
-            failed.append(name)
-            continue
-        resent += 1
-        _say(args.json, {"blob": name, "status": "re-sent", "reason": why, "bytes": sent})
+    stats = progress.Stats(files_total=len(blobs),
+                           bytes_total=sum(e.entry.size for e in blobs.values()))
+    renderer = progress.make_renderer(args.json)
+    renderer.start("repair", storage=store.name, files=stats.files_total,
+                   bytes=stats.bytes_total, dry_run=args.dry_run)
+    work = _Repair(store, container, blob_type, srcdir, args.dry_run, renderer, stats)
+    await progress.with_progress(renderer, stats, lambda: trio.to_thread.run_sync(
+        work.all, sorted(blobs.items()), limiter=trio.CapacityLimiter(1)))
     store.sync()
-    summary = f"checked {checked} blob(s), re-sent {resent}"
-    if failed:
-        raise IntegrityError(f"{summary}; {len(failed)} still differ (first: {failed[0]})")
-    _say(args.json, {"status": "summary", "checked": checked, "re_sent": resent})
+    renderer.update(stats, force=True)
+    summary = (f"checked {stats.files_done} blob(s) ({progress.format_size(stats.bytes_read)}, "
+               f"{progress.format_duration(stats.elapsed())}, "
+               f"{progress.format_rate(stats.rate())}), re-sent {work.resent}")
+    if args.json:
+        renderer.event("summary", **stats.statistics(), checked=stats.files_done,
+                       re_sent=work.resent, failed=work.failed)
+    renderer.close()
+    if work.failed:
+        raise IntegrityError(f"{summary}; {len(work.failed)} still differ "
+                             f"(first: {work.failed[0]})")
+    if not args.json:
+        print(f"{summary}; the account now matches the journals")
     return Outcome()
 
 
-def _say(as_json: bool, obj: dict) -> None:
-    if as_json:
-        print(json.dumps(obj, ensure_ascii=False))
-    elif obj.get("status") == "summary":
-        print(f"checked {obj['checked']} blob(s), re-sent {obj['re_sent']}; the account now "
-              "matches the journals")
-    else:
+class _Repair:
+    """Each blob compared with the journal and, unless a dry run, sent again from staging;
+    one worker thread, the counters read by the progress ticker."""
+
+    def __init__(self, store: Storage, container: str, blob_type: format.BlobType,
+                 srcdir: Path, dry_run: bool, renderer: progress.Renderer,
+                 stats: progress.Stats) -> None:
+        self.store, self.container, self.blob_type = store, container, blob_type
+        self.srcdir, self.dry_run, self.renderer, self.stats = srcdir, dry_run, renderer, stats
+        self.failed: list[str] = []
+        self.resent = 0
+
+    def all(self, blobs: list[tuple[str, Expected]]) -> None:
+        for name, exp in blobs:
+            self.one(name, exp)
+            self.stats.files_done += 1
+            self.stats.bytes_read += exp.entry.size
+
+    def one(self, name: str, exp: Expected) -> None:
+        why = compare(self.store, self.container, exp)
+        if why is None:
+            return
+        if self.dry_run:
+            self.say({"blob": name, "status": "differs", "reason": why})
+            self.failed.append(name)
+            return
+        try:
+            sent = resend(self.store, self.container, self.blob_type, self.srcdir, exp)
+        except BadInput as exc:
+            self.say({"blob": name, "status": "failed", "reason": str(exc)})
+            self.failed.append(name)
+            return
+        self.resent += 1
+        self.say({"blob": name, "status": "re-sent", "reason": why, "bytes": sent})
+
+    def say(self, obj: dict[str, object]) -> None:
+        """A blob's outcome: an event (--json), else a line on stdout."""
+        if isinstance(self.renderer, progress.JsonRenderer):
+            self.renderer.event("blob", **obj)
+            return
         extra = f" ({obj['bytes']} bytes)" if "bytes" in obj else ""
         print(f"{obj['status']}: {obj['blob']}: {obj['reason']}{extra}")
