@@ -290,6 +290,8 @@ def format_summary(stats: Stats | Mapping[str, Any], *, verbose: bool = False) -
 
 def describe_event(type: str, fields: Mapping[str, Any]) -> str:
     """One human line for an event: its `message`, else its fields as key=value."""
+    if type == "drive_full" and "seq" in fields:  # said as a person would, not as fields
+        return (f"drive {fields['seq']} ({fields.get('path', '?')}) is full")
     if "message" in fields:
         text = str(fields["message"])
         rest = {k: v for k, v in fields.items() if k != "message"}

@@ -93,14 +93,34 @@ def test_diskprep_interactive_two_drives(tmp_path: Path) -> None:
         child.sendline(str(tmp_path / "d1.img"))
         child.expect("size of the image file to create")
         child.sendline("32M")
-        child.expect(r"Format .*d1.img\? Everything on it is lost. \[y/N\]: ")
+        child.expect(r"Format .*d1.img \(a new image file of 32M\)\? Everything on it is "
+                     r"lost. \[y/N\]: ")
         child.sendline("y")
         child.expect("the drive is full: attach another drive")
+        # the operator's slips at 3 a.m.: each is said in a line and the question comes back
+        child.expect("Path of the next drive")
+        child.sendline("/dev/loop9z")
+        child.expect("/dev/loop9z does not exist; check the device name")
+        child.expect("Path of the next drive")
+        child.sendline(str(tmp_path / "d1.img"))
+        child.expect(r"d1.img is already drive 1 of this job \(full\); attach another drive")
+        child.expect("Path of the next drive")
+        child.sendline(str(tmp_path / "d2.img"))
+        child.expect("size of the image file to create")
+        child.sendline("")
+        child.expect("give a size, e.g. 2G")
+        child.expect("size of the image file to create")
+        child.sendline("64M")
+        child.expect(r"Format .*d2.img \(a new image file of 64M\)\? .* \[y/N\]: ")
+        child.sendline("maybe")
+        child.expect("answer y or n")
+        child.sendline("n")
+        child.expect("d2.img left as it is; give another drive")
         child.expect("Path of the next drive")
         child.sendline(str(tmp_path / "d2.img"))
         child.expect("size of the image file to create")
         child.sendline("64M")
-        child.expect(r"Format .*d2.img\?")
+        child.expect(r"Format .*d2.img")
         child.sendline("y")
         child.expect("import job nightly-seed created with 2 drive")
         child.expect("ship the drives to:")
@@ -190,3 +210,13 @@ def test_diskprep_stops_before_any_drive(tmp_path: Path) -> None:
         assert not (config / "journals").exists()
         job = ServiceClient.from_file(str(settings), url=svc.url).get("taken-seed")
         assert len(job["properties"]["driveList"]) == 1  # the other job, unchanged
+
+        # No --yes and nobody to answer "Format?": a missing confirmation, refused (5).
+        free = tmp_path / "free-staging"
+        fake_offline_backup(free, config, "free-seed", sub, settings)
+        unanswered = run_cli("diskprep", f"s:{free}", "--service", svc.url, "--job",
+                             "free-seed", "--drive", str(drive), "--location", "westeurope",
+                             *RETURN_FLAGS, *FAST_KDF_ARGS, env=env, input="")
+        assert unanswered.returncode == EXIT_REFUSED, unanswered.stderr
+        assert "pass --yes" in unanswered.stderr.strip().splitlines()[-1]
+        assert drive.read_bytes() == before

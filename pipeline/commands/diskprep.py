@@ -37,6 +37,7 @@ from pipeline.errors import (
 )
 from pipeline.jobs import rules
 from pipeline.jobs.client import ServiceClient, ServiceError
+from pipeline.volume import drives
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
 EXITS = (EXIT_WARNING, EXIT_INTEGRITY, EXIT_REFUSED, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
@@ -120,8 +121,18 @@ class Terminal:
                            "runs (--job, --drive, --drive-size, --location, --yes)") from None
 
     def confirm(self, text: str, default: bool = False) -> bool:
-        answer = self.question(f"{text} [{'Y/n' if default else 'y/N'}]: ").lower()
-        return default if not answer else answer in ("y", "yes")
+        """Yes or no; anything else asks again.  No answer at all (end of input) is a
+        missing confirmation: refused (5), as the exit-code table says."""
+        while True:
+            try:
+                answer = self.ask(f"{text} [{'Y/n' if default else 'y/N'}]: ").strip().lower()
+            except EOFError:
+                raise Refused(f"no answer to {text!r}; pass --yes to confirm") from None
+            if not answer:
+                return default
+            if answer in ("y", "yes", "n", "no"):
+                return answer in ("y", "yes")
+            print("answer y or n")
 
 
 async def run(args: argparse.Namespace) -> Outcome:
@@ -160,7 +171,7 @@ async def run(args: argparse.Namespace) -> Outcome:
     jdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     repo = staging / offline["repository"]
     copied = await _prep_until_done(args, term, jdir, job_name, [
-        "--srcdir", str(repo), "--dstdir", f"{offline['container']}/", "--journal-dir",
+        "--source", str(repo), "--dstdir", f"{offline['container']}/", "--journal-dir",
         str(jdir), "--session-id", job_name, "--blob-type", "page", *_kdf_flags(args)])
     if copied.code:  # done with warnings: prep named them; no job until the copy is clean
         return copied
@@ -244,30 +255,112 @@ async def _prep_until_done(args: argparse.Namespace, term: Terminal, jdir: Path,
                            base: list[str]) -> Outcome:
     """prep of the staging location onto the drives given or asked for, another drive
     whenever one fills, until every file is on a drive: prep's outcome."""
-    if args.drive_size:
-        base = [*base, "--drive-size", args.drive_size]
     queue = list(args.drive)
     resume = bool(journal.session_journals(jdir, job_name))
     while True:
-        drive = queue.pop(0) if queue else term.question(
-            "Path of the next drive (block device or image file): " if resume else
-            "Path of the target drive (block device or image file): ")
-        if not drive:
-            raise BadInput("no drive given; run diskprep again to continue")
-        argv = [*base, "--drive", drive] + (["--resume"] if resume else [])
-        if not Path(drive).exists() and not args.drive_size:
-            size = term.question(f"{drive} does not exist; size of the image file to create "
-                                 "(e.g. 2G): ")
-            argv += ["--drive-size", size]
-        if args.yes or term.confirm(f"Format {drive}? Everything on it is lost."):
-            argv.append("--yes")
-        else:
-            raise Refused(f"{drive} not formatted; run diskprep again with another drive")
+        drive, flags = _next_drive(args, term, queue, _session_drives(jdir, job_name), resume)
+        argv = [*base, "--drive", drive, *flags] + (["--resume"] if resume else [])
         resume = True
         try:
             return await prep.run(prep.parse_args(argv))
         except OutOfDrives:
             print("the drive is full: attach another drive")
+
+
+def _session_drives(jdir: Path, job_name: str) -> dict[str, str]:
+    """Resolved path -> "drive N (state)" for the drives this session already has."""
+    if not jdir.is_dir():
+        return {}
+    journals = journal.session_journals(jdir, job_name)
+    try:
+        return {str(Path(j.drive.path).resolve()): f"drive {j.drive.seq} of this job "
+                f"({j.drive.state})" for j in journals}
+    finally:
+        for j in journals:
+            j.close()
+
+
+def _next_drive(args: argparse.Namespace, term: Terminal, queue: list[str],
+                used: dict[str, str], resume: bool) -> tuple[str, list[str]]:
+    """The next drive and the prep flags it needs.  A wrong answer (a mistyped device, a
+    drive already used, no size, "n" to formatting) asks again on a terminal; given as a
+    flag, or with no terminal, it is an error naming the fix."""
+    while True:
+        given = bool(queue)
+        drive = queue.pop(0) if given else term.question(
+            f"Path of the {'next' if resume else 'target'} drive (block device or image file; "
+            "empty to stop): ")
+        if not drive:
+            raise BadInput("no drive given; run diskprep again to continue (it resumes)")
+        try:
+            flags = _drive_flags(drive, args, term, used)
+            what = _describe(drive, flags)
+        except BadInput as exc:
+            if given or not term.interactive:
+                raise
+            print(exc)
+            continue
+        if args.yes or term.confirm(f"Format {drive} ({what})? Everything on it is lost."):
+            return drive, [*flags, "--yes"]
+        if given or not term.interactive:
+            raise Refused(f"{drive} not formatted; pass --yes to format it, or another --drive")
+        print(f"{drive} left as it is; give another drive")
+
+
+def _drive_flags(drive: str, args: argparse.Namespace, term: Terminal,
+                 used: dict[str, str]) -> list[str]:
+    """Check the answer; an image file to create gets its --drive-size (asked if needed)."""
+    path = Path(drive)
+    if str(path.resolve()) in used:
+        raise BadInput(f"{drive} is already {used[str(path.resolve())]}; attach another drive")
+    if path.exists():
+        return []
+    if path.resolve().parts[1:2] == ("dev",):
+        raise BadInput(f"{drive} does not exist; check the device name (lsblk lists the drives)")
+    if not path.parent.is_dir():
+        raise BadInput(f"{drive}: directory {path.parent} does not exist; check the path")
+    size = args.drive_size
+    while size is None:
+        answer = term.question(f"{drive} does not exist; size of the image file to create "
+                               "(e.g. 2G): ")
+        try:
+            if drives.parse_size(answer) >= drives.MIN_DRIVE_SIZE:
+                size = answer
+                break
+            print(f"{answer}: smaller than the minimum volume of "
+                  f"{drives.human(drives.MIN_DRIVE_SIZE)}")
+        except BadInput as exc:
+            print(f"{answer!r}: {exc}" if answer else "give a size, e.g. 2G")
+        if not term.interactive:
+            raise BadInput(f"give --drive-size for the new image file {drive}")
+    return ["--drive-size", size]
+
+
+def _describe(drive: str, flags: list[str]) -> str:
+    """What the operator is about to erase: size, model, what is on it."""
+    if "--drive-size" in flags:
+        return f"a new image file of {flags[flags.index('--drive-size') + 1]}"
+    with drives.open_drive(drive) as d:
+        content = drives.existing_content(d) or "blank"
+        parts = [drives.human(d.size)]
+        if d.kind == "block":
+            sysfs = Path("/sys/class/block") / Path(drive).resolve().name
+            model = _read_text(sysfs / "device" / "model")
+            if model:
+                parts.append(model)
+            children = sorted(p.name for p in sysfs.glob(f"{sysfs.name}*") if p.is_dir())
+            if children:
+                parts.append(f"partitions {', '.join(children)}")
+        else:
+            parts.append("image file")
+        return ", ".join([*parts, content.removeprefix("is ").removeprefix("already ")])
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def _kdf_flags(args: argparse.Namespace) -> list[str]:
