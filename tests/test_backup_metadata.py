@@ -34,7 +34,7 @@ from pipeline.backup import encoding as fmt
 from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository, find_snapshot
 from pipeline.backup.restore import run_restore
-from tests.conftest import FAST_ARGON, ROOT, require_root, require_tool
+from tests.conftest import FAST_ARGON, ROOT, require_root, require_tool, run_cli
 from tests.test_backup_repo import PASS, reopen
 
 MiB = 1 << 20
@@ -412,3 +412,33 @@ def test_walk_records_special_files_and_skips_sockets(tmp_path: Path) -> None:
     assert warnings == ["sock: socket, not backed up"]
     assert nodes["."].uid == os.getuid() and nodes["."].user == pwd.getpwuid(os.getuid()).pw_name
     assert nodes["."].group == grp.getgrgid(os.getgid()).gr_name
+
+
+def test_cli_restore_as_a_user_is_done_with_warnings(ext4: Path, tmp_path: Path) -> None:
+    """`pipeline restore` as nobody: every warning on stderr naming its entry, the final
+    line, and exit 1 (done with warnings); as root the same snapshot restores with 0."""
+    src = ext4 / "src"
+    src.mkdir()
+    make_meta_tree(src)
+    os.unlink(src / "sock")
+    repo = Repository.init(DirBackend(tmp_path / "staging" / "repo"), PASS, FAST_ARGON)
+    trio.run(backup, repo, src)
+    home = ext4 / "user"
+    shutil.copytree(tmp_path / "staging" / "repo", home / "repo")
+    (home / "pass").write_bytes(PASS + b"\n")
+    for p in [home, *home.rglob("*")]:
+        os.chown(p, NOBODY, NOBODY)
+    os.chmod(home, 0o755)
+    args = ["restore", "--from", str(home / "repo"), "--passphrase-file", str(home / "pass")]
+    proc = as_nobody(["-m", "pipeline", *args, "--target", str(home / "out")],
+                     home / "python")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) == 6, proc.stderr
+    for needle in ("d/blk: block device 7:200 not restored", "null: character device 1:3",
+                   "xattrs.bin: extended attribute security.pipeline",
+                   "xattrs.bin: extended attribute trusted.pipeline"):
+        assert sum(needle in line for line in lines) == 1, (needle, proc.stderr)
+    assert lines[-1].startswith("pipeline restore: restored snapshot ")
+    run_cli(*args, "--target", str(ext4 / "out"), check_code=0)
+    assert describe_meta(ext4 / "out") == describe_meta(src)

@@ -20,12 +20,13 @@ from pipeline.errors import (
     EXIT_NO_SPACE,
     EXIT_OK,
     EXIT_STORAGE,
+    EXIT_WARNING,
     BadInput,
     Outcome,
 )
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
-EXITS = (EXIT_INTEGRITY, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
+EXITS = (EXIT_WARNING, EXIT_INTEGRITY, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -71,10 +72,15 @@ async def run(args: argparse.Namespace) -> Outcome:
     stats = progress.Stats()
     renderer = progress.make_renderer(args.json)
     renderer.start("restore", snapshot=ref.hex, storage=backend.name, target=str(target))
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:       # what could not be set: named, then exit 1
+        warnings.append(message)
+        renderer.event("warning", message=message)
 
     async def go() -> fmt.Manifest:
         try:
-            return await run_restore(repo, ref, target, stats, threads)
+            return await run_restore(repo, ref, target, stats, threads, warn)
         except PartialRestore as exc:     # --json: each file, then the exit event
             if not args.json:
                 raise
@@ -94,5 +100,7 @@ async def run(args: argparse.Namespace) -> Outcome:
              f"({progress.format_size(stats.zero_bytes)} of it zeros, left as holes), "
              f"{progress.format_duration(stats.elapsed())} wall, "
              f"{progress.format_rate(stats.rate())}"]
-    ui.finish(renderer, stats, args.json, summary, EXIT_OK, message, lines)
-    return Outcome(EXIT_OK, "" if args.json else message)  # --json: in the `exit` event
+    code = EXIT_WARNING if warnings else EXIT_OK
+    ui.finish(renderer, stats, args.json, {**summary, "warnings": len(warnings)}, code,
+              message, lines)
+    return Outcome(code, "" if args.json else message)  # --json: in the `exit` event
