@@ -476,6 +476,26 @@ class Journal:
             yield (format.Extent(row[0], row[1], row[2], format.Codec(row[3]), row[4],
                                  bytes(row[5]), row[6]), row[7])
 
+    def live_file_ids(self) -> list[int]:
+        """The live files' ids, in order: no record objects (verify's plan)."""
+        return [r[0] for r in self._db.execute(
+            "SELECT file_id FROM files WHERE superseded=0 ORDER BY file_id")]
+
+    def live_extent_rows(self) -> Iterator[tuple[int, format.ExtentRow]]:
+        """(segment seq, extent row) of every live file's extent, in log order.
+
+        Plain values (``format.ExtentRow``), not ``Extent`` objects: the rows were
+        checked as records when prep committed them, and verify only compares what
+        the drive holds with them.  Fetched a batch at a time.
+        """
+        rows = self._db.execute(
+            "SELECT e.segment, e.file_id, e.offset, e.raw_len, e.codec, e.stored_len, e.xxh3, "
+            "e.location FROM extents e JOIN files f ON f.file_id = e.file_id "
+            "WHERE f.superseded=0 ORDER BY e.segment, e.location")
+        while batch := rows.fetchmany(4096):
+            for seg, *row in batch:
+                yield seg, tuple(row)  # type: ignore[misc]
+
     def segments(self) -> list[tuple[int, int, int]]:
         """(seq, offset, length) of every committed DATA segment, in log order."""
         return list(self._db.execute("SELECT seq, offset, length FROM segments ORDER BY seq"))

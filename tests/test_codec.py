@@ -266,3 +266,37 @@ def test_four_threads_match_sequential() -> None:
         back = list(ex.map(lambda p: unpack(p.codec, p.stored, p.raw_len, p.xxh3), concurrent))
     assert concurrent == sequential
     assert back == [b for b, _ in jobs]
+
+
+# --------------------------------------------------------------------------- check (verify's)
+
+
+def _outcome(f: object, *args: object) -> str:
+    try:
+        f(*args)  # type: ignore[operator]
+    except CorruptRecord as exc:
+        return str(exc)
+    return "ok"
+
+
+@pytest.mark.parametrize("kind", ["zstd", "raw", "zero"])
+def test_check_accepts_and_refuses_exactly_what_unpack_does(kind: str) -> None:
+    """codec.check is unpack without the raw bytes kept: the same verdict and the same
+    words, for intact extents and every kind of damage (bytes, length, digest, codec)."""
+    raw = {"zstd": TEXT[:10000], "raw": os.urandom(10000), "zero": bytes(10000)}[kind]
+    p = pack(raw)
+    assert p.codec.name.lower() == kind
+    cases = [(p.codec, p.stored, p.raw_len, p.xxh3),
+             (p.codec, memoryview(p.stored), p.raw_len, p.xxh3),
+             (p.codec, p.stored, p.raw_len, bytes(16)),
+             (p.codec, p.stored, p.raw_len + 1, p.xxh3),
+             (p.codec, p.stored, 0, p.xxh3),
+             (p.codec, b"\0" + p.stored, p.raw_len, p.xxh3),
+             (99, p.stored, p.raw_len, p.xxh3),
+             (int(p.codec), p.stored, p.raw_len, p.xxh3)]
+    if p.stored:
+        cases.append((p.codec, _flip(p.stored, len(p.stored) // 2), p.raw_len, p.xxh3))
+    verdicts = [_outcome(codec.check, *c) for c in cases]
+    assert verdicts == [_outcome(unpack, *c) for c in cases]
+    assert verdicts[0] == verdicts[1] == verdicts[-2 if p.stored else -1] == "ok"
+    assert sum(v == "ok" for v in verdicts) == 3

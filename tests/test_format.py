@@ -1296,3 +1296,59 @@ def test_superblock_strings_are_checked_before_use(field: str, value: str, said:
     sb = Superblock(**{**SB_ARGS, field: value})
     with pytest.raises(CorruptRecord, match=f"superblock: {said}"):
         fmt.decode_superblock(fmt.encode_superblock(sb))
+
+
+# --------------------------------------------------------------------------- rows (verify's)
+
+
+def _rows_of(seg: fmt.Segment) -> list[fmt.ExtentRow]:
+    return [(e.file_id, e.offset, e.raw_len, e.codec.value, e.stored_len, e.xxh3, e.location)
+            for e in seg.extents]
+
+
+def _verdict(decode: object, blob: bytes, offset: int, seq: int | None,
+             check_payload: bool = True) -> object:
+    try:
+        got = decode(blob, offset, seq, check_payload=check_payload)  # type: ignore[operator]
+    except CorruptRecord as exc:
+        return ("corrupt", str(exc))
+    if isinstance(got, fmt.Segment):
+        return (got.header, _rows_of(got), bytes(got.payload))
+    return (got.header, got.extents, bytes(got.payload))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_segment_rows_are_the_segment_extents_and_damage_reads_the_same(compress: bool) -> None:
+    """decode_segment_rows: the same extents, header and payload as decode_segment, and for
+    a flipped bit anywhere in the segment (records, file entries, payload, padding) the same
+    CorruptRecord with the same words, with and without the payload check."""
+    blob, _ = many_segment(12, compress=compress, tiny=True)
+    assert _verdict(fmt.decode_segment_rows, blob, SECTOR, 0) == _verdict(
+        fmt.decode_segment, blob, SECTOR, 0)
+    rng = random.Random(7)
+    for pos in sorted({*rng.sample(range(len(blob)), 120), *range(0, 80, 7)}):
+        bad = flip(blob, pos, 1 << rng.randrange(8))
+        for check_payload in (True, False):
+            assert _verdict(fmt.decode_segment_rows, bad, SECTOR, 0, check_payload) == \
+                _verdict(fmt.decode_segment, bad, SECTOR, 0, check_payload), pos
+
+
+def test_segment_rows_check_what_extent_and_file_entry_check() -> None:
+    """Records with sound checksums but values Extent or FileEntry refuse (a ZERO extent that
+    stores bytes, a RAW one whose lengths differ, a '..' path, an extent outside the payload)
+    are refused by the rows decoder too, in the same words; an INDEX segment is not DATA."""
+    ext = struct.pack("<QQIBI16sQ", 1, 0, 10, Codec.ZERO.value, 4, bytes(16), 0)
+    raw = struct.pack("<QQIBI16sQ", 1, 0, 10, Codec.RAW.value, 4, bytes(16), SECTOR + 64)
+    out = struct.pack("<QQIBI16sQ", 1, 0, 10, Codec.ZSTD.value, 4, bytes(16), 1 << 40)
+    name = b"a/../b"
+    fe = struct.pack("<QQqI", 1, 10, 0, 0o644) + struct.pack("<H", 6) + name + \
+        struct.pack("<H", 6) + name
+    for rec in (framed(2, ext), framed(2, raw), framed(2, out), framed(1, fe)):
+        blob = raw_segment(SegmentKind.DATA.value, 0, SECTOR, rec, payload=bytes(8),
+                           count=1)
+        want = _verdict(fmt.decode_segment, blob, SECTOR, 0)
+        assert want[0] == "corrupt" and "unknown record type" not in want[1]
+        assert _verdict(fmt.decode_segment_rows, blob, SECTOR, 0) == want
+    idx = fmt.encode_index([FE], 1, SECTOR)
+    with pytest.raises(CorruptRecord, match="INDEX segment where a DATA one"):
+        fmt.decode_segment_rows(idx, SECTOR, 1)

@@ -26,7 +26,8 @@ import zstandard
 
 from pipeline.drive.format import Codec, CorruptRecord
 
-__all__ = ["MAX_RAW_LEN", "Packed", "is_zero", "pack", "pack_many", "unpack", "zero"]
+__all__ = ["MAX_RAW_LEN", "Packed", "check", "is_zero", "pack", "pack_many", "unpack",
+           "zero"]
 
 MAX_RAW_LEN = 0xFFFF_FFFF
 """Largest extent ``format.Extent`` can describe (u32 raw_len)."""
@@ -218,3 +219,35 @@ def unpack(codec: Codec, stored: bytes | memoryview, raw_len: int, xxh3: bytes) 
             f"(record {bytes(xxh3).hex()}, data {xxhash.xxh3_128_digest(raw).hex()})"
         )
     return raw
+
+
+def check(codec: Codec | int, stored: bytes | memoryview, raw_len: int, xxh3: bytes) -> None:
+    """What ``unpack`` checks, for a reader that does not keep the raw bytes (verify).
+
+    Nothing is copied that need not be: a RAW extent's stored bytes are hashed where
+    they lie, a ZERO extent's digest is the cached digest of ``raw_len`` zeros (no
+    zeros allocated); a ZSTD frame is decompressed, as it must be to be checked.
+    """
+    if not 1 <= raw_len <= MAX_RAW_LEN:
+        raise CorruptRecord(f"raw_len={raw_len} is not an extent length")
+    try:
+        codec = Codec(codec)
+    except ValueError:
+        raise CorruptRecord(f"unknown codec {codec!r}") from None
+    if codec is Codec.ZERO:
+        if len(stored):
+            raise CorruptRecord(f"ZERO extent of {raw_len} bytes has {len(stored)} stored bytes")
+        digest = _zero_digest(raw_len)
+    elif codec is Codec.RAW:
+        if len(stored) != raw_len:
+            raise CorruptRecord(
+                f"RAW extent: {len(stored)} stored bytes, but raw_len says {raw_len}"
+            )
+        digest = xxhash.xxh3_128_digest(stored)
+    else:
+        digest = xxhash.xxh3_128_digest(_raw_of(codec, stored, raw_len))
+    if digest != xxh3:
+        raise CorruptRecord(
+            f"{codec.name} extent of {raw_len} bytes: xxh3-128 mismatch "
+            f"(record {bytes(xxh3).hex()}, data {digest.hex()})"
+        )

@@ -91,6 +91,10 @@ __all__ = [
     "align_up",
     "decode_index",
     "decode_records",
+    "decode_extent_rows",
+    "decode_segment_rows",
+    "ExtentRow",
+    "SegmentRows",
     "decode_segment",
     "decode_segment_header",
     "decode_superblock",
@@ -287,6 +291,23 @@ def _check_uuid(value: object) -> None:
             raise ValueError(f"volume_uuid {value!r} has a non-hex digit")
 
 
+def _file_fields_ok(fid: object, path: object, blob: object, size: object, mtime_ns: object,
+                    mode: object) -> bool:
+    """``FileEntry``'s rules in one combined test, for the hot paths (prep makes one entry a
+    staging file, decoding an index millions): ASCII names are their own UTF-8, so their
+    length is their size.  False sends the caller to the per-field checks, which say what
+    is wrong (and accept non-ASCII names that are valid)."""
+    return (
+        type(fid) is int and type(size) is int and type(mtime_ns) is int
+        and type(mode) is int and 0 <= fid <= _U64 and 0 <= size <= _U64
+        and _I64_MIN <= mtime_ns <= _I64_MAX and 0 <= mode <= _U32
+        and type(path) is str and type(blob) is str and path.isascii() and blob.isascii()
+        and 0 < len(path) <= MAX_NAME_BYTES and 0 < len(blob) <= MAX_NAME_BYTES
+        and "\0" not in path and "\0" not in blob
+        and "//" not in (p := f"/{path}/") and "/./" not in p and "/../" not in p
+    )
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -304,18 +325,7 @@ class FileEntry:
     def __post_init__(self) -> None:
         fid, path, blob, size, mtime_ns, mode = (
             self.file_id, self.path, self.blob, self.size, self.mtime_ns, self.mode)
-        # One combined test on the hot path (prep makes one of these a staging file, and
-        # decoding an index millions): ASCII names are their own UTF-8, so their length is
-        # their size.  Anything else takes the per-field checks, which say what is wrong.
-        if (
-            type(fid) is int and type(size) is int and type(mtime_ns) is int
-            and type(mode) is int and 0 <= fid <= _U64 and 0 <= size <= _U64
-            and _I64_MIN <= mtime_ns <= _I64_MAX and 0 <= mode <= _U32
-            and type(path) is str and type(blob) is str and path.isascii() and blob.isascii()
-            and 0 < len(path) <= MAX_NAME_BYTES and 0 < len(blob) <= MAX_NAME_BYTES
-            and "\0" not in path and "\0" not in blob
-            and "//" not in (p := f"/{path}/") and "/./" not in p and "/../" not in p
-        ):
+        if _file_fields_ok(fid, path, blob, size, mtime_ns, mode):
             return
         _int("file_id", fid, 0, _U64)
         _utf8("path", path, MAX_NAME_BYTES)
@@ -453,7 +463,8 @@ def encode_records(records: Iterable[Record]) -> bytes:
     return b"".join(encode_record_list(records))
 
 
-def _decode_file_body(mv: memoryview, pos: int, end: int) -> FileEntry:
+def _file_body_fields(mv: memoryview, pos: int, end: int
+                      ) -> tuple[int, str, str, int, int, int]:
     file_id, size, mtime_ns, mode = _FILE_FIXED.unpack_from(mv, pos)
     p = pos + _FILE_FIXED.size
     (path_len,) = _LEN16.unpack_from(mv, p)
@@ -467,7 +478,29 @@ def _decode_file_body(mv: memoryview, pos: int, end: int) -> FileEntry:
     if p + blob_len != end:
         raise ValueError("blob length does not end the record")
     blob = str(mv[p:end], "utf-8")
-    return FileEntry(file_id, path, blob, size, mtime_ns, mode)
+    return file_id, path, blob, size, mtime_ns, mode
+
+
+def _decode_file_body(mv: memoryview, pos: int, end: int) -> FileEntry:
+    return FileEntry(*_file_body_fields(mv, pos, end))
+
+
+_ZERO, _RAW = Codec.ZERO.value, Codec.RAW.value
+
+ExtentRow = tuple[int, int, int, int, int, bytes, int]
+"""An extent as plain values, in ``Extent``'s field order: (file_id, offset, raw_len, codec,
+stored_len, xxh3, location); codec a plain int.  What the hot readers (verify, import)
+compare and use, without an object per extent."""
+
+
+def _extent_row_ok(off: int, raw: int, codec: int, stored: int, loc: int) -> bool:
+    """``Extent``'s rules for values unpacked from a record (field widths already hold):
+    False sends the caller to ``Extent(...)``, which says what is wrong."""
+    if not (raw and off + raw <= _U64 + 1 and loc + stored <= _U64 + 1):
+        return False
+    if codec == _ZERO:
+        return not stored and not loc
+    return bool(stored) and (codec != _RAW or stored == raw)
 
 
 def decode_records(blob: bytes | memoryview, where: str = "records") -> list[Record]:
@@ -476,10 +509,25 @@ def decode_records(blob: bytes | memoryview, where: str = "records") -> list[Rec
     Each record's own xxh32 is checked before its body is read, so damage is
     reported as such and never decoded into wrong values.
     """
+    return _decode_records(blob, where, False)[0]  # type: ignore[return-value]
+
+
+def decode_extent_rows(blob: bytes | memoryview, where: str = "records"
+                       ) -> tuple[list[ExtentRow], int]:
+    """``decode_records`` for readers that need the extents only: (every extent as an
+    ``ExtentRow``, the number of records).  The same checks on every record, file entries
+    included (checksum, lengths, UTF-8, path rules), without an object per record."""
+    return _decode_records(blob, where, True)  # type: ignore[return-value]
+
+
+def _decode_records(blob: bytes | memoryview, where: str, rows: bool
+                    ) -> tuple[list[Record] | list[ExtentRow], int]:
+    """The records (or, with ``rows``, the extents as rows) and how many records there were."""
     mv = memoryview(blob).cast("B") if not isinstance(blob, bytes) else memoryview(blob)
     n = len(mv)
-    out: list[Record] = []
+    out: list = []
     append = out.append
+    count = 0
     frame_unpack = _FRAME.unpack_from
     crc_unpack = _CRC.unpack_from
     ext_unpack = _EXTENT_REC.unpack_from
@@ -500,7 +548,13 @@ def decode_records(blob: bytes | memoryview, where: str = "records") -> list[Rec
                     c = codec_of(codec)
                     if c is None:
                         raise ValueError(f"unknown codec {codec}")
-                    append(Extent(fid, off, raw, c, stored, digest, loc))
+                    if not rows:
+                        append(Extent(fid, off, raw, c, stored, digest, loc))
+                    else:
+                        if not _extent_row_ok(off, raw, codec, stored, loc):
+                            Extent(fid, off, raw, c, stored, digest, loc)  # raises, saying why
+                        append((fid, off, raw, codec, stored, digest, loc))
+                    count += 1
                     pos += EXTENT_RECORD_SIZE
                     continue
             if n - pos < _FRAME_SIZE:
@@ -515,15 +569,21 @@ def decode_records(blob: bytes | memoryview, where: str = "records") -> list[Rec
             if rtype == file_type:
                 if not _FILE_MIN_BODY <= body_len <= _FILE_MAX_BODY:
                     raise ValueError(f"file entry body length {body_len} is out of range")
-                append(_decode_file_body(mv, body, end))
+                if not rows:
+                    append(_decode_file_body(mv, body, end))
+                else:
+                    fields = _file_body_fields(mv, body, end)
+                    if not _file_fields_ok(*fields):
+                        FileEntry(*fields)  # the per-field checks: raises if it is wrong
             elif rtype == ext_type:
                 raise ValueError(f"extent body is {body_len} bytes, not {ext_len}")
             else:
                 raise ValueError(f"unknown record type {rtype}")
+            count += 1
             pos = end + _CRC.size
         except (CorruptRecord, ValueError) as e:  # ValueError includes UnicodeDecodeError
-            raise CorruptRecord(f"{where}: record {len(out)} at byte {pos}: {e}") from None
-    return out
+            raise CorruptRecord(f"{where}: record {count} at byte {pos}: {e}") from None
+    return out, count
 
 
 # --------------------------------------------------------------------------- superblock
@@ -1194,6 +1254,53 @@ def decode_segment(b: bytes, offset: int, seq: int | None = None, *,
     ``check_payload=False`` salvages the records of a segment whose payload is
     damaged, so that each extent's own xxh3-128 can tell which ones are.
     """
+    header, where, blob, payload = _segment_parts(b, offset, seq, check_payload)
+    records = decode_records(blob, where)
+    if len(records) != header.record_count:
+        raise CorruptRecord(
+            f"{where}: {len(records)} records, but the header says {header.record_count}"
+        )
+    problem = _check_records(
+        header.kind, records, offset, header.payload_offset, header.payload_len
+    )
+    if problem is not None:
+        raise CorruptRecord(f"{where}: {problem}")
+    return Segment(header, tuple(records), payload)
+
+
+class SegmentRows(NamedTuple):
+    """A DATA segment decoded for a reader that needs its extents only (verify, import)."""
+
+    header: SegmentHeader
+    extents: list[ExtentRow]  # in record order
+    payload: memoryview  # starts at data-area offset ``header.payload_offset``
+
+
+def decode_segment_rows(b: bytes | memoryview, offset: int, seq: int | None = None, *,
+                        check_payload: bool = True) -> SegmentRows:
+    """``decode_segment`` of a DATA segment, its extents as ``ExtentRow``: every check
+    ``decode_segment`` makes (file entries are checked, not kept), and a segment that is
+    not DATA is damage here, since the journal said DATA."""
+    header, where, blob, payload = _segment_parts(b, offset, seq, check_payload)
+    if header.kind is not SegmentKind.DATA:
+        raise CorruptRecord(f"{where}: a {header.kind.name} segment where a DATA one was "
+                            "recorded")
+    rows, count = decode_extent_rows(blob, where)
+    if count != header.record_count:
+        raise CorruptRecord(f"{where}: {count} records, but the header says "
+                            f"{header.record_count}")
+    start, end = header.payload_offset, header.payload_offset + header.payload_len
+    for _, _, _, codec, stored, _, loc in rows:
+        if codec != _ZERO and not (start <= loc and loc + stored <= end):
+            decode_segment(b, offset, seq, check_payload=check_payload)  # names the record
+            raise AssertionError("decode_segment accepted what decode_segment_rows did not")
+    return SegmentRows(header, rows, payload)
+
+
+def _segment_parts(b: bytes | memoryview, offset: int, seq: int | None, check_payload: bool
+                   ) -> tuple[SegmentHeader, str, bytes | memoryview, memoryview]:
+    """Header, where, records blob (decompressed) and payload of a segment, every checksum
+    and the padding checked."""
     header = decode_segment_header(b, offset, seq)
     where = _where(header.seq, offset)
     mv = memoryview(b).cast("B") if not isinstance(b, bytes) else memoryview(b)
@@ -1215,17 +1322,7 @@ def decode_segment(b: bytes, offset: int, seq: int | None = None, *,
     blob: bytes | memoryview = stored
     if header.records_compressed:
         blob = _decompress_records(stored, header.records_raw_len, where)
-    records = decode_records(blob, where)
-    if len(records) != header.record_count:
-        raise CorruptRecord(
-            f"{where}: {len(records)} records, but the header says {header.record_count}"
-        )
-    problem = _check_records(
-        header.kind, records, offset, header.payload_offset, header.payload_len
-    )
-    if problem is not None:
-        raise CorruptRecord(f"{where}: {problem}")
-    return Segment(header, tuple(records), payload)
+    return header, where, blob, payload
 
 
 def decode_index(b: bytes, trailer: Trailer) -> Segment:

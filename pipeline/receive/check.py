@@ -23,11 +23,11 @@ Key = tuple[int, int]  # (file id, offset in the file): one extent
 
 @dataclass(frozen=True, slots=True)
 class Expected:
-    """What the journal says the drive holds (live files only); read-only, so every
-    worker shares it."""
+    """What the journal says the drive holds (live files only), as plain rows; read-only,
+    so every worker shares it."""
 
-    extents: dict[Key, format.Extent]
-    by_segment: dict[int, list[format.Extent]]  # segment seq -> its extents, in log order
+    extents: dict[Key, format.ExtentRow]
+    by_segment: dict[int, list[Key]]  # segment seq -> its extents, in log order
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,36 +57,45 @@ class Checked:
 
 
 def check_window(window: Window, expected: Expected) -> Checked:
-    """Decode every segment of ``window`` and check each extent the journal expects there."""
+    """Decode every segment of ``window`` and check each extent the journal expects there.
+
+    Extents stay plain rows (``format.ExtentRow``) and are checked where they lie in the
+    decrypted window (``codec.check``): the GIL-held work per extent is a tuple compare.
+    """
     extents = raw_bytes = 0
     seen: list[Key] = []
     damage: list[Damage] = []
+    want_of = expected.extents.get
+    zero = format.Codec.ZERO.value
     for raw in window.segments:
-        got = driveread.decode(raw)
+        got = driveread.decode_rows(raw)
         seg = got.segment
         if seg is None:  # header or records damaged: all it should hold is lost
-            for i, ext in enumerate(expected.by_segment.get(got.seq, ())):
-                damage.append(Damage((got.seq, i), ext.file_id, str(got.error)))
-                seen.append((ext.file_id, ext.offset))
+            for i, key in enumerate(expected.by_segment.get(got.seq, ())):
+                damage.append(Damage((got.seq, i), key[0], str(got.error)))
+                seen.append(key)
             continue
-        for i, ext in enumerate(seg.extents):
-            key = (ext.file_id, ext.offset)
-            want = expected.extents.get(key)
+        payload, base = seg.payload, seg.header.payload_offset
+        for i, row in enumerate(seg.extents):
+            fid, offset, raw_len, codec_id, stored_len, digest, location = row
+            key = (fid, offset)
+            want = want_of(key)
             if want is None:
                 continue  # a superseded file's stale extent
             seen.append(key)
-            if ext != want:
-                damage.append(Damage((got.seq, i), ext.file_id,
-                                     f"extent at {ext.offset} differs from the journal"))
+            if row != want:
+                damage.append(Damage((got.seq, i), fid,
+                                     f"extent at {offset} differs from the journal"))
                 continue
+            start = location - base
             try:
-                stored = b"" if ext.codec is format.Codec.ZERO else seg.stored(ext)
-                codec.unpack(ext.codec, stored, ext.raw_len, ext.xxh3)
+                codec.check(codec_id, b"" if codec_id == zero else
+                            payload[start:start + stored_len], raw_len, digest)
             except format.CorruptRecord as exc:
-                damage.append(Damage((got.seq, i), ext.file_id, f"extent at {ext.offset}: {exc}"))
+                damage.append(Damage((got.seq, i), fid, f"extent at {offset}: {exc}"))
                 continue
             extents += 1
-            raw_bytes += ext.raw_len
+            raw_bytes += raw_len
     return Checked(extents, raw_bytes, tuple(seen), tuple(damage))
 
 

@@ -180,6 +180,32 @@ def decode(raw: RawSegment) -> SegmentRead:
         return SegmentRead(raw.seq, salvaged, exc)
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentRowsRead:
+    """``SegmentRead`` for readers that need the extents only (``format.decode_segment_rows``):
+    the same checks, no object per record."""
+
+    seq: int
+    segment: format.SegmentRows | None
+    error: format.CorruptRecord | None
+
+
+def decode_rows(raw: RawSegment) -> SegmentRowsRead:
+    """``decode``, the extents as rows; the same damage, named the same way."""
+    if raw.data is None:
+        return SegmentRowsRead(raw.seq, None, raw.error)
+    try:
+        return SegmentRowsRead(raw.seq, format.decode_segment_rows(raw.data, raw.offset,
+                                                                   raw.seq), None)
+    except format.CorruptRecord as exc:
+        try:
+            salvaged = format.decode_segment_rows(raw.data, raw.offset, raw.seq,
+                                                  check_payload=False)
+        except format.CorruptRecord:
+            salvaged = None
+        return SegmentRowsRead(raw.seq, salvaged, exc)
+
+
 @dataclass
 class LogScan:
     """What a walk of the log found, and what it could not vouch for."""

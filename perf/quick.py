@@ -1,0 +1,124 @@
+"""``python -m perf.quick DATA``: the receiving side's ratios in a minute, for tuning.
+
+Preps ``DATA`` once onto one image drive, then runs ``--runs`` rounds of
+``tar | zstd -1 -T0``, ``verify`` and ``import --to DIR``, interleaved so that the
+machine's load hits all three alike, and prints the medians and the ratios the
+issue sets (verify >= 2.5x, import >= 2.0x).  Page cache warm (the data is read
+before each round); the load average is printed with every round, since other
+work on the machine moves the figures.  ``--profile`` runs verify and import once
+more each under ``py-spy record --gil`` and prints where the GIL was held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from perf import measure
+from perf.profile import RATE, pyspy_summary
+from perf.run import KDF, REPO, pipeline_cmd, python_env
+
+MiB = 1 << 20
+
+
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def prep(data: Path, out: Path, nbytes: int) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "j").mkdir(parents=True)
+    size = (nbytes + 64 * MiB) // MiB * MiB
+    measure.run(pipeline_cmd("prep", "--source", str(data), "--dstdir", "perf/run/",
+                             "--journal-dir", str(out / "j"), "--session-id", "quick",
+                             "--drive", str(out / "d1.img"), "--drive-size", str(size),
+                             *KDF, "--json"), cwd=REPO, env=python_env())
+
+
+def commands(data: Path, out: Path) -> dict[str, list[str]]:
+    acct, logs = out / "account", out / "logs"
+    return {
+        "tar | zstd -1 -T0": ["bash", "-o", "pipefail", "-c",
+                              f"tar -cf - -C '{data.parent}' '{data.name}' | zstd -1 -T0 -q "
+                              f"> '{out / 'tar.zst'}'"],
+        "verify": pipeline_cmd("verify", "--journal-dir", str(out / "j"), "--json"),
+        "import --to DIR": pipeline_cmd("import", "--drive", str(out / "d1.img"),
+                                        "--journal-dir", str(out / "j"), "--to", str(acct),
+                                        "--log-dir", str(logs), "--json"),
+    }
+
+
+def reset(out: Path) -> None:
+    for name in ("account", "logs"):
+        shutil.rmtree(out / name, ignore_errors=True)
+        (out / name).mkdir()
+    (out / "tar.zst").unlink(missing_ok=True)
+
+
+def warm(data: Path) -> None:
+    subprocess.run(["sh", "-c", f"tar -cf - -C '{data.parent}' '{data.name}' | cat >/dev/null"],
+                   check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m perf.quick", description=__doc__.split("\n")[0])
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, default=Path("/var/tmp/pipeline-perf/quick"))
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--reuse", action="store_true", help="keep the drive of an earlier run")
+    p.add_argument("--only", default="", help="comma-separated subset of verify,import")
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    data = args.data.resolve()
+    nbytes = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
+    if not (args.reuse and (args.out / "d1.img").exists()):
+        prep(data, args.out, nbytes)
+    cmds = commands(data, args.out)
+    if args.only:
+        keep = {"tar | zstd -1 -T0"} | {k for k in cmds if k.split()[0] in args.only.split(",")}
+        cmds = {k: v for k, v in cmds.items() if k in keep}
+    walls: dict[str, list[float]] = {k: [] for k in cmds}
+    env = python_env()
+    for i in range(args.runs):
+        for key, argv_ in cmds.items():
+            reset(args.out)
+            warm(data)
+            before = load()
+            s = measure.run(argv_, cwd=REPO, env=env)
+            walls[key].append(s.wall_s)
+            print(f"round {i + 1} {key:20s} {s.wall_s:6.2f} s {nbytes / s.wall_s / 1e6:7.1f} "
+                  f"MB/s cpu {s.cpu_s:5.2f} s rss {s.peak_rss / MiB:6.1f} MiB load {before}",
+                  file=sys.stderr)
+    base = statistics.median(walls["tar | zstd -1 -T0"])
+    for key, w in walls.items():
+        m = statistics.median(w)
+        print(f"{key:20s} median {m:6.2f} s {nbytes / m / 1e6:7.1f} MB/s  ratio {base / m:5.2f}x")
+    if args.profile:
+        for key in cmds:
+            if key.startswith("tar"):
+                continue
+            reset(args.out)
+            warm(data)
+            raw = args.out / "pyspy.txt"
+            t = time.perf_counter()
+            measure.run(["py-spy", "record", "--gil", "--threads", "-r", str(RATE), "-f", "raw",
+                         "-o", str(raw), "--", *cmds[key]], cwd=REPO, env=env)
+            summ = pyspy_summary(raw, time.perf_counter() - t)
+            print(f"\n{key} under py-spy --gil: GIL held {summ['gil_held_pct']}% of wall "
+                  f"{summ['wall_s']} s; {summ['by_thread_pct']}")
+            for k, v in summ["top_leaf_pct"].items():
+                print(f"  {v:5.1f}%  {k}")
+            print("  pipeline, inclusive:")
+            for k, v in summ["top_pipeline_inclusive_pct"].items():
+                print(f"  {v:5.1f}%  {k}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
