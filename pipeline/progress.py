@@ -39,8 +39,8 @@ Clock = Callable[[], float]
 RECENT_WINDOW = 5.0  # seconds behind the "recent" rate
 _SAMPLES = 50  # at most this many rate samples per window
 _BUSY_LOCK = threading.Lock()  # uncontended: ~50 ns per timed block of >= 1 MiB of work
-EVENT_TYPES = ("start", "progress", "drive_full", "drive", "blob", "warning", "error", "summary",
-               "exit")
+EVENT_TYPES = ("start", "progress", "drive_full", "drive", "blob", "note", "job", "warning",
+               "error", "summary", "exit")
 
 
 # --------------------------------------------------------------------------- counters

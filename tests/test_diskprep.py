@@ -220,3 +220,33 @@ def test_diskprep_stops_before_any_drive(tmp_path: Path) -> None:
         assert unanswered.returncode == EXIT_REFUSED, unanswered.stderr
         assert "pass --yes" in unanswered.stderr.strip().splitlines()[-1]
         assert drive.read_bytes() == before
+
+
+def test_diskprep_json_unattended_two_drives(tmp_path: Path) -> None:
+    """--json: one event stream (diskprep's notes, prep's progress and summaries, the job,
+    one exit at the very end); nothing asked; out of drives is exit 3 naming diskprep."""
+    data, settings = tmp_path / "svc", tmp_path / "ops.publishsettings"
+    with jobservice.ServiceProcess(data) as svc:
+        sub = subscription(data, settings)
+        staging, config = tmp_path / "staging", tmp_path / "config"
+        fake_offline_backup(staging, config, "json-seed", sub, settings)
+        env = {"PIPELINE_CONFIG_DIR": str(config)}
+        common = ["diskprep", f"s:{staging}", "--service", svc.url, "--location",
+                  "westeurope", "--yes", "--json", "--drive-size", "32M", *RETURN_FLAGS,
+                  *FAST_KDF_ARGS]
+        short = run_cli(*common, "--drive", str(tmp_path / "d1.img"), env=env, input="")
+        assert short.returncode == 3, short.stderr
+        events = [json.loads(line) for line in short.stdout.splitlines()]
+        assert events[-1]["type"] == "exit" and events[-1]["code"] == 3
+        assert f"pipeline diskprep s:{staging}" in events[-1]["message"]
+        assert "pipeline prep" not in short.stdout + short.stderr  # diskprep speaks for itself
+        done = run_cli(*common, "--drive", str(tmp_path / "d2.img"), "--drive",
+                       str(tmp_path / "d3.img"), env=env, input="")
+        assert done.returncode == 0, done.stderr
+        events = [json.loads(line) for line in done.stdout.splitlines()]
+        types = [e["type"] for e in events]
+        assert types.count("exit") == 1 and types[-1] == "exit" and events[-1]["code"] == 0
+        assert "note" in types and "progress" in types and "summary" in types
+        [job] = [e for e in events if e["type"] == "job"]
+        assert job["name"] == "json-seed" and job["drives"] >= 2
+        assert job["ship_to"]["countryOrRegion"]

@@ -20,19 +20,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline import journal
+from pipeline import errors, journal, progress
 from pipeline.backup import offline
 from pipeline.commands import _options, prep
 from pipeline.errors import (
     EXIT_INTEGRITY,
     EXIT_NO_SEED,
     EXIT_NO_SPACE,
+    EXIT_OUT_OF_DRIVES,
     EXIT_REFUSED,
     EXIT_STORAGE,
     EXIT_WARNING,
     BadInput,
     Outcome,
     OutOfDrives,
+    PipelineError,
     Refused,
 )
 from pipeline.jobs import rules
@@ -40,7 +42,8 @@ from pipeline.jobs.client import ServiceClient, ServiceError
 from pipeline.volume import drives
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
-EXITS = (EXIT_WARNING, EXIT_INTEGRITY, EXIT_REFUSED, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
+EXITS = (EXIT_WARNING, EXIT_OUT_OF_DRIVES, EXIT_INTEGRITY, EXIT_REFUSED, EXIT_STORAGE,
+         EXIT_NO_SEED, EXIT_NO_SPACE)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where the drives' journals go (default: the config directory)")
     p.add_argument("--service", metavar="URL", help="import service (default: from p:)")
     p.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines events on stdout: diskprep's notes, prep's events, the "
+                   "job created, exit; nothing is asked (every answer as a flag)")
     _options.add_return_arguments(p)
     _options.add_kdf_arguments(p)
     p.set_defaults(func=run)
@@ -105,6 +111,10 @@ def source_config(staging: Path) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
+def _no_questions(text: str) -> str:
+    raise EOFError  # --json: stdout is the event stream, nobody answers there
+
+
 class Terminal:
     """Questions and answers; with --yes or given flags nothing is asked."""
 
@@ -112,6 +122,24 @@ class Terminal:
                  ) -> None:
         self.ask = ask
         self.interactive = sys.stdin.isatty() if interactive is None else interactive
+
+
+class Notes:
+    """diskprep's own lines: printed, or `note` events with --json (then the `job` and
+    `exit` events end the stream; prep, run inside, leaves `exit` to diskprep)."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.renderer = progress.JsonRenderer() if json_mode else None
+
+    def __call__(self, line: str) -> None:
+        if self.renderer is None:
+            print(line)
+        else:
+            self.renderer.event("note", message=line.strip())
+
+    def event(self, type: str, **fields: Any) -> None:
+        if self.renderer is not None:
+            self.renderer.event(type, **fields)
 
     def question(self, text: str) -> str:
         try:
@@ -136,6 +164,19 @@ class Terminal:
 
 
 async def run(args: argparse.Namespace) -> Outcome:
+    notes = Notes(args.json)
+    try:
+        outcome = await _run(args, notes)
+    except BaseException as exc:
+        first = errors.worst(exc)
+        if isinstance(first, PipelineError):
+            notes.event("exit", code=first.exit_code, message=str(first))
+        raise
+    notes.event("exit", code=outcome.code, message=outcome.message or "done")
+    return outcome
+
+
+async def _run(args: argparse.Namespace, say: Notes) -> Outcome:
     staging_arg, settings_arg = _split_locations(args)
     if not staging_arg:
         raise BadInput("give the staging location: pipeline diskprep s:<staging> "
@@ -147,9 +188,8 @@ async def run(args: argparse.Namespace) -> Outcome:
     if not settings_path:
         raise BadInput("this is not the source machine of the offline backup: give the "
                        "publish settings file as p:<file>")
-    term = Terminal()
+    term = Terminal(_no_questions, False) if args.json else Terminal()
     job_name = rules.check_job_name(offline["job_name"])
-    say = print
     say(f"staging location {staging}: offline backup for import job {job_name}")
     say(f"  subscription {offline['subscription']}, storage account {offline['account']}, "
         f"container {offline['container']}")
@@ -170,9 +210,10 @@ async def run(args: argparse.Namespace) -> Outcome:
     shipping = _return_address(args, term, (existing or {}).get("properties"))
     jdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     repo = staging / offline["repository"]
-    copied = await _prep_until_done(args, term, jdir, job_name, [
+    copied = await _prep_until_done(args, term, jdir, job_name, f"pipeline diskprep s:{staging}", [
         "--source", str(repo), "--dstdir", f"{offline['container']}/", "--journal-dir",
-        str(jdir), "--session-id", job_name, "--blob-type", "page", *_kdf_flags(args)])
+        str(jdir), "--session-id", job_name, "--blob-type", "page", *_kdf_flags(args),
+        *(["--json"] if args.json else [])])
     if copied.code:  # done with warnings: prep named them; no job until the copy is clean
         return copied
     journals = journal.one_session(jdir, job_name)
@@ -197,6 +238,8 @@ async def run(args: argparse.Namespace) -> Outcome:
             say(f"  {line}")
     say(f"then record the carrier and tracking number: {client.url}/portal/ or pipeline jobs "
         f"ship --job {job_name} --publish-settings {settings_path} --carrier C --tracking N")
+    say.event("job", name=job_name, location=job["location"], drives=len(drive_list),
+              journal_dir=str(jdir), ship_to={k: v for k, v in p.items() if isinstance(v, str)})
     return Outcome()
 
 
@@ -252,7 +295,7 @@ def _return_address(args: argparse.Namespace, term: Terminal,
 
 
 async def _prep_until_done(args: argparse.Namespace, term: Terminal, jdir: Path, job_name: str,
-                           base: list[str]) -> Outcome:
+                           again: str, base: list[str]) -> Outcome:
     """prep of the staging location onto the drives given or asked for, another drive
     whenever one fills, until every file is on a drive: prep's outcome."""
     queue = list(args.drive)
@@ -261,10 +304,16 @@ async def _prep_until_done(args: argparse.Namespace, term: Terminal, jdir: Path,
         drive, flags = _next_drive(args, term, queue, _session_drives(jdir, job_name), resume)
         argv = [*base, "--drive", drive, *flags] + (["--resume"] if resume else [])
         resume = True
+        prep_args = prep.parse_args(argv)
+        prep_args.embedded, prep_args.resume_with = True, again  # diskprep speaks for itself
         try:
-            return await prep.run(prep.parse_args(argv))
+            return await prep.run(prep_args)
         except OutOfDrives:
-            print("the drive is full: attach another drive")
+            if args.json and not queue:
+                raise OutOfDrives(f"every drive is full; attach another and run: {again} "
+                                  "--drive NEW") from None
+            print("the drive is full: attach another drive", file=sys.stderr if args.json
+                  else sys.stdout)
 
 
 def _session_drives(jdir: Path, job_name: str) -> dict[str, str]:

@@ -323,6 +323,9 @@ class _Copy:
     counted: bool                       # the totals are known before the copy begins
     json_mode: bool
     verbose: bool = False
+    # diskprep runs prep inside itself: it says the next step and ends the event stream
+    resume_with: str = ""
+    embedded: bool = False
     pool: DrivePool | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
@@ -376,6 +379,8 @@ class _Copy:
 
     @property
     def resume_hint(self) -> str:
+        if self.resume_with:
+            return self.resume_with
         return (f"pipeline prep --resume --journal-dir {self.cfg.jdir} --session-id "
                 f"{self.cfg.session_id}")
 
@@ -391,7 +396,8 @@ class _Copy:
         assert isinstance(first, PipelineError)
         if isinstance(first, errors.NoSpace) and self.pool and self.pool.journals:
             first.next_step(f"continue with: {self.resume_hint}")
-        self.renderer.event("exit", code=first.exit_code, message=str(first))
+        if not self.embedded:
+            self.renderer.event("exit", code=first.exit_code, message=str(first))
         self.renderer.close()
 
     def ending(self, code: int, message: str) -> tuple[int, str]:
@@ -430,7 +436,8 @@ class _Copy:
         summary.update(_skipped_summary(self.skipped))
         if self.json_mode:
             self.renderer.event("summary", **summary)
-            self.renderer.event("exit", code=code, message=message)
+            if not self.embedded:
+                self.renderer.event("exit", code=code, message=message)
             self.renderer.close()
         else:
             self.renderer.close()
@@ -461,7 +468,8 @@ async def run(args: argparse.Namespace) -> Outcome:
                    files=stats.files_total if counted else None,
                    bytes=stats.bytes_total if counted else None, fill=cfg.fill)
     current = _Copy(cfg, journals, renderer, stats, counted, args.json,
-                    getattr(args, "verbose", False))
+                    getattr(args, "verbose", False), getattr(args, "resume_with", ""),
+                    getattr(args, "embedded", False))
     code, message = EXIT_OK, "done"
     try:
         await current.run()
