@@ -356,3 +356,20 @@ def test_restore_finds_the_recorded_container_and_names_what_is_wrong(
         proc = run_cli(*restore, "--target", str(env["tmp"] / wanted), "--snapshot", wanted)
         assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
         assert needle in one_line(proc)
+
+
+def test_backup_summary_counts_each_file_once(env: dict[str, Path]) -> None:
+    """The last bar and the summary say what was backed up, not the estimate made before:
+    files added after the estimate made "5992/5990 files" once."""
+    proc = run_cli(*offline_args(env, **{"--publish-settings": None}), "--json",
+                   check_code=EXIT_OK)
+    events = json_lines(proc.stdout)
+    summary = [e for e in events if e["type"] == "summary"][0]
+    files = [p for p in env["src"].rglob("*") if p.is_file() and not p.is_symlink()]
+    assert summary["files_done"] == summary["files_total"] == len(files)
+    assert summary["bytes_read"] + summary["unchanged_bytes"] == summary["bytes_total"] == sum(
+        p.stat().st_size for p in files)
+    last = [e for e in events if e["type"] == "progress"][-1]
+    assert last["files_done"] == last["files_total"] and last["bytes_total"] == summary[
+        "bytes_total"]
+

@@ -16,6 +16,7 @@ import pexpect
 import pytest
 
 from pipeline import journal
+from pipeline.drive import format
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_OUT_OF_DRIVES
 
 from .conftest import FAST_KDF_ARGS, ROOT, run_cli
@@ -70,10 +71,18 @@ def test_round_trip_over_three_drives(tmp_path: Path, tree, fill: str) -> None:
     else:
         assert states == ["closed"] * 3
         assert all(d["payload_bytes"] > 4 * MiB for d in summary["drives"])
+    raw = 0
     for j in journals_of(jdir):
         assert stat.S_IMODE(os.stat(j.path).st_mode) == 0o600
         assert j.drive.state in ("full", "closed")
+        raw += sum(e.raw_len for e in j.extents() if e.codec is not format.Codec.ZERO)
         j.close()
+    # each summary figure is what it says: files once each, the compression ratio of exactly
+    # the extents stored (their payload over their raw bytes), every staging byte read
+    assert summary["files_done"] == summary["files_total"] == len(files)
+    assert summary["bytes_read"] == sum(map(len, files.values()))
+    assert summary["bytes_stored"] == sum(d["payload_bytes"] for d in summary["drives"])
+    assert summary["raw_stored"] == raw
 
     assert run_cli("verify", "--journal-dir", str(jdir)).returncode == 0
     back = restored(jdir)
