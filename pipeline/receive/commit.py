@@ -16,6 +16,7 @@ from pipeline.receive.markers import newest_versions, read_markers
 from pipeline.storage.base import Storage
 
 COMMIT_BATCH = 256  # blobs committed per storage thread call
+COMMITTERS = 4  # commit batches in flight at once (each a storage thread call)
 
 
 def cells_of(size: int) -> list[int]:
@@ -57,37 +58,63 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
             where.setdefault(f["file_id"], set()).add(m["seq"])
     newest = newest_versions(markers)
     btype = sb.blob_type
-    ready: list[format.FileEntry] = []
 
     def commit_all(entries: list[format.FileEntry]) -> None:
         for f in entries:
             store.commit(container, f.blob, btype, f.size, sorted(zero.get(f.file_id, set())))
 
-    async def flush() -> None:
-        await trio.to_thread.run_sync(commit_all, ready, limiter=net)
-        for f in ready:
-            log.blob(done, f.blob, why, f.size, file_id=f.file_id)
-        ready.clear()
-
+    # The copy log's lines in the order one commit at a time wrote them: a line now, or
+    # a batch's "ok" lines once the batch is committed.  The batches are committed
+    # several at once (COMMITTERS), and each one's lines wait for it alone.
+    lines: list[tuple[str, str, str, int, dict] | int] = []
+    batches: list[list[format.FileEntry]] = [[]]
     for fd in on_drive.values():
-        f = fd.entry
-        if newest.get(f.blob, 0) > f.file_id:
-            log.blob("skipped", f.blob, "superseded by a newer copy of the file", f.size)
+        line = _not_ready(fd, newest, cells, zero, where)
+        if line is not None:
+            lines.append(line)
             continue
-        if fd.bad:
-            first = min(fd.bad)
-            status, why = fd.bad[first]
-            log.blob(status, f.blob, f"extent at {first}: {why}", f.size,
-                     bad_extents=len(fd.bad))
-            continue
-        have = cells.get(f.file_id, set()) | zero.get(f.file_id, set())
-        missing = [c for c in cells_of(f.size) if c not in have]
-        if missing:
-            log.blob("skipped", f.blob, f"continues on another drive ({len(missing)} of "
-                     f"{len(cells_of(f.size))} extents); completes when that drive is "
-                     "imported", f.size, drives=sorted(where.get(f.file_id, ())))
-            continue
-        ready.append(f)
-        if len(ready) >= COMMIT_BATCH:
-            await flush()
-    await flush()
+        batches[-1].append(fd.entry)
+        if len(batches[-1]) >= COMMIT_BATCH:
+            lines.append(len(batches) - 1)
+            batches.append([])
+    lines.append(len(batches) - 1)
+    done_events = [trio.Event() for _ in batches]
+
+    async def committer(k: int, limit: trio.CapacityLimiter) -> None:
+        async with limit:
+            await trio.to_thread.run_sync(commit_all, batches[k], limiter=net)
+        done_events[k].set()
+
+    async with trio.open_nursery() as nursery:
+        limit = trio.CapacityLimiter(COMMITTERS)
+        for k in range(len(batches)):
+            nursery.start_soon(committer, k, limit)
+        for line in lines:
+            if isinstance(line, int):
+                await done_events[line].wait()
+                for f in batches[line]:
+                    log.blob(done, f.blob, why, f.size, file_id=f.file_id)
+            else:
+                status, blob, reason, size, extra = line
+                log.blob(status, blob, reason, size, **extra)
+
+
+def _not_ready(fd: FileOnDrive, newest: dict[str, int], cells: dict[int, set[int]],
+               zero: dict[int, set[int]], where: dict[int, set[int]]
+               ) -> tuple[str, str, str, int, dict] | None:
+    """The copy log's line for a file this drive does not commit (and why), or None."""
+    f = fd.entry
+    if newest.get(f.blob, 0) > f.file_id:
+        return ("skipped", f.blob, "superseded by a newer copy of the file", f.size, {})
+    if fd.bad:
+        first = min(fd.bad)
+        status, why = fd.bad[first]
+        return (status, f.blob, f"extent at {first}: {why}", f.size,
+                {"bad_extents": len(fd.bad)})
+    have = cells.get(f.file_id, set()) | zero.get(f.file_id, set())
+    missing = [c for c in cells_of(f.size) if c not in have]
+    if missing:
+        return ("skipped", f.blob, f"continues on another drive ({len(missing)} of "
+                f"{len(cells_of(f.size))} extents); completes when that drive is imported",
+                f.size, {"drives": sorted(where.get(f.file_id, ()))})
+    return None

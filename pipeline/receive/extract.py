@@ -1,8 +1,14 @@
 """Stage: read, decrypt, decompress and check extents, a large window at a time.
 
-Runs in CPU worker threads (AES-XTS, zstd and xxh3 all let go of the GIL).  Each
-extent comes back as its raw bytes, or as ("corrupt" | "missing", why): damage is
-reported, never decoded into wrong data.
+::
+
+    read (a thread of the drive's own: 16 MiB windows, pread + AES-XTS)
+      -> Fetched -> unpack x N (cpu threads: zstd, xxh3-128; both let go of the GIL)
+         -> Parts -> the uploaders
+
+Each extent comes back as its raw bytes, or as ("corrupt" | "missing", why): damage
+is reported, never decoded into wrong data.  Reading the next window overlaps
+decompressing the ones before, as in verify.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from pipeline.drive import codec, format
 from pipeline.errors import BadInput, IntegrityError
 from pipeline.receive import reader as driveread
 
-WINDOW = 16 << 20  # bytes read and decrypted per worker-thread call
+WINDOW = 16 << 20  # bytes read and decrypted per read-thread call
+WINDOWS_DEPTH = 0  # a window read waits for a free worker: 16 MiB held per worker, no more
 
 
 def windows(extents: Iterable[format.Extent]) -> list[list[format.Extent]]:
@@ -35,28 +42,57 @@ def windows(extents: Iterable[format.Extent]) -> list[list[format.Extent]]:
     return out
 
 
-def read_window(od: driveread.UnlockedDrive, exts: list[format.Extent]
-                ) -> list[tuple[format.Extent, bytes | tuple[str, str]]]:
-    """Read, decrypt, decompress and check a window of extents (runs in a thread).
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """Extents read together: the decrypted bytes from data-area offset ``lo``, or why
+    they could not be read (``plain`` None)."""
 
-    Each extent comes back as its raw bytes, or ("corrupt" | "missing", why).
+    extents: list[format.Extent]
+    lo: int
+    plain: memoryview | None
+    why: str = ""
+
+
+def fetch(od: driveread.UnlockedDrive, exts: list[format.Extent]) -> list[Fetched]:
+    """Read and decrypt a window of extents (runs in the read thread).
+
+    A bad sector or a cut reads the window again extent by extent, so that only
+    what is hit is lost.
     """
     lo = exts[0].location - exts[0].location % format.SECTOR
     hi = max(format.align_up(e.location + e.stored_len) for e in exts)
     try:
-        plain = memoryview(od.cipher.read(od.drive, lo, hi - lo))
+        return [Fetched(exts, lo, memoryview(od.cipher.read(od.drive, lo, hi - lo)))]
     except (OSError, BadInput, IntegrityError) as exc:
-        if len(exts) > 1:  # a bad sector or a cut: read one by one, lose only what is hit
-            return [got for e in exts for got in read_window(od, [e])]
-        return [(e, ("missing", f"unreadable on the drive: {exc}")) for e in exts]
+        if len(exts) > 1:
+            return [got for e in exts for got in fetch(od, [e])]
+        return [Fetched(exts, lo, None, f"unreadable on the drive: {exc}")]
+
+
+def unpack(fetched: list[Fetched]) -> list[tuple[format.Extent, bytes | tuple[str, str]]]:
+    """Decompress and check each extent read (runs in a cpu thread)."""
     out: list[tuple[format.Extent, bytes | tuple[str, str]]] = []
-    for e in exts:
-        stored = plain[e.location - lo:e.location - lo + e.stored_len]
-        try:
-            out.append((e, codec.unpack(e.codec, stored, e.raw_len, e.xxh3)))
-        except format.CorruptRecord as exc:
-            out.append((e, ("corrupt", str(exc))))
+    for f in fetched:
+        if f.plain is None:
+            out.extend((e, ("missing", f.why)) for e in f.extents)
+            continue
+        for e in f.extents:
+            start = e.location - f.lo
+            try:
+                out.append((e, codec.unpack(e.codec, f.plain[start:start + e.stored_len],
+                                            e.raw_len, e.xxh3)))
+            except format.CorruptRecord as exc:
+                out.append((e, ("corrupt", str(exc))))
     return out
+
+
+def read_window(od: driveread.UnlockedDrive, exts: list[format.Extent]
+                ) -> list[tuple[format.Extent, bytes | tuple[str, str]]]:
+    """Read, decrypt, decompress and check a window of extents, in one thread.
+
+    Each extent comes back as its raw bytes, or ("corrupt" | "missing", why).
+    """
+    return unpack(fetch(od, exts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +109,39 @@ UPLOAD_BYTES = 4 << 20  # ... up to about this many bytes
 
 async def run(od: driveread.UnlockedDrive, stored: list[format.Extent],
               on_damage: Callable[[format.Extent, tuple[str, str]], None],
-              tx: trio.MemorySendChannel[Parts], cpu: trio.CapacityLimiter) -> None:
-    """Read every stored extent, window by window; damage goes to ``on_damage``."""
+              tx: trio.MemorySendChannel[Parts], cpu: trio.CapacityLimiter,
+              workers: int | None = None) -> None:
+    """Read every stored extent, window by window; damage goes to ``on_damage``.
+
+    The drive's reads get a thread of their own; ``workers`` unpackers (default: the
+    cpu limiter's tokens) decompress and check the windows read, in any order.
+    """
+    async with trio.open_nursery() as nursery:
+        win_tx, win_rx = trio.open_memory_channel[list[Fetched]](WINDOWS_DEPTH)
+        nursery.start_soon(_read, od, stored, win_tx, trio.CapacityLimiter(1))
+        async with win_rx, tx:
+            for _ in range(workers or int(cpu.total_tokens)):
+                nursery.start_soon(_unpack, win_rx.clone(), tx.clone(), on_damage, cpu)
+
+
+async def _read(od: driveread.UnlockedDrive, stored: list[format.Extent],
+                tx: trio.MemorySendChannel[list[Fetched]], io: trio.CapacityLimiter) -> None:
+    """Stage: the windows in drive order, each read and decrypted in the read thread."""
     async with tx:
         for win in windows(stored):
+            await tx.send(await trio.to_thread.run_sync(fetch, od, win, limiter=io))
+
+
+async def _unpack(rx: trio.MemoryReceiveChannel[list[Fetched]],
+                  tx: trio.MemorySendChannel[Parts],
+                  on_damage: Callable[[format.Extent, tuple[str, str]], None],
+                  cpu: trio.CapacityLimiter) -> None:
+    """Stage: one worker; each window's extents unpacked in a cpu thread, sent in batches."""
+    async with rx, tx:
+        async for fetched in rx:
             batch: list[tuple[format.Extent, bytes]] = []
             size = 0
-            for e, got in await trio.to_thread.run_sync(read_window, od, win, limiter=cpu):
+            for e, got in await trio.to_thread.run_sync(unpack, fetched, limiter=cpu):
                 if isinstance(got, tuple):
                     on_damage(e, got)
                     continue

@@ -29,6 +29,8 @@ async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: s
     async with rx:
         async for parts in rx:
             await trio.to_thread.run_sync(write_parts, parts, limiter=net)
+            size = 0
             for e, raw in parts.extents:
                 on_drive[e.file_id].cells.add(e.offset)
-                progress(len(raw))
+                size += len(raw)
+            progress(size)
