@@ -57,7 +57,11 @@ def open_backend(source: str, container: str | None) -> Backend:
     return DirBackend(path)
 
 
-def missing_message(backend: Backend) -> str:
+def missing_message(backend: Backend, job_line: str = "") -> str:
+    """No repository at ``backend``: why, and what next.  ``job_line``: the seed's import
+    job's state as one sentence (commands ask the import service; this room does not)."""
+    if job_line:
+        return f"no backup repository in {backend.name}: {job_line}"
     if (isinstance(backend, StorageBackend) and isinstance(backend.storage, LocalStorage)
             and not (Path(backend.storage.root) / backend.container).is_dir()):
         return (f"container {backend.container} does not exist in {backend.storage.root}; "

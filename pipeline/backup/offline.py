@@ -48,8 +48,8 @@ _ACCOUNT = re.compile(r"[a-z0-9]{3,24}\Z")
 
 def check_account_name(name: str) -> str:
     if not _ACCOUNT.match(name):
-        raise BadInput(f"--storage-account {name!r} is not a storage account name; use 3-24 lowercase "
-                       "letters and digits")
+        raise BadInput(f"--storage-account {name!r} is not a storage account name; use 3-24 "
+                       "lowercase letters and digits")
     return name
 
 
@@ -238,3 +238,50 @@ def _write_atomic(path: Path, text: str, mode: int) -> None:
         if is_no_space(exc):        # the old file (or none) stays: nothing half-recorded
             raise NoSpace(path) from None
         raise
+
+
+# --------------------------------------------------------------------------- the seed's job
+
+JOB_STATES = ("Creating", "Shipping", "Received", "Transferring", "Packaging", "Completed",
+              "Closed", "Canceled")
+
+
+def entries_for_container(container: str) -> list[tuple[str, dict[str, Any]]]:
+    """The offline backups recorded on this machine whose seed goes into ``container``."""
+    return [(s, e) for s, e in read_config().items()
+            if isinstance(e, dict) and e.get("container") == container]
+
+
+def job_state_line(job: str, state: str, container: str, where: str, settings: str,
+                   percent: int | None = None, partial: str | None = None) -> str:
+    """What import job ``job`` in ``state`` means for a repository not (fully) in
+    container ``container`` of ``where`` yet, and what to do next: one sentence.
+    ``settings``: the publish settings file the job belongs to."""
+    head = f"job {job} is {state}"
+    if state == "Creating":
+        return (f"{head}: the drives have not been shipped yet; ship them with `pipeline jobs "
+                f"ship --job {job} --publish-settings {settings} --carrier NAME --tracking "
+                "NUMBER`, and run this again once the job is Completed")
+    if state == "Shipping":
+        return (f"{head}: the seed is not imported yet; the receiving site imports it once "
+                "the drives arrive, then run this again")
+    if state in ("Received", "Transferring"):
+        done = f" ({percent}% copied)" if percent is not None and state == "Transferring" else ""
+        what = ("the receiving site has the drives and is importing the seed"
+                if state == "Transferring" else
+                "the receiving site has the drives; the import starts next")
+        return f"{head}{done}: {what}; run this again once the job is Completed"
+    if state in ("Packaging", "Completed", "Closed"):
+        if partial:
+            return (f"{head}: the import is done, yet the repository in container {container} "
+                    f"of {where} is incomplete ({partial} missing): see which blobs failed "
+                    f"with `pipeline jobs show --job {job} --publish-settings {settings}` and its "
+                    "copy logs")
+        return (f"{head}: the import is done, so container {container} of {where} is the "
+                f"wrong place: the seed is not there; check --container (and the storage "
+                "account), or the container the drives were prepared for")
+    if state == "Canceled":
+        return (f"{head}: the seed will not be imported through it; make a new seed under a "
+                "new job (pipeline backup --offline --job NEW-NAME --staging NEW-DIR ..., then "
+                "pipeline diskprep s:NEW-DIR)")
+    return f"job {job} is in state {state!r}, which this version of pipeline does not know"

@@ -4,15 +4,19 @@ incremental backups straight into the seeded repository in the storage account."
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from pipeline import credentials, progress
-from pipeline.backup import archive, offline, ui
-from pipeline.backup.backend import DirBackend, StorageBackend
+from pipeline.backup import archive, locate, offline, schedule, ui
+from pipeline.backup.backend import Backend, DirBackend, StorageBackend
 from pipeline.backup.errors import NoRepository
 from pipeline.backup.repo import Repository, SnapshotRef, exists, hostname
 from pipeline.backup.walk import check_source
@@ -27,10 +31,12 @@ from pipeline.errors import (
     EXIT_WARNING,
     BadInput,
     Outcome,
+    PipelineError,
 )
 from pipeline.jobs import auth, rules
-from pipeline.jobs.client import ServiceClient, ServiceUnavailable
+from pipeline.jobs.client import ServiceClient, ServiceError, ServiceUnavailable
 from pipeline.storage import check_container_name, open_storage
+from pipeline.storage.local import LocalStorage
 
 _OFFLINE_ONLY = ("staging", "job_name", "subscription", "account", "publish_settings", "service",
                  "ca_file")
@@ -40,16 +46,27 @@ _OFFLINE_ONLY = ("staging", "job_name", "subscription", "account", "publish_sett
 EXITS = (EXIT_WARNING, EXIT_INTEGRITY, EXIT_REFUSED, EXIT_STORAGE, EXIT_NO_SEED, EXIT_NO_SPACE)
 
 
+USAGE = ("pipeline backup --source DIR --passphrase-file FILE [--offline ... | --to STORAGE] "
+         "[options]\n       pipeline backup schedule --source DIR --to STORAGE "
+         "--passphrase-file FILE --every WHEN [options]\n       pipeline backup schedule "
+         "--list | --remove NAME [--unit-dir DIR]")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "backup", help="back up a directory: offline into staging, then online",
+        usage=USAGE,
         description="With --offline: check every input, then write the initial full backup "
         "into STAGING/repo and record the offline settings (then: pipeline diskprep "
         "s:STAGING).  Without: back up into the seeded repository in the storage account, "
-        "sending only the chunks it does not have.")
-    p.add_argument("--source", required=True, metavar="DIR", help="the directory to back up")
-    p.add_argument("--passphrase-file", required=True, metavar="FILE",
-                   help="file holding the backup passphrase (one trailing newline ignored)")
+        "sending only the chunks it does not have; while the seed is not imported yet, it "
+        "says the import job's state.  `pipeline backup schedule` runs the online backup "
+        "on a systemd timer.")
+    # Not required here, so that `backup schedule ...` parses; run() asks for them.
+    p.add_argument("--source", metavar="DIR", help="the directory to back up (required)")
+    p.add_argument("--passphrase-file", metavar="FILE",
+                   help="file holding the backup passphrase (one trailing newline ignored; "
+                   "required)")
     o = p.add_argument_group("offline backup (the seed)")
     o.add_argument("--offline", action="store_true",
                    help="initial full backup into --staging, to ship on drives")
@@ -77,6 +94,77 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
     _options.add_kdf_arguments(p)
     p.set_defaults(func=run)
+    _add_schedule(p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND",
+                                   action=_OptionalCommand))
+
+
+class _AnyWord(Mapping[str, argparse.ArgumentParser]):
+    """The subcommands, as a view that lets any word through argparse's choice check, so
+    that ``_OptionalCommand`` decides what a stray word means."""
+
+    def __init__(self, parsers: dict[str, argparse.ArgumentParser]) -> None:
+        self.parsers = parsers
+
+    def __getitem__(self, key: str) -> argparse.ArgumentParser:
+        return self.parsers[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.parsers)
+
+    def __len__(self) -> int:
+        return len(self.parsers)
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+class _OptionalCommand(argparse._SubParsersAction):
+    """``backup``'s one subcommand, ``schedule``, is optional: a stray word is an
+    unrecognized argument (so a mistyped option next to it still gets its suggestion,
+    as in ``backup --sorce x``), not an invalid choice of subcommand."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.choices = _AnyWord(self._name_parser_map)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values[0] not in self._name_parser_map:
+            near = difflib.get_close_matches(values[0], list(self._name_parser_map), n=1)
+            raise argparse.ArgumentError(None, f"unrecognized argument: {values[0]}" + (
+                f" (did you mean {near[0]}?)" if near else ""))
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _add_schedule(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "schedule", help="run the online backup on a systemd timer: write, list or remove",
+        description="Write a systemd .service and .timer pair (pipeline-backup-NAME) that runs "
+        "this online backup with this Python: every path absolute, the passphrase left in its "
+        "file (units are world-readable and hold no secret).  Then enable it: systemctl "
+        "daemon-reload && systemctl enable --now pipeline-backup-NAME.timer.  --list shows the "
+        "schedules in the unit directory; --remove NAME removes a pair.")
+    s.add_argument("--source", metavar="DIR", help="the directory to back up")
+    s.add_argument("--to", metavar="STORAGE", help="storage account: a directory, or an Azure "
+                   "account URL (a key or SAS goes in --env-file, never in a unit)")
+    s.add_argument("--env-file", metavar="FILE", help="root-only file with "
+                   "AZURE_STORAGE_CONNECTION_STRING=... (instead of --to): the unit's "
+                   "EnvironmentFile")
+    s.add_argument("--container", metavar="C", help="container of the repository (default "
+                   "the one recorded by the offline backup of --source)")
+    s.add_argument("--passphrase-file", metavar="FILE",
+                   help="file holding the backup passphrase (the unit names the file)")
+    s.add_argument("--every", metavar="WHEN", help="hourly, daily, weekly, or a systemd "
+                   "OnCalendar expression such as 'Mon..Fri 02:30'")
+    s.add_argument("--name", metavar="NAME", help="schedule name: units pipeline-backup-NAME "
+                   "(default: the container)")
+    s.add_argument("--unit-dir", metavar="DIR", default=schedule.DEFAULT_UNIT_DIR,
+                   help=f"where the units go (default {schedule.DEFAULT_UNIT_DIR}; "
+                   "~/.config/systemd/user for a user's own timers)")
+    s.add_argument("--list", action="store_true",
+                   help="list the schedules in --unit-dir: name, source, container, when, next")
+    s.add_argument("--remove", metavar="NAME", help="remove schedule NAME's units")
+    s.set_defaults(func=run_schedule)
 
 
 def _kdf(args: argparse.Namespace) -> Any:
@@ -96,6 +184,10 @@ def _opts(args: argparse.Namespace) -> archive.BackupOptions:
 
 
 async def run(args: argparse.Namespace) -> Outcome:
+    missing = [f for f, v in (("--source DIR", args.source),
+                              ("--passphrase-file FILE", args.passphrase_file)) if not v]
+    if missing:
+        raise BadInput(f"backup needs {' and '.join(missing)}")
     if args.offline:
         return await _offline(args)
     given = [f"--{a.replace('_', '-')}" for a in _OFFLINE_ONLY if getattr(args, a)]
@@ -170,7 +262,10 @@ async def _offline(args: argparse.Namespace) -> Outcome:
     offline.write_staging(staging, job, subscription, account, container)
     cfg = offline.record_config(staging, {
         "publish_settings": settings_path, "container": container, "job_name": job,
-        "subscription": subscription, "account": account, "source": str(source)})
+        "subscription": subscription, "account": account, "source": str(source),
+        # where to ask for the job's state later (online backup, restore): only when given
+        **({"service": args.service} if args.service else {}),
+        **({"ca_file": str(Path(args.ca_file).resolve())} if args.ca_file else {})})
     code = EXIT_WARNING if result.warnings else EXIT_OK
     message = (f"snapshot {result.snapshot.hex} in {staging / offline.REPOSITORY}; next: "
                f"pipeline diskprep s:{staging}")
@@ -192,10 +287,12 @@ def _check_job_name(settings: auth.PublishSettings, args: argparse.Namespace, jo
 # --------------------------------------------------------------------------- online
 
 
-def _container_for(source: Path, given: str | None) -> tuple[str, dict[str, Any] | None]:
+def _container_for(source: Path, given: str | None
+                   ) -> tuple[str, tuple[str, dict[str, Any]] | None]:
+    """The container, and the offline backup recorded for it (staging, entry) if any."""
     entries = offline.entries_for_source(source)
     if given:
-        match = next((e for _, e in entries if e.get("container") == given), None)
+        match = next(((s, e) for s, e in entries if e.get("container") == given), None)
         return check_container_name(given), match
     containers = {e.get("container") for _, e in entries}
     if not entries:
@@ -204,23 +301,90 @@ def _container_for(source: Path, given: str | None) -> tuple[str, dict[str, Any]
     if len(containers) > 1:
         raise BadInput(f"{source} has offline backups into containers "
                        f"{', '.join(sorted(map(str, containers)))}; pick one with --container")
-    entry = entries[0][1]
-    return check_container_name(str(entry.get("container"))), entry
+    staging, entry = entries[0]
+    return check_container_name(str(entry.get("container"))), (staging, entry)
 
 
-def _missing_seed(backend: StorageBackend, entry: dict[str, Any] | None,
+def _missing_seed(backend: StorageBackend, recorded: tuple[str, dict[str, Any]] | None,
                   partial: str | None = None) -> str:
-    job = entry.get("job_name") if entry else None
-    wait = (f"wait until import job {job} is Completed (pipeline jobs show --job {job} "
-            "--publish-settings FILE)" if job else "wait until its import job is Completed")
+    """Why the online backup cannot start yet: the import job's state when the service
+    recorded for the seed says it, else the generic wait (and why the service was not
+    asked)."""
     what = (f"the seeded repository in {backend.name} is incomplete ({partial} not imported "
             "yet)" if partial else f"no backup repository in {backend.name} yet")
-    return f"{what}: the offline seed must be imported first; {wait}, then run this backup again"
+    line, note = ask_job(*recorded, backend, partial) if recorded else ("", "")
+    if line:
+        return f"{what}: {line}"
+    job = recorded[1].get("job_name") if recorded else None
+    wait = (f"wait until import job {job} is Completed (pipeline jobs show --job {job} "
+            "--publish-settings FILE)" if job else "wait until its import job is Completed")
+    return (f"{what}: the offline seed must be imported first; {wait}, then run this backup "
+            f"again{note}")
+
+
+def seed_missing(backend: Backend) -> str:
+    """`restore`/`snapshots` against an account with no repository: the message, with the
+    state of the import job an offline backup on this machine recorded for the container."""
+    line, note = "", ""
+    if isinstance(backend, StorageBackend):
+        entries = [(s, e) for s, e in offline.entries_for_container(backend.container)
+                   if isinstance(e.get("publish_settings"), str)]
+        if entries:                   # several seeds into one container: the first one's job
+            line, note = ask_job(*entries[0], backend)
+    return locate.missing_message(backend, line) + note
+
+
+def ask_job(staging: str, entry: dict[str, Any], backend: StorageBackend,
+            partial: str | None = None) -> tuple[str, str]:
+    """(the job's state as a sentence, '') or ('', why the service could not be asked);
+    ('', '') when no job or publish settings are recorded.  The answer is hostile:
+    only a known state and a percentage in range are believed."""
+    job, settings = entry.get("job_name"), entry.get("publish_settings")
+    if not isinstance(job, str) or not isinstance(settings, str):
+        return "", ""
+    service = entry.get("service") if isinstance(entry.get("service"), str) else None
+    ca_file = entry.get("ca_file") if isinstance(entry.get("ca_file"), str) else None
+    try:
+        client = ServiceClient.from_file(settings, url=service, ca_file=ca_file)
+    except PipelineError as exc:
+        return "", f" (the import service could not be asked: {exc})"
+    try:
+        answer = client.get(job)
+    except ServiceError as exc:
+        if exc.status == 404:
+            return (f"import job {job} is not on the import service at {client.url}: create it "
+                    f"and ship the drives (pipeline diskprep s:{staging}), and run this again once "
+                    "it is Completed"), ""
+        return "", f" (the import service at {client.url} could not be asked: {exc})"
+    except PipelineError as exc:          # unreachable, or the token refused
+        reason = _UNREACHABLE.search(str(exc))
+        return "", (f" (the import service at {client.url} could not be asked: "
+                    f"{reason.group(1) if reason else exc})")
+    state, percent = _job_state(answer)
+    return offline.job_state_line(job, state, backend.container, backend.name, settings,
+                                  percent, partial), ""
+
+
+_UNREACHABLE = re.compile(r"is unreachable \((.*)\); check")
+_PRINTABLE = re.compile(r"[A-Za-z][A-Za-z0-9 _-]{0,39}\Z")
+
+
+def _job_state(answer: Any) -> tuple[str, int | None]:
+    """(state, percent) out of a job resource from the service, believed only when sane."""
+    props = answer.get("properties") if isinstance(answer, dict) else None
+    props = props if isinstance(props, dict) else {}
+    state = props.get("state")
+    if not isinstance(state, str) or not _PRINTABLE.match(state):
+        state = "unknown"
+    percent = props.get("percentComplete")
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+        percent = None
+    return state, percent
 
 
 async def _online(args: argparse.Namespace) -> Outcome:
     source = check_source(Path(args.source))
-    container, entry = _container_for(source, args.container)
+    container, recorded = _container_for(source, args.container)
     secret = credentials.passphrase_file(args.passphrase_file)
     opts = _opts(args)
     storage = open_storage(args.to)
@@ -232,12 +396,14 @@ async def _online(args: argparse.Namespace) -> Outcome:
 
     async def go() -> archive.BackupResult:
         def open_repo() -> tuple[Repository, SnapshotRef | None]:
-            repo = Repository.open(backend, secret.value, args.passphrase_file,
-                                   missing=_missing_seed(backend, entry))
+            try:
+                repo = Repository.open(backend, secret.value, args.passphrase_file)
+            except NoRepository:   # only now is the import service asked
+                raise NoRepository(_missing_seed(backend, recorded)) from None
             repo.load_index()
             missing, total = repo.missing_packs()
             if missing or not repo.snapshots():
-                raise NoRepository(_missing_seed(backend, entry, (
+                raise NoRepository(_missing_seed(backend, recorded, (
                     f"{missing} of {total} packs" if missing else "the seed's snapshot")))
             return repo, archive.find_parent(repo, str(source), hostname())
         repo, parent = await trio.to_thread.run_sync(open_repo)
@@ -271,3 +437,83 @@ def _warner(renderer: progress.Renderer) -> Any:
     def warn(message: str) -> None:
         renderer.event("warning", message=message)
     return warn
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def run_schedule(args: argparse.Namespace) -> Outcome:
+    unit_dir = Path(os.path.abspath(args.unit_dir))
+    creating = ("source", "to", "env_file", "container", "passphrase_file", "every", "name")
+    given = [f"--{a.replace('_', '-')}" for a in creating if getattr(args, a)]
+    if args.list or args.remove:
+        if args.list and args.remove:
+            raise BadInput("give --list or --remove NAME, not both")
+        if given:
+            raise BadInput(f"{', '.join(given)} go with writing a schedule, not with "
+                           f"{'--list' if args.list else '--remove'}")
+        return _schedule_list(unit_dir) if args.list else _schedule_remove(unit_dir,
+                                                                           args.remove)
+    spec = _schedule_spec(args)
+    if not unit_dir.is_dir():
+        raise BadInput(f"--unit-dir {unit_dir} is not a directory; create it or give another")
+    service, timer = schedule.write(unit_dir, spec)
+    print(service)
+    print(timer)
+    user = "--user " if ".config/systemd/user" in str(unit_dir) else ""
+    return Outcome(EXIT_OK, f"schedule {spec.name} written ({spec.every}); enable it: "
+                   f"systemctl {user}daemon-reload && systemctl {user}enable --now {timer.name}")
+
+
+def _schedule_spec(args: argparse.Namespace) -> schedule.Schedule:
+    """Every input checked, every path absolute: what the unit will run."""
+    needed = [f for f, v in (("--source DIR", args.source), ("--every WHEN", args.every),
+                             ("--passphrase-file FILE", args.passphrase_file),
+                             ("--to STORAGE or --env-file FILE", args.to or args.env_file))
+              if not v]
+    if needed:
+        raise BadInput(f"backup schedule needs {', '.join(needed)} (or --list, --remove NAME)")
+    if args.to and args.env_file:
+        raise BadInput("give --to STORAGE or --env-file FILE, not both")
+    source = check_source(Path(args.source))
+    container, _ = _container_for(source, args.container)
+    name = schedule.check_name(args.name or container)
+    every = schedule.check_calendar(args.every)
+    credentials.passphrase_file(args.passphrase_file)      # exists and holds a passphrase
+    passphrase = str(Path(args.passphrase_file).resolve())
+    to = env_file = None
+    if args.to:
+        schedule.check_secret_free(args.to)
+        storage = open_storage(args.to)    # the unit runs in /: a directory made absolute
+        to = (str(Path(storage.root).resolve()) if isinstance(storage, LocalStorage)
+              else args.to)
+    else:
+        path = Path(args.env_file).resolve()
+        if not path.is_file():
+            raise BadInput(f"--env-file {path} is not a file; write "
+                           "AZURE_STORAGE_CONNECTION_STRING=... into it (chmod 600)")
+        credentials.warn_if_exposed(path, "--env-file")
+        env_file = str(path)
+    package = Path(schedule.__file__).resolve().parents[2]   # this same pipeline
+    return schedule.Schedule(
+        name=name, source=str(source), container=container, passphrase_file=passphrase,
+        every=every, to=to, env_file=env_file, config_dir=str(offline.config_path().parent),
+        python=os.path.abspath(sys.executable), pythonpath=str(package))
+
+
+def _schedule_list(unit_dir: Path) -> Outcome:
+    found = schedule.listed(unit_dir)
+    if not found:
+        print(f"no schedules in {unit_dir}")
+        return Outcome()
+    print(f"{'name':<20}  {'every':<20}  {'next':<28}  {'container':<16}  source")
+    for s in found:
+        print(f"{s.name:<20}  {s.every or '?':<20}  {s.next or '-':<28}  "
+              f"{s.container or '?':<16}  {s.source or '?'}")
+    return Outcome()
+
+
+def _schedule_remove(unit_dir: Path, name: str) -> Outcome:
+    steps = schedule.remove(unit_dir, schedule.check_name(name))
+    then = f"; now run: {' && '.join(steps)}" if steps else " (timer stopped, systemd reloaded)"
+    return Outcome(EXIT_OK, f"schedule {name} removed from {unit_dir}{then}")

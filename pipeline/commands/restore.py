@@ -11,7 +11,8 @@ import trio
 from pipeline import credentials, progress
 from pipeline.backup import encoding as fmt
 from pipeline.backup import locate, ui
-from pipeline.backup.errors import PartialRestore
+from pipeline.backup.backend import Backend
+from pipeline.backup.errors import NoRepository, PartialRestore
 from pipeline.backup.repo import Repository, SnapshotRef, find_snapshot
 from pipeline.backup.restore import check_target, run_restore
 from pipeline.errors import (
@@ -62,8 +63,10 @@ async def run(args: argparse.Namespace) -> Outcome:
     backend = await trio.to_thread.run_sync(locate.open_backend, args.source, args.container)
 
     def open_repo() -> tuple[Repository, SnapshotRef]:
-        repo = Repository.open(backend, secret.value, args.passphrase_file,
-                               missing=locate.missing_message(backend))
+        try:
+            repo = Repository.open(backend, secret.value, args.passphrase_file)
+        except NoRepository:
+            raise NoRepository(_seed_missing(backend)) from None
         ref = find_snapshot(repo.snapshots(), args.snapshot)
         repo.load_index(skip_damaged=True)   # what the other index files name is restored
         return repo, ref
@@ -104,3 +107,10 @@ async def run(args: argparse.Namespace) -> Outcome:
     ui.finish(renderer, stats, args.json, {**summary, "warnings": len(warnings)}, code,
               message, lines)
     return Outcome(code, "" if args.json else message)  # --json: in the `exit` event
+
+
+def _seed_missing(backend: Backend) -> str:
+    """No repository: say the seed's import job state.  Imported here, not at the top:
+    the backup command's module (the import service's client) is only needed now."""
+    from pipeline.commands.backup import seed_missing
+    return seed_missing(backend)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline import credentials
 from pipeline.backup import locate
+from pipeline.backup.backend import Backend
 from pipeline.backup.errors import NoRepository
 from pipeline.backup.repo import Repository, exists, list_snapshots
 from pipeline.errors import EXIT_INTEGRITY, EXIT_NO_SEED, EXIT_STORAGE, Outcome
@@ -33,8 +34,10 @@ def rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     backend = locate.open_backend(args.source, args.container)
     if args.passphrase_file:
         secret = credentials.passphrase_file(args.passphrase_file)
-        repo = Repository.open(backend, secret.value, args.passphrase_file,
-                               missing=locate.missing_message(backend))
+        try:
+            repo = Repository.open(backend, secret.value, args.passphrase_file)
+        except NoRepository:
+            raise NoRepository(_seed_missing(backend)) from None
         refs = repo.snapshots()
         out = []
         for ref, m in zip(refs, repo.manifests(refs), strict=True):
@@ -43,7 +46,7 @@ def rows(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "bytes": m.bytes, "parent": m.parent})
         return out
     if not exists(backend):
-        raise NoRepository(locate.missing_message(backend))
+        raise NoRepository(_seed_missing(backend))
     refs = list_snapshots(backend)       # no key: what the names tell (id and time)
     return [{"id": r.hex, "time": r.time.isoformat(timespec="microseconds"), "hostname": None,
              "source": None, "files": None, "dirs": None, "bytes": None, "parent": None}
@@ -65,3 +68,10 @@ def run(args: argparse.Namespace) -> Outcome:
         print(f"{r['id'][:16]:<16}  {r['time']:<32}  {files:>8}  {size:>14}  "
               f"{r['source'] or '-'}")
     return Outcome()
+
+
+def _seed_missing(backend: Backend) -> str:
+    """No repository: say the seed's import job state.  Imported here, not at the top:
+    the backup command's module (the import service's client) is only needed now."""
+    from pipeline.commands.backup import seed_missing
+    return seed_missing(backend)
