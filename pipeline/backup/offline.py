@@ -278,8 +278,8 @@ def job_state_line(job: str, state: str, container: str, where: str, settings: s
                     f"with `pipeline jobs show --job {job} --publish-settings {settings}` and its "
                     "copy logs")
         return (f"{head}: the import is done, so container {container} of {where} is the "
-                f"wrong place: the seed is not there; check --container (and the storage "
-                "account), or the container the drives were prepared for")
+                "wrong one (the seed is not in it): check --container, and --to, against the "
+                "container the drives were prepared for")
     if state == "Canceled":
         return (f"{head}: the seed will not be imported through it; make a new seed under a "
                 "new job (pipeline backup --offline --job NEW-NAME --staging NEW-DIR ..., then "

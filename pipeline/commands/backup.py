@@ -361,7 +361,7 @@ def ask_job(staging: str, entry: dict[str, Any], backend: StorageBackend,
         return "", (f" (the import service at {client.url} could not be asked: "
                     f"{reason.group(1) if reason else exc})")
     state, percent = _job_state(answer)
-    return offline.job_state_line(job, state, backend.container, backend.name, settings,
+    return offline.job_state_line(job, state, backend.container, backend.storage.name, settings,
                                   percent, partial), ""
 
 
