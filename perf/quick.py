@@ -12,7 +12,6 @@ more each under ``py-spy record --gil`` and prints where the GIL was held.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -57,35 +56,11 @@ def commands(data: Path, out: Path) -> dict[str, list[str]]:
 
 def reset(out: Path) -> None:
     """Empty outputs; the account on a fresh file system (see ``account_fs``)."""
-    account_fs(out / "account", out / "account.img")
+    measure.account_fs(out / "account", out / "account.img")
     shutil.rmtree(out / "logs", ignore_errors=True)
     (out / "logs").mkdir()
     (out / "account" / "acct").mkdir()
     (out / "tar.zst").unlink(missing_ok=True)
-
-
-def account_fs(mnt: Path, img: Path, size: str = "8G") -> None:
-    """A fresh ext4 (with its journal, as mkfs makes it) mounted at ``mnt``, for import.
-
-    Why not a directory emptied between runs: ext4 does not reuse an inode deleted in
-    the last half minute where it keeps no journal (as this machine's root file system),
-    and looks at each such inode on every create, so 15,000 files deleted by one run
-    made the next run's creates cost 15 s of kernel time (perf: ``recently_deleted``).
-    Without root (no mount), a directory it is.
-    """
-    subprocess.run(["umount", str(mnt)], capture_output=True)
-    shutil.rmtree(mnt, ignore_errors=True)
-    mnt.mkdir(parents=True)
-    img.unlink(missing_ok=True)
-    try:
-        subprocess.run(["truncate", "-s", size, str(img)], check=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
-        subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True,
-                       capture_output=True)
-    except (OSError, subprocess.CalledProcessError):
-        img.unlink(missing_ok=True)
-        return
-    os.sync()
 
 
 def warm(data: Path) -> None:

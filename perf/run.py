@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perf import dataset, measure
+from perf import dataset, measure, realdata
 from perf.measure import Sample, Series
 from perf.throttle import NoThrottle, Throttle
 
@@ -55,6 +55,9 @@ SEQ, PAR, SEQ3 = "prep sequential", "prep parallel", "prep sequential --level 3"
 VERIFY, IMPORT = "verify", "import --to DIR"
 T_SEQ, T_PAR = "prep sequential, throttled", "prep parallel, throttled"
 BOUND = " (drive-bound control)"
+REAL = "real: "  # prefix of the real-data tree's rows (perf/realdata.py)
+# Issue 18: ratio of medians against tar | zstd -1 -T0 on the same tree, same run.
+TARGETS = ((SEQ, 0.90), (VERIFY, 2.5), (IMPORT, 2.0))
 
 
 def threads_key(n: int) -> str:
@@ -201,12 +204,7 @@ def run_prep_family(ctx: Ctx) -> None:
     used = [d["path"] for d in prep_summary(s)["drives"]]
     timed(ctx, VERIFY, pipeline_cmd("verify", "--journal-dir", str(ctx.out / "journals"),
                                     "--json"))
-    acct, logs = ctx.out / "account", ctx.out / "copylogs"
-    acct.mkdir()
-    logs.mkdir()
-    timed(ctx, IMPORT, pipeline_cmd("import", *[a for d in used for a in ("--drive", d)],
-                                    "--journal-dir", str(ctx.out / "journals"), "--to",
-                                    str(acct), "--log-dir", str(logs), "--json"))
+    run_import(ctx, IMPORT, used)
     fresh(ctx.out)
     timed(ctx, PAR, prep_argv(ctx, images(ctx), "--fill", "parallel"), after=prep_summary)
     fresh(ctx.out)
@@ -217,6 +215,37 @@ def run_prep_family(ctx: Ctx) -> None:
         fresh(ctx.out)
         timed(ctx, threads_key(n), prep_argv(ctx, images(ctx), "--threads", str(n)),
               after=prep_summary)
+    fresh(ctx.out)
+
+
+def run_import(ctx: Ctx, key: str, drives: list[str]) -> None:
+    """import --to DIR into a fresh ext4 file system (``measure.account_fs``)."""
+    mnt, logs = ctx.out / "account", ctx.out / "copylogs"
+    measure.account_fs(mnt, ctx.args.workdir / "account.img")
+    acct = mnt / "acct"
+    acct.mkdir()
+    logs.mkdir(exist_ok=True)
+    try:
+        timed(ctx, key, pipeline_cmd("import", *[a for d in drives for a in ("--drive", d)],
+                                     "--journal-dir", str(ctx.out / "journals"), "--to",
+                                     str(acct), "--log-dir", str(logs), "--json"))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        (ctx.args.workdir / "account.img").unlink(missing_ok=True)
+
+
+def run_real(ctx: Ctx) -> None:
+    """One round on the real-data tree: tar | zstd -1, prep (defaults), verify, import."""
+    fresh(ctx.out)
+    src = f"tar -cf - -C '{ctx.data.parent}' '{ctx.data.name}'"
+    img = ctx.out / "image"
+    timed(ctx, REAL + Z1, ["bash", "-o", "pipefail", "-c", f"{src} | zstd -1 -T0 -q > '{img}'"])
+    fresh(ctx.out)
+    s = timed(ctx, REAL + SEQ, prep_argv(ctx, images(ctx)), after=prep_summary)
+    used = [d["path"] for d in prep_summary(s)["drives"]]
+    timed(ctx, REAL + VERIFY, pipeline_cmd("verify", "--journal-dir", str(ctx.out / "journals"),
+                                           "--json"))
+    run_import(ctx, REAL + IMPORT, used)
     fresh(ctx.out)
 
 
@@ -339,7 +368,34 @@ def ratio(ctx: Ctx, key: str, base: str) -> float | None:
 
 
 def baseline_of(key: str) -> str:
+    if key.startswith(REAL):
+        return REAL + Z1
     return Z3 if "--level 3" in key or key == Z3 else Z1
+
+
+def receiving_table(ctx: Ctx) -> list[dict[str, Any]]:
+    """Every ratio issue 18 sets, for each tree measured: value, target, pass."""
+    out = []
+    for tree, prefix in (("synthetic", ""), ("real", REAL)):
+        for key, target in TARGETS:
+            r = ratio(ctx, prefix + key, prefix + Z1)
+            if r is None:
+                continue
+            s = ctx.series[prefix + key]
+            out.append({"tree": tree, "command": key, "mbps": round(s.mbps, 1),
+                        "ratio": round(r, 3), "target": target, "ok": r >= target,
+                        "peak_rss_mib": round(s.peak_rss / MiB, 1)})
+    return out
+
+
+def format_receiving(rows: list[dict[str, Any]]) -> str:
+    lines = [f"  {'tree':10s} {'command':18s} {'MB/s':>8s} {'ratio':>7s} {'target':>7s}  "
+             f"{'peak RSS':>9s}"]
+    for r in rows:
+        lines.append(f"  {r['tree']:10s} {r['command']:18s} {r['mbps']:8.1f} "
+                     f"{r['ratio']:6.2f}x {r['target']:6.2f}x  {r['peak_rss_mib']:6.1f} MiB  "
+                     f"{'PASS' if r['ok'] else 'FAIL'}")
+    return "\n".join(lines)
 
 
 def criteria(ctx: Ctx, throttled: list[dict[str, Any]], rss: list[dict[str, Any]],
@@ -415,7 +471,7 @@ def table_rows(ctx: Ctx) -> list[dict[str, Any]]:
     rows = []
     order = [DD, CAT, Z1, Z3, SEQ, PAR, SEQ3,
              *sorted(k for k in ctx.series if k.startswith("prep sequential --threads")),
-             VERIFY, IMPORT, T_SEQ, T_PAR]
+             VERIFY, IMPORT, T_SEQ, T_PAR, REAL + Z1, REAL + SEQ, REAL + VERIFY, REAL + IMPORT]
     for key in order:
         s = ctx.series.get(key)
         if not s or not s.samples:
@@ -550,6 +606,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bound-size", type=dataset.parse_size, default=None,
                    help="dataset of the control run (default: --size; start-up and the "
                    "LUKS2 header writes, 16 MiB a drive, weigh less on more data)")
+    p.add_argument("--real-size", type=dataset.parse_size, default=2 << 30, metavar="SIZE",
+                   help="also measure tar | zstd, prep, verify and import on a tree of this "
+                   "machine's own files (perf/realdata.py; default 2G)")
+    p.add_argument("--no-real", action="store_true", help="skip the real-data tree")
     p.add_argument("--profile", action="store_true",
                    help="also run prep once under the Trio probe and once under py-spy")
     p.add_argument("--results", type=Path, default=REPO / "perf" / "results",
@@ -602,11 +662,21 @@ def main(argv: list[str] | None = None) -> int:
               drive_size=drive_size_for(int(info["bytes"])))
     log(f"dataset {root}: {info['files']} files, {dataset.human(int(info['bytes']))}; "
         f"{args.runs} runs per contender, cache {args.cache}")
+    real = None
+    if not args.no_real:
+        rroot = args.workdir / f"real-{args.real_size // MiB}M"
+        rinfo = realdata.ensure(rroot, args.real_size, log=log)
+        real = Ctx(args, rroot, rinfo, ctx.out, ctx.env,
+                   drive_size=drive_size_for(int(rinfo["bytes"])), series=ctx.series)
+        log(f"real-data tree {rroot}: {rinfo['files']} files, "
+            f"{dataset.human(int(rinfo['bytes']))}")
     try:
         for i in range(args.runs):
             log(f"round {i + 1}/{args.runs}")
             run_baselines(ctx)
             run_prep_family(ctx)
+            if real is not None:
+                run_real(real)
         throttled: list[dict[str, Any]] = []
         if not args.no_throttle:
             log(f"throttled drives: {args.drives} x {args.drive_mbps:g} MB/s")
@@ -631,6 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = table_rows(ctx)
     stages = stage_profile(ctx.series[SEQ]) if SEQ in ctx.series else {}
     crit = criteria(ctx, throttled, rss, elapsed)
+    receiving = receiving_table(ctx)
+    extra["every ratio issue 18 sets (median of runs, against tar | zstd -1 -T0 on the same "
+          "tree, same run)"] = format_receiving(receiving)
     print()
     report = print_report(ctx, rows, throttled, rss, stages, crit, extra)
     print(f"\ntotal {elapsed:.0f} s")
@@ -642,7 +715,9 @@ def main(argv: list[str] | None = None) -> int:
                         "drive_size": ctx.drive_size},
            "dataset": info, "table": rows, "throttled": throttled, "rss_by_size": rss,
            "stage_profile": stages, "profile": {k: v for k, v in prof.items() if k != "text"},
-           "criteria": crit, "series": {k: s.to_json() for k, s in ctx.series.items()},
+           "criteria": crit, "receiving": receiving,
+           "real_dataset": real.info if real is not None else None,
+           "series": {k: s.to_json() for k, s in ctx.series.items()},
            "report": report}
     (args.results / "latest.json").write_text(json.dumps(doc, indent=1) + "\n")
     (args.results / "latest.md").write_text(markdown(ctx, rows, crit))
@@ -652,4 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     png = chart.draw(doc, args.results / "perf.png")
     if png:
         log(f"wrote {png}")
+    missed = [f"{r['tree']} {r['command']} {r['ratio']:.2f}x < {r['target']}x"
+              for r in receiving if not r["ok"]]
+    if missed or len(receiving) < len(TARGETS) * (1 if real is None else 2):
+        log("perf: criteria missed: " + ("; ".join(missed) or "not every ratio measured"))
+        return 1
     return 0

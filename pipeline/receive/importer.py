@@ -86,7 +86,7 @@ async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Stor
         parts_tx, parts_rx = trio.open_memory_channel[extract.Parts](PARTS_DEPTH)
         nursery.start_soon(extract.run, od, stored, damaged, parts_tx, cpu)
         async with parts_rx:
-            for _ in range(UPLOADERS):
+            for _ in range(getattr(store, "writers", UPLOADERS)):
                 nursery.start_soon(upload.run, parts_rx.clone(), store, container,
                                    sb.blob_type, on_drive, net, progress)
 

@@ -107,6 +107,8 @@ def _checked_names(container: str, blob: str | None) -> tuple[str, ...]:
 class LocalStorage:
     """Blobs as files under one directory (see the module docstring)."""
 
+    writers = 2  # the importer's uploaders: more threads only queue for the GIL and the disk
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.name = self.root
@@ -193,7 +195,7 @@ class LocalStorage:
         check_part(blob_type, size, offset, data)
         path = self._path(container, blob, partial=True)
         with self._writing(container, blob):
-            fd = self._open_partial(path, size)
+            fd = self._open_partial(path, size, whole=offset == 0 and len(data) == size)
             try:
                 view = memoryview(data)
                 done = 0
@@ -202,8 +204,9 @@ class LocalStorage:
             finally:
                 os.close(fd)
 
-    def _open_partial(self, path: str, size: int) -> int:
-        """Open (creating durably, sparse, ``size`` bytes) the partial file."""
+    def _open_partial(self, path: str, size: int, whole: bool = False) -> int:
+        """Open (creating, sparse, ``size`` bytes) the partial file; ``whole``: the part
+        about to be written is the whole file, so the write itself sets its size."""
         self._makedirs(os.path.dirname(path), durable=False)  # sync() makes parts durable
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -211,7 +214,8 @@ class LocalStorage:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         else:
             os.fchmod(fd, FILE_MODE)
-            os.ftruncate(fd, size)
+            if not whole:
+                os.ftruncate(fd, size)
             return fd
         if os.fstat(fd).st_size != size:   # racing creator, or a size change: last size wins
             os.ftruncate(fd, size)
@@ -224,7 +228,12 @@ class LocalStorage:
         with self._writing(container, blob):
             self._makedirs(os.path.dirname(final), durable=False)  # sync() makes commits durable
             try:
-                fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC)
+                if zero_offsets:
+                    fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC)
+                elif os.stat(partial).st_size == size:  # nothing to zero: no open needed
+                    fd = -1
+                else:
+                    fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
                 if self.size(container, blob) == size:
                     return                          # committed already: idempotent
@@ -234,12 +243,13 @@ class LocalStorage:
                     raise PartsMissing(self.root, f"{container}/{blob}", missing) from None
                 self._replace(final, b"", size)     # all zeros: one sparse file
                 return
-            try:
-                if os.fstat(fd).st_size != size:
-                    os.ftruncate(fd, size)
-                _zero(fd, zero_offsets, size)  # an older copy's bytes there are not the file's
-            finally:
-                os.close(fd)
+            if fd >= 0:
+                try:
+                    if os.fstat(fd).st_size != size:
+                        os.ftruncate(fd, size)
+                    _zero(fd, zero_offsets, size)  # an older copy's bytes there are not the file's
+                finally:
+                    os.close(fd)
             try:
                 os.replace(partial, final)
             except FileNotFoundError:               # another thread committed it just now
