@@ -202,8 +202,15 @@ def account_fs(mnt: Path, img: Path, size: str = "8G") -> None:
     try:
         subprocess.run(["truncate", "-s", size, str(img)], check=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
-        subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True,
-                       capture_output=True)
+        # --direct-io: the loop device writes its file past the page cache, as a disk
+        # would take them, not cached twice; the mount's loop device goes with umount.
+        dev = subprocess.run(["losetup", "-f", "--show", "--direct-io=on", str(img)],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        try:
+            subprocess.run(["mount", "-o", "loop", dev, str(mnt)], check=True,
+                           capture_output=True)
+        finally:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)  # autoclear on umount
     except (OSError, subprocess.CalledProcessError):
         img.unlink(missing_ok=True)
         return

@@ -581,3 +581,42 @@ def test_azure_blob_type_change_is_refused(azurite: str) -> None:
         store.commit(c, "was-page", BLOCK, 512, [])
     assert "page blob" in str(ei.value)
     assert store.get(c, "was-block") == b"x" * 512 and store.get(c, "was-page") == bytes(512)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "refused"])
+def test_local_large_parts_past_the_page_cache_read_back_exactly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
+    """Large parts go past the page cache (O_DIRECT, their whole 4 KiB blocks; the tail and
+    small parts buffered); where the file system refuses O_DIRECT (EINVAL) every part is
+    written buffered.  Either way the blob reads back byte for byte, unaligned tails and
+    rewrites included."""
+    import fcntl
+
+    from pipeline.storage import local
+
+    monkeypatch.setattr(local.LocalStorage, "_direct", True)
+    if not direct:
+        real = fcntl.fcntl
+
+        def no_direct(fd: int, cmd: int, arg: int = 0) -> int:
+            if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+                raise OSError(22, "Invalid argument")
+            return real(fd, cmd, arg)
+
+        monkeypatch.setattr(fcntl, "fcntl", no_direct)
+    store = LocalStorage(tmp_path)
+    store.ensure_container("cont")
+    size = 3 * MB + 12345
+    parts = {0: payload(MB, 1), MB: payload(MB, 2), 2 * MB: payload(MB, 3),
+             3 * MB: payload(12345, 4)}
+    for offset in (2 * MB, 3 * MB, 0, MB):
+        store.write_part("cont", "b", BLOCK, size, offset, parts[offset])
+    store.write_part("cont", "b", BLOCK, size, MB, parts[MB][:-100] + b"\x07" * 100)  # rewritten
+    store.commit("cont", "b", BLOCK, size, [])
+    want = parts[0] + parts[MB][:-100] + b"\x07" * 100 + parts[2 * MB] + parts[3 * MB]
+    assert store.read("cont", "b", 0, size) == want
+    assert local.LocalStorage._direct is direct
+    small = LocalStorage(tmp_path)
+    small.write_part("cont", "s", BLOCK, 5000, 0, payload(5000, 5))
+    small.commit("cont", "s", BLOCK, 5000, [])
+    assert small.read("cont", "s", 0, 5000) == payload(5000, 5)

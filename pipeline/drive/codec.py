@@ -221,6 +221,9 @@ def unpack(codec: Codec, stored: bytes | memoryview, raw_len: int, xxh3: bytes) 
     return raw
 
 
+_CODECS: dict[int, Codec] = {c.value: c for c in Codec}
+
+
 def check(codec: Codec | int, stored: bytes | memoryview, raw_len: int, xxh3: bytes) -> None:
     """What ``unpack`` checks, for a reader that does not keep the raw bytes (verify).
 
@@ -230,10 +233,10 @@ def check(codec: Codec | int, stored: bytes | memoryview, raw_len: int, xxh3: by
     """
     if not 1 <= raw_len <= MAX_RAW_LEN:
         raise CorruptRecord(f"raw_len={raw_len} is not an extent length")
-    try:
-        codec = Codec(codec)
-    except ValueError:
-        raise CorruptRecord(f"unknown codec {codec!r}") from None
+    known = _CODECS.get(codec)  # an enum call per extent costs more than the lookup
+    if known is None:
+        raise CorruptRecord(f"unknown codec {codec!r}")
+    codec = known
     if codec is Codec.ZERO:
         if len(stored):
             raise CorruptRecord(f"ZERO extent of {raw_len} bytes has {len(stored)} stored bytes")

@@ -1,0 +1,100 @@
+"""``python -m perf.filecount --counts 10000,100000``: peak RSS against the number of files.
+
+For each count, a tree of that many small files (64 B to 2 KiB, 100 to a folder; built
+once under ``--workdir``) goes through ``prep`` (one image drive), ``verify`` and
+``import --to DIR`` (a fresh ext4, ``measure.account_fs``); each command's peak RSS
+(largest process and process tree, ``perf.measure``) and wall time are printed, and
+``--json`` writes them.  Memory is flat in file count when a row's RSS does not grow
+with its count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from perf import measure
+from perf.run import KDF, REPO, pipeline_cmd, python_env
+
+MiB = 1 << 20
+
+
+def tree(root: Path, count: int) -> Path:
+    """``count`` small files under ``root`` (reused when its marker says it is whole)."""
+    done = root.with_name(root.name + ".done")
+    if done.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = random.Random(count)
+    words = [rng.randbytes(8).hex() for _ in range(500)]
+    for i in range(count):
+        folder = root / f"d{i // 10000:03d}" / f"e{(i // 100) % 100:02d}"
+        if i % 100 == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        n = rng.randrange(64, 2048)
+        text = " ".join(rng.choices(words, k=n // 16 + 1)).encode()[:n]
+        (folder / f"f{i:07d}.txt").write_bytes(text)
+    done.touch()
+    return root
+
+
+def one(count: int, workdir: Path) -> dict[str, object]:
+    data = tree(workdir / f"files-{count}", count)
+    out = workdir / "fc-out"
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "j").mkdir(parents=True)
+    env = python_env()
+    size = (count * 6144 + 128 * MiB) // MiB * MiB
+    row: dict[str, object] = {"files": count}
+    steps = {
+        "prep": pipeline_cmd("prep", "--source", str(data), "--dstdir", "perf/fc/",
+                             "--journal-dir", str(out / "j"), "--session-id", "fc",
+                             "--drive", str(out / "d1.img"), "--drive-size", str(size), *KDF,
+                             "--json"),
+        "verify": pipeline_cmd("verify", "--journal-dir", str(out / "j"), "--json"),
+        "import": pipeline_cmd("import", "--drive", str(out / "d1.img"), "--journal-dir",
+                               str(out / "j"), "--to", str(out / "acct" / "a"), "--log-dir",
+                               str(out / "logs"), "--json"),
+    }
+    try:
+        for name, argv in steps.items():
+            if name == "import":
+                measure.account_fs(out / "acct", workdir / "fc-account.img")
+                (out / "acct" / "a").mkdir()
+                (out / "logs").mkdir()
+            s = measure.run(argv, cwd=REPO, env=env)
+            row[name] = {"wall_s": round(s.wall_s, 2), "maxrss_mib": round(s.maxrss / MiB, 1),
+                         "tree_rss_mib": round(s.tree_rss / MiB, 1)}
+            print(f"{count:>9d} files  {name:7s} {s.wall_s:7.2f} s  largest process "
+                  f"{s.maxrss / MiB:6.1f} MiB  tree {s.tree_rss / MiB:6.1f} MiB",
+                  file=sys.stderr)
+    finally:
+        subprocess.run(["umount", str(out / "acct")], capture_output=True)
+        (workdir / "fc-account.img").unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m perf.filecount",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--counts", default="10000,100000",
+                   type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--workdir", type=Path, default=Path("/var/tmp/pipeline-perf"))
+    p.add_argument("--json", type=Path, default=None, help="write the rows here")
+    args = p.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows = [one(n, args.workdir) for n in args.counts]
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
