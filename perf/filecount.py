@@ -53,7 +53,7 @@ def one(count: int, workdir: Path) -> dict[str, object]:
     row: dict[str, object] = {"files": count}
     steps = {
         "prep": pipeline_cmd("prep", "--source", str(data), "--dstdir", "perf/fc/",
-                             "--journal-dir", str(out / "j"), "--session-id", "fc",
+                             "--journal-dir", str(out / "j"), "--session-id", "filecount",
                              "--drive", str(out / "d1.img"), "--drive-size", str(size), *KDF,
                              "--json"),
         "verify": pipeline_cmd("verify", "--journal-dir", str(out / "j"), "--json"),

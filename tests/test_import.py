@@ -297,3 +297,27 @@ def test_import_block_blobs_into_azurite(tmp_path: Path, azurite: str) -> None:
         assert got[name].blob_type == "BlockBlob"
         assert container.download_blob("vdir/" + name).readall() == files[name], name
     assert sum(b.size for b in got.values()) == sum(map(len, files.values()))
+
+
+def test_marker_bytes_are_json_dumps_of_the_whole_record() -> None:
+    """The marker is encoded a file at a time (no dict per file held) and must stay the
+    bytes json.dumps of the whole record gave: other drives' imports parse it."""
+    from pipeline.drive import format as _format
+    from pipeline.receive.commit import FileOnDrive
+
+    sb = _format.Superblock(1, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "sess-1", "",
+                            "cont/v/", _format.BlobType.BLOCK, 0, 1 << 30)
+    one = FileOnDrive(_format.FileEntry(3, "a ü\"x", "v/a ü\"x", 5 << 20, 0, 0o644))
+    one.cells.update({0, 2 << 20})
+    one.zero.add(1 << 20)
+    one.bad[3 << 20] = ("corrupt", "x")
+    on_drive = {3: one, 4: FileOnDrive(_format.FileEntry(4, "b", "v/b", 0, 0, 0o644))}
+    for files in (on_drive, {}):
+        for state in ("parts", "done"):
+            record = {"session_id": sb.session_id, "seq": sb.drive_seq, "state": state,
+                      "files": [{"file_id": fd.entry.file_id, "path": fd.entry.path,
+                                 "blob": fd.entry.blob, "size": fd.entry.size,
+                                 "cells": sorted(fd.cells), "zero": sorted(fd.zero),
+                                 "bad": sorted(fd.bad)} for fd in files.values()]}
+            got = importer._marker(sb, state, importer._marker_files(files))
+            assert got == json.dumps(record).encode()

@@ -23,7 +23,7 @@ def cells_of(size: int) -> list[int]:
     return list(format.grid(size))
 
 
-@dataclass
+@dataclass(slots=True)
 class FileOnDrive:
     """One file of the drive as the import goes: cells delivered, zero, damaged."""
 
