@@ -123,24 +123,6 @@ class Terminal:
         self.ask = ask
         self.interactive = sys.stdin.isatty() if interactive is None else interactive
 
-
-class Notes:
-    """diskprep's own lines: printed, or `note` events with --json (then the `job` and
-    `exit` events end the stream; prep, run inside, leaves `exit` to diskprep)."""
-
-    def __init__(self, json_mode: bool) -> None:
-        self.renderer = progress.JsonRenderer() if json_mode else None
-
-    def __call__(self, line: str) -> None:
-        if self.renderer is None:
-            print(line)
-        else:
-            self.renderer.event("note", message=line.strip())
-
-    def event(self, type: str, **fields: Any) -> None:
-        if self.renderer is not None:
-            self.renderer.event(type, **fields)
-
     def question(self, text: str) -> str:
         try:
             return self.ask(text).strip()
@@ -161,6 +143,24 @@ class Notes:
             if answer in ("y", "yes", "n", "no"):
                 return answer in ("y", "yes")
             print("answer y or n")
+
+
+class Notes:
+    """diskprep's own lines: printed, or `note` events with --json (then the `job` and
+    `exit` events end the stream; prep, run inside, leaves `exit` to diskprep)."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.renderer = progress.JsonRenderer() if json_mode else None
+
+    def __call__(self, line: str) -> None:
+        if self.renderer is None:
+            print(line)
+        else:
+            self.renderer.event("note", message=line.strip())
+
+    def event(self, type: str, **fields: Any) -> None:
+        if self.renderer is not None:
+            self.renderer.event(type, **fields)
 
 
 async def run(args: argparse.Namespace) -> Outcome:
