@@ -177,8 +177,13 @@ _names = st.text(st.characters(blacklist_characters="\0/:\n", blacklist_categori
                  max_size=12)
 _xattr_names = st.one_of(
     st.sampled_from([fmt.ACL_ACCESS]),
+    # what os.listxattr can return: text, and undecodable bytes as surrogateescape's
+    # \udc80-\udcff (never a lone surrogate outside them: no OS name decodes to one)
     st.builds(lambda p, s: p + s, st.sampled_from(fmt.XATTR_PREFIXES),
-              st.text(st.characters(blacklist_characters="\0"), min_size=1, max_size=20)))
+              st.text(st.one_of(st.characters(blacklist_characters="\0",
+                                              blacklist_categories=("Cs",)),
+                                st.sampled_from(["\udc80", "\udcff"])),
+                      min_size=1, max_size=20)))
 _acl = st.builds(lambda n: b"\x02\0\0\0" + bytes(8 * n), st.integers(0, 5))
 
 
