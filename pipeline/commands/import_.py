@@ -177,8 +177,9 @@ async def run(args: argparse.Namespace) -> Outcome:
     _finish(renderer, stats, args.json, len(opened))
     if bad:
         raise IntegrityError(f"{bad} blob(s) corrupt or missing; see the copy logs in "
-                             f"{log_dir}, then re-send them: pipeline repair --journal-dir "
-                             f"{args.journal_dir or 'JDIR'} --source DIR --to STORAGE")
+                             f"{log_dir}, then re-send them from the staging directory: "
+                             f"pipeline repair --journal-dir {args.journal_dir or 'JDIR'} "
+                             f"--source STAGING --to {args.to or 'STORAGE'}")
     if unvouched:
         raise Incomplete(f"{', '.join(unvouched)}: imported what the drive holds, every extent "
                          "checked, but it cannot vouch that nothing is missing (see above); "
