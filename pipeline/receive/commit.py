@@ -16,7 +16,8 @@ from pipeline.receive.markers import newest_versions, read_markers
 from pipeline.storage.base import Storage
 
 COMMIT_BATCH = 256  # blobs committed per storage thread call
-COMMITTERS = 4  # commit batches in flight at once (each a storage thread call)
+COMMITTERS = 4  # commit batches in flight at once (each a storage thread call), unless
+# the store says how many of its calls at once help (``writers``: a local account, 1)
 
 
 def cells_of(size: int) -> list[int]:
@@ -86,7 +87,7 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
         done_events[k].set()
 
     async with trio.open_nursery() as nursery:
-        limit = trio.CapacityLimiter(COMMITTERS)
+        limit = trio.CapacityLimiter(getattr(store, "writers", COMMITTERS))
         for k in range(len(batches)):
             nursery.start_soon(committer, k, limit)
         for line in lines:

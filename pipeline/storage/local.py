@@ -123,7 +123,10 @@ def _checked_names(container: str, blob: str | None) -> tuple[str, ...]:
 class LocalStorage:
     """Blobs as files under one directory (see the module docstring)."""
 
-    writers = 2  # the importer's uploaders: more threads only queue for the GIL and the disk
+    # The importer's writers and committers: measured on 2 cores, more threads doing small
+    # calls only hand the GIL to each other (futex wake-ups were a quarter of the CPU and
+    # commits took 1.3 s with one thread, 3.8 s with two, 9.3 s with four, for 30,000 files).
+    writers = 1
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
