@@ -240,6 +240,22 @@ def test_put_get_list_with_prefixes(make: Factory, container: str) -> None:
     assert other.get(container, "big") == payload(3 * MB, 5)
 
 
+def test_delete_a_committed_blob(make: Factory, container: str) -> None:
+    """What prune and forget need of an account: a committed blob gone, absent is fine."""
+    store = make()
+    store.put(container, "keep", b"k")
+    store.put(container, "packs/p1", b"gone")
+    store.write_part(container, "packs/p2", BLOCK, 3, 0, b"abc")
+    store.commit(container, "packs/p2", BLOCK, 3, [])
+    store.delete(container, "packs/p1")
+    store.delete(container, "packs/p2")
+    store.delete(container, "packs/p1")              # again: nothing to do, no error
+    store.delete(container, "never-there")
+    other = make()
+    assert other.list(container) == ["keep"]
+    assert other.get(container, "packs/p1") is None and other.size(container, "packs/p2") is None
+
+
 def test_names_that_need_url_quoting(store: Storage, container: str) -> None:
     names = ["sp ace/é 日本.txt", "hash#and?query&x=1", "pct%20sign", "plus+semi;colon",
              "quote'\"", "~tilde/.dot", "a" * 200 + "/" + "b" * 200]

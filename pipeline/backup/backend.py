@@ -25,7 +25,6 @@ from pipeline import atomic
 from pipeline.backup.errors import CorruptRepository
 from pipeline.errors import BadInput, NoSpace, is_no_space
 from pipeline.storage.base import CELL, BlobType, Storage
-from pipeline.storage.local import LocalStorage
 
 # A repository's files (keys, config, packs, snapshots) are its owner's only, as restic's.
 FILE_MODE = 0o600
@@ -191,20 +190,8 @@ class StorageBackend(_Counter):
         self._count(len(data))
 
     def delete(self, name: str) -> None:
-        """The Storage protocol has no delete of a committed blob (the importer never
-        needs one): the storage's own when it has one, else the local file or the Azure
-        blob client.  Absent already is fine."""
-        blob = self.prefix + name
-        own = getattr(self.storage, "delete", None)
-        if callable(own):
-            own(self.container, blob)
-        elif isinstance(self.storage, LocalStorage):
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                os.unlink(self.storage._path(self.container, blob))
-        else:
-            from azure.core.exceptions import ResourceNotFoundError
-            with contextlib.suppress(ResourceNotFoundError):
-                self.storage._blob(self.container, blob).delete_blob()  # type: ignore[attr-defined]
+        """Absent already is fine (the storage's rule)."""
+        self.storage.delete(self.container, self.prefix + name)
 
     def size(self, name: str) -> int | None:
         return self.storage.size(self.container, self.prefix + name)

@@ -347,6 +347,11 @@ class AzureStorage:
             client.upload_blob(data, blob_type=AzureBlobType.BLOCKBLOB, overwrite=True,
                                length=len(data))
 
+    def delete(self, container: str, blob: str) -> None:
+        client = self._blob(container, blob)
+        with self._calls(), contextlib.suppress(ResourceNotFoundError):
+            client.delete_blob()
+
     def get(self, container: str, blob: str) -> bytes | None:
         client = self._blob(container, blob)
         with self._calls():

@@ -108,6 +108,10 @@ class Storage(Protocol):
     def put(self, container: str, blob: str, data: bytes) -> None:
         """Replace a small whole block blob atomically (markers, logs)."""
 
+    def delete(self, container: str, blob: str) -> None:
+        """Remove a committed blob (a backup's prune, forget, released lock); absent
+        already is fine.  The importer never deletes."""
+
     def get(self, container: str, blob: str) -> bytes | None:
         """A whole committed blob, None if absent."""
 

@@ -319,6 +319,10 @@ class LocalStorage:
         finally:
             os.close(fd)
 
+    def delete(self, container: str, blob: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(self._path(container, blob))
+
     def discard(self, container: str, blob: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(self._path(container, blob, partial=True))
