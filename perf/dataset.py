@@ -370,9 +370,17 @@ def tree_stats(root: Path) -> dict[str, int]:
 def ensure(root: Path, size: int, seed: int = 1, log: Callable[[str], None] = print
            ) -> dict[str, object]:
     """The tree at ``root`` for (size, seed), built unless a matching one is there."""
-    root = Path(root)
-    want = {"version": VERSION, "size": size, "seed": seed}
-    manifest = root.with_name(root.name + ".manifest.json")  # beside the tree, not in it
+    return cached_tree(Path(root), {"version": VERSION, "size": size, "seed": seed},
+                       lambda tmp: _build(tmp, size, seed),
+                       f"generating a {human(size)} dataset (seed {seed})", log)
+
+
+def cached_tree(root: Path, want: dict[str, object],
+                build: Callable[[Path], dict[str, object]], what: str,
+                log: Callable[[str], None] = print) -> dict[str, object]:
+    """The tree at ``root`` whose manifest (beside it, not in it) matches ``want``; else
+    ``build`` it in a sibling directory, renamed into place once whole, then the manifest."""
+    manifest = root.with_name(root.name + ".manifest.json")
     if manifest.exists():
         try:
             have = json.loads(manifest.read_text())
@@ -381,14 +389,12 @@ def ensure(root: Path, size: int, seed: int = 1, log: Callable[[str], None] = pr
         if {k: have.get(k) for k in want} == want:
             return have
     manifest.unlink(missing_ok=True)
-    if root.exists():
-        shutil.rmtree(root)
+    shutil.rmtree(root, ignore_errors=True)
     tmp = root.with_name(root.name + ".building")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    log(f"generating a {human(size)} dataset (seed {seed}) in {root} ...")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"{what} in {root} ...")
     t = time.monotonic()
-    extra = _build(tmp, size, seed)
+    extra = build(tmp)
     stats = tree_stats(tmp)
     info = {**want, **extra, **stats, "generated_s": round(time.monotonic() - t, 1)}
     tmp.rename(root)

@@ -28,11 +28,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from perf.dataset import human, parse_size, tree_stats
+from perf.dataset import cached_tree, human, parse_size
 
 VERSION = 1
 MiB = 1 << 20
@@ -95,32 +94,14 @@ def _build(root: Path, size: int) -> dict[str, int]:
 
 def ensure(root: Path, size: int, log: Callable[[str], None] = print) -> dict[str, object]:
     """The tree at ``root`` for ``size``, built unless a matching one is there."""
-    root = Path(root)
-    want = {"version": VERSION, "size": size, "kind": "real"}
-    manifest = root.with_name(root.name + ".manifest.json")
-    if manifest.exists():
-        try:
-            have = json.loads(manifest.read_text())
-        except ValueError:
-            have = {}
-        if {k: have.get(k) for k in want} == want:
-            return have
-    manifest.unlink(missing_ok=True)
-    shutil.rmtree(root, ignore_errors=True)
-    tmp = root.with_name(root.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    log(f"copying a {human(size)} real-data tree (stdlib, libraries, an ext4 image) "
-        f"into {root} ...")
-    t = time.monotonic()
-    extra = _build(tmp, size)
-    stats = tree_stats(tmp)
-    info = {**want, **extra, **stats, "generated_s": round(time.monotonic() - t, 1)}
-    tmp.rename(root)
-    manifest.write_text(json.dumps(info))
-    log(f"  {stats['files']} files, {human(stats['bytes'])} logical, "
-        f"{human(stats['allocated'])} allocated, in {info['generated_s']} s")
-    return info
+
+    def build(tmp: Path) -> dict[str, object]:
+        tmp.mkdir(parents=True)
+        return _build(tmp, size)
+
+    return cached_tree(Path(root), {"version": VERSION, "size": size, "kind": "real"}, build,
+                       f"copying a {human(size)} real-data tree (stdlib, libraries, an ext4 "
+                       "image)", log)
 
 
 def main(argv: list[str] | None = None) -> int:
