@@ -6,7 +6,6 @@ import sys
 from typing import Any
 
 from pipeline import progress
-from pipeline.progress import with_progress  # noqa: F401 - the backup commands' name for it
 
 
 def finish(renderer: progress.Renderer, stats: progress.Stats, json_mode: bool,

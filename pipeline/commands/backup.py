@@ -257,7 +257,7 @@ async def _offline(args: argparse.Namespace) -> Outcome:
         repo = await trio.to_thread.run_sync(open_repo)
         return await archive.run_backup(repo, source, stats, _warner(renderer), opts)
 
-    result = await ui.with_progress(renderer, stats, go)
+    result = await progress.with_progress(renderer, stats, go)
     backend.close()
     offline.write_staging(staging, job, subscription, account, container)
     cfg = offline.record_config(staging, {
@@ -409,7 +409,7 @@ async def _online(args: argparse.Namespace) -> Outcome:
         repo, parent = await trio.to_thread.run_sync(open_repo)
         return await archive.run_backup(repo, source, stats, _warner(renderer), opts, parent)
 
-    result = await ui.with_progress(renderer, stats, go)
+    result = await progress.with_progress(renderer, stats, go)
     code = EXIT_WARNING if result.warnings else EXIT_OK
     message = (f"snapshot {result.snapshot.hex}: sent {result.bytes_sent} bytes "
                f"({result.chunks_new} new chunks) to {backend.name}")

@@ -69,7 +69,7 @@ async def run(args: argparse.Namespace) -> Outcome:
     renderer.start("check", storage=repo.backend.name, read_data=bool(args.read_data),
                    subset=args.read_data_subset)
     try:
-        report = await ui.with_progress(renderer, stats, lambda: check_repository(
+        report = await progress.with_progress(renderer, stats, lambda: check_repository(
             repo, stats, args.read_data, args.read_data_subset))
     finally:
         repo.close()

@@ -104,7 +104,8 @@ async def run(args: argparse.Namespace) -> Outcome:
     renderer = progress.make_renderer(args.json)
     renderer.start("prune", storage=repo.backend.name, dry_run=args.dry_run)
     try:
-        plan = await ui.with_progress(renderer, stats, lambda: prune_locked(repo, args, stats))
+        plan = await progress.with_progress(renderer, stats,
+                                            lambda: prune_locked(repo, args, stats))
     finally:
         repo.close()
     message = finish(plan, args, renderer, stats, repo.backend.name)

@@ -95,7 +95,7 @@ async def run(args: argparse.Namespace) -> Outcome:
                            failed=[f.path for f in exc.failed])
             raise
 
-    manifest = await ui.with_progress(renderer, stats, go)  # cli names the files not restored
+    manifest = await progress.with_progress(renderer, stats, go)  # cli names the files not restored
     message = f"restored snapshot {ref.hex} ({manifest.files} files) into {target}"
     summary = {"snapshot": ref.hex, "time": manifest.time, "source": manifest.source,
                "files": manifest.files, "bytes": manifest.bytes, "target": str(target)}
