@@ -12,7 +12,6 @@ import json
 import pytest
 
 from pipeline import progress
-from pipeline.backup import ui
 from pipeline.errors import BadInput, IntegrityError
 
 
@@ -25,7 +24,7 @@ async def test_backup_exit_event_names_the_worst_grouped_error() -> None:
                                          ExceptionGroup("inner", [IntegrityError("xxh3")])])
 
     with pytest.raises(ExceptionGroup):
-        await ui.with_progress(renderer, progress.Stats(), fails)
+        await progress.with_progress(renderer, progress.Stats(), fails)
     [exit_event] = [e for e in map(json.loads, out.getvalue().splitlines())
                     if e["type"] == "exit"]
     assert (exit_event["code"], exit_event["message"]) == (IntegrityError.exit_code, "xxh3")
