@@ -270,8 +270,10 @@ async def test_bad_requests_get_400_with_a_reason(client: httpx.AsyncClient,
         ("PUT", url,
          json.dumps(jobservice.job_body(jobservice.drive_list(1), colour="red")).encode(),
          "InvalidRequestContent", "properties.'colour'"),
+        ("PUT", url, json.dumps(jobservice.job_body(jobservice.drive_list(1), jobType="Move"))
+         .encode(), "UnsupportedJobType", "Import or Export"),
         ("PUT", url, json.dumps(jobservice.job_body(jobservice.drive_list(1), jobType="Export"))
-         .encode(), "UnsupportedJobType", "import"),
+         .encode(), "InvalidRequestContent", "properties.export is missing"),
     ]
     for method, target, content, code, words in cases:
         r = await client.request(method, target, content=content, headers=h)

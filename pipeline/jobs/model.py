@@ -1,4 +1,4 @@
-"""Import jobs as values: ARM JSON in (PUT/PATCH bodies), frozen dataclasses, ARM JSON out.
+"""Import and export jobs as values: ARM JSON in (PUT/PATCH bodies), dataclasses, ARM JSON out.
 
 Pure, like ``rules``: the catalog stores what these functions return and the
 REST API returns ``Job.to_resource()``.  The shapes are those of Azure's
@@ -14,6 +14,13 @@ Unknown fields are refused (400, naming the field) rather than ignored, so a
 typo in a request never silently drops, say, the return address; ARM's
 read-only fields (``percentComplete``, ``provisioningState``, ...) are ignored
 when a client echoes them back.
+
+An export job (``jobType: Export``) names its blobs in ``properties.export``:
+``blobList`` (``blobPath`` and ``blobPathPrefix`` lists) or ``blobListBlobPath``
+(a blob in the account that lists them; the 2016-11-01 spec spells it
+``blobListblobPath``, and both spellings are read and returned).  It lists no
+drives: the site adds them as it writes them (``rules``), and records what did
+not fit in ``incompleteBlobListUri``.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ MAX_LONG_STRING = 2048
 # JobDetails fields kept in Job.details, in the order the API returns them.
 DETAIL_FIELDS = ("storageAccountId", "jobType", "returnAddress", "returnShipping",
                  "shippingInformation", "deliveryPackage", "returnPackage", "diagnosticsPath",
-                 "logLevel", "backupDriveManifest", "encryptionKey")
+                 "logLevel", "backupDriveManifest", "encryptionKey", "export",
+                 "incompleteBlobListUri")
 # Job.details also keeps the resource's "identity" and the "systemData" actors (not properties)
 _READ_ONLY = frozenset({"percentComplete", "provisioningState", "shippingInformation",
                         "returnPackage", "incompleteBlobListUri"})
@@ -47,7 +55,7 @@ DEFAULT_ENCRYPTION_KEY = {"kekType": "MicrosoftManaged"}
 DEFAULT_IDENTITY = {"type": "None"}
 _PATCHABLE = frozenset({"cancelRequested", "state", "returnAddress", "returnShipping",
                         "deliveryPackage", "returnPackage", "logLevel", "backupDriveManifest",
-                        "driveList"})
+                        "driveList", "incompleteBlobListUri"})
 _ADDRESS_REQUIRED = ("recipientName", "streetAddress1", "city", "postalCode", "countryOrRegion",
                      "phone", "email")
 _ADDRESS_OPTIONAL = ("streetAddress2", "stateOrProvince")
@@ -122,6 +130,10 @@ class Job:
     updated: str = ""
 
     @property
+    def is_export(self) -> bool:
+        return self.details.get("jobType") == "Export"
+
+    @property
     def etag(self) -> str:
         return f'"{self.version}"'
 
@@ -146,6 +158,9 @@ class Job:
             "provisioningState": "Succeeded",
         })
         props.setdefault("encryptionKey", dict(DEFAULT_ENCRYPTION_KEY))
+        export = props.get("export")
+        if export is not None and "blobListBlobPath" in export:  # both specs' spellings
+            export["blobListblobPath"] = export["blobListBlobPath"]
         system = {**self.details.get("systemData", {}), "createdAt": self.created,
                   "lastModifiedAt": self.updated}
         return {"id": self.ref.resource_id, "name": self.ref.name, "type": RESOURCE_TYPE,
@@ -167,9 +182,7 @@ def parse_new_job(ref: JobRef, body: Any, regions: Mapping[str, Region]) -> tupl
     known = _PATCHABLE | _READ_ONLY | {"storageAccountId", "jobType", "diagnosticsPath",
                                        "export", "encryptionKey"}
     _no_unknown(props, known, "properties.")
-    if props.get("export") is not None or str(props.get("jobType") or "Import").lower() != "import":
-        raise BadRequest("only import jobs are supported: set properties.jobType to Import and "
-                         "leave out properties.export", "UnsupportedJobType")
+    job_type = _job_type(props.get("jobType"))
     if props.get("state") not in (None, JobState.CREATING.value):
         raise BadRequest(f"a new job starts in Creating, not {rules.quote(props['state'])}; "
                          "leave properties.state out", "InvalidJobState")
@@ -179,7 +192,7 @@ def parse_new_job(ref: JobRef, body: Any, regions: Mapping[str, Region]) -> tupl
     details: dict[str, Any] = {
         "storageAccountId": _string(props.get("storageAccountId"), "properties.storageAccountId",
                                     MAX_LONG_STRING),
-        "jobType": "Import",
+        "jobType": job_type,
         "shippingInformation": region.shipping_information(),
         "diagnosticsPath": rules.check_diagnostics_path(
             _given(props, "diagnosticsPath", "waimportexport")),
@@ -193,11 +206,22 @@ def parse_new_job(ref: JobRef, body: Any, regions: Mapping[str, Region]) -> tupl
     for name in ("returnAddress", "returnShipping", "deliveryPackage"):
         if props.get(name) is not None:
             details[name] = _DETAIL_PARSERS[name](props[name], region)
-    entries = props.get("driveList")
+    export = job_type == "Export"
+    if export:
+        details["export"] = _export(props.get("export"))
+        if props.get("driveList"):
+            raise BadRequest("an export job lists no drives: the site records each drive as "
+                             "it writes it; leave properties.driveList out and say how many "
+                             "empty drives you ship in deliveryPackage.driveCount",
+                             "InvalidDriveList")
+    elif props.get("export") is not None:
+        raise BadRequest("properties.export is for jobType Export; leave it out of an import "
+                         "job", "InvalidRequestContent")
+    entries = [] if export else props.get("driveList")
     if not isinstance(entries, list):
         raise BadRequest("properties.driveList must be a list of drives "
                          "(`pipeline journal export` prints it)", "InvalidDriveList")
-    rules.check_drive_count(len(entries))
+    rules.check_drive_count(len(entries), export)
     drives: list[JobDrive] = []
     keys: Keys = {}
     for i, entry in enumerate(entries):
@@ -260,6 +284,15 @@ def apply_update(job: Job, body: Any, regions: Mapping[str, Region],
             rules.check_role(name, role, f"properties.{name}")
             rules.check_editable(name, job.state)
             details[name] = value
+    if props.get("incompleteBlobListUri") is not None:
+        uri = _uri(props["incompleteBlobListUri"], "properties.incompleteBlobListUri")
+        if uri != details.get("incompleteBlobListUri"):
+            rules.check_role("incompleteBlobListUri", role, "properties.incompleteBlobListUri")
+            if not job.is_export:
+                raise BadRequest("properties.incompleteBlobListUri is an export job's",
+                                 "PropertyNotEditable")
+            rules.check_editable("incompleteBlobListUri", job.state)
+            details["incompleteBlobListUri"] = uri
     target, cancel = _target_state(job, props)
     drives, keys = _update_drives(job, props.get("driveList"), role)
     tags = _tags(body["tags"]) if body.get("tags") is not None else job.tags
@@ -268,7 +301,8 @@ def apply_update(job: Job, body: Any, regions: Mapping[str, Region],
     after = rules.After(state=target, has_delivery_package="deliveryPackage" in details,
                         drive_states=tuple(d.state for d in drives),
                         has_return_address="returnAddress" in details,
-                        has_return_shipping="returnShipping" in details)
+                        has_return_shipping="returnShipping" in details,
+                        export=job.is_export)
     rules.check_job_transition(job.state, after, role)
     old = {d.drive_id: d for d in job.drives}
     for d in drives:
@@ -319,9 +353,10 @@ def _update_drives(job: Job, entries: Any, role: Role) -> tuple[tuple[JobDrive, 
         seen.add(drive_id)
         current = drives.get(drive_id)
         if current is None:
-            rules.check_role("drive identity", role, f"adding drive {drive_id}")
-            rules.check_editable("drive identity", job.state)
-            drives[drive_id], keys[drive_id] = _new_drive(entry, where)
+            field = "export drive" if job.is_export else "drive identity"
+            rules.check_role(field, role, f"adding drive {drive_id}")
+            rules.check_editable(field, job.state)
+            drives[drive_id], keys[drive_id] = _new_drive(entry, where, job.is_export)
             continue
         _no_unknown(entry, {"driveId", "bitLockerKey", "state", *_DRIVE_IDENTITY,
                             *_DRIVE_PROGRESS}, where + ".")
@@ -347,11 +382,13 @@ def _update_drives(job: Job, entries: Any, role: Role) -> tuple[tuple[JobDrive, 
                 rules.check_role("drive state", role,
                                  f"marking drive {drive_id} {changes['state']}")
         drives[drive_id] = replace(current, **changes)
-    rules.check_drive_count(len(drives))
+    rules.check_drive_count(len(drives), job.is_export)
     return tuple(drives.values()), keys
 
 
-def _new_drive(entry: Any, where: str) -> tuple[JobDrive, str]:
+def _new_drive(entry: Any, where: str, export: bool = False) -> tuple[JobDrive, str]:
+    """A drive as first listed: Specified (the customer's, import), or Received (the
+    site's, export: the empty drive is in the site's hands as it adds it)."""
     entry = _object(entry, where)
     _no_unknown(entry, {"driveId", "bitLockerKey", "state", *_DRIVE_IDENTITY}, where + ".",
                 ignored=set(_DRIVE_PROGRESS))
@@ -360,11 +397,12 @@ def _new_drive(entry: Any, where: str) -> tuple[JobDrive, str]:
         raise BadRequest(f"{where}.bitLockerKey is missing: drive {drive_id} needs its recovery "
                          "password (`pipeline keys` shows it)", "InvalidBitLockerKey")
     key = rules.check_recovery_password(drive_id, entry["bitLockerKey"])
-    if entry.get("state") not in (None, DriveState.SPECIFIED.value):
-        raise BadRequest(f"{where}.state: a new drive starts Specified; leave state out",
+    first = DriveState.RECEIVED if export else DriveState.SPECIFIED
+    if entry.get("state") not in (None, first.value):
+        raise BadRequest(f"{where}.state: a new drive starts {first}; leave state out",
                          "InvalidDriveState")
     identity = _drive_identity(entry, where, partial=False)
-    return JobDrive(drive_id=drive_id, **identity), key
+    return JobDrive(drive_id=drive_id, state=first, **identity), key
 
 
 def _drive_identity(entry: Mapping[str, Any], where: str, *, partial: bool) -> dict[str, Any]:
@@ -458,6 +496,51 @@ def _header_hash(value: Any, where: str) -> str:
             raise BadRequest(f"{where} must be a hexadecimal hash, or Azure's "
                              "offset:length:hash;... list", "InvalidRequestContent")
     return text
+
+
+def _job_type(value: Any) -> str:
+    for kind in ("Import", "Export"):
+        if value is None and kind == "Import" or (
+                isinstance(value, str) and value.lower() == kind.lower()):
+            return kind
+    raise BadRequest(f"properties.jobType {rules.quote(value)} must be Import or Export",
+                     "UnsupportedJobType")
+
+
+def _export(value: Any) -> dict[str, Any]:
+    """properties.export: exactly one of blobList (paths and prefixes, at least one in
+    all) and blobListBlobPath (Azure's blob listing them, as /container/blob)."""
+    where = "properties.export"
+    if value is None:
+        raise BadRequest(f"{where} is missing: an export job names its blobs in "
+                         f"{where}.blobList (blobPath, blobPathPrefix) or "
+                         f"{where}.blobListBlobPath", "InvalidRequestContent")
+    obj = _object(value, where)
+    _no_unknown(obj, {"blobList", "blobListBlobPath", "blobListblobPath"}, where + ".")
+    path = obj.get("blobListBlobPath", obj.get("blobListblobPath"))
+    if (obj.get("blobList") is None) == (path is None):
+        raise BadRequest(f"{where} needs exactly one of blobList and blobListBlobPath",
+                         "InvalidRequestContent")
+    if path is not None:
+        return {"blobListBlobPath": rules.check_blob_path(
+            path, f"{where}.blobListBlobPath", prefix=False)}
+    blobs = _object(obj["blobList"], f"{where}.blobList")
+    _no_unknown(blobs, {"blobPath", "blobPathPrefix"}, f"{where}.blobList.")
+    out: dict[str, list[str]] = {}
+    for key, prefix in (("blobPath", False), ("blobPathPrefix", True)):
+        items = blobs.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise BadRequest(f"{where}.blobList.{key} must be a list of paths",
+                             "InvalidRequestContent")
+        out[key] = [rules.check_blob_path(item, f"{where}.blobList.{key}[{i}]", prefix=prefix)
+                    for i, item in enumerate(items)]
+    count = sum(len(v) for v in out.values())
+    if not 1 <= count <= rules.MAX_BLOB_PATHS:
+        raise BadRequest(f"{where}.blobList must name 1 to {rules.MAX_BLOB_PATHS} paths and "
+                         f"prefixes, not {count}", "InvalidRequestContent")
+    return {"blobList": out}
 
 
 def _encryption_key(value: Any) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Import job rules: names, the drive list, carriers, and the two state machines.
+"""Import and export job rules: names, the drive list, carriers, and the two state machines.
 
 Pure (no I/O, no trio, no sqlite), so every rule is tested without a service,
 and the catalog, the REST API, the portal and the client CLI all refuse the
@@ -74,6 +74,15 @@ package is a 400 (``InvalidRequest``) naming every missing piece: bad input,
 not a state conflict.  (Packaging in a drive's guard lets the last drive finish
 in the PATCH that packs the job.)
 
+Export jobs (``jobType: Export``) take the same path with the drives the other way
+round: the customer ships *empty* drives and lists none; the site adds each drive
+as it writes the job's blobs onto it (``FIELD_ROLE["export drive"]``, with its
+recovery password, while the job is Received or Transferring), so an export job
+moves to Transferring with no drive yet, and to Packaging only once it has at
+least one drive and every drive is Completed.  The blob list is checked by
+``check_blob_path``: ``/container/blob`` (``blobPath``) or ``/container/prefix``
+(``blobPathPrefix``), by the name rules of ``pipeline.names``.
+
 Beside the state machines, ``EDITABLE`` says in which job states a PATCH may
 change each field (the delivery package only until the package arrives, a
 drive's identity and key only while Creating, ...), and ``DELETABLE`` which
@@ -138,6 +147,7 @@ class After:
     drive_states: tuple[DriveState, ...]
     has_return_address: bool = True
     has_return_shipping: bool = True
+    export: bool = False  # an export job: the site adds the drives as it writes them
 
 
 Guard = Callable[[After], str | None]  # None: allowed; otherwise the reason it is not
@@ -177,6 +187,8 @@ def _nothing_received(after: After) -> str | None:
 
 
 def _some_drive_received(after: After) -> str | None:
+    if after.export:  # the site writes the customer's empty drives once Transferring
+        return None
     if not any(s in (DriveState.RECEIVED, DriveState.TRANSFERRING) for s in after.drive_states):
         return "no drive has been received; mark the drives Received first"
     return None
@@ -184,6 +196,8 @@ def _some_drive_received(after: After) -> str | None:
 
 def _every_drive_copied(after: After) -> str | None:
     done = (DriveState.COMPLETED, DriveState.COMPLETED_MORE_INFO, DriveState.NEVER_RECEIVED)
+    if after.export and not after.drive_states:
+        return "no drive has been written yet; write the blobs first (pipeline export)"
     return _all_drives(after, done, "finish copying every drive first")
 
 
@@ -257,6 +271,8 @@ FIELD_ROLE: Mapping[str, Role] = {
     "tags": C, "cancelRequested": C, "returnAddress": C, "returnShipping": C,
     "deliveryPackage": C, "logLevel": C, "backupDriveManifest": C,
     "drive identity": C,      # a drive's manifest, hashes and recovery password; new drives
+    "export drive": S,        # an export job's drive, added by the site as it writes it
+    "incompleteBlobListUri": S,  # an export's blobs that did not fit on the drives
     "returnPackage": S,
     "drive state": S,         # properties.driveList[*].state
     "drive progress": S,      # copyStatus, percentComplete, bytesSucceeded, the log URIs
@@ -277,6 +293,8 @@ EDITABLE: Mapping[str, frozenset[JobState]] = {
     "backupDriveManifest": frozenset({J.CREATING, J.SHIPPING, J.RECEIVED}),
     # a drive's identity and key: only before the drives leave
     "drive identity": frozenset({J.CREATING}),
+    "export drive": frozenset({J.RECEIVED, J.TRANSFERRING}),
+    "incompleteBlobListUri": frozenset({J.TRANSFERRING, J.PACKAGING}),
     # copyStatus, percentComplete, bytesSucceeded and the log URIs: while the site works on it
     "drive progress": frozenset({J.RECEIVED, J.TRANSFERRING, J.PACKAGING}),
     "copy log": frozenset({J.TRANSFERRING, J.PACKAGING, J.COMPLETED, J.CLOSED}),
@@ -478,8 +496,9 @@ def check_drive_id(value: object) -> str:
     return value
 
 
-def check_drive_count(count: int) -> None:
-    if count < 1:
+def check_drive_count(count: int, export: bool = False) -> None:
+    """An import job lists its drives when created; an export job gets them from the site."""
+    if count < 1 and not export:
         raise BadRequest("an import job needs a driveList with at least one drive",
                          "InvalidDriveList")
     if count > MAX_DRIVES:
@@ -511,3 +530,30 @@ def check_carrier(carrier: object, supported: Sequence[str], location: str) -> s
                 return name
     raise BadRequest(f"carrier {quote(carrier)} does not deliver to location {location}; "
                      f"use one of: {', '.join(supported)}", "UnsupportedCarrier")
+
+
+MAX_BLOB_PATHS = 10_000  # entries of export.blobList (blobPath and blobPathPrefix together)
+
+
+def check_blob_path(value: object, where: str, *, prefix: bool) -> str:
+    """An export's ``/container/blob`` (``prefix``: ``/container`` or ``/container/start``),
+    by the name rules of ``pipeline.names``; BadRequest naming ``where`` otherwise."""
+    shape = "/container/prefix" if prefix else "/container/blob"
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise BadRequest(f"{where} {quote(value)} must be a path such as {shape}, "
+                         "starting with '/'", "InvalidBlobPath")
+    container, _, rest = value[1:].partition("/")
+    try:
+        names.check_container_name(container)
+        if rest and not prefix:
+            names.check_blob_name(rest)
+        elif rest:
+            problem = names.blob_problem(rest + "x")  # a prefix may end in '/' or '.'
+            if problem is not None:
+                raise BadInput(f"{rest!r}: {problem}")
+        elif not prefix:
+            raise BadInput("no blob name after the container")
+    except BadInput as exc:
+        raise BadRequest(f"{where} {quote(value)} is not a valid {shape}: {exc}",
+                         "InvalidBlobPath") from None
+    return value
