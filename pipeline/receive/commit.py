@@ -12,7 +12,7 @@ import trio
 
 from pipeline.drive import format
 from pipeline.receive.copylog import CopyLog
-from pipeline.receive.markers import newest_versions, read_markers
+from pipeline.receive.markers import marker_name, newest_versions, read_markers
 from pipeline.storage.base import Storage
 
 COMMIT_BATCH = 256  # blobs committed per storage thread call
@@ -48,7 +48,9 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
     why = "" if vouched else ("every extent checks, but the drive has no intact closing index "
                               "to vouch that this is the newest copy; import the session's "
                               "other drives, or compare with the source (pipeline repair)")
-    markers = await read_markers(store, sb.session_id, net)
+    # The other drives' markers; this drive's own cells are the ones in ``on_drive``.
+    markers = await read_markers(store, sb.session_id, net,
+                                 skip=marker_name(sb.session_id, sb.drive_seq))
     cells: dict[int, set[int]] = {}
     zero: dict[int, set[int]] = {}
     where: dict[int, set[int]] = {}
@@ -62,7 +64,9 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
 
     def commit_all(entries: list[format.FileEntry]) -> None:
         for f in entries:
-            store.commit(container, f.blob, btype, f.size, sorted(zero.get(f.file_id, set())))
+            fd = on_drive[f.file_id]
+            zeros = fd.zero | zero[f.file_id] if f.file_id in zero else fd.zero
+            store.commit(container, f.blob, btype, f.size, sorted(zeros))
 
     # The copy log's lines in the order one commit at a time wrote them: a line now, or
     # a batch's "ok" lines once the batch is committed.  The batches are committed
@@ -70,7 +74,7 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
     lines: list[tuple[str, str, str, int, dict] | int] = []
     batches: list[list[format.FileEntry]] = [[]]
     for fd in on_drive.values():
-        line = _not_ready(fd, newest, cells, zero, where)
+        line = _not_ready(fd, sb.drive_seq, newest, cells, zero, where)
         if line is not None:
             lines.append(line)
             continue
@@ -100,10 +104,11 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
                 log.blob(status, blob, reason, size, **extra)
 
 
-def _not_ready(fd: FileOnDrive, newest: dict[str, int], cells: dict[int, set[int]],
+def _not_ready(fd: FileOnDrive, seq: int, newest: dict[str, int], cells: dict[int, set[int]],
                zero: dict[int, set[int]], where: dict[int, set[int]]
                ) -> tuple[str, str, str, int, dict] | None:
-    """The copy log's line for a file this drive does not commit (and why), or None."""
+    """The copy log's line for a file this drive (``seq``) does not commit (and why), or
+    None.  ``cells``, ``zero`` and ``where`` are the other drives' (their markers)."""
     f = fd.entry
     if newest.get(f.blob, 0) > f.file_id:
         return ("skipped", f.blob, "superseded by a newer copy of the file", f.size, {})
@@ -112,10 +117,14 @@ def _not_ready(fd: FileOnDrive, newest: dict[str, int], cells: dict[int, set[int
         status, why = fd.bad[first]
         return (status, f.blob, f"extent at {first}: {why}", f.size,
                 {"bad_extents": len(fd.bad)})
-    have = cells.get(f.file_id, set()) | zero.get(f.file_id, set())
-    missing = [c for c in cells_of(f.size) if c not in have]
+    grid = format.grid(f.size)
+    have = fd.cells | fd.zero  # on the grid, inside the file: check_plan saw to it
+    if len(have) == len(grid):
+        return None  # the whole file is on this drive: no other drive's marker needed
+    have |= cells.get(f.file_id, set()) | zero.get(f.file_id, set())
+    missing = [c for c in grid if c not in have]
     if missing:
         return ("skipped", f.blob, f"continues on another drive ({len(missing)} of "
-                f"{len(cells_of(f.size))} extents); completes when that drive is imported",
-                f.size, {"drives": sorted(where.get(f.file_id, ()))})
+                f"{len(grid)} extents); completes when that drive is imported",
+                f.size, {"drives": sorted(where.get(f.file_id, set()) | {seq})})
     return None
