@@ -131,13 +131,15 @@ class LocalStorage:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.name = self.root
+        self._dirs: set[str] = set()  # folders made or seen by write_part/commit (_ensure_dir)
 
     # -- paths ------------------------------------------------------------------------------
 
     def _path(self, container: str, blob: str | None = None, *, partial: bool = False) -> str:
-        parts = [self.root, PARTIAL, container] if partial else [self.root, container]
-        parts += _checked_names(container, blob)
-        path = os.path.join(*parts)
+        _checked_names(container, blob)
+        # A checked name has no empty, '.' or '..' segment: plain concatenation is the join.
+        top = f"{self.root}/{PARTIAL}/{container}" if partial else f"{self.root}/{container}"
+        path = top if blob is None else f"{top}/{blob}"
         if len(os.fsencode(path)) + len(PARTIAL) + 2 >= PATH_MAX:
             raise InvalidName("blob", blob or container, "the path is too long for the local "
                               "file system")
@@ -171,6 +173,13 @@ class LocalStorage:
         os.chmod(path, DIR_MODE)
         if durable:
             atomic.fsync_dir(parent)
+
+    def _ensure_dir(self, path: str) -> None:
+        """``_makedirs(path, durable=False)``, once per folder and instance: an import of
+        many small files asks for each folder hundreds of times (a stat each)."""
+        if path not in self._dirs:
+            self._makedirs(path, durable=False)
+            self._dirs.add(path)
 
     @contextlib.contextmanager
     def _writing(self, container: str, blob: str) -> Iterator[None]:
@@ -258,9 +267,16 @@ class LocalStorage:
     def _open_partial(self, path: str, size: int, whole: bool = False) -> int:
         """Open (creating, sparse, ``size`` bytes) the partial file; ``whole``: the part
         about to be written is the whole file, so the write itself sets its size."""
-        self._makedirs(os.path.dirname(path), durable=False)  # sync() makes parts durable
+        folder = os.path.dirname(path)
+        self._ensure_dir(folder)  # sync() makes parts durable
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                fd = os.open(path, flags, FILE_MODE)
+            except FileNotFoundError:  # its folder removed since _ensure_dir saw it
+                self._dirs.discard(folder)
+                self._ensure_dir(folder)
+                fd = os.open(path, flags, FILE_MODE)
         except FileExistsError:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         else:
@@ -277,7 +293,7 @@ class LocalStorage:
         partial = self._path(container, blob, partial=True)
         final = self._path(container, blob)
         with self._writing(container, blob):
-            self._makedirs(os.path.dirname(final), durable=False)  # sync() makes commits durable
+            self._ensure_dir(os.path.dirname(final))  # sync() makes commits durable
             try:
                 if zero_offsets:
                     fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC)
