@@ -34,12 +34,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Create and follow import jobs on the import service.")
     jsub = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
 
-    c = jsub.add_parser("create", help="create an import job from prep's journals",
+    c = jsub.add_parser("create", help="create an import job from prep's journals (or an "
+                        "export job: --export)",
                         description="Create an import job whose drive list comes from prep's "
-                        "journals; prints the data center's shipping address.")
+                        "journals, or with --export an export job that brings blobs back on "
+                        "empty drives you ship; prints the data center's shipping address.")
     _common(c)
-    c.add_argument("--journal-dir", required=True, metavar="JDIR",
-                   help="prep's journal directory: the drive list comes from it")
+    c.add_argument("--journal-dir", metavar="JDIR",
+                   help="prep's journal directory: the drive list comes from it (import)")
+    c.add_argument("--export", action="store_true",
+                   help="an export job: the site writes the blobs named by --blob-prefix / "
+                   "--blob-path onto the empty drives you ship")
+    c.add_argument("--blob-prefix", action="append", default=[], metavar="/CONTAINER/PREFIX",
+                   help="export every blob whose path starts so (repeat; with --export)")
+    c.add_argument("--blob-path", action="append", default=[], metavar="/CONTAINER/BLOB",
+                   help="export this blob (repeat; with --export)")
     c.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
     c.add_argument("--location", required=True, metavar="REGION",
                    help="data-center location (see `jobs locations`)")
@@ -114,27 +123,60 @@ def _address(loc: dict[str, Any]) -> str:
     return "\n".join("    " + x for x in lines if x and x.strip())
 
 
-def run_create(args: argparse.Namespace) -> Outcome:
+def _account_id(svc: ServiceClient, account: str) -> str:
+    return (f"/subscriptions/{svc.subscription_id}/resourceGroups/{svc.resource_group}/"
+            f"providers/Microsoft.Storage/storageAccounts/{account}")
+
+
+def _create(args: argparse.Namespace, svc: ServiceClient,
+            shipping: dict[str, Any]) -> dict[str, Any]:
+    if args.export:
+        if args.journal_dir or args.session_id:
+            raise BadInput("an export job takes no --journal-dir: the site writes the drives; "
+                           "name the blobs with --blob-prefix / --blob-path")
+        if not args.blob_prefix and not args.blob_path:
+            raise BadInput("an export job needs --blob-prefix /CONTAINER/PREFIX or --blob-path "
+                           "/CONTAINER/BLOB (repeat either)")
+        blobs = {k: v for k, v in (("blobPath", args.blob_path),
+                                   ("blobPathPrefix", args.blob_prefix)) if v}
+        return svc.put(args.job, {"location": args.location, "properties": {
+            "storageAccountId": _account_id(svc, args.storage_account), "jobType": "Export",
+            "diagnosticsPath": "waimportexport", "logLevel": "Error",
+            "export": {"blobList": blobs}, **shipping}})
+    if args.blob_prefix or args.blob_path:
+        raise BadInput("--blob-prefix and --blob-path are for an export job: add --export")
+    if not args.journal_dir:
+        raise BadInput("an import job needs --journal-dir JDIR (prep's journals give the "
+                       "drive list); an export job needs --export")
     journals = journal.one_session(args.journal_dir, args.session_id)
     try:
         drives = journal.drive_list(journals)
     finally:
         for j in journals:
             j.close()
+    return svc.create_import_job(args.job, args.location, args.storage_account, drives,
+                                 **shipping)
+
+
+def run_create(args: argparse.Namespace) -> Outcome:
     svc = client(args)
     shipping, missing = _options.return_properties(args)
     if shipping and missing:
         raise BadInput(f"a return address is given in full or not at all; add "
                        f"{' '.join(missing)} (or give them later to jobs ship)")
-    job = svc.create_import_job(args.job, args.location, args.storage_account, drives,
-                                **shipping)
+    job = _create(args, svc, shipping)
     if args.json:
         print(json.dumps(job, indent=2))
         return Outcome()
     loc = svc.location(args.location)
-    print(f"job {job['name']} created: {job['properties']['state']}, "
-          f"{len(job['properties']['driveList'])} drive(s)")
-    print(f"ship the drives to ({loc['name']}):\n{_address(loc)}")
+    if args.export:
+        print(f"export job {job['name']} created: {job['properties']['state']}")
+        print(f"ship EMPTY drives (see `pipeline export preview` for how many) to "
+              f"({loc['name']}):\n{_address(loc)}")
+    else:
+        print(f"job {job['name']} created: {job['properties']['state']}, "
+              f"{len(job['properties']['driveList'])} drive(s)")
+        print(f"ship the drives to ({loc['name']}):\n{_address(loc)}")
     print(f"then: pipeline jobs ship --job {job['name']} --carrier CARRIER --tracking NUMBER "
           f"--publish-settings {args.publish_settings}"
           + ("" if not missing else " " + " ".join(f"{f} ..." for f in missing)))
@@ -205,6 +247,9 @@ def run_ship(args: argparse.Namespace) -> Outcome:
     shipping, missing = _options.return_properties(args, current)
     if missing:
         raise BadInput(_no_return(args.job, missing))
+    if current.get("jobType") == "Export" and not args.drive_count:
+        raise BadInput(f"job {args.job} is an export job: give --drive-count N, the empty "
+                       "drives in the package")
     pkg: dict[str, Any] = {"carrierName": args.carrier, "trackingNumber": args.tracking,
                            "driveCount": args.drive_count or len(current.get("driveList", []))}
     if args.ship_date:
