@@ -5,6 +5,7 @@ next, still exit 7; with the service down, the generic line says why it was not 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.commands.backup import _job_state
+from pipeline.commands.backup import JOB_STATE_TIMEOUT, _job_state
 from pipeline.errors import EXIT_NO_SEED, EXIT_OK
-from pipeline.jobs.client import ServiceClient
+from pipeline.jobs.client import ServiceClient, ServiceUnavailable
 from pipeline.storage import open_storage
 from tests import jobservice
 from tests.conftest import FAST_KDF_ARGS, run_cli
@@ -172,3 +173,60 @@ def test_publish_settings_gone(env: dict[str, Any]) -> None:
         "props-list", "list", "none"])
 def test_the_service_answer_is_hostile(answer: Any, want: tuple[str, int | None]) -> None:
     assert _job_state(answer) == want
+
+
+@pytest.fixture
+def silent_service() -> Iterator[str]:
+    """A URL whose listener takes connections into its backlog and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_service_unavailable_carries_the_reason(env: dict[str, Any], silent_service: str
+                                                ) -> None:
+    client = ServiceClient.from_file(str(env["settings"]), url=silent_service, timeout=0.5)
+    with pytest.raises(ServiceUnavailable) as caught:
+        client.get(JOB)
+    assert caught.value.reason == "timed out"
+    assert f"the import service at {silent_service} is unreachable (timed out)" in str(
+        caught.value)
+    env["svc"].kill()
+    with pytest.raises(ServiceUnavailable) as caught:
+        ServiceClient.from_file(str(env["settings"]), url=env["svc"].url).get(JOB)
+    assert "refused" in caught.value.reason.lower()
+
+
+def test_a_service_that_does_not_answer_does_not_hang_backup(env: dict[str, Any],
+                                                             silent_service: str) -> None:
+    """The job-state lookup gives up after JOB_STATE_TIMEOUT: still exit 7, saying why."""
+    config = env["tmp"] / "config" / "offline.json"
+    recorded = json.loads(config.read_text())
+    for entry in recorded.values():
+        entry["service"] = silent_service
+    config.write_text(json.dumps(recorded))
+    line = backup(env)
+    assert f"wait until import job {JOB} is Completed" in line
+    assert line.endswith(f"(the import service at {silent_service} could not be asked: "
+                         "timed out)")
+    assert JOB_STATE_TIMEOUT <= 10
+
+
+def test_restore_and_snapshots_ask_every_recorded_seed(env: dict[str, Any]) -> None:
+    """Two seeds recorded for one container: each one's job is asked and named."""
+    src2, staging2 = env["tmp"] / "src2", env["tmp"] / "staging2"
+    src2.mkdir()
+    staging2.mkdir()
+    (src2 / "b.txt").write_text("the second seed\n")
+    run_cli("backup", "--offline", *FAST_KDF_ARGS, "--source", str(src2), "--staging",
+            str(staging2), "--job-name", OTHER, "--account", "backupacct", "--container",
+            CONTAINER, "--publish-settings", str(env["settings"]), "--passphrase-file",
+            str(env["pass"]), check_code=EXIT_OK)
+    customer = ServiceClient.from_file(str(env["settings"]))
+    customer.put(OTHER, jobservice.job_body(jobservice.drive_list(1)))
+    customer.put(JOB, jobservice.job_body(jobservice.drive_list(1)))
+    customer.patch(JOB, {"properties": {"state": "Shipping", "deliveryPackage": PACKAGE}})
+    for line in restore_and_snapshots(env):
+        assert f"job {JOB} is Shipping: the seed is not imported yet" in line
+        assert f"job {OTHER} is Creating: the drives have not been shipped yet" in line

@@ -40,6 +40,7 @@ from pipeline.storage.local import LocalStorage
 
 _OFFLINE_ONLY = ("staging", "job_name", "subscription", "account", "publish_settings", "service",
                  "ca_file")
+JOB_STATE_TIMEOUT = 5.0   # seconds per call: an unreachable import service must not hang us
 
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
@@ -281,7 +282,8 @@ def _check_job_name(settings: auth.PublishSettings, args: argparse.Namespace, jo
         client.check_job_name(job)
     except ServiceUnavailable as exc:
         raise ServiceUnavailable(f"{exc}; it must say whether job name {job} is free (or leave "
-                                 "--publish-settings out: diskprep asks it then)") from None
+                                 "--publish-settings out: diskprep asks it then)",
+                                 exc.reason) from None
 
 
 # --------------------------------------------------------------------------- online
@@ -324,14 +326,17 @@ def _missing_seed(backend: StorageBackend, recorded: tuple[str, dict[str, Any]] 
 
 def seed_missing(backend: Backend) -> str:
     """`restore`/`snapshots` against an account with no repository: the message, with the
-    state of the import job an offline backup on this machine recorded for the container."""
-    line, note = "", ""
+    state of every import job the offline backups on this machine recorded for the
+    container (several seeds may go into one), and why a service could not be asked."""
+    lines: list[str] = []
+    notes: list[str] = []
     if isinstance(backend, StorageBackend):
-        entries = [(s, e) for s, e in offline.entries_for_container(backend.container)
-                   if isinstance(e.get("publish_settings"), str)]
-        if entries:                   # several seeds into one container: the first one's job
-            line, note = ask_job(*entries[0], backend)
-    return locate.missing_message(backend, line) + note
+        for staging, entry in offline.entries_for_container(backend.container):
+            if isinstance(entry.get("publish_settings"), str):
+                line, note = ask_job(staging, entry, backend)
+                lines += [line] if line else []
+                notes += [note] if note and note not in notes else []
+    return locate.missing_message(backend, "; ".join(lines)) + "".join(notes)
 
 
 def ask_job(staging: str, entry: dict[str, Any], backend: StorageBackend,
@@ -345,7 +350,8 @@ def ask_job(staging: str, entry: dict[str, Any], backend: StorageBackend,
     service = entry.get("service") if isinstance(entry.get("service"), str) else None
     ca_file = entry.get("ca_file") if isinstance(entry.get("ca_file"), str) else None
     try:
-        client = ServiceClient.from_file(settings, url=service, ca_file=ca_file)
+        client = ServiceClient.from_file(settings, url=service, ca_file=ca_file,
+                                         timeout=JOB_STATE_TIMEOUT)
     except PipelineError as exc:
         return "", f" (the import service could not be asked: {exc})"
     try:
@@ -356,16 +362,15 @@ def ask_job(staging: str, entry: dict[str, Any], backend: StorageBackend,
                     f"and ship the drives (pipeline diskprep s:{staging}), and run this again once "
                     "it is Completed"), ""
         return "", f" (the import service at {client.url} could not be asked: {exc})"
-    except PipelineError as exc:          # unreachable, or the token refused
-        reason = _UNREACHABLE.search(str(exc))
-        return "", (f" (the import service at {client.url} could not be asked: "
-                    f"{reason.group(1) if reason else exc})")
+    except ServiceUnavailable as exc:     # unreachable, or no answer in time
+        return "", f" (the import service at {client.url} could not be asked: {exc.reason})"
+    except PipelineError as exc:          # the token refused
+        return "", f" (the import service at {client.url} could not be asked: {exc})"
     state, percent = _job_state(answer)
     return offline.job_state_line(job, state, backend.container, backend.storage.name, settings,
                                   percent, partial), ""
 
 
-_UNREACHABLE = re.compile(r"is unreachable \((.*)\); check")
 _PRINTABLE = re.compile(r"[A-Za-z][A-Za-z0-9 _-]{0,39}\Z")
 
 

@@ -41,6 +41,10 @@ class ServiceUnavailable(PipelineError):
 
     exit_code = EXIT_STORAGE
 
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message     # why, alone ("timed out", "Connection refused")
+
 
 class ServiceError(BadInput):
     """{}"""
@@ -86,6 +90,7 @@ class ServiceClient:
     ca_file: str | None = None
     site_token: str = field(default="", repr=False)
     subscription_id: str = ""
+    timeout: float = 60.0          # seconds per call; a short one where a caller must go on
     _token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -96,10 +101,10 @@ class ServiceClient:
 
     @classmethod
     def from_file(cls, path: str, *, url: str | None = None, resource_group: str | None = None,
-                  ca_file: str | None = None) -> ServiceClient:
+                  ca_file: str | None = None, timeout: float = 60.0) -> ServiceClient:
         """A customer's client from its publish settings file."""
         return cls(auth.read_publish_settings(path), url or "",
-                   resource_group or DEFAULT_RESOURCE_GROUP, ca_file)
+                   resource_group or DEFAULT_RESOURCE_GROUP, ca_file, timeout=timeout)
 
     @classmethod
     def from_site_token_file(cls, url: str, path: str, ca_file: str | None = None
@@ -150,7 +155,7 @@ class ServiceClient:
         if self.url.startswith("https:"):
             context = ssl.create_default_context(cafile=self.ca_file)
         try:
-            with urllib.request.urlopen(req, timeout=60, context=context) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
                 payload = resp.read()
                 if payload and resp.headers.get_content_type() != "application/json":
                     return payload, dict(resp.headers)  # a copy log: JSON Lines, as sent
@@ -158,9 +163,10 @@ class ServiceClient:
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            reason = str(getattr(exc, "reason", exc)) or type(exc).__name__
             raise ServiceUnavailable(f"the import service at {self.url} is unreachable "
-                                     f"({reason}); check --service and that it runs") from None
+                                     f"({reason}); check --service and that it runs",
+                                     reason) from None
 
     def _error(self, exc: urllib.error.HTTPError) -> PipelineError:
         try:
