@@ -807,8 +807,8 @@ def test_damaged_record_is_named() -> None:
 
 def test_unsupported_version_says_so() -> None:
     b = bytearray(fmt.encode_superblock(SB))
-    b[8:10] = struct.pack("<H", 2)
-    with pytest.raises(CorruptRecord, match="format version 2 is not supported.*newer pipeline"):
+    b[8:10] = struct.pack("<H", 3)
+    with pytest.raises(CorruptRecord, match="format version 3 is not supported.*newer pipeline"):
         fmt.decode_superblock(seal_sector(bytes(b)))
     t = bytearray(fmt.encode_trailer(Trailer(3, 1 << 30, 5 * SECTOR, SECTOR, 2, 0)))
     t[8:10] = struct.pack("<H", 9)
@@ -1164,7 +1164,7 @@ TR_ARGS = dict(drive_seq=1, data_area_size=4 * SECTOR, index_offset=SECTOR,
     (Superblock, SB_ARGS, {"created_ns": -(2**63) - 1}),
     (Superblock, SB_ARGS, {"data_area_size": 2 * SECTOR}),
     (Superblock, SB_ARGS, {"data_area_size": 3 * SECTOR + 1}),
-    (Superblock, SB_ARGS, {"version": 2}),
+    (Superblock, SB_ARGS, {"version": 3}),
     (Trailer, TR_ARGS, {"index_offset": 0}),
     (Trailer, TR_ARGS, {"index_offset": SECTOR + 1}),
     (Trailer, TR_ARGS, {"index_length": 3 * SECTOR}),

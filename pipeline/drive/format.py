@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple, TypeVar
@@ -52,6 +53,7 @@ from typing import Literal, NamedTuple, TypeVar
 import xxhash
 import zstandard
 
+from pipeline.drive.attrs import PROPERTIES, BlobAttrs, Disposition
 from pipeline.errors import IntegrityError
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "EXTENT_RECORD_SIZE",
     "FILE_RECORD_OVERHEAD",
     "FORMAT_VERSION",
+    "ATTRS_VERSION",
     "HEADER_SIZE",
     "MAX_DATA_PAYLOAD",
     "MAX_DATA_RECORDS_LEN",
@@ -75,7 +78,9 @@ __all__ = [
     "SUPERBLOCK_MAGIC",
     "SUPPORTED_VERSIONS",
     "TRAILER_MAGIC",
+    "BlobAttrs",
     "BlobType",
+    "Disposition",
     "Codec",
     "CorruptRecord",
     "Extent",
@@ -89,6 +94,7 @@ __all__ = [
     "Superblock",
     "Trailer",
     "align_up",
+    "decode_attrs",
     "decode_index",
     "decode_records",
     "decode_extent_rows",
@@ -99,6 +105,7 @@ __all__ = [
     "decode_segment_header",
     "decode_superblock",
     "decode_trailer",
+    "encode_attrs",
     "encode_index",
     "IndexEncoder",
     "encode_record_list",
@@ -126,7 +133,11 @@ CELL = 1 << 20
 skips committed cells and import aligns page blobs on it, so it never depends on the data."""
 
 FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+"""What a drive without per-file attributes is written as (the --source shorthand)."""
+ATTRS_VERSION = 2
+"""Version 2 adds each FileEntry's optional attributes (WAImportExport's dataset: container,
+blob type, disposition, metadata, properties); a drive that carries any is written as 2."""
+SUPPORTED_VERSIONS = frozenset({1, 2})
 
 SUPERBLOCK_MAGIC = b"PLSEEDSB"
 TRAILER_MAGIC = b"PLSEEDTR"
@@ -321,10 +332,19 @@ class FileEntry:
     size: int
     mtime_ns: int
     mode: int
+    attrs: BlobAttrs | None = None
+    """Version 2: how the file becomes a blob.  With attrs, ``blob`` is
+    ``container/name`` (each file names its own container); without, it is the name
+    under the superblock's dstdir, and the superblock's blob type applies."""
 
     def __post_init__(self) -> None:
         fid, path, blob, size, mtime_ns, mode = (
             self.file_id, self.path, self.blob, self.size, self.mtime_ns, self.mode)
+        if self.attrs is not None:
+            if type(self.attrs) is not BlobAttrs:
+                raise ValueError(f"attrs must be BlobAttrs, got {type(self.attrs).__name__}")
+            if not isinstance(blob, str) or not all(blob.partition("/")[::2]):
+                raise ValueError(f"blob {blob!r} of a file with attrs must be 'container/name'")
         if _file_fields_ok(fid, path, blob, size, mtime_ns, mode):
             return
         _int("file_id", fid, 0, _U64)
@@ -402,7 +422,10 @@ _EXTENT_REC = struct.Struct("<BIQQIBI16sQI")  # frame + body + crc, unpacked in 
 _CODEC_OF = {c.value: c for c in Codec}
 _FRAME_SIZE = _FRAME.size + _CRC.size
 _FILE_MIN_BODY = _FILE_FIXED.size + 2 * _LEN16.size
-_FILE_MAX_BODY = _FILE_MIN_BODY + 2 * MAX_NAME_BYTES
+_ATTRS_MAX = 2 + 2 + 2 + 4 * 4096 + 8192 + 5 * (1 + 2 + 1024)
+"""Bound on an encoded BlobAttrs: types, counts, at most 8 KiB of metadata (whose names are
+at least one byte, so at most 4096 pairs of two str16 lengths) and five properties."""
+_FILE_MAX_BODY = _FILE_MIN_BODY + 2 * MAX_NAME_BYTES + _ATTRS_MAX
 EXTENT_RECORD_SIZE = _EXTENT_HEAD.size + _CRC.size
 """Every Extent record is this many bytes (58), whatever its values."""
 FILE_RECORD_OVERHEAD = _FRAME_SIZE + _FILE_MIN_BODY
@@ -418,7 +441,8 @@ def record_size(rec: Record) -> int:
     if type(rec) is Extent:
         return EXTENT_RECORD_SIZE
     if type(rec) is FileEntry:
-        return FILE_RECORD_OVERHEAD + len(rec.path.encode()) + len(rec.blob.encode())
+        extra = 0 if rec.attrs is None else len(encode_attrs(rec.attrs))
+        return FILE_RECORD_OVERHEAD + len(rec.path.encode()) + len(rec.blob.encode()) + extra
     raise TypeError(f"not a record: {rec!r}")
 
 
@@ -451,11 +475,78 @@ def encode_record_list(records: Iterable[Record]) -> list[bytes]:
                 file_frame(file_type, _FILE_MIN_BODY + len(path) + len(blob)),
                 file_fixed(rec.file_id, rec.size, rec.mtime_ns, rec.mode),
                 len16(len(path)), path, len16(len(blob)), blob,
-            ))
+            )) if rec.attrs is None else _file_head_with_attrs(rec, path, blob)
         else:
             raise TypeError(f"not a record: {rec!r}")
         append(head + crc_pack(_xxh32(head)))
     return out
+
+
+def _file_head_with_attrs(rec: FileEntry, path: bytes, blob: bytes) -> bytes:
+    attrs = encode_attrs(rec.attrs)  # type: ignore[arg-type]
+    return b"".join((
+        _FRAME.pack(RecordType.FILE.value, _FILE_MIN_BODY + len(path) + len(blob) + len(attrs)),
+        _FILE_FIXED.pack(rec.file_id, rec.size, rec.mtime_ns, rec.mode),
+        _LEN16.pack(len(path)), path, _LEN16.pack(len(blob)), blob, attrs,
+    ))
+
+
+_ATTR_HEAD = struct.Struct("<BBH")  # blob_type, disposition, metadata pairs
+
+
+def _str16(s: str) -> bytes:
+    raw = s.encode()
+    return _LEN16.pack(len(raw)) + raw
+
+
+@functools.lru_cache(maxsize=1024)
+def encode_attrs(attrs: BlobAttrs) -> bytes:
+    """A FileEntry's attributes section (version 2), after its blob name: blob_type u8,
+    disposition u8, u16 count + (str16 name, str16 value) metadata pairs, u16 count +
+    (u8 property index, str16 value) properties.  A dataset row's files share one
+    BlobAttrs, so each is encoded once."""
+    parts = [_ATTR_HEAD.pack(attrs.blob_type, attrs.disposition, len(attrs.metadata))]
+    for name, value in attrs.metadata:
+        parts += [_str16(name), _str16(value)]
+    parts.append(_LEN16.pack(len(attrs.properties)))
+    for name, value in attrs.properties:
+        parts += [bytes([PROPERTIES.index(name)]), _str16(value)]
+    return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def decode_attrs(raw: bytes) -> BlobAttrs:
+    """``encode_attrs`` backwards; ValueError (the caller's CorruptRecord) on any fault."""
+    mv = memoryview(raw)
+    if len(mv) < _ATTR_HEAD.size:
+        raise ValueError("attributes are truncated")
+    btype, disp, n = _ATTR_HEAD.unpack_from(mv, 0)
+    p = _ATTR_HEAD.size
+
+    def text() -> str:
+        nonlocal p
+        if p + 2 > len(mv):
+            raise ValueError("attributes are truncated")
+        (k,) = _LEN16.unpack_from(mv, p)
+        if p + 2 + k > len(mv):
+            raise ValueError("an attribute string runs past the record")
+        p += 2 + k
+        return str(mv[p - k : p], "utf-8")
+
+    meta = tuple((text(), text()) for _ in range(n))
+    if p + 2 > len(mv):
+        raise ValueError("attributes are truncated")
+    (m,) = _LEN16.unpack_from(mv, p)
+    p += 2
+    props = []
+    for _ in range(m):
+        if p >= len(mv) or mv[p] >= len(PROPERTIES):
+            raise ValueError("unknown property index")
+        p += 1
+        props.append((PROPERTIES[mv[p - 1]], text()))
+    if p != len(mv):
+        raise ValueError("bytes after the attributes")
+    return BlobAttrs(btype, disp, meta, tuple(props))
 
 
 def encode_records(records: Iterable[Record]) -> bytes:
@@ -464,7 +555,7 @@ def encode_records(records: Iterable[Record]) -> bytes:
 
 
 def _file_body_fields(mv: memoryview, pos: int, end: int
-                      ) -> tuple[int, str, str, int, int, int]:
+                      ) -> tuple[int, str, str, int, int, int, BlobAttrs | None]:
     file_id, size, mtime_ns, mode = _FILE_FIXED.unpack_from(mv, pos)
     p = pos + _FILE_FIXED.size
     (path_len,) = _LEN16.unpack_from(mv, p)
@@ -475,10 +566,11 @@ def _file_body_fields(mv: memoryview, pos: int, end: int
     p += path_len
     (blob_len,) = _LEN16.unpack_from(mv, p)
     p += 2
-    if p + blob_len != end:
-        raise ValueError("blob length does not end the record")
-    blob = str(mv[p:end], "utf-8")
-    return file_id, path, blob, size, mtime_ns, mode
+    if p + blob_len > end:
+        raise ValueError("blob length runs past the record")
+    blob = str(mv[p : p + blob_len], "utf-8")
+    attrs = None if p + blob_len == end else decode_attrs(bytes(mv[p + blob_len : end]))
+    return file_id, path, blob, size, mtime_ns, mode, attrs
 
 
 def _decode_file_body(mv: memoryview, pos: int, end: int) -> FileEntry:
@@ -573,7 +665,7 @@ def _decode_records(blob: bytes | memoryview, where: str, rows: bool
                     append(_decode_file_body(mv, body, end))
                 else:
                     fields = _file_body_fields(mv, body, end)
-                    if not _file_fields_ok(*fields):
+                    if fields[6] is not None or not _file_fields_ok(*fields[:6]):
                         FileEntry(*fields)  # the per-field checks: raises if it is wrong
             elif rtype == ext_type:
                 raise ValueError(f"extent body is {body_len} bytes, not {ext_len}")
