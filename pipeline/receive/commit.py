@@ -32,6 +32,27 @@ class FileOnDrive:
     cells: set[int] = field(default_factory=set)
     zero: set[int] = field(default_factory=set)
     bad: dict[int, tuple[str, str]] = field(default_factory=dict)  # offset -> (status, why)
+    committed: bool = False  # by the uploaders, as soon as its last cell was written
+
+
+def whole_here(fd: FileOnDrive) -> bool:
+    """Every cell of the file delivered or zero by this drive alone, none damaged: it can
+    be committed at once, no other drive's marker needed.  Cheap (counts) until the last
+    cell, for the uploaders call it after every part."""
+    n = format.grid_cells(fd.entry.size)
+    return (not fd.bad and not fd.committed and len(fd.cells) + len(fd.zero) >= n
+            and len(fd.cells | fd.zero) == n)
+
+
+def commit_files(store: Storage, container: str, btype: format.BlobType,
+                 fds: list[FileOnDrive], other_zero: dict[int, set[int]] | None = None) -> None:
+    """Commit these files' blobs (runs in a storage thread); ``other_zero``: zero cells
+    other drives' markers add."""
+    for fd in fds:
+        f = fd.entry
+        zeros = fd.zero | other_zero[f.file_id] if other_zero and f.file_id in other_zero \
+            else fd.zero
+        store.commit(container, f.blob, btype, f.size, sorted(zeros))
 
 
 async def commit_ready(store: Storage, container: str, sb: format.Superblock,
@@ -63,10 +84,7 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
     btype = sb.blob_type
 
     def commit_all(entries: list[format.FileEntry]) -> None:
-        for f in entries:
-            fd = on_drive[f.file_id]
-            zeros = fd.zero | zero[f.file_id] if f.file_id in zero else fd.zero
-            store.commit(container, f.blob, btype, f.size, sorted(zeros))
+        commit_files(store, container, btype, [on_drive[f.file_id] for f in entries], zero)
 
     # The copy log's lines in the order one commit at a time wrote them: a line now, or
     # a batch's "ok" lines once the batch is committed.  The batches are committed
@@ -74,6 +92,12 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
     lines: list[tuple[str, str, str, int, dict] | int] = []
     batches: list[list[format.FileEntry]] = [[]]
     for fd in on_drive.values():
+        if fd.committed:  # whole on this drive: the uploaders committed it already
+            line = ((done, fd.entry.blob, why, fd.entry.size, {"file_id": fd.entry.file_id})
+                    if not fd.bad else _not_ready(fd, sb.drive_seq, {}, {}, {}, {}))
+            if line is not None:
+                lines.append(line)
+                continue
         line = _not_ready(fd, sb.drive_seq, newest, cells, zero, where)
         if line is not None:
             lines.append(line)

@@ -1,7 +1,11 @@
 """Stage: write checked extents into the storage account as parts of their blobs.
 
-Parts are not visible: a blob appears only when ``commit`` makes it whole.  The
-uploaders run storage calls in threads under their own limiter (``net``).
+Parts are not visible: a blob appears only when ``commit`` makes it whole.  A file
+whose every cell is on this drive is committed here, as soon as its last part is
+written (``commit.whole_here``): a crash before the drive's marker leaves it whole,
+and importing the drive again writes the same bytes.  Files that continue on other
+drives wait for ``commit.commit_ready``.  The uploaders run storage calls in threads
+under their own limiter (``net``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Callable
 import trio
 
 from pipeline.drive import format
-from pipeline.receive.commit import FileOnDrive
+from pipeline.receive.commit import FileOnDrive, commit_files, whole_here
 from pipeline.receive.extract import Parts
 from pipeline.storage.base import Storage
 
@@ -30,7 +34,15 @@ async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: s
         async for parts in rx:
             await trio.to_thread.run_sync(write_parts, parts, limiter=net)
             size = 0
+            ready: list[FileOnDrive] = []
             for e, raw in parts.extents:
-                on_drive[e.file_id].cells.add(e.offset)
+                fd = on_drive[e.file_id]
+                fd.cells.add(e.offset)
                 size += len(raw)
+                if whole_here(fd):
+                    fd.committed = True  # now, so no other uploader commits it too
+                    ready.append(fd)
+            if ready:
+                await trio.to_thread.run_sync(commit_files, store, container, blob_type,
+                                              ready, limiter=net)
             progress(size)
