@@ -10,6 +10,8 @@ round-robin so that drift hits all of them alike:
 - four loop devices throttled like SATA disks (cgroup blkio / io.max):
   sequential spill vs parallel fill, against the drives' aggregate bandwidth;
 - peak RSS of prep at each ``--rss-sizes`` size (it must not grow);
+- backup against restic (Debian's 0.14) on the real-data tree: the initial backup and a
+  second one with nothing changed (``perf/backup_bench.py``; ``--no-backup`` skips it);
 - where prep's time goes: its own per-stage busy counters (``--json`` summary), and with
   ``--profile`` a Trio run-loop probe and a py-spy GIL profile.
 
@@ -610,6 +612,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="also measure tar | zstd, prep, verify and import on a tree of this "
                    "machine's own files (perf/realdata.py; default 2G)")
     p.add_argument("--no-real", action="store_true", help="skip the real-data tree")
+    p.add_argument("--no-backup", action="store_true",
+                   help="skip backup against restic on the real-data tree (perf/backup_bench.py)")
     p.add_argument("--profile", action="store_true",
                    help="also run prep once under the Trio probe and once under py-spy")
     p.add_argument("--results", type=Path, default=REPO / "perf" / "results",
@@ -695,6 +699,14 @@ def main(argv: list[str] | None = None) -> int:
             log("profile")
             prof = profile.run(ctx)
             extra = prof.get("text", {})
+        backup: dict[str, Any] | None = None
+        if real is not None and not args.no_backup:
+            from perf import backup_bench
+
+            log("backup against restic on the real-data tree")
+            backup = backup_bench.versus_restic(real.data, args.workdir / "backup", args.runs,
+                                                args.cache, log)
+            extra["backup against restic (issue 23)"] = backup_bench.format_versus(backup)
     finally:
         shutil.rmtree(ctx.out, ignore_errors=True)
     elapsed = time.monotonic() - t0
@@ -716,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
            "dataset": info, "table": rows, "throttled": throttled, "rss_by_size": rss,
            "stage_profile": stages, "profile": {k: v for k, v in prof.items() if k != "text"},
            "criteria": crit, "receiving": receiving,
-           "real_dataset": real.info if real is not None else None,
+           "real_dataset": real.info if real is not None else None, "backup_vs_restic": backup,
            "series": {k: s.to_json() for k, s in ctx.series.items()},
            "report": report}
     (args.results / "latest.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -729,6 +741,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {png}")
     missed = [f"{r['tree']} {r['command']} {r['ratio']:.2f}x < {r['target']}x"
               for r in receiving if not r["ok"]]
+    if backup is not None:
+        from perf import backup_bench
+
+        missed += backup_bench.missed(backup)
     if missed or len(receiving) < len(TARGETS) * (1 if real is None else 2):
         log("perf: criteria missed: " + ("; ".join(missed) or "not every ratio measured"))
         return 1
