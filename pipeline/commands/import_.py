@@ -47,8 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "directory.  Drives can be imported in any order, in separate runs; importing a "
         "drive twice changes nothing.  A copy log (JSON Lines) per drive says what "
         "happened to every blob.")
-    p.add_argument("--drive", action="append", required=True, metavar="PATH",
-                   help="drive to import (repeat for more)")
+    p.add_argument("--drive", action="append", default=[], metavar="PATH",
+                   help="drive to import (repeat for more; not with --cluster)")
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="import on the Dask cluster at this scheduler: each drive of the "
+                   "session by the `pipeline worker` it is attached to (with --journal-dir)")
     p.add_argument("--to", metavar="STORAGE",
                    help="storage account: a directory (or file://PATH), an Azure connection "
                    "string or account URL with SAS (default: $AZURE_STORAGE_CONNECTION_STRING)")
@@ -115,6 +118,11 @@ def _journal_for(journals: list[journal.Journal], path: str) -> journal.Journal:
 
 
 async def run(args: argparse.Namespace) -> Outcome:
+    if getattr(args, "cluster", None):  # the cluster's own path: pipeline/cluster/receive.py
+        from pipeline.cluster import receive as cluster_receive
+        return await cluster_receive.import_run(args)
+    if not args.drive:
+        raise BadInput("give --drive PATH: the drive to import (repeat for more)")
     log_dir = Path(args.log_dir)
     try:  # a log directory is ours to make, as prep makes its journal directory
         log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="JSON Lines events on stdout: start, progress, summary (with "
                    "`reports`, one a drive), exit")
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="verify on the Dask cluster at this scheduler: each drive by the "
+                   "`pipeline worker` it is attached to")
     p.set_defaults(func=run)
 
 
@@ -47,8 +50,9 @@ async def run(args: argparse.Namespace) -> Outcome:
         renderer = progress.make_renderer(args.json)
         renderer.start("verify", drives=[path for _, path in targets],
                        files=stats.files_total, bytes=stats.bytes_total)
-        reports = await progress.with_progress(renderer, stats,
-                                               lambda: _verify_all(targets, stats))
+        reports = await progress.with_progress(renderer, stats, lambda: (
+            _verify_all(targets, stats) if not getattr(args, "cluster", None)
+            else _on_cluster(args.cluster, journals, renderer, stats)))
     finally:
         for j in journals:
             j.close()
@@ -79,6 +83,13 @@ async def run(args: argparse.Namespace) -> Outcome:
     else:
         print(message, file=sys.stderr)
     return Outcome()
+
+
+async def _on_cluster(address: str, journals: list[journal.Journal],
+                      renderer: progress.Renderer, stats: progress.Stats) -> list[DriveReport]:
+    from pipeline.cluster import receive  # needs the cluster extra: loaded only here
+
+    return await receive.verify_all(address, journals, renderer, stats)
 
 
 async def _verify_all(targets: list[tuple[journal.Journal, str]], stats: progress.Stats

@@ -1,0 +1,105 @@
+"""``pipeline worker``'s process: a Dask worker that owns the drives attached to its machine.
+
+The drives are a worker resource, ``RESOURCE_PREFIX + name`` = the number of drives: a
+task that asks for it runs on this worker only, and only one such task at a time (it
+holds every drive).  The task finds the drives through the ``DriveSet`` plugin, so paths
+and sizes stay with the machine they describe and never travel in a task.  It is a plain
+``distributed.Worker`` in this process (no nanny): killing the process ends the worker;
+a service manager restarts it, and ``prep --cluster --resume`` continues its shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import errors
+from pipeline.errors import BadInput
+from pipeline.volume import drives, luks2
+
+RESOURCE_PREFIX = "pipeline-drives-"
+PLUGIN = "pipeline-drives"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise BadInput(f"worker name {name!r}: use 1-63 letters, digits, '_', '.' or '-' "
+                       "(the same name again after a restart)")
+    return name
+
+
+def resource(name: str) -> str:
+    return RESOURCE_PREFIX + name
+
+
+@dataclass(frozen=True)
+class DriveSet:
+    """The drives of this worker (held by its ``PLUGIN`` plugin: tasks read it there)."""
+
+    name: str
+    paths: tuple[str, ...]
+    drive_size: int | None
+    threads: int
+
+    def describe(self) -> dict[str, Any]:
+        """Each drive's path, size, usable capacity and volume uuid (None: not formatted
+        by us yet); the client balances shards and finds drives by it."""
+        out = []
+        for path in self.paths:
+            size, uuid = self.drive_size or 0, None
+            if Path(path).exists():
+                with drives.open_drive(path) as d:
+                    size = d.size
+                    with contextlib.suppress(errors.PipelineError, OSError, ValueError):
+                        uuid = drives.read_volume(d).uuid
+            out.append({"path": path, "size": size, "uuid": uuid,
+                        "capacity": max(0, size - luks2.DATA_OFFSET)})
+        return {"name": self.name, "drives": out, "threads": self.threads}
+
+
+def drive_set(name: str, paths: list[str], drive_size: int | None, threads: int) -> DriveSet:
+    """The worker's drives, checked before it joins: each path given once, and a size
+    for every image file that does not exist yet."""
+    seen: set[str] = set()
+    out = []
+    for p in paths:
+        real = str(Path(p).resolve())
+        if real in seen:
+            raise BadInput(f"--drive {p} is given twice")
+        seen.add(real)
+        if not Path(real).exists() and drive_size is None:
+            raise BadInput(f"--drive {p} does not exist; give --drive-size to create image "
+                           "files of that size, or attach the drive")
+        out.append(real)
+    if not out:
+        raise BadInput("give at least one --drive: the drives attached to this machine")
+    return DriveSet(check_name(name), tuple(out), drive_size, threads)
+
+
+async def serve(scheduler: str, drive_set: DriveSet, host: str | None = None,
+                ready: Any = None) -> None:
+    """Run the Dask worker until it is closed (the scheduler went away, or a signal)."""
+    from distributed import Worker, WorkerPlugin
+
+    class Drives(WorkerPlugin):  # Dask keeps plugins by name: tasks find ours by PLUGIN
+        name = PLUGIN
+
+        def __init__(self, held: DriveSet) -> None:
+            self.drive_set = held
+
+    worker = await Worker(scheduler, name=drive_set.name, nthreads=2, host=host,
+                          resources={resource(drive_set.name): len(drive_set.paths)},
+                          plugins={Drives(drive_set)}, validate=False)
+    if ready is not None:
+        ready(worker.address)
+    await worker.finished()
+
+
+def run(scheduler: str, drive_set: DriveSet, host: str | None = None) -> None:
+    """The worker in this process, under its own asyncio loop (Dask's), until it ends."""
+    asyncio.run(serve(scheduler, drive_set, host))

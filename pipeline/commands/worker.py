@@ -1,0 +1,44 @@
+"""`pipeline worker`: a Dask worker owning this machine's drives (pipeline/cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pipeline.errors import Outcome
+from pipeline.volume import drives
+
+EXITS = ()  # exit codes beyond errors.EVERY_COMMAND
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker", help="join a Dask cluster as a worker owning this machine's drives",
+        description="Start a Dask distributed worker that owns the drives attached to this "
+        "machine (declared as a worker resource) and runs prep, verify and import for the "
+        "tasks `pipeline prep|verify|import --cluster` give it.  The scheduler is Dask's "
+        "own (`dask scheduler`).  Runs until stopped; needs `pip install .[cluster]`.")
+    p.add_argument("--scheduler", required=True, metavar="tcp://HOST:PORT",
+                   help="the Dask scheduler's address")
+    p.add_argument("--name", required=True, metavar="NAME",
+                   help="this worker's name: the same after a restart, so that its shard "
+                   "and its drives' numbers stay with it")
+    p.add_argument("--drive", action="append", default=[], required=True, metavar="PATH",
+                   help="a drive attached here: block device or image file (repeat)")
+    p.add_argument("--drive-size", metavar="SIZE",
+                   help="size of image files that do not exist yet, e.g. 2G")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="compression/encryption threads (default: the number of cores)")
+    p.add_argument("--host", metavar="ADDRESS",
+                   help="the address to listen on (default: the one that reaches the "
+                   "scheduler)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> Outcome:
+    from pipeline.cluster import worker
+
+    size = drives.parse_size(args.drive_size) if args.drive_size else None
+    held = worker.drive_set(args.name, args.drive, size, args.threads or os.cpu_count() or 2)
+    worker.run(args.scheduler, held, args.host)
+    return Outcome()
