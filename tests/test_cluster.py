@@ -59,10 +59,11 @@ class Proc:
             self.popen.wait(timeout=30)
 
 
-def start_scheduler(tmp: Path, prefix: Sequence[str] = (), host: str = "127.0.0.1") -> Proc:
+def start_scheduler(tmp: Path, prefix: Sequence[str] = (), host: str = "127.0.0.1",
+                    port: int = 0) -> Proc:
     """`dask scheduler` (the pipeline importable: Dask's scheduler unpickles the tasks)."""
     proc = Proc([*prefix, sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
-                 host, "--port", "0", "--no-dashboard"],
+                 host, "--port", str(port), "--no-dashboard"],
                 tmp / "scheduler.log").start()
     proc.wait_log("Scheduler at:")
     return proc
