@@ -6,7 +6,8 @@ import argparse
 import json
 
 from pipeline import journal
-from pipeline.errors import Outcome
+from pipeline.errors import BadInput, Outcome
+from pipeline.jobs.rules import MAX_DRIVES
 
 EXITS = ()  # exit codes beyond errors.EVERY_COMMAND
 
@@ -24,14 +25,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--journal-dir", required=True, metavar="JDIR",
                    help="the session's journal directory (from prep)")
     e.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
+    e.add_argument("--part", type=int, metavar="N",
+                   help=f"a job holds at most {MAX_DRIVES} drives: the N-th {MAX_DRIVES} of "
+                   "a larger session's drives, in drive-number order (one job each)")
     e.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> Outcome:
     journals = journal.one_session(args.journal_dir, args.session_id)
     try:
-        print(json.dumps(journal.drive_list(journals), indent=2))
+        print(json.dumps(journal.drive_list(_part(journals, args.part)), indent=2))
     finally:
         for j in journals:
             j.close()
     return Outcome()
+
+
+def _part(journals: list[journal.Journal], part: int | None) -> list[journal.Journal]:
+    """The drives of job ``part`` (1-based): a session of more than MAX_DRIVES drives (a
+    cluster's, say) spans several jobs, MAX_DRIVES drives each in drive-number order."""
+    parts = max(1, -(-len(journals) // MAX_DRIVES))
+    if part is None:
+        if parts > 1:
+            raise BadInput(f"the session has {len(journals)} drives and a job holds at most "
+                           f"{MAX_DRIVES}: export each job's drives with --part 1 to "
+                           f"--part {parts}")
+        return journals
+    if not 1 <= part <= parts:
+        raise BadInput(f"--part {part}: the session's {len(journals)} drives make "
+                       f"{parts} part(s) of at most {MAX_DRIVES}")
+    return journals[(part - 1) * MAX_DRIVES: part * MAX_DRIVES]
