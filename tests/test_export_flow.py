@@ -88,7 +88,10 @@ def create_and_ship(world: World, job: str, drives: int) -> None:
         "blobPath": ["/photos/readme.txt"], "blobPathPrefix": ["/photos/2024/"]}}
     world.jobs("ship", "--job", job, "--carrier", "DHL", "--tracking", f"E-{job}",
                "--drive-count", str(drives))
-    world.site("site receive", "--job", job)
+    received = world.site("site receive", "--job", job)
+    assert "next: pipeline export --service URL" in received.stdout
+    listed = {r["name"]: r for r in json.loads(world.site("site jobs", "--json").stdout)}
+    assert listed[job]["jobType"] == "Export" and listed[job]["next"].startswith("write")
 
 
 def unpack_all(world: World, job: str, images: list[Path], target: Path) -> None:
@@ -129,6 +132,8 @@ def test_export_local_account_several_drives_reverse_unpack(world: World) -> Non
                      "--journal-dir", str(world.base / "jl"), "--drive-size", DRIVE_SIZE,
                      *[a for img in images for a in ("--drive", str(img))], *FAST_KDF_ARGS)
     assert "Packaging" in out.stderr
+    shown = world.jobs("show", "--job", "exp-local").stdout
+    assert "export of /photos/2024/*, /photos/readme.txt" in shown
     job = json.loads(world.jobs("show", "--job", "exp-local", "--json").stdout)["properties"]
     written = job["driveList"]
     assert job["state"] == "Packaging" and "incompleteBlobListUri" not in job

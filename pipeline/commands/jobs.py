@@ -193,6 +193,14 @@ def run_show(args: argparse.Namespace) -> Outcome:
     p = job["properties"]
     print(f"job {job['name']}  state {p['state']}  {p.get('percentComplete', 0)}% "
           f"location {job['location']}")
+    export = p.get("export")
+    if export:
+        listed = export.get("blobListBlobPath")
+        blobs = export.get("blobList", {})
+        print("export of " + (f"the blobs listed in {listed}" if listed else ", ".join(
+            [f"{x}*" for x in blobs.get("blobPathPrefix", [])] + blobs.get("blobPath", []))))
+        if p.get("incompleteBlobListUri"):
+            print(f"not exported (did not fit on the drives): {p['incompleteBlobListUri']}")
     pkg = p.get("deliveryPackage")
     if pkg:
         print(f"shipped with {pkg.get('carrierName')} tracking {pkg.get('trackingNumber')}")

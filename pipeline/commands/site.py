@@ -84,6 +84,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_close)
 
 
+# An export job's site steps where they differ from an import's (service_import.NEXT)
+_EXPORT_CMD = ("pipeline export --service URL --site-token-file FILE --job {job} "
+               "--from STORAGE --drive PATH ... --journal-dir JDIR")
+EXPORT_NEXT: dict[str, tuple[str, str]] = {
+    "Received": ("write the blobs onto the empty drives", _EXPORT_CMD),
+    "Transferring": ("finish writing the blobs (run the same export again)", _EXPORT_CMD),
+}
+
+
 def _client(args: argparse.Namespace) -> ServiceClient:
     return ServiceClient.from_site_token_file(args.service, args.site_token_file, args.ca_file)
 
@@ -97,11 +106,10 @@ def _print_job(args: argparse.Namespace, job: dict[str, Any], line: str) -> Outc
     if args.json:
         print(json.dumps(job, indent=2))
         return Outcome()
-    state = job["properties"]["state"]
     print(line)
     for d in job["properties"].get("driveList", []):
         print(f"  drive {d['driveId']}  {d.get('state')}")
-    print(f"next: {service_import.next_step(state, job['name'])}")
+    print(f"next: {summary(job)['nextCommand']}")
     return Outcome()
 
 
@@ -141,13 +149,16 @@ def summary(job: dict[str, Any]) -> dict[str, Any]:
     sub, group = parse_job_id(job["id"])
     state = props.get("state", "")
     who, what, _ = service_import.NEXT.get(state, ("-", "", ""))
+    command = service_import.next_step(state, job["name"])
+    if props.get("jobType") == "Export" and state in EXPORT_NEXT:
+        what, command = EXPORT_NEXT[state][0], EXPORT_NEXT[state][1].format(job=job["name"])
     drives = props.get("driveList", [])
     return {"name": job["name"], "subscription": sub, "resourceGroup": group,
             "location": job.get("location"), "state": state, "drives": len(drives),
             "drivesReceived": sum(d.get("state") not in ("Specified", "NeverReceived")
                                   for d in drives),
             "nextBy": who, "next": what,
-            "nextCommand": service_import.next_step(state, job["name"]), "id": job["id"]}
+            "nextCommand": command, "id": job["id"], "jobType": props.get("jobType", "Import")}
 
 
 def run_jobs(args: argparse.Namespace) -> Outcome:
