@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,10 +33,11 @@ from pipeline.errors import (
     Outcome,
     PipelineError,
 )
-from pipeline.jobs import auth, rules
-from pipeline.jobs.client import ServiceClient, ServiceError, ServiceUnavailable
 from pipeline.storage import check_container_name, open_storage
 from pipeline.storage.local import LocalStorage
+
+if TYPE_CHECKING:
+    from pipeline.jobs import auth
 
 _OFFLINE_ONLY = ("staging", "job_name", "subscription", "account", "publish_settings", "service",
                  "ca_file")
@@ -212,7 +213,11 @@ def _require(args: argparse.Namespace) -> None:
 
 
 async def _offline(args: argparse.Namespace) -> Outcome:
-    # Every input is checked before anything is written.
+    # Every input is checked before anything is written.  The import service's modules are
+    # imported where they are used: the online backup, every hour, needs them only when the
+    # seed is missing, and their import is a tenth of its start-up.
+    from pipeline.jobs import auth, rules
+
     _require(args)
     source = check_source(Path(args.source))
     job = rules.check_job_name(args.job_name)
@@ -277,6 +282,8 @@ async def _offline(args: argparse.Namespace) -> Outcome:
 
 
 def _check_job_name(settings: auth.PublishSettings, args: argparse.Namespace, job: str) -> None:
+    from pipeline.jobs.client import ServiceClient, ServiceUnavailable
+
     client = ServiceClient(settings, args.service or "", ca_file=args.ca_file)
     try:
         client.check_job_name(job)
@@ -344,6 +351,8 @@ def ask_job(staging: str, entry: dict[str, Any], backend: StorageBackend,
     """(the job's state as a sentence, '') or ('', why the service could not be asked);
     ('', '') when no job or publish settings are recorded.  The answer is hostile:
     only a known state and a percentage in range are believed."""
+    from pipeline.jobs.client import ServiceClient, ServiceError, ServiceUnavailable
+
     job, settings = entry.get("job_name"), entry.get("publish_settings")
     if not isinstance(job, str) or not isinstance(settings, str):
         return "", ""
