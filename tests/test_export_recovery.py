@@ -35,6 +35,13 @@ def _export(world: World, job: str, account: Path, jdir: Path, images: list[Path
                       *[a for img in images for a in ("--drive", str(img))], code=code, env=env)
 
 
+def _repair(world: World, job: str, account: Path, target: Path, *args: str,
+            code: int = 0):
+    return run_cli("repair", "--export", "--job", job, "--publish-settings",
+                   str(world.settings), "--service", world.svc.url, "--from", str(account),
+                   "--target", str(target), *args, check_code=code)
+
+
 def test_kill_9_during_site_export_then_resume(world: World) -> None:
     account = world.base / "acct-crash"
     blobs = make_account(account, 2, (11, 9, 8))
@@ -86,6 +93,13 @@ def test_too_few_drives_lists_what_did_not_fit(world: World) -> None:
             assert not path.exists(), name
         else:
             assert path.read_bytes() == data, name
+    # repair --export (Azure's RepairExport): what did not fit comes from the account
+    dry = _repair(world, "exp-full", account, target, "--dry-run", code=EXIT_INTEGRITY)
+    assert "differs: /photos/2024/raw/img-2.bin: missing" in dry.stdout
+    fixed = _repair(world, "exp-full", account, target)
+    assert f"fetched {len(paths)} from" in fixed.stderr
+    assert_identical(target, blobs)
+    assert "fetched 0 from" in _repair(world, "exp-full", account, target).stderr
 
 
 def test_a_damaged_drive_unpacks_the_rest_and_names_the_damage(world: World) -> None:
@@ -120,3 +134,6 @@ def test_a_damaged_drive_unpacks_the_rest_and_names_the_damage(world: World) -> 
     for name, data in blobs.items():
         if name != "photos/2024/raw/img-0.bin":
             assert (target / name).read_bytes() == data, name
+    fixed = _repair(world, "exp-dmg", account, target)
+    assert "fetched: /photos/2024/raw/img-0.bin: missing" in fixed.stdout
+    assert_identical(target, blobs)

@@ -43,6 +43,7 @@ from pipeline.errors import (
     EXIT_STORAGE,
     EXIT_WARNING,
     BadInput,
+    IntegrityError,
     Outcome,
     OutOfDrives,
 )
@@ -400,3 +401,96 @@ def _record(svc: ServiceClient, name: str, job: dict[str, Any],
     if job["properties"]["state"] == "Transferring" and states:
         props["state"] = "Packaging"
     return patch(props) if props["driveList"] or len(props) > 1 else job
+
+
+# --------------------------------------------------------------------------- repair --export
+
+
+def differs(store: Storage, local: Storage, blob: blobsource.ExportBlob) -> str | None:
+    """Why the unpacked file differs from the blob in the account (None: identical)."""
+    size = local.size(blob.container, blob.name)
+    if size is None:
+        return "missing"
+    if size != blob.size:
+        return f"size {size}, the account's {blob.size}"
+    for offset in range(0, blob.size, format.CELL):
+        length = min(format.CELL, blob.size - offset)
+        if (store.read(blob.container, blob.name, offset, length)
+                != local.read(blob.container, blob.name, offset, length)):
+            return f"differs at offset {offset}"
+    return None
+
+
+def fetch(store: Storage, local: Storage, blob: blobsource.ExportBlob) -> int:
+    """The blob from the account into the unpack target, cell by cell, committed whole."""
+    local.ensure_container(blob.container)
+    local.discard(blob.container, blob.name)
+    zero = []
+    for offset in range(0, blob.size, format.CELL):
+        data = store.read(blob.container, blob.name, offset,
+                          min(format.CELL, blob.size - offset))
+        if len(data) != min(format.CELL, blob.size - offset):
+            raise BadInput(f"{blob.path} changed in the account while it was fetched; run "
+                           "repair again")
+        if codec.is_zero(data):
+            zero.append(offset)
+        else:
+            local.write_part(blob.container, blob.name, format.BlobType.BLOCK, blob.size,
+                             offset, data)
+    local.commit(blob.container, blob.name, format.BlobType.BLOCK, blob.size, zero)
+    return blob.size
+
+
+def _repair_blobs(store: Storage, local: Storage, sel: blobsource.Selection,
+                  dry_run: bool) -> tuple[list[str], int]:
+    """(lines saying what differed and what was done, blobs fetched): one storage thread."""
+    lines, fetched = [], 0
+    for blob in sel.blobs:
+        why = differs(store, local, blob)
+        if why is None:
+            continue
+        if dry_run:
+            lines.append(f"differs: {blob.path}: {why}")
+            continue
+        fetch(store, local, blob)
+        fetched += 1
+        lines.append(f"fetched: {blob.path}: {why}")
+    local.sync()
+    return lines, fetched
+
+
+async def run_repair(args: argparse.Namespace) -> Outcome:
+    """`pipeline repair --export`: the returned drives' files against the job's blob list;
+    what is missing or differs comes from the account (Azure's RepairExport)."""
+    from pipeline.receive.unpack import UnpackTarget  # the layout unpack wrote
+
+    missing = [flag for flag, value in (("--job NAME", args.job),
+                                        ("--publish-settings FILE", args.publish_settings),
+                                        ("--from STORAGE", args.account),
+                                        ("--target DIR", args.target)) if not value]
+    if missing:
+        raise BadInput(f"repair --export needs {', '.join(missing)}")
+    svc = ServiceClient.from_file(args.publish_settings, url=args.service,
+                                  resource_group=args.resource_group, ca_file=args.ca_file)
+    props = svc.get(args.job)["properties"]
+    if props.get("jobType") != "Export":
+        raise BadInput(f"job {args.job} is an import job; repair it with --journal-dir and "
+                       "--source")
+    store = open_storage(args.account)
+    await trio.to_thread.run_sync(store.check)
+    paths, prefixes = await trio.to_thread.run_sync(blob_list, store, props)
+    sel = await trio.to_thread.run_sync(blobsource.select, store, paths, prefixes)
+    local = UnpackTarget(args.target)
+    local.check()
+    lines, fetched = await trio.to_thread.run_sync(_repair_blobs, store, local, sel,
+                                                   args.dry_run)
+    for line in lines:
+        print(line)
+    for path, why in sel.missing:
+        print(f"not in the account: {path}: {why}", file=sys.stderr)
+    if args.dry_run and lines:
+        raise IntegrityError(f"{len(lines)} of {len(sel.blobs)} blob(s) missing or different "
+                             f"in {args.target} (first: {lines[0]})")
+    print(f"checked {len(sel.blobs)} blob(s) in {args.target}; fetched {fetched} from "
+          f"{store.name}", file=sys.stderr)
+    return Outcome()

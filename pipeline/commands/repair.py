@@ -32,16 +32,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Compare the storage account against the journals (size and xxh3-128 "
         "of every extent) and re-send from the staging directory only the blobs that are "
         "missing or corrupt.  Prints what it re-sent.")
-    p.add_argument("--journal-dir", required=True, metavar="JDIR",
+    p.add_argument("--journal-dir", metavar="JDIR",
                    help="the session's journal directory (from prep)")
     p.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
-    _options.add_aliased(p, "--source", ("--srcdir",), required=True, metavar="DIR",
+    _options.add_aliased(p, "--source", ("--srcdir",), metavar="DIR",
                          help="the staging directory prep copied")
     p.add_argument("--to", metavar="STORAGE", help="storage account (as for import)")
     p.add_argument("--dry-run", action="store_true", help="compare only; send nothing")
     p.add_argument("--json", action="store_true",
                    help="JSON Lines events on stdout: start, progress, one `blob` event per blob "
                    "that differs, summary, exit")
+    e = p.add_argument_group("--export: an export job's returned drives (Azure's RepairExport)")
+    e.add_argument("--export", action="store_true",
+                   help="compare the files unpacked from an export job's drives (--target) "
+                   "with the job's blob list, and fetch what is missing or differs from the "
+                   "account (--from)")
+    e.add_argument("--job", metavar="NAME", help="the export job")
+    e.add_argument("--publish-settings", metavar="FILE",
+                   help="the subscription's publish settings file")
+    e.add_argument("--service", metavar="URL",
+                   help="the service (default: the URL in the publish settings)")
+    e.add_argument("--resource-group", metavar="NAME", help="the job's resource group")
+    e.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
+    e.add_argument("--from", dest="account", metavar="STORAGE",
+                   help="the storage account the blobs were exported from")
+    e.add_argument("--target", metavar="DIR", help="where pipeline unpack wrote the files")
     p.set_defaults(func=run)
 
 
@@ -116,6 +131,13 @@ def resend(store: Storage, container: str, blob_type: format.BlobType, srcdir: P
 
 
 async def run(args: argparse.Namespace) -> Outcome:
+    if args.export:
+        from pipeline.commands import export  # the export side's repair lives with export
+
+        return await export.run_repair(args)
+    if not args.journal_dir or not args.source:
+        raise BadInput("repair needs --journal-dir JDIR and --source STAGING (or --export "
+                       "for an export job's drives)")
     journals = journal.one_session(args.journal_dir, args.session_id)
     session = journals[0].session
     container = session.dstdir.split("/", 1)[0]
