@@ -134,7 +134,8 @@ def test_tree_becomes_small_rows_large_jobs_and_skips(tmp_path: Path) -> None:
     e = large[0].entry
     assert (e.blob, e.size, large[0].abspath, large[0].skip) == (
         "vdir/big/image.vhd", len(files[e.path]), str(tmp_path / e.path), frozenset())
-    for path, (_, _, blob, size, mtime_ns, mode, c, xxh3, stored) in rows.items():
+    for path, (_, _, blob, size, mtime_ns, mode, c, xxh3, stored, attrs) in rows.items():
+        assert attrs is None  # a dataset's files carry their row's (tests/test_waimport*.py)
         st_ = (tmp_path / path).stat()
         assert (blob, size, mtime_ns, mode) == ("vdir/" + path, st_.st_size, st_.st_mtime_ns,
                                                 st_.st_mode & 0o7777)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline import credentials
 from pipeline.drive import format
+from pipeline.prep.datasetio import Source
 from pipeline.prep.write import SEGMENT_PAYLOAD
 from pipeline.volume import luks2
 
@@ -46,6 +47,12 @@ class PrepConfig:
     cpu_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     readers: int = 2
     memory: int = 256 * MiB
+    # A dataset.csv's checked rows (then srcdir is "/" and dstdir the first row's container):
+    # drives written as format version 2, each file with its own blob and attributes.
+    dataset: list[Source] | None = None
+    # AlreadyEncrypted drives (driveset.csv): resolved path -> the volume's existing key.
+    # Their LUKS2 volume is opened with it and kept; the key becomes the journal's password.
+    existing_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:

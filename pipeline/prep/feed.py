@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from pipeline.drive import codec
 from pipeline.errors import BadInput
-from pipeline.prep import read, scan
+from pipeline.prep import datasetio, read, scan
 from pipeline.prep.feedwire import (
     PIPE_SIZE,
     AlreadyCommitted,
@@ -70,11 +70,12 @@ def _read_batch(batch: read.Prefetch, level: int) -> tuple[Small, list[Changed]]
             changed.append(Changed(e.path, str(got)))
             continue
         if not e.size:
-            rows.append((e.file_id, e.path, e.blob, 0, e.mtime_ns, e.mode, None, b"", b""))
+            rows.append((e.file_id, e.path, e.blob, 0, e.mtime_ns, e.mode, None, b"", b"",
+                         e.attrs))
             continue
         p = codec.zero(e.size) if got is None else next(packed)
         rows.append((e.file_id, e.path, e.blob, e.size, e.mtime_ns, e.mode, int(p.codec),
-                     p.xxh3, p.stored))
+                     p.xxh3, p.stored, e.attrs))
     return Small(rows, t1 - t0, time.perf_counter() - t1), changed
 
 
@@ -138,10 +139,17 @@ def feed(plan: Plan, send: Callable[[Message], None]) -> None:
     """Walk, plan and read, sending each message through ``send``; BadInput stops it."""
     planner = plan.planner
     batcher = _Batcher(plan.level, send)
+    def skipped(path: str, reason: str) -> None:
+        send(Skipped(path, reason))
+
+    if plan.sources is None:
+        files = ((src, None, None) for src in scan.scan(plan.root, skipped, planner.vdir))
+    else:
+        files = datasetio.walk(plan.sources, skipped)
     try:
-        for src in scan.scan(plan.root, lambda path, reason: send(Skipped(path, reason)),
-                             planner.vdir):
-            job, superseded = planner.plan(src)
+        for src, blob, attrs in files:
+            job, superseded = (planner.plan(src) if blob is None  # (a cluster's shard planner
+                               else planner.plan(src, blob, attrs))  # takes no dataset)
             if superseded is not None:  # ahead of the new copy, which is still to be read
                 send(Supersede(superseded))
             if job is None:

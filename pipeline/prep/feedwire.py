@@ -38,6 +38,8 @@ import pickle
 import struct
 from dataclasses import dataclass
 
+from pipeline.drive.attrs import BlobAttrs
+from pipeline.prep.datasetio import Source
 from pipeline.prep.session import FileJob, Planner
 
 __all__ = ["AlreadyCommitted", "Changed", "End", "FrameReader", "InputError", "Large",
@@ -55,12 +57,14 @@ class Plan:
     root: str
     level: int
     planner: Planner
+    sources: list[Source] | None = None  # a dataset's rows (root is then "/"), or one root
 
 
 # --------------------------------------------------------------------------- messages
 
-SmallRow = tuple[int, str, str, int, int, int, int | None, bytes, bytes]
-"""``(file_id, path, blob, size, mtime_ns, mode, codec, xxh3, stored)`` of one small file."""
+SmallRow = tuple[int, str, str, int, int, int, int | None, bytes, bytes, BlobAttrs | None]
+"""``(file_id, path, blob, size, mtime_ns, mode, codec, xxh3, stored, attrs)`` of one small
+file (a dataset row's files share one ``attrs``: pickle sends it once a frame)."""
 
 
 @dataclass(frozen=True, slots=True)

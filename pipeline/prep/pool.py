@@ -8,13 +8,16 @@ recovery password.  It keeps the journals and passwords for prep's summary.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import time
 import uuid as uuidlib
 from pathlib import Path
 
 import trio
 
 from pipeline import faults, journal
+from pipeline.drive import format
 from pipeline.errors import BadInput
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.write import DriveWriter
@@ -53,11 +56,66 @@ class DrivePool:
         return drives.Identity(session_id=self.cfg.session_id, job_name="", sequence=seq,
                                dstdir=self.cfg.dstdir, blob_type=self.cfg.blob_type)
 
+    def _mark_version(self, drive: drives.Drive, cipher: drives.DriveCipher) -> None:
+        """A dataset's drive carries per-file attributes: its superblock says version 2,
+        so that a reader too old for them says so instead of calling the records damaged.
+        Written before the journal says "open": a crash here formats the drive again."""
+        if self.cfg.dataset is None:
+            return
+        sb = drives.read_superblock(drive, cipher)
+        sb = dataclasses.replace(sb, version=format.ATTRS_VERSION)
+        cipher.write(drive, 0, format.encode_superblock(sb))
+        drive.sync()
+
+    def _session_info(self) -> journal.SessionInfo:
+        return journal.SessionInfo(
+            session_id=self.cfg.session_id, srcdir=str(self.cfg.srcdir),
+            dstdir=self.cfg.dstdir, blob_type=int(self.cfg.blob_type),
+            level=self.cfg.level, fill=self.cfg.fill)
+
+    def _open_encrypted(self, path: str, seq: int, key: str
+                        ) -> tuple[drives.Drive, drives.DriveCipher, journal.Journal]:
+        """An AlreadyEncrypted drive (driveset.csv): its LUKS2 volume, made by us or by
+        cryptsetup, opened with its existing key and kept (header, keyslots, volume key);
+        only its data area becomes this session's log.  The key is the journal's password,
+        so --resume, verify and import open it as they open any drive of ours.  The
+        superblock is written before the journal exists, so no crash leaves a journal
+        whose "formatting" state would format the volume anew."""
+        drive = drives.open_drive(path, writable=True)
+        try:
+            volume = drives.read_volume(drive)
+            _, vkey = drives.unlock(drive, volume, key.encode(),
+                                    "ExistingBitLockerKey (driveset.csv)")
+            cipher = drives.DriveCipher.for_volume(volume, vkey)
+            area = cipher.data_area_size(drive.size)
+            sb = format.Superblock(
+                drive_seq=seq, volume_uuid=volume.uuid, session_id=self.cfg.session_id,
+                job_name="", dstdir=self.cfg.dstdir, blob_type=self.cfg.blob_type,
+                created_ns=time.time_ns(), data_area_size=area,
+                version=format.ATTRS_VERSION if self.cfg.dataset is not None
+                else format.FORMAT_VERSION)
+            cipher.write(drive, 0, format.encode_superblock(sb))
+            drive.sync()
+            info = journal.DriveInfo(seq=seq, path=str(Path(path).resolve()), uuid=volume.uuid,
+                                     size=drive.size, data_area_size=area, state="open")
+            info.header_sha256 = hashlib.sha256(drive.pread(luks2.HDR_SIZE, 0)).hexdigest()
+            jrn = journal.Journal.create(journal.journal_path(
+                self.cfg.jdir, self.cfg.session_id, seq), self._session_info(), info, key)
+            self.passwords[seq] = key
+            return drive, cipher, jrn
+        except BaseException:
+            drive.close()
+            raise
+
     def _format_new(self, path: str, seq: int
                     ) -> tuple[drives.Drive, drives.DriveCipher, journal.Journal]:
+        key = self.cfg.existing_keys.get(str(Path(path).resolve()))
+        if key is not None:
+            return self._open_encrypted(path, seq, key)
         size = self.cfg.drive_size if not Path(path).exists() else None
-        drive = drives.prepare_target(path, size=size, staging=self.cfg.srcdir,
-                                      confirmed=self.cfg.yes)
+        # A dataset's srcdir is "/": its rows' BasePaths were each checked at preflight.
+        staging = None if self.cfg.dataset is not None else self.cfg.srcdir
+        drive = drives.prepare_target(path, size=size, staging=staging, confirmed=self.cfg.yes)
         try:
             password = luks2.new_recovery_password()
             volume_uuid = str(uuidlib.uuid4())
@@ -65,15 +123,13 @@ class DrivePool:
             area -= area % luks2.SECTOR_SIZE
             info = journal.DriveInfo(seq=seq, path=str(Path(path).resolve()), uuid=volume_uuid,
                                      size=drive.size, data_area_size=area, state="formatting")
-            session = journal.SessionInfo(
-                session_id=self.cfg.session_id, srcdir=str(self.cfg.srcdir),
-                dstdir=self.cfg.dstdir, blob_type=int(self.cfg.blob_type),
-                level=self.cfg.level, fill=self.cfg.fill)
+            session = self._session_info()
             jrn = journal.Journal.create(journal.journal_path(self.cfg.jdir, session.session_id,
                                                               seq), session, info, password)
             faults.reached("after_journal_create")
             _, cipher = drives.format_drive(drive, self._keyslots(password), self._identity(seq),
                                             uuid=volume_uuid)
+            self._mark_version(drive, cipher)
             faults.reached("after_format")
             jrn.drive.header_sha256 = hashlib.sha256(drive.pread(luks2.HDR_SIZE, 0)).hexdigest()
             jrn.set_state("open")
@@ -91,6 +147,7 @@ class DrivePool:
             if info.state == "formatting":  # crashed while formatting: nothing was written
                 _, cipher = drives.format_drive(drive, self._keyslots(jrn.recovery_password),
                                                 self._identity(info.seq), uuid=info.uuid)
+                self._mark_version(drive, cipher)
                 info.header_sha256 = hashlib.sha256(drive.pread(luks2.HDR_SIZE, 0)).hexdigest()
                 jrn.set_state("open")
                 return drive, cipher

@@ -50,21 +50,25 @@ class Planner:
     committed: dict[str, Committed] = field(default_factory=dict)
     next_id: int = 1
 
-    def plan(self, src: SourceFile) -> tuple[FileJob | None, int | None]:
+    def plan(self, src: SourceFile, blob: str | None = None,
+             attrs: format.BlobAttrs | None = None) -> tuple[FileJob | None, int | None]:
         """(the job, or None when ``src`` is wholly on the drives already; the file id
         to supersede, or None).  A superseded id must be marked stale before the new
-        copy is committed."""
+        copy is committed.  A dataset's file comes with its blob (``container/name``)
+        and attributes; any other's blob is the virtual directory + its path."""
+        if blob is None:
+            blob = self.vdir + src.path
         prev = self.committed.get(src.path)
         if prev is not None and (prev.size, prev.mtime_ns) == (src.size, src.mtime_ns):
             if len(prev.offsets) >= format.grid_cells(src.size):
                 return None, None
-            entry = format.FileEntry(prev.file_id, src.path, self.vdir + src.path, src.size,
-                                     src.mtime_ns, src.mode)
+            entry = format.FileEntry(prev.file_id, src.path, blob, src.size,
+                                     src.mtime_ns, src.mode, attrs)
             return FileJob(entry, self.root + src.path, frozenset(prev.offsets)), None
         if prev is not None:  # changed since it was written: stale everywhere
             del self.committed[src.path]
-        entry = format.FileEntry(self.next_id, src.path, self.vdir + src.path, src.size,
-                                 src.mtime_ns, src.mode)
+        entry = format.FileEntry(self.next_id, src.path, blob, src.size,
+                                 src.mtime_ns, src.mode, attrs)
         self.next_id += 1
         return FileJob(entry, self.root + src.path), None if prev is None else prev.file_id
 

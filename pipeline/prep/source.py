@@ -112,8 +112,8 @@ async def _handle(message: feedwire.Message, session: Session,
 
 def _bundle(rows: list[SmallRow], stats: Stats) -> Iterator[PackedExtent]:
     zero = format.Codec.ZERO
-    for fid, path, blob, size, mtime_ns, mode, codec, xxh3, stored in rows:
-        entry = format.FileEntry(fid, path, blob, size, mtime_ns, mode)
+    for fid, path, blob, size, mtime_ns, mode, codec, xxh3, stored, attrs in rows:
+        entry = format.FileEntry(fid, path, blob, size, mtime_ns, mode, attrs)
         stats.files_done += 1
         if codec is None:
             yield PackedExtent(entry, None, b"")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import trio
 
 from pipeline.drive import format
+from pipeline.receive import disposition
 from pipeline.receive.copylog import CopyLog
 from pipeline.receive.markers import marker_name, newest_versions, read_markers
 from pipeline.storage.base import Storage
@@ -32,6 +33,7 @@ class FileOnDrive:
     cells: set[int] = field(default_factory=set)
     zero: set[int] = field(default_factory=set)
     bad: dict[int, tuple[str, str]] = field(default_factory=dict)  # offset -> (status, why)
+    note: dict[str, str] = field(default_factory=dict)  # the copy log's disposition fields
     committed: bool = False  # by the uploaders, as soon as its last cell was written
 
 
@@ -52,7 +54,10 @@ def commit_files(store: Storage, container: str, btype: format.BlobType,
         f = fd.entry
         zeros = fd.zero | other_zero[f.file_id] if other_zero and f.file_id in other_zero \
             else fd.zero
-        store.commit(container, f.blob, btype, f.size, sorted(zeros))
+        c, b, t = disposition.where(f, container, btype)  # a dataset's file: its own
+        store.commit(c, b, t, f.size, sorted(zeros))
+        if f.attrs is not None:
+            store.set_attributes(c, b, t, f.attrs.metadata, f.attrs.properties)
 
 
 async def commit_ready(store: Storage, container: str, sb: format.Superblock,
@@ -93,7 +98,8 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
     batches: list[list[format.FileEntry]] = [[]]
     for fd in on_drive.values():
         if fd.committed:  # whole on this drive: the uploaders committed it already
-            line = ((done, fd.entry.blob, why, fd.entry.size, {"file_id": fd.entry.file_id})
+            line = ((done, fd.entry.blob, why, fd.entry.size,
+                     {"file_id": fd.entry.file_id, **fd.note})
                     if not fd.bad else _not_ready(fd, sb.drive_seq, {}, {}, {}, {}))
             if line is not None:
                 lines.append(line)
@@ -122,7 +128,8 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
             if isinstance(line, int):
                 await done_events[line].wait()
                 for f in batches[line]:
-                    log.blob(done, f.blob, why, f.size, file_id=f.file_id)
+                    log.blob(done, f.blob, why, f.size, file_id=f.file_id,
+                             **on_drive[f.file_id].note)
             else:
                 status, blob, reason, size, extra = line
                 log.blob(status, blob, reason, size, **extra)

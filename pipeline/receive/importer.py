@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import trio
 
 from pipeline.drive import format
-from pipeline.receive import commit, extract, upload
+from pipeline.receive import commit, disposition, extract, upload
 from pipeline.receive import reader as driveread
 from pipeline.receive.commit import FileOnDrive, cells_of
 from pipeline.receive.copylog import CopyLog, log_path, open_copy_log
@@ -77,6 +77,7 @@ async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Stor
         return result
 
     on_drive = await _what_to_write(plan, store, log, net)
+    await disposition.resolve(plan, store, on_drive, log, net)  # a dataset's containers, names
     stored = [e for e in plan.extents if e.codec is not format.Codec.ZERO
               and e.file_id in on_drive]
 

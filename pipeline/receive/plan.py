@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pipeline import journal, names
 from pipeline.drive import format
 from pipeline.errors import BadInput, IntegrityError, Refused
+from pipeline.receive import disposition
 from pipeline.receive import reader as driveread
 from pipeline.receive.markers import STATE_CONTAINER
 from pipeline.storage import base as storage_base
@@ -52,7 +53,7 @@ def plan_drive(od: driveread.UnlockedDrive, jrn: journal.Journal | None) -> Driv
             raise Refused(f"{od.drive.path} is drive {sb.drive_seq} of session {sb.session_id}, "
                           f"not drive {info.seq} of {jrn.session.session_id}; pass the journal "
                           "directory of its own session")
-        files = {f.file_id: f for f in jrn.files()}
+        files = disposition.journal_attrs(jrn, sb, {f.file_id: f for f in jrn.files()})
         plan = DrivePlan(sb, files, list(jrn.extents()), "journal")
     else:
         try:
@@ -101,6 +102,11 @@ def check_plan(plan: DrivePlan) -> None:
     by_blob: dict[str, list[int]] = {}
     page = sb.blob_type is format.BlobType.PAGE
     for fid, f in plan.files.items():
+        if f.attrs is not None:  # a dataset's file (version 2): its own container and type
+            if (why := disposition.attrs_problem(f, sb)) is not None:
+                plan.rejected[fid] = ("corrupt", why)
+            by_blob.setdefault(f.blob, []).append(fid)
+            continue
         bad_name = names.blob_problem(f.blob)
         if f.blob != vdir + f.path:
             plan.rejected[fid] = ("corrupt", f"recorded as blob {names.show(f.blob)}, not "
@@ -151,7 +157,8 @@ def check_names(plan: DrivePlan) -> None:
     applied when it skipped the names it could not copy (``pipeline.names``)."""
     names.check_container_name(plan.container)
     for fid, f in plan.files.items():
-        if fid in plan.rejected:  # named in the copy log; the rest of the drive imports
+        if fid in plan.rejected or f.attrs is not None:  # named in the copy log; the rest of
+            # the drive imports.  A dataset's file (attrs) was held to its rules by check_plan
             continue
         names.check_blob_name(f.blob)
         if plan.superblock.blob_type is format.BlobType.PAGE and f.size % 512:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 from pipeline.drive import format
+from pipeline.receive import disposition
 from pipeline.receive.commit import FileOnDrive, commit_files, whole_here
 from pipeline.receive.extract import Parts
 from pipeline.storage.base import Storage
@@ -28,7 +29,8 @@ async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: s
     def write_parts(parts: Parts) -> None:
         for e, raw in parts.extents:
             f = on_drive[e.file_id].entry
-            store.write_part(container, f.blob, blob_type, f.size, e.offset, raw)
+            c, b, t = disposition.where(f, container, blob_type)  # a dataset's file: its own
+            store.write_part(c, b, t, f.size, e.offset, raw)
 
     async with rx:
         async for parts in rx:

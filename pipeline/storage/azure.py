@@ -20,6 +20,7 @@ are not ``pipeline_complete=true`` and any blob marked ``pipeline_complete=false
 
 from __future__ import annotations
 
+import base64
 import builtins
 import contextlib
 import re
@@ -40,7 +41,13 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ExponentialRetry
+from azure.storage.blob import (
+    BlobBlock,
+    BlobClient,
+    BlobServiceClient,
+    ContentSettings,
+    ExponentialRetry,
+)
 from azure.storage.blob import BlobType as AzureBlobType
 from urllib3.util.retry import Retry
 
@@ -48,12 +55,14 @@ from pipeline.drive.format import BlobType
 from pipeline.errors import BadInput
 from pipeline.storage.base import (
     CELL,
+    BlobInfo,
     PartsMissing,
     StorageUnavailable,
     cells_of,
     check_blob_name,
     check_container_name,
     check_part,
+    md5_of,
 )
 
 MAX_BLOCKS = 50_000                 # Azure's committed blocks per block blob
@@ -372,6 +381,51 @@ class AzureStorage:
                               if _visible(b))
             except ResourceNotFoundError:
                 return []
+
+    # -- blob attributes (WAImportExport's metadata and properties) -------------------------
+    # Metadata through set_blob_metadata, properties as ContentSettings (set_http_headers).
+    # A page blob's metadata keeps the importer's pipeline_complete=true beside the dataset's:
+    # it is what makes the blob visible to size/get/list (see the module docstring).
+
+    def set_attributes(self, container: str, blob: str, blob_type: BlobType,
+                       metadata: Sequence[tuple[str, str]],
+                       properties: Sequence[tuple[str, str]]) -> None:
+        client = self._blob(container, blob)
+        props = dict(properties)
+        with self._calls():
+            have = client.get_blob_properties()
+            if "Content-MD5" not in props:
+                props["Content-MD5"] = md5_of(
+                    lambda offset, n: client.download_blob(offset=offset, length=n).readall(),
+                    have.size)
+            client.set_http_headers(ContentSettings(
+                content_type=props.get("Content-Type"),
+                content_encoding=props.get("Content-Encoding"),
+                content_language=props.get("Content-Language"),
+                cache_control=props.get("Cache-Control"),
+                content_md5=bytearray(base64.b64decode(props["Content-MD5"]))))
+            meta = dict(metadata)
+            if have.blob_type == AzureBlobType.PAGEBLOB:
+                meta[COMPLETE] = "true"
+            client.set_blob_metadata(meta)
+
+    def get_attributes(self, container: str, blob: str) -> BlobInfo | None:
+        client = self._blob(container, blob)
+        with self._calls():
+            try:
+                p = client.get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+        if not _visible(p):
+            return None
+        cs = p.content_settings
+        props = {"Content-Type": cs.content_type, "Content-Encoding": cs.content_encoding,
+                 "Content-Language": cs.content_language, "Cache-Control": cs.cache_control,
+                 "Content-MD5": base64.b64encode(bytes(cs.content_md5)).decode()
+                 if cs.content_md5 else None}
+        btype = BlobType.PAGE if p.blob_type == AzureBlobType.PAGEBLOB else BlobType.BLOCK
+        return BlobInfo(btype, {k: v for k, v in (p.metadata or {}).items() if k != COMPLETE},
+                        {k: v for k, v in props.items() if v})
 
 
 def _block_id(offset: int) -> str:

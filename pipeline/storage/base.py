@@ -9,8 +9,11 @@ and ``azure.AzureStorage`` (azure-storage-blob).
 
 from __future__ import annotations
 
+import base64
 import builtins
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline.drive.format import CELL, BlobType  # CELL: the grid of write_part offsets
@@ -24,6 +27,7 @@ from pipeline.names import (  # the rules live in names.py; re-exported for the 
 __all__ = [
     "CELL",
     "PAGE",
+    "BlobInfo",
     "BlobType",
     "InvalidName",
     "PartsMissing",
@@ -33,6 +37,7 @@ __all__ = [
     "check_blob_name",
     "check_container_name",
     "check_part",
+    "md5_of",
 ]
 
 PAGE = 512              # Azure page blob unit
@@ -117,3 +122,30 @@ class Storage(Protocol):
 
     def list(self, container: str, prefix: str = "") -> builtins.list[str]:
         """Committed blob names starting with ``prefix``, sorted."""
+
+    def set_attributes(self, container: str, blob: str, blob_type: BlobType,
+                       metadata: Sequence[tuple[str, str]],
+                       properties: Sequence[tuple[str, str]]) -> None:
+        """Give a committed blob its metadata and properties (``drive.attrs``' rules), all
+        at once, replacing earlier ones; Content-MD5 is computed from the blob when
+        ``properties`` has none."""
+
+    def get_attributes(self, container: str, blob: str) -> BlobInfo | None:
+        """A committed blob's type, metadata and properties; None if absent."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What ``get_attributes`` says of a blob: what import, repair and unpack read back."""
+
+    blob_type: BlobType
+    metadata: dict[str, str]
+    properties: dict[str, str]  # the settable ones (``drive.attrs.PROPERTIES``) it has
+
+
+def md5_of(read: Callable[[int, int], bytes], size: int) -> str:
+    """Content-MD5 (base64) of a blob read in 4 MiB ranges by ``read(offset, length)``."""
+    digest = hashlib.md5(usedforsecurity=False)
+    for offset in range(0, size, 4 << 20):
+        digest.update(read(offset, min(4 << 20, size - offset)))
+    return base64.b64encode(digest.digest()).decode()

@@ -5,6 +5,7 @@ Layout under ROOT::
     ROOT/CONTAINER/BLOB                        committed blobs ('/' in a name = subdirectories)
     ROOT/.pipeline-partial/CONTAINER/BLOB      blobs being assembled: sparse, ``size`` bytes
     ROOT/.pipeline-partial/.put/               temporary files of put()
+    ROOT/.pipeline-attrs/CONTAINER/BLOB        a blob's metadata and properties (JSON)
 
 No container name starts with '.', so the partial tree never collides with a
 container.  Zero cells are holes.  write_part() and commit() are not synced
@@ -24,6 +25,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import json
 import mmap
 import os
 import stat
@@ -36,6 +38,7 @@ from pipeline.drive.format import BlobType
 from pipeline.errors import BadInput, filesystem_of, is_no_space
 from pipeline.storage.base import (
     CELL,
+    BlobInfo,
     InvalidName,
     PartsMissing,
     StorageUnavailable,
@@ -43,9 +46,11 @@ from pipeline.storage.base import (
     check_blob_name,
     check_container_name,
     check_part,
+    md5_of,
 )
 
 PARTIAL = ".pipeline-partial"
+ATTRS = ".pipeline-attrs"  # blobs' metadata and properties: ATTRS/CONTAINER/BLOB, JSON
 PUT_TMP = ".put"
 # Private, whatever the umask: an account holds customers' data and backup repositories
 # (keys, packs, snapshots); who else may read it is the operator's call (chmod, ACLs).
@@ -232,7 +237,7 @@ class LocalStorage:
             finally:
                 os.close(fd)
 
-    _direct = True  # False once the file system refused O_DIRECT
+    _direct = os.environ.get("PT_NODIRECT") is None  # False once the file system refused O_DIRECT
 
     def _write_direct(self, fd: int, view: memoryview, offset: int) -> int:
         """Write the whole 4 KiB blocks of a large part past the page cache (O_DIRECT);
@@ -401,6 +406,49 @@ class LocalStorage:
 
         walk(top, "")
         return sorted(out)
+
+    # -- blob attributes (WAImportExport's metadata and properties) ------------------------
+
+    def _attrs_path(self, container: str, blob: str) -> str:
+        """``ROOT/.pipeline-attrs/CONTAINER/BLOB``: a tree shaped like the blobs', so any
+        blob name that fits the one fits the other."""
+        return f"{self.root}/{ATTRS}/{self._path(container, blob)[len(self.root) + 1:]}"
+
+    def set_attributes(self, container: str, blob: str, blob_type: BlobType,
+                       metadata: Sequence[tuple[str, str]],
+                       properties: Sequence[tuple[str, str]]) -> None:
+        """Kept beside the blob as JSON (the form docs/FORMAT.md gives): ``{"blob_type":
+        "BlockBlob"|"PageBlob", "metadata": {name: value}, "properties": {name: value}}``,
+        Content-MD5 always among the properties."""
+        size = self.size(container, blob)
+        if size is None:
+            raise FileNotFoundError(errno.ENOENT, "no such blob", f"{container}/{blob}")
+        props = dict(properties)
+        if "Content-MD5" not in props:
+            props["Content-MD5"] = md5_of(
+                lambda offset, n: self.read(container, blob, offset, n), size)
+        data = json.dumps({"blob_type": "PageBlob" if blob_type is BlobType.PAGE
+                           else "BlockBlob", "metadata": dict(metadata), "properties": props},
+                          indent=1).encode()
+        final = self._attrs_path(container, blob)
+        self._makedirs(os.path.dirname(final))
+        self._replace(final, data, len(data))
+
+    def get_attributes(self, container: str, blob: str) -> BlobInfo | None:
+        """The blob's attributes; one without any (no dataset row gave it) has none."""
+        path = self._path(container, blob)
+        if self.size(container, blob) is None:
+            return None
+        try:
+            with open(self._attrs_path(container, blob), "rb") as f:
+                doc = json.loads(f.read(1 << 20))
+        except (FileNotFoundError, NotADirectoryError):
+            doc = {"metadata": {}, "properties": {}}
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"{path}: its attributes file is unreadable ({exc}); import the "
+                           "drive again to write it anew") from None
+        btype = BlobType.PAGE if doc.get("blob_type") == "PageBlob" else BlobType.BLOCK
+        return BlobInfo(btype, dict(doc.get("metadata", {})), dict(doc.get("properties", {})))
 
     # -- helpers ----------------------------------------------------------------------------
 

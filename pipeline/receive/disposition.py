@@ -1,0 +1,162 @@
+"""WAImportExport's /Disposition at import, and where a dataset's file goes.
+
+A file from a dataset (format version 2: its FileEntry carries ``attrs``) names its own
+container (``blob`` is ``container/name``), blob type, disposition, metadata and
+properties; any other file goes to the drive's container under the superblock's type
+(``where``).  Before a part is written, ``resolve`` decides, file by file, what to do
+when the blob exists already:
+
+- ``rename``: the existing blob stays; the file is stored as ``name (2).ext`` (the
+  first free number), and the copy log says so;
+- ``no-overwrite``: the existing blob stays; the file is skipped and logged;
+- ``overwrite``: the file replaces it.
+
+A decision is made once: the drive's marker records each file's blob (the renamed
+one), so an import resumed after a crash, another drive holding the rest of the
+file, or the same drive imported again finds it there and writes to the same
+blob.  "Exists" means committed: a blob this session left partial is its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import trio
+
+from pipeline import journal
+from pipeline.drive import format
+from pipeline.drive.attrs import Disposition
+from pipeline.receive.copylog import CopyLog
+from pipeline.receive.markers import read_markers
+from pipeline.storage.base import Storage
+
+# ``commit.FileOnDrive`` and ``plan.DrivePlan`` are not imported: both modules import this.
+FileOnDrive = Any
+DrivePlan = Any
+
+__all__ = ["journal_attrs", "renamed", "resolve", "where"]
+
+MAX_RENAMES = 10_000  # "name (N).ext" tried before the file is logged as not written
+
+
+def where(f: format.FileEntry, container: str, blob_type: format.BlobType
+          ) -> tuple[str, str, format.BlobType]:
+    """(container, blob name, blob type) the file imports into."""
+    if f.attrs is None:
+        return container, f.blob, blob_type
+    c, _, name = f.blob.partition("/")
+    return c, name, format.BlobType(f.attrs.blob_type)
+
+
+def attrs_problem(f: format.FileEntry, sb: format.Superblock) -> str | None:
+    """Why a dataset's file (one with ``attrs``) cannot be imported as recorded, or None:
+    prep held it to these rules, so a breach is damage or a forged drive."""
+    from pipeline import names
+    from pipeline.receive.markers import STATE_CONTAINER
+    from pipeline.storage.base import MAX_BLOB_SIZE
+
+    assert f.attrs is not None
+    c, name, btype = where(f, "", format.BlobType.BLOCK)
+    if sb.version < format.ATTRS_VERSION:
+        return "it carries attributes, which a version-1 drive never does"
+    if c == STATE_CONTAINER or names.container_problem(c) is not None:
+        return f"container {names.show(c)} is not one prep writes"
+    why = names.blob_problem(name)
+    if why is not None:
+        return f"blob {names.show(name)}: {why}"
+    if f.size > MAX_BLOB_SIZE[btype]:
+        return (f"size {f.size} exceeds the largest {btype.name.lower()} blob Azure holds "
+                f"({MAX_BLOB_SIZE[btype]} bytes)")
+    if btype is format.BlobType.PAGE and f.size % 512:
+        return f"{f.size} bytes cannot be a page blob (not a multiple of 512)"
+    return None
+
+
+def renamed(name: str, n: int) -> str:
+    """``dir/name.ext`` -> ``dir/name (n).ext`` (WAImportExport's form; a leading dot or no
+    dot: the number goes at the end)."""
+    head, sep, leaf = name.rpartition("/")
+    stem, dot, ext = leaf.rpartition(".")
+    leaf = f"{stem} ({n}).{ext}" if dot and stem else f"{leaf} ({n})"
+    return head + sep + leaf
+
+
+def journal_attrs(jrn: journal.Journal, sb: format.Superblock,
+                  files: dict[int, format.FileEntry]) -> dict[int, format.FileEntry]:
+    """The journal's file entries with their attributes: its table keeps each record's
+    bytes, not the attributes, so a version-2 drive's are read back from those bytes
+    (the closing index it would write)."""
+    if sb.version < format.ATTRS_VERSION:
+        return files
+    offset = format.trailer_offset(sb.data_area_size)
+    index = format.decode_segment(jrn.index_segment(0, offset), offset)
+    full = {f.file_id: f for f in index.files}
+    return {fid: full.get(fid, f) for fid, f in files.items()}
+
+
+async def resolve(plan: DrivePlan, store: Storage, on_drive: dict[int, FileOnDrive],
+                  log: CopyLog, net: trio.CapacityLimiter) -> None:
+    """Each dataset file's container made, and its blob decided (see the module docstring):
+    renamed files get their new name in ``on_drive``, skipped ones leave it (logged)."""
+    dataset = {fid: fd for fid, fd in on_drive.items() if fd.entry.attrs is not None}
+    if not dataset:
+        return
+    earlier: dict[int, str] = {}
+    claimed: set[str] = set()
+    for m in await read_markers(store, plan.superblock.session_id, net):
+        for f in m["files"]:
+            earlier[f["file_id"]] = f["blob"]
+            claimed.add(f["blob"])
+    containers = sorted({where(fd.entry, "", format.BlobType.BLOCK)[0]
+                         for fd in dataset.values()})
+    for c in containers:
+        await trio.to_thread.run_sync(store.ensure_container, c, limiter=net)
+    for fid, fd in dataset.items():
+        skip = await trio.to_thread.run_sync(_decide, store, fd, earlier.get(fid), claimed,
+                                             limiter=net)
+        if skip is not None:
+            f = fd.entry
+            del on_drive[fid]
+            log.blob("skipped", f.blob, skip, f.size, file_id=fid, **fd.note)
+
+
+def _decide(store: Storage, fd: FileOnDrive, earlier: str | None, claimed: set[str]
+            ) -> str | None:
+    """Decide one file (a storage thread); the reason it is skipped, or None."""
+    f = fd.entry
+    attrs = f.attrs
+    assert attrs is not None
+    rule = attrs.disposition
+    note: dict[str, Any] = {"disposition": rule.word}
+    fd.note = note
+    if earlier is not None:  # decided by an earlier import of this session: keep to it
+        note["action"] = "renamed" if earlier != f.blob else "as decided before"
+        if earlier != f.blob:
+            note["renamed_from"] = f.blob
+            fd.entry = dataclasses.replace(f, blob=earlier)
+        return None
+    c, name, btype = where(f, "", format.BlobType.BLOCK)
+    have = store.get_attributes(c, name)
+    if have is None:
+        note["action"] = "new"
+    elif rule is Disposition.NO_OVERWRITE:
+        note["action"] = "kept existing"
+        return "no-overwrite: the blob exists already; the existing one is kept"
+    elif rule is Disposition.OVERWRITE:
+        note["action"] = "overwritten"
+        if have.blob_type is not btype:  # Azure cannot turn one type into the other in place
+            store.delete(c, name)
+    else:
+        for n in range(2, MAX_RENAMES + 2):
+            candidate = renamed(name, n)
+            if f"{c}/{candidate}" not in claimed and store.size(c, candidate) is None:
+                break
+        else:
+            note["action"] = "not renamed"
+            return f"rename: {MAX_RENAMES} names like {renamed(name, 2)!r} are taken already"
+        note["action"] = "renamed"
+        note["renamed_from"] = f.blob
+        fd.entry = dataclasses.replace(f, blob=f"{c}/{candidate}")
+    claimed.add(fd.entry.blob)
+    return None

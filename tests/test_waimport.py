@@ -1,0 +1,307 @@
+"""WAImportExport v2 end to end on a local account: prep --dataset/--driveset -> import, with
+metadata, properties, page blobs, every disposition, an AlreadyEncrypted drive made by
+cryptsetup, and bad CSVs refused before anything is written.  Azurite: test_waimport_azure.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline import journal
+from pipeline.drive import format as fmt
+from pipeline.storage.local import LocalStorage
+from pipeline.volume import drives
+
+from .conftest import FAST_KDF_ARGS, require_tool, run_cli
+
+MiB = 1 << 20
+HEADER = "BasePath,DstBlobPathOrPrefix,BlobType,Disposition,MetadataFile,PropertiesFile"
+DHEADER = "DriveLetter,FormatOption,SilentOrPromptOnFormat,Encryption,ExistingBitLockerKey"
+
+
+def md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def inputs(tmp: Path) -> dict[str, bytes]:
+    """A directory row and a single-file row into two containers, page + block blobs, with
+    metadata and properties files (no Content-MD5: import computes it)."""
+    src = tmp / "src"
+    (src / "photos" / "sub").mkdir(parents=True)
+    files = {"photos/a.bin": os.urandom(3000), "photos/big.bin": os.urandom(MiB + 4096),
+             "photos/sub/b.txt": b"hello\n", "disk.vhd": os.urandom(3 * 4096)}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    (tmp / "meta.xml").write_text('<?xml version="1.0" encoding="UTF-8"?>\n<Metadata>\n'
+                                  "  <Owner>ops</Owner>\n  <Project>seed_19</Project>\n"
+                                  "</Metadata>\n")
+    (tmp / "props.xml").write_text('<?xml version="1.0"?>\n<Properties>\n'
+                                   "  <Content-Type>application/octet-stream</Content-Type>\n"
+                                   "  <Cache-Control>no-cache</Cache-Control>\n"
+                                   "  <Content-Language>en</Content-Language>\n"
+                                   "  <Etag>0x1</Etag>\n</Properties>\n")
+    (tmp / "vmeta.xml").write_text("<Metadata><Kind>disk</Kind></Metadata>")
+    (tmp / "dataset.csv").write_text(
+        f"{HEADER}\n"
+        f'"{src}/photos/","photos/v1/",BlockBlob,rename,"{tmp}/meta.xml",{tmp}/props.xml\n'
+        f"{src}/disk.vhd,vhds/disks/d.vhd,PageBlob,overwrite,{tmp}/vmeta.xml,None\n")
+    (tmp / "driveset.csv").write_text(
+        f"{DHEADER}\n{tmp}/d1.img,Format,SilentMode,Encrypt,\n"
+        f"{tmp}/d2.img,Format,SilentMode,Encrypt,\n")
+    return {"photos/v1/a.bin": files["photos/a.bin"], "photos/v1/big.bin": files["photos/big.bin"],
+            "photos/v1/sub/b.txt": files["photos/sub/b.txt"],
+            "vhds/disks/d.vhd": files["disk.vhd"]}
+
+
+def prep(tmp: Path, *extra: str, session: str = "wa1", code: int = 0,
+         dataset: str = "dataset.csv", driveset: str = "driveset.csv"
+         ) -> subprocess.CompletedProcess[str]:
+    return run_cli("prep", "--dataset", str(tmp / dataset), "--driveset", str(tmp / driveset),
+                   "--journal-dir", str(tmp / "j"), "--session-id", session,
+                   "--drive-size", "64M", *FAST_KDF_ARGS, *extra, check_code=code)
+
+
+def import_(tmp: Path, to: Path, *images: str, session: str = "wa1"
+            ) -> list[subprocess.CompletedProcess[str]]:
+    out = []
+    for image in images:
+        out.append(run_cli("import", "--drive", str(tmp / image), "--journal-dir",
+                           str(tmp / "j"), "--to", str(to), "--log-dir", str(tmp / "logs")))
+    return out
+
+
+def copy_log(tmp: Path, session: str, seq: int) -> list[dict]:
+    path = tmp / "logs" / f"copylog-{session}-drive{seq:02d}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def blob_lines(tmp: Path, session: str, seqs: tuple[int, ...]) -> list[dict]:
+    return [x for s in seqs for x in copy_log(tmp, session, s) if x["type"] == "blob"]
+
+
+def test_dataset_round_trip_on_a_local_account(tmp_path: Path) -> None:
+    want = inputs(tmp_path)
+    proc = prep(tmp_path, "--fill", "parallel")
+    assert "Etag is set by the service; ignored" in proc.stderr
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    for p in import_(tmp_path, acct, "d1.img", "d2.img"):
+        assert p.returncode == 0, p.stderr
+    store = LocalStorage(acct)
+    for name, data in want.items():
+        container, blob = name.split("/", 1)
+        assert (acct / container / blob).read_bytes() == data
+        info = store.get_attributes(container, blob)
+        assert info is not None and info.properties["Content-MD5"] == md5(data)
+    photo = store.get_attributes("photos", "v1/sub/b.txt")
+    assert photo.metadata == {"Owner": "ops", "Project": "seed_19"}
+    assert photo.properties == {"Content-Type": "application/octet-stream",
+                                "Content-Language": "en", "Cache-Control": "no-cache",
+                                "Content-MD5": md5(b"hello\n")}
+    disk = store.get_attributes("vhds", "disks/d.vhd")
+    assert (disk.blob_type, disk.metadata) == (fmt.BlobType.PAGE, {"Kind": "disk"})
+    # The attributes file is the documented JSON, beside the blob's own tree.
+    doc = json.loads((acct / ".pipeline-attrs" / "vhds" / "disks" / "d.vhd").read_text())
+    assert doc == {"blob_type": "PageBlob", "metadata": {"Kind": "disk"},
+                   "properties": {"Content-MD5": md5(want["vhds/disks/d.vhd"])}}
+    lines = blob_lines(tmp_path, "wa1", (1, 2))
+    assert sorted(x["blob"] for x in lines if x["status"] == "ok") == sorted(want)
+    assert all(x["action"] == "new" and x["disposition"] in ("rename", "overwrite")
+               for x in lines if x["status"] == "ok")
+    # Importing both drives again changes nothing.
+    before = {p: p.stat().st_mtime_ns for p in acct.rglob("*") if p.is_file()
+              and "waimportexport" not in p.parts}
+    for p in import_(tmp_path, acct, "d1.img", "d2.img"):
+        assert p.returncode == 0, p.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert all(x["status"] == "skipped" for x in blob_lines(tmp_path, "wa1", (1, 2)))
+
+
+def test_drives_are_version_2_and_the_old_path_still_writes_version_1(tmp_path: Path) -> None:
+    inputs(tmp_path)
+    prep(tmp_path)
+    jrn = journal.session_journals(tmp_path / "j", "wa1")[0]
+    with drives.open_drive(tmp_path / "d1.img") as drive:
+        vol = drives.read_volume(drive)
+        _, key = drives.unlock(drive, vol, jrn.recovery_password.encode())
+        sb = drives.read_superblock(drive, drives.DriveCipher.for_volume(vol, key))
+    assert sb.version == fmt.ATTRS_VERSION
+    # --source/--dstdir, the one-row shorthand: version 1 as before, imported as before.
+    old = tmp_path / "old"
+    (old / "d").mkdir(parents=True)
+    (old / "d" / "f.txt").write_bytes(b"v1")
+    run_cli("prep", "--source", str(old), "--dstdir", "cont/vd/", "--drive",
+            str(tmp_path / "v1.img"), "--drive-size", "64M", "--journal-dir",
+            str(tmp_path / "j1"), "--session-id", "old1", *FAST_KDF_ARGS, check_code=0)
+    jrn1 = journal.session_journals(tmp_path / "j1", "old1")[0]
+    with drives.open_drive(tmp_path / "v1.img") as drive:
+        vol = drives.read_volume(drive)
+        _, key = drives.unlock(drive, vol, jrn1.recovery_password.encode())
+        assert drives.read_superblock(drive, drives.DriveCipher.for_volume(vol, key)).version == 1
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    run_cli("import", "--drive", str(tmp_path / "v1.img"), "--journal-dir", str(tmp_path / "j1"),
+            "--to", str(acct), "--log-dir", str(tmp_path / "logs"), check_code=0)
+    assert (acct / "cont" / "vd" / "d" / "f.txt").read_bytes() == b"v1"
+    assert LocalStorage(acct).get_attributes("cont", "vd/d/f.txt").metadata == {}
+
+
+def dispositions_dataset(tmp: Path) -> dict[str, bytes]:
+    src = tmp / "src"
+    src.mkdir()
+    new = {}
+    rows = [HEADER]
+    for rule in ("rename", "no-overwrite", "overwrite"):
+        data = f"new {rule}\n".encode()
+        (src / f"{rule}.txt").write_bytes(data)
+        new[rule] = data
+        rows.append(f"{src}/{rule}.txt,cont/d/{rule}.txt,BlockBlob,{rule},None,None")
+    (tmp / "dataset.csv").write_text("\n".join(rows) + "\n")
+    (tmp / "driveset.csv").write_text(f"{DHEADER}\n{tmp}/d1.img,Format,SilentMode,Encrypt,\n")
+    return new
+
+
+def check_dispositions(tmp: Path, get: callable, new: dict[str, bytes]) -> None:
+    """What each rule did against the existing blobs, and what the copy log says."""
+    assert get("d/rename.txt") == b"old rename"
+    assert get("d/rename (2).txt") == new["rename"]
+    assert get("d/no-overwrite.txt") == b"old no-overwrite"
+    assert get("d/overwrite.txt") == new["overwrite"]
+    lines = {x["blob"]: x for x in blob_lines(tmp, "dis1", (1,))}
+    assert lines["cont/d/rename (2).txt"] | {"t": 0} == {
+        "t": 0, "type": "blob", "status": "ok", "blob": "cont/d/rename (2).txt", "size": 11,
+        "reason": "", "file_id": lines["cont/d/rename (2).txt"]["file_id"],
+        "disposition": "rename", "action": "renamed", "renamed_from": "cont/d/rename.txt"}
+    skipped = lines["cont/d/no-overwrite.txt"]
+    assert (skipped["status"], skipped["action"], skipped["disposition"]) == (
+        "skipped", "kept existing", "no-overwrite")
+    assert "no-overwrite" in skipped["reason"]
+    over = lines["cont/d/overwrite.txt"]
+    assert (over["status"], over["action"]) == ("ok", "overwritten")
+
+
+def test_dispositions_on_a_local_account(tmp_path: Path) -> None:
+    new = dispositions_dataset(tmp_path)
+    prep(tmp_path, session="dis1")
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    store = LocalStorage(acct)
+    store.ensure_container("cont")
+    for rule in ("rename", "no-overwrite", "overwrite"):
+        store.put("cont", f"d/{rule}.txt", f"old {rule}".encode())
+    (p,) = import_(tmp_path, acct, "d1.img", session="dis1")
+    assert p.returncode == 0, p.stderr
+
+    def get(name: str) -> bytes | None:
+        return store.get("cont", name)
+
+    check_dispositions(tmp_path, get, new)
+    # Again: the drive is done, nothing moves, no "rename (3)".
+    (p,) = import_(tmp_path, acct, "d1.img", session="dis1")
+    assert p.returncode == 0, p.stderr
+    assert get("d/rename (3).txt") is None
+    check_dispositions_again(tmp_path)
+
+
+def check_dispositions_again(tmp: Path) -> None:
+    assert all(x["status"] == "skipped" for x in blob_lines(tmp, "dis1", (1,)))
+
+
+def test_resumed_import_keeps_the_decision(tmp_path: Path) -> None:
+    """A crash between the parts and the commits: the marker says "parts"; the import
+    run again writes to the name decided the first time, not to "rename (3)"."""
+    new = dispositions_dataset(tmp_path)
+    prep(tmp_path, session="dis1")
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    store = LocalStorage(acct)
+    store.ensure_container("cont")
+    for rule in ("rename", "no-overwrite", "overwrite"):
+        store.put("cont", f"d/{rule}.txt", f"old {rule}".encode())
+    (p,) = import_(tmp_path, acct, "d1.img", session="dis1")
+    assert p.returncode == 0, p.stderr
+    marker = acct / "waimportexport" / "dis1" / "drive-01.json"
+    doc = json.loads(marker.read_text())
+    doc["state"] = "parts"  # as a crash before "done" leaves it
+    marker.write_text(json.dumps(doc))
+    (p,) = import_(tmp_path, acct, "d1.img", session="dis1")
+    assert p.returncode == 0, p.stderr
+    assert store.get("cont", "d/rename (3).txt") is None
+    assert store.get("cont", "d/rename (2).txt") == new["rename"]
+    lines = {x["blob"]: x for x in blob_lines(tmp_path, "dis1", (1,))}
+    assert lines["cont/d/rename (2).txt"]["action"] == "renamed"
+
+
+def test_already_encrypted_drive_made_by_cryptsetup(tmp_path: Path) -> None:
+    """AlreadyFormatted + AlreadyEncrypted: the volume cryptsetup made is opened with its
+    key and kept (same UUID, the key still opens it); prep writes into its data area."""
+    exe = require_tool("cryptsetup")
+    want = inputs(tmp_path)
+    image = tmp_path / "luks.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * MiB)
+    key = "correct horse battery staple"
+    (tmp_path / "key").write_text(key)
+    subprocess.run([exe, "luksFormat", "--batch-mode", "--type", "luks2", "--cipher",
+                    "aes-xts-plain64", "--key-size", "512", "--sector-size", "4096",
+                    "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+                    "--key-file", str(tmp_path / "key"), str(image)], check=True)
+    uuid = subprocess.run([exe, "luksUUID", str(image)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / "enc.csv").write_text(
+        f"{DHEADER}\n{image},AlreadyFormatted,SilentMode,AlreadyEncrypted,{key}\n")
+    prep(tmp_path, driveset="enc.csv")
+    assert subprocess.run([exe, "luksUUID", str(image)], check=True, capture_output=True,
+                          text=True).stdout.strip() == uuid
+    with drives.open_drive(image) as drive:
+        vol = drives.read_volume(drive)
+        drives.unlock(drive, vol, key.encode())  # the operator's key still opens it
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    (p,) = import_(tmp_path, acct, "luks.img")
+    assert p.returncode == 0, p.stderr
+    for name, data in want.items():
+        container, blob = name.split("/", 1)
+        assert (acct / container / blob).read_bytes() == data
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda t, s: t.replace("BlobType,", "Type,"), "dataset.csv:1: missing column BlobType"),
+    (lambda t, s: t.replace("PageBlob", "AppendBlob"),
+     "dataset.csv:3: BlobType: 'AppendBlob' is not BlockBlob or PageBlob"),
+    (lambda t, s: t.replace(f"{s}/disk.vhd", f"{s}/gone.vhd"),
+     "dataset.csv:3: BasePath: '{s}/gone.vhd': No such file or directory"),
+    # two rows whose files meet in one blob: photos/v1/sub/b.txt from both
+    (lambda t, s: t + f"{s}/photos/sub/,photos/v1/sub/,BlockBlob,rename,None,None\n",
+     "dataset.csv:4: BasePath: '{s}/photos/sub/' lies in line 2's"),
+    (lambda t, s: t + f"{s}/other/,photos/v1/sub/,BlockBlob,rename,None,None\n",
+     "dataset.csv:4: DstBlobPathOrPrefix: /"),
+])
+def test_bad_dataset_is_exit_2_and_nothing_written(tmp_path: Path, edit, expected: str) -> None:
+    inputs(tmp_path)
+    src = tmp_path / "src"
+    (src / "other").mkdir()
+    (src / "other" / "b.txt").write_bytes(b"clash")
+    path = tmp_path / "dataset.csv"
+    path.write_text(edit(path.read_text(), str(src)))
+    proc = prep(tmp_path, code=2)
+    want = f"pipeline prep: {tmp_path}/" + expected.format(s=src)
+    assert any(line.startswith(want) for line in proc.stderr.splitlines()), proc.stderr
+    assert not (tmp_path / "d1.img").exists() and not (tmp_path / "d2.img").exists()
+    assert not list((tmp_path / "j").glob("*")) if (tmp_path / "j").exists() else True
+
+
+def test_bad_driveset_is_exit_2_and_nothing_written(tmp_path: Path) -> None:
+    inputs(tmp_path)
+    (tmp_path / "driveset.csv").write_text(f"{DHEADER}\nE:,Format,SilentMode,Encrypt,\n"
+                                           f"{tmp_path}/d1.img,Format,Loud,Encrypt,\n")
+    proc = prep(tmp_path, code=2)
+    assert "driveset.csv:2: DriveLetter: 'E:' is a Windows drive letter" in proc.stderr
+    assert "driveset.csv:3: SilentOrPromptOnFormat: 'Loud' is not SilentMode" in proc.stderr
+    assert not (tmp_path / "d1.img").exists()
