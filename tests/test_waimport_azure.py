@@ -1,0 +1,78 @@
+"""WAImportExport v2 into Azurite, checked with Azure's own SDK: a dataset of a directory
+row and a single-file row into two containers (block + page blobs, metadata, properties)
+over two drives, and the three dispositions against existing blobs."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobType as AzureBlobType
+
+from pipeline.storage.azure import AzureStorage
+from tests.azurite import azurite  # noqa: F401 - the fixture
+
+from .conftest import run_cli
+from .test_waimport import blob_lines, check_dispositions, dispositions_dataset, inputs, md5, prep
+
+
+def import_azure(tmp: Path, to: str, *images: str) -> None:
+    for image in images:
+        proc = run_cli("import", "--drive", str(tmp / image), "--journal-dir", str(tmp / "j"),
+                       "--to", to, "--log-dir", str(tmp / "logs"))
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_dataset_into_azurite_checked_with_the_sdk(tmp_path: Path, azurite: str) -> None:  # noqa: F811
+    want = inputs(tmp_path)
+    prep(tmp_path, "--fill", "parallel", session="waz1")
+    import_azure(tmp_path, azurite, "d1.img", "d2.img")
+    service = BlobServiceClient.from_connection_string(azurite)
+    for name, data in want.items():
+        container, blob = name.split("/", 1)
+        client = service.get_blob_client(container, blob)
+        props = client.get_blob_properties()
+        assert client.download_blob().readall() == data
+        cs = props.content_settings
+        assert bytes(cs.content_md5) == base64.b64decode(md5(data))
+        if container == "photos":
+            assert props.blob_type == AzureBlobType.BLOCKBLOB
+            assert props.metadata == {"Owner": "ops", "Project": "seed_19"}
+            assert (cs.content_type, cs.cache_control, cs.content_language) == (
+                "application/octet-stream", "no-cache", "en")
+        else:
+            assert props.blob_type == AzureBlobType.PAGEBLOB
+            # beside the dataset's metadata, the importer's mark of a complete page blob
+            assert props.metadata == {"Kind": "disk", "pipeline_complete": "true"}
+    assert sorted(x["blob"] for x in blob_lines(tmp_path, "waz1", (1, 2))
+                  if x["status"] == "ok") == sorted(want)
+    # Again: nothing changes.
+    etags = {n: service.get_blob_client(*n.split("/", 1)).get_blob_properties().etag
+             for n in want}
+    import_azure(tmp_path, azurite, "d1.img", "d2.img")
+    assert {n: service.get_blob_client(*n.split("/", 1)).get_blob_properties().etag
+            for n in want} == etags
+
+
+def test_dispositions_on_azurite(tmp_path: Path, azurite: str) -> None:  # noqa: F811
+    new = dispositions_dataset(tmp_path)
+    prep(tmp_path, session="dis1")
+    service = BlobServiceClient.from_connection_string(azurite)
+    container = service.get_container_client("cont")
+    if not container.exists():
+        container.create_container()
+    for rule in ("rename", "no-overwrite", "overwrite"):
+        container.upload_blob(f"d/{rule}.txt", f"old {rule}".encode(), overwrite=True)
+    import_azure(tmp_path, azurite, "d1.img")
+    store = AzureStorage(azurite)
+
+    def get(name: str) -> bytes | None:
+        return store.get("cont", name)
+
+    check_dispositions(tmp_path, get, new)
+    info = store.get_attributes("cont", "d/overwrite.txt")
+    assert info is not None and info.properties["Content-MD5"] == md5(new["overwrite"])
+    import_azure(tmp_path, azurite, "d1.img")
+    assert get("d/rename (3).txt") is None
+    assert all(x["status"] == "skipped" for x in blob_lines(tmp_path, "dis1", (1,)))
