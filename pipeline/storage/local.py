@@ -237,7 +237,7 @@ class LocalStorage:
             finally:
                 os.close(fd)
 
-    _direct = os.environ.get("PT_NODIRECT") is None  # False once the file system refused O_DIRECT
+    _direct = True  # False once the file system refused O_DIRECT
 
     def _write_direct(self, fd: int, view: memoryview, offset: int) -> int:
         """Write the whole 4 KiB blocks of a large part past the page cache (O_DIRECT);
