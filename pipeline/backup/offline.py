@@ -27,13 +27,14 @@ import math
 import os
 import re
 import secrets
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline import atomic
-from pipeline.backup.walk import walk
 from pipeline.drive import codec
 from pipeline.drive.format import CELL, grid
 from pipeline.errors import EXIT_NO_SEED, BadInput, NoSpace, PipelineError, is_no_space
@@ -103,25 +104,18 @@ class Estimate:
 
 def estimate(source: Path, level: int = 1, sample: int = SAMPLE) -> Estimate:
     """Like ``pipeline preview``: holes skipped, zstd ratio sampled over cells spread
-    across the tree; dedup is ignored, so the figure errs on the large side."""
+    across the tree; dedup is ignored, so the figure errs on the large side.  Only stat:
+    no owners or attributes (the backup reads those), and a file is opened for its holes
+    only when its allocated blocks say it has some: this walk comes before the backup."""
     cells: list[tuple[Path, int, int]] = []
     files = total = data = 0
-    for node in walk(source, lambda _m: None):
-        if node.type != "file":
-            continue
+    for path, st in _regular_files(source):
         files += 1
-        total += node.size
-        path = source / node.path
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue                   # reported by the backup itself
-        try:
-            for start, end in data_ranges(fd, node.size):
-                data += end - start
-                cells.extend((path, off, min(CELL, end - off)) for off in grid(end, start))
-        finally:
-            os.close(fd)
+        total += st.st_size
+        ranges = [(0, st.st_size)] if st.st_blocks * 512 >= st.st_size else _holes(path, st)
+        for start, end in ranges:
+            data += end - start
+            cells.extend((path, off, min(CELL, end - off)) for off in grid(end, start))
     step = max(1, math.ceil(sum(c[2] for c in cells) / max(sample, 1)))
     raw = stored = 0
     for path, off, length in cells[::step]:
@@ -138,6 +132,39 @@ def estimate(source: Path, level: int = 1, sample: int = SAMPLE) -> Estimate:
     needed = (int(data * ratio * 1.01) + chunks * 200 + files * 300
               + (data // (16 << 20) + 1) * 1024 + (1 << 20))
     return Estimate(files, total, data, raw, round(ratio, 4), needed)
+
+
+def _regular_files(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every regular file under ``top`` with its lstat; what cannot be listed or stat'ed
+    is left out (the backup itself reports it)."""
+    stack = [top]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(Path(e.path))
+            elif stat.S_ISREG(st.st_mode):
+                yield Path(e.path), st
+
+
+def _holes(path: Path, st: os.stat_result) -> list[tuple[int, int]]:
+    """The data ranges of a file that has holes; none when it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        return data_ranges(fd, st.st_size)
+    finally:
+        os.close(fd)
 
 
 def check_space(staging: Path, est: Estimate) -> None:
