@@ -305,3 +305,38 @@ def test_bad_driveset_is_exit_2_and_nothing_written(tmp_path: Path) -> None:
     assert "driveset.csv:2: DriveLetter: 'E:' is a Windows drive letter" in proc.stderr
     assert "driveset.csv:3: SilentOrPromptOnFormat: 'Loud' is not SilentMode" in proc.stderr
     assert not (tmp_path / "d1.img").exists()
+
+
+def test_preview_then_additional_driveset_on_resume(tmp_path: Path) -> None:
+    """preview --dataset counts the drives; one drive is too few (exit 3); --resume
+    --additional-driveset adds the next, as /AdditionalDriveSet does, and the session
+    imports whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = {f"f{i}.bin": os.urandom(20 * MiB) for i in range(3)}
+    for name, blob in data.items():
+        (src / name).write_bytes(blob)
+    (tmp_path / "dataset.csv").write_text(f"{HEADER}\n{src}/,big/,BlockBlob,rename,None,None\n")
+    (tmp_path / "one.csv").write_text(f"{DHEADER}\n{tmp_path}/d1.img,Format,SilentMode,Encrypt,\n")
+    (tmp_path / "more.csv").write_text(f"{DHEADER}\n{tmp_path}/d2.img,Format,SilentMode,Encrypt,\n")
+    est = json.loads(run_cli("preview", "--dataset", str(tmp_path / "dataset.csv"),
+                             "--drive-size", "64M", "--json", check_code=0).stdout)
+    assert (est["files"], est["bytes"], est["drives"]) == (3, 60 * MiB, 2)
+    prep(tmp_path, session="add1", driveset="one.csv", code=3)
+    run_cli("prep", "--resume", "--journal-dir", str(tmp_path / "j"), "--session-id", "add1",
+            "--additional-driveset", str(tmp_path / "more.csv"), "--drive-size", "64M",
+            *FAST_KDF_ARGS, check_code=0)
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    for p in import_(tmp_path, acct, "d1.img", "d2.img", session="add1"):
+        assert p.returncode == 0, p.stderr
+    for name, blob in data.items():
+        assert (acct / "big" / name).read_bytes() == blob
+    # --additional-driveset belongs to --resume; $root is refused until import supports it.
+    run_cli("prep", "--dataset", str(tmp_path / "dataset.csv"), "--additional-driveset",
+            str(tmp_path / "more.csv"), "--journal-dir", str(tmp_path / "j2"), "--session-id",
+            "add2", check_code=2)
+    (tmp_path / "root.csv").write_text(f"{HEADER}\n{src}/,$root/,BlockBlob,rename,None,None\n")
+    proc = run_cli("preview", "--dataset", str(tmp_path / "root.csv"), "--drive-size", "64M",
+                   check_code=2)
+    assert "root.csv:2: DstBlobPathOrPrefix: $root" in proc.stderr

@@ -19,7 +19,7 @@ from pipeline import names
 from pipeline.commands import _options
 from pipeline.drive import codec, format
 from pipeline.errors import EXIT_OK, EXIT_WARNING, BadInput, Outcome
-from pipeline.prep import read, scan
+from pipeline.prep import datasetio, read, scan
 from pipeline.volume import drives, luks2
 
 PER_FILE_OVERHEAD = 2 * (format.EXTENT_RECORD_SIZE + 64)  # records in a segment and the index
@@ -33,8 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "preview", help="estimate the drives a staging directory needs",
         description="Estimate how many drives of --drive-size the staging directory needs: "
         "holes are skipped, the compression ratio is sampled.  Writes nothing.")
-    _options.add_aliased(p, "--source", ("--srcdir",), required=True, metavar="DIR",
-                         help="the staging directory to size")
+    _options.add_aliased(p, "--source", ("--srcdir",), metavar="DIR",
+                         help="the staging directory to size (or --dataset)")
+    p.add_argument("--dataset", metavar="FILE",
+                   help="a WAImportExport v2 dataset.csv to size instead: every row's files, "
+                   "checked as prep checks them")
     p.add_argument("--drive-size", required=True, metavar="SIZE",
                    help="size of each drive (e.g. 4T, or 2G for image files)")
     p.add_argument("--level", type=int, default=1, metavar="N", help="zstd level (default 1)")
@@ -73,9 +76,19 @@ def usable(drive_size: int) -> int:
 
 
 def estimate(srcdir: Path, drive_size: int, level: int, sample: int,
-             vdir: str = "") -> Estimate:
+             vdir: str = "", dataset: list[datasetio.Source] | None = None) -> Estimate:
+    """The estimate for ``srcdir`` (names under ``vdir``), or for a dataset's rows (their
+    paths are then relative to ``/``, as on the drive)."""
     skipped: list[dict[str, str]] = []
-    files = list(scan.scan(srcdir, lambda p, r: skipped.append({"path": p, "reason": r}), vdir))
+
+    def on_skip(path: str, reason: str) -> None:
+        skipped.append({"path": path, "reason": reason})
+
+    if dataset is None:
+        files = list(scan.scan(srcdir, on_skip, vdir))
+    else:
+        srcdir = Path("/")
+        files = [f for f, _, _ in datasetio.walk(dataset, on_skip)]
     total = sum(f.size for f in files)
     cells: list[tuple[Path, int, int]] = []
     data_bytes = 0
@@ -113,9 +126,14 @@ def estimate(srcdir: Path, drive_size: int, level: int, sample: int,
 def run(args: argparse.Namespace) -> Outcome:
     if not 1 <= args.level <= 22:
         raise BadInput(f"--level {args.level} is out of range; zstd levels are 1 to 22")
+    if bool(args.source) == bool(args.dataset):
+        raise BadInput("give the staging directory (--source) or a dataset.csv (--dataset)")
+    dataset = None
+    if args.dataset:
+        dataset, _notes = datasetio.load_dataset(args.dataset)
     vdir = names.vdir_of(names.check_dstdir(args.dstdir)) if args.dstdir else ""
-    est = estimate(Path(args.source), drives.parse_size(args.drive_size), args.level,
-                   drives.parse_size(args.sample), vdir)
+    est = estimate(Path(args.source or "/"), drives.parse_size(args.drive_size), args.level,
+                   drives.parse_size(args.sample), vdir, dataset)
     done = Outcome(EXIT_WARNING if est.skipped else EXIT_OK)  # warnings: prep would skip these
     if args.json:
         print(json.dumps(asdict(est), indent=2))
