@@ -32,7 +32,7 @@ from pipeline.errors import (
     OutOfDrives,
     PipelineError,
 )
-from pipeline.prep import scan
+from pipeline.prep import dataset, datasetio, scan
 from pipeline.prep.run import DrivePool, PrepConfig, run_prep
 from pipeline.prep.session import Session
 from pipeline.prep.write import DriveWriter, rewrite_index
@@ -55,6 +55,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          help="staging directory to copy (not needed with --resume)")
     p.add_argument("--dstdir", metavar="CONTAINER/VDIR/",
                    help="container and virtual directory the files import into")
+    p.add_argument("--dataset", metavar="FILE",
+                   help="WAImportExport v2 dataset.csv: many directories and files, each with "
+                   "its container, blob type, disposition, metadata and properties "
+                   "(instead of --source/--dstdir)")
+    p.add_argument("--driveset", metavar="FILE",
+                   help="WAImportExport v2 driveset.csv: the drives (block device or image "
+                   "path in its first column), as --drive does")
+    p.add_argument("--additional-driveset", metavar="FILE",
+                   help="with --resume: more drives from a driveset.csv (/AdditionalDriveSet)")
     p.add_argument("--journal-dir", required=True, metavar="JDIR",
                    help="where the per-drive journals live (never on a target drive)")
     p.add_argument("--session-id", required=True, metavar="ID",
@@ -112,8 +121,57 @@ def _rewrite_stale_indexes(pool: DrivePool) -> list[str]:
     return problems
 
 
+def _dataset(args: argparse.Namespace, journals: list[journal.Journal]
+             ) -> list[datasetio.Source] | None:
+    """The session's dataset: from --dataset when it begins, kept beside the journals for
+    --resume (which must not give another); None for a --source/--dstdir session."""
+    if args.dataset and (args.source or args.dstdir):
+        raise BadInput("--dataset replaces --source and --dstdir; give one or the other")
+    if journals:
+        if args.dataset:
+            raise BadInput(f"--dataset: session {args.session_id} keeps the dataset it began "
+                           "with; leave --dataset out when resuming")
+        saved = datasetio.load_saved(args.journal_dir, args.session_id)
+        if saved is None and journals[0].session.srcdir == "/":
+            raise BadInput(f"{datasetio.saved_path(args.journal_dir, args.session_id)} is "
+                           "missing: the session's dataset is kept there; restore it from a "
+                           "copy of the journal directory")
+        return saved
+    if not args.dataset:
+        return None
+    sources, notes = datasetio.load_dataset(args.dataset)
+    for note in notes:
+        print(f"pipeline prep: note: {note}", file=sys.stderr)
+    return sources
+
+
+def _drives_of(args: argparse.Namespace) -> tuple[list[str], bool, dict[str, str]]:
+    """(--drive and the driveset's drives, whether all driveset rows said SilentMode,
+    the existing keys of AlreadyEncrypted drives by path)."""
+    paths = list(args.drive)
+    silent, keys = True, {}
+    for flag in ("driveset", "additional_driveset"):
+        name = getattr(args, flag, None)
+        if not name:
+            continue
+        if flag == "additional_driveset" and not args.resume:
+            raise BadInput("--additional-driveset adds drives to a session: use it with --resume")
+        try:
+            with open(name, "rb") as f:
+                data = f.read(dataset.MAX_INPUT_BYTES + 1)
+        except OSError as e:
+            raise BadInput(f"--{flag.replace('_', '-')} {name}: {e.strerror}") from None
+        for row in dataset.parse_driveset(data, name):
+            paths.append(row.path)
+            silent = silent and row.silent
+            if not row.encrypt:
+                keys[str(Path(row.path).resolve())] = row.existing_key
+    return paths, silent and bool(paths), keys
+
+
 def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepConfig:
     session = journals[0].session if journals else None
+    sources = _dataset(args, journals)
 
     def pick(name: str, given: Any, default: Any) -> Any:
         recorded = getattr(session, name) if session else None
@@ -122,10 +180,17 @@ def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepCo
                            f"{recorded}; leave it out when resuming")
         return given if given is not None else (recorded if recorded is not None else default)
 
-    srcdir = pick("srcdir", str(Path(args.source).resolve()) if args.source else None, None)
+    srcdir = pick("srcdir", str(Path(args.source).resolve()) if args.source else None,
+                  "/" if sources else None)
     if srcdir is None:
-        raise BadInput("--source is required: the staging directory to copy")
+        raise BadInput("--source is required: the staging directory to copy (or --dataset)")
     dstdir_arg = names.check_dstdir(args.dstdir) if args.dstdir else None
+    if sources and session is None:  # the superblock's dstdir: a container of the dataset's
+        dstdir_arg = next((s.container + "/" for s in sources
+                           if names.container_problem(s.container) is None), None)
+        if dstdir_arg is None:
+            raise BadInput(f"--dataset {args.dataset}: every row goes to $root; this version "
+                           "needs one row into a named container")
     dstdir = pick("dstdir", dstdir_arg, None)
     if dstdir is None:
         raise BadInput("--dstdir is required: CONTAINER/VIRTUAL/DIR/ in the storage account")
@@ -142,11 +207,13 @@ def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepCo
     threads = args.threads or os.cpu_count() or 2
     if threads < 1:
         raise BadInput("--threads must be at least 1")
+    paths, silent, keys = _drives_of(args)
     return PrepConfig(
         srcdir=Path(srcdir), dstdir=dstdir, jdir=Path(args.journal_dir),
-        session_id=args.session_id, drives=args.drive,
+        session_id=args.session_id, drives=paths,
         drive_size=drives.parse_size(args.drive_size) if args.drive_size else None,
-        yes=args.yes, blob_type=format.BlobType(blob_type), level=level,
+        yes=args.yes or silent, blob_type=format.BlobType(blob_type), level=level,
+        dataset=sources, existing_keys=keys,
         fill=pick("fill", args.fill, "sequential"), operator_secret=secret,
         kdf=_options.kdf_from_args(args), cpu_threads=threads,
         memory=drives.parse_size(args.memory))
@@ -208,7 +275,13 @@ def _preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
         if real in known:
             continue
         size = cfg.drive_size if not Path(path).exists() else None
-        drives.check_target(path, size=size, staging=cfg.srcdir, confirmed=cfg.yes)
+        if real in cfg.existing_keys:  # AlreadyEncrypted: opened, never formatted
+            continue
+        if cfg.dataset is None:
+            drives.check_target(path, size=size, staging=cfg.srcdir, confirmed=cfg.yes)
+        for s in cfg.dataset or ():
+            staging = s.base if s.is_dir else os.path.dirname(s.base)
+            drives.check_target(path, size=size, staging=staging, confirmed=cfg.yes)
 
 
 def keys_command(journals: list[journal.Journal]) -> str:
@@ -458,12 +531,18 @@ async def run(args: argparse.Namespace) -> Outcome:
         raise BadInput("give at least one --drive (block device or image file)")
     renderer = progress.make_renderer(args.json)
     stats = progress.Stats()
-    counted = cfg.blob_type is format.BlobType.PAGE
-    if counted:
+    counted = cfg.blob_type is format.BlobType.PAGE or cfg.dataset is not None
+    if cfg.dataset is not None:  # checked when loaded; counted here for progress and ETA
+        for src, _, _ in datasetio.walk(cfg.dataset):
+            stats.files_total += 1
+            stats.bytes_total += src.size
+    elif counted:
         _prescan(cfg, stats)
     else:
         scan.scan(cfg.srcdir)  # a missing or unreadable staging root stops prep here
     _preflight(cfg, journals)
+    if cfg.dataset is not None and not journals:  # before the first journal: --resume needs it
+        datasetio.save(cfg.jdir, cfg.session_id, cfg.dataset)
     renderer.start("prep", session_id=cfg.session_id, srcdir=str(cfg.srcdir),
                    files=stats.files_total if counted else None,
                    bytes=stats.bytes_total if counted else None, fill=cfg.fill)

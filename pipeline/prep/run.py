@@ -53,7 +53,7 @@ async def run_prep(cfg: PrepConfig, session: Session, pool: DrivePool, stats: St
     raw_tx, raw_rx = trio.open_memory_channel[RawExtent](depth)
     # A bundle holds up to ~4 MiB (a worker call's output), a raw extent 1 MiB.
     packed_tx, packed_rx = trio.open_memory_channel[Bundle](max(2, depth // 4))
-    plan = feedwire.Plan(str(cfg.srcdir), cfg.level, session.planner)
+    plan = feedwire.Plan(str(cfg.srcdir), cfg.level, session.planner, cfg.dataset)
 
     async def read_input(packed: trio.MemorySendChannel[Bundle]) -> None:
         """The feeder and the large-file readers, under ``stop``: what a first Ctrl-C ends."""
