@@ -93,7 +93,10 @@ FORBIDDEN = {  # room -> rooms it must never import
     "prep": {"receive", "commands", "backup", "jobs"},
     "jobs": {"volume", "drive", "prep", "receive", "commands", "backup"},
     "backup": {"prep", "receive", "commands", "jobs"},  # volume: its KDF (luks2's Argon2)
+    "cluster": {"commands", "backup", "jobs"},  # beside prep/receive; only commands import it
 }
+for _room in ("drive", "volume", "storage", "receive", "prep", "jobs", "backup"):
+    FORBIDDEN[_room] = FORBIDDEN[_room] | {"cluster"}
 # Sideways imports a room may make: backup reads a source file (holes, zero runs) with the
 # reader prep uses, rather than a second one.
 ALLOWED = {("backup", "pipeline.prep.read")}
