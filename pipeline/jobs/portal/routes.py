@@ -49,7 +49,7 @@ from pipeline.jobs.model import Job, JobRef
 from pipeline.jobs.portal import copylogs, forms, lifecycle, sessions, site, tokens, wizard
 from pipeline.jobs.portal.sessions import OWNER, SITE
 from pipeline.jobs.portal.web import HERE, Ctx, Portal, SecurityHeaders, job_url, safe_next
-from pipeline.jobs.rules import JobState, Role
+from pipeline.jobs.rules import MAX_DRIVES, JobState, Role
 
 PAGE_SIZE = 50
 SIGNIN_REFUSALS = 1000   # refused sign-ins kept for the GET after the redirect
@@ -205,6 +205,14 @@ def _ship_form(ctx: Ctx, job: Job, carriers: tuple[str, ...] | list[str]
                             "trackingNumber": values["trackingNumber"],
                             "driveCount": len(job.drives), "shipDate": values["shipDate"]},
         "state": JobState.SHIPPING.value}
+    if job.is_export:  # empty drives: the customer says how many
+        values["driveCount"] = ctx.field("driveCount")
+        count = values["driveCount"].strip()
+        if not (count.isascii() and count.isdigit() and 1 <= int(count) <= MAX_DRIVES):
+            errors["driveCount"] = (f"Empty drives: give how many are in the package, 1 to "
+                                    f"{MAX_DRIVES}")
+        else:
+            props["deliveryPackage"]["driveCount"] = int(count)
     if "returnAddress" not in job.details:
         address = {k: ctx.field(k) for k in forms.ADDRESS_KEYS}
         values.update(address)

@@ -1,5 +1,9 @@
 """The create-job wizard, in the seed's steps: drives, contact, job name, region, return shipping.
 
+The first step chooses the direction: an import job (its drive list from `pipeline
+journal export`) or an export job (the blobs to bring back: paths and prefixes, one a
+line, or a blob list file in the account; the customer ships empty drives).
+
 The draft lives in the owner's session (server memory), never in hidden form
 fields: its drive list carries the recovery passwords, which no page but the
 keys page may show.  Each step is checked when posted, by the same code the
@@ -104,6 +108,9 @@ def job_body(portal_regions: Mapping[str, Any], subscription_id: str,
         "logLevel": details.get("logLevel", "Error"), "backupDriveManifest": False,
         "driveList": draft.get("drives", []),
     }
+    if "export" in draft:  # the customer ships empty drives; the site lists them
+        props.update(jobType="Export", export=draft["export"])
+        props.pop("driveList")
     if "contact" in draft:
         props["returnAddress"] = dict(draft["contact"])
     if "carrier" in draft:
@@ -274,14 +281,45 @@ def _next(ctx: Ctx, after: str) -> Response:
     return ctx.redirect(f"/portal/new/{target}")
 
 
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _post_export(ctx: Ctx, draft: dict[str, Any]) -> Response:
+    """The export choice: blob paths and prefixes (one a line), or a blob list file."""
+    url = "/portal/new/drives"
+    typed = {k: ctx.field(k) for k in ("blobPathPrefix", "blobPath", "blobListBlobPath")}
+    listed = typed["blobListBlobPath"].strip()
+    blobs = {k: _lines(typed[k]) for k in ("blobPath", "blobPathPrefix") if _lines(typed[k])}
+    if listed and blobs:
+        return ctx.fail(url, {**typed, "jobType": "Export"}, {
+            "blobListBlobPath": "Give the blobs one way: paths and prefixes, or a blob list "
+                                "file, not both"})
+    export = {"blobListBlobPath": listed} if listed else {"blobList": blobs}
+    try:
+        _probe(ctx, {**draft, "drives": [], "export": export})
+    except BadRequest as exc:
+        errors = field_errors(exc, {"properties.export.blobList.blobPathPrefix":
+                                    "blobPathPrefix",
+                                    "properties.export.blobList.blobPath": "blobPath",
+                                    "properties.export.blobListBlobPath": "blobListBlobPath",
+                                    "properties.export.blobList": "blobPathPrefix"})
+        return ctx.fail(url, {**typed, "jobType": "Export"}, errors)
+    draft.setdefault("id", secrets.token_urlsafe(12))
+    draft.update(drives=[], export=export, drives_source="export")
+    return _next(ctx, "drives")
+
+
 def _post_drives(ctx: Ctx, draft: dict[str, Any]) -> Response:
     url = "/portal/new/drives"
+    if ctx.field("jobType") == "Export":
+        return _post_export(ctx, draft)
     upload, text = ctx.file("drivelist"), ctx.field("drivelist_text")
     if upload is not None and text:
         return ctx.fail(url, {}, {"drivelist": "Give the drive list once: upload the file or "
                                   "paste it, not both"})
     if upload is None and not text:
-        if draft.get("drives"):  # "Next" with nothing new keeps the drives already given
+        if draft.get("drives") and "export" not in draft:  # "Next": keep the drives given
             return _next(ctx, "drives")
         return ctx.fail(url, {}, {"drivelist": "Upload the file `pipeline journal export` "
                                   "wrote, or paste its content"})
@@ -294,6 +332,7 @@ def _post_drives(ctx: Ctx, draft: dict[str, Any]) -> Response:
         # never refill the text area: what was pasted holds recovery passwords
         return ctx.fail(url, {}, {"drivelist": forms.plain(str(exc))})
     draft.setdefault("id", secrets.token_urlsafe(12))
+    draft.pop("export", None)
     draft["drives"] = drives
     draft["drives_source"] = source
     for warning in drives_in_use(ctx, [d["driveId"] for d in drives]):
@@ -409,8 +448,8 @@ def _post_review(ctx: Ctx, draft: dict[str, Any]) -> Response:
     except BadRequest as exc:
         return ctx.fail("/portal/new/review", {}, {"_form": forms.plain(str(exc))})
     _finish(ctx, job_url(job), job.ref.name)
-    ctx.flash(f"Job {job.ref.name} created. Ship the drives to the address below, then enter "
-              "the carrier and tracking number.")
+    ctx.flash(f"Job {job.ref.name} created. Ship the {'empty ' if job.is_export else ''}"
+              "drives to the address below, then enter the carrier and tracking number.")
     return ctx.redirect(job_url(job))
 
 
