@@ -17,7 +17,7 @@ hands out the drives.  Channel depths follow ``PrepConfig.depth`` (``config``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -34,17 +34,22 @@ __all__ = ["DrivePool", "DriveWriter", "PrepConfig", "rewrite_index", "run_prep"
            "write_all", "write_drive"]
 
 OnEvent = Callable[[str, str], None]
+# Another source than the staging directory (export's blobs, ``blobsource``): it sends raw
+# extents and bundles on clones of the two channels, and closes its clones when done.
+Feed = Callable[[trio.MemorySendChannel[RawExtent], trio.MemorySendChannel[Bundle]],
+                Awaitable[None]]
 
 
 async def run_prep(cfg: PrepConfig, session: Session, pool: DrivePool, stats: Stats,
                    on_skip: OnEvent, on_changed: OnEvent,
                    on_full: Callable[[DriveWriter], None],
-                   stop: trio.CancelScope | None = None) -> None:
+                   stop: trio.CancelScope | None = None, feed: Feed | None = None) -> None:
     """Run the whole pipeline into ``pool``'s drives (the pool keeps drives and passwords).
 
     Cancelling ``stop`` ends the input side only (Ctrl-C, once): the feeder and
     the readers stop and close their channels, everything already read is
-    packed, written and committed, and the drives are closed cleanly.
+    packed, written and committed, and the drives are closed cleanly.  ``feed``
+    replaces the feeder and the large-file readers (the staging directory) as the source.
     """
     io = trio.CapacityLimiter(cfg.readers)  # staging reads of large files
     journal_io = trio.CapacityLimiter(1)  # marking superseded files, one message at a time
@@ -59,6 +64,9 @@ async def run_prep(cfg: PrepConfig, session: Session, pool: DrivePool, stats: St
         """The feeder and the large-file readers, under ``stop``: what a first Ctrl-C ends."""
         async with raw_tx, packed:  # closed even if ``stop`` was cancelled before this began
             with stop or trio.CancelScope():
+                if feed is not None:
+                    await feed(raw_tx.clone(), packed.clone())
+                    return
                 # jobs_tx and jobs_rx close as the body ends: each task closes its own clones
                 async with trio.open_nursery() as nursery, jobs_tx, jobs_rx:
                     nursery.start_soon(source.run, plan, session, jobs_tx.clone(),
