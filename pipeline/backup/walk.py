@@ -182,14 +182,17 @@ class ParentTree:
     def __init__(self, nodes: Iterator[fmt.Node] | None) -> None:
         self._nodes = nodes
         self._cur: fmt.Node | None = None
+        self._key: tuple[bytes, ...] = ()     # the walk-order key of _cur
         self._advance()
 
     def _advance(self) -> None:
         self._cur = next(self._nodes, None) if self._nodes is not None else None
+        if self._cur is not None:
+            self._key = fmt.path_key(self._cur.path)
 
     def find(self, path: str) -> fmt.Node | None:
         key = fmt.path_key(path)
-        while self._cur is not None and fmt.path_key(self._cur.path) < key:
+        while self._cur is not None and self._key < key:
             self._advance()
         if self._cur is not None and self._cur.path == path:
             return self._cur
