@@ -351,3 +351,29 @@ def test_version_1_drives_stay_readable_and_version_2_is_known() -> None:
     import dataclasses
     sb2 = dataclasses.replace(sb1, version=fmt.ATTRS_VERSION)
     assert fmt.decode_superblock(fmt.encode_superblock(sb2)).version == 2
+
+
+def _file_record(body: bytes) -> bytes:
+    """A FileEntry record around ``body`` with a valid checksum: what a hostile drive can
+    write, since the checksum only says the bytes are the ones written."""
+    import xxhash
+    head = struct.pack("<BI", 1, len(body)) + body
+    return head + struct.pack("<I", xxhash.xxh32_intdigest(head))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=80))
+def test_hostile_attrs_are_corrupt_record_only(tail: bytes) -> None:
+    """Any bytes after the blob name, checksum intact: attributes or CorruptRecord, and
+    attributes only when every rule holds."""
+    body = struct.pack("<QQqI", 1, 1, 0, 0) + b"\x01\x00p" + b"\x05\x00c1x/p" + tail
+    rec = _file_record(body)
+    for decode in (fmt.decode_records, lambda b: fmt.decode_extent_rows(b)[0]):
+        try:
+            out = decode(rec)
+        except fmt.CorruptRecord:
+            continue
+        if out:
+            (e,) = out
+            assert (e.attrs is None) == (not tail)
+            assert e.attrs is None or fmt.encode_attrs(e.attrs) == tail

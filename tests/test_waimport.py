@@ -132,6 +132,17 @@ def test_drives_are_version_2_and_the_old_path_still_writes_version_1(tmp_path: 
         _, key = drives.unlock(drive, vol, jrn.recovery_password.encode())
         sb = drives.read_superblock(drive, drives.DriveCipher.for_volume(vol, key))
     assert sb.version == fmt.ATTRS_VERSION
+    run_cli("verify", "--journal-dir", str(tmp_path / "j"), "--session-id", "wa1", check_code=0)
+    # Without the journal: the closing index carries the attributes as the journal does.
+    pw = tmp_path / "pw"
+    pw.write_text(jrn.recovery_password)
+    acct = tmp_path / "acct-index"
+    acct.mkdir()
+    run_cli("import", "--drive", str(tmp_path / "d1.img"), "--recovery-password-file", str(pw),
+            "--to", str(acct), "--log-dir", str(tmp_path / "logs-index"), check_code=0)
+    disk = LocalStorage(acct).get_attributes("vhds", "disks/d.vhd")
+    assert (disk.blob_type, disk.metadata) == (fmt.BlobType.PAGE, {"Kind": "disk"})
+    assert LocalStorage(acct).get_attributes("photos", "v1/sub/b.txt").metadata["Owner"] == "ops"
     # --source/--dstdir, the one-row shorthand: version 1 as before, imported as before.
     old = tmp_path / "old"
     (old / "d").mkdir(parents=True)
