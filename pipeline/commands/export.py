@@ -295,8 +295,6 @@ async def run_site(args: argparse.Namespace) -> Outcome:
         await progress.with_progress(run.renderer, run.stats, run.run)
     except* OutOfDrives:
         full = True
-    run.renderer.update(run.stats, force=True)
-    run.renderer.close()
     incomplete = run.incomplete(full)
     uri = None
     if incomplete:
@@ -304,13 +302,21 @@ async def run_site(args: argparse.Namespace) -> Outcome:
     job = _record(svc, args.job, job, run.pool.journals if run.pool else [], uri)
     for j in run.journals:
         j.close()
-    print(f"job {args.job}: {job['properties']['state']}, "
-          f"{len(job['properties']['driveList'])} drive(s) written; next: "
-          f"{service_import.next_step(job['properties']['state'], args.job)}", file=sys.stderr)
+    state, written = job["properties"]["state"], len(job["properties"]["driveList"])
+    code, message = EXIT_OK, ""
     if incomplete:
-        return Outcome(EXIT_WARNING, f"{len(incomplete)} blob(s) not exported (first: "
-                       f"{incomplete[0][0]}: {incomplete[0][1]}); listed in {uri}")
-    return Outcome()
+        code, message = EXIT_WARNING, (f"{len(incomplete)} blob(s) not exported (first: "
+                                       f"{incomplete[0][0]}: {incomplete[0][1]}); listed "
+                                       f"in {uri}")
+    run.renderer.update(run.stats, force=True)
+    if args.json:
+        run.renderer.event("summary", **run.stats.statistics(), job_state=state,
+                           drives_written=written, incomplete_blob_list_uri=uri)
+        run.renderer.event("exit", code=code, message=message)
+    run.renderer.close()
+    print(f"job {args.job}: {state}, {written} drive(s) written; next: "
+          f"{service_import.next_step(state, args.job)}", file=sys.stderr)
+    return Outcome(code, message)
 
 
 @dataclass
