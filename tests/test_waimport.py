@@ -351,3 +351,21 @@ def test_preview_then_additional_driveset_on_resume(tmp_path: Path) -> None:
     proc = run_cli("preview", "--dataset", str(tmp_path / "root.csv"), "--drive-size", "64M",
                    check_code=2)
     assert "root.csv:2: DstBlobPathOrPrefix: $root" in proc.stderr
+
+
+def test_rename_takes_the_first_free_number(tmp_path: Path) -> None:
+    from pipeline.receive.disposition import renamed
+    assert [renamed(n, 2) for n in ("a.txt", "d/x.tar.gz", "d/.hidden", "noext", "d.v/f")] == [
+        "a (2).txt", "d/x.tar (2).gz", "d/.hidden (2)", "noext (2)", "d.v/f (2)"]
+    new = dispositions_dataset(tmp_path)
+    prep(tmp_path, session="dis1")
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    store = LocalStorage(acct)
+    store.ensure_container("cont")
+    for name in ("d/rename.txt", "d/rename (2).txt"):
+        store.put("cont", name, b"taken")
+    (p,) = import_(tmp_path, acct, "d1.img", session="dis1")
+    assert p.returncode == 0, p.stderr
+    assert store.get("cont", "d/rename (3).txt") == new["rename"]
+    assert store.get("cont", "d/rename (2).txt") == b"taken"

@@ -20,6 +20,7 @@ blob.  "Exists" means committed: a blob this session left partial is its own.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import trio
@@ -108,21 +109,37 @@ async def resolve(plan: DrivePlan, store: Storage, on_drive: dict[int, FileOnDri
         for f in m["files"]:
             earlier[f["file_id"]] = f["blob"]
             claimed.add(f["blob"])
-    containers = sorted({where(fd.entry, "", format.BlobType.BLOCK)[0]
-                         for fd in dataset.values()})
-    for c in containers:
-        await trio.to_thread.run_sync(store.ensure_container, c, limiter=net)
+    skips = await trio.to_thread.run_sync(_decide_all, store, dataset, earlier, claimed,
+                                          limiter=net)
+    for fid, why in skips.items():
+        fd = on_drive.pop(fid)
+        log.blob("skipped", fd.entry.blob, why, fd.entry.size, file_id=fid, **fd.note)
+
+
+def _decide_all(store: Storage, dataset: dict[int, FileOnDrive], earlier: dict[int, str],
+                claimed: set[str]) -> dict[int, str]:
+    """Every file's decision in one storage thread: the containers made, what is there
+    listed once per container (under the names' common directory), a blob's type asked only
+    when it exists.  Returns the skipped files and why."""
+    by_container: dict[str, list[str]] = {}
+    for fd in dataset.values():
+        c, name, _ = where(fd.entry, "", format.BlobType.BLOCK)
+        by_container.setdefault(c, []).append(name)
+    present: set[str] = set()
+    for c, blobs in sorted(by_container.items()):
+        store.ensure_container(c)
+        common = os.path.commonprefix(blobs)  # to a directory: "a (2).txt" is listed too
+        present.update(f"{c}/{b}" for b in store.list(c, common[:common.rfind("/") + 1]))
+    skips = {}
     for fid, fd in dataset.items():
-        skip = await trio.to_thread.run_sync(_decide, store, fd, earlier.get(fid), claimed,
-                                             limiter=net)
-        if skip is not None:
-            f = fd.entry
-            del on_drive[fid]
-            log.blob("skipped", f.blob, skip, f.size, file_id=fid, **fd.note)
+        why = _decide(store, fd, earlier.get(fid), claimed, present)
+        if why is not None:
+            skips[fid] = why
+    return skips
 
 
-def _decide(store: Storage, fd: FileOnDrive, earlier: str | None, claimed: set[str]
-            ) -> str | None:
+def _decide(store: Storage, fd: FileOnDrive, earlier: str | None, claimed: set[str],
+            present: set[str]) -> str | None:
     """Decide one file (a storage thread); the reason it is skipped, or None."""
     f = fd.entry
     attrs = f.attrs
@@ -137,20 +154,20 @@ def _decide(store: Storage, fd: FileOnDrive, earlier: str | None, claimed: set[s
             fd.entry = dataclasses.replace(f, blob=earlier)
         return None
     c, name, btype = where(f, "", format.BlobType.BLOCK)
-    have = store.get_attributes(c, name)
-    if have is None:
+    if f.blob not in present:
         note["action"] = "new"
     elif rule is Disposition.NO_OVERWRITE:
         note["action"] = "kept existing"
         return "no-overwrite: the blob exists already; the existing one is kept"
     elif rule is Disposition.OVERWRITE:
         note["action"] = "overwritten"
-        if have.blob_type is not btype:  # Azure cannot turn one type into the other in place
-            store.delete(c, name)
+        have = store.get_attributes(c, name)
+        if have is not None and have.blob_type is not btype:  # Azure cannot turn one type
+            store.delete(c, name)  # into the other in place
     else:
         for n in range(2, MAX_RENAMES + 2):
             candidate = renamed(name, n)
-            if f"{c}/{candidate}" not in claimed and store.size(c, candidate) is None:
+            if f"{c}/{candidate}" not in claimed and f"{c}/{candidate}" not in present:
                 break
         else:
             note["action"] = "not renamed"

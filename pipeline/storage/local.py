@@ -431,8 +431,15 @@ class LocalStorage:
                            else "BlockBlob", "metadata": dict(metadata), "properties": props},
                           indent=1).encode()
         final = self._attrs_path(container, blob)
-        self._makedirs(os.path.dirname(final))
-        self._replace(final, data, len(data))
+        self._ensure_dir(os.path.dirname(final))
+        # Renamed into place like a commit, and like a commit made durable by sync() (the
+        # importer's syncfs before its marker), not by an fsync per blob.
+        tmp = os.path.join(self.root, PARTIAL, PUT_TMP, uuid.uuid4().hex)
+        self._ensure_dir(os.path.dirname(tmp))
+        with open(tmp, "xb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
+            f.write(data)
+        os.replace(tmp, final)
 
     def get_attributes(self, container: str, blob: str) -> BlobInfo | None:
         """The blob's attributes; one without any (no dataset row gave it) has none."""
