@@ -369,3 +369,32 @@ def test_rename_takes_the_first_free_number(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert store.get("cont", "d/rename (3).txt") == new["rename"]
     assert store.get("cont", "d/rename (2).txt") == b"taken"
+
+
+@pytest.mark.parametrize("point", ["after_journal_create", "after_format", "after_pwrite"])
+def test_kill_9_then_resume_keeps_the_dataset(tmp_path: Path, point: str) -> None:
+    """prep --dataset killed (SIGKILL) before the drive is formatted, right after, or
+    between a segment's write and its sync: --resume needs no CSV (the session's kept
+    dataset), the drive ends up version 2, and the import has every attribute."""
+    want = inputs(tmp_path)
+    proc = run_cli("prep", "--dataset", str(tmp_path / "dataset.csv"), "--driveset",
+                   str(tmp_path / "driveset.csv"), "--journal-dir", str(tmp_path / "j"),
+                   "--session-id", "kill9", "--drive-size", "64M", *FAST_KDF_ARGS,
+                   env={"PIPELINE_CRASH_AT": f"{point}:1"})
+    assert proc.returncode == -9, (proc.returncode, proc.stderr)
+    (tmp_path / "dataset.csv").unlink()
+    (tmp_path / "meta.xml").unlink()
+    run_cli("prep", "--resume", "--journal-dir", str(tmp_path / "j"), "--session-id", "kill9",
+            *FAST_KDF_ARGS, check_code=0)
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    seqs = sorted(j.drive.seq for j in journal.session_journals(tmp_path / "j", "kill9"))
+    for p in import_(tmp_path, acct, *(f"d{s}.img" for s in seqs), session="kill9"):
+        assert p.returncode == 0, p.stderr
+    store = LocalStorage(acct)
+    for name, data in want.items():
+        container, blob = name.split("/", 1)
+        assert store.get(container, blob) == data
+    assert store.get_attributes("photos", "v1/a.bin").metadata == {"Owner": "ops",
+                                                                     "Project": "seed_19"}
+    assert store.get_attributes("vhds", "disks/d.vhd").blob_type is fmt.BlobType.PAGE
