@@ -169,3 +169,36 @@ def test_export_refusals(world: World) -> None:
     assert early.returncode != 0 and "Creating" in early.stderr
     assert not (world.base / "never.img").exists()
     assert os.listdir(world.base / "je") == [] if (world.base / "je").exists() else True
+
+
+def test_export_of_two_containers_one_session_each(world: World) -> None:
+    account = world.base / "account-multi"
+    blobs = make_account(account, 5, (2, 1))
+    for name, data in {"docs/a.txt": b"a" * 5000, "docs/deep/b.bin": bytes(range(256)) * 99,
+                       "docs2/c.txt": b"not exported"}.items():
+        (account / name).parent.mkdir(parents=True, exist_ok=True)
+        (account / name).write_bytes(data)
+        if not name.startswith("docs2"):
+            blobs[name] = data
+    made = world.jobs("create", "--job", "exp-multi", "--export", "--blob-prefix",
+                      "/photos/2024/", "--blob-path", "/photos/readme.txt", "--blob-prefix",
+                      "/docs/", "--location", "westeurope", "--storage-account", "acct",
+                      *RETURN)
+    assert "export job exp-multi created" in made.stdout
+    world.jobs("ship", "--job", "exp-multi", "--carrier", "DHL", "--tracking", "E-multi",
+               "--drive-count", "3")
+    world.site("site receive", "--job", "exp-multi")
+    images = [world.base / f"multi-{i}.img" for i in range(3)]
+    jdir = world.base / "jmulti"
+    args = ("export", "--job", "exp-multi", "--from", str(account), "--journal-dir",
+            str(jdir), "--drive-size", DRIVE_SIZE, *FAST_KDF_ARGS,
+            *[a for img in images for a in ("--drive", str(img))])
+    world.site(*args)
+    sessions = {p.name.rsplit("-drive", 1)[0] for p in jdir.iterdir()}
+    assert sessions == {"exp-multi-1", "exp-multi-2"}  # docs, photos: a session each
+    used = [img for img in images if img.exists()]
+    assert len(used) == 2  # one drive per container: a drive holds one session
+    world.site("site return", "--job", "exp-multi", "--tracking", "RET-MULTI")
+    target = world.base / "multi-restored"
+    unpack_all(world, "exp-multi", used, target)
+    assert_identical(target, blobs)

@@ -7,7 +7,8 @@ The site's run, with its site token, as for import::
     blob list (the job's export.blobList, or the blob export.blobListBlobPath names)
       -> select (prep/blobsource.py: list the prefixes, size every blob)
       -> prep's pipeline (prep/run.py with blobsource.feed as its source): the same
-         drive format, journals (session = the job's name) and spill over --drive
+         drive format, journals and spill over --drive; one session per container (the
+         job's name; NAME-1, NAME-2, ... when there are several), each on its own drives
     drives recorded on the job (with their recovery passwords, which the customer reads
     with listBitLockerKeys), Received -> Transferring -> Completed
     what did not fit or could not be read: a blob list in the account (Azure's XML,
@@ -229,45 +230,54 @@ def _located(args: argparse.Namespace) -> tuple[ServiceClient, dict[str, Any]]:
     return svc, job
 
 
-def _config(args: argparse.Namespace, store: Storage, container: str,
-            journals: list[journal.Journal]) -> PrepConfig:
+def _config(args: argparse.Namespace, store: Storage, container: str, session_id: str,
+            journals: list[journal.Journal], free: list[str]) -> PrepConfig:
     dstdir = f"{container}/"
     if journals and journals[0].session.dstdir != dstdir:
-        raise BadInput(f"the journals in {args.journal_dir} wrote container "
+        raise BadInput(f"the journals of {session_id} in {args.journal_dir} wrote container "
                        f"{journals[0].session.dstdir}, not {dstdir}; give this job's own "
                        "--journal-dir")
     threads = args.threads or os.cpu_count() or 2
     root = getattr(store, "root", None)  # a local account: no drive may lie inside it
     return PrepConfig(
         srcdir=Path(root or args.journal_dir).resolve(), dstdir=dstdir,
-        jdir=Path(args.journal_dir), session_id=args.job, drives=args.drive,
+        jdir=Path(args.journal_dir), session_id=session_id, drives=free,
         drive_size=drives.parse_size(args.drive_size) if args.drive_size else None,
         yes=args.yes, kdf=_options.kdf_from_args(args), cpu_threads=max(1, threads),
         memory=drives.parse_size(args.memory))
 
 
-def _journals(args: argparse.Namespace) -> list[journal.Journal]:
+def _sessions(args: argparse.Namespace, sel: blobsource.Selection
+              ) -> list[tuple[str, str, list[journal.Journal]]]:
+    """(container, session id, its journals so far) for each container of the export: a
+    drive holds one session, and a session one container (docs/FORMAT.md), so each
+    container is a session of its own, on drives of its own (the job's name, with -N
+    when the export spans several containers)."""
+    if not sel.blobs:
+        shown = "; ".join(f"{p}: {why}" for p, why in sel.missing[:3])
+        raise BadInput(f"none of job {args.job}'s blobs is in the account ({shown}); check "
+                       "--from")
     jdir = Path(args.journal_dir)
     try:
         jdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInput(f"cannot create journal directory {jdir}: {exc.strerror}") from None
-    journals = journal.session_journals(jdir, args.job)
-    if any(j.drive.state == "void" for j in journals):
-        raise BadInput(f"the export of job {args.job} in {jdir} was aborted; use a new "
-                       "--journal-dir")
-    return journals
+    containers = sel.containers
+    out = []
+    for i, container in enumerate(containers):
+        sid = args.job if len(containers) == 1 else f"{args.job}-{i + 1}"
+        journals = journal.session_journals(jdir, sid)
+        if any(j.drive.state == "void" for j in journals):
+            raise BadInput(f"the export of job {args.job} in {jdir} was aborted; use a new "
+                           "--journal-dir")
+        out.append((container, sid, journals))
+    return out
 
 
-def _container(sel: blobsource.Selection, paths: list[str], prefixes: list[str],
-               job: str) -> str:
-    containers = sel.containers or sorted(
-        {blobsource.split_path(p, "blob path")[0] for p in paths + prefixes})
-    if len(containers) != 1:
-        raise BadInput(f"job {job} names blobs in containers {', '.join(containers)}; a drive "
-                       "set holds one container here: ask the customer for one export job "
-                       "per container")
-    return containers[0]
+def _free(paths: list[str], others: list[journal.Journal]) -> list[str]:
+    """The --drive paths no other session of this export has written to."""
+    used = {str(Path(j.drive.path).resolve()) for j in others}
+    return [p for p in paths if str(Path(p).resolve()) not in used]
 
 
 async def run_site(args: argparse.Namespace) -> Outcome:
@@ -277,43 +287,62 @@ async def run_site(args: argparse.Namespace) -> Outcome:
     await trio.to_thread.run_sync(store.check)
     paths, prefixes = await trio.to_thread.run_sync(blob_list, store, job["properties"])
     sel = await trio.to_thread.run_sync(blobsource.select, store, paths, prefixes)
-    container = _container(sel, paths, prefixes, args.job)
-    journals = _journals(args)
-    cfg = _config(args, store, container, journals)
-    if not cfg.drives and not journals:
+    sessions = _sessions(args, sel)
+    every = [j for _, _, journals in sessions for j in journals]
+    if not args.drive and not every:
         raise BadInput("give at least one --drive: the customer's empty drives")
-    prep_cmd._preflight(cfg, journals)
+    first = _config(args, store, sessions[0][0], sessions[0][1], sessions[0][2],
+                    _free(args.drive, [j for j in every if j not in sessions[0][2]]))
+    prep_cmd._preflight(first, every)  # every new drive checked before the job moves
     if job["properties"]["state"] == "Received":
         job = service_import.site_call(args.job, svc.patch, args.job,
                                        {"properties": {"state": "Transferring"}})
-    run = _Export(cfg, journals, store, sel, progress.make_renderer(args.json))
-    run.stats.files_total, run.stats.bytes_total = len(sel.blobs), sel.total
-    run.renderer.start("export", session_id=cfg.session_id, job=args.job,
-                       files=len(sel.blobs), bytes=sel.total)
+    renderer, stats = progress.make_renderer(args.json), progress.Stats()
+    stats.files_total, stats.bytes_total = len(sel.blobs), sel.total
+    renderer.start("export", job=args.job, files=len(sel.blobs), bytes=sel.total,
+                   sessions=[sid for _, sid, _ in sessions])
+    runs: list[_Export] = []
     full = False
-    try:
-        await progress.with_progress(run.renderer, run.stats, run.run)
-    except* OutOfDrives:
-        full = True
-    incomplete = run.incomplete(full)
+    for container, sid, journals in sessions:
+        written = [j for r in runs for j in r.all_journals]
+        others = written + [j for _, s, js in sessions if s != sid for j in js]
+        cfg = _config(args, store, container, sid, journals, _free(args.drive, others))
+        run = _Export(cfg, journals, store, [b for b in sel.blobs if b.container == container],
+                      renderer, stats)
+        runs.append(run)
+        if full:
+            continue  # no drive left: this container's blobs are listed as not exported
+        try:
+            await progress.with_progress(renderer, stats, run.run)
+        except* OutOfDrives:
+            full = True
+    incomplete = list(sel.missing) + [x for r in runs for x in r.incomplete(full)]
+    return await _finish(args, svc, job, store, runs, incomplete, renderer, stats)
+
+
+async def _finish(args: argparse.Namespace, svc: ServiceClient, job: dict[str, Any],
+                  store: Storage, runs: list[_Export], incomplete: list[tuple[str, str]],
+                  renderer: progress.Renderer, stats: progress.Stats) -> Outcome:
+    """The drives onto the job, what was not exported into the account, the summary."""
     uri = None
     if incomplete:
         uri = await trio.to_thread.run_sync(_put_incomplete, store, args.job, incomplete)
-    job = _record(svc, args.job, job, run.pool.journals if run.pool else [], uri)
-    for j in run.journals:
-        j.close()
+    job = _record(svc, args.job, job, [j for r in runs for j in r.all_journals], uri)
+    for r in runs:
+        for j in r.all_journals:
+            j.close()
     state, written = job["properties"]["state"], len(job["properties"]["driveList"])
     code, message = EXIT_OK, ""
     if incomplete:
         code, message = EXIT_WARNING, (f"{len(incomplete)} blob(s) not exported (first: "
                                        f"{incomplete[0][0]}: {incomplete[0][1]}); listed "
                                        f"in {uri}")
-    run.renderer.update(run.stats, force=True)
+    renderer.update(stats, force=True)
     if args.json:
-        run.renderer.event("summary", **run.stats.statistics(), job_state=state,
-                           drives_written=written, incomplete_blob_list_uri=uri)
-        run.renderer.event("exit", code=code, message=message)
-    run.renderer.close()
+        renderer.event("summary", **stats.statistics(), job_state=state,
+                       drives_written=written, incomplete_blob_list_uri=uri)
+        renderer.event("exit", code=code, message=message)
+    renderer.close()
     print(f"job {args.job}: {state}, {written} drive(s) written; next: "
           f"{service_import.next_step(state, args.job)}", file=sys.stderr)
     return Outcome(code, message)
@@ -321,16 +350,22 @@ async def run_site(args: argparse.Namespace) -> Outcome:
 
 @dataclass
 class _Export:
+    """One container's session: prep's pipeline over its blobs, and what it left out."""
+
     cfg: PrepConfig
     journals: list[journal.Journal]
     store: Storage
-    sel: blobsource.Selection
+    blobs: list[blobsource.ExportBlob]
     renderer: progress.Renderer
+    stats: progress.Stats
     pool: DrivePool | None = None
 
     def __post_init__(self) -> None:
-        self.stats = progress.Stats()
         self.skipped: list[tuple[str, str]] = []
+
+    @property
+    def all_journals(self) -> list[journal.Journal]:
+        return self.pool.journals if self.pool else self.journals
 
     def on_skip(self, path: str, reason: str) -> None:
         self.skipped.append((path, reason))
@@ -338,8 +373,8 @@ class _Export:
 
     def on_full(self, writer: Any) -> None:
         info = writer.journal.drive
-        self.stats.drives[f"drive {info.seq}"].state = "full"
-        self.renderer.event("drive_full", seq=info.seq, path=info.path)
+        self.renderer.event("drive_full", seq=info.seq, path=info.path,
+                            session_id=self.cfg.session_id)
 
     async def run(self) -> None:
         cfg, stats = self.cfg, self.stats
@@ -348,20 +383,20 @@ class _Export:
         journal_io = trio.CapacityLimiter(1)
 
         async def feed(raw_tx: Any, packed_tx: Any) -> None:
-            await blobsource.feed(self.store, self.sel.blobs, session, raw_tx, packed_tx,
+            await blobsource.feed(self.store, self.blobs, session, raw_tx, packed_tx,
                                   cfg.readers, journal_io, stats, self.on_skip, self.on_skip)
 
         await run_prep(cfg, session, self.pool, stats, self.on_skip, self.on_skip,
                        self.on_full, feed=feed)
 
     def incomplete(self, full: bool) -> list[tuple[str, str]]:
-        """Every listed blob not wholly on the drives (the journals say), and why."""
-        out = list(self.sel.missing) + self.skipped
+        """Every blob of this session not wholly on its drives (the journals say), and why."""
+        out = list(self.skipped)
         named = {p for p, _ in out}
         committed = Session(self.cfg.srcdir, self.cfg.dstdir,
-                            self.pool.journals if self.pool else []).planner.committed
+                            self.all_journals).planner.committed
         why = "did not fit on the drives" if full else "not written"
-        for b in self.sel.blobs:
+        for b in self.blobs:
             c = committed.get(b.name)
             if b.path not in named and (c is None or c.size != b.size or len(c.offsets)
                                         < format.grid_cells(b.size)):
