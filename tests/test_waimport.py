@@ -273,6 +273,13 @@ def test_already_encrypted_drive_made_by_cryptsetup(tmp_path: Path) -> None:
     with drives.open_drive(image) as drive:
         vol = drives.read_volume(drive)
         drives.unlock(drive, vol, key.encode())  # the operator's key still opens it
+        header = hashlib.sha256(drive.pread(16384, 0)).hexdigest()
+    # The job's drive list: the volume's own id and key, its manifest and header hashes.
+    (entry,) = json.loads(run_cli("journal", "export", "--journal-dir", str(tmp_path / "j"),
+                                  "--session-id", "wa1", check_code=0).stdout)
+    assert (entry["driveId"], entry["bitLockerKey"], entry["driveHeaderHash"]) == (
+        uuid, key, header)
+    assert entry["manifestFile"].startswith("/index@") and len(entry["manifestHash"]) == 64
     acct = tmp_path / "acct"
     acct.mkdir()
     (p,) = import_(tmp_path, acct, "luks.img")
