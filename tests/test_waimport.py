@@ -405,3 +405,26 @@ def test_kill_9_then_resume_keeps_the_dataset(tmp_path: Path, point: str) -> Non
     assert store.get_attributes("photos", "v1/a.bin").metadata == {"Owner": "ops",
                                                                      "Project": "seed_19"}
     assert store.get_attributes("vhds", "disks/d.vhd").blob_type is fmt.BlobType.PAGE
+
+
+def test_already_encrypted_with_a_wrong_key_or_no_volume_is_exit_2(tmp_path: Path) -> None:
+    """Tried before any drive is touched: the other drive of the set stays unformatted."""
+    exe = require_tool("cryptsetup")
+    inputs(tmp_path)
+    image = tmp_path / "luks.img"
+    blank = tmp_path / "blank.img"
+    for p in (image, blank):
+        with open(p, "wb") as f:
+            f.truncate(64 * MiB)
+    (tmp_path / "key").write_text("right key")
+    subprocess.run([exe, "luksFormat", "--batch-mode", "--type", "luks2", "--sector-size",
+                    "4096", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+                    "--key-file", str(tmp_path / "key"), str(image)], check=True)
+    for target, why in ((image, "no keyslot opens with this ExistingBitLockerKey"),
+                        (blank, "holds no LUKS2 volume")):
+        (tmp_path / "enc.csv").write_text(
+            f"{DHEADER}\n{tmp_path}/d1.img,Format,SilentMode,Encrypt,\n"
+            f"{target},AlreadyFormatted,SilentMode,AlreadyEncrypted,wrong key\n")
+        proc = prep(tmp_path, driveset="enc.csv", code=2)
+        assert why in proc.stderr, proc.stderr
+        assert not (tmp_path / "d1.img").exists()

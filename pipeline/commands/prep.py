@@ -275,13 +275,26 @@ def _preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
         if real in known:
             continue
         size = cfg.drive_size if not Path(path).exists() else None
-        if real in cfg.existing_keys:  # AlreadyEncrypted: opened, never formatted
+        if real in cfg.existing_keys:  # AlreadyEncrypted: opened, never formatted; its key
+            _check_existing_key(path, cfg.existing_keys[real])  # tried before anything starts
             continue
         if cfg.dataset is None:
             drives.check_target(path, size=size, staging=cfg.srcdir, confirmed=cfg.yes)
         for s in cfg.dataset or ():
             staging = s.base if s.is_dir else os.path.dirname(s.base)
             drives.check_target(path, size=size, staging=staging, confirmed=cfg.yes)
+
+
+def _check_existing_key(path: str, key: str) -> None:
+    """An AlreadyEncrypted drive must be a LUKS2 volume its ExistingBitLockerKey opens."""
+    with drives.open_drive(path) as drive:
+        try:
+            volume = drives.read_volume(drive)
+        except errors.IntegrityError as exc:
+            raise BadInput(f"{path}: the driveset says AlreadyEncrypted, but it holds no LUKS2 "
+                           f"volume ({exc}); say Format,...,Encrypt to have it formatted"
+                           ) from None
+        drives.unlock(drive, volume, key.encode(), "ExistingBitLockerKey (driveset.csv)")
 
 
 def keys_command(journals: list[journal.Journal]) -> str:
