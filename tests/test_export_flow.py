@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import EXIT_OK
+from pipeline.errors import EXIT_OK, EXIT_REFUSED
 from tests import jobservice
 from tests.conftest import FAST_KDF_ARGS, run_cli
 
@@ -200,5 +200,15 @@ def test_export_of_two_containers_one_session_each(world: World) -> None:
     assert len(used) == 2  # one drive per container: a drive holds one session
     world.site("site return", "--job", "exp-multi", "--tracking", "RET-MULTI")
     target = world.base / "multi-restored"
-    unpack_all(world, "exp-multi", used, target)
+    # the keys straight from the job, matched by volume id; both drives, last first
+    run_cli("unpack", *[a for img in reversed(used) for a in ("--drive", str(img))],
+            "--publish-settings", str(world.settings), "--service", world.svc.url,
+            "--job", "exp-multi", "--target", str(target), check_code=0)
     assert_identical(target, blobs)
+    other = world.base / "stranger.img"
+    run_cli("drive", "format", str(other), "--drive-size", "32M", *FAST_KDF_ARGS,
+            check_code=0)
+    stranger = run_cli("unpack", "--drive", str(other),
+                       "--publish-settings", str(world.settings), "--service", world.svc.url,
+                       "--job", "exp-multi", "--target", str(target))
+    assert stranger.returncode == EXIT_REFUSED and "not a drive of this job" in stranger.stderr

@@ -20,6 +20,7 @@ from pipeline.errors import (
     IntegrityError,
     Outcome,
 )
+from pipeline.jobs.client import ServiceClient
 from pipeline.receive import unpack
 
 EXITS = (EXIT_INTEGRITY, EXIT_REFUSED, EXIT_INCOMPLETE, EXIT_NO_SPACE)
@@ -43,10 +44,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the drives' journals (their passwords and records)")
     g.add_argument("--passphrase-file", metavar="FILE", help="the operator passphrase (slot 1)")
     g.add_argument("--key-file", metavar="FILE", help="the operator key file (slot 1)")
+    g.add_argument("--publish-settings", metavar="FILE",
+                   help="with --job: each drive's recovery password from the job "
+                   "(listBitLockerKeys), matched by the drive's volume id")
+    p.add_argument("--job", metavar="NAME", help="the export job (with --publish-settings)")
+    p.add_argument("--service", metavar="URL",
+                   help="the service (default: the URL in the publish settings)")
+    p.add_argument("--resource-group", metavar="NAME", help="the job's resource group")
+    p.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
     p.add_argument("--log-dir", metavar="DIR",
                    help=f"where the copy logs go (default TARGET/{unpack.STATE_DIR})")
     p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
     p.set_defaults(func=run)
+
+
+def _job_keys(args: argparse.Namespace) -> dict[str, str]:
+    """driveId (the volume id) -> recovery password, from the job (listBitLockerKeys)."""
+    if not args.job:
+        raise BadInput("--publish-settings needs --job NAME: the job whose drives these are")
+    client = ServiceClient.from_file(args.publish_settings, url=args.service,
+                                     resource_group=args.resource_group, ca_file=args.ca_file)
+    return {k["driveId"]: k["bitLockerKey"] for k in client.keys(args.job)}
 
 
 async def run(args: argparse.Namespace) -> Outcome:
@@ -63,8 +81,9 @@ async def run(args: argparse.Namespace) -> Outcome:
     if args.journal_dir and not journals:
         raise BadInput(f"no journals in {args.journal_dir}; check --journal-dir")
     secret = None if journals else _options.unlock_secret(args)
+    keys = _job_keys(args) if args.publish_settings else None
     try:
-        opened = unpack.open_drives(args.drive, secret, journals)
+        opened = unpack.open_drives(args.drive, secret, journals, keys)
         try:
             stats = progress.Stats(
                 files_total=sum(len(p.files) for _, p in opened),

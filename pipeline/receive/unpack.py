@@ -104,11 +104,22 @@ def _journal_for(journals: Sequence[journal.Journal], path: str) -> journal.Jour
                   "pass the journal directory of its session, or its recovery password")
 
 
+def _job_key(path: str, keys: dict[str, str]) -> credentials.Secret:
+    """A drive's recovery password from its job's keys, by its volume id (the driveId)."""
+    with drives.open_drive(path) as d:
+        uuid = drives.read_volume(d).uuid
+    if uuid not in keys:
+        raise Refused(f"{path} (volume {uuid}) is not a drive of this job; its drives are "
+                      f"{', '.join(sorted(keys)) or 'none yet'}")
+    return credentials.Secret(keys[uuid].encode(), "recovery password")
+
+
 def open_drives(paths: Sequence[str], secret: credentials.Secret | None,
-                journals: Sequence[journal.Journal]
+                journals: Sequence[journal.Journal], keys: dict[str, str] | None = None
                 ) -> list[tuple[driveread.UnlockedDrive, importer.DrivePlan]]:
     """Every drive unlocked and planned (names checked) before anything is written; the
-    journal's key and records when there is a journal, else ``secret``."""
+    journal's key and records when there is a journal, else the job's key for it
+    (``keys``: driveId -> recovery password), else ``secret``."""
     opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     try:
         for path in paths:
@@ -118,8 +129,9 @@ def open_drives(paths: Sequence[str], secret: credentials.Secret | None,
                                             "recovery password", expected_uuid=jrn.drive.uuid,
                                             recorded=driveread.recorded_superblock(jrn))
             else:
-                assert secret is not None
-                od = driveread.unlock_drive(path, secret.value, secret.kind)
+                key = _job_key(path, keys) if keys is not None else secret
+                assert key is not None
+                od = driveread.unlock_drive(path, key.value, key.kind)
             try:
                 plan = importer.plan_drive(od, jrn)
                 importer.check_names(plan)
