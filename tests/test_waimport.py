@@ -29,13 +29,14 @@ def md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
-def inputs(tmp: Path) -> dict[str, bytes]:
+def inputs(tmp: Path, disk_size: int = 3 * 4096) -> dict[str, bytes]:
     """A directory row and a single-file row into two containers, page + block blobs, with
-    metadata and properties files (no Content-MD5: import computes it)."""
+    metadata and properties files (no Content-MD5: import computes it).  A ``disk_size``
+    over a 64M drive's 48 MiB makes the page blob span both drives of the set."""
     src = tmp / "src"
     (src / "photos" / "sub").mkdir(parents=True)
     files = {"photos/a.bin": os.urandom(3000), "photos/big.bin": os.urandom(MiB + 4096),
-             "photos/sub/b.txt": b"hello\n", "disk.vhd": os.urandom(3 * 4096)}
+             "photos/sub/b.txt": b"hello\n", "disk.vhd": os.urandom(disk_size)}
     for rel, data in files.items():
         (src / rel).write_bytes(data)
     (tmp / "meta.xml").write_text('<?xml version="1.0" encoding="UTF-8"?>\n<Metadata>\n'
@@ -86,8 +87,8 @@ def blob_lines(tmp: Path, session: str, seqs: tuple[int, ...]) -> list[dict]:
 
 
 def test_dataset_round_trip_on_a_local_account(tmp_path: Path) -> None:
-    want = inputs(tmp_path)
-    proc = prep(tmp_path, "--fill", "parallel")
+    want = inputs(tmp_path, disk_size=50 * MiB)
+    proc = prep(tmp_path)
     assert "Etag is set by the service; ignored" in proc.stderr
     acct = tmp_path / "acct"
     acct.mkdir()
@@ -112,8 +113,15 @@ def test_dataset_round_trip_on_a_local_account(tmp_path: Path) -> None:
                    "properties": {"Content-MD5": md5(want["vhds/disks/d.vhd"])}}
     lines = blob_lines(tmp_path, "wa1", (1, 2))
     assert sorted(x["blob"] for x in lines if x["status"] == "ok") == sorted(want)
-    assert all(x["action"] == "new" and x["disposition"] in ("rename", "overwrite")
-               for x in lines if x["status"] == "ok")
+    # The page blob spans both drives: the first one's import leaves it waiting.
+    first = {x["blob"]: x for x in blob_lines(tmp_path, "wa1", (1,))}
+    assert first["vhds/disks/d.vhd"]["status"] == "skipped"
+    assert "continues on another drive" in first["vhds/disks/d.vhd"]["reason"]
+    ok = {x["blob"]: (x["disposition"], x["action"]) for x in lines if x["status"] == "ok"}
+    assert ok == {"photos/v1/a.bin": ("rename", "new"), "photos/v1/big.bin": ("rename", "new"),
+                  "photos/v1/sub/b.txt": ("rename", "new"),
+                  # decided by drive 1's import, which delivered its first part
+                  "vhds/disks/d.vhd": ("overwrite", "as decided before")}
     # Importing both drives again changes nothing.
     before = {p: p.stat().st_mtime_ns for p in acct.rglob("*") if p.is_file()
               and "waimportexport" not in p.parts}
