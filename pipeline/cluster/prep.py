@@ -80,6 +80,10 @@ def _open_plan(args: argparse.Namespace, described: dict[str, dict[str, Any]]
     jdir = Path(args.journal_dir)
     if args.resume:
         plan = cluster_plan.load(jdir, args.session_id)
+        given = str(Path(args.source).resolve()) if args.source else plan.srcdir
+        if given != plan.srcdir:
+            raise BadInput(f"--source {args.source} differs from the session's {plan.srcdir}; "
+                           "leave it out when resuming")
         missing = [w.name for w in plan.workers if w.name not in described]
         if missing:
             raise BadInput(f"worker(s) {', '.join(missing)} of session {args.session_id} are "

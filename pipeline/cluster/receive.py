@@ -25,6 +25,7 @@ from pipeline.cluster import receive_remote
 from pipeline.errors import BadInput, Incomplete, IntegrityError, Interrupted, Outcome
 from pipeline.receive import importer
 from pipeline.receive.verify import DriveReport
+from pipeline.storage import open_storage
 
 
 def _assign(journals: list[journal.Journal], described: dict[str, dict[str, Any]]
@@ -117,9 +118,10 @@ async def import_run(args: argparse.Namespace) -> Outcome:
         stats = progress.Stats(files_total=sum(j.live_totals()[0] for j in journals),
                                bytes_total=sum(j.live_totals()[1] for j in journals))
         renderer = progress.make_renderer(args.json)
-        renderer.start("import", drives=[j.drive.uuid for j in journals], storage=store_spec
-                       if "://" not in store_spec else "(account)", files=stats.files_total,
-                       bytes=stats.bytes_total)
+        store = open_storage(store_spec)  # checked here first; its name holds no secret
+        store.check()
+        renderer.start("import", drives=[j.drive.uuid for j in journals], storage=store.name,
+                       files=stats.files_total, bytes=stats.bytes_total)
         done = await progress.with_progress(renderer, stats, lambda: import_all(
             args.cluster, journals, store_spec, log_dir, renderer, stats))
     finally:
