@@ -10,9 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.jobs import service
+from pipeline import names
+from pipeline.jobs import rules, service
 from pipeline.jobs.catalog import Catalog
+from pipeline.jobs.errors import BadRequest
 from tests import jobservice
 from tests.test_jobs_api import Account, error, new_account
 
@@ -153,3 +157,21 @@ async def test_an_empty_export_cannot_pack(client: httpx.AsyncClient, alice: Acc
         assert r.status_code == 200, r.text
     r = await client.patch(url, json={"properties": {"state": "Packaging"}}, headers=site)
     assert "no drive has been written" in error(r, 409, "InvalidStateTransition")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=80), st.text(alphabet="/abc.-\\\x00 é", max_size=30),
+                 st.integers(), st.none()), st.booleans())
+def test_check_blob_path_refuses_with_400_or_accepts_a_valid_name(value: Any,
+                                                                  prefix: bool) -> None:
+    """Hostile input: a BadRequest naming the field, never another exception; an accepted
+    path names a valid container and (a whole path) a valid blob."""
+    try:
+        got = rules.check_blob_path(value, "properties.export.blobList.blobPath[0]",
+                                    prefix=prefix)
+    except BadRequest as exc:
+        assert str(exc).startswith("properties.export.blobList.blobPath[0] ")
+        return
+    container, _, blob = got[1:].partition("/")
+    assert names.container_problem(container) is None
+    assert prefix or names.blob_problem(blob) is None

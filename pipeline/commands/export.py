@@ -29,7 +29,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 import trio
 
@@ -406,10 +405,10 @@ class _Export:
 
 def _put_incomplete(store: Storage, job: str, incomplete: list[tuple[str, str]]) -> str:
     """The blobs not exported, as Azure's blob list (a new export job can name it)."""
-    body = "".join(f"  <BlobPath>{escape(p)}</BlobPath>\n" for p, _ in incomplete)
     name = importer.state_name(job, INCOMPLETE_LIST)
     store.ensure_container(importer.STATE_CONTAINER)
-    store.put(importer.STATE_CONTAINER, name, f"<BlobList>\n{body}</BlobList>\n".encode())
+    store.put(importer.STATE_CONTAINER, name,
+              blobsource.format_blob_list([p for p, _ in incomplete]))
     return service_import.log_uri(store, importer.STATE_CONTAINER, name)
 
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from xml.etree import ElementTree
+from xml.sax.saxutils import escape
 
 import trio
 
@@ -35,7 +36,8 @@ from pipeline.prep.session import FileJob, Session
 from pipeline.progress import Stats
 from pipeline.storage.base import Storage
 
-__all__ = ["ExportBlob", "Selection", "feed", "parse_blob_list", "select", "split_path"]
+__all__ = ["ExportBlob", "Selection", "feed", "format_blob_list", "parse_blob_list", "select",
+           "split_path"]
 
 OnEvent = Callable[[str, str], None]
 AHEAD = 1024  # blobs planned ahead of the readers
@@ -135,6 +137,13 @@ def parse_blob_list(data: bytes) -> tuple[list[str], list[str]]:
             raise BadInput(f"the blob list holds <{child.tag[:40]}>; only <BlobPath> and "
                            "<BlobPathPrefix> belong in it")
     return paths, prefixes
+
+
+def format_blob_list(paths: Sequence[str], prefixes: Sequence[str] = ()) -> bytes:
+    """(paths, prefixes) -> Azure's blob list file: ``parse_blob_list``'s inverse."""
+    rows = [f"  <BlobPath>{escape(p)}</BlobPath>\n" for p in paths]
+    rows += [f"  <BlobPathPrefix>{escape(p)}</BlobPathPrefix>\n" for p in prefixes]
+    return f"<BlobList>\n{''.join(rows)}</BlobList>\n".encode()
 
 
 async def feed(store: Storage, blobs: Sequence[ExportBlob], session: Session,
