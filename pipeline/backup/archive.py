@@ -121,7 +121,7 @@ async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
     warnings = _Warnings(warn)
     read = Read(repo, str(source), stats, trio.CapacityLimiter(opts.readers),
                 warnings.from_thread)
-    tree = Tree(repo, ahead)
+    tree = Tree(repo, ahead, stats)
     upload = Upload(repo, trio.CapacityLimiter(opts.uploaders), stats)
     nodes_tx, nodes_rx = trio.open_memory_channel[NodeBatch](opts.depth)
     done_tx, done_rx = trio.open_memory_channel[ReadBatch](opts.depth)
@@ -129,7 +129,7 @@ async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
     sealed_tx, sealed_rx = trio.open_memory_channel[list[SealedChunk]](opts.depth)
     packs_tx, packs_rx = trio.open_memory_channel[Pack](1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(walk.run, source, old, nodes_tx, ahead, warnings.from_thread)
+        nursery.start_soon(walk.run, source, old, nodes_tx, ahead, warnings.from_thread, stats)
         async with nodes_rx, done_tx, raw_tx, raw_rx, sealed_tx, packs_rx:  # clones only
             for _ in range(opts.readers):
                 nursery.start_soon(read.run, nodes_rx.clone(), done_tx.clone(), raw_tx.clone())

@@ -72,17 +72,25 @@ class Read:
 
     def _read_files(self, nodes: list[fmt.Node],
                     out: trio.MemorySendChannel[list[Chunk]]) -> set[int]:
-        """In a worker thread: read ``nodes``; returns the ids of those that could not be."""
+        """In a worker thread: read ``nodes``; returns the ids of those that could not be.
+        Its time less its waits to hand chunks over: ``busy["read"]``."""
         pending: list[Piece] = []
         size = files = 0
         gone: set[int] = set()
+        started, waited = self.stats.timer(), 0.0
+
+        def deliver(pieces: list[Piece], n: int) -> None:
+            nonlocal waited
+            t = self.stats.timer()
+            trio.from_thread.run(self._deliver, pieces, n, out)
+            waited += self.stats.timer() - t
 
         def piece(cid: bytes | None, data: bytes | memoryview | None, n: int) -> None:
             nonlocal size, files
             pending.append(Piece(cid, data, n))
             size += n if data is not None else 0
             if size >= DELIVER_BYTES or len(pending) >= DELIVER_COUNT:
-                trio.from_thread.run(self._deliver, pending.copy(), files, out)
+                deliver(pending.copy(), files)
                 pending.clear()
                 size = files = 0
 
@@ -91,7 +99,8 @@ class Read:
                 files += 1
             else:
                 gone.add(id(node))
-        trio.from_thread.run(self._deliver, pending, files, out)
+        deliver(pending, files)
+        self.stats.add_busy("read", self.stats.timer() - started - waited)
         return gone
 
     async def _deliver(self, pieces: list[Piece], files: int,

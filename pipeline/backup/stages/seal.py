@@ -16,10 +16,11 @@ from pipeline.progress import Stats
 SEAL_BYTES = 4 << 20              # chunks a sealing thread takes at once, when waiting
 
 
-def seal(crypto: Crypto, batch: list[Chunk], level: int) -> list[SealedChunk]:
-    """In a worker thread: seal every chunk of ``batch``."""
-    return [SealedChunk(c.kind, c.id, crypto.seal_chunk(c.kind, c.id, c.data, level),
-                        len(c.data)) for c in batch]
+def seal(crypto: Crypto, batch: list[Chunk], level: int, stats: Stats) -> list[SealedChunk]:
+    """In a worker thread: seal every chunk of ``batch`` (its time: ``busy["seal"]``)."""
+    with stats.timed("seal"):
+        return [SealedChunk(c.kind, c.id, crypto.seal_chunk(c.kind, c.id, c.data, level),
+                            len(c.data)) for c in batch]
 
 
 async def run(rx: trio.MemoryReceiveChannel[list[Chunk]],
@@ -36,6 +37,7 @@ async def run(rx: trio.MemoryReceiveChannel[list[Chunk]],
                     break
                 batch += more
                 size += sum(len(c.data) for c in more)
-            sealed = await trio.to_thread.run_sync(seal, crypto, batch, level, limiter=cpu)
+            sealed = await trio.to_thread.run_sync(seal, crypto, batch, level, stats,
+                                                   limiter=cpu)
             stats.bytes_stored += sum(len(s.sealed[0]) + len(s.sealed[1]) for s in sealed)
             await out.send(sealed)

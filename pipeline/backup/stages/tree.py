@@ -13,13 +13,14 @@ import trio
 from pipeline.backup import encoding as fmt
 from pipeline.backup.repo import Repository
 from pipeline.backup.stages.messages import Chunk, ReadBatch
+from pipeline.progress import Stats
 
 
 class Tree:
     """The snapshot's tree as it is cut, and its totals (files, dirs, bytes)."""
 
-    def __init__(self, repo: Repository, ahead: trio.Semaphore) -> None:
-        self.repo, self.ahead = repo, ahead
+    def __init__(self, repo: Repository, ahead: trio.Semaphore, stats: Stats) -> None:
+        self.repo, self.ahead, self.stats = repo, ahead, stats
         self.ids: list[bytes] = []          # tree chunks, in order: the manifest's tree
         self.files = 0
         self.dirs = 0
@@ -38,9 +39,13 @@ class Tree:
                     nodes = waiting.pop(next_seq)
                     next_seq += 1
                     self.ahead.release()
-                    for n in nodes:
-                        self._count(n)
-                        await self._emit(cutter.add(n.encode()), out)
+                    with self.stats.timed("tree"):     # encoding, not the waits to send
+                        cut = []
+                        for n in nodes:
+                            self._count(n)
+                            cut.append(cutter.add(n.encode()))
+                    for chunk in cut:
+                        await self._emit(chunk, out)
             await self._emit(cutter.finish(), out)
 
     def _count(self, n: fmt.Node) -> None:

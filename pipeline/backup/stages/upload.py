@@ -20,13 +20,17 @@ class Upload:
         self.repo, self.net, self.stats = repo, net, stats
         self.packs = 0
 
+    def _put(self, pack: Pack) -> None:
+        """In a worker thread: store one pack (its time: ``busy["upload"]``)."""
+        with self.stats.timed("upload"):
+            self.repo.backend.put(pack.name, pack.data)
+
     async def run(self, rx: trio.MemoryReceiveChannel[Pack]) -> None:
         """One upload task: each pack from ``rx`` stored, then indexed; closes ``rx``."""
         repo = self.repo
         async with rx:
             async for pack in rx:
-                await trio.to_thread.run_sync(repo.backend.put, pack.name, pack.data,
-                                              limiter=self.net)
+                await trio.to_thread.run_sync(self._put, pack, limiter=self.net)
                 self.stats.bytes_written += len(pack.data)
                 self.packs += 1
                 batch = repo.packed(pack)      # indexed only once the pack is stored

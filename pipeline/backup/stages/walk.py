@@ -17,6 +17,7 @@ import trio
 from pipeline.backup import encoding as fmt
 from pipeline.backup.stages.messages import NodeBatch, Walked
 from pipeline.backup.walk import ParentTree, Warn, unchanged, walk
+from pipeline.progress import Stats
 
 BATCH_NODES = 512                 # nodes per walk batch
 BATCH_BYTES = 32 << 20            # or file bytes to read per walk batch
@@ -24,12 +25,18 @@ BATCH_BYTES = 32 << 20            # or file bytes to read per walk batch
 
 async def run(source: Path, parent: Iterator[fmt.Node] | None,
               tx: trio.MemorySendChannel[NodeBatch], ahead: trio.Semaphore,
-              warn: Warn) -> None:
+              warn: Warn, stats: Stats) -> None:
     """Walk ``source`` in a thread; ``parent`` is the parent snapshot's tree, read lazily
-    in that thread; ``warn`` must be callable from it.  Closes ``tx`` at the end."""
+    in that thread; ``warn`` must be callable from it.  Closes ``tx`` at the end.  The
+    thread's time less its waits for the next stages: ``busy["walk"]``."""
+    waited = 0.0
+
     async def send(batch: NodeBatch) -> None:
+        nonlocal waited
+        t = stats.timer()
         await ahead.acquire()                      # released by the tree stage
         await tx.send(batch)
+        waited += stats.timer() - t
 
     def sync() -> None:
         old = ParentTree(parent)
@@ -57,4 +64,6 @@ async def run(source: Path, parent: Iterator[fmt.Node] | None,
             trio.from_thread.run(send, NodeBatch(seq, batch))
 
     async with tx:
+        started = stats.timer()
         await trio.to_thread.run_sync(sync)
+        stats.add_busy("walk", stats.timer() - started - waited)
