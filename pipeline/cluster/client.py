@@ -24,6 +24,7 @@ from pipeline.cluster.worker import RESOURCE_PREFIX, resource
 from pipeline.errors import BadInput, PipelineError
 
 POLL = 0.2  # seconds between looks at the tasks and at who is still connected
+LOST_AFTER = 2.0  # a worker missing from the scheduler this long is lost (one look may race)
 
 
 class WorkerFailed(PipelineError):
@@ -134,15 +135,19 @@ class Cluster:
         results: dict[str, Any] = {}
         lost: list[str] = []
         pending = dict(futures)
+        missing_since: dict[str, float] = {}
         while pending and not self.stopping.is_set():
             for name, fut in list(pending.items()):
                 if fut.done():
                     results[name] = fut.result()
                     del pending[name]
-            there = self.present()
-            for name in [n for n in pending if n not in there]:
-                pending.pop(name).cancel()
-                lost.append(name)
+            there, now = self.present(), time.monotonic()
+            for name in list(pending):
+                if name in there:
+                    missing_since.pop(name, None)
+                elif now - missing_since.setdefault(name, now) >= LOST_AFTER:
+                    pending.pop(name).cancel()
+                    lost.append(name)
             time.sleep(POLL)
         return results, lost
 
