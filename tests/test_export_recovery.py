@@ -137,3 +137,18 @@ def test_a_damaged_drive_unpacks_the_rest_and_names_the_damage(world: World) -> 
     fixed = _repair(world, "exp-dmg", account, target)
     assert "fetched: /photos/2024/raw/img-0.bin: missing" in fixed.stdout
     assert_identical(target, blobs)
+
+
+def test_a_full_drive_is_on_the_job_before_the_next_is_formatted(world: World) -> None:
+    account = world.base / "acct-fill"
+    make_account(account, 6, (14, 12))
+    create_and_ship(world, "exp-fill", 2)
+    images = [world.base / f"fill-{i}.img" for i in range(2)]
+    died = _export(world, "exp-fill", account, world.base / "jfill", images, code=None,
+                   env={"PIPELINE_CRASH_AT": "after_journal_create:2"})
+    assert died.returncode == -signal.SIGKILL, (died.returncode, died.stderr)
+    job = ServiceClient.from_file(str(world.settings), url=world.svc.url).get("exp-fill")
+    [first] = job["properties"]["driveList"]  # drive 1 filled; drive 2 never formatted
+    assert job["properties"]["state"] == "Transferring" and first["state"] == "Received"
+    keys = json.loads(world.jobs("keys", "--job", "exp-fill", "--json").stdout)
+    assert [k["driveId"] for k in keys] == [first["driveId"]]

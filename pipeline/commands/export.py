@@ -22,10 +22,12 @@ the job's state what was recorded.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from pipeline.errors import (
     IntegrityError,
     Outcome,
     OutOfDrives,
+    PipelineError,
 )
 from pipeline.jobs.client import ServiceClient
 from pipeline.prep import blobsource
@@ -307,7 +310,7 @@ async def run_site(args: argparse.Namespace) -> Outcome:
         others = written + [j for _, s, js in sessions if s != sid for j in js]
         cfg = _config(args, store, container, sid, journals, _free(args.drive, others))
         run = _Export(cfg, journals, store, [b for b in sel.blobs if b.container == container],
-                      renderer, stats)
+                      renderer, stats, functools.partial(_record_full, svc, args.job))
         runs.append(run)
         if full:
             continue  # no drive left: this container's blobs are listed as not exported
@@ -357,6 +360,7 @@ class _Export:
     blobs: list[blobsource.ExportBlob]
     renderer: progress.Renderer
     stats: progress.Stats
+    record: Callable[[journal.Journal], str | None] | None = None  # a drive that filled
     pool: DrivePool | None = None
 
     def __post_init__(self) -> None:
@@ -371,9 +375,18 @@ class _Export:
         self.renderer.event("warning", message=f"skipped {path}: {reason}")
 
     def on_full(self, writer: Any) -> None:
+        """A drive is full (and closed): it goes on the job now, before the next drive is
+        formatted, so the customer sees it and its key while the export goes on.  One
+        request per filled drive, in the Trio thread on purpose: that order is what a crash
+        leaves behind, and a drive takes hours to fill; a refusal is a warning (the end of
+        the run records every drive again)."""
         info = writer.journal.drive
         self.renderer.event("drive_full", seq=info.seq, path=info.path,
                             session_id=self.cfg.session_id)
+        if self.record is not None:
+            problem = self.record(writer.journal)
+            if problem:
+                self.renderer.event("warning", message=problem)
 
     async def run(self) -> None:
         cfg, stats = self.cfg, self.stats
@@ -403,6 +416,19 @@ class _Export:
         return out
 
 
+def _record_full(svc: ServiceClient, name: str, jrn: journal.Journal) -> str | None:
+    """A filled drive onto the job (Received, with its recovery password); None, or why
+    it could not be recorded now."""
+    entry = journal.drive_list([jrn])[0]
+    try:
+        service_import.site_call(name, svc.patch, name, {"properties": {"driveList": [
+            {**entry, "state": "Received"}]}})
+    except PipelineError as exc:
+        return f"drive {jrn.drive.seq} is full but not yet on job {name} ({exc}); the end " \
+               "of the export records it"
+    return None
+
+
 def _put_incomplete(store: Storage, job: str, incomplete: list[tuple[str, str]]) -> str:
     """The blobs not exported, as Azure's blob list (a new export job can name it)."""
     name = importer.state_name(job, INCOMPLETE_LIST)
@@ -419,6 +445,7 @@ def _record(svc: ServiceClient, name: str, job: dict[str, Any],
     def patch(props: dict[str, Any]) -> dict[str, Any]:
         return service_import.site_call(name, svc.patch, name, {"properties": props})
 
+    job = svc.get(name)  # as it is now: the drives that filled are on it already
     known = {d["driveId"]: d for d in job["properties"].get("driveList", [])}
     written = [j for j in sorted(journals, key=lambda j: j.drive.seq)
                if j.drive.state in ("closed", "full")]
