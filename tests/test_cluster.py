@@ -22,6 +22,7 @@ import pytest
 
 from pipeline import journal
 from pipeline.cluster import plan as cluster_plan
+from pipeline.volume import luks2
 from tests.conftest import FAST_KDF_ARGS, ROOT, require_root, run_cli
 from tests.drivedata import make_tree, read_tree
 
@@ -180,6 +181,32 @@ def test_prep_verify_import_on_two_workers(tmp_path: Path,
     assert progress and progress[-1]["bytes_read"] == summary["bytes_read"]
     check_session(tmp_path)
     round_trip(tmp_path, src, address)
+    damaged_drive_is_named(tmp_path, address)
+
+
+def damaged_drive_is_named(tmp: Path, address: str) -> None:
+    """Bytes flipped on w2's drive: verify --cluster names the file (exit 4), and import
+    --cluster into a fresh account writes the rest and names it corrupt (exit 4)."""
+    j = journal.Journal.open(journal.journal_path(tmp / "journals", "clu-1", 101))
+    _, offset, length = j.segments()[0]  # the first data segment, in the data area
+    j.close()
+    with open(tmp / "w2-a.img", "r+b") as f:  # the middle of its payload
+        f.seek(luks2.DATA_OFFSET + offset + length // 2)
+        flipped = bytes(b ^ 0xFF for b in f.read(64))
+        f.seek(-64, os.SEEK_CUR)
+        f.write(flipped)
+    jdir = str(tmp / "journals")
+    out = cli("verify", "--cluster", address, "--journal-dir", jdir, check_code=4)
+    assert "drive 101 (" in out.stdout and "DAMAGED" in out.stdout, out.stdout
+    assert "drive 1 (" in out.stdout and ": ok:" in out.stdout
+    fresh, logs = tmp / "store2", tmp / "logs2"
+    fresh.mkdir()
+    out = cli("import", "--cluster", address, "--journal-dir", jdir, "--to", str(fresh),
+              "--log-dir", str(logs), check_code=4)
+    assert "corrupt or missing" in out.stderr
+    lines = [json.loads(x) for x in (logs / "copylog-clu-1-drive101.jsonl").read_text()
+             .splitlines()]
+    assert any(x.get("status") == "corrupt" for x in lines)
 
 
 def test_worker_killed_mid_prep_resumes_on_its_drives(
