@@ -221,9 +221,20 @@ def _versus_figures(size: int, samples: dict[str, dict[str, list[measure.Sample]
                    "peak_rss_mib": round(max(s.peak_rss for s in by[side]) / MiB, 1)}
             for side in by}
         rows[key].update(ratio=round(ratio, 2), ratio_without_kdf=round(ratio_net, 2),
-                         goal=RESTIC_GOALS[key], ok=ratio_net >= RESTIC_GOALS[key])
+                         goal=RESTIC_GOALS[key], ok=ratio_net >= RESTIC_GOALS[key],
+                         ours_busy_s=_busy(by["ours"]))
     return {"bytes": size, "runs": runs, "cache": cache, "restic": _restic_version(),
             "kdf_s": {k: [round(x, 3) for x in v] for k, v in kdf.items()}, "rows": rows}
+
+
+def _busy(samples: list[measure.Sample]) -> dict[str, float]:
+    """Our stages' busy seconds (the --json summary's ``busy_s``), median over the runs."""
+    runs: list[dict[str, float]] = []
+    for sample in samples:
+        busy = _summary(sample).get("busy_s")
+        runs.append({str(k): float(v) for k, v in busy.items()} if isinstance(busy, dict) else {})
+    stages = sorted({k for r in runs for k in r})
+    return {k: round(statistics.median(r.get(k, 0.0) for r in runs), 3) for k in stages}
 
 
 def _restic_version() -> str:
@@ -254,6 +265,8 @@ def format_versus(result: dict[str, Any]) -> str:
         lines.append(f"  {key}: ours {r['ratio']:.2f}x restic, {r['ratio_without_kdf']:.2f}x "
                      f"with each side's KDF taken off; goal >= {r['goal']}x: "
                      f"{'PASS' if r['ok'] else 'FAIL'}")
+        lines.append("  ours, busy s by stage (threads add up): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in r["ours_busy_s"].items()))
     return "\n".join(lines)
 
 
