@@ -118,13 +118,24 @@ def test_wizard_export_job_page_and_keys(world: World, browser: Browser) -> None
     page.click("button:has-text('Mark as shipped')")
     expect(page.locator("h1 .state")).to_have_text("Shipping")
 
-    # the site receives the empty drives and writes one (as `pipeline export` records it)
+    # the site marks the package of empty drives received, in its own portal session
+    site_context = browser.new_context(base_url=world.url)
+    spage = site_context.new_page()
+    spage.goto("/portal/signin")
+    spage.fill("#f-token", world.site_token)
+    spage.click("form:has(#f-token) button[type=submit]")
+    spage.goto(f"/portal/site/jobs/{world.sub}/{group}/restore-photos")
+    spage.click("button:has-text('The empty drives arrived')")
+    expect(spage.locator("main")).to_contain_text("package of empty drives arrived")
+    spage.click("button:has-text('Mark the job Received')")
+    expect(spage.locator("h1 .state")).to_have_text("Received")
+    expect(spage.locator(".flash")).to_contain_text("write them with pipeline export")
+    site_context.close()
+    # pipeline export writes a drive and records it (as its _record_full does)
     drive = jobservice.drive_list(1, prefix="written")[0]
-    for body in ({"state": "Received"}, {"state": "Transferring", "driveList": [
-            {**drive, "state": "Received"}]}):
-        r = httpx.patch(f"{world.url}{job_path}?api-version={V}", json={"properties": body},
-                        headers=site)
-        assert r.status_code == 200, r.text
+    r = httpx.patch(f"{world.url}{job_path}?api-version={V}", headers=site, json={
+        "properties": {"state": "Transferring", "driveList": [{**drive, "state": "Received"}]}})
+    assert r.status_code == 200, r.text
     page.reload()
     expect(page.locator("h2:has-text('Drives written')")).to_be_visible()
     expect(page.locator("table.drives tbody tr")).to_have_count(1)

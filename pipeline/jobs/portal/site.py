@@ -120,7 +120,11 @@ def mark(ctx: Ctx) -> Response:
     url = site_job_url(job)
     allowed = lifecycle.marks(job, ctx.portal.regions)
     problem = None
-    if value not in lifecycle.MARKS:
+    package = job.is_export and not chosen and value == DriveState.RECEIVED.value
+    if package:  # an export's empty drives: the package arrived, the job is Received
+        if job.state != JobState.SHIPPING:
+            problem = f"job {job.ref.name} is {job.state}, not Shipping"
+    elif value not in lifecycle.MARKS:
         problem = "choose Received or NeverReceived"
     elif not chosen:
         problem = "tick the drives to mark first"
@@ -136,12 +140,16 @@ def mark(ctx: Ctx) -> Response:
         return ctx.render("confirm_mark.html", status=400, job=job, problem=problem,
                           mark=value, drives=[], after=job.state)
     target = DriveState(value)
-    body = lifecycle.mark_body(job, target, chosen)
+    body = (lifecycle.mark_body(job, target, chosen) if not package
+            else {"properties": {"state": JobState.RECEIVED.value}})
     after = JobState(body["properties"].get("state", job.state))
     if ctx.request.method == "GET":
         return ctx.render("confirm_mark.html", job=job, problem=None, mark=target.value,
                           drives=chosen, after=after)
     n = len(chosen)
+    if package:
+        return _apply(ctx, job, body, "The empty drives arrived; job {job.ref.name} is "
+                      "{job.state}: write them with pipeline export.")
     return _apply(ctx, job, body, f"Marked {n} drive{'s' if n != 1 else ''} {target.value}; "
                   "job {job.ref.name} is {job.state}.")
 
