@@ -176,9 +176,9 @@ def _dataset_row(line: int, r: dict[str, str], at: str) -> tuple[DatasetRow | No
                         "path")
     is_dir = base.endswith(("/", "\\"))  # a Windows directory too: one complaint, not two
     dst = r["DstBlobPathOrPrefix"].replace("\\", "/") if r["DstBlobPathOrPrefix"] else ""
-    container, _, rest = dst.partition("/")
+    container, sep, rest = dst.partition("/")
     why = None
-    if not dst or not _:
+    if not dst or not sep:
         why = ("empty; give container/virtual/dir/" if not dst else
                f"{names.show(dst)} names no container; give container/...")
     elif container != ROOT_CONTAINER and names.container_problem(container):

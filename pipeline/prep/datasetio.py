@@ -16,6 +16,7 @@ The checked sources are kept beside the journals (``SESSION.dataset.json``), so
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import stat
@@ -30,6 +31,7 @@ from pipeline.drive.format import BlobType
 from pipeline.errors import BadInput
 from pipeline.prep import scan
 from pipeline.prep.dataset import (
+    MAX_INPUT_BYTES,
     ROOT_CONTAINER,
     DatasetProblems,
     DatasetRow,
@@ -61,7 +63,7 @@ class Source:
 def _read(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            return f.read(64 << 20 + 1)
+            return f.read(MAX_INPUT_BYTES + 1)  # more is refused by the parser, named
     except OSError as e:
         raise DatasetProblems(path, [f"{what}: cannot read {path}: {e.strerror}"]) from None
 
@@ -129,20 +131,37 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[list[Source], list[str]]
     return sources, notes
 
 
+MAX_PROBLEMS = 100  # lines of one kind before the rest are left unsaid
+
+
+def _nested(items: list[tuple[str, bool, Source]]) -> Iterator[tuple[Source, Source]]:
+    """Pairs (a, b) of distinct sources where a's key is a prefix (``True``: a directory's)
+    of b's, or both keys are equal: sorted once and bisected, not every pair compared."""
+    items = sorted(items, key=lambda x: (x[0], x[2].line))
+    keys = [k for k, _, _ in items]
+    for i, (key, is_prefix, a) in enumerate(items):
+        j = bisect.bisect_left(keys, key) if is_prefix else i + 1
+        while j < len(items) and (keys[j].startswith(key) if is_prefix else keys[j] == key):
+            if items[j][2] is not a:
+                yield a, items[j][2]
+            j += 1
+
+
 def _nested_problems(sources: list[Source], where: str) -> list[str]:
     """A file under two rows' BasePaths would be copied twice under one drive path."""
     problems = []
-    for a in sources:
-        for b in sources:
-            if a is not b and a.is_dir and b.base.startswith(a.base) and (
-                    b.base != a.base or b.line > a.line):
-                problems.append(f"{where}:{b.line}: BasePath: {names.show(b.base)} lies in "
-                                f"line {a.line}'s {names.show(a.base)}; its files would be "
-                                "copied twice: give each file one row")
-            elif a is not b and not a.is_dir and not b.is_dir and a.base == b.base \
-                    and b.line > a.line:
-                problems.append(f"{where}:{b.line}: BasePath: {names.show(b.base)} is line "
-                                f"{a.line}'s too; give each file one row")
+    for a, b in _nested([(s.base, s.is_dir, s) for s in sources]):
+        if b.base == a.base and b.line < a.line:
+            continue  # said once, at the later line
+        if a.is_dir:
+            problems.append(f"{where}:{b.line}: BasePath: {names.show(b.base)} lies in line "
+                            f"{a.line}'s {names.show(a.base)}; its files would be copied "
+                            "twice: give each file one row")
+        else:
+            problems.append(f"{where}:{b.line}: BasePath: {names.show(b.base)} is line "
+                            f"{a.line}'s too; give each file one row")
+        if len(problems) >= MAX_PROBLEMS:
+            break
     return problems
 
 
@@ -178,10 +197,9 @@ def walk(sources: list[Source], on_skip: Callable[[str, str], None] | None = Non
 def _walk_problems(sources: list[Source], where: str) -> list[str]:
     """Page-blob sizes, and two rows writing one blob (only rows whose destinations nest
     can: only their names are kept)."""
-    nested = {s.line for s in sources for t in sources if s is not t and s.container ==
-              t.container and t.is_dir and s.blob.startswith(t.blob)}
-    nested |= {t.line for s in sources for t in sources if s is not t and s.container ==
-               t.container and t.is_dir and s.blob.startswith(t.blob)}
+    nested: set[int] = set()
+    for a, b in _nested([(s.blob, s.is_dir, s) for s in sources]):
+        nested.update((a.line, b.line))
     problems: list[str] = []
     seen: dict[str, int] = {}
     by_line = {s.line: s for s in sources}
@@ -200,7 +218,7 @@ def _walk_problems(sources: list[Source], where: str) -> list[str]:
                     problems.append(f"{where}:{s.line}: DstBlobPathOrPrefix: /{f.path} would be "
                                     f"blob {names.show(blob)}, which line {first} writes too "
                                     f"({names.show(by_line[first].base)})")
-            if len(problems) >= 100:
+            if len(problems) >= MAX_PROBLEMS:
                 return problems
     return problems
 
