@@ -95,6 +95,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--resume", action="store_true", help="continue the session from its journals")
     m.add_argument("--abort", action="store_true", help="end the session; its drives become void")
     _options.add_kdf_arguments(p)
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="prep on the Dask cluster at this scheduler: every `pipeline worker` "
+                   "preps a shard onto its own drives (docs/SCALE.md)")
     p.set_defaults(func=run)
 
 
@@ -538,6 +541,9 @@ async def run(args: argparse.Namespace) -> Outcome:
     drives.check_session_id(args.session_id)
     if args.abort:
         return _abort(args)
+    if getattr(args, "cluster", None):  # the cluster's own path: pipeline/cluster/prep.py
+        from pipeline.cluster import prep as cluster_prep
+        return await cluster_prep.run(args, _options.kdf_from_args(args))
     journals = _open_session(args)
     cfg = _config(args, journals)
     if not cfg.drives and not args.resume:
