@@ -377,3 +377,18 @@ def test_hostile_attrs_are_corrupt_record_only(tail: bytes) -> None:
             (e,) = out
             assert (e.attrs is None) == (not tail)
             assert e.attrs is None or fmt.encode_attrs(e.attrs) == tail
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.sampled_from("ab"), min_size=1, max_size=3),
+                          st.booleans()), max_size=12))
+def test_overlapping_rows_are_every_nested_pair(rows: list) -> None:
+    """``datasetio._nested`` (sorted and bisected) finds exactly the pairs comparing every
+    row with every other finds."""
+    from pipeline.prep.datasetio import Source, _nested
+    srcs = [Source(i + 2, "/" + "/".join(parts) + ("/" if d else ""), d, "c1x/x",
+                   BlobAttrs(1)) for i, (parts, d) in enumerate(rows)]
+    want = {(a.line, b.line) for a in srcs for b in srcs if a is not b and (
+        b.base.startswith(a.base) if a.is_dir else (b.base == a.base and b.line > a.line))}
+    got = [(a.line, b.line) for a, b in _nested([(s.base, s.is_dir, s) for s in srcs])]
+    assert sorted(got) == sorted(want) and len(got) == len(set(got))

@@ -135,8 +135,9 @@ MAX_PROBLEMS = 100  # lines of one kind before the rest are left unsaid
 
 
 def _nested(items: list[tuple[str, bool, Source]]) -> Iterator[tuple[Source, Source]]:
-    """Pairs (a, b) of distinct sources where a's key is a prefix (``True``: a directory's)
-    of b's, or both keys are equal: sorted once and bisected, not every pair compared."""
+    """Pairs (a, b) of distinct sources where a is a directory (``True``) whose key is a
+    prefix of b's, or a is not and b, a later line, has the same key: sorted once and
+    bisected, not every pair compared."""
     items = sorted(items, key=lambda x: (x[0], x[2].line))
     keys = [k for k, _, _ in items]
     for i, (key, is_prefix, a) in enumerate(items):
