@@ -6,6 +6,7 @@ spanning both drives appears only once both are in; a wrong password is refused.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from pipeline.errors import EXIT_BAD_INPUT
@@ -45,3 +46,24 @@ def test_unpack_import_drives_in_reverse_order(tmp_path: Path) -> None:
     # the markers and copy logs are kept aside, where no container can be
     assert [n for n in os.listdir(target) if not n.startswith(".")] == ["seed"]
     assert list((target / ".pipeline-unpack").glob("copylog-unpack-1-drive*.jsonl"))
+
+
+def test_kill_9_during_unpack_then_again(tmp_path: Path) -> None:
+    src, jdir = tmp_path / "src", tmp_path / "journals"
+    make_tree(src, small_files=300, random_mb=4, sparse_mb=4)
+    image = tmp_path / "a.img"
+    run_cli("prep", "--srcdir", str(src), "--dstdir", "seed/vdir/", "--journal-dir",
+            str(jdir), "--session-id", "unpack-2", *FAST_KDF_ARGS, "--drive-size", "40M",
+            "--drive", str(image), check_code=0)
+    target = tmp_path / "out"
+    args = ("unpack", "--drive", str(image), "--journal-dir", str(jdir), "--target",
+            str(target))
+    died = run_cli(*args, env={"PIPELINE_CRASH_AT": "after_unpack_commit:40"})
+    assert died.returncode == -signal.SIGKILL, (died.returncode, died.stderr)
+    staged = {str(p.relative_to(src)): p for p in src.rglob("*") if p.is_file()}
+    unpacked = target / "seed" / "vdir"
+    done = [n for n in staged if (unpacked / n).exists()]
+    assert 40 <= len(done) < len(staged)  # cut short mid-way
+    run_cli(*args, check_code=0)  # the same command again
+    for name, path in staged.items():
+        assert (unpacked / name).read_bytes() == path.read_bytes(), name

@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline import credentials, journal
+from pipeline import credentials, faults, journal
 from pipeline.drive.format import BlobType
 from pipeline.errors import Refused
 from pipeline.receive import importer
@@ -65,6 +65,7 @@ class UnpackTarget:
     def commit(self, container: str, blob: str, blob_type: BlobType, size: int,
                zero_offsets: Sequence[int]) -> None:
         self._for(container).commit(container, blob, blob_type, size, zero_offsets)
+        faults.reached("after_unpack_commit")
 
     def sync(self) -> None:
         self.blobs.sync()
