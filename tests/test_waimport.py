@@ -436,3 +436,33 @@ def test_already_encrypted_with_a_wrong_key_or_no_volume_is_exit_2(tmp_path: Pat
         proc = prep(tmp_path, driveset="enc.csv", code=2)
         assert why in proc.stderr, proc.stderr
         assert not (tmp_path / "d1.img").exists()
+
+
+def test_unclosed_version_2_drive_imports_by_log_scan_with_attributes(tmp_path: Path) -> None:
+    """prep killed after its first committed segment: no closing index, no journal at the
+    import; the walk of the log still gives each file its container and attributes (exit 8:
+    the drive cannot vouch it is complete)."""
+    want = inputs(tmp_path)
+    proc = run_cli("prep", "--dataset", str(tmp_path / "dataset.csv"), "--driveset",
+                   str(tmp_path / "driveset.csv"), "--journal-dir", str(tmp_path / "j"),
+                   "--session-id", "scan1", "--drive-size", "64M", *FAST_KDF_ARGS,
+                   env={"PIPELINE_CRASH_AT": "after_commit:1"})
+    assert proc.returncode == -9, (proc.returncode, proc.stderr)
+    jrn = journal.session_journals(tmp_path / "j", "scan1")[0]
+    committed = {f.blob for f in jrn.files()}
+    pw = tmp_path / "pw"
+    pw.write_text(jrn.recovery_password)
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    proc = run_cli("import", "--drive", str(tmp_path / "d1.img"), "--recovery-password-file",
+                   str(pw), "--to", str(acct), "--log-dir", str(tmp_path / "logs"))
+    assert proc.returncode == 8, proc.stderr
+    store = LocalStorage(acct)
+    done = {x["blob"] for x in blob_lines(tmp_path, "scan1", (1,)) if x["status"] == "unvouched"}
+    assert done and done <= committed
+    for name in done:
+        container, blob = name.split("/", 1)
+        assert store.get(container, blob) == want[name]
+        info = store.get_attributes(container, blob)
+        assert info.metadata == ({"Owner": "ops", "Project": "seed_19"}
+                                 if container == "photos" else {"Kind": "disk"})
