@@ -466,3 +466,20 @@ def test_unclosed_version_2_drive_imports_by_log_scan_with_attributes(tmp_path: 
         info = store.get_attributes(container, blob)
         assert info.metadata == ({"Owner": "ops", "Project": "seed_19"}
                                  if container == "photos" else {"Kind": "disk"})
+
+
+def test_dataset_and_its_session_rules(tmp_path: Path) -> None:
+    """--dataset replaces --source/--dstdir; a session keeps the dataset it began with."""
+    inputs(tmp_path)
+    proc = prep(tmp_path, "--source", str(tmp_path / "src"), code=2)
+    assert "--dataset replaces --source and --dstdir" in proc.stderr
+    prep(tmp_path, session="keep1")
+    saved = tmp_path / "j" / "keep1.dataset.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    proc = run_cli("prep", "--resume", "--dataset", str(tmp_path / "dataset.csv"),
+                   "--journal-dir", str(tmp_path / "j"), "--session-id", "keep1", check_code=2)
+    assert "keeps the dataset it began with" in proc.stderr
+    saved.unlink()
+    proc = run_cli("prep", "--resume", "--journal-dir", str(tmp_path / "j"), "--session-id",
+                   "keep1", check_code=2)
+    assert "keep1.dataset.json is missing" in proc.stderr
