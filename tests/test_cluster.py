@@ -40,7 +40,7 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
-        with open(self.log, "ab") as out:
+        with open(self.log, "wb") as out:  # a restart starts its own log: wait_log reads it
             self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                           env=self.env, cwd=ROOT, start_new_session=True)
         return self
@@ -212,11 +212,15 @@ def damaged_drive_is_named(tmp: Path, address: str) -> None:
 def test_worker_killed_mid_prep_resumes_on_its_drives(
         tmp_path: Path, cluster: tuple[str, dict[str, Proc]]) -> None:
     address, procs = cluster
+    src = staging(tmp_path)
+    out = cli(*prep_args(address, tmp_path, src), check_code=2)  # no worker yet: said so
+    assert "no pipeline worker is connected" in out.stderr
+    out = cli(*prep_args(address, tmp_path, src), "--drive", "/dev/null", check_code=2)
+    assert "--drive goes to each worker" in out.stderr
     # w1 dies by SIGKILL right after its second segment is committed: mid-shard
     procs["w1"] = start_worker(tmp_path, address, "w1",
                                env={"PIPELINE_CRASH_AT": "after_commit:2"})
     procs["w2"] = start_worker(tmp_path, address, "w2")
-    src = staging(tmp_path)
     out = cli(*prep_args(address, tmp_path, src), check_code=130)
     assert "worker(s) w1 lost mid-run" in out.stderr and "--resume" in out.stderr
     assert procs["w1"].popen is not None and procs["w1"].popen.wait(timeout=30) == -9
