@@ -166,7 +166,8 @@ def _report(results: dict[str, Any], stats: progress.Stats, renderer: progress.R
             args: argparse.Namespace) -> Outcome:
     """The summary (no recovery password: `pipeline keys` shows them) and the outcome."""
     rows = sorted((d for r in results.values() for d in r["drives"]), key=lambda d: d["seq"])
-    skipped = [s for r in results.values() for s in r["skipped"]]
+    # every worker walks the whole tree, so each names every entry skipped: once here
+    skipped = sorted({tuple(s) for r in results.values() for s in r["skipped"]})
     changed = [c for r in results.values() for c in r["changed"]]
     stale = [s for r in results.values() for s in r.get("stale", [])]
     keys = (f"pipeline keys --journal-dir {Path(args.journal_dir).resolve()} "
