@@ -4,9 +4,10 @@ The scheduler is Dask's own (``dask scheduler``); ``pipeline worker`` is a Dask 
 owns the drives attached to its machine (a worker resource) and runs the existing Trio
 pipelines for the tasks given to it.  The rooms: ``shard`` (pure: walk order, the
 partitioner, the shard's planner), ``plan`` (the session's cluster plan, a JSON file beside
-the journals), ``worker`` (the worker process and its drives), ``remote`` (the tasks a
-worker runs: prep a shard, verify or import drives), ``client`` (connecting, waiting,
-progress gathered from every worker), ``prep`` and ``receive`` (the commands' cluster
-halves).  Only ``pipeline.commands`` imports this package; it imports prep/ and receive/.
-See docs/SCALE.md.
+the journals), ``worker`` (the worker process and its drives), ``remote`` and
+``receive_remote`` (the tasks a worker runs: prep a shard; verify or import drives),
+``events`` (what those tasks share: the worker's drives, progress events), ``client``
+(connecting, waiting, progress gathered from every worker), ``prep`` and ``receive``
+(the commands' cluster halves).  Only ``pipeline.commands`` imports this package; it
+imports prep/ and receive/.  See docs/SCALE.md.
 """
