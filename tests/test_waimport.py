@@ -11,8 +11,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from pipeline import journal
 from pipeline.drive import format as fmt
 from pipeline.storage.local import LocalStorage
@@ -297,77 +295,6 @@ def test_already_encrypted_drive_made_by_cryptsetup(tmp_path: Path) -> None:
         assert (acct / container / blob).read_bytes() == data
 
 
-@pytest.mark.parametrize(("edit", "expected"), [
-    (lambda t, s: t.replace("BlobType,", "Type,"), "dataset.csv:1: missing column BlobType"),
-    (lambda t, s: t.replace("PageBlob", "AppendBlob"),
-     "dataset.csv:3: BlobType: 'AppendBlob' is not BlockBlob or PageBlob"),
-    (lambda t, s: t.replace(f"{s}/disk.vhd", f"{s}/gone.vhd"),
-     "dataset.csv:3: BasePath: '{s}/gone.vhd': No such file or directory"),
-    # two rows whose files meet in one blob: photos/v1/sub/b.txt from both
-    (lambda t, s: t + f"{s}/photos/sub/,photos/v1/sub/,BlockBlob,rename,None,None\n",
-     "dataset.csv:4: BasePath: '{s}/photos/sub/' lies in line 2's"),
-    (lambda t, s: t + f"{s}/other/,photos/v1/sub/,BlockBlob,rename,None,None\n",
-     "dataset.csv:4: DstBlobPathOrPrefix: /"),
-])
-def test_bad_dataset_is_exit_2_and_nothing_written(tmp_path: Path, edit, expected: str) -> None:
-    inputs(tmp_path)
-    src = tmp_path / "src"
-    (src / "other").mkdir()
-    (src / "other" / "b.txt").write_bytes(b"clash")
-    path = tmp_path / "dataset.csv"
-    path.write_text(edit(path.read_text(), str(src)))
-    proc = prep(tmp_path, code=2)
-    want = f"pipeline prep: {tmp_path}/" + expected.format(s=src)
-    assert any(line.startswith(want) for line in proc.stderr.splitlines()), proc.stderr
-    assert not (tmp_path / "d1.img").exists() and not (tmp_path / "d2.img").exists()
-    assert not list((tmp_path / "j").glob("*")) if (tmp_path / "j").exists() else True
-
-
-def test_bad_driveset_is_exit_2_and_nothing_written(tmp_path: Path) -> None:
-    inputs(tmp_path)
-    (tmp_path / "driveset.csv").write_text(f"{DHEADER}\nE:,Format,SilentMode,Encrypt,\n"
-                                           f"{tmp_path}/d1.img,Format,Loud,Encrypt,\n")
-    proc = prep(tmp_path, code=2)
-    assert "driveset.csv:2: DriveLetter: 'E:' is a Windows drive letter" in proc.stderr
-    assert "driveset.csv:3: SilentOrPromptOnFormat: 'Loud' is not SilentMode" in proc.stderr
-    assert not (tmp_path / "d1.img").exists()
-
-
-def test_preview_then_additional_driveset_on_resume(tmp_path: Path) -> None:
-    """preview --dataset counts the drives; one drive is too few (exit 3); --resume
-    --additional-driveset adds the next, as /AdditionalDriveSet does, and the session
-    imports whole."""
-    src = tmp_path / "src"
-    src.mkdir()
-    data = {f"f{i}.bin": os.urandom(20 * MiB) for i in range(3)}
-    for name, blob in data.items():
-        (src / name).write_bytes(blob)
-    (tmp_path / "dataset.csv").write_text(f"{HEADER}\n{src}/,big/,BlockBlob,rename,None,None\n")
-    (tmp_path / "one.csv").write_text(f"{DHEADER}\n{tmp_path}/d1.img,Format,SilentMode,Encrypt,\n")
-    (tmp_path / "more.csv").write_text(f"{DHEADER}\n{tmp_path}/d2.img,Format,SilentMode,Encrypt,\n")
-    est = json.loads(run_cli("preview", "--dataset", str(tmp_path / "dataset.csv"),
-                             "--drive-size", "64M", "--json", check_code=0).stdout)
-    assert (est["files"], est["bytes"], est["drives"]) == (3, 60 * MiB, 2)
-    prep(tmp_path, session="add1", driveset="one.csv", code=3)
-    run_cli("prep", "--resume", "--journal-dir", str(tmp_path / "j"), "--session-id", "add1",
-            "--additional-driveset", str(tmp_path / "more.csv"), "--drive-size", "64M",
-            *FAST_KDF_ARGS, check_code=0)
-    acct = tmp_path / "acct"
-    acct.mkdir()
-    for p in import_(tmp_path, acct, "d1.img", "d2.img", session="add1"):
-        assert p.returncode == 0, p.stderr
-    for name, blob in data.items():
-        assert (acct / "big" / name).read_bytes() == blob
-    # --additional-driveset belongs to --resume; $root is refused until import supports it.
-    run_cli("prep", "--dataset", str(tmp_path / "dataset.csv"), "--additional-driveset",
-            str(tmp_path / "more.csv"), "--journal-dir", str(tmp_path / "j2"), "--session-id",
-            "add2", check_code=2)
-    (tmp_path / "root.csv").write_text(f"{HEADER}\n{src}/,$root/,BlockBlob,rename,None,None\n")
-    proc = run_cli("preview", "--dataset", str(tmp_path / "root.csv"), "--drive-size", "64M",
-                   check_code=2)
-    assert "root.csv:2: DstBlobPathOrPrefix: $root" in proc.stderr
-
-
 def test_rename_takes_the_first_free_number(tmp_path: Path) -> None:
     from pipeline.receive.disposition import renamed
     assert [renamed(n, 2) for n in ("a.txt", "d/x.tar.gz", "d/.hidden", "noext", "d.v/f")] == [
@@ -384,58 +311,6 @@ def test_rename_takes_the_first_free_number(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert store.get("cont", "d/rename (3).txt") == new["rename"]
     assert store.get("cont", "d/rename (2).txt") == b"taken"
-
-
-@pytest.mark.parametrize("point", ["after_journal_create", "after_format", "after_pwrite"])
-def test_kill_9_then_resume_keeps_the_dataset(tmp_path: Path, point: str) -> None:
-    """prep --dataset killed (SIGKILL) before the drive is formatted, right after, or
-    between a segment's write and its sync: --resume needs no CSV (the session's kept
-    dataset), the drive ends up version 2, and the import has every attribute."""
-    want = inputs(tmp_path)
-    proc = run_cli("prep", "--dataset", str(tmp_path / "dataset.csv"), "--driveset",
-                   str(tmp_path / "driveset.csv"), "--journal-dir", str(tmp_path / "j"),
-                   "--session-id", "kill9", "--drive-size", "64M", *FAST_KDF_ARGS,
-                   env={"PIPELINE_CRASH_AT": f"{point}:1"})
-    assert proc.returncode == -9, (proc.returncode, proc.stderr)
-    (tmp_path / "dataset.csv").unlink()
-    (tmp_path / "meta.xml").unlink()
-    run_cli("prep", "--resume", "--journal-dir", str(tmp_path / "j"), "--session-id", "kill9",
-            *FAST_KDF_ARGS, check_code=0)
-    acct = tmp_path / "acct"
-    acct.mkdir()
-    seqs = sorted(j.drive.seq for j in journal.session_journals(tmp_path / "j", "kill9"))
-    for p in import_(tmp_path, acct, *(f"d{s}.img" for s in seqs), session="kill9"):
-        assert p.returncode == 0, p.stderr
-    store = LocalStorage(acct)
-    for name, data in want.items():
-        container, blob = name.split("/", 1)
-        assert store.get(container, blob) == data
-    assert store.get_attributes("photos", "v1/a.bin").metadata == {"Owner": "ops",
-                                                                     "Project": "seed_19"}
-    assert store.get_attributes("vhds", "disks/d.vhd").blob_type is fmt.BlobType.PAGE
-
-
-def test_already_encrypted_with_a_wrong_key_or_no_volume_is_exit_2(tmp_path: Path) -> None:
-    """Tried before any drive is touched: the other drive of the set stays unformatted."""
-    exe = require_tool("cryptsetup")
-    inputs(tmp_path)
-    image = tmp_path / "luks.img"
-    blank = tmp_path / "blank.img"
-    for p in (image, blank):
-        with open(p, "wb") as f:
-            f.truncate(64 * MiB)
-    (tmp_path / "key").write_text("right key")
-    subprocess.run([exe, "luksFormat", "--batch-mode", "--type", "luks2", "--sector-size",
-                    "4096", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
-                    "--key-file", str(tmp_path / "key"), str(image)], check=True)
-    for target, why in ((image, "no keyslot opens with this ExistingBitLockerKey"),
-                        (blank, "holds no LUKS2 volume")):
-        (tmp_path / "enc.csv").write_text(
-            f"{DHEADER}\n{tmp_path}/d1.img,Format,SilentMode,Encrypt,\n"
-            f"{target},AlreadyFormatted,SilentMode,AlreadyEncrypted,wrong key\n")
-        proc = prep(tmp_path, driveset="enc.csv", code=2)
-        assert why in proc.stderr, proc.stderr
-        assert not (tmp_path / "d1.img").exists()
 
 
 def test_unclosed_version_2_drive_imports_by_log_scan_with_attributes(tmp_path: Path) -> None:
@@ -466,20 +341,3 @@ def test_unclosed_version_2_drive_imports_by_log_scan_with_attributes(tmp_path: 
         info = store.get_attributes(container, blob)
         assert info.metadata == ({"Owner": "ops", "Project": "seed_19"}
                                  if container == "photos" else {"Kind": "disk"})
-
-
-def test_dataset_and_its_session_rules(tmp_path: Path) -> None:
-    """--dataset replaces --source/--dstdir; a session keeps the dataset it began with."""
-    inputs(tmp_path)
-    proc = prep(tmp_path, "--source", str(tmp_path / "src"), code=2)
-    assert "--dataset replaces --source and --dstdir" in proc.stderr
-    prep(tmp_path, session="keep1")
-    saved = tmp_path / "j" / "keep1.dataset.json"
-    assert saved.stat().st_mode & 0o777 == 0o600
-    proc = run_cli("prep", "--resume", "--dataset", str(tmp_path / "dataset.csv"),
-                   "--journal-dir", str(tmp_path / "j"), "--session-id", "keep1", check_code=2)
-    assert "keeps the dataset it began with" in proc.stderr
-    saved.unlink()
-    proc = run_cli("prep", "--resume", "--journal-dir", str(tmp_path / "j"), "--session-id",
-                   "keep1", check_code=2)
-    assert "keep1.dataset.json is missing" in proc.stderr
