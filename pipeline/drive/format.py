@@ -303,13 +303,14 @@ def _check_uuid(value: object) -> None:
 
 
 def _file_fields_ok(fid: object, path: object, blob: object, size: object, mtime_ns: object,
-                    mode: object) -> bool:
+                    mode: object, attrs: object = None) -> bool:
     """``FileEntry``'s rules in one combined test, for the hot paths (prep makes one entry a
     staging file, decoding an index millions): ASCII names are their own UTF-8, so their
     length is their size.  False sends the caller to the per-field checks, which say what
     is wrong (and accept non-ASCII names that are valid)."""
     return (
-        type(fid) is int and type(size) is int and type(mtime_ns) is int
+        attrs is None  # with attributes, FileEntry checks them and the blob's container
+        and type(fid) is int and type(size) is int and type(mtime_ns) is int
         and type(mode) is int and 0 <= fid <= _U64 and 0 <= size <= _U64
         and _I64_MIN <= mtime_ns <= _I64_MAX and 0 <= mode <= _U32
         and type(path) is str and type(blob) is str and path.isascii() and blob.isascii()
@@ -665,7 +666,7 @@ def _decode_records(blob: bytes | memoryview, where: str, rows: bool
                     append(_decode_file_body(mv, body, end))
                 else:
                     fields = _file_body_fields(mv, body, end)
-                    if fields[6] is not None or not _file_fields_ok(*fields[:6]):
+                    if not _file_fields_ok(*fields):
                         FileEntry(*fields)  # the per-field checks: raises if it is wrong
             elif rtype == ext_type:
                 raise ValueError(f"extent body is {body_len} bytes, not {ext_len}")
