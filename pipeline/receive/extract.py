@@ -117,8 +117,9 @@ class Parts:
     extents: tuple[tuple[format.Extent, bytes], ...]
 
 
-UPLOAD_BATCH = 64  # extents written per storage thread call ...
-UPLOAD_BYTES = 4 << 20  # ... up to about this many bytes
+UPLOAD_BATCH = 256  # extents written per storage thread call ...
+UPLOAD_BYTES = 8 << 20  # ... up to about this many bytes (fewer hand-offs: each one waits
+# for a core on a loaded machine)
 
 
 async def run(od: driveread.UnlockedDrive, stored: list[format.Extent],

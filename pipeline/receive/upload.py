@@ -26,25 +26,28 @@ async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: s
               net: trio.CapacityLimiter, progress: Callable[[int], None]) -> None:
     """One uploader: take batches until the channel ends; record each cell delivered."""
 
-    def write_parts(parts: Parts) -> None:
+    def write_parts(parts: Parts) -> int:
+        """Write the batch, record its cells, commit the files it completes; one storage
+        thread call a batch (a second one for the commits cost a hand-off per batch).
+
+        Uploaders run this in several threads at once: a cell is recorded only once
+        written, and each uploader checks its file after recording, so the last one
+        always sees it whole; two seeing it whole commit it twice, which is harmless
+        (a commit is idempotent).  Set and dict operations are atomic under the GIL.
+        """
+        size = 0
         for e, raw in parts.extents:
-            f = on_drive[e.file_id].entry
+            fd = on_drive[e.file_id]
+            f = fd.entry
             c, b, t = disposition.where(f, container, blob_type)  # a dataset's file: its own
             store.write_part(c, b, t, f.size, e.offset, raw)
+            fd.cells.add(e.offset)
+            size += len(raw)
+            if whole_here(fd):
+                fd.committed = True
+                commit_files(store, container, blob_type, [fd])
+        return size
 
     async with rx:
         async for parts in rx:
-            await trio.to_thread.run_sync(write_parts, parts, limiter=net)
-            size = 0
-            ready: list[FileOnDrive] = []
-            for e, raw in parts.extents:
-                fd = on_drive[e.file_id]
-                fd.cells.add(e.offset)
-                size += len(raw)
-                if whole_here(fd):
-                    fd.committed = True  # now, so no other uploader commits it too
-                    ready.append(fd)
-            if ready:
-                await trio.to_thread.run_sync(commit_files, store, container, blob_type,
-                                              ready, limiter=net)
-            progress(size)
+            progress(await trio.to_thread.run_sync(write_parts, parts, limiter=net))
