@@ -50,10 +50,11 @@ from pipeline import __version__, errors
 COMMANDS = {
     "prep": "prep", "preview": "preview", "verify": "verify", "keys": "keys",
     "journal": "journal_cmd", "jobs": "jobs", "site": "site", "import": "import_",
+    "export": "export", "unpack": "unpack",
     "repair": "repair", "diskprep": "diskprep", "drive": "drive", "service": "service",
     "backup": "backup", "restore": "restore", "snapshots": "snapshots",
     "check": "check", "forget": "forget", "prune": "prune",
-    "generate": "generate",
+    "generate": "generate", "worker": "worker",
 }
 
 
