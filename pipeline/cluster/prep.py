@@ -151,7 +151,8 @@ async def _outcome(cluster: dask_client.Cluster, futures: dict[str, Any], topic:
                    renderer: progress.Renderer, stats: progress.Stats,
                    args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """The tasks' results; a lost worker is Interrupted, a worker's error raised here."""
-    results, lost = await dask_client.run_tasks(cluster, futures, topic, renderer, stats)
+    results, lost = await dask_client.run_tasks(cluster, futures, topic, renderer, stats,
+                                                count_files=False)
     if lost:
         raise Interrupted(
             f"worker(s) {', '.join(sorted(lost))} lost mid-run; their journals keep what they "

@@ -82,7 +82,6 @@ async def verify_all(address: str, journals: list[journal.Journal],
             d = dict(d)
             d.pop("ok")
             reports.append(DriveReport(**d))
-            stats.files_done += d["files"]
     return reports
 
 
