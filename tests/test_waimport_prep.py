@@ -157,3 +157,29 @@ def test_dataset_and_its_session_rules(tmp_path: Path) -> None:
     proc = run_cli("prep", "--resume", "--journal-dir", str(tmp_path / "j"), "--session-id",
                    "keep1", check_code=2)
     assert "keep1.dataset.json is missing" in proc.stderr
+
+
+def test_already_encrypted_drive_in_use_is_refused(tmp_path: Path) -> None:
+    """The drive safety checks hold for an AlreadyEncrypted drive too: attached to a loop
+    device (as when opened and mounted elsewhere), it is refused (exit 5), untouched."""
+    exe = require_tool("cryptsetup")
+    losetup = require_tool("losetup")
+    inputs(tmp_path)
+    image = tmp_path / "luks.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * MiB)
+    (tmp_path / "key").write_text("k")
+    subprocess.run([exe, "luksFormat", "--batch-mode", "--type", "luks2", "--sector-size",
+                    "4096", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+                    "--key-file", str(tmp_path / "key"), str(image)], check=True)
+    before = image.read_bytes()
+    (tmp_path / "enc.csv").write_text(
+        f"{DHEADER}\n{image},AlreadyFormatted,SilentMode,AlreadyEncrypted,k\n")
+    loop = subprocess.run([losetup, "-f", "--show", str(image)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        proc = prep(tmp_path, driveset="enc.csv", code=5)
+    finally:
+        subprocess.run([losetup, "-d", loop], check=True)
+    assert f"is attached to {loop}" in proc.stderr
+    assert image.read_bytes() == before

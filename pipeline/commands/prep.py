@@ -278,14 +278,14 @@ def _preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
         if real in known:
             continue
         size = cfg.drive_size if not Path(path).exists() else None
-        if real in cfg.existing_keys:  # AlreadyEncrypted: opened, never formatted; its key
-            _check_existing_key(path, cfg.existing_keys[real])  # tried before anything starts
-            continue
-        if cfg.dataset is None:
-            drives.check_target(path, size=size, staging=cfg.srcdir, confirmed=cfg.yes)
-        for s in cfg.dataset or ():
-            staging = s.base if s.is_dir else os.path.dirname(s.base)
-            drives.check_target(path, size=size, staging=staging, confirmed=cfg.yes)
+        key = cfg.existing_keys.get(real)  # AlreadyEncrypted: it holds a volume, kept
+        stagings = [cfg.srcdir] if cfg.dataset is None else [
+            s.base if s.is_dir else os.path.dirname(s.base) for s in cfg.dataset]
+        for staging in stagings:  # in use, mounted, the source disk: refused all the same
+            drives.check_target(path, size=None if key is not None else size,
+                                staging=staging, confirmed=cfg.yes or key is not None)
+        if key is not None:  # and its key tried before anything starts
+            _check_existing_key(path, key)
 
 
 def _check_existing_key(path: str, key: str) -> None:

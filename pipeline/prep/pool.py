@@ -81,7 +81,10 @@ class DrivePool:
         so --resume, verify and import open it as they open any drive of ours.  The
         superblock is written before the journal exists, so no crash leaves a journal
         whose "formatting" state would format the volume anew."""
-        drive = drives.open_drive(path, writable=True)
+        # Every safety check of a drive to format (in use, attached, the source disk) but
+        # "it holds data": its volume is the point.  A dataset's rows were checked at preflight.
+        staging = None if self.cfg.dataset is not None else self.cfg.srcdir
+        drive = drives.prepare_target(path, staging=staging, confirmed=True)
         try:
             volume = drives.read_volume(drive)
             _, vkey = drives.unlock(drive, volume, key.encode(),
