@@ -33,7 +33,7 @@ class FileOnDrive:
     cells: set[int] = field(default_factory=set)
     zero: set[int] = field(default_factory=set)
     bad: dict[int, tuple[str, str]] = field(default_factory=dict)  # offset -> (status, why)
-    note: dict[str, str] = field(default_factory=dict)  # the copy log's disposition fields
+    note: dict[str, str] | None = None  # the copy log's disposition fields (a dataset's file)
     committed: bool = False  # by the uploaders, as soon as its last cell was written
 
 
@@ -129,10 +129,10 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
                 await done_events[line].wait()
                 for f in batches[line]:
                     log.blob(done, f.blob, why, f.size, file_id=f.file_id,
-                             **on_drive[f.file_id].note)
+                             **(on_drive[f.file_id].note or {}))
             elif isinstance(line, FileOnDrive):
                 f = line.entry
-                log.blob(done, f.blob, why, f.size, file_id=f.file_id, **line.note)
+                log.blob(done, f.blob, why, f.size, file_id=f.file_id, **(line.note or {}))
             else:
                 status, blob, reason, size, extra = line
                 log.blob(status, blob, reason, size, **extra)
