@@ -309,7 +309,7 @@ def test_marker_bytes_are_json_dumps_of_the_whole_record() -> None:
                             "cont/v/", _format.BlobType.BLOCK, 0, 1 << 30)
     one = FileOnDrive(_format.FileEntry(3, "a ü\"x", "v/a ü\"x", 5 << 20, 0, 0o644))
     one.cells.update({0, 2 << 20})
-    one.zero.add(1 << 20)
+    one.zero = frozenset({1 << 20})
     one.bad[3 << 20] = ("corrupt", "x")
     on_drive = {3: one, 4: FileOnDrive(_format.FileEntry(4, "b", "v/b", 0, 0, 0o644))}
     for files in (on_drive, {}):

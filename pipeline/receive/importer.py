@@ -153,7 +153,10 @@ async def _what_to_write(plan: DrivePlan, store: Storage, log: CopyLog,
                      "drive; never written", f.size, file_id=fid)
         else:
             on_drive[fid] = FileOnDrive(f)
+    zeros: dict[int, set[int]] = {}  # gathered, then frozen once a file
     for e in plan.extents:
         if e.file_id in on_drive and e.codec is format.Codec.ZERO:
-            on_drive[e.file_id].zero.update(format.grid(e.offset + e.raw_len, e.offset))
+            zeros.setdefault(e.file_id, set()).update(format.grid(e.offset + e.raw_len, e.offset))
+    for fid, cells in zeros.items():
+        on_drive[fid].zero = frozenset(cells)
     return on_drive
