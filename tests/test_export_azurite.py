@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import random
 
+from pipeline.drive.format import BlobType
 from pipeline.jobs.client import ServiceClient
 from pipeline.storage.azure import AzureStorage
+from pipeline.storage.local import LocalStorage
 from tests import jobservice
 from tests.azurite import azurite  # noqa: F401 - the fixture
 from tests.conftest import FAST_KDF_ARGS, run_cli
@@ -24,6 +26,8 @@ def test_export_from_azurite_with_a_blob_list_file(world: World, azurite: str) -
     blobs["solo.txt"] = b"just one\n"
     for name, data in {**blobs, "other/skip.bin": b"not listed"}.items():
         store.put("media", name, data)
+    store.set_attributes("media", "solo.txt", BlobType.BLOCK, (("kind", "note"),),
+                         (("Content-Type", "text/plain"), ("Content-Language", "en")))
     store.ensure_container("lists")
     store.put("lists", "export.xml", b"<BlobList>\n<BlobPathPrefix>/media/clips/"
               b"</BlobPathPrefix>\n<BlobPath>/media/solo.txt</BlobPath>\n</BlobList>\n")
@@ -46,5 +50,9 @@ def test_export_from_azurite_with_a_blob_list_file(world: World, azurite: str) -
         got = (target / "media" / name).read_bytes()
         assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), name
     assert not (target / "media" / "other").exists()
+    info = LocalStorage(target).get_attributes("media", "solo.txt")
+    assert info is not None and info.metadata == {"kind": "note"}
+    assert info.properties["Content-Type"] == "text/plain"
+    assert info.properties["Content-Language"] == "en"
     run_cli("jobs", "show", "--job", "exp-azure", "--publish-settings", str(world.settings),
             "--service", world.svc.url, check_code=0)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.drive.format import BlobType
 from pipeline.errors import EXIT_OK, EXIT_REFUSED
+from pipeline.storage.local import LocalStorage
 from tests import jobservice
 from tests.conftest import FAST_KDF_ARGS, run_cli
 
@@ -74,7 +76,20 @@ def make_account(root: Path, seed: int, random_mb: tuple[int, ...]) -> dict[str,
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+    LocalStorage(root).set_attributes("photos", "photos/readme.txt".partition("/")[2],
+                                      BlobType.BLOCK, META, PROPS)
     return blobs
+
+
+META = (("owner", "ops"), ("source", "export test"))
+PROPS = (("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-cache"))
+
+
+def assert_attributes(target: Path) -> None:
+    """The blob's metadata and properties came back with it (the local account's layout)."""
+    info = LocalStorage(target).get_attributes("photos", "readme.txt")
+    assert info is not None and info.metadata == dict(META)
+    assert {k: info.properties[k] for k, _ in PROPS} == dict(PROPS)
 
 
 def create_and_ship(world: World, job: str, drives: int) -> None:
@@ -146,6 +161,7 @@ def test_export_local_account_several_drives_reverse_unpack(world: World) -> Non
     target = world.base / "restored"
     unpack_all(world, "exp-local", used, target)
     assert_identical(target, blobs)
+    assert_attributes(target)
     again = run_cli("unpack", "--drive", str(used[0]), "--recovery-password-file",
                     str(world.base / f"{used[0].name}.key"), "--target", str(target),
                     check_code=0)  # again: nothing changes

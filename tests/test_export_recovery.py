@@ -19,6 +19,7 @@ from tests.conftest import FAST_KDF_ARGS, run_cli
 from tests.test_export_flow import (
     DRIVE_SIZE,
     World,
+    assert_attributes,
     assert_identical,
     create_and_ship,
     make_account,
@@ -99,6 +100,7 @@ def test_too_few_drives_lists_what_did_not_fit(world: World) -> None:
     fixed = _repair(world, "exp-full", account, target)
     assert f"fetched {len(paths)} from" in fixed.stderr
     assert_identical(target, blobs)
+    assert_attributes(target)  # a fetched blob gets its metadata and properties too
     assert "fetched 0 from" in _repair(world, "exp-full", account, target).stderr
 
 
@@ -112,7 +114,7 @@ def test_a_damaged_drive_unpacks_the_rest_and_names_the_damage(world: World) -> 
     [jrn] = journal.session_journals(jdir, "exp-dmg")
     files = {f.file_id: f for f in jrn.files()}
     victim = next(e for e in jrn.extents() if e.codec is not format.Codec.ZERO
-                  and files[e.file_id].blob == "2024/raw/img-0.bin")  # container photos/
+                  and files[e.file_id].blob == "photos/2024/raw/img-0.bin")
     jrn.close()
     with open(image, "r+b") as f:  # one byte of the stored extent, inside the data area
         at = luks2.DATA_OFFSET + victim.location + victim.stored_len // 2

@@ -22,6 +22,7 @@ the job's state what was recorded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -246,7 +247,8 @@ def _config(args: argparse.Namespace, store: Storage, container: str, session_id
         jdir=Path(args.journal_dir), session_id=session_id, drives=free,
         drive_size=drives.parse_size(args.drive_size) if args.drive_size else None,
         yes=args.yes, kdf=_options.kdf_from_args(args), cpu_threads=max(1, threads),
-        memory=drives.parse_size(args.memory))
+        memory=drives.parse_size(args.memory),
+        dataset=[])  # not None: drives of version 2, each file with its blob's attributes
 
 
 def _sessions(args: argparse.Namespace, sel: blobsource.Selection
@@ -295,7 +297,8 @@ async def run_site(args: argparse.Namespace) -> Outcome:
         raise BadInput("give at least one --drive: the customer's empty drives")
     first = _config(args, store, sessions[0][0], sessions[0][1], sessions[0][2],
                     _free(args.drive, [j for j in every if j not in sessions[0][2]]))
-    prep_cmd._preflight(first, every)  # every new drive checked before the job moves
+    # every new drive checked before the job moves (against the account, as prep's staging)
+    prep_cmd._preflight(dataclasses.replace(first, dataset=None), every)
     if job["properties"]["state"] == "Received":
         job = service_import.site_call(args.job, svc.patch, args.job,
                                        {"properties": {"state": "Transferring"}})
@@ -505,6 +508,11 @@ def fetch(store: Storage, local: Storage, blob: blobsource.ExportBlob) -> int:
             local.write_part(blob.container, blob.name, format.BlobType.BLOCK, blob.size,
                              offset, data)
     local.commit(blob.container, blob.name, format.BlobType.BLOCK, blob.size, zero)
+    info = store.get_attributes(blob.container, blob.name)
+    if info is not None:  # the blob's metadata and properties, as unpack gives them
+        rec = blobsource.blob_attrs(info)
+        local.set_attributes(blob.container, blob.name, info.blob_type, rec.metadata,
+                             rec.properties)
     return blob.size
 
 

@@ -13,7 +13,9 @@ export drive is read back by everything that reads a prep drive.  Only the stora
 protocol's ``list``, ``size`` and ``read`` are used.  A blob that cannot become a
 file entry (its name breaks the path rules), or that changes while it is read (a
 short read), is named through the callbacks and left out; ``export`` records it in
-the job's incomplete blob list.  ``parse_blob_list`` reads Azure's blob list file
+the job's incomplete blob list.  Each blob's type, metadata and properties go on its
+file entry (format version 2, ``blob_attrs``), as a dataset's files carry theirs, so
+unpack gives the files the blob's attributes.  ``parse_blob_list`` reads Azure's blob list file
 (``export.blobListBlobPath``), bytes in, paths out.
 """
 
@@ -28,13 +30,13 @@ from xml.sax.saxutils import escape
 import trio
 
 from pipeline import names
-from pipeline.drive import codec, format
+from pipeline.drive import attrs, codec, format
 from pipeline.errors import BadInput
 from pipeline.prep.pack import Bundle, RawExtent
 from pipeline.prep.scan import SourceFile
 from pipeline.prep.session import FileJob, Session
 from pipeline.progress import Stats
-from pipeline.storage.base import Storage
+from pipeline.storage.base import BlobInfo, Storage
 
 __all__ = ["ExportBlob", "Selection", "feed", "format_blob_list", "parse_blob_list", "select",
            "split_path"]
@@ -159,17 +161,35 @@ async def feed(store: Storage, blobs: Sequence[ExportBlob], session: Session,
             for _ in range(readers):
                 nursery.start_soon(_read, store, jobs_rx.clone(), raw_tx.clone(), io, stats,
                                    on_changed)
-        await _plan(blobs, session, jobs_tx, journal_io, stats, on_skip)
+        await _plan(store, blobs, session, jobs_tx, journal_io, stats, on_skip)
 
 
-async def _plan(blobs: Sequence[ExportBlob], session: Session,
+def blob_attrs(info: BlobInfo) -> attrs.BlobAttrs:
+    """What the account says of a blob -> the drive's record of it (format version 2): its
+    type, metadata and properties travel with its bytes.  Overwrite: an unpack run again,
+    or into a folder holding an older copy, gets the exported blob."""
+    return attrs.BlobAttrs(
+        blob_type=int(info.blob_type), disposition=attrs.Disposition.OVERWRITE,
+        metadata=tuple(sorted(info.metadata.items())),
+        properties=tuple((k, info.properties[k]) for k in attrs.PROPERTIES
+                         if k in info.properties))
+
+
+async def _plan(store: Storage, blobs: Sequence[ExportBlob], session: Session,
                 jobs_tx: trio.MemorySendChannel[tuple[FileJob, str]],
                 journal_io: trio.CapacityLimiter, stats: Stats, on_skip: OnEvent) -> None:
     async with jobs_tx:
         for blob in blobs:
+            info = await trio.to_thread.run_sync(store.get_attributes, blob.container,
+                                                 blob.name)
+            if info is None:
+                on_skip(blob.path, "gone from the account since it was listed")
+                continue
             try:
-                job, stale = session.planner.plan(SourceFile(blob.name, blob.size, 0, FILE_MODE))
-            except ValueError as exc:  # a name the drive format refuses as a path
+                job, stale = session.planner.plan(
+                    SourceFile(blob.name, blob.size, 0, FILE_MODE),
+                    f"{blob.container}/{blob.name}", blob_attrs(info))
+            except ValueError as exc:  # a name or attribute the drive format refuses
                 on_skip(blob.path, f"cannot be written to a drive: {exc}")
                 continue
             if stale is not None:  # the blob changed since a crashed run wrote it
@@ -199,9 +219,8 @@ async def _read(store: Storage, rx: trio.MemoryReceiveChannel[tuple[FileJob, str
                 cells = await trio.to_thread.run_sync(_read_cells, store, container, entry,
                                                       batch, stats, limiter=io)
                 if cells is None:
-                    on_changed(f"/{container}/{entry.blob}", f"/{container}/{entry.blob} "
-                               "changed while it was read (a short read); run the export "
-                               "again to write it")
+                    on_changed(f"/{entry.blob}", f"/{entry.blob} changed while it was read "
+                               "(a short read); run the export again to write it")
                     break
                 for offset, length, data in cells:
                     await tx.send(RawExtent(entry, offset, length, data))
@@ -220,7 +239,7 @@ def _read_cells(store: Storage, container: str, entry: format.FileEntry, offsets
     with stats.timed("read"):
         for offset in offsets:
             length = min(format.CELL, entry.size - offset)
-            data = store.read(container, entry.blob, offset, length)
+            data = store.read(container, entry.blob.partition("/")[2], offset, length)
             if len(data) != length:
                 return None
             out.append((offset, length, None if codec.is_zero(data) else data))

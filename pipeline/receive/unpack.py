@@ -29,6 +29,7 @@ from pipeline.drive.format import BlobType
 from pipeline.errors import Refused
 from pipeline.receive import importer
 from pipeline.receive import reader as driveread
+from pipeline.storage.base import BlobInfo
 from pipeline.storage.local import LocalStorage
 from pipeline.volume import drives
 
@@ -91,6 +92,14 @@ class UnpackTarget:
 
     def list(self, container: str, prefix: str = "") -> builtins.list[str]:
         return self._for(container).list(container, prefix)
+
+    def set_attributes(self, container: str, blob: str, blob_type: BlobType,
+                       metadata: Sequence[tuple[str, str]],
+                       properties: Sequence[tuple[str, str]]) -> None:
+        self._for(container).set_attributes(container, blob, blob_type, metadata, properties)
+
+    def get_attributes(self, container: str, blob: str) -> BlobInfo | None:
+        return self._for(container).get_attributes(container, blob)
 
 
 def _journal_for(journals: Sequence[journal.Journal], path: str) -> journal.Journal | None:
