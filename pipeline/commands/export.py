@@ -157,7 +157,7 @@ def estimate(store: Storage, sel: blobsource.Selection, drive_size: int, level: 
         raise BadInput(f"--drive-size {drives.human(drive_size)} is smaller than the minimum "
                        f"volume of {drives.human(drives.MIN_DRIVE_SIZE)}")
     return ExportEstimate(len(sel.blobs), sel.total, raw, round(ratio, 4), need, drive_size,
-                          per, max(1, math.ceil(need / per)),
+                          per, max(1, math.ceil(need / per)) if sel.blobs else 0,
                           [{"path": p, "reason": r} for p, r in sel.missing])
 
 
@@ -167,6 +167,7 @@ def run_preview(args: argparse.Namespace) -> Outcome:
     if not 1 <= args.level <= 22:
         raise BadInput(f"--level {args.level} is out of range; zstd levels are 1 to 22")
     store = open_storage(args.source)
+    store.check()
     sel = blobsource.select(store, args.blob_path, args.blob_prefix)
     est = estimate(store, sel, drives.parse_size(args.drive_size), args.level,
                    drives.parse_size(args.sample))
