@@ -49,18 +49,19 @@ def test_refused_blob_lists(data: bytes) -> None:
         blobsource.parse_blob_list(data)
 
 
-def test_select_against_a_local_account(tmp_path: Path) -> None:
+async def test_select_against_a_local_account(tmp_path: Path) -> None:
     for name, data in {"photos/2024/a.bin": b"a" * 10, "photos/2024/sub/b": b"",
                        "photos/2023/c": b"c", "photos/readme.txt": b"r"}.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     store = LocalStorage(tmp_path)
-    sel = blobsource.select(store, ["/photos/readme.txt", "/photos/2024/a.bin", "/photos/gone"],
-                            ["/photos/2024/", "/photos/2025"])
+    sel = await blobsource.select(
+        store, ["/photos/readme.txt", "/photos/2024/a.bin", "/photos/gone"],
+        ["/photos/2024/", "/photos/2025"])
     assert [(b.path, b.size) for b in sel.blobs] == [
         ("/photos/2024/a.bin", 10), ("/photos/2024/sub/b", 0), ("/photos/readme.txt", 1)]
     assert sel.missing == [("/photos/2025", "no blob has this prefix"),
                            ("/photos/gone", "no such blob")]
     assert sel.containers == ["photos"] and sel.total == 11
     with pytest.raises(BadInput):
-        blobsource.select(store, ["photos/no-slash"], [])
+        await blobsource.select(store, ["photos/no-slash"], [])

@@ -161,16 +161,16 @@ def estimate(store: Storage, sel: blobsource.Selection, drive_size: int, level: 
                           [{"path": p, "reason": r} for p, r in sel.missing])
 
 
-def run_preview(args: argparse.Namespace) -> Outcome:
+async def run_preview(args: argparse.Namespace) -> Outcome:
     if not args.blob_prefix and not args.blob_path:
         raise BadInput("give --blob-prefix /CONTAINER/PREFIX or --blob-path /CONTAINER/BLOB")
     if not 1 <= args.level <= 22:
         raise BadInput(f"--level {args.level} is out of range; zstd levels are 1 to 22")
     store = open_storage(args.source)
     store.check()
-    sel = blobsource.select(store, args.blob_path, args.blob_prefix)
-    est = estimate(store, sel, drives.parse_size(args.drive_size), args.level,
-                   drives.parse_size(args.sample))
+    sel = await blobsource.select(store, args.blob_path, args.blob_prefix)
+    est = await trio.to_thread.run_sync(estimate, store, sel, drives.parse_size(
+        args.drive_size), args.level, drives.parse_size(args.sample))
     done = Outcome(EXIT_WARNING if est.missing else EXIT_OK)
     if args.json:
         print(json.dumps(asdict(est), indent=2))
@@ -291,7 +291,7 @@ async def run_site(args: argparse.Namespace) -> Outcome:
     store = open_storage(args.source)
     await trio.to_thread.run_sync(store.check)
     paths, prefixes = await trio.to_thread.run_sync(blob_list, store, job["properties"])
-    sel = await trio.to_thread.run_sync(blobsource.select, store, paths, prefixes)
+    sel = await blobsource.select(store, paths, prefixes)
     sessions = _sessions(args, sel)
     every = [j for _, _, journals in sessions for j in journals]
     if not args.drive and not every:
@@ -555,7 +555,7 @@ async def run_repair(args: argparse.Namespace) -> Outcome:
     store = open_storage(args.account)
     await trio.to_thread.run_sync(store.check)
     paths, prefixes = await trio.to_thread.run_sync(blob_list, store, props)
-    sel = await trio.to_thread.run_sync(blobsource.select, store, paths, prefixes)
+    sel = await blobsource.select(store, paths, prefixes)
     local = UnpackTarget(args.target)
     local.check()
     lines, fetched = await trio.to_thread.run_sync(_repair_blobs, store, local, sel,
