@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository
-from pipeline.drive import codec
 from pipeline.volume import luks2
 
 KEY_AAD = b"pipeline-backup key v1 "
@@ -110,7 +109,10 @@ class Crypto:
 
     def seal_chunk(self, kind: int, cid: bytes, raw: bytes | memoryview, level: int
                    ) -> tuple[bytes, bytes]:
-        """Compress (zstd, or raw when that is not smaller), then seal; runs in worker threads."""
+        """Compress (zstd, or raw when that is not smaller), then seal; runs in worker threads.
+        ``codec`` is imported here, where a chunk is new: a no-change backup seals none."""
+        from pipeline.drive import codec
+
         packed = codec.pack(raw, level)
         payload: bytes | memoryview = raw
         if packed.codec is codec.Codec.ZSTD:

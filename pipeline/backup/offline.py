@@ -35,10 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import atomic
-from pipeline.drive import codec
-from pipeline.drive.format import CELL, grid
 from pipeline.errors import EXIT_NO_SEED, BadInput, NoSpace, PipelineError, is_no_space
-from pipeline.prep.read import data_ranges
 
 STAGING_FILE = "pipeline-offline.json"
 REPOSITORY = "repo"
@@ -106,7 +103,11 @@ def estimate(source: Path, level: int = 1, sample: int = SAMPLE) -> Estimate:
     """Like ``pipeline preview``: holes skipped, zstd ratio sampled over cells spread
     across the tree; dedup is ignored, so the figure errs on the large side.  Only stat:
     no owners or attributes (the backup reads those), and a file is opened for its holes
-    only when its allocated blocks say it has some: this walk comes before the backup."""
+    only when its allocated blocks say it has some: this walk comes before the backup.
+    The drive modules are imported here: the hourly online backup never needs them."""
+    from pipeline.drive import codec
+    from pipeline.drive.format import CELL, grid
+
     cells: list[tuple[Path, int, int]] = []
     files = total = data = 0
     for path, st in _regular_files(source):
@@ -157,6 +158,8 @@ def _regular_files(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
 
 def _holes(path: Path, st: os.stat_result) -> list[tuple[int, int]]:
     """The data ranges of a file that has holes; none when it cannot be opened."""
+    from pipeline.prep.read import data_ranges
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
