@@ -29,8 +29,10 @@ from tests.test_backup_repo import (
     CONTAINER,
     PASS,
     CountingStorage,
+    backup,
     describe,
     import_seed,
+    make_tree,
     reopen,
     restore,
 )
@@ -147,3 +149,34 @@ async def test_online_backup_sends_at_most_two_percent(tmp_path: Path) -> None:
         await restore(reopen(StorageBackend(open_storage(account), CONTAINER)), ref.hex,
                       tmp_path / name)
         assert describe(tmp_path / name) == want
+
+
+async def test_unchanged_entries_keep_the_parents_tree_lines(tmp_path: Path) -> None:
+    """A no-change backup writes its parent's tree lines as they were (the same tree
+    chunks: nothing encoded or stored again); an entry whose metadata changed is encoded
+    anew, and every line decodes to what the source holds and encodes back to itself."""
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
+    first = await backup(repo, src, parent=False)
+    second = await backup(repo, src)
+    assert second.manifest.tree == first.manifest.tree
+    assert second.chunks_new == 0
+
+    os.chmod(src / "docs" / "readme.txt", 0o604)                 # a file's mode: ctime moves
+    os.chmod(src / "docs" / "empty dir", 0o700)                  # and a directory's
+    (src / "docs" / "new.txt").write_text("new\n")
+    third = await backup(repo, src)
+    assert third.manifest.tree != second.manifest.tree
+    assert third.chunks_new == 1                                 # new.txt; readme not read
+    entries = list(repo.tree_lines(third.manifest))
+    assert all(node.encode() == line for node, line in entries)
+    modes = {node.path: node.mode for node, _ in entries}
+    assert modes["docs/readme.txt"] == 0o604 and modes["docs/empty dir"] == 0o700
+    assert "docs/new.txt" in modes
+    before = {line for _, line in repo.tree_lines(second.manifest)}
+    kept = {node.path for node, line in entries if line in before}
+    assert "données/日本/ünïcödé файл.bin" in kept and "docs/readme.txt" not in kept
+    await restore(reopen(DirBackend(tmp_path / "repo")), third.snapshot.hex, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)

@@ -114,7 +114,7 @@ async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
                        if parent is not None else None)
     if parent_manifest is not None and not stats.bytes_total:   # the totals to expect
         stats.files_total, stats.bytes_total = parent_manifest.files, parent_manifest.bytes
-    old = repo.tree(parent_manifest) if parent_manifest else None   # lazy: read by the walk
+    old = repo.tree_lines(parent_manifest) if parent_manifest else None  # lazy: the walk reads
     crypto = repo.crypto
     cpu = trio.CapacityLimiter(opts.threads)
     ahead = trio.Semaphore(opts.window)   # batches the walk may run ahead of the tree

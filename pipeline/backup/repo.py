@@ -282,8 +282,14 @@ class Repository:
 
     def tree(self, manifest: fmt.Manifest) -> Iterator[fmt.Node]:
         """The snapshot's entries in walk order, reading one tree chunk at a time."""
+        for node, _ in self.tree_lines(manifest):
+            yield node
+
+    def tree_lines(self, manifest: fmt.Manifest) -> Iterator[tuple[fmt.Node, bytes]]:
+        """Each entry with the line it was decoded from: the next backup writes an entry
+        that equals its parent's as that line, without encoding it again."""
         for line in fmt.split_lines(self.read_chunk(t) for t in manifest.tree):
-            yield fmt.Node.decode(line)
+            yield fmt.Node.decode(line), line
 
     def write_snapshot(self, manifest: fmt.Manifest, when: datetime) -> SnapshotRef:
         data = self.crypto.seal_file(fmt.SNAPSHOT_MAGIC, manifest.encode())

@@ -22,9 +22,7 @@ from pathlib import Path
 import pyfastcdc
 
 from pipeline.backup import encoding as fmt
-from pipeline.drive import codec
 from pipeline.errors import BadInput
-from pipeline.prep.read import data_ranges
 
 Warn = Callable[[str], None]
 Deliver = Callable[[bytes | None, bytes | memoryview | None, int], None]
@@ -177,24 +175,26 @@ def _names(path: bytes, rel: str, warn: Warn) -> list[bytes]:
 
 
 class ParentTree:
-    """The previous snapshot's files, looked up in walk order in one forward pass."""
+    """The previous snapshot's entries (each with its tree line), looked up in walk order
+    in one forward pass."""
 
-    def __init__(self, nodes: Iterator[fmt.Node] | None) -> None:
-        self._nodes = nodes
-        self._cur: fmt.Node | None = None
+    def __init__(self, entries: Iterator[tuple[fmt.Node, bytes]] | None) -> None:
+        self._entries = entries
+        self._cur: tuple[fmt.Node, bytes] | None = None
         self._key: tuple[bytes, ...] = ()     # the walk-order key of _cur
         self._advance()
 
     def _advance(self) -> None:
-        self._cur = next(self._nodes, None) if self._nodes is not None else None
+        self._cur = next(self._entries, None) if self._entries is not None else None
         if self._cur is not None:
-            self._key = fmt.path_key(self._cur.path)
+            self._key = fmt.path_key(self._cur[0].path)
 
-    def find(self, path: str) -> fmt.Node | None:
+    def find(self, path: str) -> tuple[fmt.Node, bytes] | None:
+        """The parent's entry for ``path`` and its line, or None."""
         key = fmt.path_key(path)
         while self._cur is not None and self._key < key:
             self._advance()
-        if self._cur is not None and self._cur.path == path:
+        if self._cur is not None and self._cur[0].path == path:
             return self._cur
         return None
 
@@ -297,6 +297,11 @@ class FileReader:
         return False
 
     def _chunks(self, fd: int, size: int, deliver: Deliver) -> fmt.Content:
+        # Imported here, where a file is read: a no-change backup reads none, and these
+        # modules (drive format, prep's journal and sqlite3) are a tenth of its start-up.
+        from pipeline.drive import codec
+        from pipeline.prep.read import data_ranges
+
         content: fmt.Content = []
 
         def zeros(n: int) -> None:

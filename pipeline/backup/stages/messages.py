@@ -14,10 +14,13 @@ from pipeline.backup import encoding as fmt
 
 @dataclass(frozen=True, slots=True)
 class Walked:
-    """A node as the walk found it; ``reuse``: its content is the parent snapshot's."""
+    """A node as the walk found it; ``reuse``: its content is the parent snapshot's;
+    ``line``: the parent's entry, when it decodes to exactly this node (then the tree
+    stage writes that line instead of encoding the node again)."""
 
     node: fmt.Node
     reuse: bool
+    line: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +33,12 @@ class NodeBatch:
 
 @dataclass(frozen=True, slots=True)
 class ReadBatch:
-    """read -> tree: a walk batch once read, less the files that could not be read."""
+    """read -> tree: a walk batch once read, less the files that could not be read;
+    ``lines[i]``: the parent's line for ``nodes[i]`` when it still holds, else None."""
 
     seq: int
     nodes: list[fmt.Node]
+    lines: list[bytes | None]
 
 
 @dataclass(frozen=True, slots=True)

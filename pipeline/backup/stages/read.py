@@ -35,6 +35,19 @@ class Piece:
     length: int
 
 
+def _read_batch(batch: NodeBatch, read: set[int], gone: set[int]) -> ReadBatch:
+    """``batch`` less the files in ``gone``; a file read again (``read``: its chunks were
+    not all in the index) has new content, so the parent's line no longer stands for it."""
+    nodes: list[fmt.Node] = []
+    lines: list[bytes | None] = []
+    for item in batch.items:
+        key = id(item.node)
+        if key not in gone:
+            nodes.append(item.node)
+            lines.append(None if key in read else item.line)
+    return ReadBatch(batch.seq, nodes, lines)
+
+
 class Read:
     """The read tasks' shared state: the repository's chunk claims and the new-chunk totals."""
 
@@ -67,8 +80,7 @@ class Read:
                 gone = (await trio.to_thread.run_sync(self._read_files, to_read, out,
                                                       limiter=self.disk)
                         if to_read else set())
-                await done.send(ReadBatch(batch.seq, [i.node for i in batch.items
-                                                      if id(i.node) not in gone]))
+                await done.send(_read_batch(batch, {id(n) for n in to_read}, gone))
 
     def _read_files(self, nodes: list[fmt.Node],
                     out: trio.MemorySendChannel[list[Chunk]]) -> set[int]:

@@ -30,20 +30,20 @@ class Tree:
                   out: trio.MemorySendChannel[list[Chunk]]) -> None:
         """Every batch on ``rx`` into tree chunks, the new ones to ``out``; closes both."""
         cutter = fmt.TreeCutter()
-        waiting: dict[int, list[fmt.Node]] = {}
+        waiting: dict[int, ReadBatch] = {}
         next_seq = 0
         async with rx, out:
             async for batch in rx:
-                waiting[batch.seq] = batch.nodes
+                waiting[batch.seq] = batch
                 while next_seq in waiting:           # the tree keeps walk order
-                    nodes = waiting.pop(next_seq)
+                    ready = waiting.pop(next_seq)
                     next_seq += 1
                     self.ahead.release()
                     with self.stats.timed("tree"):     # encoding, not the waits to send
                         cut = []
-                        for n in nodes:
-                            self._count(n)
-                            cut.append(cutter.add(n.encode()))
+                        for n, line in zip(ready.nodes, ready.lines, strict=True):
+                            self._count(n)      # an entry as its parent's: its line as is
+                            cut.append(cutter.add(n.encode() if line is None else line))
                     for chunk in cut:
                         await self._emit(chunk, out)
             await self._emit(cutter.finish(), out)

@@ -3,8 +3,10 @@
 One worker thread stats every entry (``backup.walk.walk``) and, for a file unchanged
 since the parent snapshot (restic's rule, ``walk.unchanged``), takes the parent's chunk
 list so that the file is not read again; a new path to a hard-linked file so taken (a
-new link) takes the same list.  Nodes go out in numbered batches; ``ahead``
-bounds how many the walk may run ahead of the tree stage, which puts them back in order.
+new link) takes the same list.  An entry equal to the parent's in every field carries
+the parent's tree line, so that the tree stage need not encode it.  Nodes go out in
+numbered batches; ``ahead`` bounds how many the walk may run ahead of the tree stage,
+which puts them back in order.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ BATCH_NODES = 512                 # nodes per walk batch
 BATCH_BYTES = 32 << 20            # or file bytes to read per walk batch
 
 
-async def run(source: Path, parent: Iterator[fmt.Node] | None,
+async def run(source: Path, parent: Iterator[tuple[fmt.Node, bytes]] | None,
               tx: trio.MemorySendChannel[NodeBatch], ahead: trio.Semaphore,
               warn: Warn, stats: Stats) -> None:
     """Walk ``source`` in a thread; ``parent`` is the parent snapshot's tree, read lazily
@@ -45,8 +47,10 @@ async def run(source: Path, parent: Iterator[fmt.Node] | None,
         seq = to_read = 0
         for node in walk(source, warn):
             reuse = False
+            found = old.find(node.path)
+            same, line = found if found is not None else (None, None)
             if node.type == "file":
-                prev = old.find(node.path)
+                prev = same
                 if node.links > 1 and not unchanged(node, prev):
                     prev = linked.get((node.dev, node.inode))
                 if unchanged(node, prev):
@@ -56,7 +60,7 @@ async def run(source: Path, parent: Iterator[fmt.Node] | None,
                         linked.setdefault((node.dev, node.inode), node)
                 else:
                     to_read += node.size
-            batch.append(Walked(node, reuse))
+            batch.append(Walked(node, reuse, line if node == same else None))
             if len(batch) >= BATCH_NODES or to_read >= BATCH_BYTES:
                 trio.from_thread.run(send, NodeBatch(seq, batch))
                 batch, seq, to_read = [], seq + 1, 0
