@@ -47,7 +47,7 @@ _LOCAL = local.LocalStorage("/srv/account")  # _path only checks; nothing is ope
 
 def _plan(blob: str, path: str, size: int = 1) -> Any:
     sb = SimpleNamespace(blob_type=format.BlobType.BLOCK)
-    entry = SimpleNamespace(path=path, blob=blob, size=size)
+    entry = SimpleNamespace(path=path, blob=blob, size=size, attrs=None)
     return SimpleNamespace(container="seed-test", superblock=sb, files={1: entry}, rejected={})
 
 
