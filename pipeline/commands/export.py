@@ -299,7 +299,7 @@ async def run_site(args: argparse.Namespace) -> Outcome:
     first = _config(args, store, sessions[0][0], sessions[0][1], sessions[0][2],
                     _free(args.drive, [j for j in every if j not in sessions[0][2]]))
     # every new drive checked before the job moves (against the account, as prep's staging)
-    prep_cmd._preflight(dataclasses.replace(first, dataset=None), every)
+    prep_cmd.preflight(dataclasses.replace(first, dataset=None), every)
     if job["properties"]["state"] == "Received":
         job = service_import.site_call(args.job, svc.patch, args.job,
                                        {"properties": {"state": "Transferring"}})

@@ -265,7 +265,7 @@ async def count_totals(cfg: PrepConfig, stats: progress.Stats) -> None:
         stats.files_total, stats.bytes_total = int(files), int(size)
 
 
-def _preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
+def preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
     """Run every new drive through the safety checks before the first one is formatted,
     so a refused drive stops prep before the session has begun."""
     known = {str(Path(j.drive.path).resolve()) for j in journals}
@@ -559,7 +559,7 @@ async def run(args: argparse.Namespace) -> Outcome:
         _prescan(cfg, stats)
     else:
         scan.scan(cfg.srcdir)  # a missing or unreadable staging root stops prep here
-    _preflight(cfg, journals)
+    preflight(cfg, journals)
     if cfg.dataset is not None and not journals:  # before the first journal: --resume needs it
         datasetio.save(cfg.jdir, cfg.session_id, cfg.dataset)
     renderer.start("prep", session_id=cfg.session_id, srcdir=str(cfg.srcdir),
