@@ -36,7 +36,7 @@ from pipeline.storage.base import Storage
 FileOnDrive = Any
 DrivePlan = Any
 
-__all__ = ["journal_attrs", "renamed", "resolve", "where"]
+__all__ = ["journal_attrs", "renamed", "resolve", "where", "with_attrs"]
 
 MAX_RENAMES = 10_000  # "name (N).ext" tried before the file is logged as not written
 
@@ -90,7 +90,14 @@ def journal_attrs(jrn: journal.Journal, sb: format.Superblock,
     (the closing index it would write)."""
     if sb.version < format.ATTRS_VERSION:
         return files
-    offset = format.trailer_offset(sb.data_area_size)
+    return with_attrs(jrn, files)
+
+
+def with_attrs(jrn: journal.Journal, files: dict[int, format.FileEntry]
+               ) -> dict[int, format.FileEntry]:
+    """``journal_attrs`` without a superblock (repair has none): the journal's records
+    decoded whatever their version; a version-1 drive's simply carry no attributes."""
+    offset = format.trailer_offset(jrn.drive.data_area_size)
     index = format.decode_segment(jrn.index_segment(0, offset), offset)
     full = {f.file_id: f for f in index.files}
     return {fid: full.get(fid, f) for fid, f in files.items()}
