@@ -14,6 +14,8 @@ read thread it made one core's stage of it (a third of that thread's time).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -142,10 +144,32 @@ async def run(od: driveread.UnlockedDrive, stored: list[format.Extent],
 
 async def _read(od: driveread.UnlockedDrive, stored: list[format.Extent],
                 tx: trio.MemorySendChannel[list[Fetched]], io: trio.CapacityLimiter) -> None:
-    """Stage: the windows in drive order, each read and decrypted in the read thread."""
+    """Stage: the windows in drive order, each read in the read thread; the one after it
+    is asked of the device first (read-ahead), so the disk works while a window waits
+    for a worker."""
     async with tx:
-        for win in windows(stored):
-            await tx.send(await trio.to_thread.run_sync(fetch, od, win, limiter=io))
+        wins = windows(stored)
+        for i, win in enumerate(wins):
+            after = wins[i + 1] if i + 1 < len(wins) else None
+            await tx.send(await trio.to_thread.run_sync(_fetch_ahead, od, win, after,
+                                                        limiter=io))
+
+
+def _fetch_ahead(od: driveread.UnlockedDrive, exts: list[format.Extent],
+                 after: list[format.Extent] | None) -> list[Fetched]:
+    """``fetch`` a window, the next one (``after``) asked of the device first."""
+    if after is not None:
+        _read_ahead(od, after)
+    return fetch(od, exts)
+
+
+def _read_ahead(od: driveread.UnlockedDrive, exts: list[format.Extent]) -> None:
+    """Start reading a window into the page cache (POSIX_FADV_WILLNEED), not waiting."""
+    lo = exts[0].location - exts[0].location % format.SECTOR
+    hi = max(format.align_up(e.location + e.stored_len) for e in exts)
+    with contextlib.suppress(OSError, AttributeError):  # advice only
+        os.posix_fadvise(od.drive.fd, od.cipher.segment_offset + lo, hi - lo,
+                         os.POSIX_FADV_WILLNEED)
 
 
 async def _unpack(rx: trio.MemoryReceiveChannel[list[Fetched]],
