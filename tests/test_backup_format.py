@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from pipeline.backup import crypto
 from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository
+from pipeline.backup.walk import ParentTree
 from tests.conftest import FAST_ARGON
 
 KEYS = crypto.MasterKeys(enc_key=bytes(range(32)), id_key=bytes(range(32, 64)), chunker_seed=5)
@@ -263,3 +265,25 @@ def test_hostile_tree_metadata_is_refused(fields: dict[str, object]) -> None:
 def test_deeply_nested_tree_line_is_refused() -> None:
     with pytest.raises(CorruptRepository):
         fmt.Node.decode(b"[" * 100_000)
+
+
+_NAME = st.sampled_from(["a", "b", "a b", "a.b", "A", "é", "z", "日本", "a-"])
+
+
+@given(st.sets(st.lists(_NAME, min_size=1, max_size=3).map("/".join), max_size=40),
+       st.randoms(use_true_random=False))
+@settings(max_examples=300, deadline=None)
+def test_parent_tree_finds_exactly_the_parents_paths(paths: set[str],
+                                                     rnd: random.Random) -> None:
+    """The walk asks for paths in walk order; the parent tree answers each with the
+    parent's entry and line when the parent had that path, else None (one forward pass)."""
+    ordered = sorted(paths | {fmt.ROOT}, key=fmt.path_key)
+    old = [p for p in ordered if rnd.random() < 0.7]
+    new = [p for p in ordered if rnd.random() < 0.7]
+    tree = ParentTree(iter([(fmt.Node("dir", p), p.encode()) for p in old]))
+    for p in new:
+        found = tree.find(p)
+        if p in old:
+            assert found is not None and found[0].path == p and found[1] == p.encode()
+        else:
+            assert found is None

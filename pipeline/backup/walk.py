@@ -181,22 +181,25 @@ class ParentTree:
     def __init__(self, entries: Iterator[tuple[fmt.Node, bytes]] | None) -> None:
         self._entries = entries
         self._cur: tuple[fmt.Node, bytes] | None = None
-        self._key: tuple[bytes, ...] = ()     # the walk-order key of _cur
         self._advance()
 
     def _advance(self) -> None:
         self._cur = next(self._entries, None) if self._entries is not None else None
-        if self._cur is not None:
-            self._key = fmt.path_key(self._cur[0].path)
 
     def find(self, path: str) -> tuple[fmt.Node, bytes] | None:
-        """The parent's entry for ``path`` and its line, or None."""
-        key = fmt.path_key(path)
-        while self._cur is not None and self._key < key:
-            self._advance()
-        if self._cur is not None and self._cur[0].path == path:
-            return self._cur
-        return None
+        """The parent's entry for ``path`` and its line, or None; the walk asks for each
+        path once, in walk order, so an entry found is passed.  Where the trees agree (the
+        parent's next entry is this path) no sort key is computed."""
+        cur = self._cur
+        if cur is None or cur[0].path != path:
+            key = fmt.path_key(path)
+            while cur is not None and fmt.path_key(cur[0].path) < key:
+                self._advance()
+                cur = self._cur
+            if cur is None or cur[0].path != path:
+                return None
+        self._advance()
+        return cur
 
 
 def unchanged(node: fmt.Node, old: fmt.Node | None) -> bool:
