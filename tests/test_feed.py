@@ -197,8 +197,8 @@ def test_bad_input_mid_walk_closes_the_batch_ahead(
         (tmp_path / f"a{i:04d}").write_bytes(b"x")
     real = scan.scan
 
-    def scan_then_fail(root: str, on_skip: Any = None, vdir: str = "") -> Any:
-        yield from real(root, on_skip, vdir)
+    def scan_then_fail(root: str, on_skip: Any = None, vdir: str = "", *bounds: Any) -> Any:
+        yield from real(root, on_skip, vdir, *bounds)
         raise BadInput("'z': cannot list directory: permission denied")  # as root, chmod won't
 
     monkeypatch.setattr(scan, "scan", scan_then_fail)
@@ -274,8 +274,8 @@ def test_file_changed_after_the_walk_is_reported_not_sent(
     (tmp_path / "moves").write_bytes(b"before")
     real = scan.scan
 
-    def scan_then_change(root: str, on_skip: Any = None, vdir: str = "") -> Any:
-        for src in real(root, on_skip, vdir):
+    def scan_then_change(root: str, on_skip: Any = None, vdir: str = "", *bounds: Any) -> Any:
+        for src in real(root, on_skip, vdir, *bounds):
             if src.path == "moves":
                 (tmp_path / "moves").write_bytes(b"after, and longer")
             yield src

@@ -61,8 +61,6 @@ class Progress:
     """The latest counters of every worker, summed into ``stats``; events for the renderer."""
 
     stats: progress.Stats
-    # prep's workers each count the other shards' files as passed over: not summed then
-    count_files: bool = True
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -79,8 +77,7 @@ class Progress:
         now = list(self.latest.values())
         for name in ("bytes_read", "bytes_written", "bytes_stored", "zero_bytes", "extents"):
             setattr(s, name, sum(m.get(name, 0) for m in now))
-        if self.count_files:
-            s.files_done = sum(m.get("files_done", 0) for m in now)
+        s.files_done = sum(m.get("files_done", 0) for m in now)  # each walks its own range
         s.drives = {}
         for m in now:
             for d in m.get("drives", []):
@@ -160,10 +157,10 @@ class Cluster:
 
 
 async def run_tasks(cluster: Cluster, futures: dict[str, Any], topic: str,
-                    renderer: progress.Renderer, stats: progress.Stats,
-                    count_files: bool = True) -> tuple[dict[str, Any], list[str]]:
+                    renderer: progress.Renderer, stats: progress.Stats
+                    ) -> tuple[dict[str, Any], list[str]]:
     """Wait for ``futures`` (submitted with ``topic``) with the gathered progress shown."""
-    watch = Progress(stats, count_files)
+    watch = Progress(stats)
     cluster.client.subscribe_topic(topic, watch.heard)
 
     async def show() -> None:

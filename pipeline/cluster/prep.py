@@ -151,8 +151,7 @@ async def _outcome(cluster: dask_client.Cluster, futures: dict[str, Any], topic:
                    renderer: progress.Renderer, stats: progress.Stats,
                    args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """The tasks' results; a lost worker is Interrupted, a worker's error raised here."""
-    results, lost = await dask_client.run_tasks(cluster, futures, topic, renderer, stats,
-                                                count_files=False)
+    results, lost = await dask_client.run_tasks(cluster, futures, topic, renderer, stats)
     if lost:
         raise Interrupted(
             f"worker(s) {', '.join(sorted(lost))} lost mid-run; their journals keep what they "
@@ -167,7 +166,7 @@ def _report(results: dict[str, Any], stats: progress.Stats, renderer: progress.R
             args: argparse.Namespace) -> Outcome:
     """The summary (no recovery password: `pipeline keys` shows them) and the outcome."""
     rows = sorted((d for r in results.values() for d in r["drives"]), key=lambda d: d["seq"])
-    # every worker walks the whole tree, so each names every entry skipped: once here
+    # each worker names the entries skipped in its range; sorted together here
     skipped = sorted({tuple(s) for r in results.values() for s in r["skipped"]})
     changed = [c for r in results.values() for c in r["changed"]]
     stale = [s for r in results.values() for s in r.get("stale", [])]

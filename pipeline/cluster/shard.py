@@ -4,26 +4,26 @@ Pure and streaming: ``scan.scan`` walks depth-first with each directory sorted b
 bytes, which is the order of paths compared as tuples of their components (``walk_key``).
 So a shard is a range ``[lo, hi)`` of that order, named by two paths, whatever the tree's
 size: the client cuts the walk as it streams past (holding one running sum, never a list
-of files), and a worker's ``ShardPlanner`` keeps the files of its range and leaves the
-rest to the other workers.  Sync and free of trio and dask: the feeder process unpickles
+of files), and a worker's feeder walks only its range (``scan.scan(lo=, hi=)``, through
+``ShardPlanner.walk_range``); the planner still keeps only the files of its range.
+Sync and free of trio and dask: the feeder process unpickles
 the planner.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pipeline.prep import scan
 from pipeline.prep.scan import SourceFile
 from pipeline.prep.session import FileJob, Planner
 
 Key = tuple[bytes, ...]
 
 
-def walk_key(path: str) -> Key:
-    """``path``'s place in ``scan.scan``'s order (component tuples, compared as bytes)."""
-    return tuple(os.fsencode(path).split(b"/"))
+walk_key = scan.path_key
+"""``path``'s place in ``scan.scan``'s order (component tuples, compared as bytes)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,10 @@ class ShardPlanner(Planner):
     def __post_init__(self) -> None:
         self._keys = (None if self.lo is None else walk_key(self.lo),
                       None if self.hi is None else walk_key(self.hi))
+
+    def walk_range(self) -> tuple[str | None, str | None]:
+        """The feeder walks only this range (``scan.scan``'s bounds), not the whole tree."""
+        return self.lo, self.hi
 
     def plan(self, src: SourceFile) -> tuple[FileJob | None, int | None]:
         if self.lo == "" or not in_shard(walk_key(src.path), *self._keys):

@@ -143,7 +143,8 @@ def feed(plan: Plan, send: Callable[[Message], None]) -> None:
         send(Skipped(path, reason))
 
     if plan.sources is None:
-        files = ((src, None, None) for src in scan.scan(plan.root, skipped, planner.vdir))
+        walk = scan.scan(plan.root, skipped, planner.vdir, *planner.walk_range())
+        files = ((src, None, None) for src in walk)
     else:
         files = datasetio.walk(plan.sources, skipped)
     try:

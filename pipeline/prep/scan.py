@@ -21,10 +21,17 @@ and, like fifos, sockets and devices, are skipped and reported through
 whole, so Linux's PATH_MAX (4096 with the NUL) keeps every relative path
 within ``format.MAX_NAME_BYTES``; a deeper tree is ``BadInput`` (name too
 long) at the directory that overflows.
+
+A cluster worker walks only its shard, ``[lo, hi)`` of that order (paths compared as
+tuples of their components' bytes): on the way down to ``lo`` each directory's earlier
+names are dropped before anything is stat'ed or listed, and on the path to ``hi`` its
+later ones, so a worker lists the directories on those two paths plus those its range
+holds, never the whole tree.  Without bounds the walk is prep's, unchanged.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 import sys
@@ -106,10 +113,20 @@ def _open_root(root: str | os.PathLike[str]) -> bytes:
     return broot
 
 
+Key = tuple[bytes, ...]
+
+
+def path_key(path: str) -> Key:
+    """``path``'s place in the walk's order: its components' bytes, compared as a tuple."""
+    return tuple(os.fsencode(path).split(b"/"))
+
+
 def scan(root: str | os.PathLike[str], on_skip: SkipCallback | None = None,
-         vdir: str = "") -> Iterator[SourceFile]:
+         vdir: str = "", lo: str | None = None, hi: str | None = None) -> Iterator[SourceFile]:
     """Every regular file under ``root`` whose blob name (under ``vdir``, the dstdir's
-    virtual directory) is valid, depth-first, each level sorted by name bytes.
+    virtual directory) is valid, depth-first, each level sorted by name bytes; with
+    ``lo``/``hi`` only those whose ``path_key`` is in ``[lo, hi)`` (None: unbounded),
+    and ``on_skip`` hears only of entries in that range.
 
     A bad root (missing, not a directory, unreadable) raises ``BadInput`` here,
     before anything starts; the rest is lazy and raises ``BadInput`` at the
@@ -117,11 +134,47 @@ def scan(root: str | os.PathLike[str], on_skip: SkipCallback | None = None,
     is skipped with reason "vanished during scan".
     """
     broot = _open_root(root)
+    bounds = _Bounds(None if lo is None else path_key(lo), None if hi is None else path_key(hi))
+    if bounds.lo is not None and bounds.hi is not None and bounds.lo >= bounds.hi:
+        return iter(())
     try:
         top = _list(broot)
     except OSError as e:
         raise _os_error(broot, "list directory", e) from None
-    return _walk(broot, top, on_skip, vdir)
+    return _walk(broot, top, on_skip, vdir, bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """A walk's range: ``lo`` included, ``hi`` excluded, None: open on that side."""
+
+    lo: Key | None
+    hi: Key | None
+
+    def trim(self, names: list[bytes], depth: int, on_lo: bool, on_hi: bool) -> list[bytes]:
+        """The sorted ``names`` of a directory at ``depth`` that can hold paths in range:
+        on ``lo``'s path the names before its component go, on ``hi``'s those after
+        (and its own, when it is ``hi``'s last)."""
+        start, end = 0, len(names)
+        if on_lo and self.lo is not None:
+            start = bisect.bisect_left(names, self.lo[depth])
+        if on_hi and self.hi is not None:
+            last = depth == len(self.hi) - 1
+            cut = bisect.bisect_left if last else bisect.bisect_right
+            end = cut(names, self.hi[depth])
+        return names if (start, end) == (0, len(names)) else names[start:end]
+
+    def below_lo(self, name: bytes, depth: int) -> bool:
+        """Whether entry ``name`` of a directory on ``lo``'s path is a proper prefix of
+        ``lo``: before it, only a directory to pass through."""
+        return self.lo is not None and depth + 1 < len(self.lo) and name == self.lo[depth]
+
+    def toward_hi(self, name: bytes, depth: int) -> bool:
+        """Whether entry ``name`` of a directory on ``hi``'s path is on it too."""
+        return self.hi is not None and name == self.hi[depth]
+
+
+_OPEN = _Bounds(None, None)
 
 
 _STAT_BATCH = 256  # names of one directory lstat'ed together
@@ -151,17 +204,23 @@ def _entries(dirpath: bytes, names: list[bytes]
 
 
 def _walk(
-    broot: bytes, top: list[bytes], on_skip: SkipCallback | None, vdir: str
+    broot: bytes, top: list[bytes], on_skip: SkipCallback | None, vdir: str,
+    bounds: _Bounds = _OPEN,
 ) -> Iterator[SourceFile]:
-    # One frame per directory on the current path: (its relpath prefix, its entries).
-    stack = [("", _entries(broot, top))]
+    # One frame per directory on the current path: its relpath prefix, its entries, its
+    # depth and whether it lies on lo's and on hi's path (both False when unbounded).
+    on_lo, on_hi = bounds.lo is not None, bounds.hi is not None
+    stack = [("", _entries(broot, bounds.trim(top, 0, on_lo, on_hi)), 0, on_lo, on_hi)]
     while stack:
-        prefix, entries = stack[-1]
+        prefix, entries, depth, on_lo, on_hi = stack[-1]
         item = next(entries, None)
         if item is None:
             stack.pop()
             continue
         name, full, st = item
+        passing = on_lo and bounds.below_lo(name, depth)
+        if passing and (isinstance(st, OSError) or not stat.S_ISDIR(st[0])):
+            continue  # before lo, and no directory holding it: another worker's
         if isinstance(st, OSError):
             if isinstance(st, FileNotFoundError):
                 if on_skip is not None:
@@ -182,7 +241,7 @@ def _walk(
         if is_dir:
             why = names.dir_problem(rel, vdir)
             if why is not None:
-                if on_skip is not None:
+                if on_skip is not None and not passing:
                     on_skip(rel + "/", f"no blob name can start with it: {why}; rename it "
                             "(nothing under it is copied)")
                 continue
@@ -190,12 +249,14 @@ def _walk(
             try:
                 sub = _list(full)
             except FileNotFoundError:
-                if on_skip is not None:
+                if on_skip is not None and not passing:
                     on_skip(rel, "vanished during scan")
                 continue
             except OSError as e:
                 raise _os_error(full, "list directory", e) from None
-            stack.append((rel + "/", _entries(full, sub)))
+            sub_hi = on_hi and bounds.toward_hi(name, depth)
+            sub = bounds.trim(sub, depth + 1, passing, sub_hi)
+            stack.append((rel + "/", _entries(full, sub), depth + 1, passing, sub_hi))
             continue
         try:
             names.blob_for(rel, vdir)

@@ -50,6 +50,11 @@ class Planner:
     committed: dict[str, Committed] = field(default_factory=dict)
     next_id: int = 1
 
+    def walk_range(self) -> tuple[str | None, str | None]:
+        """The part ``[lo, hi)`` of the walk to plan (None: open): all of it; a cluster
+        worker's planner narrows it to its shard (``scan.scan``'s bounds)."""
+        return None, None
+
     def plan(self, src: SourceFile, blob: str | None = None,
              attrs: format.BlobAttrs | None = None) -> tuple[FileJob | None, int | None]:
         """(the job, or None when ``src`` is wholly on the drives already; the file id
