@@ -12,7 +12,9 @@ top: valid UTF-8 (a staging name Linux gave us as bytes may not be), no
 control characters (they cannot travel in a URL or a log line intact), no
 empty, '.' or '..' segment (a local directory would resolve them).  Container:
 3-63 lowercase letters, digits and single hyphens, starting and ending with a
-letter or digit.
+letter or digit, or ``$root``, Azure's root container (its blobs sit at the
+account's top level: no '/' in their names, ``root_blob_problem``; no virtual
+directory under it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "MAX_BLOB_NAME",
     "MAX_SEGMENTS",
     "MAX_SEGMENT_BYTES",
+    "ROOT_CONTAINER",
     "InvalidName",
     "blob_for",
     "blob_problem",
@@ -33,6 +36,7 @@ __all__ = [
     "check_dstdir",
     "check_vdir",
     "dir_problem",
+    "root_blob_problem",
     "show",
     "vdir_of",
 ]
@@ -41,6 +45,7 @@ MAX_BLOB_NAME = 1024
 MAX_SEGMENTS = 254
 MAX_SEGMENT_BYTES = 255  # NAME_MAX: no staging name is longer; a local import needs it too
 MAX_DSTDIR_BYTES = 1024  # the superblock's string limit (format.MAX_SB_STRING_BYTES)
+ROOT_CONTAINER = "$root"  # Azure's root container; '$' is in no other container name
 
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
 _BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
@@ -80,6 +85,8 @@ def show(name: str) -> str:
 
 def container_problem(name: str) -> str | None:
     """Why Azure refuses ``name`` as a container, or None."""
+    if name == ROOT_CONTAINER:
+        return None
     if not 3 <= len(name) <= 63:
         return "it must be 3 to 63 characters long"
     if not _CONTAINER.fullmatch(name):
@@ -137,6 +144,13 @@ def blob_problem(name: str) -> str | None:
     return _segments_problem(name)
 
 
+def root_blob_problem(container: str, name: str) -> str | None:
+    """The root container's own rule (beside ``blob_problem``): no '/' in a name."""
+    if container == ROOT_CONTAINER and "/" in name:
+        return "a blob in the root container ($root) has no '/' in its name"
+    return None
+
+
 def check_blob_name(name: str) -> str:
     """Refuse names Azure rejects or rewrites, and '.'/'..' segments (they escape a directory)."""
     why = blob_problem(name)
@@ -172,6 +186,9 @@ def check_dstdir(dstdir: str) -> str:
     if not text.endswith("/"):
         text += "/"
     container, _, vdir = text.partition("/")
+    if container == ROOT_CONTAINER and vdir:
+        raise BadInput(f"dstdir {dstdir!r}: the root container ($root) has no virtual "
+                       "directories; give $root/ alone, or a named container")
     if container_problem(container) is not None:
         raise BadInput(f"dstdir {dstdir!r}: container {container!r} is invalid; use 3-63 "
                        "lowercase letters, digits and single hyphens, starting and ending "

@@ -91,6 +91,12 @@ def test_dataset_columns_in_any_order_with_bom() -> None:
      ["f.csv:3: DstBlobPathOrPrefix: 'c1x/b' is line 2's too"]),
     (f"{HEADER}\n/a/,c1x/v/,BlockBlob,rename,None,None\n/b/,c1x/v,BlockBlob,rename,None,None\n",
      ["f.csv:3: DstBlobPathOrPrefix: 'c1x/v/' is line 2's too"]),
+    (f"{HEADER}\n/a/,$root/v/,BlockBlob,rename,None,None\n",
+     ["f.csv:2: DstBlobPathOrPrefix: the root container ($root) has no virtual directories"]),
+    (f"{HEADER}\n/a,$root/v/x,BlockBlob,rename,None,None\n",
+     ["f.csv:2: DstBlobPathOrPrefix: a blob in the root container ($root) has no '/'"]),
+    (f"{HEADER}\n/a/,$roots/,BlockBlob,rename,None,None\n",
+     ["f.csv:2: DstBlobPathOrPrefix: container '$roots'"]),
     (f"{HEADER}\n", ["f.csv: no rows below the header"]),
     ("", ["f.csv:1: the file is empty"]),
 ])
@@ -137,7 +143,7 @@ def test_dataset_round_trip(rows: list) -> None:
     want = []
     seen = set()
     for parts, is_dir, container, vparts, btype, disp, meta, props in rows:
-        if container == "$root" and not is_dir:
+        if container == "$root":  # no virtual directory under the root container
             vparts = []
         base = "/" + "/".join(parts) + ("/" if is_dir else "")
         name = "/".join(vparts + (["" if is_dir else parts[-1]]))

@@ -247,3 +247,18 @@ def test_a_bad_name_on_an_old_drive_costs_that_file_only() -> None:
     assert set(plan.rejected) == {1, 3}
     assert plan.rejected[1][0] == "missing" and "control character" in plan.rejected[1][1]
     assert plan.rejected[3][0] == "corrupt" and "session's directory" in plan.rejected[3][1]
+
+
+def test_root_container_is_a_container_with_its_own_blob_rule() -> None:
+    """``$root`` (Azure's root container) passes every container check; nothing else with
+    a '$' does; its blobs have no '/', and it has no virtual directory."""
+    assert names.container_problem("$root") is None
+    assert names.check_container_name("$root") == "$root"
+    for bad in ("$Root", "$roots", "root$", "$", "$logs"):
+        assert names.container_problem(bad) is not None, bad
+    assert names.root_blob_problem("$root", "a.txt") is None
+    assert names.root_blob_problem("$root", "d/a.txt") is not None
+    assert names.root_blob_problem("photos", "d/a.txt") is None
+    assert names.check_dstdir("$root") == "$root/"
+    with pytest.raises(BadInput, match="no virtual directories"):
+        names.check_dstdir("$root/v/")

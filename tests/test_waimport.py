@@ -341,3 +341,50 @@ def test_unclosed_version_2_drive_imports_by_log_scan_with_attributes(tmp_path: 
         info = store.get_attributes(container, blob)
         assert info.metadata == ({"Owner": "ops", "Project": "seed_19"}
                                  if container == "photos" else {"Kind": "disk"})
+
+
+def root_dataset(tmp: Path) -> dict[str, bytes]:
+    """A ``$root/`` directory row (its subdirectory's file cannot be a root blob: skipped,
+    named) and a single-file row into the root container."""
+    src = tmp / "src"
+    (src / "top" / "sub").mkdir(parents=True)
+    files = {"a.txt": b"root a\n", "b.bin": os.urandom(5000)}
+    for name, data in files.items():
+        (src / "top" / name).write_bytes(data)
+    (src / "top" / "sub" / "c.txt").write_bytes(b"nested")
+    (src / "one.txt").write_bytes(b"single")
+    (tmp / "meta.xml").write_text("<Metadata><Where>root</Where></Metadata>")
+    (tmp / "dataset.csv").write_text(
+        f"{HEADER}\n{src}/top/,$root/,BlockBlob,rename,{tmp}/meta.xml,None\n"
+        f"{src}/one.txt,$root/single.txt,BlockBlob,overwrite,None,None\n")
+    (tmp / "driveset.csv").write_text(f"{DHEADER}\n{tmp}/d1.img,Format,SilentMode,Encrypt,\n")
+    return {**files, "single.txt": b"single"}
+
+
+def test_root_container_end_to_end_on_a_local_account(tmp_path: Path) -> None:
+    """``$root/`` -> import -> blobs in the root container, kept in the local account's
+    directory ``$root`` (no other container name has a '$')."""
+    want = root_dataset(tmp_path)
+    proc = prep(tmp_path, session="root1", code=1)  # 1: an entry skipped, named
+    assert "sub/c.txt" in proc.stderr and "root container ($root) has no '/'" in proc.stderr
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    (p,) = import_(tmp_path, acct, "d1.img", session="root1")
+    assert p.returncode == 0, p.stderr
+    store = LocalStorage(acct)
+    assert store.list("$root") == sorted(want)
+    for name, data in want.items():
+        assert (acct / "$root" / name).read_bytes() == data
+        info = store.get_attributes("$root", name)
+        assert info.properties["Content-MD5"] == md5(data)
+        assert info.metadata == ({} if name == "single.txt" else {"Where": "root"})
+    lines = blob_lines(tmp_path, "root1", (1,))
+    assert sorted(x["blob"] for x in lines if x["status"] == "ok") == sorted(
+        f"$root/{n}" for n in want)
+    assert not (acct / "$root" / "sub").exists()
+    # --dstdir $root/ (a staging tree, subdirectories and all) is refused with one line.
+    proc = run_cli("prep", "--source", str(tmp_path / "src"), "--dstdir", "$root/", "--drive",
+                   str(tmp_path / "x.img"), "--drive-size", "64M", "--journal-dir",
+                   str(tmp_path / "jx"), "--session-id", "rootx", *FAST_KDF_ARGS, check_code=2)
+    assert "use --dataset with a $root/ row" in proc.stderr
+    assert not (tmp_path / "x.img").exists()

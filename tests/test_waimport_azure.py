@@ -14,7 +14,15 @@ from pipeline.storage.azure import AzureStorage
 from tests.azurite import azurite  # noqa: F401 - the fixture
 
 from .conftest import run_cli
-from .test_waimport import blob_lines, check_dispositions, dispositions_dataset, inputs, md5, prep
+from .test_waimport import (
+    blob_lines,
+    check_dispositions,
+    dispositions_dataset,
+    inputs,
+    md5,
+    prep,
+    root_dataset,
+)
 
 
 def import_azure(tmp: Path, to: str, *images: str) -> None:
@@ -76,3 +84,19 @@ def test_dispositions_on_azurite(tmp_path: Path, azurite: str) -> None:  # noqa:
     import_azure(tmp_path, azurite, "d1.img")
     assert get("d/rename (3).txt") is None
     assert all(x["status"] == "skipped" for x in blob_lines(tmp_path, "dis1", (1,)))
+
+
+def test_root_container_into_azurite(tmp_path: Path, azurite: str) -> None:  # noqa: F811
+    """``$root/`` rows land in Azure's root container (Azurite serves it as Azure does)."""
+    want = root_dataset(tmp_path)
+    prep(tmp_path, session="rootaz", code=1)  # 1: the subdirectory's file skipped, named
+    import_azure(tmp_path, azurite, "d1.img")
+    service = BlobServiceClient.from_connection_string(azurite)
+    root = service.get_container_client("$root")
+    assert sorted(b.name for b in root.list_blobs()) == sorted(want)
+    for name, data in want.items():
+        client = service.get_blob_client("$root", name)
+        assert client.download_blob().readall() == data
+        props = client.get_blob_properties()
+        assert bytes(props.content_settings.content_md5) == base64.b64decode(md5(data))
+        assert props.metadata == ({} if name == "single.txt" else {"Where": "root"})

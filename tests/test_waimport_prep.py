@@ -80,14 +80,15 @@ def test_preview_then_additional_driveset_on_resume(tmp_path: Path) -> None:
         assert p.returncode == 0, p.stderr
     for name, blob in data.items():
         assert (acct / "big" / name).read_bytes() == blob
-    # --additional-driveset belongs to --resume; $root is refused until import supports it.
+    # --additional-driveset belongs to --resume; $root has no virtual directories.
     run_cli("prep", "--dataset", str(tmp_path / "dataset.csv"), "--additional-driveset",
             str(tmp_path / "more.csv"), "--journal-dir", str(tmp_path / "j2"), "--session-id",
             "add2", check_code=2)
-    (tmp_path / "root.csv").write_text(f"{HEADER}\n{src}/,$root/,BlockBlob,rename,None,None\n")
+    (tmp_path / "root.csv").write_text(f"{HEADER}\n{src}/,$root/v/,BlockBlob,rename,None,None\n")
     proc = run_cli("preview", "--dataset", str(tmp_path / "root.csv"), "--drive-size", "64M",
                    check_code=2)
-    assert "root.csv:2: DstBlobPathOrPrefix: $root" in proc.stderr
+    assert ("root.csv:2: DstBlobPathOrPrefix: the root container ($root) has no virtual "
+            "directories") in proc.stderr
 
 
 @pytest.mark.parametrize("point", ["after_journal_create", "after_format", "after_pwrite"])

@@ -189,11 +189,11 @@ def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepCo
         raise BadInput("--source is required: the staging directory to copy (or --dataset)")
     dstdir_arg = names.check_dstdir(args.dstdir) if args.dstdir else None
     if sources and session is None:  # the superblock's dstdir: a container of the dataset's
-        dstdir_arg = next((s.container + "/" for s in sources
-                           if names.container_problem(s.container) is None), None)
-        if dstdir_arg is None:
-            raise BadInput(f"--dataset {args.dataset}: every row goes to $root; this version "
-                           "needs one row into a named container")
+        dstdir_arg = next((s.container + "/" for s in sources  # a named one if any
+                           if s.container != names.ROOT_CONTAINER), names.ROOT_CONTAINER + "/")
+    elif dstdir_arg is not None and dstdir_arg.startswith(names.ROOT_CONTAINER + "/"):
+        raise BadInput("--dstdir $root/: a staging tree's subdirectories cannot go to the root "
+                       "container (no '/' in its names); use --dataset with a $root/ row")
     dstdir = pick("dstdir", dstdir_arg, None)
     if dstdir is None:
         raise BadInput("--dstdir is required: CONTAINER/VIRTUAL/DIR/ in the storage account")

@@ -52,7 +52,7 @@ DATASET_COLUMNS = ("BasePath", "DstBlobPathOrPrefix", "BlobType", "Disposition",
                    "MetadataFile", "PropertiesFile")
 DRIVESET_COLUMNS = ("DriveLetter", "FormatOption", "SilentOrPromptOnFormat", "Encryption",
                     "ExistingBitLockerKey")
-ROOT_CONTAINER = "$root"
+ROOT_CONTAINER = names.ROOT_CONTAINER
 MAX_INPUT_BYTES = 64 << 20  # a CSV or XML file larger than this is not one of these
 MAX_ROWS = 100_000
 _BLOB_TYPES = {"blockblob": BlobType.BLOCK, "pageblob": BlobType.PAGE}
@@ -184,6 +184,8 @@ def _dataset_row(line: int, r: dict[str, str], at: str) -> tuple[DatasetRow | No
     elif container != ROOT_CONTAINER and names.container_problem(container):
         why = (f"container {names.show(container)}: {names.container_problem(container)}; "
                "or $root for the root container")
+    elif is_dir and container == ROOT_CONTAINER and rest.strip("/"):
+        why = "the root container ($root) has no virtual directories; give $root/ alone"
     elif is_dir:
         rest = rest if not rest or rest.endswith("/") else rest + "/"
         try:
@@ -194,9 +196,7 @@ def _dataset_row(line: int, r: dict[str, str], at: str) -> tuple[DatasetRow | No
         why = (f"{names.show(dst)} is a virtual directory, but BasePath is a file; end "
                "BasePath with '/' for a directory, or give the blob's full name")
     else:
-        why = names.blob_problem(rest)
-        if why is None and container == ROOT_CONTAINER and "/" in rest:
-            why = "a blob in the root container ($root) has no '/' in its name"
+        why = names.blob_problem(rest) or names.root_blob_problem(container, rest)
     if why is not None:
         problems.append(f"{at}: DstBlobPathOrPrefix: {why}")
     btype = _BLOB_TYPES.get(r["BlobType"].lower() or "blockblob")

@@ -32,7 +32,6 @@ from pipeline.errors import BadInput
 from pipeline.prep import scan
 from pipeline.prep.dataset import (
     MAX_INPUT_BYTES,
-    ROOT_CONTAINER,
     DatasetProblems,
     DatasetRow,
     parse_dataset,
@@ -71,9 +70,6 @@ def _read(path: str, what: str) -> bytes:
 def _source(row: DatasetRow, where: str, notes: list[str]) -> Source:
     at = f"{where}:{row.line}"
     problems = []
-    if row.container == ROOT_CONTAINER:  # names.py, local storage and import lack it yet
-        problems.append(f"{at}: DstBlobPathOrPrefix: $root (the root container) is not "
-                        "supported by this version's import yet; name a container")
     try:
         st = os.stat(row.base_path)
     except OSError as e:
@@ -191,6 +187,10 @@ def walk(sources: list[Source], on_skip: Callable[[str, str], None] | None = Non
                 on_skip(prefix + path, reason)
 
         for f in scan.scan(s.base, skip, vdir):
+            why = names.root_blob_problem(s.container, f.path)
+            if why is not None:  # a file in a subdirectory of a $root/ row
+                skip(f.path, why)
+                continue
             yield (scan.SourceFile(prefix + f.path, f.size, f.mtime_ns, f.mode),
                    s.blob + f.path, s.attrs)
 

@@ -63,7 +63,7 @@ def attrs_problem(f: format.FileEntry, sb: format.Superblock) -> str | None:
         return "it carries attributes, which a version-1 drive never does"
     if c == STATE_CONTAINER or names.container_problem(c) is not None:
         return f"container {names.show(c)} is not one prep writes"
-    why = names.blob_problem(name)
+    why = names.blob_problem(name) or names.root_blob_problem(c, name)
     if why is not None:
         return f"blob {names.show(name)}: {why}"
     if f.size > MAX_BLOB_SIZE[btype]:
