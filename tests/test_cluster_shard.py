@@ -18,6 +18,7 @@ from pipeline.cluster.shard import ShardPlanner, in_shard, partition, walk_key
 from pipeline.jobs.rules import MAX_DRIVES
 from pipeline.prep import scan
 from pipeline.prep.scan import SourceFile
+from tests import jobservice
 from tests.conftest import run_cli
 
 NAMES = st.text(alphabet="ab-_.0Zé/", min_size=1, max_size=12).map(
@@ -94,14 +95,22 @@ def test_shard_planner_keeps_its_range_only() -> None:
     assert empty.plan(SourceFile("a", 1, 1, 0o644)) == (None, None)
 
 
-def test_journal_export_parts_of_ten(tmp_path: Path) -> None:
+def big_session(jdir: Path) -> int:
+    """A closed session of 23 drives, numbered as two cluster workers number theirs (1-15
+    and 101-108): more than two jobs' worth.  Returns the drive count."""
     session = journal.SessionInfo("big-1", "/s", "cont/v/", 1, 1, "sequential")
-    count = 2 * MAX_DRIVES + 3
-    for seq in [*range(1, MAX_DRIVES + 6), *range(101, 101 + MAX_DRIVES - 2)]:
+    seqs = [*range(1, MAX_DRIVES + 6), *range(101, 101 + MAX_DRIVES - 2)]
+    for seq in seqs:
         info = journal.DriveInfo(seq, f"/dev/d{seq}", f"uuid-{seq}", 1 << 30, 1 << 29,
-                                 state="closed")
-        journal.Journal.create(journal.journal_path(tmp_path, "big-1", seq), session, info,
-                               "0" * 48).close()
+                                 state="closed", index_offset=1 << 20, index_length=4096,
+                                 header_sha256=f"{seq:064x}", index_sha256=f"{seq + 1:064x}")
+        journal.Journal.create(journal.journal_path(jdir, "big-1", seq), session, info,
+                               jobservice.recovery_password()).close()
+    return len(seqs)
+
+
+def test_journal_export_parts_of_ten(tmp_path: Path) -> None:
+    count = big_session(tmp_path)
     base = ["journal", "export", "--journal-dir", str(tmp_path)]
     out = run_cli(*base, check_code=2)
     assert f"has {count} drives" in out.stderr and "--part 3" in out.stderr

@@ -10,9 +10,11 @@ from typing import Any
 
 from pipeline import journal
 from pipeline.commands import _options
+from pipeline.commands.journal_cmd import part_count, session_part
 from pipeline.errors import EXIT_REFUSED, EXIT_STORAGE, BadInput, Outcome
 from pipeline.jobs import auth
 from pipeline.jobs.client import COPY_LOG_KINDS, ServiceClient, ServiceError
+from pipeline.jobs.rules import MAX_DRIVES
 
 EXITS = (EXIT_REFUSED, EXIT_STORAGE)  # exit codes beyond errors.EVERY_COMMAND
 
@@ -50,6 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--blob-path", action="append", default=[], metavar="/CONTAINER/BLOB",
                    help="export this blob (repeat; with --export)")
     c.add_argument("--session-id", metavar="ID", help="the session (if JDIR holds several)")
+    c.add_argument("--part", type=int, metavar="N",
+                   help=f"a job holds at most {MAX_DRIVES} drives: this job takes the N-th "
+                   f"{MAX_DRIVES} of a larger session's drives in drive-number order (as "
+                   "`journal export --part`); create one job per part, each with its --job")
     c.add_argument("--location", required=True, metavar="REGION",
                    help="data-center location (see `jobs locations`)")
     c.add_argument("--storage-account", required=True, metavar="NAME",
@@ -129,10 +135,12 @@ def _account_id(svc: ServiceClient, account: str) -> str:
 
 
 def _create(args: argparse.Namespace, svc: ServiceClient,
-            shipping: dict[str, Any]) -> dict[str, Any]:
+            shipping: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The job created, and for an import job which of the session's drives it holds."""
     if args.export:
-        if args.journal_dir or args.session_id:
-            raise BadInput("an export job takes no --journal-dir: the site writes the drives; "
+        if args.journal_dir or args.session_id or args.part is not None:
+            raise BadInput("an export job takes no --journal-dir, --session-id or --part: the "
+                           "site writes the drives; "
                            "name the blobs with --blob-prefix / --blob-path")
         if not args.blob_prefix and not args.blob_path:
             raise BadInput("an export job needs --blob-prefix /CONTAINER/PREFIX or --blob-path "
@@ -142,7 +150,7 @@ def _create(args: argparse.Namespace, svc: ServiceClient,
         return svc.put(args.job, {"location": args.location, "properties": {
             "storageAccountId": _account_id(svc, args.storage_account), "jobType": "Export",
             "diagnosticsPath": "waimportexport", "logLevel": "Error",
-            "export": {"blobList": blobs}, **shipping}})
+            "export": {"blobList": blobs}, **shipping}}), ""
     if args.blob_prefix or args.blob_path:
         raise BadInput("--blob-prefix and --blob-path are for an export job: add --export")
     if not args.journal_dir:
@@ -150,12 +158,17 @@ def _create(args: argparse.Namespace, svc: ServiceClient,
                        "drive list); an export job needs --export")
     journals = journal.one_session(args.journal_dir, args.session_id)
     try:
-        drives = journal.drive_list(journals)
+        part = session_part(journals, args.part, "create one job per part, each with its own "
+                            "--job NAME")
+        drives = journal.drive_list(part)
+        which = (f"part {args.part} of {part_count(journals)} of session "
+                 f"{journals[0].session.session_id}: drives "
+                 f"{', '.join(str(j.drive.seq) for j in part)}")
     finally:
         for j in journals:
             j.close()
     return svc.create_import_job(args.job, args.location, args.storage_account, drives,
-                                 **shipping)
+                                 **shipping), which
 
 
 def run_create(args: argparse.Namespace) -> Outcome:
@@ -164,7 +177,7 @@ def run_create(args: argparse.Namespace) -> Outcome:
     if shipping and missing:
         raise BadInput(f"a return address is given in full or not at all; add "
                        f"{' '.join(missing)} (or give them later to jobs ship)")
-    job = _create(args, svc, shipping)
+    job, which = _create(args, svc, shipping)
     if args.json:
         print(json.dumps(job, indent=2))
         return Outcome()
@@ -176,6 +189,8 @@ def run_create(args: argparse.Namespace) -> Outcome:
     else:
         print(f"job {job['name']} created: {job['properties']['state']}, "
               f"{len(job['properties']['driveList'])} drive(s)")
+        if args.part is not None:
+            print(f"  {which} (pack these together)")
         print(f"ship the drives to ({loc['name']}):\n{_address(loc)}")
     print(f"then: pipeline jobs ship --job {job['name']} --carrier CARRIER --tracking NUMBER "
           f"--publish-settings {args.publish_settings}"

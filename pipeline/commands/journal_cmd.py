@@ -34,22 +34,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> Outcome:
     journals = journal.one_session(args.journal_dir, args.session_id)
     try:
-        print(json.dumps(journal.drive_list(_part(journals, args.part)), indent=2))
+        part = session_part(journals, args.part, "export each job's drives")
+        print(json.dumps(journal.drive_list(part), indent=2))
     finally:
         for j in journals:
             j.close()
     return Outcome()
 
 
-def _part(journals: list[journal.Journal], part: int | None) -> list[journal.Journal]:
+def part_count(journals: list[journal.Journal]) -> int:
+    """How many jobs the session's drives make, at most MAX_DRIVES each."""
+    return max(1, -(-len(journals) // MAX_DRIVES))
+
+
+def session_part(journals: list[journal.Journal], part: int | None,
+                 step: str) -> list[journal.Journal]:
     """The drives of job ``part`` (1-based): a session of more than MAX_DRIVES drives (a
-    cluster's, say) spans several jobs, MAX_DRIVES drives each in drive-number order."""
-    parts = max(1, -(-len(journals) // MAX_DRIVES))
+    cluster's, say) spans several jobs, MAX_DRIVES drives each in drive-number order.
+    ``step`` says in the refusal what to do per part (`journal export`, `jobs create`)."""
+    parts = part_count(journals)
     if part is None:
         if parts > 1:
             raise BadInput(f"the session has {len(journals)} drives and a job holds at most "
-                           f"{MAX_DRIVES}: export each job's drives with --part 1 to "
-                           f"--part {parts}")
+                           f"{MAX_DRIVES}: {step} with --part 1 to --part {parts}")
         return journals
     if not 1 <= part <= parts:
         raise BadInput(f"--part {part}: the session's {len(journals)} drives make "
