@@ -15,8 +15,9 @@ import contextlib
 import hashlib
 import secrets
 import socket
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -288,8 +289,21 @@ class Repository:
     def tree_lines(self, manifest: fmt.Manifest) -> Iterator[tuple[fmt.Node, bytes]]:
         """Each entry with the line it was decoded from: the next backup writes an entry
         that equals its parent's as that line, without encoding it again."""
-        for line in fmt.split_lines(self.read_chunk(t) for t in manifest.tree):
+        for line in fmt.split_lines(self._tree_chunks(manifest.tree)):
             yield fmt.Node.decode(line), line
+
+    def _tree_chunks(self, ids: tuple[bytes, ...]) -> Iterator[bytes]:
+        """The tree chunks in order, up to FETCHERS of them read ahead at once: each read
+        waits (a cold disk, an account's round trip), and the walk consuming them should
+        not wait for each in turn.  Memory: FETCHERS chunks of at most 1 MiB."""
+        with ThreadPoolExecutor(FETCHERS) as pool:
+            ahead: deque[Future[bytes]] = deque()
+            for cid in ids:
+                ahead.append(pool.submit(self.read_chunk, cid))
+                if len(ahead) >= FETCHERS:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
 
     def write_snapshot(self, manifest: fmt.Manifest, when: datetime) -> SnapshotRef:
         data = self.crypto.seal_file(fmt.SNAPSHOT_MAGIC, manifest.encode())
