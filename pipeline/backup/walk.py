@@ -18,11 +18,13 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pyfastcdc
+from typing import TYPE_CHECKING
 
 from pipeline.backup import encoding as fmt
 from pipeline.errors import BadInput
+
+if TYPE_CHECKING:
+    import pyfastcdc
 
 Warn = Callable[[str], None]
 Deliver = Callable[[bytes | None, bytes | memoryview | None, int], None]
@@ -253,6 +255,8 @@ class FileReader:
         """This thread's chunker: reusable, but not to be shared between threads."""
         cdc: pyfastcdc.FastCDC | None = getattr(self._local, "cdc", None)
         if cdc is None:
+            import pyfastcdc  # here: a no-change backup chunks nothing
+
             p = self.params
             cdc = self._local.cdc = pyfastcdc.FastCDC(
                 p.avg, min_size=p.min, max_size=p.max, normalized_chunking=p.nc, seed=self.seed)

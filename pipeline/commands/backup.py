@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pipeline import credentials, progress
-from pipeline.backup import archive, locate, offline, schedule, ui
+from pipeline.backup import archive, offline, schedule, ui
 from pipeline.backup.backend import Backend, DirBackend, StorageBackend
 from pipeline.backup.errors import NoRepository
 from pipeline.backup.repo import Repository, SnapshotRef, exists, hostname
@@ -343,6 +343,8 @@ def seed_missing(backend: Backend) -> str:
                 line, note = ask_job(staging, entry, backend)
                 lines += [line] if line else []
                 notes += [note] if note and note not in notes else []
+    from pipeline.backup import locate  # only when there is no repository
+
     return locate.missing_message(backend, "; ".join(lines)) + "".join(notes)
 
 
