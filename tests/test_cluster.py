@@ -78,12 +78,13 @@ def scheduler_address(proc: Proc) -> str:
 
 
 def start_worker(tmp: Path, scheduler: str, name: str, prefix: Sequence[str] = (),
-                 host: str | None = None, env: dict[str, str] | None = None) -> Proc:
-    """`pipeline worker NAME` owning two image drives under ``tmp``."""
+                 host: str | None = None, env: dict[str, str] | None = None,
+                 extra: Sequence[str] = ()) -> Proc:
+    """`pipeline worker NAME` owning two image drives under ``tmp`` (``extra``: more options)."""
     argv = [*prefix, sys.executable, "-m", "pipeline", "worker", "--scheduler", scheduler,
             "--name", name, "--drive", str(tmp / f"{name}-a.img"), "--drive",
             str(tmp / f"{name}-b.img"), "--drive-size", DRIVE_SIZE, "--threads", "1",
-            *(["--host", host] if host else [])]
+            *(["--host", host] if host else []), *extra]
     proc = Proc(argv, tmp / f"{name}.log", env={**ENV, **(env or {})}).start()
     proc.wait_log("Registered to:")
     return proc

@@ -27,6 +27,13 @@ def drive_set(dask_worker: Any = None) -> workerproc.DriveSet:
     return worker.plugins[workerproc.PLUGIN].drive_set
 
 
+def storage_credential() -> str | None:
+    """This worker's own storage credential (``pipeline worker --storage-key-file``), or None."""
+    from distributed import get_worker
+
+    return get_worker().plugins[workerproc.PLUGIN].storage_credential
+
+
 def publisher(topic: str, name: str) -> Publish:
     from distributed import get_worker
 

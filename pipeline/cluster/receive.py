@@ -6,7 +6,8 @@ which volumes its drives hold (``events.describe``: the volume uuid in each LUKS
 and gives each worker the drives it has, one task per worker holding all its drives.  A
 drive no worker has is named before anything runs.  Import's copy logs come back with the
 results and are written into the client's --log-dir, one per drive, as single-machine
-import writes them.
+import writes them.  The tasks name the storage account by its address only; each worker
+brings its own credential for it (``target``): no key crosses Dask's wire.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import trio
 
 from pipeline import journal, progress
 from pipeline.cluster import client as dask_client
-from pipeline.cluster import receive_remote
+from pipeline.cluster import receive_remote, target
 from pipeline.errors import BadInput, Incomplete, IntegrityError, Interrupted, Outcome
 from pipeline.receive import importer
 from pipeline.receive.verify import DriveReport
-from pipeline.storage import open_storage
 
 
 def _assign(journals: list[journal.Journal], described: dict[str, dict[str, Any]]
@@ -85,13 +85,14 @@ async def verify_all(address: str, journals: list[journal.Journal],
     return reports
 
 
-async def import_all(address: str, journals: list[journal.Journal], store_spec: str,
+async def import_all(address: str, journals: list[journal.Journal], store_target: str,
                      log_dir: Path, renderer: progress.Renderer, stats: progress.Stats
                      ) -> list[dict[str, Any]]:
-    """Import every drive of the session where it is attached; each drive's outcome, its
-    copy log written into ``log_dir`` (``copylog-SESSION-driveNN.jsonl``)."""
-    results = await _run(address, journals, "import", receive_remote.import_drives, (store_spec,),
-                         renderer, stats)
+    """Import every drive of the session where it is attached, into the account
+    ``store_target`` names (its address, no secret: ``target.public_target``); each drive's
+    outcome, its copy log written into ``log_dir`` (``copylog-SESSION-driveNN.jsonl``)."""
+    results = await _run(address, journals, "import", receive_remote.import_drives,
+                         (store_target,), renderer, stats)
     out = []
     for name, r in sorted(results.items()):
         for d in r["drives"]:
@@ -117,12 +118,13 @@ async def import_run(args: argparse.Namespace) -> Outcome:
         stats = progress.Stats(files_total=sum(j.live_totals()[0] for j in journals),
                                bytes_total=sum(j.live_totals()[1] for j in journals))
         renderer = progress.make_renderer(args.json)
-        store = open_storage(store_spec)  # checked here first; its name holds no secret
-        store.check()
-        renderer.start("import", drives=[j.drive.uuid for j in journals], storage=store.name,
+        store_target, store = target.public_target(store_spec)  # no key in store_target
+        if store is not None:  # checked here first when the client holds a credential
+            store.check()
+        renderer.start("import", drives=[j.drive.uuid for j in journals], storage=store_target,
                        files=stats.files_total, bytes=stats.bytes_total)
         done = await progress.with_progress(renderer, stats, lambda: import_all(
-            args.cluster, journals, store_spec, log_dir, renderer, stats))
+            args.cluster, journals, store_target, log_dir, renderer, stats))
     finally:
         for j in journals:
             j.close()

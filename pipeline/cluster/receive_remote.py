@@ -6,6 +6,8 @@ the storage account says whether it was imported, a blob is committed once every
 holding its cells is in.  The copy log is written on the worker (a temporary file) and its
 lines go back to the client, which keeps them in its --log-dir: the logs are gathered in one
 place.  Only journal mode: the recovery password is read from the shared journal directory.
+The task names the storage account by its address only; the credential is the worker's own
+(``target.open_on_worker``): no secret crosses Dask's wire.
 """
 
 from __future__ import annotations
@@ -13,18 +15,19 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from pipeline import credentials, errors, journal, progress
+from pipeline.cluster import events, target
 from pipeline.cluster.events import Publish, counters, describe, drive_set, failure, publisher, tick
 from pipeline.drive import format
 from pipeline.receive import importer
 from pipeline.receive import reader as driveread
 from pipeline.receive.verify import verify_drive
-from pipeline.storage import open_storage
 from pipeline.storage.base import Storage
 
 
@@ -71,7 +74,7 @@ async def verify(jdir: str, session_id: str, uuids: list[str], paths: dict[str, 
 
 
 async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[str, str],
-                     store_spec: str, publish: Publish) -> dict[str, Any]:
+                     open_store: Callable[[], Storage], publish: Publish) -> dict[str, Any]:
     """Every drive here, one after another (as ``pipeline import``): each drive's outcome,
     copy log lines included; a PipelineError comes back as {code, message}."""
     stats = progress.Stats()
@@ -79,7 +82,7 @@ async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[s
     opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     drives: list[dict[str, Any]] = []
     try:
-        store = open_storage(store_spec)
+        store = open_store()
         store.check()
         for j in journals:  # every drive unlocked and checked before anything is written
             key = credentials.Secret(j.recovery_password.encode(), "recovery password")
@@ -155,8 +158,12 @@ def verify_drives(jdir: str, session_id: str, uuids: list[str], topic: str
                     publisher(topic, drive_set().name))
 
 
-def import_drives(jdir: str, session_id: str, uuids: list[str], store_spec: str,
+def import_drives(jdir: str, session_id: str, uuids: list[str], store_target: str,
                   topic: str) -> dict[str, Any]:
-    """The task: import the drives with these volume uuids, attached here."""
-    return trio.run(import_all, jdir, session_id, uuids, _paths_by_uuid(), store_spec,
-                    publisher(topic, drive_set().name))
+    """The task: import the drives with these volume uuids, attached here, into the
+    account ``store_target`` names (``target.public_target``) with this worker's own
+    credential for it."""
+    name, credential = drive_set().name, events.storage_credential()
+    return trio.run(import_all, jdir, session_id, uuids, _paths_by_uuid(),
+                    lambda: target.open_on_worker(store_target, credential, name),
+                    publisher(topic, name))

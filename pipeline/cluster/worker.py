@@ -82,24 +82,31 @@ def drive_set(name: str, paths: list[str], drive_size: int | None, threads: int)
 
 
 async def serve(scheduler: str, drive_set: DriveSet, host: str | None = None,
-                ready: Any = None) -> None:
-    """Run the Dask worker until it is closed (the scheduler went away, or a signal)."""
+                ready: Any = None, storage_credential: str | None = None) -> None:
+    """Run the Dask worker until it is closed (the scheduler went away, or a signal).
+    ``storage_credential`` (``target.read_credential``) stays in this process: tasks
+    carry only the account's address."""
     from distributed import Worker, WorkerPlugin
 
     class Drives(WorkerPlugin):  # Dask keeps plugins by name: tasks find ours by PLUGIN
         name = PLUGIN
 
-        def __init__(self, held: DriveSet) -> None:
+        def __init__(self, held: DriveSet, credential: str | None) -> None:
             self.drive_set = held
+            self.storage_credential = credential
+
+        def __repr__(self) -> str:  # never the credential in a log
+            return f"Drives({self.drive_set.name})"
 
     worker = await Worker(scheduler, name=drive_set.name, nthreads=2, host=host,
                           resources={resource(drive_set.name): len(drive_set.paths)},
-                          plugins={Drives(drive_set)}, validate=False)
+                          plugins={Drives(drive_set, storage_credential)}, validate=False)
     if ready is not None:
         ready(worker.address)
     await worker.finished()
 
 
-def run(scheduler: str, drive_set: DriveSet, host: str | None = None) -> None:
+def run(scheduler: str, drive_set: DriveSet, host: str | None = None,
+        storage_credential: str | None = None) -> None:
     """The worker in this process, under its own asyncio loop (Dask's), until it ends."""
-    asyncio.run(serve(scheduler, drive_set, host))
+    asyncio.run(serve(scheduler, drive_set, host, storage_credential=storage_credential))

@@ -51,7 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="drive to import (repeat for more; not with --cluster)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="import on the Dask cluster at this scheduler: each drive of the "
-                   "session by the `pipeline worker` it is attached to (with --journal-dir)")
+                   "session by the `pipeline worker` it is attached to (with --journal-dir); "
+                   "the workers get only the account's address from --to and use their own "
+                   "credential (`pipeline worker --storage-key-file`)")
     p.add_argument("--to", metavar="STORAGE",
                    help="storage account: a directory (or file://PATH), an Azure connection "
                    "string or account URL with SAS (default: $AZURE_STORAGE_CONNECTION_STRING)")

@@ -29,6 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="size of image files that do not exist yet, e.g. 2G")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="compression/encryption threads (default: the number of cores)")
+    p.add_argument("--storage-key-file", metavar="FILE",
+                   help="a file (mode 0600) holding the storage account's connection string "
+                   "(with AccountKey) or SAS URL, for `import --cluster`: the client sends "
+                   "only the account's address (default: $AZURE_STORAGE_CONNECTION_STRING)")
     p.add_argument("--host", metavar="ADDRESS",
                    help="the address to listen on (default: the one that reaches the "
                    "scheduler)")
@@ -36,9 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> Outcome:
-    from pipeline.cluster import worker
+    from pipeline.cluster import target, worker
 
     size = drives.parse_size(args.drive_size) if args.drive_size else None
     held = worker.drive_set(args.name, args.drive, size, args.threads or os.cpu_count() or 2)
-    worker.run(args.scheduler, held, args.host)
+    credential = target.read_credential(args.storage_key_file)
+    worker.run(args.scheduler, held, args.host, credential)
     return Outcome()
