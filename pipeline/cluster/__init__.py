@@ -6,8 +6,10 @@ pipelines for the tasks given to it.  The rooms: ``shard`` (pure: walk order, th
 partitioner, the shard's planner), ``plan`` (the session's cluster plan, a JSON file beside
 the journals), ``worker`` (the worker process and its drives), ``remote`` and
 ``receive_remote`` (the tasks a worker runs: prep a shard; verify or import drives),
-``events`` (what those tasks share: the worker's drives, progress events), ``client``
-(connecting, waiting, progress gathered from every worker), ``prep`` and ``receive``
+``site_remote`` (a site import of a job's drives on a worker, with its own site token),
+``target`` (what of import's ``--to`` a task carries: the address, never the key),
+``events`` (what those tasks share: the worker's drives and credentials, progress events),
+``client`` (connecting, waiting, progress gathered from every worker), ``prep`` and ``receive``
 (the commands' cluster halves).  Only ``pipeline.commands`` imports this package; it
 imports prep/ and receive/.  See docs/SCALE.md.
 """

@@ -34,6 +34,14 @@ def storage_credential() -> str | None:
     return get_worker().plugins[workerproc.PLUGIN].storage_credential
 
 
+def site_client() -> Any:
+    """This worker's own import-service client (``pipeline worker --site-token-file``), or
+    None: a ``jobs.client.ServiceClient``, opaque here (the cluster never imports jobs)."""
+    from distributed import get_worker
+
+    return get_worker().plugins[workerproc.PLUGIN].site_client
+
+
 def publisher(topic: str, name: str) -> Publish:
     from distributed import get_worker
 

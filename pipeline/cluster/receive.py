@@ -22,43 +22,50 @@ import trio
 
 from pipeline import journal, progress
 from pipeline.cluster import client as dask_client
-from pipeline.cluster import receive_remote, target
+from pipeline.cluster import receive_remote, site_remote, target
 from pipeline.errors import BadInput, Incomplete, IntegrityError, Interrupted, Outcome
-from pipeline.receive import importer
+from pipeline.receive import importer, service_import
 from pipeline.receive.verify import DriveReport
 
 
-def _assign(journals: list[journal.Journal], described: dict[str, dict[str, Any]]
+def _assign(wanted: dict[str, str], described: dict[str, dict[str, Any]], every: bool = True
             ) -> dict[str, list[str]]:
-    """Worker name -> the volume uuids of the session's drives attached to it."""
+    """Worker name -> the volume uuids of ``wanted`` (uuid -> the drive named for a message)
+    attached to it; with ``every``, a wanted drive attached nowhere is refused."""
     where = {d["uuid"]: name for name, w in described.items() for d in w["drives"] if d["uuid"]}
     out: dict[str, list[str]] = {}
     missing = []
-    for j in journals:
-        name = where.get(j.drive.uuid)
+    for uuid, shown in wanted.items():
+        name = where.get(uuid)
         if name is None:
-            missing.append(f"drive {j.drive.seq} (volume {j.drive.uuid})")
+            missing.append(shown)
         else:
-            out.setdefault(name, []).append(j.drive.uuid)
-    if missing:
+            out.setdefault(name, []).append(uuid)
+    if (missing and every) or not out:
         raise BadInput(f"{', '.join(missing)}: attached to no pipeline worker; attach them "
                        "and start `pipeline worker --drive PATH` where they are")
     return out
 
 
-async def _run(address: str, journals: list[journal.Journal], kind: str,
-               fn: Any, args: tuple[Any, ...], renderer: progress.Renderer,
-               stats: progress.Stats) -> dict[str, Any]:
-    """Every worker's task ``fn(jdir, session, uuids, *args, topic)``; their results."""
+def _wanted(journals: list[journal.Journal]) -> dict[str, str]:
+    return {j.drive.uuid: f"drive {j.drive.seq} (volume {j.drive.uuid})" for j in journals}
+
+
+async def run_on_workers(address: str, wanted: dict[str, str], kind: str, label: str,
+                         fn: Any, head: tuple[Any, ...], tail: tuple[Any, ...],
+                         renderer: progress.Renderer, stats: progress.Stats, *,
+                         every: bool = True, before: Any = None) -> dict[str, Any]:
+    """Every worker's task ``fn(*head, uuids, *tail, topic)`` on the ``wanted`` drives
+    attached to it (``_assign``); ``before(uuids)`` first; their results."""
     cluster = await trio.to_thread.run_sync(dask_client.Cluster, address)
     try:
         described = await trio.to_thread.run_sync(cluster.workers)
-        jobs = _assign(journals, described)
-        session_id = journals[0].session.session_id
-        jdir = str(journals[0].path.parent.resolve())
-        topic = dask_client.topic(kind, session_id)
-        futures = {name: cluster.submit(name, len(described[name]["drives"]), fn, jdir,
-                                        session_id, uuids, *args, topic)
+        jobs = _assign(wanted, described, every)
+        if before is not None:
+            await trio.to_thread.run_sync(before, [u for us in jobs.values() for u in us])
+        topic = dask_client.topic(kind, label)
+        futures = {name: cluster.submit(name, len(described[name]["drives"]), fn, *head,
+                                        uuids, *tail, topic)
                    for name, uuids in jobs.items()}
         results, lost = await dask_client.run_tasks(cluster, futures, topic, renderer, stats)
     finally:
@@ -70,12 +77,18 @@ async def _run(address: str, journals: list[journal.Journal], kind: str,
     return results
 
 
+def _head(journals: list[journal.Journal]) -> tuple[str, str]:
+    """The tasks' first arguments: the shared journal directory and the session."""
+    return str(journals[0].path.parent.resolve()), journals[0].session.session_id
+
+
 async def verify_all(address: str, journals: list[journal.Journal],
                      renderer: progress.Renderer, stats: progress.Stats
                      ) -> list[DriveReport]:
     """verify's reports, each drive checked by the worker it is attached to."""
-    results = await _run(address, journals, "verify", receive_remote.verify_drives, (),
-                         renderer, stats)
+    results = await run_on_workers(address, _wanted(journals), "verify", _head(journals)[1],
+                                   receive_remote.verify_drives, _head(journals), (),
+                                   renderer, stats)
     reports = []
     for r in results.values():
         for d in r["reports"]:
@@ -91,8 +104,14 @@ async def import_all(address: str, journals: list[journal.Journal], store_target
     """Import every drive of the session where it is attached, into the account
     ``store_target`` names (its address, no secret: ``target.public_target``); each drive's
     outcome, its copy log written into ``log_dir`` (``copylog-SESSION-driveNN.jsonl``)."""
-    results = await _run(address, journals, "import", receive_remote.import_drives,
-                         (store_target,), renderer, stats)
+    results = await run_on_workers(address, _wanted(journals), "import", _head(journals)[1],
+                                   receive_remote.import_drives, _head(journals),
+                                   (store_target,), renderer, stats)
+    return gather_logs(results, log_dir)
+
+
+def gather_logs(results: dict[str, Any], log_dir: Path) -> list[dict[str, Any]]:
+    """Each drive's outcome by drive number, its copy log written into ``log_dir``."""
     out = []
     for name, r in sorted(results.items()):
         for d in r["drives"]:
@@ -102,25 +121,52 @@ async def import_all(address: str, journals: list[journal.Journal], store_target
     return sorted(out, key=lambda d: d["seq"])
 
 
-async def import_run(args: argparse.Namespace) -> Outcome:
-    """`pipeline import --cluster ADDRESS --journal-dir J --to STORAGE`: every drive of the
-    session, each where it is attached; the copy logs gathered into --log-dir."""
-    if not args.journal_dir or args.drive or args.service:
-        raise BadInput("import --cluster takes --journal-dir (the shared one) and no --drive "
-                       "or --service: each worker imports the session's drives it has")
+async def site_import(args: argparse.Namespace, site: Any, store_target: str, log_dir: Path,
+                      renderer: progress.Renderer, stats: progress.Stats
+                      ) -> list[dict[str, Any]]:
+    """`import --cluster --service`: job ``args.job``'s drives attached to the workers, each
+    imported where it is with that worker's own site credential (``site_remote``); the
+    client (``site``: its own) moves the drives to Transferring first and the job on after."""
+    where = (args.job, args.subscription, args.resource_group)
+    job = await trio.to_thread.run_sync(service_import.JobImport.connect, site, *where)
+    wanted = {d["driveId"]: f"drive {d['driveId']} of job {args.job}"
+              for d in job.job["properties"]["driveList"] if d.get("state") != "NeverReceived"}
+    results = await run_on_workers(args.cluster, wanted, "import", args.job,
+                                   site_remote.import_job_drives, where, (store_target,),
+                                   renderer, stats, every=False, before=job.start)
+    done = gather_logs(results, log_dir)
+    job = await trio.to_thread.run_sync(service_import.JobImport.connect, site, *where)
+    await trio.to_thread.run_sync(job.finish, args.return_tracking)  # every drive in: onwards
+    return done
+
+
+async def import_run(args: argparse.Namespace, site: Any = None) -> Outcome:
+    """`pipeline import --cluster ADDRESS (--journal-dir J | --service URL --job NAME) --to
+    STORAGE`: every drive of the session (or the job's drives attached to the workers), each
+    where it is attached; the copy logs gathered into --log-dir.  ``site``: the import
+    service's client (``--site-token-file``), with --service."""
+    if args.drive or (args.service and site is None):
+        raise BadInput("import --cluster takes no --drive, and --service with "
+                       "--site-token-file: each worker imports the drives attached to it")
     store_spec = args.to or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
     if not store_spec:
         raise BadInput("give --to STORAGE: the storage account every worker writes to")
     log_dir = Path(args.log_dir)
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    renderer = progress.make_renderer(args.json)
+    store_target, store = target.public_target(store_spec)  # no key in store_target
+    if store is not None:  # checked here first when the client holds a credential
+        store.check()
+    if site is not None:
+        stats = progress.Stats()
+        renderer.start("import", job=args.job, storage=store_target)
+        done = await progress.with_progress(renderer, stats, lambda: site_import(
+            args, site, store_target, log_dir, renderer, stats))
+        return _report(args, done, renderer, stats, log_dir)
     journals = journal.one_session(args.journal_dir, None)
     try:
         stats = progress.Stats(files_total=sum(j.live_totals()[0] for j in journals),
                                bytes_total=sum(j.live_totals()[1] for j in journals))
-        renderer = progress.make_renderer(args.json)
-        store_target, store = target.public_target(store_spec)  # no key in store_target
-        if store is not None:  # checked here first when the client holds a credential
-            store.check()
         renderer.start("import", drives=[j.drive.uuid for j in journals], storage=store_target,
                        files=stats.files_total, bytes=stats.bytes_total)
         done = await progress.with_progress(renderer, stats, lambda: import_all(
@@ -128,6 +174,12 @@ async def import_run(args: argparse.Namespace) -> Outcome:
     finally:
         for j in journals:
             j.close()
+    return _report(args, done, renderer, stats, log_dir)
+
+
+def _report(args: argparse.Namespace, done: list[dict[str, Any]],
+            renderer: progress.Renderer, stats: progress.Stats, log_dir: Path) -> Outcome:
+    """Each drive's line (or --json event), the summary, and the outcome."""
     renderer.update(stats, force=True)
     for d in done:
         t = d["totals"]
@@ -149,7 +201,7 @@ async def import_run(args: argparse.Namespace) -> Outcome:
     if bad:
         raise IntegrityError(f"{bad} blob(s) corrupt or missing; see the copy logs in "
                              f"{log_dir}, then re-send them: pipeline repair --journal-dir "
-                             f"{args.journal_dir} --source STAGING --to STORAGE")
+                             f"{args.journal_dir or 'JDIR'} --source STAGING --to STORAGE")
     unvouched = [d["path"] for d in done if d["incomplete"]]
     if unvouched:
         raise Incomplete(f"{', '.join(unvouched)}: imported, but cannot vouch that nothing "

@@ -94,7 +94,7 @@ async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[s
         async with trio.open_nursery() as nursery:
             nursery.start_soon(tick, stats, publish)
             for od, plan in opened:
-                drives.append(await _import_one(od, plan, store, stats))
+                drives.append(await import_one(od, plan, store, stats))
             nursery.cancel_scope.cancel()
         result: dict[str, Any] = {"code": 0, "message": ""}
     except BaseException as exc:  # noqa: BLE001 - a PipelineError goes back as data
@@ -108,13 +108,21 @@ async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[s
     return {**result, "drives": drives}
 
 
-async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage,
-                      stats: progress.Stats) -> dict[str, Any]:
+Finished = Callable[[importer.CopyLog, int], None]
+"""Told each drive's copy log and the bytes it carried (holes included) once it is in."""
+
+
+async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage,
+                     stats: progress.Stats, finished: Finished | None = None) -> dict[str, Any]:
+    """One drive into ``store``: its outcome as plain data, copy log lines included."""
     sb = plan.superblock
-    stats.bytes_read += sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO)
+    zero = sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO)
+    stats.bytes_read += zero
+    carried = [zero]
 
     def uploaded(n: int) -> None:
         stats.bytes_read += n
+        carried[0] += n
 
     with tempfile.TemporaryDirectory(prefix="pipeline-copylog-") as tmp:
         path = importer.log_path(Path(tmp), sb.session_id, sb.drive_seq)
@@ -142,6 +150,8 @@ async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, sto
                   importer.state_name(sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl"),
                   ("\n".join(log.lines) + "\n").encode())
     stats.files_done += len(plan.files)
+    if finished is not None:
+        finished(log, carried[0])
     return {"seq": sb.drive_seq, "session_id": sb.session_id, "path": str(od.drive.path),
             "already": result.already, "totals": log.totals, "lines": log.lines,
             "damage": plan.damage, "incomplete": plan.incomplete, "source": plan.source}

@@ -82,31 +82,36 @@ def drive_set(name: str, paths: list[str], drive_size: int | None, threads: int)
 
 
 async def serve(scheduler: str, drive_set: DriveSet, host: str | None = None,
-                ready: Any = None, storage_credential: str | None = None) -> None:
+                ready: Any = None, storage_credential: str | None = None,
+                site_client: Any = None) -> None:
     """Run the Dask worker until it is closed (the scheduler went away, or a signal).
-    ``storage_credential`` (``target.read_credential``) stays in this process: tasks
-    carry only the account's address."""
+    ``storage_credential`` (``target.read_credential``) and ``site_client`` (the import
+    service's, with the site token) stay in this process: tasks carry only the account's
+    address and the job's name."""
     from distributed import Worker, WorkerPlugin
 
     class Drives(WorkerPlugin):  # Dask keeps plugins by name: tasks find ours by PLUGIN
         name = PLUGIN
 
-        def __init__(self, held: DriveSet, credential: str | None) -> None:
+        def __init__(self, held: DriveSet, credential: str | None, site: Any) -> None:
             self.drive_set = held
             self.storage_credential = credential
+            self.site_client = site
 
         def __repr__(self) -> str:  # never the credential in a log
             return f"Drives({self.drive_set.name})"
 
     worker = await Worker(scheduler, name=drive_set.name, nthreads=2, host=host,
                           resources={resource(drive_set.name): len(drive_set.paths)},
-                          plugins={Drives(drive_set, storage_credential)}, validate=False)
+                          plugins={Drives(drive_set, storage_credential, site_client)},
+                          validate=False)
     if ready is not None:
         ready(worker.address)
     await worker.finished()
 
 
 def run(scheduler: str, drive_set: DriveSet, host: str | None = None,
-        storage_credential: str | None = None) -> None:
+        storage_credential: str | None = None, site_client: Any = None) -> None:
     """The worker in this process, under its own asyncio loop (Dask's), until it ends."""
-    asyncio.run(serve(scheduler, drive_set, host, storage_credential=storage_credential))
+    asyncio.run(serve(scheduler, drive_set, host, storage_credential=storage_credential,
+                      site_client=site_client))

@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="drive to import (repeat for more; not with --cluster)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="import on the Dask cluster at this scheduler: each drive of the "
-                   "session by the `pipeline worker` it is attached to (with --journal-dir); "
+                   "session (--journal-dir) or job (--service, --job) by the `pipeline "
+                   "worker` it is attached to, which holds its own site token; "
                    "the workers get only the account's address from --to and use their own "
                    "credential (`pipeline worker --storage-key-file`)")
     p.add_argument("--to", metavar="STORAGE",
@@ -122,7 +123,8 @@ def _journal_for(journals: list[journal.Journal], path: str) -> journal.Journal:
 async def run(args: argparse.Namespace) -> Outcome:
     if getattr(args, "cluster", None):  # the cluster's own path: pipeline/cluster/receive.py
         from pipeline.cluster import receive as cluster_receive
-        return await cluster_receive.import_run(args)
+        return await cluster_receive.import_run(args, _site_client(args) if args.service
+                                                else None)
     if not args.drive:
         raise BadInput("give --drive PATH: the drive to import (repeat for more)")
     log_dir = Path(args.log_dir)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline.errors import Outcome
+from pipeline.errors import BadInput, Outcome
+from pipeline.jobs.client import ServiceClient
 from pipeline.volume import drives
 
 EXITS = ()  # exit codes beyond errors.EVERY_COMMAND
@@ -33,6 +34,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a file (mode 0600) holding the storage account's connection string "
                    "(with AccountKey) or SAS URL, for `import --cluster`: the client sends "
                    "only the account's address (default: $AZURE_STORAGE_CONNECTION_STRING)")
+    p.add_argument("--service", metavar="URL",
+                   help="the import service, for `import --cluster --service` (the site): "
+                   "this worker takes the job's keys and reports with --site-token-file")
+    p.add_argument("--site-token-file", metavar="FILE",
+                   help="file holding the site token (pipeline service site-token), with "
+                   "--service: it stays on this worker, never in a task")
+    p.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for an https "
+                   "--service")
     p.add_argument("--host", metavar="ADDRESS",
                    help="the address to listen on (default: the one that reaches the "
                    "scheduler)")
@@ -45,5 +54,12 @@ def run(args: argparse.Namespace) -> Outcome:
     size = drives.parse_size(args.drive_size) if args.drive_size else None
     held = worker.drive_set(args.name, args.drive, size, args.threads or os.cpu_count() or 2)
     credential = target.read_credential(args.storage_key_file)
-    worker.run(args.scheduler, held, args.host, credential)
+    site = None
+    if args.service or args.site_token_file:
+        if not (args.service and args.site_token_file):
+            raise BadInput("give --service URL and --site-token-file FILE together (the "
+                           "site's import service and its token)")
+        site = ServiceClient.from_site_token_file(args.service, args.site_token_file,
+                                                  args.ca_file)
+    worker.run(args.scheduler, held, args.host, credential, site)
     return Outcome()
