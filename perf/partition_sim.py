@@ -1,7 +1,8 @@
 """The cluster partitioner at scale, simulated: a streamed synthetic file list through
-``pipeline.cluster.shard.partition`` (the client's cut) and through the shard test every
-worker's planner makes for every file of the walk (``ShardPlanner``: ``walk_key`` +
-``in_shard``), with time and peak memory measured, not assumed.
+``pipeline.cluster.shard.partition`` (the client's cut) and through the shard test a
+worker's planner makes for every file it walks (``ShardPlanner``: ``walk_key`` +
+``in_shard``; a guard since the worker's walk is bounded to its range, timed here per file
+over the whole stream), with time and peak memory measured, not assumed.
 
 ::
 
@@ -68,7 +69,8 @@ def run(n: int, workers: int, mean: float, drive_tb: float, drives: int) -> dict
     partition(files(small, mean), total_of(small, mean), caps)
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    # every worker tests every file of the walk against its range: one worker's tests
+    # the per-file cost of a worker's range test (its walk is bounded to its range; the
+    # test is timed over the whole stream for a per-file figure)
     mid = shards[len(shards) // 2]
     keys = (None if mid.lo is None else walk_key(mid.lo),
             None if mid.hi is None else walk_key(mid.hi))
