@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import difflib
 import importlib
 import inspect
 import os
@@ -106,6 +105,8 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[Parser]:
 
 def _suggestion(parser: argparse.ArgumentParser, message: str, argv: Sequence[str]) -> str:
     """'; did you mean X?' for a mistyped command word or option in ``argv``, or ''."""
+    import difflib  # here: only a mistyped command line needs it
+
     choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
     if choice:
         close = difflib.get_close_matches(choice[1], re.findall(r"'([^']*)'", choice[2]),

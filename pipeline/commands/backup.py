@@ -4,7 +4,6 @@ incremental backups straight into the seeded repository in the storage account."
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import re
 import sys
@@ -132,6 +131,8 @@ class _OptionalCommand(argparse._SubParsersAction):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         if values[0] not in self._name_parser_map:
+            import difflib  # only for a stray word
+
             near = difflib.get_close_matches(values[0], list(self._name_parser_map), n=1)
             raise argparse.ArgumentError(None, f"unrecognized argument: {values[0]}" + (
                 f" (did you mean {near[0]}?)" if near else ""))
