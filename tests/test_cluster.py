@@ -237,3 +237,47 @@ def test_worker_killed_mid_prep_resumes_on_its_drives(
     assert summary["skipped_bytes"] > 0  # what w1 and w2 committed is not written again
     check_session(tmp_path)
     round_trip(tmp_path, src, address)
+
+
+def test_lost_worker_shard_moves_to_another_worker(
+        tmp_path: Path, cluster: tuple[str, dict[str, Proc]]) -> None:
+    """w1 dies for good mid-shard (SIGKILL after its second commit); `--resume --move-shard
+    w1=w3` gives its slot to w3, a new worker with its own drives: w1's unfinished drive is
+    given up (its journal renamed out of the session), w3 writes w1's shard again past w1's
+    drive numbers, and the round trip is byte-identical."""
+    address, procs = cluster
+    src = staging(tmp_path)
+    procs["w1"] = start_worker(tmp_path, address, "w1",
+                               env={"PIPELINE_CRASH_AT": "after_commit:2"})
+    procs["w2"] = start_worker(tmp_path, address, "w2")
+    cli(*prep_args(address, tmp_path, src), check_code=130)
+    assert procs["w1"].popen is not None and procs["w1"].popen.wait(timeout=30) == -9
+    jdir = tmp_path / "journals"
+    before = {j.drive.seq: j.drive.state for j in journal.session_journals(jdir, "clu-1")}
+    procs["w3"] = start_worker(tmp_path, address, "w3")
+    resume = [*prep_args(address, tmp_path, src), "--resume"]
+    out = cli(*resume, "--move-shard", "w2=w3", check_code=2)
+    assert "worker w2 is connected" in out.stderr
+    out = cli(*resume, "--move-shard", "w1=w4", check_code=2)
+    assert "w4 must be a connected pipeline worker" in out.stderr
+    out = cli(*resume, "--move-shard", "w1=w3")
+    given_up = sorted(s for s, state in before.items() if s < 100 and state
+                      not in ("closed", "full"))
+    assert given_up and "shard moves to w3" in out.stderr
+    plan = cluster_plan.load(jdir, "clu-1")
+    assert [w.name for w in plan.workers] == ["w3", "w2"]
+    assert list(plan.worker("w3").abandoned) == given_up
+    assert list(plan.worker("w3").moved_from) == ["w1"]
+    after = {j.drive.seq: (j.drive.state, j.drive.path)
+             for j in journal.session_journals(jdir, "clu-1")}
+    for seq in given_up:
+        assert seq not in after
+        assert (jdir / f"clu-1-drive{seq:02d}.journal.abandoned").exists()
+    mine = {s: p for s, (_, p) in after.items() if s < 100 and s not in before}
+    assert mine and min(mine) > max(s for s in before if s < 100)
+    assert all("w3-" in p for p in mine.values())
+    assert all(state in ("closed", "full") for state, _ in after.values())
+    # the receiving side: every drive of the session attached to some worker (w1's
+    # finished ones, if any, on w1 again), the round trip byte-identical
+    procs["w1"] = start_worker(tmp_path, address, "w1")
+    round_trip(tmp_path, src, address)

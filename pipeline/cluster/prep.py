@@ -11,12 +11,14 @@ Each worker writes its drives' journals into the journal directory the client an
 worker share (an NFS or SMB mount, as the staging tree is): the recovery passwords never
 travel through Dask.  ``--resume`` reads the plan back and runs every shard again on the
 same worker: a finished shard walks and writes nothing; a lost worker's shard continues
-from its journals (the worker must come back under the same name with its drives).
+from its journals when the worker comes back under the same name with its drives, or
+moves to a new worker with ``--move-shard LOST=NEW`` (``_move``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,17 +86,58 @@ def _open_plan(args: argparse.Namespace, described: dict[str, dict[str, Any]]
         if given != plan.srcdir:
             raise BadInput(f"--source {args.source} differs from the session's {plan.srcdir}; "
                            "leave it out when resuming")
+        if args.move_shard:
+            plan = _move(args.move_shard, plan, described, jdir)
+        for path in cluster_plan.abandon(jdir, plan):  # a move's, if a crash cut it short
+            print(f"pipeline prep: {path.name}: given up with its worker's shard; do not ship "
+                  "that drive", file=sys.stderr)
         missing = [w.name for w in plan.workers if w.name not in described]
         if missing:
             raise BadInput(f"worker(s) {', '.join(missing)} of session {args.session_id} are "
                            "not connected; start them again with the same --name and drives")
         return plan
+    if args.move_shard:
+        raise BadInput("--move-shard moves a lost worker's shard of a session: use it with "
+                       "--resume")
     if cluster_plan.plan_path(jdir, args.session_id).exists() or journal.session_journals(
             jdir, args.session_id):
         raise BadInput(f"session {args.session_id} already has journals in {jdir}; continue "
                        "it with --resume, or end it with --abort")
     plan = _new_plan(args, described)
     cluster_plan.save(jdir, plan)
+    return plan
+
+
+def _move(spec: str, plan: ClusterPlan, described: dict[str, dict[str, Any]], jdir: Path
+          ) -> ClusterPlan:
+    """``--move-shard LOST=NEW``: LOST's slot (its range, numbers and finished drives) given
+    to NEW, a connected worker without a shard; LOST's unfinished drives are given up
+    (``plan.abandon``) and what they held is written again onto NEW's drives."""
+    lost, sep, new = spec.partition("=")
+    names_ = [w.name for w in plan.workers]
+    if not sep or lost not in names_:
+        raise BadInput(f"--move-shard {spec}: give LOST=NEW, LOST one of session "
+                       f"{plan.session_id}'s workers ({', '.join(names_)})")
+    if lost in described:
+        raise BadInput(f"worker {lost} is connected: resume its shard on its own drives "
+                       "(leave out --move-shard)")
+    if new not in described or new in names_:
+        raise BadInput(f"--move-shard {spec}: {new} must be a connected pipeline worker "
+                       "without a shard of this session; start it with its own --drive")
+    w = plan.worker(lost)
+    own = [j for j in journal.session_journals(jdir, plan.session_id) if w.owns(j.drive.seq)]
+    last = max((j.drive.seq for j in own), default=0)
+    unfinished = [j.drive.seq for j in own if j.drive.state not in ("closed", "full")]
+    for j in own:
+        j.close()
+    moved = w.moved_to(new, last, unfinished)
+    plan = dataclasses.replace(plan, workers=[moved if x is w else x for x in plan.workers])
+    cluster_plan.save(jdir, plan)  # first: abandon() finishes a rename a crash cut short
+    kept = [j.drive.seq for j in own if j.drive.seq not in unfinished]
+    print(f"pipeline prep: worker {lost}'s shard moves to {new}: its unfinished drive(s) "
+          f"{', '.join(map(str, unfinished)) or 'none'} are given up (do not ship them); "
+          f"its finished drive(s) {', '.join(map(str, kept)) or 'none'} stay in the session",
+          file=sys.stderr)
     return plan
 
 

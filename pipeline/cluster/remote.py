@@ -81,8 +81,13 @@ async def _prep_shard(task: PrepTask, drive_set: workerproc.DriveSet,
     session.planner = ShardPlanner(base.root, base.vdir, base.committed,
                                    max(base.next_id, shard.file_id_base + 1),
                                    lo=shard.lo, hi=shard.hi)
-    pool = DrivePool(cfg, journals, trio.CapacityLimiter(cfg.cpu_threads), stats)
-    pool.next_seq = max(pool.next_seq, shard.first_seq)
+    # The slot's finished drives of a worker it moved from count as committed (the
+    # session's planner) but are not this worker's to reopen: the pool gets its own.
+    here = [j for j in journals if j.drive.path in drive_set.paths]
+    elsewhere = [j for j in journals if j not in here]
+    pool = DrivePool(cfg, here, trio.CapacityLimiter(cfg.cpu_threads), stats)
+    pool.next_seq = max(pool.next_seq, shard.first_seq, shard.seq_floor,
+                        max((j.drive.seq for j in journals), default=0) + 1)
     skipped: list[tuple[str, str]] = []
     changed: list[str] = []
 
@@ -114,7 +119,7 @@ async def _prep_shard(task: PrepTask, drive_set: workerproc.DriveSet,
         publish({"type": "progress", **counters(stats)})
         result.update(worker=drive_set.name, skipped=skipped, changed=changed,
                       stats=stats.statistics(), drives=_drive_rows(pool.journals))
-        for j in pool.journals:
+        for j in [*pool.journals, *elsewhere]:
             j.close()
     return result
 

@@ -98,6 +98,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="prep on the Dask cluster at this scheduler: every `pipeline worker` "
                    "preps a shard onto its own drives (docs/SCALE.md)")
+    p.add_argument("--move-shard", metavar="LOST=NEW",
+                   help="with --cluster --resume: worker LOST is gone for good; worker NEW "
+                   "(connected, no shard yet) takes its shard onto its own drives, LOST's "
+                   "unfinished drives are given up and their files written again")
     p.set_defaults(func=run)
 
 
@@ -541,6 +545,8 @@ async def run(args: argparse.Namespace) -> Outcome:
     drives.check_session_id(args.session_id)
     if args.abort:
         return _abort(args)
+    if getattr(args, "move_shard", None) and not getattr(args, "cluster", None):
+        raise BadInput("--move-shard moves a worker's shard: use it with --cluster --resume")
     if getattr(args, "cluster", None):  # the cluster's own path: pipeline/cluster/prep.py
         from pipeline.cluster import prep as cluster_prep
         return await cluster_prep.run(args, _options.kdf_from_args(args))
