@@ -7,6 +7,7 @@ A blob becomes visible only here, complete, and the copy log says so: ``ok``, or
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -35,6 +36,7 @@ class FileOnDrive:
     bad: dict[int, tuple[str, str]] = field(default_factory=dict)  # offset -> (status, why)
     note: dict[str, str] | None = None  # the copy log's disposition fields (a dataset's file)
     committed: bool = False  # by the uploaders, as soon as its last cell was written
+    md5: Any = None  # a dataset file's Content-MD5 as its parts go (disposition.md5_feed)
 
 
 def whole_here(fd: FileOnDrive) -> bool:
@@ -57,7 +59,7 @@ def commit_files(store: Storage, container: str, btype: format.BlobType,
         c, b, t = disposition.where(f, container, btype)  # a dataset's file: its own
         store.commit(c, b, t, f.size, sorted(zeros))
         if f.attrs is not None:
-            store.set_attributes(c, b, t, f.attrs.metadata, f.attrs.properties)
+            store.set_attributes(c, b, t, f.attrs.metadata, disposition.properties_of(fd))
 
 
 async def commit_ready(store: Storage, container: str, sb: format.Superblock,

@@ -41,6 +41,8 @@ async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: s
             f = fd.entry
             c, b, t = disposition.where(f, container, blob_type)  # a dataset's file: its own
             store.write_part(c, b, t, f.size, e.offset, raw)
+            if f.attrs is not None:
+                disposition.md5_feed(fd, e.offset, raw)
             fd.cells.add(e.offset)
             size += len(raw)
             if whole_here(fd):
