@@ -100,6 +100,8 @@ def with_attrs(jrn: journal.Journal, files: dict[int, format.FileEntry]
                ) -> dict[int, format.FileEntry]:
     """``journal_attrs`` without a superblock (repair has none): the journal's records
     decoded whatever their version; a version-1 drive's simply carry no attributes."""
+    if not files:  # a drive with nothing on it yet (or void): no index to build
+        return files
     offset = format.trailer_offset(jrn.drive.data_area_size)
     index = format.decode_segment(jrn.index_segment(0, offset), offset)
     full = {f.file_id: f for f in index.files}
