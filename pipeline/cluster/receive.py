@@ -116,7 +116,7 @@ def gather_logs(results: dict[str, Any], log_dir: Path) -> list[dict[str, Any]]:
     for name, r in sorted(results.items()):
         for d in r["drives"]:
             path = importer.log_path(log_dir, d["session_id"], d["seq"])
-            path.write_text("\n".join(d.pop("lines")) + "\n", encoding="utf-8")
+            path.write_text(d.pop("log"), encoding="utf-8")
             out.append({**d, "worker": name, "copy_log": str(path)})
     return sorted(out, key=lambda d: d["seq"])
 

@@ -114,7 +114,8 @@ Finished = Callable[[importer.CopyLog, int], None]
 
 async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage,
                      stats: progress.Stats, finished: Finished | None = None) -> dict[str, Any]:
-    """One drive into ``store``: its outcome as plain data, copy log lines included."""
+    """One drive into ``store``: its outcome as plain data, the copy log's text included
+    (read back from its file: the lines are not kept in memory while importing)."""
     sb = plan.superblock
     zero = sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO)
     stats.bytes_read += zero
@@ -145,15 +146,17 @@ async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, stor
                     log.close("failed", str(errors.worst(exc)))
                 raise
             log.close("already imported" if result.already else "done")
-    with contextlib.suppress(Exception):  # the gathered log is the record
-        store.put(importer.STATE_CONTAINER,
-                  importer.state_name(sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl"),
-                  ("\n".join(log.lines) + "\n").encode())
-    stats.files_done += len(plan.files)
-    if finished is not None:
-        finished(log, carried[0])
+        # read back (and handed on) before the temporary directory goes
+        text = importer.read_bytes(path) or b""
+        with contextlib.suppress(Exception):  # the gathered log is the record
+            store.put(importer.STATE_CONTAINER,
+                      importer.state_name(sb.session_id,
+                                          f"copylog-drive-{sb.drive_seq:02d}.jsonl"), text)
+        stats.files_done += len(plan.files)
+        if finished is not None:
+            finished(log, carried[0])
     return {"seq": sb.drive_seq, "session_id": sb.session_id, "path": str(od.drive.path),
-            "already": result.already, "totals": log.totals, "lines": log.lines,
+            "already": result.already, "totals": log.totals, "log": text.decode("utf-8"),
             "damage": plan.damage, "incomplete": plan.incomplete, "source": plan.source}
 
 

@@ -281,7 +281,7 @@ async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, sto
     try:  # a copy next to the blobs, as the import service's verbose log
         store.put(importer.STATE_CONTAINER,
                   importer.state_name(sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl"),
-                  ("\n".join(log.lines) + "\n").encode())
+                  importer.read_bytes(path) or b"")
     except Exception as exc:  # noqa: BLE001 - the local log is the record; say so, go on
         print(f"pipeline import: could not store the copy log in the account ({exc}); "
               f"it is in {path}", file=sys.stderr)

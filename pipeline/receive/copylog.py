@@ -3,12 +3,16 @@
 Flushed at least every FLUSH_EVERY seconds and at every line that is not a blob's,
 so it survives a failure part-way (a flush per line was a write call for each of
 15,000 small files); a full log directory is NoSpace naming it, never a traceback.
+The lines are not kept in memory (a line a file: 10 M small files would hold GBs);
+whoever needs them reads the file back with :func:`read_lines` or :func:`read_bytes`,
+and a summary is in :attr:`CopyLog.totals`, counted as the lines are written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +32,12 @@ class CopyLog:
         self.stream, self.drive = stream, drive
         self.totals = {"ok": 0, "unvouched": 0, "corrupt": 0, "missing": 0, "skipped": 0,
                        "bytes": 0}
-        self.lines: list[str] = []
+        name = getattr(stream, "name", None)
+        self.path: Path | None = Path(name) if isinstance(name, str) else None
         self._flushed = time.monotonic()
 
     def write(self, obj: dict[str, Any]) -> None:
         line = json.dumps({"t": round(time.time(), 3), **obj}, ensure_ascii=False)
-        self.lines.append(line)
         try:
             self.stream.write(line + "\n")
             now = time.monotonic()
@@ -85,6 +89,20 @@ def open_copy_log(path: Path) -> Iterator[IO[str]]:
             raise NoSpace(path, f"copy log {path}") from None
         raise
 
+def read_lines(path: Path) -> Iterator[str]:
+    """A closed copy log's lines, one at a time (never all in memory at once)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield line.rstrip("\n")
+
+
+def read_bytes(path: Path, limit: int | None = None) -> bytes | None:
+    """A closed copy log's bytes, for a store that takes a whole blob; None when it is
+    over ``limit`` bytes (read only after its size is known)."""
+    with open(path, "rb") as f:
+        if limit is not None and os.fstat(f.fileno()).st_size > limit:
+            return None
+        return f.read()
 
 
 def log_path(log_dir: Path, session_id: str, seq: int) -> Path:

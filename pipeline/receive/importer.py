@@ -32,7 +32,7 @@ from pipeline.drive import format
 from pipeline.receive import commit, disposition, extract, upload
 from pipeline.receive import reader as driveread
 from pipeline.receive.commit import FileOnDrive, cells_of
-from pipeline.receive.copylog import CopyLog, log_path, open_copy_log
+from pipeline.receive.copylog import CopyLog, log_path, open_copy_log, read_bytes, read_lines
 from pipeline.receive.markers import (
     STATE_CONTAINER,
     marker_name,
@@ -46,7 +46,7 @@ from pipeline.storage.base import Storage
 
 __all__ = ["STATE_CONTAINER", "CopyLog", "DrivePlan", "DriveResult", "FileOnDrive",
            "cells_of", "check_names", "check_plan", "import_drive", "log_path", "marker_name",
-           "open_copy_log", "plan_drive", "state_name"]
+           "open_copy_log", "plan_drive", "read_bytes", "read_lines", "state_name"]
 
 UPLOADERS = 4  # storage calls in flight at once, each a batch of parts
 PARTS_DEPTH = 4  # batches waiting for an uploader

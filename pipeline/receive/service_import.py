@@ -32,6 +32,7 @@ import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -301,6 +302,8 @@ class JobImport:
         copied.  Over every drive of a job it adds up to the files' total size.
         """
         t = log.totals
+        if log.path is None:
+            raise ValueError("a job's copy log must be a file: it is read back to hand in")
         sb = plan.superblock
         state = importer.STATE_CONTAINER
         verbose = importer.state_name(sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl")
@@ -309,8 +312,9 @@ class JobImport:
             "verboseLogUri": log_uri(store, state, verbose)}
         errors: list[str] = []
         if t["corrupt"] or t["missing"]:
-            errors = [line for line in log.lines
-                      if json.loads(line).get("status") in ("corrupt", "missing")]
+            errors = [line for line in importer.read_lines(log.path)  # streamed: only these kept
+                      if ('"corrupt"' in line or '"missing"' in line)
+                      and json.loads(line).get("status") in ("corrupt", "missing")]
             error_blob = importer.state_name(sb.session_id,
                                              f"errorlog-drive-{sb.drive_seq:02d}.jsonl")
             store.put(state, error_blob, ("\n".join(errors) + "\n").encode())
@@ -321,20 +325,22 @@ class JobImport:
         if self._drives()[uuid].get("state") in _DONE:
             entry.pop("state")  # imported again: the drive's outcome stands
             entry.pop("bytesSucceeded")  # ... and so do the bytes it transferred then
-        self._hand_in_logs(uuid, log.lines, errors)
+        self._hand_in_logs(uuid, log.path, errors)
         self._patch({"driveList": [entry]})
 
-    def _hand_in_logs(self, uuid: str, lines: list[str], errors: list[str]) -> None:
+    def _hand_in_logs(self, uuid: str, path: Path, errors: list[str]) -> None:
         """The copy logs the job's logLevel asks for, to the service; one it does not take
         is a warning (``errors.Caution``): the logs are in the account and the log
-        directory anyway."""
-        kinds = {"error": errors} if errors else {}
+        directory anyway.  The verbose log is read from its file only when it fits."""
+        kinds: dict[str, bytes | None] = {}
+        if errors:
+            kinds["error"] = ("\n".join(errors) + "\n").encode()
         if self.job["properties"].get("logLevel", "Error") == "Verbose":
-            kinds["verbose"] = lines
-        for kind, body in kinds.items():
-            data = ("\n".join(body) + "\n").encode()
-            if len(data) > MAX_COPY_LOG:
-                warnings.warn(Caution(f"the {kind} log of drive {uuid} is {len(data)} bytes, "
+            kinds["verbose"] = importer.read_bytes(path, MAX_COPY_LOG)
+        for kind, data in kinds.items():
+            if data is None or len(data) > MAX_COPY_LOG:
+                size = path.stat().st_size if data is None else len(data)
+                warnings.warn(Caution(f"the {kind} log of drive {uuid} is {size} bytes, "
                                       f"over the service's {MAX_COPY_LOG >> 20} MiB; it stays "
                                       "in the account and the log directory only"),
                               stacklevel=2)
