@@ -84,6 +84,16 @@ def test_dispositions_on_azurite(tmp_path: Path, azurite: str) -> None:  # noqa:
     import_azure(tmp_path, azurite, "d1.img")
     assert get("d/rename (3).txt") is None
     assert all(x["status"] == "skipped" for x in blob_lines(tmp_path, "dis1", (1,)))
+    # repair: the renamed blob, overwritten by someone (bytes and attributes gone), is
+    # sent again under the name import chose, with its Content-MD5; the rest untouched.
+    container.upload_blob("d/rename (2).txt", b"damaged", overwrite=True)
+    run_cli("repair", "--journal-dir", str(tmp_path / "j"), "--session-id", "dis1", "--to",
+            azurite, check_code=0)
+    assert get("d/rename (2).txt") == new["rename"]
+    assert store.get_attributes("cont", "d/rename (2).txt").properties["Content-MD5"] == md5(
+        new["rename"])
+    assert (get("d/rename.txt"), get("d/no-overwrite.txt")) == (b"old rename",
+                                                                b"old no-overwrite")
 
 
 def test_root_container_into_azurite(tmp_path: Path, azurite: str) -> None:  # noqa: F811
