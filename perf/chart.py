@@ -28,8 +28,8 @@ def draw(doc: dict[str, Any], png: Path) -> Path | None:
               file=sys.stderr)
         return None
 
-    fig, axes = plt.subplots(2, 2, figsize=(15, 10))
-    (ax_rate, ax_thr), (ax_stage, ax_rss) = axes
+    fig, axes = plt.subplots(3, 2, figsize=(15, 15))
+    (ax_rate, ax_thr), (ax_stage, ax_rss), (ax_ratio, ax_files) = axes
     rows = [r for r in doc["table"] if "throttled" not in r["name"]]
 
     # (a) MB/s of every contender, min-max as error bars, ratio written next to it.
@@ -127,12 +127,55 @@ def draw(doc: dict[str, Any], png: Path) -> Path | None:
     ax_rss.tick_params(axis="y", labelsize=8)
     ax_rss.set_title("memory", fontsize=10)
 
+    _ratios(ax_ratio, doc.get("receiving") or [])
+    _by_file_count(ax_files, doc.get("filecount") or [])
     fig.suptitle(f"pipeline perf, {doc['when']}", fontsize=11)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=90)
     plt.close(fig)
     return png
+
+
+def _ratios(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """(e) every ratio issue 18 sets, per tree and command, against its target."""
+    if not rows:
+        ax.set_axis_off()
+        return
+    labels = [f"{r['command']}\n({r['tree']})" for r in rows]
+    x = range(len(rows))
+    ax.bar(x, [r["ratio"] for r in rows], width=0.6,
+           color=["#2ca02c" if r["ok"] else "#d62728" for r in rows])
+    ax.scatter(x, [r["target"] for r in rows], marker="_", s=900, color="black", zorder=3,
+               label="target")
+    for i, r in enumerate(rows):
+        ax.text(i, r["ratio"], f"{r['ratio']:.2f}x", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("ratio to tar | zstd -1 -T0 (same tree, same run)")
+    ax.legend(fontsize=8)
+    ax.set_title("issue 18's ratios: green met, red missed", fontsize=10)
+
+
+def _by_file_count(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """(f) peak RSS of the largest process against the number of files (perf.filecount)."""
+    if not rows:
+        ax.text(0.5, 0.5, "RSS by file count not measured (--filecounts)", ha="center",
+                va="center")
+        ax.set_axis_off()
+        return
+    counts = [r["files"] for r in rows]
+    for cmd, color in (("prep", "#1f77b4"), ("verify", "#2ca02c"), ("import", "#d62728")):
+        rss = [r[cmd]["maxrss_mib"] for r in rows]
+        ax.plot(counts, rss, marker="o", color=color, label=cmd)
+        ax.annotate(f"{rss[-1]:.0f} MiB", (counts[-1], rss[-1]), fontsize=8,
+                    textcoords="offset points", xytext=(-40, 6))
+    ax.set_xscale("log")
+    ax.set_xticks(counts, [f"{c:,}" for c in counts])
+    ax.set_xlabel("files (small, 64 B to 2 KiB)")
+    ax.set_ylabel("peak RSS of the largest process, MiB")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title("memory by file count (flat is the goal)", fontsize=10)
 
 
 def main(argv: list[str]) -> int:

@@ -614,6 +614,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-real", action="store_true", help="skip the real-data tree")
     p.add_argument("--no-backup", action="store_true",
                    help="skip backup against restic on the real-data tree (perf/backup_bench.py)")
+    p.add_argument("--filecounts", default="10000,100000",
+                   type=lambda v: [int(x) for x in v.split(",") if x.strip() and int(x)],
+                   help="peak RSS of prep, verify, import by file count (perf.filecount) for "
+                   "the chart; 0 skips it (default 10000,100000)")
     p.add_argument("--profile", action="store_true",
                    help="also run prep once under the Trio probe and once under py-spy")
     p.add_argument("--results", type=Path, default=REPO / "perf" / "results",
@@ -699,6 +703,10 @@ def main(argv: list[str] | None = None) -> int:
             log("profile")
             prof = profile.run(ctx)
             extra = prof.get("text", {})
+        from perf import filecount
+
+        log(f"peak RSS by file count: {args.filecounts}")
+        by_count = [filecount.one(n, args.workdir) for n in args.filecounts]
         backup: dict[str, Any] | None = None
         if real is not None and not args.no_backup:
             from perf import backup_bench
@@ -726,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
                         "cache": args.cache, "kdf": KDF, "image_drives": 4,
                         "drive_size": ctx.drive_size},
            "dataset": info, "table": rows, "throttled": throttled, "rss_by_size": rss,
-           "stage_profile": stages, "profile": {k: v for k, v in prof.items() if k != "text"},
+           "filecount": by_count, "stage_profile": stages,
+           "profile": {k: v for k, v in prof.items() if k != "text"},
            "criteria": crit, "receiving": receiving,
            "real_dataset": real.info if real is not None else None, "backup_vs_restic": backup,
            "series": {k: s.to_json() for k, s in ctx.series.items()},
