@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -32,18 +32,25 @@ WINDOWS_DEPTH = 0  # a window read waits for a free worker: 16 MiB held per work
 
 def windows(extents: Iterable[format.Extent]) -> list[list[format.Extent]]:
     """Group stored extents (by location) into reads of at most WINDOW bytes."""
-    out: list[list[format.Extent]] = []
-    start = end = 0
-    for ext in sorted(extents, key=lambda e: e.location):
+    return list(iter_windows(sorted(extents, key=lambda e: e.location)))
+
+
+def iter_windows(extents: Iterable[format.Extent]) -> Iterator[list[format.Extent]]:
+    """``windows`` of extents already in drive order, one at a time: only the windows
+    being read are held, not an object per extent of the whole drive."""
+    win: list[format.Extent] = []
+    start = 0
+    for ext in extents:
         lo = ext.location - ext.location % format.SECTOR
         hi = format.align_up(ext.location + ext.stored_len)
-        if out and hi - start <= WINDOW and lo >= start:
-            out[-1].append(ext)
-            end = max(end, hi)
+        if win and hi - start <= WINDOW and lo >= start:
+            win.append(ext)
         else:
-            out.append([ext])
-            start, end = lo, hi
-    return out
+            if win:
+                yield win
+            win, start = [ext], lo
+    if win:
+        yield win
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +131,12 @@ UPLOAD_BYTES = 8 << 20  # ... up to about this many bytes (fewer hand-offs: each
 # for a core on a loaded machine)
 
 
-async def run(od: driveread.UnlockedDrive, stored: list[format.Extent],
+async def run(od: driveread.UnlockedDrive, stored: Iterable[format.Extent],
               on_damage: Callable[[format.Extent, tuple[str, str]], None],
               tx: trio.MemorySendChannel[Parts], cpu: trio.CapacityLimiter,
               workers: int | None = None) -> None:
-    """Read every stored extent, window by window; damage goes to ``on_damage``.
+    """Read every stored extent (in drive order), window by window; damage goes to
+    ``on_damage``.
 
     The drive's reads get a thread of their own; ``workers`` unpackers (default: the
     cpu limiter's tokens) decompress and check the windows read, in any order.
@@ -142,17 +150,19 @@ async def run(od: driveread.UnlockedDrive, stored: list[format.Extent],
                                    od.cipher)
 
 
-async def _read(od: driveread.UnlockedDrive, stored: list[format.Extent],
+async def _read(od: driveread.UnlockedDrive, stored: Iterable[format.Extent],
                 tx: trio.MemorySendChannel[list[Fetched]], io: trio.CapacityLimiter) -> None:
     """Stage: the windows in drive order, each read in the read thread; the one after it
     is asked of the device first (read-ahead), so the disk works while a window waits
     for a worker."""
     async with tx:
-        wins = windows(stored)
-        for i, win in enumerate(wins):
-            after = wins[i + 1] if i + 1 < len(wins) else None
+        wins = iter_windows(stored)
+        win = next(wins, None)
+        while win is not None:
+            after = next(wins, None)
             await tx.send(await trio.to_thread.run_sync(_fetch_ahead, od, win, after,
                                                         limiter=io))
+            win = after
 
 
 def _fetch_ahead(od: driveread.UnlockedDrive, exts: list[format.Extent],

@@ -78,8 +78,8 @@ async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Stor
 
     on_drive = await _what_to_write(plan, store, log, net)
     await disposition.resolve(plan, store, on_drive, log, net)  # a dataset's containers, names
-    stored = [e for e in plan.extents if e.codec is not format.Codec.ZERO
-              and e.file_id in on_drive]
+    stored = (e for e in plan.extents.by_location()  # made as extract reads them
+              if e.codec is not format.Codec.ZERO and e.file_id in on_drive)
 
     def damaged(e: format.Extent, why: tuple[str, str]) -> None:
         on_drive[e.file_id].bad[e.offset] = why
