@@ -11,6 +11,7 @@ first.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import trio
@@ -19,14 +20,25 @@ from pipeline.drive import codec, format
 from pipeline.receive import reader as driveread
 
 Key = tuple[int, int]  # (file id, offset in the file): one extent
+_ROW = struct.Struct("<QQQBQ16sQ")  # format.ExtentRow's fields, in its order
+
+
+def packed(row: format.ExtentRow) -> bytes:
+    """An extent row as 65 bytes: what verify holds per extent (a tuple of seven values
+    held ~260 B an extent; ``perf.planmem``).  A row no u64 holds packs as b"" (it
+    then differs from every journal row)."""
+    try:
+        return _ROW.pack(*row)
+    except struct.error:
+        return b""
 
 
 @dataclass(frozen=True, slots=True)
 class Expected:
-    """What the journal says the drive holds (live files only), as plain rows; read-only,
-    so every worker shares it."""
+    """What the journal says the drive holds (live files only), each row ``packed``;
+    read-only, so every worker shares it."""
 
-    extents: dict[Key, format.ExtentRow]
+    extents: dict[Key, bytes]
     by_segment: dict[int, list[Key]]  # segment seq -> its extents, in log order
 
 
@@ -83,7 +95,7 @@ def check_window(window: Window, expected: Expected) -> Checked:
             if want is None:
                 continue  # a superseded file's stale extent
             seen.append(key)
-            if row != want:
+            if packed(row) != want:
                 damage.append(Damage((got.seq, i), fid,
                                      f"extent at {offset} differs from the journal"))
                 continue

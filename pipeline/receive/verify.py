@@ -61,11 +61,11 @@ class _Plan:
 def _plan(jrn: journal.Journal) -> _Plan:
     """Read from the journal in a thread of its own, while the drive is unlocked."""
     live = frozenset(jrn.live_file_ids())
-    expected: dict[check.Key, format.ExtentRow] = {}
+    expected: dict[check.Key, bytes] = {}
     by_segment: dict[int, list[check.Key]] = {}
     for seg, row in jrn.live_extent_rows():
         key = (row[0], row[1])
-        expected[key] = row
+        expected[key] = check.packed(row)
         by_segment.setdefault(seg, []).append(key)
     info, index = jrn.drive, None
     if info.state in ("closed", "full"):
@@ -130,8 +130,9 @@ def _index_problem(trailer: format.Trailer, blob: bytes, plan: _Plan) -> str:
         index = format.decode_index(blob, trailer)
     except IntegrityError as exc:
         return f"closing index unreadable: {exc}"
-    on_drive = {(e.file_id, e.offset): (e.file_id, e.offset, e.raw_len, e.codec.value,
-                                        e.stored_len, e.xxh3, e.location)
+    on_drive = {(e.file_id, e.offset): check.packed((e.file_id, e.offset, e.raw_len,
+                                                     e.codec.value, e.stored_len, e.xxh3,
+                                                     e.location))
                 for e in index.extents}
     if on_drive != plan.expected.extents or {f.file_id for f in index.files} != plan.live:
         return "the closing index does not match the journal"
