@@ -21,8 +21,7 @@ from pipeline.cluster.events import Publish, counters, drive_set, failure, publi
 from pipeline.cluster.plan import WorkerShard
 from pipeline.cluster.shard import ShardPlanner
 from pipeline.drive import format
-from pipeline.errors import PipelineError
-from pipeline.prep.run import DrivePool, PrepConfig, rewrite_index, run_prep
+from pipeline.prep.run import DrivePool, PrepConfig, run_prep
 from pipeline.prep.session import Session
 from pipeline.prep.write import DriveWriter
 from pipeline.volume import luks2
@@ -126,19 +125,8 @@ async def _prep_shard(task: PrepTask, drive_set: workerproc.DriveSet,
 
 def _rewrite_stale(pool: DrivePool) -> list[str]:
     """Closed drives whose index lists files superseded since: written again, as prep does."""
-    problems = []
-    for j in pool.journals:
-        if j.drive.index_stale and j.drive.state in ("closed", "full"):
-            try:
-                drive, cipher = pool.reopen(j)
-                try:
-                    rewrite_index(drive, cipher, j)
-                finally:
-                    drive.close()
-            except (OSError, PipelineError) as exc:
-                problems.append(f"drive {j.drive.seq}'s closing index is stale ({exc}); run "
-                                "prep --cluster --resume")
-    return problems
+    return [f"drive {info.seq}'s closing index is stale ({exc}); run prep --cluster --resume"
+            for info, exc in pool.rewrite_stale_indexes()]
 
 
 def _drive_rows(journals: list[journal.Journal]) -> list[dict[str, Any]]:

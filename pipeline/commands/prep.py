@@ -35,7 +35,7 @@ from pipeline.errors import (
 from pipeline.prep import dataset, datasetio, scan
 from pipeline.prep.run import DrivePool, PrepConfig, run_prep
 from pipeline.prep.session import Session
-from pipeline.prep.write import DriveWriter, rewrite_index
+from pipeline.prep.write import DriveWriter
 from pipeline.volume import drives
 
 REMINDER = ("Store the recovery passwords apart from the drives: whoever holds a drive and "
@@ -106,23 +106,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _rewrite_stale_indexes(pool: DrivePool) -> list[str]:
-    """Closed drives whose index lists files superseded since: write it again (see
-    ``write.rewrite_index``).  A drive that cannot be reached is named, to do later."""
-    problems = []
-    for j in pool.journals:
-        info = j.drive
-        if not (info.index_stale and info.state in ("closed", "full")):
-            continue
-        try:
-            drive, cipher = pool.reopen(j)
-            try:
-                rewrite_index(drive, cipher, j)
-            finally:
-                drive.close()
-        except (OSError, PipelineError) as exc:
-            problems.append(f"drive {info.seq}'s closing index still lists older copies of "
-                            f"files changed since ({exc}); attach it at {info.path} and run "
-                            "prep --resume, or import that drive with its journal")
+    """Closed drives whose index lists files superseded since: written again by the pool;
+    a drive that cannot be reached is named, to do later."""
+    problems = [f"drive {info.seq}'s closing index still lists older copies of files changed "
+                f"since ({exc}); attach it at {info.path} and run prep --resume, or import "
+                "that drive with its journal" for info, exc in pool.rewrite_stale_indexes()]
     for line in problems:
         print(f"pipeline prep: warning: {line}", file=sys.stderr)
     return problems

@@ -18,9 +18,9 @@ import trio
 
 from pipeline import faults, journal
 from pipeline.drive import format
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, PipelineError
 from pipeline.prep.config import PrepConfig
-from pipeline.prep.write import DriveWriter
+from pipeline.prep.write import DriveWriter, rewrite_index
 from pipeline.progress import Stats
 from pipeline.volume import drives, luks2
 
@@ -141,6 +141,25 @@ class DrivePool:
         except BaseException:
             drive.close()
             raise
+
+    def rewrite_stale_indexes(self) -> list[tuple[journal.DriveInfo, Exception]]:
+        """Closed drives whose index lists files superseded since: write it again (see
+        ``write.rewrite_index``).  Returns the drives that could not be reached, to do later
+        (prep and a cluster worker each name them in their own words)."""
+        failed: list[tuple[journal.DriveInfo, Exception]] = []
+        for j in self.journals:
+            info = j.drive
+            if not (info.index_stale and info.state in ("closed", "full")):
+                continue
+            try:
+                drive, cipher = self.reopen(j)
+                try:
+                    rewrite_index(drive, cipher, j)
+                finally:
+                    drive.close()
+            except (OSError, PipelineError) as exc:
+                failed.append((info, exc))
+        return failed
 
     def reopen(self, jrn: journal.Journal) -> tuple[drives.Drive, drives.DriveCipher]:
         """Open a drive of the session at its recorded path, unlocked, checked to be it."""
