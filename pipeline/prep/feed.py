@@ -186,7 +186,10 @@ def main() -> int:
     out = sys.stdout.fileno()
     with contextlib.suppress(OSError):  # not a pipe, or above the system's limit: the
         fcntl.fcntl(out, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # default size works too
-    plan: Plan = pickle.load(sys.stdin.buffer)
+    try:
+        plan: Plan = pickle.load(sys.stdin.buffer)
+    except EOFError:  # prep died (kill -9) before it sent the plan: nobody to tell
+        return 1
 
     def send(message: Message) -> None:
         _write_all(out, encode_frame(message))
