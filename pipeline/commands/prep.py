@@ -261,6 +261,8 @@ def preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
     """Run every new drive through the safety checks before the first one is formatted,
     so a refused drive stops prep before the session has begun."""
     known = {str(Path(j.drive.path).resolve()) for j in journals}
+    stagings = [cfg.srcdir] if cfg.dataset is None else [
+        s.base if s.is_dir else os.path.dirname(s.base) for s in cfg.dataset]
     seen: set[str] = set()
     for path in cfg.drives:
         real = str(Path(path).resolve())
@@ -271,8 +273,6 @@ def preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
             continue
         size = cfg.drive_size if not Path(path).exists() else None
         key = cfg.existing_keys.get(real)  # AlreadyEncrypted: it holds a volume, kept
-        stagings = [cfg.srcdir] if cfg.dataset is None else [
-            s.base if s.is_dir else os.path.dirname(s.base) for s in cfg.dataset]
         for staging in stagings:  # in use, mounted, the source disk: refused all the same
             drives.check_target(path, size=None if key is not None else size,
                                 staging=staging, confirmed=cfg.yes or key is not None)
