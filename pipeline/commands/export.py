@@ -509,7 +509,7 @@ def fetch(store: Storage, local: Storage, blob: blobsource.ExportBlob) -> int:
             local.write_part(blob.container, blob.name, format.BlobType.BLOCK, blob.size,
                              offset, data)
     local.commit(blob.container, blob.name, format.BlobType.BLOCK, blob.size, zero)
-    info = store.get_attributes(blob.container, blob.name)
+    info = blob.info or store.get_attributes(blob.container, blob.name)  # select read it
     if info is not None:  # the blob's metadata and properties, as unpack gives them
         rec = blobsource.blob_attrs(info)
         local.set_attributes(blob.container, blob.name, info.blob_type, rec.metadata,
