@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -143,10 +144,10 @@ class ExportEstimate:
 def estimate(store: Storage, sel: blobsource.Selection, drive_size: int, level: int,
              sample: int) -> ExportEstimate:
     """Prep's arithmetic (``preview``) over blobs: a spread of cells read and packed."""
-    cells = [(b, off) for b in sel.blobs for off in range(0, b.size, format.CELL)]
+    cells = ((b, off) for b in sel.blobs for off in range(0, b.size, format.CELL))  # lazily
     step = max(1, math.ceil(sel.total / max(sample, 1)))
     raw = stored = 0
-    for blob, off in cells[::step]:
+    for blob, off in itertools.islice(cells, 0, None, step):
         data = store.read(blob.container, blob.name, off, min(format.CELL, blob.size - off))
         raw += len(data)
         stored += 0 if codec.is_zero(data) else len(codec.pack(data, level).stored)
