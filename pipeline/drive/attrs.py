@@ -133,6 +133,3 @@ class BlobAttrs:
                 raise ValueError(why)
         if order != sorted(set(order)):
             raise ValueError("properties must be in PROPERTIES order, each at most once")
-
-    def property(self, name: str) -> str | None:
-        return dict(self.properties).get(name)
