@@ -31,7 +31,6 @@ from pipeline.drive import codec, format
 from pipeline.drive.attrs import Disposition
 from pipeline.errors import EXIT_INTEGRITY, EXIT_STORAGE, BadInput, IntegrityError, Outcome
 from pipeline.receive import disposition
-from pipeline.receive.markers import read_markers
 from pipeline.storage import open_storage
 from pipeline.storage.base import Storage
 
@@ -178,16 +177,6 @@ def resend(store: Storage, container: str, blob_type: format.BlobType, srcdir: P
     return sent
 
 
-async def decided_blobs(store: Storage, session_id: str) -> dict[int, str]:
-    """File id -> the blob (``container/name``) the session's imports wrote a dataset's
-    file to, from their markers (checked as hostile there)."""
-    out: dict[int, str] = {}
-    for m in await read_markers(store, session_id, trio.CapacityLimiter(1)):
-        for f in m["files"]:
-            out[f["file_id"]] = f["blob"]
-    return out
-
-
 async def run(args: argparse.Namespace) -> Outcome:
     if args.export:
         from pipeline.commands import export  # the export side's repair lives with export
@@ -212,7 +201,8 @@ async def run(args: argparse.Namespace) -> Outcome:
     srcdir = Path(args.source or session.srcdir)
     if not srcdir.is_dir():
         raise BadInput(f"staging directory {srcdir} does not exist")
-    decided = await decided_blobs(store, session.session_id) if dataset else {}
+    decided = (await disposition.decided_blobs(store, session.session_id,
+                                                trio.CapacityLimiter(1)) if dataset else {})
     stats = progress.Stats(files_total=len(blobs),
                            bytes_total=sum(e.entry.size for e in blobs.values()))
     renderer = progress.make_renderer(args.json)

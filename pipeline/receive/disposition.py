@@ -38,8 +38,8 @@ from pipeline.storage.base import Storage
 FileOnDrive = Any
 DrivePlan = Any
 
-__all__ = ["journal_attrs", "md5_feed", "properties_of", "renamed", "resolve", "where",
-           "with_attrs"]
+__all__ = ["decided_blobs", "journal_attrs", "md5_feed", "properties_of", "renamed", "resolve",
+           "where", "with_attrs"]
 
 MAX_RENAMES = 10_000  # "name (N).ext" tried before the file is logged as not written
 
@@ -108,6 +108,17 @@ def with_attrs(jrn: journal.Journal, files: dict[int, format.FileEntry]
     return {fid: full.get(fid, f) for fid, f in files.items()}
 
 
+async def decided_blobs(store: Storage, session_id: str, net: trio.CapacityLimiter
+                        ) -> dict[int, str]:
+    """File id -> the blob (``container/name``) the session's imports wrote a dataset's
+    file to, from their markers (checked as hostile there)."""
+    out: dict[int, str] = {}
+    for m in await read_markers(store, session_id, net):
+        for f in m["files"]:
+            out[f["file_id"]] = f["blob"]
+    return out
+
+
 async def resolve(plan: DrivePlan, store: Storage, on_drive: dict[int, FileOnDrive],
                   log: CopyLog, net: trio.CapacityLimiter) -> None:
     """Each dataset file's container made, and its blob decided (see the module docstring):
@@ -115,12 +126,8 @@ async def resolve(plan: DrivePlan, store: Storage, on_drive: dict[int, FileOnDri
     dataset = {fid: fd for fid, fd in on_drive.items() if fd.entry.attrs is not None}
     if not dataset:
         return
-    earlier: dict[int, str] = {}
-    claimed: set[str] = set()
-    for m in await read_markers(store, plan.superblock.session_id, net):
-        for f in m["files"]:
-            earlier[f["file_id"]] = f["blob"]
-            claimed.add(f["blob"])
+    earlier = await decided_blobs(store, plan.superblock.session_id, net)
+    claimed = set(earlier.values())
     skips = await trio.to_thread.run_sync(_decide_all, store, dataset, earlier, claimed,
                                           limiter=net)
     for fid, why in skips.items():
