@@ -165,8 +165,9 @@ async def import_run(args: argparse.Namespace, site: Any = None) -> Outcome:
         return _report(args, done, renderer, stats, log_dir)
     journals = journal.one_session(args.journal_dir, None)
     try:
-        stats = progress.Stats(files_total=sum(j.live_totals()[0] for j in journals),
-                               bytes_total=sum(j.live_totals()[1] for j in journals))
+        totals = [j.live_totals() for j in journals]  # one pass over each journal
+        stats = progress.Stats(files_total=sum(f for f, _ in totals),
+                               bytes_total=sum(b for _, b in totals))
         renderer.start("import", drives=[j.drive.uuid for j in journals], storage=store_target,
                        files=stats.files_total, bytes=stats.bytes_total)
         done = await progress.with_progress(renderer, stats, lambda: import_all(
