@@ -18,7 +18,7 @@ import trio
 from pipeline import errors, progress
 from pipeline.cluster import events, target
 from pipeline.cluster.events import Publish, counters, failure, publisher, tick
-from pipeline.cluster.receive_remote import import_one
+from pipeline.cluster.receive_remote import _paths_by_uuid, import_one
 from pipeline.receive import importer, service_import
 from pipeline.receive import reader as driveread
 from pipeline.storage.base import Storage
@@ -33,7 +33,7 @@ def import_job_drives(job_name: str, subscription: str | None, resource_group: s
         return {"code": errors.EXIT_BAD_INPUT, "drives": [],
                 "message": f"worker {held.name} has no site credential: start it with "
                 "--service URL --site-token-file FILE"}
-    paths = {d["uuid"]: d["path"] for d in events.describe()["drives"] if d["uuid"]}
+    paths = _paths_by_uuid()
     credential = events.storage_credential()
     return trio.run(_import_job, site, (job_name, subscription, resource_group), uuids, paths,
                     lambda: target.open_on_worker(store_target, credential, held.name),
