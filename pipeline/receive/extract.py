@@ -64,14 +64,19 @@ class Fetched:
     why: str = ""
 
 
+def _span(exts: list[format.Extent]) -> tuple[int, int]:
+    """The sector-aligned data-area range [lo, hi) a window of extents covers."""
+    lo = exts[0].location - exts[0].location % format.SECTOR
+    return lo, max(format.align_up(e.location + e.stored_len) for e in exts)
+
+
 def fetch(od: driveread.UnlockedDrive, exts: list[format.Extent]) -> list[Fetched]:
     """Read a window of extents (runs in the read thread); the workers decrypt it.
 
     A bad sector or a cut reads the window again extent by extent, so that only
     what is hit is lost.
     """
-    lo = exts[0].location - exts[0].location % format.SECTOR
-    hi = max(format.align_up(e.location + e.stored_len) for e in exts)
+    lo, hi = _span(exts)
     try:
         return [Fetched(exts, lo, _read_sealed(od, lo, hi - lo))]
     except (OSError, BadInput, IntegrityError) as exc:
@@ -175,8 +180,7 @@ def _fetch_ahead(od: driveread.UnlockedDrive, exts: list[format.Extent],
 
 def _read_ahead(od: driveread.UnlockedDrive, exts: list[format.Extent]) -> None:
     """Start reading a window into the page cache (POSIX_FADV_WILLNEED), not waiting."""
-    lo = exts[0].location - exts[0].location % format.SECTOR
-    hi = max(format.align_up(e.location + e.stored_len) for e in exts)
+    lo, hi = _span(exts)
     with contextlib.suppress(OSError, AttributeError):  # advice only
         os.posix_fadvise(od.drive.fd, od.cipher.segment_offset + lo, hi - lo,
                          os.POSIX_FADV_WILLNEED)
