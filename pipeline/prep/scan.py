@@ -174,9 +174,6 @@ class _Bounds:
         return self.hi is not None and name == self.hi[depth]
 
 
-_OPEN = _Bounds(None, None)
-
-
 _STAT_BATCH = 256  # names of one directory lstat'ed together
 
 
@@ -205,7 +202,7 @@ def _entries(dirpath: bytes, names: list[bytes]
 
 def _walk(
     broot: bytes, top: list[bytes], on_skip: SkipCallback | None, vdir: str,
-    bounds: _Bounds = _OPEN,
+    bounds: _Bounds,
 ) -> Iterator[SourceFile]:
     # One frame per directory on the current path: its relpath prefix, its entries, its
     # depth and whether it lies on lo's and on hi's path (both False when unbounded).
