@@ -8,7 +8,6 @@ recovery password.  It keeps the journals and passwords for prep's summary.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 import uuid as uuidlib
@@ -54,18 +53,11 @@ class DrivePool:
 
     def _identity(self, seq: int) -> drives.Identity:
         return drives.Identity(session_id=self.cfg.session_id, job_name="", sequence=seq,
-                               dstdir=self.cfg.dstdir, blob_type=self.cfg.blob_type)
-
-    def _mark_version(self, drive: drives.Drive, cipher: drives.DriveCipher) -> None:
-        """A dataset's drive carries per-file attributes: its superblock says version 2,
-        so that a reader too old for them says so instead of calling the records damaged.
-        Written before the journal says "open": a crash here formats the drive again."""
-        if self.cfg.dataset is None:
-            return
-        sb = drives.read_superblock(drive, cipher)
-        sb = dataclasses.replace(sb, version=format.ATTRS_VERSION)
-        cipher.write(drive, 0, format.encode_superblock(sb))
-        drive.sync()
+                               dstdir=self.cfg.dstdir, blob_type=self.cfg.blob_type,
+                               # a dataset's drive carries per-file attributes: version 2, so a
+                               # reader too old for them says so instead of calling them damaged
+                               version=format.FORMAT_VERSION if self.cfg.dataset is None
+                               else format.ATTRS_VERSION)
 
     def _session_info(self) -> journal.SessionInfo:
         return journal.SessionInfo(
@@ -132,7 +124,6 @@ class DrivePool:
             faults.reached("after_journal_create")
             _, cipher = drives.format_drive(drive, self._keyslots(password), self._identity(seq),
                                             uuid=volume_uuid)
-            self._mark_version(drive, cipher)
             faults.reached("after_format")
             jrn.drive.header_sha256 = hashlib.sha256(drive.pread(luks2.HDR_SIZE, 0)).hexdigest()
             jrn.set_state("open")
@@ -169,7 +160,6 @@ class DrivePool:
             if info.state == "formatting":  # crashed while formatting: nothing was written
                 _, cipher = drives.format_drive(drive, self._keyslots(jrn.recovery_password),
                                                 self._identity(info.seq), uuid=info.uuid)
-                self._mark_version(drive, cipher)
                 info.header_sha256 = hashlib.sha256(drive.pread(luks2.HDR_SIZE, 0)).hexdigest()
                 jrn.set_state("open")
                 return drive, cipher

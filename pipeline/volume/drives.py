@@ -518,6 +518,7 @@ class Identity:
     sequence: int
     dstdir: str
     blob_type: format.BlobType = format.BlobType.BLOCK
+    version: int = format.FORMAT_VERSION  # the superblock's: a dataset's drive says 2
 
 
 def format_drive(drive: Drive, keyslots: Sequence[tuple[bytes, luks2.KdfParams]],
@@ -537,7 +538,7 @@ def format_drive(drive: Drive, keyslots: Sequence[tuple[bytes, luks2.KdfParams]]
     sb = format.Superblock(
         drive_seq=identity.sequence, volume_uuid=volume.uuid, session_id=identity.session_id,
         job_name=identity.job_name, dstdir=identity.dstdir, blob_type=identity.blob_type,
-        created_ns=time.time_ns(), data_area_size=area,
+        created_ns=time.time_ns(), data_area_size=area, version=identity.version,
     )
     cipher.write(drive, 0, format.encode_superblock(sb))
     # A trailer of an earlier volume decrypts to noise under the new key; no wipe needed.
