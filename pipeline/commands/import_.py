@@ -24,7 +24,6 @@ from pipeline.errors import (
     IntegrityError,
     NoSpace,
     Outcome,
-    Refused,
     is_no_space,
     worst,
 )
@@ -33,10 +32,12 @@ from pipeline.receive import importer, service_import
 from pipeline.receive import reader as driveread
 from pipeline.storage import open_storage
 from pipeline.storage.base import Storage
-from pipeline.volume import drives
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
 EXITS = (EXIT_INTEGRITY, EXIT_REFUSED, EXIT_STORAGE, EXIT_INCOMPLETE, EXIT_NO_SPACE)
+
+_NO_JOURNAL = ("this journal directory (a drive of another session?); pass the journal "
+               "directory of its session")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -110,16 +111,6 @@ def _site_client(args: argparse.Namespace) -> ServiceClient:
                    "pipeline service site-token --data DIR)")
 
 
-def _journal_for(journals: list[journal.Journal], path: str) -> journal.Journal:
-    with drives.open_drive(path) as d:
-        uuid = drives.read_volume(d).uuid
-    for j in journals:
-        if j.drive.uuid == uuid:
-            return j
-    raise Refused(f"{path} (volume {uuid}) belongs to no journal in this journal directory "
-                  "(a drive of another session?); pass the journal directory of its session")
-
-
 async def run(args: argparse.Namespace) -> Outcome:
     if getattr(args, "cluster", None):  # the cluster's own path: pipeline/cluster/receive.py
         from pipeline.cluster import receive as cluster_receive
@@ -152,7 +143,7 @@ async def run(args: argparse.Namespace) -> Outcome:
     opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     try:
         for path in args.drive:  # every drive unlocked and checked before anything is written
-            jrn = _journal_for(journals, path) if journals else None
+            jrn = driveread.journal_of(journals, path, _NO_JOURNAL) if journals else None
             if jrn is not None:
                 key = credentials.Secret(jrn.recovery_password.encode(), "recovery password")
             elif job is not None:

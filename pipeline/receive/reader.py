@@ -267,3 +267,14 @@ def scan_log(od: UnlockedDrive) -> LogScan:
         out.segments += 1
         offset, seq = head.end, seq + 1
     return out
+
+
+def journal_of(journals: Iterable[journal.Journal], path: str, fix: str) -> journal.Journal:
+    """The journal of the drive at ``path``, found by its LUKS2 volume id; ``Refused``
+    (naming the drive and ending with ``fix``) when the directory holds none of it."""
+    with drives.open_drive(path) as d:
+        uuid = drives.read_volume(d).uuid
+    for j in journals:
+        if j.drive.uuid == uuid:
+            return j
+    raise Refused(f"{path} (volume {uuid}) belongs to no journal in {fix}")

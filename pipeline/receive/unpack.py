@@ -102,16 +102,8 @@ class UnpackTarget:
         return self._for(container).get_attributes(container, blob)
 
 
-def _journal_for(journals: Sequence[journal.Journal], path: str) -> journal.Journal | None:
-    if not journals:
-        return None
-    with drives.open_drive(path) as d:
-        uuid = drives.read_volume(d).uuid
-    for j in journals:
-        if j.drive.uuid == uuid:
-            return j
-    raise Refused(f"{path} (volume {uuid}) belongs to no journal in the journal directory; "
-                  "pass the journal directory of its session, or its recovery password")
+_NO_JOURNAL = ("the journal directory; pass the journal directory of its session, or its "
+               "recovery password")
 
 
 def _job_key(path: str, keys: dict[str, str]) -> credentials.Secret:
@@ -133,7 +125,7 @@ def open_drives(paths: Sequence[str], secret: credentials.Secret | None,
     opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     try:
         for path in paths:
-            jrn = _journal_for(journals, path)
+            jrn = driveread.journal_of(journals, path, _NO_JOURNAL) if journals else None
             if jrn is not None:
                 od = driveread.unlock_drive(path, jrn.recovery_password.encode(),
                                             "recovery password", expected_uuid=jrn.drive.uuid,
