@@ -483,11 +483,15 @@ class DriveCipher:
 
     def read(self, drive: Drive, offset: int, size: int) -> bytes:
         """Read and decrypt ``size`` bytes at data-area ``offset`` (whole sectors)."""
+        return self.decrypt(self.read_sealed(drive, offset, size), offset)
+
+    def read_sealed(self, drive: Drive, offset: int, size: int) -> bytes:
+        """``read`` without the decrypting (import decrypts in its worker threads)."""
         raw = drive.pread(size, self.segment_offset + offset)
         if len(raw) != size:
             raise DriveTruncated(f"{drive.path}: the drive ends at byte {drive.size}, before "
                                  f"data-area bytes [{offset}, +{size}) (a truncated image?)")
-        return self.decrypt(raw, offset)
+        return raw
 
     def write(self, drive: Drive, offset: int, plain: bytes | memoryview) -> None:
         drive.pwrite(self.encrypt(plain, offset), self.segment_offset + offset)
