@@ -78,21 +78,11 @@ def fetch(od: driveread.UnlockedDrive, exts: list[format.Extent]) -> list[Fetche
     """
     lo, hi = _span(exts)
     try:
-        return [Fetched(exts, lo, _read_sealed(od, lo, hi - lo))]
+        return [Fetched(exts, lo, od.cipher.read_sealed(od.drive, lo, hi - lo))]
     except (OSError, BadInput, IntegrityError) as exc:
         if len(exts) > 1:
             return [got for e in exts for got in fetch(od, [e])]
         return [Fetched(exts, lo, None, f"unreadable on the drive: {exc}")]
-
-
-def _read_sealed(od: driveread.UnlockedDrive, lo: int, n: int) -> bytes:
-    """``od.cipher.read`` without the decrypting: the bytes at data-area ``lo``."""
-    raw = od.drive.pread(n, od.cipher.segment_offset + lo)
-    if len(raw) != n:
-        raise drives.DriveTruncated(f"{od.drive.path}: the drive ends at byte {od.drive.size}, "
-                                    f"before data-area bytes [{lo}, +{n}) (a truncated "
-                                    "image?)")
-    return raw
 
 
 def unpack(fetched: list[Fetched], cipher: drives.DriveCipher
