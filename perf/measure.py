@@ -215,3 +215,25 @@ def account_fs(mnt: Path, img: Path, size: str = "8G") -> None:
         img.unlink(missing_ok=True)
         return
     os.sync()
+
+
+def floor_archive(data: Path, archive: Path) -> Path:
+    """``tar | zstd -1`` of ``data`` into ``archive``, untimed, once (kept while it exists):
+    the input of the write floor (``floor_argv``)."""
+    if not archive.exists():
+        tmp = archive.with_name(archive.name + ".tmp")
+        subprocess.run(["bash", "-o", "pipefail", "-c",
+                        f"tar -cf - -C '{data.parent}' '{data.name}' | zstd -1 -T0 -q "
+                        f"> '{tmp}'"], check=True)
+        tmp.rename(archive)
+    return archive
+
+
+def floor_argv(archive: Path, dest: Path) -> list[str]:
+    """The write floor: the tree unpacked from ``archive`` into ``dest`` by
+    ``zstd -dc | tar -x``, then ``sync -f`` (import's parts are durable when it ends,
+    so the floor's are too).  What a plain extract costs on this file system: import
+    writes the same bytes and files, so import / floor is what is ours."""
+    return ["bash", "-o", "pipefail", "-c",
+            f"zstd -dc -q '{archive}' | tar -xf - -C '{dest}' && sync -f '{dest}'"]
+

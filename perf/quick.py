@@ -1,9 +1,11 @@
 """``python -m perf.quick DATA``: the receiving side's ratios in a minute, for tuning.
 
 Preps ``DATA`` once onto one image drive, then runs ``--runs`` rounds of
-``tar | zstd -1 -T0``, ``verify`` and ``import --to DIR``, interleaved so that the
-machine's load hits all three alike, and prints the medians and the ratios the
-issue sets (verify >= 2.5x, import >= 2.0x).  Page cache warm (the data is read
+``tar | zstd -1 -T0``, ``verify``, ``import --to DIR`` and the write floor
+(``zstd -dc | tar -x`` of the same tree into the same kind of fresh ext4,
+``measure.floor_argv``), interleaved so that the machine's load hits all alike, and
+prints the medians, the ratios the issue sets (verify >= 2.5x, import >= 2.0x) and
+import against the floor.  Page cache warm (the data is read
 before each round); the load average is printed with every round, since other
 work on the machine moves the figures.  ``--profile`` runs verify and import once
 more each under ``py-spy record --gil`` and prints where the GIL was held.
@@ -41,6 +43,9 @@ def prep(data: Path, out: Path, nbytes: int) -> None:
                              *KDF, "--json"), cwd=REPO, env=python_env())
 
 
+FLOOR = "write floor"
+
+
 def commands(data: Path, out: Path) -> dict[str, list[str]]:
     acct, logs = out / "account" / "acct", out / "logs"
     return {
@@ -51,6 +56,7 @@ def commands(data: Path, out: Path) -> dict[str, list[str]]:
         "import --to DIR": pipeline_cmd("import", "--drive", str(out / "d1.img"),
                                         "--journal-dir", str(out / "j"), "--to", str(acct),
                                         "--log-dir", str(logs), "--json"),
+        FLOOR: measure.floor_argv(out / "floor.tar.zst", out / "account"),
     }
 
 
@@ -74,13 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("/var/tmp/pipeline-perf/quick"))
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--reuse", action="store_true", help="keep the drive of an earlier run")
-    p.add_argument("--only", default="", help="comma-separated subset of verify,import")
+    p.add_argument("--only", default="",
+                   help="comma-separated subset of verify,import,write (the floor)")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args(argv)
     data = args.data.resolve()
     nbytes = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
     if not (args.reuse and (args.out / "d1.img").exists()):
         prep(data, args.out, nbytes)
+    measure.floor_archive(data, args.out / "floor.tar.zst")  # untimed, once
     cmds = commands(data, args.out)
     if args.only:
         keep = {"tar | zstd -1 -T0"} | {k for k in cmds if k.split()[0] in args.only.split(",")}
@@ -101,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     for key, w in walls.items():
         m = statistics.median(w)
         print(f"{key:20s} median {m:6.2f} s {nbytes / m / 1e6:7.1f} MB/s  ratio {base / m:5.2f}x")
+    if walls.get(FLOOR) and walls.get("import --to DIR"):
+        f = statistics.median(walls[FLOOR]) / statistics.median(walls["import --to DIR"])
+        print(f"import / write floor {f:5.2f}x (MB/s of import over MB/s of the floor)")
     if args.profile:
         for key in cmds:
-            if key.startswith("tar"):
+            if key.startswith("tar") or key == FLOOR:
                 continue
             reset(args.out)
             warm(data)

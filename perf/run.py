@@ -55,6 +55,7 @@ RSS_LIMIT = 300 * MiB
 DD, CAT, Z1, Z3 = "dd write", "tar | cat", "tar | zstd -1 -T0", "tar | zstd -3 -T0"
 SEQ, PAR, SEQ3 = "prep sequential", "prep parallel", "prep sequential --level 3"
 VERIFY, IMPORT = "verify", "import --to DIR"
+FLOOR = "write floor: zstd -dc | tar -x"  # the same tree unpacked into the same kind of ext4
 T_SEQ, T_PAR = "prep sequential, throttled", "prep parallel, throttled"
 BOUND = " (drive-bound control)"
 REAL = "real: "  # prefix of the real-data tree's rows (perf/realdata.py)
@@ -207,6 +208,7 @@ def run_prep_family(ctx: Ctx) -> None:
     timed(ctx, VERIFY, pipeline_cmd("verify", "--journal-dir", str(ctx.out / "journals"),
                                     "--json"))
     run_import(ctx, IMPORT, used)
+    run_floor(ctx, FLOOR)
     fresh(ctx.out)
     timed(ctx, PAR, prep_argv(ctx, images(ctx), "--fill", "parallel"), after=prep_summary)
     fresh(ctx.out)
@@ -236,6 +238,19 @@ def run_import(ctx: Ctx, key: str, drives: list[str]) -> None:
         (ctx.args.workdir / "account.img").unlink(missing_ok=True)
 
 
+def run_floor(ctx: Ctx, key: str) -> None:
+    """The write floor (``measure.floor_argv``) into a fresh ext4 like import's; its archive
+    made untimed, once per tree."""
+    archive = measure.floor_archive(ctx.data, ctx.args.workdir / f"floor-{ctx.data.name}.tar.zst")
+    mnt = ctx.out / "account"
+    measure.account_fs(mnt, ctx.args.workdir / "account.img")
+    try:
+        timed(ctx, key, measure.floor_argv(archive, mnt))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        (ctx.args.workdir / "account.img").unlink(missing_ok=True)
+
+
 def run_real(ctx: Ctx) -> None:
     """One round on the real-data tree: tar | zstd -1, prep (defaults), verify, import."""
     fresh(ctx.out)
@@ -248,6 +263,7 @@ def run_real(ctx: Ctx) -> None:
     timed(ctx, REAL + VERIFY, pipeline_cmd("verify", "--journal-dir", str(ctx.out / "journals"),
                                            "--json"))
     run_import(ctx, REAL + IMPORT, used)
+    run_floor(ctx, REAL + FLOOR)
     fresh(ctx.out)
 
 
@@ -384,9 +400,13 @@ def receiving_table(ctx: Ctx) -> list[dict[str, Any]]:
             if r is None:
                 continue
             s = ctx.series[prefix + key]
-            out.append({"tree": tree, "command": key, "mbps": round(s.mbps, 1),
-                        "ratio": round(r, 3), "target": target, "ok": r >= target,
-                        "peak_rss_mib": round(s.peak_rss / MiB, 1)})
+            row = {"tree": tree, "command": key, "mbps": round(s.mbps, 1),
+                   "ratio": round(r, 3), "target": target, "ok": r >= target,
+                   "peak_rss_mib": round(s.peak_rss / MiB, 1)}
+            f = ratio(ctx, prefix + key, prefix + FLOOR) if key == IMPORT else None
+            if f is not None:
+                row["vs_floor"] = round(f, 3)  # import / the write floor: what is ours
+            out.append(row)
     return out
 
 
@@ -394,9 +414,10 @@ def format_receiving(rows: list[dict[str, Any]]) -> str:
     lines = [f"  {'tree':10s} {'command':18s} {'MB/s':>8s} {'ratio':>7s} {'target':>7s}  "
              f"{'peak RSS':>9s}"]
     for r in rows:
+        floor = f"  (import / write floor {r['vs_floor']:.2f}x)" if "vs_floor" in r else ""
         lines.append(f"  {r['tree']:10s} {r['command']:18s} {r['mbps']:8.1f} "
                      f"{r['ratio']:6.2f}x {r['target']:6.2f}x  {r['peak_rss_mib']:6.1f} MiB  "
-                     f"{'PASS' if r['ok'] else 'FAIL'}")
+                     f"{'PASS' if r['ok'] else 'FAIL'}{floor}")
     return "\n".join(lines)
 
 
@@ -473,7 +494,8 @@ def table_rows(ctx: Ctx) -> list[dict[str, Any]]:
     rows = []
     order = [DD, CAT, Z1, Z3, SEQ, PAR, SEQ3,
              *sorted(k for k in ctx.series if k.startswith("prep sequential --threads")),
-             VERIFY, IMPORT, T_SEQ, T_PAR, REAL + Z1, REAL + SEQ, REAL + VERIFY, REAL + IMPORT]
+             VERIFY, IMPORT, FLOOR, T_SEQ, T_PAR, REAL + Z1, REAL + SEQ, REAL + VERIFY,
+             REAL + IMPORT, REAL + FLOOR]
     for key in order:
         s = ctx.series.get(key)
         if not s or not s.samples:
