@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,26 +75,47 @@ async def verify(jdir: str, session_id: str, uuids: list[str], paths: dict[str, 
 
 async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[str, str],
                      open_store: Callable[[], Storage], publish: Publish) -> dict[str, Any]:
-    """Every drive here, one after another (as ``pipeline import``): each drive's outcome,
-    copy log lines included; a PipelineError comes back as {code, message}."""
-    stats = progress.Stats()
+    """Every drive here, one after another (as ``pipeline import``), each unlocked with the
+    recovery password its journal holds."""
     journals = _journals(jdir, session_id, uuids)
+
+    def unlocked() -> Iterator[tuple[driveread.UnlockedDrive, journal.Journal]]:
+        for j in journals:
+            key = credentials.Secret(j.recovery_password.encode(), "recovery password")
+            yield driveread.unlock_drive(paths[j.drive.uuid], key.value, key.kind,
+                                         expected_uuid=j.drive.uuid,
+                                         recorded=driveread.recorded_superblock(j)), j
+
+    try:
+        return await import_unlocked(unlocked(), open_store, publish)
+    finally:
+        for j in journals:
+            j.close()
+
+
+Unlocked = Iterator[tuple[driveread.UnlockedDrive, journal.Journal | None]]
+"""The drives to import, unlocked one at a time, each with its journal (None at a site)."""
+
+
+async def import_unlocked(unlocked: Unlocked, open_store: Callable[[], Storage], publish: Publish,
+                          finished: FinishedFor | None = None) -> dict[str, Any]:
+    """Every drive ``unlocked`` yields, unlocked and its plan checked before anything is
+    written, then imported one after another: each drive's outcome, copy log lines included;
+    a PipelineError (from ``unlocked`` too) comes back as {code, message}."""
+    stats = progress.Stats()
     opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     drives: list[dict[str, Any]] = []
     try:
         store = open_store()
         store.check()
-        for j in journals:  # every drive unlocked and checked before anything is written
-            key = credentials.Secret(j.recovery_password.encode(), "recovery password")
-            od = driveread.unlock_drive(paths[j.drive.uuid], key.value, key.kind,
-                                        expected_uuid=j.drive.uuid,
-                                        recorded=driveread.recorded_superblock(j))
+        for od, j in unlocked:
             opened.append((od, importer.plan_drive(od, j)))
             importer.check_names(opened[-1][1])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(tick, stats, publish)
             for od, plan in opened:
-                drives.append(await import_one(od, plan, store, stats))
+                done = None if finished is None else finished(od, plan, store)
+                drives.append(await import_one(od, plan, store, stats, done))
             nursery.cancel_scope.cancel()
         result: dict[str, Any] = {"code": 0, "message": ""}
     except BaseException as exc:  # noqa: BLE001 - a PipelineError goes back as data
@@ -102,14 +123,14 @@ async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[s
     finally:
         for od, _ in opened:
             od.close()
-        for j in journals:
-            j.close()
     publish({"type": "progress", **counters(stats)})
     return {**result, "drives": drives}
 
 
 Finished = Callable[[importer.CopyLog, int], None]
 """Told each drive's copy log and the bytes it carried (holes included) once it is in."""
+FinishedFor = Callable[[driveread.UnlockedDrive, importer.DrivePlan, Storage], Finished]
+"""Makes a drive's ``Finished`` (the site reports each drive to the import service)."""
 
 
 async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage,

@@ -15,10 +15,10 @@ from typing import Any
 
 import trio
 
-from pipeline import errors, progress
+from pipeline import errors
 from pipeline.cluster import events, target
-from pipeline.cluster.events import Publish, counters, failure, publisher, tick
-from pipeline.cluster.receive_remote import _paths_by_uuid, import_one
+from pipeline.cluster.events import Publish, publisher
+from pipeline.cluster.receive_remote import Finished, Unlocked, _paths_by_uuid, import_unlocked
 from pipeline.receive import importer, service_import
 from pipeline.receive import reader as driveread
 from pipeline.storage.base import Storage
@@ -43,33 +43,18 @@ def import_job_drives(job_name: str, subscription: str | None, resource_group: s
 async def _import_job(site: Any, where: tuple[str, str | None, str | None], uuids: list[str],
                       paths: dict[str, str], open_store: Any, publish: Publish
                       ) -> dict[str, Any]:
-    stats = progress.Stats()
-    opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
-    drives: list[dict[str, Any]] = []
-    try:
-        job = service_import.JobImport.connect(site, *where)
-        store: Storage = open_store()
-        store.check()
-        for uuid in uuids:  # every drive unlocked and checked before anything is written
-            key = job.key_for(paths[uuid])
-            od = driveread.unlock_drive(paths[uuid], key.value, key.kind, expected_uuid=uuid)
-            opened.append((od, importer.plan_drive(od, None)))
-            importer.check_names(opened[-1][1])
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(tick, stats, publish)
-            for od, plan in opened:
-                def finished(log: importer.CopyLog, carried: int,
-                             uuid: str = od.volume.uuid, plan: importer.DrivePlan = plan
-                             ) -> None:
-                    job.finish_drive(uuid, log, store, plan, carried)
+    jobs: list[service_import.JobImport] = []
 
-                drives.append(await import_one(od, plan, store, stats, finished))
-            nursery.cancel_scope.cancel()
-        result: dict[str, Any] = {"code": 0, "message": ""}
-    except BaseException as exc:  # noqa: BLE001 - a PipelineError goes back as data
-        result = failure(exc)
-    finally:
-        for od, _ in opened:
-            od.close()
-    publish({"type": "progress", **counters(stats)})
-    return {**result, "drives": drives}
+    def unlocked() -> Unlocked:
+        jobs.append(service_import.JobImport.connect(site, *where))
+        for uuid in uuids:
+            key = jobs[0].key_for(paths[uuid])
+            yield driveread.unlock_drive(paths[uuid], key.value, key.kind,
+                                         expected_uuid=uuid), None
+
+    def finished(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage
+                 ) -> Finished:
+        return lambda log, carried: jobs[0].finish_drive(od.volume.uuid, log, store, plan,
+                                                         carried)
+
+    return await import_unlocked(unlocked(), open_store, publish, finished)
