@@ -2,10 +2,11 @@
 
 ::
 
-    plan (a thread: the journal's extents, and its closing index as prep wrote it)
+    plan (a thread: the journal's segments, and its closing index as prep wrote it)
     | unlock (a thread: LUKS2, superblock, the drive's closing index read), at once
       -> index compared byte for byte (decoded only when it differs)
-      -> read (a thread of the drive's own: 16 MiB of neighbouring segments, decrypted)
+      -> read (a thread of the drive's own: 16 MiB of neighbouring segments, decrypted,
+         and the journal's rows for them: nothing held per file beyond the window)
          -> Window -> check x N (cpu threads: decode segments, decompress, xxh3-128)
             -> Checked -> report (one task: merges windows in any order)
 
@@ -50,30 +51,56 @@ class DriveReport:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What the journal says the drive holds."""
+    """What the journal says the drive holds, but its extents: those are read from the
+    journal a window at a time, beside the drive's segments (``_Rows``)."""
 
-    live: frozenset[int]  # file ids
-    expected: check.Expected
+    files: int  # live files
     segments: list[tuple[int, int, int]]  # (seq, offset, length) of every DATA segment
     index: bytes | None  # the closing index as prep wrote it (None: not closed, or unknown)
 
 
 def _plan(jrn: journal.Journal) -> _Plan:
     """Read from the journal in a thread of its own, while the drive is unlocked."""
-    live = frozenset(jrn.live_file_ids())
-    expected: dict[check.Key, bytes] = {}
-    by_segment: dict[int, list[check.Key]] = {}
-    for seg, row in jrn.live_extent_rows():
-        key = (row[0], row[1])
-        expected[key] = check.packed(row)
-        by_segment.setdefault(seg, []).append(key)
     info, index = jrn.drive, None
     if info.state in ("closed", "full"):
         try:
             index = jrn.index_segment(info.log_seq, info.index_offset)
         except ValueError:  # records the index could not hold: the drive's is decoded
             index = None
-    return _Plan(live, check.Expected(expected, by_segment), jrn.segments(), index)
+    return _Plan(jrn.live_totals()[0], jrn.segments(), index)
+
+
+class _Rows:
+    """The journal's live extent rows (in segment order), handed out a window of segments
+    at a time: by the read thread, the only one that uses it (one cursor)."""
+
+    def __init__(self, jrn: journal.Journal) -> None:
+        self._rows = jrn.live_extent_rows()
+        self._next: tuple[int, format.ExtentRow] | None = next(self._rows, None)
+        self.strays: list[check.Key] = []  # rows of a segment the journal does not list
+
+    def upto(self, seqs: list[int]) -> check.Expected:
+        """The rows of segments ``seqs`` (ascending); rows of segments before them that
+        no window holds are strays, missing from the drive."""
+        extents: dict[check.Key, bytes] = {}
+        by_segment: dict[int, list[check.Key]] = {}
+        wanted = set(seqs)
+        while self._next is not None and self._next[0] <= seqs[-1]:
+            seg, row = self._next
+            key = (row[0], row[1])
+            if seg in wanted:
+                extents[key] = check.packed(row)
+                by_segment.setdefault(seg, []).append(key)
+            else:
+                self.strays.append(key)
+            self._next = next(self._rows, None)
+        return check.Expected(extents, by_segment)
+
+    def rest(self) -> None:
+        """Every row past the last window's segments: strays too."""
+        while self._next is not None:
+            self.strays.append((self._next[1][0], self._next[1][1]))
+            self._next = next(self._rows, None)
 
 
 @dataclass(frozen=True)
@@ -124,17 +151,21 @@ def _open(who: _Who, path: str, report: DriveReport
         raise
 
 
-def _index_problem(trailer: format.Trailer, blob: bytes, plan: _Plan) -> str:
-    """Why the drive's closing index is not the journal's, or "" (decoded: runs in a thread)."""
+def _index_problem(trailer: format.Trailer, blob: bytes, jrn: journal.Journal) -> str:
+    """Why the drive's closing index is not the journal's, or "" (decoded: runs in a thread,
+    only when its bytes differ from the journal's: the records, sorted, against the
+    journal's rows in the same order, one at a time)."""
     try:
         index = format.decode_index(blob, trailer)
     except IntegrityError as exc:
         return f"closing index unreadable: {exc}"
-    on_drive = {(e.file_id, e.offset): check.packed((e.file_id, e.offset, e.raw_len,
-                                                     e.codec.value, e.stored_len, e.xxh3,
-                                                     e.location))
-                for e in index.extents}
-    if on_drive != plan.expected.extents or {f.file_id for f in index.files} != plan.live:
+    on_drive = sorted(check.packed((e.file_id, e.offset, e.raw_len, e.codec.value,
+                                    e.stored_len, e.xxh3, e.location))
+                      for e in index.extents)
+    ids = sorted(f.file_id for f in index.files)
+    del index
+    rows = sorted(check.packed(row) for _, row in jrn.live_extent_rows())
+    if on_drive != rows or ids != jrn.live_file_ids():
         return "the closing index does not match the journal"
     return ""
 
@@ -161,7 +192,7 @@ async def _start(jrn: journal.Journal, path: str, report: DriveReport
             nursery.start_soon(unlock)
         (od, index), p = opened[0], plans[0]
         if index is not None and index[1] != p.index:
-            why = await trio.to_thread.run_sync(_index_problem, *index, p,
+            why = await trio.to_thread.run_sync(_index_problem, *index, jrn,
                                                 limiter=trio.CapacityLimiter(1))
             if why:
                 report.problems.append(why)
@@ -173,12 +204,21 @@ async def _start(jrn: journal.Journal, path: str, report: DriveReport
 
 
 async def _read(od: driveread.UnlockedDrive, segments: list[tuple[int, int, int]],
-                tx: trio.MemorySendChannel[check.Window], io: trio.CapacityLimiter) -> None:
-    """Stage: the drive's segments in log order, a batch of neighbours per read."""
+                rows: _Rows, tx: trio.MemorySendChannel[check.Window],
+                io: trio.CapacityLimiter) -> None:
+    """Stage: the drive's segments in log order, a batch of neighbours per read, each with
+    the journal's rows for it (read in the same thread call)."""
     async with tx:
         for batch in driveread.batches(segments):
-            raw = await trio.to_thread.run_sync(driveread.read_batch, od, batch, limiter=io)
-            await tx.send(check.Window(tuple(raw)))
+            await tx.send(await trio.to_thread.run_sync(_window, od, batch, rows, limiter=io))
+        await trio.to_thread.run_sync(rows.rest, limiter=io)
+
+
+def _window(od: driveread.UnlockedDrive, batch: list[tuple[int, int, int]], rows: _Rows
+            ) -> check.Window:
+    """A batch of segments read and decrypted, with the journal's rows for it."""
+    raw = driveread.read_batch(od, batch)
+    return check.Window(tuple(raw), rows.upto([seq for seq, _, _ in batch]))
 
 
 class _Tally:
@@ -188,7 +228,7 @@ class _Tally:
     def __init__(self, progress: Callable[[int], None]) -> None:
         self.progress = progress  # raw bytes checked, as each window's are
         self.extents = self.raw_bytes = 0
-        self.seen: set[check.Key] = set()
+        self.missing: list[check.Key] = []  # damage only: nothing a file for a sound drive
         self.first: dict[int, check.Damage] = {}  # file id -> its earliest damage
 
     async def run(self, rx: trio.MemoryReceiveChannel[check.Checked]) -> None:
@@ -197,7 +237,7 @@ class _Tally:
                 self.extents += got.extents
                 self.raw_bytes += got.raw_bytes
                 self.progress(got.raw_bytes)
-                self.seen.update(got.seen)
+                self.missing.extend(got.missing)
                 for d in got.damage:
                     if d.file_id not in self.first or d.where < self.first[d.file_id].where:
                         self.first[d.file_id] = d
@@ -210,18 +250,20 @@ class _Tally:
 
         for d in sorted(self.first.values(), key=lambda d: d.where):
             report.damaged.setdefault(name(d.file_id), d.reason)
-        for fid, offset in sorted(plan.expected.extents.keys() - self.seen):
+        for fid, offset in sorted(set(self.missing)):
             report.damaged.setdefault(name(fid), f"extent at {offset} is missing from the drive")
-        report.files = len(plan.live)
+        report.files = plan.files
 
-    def complete(self, plan: _Plan) -> bool:
-        """Nothing damaged, nothing missing: no file needs naming."""
-        return not self.first and len(self.seen) == len(plan.expected.extents)
+    def damaged_ids(self) -> set[int]:
+        """The files to name (none on a sound drive)."""
+        return set(self.first) | {fid for fid, _ in self.missing}
 
 
-def _names(jrn: journal.Journal) -> dict[int, str]:
-    """File id -> path, superseded files too: read only when a file is to be named."""
-    return {f.file_id: f.path for f in jrn.files(include_superseded=True)}
+def _names(jrn: journal.Journal, wanted: set[int]) -> dict[int, str]:
+    """File id -> path of the ``wanted`` files, superseded ones too: read only when a file
+    is to be named, and only theirs kept."""
+    return {f.file_id: f.path for f in jrn.files(include_superseded=True)
+            if f.file_id in wanted}
 
 
 async def verify_drive(jrn: journal.Journal, path: str, cpu: trio.CapacityLimiter,
@@ -238,16 +280,18 @@ async def verify_drive(jrn: journal.Journal, path: str, cpu: trio.CapacityLimite
     plan, od = await _start(jrn, path, report)
     tally = _Tally(progress)
     with od:
+        rows = _Rows(jrn)
         async with trio.open_nursery() as nursery:
             win_tx, win_rx = trio.open_memory_channel[check.Window](WINDOWS_DEPTH)
             got_tx, got_rx = trio.open_memory_channel[check.Checked](0)
-            nursery.start_soon(_read, od, plan.segments, win_tx, trio.CapacityLimiter(1))
+            nursery.start_soon(_read, od, plan.segments, rows, win_tx, trio.CapacityLimiter(1))
             async with win_rx, got_tx:
                 for _ in range(workers or int(cpu.total_tokens)):
-                    nursery.start_soon(check.run, win_rx.clone(), got_tx.clone(),
-                                       plan.expected, cpu)
+                    nursery.start_soon(check.run, win_rx.clone(), got_tx.clone(), cpu)
             nursery.start_soon(tally.run, got_rx)
-    names = {} if tally.complete(plan) else await trio.to_thread.run_sync(
-        _names, jrn, limiter=trio.CapacityLimiter(1))
+    tally.missing.extend(rows.strays)
+    wanted = tally.damaged_ids()
+    names = {} if not wanted else await trio.to_thread.run_sync(
+        _names, jrn, wanted, limiter=trio.CapacityLimiter(1))
     tally.finish(plan, names, report)
     return report
