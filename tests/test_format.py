@@ -807,8 +807,8 @@ def test_damaged_record_is_named() -> None:
 
 def test_unsupported_version_says_so() -> None:
     b = bytearray(fmt.encode_superblock(SB))
-    b[8:10] = struct.pack("<H", 3)
-    with pytest.raises(CorruptRecord, match="format version 3 is not supported.*newer pipeline"):
+    b[8:10] = struct.pack("<H", 4)
+    with pytest.raises(CorruptRecord, match="format version 4 is not supported.*newer pipeline"):
         fmt.decode_superblock(seal_sector(bytes(b)))
     t = bytearray(fmt.encode_trailer(Trailer(3, 1 << 30, 5 * SECTOR, SECTOR, 2, 0)))
     t[8:10] = struct.pack("<H", 9)
@@ -918,7 +918,8 @@ def test_checksum_valid_but_inconsistent_segments_are_corrupt() -> None:
         (raw_segment(1, 0, SECTOR, blob, b"hello"), "outside this segment's payload"),
         (raw_segment(1, 0, SECTOR, blob, b"hello", count=3), "header says 3"),
         (raw_segment(2, 0, SECTOR, blob, b"x"), "INDEX segment has no payload"),
-        (raw_segment(3, 0, SECTOR, b""), "unknown segment kind 3"),
+        (raw_segment(4, 0, SECTOR, b""), "unknown segment kind 4"),
+        (raw_segment(3, 0, SECTOR, b""), "exactly one session record"),
         (raw_segment(1, 0, SECTOR, b"", reserved=(2, 0)), "reserved"),
         (raw_segment(1, 0, SECTOR, b"", reserved=(0, 1)), "reserved"),
         (raw_segment(1, 0, SECTOR, blob, b"hello", raw_len=len(blob) + 1), "raw length"),

@@ -77,6 +77,13 @@ __all__ = [
     "SEGMENT_MAGIC",
     "SUPERBLOCK_MAGIC",
     "SUPPORTED_VERSIONS",
+    "SESSIONS_VERSION",
+    "TRAILER_VERSIONS",
+    "ATTRS_VERSIONS",
+    "MAX_SESSION_RECORDS_LEN",
+    "SessionRecord",
+    "encode_session_segment",
+    "decode_session_segment",
     "TRAILER_MAGIC",
     "BlobAttrs",
     "BlobType",
@@ -137,7 +144,16 @@ FORMAT_VERSION = 1
 ATTRS_VERSION = 2
 """Version 2 adds each FileEntry's optional attributes (WAImportExport's dataset: container,
 blob type, disposition, metadata, properties); a drive that carries any is written as 2."""
-SUPPORTED_VERSIONS = frozenset({1, 2})
+SESSIONS_VERSION = 3
+"""Version 3: a drive holding several copy sessions (a SESSION segment opens each one after
+the first).  The superblock says 3 only once a second session begins; the version session 1
+was written as (1 or 2) moves to its ``first_version`` field."""
+SUPPORTED_VERSIONS = frozenset({1, 2, 3})
+TRAILER_VERSIONS = frozenset({1, 2})
+"""Trailer 1: one session; trailer 2 (version-3 drives): also where the newest session
+starts and how many sessions the drive holds."""
+ATTRS_VERSIONS = frozenset({1, 2})
+"""What one session's files are written as (a SESSION record's ``version``)."""
 
 SUPERBLOCK_MAGIC = b"PLSEEDSB"
 TRAILER_MAGIC = b"PLSEEDTR"
@@ -164,6 +180,8 @@ MAX_NAME_BYTES = 4096
 """Largest UTF-8 FileEntry path or blob name (PATH_MAX; Azure blob names are shorter)."""
 MAX_SB_STRING_BYTES = 1024
 """Largest UTF-8 session id, job name or dstdir in the superblock (three must fit one sector)."""
+MAX_SESSION_RECORDS_LEN = 2 * SECTOR
+"""Largest records blob of a SESSION segment (its one record: at most 3,163 bytes)."""
 
 _U16 = 0xFFFF
 _U32 = 0xFFFF_FFFF
@@ -195,11 +213,13 @@ class Codec(enum.IntEnum):
 class SegmentKind(enum.IntEnum):
     DATA = 1
     INDEX = 2
+    SESSION = 3  # version 3: opens a later copy session on the drive
 
 
 class RecordType(enum.IntEnum):
     FILE = 1
     EXTENT = 2
+    SESSION = 3  # version 3: only in a SESSION segment, alone
 
 
 class _Sentinel(enum.Enum):
@@ -411,7 +431,63 @@ class Extent:
             raise ValueError(f"a RAW extent stores its raw_len={raw} bytes, not {stored}")
 
 
-Record = FileEntry | Extent
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A later copy session on this drive (version 3): the one record of its SESSION segment.
+
+    Who the session is (what the superblock says of session 1) and where the session
+    before it lies: its log's start (``prev_first_offset``: 4096 for session 1, else its
+    SESSION segment) and its INDEX, which ends exactly where this SESSION segment begins,
+    with that INDEX's sha256.  So the sessions chain from the trailer back to the first,
+    and, walking segment headers, from the first on.
+    """
+
+    session_id: str
+    job_name: str
+    dstdir: str
+    blob_type: BlobType
+    drive_seq: int
+    created_ns: int
+    version: int  # what this session's files are written as: 1, or 2 with attributes
+    prev_first_offset: int
+    prev_index_offset: int
+    prev_index_length: int
+    prev_index_sha256: bytes
+
+    def __post_init__(self) -> None:
+        _utf8("session_id", self.session_id, MAX_SB_STRING_BYTES)
+        _utf8("job_name", self.job_name, MAX_SB_STRING_BYTES, allow_empty=True)
+        _utf8("dstdir", self.dstdir, MAX_SB_STRING_BYTES)
+        if self.dstdir.startswith("/") or not self.dstdir.endswith("/"):
+            raise ValueError(f"dstdir {self.dstdir!r} must look like 'container/virtual/dir/'")
+        if type(self.blob_type) is not BlobType:
+            object.__setattr__(self, "blob_type", _enum(BlobType, "blob_type", self.blob_type))
+        _int("drive_seq", self.drive_seq, 1, _U32)
+        _int("created_ns", self.created_ns, _I64_MIN, _I64_MAX)
+        _int("version", self.version, 0, 0xFF)
+        if self.version not in ATTRS_VERSIONS:
+            raise ValueError(f"session version={self.version} is not one of "
+                             f"{sorted(ATTRS_VERSIONS)}")
+        for name in ("prev_first_offset", "prev_index_offset", "prev_index_length"):
+            value = getattr(self, name)
+            _int(name, value, SECTOR, _U64)
+            if value % SECTOR:
+                raise ValueError(f"{name}={value} is not a multiple of {SECTOR}")
+        if self.prev_first_offset > self.prev_index_offset:
+            raise ValueError(f"the previous session starts at {self.prev_first_offset}, after "
+                             f"its index at {self.prev_index_offset}")
+        if self.prev_index_offset + self.prev_index_length > _U64:
+            raise ValueError("the previous index runs past 2**64")
+        if not isinstance(self.prev_index_sha256, bytes) or len(self.prev_index_sha256) != 32:
+            raise ValueError("prev_index_sha256 must be 32 bytes (a sha256 digest)")
+
+    @property
+    def prev_index_end(self) -> int:
+        """Where the previous session's INDEX ends: this SESSION segment's offset."""
+        return self.prev_index_offset + self.prev_index_length
+
+
+Record = FileEntry | Extent | SessionRecord
 
 _FRAME = struct.Struct("<BI")  # type, body_len
 _CRC = struct.Struct("<I")
@@ -432,6 +508,10 @@ EXTENT_RECORD_SIZE = _EXTENT_HEAD.size + _CRC.size
 FILE_RECORD_OVERHEAD = _FRAME_SIZE + _FILE_MIN_BODY
 """A FileEntry record is this many bytes plus its path and blob name in UTF-8."""
 _MIN_RECORD_SIZE = _FRAME_SIZE + min(_FILE_MIN_BODY + 2, _EXTENT_BODY.size)
+# drive_seq, created_ns, blob_type, version, reserved, prev_first_offset, prev_index_offset,
+# prev_index_length, prev_index_sha256; then session_id, job_name, dstdir as str16
+_SESSION_FIXED = struct.Struct("<IqBBHQQQ32s")
+_SESSION_MAX_BODY = _SESSION_FIXED.size + 3 * (2 + MAX_SB_STRING_BYTES)
 
 _xxh32 = xxhash.xxh32_intdigest
 _xxh3_64 = xxhash.xxh3_64_intdigest
@@ -444,7 +524,45 @@ def record_size(rec: Record) -> int:
     if type(rec) is FileEntry:
         extra = 0 if rec.attrs is None else len(encode_attrs(rec.attrs))
         return FILE_RECORD_OVERHEAD + len(rec.path.encode()) + len(rec.blob.encode()) + extra
+    if type(rec) is SessionRecord:
+        return len(_session_head(rec)) + _CRC.size
     raise TypeError(f"not a record: {rec!r}")
+
+
+def _session_head(rec: SessionRecord) -> bytes:
+    body = b"".join([
+        _SESSION_FIXED.pack(rec.drive_seq, rec.created_ns, rec.blob_type, rec.version, 0,
+                            rec.prev_first_offset, rec.prev_index_offset,
+                            rec.prev_index_length, rec.prev_index_sha256),
+        _str16(rec.session_id), _str16(rec.job_name), _str16(rec.dstdir)])
+    return _FRAME.pack(RecordType.SESSION.value, len(body)) + body
+
+
+def _decode_session_body(mv: memoryview, pos: int, end: int) -> SessionRecord:
+    if not _SESSION_FIXED.size + 6 <= end - pos <= _SESSION_MAX_BODY:
+        raise ValueError(f"session record body length {end - pos} is out of range")
+    (drive_seq, created_ns, blob_type, version, reserved, first, ioff, ilen, digest) = (
+        _SESSION_FIXED.unpack_from(mv, pos))
+    if reserved:
+        raise ValueError("reserved bytes are not zero")
+    p = pos + _SESSION_FIXED.size
+    strings = []
+    for _ in range(3):
+        if p + 2 > end:
+            raise ValueError("session record strings are truncated")
+        (k,) = _LEN16.unpack_from(mv, p)
+        if p + 2 + k > end:
+            raise ValueError("a session record string runs past the record")
+        strings.append(str(mv[p + 2 : p + 2 + k], "utf-8"))
+        p += 2 + k
+    if p != end:
+        raise ValueError("bytes after the session record's strings")
+    rec = SessionRecord(strings[0], strings[1], strings[2], blob_type, drive_seq, created_ns,
+                        version, first, ioff, ilen, bytes(digest))
+    problem = _names_problem(rec.session_id, rec.job_name, rec.dstdir)
+    if problem is not None:
+        raise ValueError(problem)
+    return rec
 
 
 def encode_record_list(records: Iterable[Record]) -> list[bytes]:
@@ -469,6 +587,8 @@ def encode_record_list(records: Iterable[Record]) -> list[bytes]:
                 ext_type, ext_len, rec.file_id, rec.offset, rec.raw_len, rec.codec,
                 rec.stored_len, rec.xxh3, rec.location,
             )
+        elif type(rec) is SessionRecord:
+            head = _session_head(rec)
         elif type(rec) is FileEntry:
             path = rec.path.encode()
             blob = rec.blob.encode()
@@ -670,6 +790,11 @@ def _decode_records(blob: bytes | memoryview, where: str, rows: bool
                         FileEntry(*fields)  # the per-field checks: raises if it is wrong
             elif rtype == ext_type:
                 raise ValueError(f"extent body is {body_len} bytes, not {ext_len}")
+            elif rtype == RecordType.SESSION.value:
+                rec = _decode_session_body(mv, body, end)
+                if rows:
+                    raise ValueError("a session record outside a SESSION segment")
+                append(rec)
             else:
                 raise ValueError(f"unknown record type {rtype}")
             count += 1
@@ -699,6 +824,8 @@ class Superblock:
     created_ns: int
     data_area_size: int
     version: int = FORMAT_VERSION
+    first_version: int = 0
+    """Version 3 only: what session 1 was written as (1 or 2); 0 on versions 1 and 2."""
 
     def __post_init__(self) -> None:
         _int("drive_seq", self.drive_seq, 1, _U32)
@@ -721,6 +848,11 @@ class Superblock:
         _int("version", self.version, 0, _U16)
         if self.version not in SUPPORTED_VERSIONS:
             raise ValueError(f"version={self.version} is not one of {sorted(SUPPORTED_VERSIONS)}")
+        _int("first_version", self.first_version, 0, _U16)
+        if (self.first_version in ATTRS_VERSIONS) != (self.version == SESSIONS_VERSION) or (
+                self.version != SESSIONS_VERSION and self.first_version):
+            raise ValueError(f"first_version={self.first_version} with version={self.version}: "
+                             "version 3 carries session 1's version (1 or 2), others 0")
 
 
 def _sector_with_checksum(parts: Sequence[bytes]) -> bytes:
@@ -733,8 +865,8 @@ def encode_superblock(sb: Superblock) -> bytes:
     """The 4096-byte sector written at data-area offset 0."""
     parts = [
         _SB_FIXED.pack(
-            SUPERBLOCK_MAGIC, sb.version, 0, sb.drive_seq, sb.created_ns, sb.data_area_size,
-            sb.blob_type, b"\0\0\0", sb.volume_uuid.encode("ascii"),
+            SUPERBLOCK_MAGIC, sb.version, sb.first_version, sb.drive_seq, sb.created_ns,
+            sb.data_area_size, sb.blob_type, b"\0\0\0", sb.volume_uuid.encode("ascii"),
         )
     ]
     for s in (sb.session_id, sb.job_name, sb.dstdir):
@@ -743,7 +875,8 @@ def encode_superblock(sb: Superblock) -> bytes:
     return _sector_with_checksum(parts)
 
 
-def _check_sector(b: bytes, magic: bytes, what: str) -> memoryview:
+def _check_sector(b: bytes, magic: bytes, what: str,
+                  versions: frozenset[int] = SUPPORTED_VERSIONS) -> memoryview:
     """Magic, version, checksum: in that order, so old readers say "too new", not "corrupt"."""
     mv = memoryview(b).cast("B") if not isinstance(b, bytes) else memoryview(b)
     if len(mv) < SECTOR:
@@ -752,10 +885,10 @@ def _check_sector(b: bytes, magic: bytes, what: str) -> memoryview:
     if mv[:8] != magic:
         raise CorruptRecord(f"{what}: bad magic {bytes(mv[:8])!r}, expected {magic!r}")
     (version,) = _LEN16.unpack_from(mv, 8)
-    if version not in SUPPORTED_VERSIONS:
+    if version not in versions:
         raise CorruptRecord(
             f"{what}: format version {version} is not supported by this reader "
-            f"(supports {', '.join(map(str, sorted(SUPPORTED_VERSIONS)))}); "
+            f"(supports {', '.join(map(str, sorted(versions)))}); "
             "read this drive with a newer pipeline"
         )
     if _xxh3_64(mv[:CHECKSUM_AT]) != _CKSUM.unpack_from(mv, CHECKSUM_AT)[0]:
@@ -768,10 +901,10 @@ def decode_superblock(b: bytes) -> Superblock:
     what = "superblock"
     mv = _check_sector(b, SUPERBLOCK_MAGIC, what)
     try:
-        (_, version, reserved, drive_seq, created_ns, size, blob_type, pad, uuid) = (
+        (_, version, first_version, drive_seq, created_ns, size, blob_type, pad, uuid) = (
             _SB_FIXED.unpack_from(mv, 0)
         )
-        if reserved or pad != b"\0\0\0":
+        if pad != b"\0\0\0":
             raise ValueError("reserved bytes are not zero")
         strings = []
         p = _SB_FIXED.size
@@ -787,7 +920,8 @@ def decode_superblock(b: bytes) -> Superblock:
         if mv[p:CHECKSUM_AT] != bytes(CHECKSUM_AT - p):
             raise ValueError("bytes after the strings are not zero")
         sb = Superblock(
-            drive_seq, str(uuid, "ascii"), *strings, blob_type, created_ns, size, version
+            drive_seq, str(uuid, "ascii"), *strings, blob_type, created_ns, size, version,
+            first_version,
         )
     except ValueError as e:
         raise CorruptRecord(f"{what}: {e}") from None
@@ -806,25 +940,31 @@ def superblock_names_problem(sb: Superblock) -> str | None:
     plain virtual directory.  The checksum only says the bytes are the ones
     written; whoever wrote them may be hostile.
     """
+    return _names_problem(sb.session_id, sb.job_name, sb.dstdir)
+
+
+def _names_problem(session_id: str, job_name: str, dstdir: str) -> str | None:
+    """``superblock_names_problem``'s rules, shared with a SESSION record's strings."""
     from pipeline import names  # pure, like this module
     from pipeline.errors import BadInput
 
-    why = names.session_id_problem(sb.session_id)
+    why = names.session_id_problem(session_id)
     if why is not None:
-        return f"session id {names.show(sb.session_id)} is not one prep writes ({why})"
-    if not sb.job_name.isprintable():  # it is shown in messages and logs, one line each
-        return f"job name {names.show(sb.job_name)} has a control character"
+        return f"session id {names.show(session_id)} is not one prep writes ({why})"
+    if not job_name.isprintable():  # it is shown in messages and logs, one line each
+        return f"job name {names.show(job_name)} has a control character"
     try:
-        if names.check_dstdir(sb.dstdir) != sb.dstdir:
-            return f"dstdir {names.show(sb.dstdir)} is not in its normal form"
+        if names.check_dstdir(dstdir) != dstdir:
+            return f"dstdir {names.show(dstdir)} is not in its normal form"
     except BadInput as e:
-        return f"dstdir {names.show(sb.dstdir)} is not one prep writes ({e})"
+        return f"dstdir {names.show(dstdir)} is not one prep writes ({e})"
     return None
 
 
 # --------------------------------------------------------------------------- trailer
 
 _TR_FIXED = struct.Struct("<8sHHIQQQQQ")
+_TR_V2 = struct.Struct("<QI")  # trailer 2: session_offset, sessions
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -838,6 +978,10 @@ class Trailer:
     segment_count: int
     payload_bytes: int
     version: int = FORMAT_VERSION
+    session_offset: int = SECTOR
+    """Trailer 2: where the newest session's log starts (its SESSION segment)."""
+    sessions: int = 1
+    """Trailer 2: how many sessions the drive holds (at least 2)."""
 
     def __post_init__(self) -> None:
         _int("drive_seq", self.drive_seq, 1, _U32)
@@ -854,18 +998,31 @@ class Trailer:
                 f"index [{self.index_offset}, +{self.index_length}) overlaps the trailer"
             )
         _int("version", self.version, 0, _U16)
-        if self.version not in SUPPORTED_VERSIONS:
-            raise ValueError(f"version={self.version} is not one of {sorted(SUPPORTED_VERSIONS)}")
+        if self.version not in TRAILER_VERSIONS:
+            raise ValueError(f"version={self.version} is not one of {sorted(TRAILER_VERSIONS)}")
+        _int("session_offset", self.session_offset, SECTOR, _U64)
+        _int("sessions", self.sessions, 1, _U32)
+        if self.version == 1 and (self.session_offset, self.sessions) != (SECTOR, 1):
+            raise ValueError("a version-1 trailer is of one session starting at 4096")
+        if self.version == 2 and not (
+                self.sessions >= 2 and self.session_offset % SECTOR == 0
+                and SECTOR < self.session_offset < self.index_offset):
+            raise ValueError(f"trailer 2: {self.sessions} sessions, the newest starting at "
+                             f"{self.session_offset}, its index at {self.index_offset}: needs "
+                             "two sessions or more and a sector after 4096, before the index")
 
 
 def encode_trailer(tr: Trailer) -> bytes:
     """The 4096-byte sector written at ``trailer_offset(data_area_size)`` when the drive closes."""
-    return _sector_with_checksum([
+    parts = [
         _TR_FIXED.pack(
             TRAILER_MAGIC, tr.version, 0, tr.drive_seq, tr.data_area_size, tr.index_offset,
             tr.index_length, tr.segment_count, tr.payload_bytes,
         )
-    ])
+    ]
+    if tr.version == 2:
+        parts.append(_TR_V2.pack(tr.session_offset, tr.sessions))
+    return _sector_with_checksum(parts)
 
 
 def decode_trailer(b: bytes, superblock: Superblock | None = None) -> Trailer:
@@ -877,14 +1034,20 @@ def decode_trailer(b: bytes, superblock: Superblock | None = None) -> Trailer:
     what = "trailer"
     if superblock is not None:
         what = f"trailer at offset {trailer_offset(superblock.data_area_size)}"
-    mv = _check_sector(b, TRAILER_MAGIC, what)
+    mv = _check_sector(b, TRAILER_MAGIC, what, TRAILER_VERSIONS)
     try:
         (_, version, reserved, *fields) = _TR_FIXED.unpack_from(mv, 0)
         if reserved:
             raise ValueError("reserved bytes are not zero")
-        if mv[_TR_FIXED.size : CHECKSUM_AT] != bytes(CHECKSUM_AT - _TR_FIXED.size):
+        used = _TR_FIXED.size
+        extra = {}
+        if version == 2:
+            session_offset, sessions = _TR_V2.unpack_from(mv, used)
+            extra = {"session_offset": session_offset, "sessions": sessions}
+            used += _TR_V2.size
+        if mv[used:CHECKSUM_AT] != bytes(CHECKSUM_AT - used):
             raise ValueError("unused bytes are not zero")
-        tr = Trailer(*fields, version=version)
+        tr = Trailer(*fields, version=version, **extra)
     except ValueError as e:
         raise CorruptRecord(f"{what}: {e}") from None
     if superblock is not None and (tr.drive_seq, tr.data_area_size) != (
@@ -961,10 +1124,11 @@ def _check_layout(kind: SegmentKind, records_len: int, payload_len: int) -> str 
         if payload_len > MAX_DATA_PAYLOAD:
             return f"payload of {payload_len} bytes exceeds {MAX_DATA_PAYLOAD}"
     else:
-        if records_len > MAX_INDEX_RECORDS_LEN:
-            return f"index records blob of {records_len} bytes exceeds {MAX_INDEX_RECORDS_LEN}"
+        limit = MAX_INDEX_RECORDS_LEN if kind is SegmentKind.INDEX else MAX_SESSION_RECORDS_LEN
+        if records_len > limit:
+            return f"{kind.name} records blob of {records_len} bytes exceeds {limit}"
         if payload_len:
-            return f"an INDEX segment has no payload, but payload_len={payload_len}"
+            return f"an {kind.name} segment has no payload, but payload_len={payload_len}"
     return None
 
 
@@ -993,7 +1157,7 @@ def decode_segment_header(
         raise CorruptRecord(f"{where}: header carries sequence number {own_seq}")
     if own_offset < SECTOR or own_offset % SECTOR:
         raise CorruptRecord(f"{where}: offset is not a sector boundary after the superblock")
-    if kind not in (SegmentKind.DATA, SegmentKind.INDEX):
+    if kind not in (SegmentKind.DATA, SegmentKind.INDEX, SegmentKind.SESSION):
         raise CorruptRecord(f"{where}: unknown segment kind {kind}")
     if reserved or flags & ~RECORDS_ZSTD:
         raise CorruptRecord(f"{where}: reserved header bytes or flags are not zero")
@@ -1052,6 +1216,17 @@ def _check_records(
     kind: SegmentKind, records: Sequence[Record], offset: int, payload_offset: int, payload_len: int
 ) -> str | None:
     """Cross-record rules shared by encoder (-> ValueError) and decoder (-> CorruptRecord)."""
+    if kind is SegmentKind.SESSION:
+        if len(records) != 1 or type(records[0]) is not SessionRecord:
+            return "a SESSION segment holds exactly one session record"
+        if records[0].prev_index_end != offset:
+            return (f"the previous session's index [{records[0].prev_index_offset}, "
+                    f"+{records[0].prev_index_length}) does not end where this SESSION "
+                    "segment begins")
+        return None
+    for i, r in enumerate(records):
+        if type(r) is SessionRecord:
+            return f"record {i}: a session record outside a SESSION segment"
     if kind is SegmentKind.DATA:
         end = payload_offset + payload_len
         for i, r in enumerate(records):
@@ -1086,18 +1261,21 @@ def _index_file_problem(i: int, r: FileEntry, sizes: dict[int, int]) -> str | No
     return None
 
 
-def _index_extent_problem(i: int, r: Extent, sizes: dict[int, int], offset: int) -> str | None:
-    """An index extent must belong to a listed file and lie in the segments before ``offset``."""
+def _index_extent_problem(i: int, r: Extent, sizes: dict[int, int], offset: int,
+                          start: int = SECTOR) -> str | None:
+    """An index extent must belong to a listed file and lie in the segments of its session
+    before ``offset`` (the session's DATA segments begin at ``start``)."""
     size = sizes.get(r.file_id)
     if size is None:
         return f"record {i}: extent of file id {r.file_id}, which has no FileEntry in the index"
     if r.offset + r.raw_len > size:
         return f"record {i}: extent [{r.offset}, +{r.raw_len}) runs past the file size {size}"
-    if r.codec is not Codec.ZERO and not (r.location >= SECTOR + HEADER_SIZE
+    if r.codec is not Codec.ZERO and not (r.location >= start + HEADER_SIZE
                                           and r.location + r.stored_len <= offset):
         return (
             f"record {i}: extent stored at [{r.location}, +{r.stored_len}) is not inside the "
             f"segments before the index (offset {offset})"
+            + ("" if start == SECTOR else f" of its session (from {start})")
         )
     return None
 
@@ -1242,9 +1420,43 @@ def _placed(ext: Extent, location: int) -> Extent:
 
 
 def encode_index(records: Sequence[Record], seq: int, offset: int, *,
-                 compress: bool = True) -> bytes:
-    """The closing INDEX segment: every FileEntry and Extent on the drive, no payload."""
+                 compress: bool = True, start: int = SECTOR) -> bytes:
+    """The closing INDEX segment: every FileEntry and Extent of the session, no payload.
+    ``start``: where the session's DATA segments begin (after its SESSION segment)."""
+    problem = _session_span_problem(records, offset, start)
+    if problem is not None:
+        raise ValueError(f"{_where(seq, offset)}: {problem}")
     return encode_segment(records, b"", seq, offset, SegmentKind.INDEX, compress=compress)
+
+
+def _session_span_problem(records: Sequence[Record], offset: int, start: int) -> str | None:
+    """An index's stored extents against its session's span ``[start, offset)``."""
+    if start == SECTOR:
+        return None  # the INDEX rule of ``_check_records`` is this one
+    for i, r in enumerate(records):
+        if type(r) is Extent and r.codec is not Codec.ZERO and not (
+                r.location >= start + HEADER_SIZE and r.location + r.stored_len <= offset):
+            return (f"record {i}: extent stored at [{r.location}, +{r.stored_len}) lies outside "
+                    f"its session's segments [{start}, {offset})")
+    return None
+
+
+def encode_session_segment(rec: SessionRecord, seq: int, offset: int) -> bytes:
+    """The SESSION segment that opens a later session at ``offset``, right where the
+    previous session's INDEX ends (``rec.prev_index_end``; else ValueError)."""
+    if type(rec) is not SessionRecord:
+        raise TypeError(f"not a session record: {rec!r}")
+    return encode_segment([rec], b"", seq, offset, SegmentKind.SESSION, compress=False)
+
+
+def decode_session_segment(b: bytes | memoryview, offset: int, seq: int | None = None
+                           ) -> tuple[SegmentHeader, SessionRecord]:
+    """Decode a SESSION segment read from ``offset``: its header and its one record."""
+    seg = decode_segment(b, offset, seq)
+    if seg.kind is not SegmentKind.SESSION:
+        raise CorruptRecord(f"{_where(seg.seq, offset)}: a {seg.kind.name} segment where a "
+                            "SESSION segment should begin")
+    return seg.header, seg.records[0]  # type: ignore[return-value]
 
 
 class IndexEncoder:
@@ -1262,7 +1474,7 @@ class IndexEncoder:
 
     _KEEP_RAW = 1 << 20  # below this, keep the raw blob too: tiny indexes may not compress
 
-    def __init__(self, seq: int, offset: int, records_len: int) -> None:
+    def __init__(self, seq: int, offset: int, records_len: int, start: int = SECTOR) -> None:
         _int("seq", seq, 0, _U64)
         _int("offset", offset, SECTOR, _U64)
         if offset % SECTOR:
@@ -1270,7 +1482,7 @@ class IndexEncoder:
         problem = _check_layout(SegmentKind.INDEX, records_len, 0)
         if problem is not None:
             raise ValueError(f"{_where(seq, offset)}: {problem}")
-        self.seq, self.offset, self.records_len = seq, offset, records_len
+        self.seq, self.offset, self.records_len, self.start = seq, offset, records_len, start
         self._sizes: dict[int, int] = {}
         self._count = self._fed = 0
         self._extents_begun = False
@@ -1289,7 +1501,7 @@ class IndexEncoder:
                 self._sizes[r.file_id] = r.size
             elif type(r) is Extent:
                 self._extents_begun = True
-                problem = _index_extent_problem(i, r, self._sizes, self.offset)
+                problem = _index_extent_problem(i, r, self._sizes, self.offset, self.start)
             if problem is not None:
                 raise ValueError(f"{_where(self.seq, self.offset)}: {problem}")
         self._feed(encode_records(records), len(records))
@@ -1418,11 +1630,13 @@ def _segment_parts(b: bytes | memoryview, offset: int, seq: int | None, check_pa
     return header, where, blob, payload
 
 
-def decode_index(b: bytes, trailer: Trailer) -> Segment:
+def decode_index(b: bytes, trailer: Trailer, start: int = SECTOR) -> Segment:
     """Decode the INDEX segment the trailer points at, checking it is the one meant.
 
     It must lie at ``trailer.index_offset``, span ``trailer.index_length`` bytes
-    and be the last segment (sequence number ``segment_count - 1``).
+    and be the last segment of its session (sequence number ``segment_count - 1``);
+    every stored extent must lie in its session's DATA segments, which begin at
+    ``start`` (a later session's: where its SESSION segment ends).
     """
     seg = decode_segment(b, trailer.index_offset, trailer.segment_count - 1)
     where = _where(seg.seq, seg.offset)
@@ -1433,6 +1647,9 @@ def decode_index(b: bytes, trailer: Trailer) -> Segment:
             f"{where}: index is {seg.header.total_len} bytes, the trailer says "
             f"{trailer.index_length}"
         )
+    problem = _session_span_problem(seg.records, trailer.index_offset, start)
+    if problem is not None:
+        raise CorruptRecord(f"{where}: {problem}")
     return seg
 
 
