@@ -138,20 +138,22 @@ class Repository:
     # -- creating and opening ------------------------------------------------------------
 
     @classmethod
-    def init(cls, backend: Backend, passphrase: bytes, kdf: luks2.KdfParams = crypto.DEFAULT_KDF,
+    def init(cls, backend: Backend, passphrase: bytes, kdf: luks2.KdfParams | None = None,
              chunker: fmt.ChunkerParams | None = None, pack_size: int = 16 << 20,
              keys: crypto.MasterKeys | None = None, lock: LockMode = "shared",
              command: str = "backup") -> Repository:
         """A new repository: the key file first, the config last (the config marks it as
         existing, so a crash in between leaves no half repository).  ``keys``: for tests
-        that need reproducible chunk boundaries; otherwise random."""
+        that need reproducible chunk boundaries; otherwise random.  ``kdf``: the key file's
+        argon2id cost, calibrated here when not given (``crypto.calibrate_kdf``)."""
         if exists(backend):
             raise BadInput(f"{backend.name} already holds a backup repository")
         now = _now_iso()
         config = fmt.Config(repo_id=secrets.token_hex(16), created=now, pack_size=pack_size,
                             chunker=chunker or fmt.ChunkerParams())
         keys = keys or crypto.MasterKeys.generate()
-        data = crypto.make_key_file(keys, passphrase, config.repo_id, kdf, now)
+        data = crypto.make_key_file(keys, passphrase, config.repo_id,
+                                    kdf or crypto.calibrate_kdf(), now)
         backend.put(fmt.key_name(hashlib.sha256(data).digest()), data)
         backend.put(fmt.CONFIG, config.encode())
         return cls(backend, config, keys)._lock(lock, command, 0.0)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pipeline import credentials, progress
-from pipeline.backup import archive, offline, schedule, ui
+from pipeline.backup import archive, crypto, offline, schedule, ui
 from pipeline.backup.backend import Backend, DirBackend, StorageBackend
 from pipeline.backup.errors import NoRepository
 from pipeline.backup.repo import Repository, SnapshotRef, exists, hostname
@@ -34,6 +34,7 @@ from pipeline.errors import (
 )
 from pipeline.storage import check_container_name, open_storage
 from pipeline.storage.local import LocalStorage
+from pipeline.volume import luks2
 
 if TYPE_CHECKING:
     from pipeline.jobs import auth
@@ -93,7 +94,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="compression/encryption threads (default: the number of cores)")
     p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
-    _options.add_kdf_arguments(p)
+    _add_kdf_arguments(p)
     p.set_defaults(func=run)
     _add_schedule(p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND",
                                    action=_OptionalCommand))
@@ -170,11 +171,35 @@ def _add_schedule(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_schedule)
 
 
-def _kdf(args: argparse.Namespace) -> Any:
-    if args.pbkdf != "argon2id":
-        raise BadInput("the backup key file is always protected with argon2id; leave --pbkdf "
-                       "out")
-    return _options.kdf_from_args(args)
+def _add_kdf_arguments(p: argparse.ArgumentParser) -> None:
+    """cryptsetup's names; unlike its fixed defaults, the cost is calibrated when none is
+    given (``crypto.calibrate_kdf``: the key is derived at every backup, not at boot)."""
+    g = p.add_argument_group(
+        "key file KDF (argon2id; default: calibrated at --offline to ~0.5 s, as restic's "
+        "scrypt, never below RFC 9106's t=3, 64 MiB; recorded in the key file)")
+    g.add_argument("--pbkdf", choices=("argon2id",), default="argon2id",
+                   help="key derivation (argon2id only)")
+    g.add_argument("--pbkdf-memory", type=int, metavar="KIB",
+                   help="argon2 memory cost in KiB (default 65536 when another is given)")
+    g.add_argument("--pbkdf-time", type=int, metavar="N",
+                   help="argon2 passes (default 3 when another is given)")
+    g.add_argument("--pbkdf-parallel", type=int, metavar="N",
+                   help="argon2 lanes (default 4)")
+
+
+def _kdf(args: argparse.Namespace) -> luks2.KdfParams | None:
+    """The cost given, or None: ``Repository.init`` calibrates it."""
+    given = (args.pbkdf_memory, args.pbkdf_time, args.pbkdf_parallel)
+    if all(v is None for v in given):
+        return None
+    floor = crypto.MIN_KDF
+    try:
+        return luks2.KdfParams(
+            type="argon2id", time=floor.time if args.pbkdf_time is None else args.pbkdf_time,
+            memory=floor.memory if args.pbkdf_memory is None else args.pbkdf_memory,
+            cpus=floor.cpus if args.pbkdf_parallel is None else args.pbkdf_parallel)
+    except ValueError as exc:
+        raise BadInput(f"key file KDF settings: {exc}") from None
 
 
 def _opts(args: argparse.Namespace) -> archive.BackupOptions:
