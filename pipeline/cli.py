@@ -8,8 +8,10 @@ The contract every command keeps:
   ``errors.EVERY_COMMAND`` it can end with.  ``--help`` lists them, worded by the one
   table, ``errors.EXIT_CODES``.
 - ``func(args)`` is a plain function, or an ``async def`` that cli runs under
-  ``trio.run``; no command calls ``trio.run`` itself, nor runs another command as a
-  process.
+  ``trio.run``; a plain one may also return an ``async def`` of no arguments, which
+  cli then runs under ``trio.run`` (a command whose common case needs no Trio: trio's
+  import is a tenth of a no-change backup).  No command calls ``trio.run`` itself, nor
+  runs another command as a process.
 - It returns an ``errors.Outcome``: done (0) or done with warnings (1), with an
   optional line that cli prints on stderr as ``pipeline CMD: line``.
 - Anything else ends it by raising: a ``PipelineError`` (its class decides the code;
@@ -38,8 +40,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import NoReturn, TextIO
-
-import trio
 
 from pipeline import __version__, errors
 
@@ -207,12 +207,19 @@ def warnings_as_lines(name: str) -> Iterator[None]:
 
 
 def _run(func: object, args: argparse.Namespace) -> errors.Outcome:
-    """Call the command; async ones under one ``trio.run``."""
+    """Call the command; async ones (or the async rest a plain one returns) under one
+    ``trio.run``; trio is imported only then."""
     if inspect.iscoroutinefunction(func):
+        import trio
+
         outcome = trio.run(func, args)
     else:
         assert callable(func)
         outcome = func(args)
+        if inspect.iscoroutinefunction(outcome):
+            import trio
+
+            outcome = trio.run(outcome)
     if not isinstance(outcome, errors.Outcome):
         raise TypeError(f"{func!r} returned {outcome!r}, not an errors.Outcome")
     return outcome

@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-import trio
-
 from pipeline.errors import PipelineError, worst
 
 if TYPE_CHECKING:  # rich is imported when a bar is drawn: --json and quiet runs start faster
@@ -506,6 +504,8 @@ def make_renderer(json_mode: bool, stream_is_tty: bool | None = None) -> Rendere
 
 async def ticker(stats: Stats, renderer: Renderer, interval: float = 0.1) -> None:
     """Render `stats` every `interval` seconds until cancelled; the data never waits for it."""
+    import trio  # here: a command that never starts Trio (a no-change backup) skips its import
+
     while True:
         await trio.sleep(interval)
         renderer.update(stats)
@@ -519,6 +519,8 @@ async def with_progress(renderer: Renderer, stats: Stats,
     """Run ``fn`` with the ticker beside it; on a PipelineError, emit the `exit` event
     (--json) before cli.py prints the one-line error; on any error, stop the bar (a live
     bar left running would garble the terminal)."""
+    import trio
+
     box: list[T] = []
     try:
         async with trio.open_nursery() as nursery:
