@@ -24,7 +24,13 @@ from pipeline.storage.base import Storage
 async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: str,
               blob_type: format.BlobType, on_drive: dict[int, FileOnDrive],
               net: trio.CapacityLimiter, progress: Callable[[int], None]) -> None:
-    """One uploader: take batches until the channel ends; record each cell delivered."""
+    """One uploader: take batches until the channel ends; record each cell delivered.
+
+    A file whose one part is the whole file goes in with the store's ``write_whole``
+    where it has one (a part and its commit in one call: no partial blob), else as a
+    part, committed once whole like any other.
+    """
+    whole = getattr(store, "write_whole", None)
 
     def write_parts(parts: Parts) -> int:
         """Write the batch, record its cells, commit the files it completes; one storage
@@ -40,6 +46,16 @@ async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: s
             fd = on_drive[e.file_id]
             f = fd.entry
             c, b, t = disposition.where(f, container, blob_type)  # a dataset's file: its own
+            if (whole is not None and e.offset == 0 and len(raw) == f.size
+                    and not (fd.cells or fd.zero or fd.bad or fd.committed)):
+                whole(c, b, t, raw)  # the whole file in this one part: written and committed
+                fd.cells.add(e.offset)
+                fd.committed = True
+                size += len(raw)
+                if f.attrs is not None:
+                    disposition.md5_feed(fd, e.offset, raw)
+                    store.set_attributes(c, b, t, f.attrs.metadata, disposition.properties_of(fd))
+                continue
             store.write_part(c, b, t, f.size, e.offset, raw)
             if f.attrs is not None:
                 disposition.md5_feed(fd, e.offset, raw)

@@ -191,6 +191,25 @@ class AzureStorage:
                     self._open_page_blob(client, container, blob, size)
                     client.upload_page(data, offset=offset, length=len(data))
 
+    def write_whole(self, container: str, blob: str, blob_type: BlobType, data: bytes) -> None:
+        """``write_part`` of the whole blob then ``commit``: a new block blob in one request
+        (Put Blob, only if no blob has the name), not three (stage, block list, commit);
+        anything else as a part and a commit, whose checks (a blob of the other type is
+        refused) then apply."""
+        size = len(data)
+        check_part(blob_type, size, 0, data)
+        if blob_type is BlobType.BLOCK:
+            client = self._blob(container, blob)
+            with self._calls():
+                try:
+                    client.upload_blob(data, blob_type=AzureBlobType.BLOCKBLOB, length=size,
+                                       overwrite=False)  # If-None-Match: *
+                    return
+                except ResourceExistsError:
+                    pass                        # there already: replaced as parts are
+        self.write_part(container, blob, blob_type, size, 0, data)
+        self.commit(container, blob, blob_type, size, ())
+
     def _check_block_size(self, container: str, blob: str, size: int) -> None:
         if size > MAX_BLOCKS * CELL:
             raise BadInput(f"{self.name}: {container}/{blob} is {size} bytes; a block blob "
