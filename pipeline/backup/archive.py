@@ -14,33 +14,42 @@ Every channel is bounded, so memory is arithmetic: ``2 * depth`` batches of
 chunks (up to ~8 MiB each) in the chunk channels, as much in the hands of each
 reader and each sealing thread, ``2 + uploaders`` packs of 16 MiB, and at most
 ``window`` batches of 512 nodes waiting to be put back in order, whatever the
-size of the source.  A chunk the repository already has (its keyed hash is in
-the index) is never compressed, encrypted or sent: that is what makes the online
-backup cheap.  The state a run accumulates is owned by one stage each: the new
-chunks by ``read.Read``, the tree and totals by ``tree.Tree``, the packs stored by
-``upload.Upload``, the warnings by ``_Warnings`` here.
+size of the source.
+
+Before any of that, ``begin`` walks inline (no Trio, no pipeline) for as long as no
+file needs reading, feeding the tree stage directly: a backup with nothing changed
+ends there (``finish_inline``: its snapshot, its tree chunks all in the index already),
+so it never imports trio nor starts a thread; one that finds a file to read hands the
+walk, as far as it got, and the tree so far over to the pipeline.
+
+A chunk the repository already has (its keyed hash is in the index) is never
+compressed, encrypted or sent: that is what makes the online backup cheap.  The state a
+run accumulates is owned by one stage each: the new chunks by ``read.Read``, the tree
+and totals by ``tree.Tree``, the packs stored by ``upload.Upload``, the warnings by
+``_Warnings`` here.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import trio
-
 from pipeline.backup import encoding as fmt
 from pipeline.backup.repo import Pack, Repository, SnapshotRef, hostname
-from pipeline.backup.stages import pack, seal, walk
-from pipeline.backup.stages.messages import Chunk, NodeBatch, ReadBatch, SealedChunk
-from pipeline.backup.stages.read import Read
+from pipeline.backup.stages.messages import Chunk, NodeBatch, ReadBatch, SealedChunk, Walked
 from pipeline.backup.stages.tree import Tree
-from pipeline.backup.stages.upload import Upload
-from pipeline.backup.walk import Warn
+from pipeline.backup.walk import Warn, matched
 from pipeline.progress import Stats
 
-__all__ = ["BackupOptions", "BackupResult", "Warn", "find_parent", "run_backup"]
+INLINE_S = 1.0                  # the inline walk hands over to the pipeline (and its progress
+INLINE_NEW = 8 << 20            # display) after this long, or this many bytes of new tree
+
+__all__ = ["BackupOptions", "BackupResult", "Begun", "Warn", "begin", "find_parent",
+           "finish_inline", "run_backup"]
 
 
 @dataclass
@@ -92,6 +101,7 @@ class _Warnings:
     def __init__(self, warn: Warn) -> None:
         self.items: list[str] = []
         self._warn = warn
+        self.threaded = False           # the walk runs in the pipeline's thread now
 
     def __call__(self, message: str) -> None:
         self.items.append(message)
@@ -99,29 +109,115 @@ class _Warnings:
 
     def from_thread(self, message: str) -> None:
         """The same, from a worker thread (the walk's, a reader's)."""
+        import trio
+
         trio.from_thread.run_sync(self, message)
+
+    def walk(self, message: str) -> None:
+        """The walk's: inline, on this thread; in the pipeline, from its thread."""
+        (self.from_thread if self.threaded else self)(message)
+
+
+@dataclass
+class Begun:
+    """A backup begun: the parent, the tree so far, and the rest of the walk (None: it was
+    walked to the end inline, every file unchanged)."""
+
+    source: Path
+    parent: SnapshotRef | None
+    started: datetime
+    sent_before: int
+    tree: Tree
+    rest: Iterator[Walked] | None
+    warnings: _Warnings
+
+    @property
+    def done(self) -> bool:
+        """Nothing to read and nothing to store: only the snapshot is left to write."""
+        return self.rest is None and not self.tree.new
+
+
+def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
+          parent: SnapshotRef | None = None, threaded: bool = False) -> Begun:
+    """Sync, before any Trio run: the parent's manifest, then the walk with the tree
+    stage in this thread for as long as no file needs reading (restic's rule and every
+    chunk in the index), for up to ``INLINE_S`` and ``INLINE_NEW`` bytes of new tree
+    chunks.  A no-change backup ends here: no pipeline, no Trio, no worker thread but the
+    tree's read-ahead; otherwise the pipeline goes on from the first file to read.
+    ``warn`` is called on this thread, or (``threaded``: this is a Trio worker thread)
+    on the Trio thread."""
+    started = datetime.now(UTC)
+    sent_before = repo.backend.bytes_sent
+    manifest = repo.manifest(parent) if parent is not None else None
+    if manifest is not None and not stats.bytes_total:   # the totals to expect
+        stats.files_total, stats.bytes_total = manifest.files, manifest.bytes
+    warnings = _Warnings(warn)
+    warnings.threaded = threaded
+    walked = matched(source, repo.tree_lines(manifest) if manifest else None, warnings.walk)
+    tree = Tree(repo, stats)
+    t0 = stats.timer()
+    deadline = t0 + INLINE_S
+    rest: Iterator[Walked] | None = None
+    for item in walked:
+        node = item.node
+        if node.type == "file":
+            if not item.reuse or not all(c is None or c in repo.index for c, _ in node.content):
+                rest = itertools.chain((item,), walked)
+                break
+            stats.unchanged_bytes += node.size
+            stats.files_done += 1
+        tree.keep(tree.add(node, item.line))
+        if tree.new_bytes >= INLINE_NEW or stats.timer() >= deadline:
+            rest = walked
+            break
+    else:
+        tree.keep(tree.cutter.finish())
+    stats.add_busy("walk", stats.timer() - t0)
+    return Begun(source, parent, started, sent_before, tree, rest, warnings)
+
+
+def finish_inline(repo: Repository, begun: Begun) -> BackupResult:
+    """Sync: the snapshot of a backup ``begin`` walked to the end (``begun.done``)."""
+    assert begun.done
+    manifest = _manifest(begun)
+    ref = repo.write_snapshot(manifest, begun.started)
+    return BackupResult(snapshot=ref, manifest=manifest, parent=begun.parent,
+                        bytes_sent=repo.backend.bytes_sent - begun.sent_before,
+                        warnings=begun.warnings.items)
+
+
+def _manifest(begun: Begun) -> fmt.Manifest:
+    tree, parent = begun.tree, begun.parent
+    return fmt.Manifest(
+        time=begun.started.isoformat(timespec="microseconds"), hostname=hostname(),
+        source=str(begun.source), tree=tuple(tree.ids), files=tree.files, dirs=tree.dirs,
+        bytes=tree.bytes, parent=parent.hex if parent else None)
 
 
 async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
-                     opts: BackupOptions | None = None, parent: SnapshotRef | None = None
-                     ) -> BackupResult:
-    """Back up ``source``; the snapshot is written only after every stage succeeded."""
+                     opts: BackupOptions | None = None, parent: SnapshotRef | None = None,
+                     begun: Begun | None = None) -> BackupResult:
+    """Back up ``source`` (or go on with ``begun``, ``begin``'s); the snapshot is written
+    only after every stage succeeded."""
+    import trio
+
+    from pipeline.backup.lock import start_refresher
+    from pipeline.backup.stages import pack, seal, walk
+    from pipeline.backup.stages.read import Read
+    from pipeline.backup.stages.upload import Upload
+
     opts = opts or BackupOptions()
-    host = hostname()
-    started = datetime.now(UTC)
-    sent_before = repo.backend.bytes_sent
-    parent_manifest = (await trio.to_thread.run_sync(repo.manifest, parent)
-                       if parent is not None else None)
-    if parent_manifest is not None and not stats.bytes_total:   # the totals to expect
-        stats.files_total, stats.bytes_total = parent_manifest.files, parent_manifest.bytes
-    old = repo.tree_lines(parent_manifest) if parent_manifest else None  # lazy: the walk reads
+    if begun is None:
+        begun = await trio.to_thread.run_sync(begin, repo, source, stats, warn, parent, True)
+    start_refresher(repo.lock)            # the repository may have been opened before Trio
+    warnings = begun.warnings
+    warnings.threaded = True
+    tree = begun.tree
     crypto = repo.crypto
     cpu = trio.CapacityLimiter(opts.threads)
     ahead = trio.Semaphore(opts.window)   # batches the walk may run ahead of the tree
-    warnings = _Warnings(warn)
     read = Read(repo, str(source), stats, trio.CapacityLimiter(opts.readers),
                 warnings.from_thread)
-    tree = Tree(repo, ahead, stats)
     upload = Upload(repo, trio.CapacityLimiter(opts.uploaders), stats)
     nodes_tx, nodes_rx = trio.open_memory_channel[NodeBatch](opts.depth)
     done_tx, done_rx = trio.open_memory_channel[ReadBatch](opts.depth)
@@ -129,11 +225,11 @@ async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
     sealed_tx, sealed_rx = trio.open_memory_channel[list[SealedChunk]](opts.depth)
     packs_tx, packs_rx = trio.open_memory_channel[Pack](1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(walk.run, source, old, nodes_tx, ahead, warnings.from_thread, stats)
+        nursery.start_soon(walk.run, begun.rest or iter(()), nodes_tx, ahead, stats)
         async with nodes_rx, done_tx, raw_tx, raw_rx, sealed_tx, packs_rx:  # clones only
             for _ in range(opts.readers):
                 nursery.start_soon(read.run, nodes_rx.clone(), done_tx.clone(), raw_tx.clone())
-            nursery.start_soon(tree.run, done_rx, raw_tx.clone())
+            nursery.start_soon(tree.run, done_rx, raw_tx.clone(), ahead)
             for _ in range(opts.threads):
                 nursery.start_soon(seal.run, raw_rx.clone(), sealed_tx.clone(), crypto,
                                    opts.level, cpu, stats)
@@ -142,20 +238,19 @@ async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
             for _ in range(opts.uploaders):
                 nursery.start_soon(upload.run, packs_rx.clone())
 
-    manifest = fmt.Manifest(
-        time=started.isoformat(timespec="microseconds"), hostname=host,
-        source=str(source), tree=tuple(tree.ids), files=tree.files, dirs=tree.dirs,
-        bytes=tree.bytes, parent=parent.hex if parent else None)
-    ref = await _commit(repo, manifest, started, stats)
-    return BackupResult(snapshot=ref, manifest=manifest, parent=parent,
+    manifest = _manifest(begun)
+    ref = await _commit(repo, manifest, begun.started, stats)
+    return BackupResult(snapshot=ref, manifest=manifest, parent=begun.parent,
                         chunks_new=read.chunks_new, raw_new=read.raw_new, packs=upload.packs,
-                        bytes_sent=repo.backend.bytes_sent - sent_before,
+                        bytes_sent=repo.backend.bytes_sent - begun.sent_before,
                         warnings=warnings.items)
 
 
 async def _commit(repo: Repository, manifest: fmt.Manifest, started: datetime,
                   stats: Stats) -> SnapshotRef:
     """Commit order: every pack is stored; now the index naming them, then the snapshot."""
+    import trio
+
     batch = repo.take_unindexed()
     if batch:
         sent = await trio.to_thread.run_sync(repo.write_index, batch)

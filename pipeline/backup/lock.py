@@ -33,14 +33,13 @@ import os
 import random
 import secrets
 import socket
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import trio
 
 from pipeline.backup import crypto as crypto_mod
 from pipeline.backup.backend import Backend
@@ -124,6 +123,7 @@ class Lock:
         self._clock = clock
         self._refreshed = 0.0
         self._mutex = threading.Lock()
+        self.refresher = False      # a Trio task refreshes it
 
     def _data(self) -> bytes:
         obj = {"host": self.host, "pid": os.getpid(), "exclusive": self.exclusive,
@@ -220,17 +220,32 @@ def take(backend: Backend, cr: crypto_mod.Crypto, exclusive: bool, command: str 
 
 def _start_refresher(lock: Lock) -> None:
     """A Trio system task that refreshes ``lock`` until it is released or the run ends;
-    from a worker thread (the usual caller: ``trio.to_thread``) through the run's token."""
+    from a worker thread (the usual caller: ``trio.to_thread``) through the run's token.
+    Without a Trio run (trio not even imported: a no-change backup opens the repository
+    before any starts) the refresh is lazy, until ``start_refresher`` in a later run."""
+    trio = sys.modules.get("trio")
+    if trio is None or not lock.held or lock.refresher:
+        return
     try:
         trio.lowlevel.current_task()
     except RuntimeError:
         with contextlib.suppress(RuntimeError):    # not in a Trio thread: lazy refresh only
             trio.from_thread.run_sync(trio.lowlevel.spawn_system_task, _refresh_loop, lock)
+            lock.refresher = True
         return
     trio.lowlevel.spawn_system_task(_refresh_loop, lock)
+    lock.refresher = True
+
+
+def start_refresher(lock: Lock | None) -> None:
+    """From a Trio task: refresh ``lock`` in the background from now on (once)."""
+    if lock is not None:
+        _start_refresher(lock)
 
 
 async def _refresh_loop(lock: Lock) -> None:
+    import trio
+
     limiter = trio.CapacityLimiter(1)
     while lock.held:
         await trio.sleep(REFRESH)

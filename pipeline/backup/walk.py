@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.backup import encoding as fmt
+from pipeline.backup.stages.messages import Walked
 from pipeline.errors import BadInput
 
 if TYPE_CHECKING:
@@ -222,6 +223,32 @@ def unchanged(node: fmt.Node, old: fmt.Node | None) -> bool:
 
 def _meta_key(n: fmt.Node) -> tuple[object, ...]:
     return (n.mode, n.uid, n.gid, n.xattrs, n.links)
+
+
+def matched(source: Path, parent: Iterator[tuple[fmt.Node, bytes]] | None, warn: Warn
+            ) -> Iterator[Walked]:
+    """Every entry of ``source`` in walk order, matched against ``parent`` (the parent
+    snapshot's tree, read lazily as this is consumed): a file unchanged since then takes
+    its chunk list (``reuse``), as does a new link to a hard-linked file so taken; an entry
+    equal to the parent's in every field carries its tree line.  Consumed inline by
+    ``archive.walk_inline`` while nothing needs reading, then by the walk stage's thread."""
+    old = ParentTree(parent)
+    linked: dict[tuple[int, int], fmt.Node] = {}   # hard-linked files taken from the parent
+    for node in walk(source, warn):
+        reuse = False
+        found = old.find(node.path)
+        same, line = found if found is not None else (None, None)
+        if node.type == "file":
+            prev = same
+            if node.links > 1 and not unchanged(node, prev):
+                prev = linked.get((node.dev, node.inode))
+            if unchanged(node, prev):
+                assert prev is not None
+                node.content, reuse = prev.content, True
+                if node.links > 1:
+                    linked.setdefault((node.dev, node.inode), node)
+        yield Walked(node, reuse, line if node == same else None)
+
 
 
 # --------------------------------------------------------------------------- reading files

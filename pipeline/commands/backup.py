@@ -7,17 +7,15 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import trio
 
 from pipeline import credentials, progress
 from pipeline.backup import archive, crypto, offline, schedule, ui
 from pipeline.backup.backend import Backend, DirBackend, StorageBackend
 from pipeline.backup.errors import NoRepository
-from pipeline.backup.repo import Repository, SnapshotRef, exists, hostname
+from pipeline.backup.repo import Repository, exists, hostname
 from pipeline.backup.walk import check_source
 from pipeline.commands import _options
 from pipeline.errors import (
@@ -31,6 +29,7 @@ from pipeline.errors import (
     BadInput,
     Outcome,
     PipelineError,
+    worst,
 )
 from pipeline.storage import check_container_name, open_storage
 from pipeline.storage.local import LocalStorage
@@ -211,18 +210,22 @@ def _opts(args: argparse.Namespace) -> archive.BackupOptions:
     return archive.BackupOptions(level=args.level, threads=threads)
 
 
-async def run(args: argparse.Namespace) -> Outcome:
+def run(args: argparse.Namespace) -> Outcome | Callable[[], Awaitable[Outcome]]:
+    """Plain, not async: the online backup with nothing to read finishes without Trio
+    (``archive.begin``); otherwise cli runs the async rest returned here."""
     missing = [f for f, v in (("--source DIR", args.source),
                               ("--passphrase-file FILE", args.passphrase_file)) if not v]
     if missing:
         raise BadInput(f"backup needs {' and '.join(missing)}")
     if args.offline:
-        return await _offline(args)
+        async def offline() -> Outcome:
+            return await _offline(args)
+        return offline
     given = [f"--{a.replace('_', '-')}" for a in _OFFLINE_ONLY if getattr(args, a)]
     if given:
         raise BadInput(f"{', '.join(given)} only go with --offline; for the online backup "
                        "give --to STORAGE [--container C]")
-    return await _online(args)
+    return _online(args)
 
 
 # --------------------------------------------------------------------------- offline
@@ -242,6 +245,8 @@ async def _offline(args: argparse.Namespace) -> Outcome:
     # Every input is checked before anything is written.  The import service's modules are
     # imported where they are used: the online backup, every hour, needs them only when the
     # seed is missing, and their import is a tenth of its start-up.
+    import trio
+
     from pipeline.jobs import auth, rules
 
     _require(args)
@@ -424,34 +429,53 @@ def _job_state(answer: Any) -> tuple[str, int | None]:
     return state, percent
 
 
-async def _online(args: argparse.Namespace) -> Outcome:
+def _online(args: argparse.Namespace) -> Outcome | Callable[[], Awaitable[Outcome]]:
+    """Open the repository and walk inline (``archive.begin``); the Outcome when nothing
+    needed reading, else the async rest: the pipeline under Trio, from where it stopped."""
     source = check_source(Path(args.source))
     container, recorded = _container_for(source, args.container)
     secret = credentials.passphrase_file(args.passphrase_file)
     opts = _opts(args)
     storage = open_storage(args.to)
-    await trio.to_thread.run_sync(storage.check)
+    storage.check()
     backend = StorageBackend(storage, container)
     stats = progress.Stats()                 # totals: the parent snapshot's, once known
     renderer = progress.make_renderer(args.json)
     renderer.start("backup", mode="online", source=str(source), storage=backend.name)
+    try:
+        try:
+            repo = Repository.open(backend, secret.value, args.passphrase_file)
+        except NoRepository:   # only now is the import service asked
+            raise NoRepository(_missing_seed(backend, recorded)) from None
+        repo.load_index()
+        missing, total = repo.missing_packs()
+        if missing or not repo.snapshots():
+            raise NoRepository(_missing_seed(backend, recorded, (
+                f"{missing} of {total} packs" if missing else "the seed's snapshot")))
+        parent = archive.find_parent(repo, str(source), hostname())
+        begun = archive.begin(repo, source, stats, _warner(renderer), parent)
+        result = archive.finish_inline(repo, begun) if begun.done else None
+    except BaseException as exc:     # as progress.with_progress: the exit event, no bar left
+        first = worst(exc)
+        if isinstance(first, PipelineError):
+            renderer.event("exit", code=first.exit_code, message=str(first))
+        renderer.close()
+        raise
+    if result is not None:
+        return _online_done(args, backend, renderer, stats, result)
 
-    async def go() -> archive.BackupResult:
-        def open_repo() -> tuple[Repository, SnapshotRef | None]:
-            try:
-                repo = Repository.open(backend, secret.value, args.passphrase_file)
-            except NoRepository:   # only now is the import service asked
-                raise NoRepository(_missing_seed(backend, recorded)) from None
-            repo.load_index()
-            missing, total = repo.missing_packs()
-            if missing or not repo.snapshots():
-                raise NoRepository(_missing_seed(backend, recorded, (
-                    f"{missing} of {total} packs" if missing else "the seed's snapshot")))
-            return repo, archive.find_parent(repo, str(source), hostname())
-        repo, parent = await trio.to_thread.run_sync(open_repo)
-        return await archive.run_backup(repo, source, stats, _warner(renderer), opts, parent)
+    async def rest() -> Outcome:
+        async def go() -> archive.BackupResult:
+            return await archive.run_backup(repo, source, stats, _warner(renderer), opts,
+                                            begun=begun)
+        result = await progress.with_progress(renderer, stats, go)
+        return _online_done(args, backend, renderer, stats, result)
+    return rest
 
-    result = await progress.with_progress(renderer, stats, go)
+
+def _online_done(args: argparse.Namespace, backend: StorageBackend,
+                 renderer: progress.Renderer, stats: progress.Stats,
+                 result: archive.BackupResult) -> Outcome:
     code = EXIT_WARNING if result.warnings else EXIT_OK
     message = (f"snapshot {result.snapshot.hex}: sent {result.bytes_sent} bytes "
                f"({result.chunks_new} new chunks) to {backend.name}")

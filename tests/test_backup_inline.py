@@ -1,0 +1,161 @@
+"""The inline walk (``archive.begin``): a backup walks and cuts its tree on the calling
+thread, before any Trio run, while no file needs reading.  With nothing changed it ends
+there: the parent's tree chunks, a snapshot, trio never imported.  Anything that changed
+is still seen: a file needing a read hands the walk over to the pipeline where it got
+to (the same snapshot as a backup without the inline walk), and a metadata-only change
+(an xattr, a mode, a new hard link) is taken without reading and stored as a new tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from pipeline import progress
+from pipeline.backup import archive
+from pipeline.backup import encoding as fmt
+from pipeline.backup.backend import DirBackend, StorageBackend
+from pipeline.backup.repo import Repository, hostname
+from pipeline.storage import open_storage
+from tests.conftest import FAST_ARGON, ROOT
+from tests.test_backup_repo import CONTAINER, PASS, backup, describe, make_tree, restore
+
+
+def _seeded(tmp_path: Path) -> tuple[Path, Repository]:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
+    trio.run(backup, repo, src, False)
+    return src, repo
+
+
+def _begin(repo: Repository, src: Path) -> tuple[archive.Begun, progress.Stats, list[str]]:
+    stats, warnings = progress.Stats(), []
+    parent = archive.find_parent(repo, str(src.resolve()), hostname())
+    begun = archive.begin(repo, src.resolve(), stats, warnings.append, parent)
+    return begun, stats, warnings
+
+
+def _walk_order_files(repo: Repository, manifest: fmt.Manifest) -> list[str]:
+    return [n.path for n in repo.tree(manifest) if n.type == "file"]
+
+
+def test_nothing_changed_ends_inline_with_the_parents_tree(tmp_path: Path) -> None:
+    src, repo = _seeded(tmp_path)
+    parent = repo.manifest(repo.snapshots()[-1])
+    sent = repo.backend.bytes_sent
+    begun, stats, warnings = _begin(repo, src)
+    assert begun.done and begun.rest is None and begun.tree.new == [] and warnings == []
+    assert tuple(begun.tree.ids) == parent.tree
+    result = archive.finish_inline(repo, begun)
+    assert result.manifest.tree == parent.tree
+    assert (result.manifest.files, result.manifest.dirs, result.manifest.bytes) == (
+        parent.files, parent.dirs, parent.bytes)
+    assert result.parent == repo.snapshots()[-2] and result.chunks_new == 0
+    snapshot = repo.backend.get(result.snapshot.name)
+    assert snapshot is not None
+    assert result.bytes_sent == repo.backend.bytes_sent - sent == len(snapshot)
+    assert stats.bytes_read == 0 and stats.files_done == parent.files
+    assert stats.unchanged_bytes == parent.bytes
+
+
+def test_a_file_to_read_hands_the_walk_over_where_it_got(tmp_path: Path) -> None:
+    """The last file in walk order rewritten with its size and mtime kept (only its
+    ctime says so): every entry before it is taken inline, the pipeline goes on from it,
+    and the snapshot is the one a backup without a parent writes (same lines, chunks)."""
+    src, repo = _seeded(tmp_path)
+    parent = repo.manifest(repo.snapshots()[-1])
+    files = _walk_order_files(repo, parent)
+    last = src / files[-1]
+    st = last.stat()
+    assert st.st_size > 0
+    last.write_bytes(bytes(b ^ 0xFF for b in last.read_bytes()))
+    os.utime(last, ns=(st.st_atime_ns, st.st_mtime_ns))
+    begun, stats, warnings = _begin(repo, src)
+    assert not begun.done and begun.rest is not None and warnings == []
+    assert begun.tree.files == stats.files_done == len(files) - 1
+    handed = trio.run(archive.run_backup, repo, src.resolve(), stats, warnings.append,
+                      archive.BackupOptions(threads=2), None, begun)
+    assert warnings == [] and stats.bytes_read == st.st_size
+    (node,) = [n for n in repo.tree(handed.manifest) if n.path == files[-1]]
+    assert handed.chunks_new == len({c for c, _ in node.content if c is not None}) > 0
+    fresh = trio.run(archive.run_backup, repo, src.resolve(), progress.Stats(),
+                     warnings.append, archive.BackupOptions(threads=2), None)
+    assert handed.manifest.tree == fresh.manifest.tree != parent.tree
+    trio.run(restore, repo, handed.snapshot.hex, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)
+
+
+def test_metadata_changes_are_taken_inline_and_stored(tmp_path: Path) -> None:
+    """A changed xattr, a chmod and a new hard link move ctimes but need no read: the
+    inline walk takes them all, its new tree chunks wait for the pipeline to store."""
+    src, repo = _seeded(tmp_path)
+    parent = repo.manifest(repo.snapshots()[-1])
+    files = _walk_order_files(repo, parent)
+    a, b = src / files[0], src / files[1]
+    os.setxattr(a, "user.note", b"changed")
+    os.chmod(b, 0o640)
+    link = files[1] + "~link"            # walked right after b: takes b's chunk list
+    os.link(b, src / link)
+    begun, stats, warnings = _begin(repo, src)
+    assert begun.rest is None and not begun.done and begun.tree.new != []
+    assert stats.bytes_read == 0 and warnings == []
+    result = trio.run(archive.run_backup, repo, src.resolve(), stats, warnings.append,
+                      archive.BackupOptions(threads=2), None, begun)
+    assert result.chunks_new == 0 and stats.bytes_read == 0
+    nodes = {n.path: n for n in repo.tree(result.manifest)}
+    assert nodes[files[0]].xattrs == [("user.note", b"changed")]
+    assert nodes[files[1]].mode == 0o640 and nodes[files[1]].links == 2
+    assert nodes[link].links == 2
+    assert nodes[link].content == nodes[files[1]].content
+    assert nodes[link].inode == nodes[files[1]].inode == b.stat().st_ino
+    trio.run(restore, repo, result.snapshot.hex, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)
+
+
+_CHILD = """
+import json, sys
+from pipeline.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "trio": "trio" in sys.modules}))
+"""
+
+
+def test_cli_no_change_backup_never_imports_trio(tmp_path: Path) -> None:
+    """`pipeline backup` with nothing changed finishes without Trio; with a new file it
+    runs the pipeline (and so Trio) and stores it."""
+    src, repo = _seeded(tmp_path)
+    account = tmp_path / "account"
+    account.mkdir()
+    storage = open_storage(str(account))
+    storage.ensure_container(CONTAINER)
+    backend = StorageBackend(storage, CONTAINER)
+    for p in sorted((tmp_path / "repo").rglob("*")):
+        if p.is_file():
+            backend.put(p.relative_to(tmp_path / "repo").as_posix(), p.read_bytes())
+    (tmp_path / "pass").write_bytes(PASS + b"\n")
+
+    def run() -> tuple[dict[str, object], dict[str, object]]:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, "backup", "--source", str(src), "--to",
+             str(account), "--container", CONTAINER, "--passphrase-file",
+             str(tmp_path / "pass"), "--json"], capture_output=True, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT),
+                 "PIPELINE_CONFIG_DIR": str(tmp_path / "config")}, timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        lines = [json.loads(x) for x in proc.stdout.splitlines()]
+        summary = next(x for x in lines if x.get("type") == "summary")
+        return lines[-1], summary
+
+    last, summary = run()
+    assert last == {"code": 0, "trio": False}
+    assert summary["bytes_read"] == 0 and summary["chunks_new"] == 0
+    (src / "new.txt").write_text("new\n")
+    last, summary = run()
+    assert last == {"code": 0, "trio": True}
+    assert summary["bytes_read"] == 4 and summary["chunks_new"] == 1
