@@ -171,6 +171,27 @@ class DriveInfo:
     # A file this closed drive's index lists was superseded since (its staging copy changed
     # and --resume wrote it again elsewhere): the index on the drive must be written again.
     index_stale: bool = False
+    # Several copy sessions on one drive (format version 3).  This session's log starts at
+    # first_offset: 4096 when it is the drive's first session, else its SESSION segment,
+    # written where the previous session's INDEX ends; nothing before it is ours to write.
+    first_offset: int = format.SECTOR
+    host_session: str = ""  # a later session: the drive's first session (its superblock's)
+    host_seq: int = 0  # ... and the drive's number in that session (the trailer's drive_seq)
+    session_no: int = 1  # this session's place on the drive: 1, 2, ...
+    # A later session: the trailer the drive had before it began (the previous sessions'),
+    # as Trailer fields; written back whenever this session's index is to be replaced.
+    base_trailer: dict | None = None
+    prev_index_sha256: str = ""  # a later session: of the previous session's INDEX (hex)
+
+    @property
+    def continued(self) -> bool:
+        """A later session on a drive an earlier session already holds."""
+        return self.first_offset != format.SECTOR
+
+    @property
+    def data_offset(self) -> int:
+        """Where this session's DATA segments begin: after its one-sector SESSION segment."""
+        return self.first_offset + format.SECTOR if self.continued else format.SECTOR
 
 
 def _unlink_db(path: Path) -> None:
@@ -421,7 +442,8 @@ class Journal:
         """
         with self._lock:  # no supersede() between counting the records and listing them
             self._check_index_rows(offset)
-            enc = format.IndexEncoder(seq, offset, self.index_records_len())
+            enc = format.IndexEncoder(seq, offset, self.index_records_len(),
+                                      self.drive.data_offset)
             for sql in ("SELECT rec FROM files WHERE superseded=0 ORDER BY file_id",
                         "SELECT e.rec FROM extents e JOIN files f ON f.file_id = e.file_id "
                         "WHERE f.superseded=0 ORDER BY e.location, e.file_id, e.offset"):
@@ -439,12 +461,38 @@ class Journal:
             "FROM extents e LEFT JOIN files f ON f.file_id = e.file_id "
             "WHERE f.file_id IS NULL OR (f.superseded=0 AND (e.offset + e.raw_len > f.size "
             "OR (e.codec != ? AND (e.location < ? OR e.location + e.stored_len > ?)))) LIMIT 1",
-            (int(format.Codec.ZERO), format.SECTOR + format.HEADER_SIZE, offset)).fetchone()
+            (int(format.Codec.ZERO), self.drive.data_offset + format.HEADER_SIZE, offset)
+        ).fetchone()
         if row is not None:
             fid, off, raw, loc, stored, size = row
             raise ValueError(f"journal {self.path}: extent of file {fid} at [{off}, +{raw}) "
                              f"stored at [{loc}, +{stored}) does not fit its file (size {size}) "
                              f"or the segments before the index at {offset}")
+
+    def trailer(self, index_offset: int, index_length: int, segment_count: int) -> bytes:
+        """The trailer sector that closes this session with its index at ``index_offset``:
+        version 1 on a drive of one session, version 2 (pointing at this session's
+        SESSION segment, counting the sessions) on a later session's."""
+        info = self.drive
+        if not info.continued:
+            return format.encode_trailer(format.Trailer(
+                drive_seq=info.seq, data_area_size=info.data_area_size,
+                index_offset=index_offset, index_length=index_length,
+                segment_count=segment_count, payload_bytes=info.payload_bytes))
+        return format.encode_trailer(format.Trailer(
+            drive_seq=info.host_seq, data_area_size=info.data_area_size,
+            index_offset=index_offset, index_length=index_length, segment_count=segment_count,
+            payload_bytes=info.payload_bytes, version=2, session_offset=info.first_offset,
+            sessions=info.session_no))
+
+    def base_trailer(self) -> bytes:
+        """What the trailer sector holds while this session is open: nothing (zeros) on a
+        drive's first session; on a later one, the previous sessions' trailer, so they
+        stay readable through it while this one is written."""
+        info = self.drive
+        if info.base_trailer is None:
+            return bytes(format.SECTOR)
+        return format.encode_trailer(format.Trailer(**info.base_trailer))
 
     def index_records_len(self) -> int:
         """Encoded size of the records the closing index lists: the rows' stored encodings."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline import credentials, names
 from pipeline.commands import _options
+from pipeline.drive import format
 from pipeline.errors import (
     EXIT_INTEGRITY,
     EXIT_NO_SPACE,
@@ -18,7 +19,7 @@ from pipeline.errors import (
     IntegrityError,
     Outcome,
 )
-from pipeline.volume import drives, luks2
+from pipeline.volume import drives, luks2, sessions
 
 EXITS = (EXIT_INTEGRITY, EXIT_REFUSED, EXIT_NO_SPACE)  # exit codes beyond errors.EVERY_COMMAND
 
@@ -100,12 +101,31 @@ def _text_info(info: dict[str, Any]) -> str:
         lines.append(f"superblock    verified: format v{sb['format_version']}, session "
                      f"{sb['session_id']!r}, drive #{sb['drive_seq']}, data area "
                      f"{drives.human(sb['data_area_size'])}")
+        found = info.get("sessions")
+        if isinstance(found, str):
+            lines.append(f"sessions      {found}")
+        elif found:
+            lines += [f"session       {s['session_id']!r}, drive #{s['drive_seq']}, "
+                      f"{s['dstdir']}, from offset {s['first_offset']}"
+                      + ("" if s["closed"] else " (not closed)") for s in found]
     elif "superblock_error" in info:
         lines.append(f"superblock    {info['superblock_error']}")
     else:
         lines.append("superblock    encrypted (give --recovery-password-file to read it)")
     lines += [f"warning       {w}" for w in info["warnings"]]
     return "\n".join(lines)
+
+
+def _sessions(drive: drives.Drive, cipher: drives.DriveCipher, sb: format.Superblock
+              ) -> list[dict[str, Any]] | str:
+    """The copy sessions a version-3 drive holds, oldest first (or why they do not read)."""
+    try:
+        spans = sessions.find(drive, cipher, sb)
+    except IntegrityError as exc:
+        return f"damaged: {exc}"
+    return [{"session_id": s.session_id, "drive_seq": s.superblock.drive_seq,
+             "dstdir": s.superblock.dstdir, "format_version": s.superblock.version,
+             "first_offset": s.first_offset, "closed": s.index is not None} for s in spans]
 
 
 def run_info(args: argparse.Namespace) -> Outcome:
@@ -133,6 +153,9 @@ def run_info(args: argparse.Namespace) -> Outcome:
                     "data_area_size": sb.data_area_size,
                     "matches_header": sb.volume_uuid == volume.uuid,
                 }
+                if sb.version == format.SESSIONS_VERSION:  # several copy sessions
+                    info["superblock"]["first_version"] = sb.first_version
+                    info["sessions"] = _sessions(drive, cipher, sb)
                 present = cipher.data_area_size(drive.size)
                 if sb.data_area_size > present:
                     info["truncated"] = (f"the drive ends {max(present, 0)} bytes into its "
@@ -145,6 +168,8 @@ def run_info(args: argparse.Namespace) -> Outcome:
         print(_text_info(info))
     # What it found is printed either way; the exit code says the drive is damaged.
     problem = info.get("superblock_error") or info.get("truncated")  # at most one is found
+    if isinstance(info.get("sessions"), str):  # the chain of sessions does not read
+        problem = problem or f"sessions {info['sessions']}"
     if problem:
         raise IntegrityError(f"{args.path}: {problem}")
     return Outcome()

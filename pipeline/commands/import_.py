@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "happened to every blob.")
     p.add_argument("--drive", action="append", default=[], metavar="PATH",
                    help="drive to import (repeat for more; not with --cluster)")
+    p.add_argument("--session-id", metavar="ID",
+                   help="the copy session to import, on drives that hold several (each "
+                   "session imports on its own); with --journal-dir, also picks its journals")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="import on the Dask cluster at this scheduler: each drive of the "
                    "session (--journal-dir) or job (--service, --job) by the `pipeline "
@@ -126,9 +129,12 @@ async def run(args: argparse.Namespace) -> Outcome:
             raise NoSpace(log_dir, f"log directory {log_dir}") from None
         raise BadInput(f"cannot create log directory {log_dir}: {exc.strerror}; pass another "
                        "--log-dir") from None
-    journals = journal.session_journals(args.journal_dir) if args.journal_dir else []
+    session_id = getattr(args, "session_id", None)
+    journals = journal.session_journals(args.journal_dir, session_id) if args.journal_dir else []
     if args.journal_dir and not journals:
-        raise BadInput(f"no journals in {args.journal_dir}; check --journal-dir")
+        raise BadInput(f"no journals in {args.journal_dir}"
+                       + (f" of session {session_id}" if session_id else "")
+                       + "; check --journal-dir and --session-id")
     job: service_import.JobImport | None = None
     if args.service:
         job = service_import.JobImport.connect(_site_client(args), args.job, args.subscription,
@@ -143,7 +149,8 @@ async def run(args: argparse.Namespace) -> Outcome:
     opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     try:
         for path in args.drive:  # every drive unlocked and checked before anything is written
-            jrn = driveread.journal_of(journals, path, _NO_JOURNAL) if journals else None
+            jrn = (driveread.journal_of(journals, path, _NO_JOURNAL, session_id) if journals
+                   else None)
             if jrn is not None:
                 key = credentials.Secret(jrn.recovery_password.encode(), "recovery password")
             elif job is not None:
@@ -156,7 +163,7 @@ async def run(args: argparse.Namespace) -> Outcome:
                                           expected_uuid=jrn.drive.uuid,
                                           recorded=driveread.recorded_superblock(jrn))
             else:
-                od = driveread.unlock_drive(path, key.value, key.kind)
+                od = driveread.unlock_drive(path, key.value, key.kind, session_id=session_id)
             for warning in od.volume.warnings:  # a damaged header copy, read past
                 print(f"pipeline import: warning: {path}: {warning}", file=sys.stderr)
             opened.append((od, importer.plan_drive(od, jrn)))

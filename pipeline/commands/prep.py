@@ -33,6 +33,7 @@ from pipeline.errors import (
     PipelineError,
 )
 from pipeline.prep import dataset, datasetio, scan
+from pipeline.prep import pool as drivepool
 from pipeline.prep.run import DrivePool, PrepConfig, run_prep
 from pipeline.prep.session import Session
 from pipeline.prep.write import DriveWriter
@@ -277,11 +278,13 @@ def preflight(cfg: PrepConfig, journals: list[journal.Journal]) -> None:
             drives.check_target(path, size=None if key is not None else size,
                                 staging=staging, confirmed=cfg.yes or key is not None)
         if key is not None:  # and its key tried before anything starts
-            _check_existing_key(path, key)
+            _check_existing_key(path, key, cfg.session_id)
 
 
-def _check_existing_key(path: str, key: str) -> None:
-    """An AlreadyEncrypted drive must be a LUKS2 volume its ExistingBitLockerKey opens."""
+def _check_existing_key(path: str, key: str, session_id: str) -> None:
+    """An AlreadyEncrypted drive must be a LUKS2 volume its ExistingBitLockerKey opens; one
+    that holds our earlier sessions must be one this session can continue (all closed,
+    room left: ``drivepool.continuation`` refuses it otherwise, naming why)."""
     with drives.open_drive(path) as drive:
         try:
             volume = drives.read_volume(drive)
@@ -289,7 +292,10 @@ def _check_existing_key(path: str, key: str) -> None:
             raise BadInput(f"{path}: the driveset says AlreadyEncrypted, but it holds no LUKS2 "
                            f"volume ({exc}); say Format,...,Encrypt to have it formatted"
                            ) from None
-        drives.unlock(drive, volume, key.encode(), "ExistingBitLockerKey (driveset.csv)")
+        _, vkey = drives.unlock(drive, volume, key.encode(),
+                                "ExistingBitLockerKey (driveset.csv)")
+        drivepool.continuation(path, drive, volume, drives.DriveCipher.for_volume(volume, vkey),
+                               session_id)
 
 
 def keys_command(journals: list[journal.Journal]) -> str:

@@ -196,11 +196,11 @@ class DriveWriter:
 
     async def reopen(self) -> None:
         """Invalidate the uncommitted tail and a trailer that a crashed or earlier close may
-        have left, before appending."""
+        have left, before appending (a later session on a drive: the earlier sessions'
+        trailer is put back instead, ``Journal.base_trailer``)."""
         await self._thread(self._wipe_stale_tail, stage="write")
-        zero = bytes(format.SECTOR)
-        await self._thread(self.cipher.write, self.drive, self.state.capacity, zero,
-                           stage="write")
+        await self._thread(self.cipher.write, self.drive, self.state.capacity,
+                           self.journal.base_trailer(), stage="write")
         if self.journal.drive.state != "open":
             await self._thread(self.journal.set_state, "open", stage="journal")
         faults.reached("after_reopen")
@@ -307,15 +307,13 @@ class DriveWriter:
 
     async def close(self, state: str) -> None:
         """Write the closing index and trailer (state: closed|full); all else is committed."""
-        info = self.journal.drive
         offset = self.state.offset
         index: bytes = await self._thread(  # type: ignore[assignment]
             self.journal.index_segment, self.state.seq, offset, stage="journal")
-        trailer = format.encode_trailer(format.Trailer(
-            drive_seq=info.seq, data_area_size=info.data_area_size, index_offset=offset,
-            index_length=len(index), segment_count=self.state.seq + 1,
-            payload_bytes=info.payload_bytes))
+        trailer = self.journal.trailer(offset, len(index), self.state.seq + 1)
         await self._thread(self.cipher.write, self.drive, offset, index, stage="write")
+        if self.journal.drive.continued:  # the earlier sessions' trailer stands until then
+            await self._thread(self.drive.sync, stage="sync")
         faults.reached("after_index")
         await self._thread(self.cipher.write, self.drive, self.state.capacity, trailer,
                            stage="write")
@@ -349,10 +347,7 @@ def rewrite_index(drive: drives.Drive, cipher: drives.DriveCipher, jrn: journal.
     cipher.write(drive, info.index_offset, index)
     faults.reached("after_index")
     drive.sync()
-    cipher.write(drive, end, format.encode_trailer(format.Trailer(
-        drive_seq=info.seq, data_area_size=info.data_area_size, index_offset=info.index_offset,
-        index_length=len(index), segment_count=info.log_seq + 1,
-        payload_bytes=info.payload_bytes)))
+    cipher.write(drive, end, jrn.trailer(info.index_offset, len(index), info.log_seq + 1))
     faults.reached("after_trailer")
     drive.sync()
     jrn.set_state(info.state, index_offset=info.index_offset, index_length=len(index),

@@ -3,17 +3,24 @@
 Shared by ``verify`` and the importer.  Synchronous: callers run it in worker
 threads.  Reads are large and sequential (several segments per read), and a
 damaged segment is reported, never decoded into wrong data.
+
+A drive of several copy sessions (format version 3) is read one session at a
+time: ``unlock_drive`` finds the sessions (``volume.sessions.find``: the
+trailer's chain of SESSION segments, or a walk of segment headers from the start
+when the trailer is damaged), picks one, and hands every caller that session's
+superblock, index and log span, so the import plan and verify need not know.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pipeline import journal
 from pipeline.drive import format
 from pipeline.errors import IntegrityError, Refused, WrongPassword
-from pipeline.volume import drives, luks2
+from pipeline.volume import drives, luks2, sessions
 
 READ_CHUNK = 16 << 20  # bytes per read when walking segments
 
@@ -24,9 +31,11 @@ class UnlockedDrive:
     volume: luks2.Volume
     cipher: drives.DriveCipher
     keyslot: int
-    superblock: format.Superblock
+    superblock: format.Superblock  # the chosen session's (on a version-3 drive, not sector 0)
     truncated_at: int | None = None  # data-area bytes present, when fewer than it should hold
     superblock_damage: str = ""  # why the journal's record stands in for the superblock
+    session: sessions.SessionSpan | None = None  # version 3: the session read; None: the only one
+    drive_superblock: format.Superblock | None = None  # sector 0 as written, when it differs
 
     def close(self) -> None:
         self.drive.close()
@@ -40,7 +49,8 @@ class UnlockedDrive:
 
 def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
                expected_uuid: str | None = None,
-               recorded: format.Superblock | None = None) -> UnlockedDrive:
+               recorded: format.Superblock | None = None,
+               session_id: str | None = None) -> UnlockedDrive:
     """Open read-only, unlock with ``secret``, decrypt and check the superblock.
 
     ``expected_uuid`` (the journal's record of the volume) is checked before any
@@ -52,6 +62,10 @@ def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
     said which drive this is.  A drive shorter than its superblock says (a
     truncated image) still opens: what lies before the cut is read and checked,
     and reads past it fail as damage (``truncated_at`` says where).
+
+    On a drive of several sessions (version 3), ``session_id`` (else the
+    recorded superblock's) picks the session; without either, a drive holding
+    more than one is refused, naming them.
     """
     drive = drives.open_drive(path)
     try:
@@ -84,6 +98,23 @@ def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
         present = cipher.data_area_size(drive.size)
         if sb.data_area_size > present:
             od.truncated_at = max(present, 0)
+        if sb.version == format.SESSIONS_VERSION:
+            wanted = session_id or (recorded.session_id if recorded is not None else None)
+            try:
+                found = sessions.find(drive, cipher, sb)
+            except (IntegrityError, OSError) as exc:
+                if recorded is None:
+                    raise format.CorruptRecord(f"{path}: the copy sessions on the drive do "
+                                               f"not read: {exc}") from None
+                # the journal knows its session: its records stand in, the damage named
+                od.superblock = recorded
+                od.superblock_damage = f"the copy sessions on the drive do not read: {exc}"
+                return od
+            span = sessions.pick(path, found, wanted)
+            od.session, od.drive_superblock, od.superblock = span, sb, span.superblock
+        elif session_id is not None and session_id != sb.session_id:
+            raise Refused(f"{path} holds session {sb.session_id}, not {session_id}; pass its "
+                          "own --session-id")
         return od
     except BaseException:
         drive.close()
@@ -98,13 +129,32 @@ def recorded_superblock(jrn: journal.Journal) -> format.Superblock:
 
 
 def read_index(od: UnlockedDrive) -> tuple[format.Trailer, format.Segment]:
-    """The closing index, via the trailer; CorruptRecord if either is missing or damaged."""
+    """The closing index, via the trailer; CorruptRecord if either is missing or damaged.
+    A later session's index must list only extents of its own span."""
     trailer, blob = read_index_bytes(od)
-    return trailer, format.decode_index(blob, trailer)
+    start = format.SECTOR if od.session is None else od.session.data_offset
+    return trailer, format.decode_index(blob, trailer, start)
 
 
 def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
-    """The trailer, checked, and the closing index's bytes (decrypted, not yet decoded)."""
+    """The trailer, checked, and the closing index's bytes (decrypted, not yet decoded).
+
+    On a drive of several sessions, the chosen session's index and a trailer that
+    describes it (``find_sessions`` found both); its bytes must have the sha256 the
+    next session's SESSION record gives, when there is one."""
+    if od.session is not None:
+        span, real = od.session, od.drive_superblock
+        assert real is not None
+        if span.index is None:
+            raise format.CorruptRecord(f"session {span.session_id} was not closed: it has no "
+                                       "index yet")
+        offset, length, seq = span.index
+        trailer = format.Trailer(real.drive_seq, real.data_area_size, offset, length, seq + 1, 0)
+        blob = od.cipher.read(od.drive, offset, length)
+        if span.index_sha256 is not None and hashlib.sha256(blob).digest() != span.index_sha256:
+            raise format.CorruptRecord(f"index of session {span.session_id} at offset {offset}: "
+                                       "its sha256 is not the one the next session recorded")
+        return trailer, blob
     sb = od.superblock
     tr_off = format.trailer_offset(sb.data_area_size)
     trailer = format.decode_trailer(od.cipher.read(od.drive, tr_off, format.SECTOR), sb)
@@ -229,6 +279,8 @@ def scan_log(od: UnlockedDrive) -> LogScan:
     """
     out = LogScan()
     offset, seq = format.SECTOR, 0
+    if od.session is not None:  # one session of several: its own log only
+        offset, seq = od.session.data_offset, od.session.data_seq
     end = format.trailer_offset(od.superblock.data_area_size)
     while True:
         if offset + format.SECTOR > end:
@@ -245,6 +297,9 @@ def scan_log(od: UnlockedDrive) -> LogScan:
             break
         if head.kind is format.SegmentKind.INDEX:
             out.end_reason = f"the closing index at {offset}"
+            break
+        if head.kind is format.SegmentKind.SESSION:
+            out.end_reason = f"the next session's SESSION segment at {offset}"
             break
         try:
             blob = od.cipher.read(od.drive, offset, head.total_len)
@@ -269,12 +324,20 @@ def scan_log(od: UnlockedDrive) -> LogScan:
     return out
 
 
-def journal_of(journals: Iterable[journal.Journal], path: str, fix: str) -> journal.Journal:
-    """The journal of the drive at ``path``, found by its LUKS2 volume id; ``Refused``
+def journal_of(journals: Iterable[journal.Journal], path: str, fix: str,
+               session_id: str | None = None) -> journal.Journal:
+    """The journal of the drive at ``path``, found by its LUKS2 volume id (and session,
+    when the drive holds several and the directory their journals); ``Refused``
     (naming the drive and ending with ``fix``) when the directory holds none of it."""
     with drives.open_drive(path) as d:
         uuid = drives.read_volume(d).uuid
-    for j in journals:
-        if j.drive.uuid == uuid:
-            return j
-    raise Refused(f"{path} (volume {uuid}) belongs to no journal in {fix}")
+    found = [j for j in journals if j.drive.uuid == uuid
+             and (session_id is None or j.session.session_id == session_id)]
+    if len(found) > 1:
+        ids = ", ".join(sorted(j.session.session_id for j in found))
+        raise Refused(f"{path} (volume {uuid}) holds several copy sessions with journals in "
+                      f"this directory ({ids}); pick one with --session-id")
+    if found:
+        return found[0]
+    raise Refused(f"{path} (volume {uuid}) belongs to no journal"
+                  + (f" of session {session_id}" if session_id else "") + f" in {fix}")
