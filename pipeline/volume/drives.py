@@ -534,7 +534,7 @@ def format_drive(drive: Drive, keyslots: Sequence[tuple[bytes, luks2.KdfParams]]
     """
     key = luks2.new_volume_key()
     token = {"session_id": identity.session_id, "job_name": identity.job_name,
-             "sequence": identity.sequence, "format_version": format.FORMAT_VERSION}
+             "sequence": identity.sequence, "format_version": identity.version}
     region, volume = luks2.format_volume(key, keyslots, token=token, uuid=uuid,
                                          label=f"{identity.session_id}#{identity.sequence}")
     cipher = DriveCipher.for_volume(volume, key)
