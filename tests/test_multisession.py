@@ -172,3 +172,62 @@ def test_luks2_token_says_the_drive_s_real_version(tmp_path: Path) -> None:
             assert drives.read_superblock(drive, cipher).version == version
         with drives.open_drive(image) as drive:
             assert drives.read_volume(drive).token["format_version"] == version
+
+
+def test_three_sessions_read_from_the_start_without_a_trailer(tmp_path: Path) -> None:
+    """Three sessions chain from the trailer; with the trailer destroyed, a walk of the
+    segment headers from the start finds every one, closed, and each imports whole."""
+    one, key = first_session(tmp_path)
+    two = second_session(tmp_path, key)
+    three = tree(tmp_path / "src3", "three")
+    run_cli(*continue_args(tmp_path, key, session="ses3", src="src3", dstdir="cont3/"),
+            check_code=0)
+    (j3,) = journal.session_journals(tmp_path / "j", "ses3")
+    assert (j3.drive.session_no, j3.drive.host_session) == (3, "ses1")
+    j3.close()
+    pw = tmp_path / "pw"
+    pw.write_text(key)
+    want = {"ses1": ("cont1", "v1", one), "ses2": ("cont2", "v2", two),
+            "ses3": ("cont3", "", three)}
+
+    def import_all(tag: str) -> None:
+        for s, (container, vdir, files) in want.items():
+            import_session(tmp_path, s, tmp_path / f"{tag}-{s}", "--recovery-password-file",
+                           str(pw), "--session-id", s)
+            check_account(tmp_path / f"{tag}-{s}", container, vdir, files)
+
+    import_all("trailer")
+    with drives.open_drive(tmp_path / "d1.img", writable=True) as d:
+        vol = drives.read_volume(d)
+        _, vkey = drives.unlock(d, vol, key.encode())
+        cipher = drives.DriveCipher.for_volume(vol, vkey)
+        cipher.write(d, fmt.trailer_offset(cipher.data_area_size(d.size)), bytes(fmt.SECTOR))
+        d.sync()
+    import_all("walked")
+    proc = run_cli("drive", "info", str(tmp_path / "d1.img"), "--recovery-password-file",
+                   str(pw), check_code=0)
+    assert [line.split(",")[0] for line in proc.stdout.splitlines()
+            if line.startswith("session ")] == ["session       'ses1'", "session       'ses2'",
+                                                "session       'ses3'"]
+
+
+def test_session_1_resumed_after_session_2_began_takes_no_more(tmp_path: Path) -> None:
+    """prep --resume of session 1 (a file added to its staging) never writes after its
+    index once session 2 follows it: its drive is full for it (out of drives, exit 3);
+    session 2 still imports whole."""
+    one, key = first_session(tmp_path)
+    two = second_session(tmp_path, key)
+    (tmp_path / "src1" / "one" / "late.txt").write_bytes(b"late\n")
+    before = (tmp_path / "d1.img").read_bytes()
+    run_cli("prep", "--resume", "--journal-dir", str(tmp_path / "j"), "--session-id", "ses1",
+            check_code=3)
+    assert (tmp_path / "d1.img").read_bytes() == before
+    (j1,) = journal.session_journals(tmp_path / "j", "ses1")
+    assert j1.drive.state == "full"
+    j1.close()
+    import_session(tmp_path, "ses2", tmp_path / "acct2", "--journal-dir", str(tmp_path / "j"),
+                   "--session-id", "ses2")
+    check_account(tmp_path / "acct2", "cont2", "v2", two)
+    import_session(tmp_path, "ses1", tmp_path / "acct1", "--journal-dir", str(tmp_path / "j"),
+                   "--session-id", "ses1")
+    check_account(tmp_path / "acct1", "cont1", "v1", one)
