@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline import journal
 from pipeline.drive import format as fmt
 from pipeline.volume import drives
+from tests.azurite import azurite  # noqa: F401 - the fixture
 
 from .conftest import FAST_KDF_ARGS, run_cli
 
@@ -231,3 +232,21 @@ def test_session_1_resumed_after_session_2_began_takes_no_more(tmp_path: Path) -
     import_session(tmp_path, "ses1", tmp_path / "acct1", "--journal-dir", str(tmp_path / "j"),
                    "--session-id", "ses1")
     check_account(tmp_path / "acct1", "cont1", "v1", one)
+
+
+def test_two_sessions_into_azurite(tmp_path: Path, azurite: str) -> None:  # noqa: F811
+    """Each session of one drive imported alone into Azurite (one account, two containers),
+    read back with Azure's SDK: each container holds exactly its session's files."""
+    from azure.storage.blob import BlobServiceClient
+
+    one, key = first_session(tmp_path)
+    two = second_session(tmp_path, key)
+    for s in ("ses2", "ses1"):
+        run_cli("import", "--drive", str(tmp_path / "d1.img"), "--journal-dir",
+                str(tmp_path / "j"), "--session-id", s, "--to", azurite, "--log-dir",
+                str(tmp_path / f"logs-{s}"), check_code=0)
+    service = BlobServiceClient.from_connection_string(azurite)
+    for container, vdir, files in (("cont1", "v1/", one), ("cont2", "v2/", two)):
+        cc = service.get_container_client(container)
+        got = {b.name: cc.download_blob(b.name).readall() for b in cc.list_blobs()}
+        assert got == {vdir + name: data for name, data in files.items()}
