@@ -159,3 +159,33 @@ def test_cli_no_change_backup_never_imports_trio(tmp_path: Path) -> None:
     last, summary = run()
     assert last == {"code": 0, "trio": True}
     assert summary["bytes_read"] == 4 and summary["chunks_new"] == 1
+
+
+def test_find_parent_reads_manifests_newest_first_up_to_the_match(tmp_path: Path) -> None:
+    """A year of hourly snapshots is not read to find the newest one's parent: eight at a
+    time (the read-ahead), newest first, up to the first of the same source and host."""
+    from datetime import UTC, datetime, timedelta
+
+    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(30):     # /a then /b: the newest /a is the 20th, 11th from the end
+        m = fmt.Manifest(time="", hostname=hostname(), source="/a" if i < 20 else "/b",
+                         tree=(), files=0, dirs=0, bytes=0)
+        repo.write_snapshot(m, t0 + timedelta(hours=i))
+    refs = repo.snapshots()
+    read: list[str] = []
+    manifest = repo.manifest
+
+    def counted(ref: object) -> fmt.Manifest:
+        read.append(ref.name)  # type: ignore[attr-defined]
+        return manifest(ref)  # type: ignore[arg-type]
+
+    repo.manifest = counted  # type: ignore[method-assign]
+    assert archive.find_parent(repo, "/b", hostname()) == refs[-1]
+    assert sorted(read) == [r.name for r in refs[-8:]]
+    read.clear()
+    assert archive.find_parent(repo, "/a", hostname()) == refs[19]
+    assert sorted(read) == [r.name for r in refs[-16:]]
+    read.clear()
+    assert archive.find_parent(repo, "/c", hostname()) is None
+    assert sorted(read) == [r.name for r in refs]

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.backup import encoding as fmt
-from pipeline.backup.repo import Pack, Repository, SnapshotRef, hostname
+from pipeline.backup.repo import FETCHERS, Pack, Repository, SnapshotRef, hostname
 from pipeline.backup.stages.messages import Chunk, NodeBatch, ReadBatch, SealedChunk, Walked
 from pipeline.backup.stages.tree import Tree
 from pipeline.backup.walk import Warn, matched
@@ -86,12 +86,17 @@ class BackupResult:
                 "bytes_sent": self.bytes_sent, "warnings": len(self.warnings)}
 
 
-def find_parent(repo: Repository, source: str, host: str) -> SnapshotRef | None:
-    """The latest snapshot of the same source on the same host (sync: call in a thread)."""
-    refs = repo.snapshots()
-    for ref, m in zip(reversed(refs), repo.manifests(list(reversed(refs))), strict=True):
-        if m.source == source and m.hostname == host:
-            return ref
+def find_parent(repo: Repository, source: str, host: str,
+                refs: list[SnapshotRef] | None = None) -> SnapshotRef | None:
+    """The latest snapshot of the same source on the same host (sync: call in a thread).
+    Manifests are read newest first, ``FETCHERS`` at a time, up to the first match: an
+    hourly backup's parent is the newest, and a year of snapshots is not read for it."""
+    newest = list(reversed(repo.snapshots() if refs is None else refs))
+    for at in range(0, len(newest), FETCHERS):
+        batch = newest[at:at + FETCHERS]
+        for ref, m in zip(batch, repo.manifests(batch), strict=True):
+            if m.source == source and m.hostname == host:
+                return ref
     return None
 
 

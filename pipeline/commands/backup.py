@@ -449,10 +449,11 @@ def _online(args: argparse.Namespace) -> Outcome | Callable[[], Awaitable[Outcom
             raise NoRepository(_missing_seed(backend, recorded)) from None
         repo.load_index()
         missing, total = repo.missing_packs()
-        if missing or not repo.snapshots():
+        refs = repo.snapshots()
+        if missing or not refs:
             raise NoRepository(_missing_seed(backend, recorded, (
                 f"{missing} of {total} packs" if missing else "the seed's snapshot")))
-        parent = archive.find_parent(repo, str(source), hostname())
+        parent = archive.find_parent(repo, str(source), hostname(), refs)
         begun = archive.begin(repo, source, stats, _warner(renderer), parent)
         result = archive.finish_inline(repo, begun) if begun.done else None
     except BaseException as exc:     # as progress.with_progress: the exit event, no bar left
