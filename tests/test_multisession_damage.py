@@ -168,3 +168,23 @@ def test_forged_index_listing_another_session_s_extents_is_damage(tmp_path: Path
     import_session(tmp_path, "ses1", tmp_path / "acct1", "--recovery-password-file", str(pw),
                    "--session-id", "ses1")
     check_account(tmp_path / "acct1", "cont1", "v1", one)
+
+
+def test_a_drive_with_a_damaged_superblock_of_ours_is_not_begun_anew(tmp_path: Path) -> None:
+    """AlreadyEncrypted: a volume whose sector 0 is a damaged superblock of ours is refused
+    (exit 5), never taken for an empty volume and overwritten."""
+    _, key = first_session(tmp_path)
+    drive, cipher = _opened(tmp_path / "d1.img", key)
+    with drive:
+        sector = bytearray(cipher.read(drive, 0, fmt.SECTOR))
+        sector[100] ^= 0x01  # a string byte: the checksum no longer holds
+        cipher.write(drive, 0, bytes(sector))
+        drive.sync()
+    before = (tmp_path / "d1.img").read_bytes()
+    tree(tmp_path / "src2", "two")
+    proc = run_cli(*continue_args(tmp_path, key), check_code=5)
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"pipeline prep: {tmp_path / 'd1.img'} holds a pipeline drive whose superblock does "
+        "not read (superblock: checksum mismatch); import its sessions with their journals "
+        "before the drive is used again")
+    assert (tmp_path / "d1.img").read_bytes() == before

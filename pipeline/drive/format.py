@@ -35,6 +35,12 @@ A reader goes superblock -> trailer -> index.  If the trailer is missing
 the first block that is not a valid header with the next sequence number
 (``SegmentDecoder(scan=True)``).
 
+Version 3 (several copy sessions on one drive): a later session begins with a
+SESSION segment (one ``SessionRecord``: who it is, and the previous session's
+start and INDEX) where the previous INDEX ends, on the same sequence of segment
+numbers; each INDEX lists its own session only, and trailer 2 points at the
+newest INDEX and its SESSION segment.
+
 Errors: garbage on the drive raises only ``CorruptRecord`` (exit code 4);
 invalid values handed to a constructor or encoder raise ``ValueError`` or
 ``TypeError``, which are bugs in the caller, like h11's LocalProtocolError vs

@@ -58,7 +58,11 @@ def continuation(path: str, drive: drives.Drive, volume: luks2.Volume,
     existed: it is begun again at the same place."""
     try:
         sb = drives.read_superblock(drive, cipher)
-    except IntegrityError:
+    except IntegrityError as exc:
+        if cipher.read(drive, 0, format.SECTOR).startswith(format.SUPERBLOCK_MAGIC):
+            raise Refused(f"{path} holds a pipeline drive whose superblock does not read "
+                          f"({exc}); import its sessions with their journals before the "
+                          "drive is used again") from None
         return None
     if sb.volume_uuid != volume.uuid:
         return None
