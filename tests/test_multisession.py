@@ -120,6 +120,10 @@ def test_two_sessions_on_one_drive_each_import_alone(tmp_path: Path) -> None:
     for s in ("ses1", "ses2"):
         run_cli("verify", "--journal-dir", str(tmp_path / "j"), "--session-id", s,
                 check_code=0)
+    # repair compares each session's account with that session's journal only
+    for s, src, acct in (("ses1", "src1", "acct1"), ("ses2", "src2", "acct2")):
+        run_cli("repair", "--journal-dir", str(tmp_path / "j"), "--session-id", s, "--source",
+                str(tmp_path / src), "--to", str(tmp_path / acct), "--dry-run", check_code=0)
     # The journal directory holds both: without --session-id, import says which to pick.
     proc = import_session(tmp_path, "ses1", tmp_path / "acct0", "--journal-dir",
                           str(tmp_path / "j"), code=5)
