@@ -145,6 +145,12 @@ def test_two_sessions_on_one_drive_each_import_alone(tmp_path: Path) -> None:
     proc = import_session(tmp_path, "ses9", tmp_path / "acct5", "--recovery-password-file",
                           str(pw), "--session-id", "ses9", code=5)
     assert "holds no session ses9 (its sessions: ses1, ses2)" in proc.stderr
+    # unpack (a drive back into a directory) picks the session the same way
+    run_cli("unpack", "--drive", str(image), "--recovery-password-file", str(pw),
+            "--session-id", "ses1", "--target", str(tmp_path / "unpacked"), check_code=0)
+    got = {str(p.relative_to(tmp_path / "unpacked" / "cont1" / "v1")): p.read_bytes()
+           for p in (tmp_path / "unpacked" / "cont1" / "v1").rglob("*") if p.is_file()}
+    assert got == one and not (tmp_path / "unpacked" / "cont2").exists()
     # Each session's job lists the drive: the same driveId, key and header hash, its own
     # manifest (its own INDEX, whose sha256 is the hash).
     lists = {}

@@ -52,6 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the service (default: the URL in the publish settings)")
     p.add_argument("--resource-group", metavar="NAME", help="the job's resource group")
     p.add_argument("--ca-file", metavar="PEM", help="CA certificate to trust for https")
+    p.add_argument("--session-id", metavar="ID",
+                   help="the copy session to unpack, on drives that hold several")
     p.add_argument("--log-dir", metavar="DIR",
                    help=f"where the copy logs go (default TARGET/{unpack.STATE_DIR})")
     p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
@@ -77,13 +79,14 @@ async def run(args: argparse.Namespace) -> Outcome:
                        "--log-dir") from None
     store = unpack.UnpackTarget(target)
     store.check()
-    journals = journal.session_journals(args.journal_dir) if args.journal_dir else []
+    journals = (journal.session_journals(args.journal_dir, args.session_id)
+                if args.journal_dir else [])
     if args.journal_dir and not journals:
         raise BadInput(f"no journals in {args.journal_dir}; check --journal-dir")
     secret = None if journals else _options.unlock_secret(args)
     keys = _job_keys(args) if args.publish_settings else None
     try:
-        opened = unpack.open_drives(args.drive, secret, journals, keys)
+        opened = unpack.open_drives(args.drive, secret, journals, keys, args.session_id)
         try:
             stats = progress.Stats(
                 files_total=sum(len(p.files) for _, p in opened),

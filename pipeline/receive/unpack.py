@@ -117,15 +117,18 @@ def _job_key(path: str, keys: dict[str, str]) -> credentials.Secret:
 
 
 def open_drives(paths: Sequence[str], secret: credentials.Secret | None,
-                journals: Sequence[journal.Journal], keys: dict[str, str] | None = None
+                journals: Sequence[journal.Journal], keys: dict[str, str] | None = None,
+                session_id: str | None = None
                 ) -> list[tuple[driveread.UnlockedDrive, importer.DrivePlan]]:
     """Every drive unlocked and planned (names checked) before anything is written; the
     journal's key and records when there is a journal, else the job's key for it
-    (``keys``: driveId -> recovery password), else ``secret``."""
+    (``keys``: driveId -> recovery password), else ``secret``.  ``session_id``: the copy
+    session, on drives that hold several."""
     opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     try:
         for path in paths:
-            jrn = driveread.journal_of(journals, path, _NO_JOURNAL) if journals else None
+            jrn = (driveread.journal_of(journals, path, _NO_JOURNAL, session_id) if journals
+                   else None)
             if jrn is not None:
                 od = driveread.unlock_drive(path, jrn.recovery_password.encode(),
                                             "recovery password", expected_uuid=jrn.drive.uuid,
@@ -133,7 +136,7 @@ def open_drives(paths: Sequence[str], secret: credentials.Secret | None,
             else:
                 key = _job_key(path, keys) if keys is not None else secret
                 assert key is not None
-                od = driveread.unlock_drive(path, key.value, key.kind)
+                od = driveread.unlock_drive(path, key.value, key.kind, session_id=session_id)
             try:
                 plan = importer.plan_drive(od, jrn)
                 importer.check_names(plan)
