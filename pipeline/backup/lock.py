@@ -32,7 +32,6 @@ import json
 import os
 import random
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -117,7 +116,7 @@ class Lock:
                  command: str = "", clock: Callable[[], float] = time.monotonic) -> None:
         self.backend, self.crypto, self.exclusive, self.command = backend, cr, exclusive, command
         self.name = LOCKS + secrets.token_hex(32)
-        self.host = socket.gethostname()
+        self.host = os.uname().nodename     # socket.gethostname(), without socket
         self.held = False
         self.lost = False
         self._clock = clock

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import secrets
-import socket
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -345,7 +345,8 @@ def find_snapshot(refs: list[SnapshotRef], wanted: str | None) -> SnapshotRef:
 
 
 def hostname() -> str:
-    return socket.gethostname()
+    """socket.gethostname() (the kernel's node name), without importing socket."""
+    return os.uname().nodename
 
 
 def _now_iso() -> str:
