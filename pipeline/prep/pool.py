@@ -8,7 +8,7 @@ recovery password.  It keeps the journals and passwords for prep's summary.
 A drive named ``AlreadyFormatted,...,AlreadyEncrypted,KEY`` in a driveset that
 already holds our sessions (closed, with room) is continued: this session
 begins after the newest session's INDEX with a SESSION segment (format version
-3, docs/FORMAT.md "Several sessions on one drive"), and writes nothing before
+3, docs/FORMAT.md "Version 3: several sessions on one drive"), and writes nothing before
 it but sector 0's version, once.
 """
 

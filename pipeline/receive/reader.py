@@ -149,7 +149,11 @@ def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
             raise format.CorruptRecord(f"session {span.session_id} was not closed: it has no "
                                        "index yet")
         offset, length, seq = span.index
-        trailer = format.Trailer(real.drive_seq, real.data_area_size, offset, length, seq + 1, 0)
+        try:
+            trailer = format.Trailer(real.drive_seq, real.data_area_size, offset, length,
+                                     seq + 1, 0)
+        except ValueError as exc:  # the chain's values, though each checked, do not fit
+            raise format.CorruptRecord(f"index of session {span.session_id}: {exc}") from None
         blob = od.cipher.read(od.drive, offset, length)
         if span.index_sha256 is not None and hashlib.sha256(blob).digest() != span.index_sha256:
             raise format.CorruptRecord(f"index of session {span.session_id} at offset {offset}: "

@@ -104,7 +104,7 @@ def find(drive: drives.Drive, cipher: drives.DriveCipher, sb: format.Superblock
     first = trailer.session_offset
     while first != format.SECTOR:
         head, rec = _read_session_segment(drive, cipher, sb, first, None)
-        if not head.end <= index[0] or head.seq >= index[2]:
+        if not head.end <= index[0] or not 1 <= head.seq < index[2]:
             raise format.CorruptRecord(f"SESSION segment at offset {first} lies after its "
                                        f"index at {index[0]}")
         spans.append(SessionSpan(_session_view(sb, rec), first, head.end, head.seq + 1, index,
