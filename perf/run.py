@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perf import dataset, measure, realdata
+from perf import azure_import, dataset, measure, realdata
 from perf.measure import Sample, Series
 from perf.throttle import NoThrottle, Throttle
 
@@ -59,6 +59,7 @@ FLOOR = "write floor: zstd -dc | tar -x"  # the same tree unpacked into the same
 T_SEQ, T_PAR = "prep sequential, throttled", "prep parallel, throttled"
 BOUND = " (drive-bound control)"
 REAL = "real: "  # prefix of the real-data tree's rows (perf/realdata.py)
+AZ = "azurite: "  # prefix of the Azure rows (perf/azure_import.py: import vs upload_blob)
 # Issue 18: ratio of medians against tar | zstd -1 -T0 on the same tree, same run.
 TARGETS = ((SEQ, 0.90), (VERIFY, 2.5), (IMPORT, 2.0))
 
@@ -386,6 +387,8 @@ def ratio(ctx: Ctx, key: str, base: str) -> float | None:
 
 
 def baseline_of(key: str) -> str:
+    if key.startswith(AZ):
+        return AZ + azure_import.UPLOAD
     if key.startswith(REAL):
         return REAL + Z1
     return Z3 if "--level 3" in key or key == Z3 else Z1
@@ -407,6 +410,12 @@ def receiving_table(ctx: Ctx) -> list[dict[str, Any]]:
             if f is not None:
                 row["vs_floor"] = round(f, 3)  # import / the write floor: what is ours
             out.append(row)
+    r = ratio(ctx, AZ + azure_import.IMPORT, AZ + azure_import.UPLOAD)
+    if r is not None:
+        s = ctx.series[AZ + azure_import.IMPORT]
+        out.append({"tree": "azurite", "command": "import vs upload_blob", "mbps": round(s.mbps, 1),
+                    "ratio": round(r, 3), "target": 1.0, "ok": r >= 1.0,
+                    "peak_rss_mib": round(s.peak_rss / MiB, 1)})
     return out
 
 
@@ -495,7 +504,7 @@ def table_rows(ctx: Ctx) -> list[dict[str, Any]]:
     order = [DD, CAT, Z1, Z3, SEQ, PAR, SEQ3,
              *sorted(k for k in ctx.series if k.startswith("prep sequential --threads")),
              VERIFY, IMPORT, FLOOR, T_SEQ, T_PAR, REAL + Z1, REAL + SEQ, REAL + VERIFY,
-             REAL + IMPORT, REAL + FLOOR]
+             REAL + IMPORT, REAL + FLOOR, AZ + azure_import.IMPORT, AZ + azure_import.UPLOAD]
     for key in order:
         s = ctx.series.get(key)
         if not s or not s.samples:
@@ -634,6 +643,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="also measure tar | zstd, prep, verify and import on a tree of this "
                    "machine's own files (perf/realdata.py; default 2G)")
     p.add_argument("--no-real", action="store_true", help="skip the real-data tree")
+    p.add_argument("--azure-size", type=dataset.parse_size, default=128 << 20, metavar="SIZE",
+                   help="import into Azurite against upload_blob(max_concurrency=8) on a "
+                   "synthetic tree this large (perf/azure_import.py; default 128M, 0 skips)")
     p.add_argument("--no-backup", action="store_true",
                    help="skip backup against restic on the real-data tree (perf/backup_bench.py)")
     p.add_argument("--filecounts", default="10000,100000",
@@ -707,6 +719,13 @@ def main(argv: list[str] | None = None) -> int:
             run_prep_family(ctx)
             if real is not None:
                 run_real(real)
+        azure: dict[str, Any] | None = None
+        if args.azure_size:
+            aroot = args.workdir / f"data-{args.azure_size // MiB}M-s{args.seed}"
+            ainfo = dataset.ensure(aroot, args.azure_size, args.seed, log=log)
+            log(f"Azurite: import against upload_blob on {aroot} ({ainfo['files']} files)")
+            azure = azure_import.measure_azure(aroot, args.workdir / "azure", args.runs, 8,
+                                               ctx.env, log, into=ctx.series, prefix=AZ)
         throttled: list[dict[str, Any]] = []
         if not args.no_throttle:
             log(f"throttled drives: {args.drives} x {args.drive_mbps:g} MB/s")
@@ -760,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
            "profile": {k: v for k, v in prof.items() if k != "text"},
            "criteria": crit, "receiving": receiving,
            "real_dataset": real.info if real is not None else None, "backup_vs_restic": backup,
+           "azure": azure,
            "series": {k: s.to_json() for k, s in ctx.series.items()},
            "report": report}
     (args.results / "latest.json").write_text(json.dumps(doc, indent=1) + "\n")
