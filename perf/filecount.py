@@ -64,7 +64,9 @@ def one(count: int, workdir: Path) -> dict[str, object]:
     try:
         for name, argv in steps.items():
             if name == "import":
-                measure.account_fs(out / "acct", workdir / "fc-account.img")
+                # ext4 makes an inode per 16 KiB: room for every file and its partial copy
+                measure.account_fs(out / "acct", workdir / "fc-account.img",
+                                   f"{max(8, -(-count * 32 // (1 << 20)))}G")
                 (out / "acct" / "a").mkdir()
                 (out / "logs").mkdir()
             s = measure.run(argv, cwd=REPO, env=env)

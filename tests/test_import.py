@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import journal
-from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_REFUSED
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_REFUSED, IntegrityError
 from pipeline.receive import importer
 from pipeline.volume import drives, luks2
 
@@ -303,25 +303,32 @@ def test_import_block_blobs_into_azurite(tmp_path: Path, azurite: str) -> None:
     assert sum(b.size for b in got.values()) == sum(map(len, files.values()))
 
 
-def test_marker_bytes_are_json_dumps_of_the_whole_record() -> None:
-    """The marker is encoded a file at a time (no dict per file held) and must stay the
-    bytes json.dumps of the whole record gave: other drives' imports parse it."""
-    from pipeline.drive import format as _format
-    from pipeline.receive.commit import FileOnDrive
+def test_marker_chunks_are_json_of_each_file_and_the_head_counts_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The marker is a head and chunks of CHUNK_FILES files (no JSON of every file held):
+    each chunk is what json.dumps of its list of files gives, other drives' imports parse
+    it back, and the head counts the chunks."""
+    from pipeline.receive import markers
 
-    sb = _format.Superblock(1, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "sess-1", "",
-                            "cont/v/", _format.BlobType.BLOCK, 0, 1 << 30)
-    one = FileOnDrive(_format.FileEntry(3, "a ü\"x", "v/a ü\"x", 5 << 20, 0, 0o644))
-    one.cells.update({0, 2 << 20})
-    one.zero = frozenset({1 << 20})
-    one.bad[3 << 20] = ("corrupt", "x")
-    on_drive = {3: one, 4: FileOnDrive(_format.FileEntry(4, "b", "v/b", 0, 0, 0o644))}
-    for files in (on_drive, {}):
-        for state in ("parts", "done"):
-            record = {"session_id": sb.session_id, "seq": sb.drive_seq, "state": state,
-                      "files": [{"file_id": fd.entry.file_id, "path": fd.entry.path,
-                                 "blob": fd.entry.blob, "size": fd.entry.size,
-                                 "cells": sorted(fd.cells), "zero": sorted(fd.zero),
-                                 "bad": sorted(fd.bad)} for fd in files.values()]}
-            got = importer._marker(sb, state, importer._marker_files(files))
-            assert got == json.dumps(record).encode()
+    monkeypatch.setattr(markers, "CHUNK_FILES", 2)
+    files = [{"file_id": i, "path": f"a ü\"{i}", "blob": f"v/a ü\"{i}", "size": 5 << 20,
+              "cells": [0, 2 << 20], "zero": [1 << 20], "bad": [3 << 20]} for i in range(5)]
+    chunks = list(markers.chunks_json(iter(files)))
+    assert chunks == [json.dumps(files[k:k + 2]).encode() for k in (0, 2, 4)]
+    assert [markers.parse_files("c", raw, "h") for raw in chunks] == [
+        files[0:2], files[2:4], files[4:]]
+    assert list(markers.chunks_json(iter([]))) == []
+    head = markers.head("sess-1", 3, "parts", 3)
+    assert json.loads(head) == {"session_id": "sess-1", "seq": 3, "state": "parts",
+                                "chunks": 3}
+    assert markers.parse_marker("h", head)["chunks"] == 3
+    for bad in (b'{"seq": 1, "state": "done"}', b'{"seq": 1, "state": "x", "chunks": 1}',
+                b'{"seq": 1, "state": "done", "chunks": -1}', b"[", None):
+        with pytest.raises(IntegrityError):
+            markers.parse_marker("h", bad)
+    for bad in (b'[{"file_id": -1, "blob": "b", "cells": [], "zero": []}]',
+                b'[{"file_id": 1, "blob": "b", "cells": [1.5], "zero": []}]',
+                b'[{"file_id": 18446744073709551616, "blob": "b", "cells": [], "zero": []}]',
+                None):
+        with pytest.raises(IntegrityError, match="h is damaged"):
+            markers.parse_files("c", bad, "h")

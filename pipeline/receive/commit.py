@@ -1,20 +1,34 @@
-"""Stage: commit every blob of a drive whose cells all imported drives now cover.
+"""Stage: commit every blob of a drive whose cells all imported drives now cover; and
+the import's own record of what it writes (``OnDrive``).
 
 A blob becomes visible only here, complete, and the copy log says so: ``ok``, or
 ``unvouched`` from a drive that cannot vouch for itself.
+
+What the import writes, and how far it got, is kept in the plan's scratch database
+(``receive.state``), not a Python object per file: ``todo`` (the files this import
+writes: their decided blob, disposition note, stored-extent count, zero cells),
+``done`` (what each file's extents gave: cells, damage, committed by the uploaders)
+and ``others`` (the other drives' markers, read a chunk at a time).  A
+``FileOnDrive`` is made for a file when the extract stage reads its first extent and
+written back once all of them are through (``OnDrive.stored``), so the import holds
+the files of the windows in flight, whatever the drive's file count.  The database is
+scratch: crash safety is the markers' (``markers.py``), as before.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from pipeline.drive import format
-from pipeline.receive import disposition
+from pipeline.receive import disposition, markers, state
 from pipeline.receive.copylog import CopyLog
-from pipeline.receive.markers import marker_name, newest_versions, read_markers
+from pipeline.receive.markers import marker_name
 from pipeline.storage.base import Storage
 
 COMMIT_BATCH = 256  # blobs committed per storage thread call
@@ -62,76 +76,327 @@ def commit_files(store: Storage, container: str, btype: format.BlobType,
             store.set_attributes(c, b, t, f.attrs.metadata, disposition.properties_of(fd))
 
 
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS todo (file_id INTEGER PRIMARY KEY, n INTEGER NOT NULL,
+                                 blob TEXT, note TEXT, stored INTEGER NOT NULL DEFAULT 0,
+                                 zero TEXT);
+CREATE INDEX IF NOT EXISTS todo_n ON todo (n);
+CREATE TABLE IF NOT EXISTS done (file_id INTEGER PRIMARY KEY, cells TEXT NOT NULL,
+                                 bad TEXT, committed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS others (seq INTEGER NOT NULL, file_id INTEGER NOT NULL,
+                                   blob TEXT NOT NULL, cells TEXT NOT NULL, zero TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS others_blob ON others (blob);
+CREATE INDEX IF NOT EXISTS others_id ON others (file_id);
+CREATE INDEX IF NOT EXISTS extents_file ON extents (file_id);
+"""
+
+# The columns a FileOnDrive is made of: the file, then todo's, then done's.
+_FD_COLS = ("f.file_id, f.path, coalesce(t.blob, f.blob), f.size, f.mtime_ns, f.mode, "
+            "f.attrs, t.note, t.stored, t.zero, d.cells, d.bad, d.committed")
+_FD_FROM = ("todo t JOIN files f ON f.file_id = t.file_id "
+            "LEFT JOIN done d ON d.file_id = t.file_id")
+SWEEP = 4096  # extents handed to extract between looks for files whose extents are through
+ROUND = 4 * COMMIT_BATCH * COMMITTERS  # files decided, committed and logged at a time
+
+
+def _fd(row: tuple[Any, ...]) -> tuple[FileOnDrive, int]:
+    """A FileOnDrive from ``_FD_COLS``, and its stored extents' count."""
+    note, stored, zero, cells, bad, committed = row[7:]
+    entry = state.entry(row[:7])
+    got = set(json.loads(cells)) if cells else set()
+    fd = FileOnDrive(entry, got, frozenset(json.loads(zero)) if zero else frozenset(),
+                     {int(k): (v[0], v[1]) for k, v in json.loads(bad).items()} if bad else {},
+                     json.loads(note) if note else None, bool(committed),
+                     False if got else None)  # a digest of parts gone: read the blob back
+    return fd, stored
+
+
+class OnDrive(Mapping[int, FileOnDrive]):
+    """File id -> FileOnDrive of the drive's files this import writes.
+
+    Backed by the plan's database; the files being written are held (``_live``): made
+    by ``stored`` as their first extent goes to extract, written back (``done``) once
+    each of their stored extents was delivered or found damaged, and dropped.  Looking
+    up another file makes it live too, so that what is changed in it is kept."""
+
+    def __init__(self, plan: Any) -> None:
+        self.plan, self.pdb = plan, plan.db
+        self.pdb.db.executescript(_SCHEMA)
+        self._live: dict[int, FileOnDrive] = {}
+        self._stored: dict[int, int] = {}  # a live file's stored extents on this drive
+        self._sweeping = threading.Lock()  # one sweep at a time (uploader threads sweep too)
+        self._next_sweep = SWEEP
+
+    def __getitem__(self, fid: int) -> FileOnDrive:
+        fd = self._live.get(fid)
+        if fd is None:
+            row = self.pdb.db.execute(f"SELECT {_FD_COLS} FROM {_FD_FROM} WHERE t.file_id=?",
+                                      (state.i64(fid),)).fetchone()
+            if row is None:
+                raise KeyError(fid)
+            fd, self._stored[fid] = _fd(row)
+            self._live[fid] = fd
+            if len(self._live) >= self._next_sweep:  # the uploaders outrun the reads at
+                self.sweep()  # the end: they sweep too, now and then
+        return fd
+
+    def __contains__(self, fid: object) -> bool:
+        return isinstance(fid, int) and (fid in self._live or self.pdb.db.execute(
+            "SELECT 1 FROM todo WHERE file_id=?", (state.i64(fid),)).fetchone() is not None)
+
+    def __len__(self) -> int:
+        return self.pdb.db.execute("SELECT count(*) FROM todo").fetchone()[0]
+
+    def __iter__(self) -> Iterator[int]:
+        for (fid,) in self.pdb.rows("SELECT file_id FROM todo ORDER BY n"):
+            yield state.u64(fid)
+
+    def pop(self, fid: int) -> FileOnDrive:  # type: ignore[override]
+        """Not written after all (disposition: skipped)."""
+        fd = self[fid]
+        del self._live[fid], self._stored[fid]
+        self.pdb.db.execute("DELETE FROM todo WHERE file_id=?", (state.i64(fid),))
+        self.pdb.db.execute("DELETE FROM done WHERE file_id=?", (state.i64(fid),))
+        return fd
+
+    def rows(self, where: str = "") -> Iterator[FileOnDrive]:
+        """Every file written (``where``: an SQL condition on f/t), from the database
+        (settled: ``settle`` first), in the plan's order; not made live."""
+        for row in self.pdb.rows(f"SELECT {_FD_COLS} FROM {_FD_FROM} "
+                                 f"{'WHERE ' + where if where else ''} ORDER BY t.n"):
+            yield _fd(row)[0]
+
+    def decide(self, fd: FileOnDrive) -> None:
+        """Record a dataset file's decision (its blob, the copy log's note)."""
+        self.pdb.db.execute("UPDATE todo SET blob=?, note=? WHERE file_id=?",
+                            (fd.entry.blob, json.dumps(fd.note) if fd.note is not None
+                             else None, state.i64(fd.entry.file_id)))
+        self._live.pop(fd.entry.file_id, None)
+
+    def stored(self) -> Iterator[format.Extent]:
+        """The stored (not zero) extents of the files written, in drive order.  A file is
+        made live when an uploader (or the damage report) first looks it up, not here:
+        the windows read ahead hold tens of thousands of small files' extents.  Every
+        SWEEP extents (or more, as many as are live), the files whose extents are all
+        through are written back and dropped."""
+        order = "e.n" if self.pdb.sorted else "e.location < 0, e.location, e.n"
+        since = 0
+        for row in self.pdb.rows(
+                "SELECT e.file_id, e.off, e.raw_len, e.codec, e.stored_len, e.xxh3, "
+                "e.location FROM extents e JOIN todo t ON t.file_id = e.file_id "
+                f"WHERE e.codec != ? ORDER BY {order}", (format.Codec.ZERO.value,)):
+            yield state.extent(row)
+            since += 1
+            if since >= SWEEP and since >= len(self._live) // 2:
+                self.sweep()
+                since = 0
+
+    def sweep(self, final: bool = False) -> None:
+        """Write back the live files whose stored extents are all through (``final``:
+        every live file: nothing is in flight any more) and drop them.  Any thread: a
+        file whose extents are all through changes no more but for ``committed``, and one
+        about to be committed is kept."""
+        if not self._sweeping.acquire(blocking=final):
+            return  # another thread sweeps now
+        try:
+            self._sweep(final)
+        finally:
+            self._sweeping.release()
+
+    def _sweep(self, final: bool) -> None:
+        out = []
+        for fid, fd in list(self._live.items()):
+            if not final:
+                if len(fd.cells) + len(fd.bad) < self._stored[fid]:
+                    continue  # extents still in flight
+                if not fd.committed and not fd.bad and len(fd.cells | fd.zero) == \
+                        format.grid_cells(fd.entry.size):
+                    continue  # whole: an uploader is about to commit it
+            out.append((state.i64(fid), json.dumps(sorted(fd.cells)),
+                        json.dumps({k: list(v) for k, v in fd.bad.items()}) if fd.bad
+                        else None, int(fd.committed)))
+            del self._live[fid], self._stored[fid]
+        self.pdb.db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)", out)
+        self._next_sweep = max(SWEEP, 2 * len(self._live))
+
+    def settle(self) -> None:
+        """Extract is over: every live file written back."""
+        self.sweep(final=True)
+
+    def marker_files(self) -> Iterator[dict[str, Any]]:
+        """The marker's entry of each file, in order (``settle`` first)."""
+        for fd in self.rows():
+            f = fd.entry
+            yield {"file_id": f.file_id, "path": f.path, "blob": f.blob, "size": f.size,
+                   "cells": sorted(fd.cells), "zero": sorted(fd.zero), "bad": sorted(fd.bad)}
+
+    # ------------------------------------------------------------------ other drives
+
+    async def load_others(self, store: Storage, session_id: str, net: trio.CapacityLimiter,
+                          skip: str = "") -> None:
+        """The session's other markers (but ``skip``) into ``others``, a chunk at a time."""
+        db = self.pdb.db
+        db.execute("DELETE FROM others")
+        async for seq, files in markers.each_marker_chunk(store, session_id, net, skip):
+            db.executemany("INSERT INTO others VALUES (?, ?, ?, ?, ?)", (
+                (seq, state.i64(f["file_id"]), f["blob"], json.dumps(f["cells"]),
+                 json.dumps(f["zero"])) for f in files))
+        self._any_others = db.execute("SELECT 1 FROM others LIMIT 1").fetchone() is not None
+
+    def newest(self, blob: str) -> int:
+        """The newest file id another imported drive delivered for ``blob`` (0: none)."""
+        if not getattr(self, "_any_others", False):
+            return 0
+        return max((state.u64(r[0]) for r in self.pdb.db.execute(
+            "SELECT file_id FROM others WHERE blob=?", (blob,))), default=0)
+
+    def elsewhere(self, fid: int) -> tuple[set[int], set[int], set[int]]:
+        """(cells, zero cells, drives) the other drives' markers give file ``fid``."""
+        cells: set[int] = set()
+        zero: set[int] = set()
+        where: set[int] = set()
+        if getattr(self, "_any_others", False):
+            for seq, c, z in self.pdb.db.execute(
+                    "SELECT seq, cells, zero FROM others WHERE file_id=?", (state.i64(fid),)):
+                cells.update(json.loads(c))
+                zero.update(json.loads(z))
+                where.add(seq)
+        return cells, zero, where
+
+    def decided(self) -> dict[int, str]:
+        """File id -> blob the session's markers recorded, for this drive's dataset files
+        (``disposition.resolve``)."""
+        return {state.u64(fid): blob for fid, blob in self.pdb.rows(
+            "SELECT o.file_id, o.blob FROM others o JOIN todo t ON t.file_id = o.file_id "
+            "JOIN files f ON f.file_id = t.file_id WHERE f.attrs IS NOT NULL")}
+
+    def claimed(self) -> set[str]:
+        """Every blob the session's markers recorded (``disposition.resolve``)."""
+        return {b for (b,) in self.pdb.rows("SELECT DISTINCT blob FROM others")}
+
+
+async def what_to_write(plan: Any, store: Storage, log: CopyLog, net: trio.CapacityLimiter
+                        ) -> OnDrive:
+    """The drive's files this import writes; every other one named in the copy log now."""
+    sb = plan.superblock
+    for fid, f in plan.superseded.items():
+        log.blob("skipped", f.blob, "an older copy of the file, rewritten later on this drive "
+                 "(its staging copy changed); never written", f.size, file_id=fid)
+    on_drive = OnDrive(plan)
+    # A newer copy already delivered by another drive: this one must not touch the blob.
+    await on_drive.load_others(store, sb.session_id, net)
+    db = plan.db.db
+    batch: list[tuple[int, int]] = []
+    for n, fid, blob, size, status, why in plan.db.rows(
+            "SELECT f.n, f.file_id, f.blob, f.size, r.status, r.why FROM files f "
+            "LEFT JOIN rejected r ON r.file_id = f.file_id WHERE f.superseded=0 ORDER BY f.n"):
+        fid, size = state.u64(fid), state.u64(size)
+        if status is not None:
+            log.blob(status, blob, why, size, file_id=fid)
+        elif on_drive.newest(blob) > fid:
+            log.blob("skipped", blob, "superseded by a newer copy of the file on another "
+                     "drive; never written", size, file_id=fid)
+        else:
+            batch.append((state.i64(fid), n))
+            if len(batch) >= state.BATCH:
+                db.executemany("INSERT INTO todo (file_id, n) VALUES (?, ?)", batch)
+                batch.clear()
+    db.executemany("INSERT INTO todo (file_id, n) VALUES (?, ?)", batch)
+    db.execute("UPDATE todo SET stored = (SELECT count(*) FROM extents e WHERE "
+               "e.file_id = todo.file_id AND e.codec != ?)", (format.Codec.ZERO.value,))
+    zeros: list[tuple[str, int]] = []
+    fid, cells = None, set()
+    for efid, off, raw in plan.db.rows(
+            "SELECT e.file_id, e.off, e.raw_len FROM extents e JOIN todo t ON "
+            "t.file_id = e.file_id WHERE e.codec = ? ORDER BY e.file_id",
+            (format.Codec.ZERO.value,)):
+        if efid != fid and fid is not None:
+            zeros.append((json.dumps(sorted(cells)), fid))
+            cells = set()
+        fid = efid
+        off, raw = state.u64(off), state.u64(raw)
+        cells.update(format.grid(off + raw, off))
+    if fid is not None:
+        zeros.append((json.dumps(sorted(cells)), fid))
+    db.executemany("UPDATE todo SET zero=? WHERE file_id=?", zeros)
+    return on_drive
+
+
 async def commit_ready(store: Storage, container: str, sb: format.Superblock,
-                        on_drive: dict[int, FileOnDrive], log: CopyLog,
-                        net: trio.CapacityLimiter, vouched: bool = True) -> None:
+                        on_drive: OnDrive, log: CopyLog, net: trio.CapacityLimiter,
+                        vouched: bool = True) -> None:
     """Commit each file of this drive whose cells every imported drive now covers.
 
     From a drive that cannot vouch for itself (``vouched`` false: its records come
     from a walk of the log), a committed blob is "unvouched", not "ok": every byte
     checks, but a newer copy of the file may lie on another drive, which only the
     closing index (rewritten by prep when that happens) or the journal would say.
+
+    The files go ROUND at a time, from the database: decided, their commits run several
+    batches at once, their copy log lines written in order; then the next ROUND.
     """
     done = "ok" if vouched else "unvouched"
     why = "" if vouched else ("every extent checks, but the drive has no intact closing index "
                               "to vouch that this is the newest copy; import the session's "
                               "other drives, or compare with the source (pipeline repair)")
     # The other drives' markers; this drive's own cells are the ones in ``on_drive``.
-    markers = await read_markers(store, sb.session_id, net,
-                                 skip=marker_name(sb.session_id, sb.drive_seq))
-    cells: dict[int, set[int]] = {}
-    zero: dict[int, set[int]] = {}
-    where: dict[int, set[int]] = {}
-    for m in markers:
-        for f in m["files"]:
-            cells.setdefault(f["file_id"], set()).update(f["cells"])
-            zero.setdefault(f["file_id"], set()).update(f["zero"])
-            where.setdefault(f["file_id"], set()).add(m["seq"])
-    newest = newest_versions(markers)
+    await on_drive.load_others(store, sb.session_id, net,
+                               skip=marker_name(sb.session_id, sb.drive_seq))
     btype = sb.blob_type
+    limit = trio.CapacityLimiter(getattr(store, "writers", COMMITTERS))
+    rows = on_drive.rows()
+    while True:
+        fds = [fd for fd, _ in zip(rows, range(ROUND), strict=False)]
+        if not fds:
+            break
+        await _commit_round(store, container, btype, sb.drive_seq, fds, on_drive, log, net,
+                            limit, done, why)
 
-    def commit_all(entries: list[format.FileEntry]) -> None:
-        commit_files(store, container, btype, [on_drive[f.file_id] for f in entries], zero)
 
-    # The copy log's lines in the order one commit at a time wrote them: a line now, or
-    # a batch's "ok" lines once the batch is committed.  The batches are committed
-    # several at once (COMMITTERS), and each one's lines wait for it alone.
-    # A file the uploaders committed stands for its own "ok" line (a line built for each
-    # of 100,000 files held 30 MiB until the end).
+async def _commit_round(store: Storage, container: str, btype: format.BlobType, seq: int,
+                        fds: list[FileOnDrive], on_drive: OnDrive, log: CopyLog,
+                        net: trio.CapacityLimiter, limit: trio.CapacityLimiter, done: str,
+                        why: str) -> None:
+    """One ROUND of files: the copy log's lines in the order one commit at a time wrote
+    them: a line now, or a batch's "ok" lines once the batch is committed; the batches
+    are committed several at once, and each one's lines wait for it alone."""
     lines: list[tuple[str, str, str, int, dict] | int | FileOnDrive] = []
-    batches: list[list[format.FileEntry]] = [[]]
-    for fd in on_drive.values():
+    batches: list[list[FileOnDrive]] = [[]]
+    zero: dict[int, set[int]] = {}  # zero cells the other drives add, of the files committed
+    for fd in fds:
         if fd.committed:  # whole on this drive: the uploaders committed it already
-            line = fd if not fd.bad else _not_ready(fd, sb.drive_seq, {}, {}, {}, {})
+            line = fd if not fd.bad else _not_ready(fd, seq, 0, set(), set(), set())
             if line is not None:
                 lines.append(line)
                 continue
-        line = _not_ready(fd, sb.drive_seq, newest, cells, zero, where)
+        line = _not_ready(fd, seq, on_drive.newest(fd.entry.blob), *_elsewhere(
+            fd, on_drive, zero))
         if line is not None:
             lines.append(line)
             continue
-        batches[-1].append(fd.entry)
+        batches[-1].append(fd)
         if len(batches[-1]) >= COMMIT_BATCH:
             lines.append(len(batches) - 1)
             batches.append([])
     lines.append(len(batches) - 1)
     done_events = [trio.Event() for _ in batches]
 
-    async def committer(k: int, limit: trio.CapacityLimiter) -> None:
+    async def committer(k: int) -> None:
         async with limit:
-            await trio.to_thread.run_sync(commit_all, batches[k], limiter=net)
+            await trio.to_thread.run_sync(commit_files, store, container, btype, batches[k],
+                                          zero, limiter=net)
         done_events[k].set()
 
     async with trio.open_nursery() as nursery:
-        limit = trio.CapacityLimiter(getattr(store, "writers", COMMITTERS))
         for k in range(len(batches)):
-            nursery.start_soon(committer, k, limit)
+            nursery.start_soon(committer, k)
         for line in lines:
             if isinstance(line, int):
                 await done_events[line].wait()
-                for f in batches[line]:
-                    log.blob(done, f.blob, why, f.size, file_id=f.file_id,
-                             **(on_drive[f.file_id].note or {}))
+                for fd in batches[line]:
+                    f = fd.entry
+                    log.blob(done, f.blob, why, f.size, file_id=f.file_id, **(fd.note or {}))
             elif isinstance(line, FileOnDrive):
                 f = line.entry
                 log.blob(done, f.blob, why, f.size, file_id=f.file_id, **(line.note or {}))
@@ -140,13 +405,25 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
                 log.blob(status, blob, reason, size, **extra)
 
 
-def _not_ready(fd: FileOnDrive, seq: int, newest: dict[str, int], cells: dict[int, set[int]],
-               zero: dict[int, set[int]], where: dict[int, set[int]]
-               ) -> tuple[str, str, str, int, dict] | None:
+def _elsewhere(fd: FileOnDrive, on_drive: OnDrive, zero: dict[int, set[int]]
+               ) -> tuple[set[int], set[int], set[int]]:
+    """The other drives' (cells, zero cells, drives) of a file not whole here (none looked
+    up for one that is); its zero cells kept for its commit."""
+    if not fd.bad and len(fd.cells | fd.zero) == format.grid_cells(fd.entry.size):
+        return set(), set(), set()
+    cells, z, where = on_drive.elsewhere(fd.entry.file_id)
+    if z:
+        zero[fd.entry.file_id] = z
+    return cells, z, where
+
+
+def _not_ready(fd: FileOnDrive, seq: int, newest: int, cells: set[int], zero: set[int],
+               where: set[int]) -> tuple[str, str, str, int, dict] | None:
     """The copy log's line for a file this drive (``seq``) does not commit (and why), or
-    None.  ``cells``, ``zero`` and ``where`` are the other drives' (their markers)."""
+    None.  ``newest``: the newest file id other drives delivered for its blob;
+    ``cells``, ``zero`` and ``where`` are the other drives' (their markers)."""
     f = fd.entry
-    if newest.get(f.blob, 0) > f.file_id:
+    if newest > f.file_id:
         return ("skipped", f.blob, "superseded by a newer copy of the file", f.size, {})
     if fd.bad:
         first = min(fd.bad)
@@ -157,10 +434,10 @@ def _not_ready(fd: FileOnDrive, seq: int, newest: dict[str, int], cells: dict[in
     have = fd.cells | fd.zero  # on the grid, inside the file: check_plan saw to it
     if len(have) == len(grid):
         return None  # the whole file is on this drive: no other drive's marker needed
-    have |= cells.get(f.file_id, set()) | zero.get(f.file_id, set())
+    have |= cells | zero
     missing = [c for c in grid if c not in have]
     if missing:
         return ("skipped", f.blob, f"continues on another drive ({len(missing)} of "
                 f"{len(grid)} extents); completes when that drive is imported",
-                f.size, {"drives": sorted(where.get(f.file_id, set()) | {seq})})
+                f.size, {"drives": sorted(where | {seq})})
     return None

@@ -119,20 +119,24 @@ async def decided_blobs(store: Storage, session_id: str, net: trio.CapacityLimit
     return out
 
 
-async def resolve(plan: DrivePlan, store: Storage, on_drive: dict[int, FileOnDrive],
+async def resolve(plan: DrivePlan, store: Storage, on_drive: Any,
                   log: CopyLog, net: trio.CapacityLimiter) -> None:
     """Each dataset file's container made, and its blob decided (see the module docstring):
-    renamed files get their new name in ``on_drive``, skipped ones leave it (logged)."""
-    dataset = {fid: fd for fid, fd in on_drive.items() if fd.entry.attrs is not None}
+    the decision recorded in ``on_drive`` (``commit.OnDrive``: its blob, renamed or not,
+    and the copy log's note), skipped ones dropped from it (logged).  The session's
+    markers were read into it already (``commit.what_to_write``)."""
+    dataset = {fd.entry.file_id: fd for fd in on_drive.rows("f.attrs IS NOT NULL")}
     if not dataset:
         return
-    earlier = await decided_blobs(store, plan.superblock.session_id, net)
-    claimed = set(earlier.values())
-    skips = await trio.to_thread.run_sync(_decide_all, store, dataset, earlier, claimed,
-                                          limiter=net)
-    for fid, why in skips.items():
-        fd = on_drive.pop(fid)
-        log.blob("skipped", fd.entry.blob, why, fd.entry.size, file_id=fid, **fd.note)
+    skips = await trio.to_thread.run_sync(_decide_all, store, dataset, on_drive.decided(),
+                                          on_drive.claimed(), limiter=net)
+    for fid, fd in dataset.items():
+        if fid in skips:
+            on_drive.pop(fid)
+            log.blob("skipped", fd.entry.blob, skips[fid], fd.entry.size, file_id=fid,
+                     **fd.note)
+        else:
+            on_drive.decide(fd)
 
 
 def _decide_all(store: Storage, dataset: dict[int, FileOnDrive], earlier: dict[int, str],

@@ -8,14 +8,13 @@ rules to whatever the records came from.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import overload
 
 from pipeline import journal, names
 from pipeline.drive import format
 from pipeline.errors import BadInput, IntegrityError, Refused
-from pipeline.receive import disposition
+from pipeline.receive import disposition, state
 from pipeline.receive import reader as driveread
 from pipeline.receive.markers import STATE_CONTAINER
 from pipeline.storage import base as storage_base
@@ -77,29 +76,44 @@ class Extents(Sequence[format.Extent]):
         return (self._at(i) for i in sorted(range(len(loc)), key=loc.__getitem__))
 
 
-@dataclass
 class DrivePlan:
     """The records of one drive, from its journal or its closing index (or, failing both,
-    a walk of its log), with what could not be vouched for."""
+    a walk of its log), with what could not be vouched for.
 
-    superblock: format.Superblock
-    files: dict[int, format.FileEntry]
-    extents: Extents  # a list is taken too, and held as columns
-    source: str  # "journal", "index" or "log scan"
-    # Files the drive lists but that must not be imported: file id -> (status, why).
-    rejected: dict[int, tuple[str, str]] = field(default_factory=dict)
-    # Older copies of a file rewritten on this drive (log scan): never imported.
-    superseded: dict[int, format.FileEntry] = field(default_factory=dict)
-    damage: list[str] = field(default_factory=list)  # named on the terminal and in the log
-    incomplete: str = ""  # why the drive cannot vouch that it holds every file it should
+    Held in a scratch SQLite database (``receive.state``), not as objects: ``files``,
+    ``extents``, ``rejected`` and ``superseded`` read it a row at a time.  Records given
+    as a dict and a list (tests, a walk of the log) are copied into it."""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.extents, Extents):
-            self.extents = Extents(self.extents)
+    def __init__(self, superblock: format.Superblock,
+                 files: Mapping[int, format.FileEntry] | Iterable[format.FileEntry],
+                 extents: Iterable[format.Extent], source: str, *,
+                 rejected: Mapping[int, tuple[str, str]] | None = None,
+                 damage: list[str] | None = None, incomplete: str = "",
+                 db: state.PlanDB | None = None) -> None:
+        self.superblock = superblock
+        self.source = source  # "journal", "index" or "log scan"
+        self.damage = damage if damage is not None else []  # named on the terminal and log
+        self.incomplete = incomplete  # why the drive cannot vouch it holds every file it should
+        self.db = db if db is not None else state.PlanDB()
+        if files is not None:
+            self.db.add_files(files.values() if isinstance(files, Mapping) else files)
+        if extents is not None:
+            self.db.add_extents(extents)
+        self.files = state.Files(self.db)
+        # Older copies of a file rewritten on this drive (log scan): never imported.
+        self.superseded = state.Files(self.db, superseded=True)
+        self.extents = state.StoredExtents(self.db)
+        # Files the drive lists but that must not be imported: file id -> (status, why).
+        self.rejected = state.Rejected(self.db)
+        self.rejected.update(rejected or {})
 
     @property
     def container(self) -> str:
         return self.superblock.dstdir.split("/", 1)[0]
+
+    def close(self) -> None:
+        """Drop the scratch database (SQLite deletes its file)."""
+        self.db.close()
 
 
 def plan_drive(od: driveread.UnlockedDrive, jrn: journal.Journal | None) -> DrivePlan:
@@ -116,8 +130,11 @@ def plan_drive(od: driveread.UnlockedDrive, jrn: journal.Journal | None) -> Driv
             raise Refused(f"{od.drive.path} is drive {sb.drive_seq} of session {sb.session_id}, "
                           f"not drive {info.seq} of {jrn.session.session_id}; pass the journal "
                           "directory of its own session")
-        files = disposition.journal_attrs(jrn, sb, {f.file_id: f for f in jrn.files()})
-        plan = DrivePlan(sb, files, Extents(jrn.extents()), "journal")
+        # A version-2 drive's attributes are in the records' bytes: decoded from the
+        # closing index the journal would write (held while read); else streamed.
+        files = jrn.files() if sb.version < format.ATTRS_VERSION else \
+            disposition.journal_attrs(jrn, sb, {f.file_id: f for f in jrn.files()})
+        plan = DrivePlan(sb, files, jrn.extents(), "journal")
     else:
         try:
             _, index = driveread.read_index(od)
@@ -136,8 +153,8 @@ def plan_drive(od: driveread.UnlockedDrive, jrn: journal.Journal | None) -> Driv
                 f"the log ({scan.segments} segment(s), ended by {scan.end_reason}), so files "
                 "prep had not yet written, or recorded only past the damage, cannot be named")
         else:
-            plan = DrivePlan(sb, {f.file_id: f for f in index.files}, Extents(index.extents),
-                             "index")
+            plan = DrivePlan(sb, index.files, index.extents, "index")
+            del index
     if od.superblock_damage:
         plan.damage.append(f"{od.superblock_damage}; the journal's record of it stands in")
     if od.truncated_at is not None:
@@ -158,61 +175,68 @@ def check_plan(plan: DrivePlan) -> None:
       file id stands, as in the journal; older copies are never written anywhere.
       A closing index or journal never lists a blob twice, so there it is damage.
     - Every extent lies on the file's 1 MiB grid, inside the file and the drive.
+
+    Streamed over the plan's database: a pass over the files, the duplicates found by
+    SQL, the extents that may break the grid rules found by SQL and judged here.
     """
     sb = plan.superblock
     vdir = sb.dstdir.partition("/")[2]
     limit = format.trailer_offset(sb.data_area_size)
-    by_blob: dict[str, list[int]] = {}
     page = sb.blob_type is format.BlobType.PAGE
+    found: list[tuple[int, str, str]] = []
     for fid, f in plan.files.items():
-        if f.attrs is not None:  # a dataset's file (version 2): its own container and type
-            if (why := disposition.attrs_problem(f, sb)) is not None:
-                plan.rejected[fid] = ("corrupt", why)
-            by_blob.setdefault(f.blob, []).append(fid)
-            continue
-        bad_name = names.blob_problem(f.blob)
-        if f.blob != vdir + f.path:
-            plan.rejected[fid] = ("corrupt", f"recorded as blob {names.show(f.blob)}, not "
-                                  f"{names.show(vdir + f.path)} (the session's directory + "
-                                  "its path)")
-        elif bad_name is not None:  # a drive prepared before prep applied the name rules
-            plan.rejected[fid] = ("missing", f"its name cannot be a blob name ({bad_name}); "
-                                  "rename it in staging and send it again: pipeline repair")
-        elif f.size > storage_base.MAX_BLOB_SIZE[sb.blob_type]:
-            plan.rejected[fid] = ("corrupt", f"size {f.size} exceeds the largest "
-                                  f"{sb.blob_type.name.lower()} blob Azure holds "
-                                  f"({storage_base.MAX_BLOB_SIZE[sb.blob_type]} bytes)")
-        elif page and f.size % 512:
-            plan.rejected[fid] = ("missing", f"{f.size} bytes cannot be a page blob (not a "
-                                  "multiple of 512)")
-        by_blob.setdefault(f.blob, []).append(fid)
-    for fids in by_blob.values():
-        if len(fids) < 2:
-            continue
-        fids.sort()
+        why = _file_problem(f, sb, vdir, page)
+        if why is not None:
+            found.append((fid, *why))
+            if len(found) >= state.BATCH:
+                plan.rejected.update((k, (st, w)) for k, st, w in found)
+                found.clear()
+    plan.rejected.update((k, (st, w)) for k, st, w in found)
+    for fids in plan.db.duplicate_blobs():
         if plan.source == "log scan":
-            for fid in fids[:-1]:
-                plan.superseded[fid] = plan.files.pop(fid)
+            plan.db.supersede(fids[:-1])
         else:
             for fid in fids:
                 plan.rejected[fid] = ("corrupt", f"the drive's {plan.source} lists this blob "
                                       f"{len(fids)} times (file ids {fids}); importing neither")
-    kept = Extents()
-    for e in plan.extents:
-        f = plan.files.get(e.file_id)
-        if f is None:
-            continue  # a superseded copy's, or an unlisted file's: nothing to write
+    plan.rejected.add_first(_extent_problems(plan, limit))
+    plan.extents.keep_current()  # a superseded copy's, or an unlisted file's: nothing to write
+
+
+def _file_problem(f: format.FileEntry, sb: format.Superblock, vdir: str, page: bool
+                  ) -> tuple[str, str] | None:
+    """(status, why) a file must not be imported, or None (``check_plan``'s first rule)."""
+    if f.attrs is not None:  # a dataset's file (version 2): its own container and type
+        why = disposition.attrs_problem(f, sb)
+        return None if why is None else ("corrupt", why)
+    if f.blob != vdir + f.path:
+        return ("corrupt", f"recorded as blob {names.show(f.blob)}, not "
+                f"{names.show(vdir + f.path)} (the session's directory + its path)")
+    bad_name = names.blob_problem(f.blob)
+    if bad_name is not None:  # a drive prepared before prep applied the name rules
+        return ("missing", f"its name cannot be a blob name ({bad_name}); rename it in "
+                "staging and send it again: pipeline repair")
+    if f.size > storage_base.MAX_BLOB_SIZE[sb.blob_type]:
+        return ("corrupt", f"size {f.size} exceeds the largest {sb.blob_type.name.lower()} "
+                f"blob Azure holds ({storage_base.MAX_BLOB_SIZE[sb.blob_type]} bytes)")
+    if page and f.size % 512:
+        return ("missing", f"{f.size} bytes cannot be a page blob (not a multiple of 512)")
+    return None
+
+
+def _extent_problems(plan: DrivePlan, limit: int) -> Iterator[tuple[int, str, str]]:
+    """(file id, "corrupt", why) of each extent off the grid, past its file or outside the
+    drive's log, in the source's order (the first one a file has is what it is named for)."""
+    for e, size in plan.extents.suspects(limit):
         why = ""
-        if e.offset % format.CELL or e.raw_len > format.CELL or e.offset + e.raw_len > f.size:
+        if e.offset % format.CELL or e.raw_len > format.CELL or e.offset + e.raw_len > size:
             why = (f"extent [{e.offset}, +{e.raw_len}) is off the {format.CELL}-byte grid or "
-                   f"past the file's {f.size} bytes")
+                   f"past the file's {size} bytes")
         elif e.codec is not format.Codec.ZERO and not (
                 e.location >= format.SECTOR and e.location + e.stored_len <= limit):
             why = f"extent stored at [{e.location}, +{e.stored_len}) is outside the drive's log"
-        if why and e.file_id not in plan.rejected:
-            plan.rejected[e.file_id] = ("corrupt", why)
-        kept.append(e)
-    plan.extents = kept
+        if why:
+            yield e.file_id, "corrupt", why
 
 
 def check_names(plan: DrivePlan) -> None:
