@@ -22,7 +22,6 @@ commands use is here: the stages' modules are the import's rooms, this is its do
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,9 +35,8 @@ from pipeline.receive.copylog import CopyLog, log_path, open_copy_log, read_byte
 from pipeline.receive.markers import (
     STATE_CONTAINER,
     marker_name,
-    newest_versions,
     parse_marker,
-    read_markers,
+    put_marker,
     state_name,
 )
 from pipeline.receive.plan import DrivePlan, check_names, check_plan, plan_drive
@@ -76,10 +74,9 @@ async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Stor
         result.already = True
         return result
 
-    on_drive = await _what_to_write(plan, store, log, net)
+    on_drive = await commit.what_to_write(plan, store, log, net)  # in the plan's database
     await disposition.resolve(plan, store, on_drive, log, net)  # a dataset's containers, names
-    stored = (e for e in plan.extents.by_location()  # made as extract reads them
-              if e.codec is not format.Codec.ZERO and e.file_id in on_drive)
+    stored = on_drive.stored()  # made as extract reads them; files held while in flight
 
     def damaged(e: format.Extent, why: tuple[str, str]) -> None:
         on_drive[e.file_id].bad[e.offset] = why
@@ -96,15 +93,14 @@ async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Stor
         behind.cancel_scope.cancel()
 
     # Zero cells count as delivered; corrupt ones do not.
-    files = _marker_files(on_drive)
+    on_drive.settle()
     await trio.to_thread.run_sync(store.sync, limiter=net)  # parts durable before the marker
-    await trio.to_thread.run_sync(store.put, STATE_CONTAINER, marker,
-                                  _marker(sb, "parts", files), limiter=net)
+    chunks = await put_marker(store, sb.session_id, sb.drive_seq, "parts",
+                              on_drive.marker_files(), net)
     await commit.commit_ready(store, container, sb, on_drive, log, net,
                               vouched=not plan.incomplete)
     await trio.to_thread.run_sync(store.sync, limiter=net)  # commits durable before "done"
-    await trio.to_thread.run_sync(store.put, STATE_CONTAINER, marker,
-                                  _marker(sb, "done", files), limiter=net)
+    await put_marker(store, sb.session_id, sb.drive_seq, "done", None, net, chunks)
     return result
 
 
@@ -117,46 +113,3 @@ async def _sync_behind(store: Storage) -> None:
     while True:
         await trio.sleep(SYNC_EVERY)
         await trio.to_thread.run_sync(store.sync, limiter=io)
-
-
-def _marker_files(on_drive: dict[int, FileOnDrive]) -> str:
-    """The marker's list of files as JSON text, one file encoded at a time: a list of a
-    dict per file first cost ~1 KiB a file (100 MiB at 100,000 files)."""
-    return "[" + ", ".join(json.dumps(
-        {"file_id": fd.entry.file_id, "path": fd.entry.path, "blob": fd.entry.blob,
-         "size": fd.entry.size, "cells": sorted(fd.cells), "zero": sorted(fd.zero),
-         "bad": sorted(fd.bad)}) for fd in on_drive.values()) + "]"
-
-
-def _marker(sb: format.Superblock, state: str, files: str) -> bytes:
-    """The marker's bytes: what ``json.dumps`` of the whole record gives, files last."""
-    head = json.dumps({"session_id": sb.session_id, "seq": sb.drive_seq, "state": state})
-    return (head[:-1] + ', "files": ' + files + "}").encode()
-
-
-async def _what_to_write(plan: DrivePlan, store: Storage, log: CopyLog,
-                         net: trio.CapacityLimiter) -> dict[int, FileOnDrive]:
-    """The drive's files this import writes; every other one named in the copy log now."""
-    sb = plan.superblock
-    for fid, f in plan.superseded.items():
-        log.blob("skipped", f.blob, "an older copy of the file, rewritten later on this drive "
-                 "(its staging copy changed); never written", f.size, file_id=fid)
-    # A newer copy already delivered by another drive: this one must not touch the blob.
-    newest = newest_versions(await read_markers(store, sb.session_id, net))
-    on_drive: dict[int, FileOnDrive] = {}
-    for fid, f in plan.files.items():
-        if fid in plan.rejected:
-            status, why = plan.rejected[fid]
-            log.blob(status, f.blob, why, f.size, file_id=fid)
-        elif newest.get(f.blob, 0) > fid:
-            log.blob("skipped", f.blob, "superseded by a newer copy of the file on another "
-                     "drive; never written", f.size, file_id=fid)
-        else:
-            on_drive[fid] = FileOnDrive(f)
-    zeros: dict[int, set[int]] = {}  # gathered, then frozen once a file
-    for e in plan.extents:
-        if e.file_id in on_drive and e.codec is format.Codec.ZERO:
-            zeros.setdefault(e.file_id, set()).update(format.grid(e.offset + e.raw_len, e.offset))
-    for fid, cells in zeros.items():
-        on_drive[fid].zero = frozenset(cells)
-    return on_drive
