@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+import xxhash
 
 from pipeline import journal
 from pipeline.drive import format
@@ -56,7 +57,8 @@ class _Plan:
 
     files: int  # live files
     segments: list[tuple[int, int, int]]  # (seq, offset, length) of every DATA segment
-    index: bytes | None  # the closing index as prep wrote it (None: not closed, or unknown)
+    index: bytes | None  # xxh3-128 of the closing index as prep wrote it (None: not closed,
+    # or unknown): its digest, not its bytes (~50 B a file), held through the run
 
 
 def _plan(jrn: journal.Journal) -> _Plan:
@@ -64,7 +66,7 @@ def _plan(jrn: journal.Journal) -> _Plan:
     info, index = jrn.drive, None
     if info.state in ("closed", "full"):
         try:
-            index = jrn.index_segment(info.log_seq, info.index_offset)
+            index = xxhash.xxh3_128_digest(jrn.index_segment(info.log_seq, info.index_offset))
         except ValueError:  # records the index could not hold: the drive's is decoded
             index = None
     return _Plan(jrn.live_totals()[0], jrn.segments(), index)
@@ -120,7 +122,8 @@ class _Who:
 
 def _open(who: _Who, path: str, report: DriveReport
           ) -> tuple[driveread.UnlockedDrive, tuple[format.Trailer, bytes] | None]:
-    """Unlock the drive and check it as a whole: superblock, size; read its closing index."""
+    """Unlock the drive and check it as a whole: superblock, size; read its closing index:
+    its trailer and xxh3-128 digest come back (None: no index to compare)."""
     info = who.info
     od = driveread.unlock_drive(path, who.password, expected_uuid=info.uuid,
                                 recorded=who.recorded)
@@ -142,7 +145,8 @@ def _open(who: _Who, path: str, report: DriveReport
                                    "finish prep (--resume) before shipping it")
             return od, None
         try:
-            return od, driveread.read_index_bytes(od)
+            trailer, blob = driveread.read_index_bytes(od)
+            return od, (trailer, xxhash.xxh3_128_digest(blob))  # read again if it differs
         except IntegrityError as exc:
             report.problems.append(f"closing index unreadable: {exc}")
             return od, None
@@ -151,12 +155,12 @@ def _open(who: _Who, path: str, report: DriveReport
         raise
 
 
-def _index_problem(trailer: format.Trailer, blob: bytes, jrn: journal.Journal) -> str:
-    """Why the drive's closing index is not the journal's, or "" (decoded: runs in a thread,
-    only when its bytes differ from the journal's: the records, sorted, against the
-    journal's rows in the same order, one at a time)."""
+def _index_problem(od: driveread.UnlockedDrive, jrn: journal.Journal) -> str:
+    """Why the drive's closing index is not the journal's, or "" (read again and decoded:
+    runs in a thread, only when its bytes differ from the journal's: the records, sorted,
+    against the journal's rows in the same order)."""
     try:
-        index = format.decode_index(blob, trailer)
+        index = driveread.read_index(od)[1]
     except IntegrityError as exc:
         return f"closing index unreadable: {exc}"
     on_drive = sorted(check.packed((e.file_id, e.offset, e.raw_len, e.codec.value,
@@ -192,7 +196,7 @@ async def _start(jrn: journal.Journal, path: str, report: DriveReport
             nursery.start_soon(unlock)
         (od, index), p = opened[0], plans[0]
         if index is not None and index[1] != p.index:
-            why = await trio.to_thread.run_sync(_index_problem, *index, jrn,
+            why = await trio.to_thread.run_sync(_index_problem, od, jrn,
                                                 limiter=trio.CapacityLimiter(1))
             if why:
                 report.problems.append(why)
