@@ -2,9 +2,12 @@
 
 Builds (once, under ``--workdir``) ``perf.filecount``'s tree of small files and prep's
 drive of it, then measures with tracemalloc what stays allocated after import's plan
-(``receive.plan.plan_drive``, from the journal as ``perf.filecount`` imports) and after
-verify's rows, divided by the file count, with the largest allocation sites: where
-memory grows with file count, and by how much, without running a whole import.
+(``receive.plan.plan_drive``, from the journal as ``perf.filecount`` imports: its rows
+are in a scratch SQLite database, so ~0 B a file) and after verify's plan (the journal's
+segments and its index's digest; the rows are read a window at a time), divided by the
+file count, with the largest allocation sites and each one's peak (the journal's index
+built to be digested is the peak of verify's): where memory grows with file count, and
+by how much, without running a whole import.
 """
 
 from __future__ import annotations
@@ -81,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = {"files": args.files,
                "import_plan": traced(args.files, lambda: plan.plan_drive(od, jrn), args.top),
-               "verify_rows": traced(args.files, lambda: verify._plan(jrn), args.top)}
+               "verify_plan": traced(args.files, lambda: verify._plan(jrn), args.top)}
     finally:
         od.close()
-    for name in ("import_plan", "verify_rows"):
+    for name in ("import_plan", "verify_plan"):
         r = out[name]
         print(f"{name}: {r['bytes_per_file']} B a file held ({r['held_mib']} MiB), "
               f"peak {r['peak_mib']} MiB", file=sys.stderr)
