@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from pipeline import progress
@@ -189,3 +190,41 @@ def test_find_parent_reads_manifests_newest_first_up_to_the_match(tmp_path: Path
     read.clear()
     assert archive.find_parent(repo, "/c", hostname()) is None
     assert sorted(read) == [r.name for r in refs]
+
+
+def test_a_long_inline_walk_hands_over_with_nothing_to_read(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Past ``INLINE_S`` the pipeline (and its progress display) takes over even with
+    nothing to read: the snapshot is the same, the parent's tree, nothing read."""
+    src, repo = _seeded(tmp_path)
+    parent = repo.manifest(repo.snapshots()[-1])
+    monkeypatch.setattr(archive, "INLINE_S", 0.0)
+    begun, stats, warnings = _begin(repo, src)
+    assert begun.rest is not None and not begun.done
+    assert begun.tree.files + begun.tree.dirs <= 1 and begun.tree.ids == []
+    result = trio.run(archive.run_backup, repo, src.resolve(), stats, warnings.append,
+                      archive.BackupOptions(threads=2), None, begun)
+    assert warnings == [] and stats.bytes_read == 0 and result.chunks_new == 0
+    assert result.manifest.tree == parent.tree
+    assert (result.manifest.files, result.manifest.dirs, result.manifest.bytes) == (
+        parent.files, parent.dirs, parent.bytes)
+    assert stats.files_done == parent.files and stats.unchanged_bytes == parent.bytes
+
+
+def test_inline_walk_warns_on_this_thread(tmp_path: Path) -> None:
+    """A warning of the inline walk (a socket is not backed up) reaches ``warn`` directly
+    and the result, without a Trio run."""
+    import socket
+
+    src, repo = _seeded(tmp_path)
+    parent = repo.manifest(repo.snapshots()[-1])
+    st = src.stat()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(src / "sock"))
+        os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))     # the tree stays the same
+        begun, _, warnings = _begin(repo, src)
+        assert begun.done and warnings == ["sock: socket, not backed up"]
+        result = archive.finish_inline(repo, begun)
+    assert result.warnings == ["sock: socket, not backed up"]
+    assert result.manifest.tree == parent.tree
