@@ -228,3 +228,30 @@ def test_inline_walk_warns_on_this_thread(tmp_path: Path) -> None:
         result = archive.finish_inline(repo, begun)
     assert result.warnings == ["sock: socket, not backed up"]
     assert result.manifest.tree == parent.tree
+
+
+def test_tree_chunks_back_to_back_are_read_at_once(tmp_path: Path) -> None:
+    """A tree of several chunks lying back to back in one pack is one read (an account's
+    round trip), not one per chunk; every chunk still opened and checked."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(600):                       # ~128 lines a tree chunk: several chunks
+        (src / f"f{i:04d}").write_bytes(b"")
+    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
+    result = trio.run(archive.run_backup, repo, src.resolve(), progress.Stats(), print,
+                      archive.BackupOptions(threads=1), None)   # one sealer: in order
+    manifest = result.manifest
+    assert len(manifest.tree) >= 3 and len({repo.entry(c).pack for c in manifest.tree}) == 1
+    reads: list[tuple[str, int, int]] = []
+    read = repo.backend.read
+
+    def counted(name: str, offset: int, length: int) -> bytes:
+        reads.append((name, offset, length))
+        return read(name, offset, length)
+
+    repo.backend.read = counted  # type: ignore[method-assign]
+    nodes = list(repo.tree(manifest))
+    assert len(nodes) == 601 and [n.path for n in nodes[1:]] == [f"f{i:04d}" for i in range(600)]
+    entries = [repo.entry(c) for c in manifest.tree]
+    assert reads == [(fmt.pack_name(entries[0].pack), entries[0].offset,
+                      sum(e.length for e in entries))]

