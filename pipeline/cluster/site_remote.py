@@ -49,8 +49,8 @@ async def _import_job(site: Any, where: tuple[str, str | None, str | None], uuid
         jobs.append(service_import.JobImport.connect(site, *where))
         for uuid in uuids:
             key = jobs[0].key_for(paths[uuid])
-            yield driveread.unlock_drive(paths[uuid], key.value, key.kind,
-                                         expected_uuid=uuid), None
+            yield driveread.unlock_drive(paths[uuid], key.value, key.kind, expected_uuid=uuid,
+                                         manifest=jobs[0].manifest_for(paths[uuid])), None
 
     def finished(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage
                  ) -> Finished:

@@ -163,7 +163,8 @@ async def run(args: argparse.Namespace) -> Outcome:
                                           expected_uuid=jrn.drive.uuid,
                                           recorded=driveread.recorded_superblock(jrn))
             else:
-                od = driveread.unlock_drive(path, key.value, key.kind, session_id=session_id)
+                od = driveread.unlock_drive(path, key.value, key.kind, session_id=session_id,
+                                            manifest=job.manifest_for(path) if job else None)
             for warning in od.volume.warnings:  # a damaged header copy, read past
                 print(f"pipeline import: warning: {path}: {warning}", file=sys.stderr)
             opened.append((od, importer.plan_drive(od, jrn)))

@@ -13,6 +13,7 @@ superblock, index and log span, so the import plan and verify need not know.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ class UnlockedDrive:
 def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
                expected_uuid: str | None = None,
                recorded: format.Superblock | None = None,
-               session_id: str | None = None) -> UnlockedDrive:
+               session_id: str | None = None,
+               manifest: Manifest | None = None) -> UnlockedDrive:
     """Open read-only, unlock with ``secret``, decrypt and check the superblock.
 
     ``expected_uuid`` (the journal's record of the volume) is checked before any
@@ -65,7 +67,9 @@ def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
 
     On a drive of several sessions (version 3), ``session_id`` (else the
     recorded superblock's) picks the session; without either, a drive holding
-    more than one is refused, naming them.
+    more than one is refused, naming them.  ``manifest`` (a job's drive entry, for
+    ``import --service``) picks the session whose closing index it names, and the
+    index's bytes must then have its sha256.
     """
     drive = drives.open_drive(path)
     try:
@@ -110,7 +114,10 @@ def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
                 od.superblock = recorded
                 od.superblock_damage = f"the copy sessions on the drive do not read: {exc}"
                 return od
-            span = sessions.pick(path, found, wanted)
+            if wanted is None and manifest is not None:
+                span = _by_manifest(path, found, manifest)
+            else:
+                span = sessions.pick(path, found, wanted)
             od.session, od.drive_superblock, od.superblock = span, sb, span.superblock
         elif session_id is not None and session_id != sb.session_id:
             raise Refused(f"{path} holds session {sb.session_id}, not {session_id}; pass its "
@@ -119,6 +126,29 @@ def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
     except BaseException:
         drive.close()
         raise
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A job's record of one drive's closing index (``manifestFile`` /index@OFFSET+LENGTH,
+    ``manifestHash``): on a drive of several sessions, it names the job's session."""
+
+    offset: int
+    length: int
+    sha256: bytes
+    whose: str  # "job NAME", for messages
+
+
+def _by_manifest(path: str, found: list[sessions.SessionSpan], manifest: Manifest
+                 ) -> sessions.SessionSpan:
+    span = sessions.pick_by_index(path, found, (manifest.offset, manifest.length),
+                                  manifest.whose)
+    if span.index_sha256 not in (None, manifest.sha256):
+        raise format.CorruptRecord(
+            f"{path}: the closing index of session {span.session_id} at offset "
+            f"{manifest.offset}: the next session recorded another sha256 for it than "
+            f"{manifest.whose}'s manifestHash; one of them was changed")
+    return dataclasses.replace(span, index_sha256=manifest.sha256)  # read_index checks it
 
 
 def recorded_superblock(jrn: journal.Journal) -> format.Superblock:
@@ -157,7 +187,8 @@ def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
         blob = od.cipher.read(od.drive, offset, length)
         if span.index_sha256 is not None and hashlib.sha256(blob).digest() != span.index_sha256:
             raise format.CorruptRecord(f"index of session {span.session_id} at offset {offset}: "
-                                       "its sha256 is not the one the next session recorded")
+                                       "its sha256 is not the one recorded for it (by the "
+                                       "next session, or the job's manifestHash)")
         return trailer, blob
     sb = od.superblock
     tr_off = format.trailer_offset(sb.data_area_size)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,12 +43,15 @@ from pipeline.drive import format
 from pipeline.errors import BadInput, Caution, Refused
 from pipeline.jobs.client import MAX_COPY_LOG, ServiceClient, ServiceError
 from pipeline.receive import importer
+from pipeline.receive import reader as driveread
 from pipeline.storage.base import Storage
 from pipeline.volume import drives, luks2
 
 REPORT_EVERY_S = 2.0
 _DONE = ("Completed", "CompletedMoreInfo", "NeverReceived", "ShippedBack")
 _COPIED = ("Completed", "CompletedMoreInfo")
+_MANIFEST = re.compile(r"/index@([0-9]{1,20})\+([0-9]{1,20})")  # journal.drive_list's form
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _SITE_CMD = "pipeline site {what} --service URL --site-token-file FILE --job {job}"
 
 # Job state -> (who acts next, what to do, the command): the site's listing and every
@@ -268,6 +272,22 @@ class JobImport:
                           f"{self.name} (driveHeaderHash); the drive was changed in transit or "
                           "is not the one prepared")
         return credentials.Secret(self.keys[uuid].encode(), "recovery password")
+
+    def manifest_for(self, path: str) -> driveread.Manifest | None:
+        """The job's record of the drive's closing index (``manifestFile``, ``manifestHash``):
+        on a drive of several copy sessions it names this job's session, since each
+        session's job lists the same drive (driveId, key) with its own manifest.  None when
+        the entry's manifest is not one ``journal export`` writes (then the drive of
+        several sessions is refused, naming them)."""
+        with drives.open_drive(path) as d:
+            uuid = drives.read_volume(d).uuid
+        entry = self._drives().get(uuid, {})
+        where = _MANIFEST.fullmatch(str(entry.get("manifestFile", "")))
+        digest = str(entry.get("manifestHash", ""))
+        if where is None or not _HEX64.fullmatch(digest):
+            return None
+        return driveread.Manifest(int(where[1]), int(where[2]), bytes.fromhex(digest),
+                                  f"job {self.name}")
 
     def _patch(self, props: dict[str, Any]) -> None:
         self.job = site_call(self.name, self.client.patch, self.name, {"properties": props})

@@ -17,7 +17,7 @@ from pipeline.drive import format
 from pipeline.errors import IntegrityError, Refused
 from pipeline.volume import drives
 
-__all__ = ["SessionSpan", "find", "pick"]
+__all__ = ["SessionSpan", "find", "pick", "pick_by_index"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,21 @@ def pick(path: str, spans: list[SessionSpan], session_id: str | None) -> Session
             return span
     raise Refused(f"{path} holds no session {session_id} (its sessions: {ids}); pass the "
                   "session id of one of them")
+
+
+def pick_by_index(path: str, spans: list[SessionSpan], index_at: tuple[int, int], whose: str
+                  ) -> SessionSpan:
+    """The session whose closing INDEX lies at ``index_at`` (offset, length): the one a
+    job's drive entry names (its ``manifestFile``, ``/index@OFFSET+LENGTH``), since each
+    session's job lists the same drive with its own manifest.  Refused, naming the
+    sessions, when none does: the drive holds no session of that job."""
+    for span in spans:
+        if span.index is not None and span.index[:2] == index_at:
+            return span
+    ids = ", ".join(s.session_id for s in spans)
+    raise Refused(f"{path} holds {len(spans)} copy session(s) ({ids}), none whose closing index "
+                  f"is {whose}'s manifest /index@{index_at[0]}+{index_at[1]}: the drive holds "
+                  "no session of that job; check the drive and --job")
 
 
 def _session_view(sb: format.Superblock, rec: format.SessionRecord) -> format.Superblock:
