@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,7 +96,7 @@ _FD_COLS = ("f.file_id, f.path, coalesce(t.blob, f.blob), f.size, f.mtime_ns, f.
             "f.attrs, t.note, t.stored, t.zero, d.cells, d.bad, d.committed")
 _FD_FROM = ("todo t JOIN files f ON f.file_id = t.file_id "
             "LEFT JOIN done d ON d.file_id = t.file_id")
-PREFETCH = 256  # files made live by one query (the next ones ``stored`` handed out)
+PREFETCH = 256  # files made live by one query (a page of those ``stored`` handed out)
 SWEEP = 4096  # extents handed to extract between looks for files whose extents are through
 ROUND = 4 * COMMIT_BATCH * COMMITTERS  # files decided, committed and logged at a time
 
@@ -131,9 +130,11 @@ class OnDrive(Mapping[int, FileOnDrive]):
         # runs: a file dropped but not yet written back would come back without its cells.
         self._sweeping = threading.Lock()
         self._next_sweep = SWEEP
-        self._coming: deque[int] = deque()  # files as ``stored`` handed them out: the order
-        # the uploaders will want them in, made live PREFETCH at a time (a query a file
-        # was ~15% of the uploader thread's time on small files)
+        # The files ``stored`` handed out, in pages of PREFETCH in its order: the first one
+        # an uploader looks up makes its whole page live in one query (a query a file was
+        # ~15% of the uploader thread's time on small files).  ~100 B a file in flight.
+        self._page_of: dict[int, int] = {}
+        self._pages: dict[int, list[int]] = {}
 
     def __getitem__(self, fid: int) -> FileOnDrive:
         fd = self._live.get(fid)
@@ -148,10 +149,11 @@ class OnDrive(Mapping[int, FileOnDrive]):
         if fd is not None:
             return fd
         want = {fid}
-        while self._coming and len(want) < PREFETCH:
-            nxt = self._coming.popleft()  # thread-safe, as append is
-            if nxt not in self._live:
-                want.add(nxt)
+        page = self._page_of.pop(fid, None)
+        for other in self._pages.pop(page, ()) if page is not None else ():
+            self._page_of.pop(other, None)
+            if other not in self._live:
+                want.add(other)
         for row in self.pdb.db.execute(
                 f"SELECT {_FD_COLS} FROM {_FD_FROM} WHERE t.file_id IN "
                 f"({','.join('?' * len(want))})", [state.i64(f) for f in want]):
@@ -204,15 +206,19 @@ class OnDrive(Mapping[int, FileOnDrive]):
         SWEEP extents (or more, as many as are live), the files whose extents are all
         through are written back and dropped."""
         order = "e.n" if self.pdb.sorted else "e.location < 0, e.location, e.n"
-        since, last = 0, None
+        since, last, page = 0, None, 0
         for row in self.pdb.rows(
                 "SELECT e.file_id, e.off, e.raw_len, e.codec, e.stored_len, e.xxh3, "
                 "e.location FROM extents e JOIN todo t ON t.file_id = e.file_id "
                 f"WHERE e.codec != ? ORDER BY {order}", (format.Codec.ZERO.value,)):
             e = state.extent(row)
-            if e.file_id != last:
-                self._coming.append(e.file_id)
-                last = e.file_id
+            if e.file_id != last and e.file_id not in self._page_of:
+                self._page_of[e.file_id] = page  # before the page: a lookup finds its page
+                fids = self._pages.setdefault(page, [])  # (a new list, once an uploader
+                fids.append(e.file_id)  # took the page: its later files go one by one)
+                if len(fids) >= PREFETCH:
+                    page += 1
+            last = e.file_id
             yield e
             since += 1
             if since >= SWEEP and since >= len(self._live) // 2:
@@ -247,7 +253,8 @@ class OnDrive(Mapping[int, FileOnDrive]):
         self.pdb.db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)", out)
         self._next_sweep = max(SWEEP, 2 * len(self._live))
         if final:
-            self._coming.clear()
+            self._page_of.clear()
+            self._pages.clear()
 
     def settle(self) -> None:
         """Extract is over: every live file written back."""
