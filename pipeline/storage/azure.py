@@ -78,6 +78,11 @@ ZERO_STAGERS = 8                    # threads staging zero cells at commit
 class AzureStorage:
     """A storage account from a connection string or an account URL with a SAS."""
 
+    # The importer's uploaders (and committers): 8, the storage calls the importer lets be
+    # in flight.  Each waits on the service, not on a core: into Azurite, 8 against the
+    # default 4 won 4 of 4 interleaved rounds (128 MiB, 3,755 files: 3-20%).
+    writers = 8
+
     def __init__(self, target: str) -> None:
         session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(
