@@ -8,6 +8,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+import pytest
 import xxhash
 
 from pipeline import journal
@@ -123,10 +124,13 @@ def test_forged_session_segment_pointing_outside_the_drive_is_damage(tmp_path: P
 
 def test_forged_index_listing_another_session_s_extents_is_damage(tmp_path: Path) -> None:
     """Session 2's index rewritten (checksums valid) to point one extent into session 1's
-    segments: verify fails (exit 4); an import without the journal names the index as
-    damage and takes only what session 2's own log holds (exit 8), never session 1's."""
+    segments: a lie no crash or bit rot tells, so every reader says exit 4 and names it
+    (the structure, its offset): verify, import with and without the journal, unpack
+    with and without it, drive info; nothing is imported from session 2's index nor from
+    its log in its place (never session 1's extents as session 2's).  Session 1 still
+    imports whole."""
     one, key = first_session(tmp_path)
-    two = second_session(tmp_path, key)
+    second_session(tmp_path, key)
     j1, j2 = _journal(tmp_path, "ses1"), _journal(tmp_path, "ses2")
     victim = next(e for e in j1.extents() if e.codec is not fmt.Codec.ZERO)
     records: list = list(j2.files())
@@ -160,14 +164,36 @@ def test_forged_index_listing_another_session_s_extents_is_damage(tmp_path: Path
     assert "closing index" in proc.stdout + proc.stderr
     pw = tmp_path / "pw"
     pw.write_text(key)
-    proc = import_session(tmp_path, "ses2", tmp_path / "acct2", "--recovery-password-file",
-                          str(pw), "--session-id", "ses2", code=8)
-    assert "lies outside its session's segments" in proc.stdout + proc.stderr
-    check_account(tmp_path / "acct2", "cont2", "v2", two)  # its own log: every file, intact
+    breach = (f"pipeline import: {tmp_path / 'd1.img'}: the closing index of session ses2 "
+              f"breaks the format although its checksums hold (segment {info.log_seq} at "
+              f"offset {info.index_offset}: record ")
+    for how in (["--recovery-password-file", str(pw), "--session-id", "ses2"],
+                ["--journal-dir", str(tmp_path / "j"), "--session-id", "ses2"]):
+        acct = tmp_path / f"acct2-{how[0]}"
+        proc = import_session(tmp_path, "ses2", acct, *how, code=4)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(breach), last
+        assert "lies outside its session's segments" in last or "is not inside the " \
+            "segments before the index" in last, last
+        assert last.endswith("re-send the session's files from the source (pipeline repair)")
+        assert [p.name for p in acct.iterdir() if not p.name.startswith(".")] == []
+    for how in (["--recovery-password-file", str(pw)], ["--journal-dir", str(tmp_path / "j")]):
+        proc = run_cli("unpack", "--drive", str(tmp_path / "d1.img"), *how, "--session-id",
+                       "ses2", "--target", str(tmp_path / f"un-{how[0]}"), check_code=4)
+        assert "the closing index of session ses2 breaks the format" in proc.stderr
+        assert not (tmp_path / f"un-{how[0]}" / "cont2").exists()
+    proc = run_cli("drive", "info", str(tmp_path / "d1.img"), "--recovery-password-file",
+                   str(pw), check_code=4)
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"pipeline drive info: {tmp_path / 'd1.img'}: the closing index of session ses2 is "
+        f"damaged: segment {info.log_seq} at offset {info.index_offset}: record ")
     # session 1 is untouched: it imports whole, its index's sha256 as session 2 recorded it
     import_session(tmp_path, "ses1", tmp_path / "acct1", "--recovery-password-file", str(pw),
                    "--session-id", "ses1")
     check_account(tmp_path / "acct1", "cont1", "v1", one)
+    import_session(tmp_path, "ses1", tmp_path / "acct1j", "--journal-dir", str(tmp_path / "j"),
+                   "--session-id", "ses1")
+    check_account(tmp_path / "acct1j", "cont1", "v1", one)
 
 
 def test_a_drive_with_a_damaged_superblock_of_ours_is_not_begun_anew(tmp_path: Path) -> None:
@@ -188,3 +214,45 @@ def test_a_drive_with_a_damaged_superblock_of_ours_is_not_begun_anew(tmp_path: P
         "not read (superblock: checksum mismatch); import its sessions with their journals "
         "before the drive is used again")
     assert (tmp_path / "d1.img").read_bytes() == before
+
+
+def test_forged_index_on_a_one_session_drive_is_the_same_damage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule on a drive of one session (versions 1 and 2): an index whose checksums
+    hold but which points an extent at the index itself is refused, exit 4, named, with
+    and without the journal; no log scan stands in (before: exit 8 from a log scan)."""
+    _, key = first_session(tmp_path)
+    j1 = _journal(tmp_path, "ses1")
+    info = j1.drive
+    records: list = list(j1.files())
+    moved = False
+    for e in j1.extents():
+        if not moved and e.codec is not fmt.Codec.ZERO:
+            e = fmt.Extent(e.file_id, e.offset, e.raw_len, e.codec, e.stored_len, e.xxh3,
+                           info.index_offset + fmt.HEADER_SIZE)
+            moved = True
+        records.append(e)
+    with monkeypatch.context() as m:  # the forger's encoder checks nothing
+        m.setattr(fmt, "_check_records", lambda *_: None)
+        index = fmt.encode_index(records, info.log_seq, info.index_offset)
+    drive, cipher = _opened(tmp_path / "d1.img", key)
+    with drive:
+        cipher.write(drive, info.index_offset, index)
+        cipher.write(drive, fmt.trailer_offset(info.data_area_size), fmt.encode_trailer(
+            fmt.Trailer(info.seq, info.data_area_size, info.index_offset, len(index),
+                        info.log_seq + 1, info.payload_bytes)))
+        drive.sync()
+    j1.close()
+    pw = tmp_path / "pw"
+    pw.write_text(key)
+    for how in (["--recovery-password-file", str(pw)], ["--journal-dir", str(tmp_path / "j")]):
+        acct = tmp_path / f"acct-{how[0]}"
+        proc = import_session(tmp_path, "ses1", acct, *how, code=4)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(
+            f"pipeline import: {tmp_path / 'd1.img'}: the closing index of session ses1 breaks "
+            f"the format although its checksums hold (segment {info.log_seq} at offset "
+            f"{info.index_offset}: record "), last
+        assert "is not inside the segments before the index" in last
+        assert [p.name for p in acct.iterdir() if not p.name.startswith(".")] == []
+    run_cli("verify", "--journal-dir", str(tmp_path / "j"), check_code=4)

@@ -82,9 +82,15 @@ async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[s
     def unlocked() -> Iterator[tuple[driveread.UnlockedDrive, journal.Journal]]:
         for j in journals:
             key = credentials.Secret(j.recovery_password.encode(), "recovery password")
-            yield driveread.unlock_drive(paths[j.drive.uuid], key.value, key.kind,
-                                         expected_uuid=j.drive.uuid,
-                                         recorded=driveread.recorded_superblock(j)), j
+            od = driveread.unlock_drive(paths[j.drive.uuid], key.value, key.kind,
+                                        expected_uuid=j.drive.uuid,
+                                        recorded=driveread.recorded_superblock(j))
+            try:  # an index that lies (checksums valid) refuses the drive, as import does
+                driveread.check_index(od, j.drive.index_sha256)
+            except BaseException:
+                od.close()
+                raise
+            yield od, j
 
     try:
         return await import_unlocked(unlocked(), open_store, publish)

@@ -107,7 +107,9 @@ def _text_info(info: dict[str, Any]) -> str:
         elif found:
             lines += [f"session       {s['session_id']!r}, drive #{s['drive_seq']}, "
                       f"{s['dstdir']}, from offset {s['first_offset']}"
-                      + ("" if s["closed"] else " (not closed)") for s in found]
+                      + ("" if s["closed"] else " (not closed)")
+                      + (f"; its closing index is damaged: {s['index_problem']}"
+                         if s["index_problem"] else "") for s in found]
     elif "superblock_error" in info:
         lines.append(f"superblock    {info['superblock_error']}")
     else:
@@ -125,7 +127,8 @@ def _sessions(drive: drives.Drive, cipher: drives.DriveCipher, sb: format.Superb
         return f"damaged: {exc}"
     return [{"session_id": s.session_id, "drive_seq": s.superblock.drive_seq,
              "dstdir": s.superblock.dstdir, "format_version": s.superblock.version,
-             "first_offset": s.first_offset, "closed": s.index is not None} for s in spans]
+             "first_offset": s.first_offset, "closed": s.index is not None,
+             "index_problem": sessions.index_problem(drive, cipher, sb, s)} for s in spans]
 
 
 def run_info(args: argparse.Namespace) -> Outcome:
@@ -170,6 +173,11 @@ def run_info(args: argparse.Namespace) -> Outcome:
     problem = info.get("superblock_error") or info.get("truncated")  # at most one is found
     if isinstance(info.get("sessions"), str):  # the chain of sessions does not read
         problem = problem or f"sessions {info['sessions']}"
+    elif info.get("sessions"):  # a session's closing index does not read as its own
+        bad = [s for s in info["sessions"] if s["index_problem"]]
+        if bad:
+            problem = problem or (f"the closing index of session {bad[0]['session_id']} is "
+                                  f"damaged: {bad[0]['index_problem']}")
     if problem:
         raise IntegrityError(f"{args.path}: {problem}")
     return Outcome()

@@ -165,6 +165,12 @@ async def run(args: argparse.Namespace) -> Outcome:
             else:
                 od = driveread.unlock_drive(path, key.value, key.kind, session_id=session_id,
                                             manifest=job.manifest_for(path) if job else None)
+            if jrn is not None:  # an index that lies (checksums valid) refuses the drive
+                try:
+                    driveread.check_index(od, jrn.drive.index_sha256)
+                except BaseException:
+                    od.close()
+                    raise
             for warning in od.volume.warnings:  # a damaged header copy, read past
                 print(f"pipeline import: warning: {path}: {warning}", file=sys.stderr)
             opened.append((od, importer.plan_drive(od, jrn)))

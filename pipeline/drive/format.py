@@ -96,6 +96,7 @@ __all__ = [
     "Disposition",
     "Codec",
     "CorruptRecord",
+    "RuleBreach",
     "Extent",
     "FileEntry",
     "Record",
@@ -199,6 +200,14 @@ _E = TypeVar("_E", bound=enum.IntEnum)
 
 class CorruptRecord(IntegrityError):
     """{}"""
+
+
+class RuleBreach(CorruptRecord):
+    """{}"""
+    # A segment whose checksums all hold but whose records break the format's rules (an
+    # INDEX listing extents outside its session's segments, a file id twice, ...): no crash
+    # or bit rot writes one, so it is forged or a faulty writer's, and its drive's log
+    # cannot be trusted in its place either (readers refuse, exit 4; never a log scan).
 
 
 class BlobType(enum.IntEnum):
@@ -902,10 +911,45 @@ def _check_sector(b: bytes, magic: bytes, what: str,
     return mv
 
 
+def _torn_version_write(b: bytes) -> memoryview | None:
+    """Sector 0 as one of the two states a torn version-3 rewrite leaves, or None.
+
+    Sector 0 is rewritten in place once, when a second session begins: only the
+    version (offset 8) and ``first_version`` (offset 10) change, and the checksum (the
+    last 8 bytes).  The data area's cipher is deterministic per 16-byte block, so a
+    write torn anywhere between them leaves the first block of one state and the last
+    of the other: the fields say 3 and the checksum is the old one's, or the fields are
+    the old ones and the checksum the new one's.  Exactly that state, whose checksum
+    holds with the fields swapped back, is read as the state its checksum belongs to
+    (the old: no session begun yet; the new: version 3); any other mismatch is damage.
+    """
+    mv = memoryview(b).cast("B") if not isinstance(b, bytes) else memoryview(b)
+    version, first_version = struct.unpack_from("<HH", mv, 8)
+    if version == SESSIONS_VERSION and first_version in (FORMAT_VERSION, ATTRS_VERSION):
+        fields = (first_version, 0)  # new fields, old checksum: the old state
+    elif version in (FORMAT_VERSION, ATTRS_VERSION) and first_version == 0:
+        fields = (SESSIONS_VERSION, version)  # old fields, new checksum: the new state
+    else:
+        return None
+    other = bytearray(mv[:SECTOR])
+    struct.pack_into("<HH", other, 8, *fields)
+    try:
+        return _check_sector(bytes(other), SUPERBLOCK_MAGIC, "superblock")
+    except CorruptRecord:
+        return None
+
+
 def decode_superblock(b: bytes) -> Superblock:
     """Parse the sector at data-area offset 0 (``b`` may be longer; the rest is ignored)."""
     what = "superblock"
-    mv = _check_sector(b, SUPERBLOCK_MAGIC, what)
+    try:
+        mv = _check_sector(b, SUPERBLOCK_MAGIC, what)
+    except CorruptRecord as exc:
+        if not str(exc).endswith("checksum mismatch"):
+            raise
+        mv = _torn_version_write(b)
+        if mv is None:
+            raise
     try:
         (_, version, first_version, drive_seq, created_ns, size, blob_type, pad, uuid) = (
             _SB_FIXED.unpack_from(mv, 0)
@@ -1575,7 +1619,7 @@ def decode_segment(b: bytes, offset: int, seq: int | None = None, *,
         header.kind, records, offset, header.payload_offset, header.payload_len
     )
     if problem is not None:
-        raise CorruptRecord(f"{where}: {problem}")
+        raise RuleBreach(f"{where}: {problem}")
     return Segment(header, tuple(records), payload)
 
 
@@ -1655,7 +1699,7 @@ def decode_index(b: bytes, trailer: Trailer, start: int = SECTOR) -> Segment:
         )
     problem = _session_span_problem(seg.records, trailer.index_offset, start)
     if problem is not None:
-        raise CorruptRecord(f"{where}: {problem}")
+        raise RuleBreach(f"{where}: {problem}")
     return seg
 
 

@@ -37,6 +37,7 @@ class UnlockedDrive:
     superblock_damage: str = ""  # why the journal's record stands in for the superblock
     session: sessions.SessionSpan | None = None  # version 3: the session read; None: the only one
     drive_superblock: format.Superblock | None = None  # sector 0 as written, when it differs
+    index_breach: str = ""  # the closing index breaks the rules: no log scan stands in
 
     def close(self) -> None:
         self.drive.close()
@@ -160,10 +161,45 @@ def recorded_superblock(jrn: journal.Journal) -> format.Superblock:
 
 def read_index(od: UnlockedDrive) -> tuple[format.Trailer, format.Segment]:
     """The closing index, via the trailer; CorruptRecord if either is missing or damaged.
-    A later session's index must list only extents of its own span."""
+    A later session's index must list only extents of its own span.
+
+    An index whose checksums hold but whose records break the rules (``RuleBreach``:
+    extents in another session's segments, ...) is forged or a faulty writer's: it is
+    named (the drive, the session, the segment and its offset) and remembered on ``od``,
+    so that ``scan_log`` refuses to stand in for it (exit 4 for every reader, never a
+    log scan that could take what it points at)."""
     trailer, blob = read_index_bytes(od)
     start = format.SECTOR if od.session is None else od.session.data_offset
-    return trailer, format.decode_index(blob, trailer, start)
+    try:
+        return trailer, format.decode_index(blob, trailer, start)
+    except format.RuleBreach as exc:
+        od.index_breach = (f"{od.drive.path}: the closing index of session "
+                           f"{od.superblock.session_id} breaks the format although its "
+                           f"checksums hold ({exc}): forged or written by a faulty tool; "
+                           "nothing is imported from it or from the log it describes: "
+                           "re-send the session's files from the source (pipeline repair)")
+        raise format.RuleBreach(od.index_breach) from None
+
+
+def check_index(od: UnlockedDrive, index_sha256: str) -> None:
+    """With a journal, the drive's closing index is not needed, but one that breaks the
+    rules must still refuse the drive (``read_index``): its bytes are hashed in chunks and
+    decoded only when they are not the journal's (``index_sha256``, hex; "" when the drive
+    was not closed).  Ordinary damage is left to the journal, as before."""
+    if not index_sha256 or od.superblock_damage:
+        return
+    try:
+        _, offset, length = _index_location(od)
+        digest = hashlib.sha256()
+        for at in range(offset, offset + length, READ_CHUNK):
+            digest.update(od.cipher.read(od.drive, at, min(READ_CHUNK, offset + length - at)))
+        if digest.hexdigest() == index_sha256:
+            return
+        read_index(od)
+    except format.RuleBreach:
+        raise
+    except (IntegrityError, OSError):
+        return  # damage: the journal stands in for the index
 
 
 def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
@@ -172,6 +208,19 @@ def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
     On a drive of several sessions, the chosen session's index and a trailer that
     describes it (``find_sessions`` found both); its bytes must have the sha256 the
     next session's SESSION record gives, when there is one."""
+    trailer, offset, length = _index_location(od)
+    blob = od.cipher.read(od.drive, offset, length)
+    span = od.session
+    if span is not None and span.index_sha256 is not None and \
+            hashlib.sha256(blob).digest() != span.index_sha256:
+        raise format.CorruptRecord(f"index of session {span.session_id} at offset {offset}: "
+                                   "its sha256 is not the one recorded for it (by the "
+                                   "next session, or the job's manifestHash)")
+    return trailer, blob
+
+
+def _index_location(od: UnlockedDrive) -> tuple[format.Trailer, int, int]:
+    """The trailer that describes the chosen session's closing index, and where it lies."""
     if od.session is not None:
         span, real = od.session, od.drive_superblock
         assert real is not None
@@ -184,16 +233,11 @@ def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
                                      seq + 1, 0)
         except ValueError as exc:  # the chain's values, though each checked, do not fit
             raise format.CorruptRecord(f"index of session {span.session_id}: {exc}") from None
-        blob = od.cipher.read(od.drive, offset, length)
-        if span.index_sha256 is not None and hashlib.sha256(blob).digest() != span.index_sha256:
-            raise format.CorruptRecord(f"index of session {span.session_id} at offset {offset}: "
-                                       "its sha256 is not the one recorded for it (by the "
-                                       "next session, or the job's manifestHash)")
-        return trailer, blob
+        return trailer, offset, length
     sb = od.superblock
     tr_off = format.trailer_offset(sb.data_area_size)
     trailer = format.decode_trailer(od.cipher.read(od.drive, tr_off, format.SECTOR), sb)
-    return trailer, od.cipher.read(od.drive, trailer.index_offset, trailer.index_length)
+    return trailer, trailer.index_offset, trailer.index_length
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +356,8 @@ def scan_log(od: UnlockedDrive) -> LogScan:
     which bytes are hit), nothing when they are not; either way it is named in
     ``damage`` and the walk goes on after it, because the header says where it ends.
     """
+    if od.index_breach:  # the index lies with valid checksums: the log is no witness either
+        raise format.RuleBreach(od.index_breach)
     out = LogScan()
     offset, seq = format.SECTOR, 0
     if od.session is not None:  # one session of several: its own log only

@@ -133,6 +133,11 @@ def open_drives(paths: Sequence[str], secret: credentials.Secret | None,
                 od = driveread.unlock_drive(path, jrn.recovery_password.encode(),
                                             "recovery password", expected_uuid=jrn.drive.uuid,
                                             recorded=driveread.recorded_superblock(jrn))
+                try:  # an index that lies (checksums valid) refuses the drive, as import does
+                    driveread.check_index(od, jrn.drive.index_sha256)
+                except BaseException:
+                    od.close()
+                    raise
             else:
                 key = _job_key(path, keys) if keys is not None else secret
                 assert key is not None

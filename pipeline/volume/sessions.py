@@ -11,13 +11,14 @@ so neither room imports the other.  Synchronous: run it in a worker thread.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from pipeline.drive import format
 from pipeline.errors import IntegrityError, Refused
 from pipeline.volume import drives
 
-__all__ = ["SessionSpan", "find", "pick", "pick_by_index"]
+__all__ = ["SessionSpan", "find", "index_problem", "pick", "pick_by_index"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,26 @@ def pick_by_index(path: str, spans: list[SessionSpan], index_at: tuple[int, int]
     raise Refused(f"{path} holds {len(spans)} copy session(s) ({ids}), none whose closing index "
                   f"is {whose}'s manifest /index@{index_at[0]}+{index_at[1]}: the drive holds "
                   "no session of that job; check the drive and --job")
+
+
+def index_problem(drive: drives.Drive, cipher: drives.DriveCipher, sb: format.Superblock,
+                  span: SessionSpan) -> str:
+    """Why a closed session's INDEX does not read as its session's, or "" (``drive info``):
+    its bytes against the sha256 the next session recorded, decoded with its span's start,
+    so an index listing another session's extents is named.  ``sb``: sector 0 as read."""
+    if span.index is None:
+        return ""
+    offset, length, seq = span.index
+    try:
+        trailer = format.Trailer(sb.drive_seq, sb.data_area_size, offset, length, seq + 1, 0)
+        blob = cipher.read(drive, offset, length)
+        if span.index_sha256 is not None and hashlib.sha256(blob).digest() != span.index_sha256:
+            return (f"index at offset {offset}: its sha256 is not the one the next session "
+                    "recorded")
+        format.decode_index(blob, trailer, span.data_offset)
+    except (IntegrityError, OSError, ValueError) as exc:
+        return str(exc)
+    return ""
 
 
 def _session_view(sb: format.Superblock, rec: format.SessionRecord) -> format.Superblock:
