@@ -59,7 +59,8 @@ def continuation(path: str, drive: drives.Drive, volume: luks2.Volume,
     try:
         sb = drives.read_superblock(drive, cipher)
     except IntegrityError as exc:
-        if cipher.read(drive, 0, format.SECTOR).startswith(format.SUPERBLOCK_MAGIC):
+        if cipher.read(drive, 0, format.SECTOR).startswith(format.SUPERBLOCK_MAGIC) or \
+                _log_begins(drive, cipher):  # sector 0 torn past its magic: the log says ours
             raise Refused(f"{path} holds a pipeline drive whose superblock does not read "
                           f"({exc}); import its sessions with their journals before the "
                           "drive is used again") from None
@@ -101,6 +102,17 @@ def continuation(path: str, drive: drives.Drive, volume: luks2.Volume,
     digest = hashlib.sha256(cipher.read(drive, offset, length)).hexdigest()
     return Continuation(sb, ids, first, index_seq + 1, newest.first_offset, (offset, length),
                         digest, trailer)
+
+
+def _log_begins(drive: drives.Drive, cipher: drives.DriveCipher) -> bool:
+    """A segment of ours at 4096 (session 1's first): the volume holds our drive even when
+    sector 0 no longer reads as a superblock at all."""
+    try:
+        format.decode_segment_header(cipher.read(drive, format.SECTOR, format.SECTOR),
+                                     format.SECTOR, 0)
+    except (IntegrityError, OSError):
+        return False
+    return True
 
 
 def _log_is_empty(drive: drives.Drive, cipher: drives.DriveCipher,
@@ -232,7 +244,9 @@ class DrivePool:
         if sb.version != format.SESSIONS_VERSION:
             sb = dataclasses.replace(sb, version=format.SESSIONS_VERSION,
                                      first_version=sb.version)
-            cipher.write(drive, 0, format.encode_superblock(sb))
+        whole = format.encode_superblock(sb)
+        if cipher.read(drive, 0, format.SECTOR) != whole:  # once; or a torn one made whole
+            cipher.write(drive, 0, whole)
             drive.sync()
             faults.reached("after_superblock_v3")
         rec = format.SessionRecord(
