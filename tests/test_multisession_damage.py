@@ -122,16 +122,10 @@ def test_forged_session_segment_pointing_outside_the_drive_is_damage(tmp_path: P
     assert "does not end where this SESSION segment begins" in proc.stdout + proc.stderr
 
 
-def test_forged_index_listing_another_session_s_extents_is_damage(tmp_path: Path) -> None:
-    """Session 2's index rewritten (checksums valid) to point one extent into session 1's
-    segments: a lie no crash or bit rot tells, so every reader says exit 4 and names it
-    (the structure, its offset): verify, import with and without the journal, unpack
-    with and without it, drive info; nothing is imported from session 2's index nor from
-    its log in its place (never session 1's extents as session 2's).  Session 1 still
-    imports whole."""
-    one, key = first_session(tmp_path)
-    second_session(tmp_path, key)
-    j1, j2 = _journal(tmp_path, "ses1"), _journal(tmp_path, "ses2")
+def forge_session2_index(tmp: Path, key: str) -> journal.DriveInfo:
+    """Session 2's index rewritten, checksums valid, with one extent moved into session 1's
+    segments (and the trailer to match); session 2's DriveInfo as its journal knows it."""
+    j1, j2 = _journal(tmp, "ses1"), _journal(tmp, "ses2")
     victim = next(e for e in j1.extents() if e.codec is not fmt.Codec.ZERO)
     records: list = list(j2.files())
     moved = False
@@ -149,7 +143,7 @@ def test_forged_index_listing_another_session_s_extents_is_damage(tmp_path: Path
                                 fmt.SECTOR + fmt.HEADER_SIZE)
     info = j2.drive
     index = fmt.encode_index(records, info.log_seq, info.index_offset)  # a one-session check
-    drive, cipher = _opened(tmp_path / "d1.img", key)
+    drive, cipher = _opened(tmp / "d1.img", key)
     with drive:
         cipher.write(drive, info.index_offset, index)
         cipher.write(drive, fmt.trailer_offset(info.data_area_size), fmt.encode_trailer(
@@ -159,6 +153,19 @@ def test_forged_index_listing_another_session_s_extents_is_damage(tmp_path: Path
         drive.sync()
     j1.close()
     j2.close()
+    return info
+
+
+def test_forged_index_listing_another_session_s_extents_is_damage(tmp_path: Path) -> None:
+    """Session 2's index rewritten (checksums valid) to point one extent into session 1's
+    segments: a lie no crash or bit rot tells, so every reader says exit 4 and names it
+    (the structure, its offset): verify, import with and without the journal, unpack
+    with and without it, drive info; nothing is imported from session 2's index nor from
+    its log in its place (never session 1's extents as session 2's).  Session 1 still
+    imports whole."""
+    one, key = first_session(tmp_path)
+    second_session(tmp_path, key)
+    info = forge_session2_index(tmp_path, key)
     proc = run_cli("verify", "--journal-dir", str(tmp_path / "j"), "--session-id", "ses2",
                    check_code=4)
     assert "closing index" in proc.stdout + proc.stderr
