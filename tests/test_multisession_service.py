@@ -1,7 +1,8 @@
 """A drive of two copy sessions imported by the receiving site with no journal (`import
 --service URL --job NAME`): each session's job lists the drive with the same driveId and
 key and its own manifest (its session's closing index), so each job's import takes its
-own session; a job whose manifest is none of the drive's sessions is refused, named."""
+own session; a job whose manifest is none of the drive's sessions (by place, or by hash) is
+refused, named."""
 
 from __future__ import annotations
 
@@ -43,8 +44,15 @@ def test_each_session_s_job_imports_its_own_session(tmp_path: Path) -> None:
                                       check_code=0).stdout)
         entry = {**entry, "manifestFile": "/index@8192+4096", "manifestHash": "ab" * 32}
         ServiceClient.from_file(str(settings)).put("job-none", jobservice.job_body([entry]))
-        run_cli("jobs", "ship", "--job", "job-none", "--carrier", "DHL", "--tracking", "T-2",
-                *customer, check_code=0)
+        # A fourth names session 2's index by its place, with another hash.
+        (two_entry,) = json.loads(run_cli("journal", "export", "--journal-dir",
+                                          str(tmp_path / "j"), "--session-id", "ses2",
+                                          check_code=0).stdout)
+        ServiceClient.from_file(str(settings)).put("job-hash", jobservice.job_body(
+            [{**two_entry, "manifestHash": "cd" * 32}]))
+        for job in ("job-none", "job-hash"):
+            run_cli("jobs", "ship", "--job", job, "--carrier", "DHL", "--tracking", "T-2",
+                    *customer, check_code=0)
         token = tmp_path / "site.token"
         token.write_text(svc.site_token() + "\n")
         site = ["--service", svc.url, "--site-token-file", str(token)]
@@ -67,3 +75,12 @@ def test_each_session_s_job_imports_its_own_session(tmp_path: Path) -> None:
             "none whose closing index is job job-none's manifest /index@8192+4096: the drive "
             "holds no session of that job; check the drive and --job")
         assert [p for p in (tmp_path / "acct3").iterdir() if not p.name.startswith(".")] == []
+        offset = two_entry["manifestFile"].removeprefix("/index@").split("+")[0]
+        proc = import_session(tmp_path, "hash", tmp_path / "acct4", *site, "--job", "job-hash",
+                              code=EXIT_REFUSED)
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"pipeline import: {tmp_path / 'd1.img'}: the closing index of session ses2 at "
+            f"offset {offset} is not the one job job-hash declared (manifestHash): the drive "
+            "was changed in transit or is not the one prepared; to import what its log "
+            "holds, pass --session-id ses2")
+        assert [p for p in (tmp_path / "acct4").iterdir() if not p.name.startswith(".")] == []

@@ -13,7 +13,6 @@ superblock, index and log span, so the import plan and verify need not know.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -116,7 +115,7 @@ def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
                 od.superblock_damage = f"the copy sessions on the drive do not read: {exc}"
                 return od
             if wanted is None and manifest is not None:
-                span = _by_manifest(path, found, manifest)
+                span = _by_manifest(path, drive, cipher, found, manifest)
             else:
                 span = sessions.pick(path, found, wanted)
             od.session, od.drive_superblock, od.superblock = span, sb, span.superblock
@@ -140,16 +139,23 @@ class Manifest:
     whose: str  # "job NAME", for messages
 
 
-def _by_manifest(path: str, found: list[sessions.SessionSpan], manifest: Manifest
-                 ) -> sessions.SessionSpan:
+def _by_manifest(path: str, drive: drives.Drive, cipher: drives.DriveCipher,
+                 found: list[sessions.SessionSpan], manifest: Manifest) -> sessions.SessionSpan:
+    """The session whose closing index is the job's manifest: at its place, with its
+    sha256 (hashed in chunks); Refused, naming the drive and the sessions, otherwise."""
     span = sessions.pick_by_index(path, found, (manifest.offset, manifest.length),
                                   manifest.whose)
-    if span.index_sha256 not in (None, manifest.sha256):
-        raise format.CorruptRecord(
-            f"{path}: the closing index of session {span.session_id} at offset "
-            f"{manifest.offset}: the next session recorded another sha256 for it than "
-            f"{manifest.whose}'s manifestHash; one of them was changed")
-    return dataclasses.replace(span, index_sha256=manifest.sha256)  # read_index checks it
+    digest = hashlib.sha256()
+    end = manifest.offset + manifest.length
+    for at in range(manifest.offset, end, READ_CHUNK):
+        digest.update(cipher.read(drive, at, min(READ_CHUNK, end - at)))
+    if digest.digest() != manifest.sha256:
+        raise Refused(f"{path}: the closing index of session {span.session_id} at offset "
+                      f"{manifest.offset} is not the one {manifest.whose} declared "
+                      "(manifestHash): the drive was changed in transit or is not the one "
+                      f"prepared; to import what its log holds, pass --session-id "
+                      f"{span.session_id}")
+    return span
 
 
 def recorded_superblock(jrn: journal.Journal) -> format.Superblock:
@@ -214,8 +220,7 @@ def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
     if span is not None and span.index_sha256 is not None and \
             hashlib.sha256(blob).digest() != span.index_sha256:
         raise format.CorruptRecord(f"index of session {span.session_id} at offset {offset}: "
-                                   "its sha256 is not the one recorded for it (by the "
-                                   "next session, or the job's manifestHash)")
+                                   "its sha256 is not the one the next session recorded")
     return trailer, blob
 
 
