@@ -360,6 +360,8 @@ def scan_log(od: UnlockedDrive) -> LogScan:
     around: its records when they are intact (each extent's xxh3-128 then says
     which bytes are hit), nothing when they are not; either way it is named in
     ``damage`` and the walk goes on after it, because the header says where it ends.
+    After ``read_index`` found the index lying (``RuleBreach``), it refuses: the log is
+    the same writer's word.
     """
     if od.index_breach:  # the index lies with valid checksums: the log is no witness either
         raise format.RuleBreach(od.index_breach)
