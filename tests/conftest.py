@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # chmods its file; the modes we set ourselves are set whatever the umask.
 os.umask(0o077)
 
+# Backup's tree cache ($XDG_CACHE_HOME/pipeline/backup): the tests' own, never the user's.
+os.environ["XDG_CACHE_HOME"] = str(Path(os.environ.get("TMPDIR", "/tmp"))
+                                   / f"pipeline-test-cache-{os.getpid()}")
+
 # Cheap keyslot KDFs for tests; the defaults (256 MiB argon2id) cost ~1 s per unlock.
 FAST_ARGON = luks2.KdfParams(type="argon2id", time=4, memory=8192, cpus=2)
 FAST_PBKDF2 = luks2.KdfParams(type="pbkdf2", iterations=1000)

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.backup import encoding as fmt
+from pipeline.backup.cache import TreeCache
 from pipeline.backup.repo import FETCHERS, Pack, Repository, SnapshotRef, hostname
 from pipeline.backup.stages.messages import Chunk, NodeBatch, ReadBatch, SealedChunk, Walked
 from pipeline.backup.stages.tree import Tree
@@ -143,14 +144,15 @@ class Begun:
 
 
 def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
-          parent: SnapshotRef | None = None, threaded: bool = False) -> Begun:
+          parent: SnapshotRef | None = None, threaded: bool = False,
+          cache: TreeCache | None = None) -> Begun:
     """Sync, before any Trio run: the parent's manifest, then the walk with the tree
     stage in this thread for as long as no file needs reading (restic's rule and every
     chunk in the index), for up to ``INLINE_S`` and ``INLINE_NEW`` bytes of new tree
     chunks.  A no-change backup ends here: no pipeline, no Trio, no worker thread but the
     tree's read-ahead; otherwise the pipeline goes on from the first file to read.
     ``warn`` is called on this thread, or (``threaded``: this is a Trio worker thread)
-    on the Trio thread."""
+    on the Trio thread.  ``cache``: the local tree cache (``cache.py``), None for none."""
     started = datetime.now(UTC)
     sent_before = repo.backend.bytes_sent
     manifest = repo.manifest(parent) if parent is not None else None
@@ -158,7 +160,7 @@ def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
         stats.files_total, stats.bytes_total = manifest.files, manifest.bytes
     warnings = _Warnings(warn)
     warnings.threaded = threaded
-    walked = matched(source, repo.tree_lines(manifest) if manifest else None, warnings.walk)
+    walked = matched(source, repo.tree_lines(manifest, cache) if manifest else None, warnings.walk)
     tree = Tree(repo, stats)
     t0 = stats.timer()
     deadline = t0 + INLINE_S
@@ -201,7 +203,8 @@ def _manifest(begun: Begun) -> fmt.Manifest:
 
 async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
                      opts: BackupOptions | None = None, parent: SnapshotRef | None = None,
-                     begun: Begun | None = None) -> BackupResult:
+                     begun: Begun | None = None, cache: TreeCache | None = None
+                     ) -> BackupResult:
     """Back up ``source`` (or go on with ``begun``, ``begin``'s); the snapshot is written
     only after every stage succeeded."""
     import trio
@@ -213,7 +216,8 @@ async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
 
     opts = opts or BackupOptions()
     if begun is None:
-        begun = await trio.to_thread.run_sync(begin, repo, source, stats, warn, parent, True)
+        begun = await trio.to_thread.run_sync(begin, repo, source, stats, warn, parent, True,
+                                            cache)
     start_refresher(repo.lock)            # the repository may have been opened before Trio
     warnings = begun.warnings
     warnings.threaded = True

@@ -26,6 +26,7 @@ from pipeline import faults
 from pipeline.backup import crypto
 from pipeline.backup import encoding as fmt
 from pipeline.backup.backend import Backend
+from pipeline.backup.cache import TreeCache
 from pipeline.backup.errors import CorruptRepository, NoRepository, WrongPassphrase
 from pipeline.backup.lock import Lock, take
 from pipeline.errors import BadInput
@@ -289,11 +290,35 @@ class Repository:
         for node, _ in self.tree_lines(manifest):
             yield node
 
-    def tree_lines(self, manifest: fmt.Manifest) -> Iterator[tuple[fmt.Node, bytes]]:
+    def tree_lines(self, manifest: fmt.Manifest, cache: TreeCache | None = None
+                   ) -> Iterator[tuple[fmt.Node, bytes]]:
         """Each entry with the line it was decoded from: the next backup writes an entry
-        that equals its parent's as that line, without encoding it again."""
-        for line in fmt.split_lines(self._tree_chunks(manifest.tree)):
-            yield fmt.Node.decode(line), line
+        that equals its parent's as that line, without encoding it again.  With ``cache``
+        (backup's), a chunk found there (and passing its MAC) is neither read nor decoded;
+        the others are read ahead as without it, then stored there."""
+        if cache is None:
+            for line in fmt.split_lines(self._tree_chunks(manifest.tree)):
+                yield fmt.Node.decode(line), line
+            return
+        ids = manifest.tree
+        misses = list(dict.fromkeys(cid for cid in ids if not cache.has(cid)))
+        read = zip(misses, self._tree_chunks(tuple(misses)), strict=True)
+        pending = set(misses)
+        for cid in ids:
+            if cid not in pending:
+                got = cache.get(cid)
+                if got is not None:
+                    yield from got
+                    continue
+                chunk = self._read_run([(cid, self.entry(cid))])[0]   # damaged, or gone
+            else:
+                pending.discard(cid)
+                cid, chunk = next(read)
+            entries = [(fmt.Node.decode(line), line) for line in fmt.split_lines((chunk,))]
+            cache.put(cid, chunk, (node for node, _ in entries))
+            yield from entries
+        if cache.written:
+            cache.clean()
 
     def _tree_chunks(self, ids: tuple[bytes, ...]) -> Iterator[bytes]:
         """The tree chunks in order, in runs of chunks lying back to back in one pack (as

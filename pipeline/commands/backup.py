@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import credentials, progress
 from pipeline.backup import archive, crypto, offline, schedule, ui
+from pipeline.backup import cache as tree_cache
 from pipeline.backup.backend import Backend, DirBackend, StorageBackend
 from pipeline.backup.errors import NoRepository
 from pipeline.backup.repo import Repository, exists, hostname
@@ -87,6 +88,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     n = p.add_argument_group("online backup (after the seed is imported)")
     n.add_argument("--to", metavar="STORAGE",
                    help="storage account: a directory, or an Azure connection string / URL")
+    n.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the local cache of the parent's tree "
+                   "($XDG_CACHE_HOME/pipeline/backup, default ~/.cache/pipeline/backup)")
     p.add_argument("--container", metavar="C", help="container of the repository (online: "
                    "default the one recorded by the offline backup of --source)")
     p.add_argument("--level", type=int, default=1, metavar="N", help="zstd level (default 1)")
@@ -454,7 +458,9 @@ def _online(args: argparse.Namespace) -> Outcome | Callable[[], Awaitable[Outcom
             raise NoRepository(_missing_seed(backend, recorded, (
                 f"{missing} of {total} packs" if missing else "the seed's snapshot")))
         parent = archive.find_parent(repo, str(source), hostname(), refs)
-        begun = archive.begin(repo, source, stats, _warner(renderer), parent)
+        cache = None if getattr(args, "no_cache", False) else tree_cache.for_repository(
+            repo.config.repo_id, repo.crypto.keys.id_key)
+        begun = archive.begin(repo, source, stats, _warner(renderer), parent, cache=cache)
         result = archive.finish_inline(repo, begun) if begun.done else None
     except BaseException as exc:     # as progress.with_progress: the exit event, no bar left
         first = worst(exc)

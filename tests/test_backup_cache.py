@@ -1,0 +1,229 @@
+"""Backup's local tree cache (``backup/cache.py``): a hit neither reads nor decodes the
+parent's tree and gives exactly what the repository does; a miss, a damaged or forged
+entry, or another repository's entry falls back to the repository (and is rewritten);
+a changed file's mode, owner or xattr is still seen when its parent came from the
+cache; files 0600 in 0700 directories under $XDG_CACHE_HOME; ``--no-cache`` leaves
+no trace."""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from pipeline import progress
+from pipeline.backup import archive, cache
+from pipeline.backup import encoding as fmt
+from pipeline.backup.backend import DirBackend, StorageBackend
+from pipeline.backup.repo import Repository, hostname
+from pipeline.storage import open_storage
+from tests.conftest import FAST_ARGON, ROOT
+from tests.test_backup_repo import CONTAINER, PASS, backup, describe, make_tree, restore
+
+
+def _seeded(tmp_path: Path, files: int = 400) -> tuple[Path, Repository, fmt.Manifest]:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    for i in range(files):                  # several tree chunks (~128 lines each)
+        (src / "docs" / f"f{i:04d}").write_bytes(b"x" * (i % 7))
+    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
+    result = trio.run(backup, repo, src, False)
+    assert len(result.manifest.tree) >= (3 if files >= 400 else 1)
+    return src, repo, result.manifest
+
+
+def _cache(tmp_path: Path, repo: Repository) -> cache.TreeCache:
+    tc = cache.for_repository(repo.config.repo_id, repo.crypto.keys.id_key,
+                              tmp_path / "cache")
+    assert tc is not None
+    return tc
+
+
+def _reads(repo: Repository) -> list[bytes]:
+    """The tree chunks read from the repository from now on (a spy on the real read)."""
+    seen: list[bytes] = []
+    read_run = repo._read_run
+
+    def spy(run: list[tuple[bytes, fmt.IndexEntry]]) -> list[bytes]:
+        seen.extend(cid for cid, _ in run)
+        return read_run(run)
+
+    repo._read_run = spy  # type: ignore[method-assign]
+    return seen
+
+
+def test_miss_then_hit_give_exactly_the_repositorys_entries(tmp_path: Path) -> None:
+    src, repo, manifest = _seeded(tmp_path)
+    want = list(repo.tree_lines(manifest))
+    tc = _cache(tmp_path, repo)
+    reads = _reads(repo)
+    assert list(repo.tree_lines(manifest, tc)) == want             # a miss: read, stored
+    assert sorted(reads) == sorted(set(manifest.tree)) and tc.written == len(set(manifest.tree))
+    assert sorted(os.listdir(tc.dir)) == sorted({c.hex() for c in manifest.tree})
+    reads.clear()
+    again = _cache(tmp_path, repo)
+    assert list(repo.tree_lines(manifest, again)) == want          # a hit: nothing read
+    assert reads == [] and again.written == 0
+    for path in [tc.dir, tc.dir.parent, tc.dir.parent.parent, tc.dir.parent.parent.parent]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for name in os.listdir(tc.dir):
+        assert stat.S_IMODE((tc.dir / name).stat().st_mode) == 0o600
+    assert (tc.dir.parent.parent / "CACHEDIR.TAG").read_bytes().startswith(
+        b"Signature: 8a477f597d28d172789f06886806bc55")
+
+
+def test_damaged_or_forged_entries_are_ignored_and_rewritten(tmp_path: Path) -> None:
+    src, repo, manifest = _seeded(tmp_path)
+    want = list(repo.tree_lines(manifest))
+    tc = _cache(tmp_path, repo)
+    list(repo.tree_lines(manifest, tc))
+    first, second, third = manifest.tree[:3]
+    # a flipped bit in the payload
+    path = tc.dir / first.hex()
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 1
+    path.write_bytes(bytes(data))
+    # a forged entry: valid marshal, a changed mode, its MAC made with another key
+    forger = cache.TreeCache(tmp_path / "cache", repo.config.repo_id, b"k" * 32)
+    chunk, rows = marshal.loads((tc.dir / second.hex()).read_bytes()[8 + 32:])
+    rows[0] = (rows[0][0], rows[0][1], 0o777, *rows[0][3:])
+    forged = marshal.dumps((chunk, rows), 4)
+    (tc.dir / second.hex()).write_bytes(cache.MAGIC + forger._mac(second, forged) + forged)
+    # another chunk's entry (valid MAC for that chunk) under this chunk's name
+    (tc.dir / third.hex()).write_bytes((tc.dir / manifest.tree[-1].hex()).read_bytes())
+    reads = _reads(repo)
+    again = _cache(tmp_path, repo)
+    assert list(repo.tree_lines(manifest, again)) == want
+    assert sorted(reads) == sorted({first, second, third}) and again.written == 3
+    reads.clear()
+    assert list(repo.tree_lines(manifest, _cache(tmp_path, repo))) == want and reads == []
+
+
+def test_another_repositorys_cache_is_not_used(tmp_path: Path) -> None:
+    """Entries are under each repository's id and MAC'd with its key: a second repository
+    (or one whose plaintext config claims the first's id) reads its own tree."""
+    _, repo, manifest = _seeded(tmp_path)
+    list(repo.tree_lines(manifest, _cache(tmp_path, repo)))
+    other_src = tmp_path / "other"
+    other_src.mkdir()
+    make_tree(other_src)
+    other = Repository.init(DirBackend(tmp_path / "repo2"), PASS, FAST_ARGON)
+    theirs = trio.run(backup, other, other_src, False).manifest
+    mine = _cache(tmp_path, repo)
+    impostor = cache.TreeCache(tmp_path / "cache", repo.config.repo_id,
+                               other.crypto.keys.id_key)
+    assert impostor.dir == mine.dir
+    for cid in theirs.tree:                    # the first repository's entries, renamed
+        (mine.dir / cid.hex()).write_bytes((mine.dir / manifest.tree[0].hex()).read_bytes())
+    reads = _reads(other)
+    assert list(other.tree_lines(theirs, impostor)) == list(other.tree_lines(theirs))
+    assert reads[:len(set(theirs.tree))] == list(dict.fromkeys(theirs.tree))
+    assert cache.for_repository("../../etc", b"k" * 32, tmp_path / "cache") is None
+
+
+def _begin(repo: Repository, src: Path, tc: cache.TreeCache | None) -> archive.Begun:
+    stats, warnings = progress.Stats(), []
+    parent = archive.find_parent(repo, str(src.resolve()), hostname())
+    begun = archive.begin(repo, src.resolve(), stats, warnings.append, parent, cache=tc)
+    assert warnings == []
+    return begun
+
+
+def test_changes_seen_against_a_cached_parent(tmp_path: Path) -> None:
+    """With the parent's entries from the cache, a chmod, a chown and a new xattr of a file
+    in an otherwise unchanged directory are each stored; nothing else changes."""
+    src, repo, manifest = _seeded(tmp_path)
+    tc = _cache(tmp_path, repo)
+    begun = _begin(repo, src, tc)             # fills the cache
+    assert begun.done and tuple(begun.tree.ids) == manifest.tree
+    reads = _reads(repo)
+    begun = _begin(repo, src, _cache(tmp_path, repo))
+    assert begun.done and tuple(begun.tree.ids) == manifest.tree and reads == []
+    a, b, c = src / "docs" / "f0100", src / "docs" / "f0200", src / "docs" / "f0300"
+    os.chmod(a, 0o601)
+    os.chown(b, 4321, 4322)
+    os.setxattr(c, "user.note", b"new")
+    begun = _begin(repo, src, _cache(tmp_path, repo))
+    assert reads == [] and begun.rest is None and not begun.done
+    result = trio.run(archive.run_backup, repo, src.resolve(), progress.Stats(), print,
+                      archive.BackupOptions(threads=2), None, begun)
+    assert result.chunks_new == 0 and set(result.manifest.tree) != set(manifest.tree)
+    nodes = {n.path: n for n in repo.tree(result.manifest)}
+    before = {n.path: n for n in repo.tree(manifest)}
+    assert nodes["docs/f0100"].mode == 0o601
+    assert (nodes["docs/f0200"].uid, nodes["docs/f0200"].gid) == (4321, 4322)
+    assert nodes["docs/f0300"].xattrs == [("user.note", b"new")]
+    changed = {p for p in nodes if nodes[p] != before[p]}
+    assert changed == {"docs/f0100", "docs/f0200", "docs/f0300"}
+    trio.run(restore, repo, result.snapshot.hex, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)
+
+
+def test_clean_drops_old_entries_then_the_oldest_beyond_the_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, repo, manifest = _seeded(tmp_path)
+    tc = _cache(tmp_path, repo)
+    list(repo.tree_lines(manifest, tc))
+    ids = list(dict.fromkeys(manifest.tree))
+    now = time.time()
+    os.utime(tc.dir / ids[0].hex(), (now, now - cache.MAX_AGE_S - 10))
+    for i, cid in enumerate(ids[1:]):
+        os.utime(tc.dir / cid.hex(), (now, now - 100 + i))
+    (tc.dir / "x.1.ab.tmp").write_bytes(b"")
+    os.utime(tc.dir / "x.1.ab.tmp", (now, now - 7200))
+    sizes = {cid: (tc.dir / cid.hex()).stat().st_size for cid in ids}
+    monkeypatch.setattr(cache, "MAX_BYTES", sum(sizes[c] for c in ids[2:]))
+    assert tc.clean(now) == 3          # the old one, the oldest of the rest, the tmp file
+    assert sorted(os.listdir(tc.dir)) == sorted(c.hex() for c in ids[2:])
+
+
+def test_cache_root_follows_xdg_cache_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "/x/cache")
+    assert cache.cache_root() == Path("/x/cache/pipeline/backup")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")           # the spec: ignored
+    assert cache.cache_root() == Path.home() / ".cache" / "pipeline" / "backup"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache.cache_root() == Path.home() / ".cache" / "pipeline" / "backup"
+
+
+def test_cli_uses_the_cache_unless_no_cache(tmp_path: Path) -> None:
+    src, repo, manifest = _seeded(tmp_path, files=10)
+    account = tmp_path / "account"
+    account.mkdir()
+    storage = open_storage(str(account))
+    storage.ensure_container(CONTAINER)
+    backend = StorageBackend(storage, CONTAINER)
+    for p in sorted((tmp_path / "repo").rglob("*")):
+        if p.is_file():
+            backend.put(p.relative_to(tmp_path / "repo").as_posix(), p.read_bytes())
+    (tmp_path / "pass").write_bytes(PASS + b"\n")
+    home = tmp_path / "xdg"
+    trees = home / "pipeline" / "backup" / repo.config.repo_id / "trees"
+
+    def run(*extra: str) -> dict[str, object]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline", "backup", "--source", str(src), "--to",
+             str(account), "--container", CONTAINER, "--passphrase-file",
+             str(tmp_path / "pass"), "--json", *extra], capture_output=True, text=True,
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(home),
+                           "PIPELINE_CONFIG_DIR": str(tmp_path / "config")}, timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        return next(x for x in map(json.loads, proc.stdout.splitlines())
+                    if x.get("type") == "summary")
+
+    assert run("--no-cache")["chunks_new"] == 0 and not home.exists()
+    assert run()["chunks_new"] == 0
+    assert sorted(os.listdir(trees)) == sorted({c.hex() for c in manifest.tree})
+    for p in trees.iterdir():
+        p.write_bytes(b"garbage")                               # damaged: ignored
+    assert run()["chunks_new"] == 0
+    assert all(p.read_bytes().startswith(cache.MAGIC) for p in trees.iterdir())
