@@ -9,8 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import trio
+
+from pipeline.cluster import site_remote
 from pipeline.errors import EXIT_REFUSED
 from pipeline.jobs.client import ServiceClient
+from pipeline.receive import service_import
+from pipeline.storage.local import LocalStorage
 
 from . import jobservice
 from .conftest import run_cli
@@ -31,7 +36,8 @@ def test_each_session_s_job_imports_its_own_session(tmp_path: Path) -> None:
         run_cli("service", "subscription", "add", "site", "--data", str(data), "--out",
                 str(settings), check_code=0)
         customer = ["--publish-settings", str(settings), "--service", svc.url]
-        for job, session in (("job-one", "ses1"), ("job-two", "ses2")):
+        for job, session in (("job-one", "ses1"), ("job-two", "ses2"),
+                             ("job-two-cluster", "ses2")):
             out = run_cli("jobs", "create", "--job", job, "--journal-dir", str(tmp_path / "j"),
                           "--session-id", session, *RETURN, *customer, check_code=0).stdout
             assert f"job {job} created: Creating, 1 drive(s)" in out
@@ -53,6 +59,7 @@ def test_each_session_s_job_imports_its_own_session(tmp_path: Path) -> None:
         for job in ("job-none", "job-hash"):
             run_cli("jobs", "ship", "--job", job, "--carrier", "DHL", "--tracking", "T-2",
                     *customer, check_code=0)
+        (tmp_path / "acct5").mkdir()
         token = tmp_path / "site.token"
         token.write_text(svc.site_token() + "\n")
         site = ["--service", svc.url, "--site-token-file", str(token)]
@@ -61,7 +68,21 @@ def test_each_session_s_job_imports_its_own_session(tmp_path: Path) -> None:
         check_account(tmp_path / "acct1", "cont1", "v1", one)
         import_session(tmp_path, "ses2", tmp_path / "acct2", *site, "--job", "job-two")
         check_account(tmp_path / "acct2", "cont2", "v2", two)
-        for job in ("job-one", "job-two"):
+        # The cluster's site task (what a worker runs for `import --cluster --service`)
+        # picks the session from the job the same way.
+        (uuid,) = {e["driveId"] for e in (entry, two_entry)}
+        site_client = ServiceClient.from_site_token_file(svc.url, str(token))
+        # the client's step before the tasks (cluster.receive): the drives Transferring
+        service_import.JobImport.connect(site_client, "job-two-cluster").start([uuid])
+        got = trio.run(site_remote._import_job, site_client, ("job-two-cluster", None, None),
+                       [uuid],
+            {uuid: str(tmp_path / "d1.img")}, lambda: LocalStorage(tmp_path / "acct5"),
+            lambda _: None)
+        assert got["code"] == 0, got
+        (drive,) = got["drives"]
+        assert (drive["session_id"], drive["source"]) == ("ses2", "index")
+        check_account(tmp_path / "acct5", "cont2", "v2", two)
+        for job in ("job-one", "job-two", "job-two-cluster"):
             shown = json.loads(run_cli("jobs", "show", "--job", job, "--json", *customer,
                                        check_code=0).stdout)
             (d,) = shown["properties"]["driveList"]
