@@ -13,31 +13,44 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import progress
 from pipeline.backup import archive, cache
 from pipeline.backup import encoding as fmt
 from pipeline.backup.backend import DirBackend, StorageBackend
 from pipeline.backup.repo import Repository, hostname
+from pipeline.backup.stages.tree import Tree
 from pipeline.storage import open_storage
 from tests.conftest import FAST_ARGON, ROOT
 from tests.test_backup_repo import CONTAINER, PASS, backup, describe, make_tree, restore
 
+_REPO = Repository.init(DirBackend(Path(tempfile.mkdtemp()) / "repo"), PASS, FAST_ARGON,
+                        lock=None)   # for the tree stage's chunk ids and claims
 
-def _seeded(tmp_path: Path, files: int = 400) -> tuple[Path, Repository, fmt.Manifest]:
+
+@pytest.fixture(autouse=True)
+def _line_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tree chunk per line (in this process): several chunks whatever the line hashes."""
+    monkeypatch.setattr(fmt, "TREE_CUT_MASK", 0)
+
+
+def _seeded(tmp_path: Path, files: int = 40) -> tuple[Path, Repository, fmt.Manifest]:
     src = tmp_path / "src"
     src.mkdir()
     make_tree(src)
-    for i in range(files):                  # several tree chunks (~128 lines each)
+    for i in range(files):
         (src / "docs" / f"f{i:04d}").write_bytes(b"x" * (i % 7))
     repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
     result = trio.run(backup, repo, src, False)
-    assert len(result.manifest.tree) >= (3 if files >= 400 else 1)
+    assert len(result.manifest.tree) == len(set(result.manifest.tree)) == files + 12
     return src, repo, result.manifest
 
 
@@ -148,7 +161,7 @@ def test_changes_seen_against_a_cached_parent(tmp_path: Path) -> None:
     reads = _reads(repo)
     begun = _begin(repo, src, _cache(tmp_path, repo))
     assert begun.done and tuple(begun.tree.ids) == manifest.tree and reads == []
-    a, b, c = src / "docs" / "f0100", src / "docs" / "f0200", src / "docs" / "f0300"
+    a, b, c = src / "docs" / "f0010", src / "docs" / "f0020", src / "docs" / "f0030"
     os.chmod(a, 0o601)
     os.chown(b, 4321, 4322)
     os.setxattr(c, "user.note", b"new")
@@ -159,11 +172,11 @@ def test_changes_seen_against_a_cached_parent(tmp_path: Path) -> None:
     assert result.chunks_new == 0 and set(result.manifest.tree) != set(manifest.tree)
     nodes = {n.path: n for n in repo.tree(result.manifest)}
     before = {n.path: n for n in repo.tree(manifest)}
-    assert nodes["docs/f0100"].mode == 0o601
-    assert (nodes["docs/f0200"].uid, nodes["docs/f0200"].gid) == (4321, 4322)
-    assert nodes["docs/f0300"].xattrs == [("user.note", b"new")]
+    assert nodes["docs/f0010"].mode == 0o601
+    assert (nodes["docs/f0020"].uid, nodes["docs/f0020"].gid) == (4321, 4322)
+    assert nodes["docs/f0030"].xattrs == [("user.note", b"new")]
     changed = {p for p in nodes if nodes[p] != before[p]}
-    assert changed == {"docs/f0100", "docs/f0200", "docs/f0300"}
+    assert changed == {"docs/f0010", "docs/f0020", "docs/f0030"}
     trio.run(restore, repo, result.snapshot.hex, tmp_path / "out")
     assert describe(tmp_path / "out") == describe(src)
 
@@ -196,7 +209,7 @@ def test_cache_root_follows_xdg_cache_home(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_cli_uses_the_cache_unless_no_cache(tmp_path: Path) -> None:
-    src, repo, manifest = _seeded(tmp_path, files=10)
+    src, repo, _ = _seeded(tmp_path, files=10)
     account = tmp_path / "account"
     account.mkdir()
     storage = open_storage(str(account))
@@ -222,8 +235,113 @@ def test_cli_uses_the_cache_unless_no_cache(tmp_path: Path) -> None:
 
     assert run("--no-cache")["chunks_new"] == 0 and not home.exists()
     assert run()["chunks_new"] == 0
-    assert sorted(os.listdir(trees)) == sorted({c.hex() for c in manifest.tree})
+    online = Repository.open(backend, PASS, "pass", lock=None)
+    newest = online.manifest(online.snapshots()[-1])       # cut as this process does not
+    assert sorted(os.listdir(trees)) == sorted({c.hex() for c in newest.tree})
     for p in trees.iterdir():
         p.write_bytes(b"garbage")                               # damaged: ignored
     assert run()["chunks_new"] == 0
     assert all(p.read_bytes().startswith(cache.MAGIC) for p in trees.iterdir())
+
+
+def test_a_backup_caches_the_tree_it_writes(tmp_path: Path) -> None:
+    """The tree a backup writes (the seed's, or an incremental's new chunks) is cached
+    as written, equal to what the repository decodes: the next backup reads none of it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    (src / os.fsdecode(b"not-utf8-\xff\xfe")).write_bytes(b"odd name")
+    os.setxattr(src / "empty", "user.k", b"v")
+    for i in range(300):
+        (src / f"g{i:03d}").write_bytes(b"y" * i)   # a chunk per line (_line_chunks)
+    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
+    tc = _cache(tmp_path, repo)
+    first = trio.run(archive.run_backup, repo, src.resolve(), progress.Stats(), print,
+                     archive.BackupOptions(threads=2), None, None, tc)
+    ids = first.manifest.tree
+    assert len(ids) >= 3 and tc.written == len(set(ids))
+    want = list(repo.tree_lines(first.manifest))
+    fresh = _cache(tmp_path, repo)
+    reads = _reads(repo)
+    assert list(repo.tree_lines(first.manifest, fresh)) == want and reads == []
+    (src / "g150").write_bytes(b"changed")
+    begun = _begin(repo, src, _cache(tmp_path, repo))
+    second = trio.run(archive.run_backup, repo, src.resolve(), progress.Stats(), print,
+                      archive.BackupOptions(threads=2), None, begun)
+    assert reads == [] and second.chunks_new == 1
+    cached = list(repo.tree_lines(second.manifest, _cache(tmp_path, repo)))
+    assert reads == [] and cached == list(repo.tree_lines(second.manifest))
+
+
+def test_unchanged_parent_chunks_are_kept_whole_without_hashing(tmp_path: Path) -> None:
+    """A no-change backup takes every parent chunk by its id (no chunk id computed); a
+    chmod re-cuts only around it, and the tree is the one the plain cutter gives."""
+    src, repo, manifest = _seeded(tmp_path)
+    _begin(repo, src, _cache(tmp_path, repo))
+    hashed: list[int] = []
+    chunk_id = repo.crypto.chunk_id
+
+    def spy(data: bytes | memoryview) -> bytes:
+        hashed.append(len(data))
+        return chunk_id(data)
+
+    repo.crypto.chunk_id = spy  # type: ignore[method-assign]
+    begun = _begin(repo, src, _cache(tmp_path, repo))
+    assert begun.done and tuple(begun.tree.ids) == manifest.tree and hashed == []
+    os.chmod(src / "docs" / "f0020", 0o604)
+    begun = _begin(repo, src, _cache(tmp_path, repo))
+    assert len(hashed) == 1 and not begun.done and begun.rest is None
+    result = trio.run(archive.run_backup, repo, src.resolve(), progress.Stats(), print,
+                      archive.BackupOptions(threads=2), None, begun)
+    plain = fmt.TreeCutter()
+    lines = [line for _, line in repo.tree_lines(result.manifest)]
+    cuts = [c for c in map(plain.add, lines) if c is not None] + [plain.finish()]
+    assert list(result.manifest.tree) == [chunk_id(c) for c in cuts if c is not None]
+    assert sum(a != b for a, b in zip(result.manifest.tree, manifest.tree, strict=True)) == 1
+
+
+_EDIT = st.sampled_from(["keep", "keep", "keep", "drop", "change", "insert"])
+
+
+@given(st.lists(_EDIT, min_size=1, max_size=200), st.integers(0, 3))
+@settings(max_examples=200, deadline=None)
+def test_tree_keeps_parent_chunks_exactly_where_the_plain_cutter_agrees(
+        edits: list[str], mask_bits: int) -> None:
+    """Whatever is kept, dropped, changed or inserted, the tree stage's chunks (parent
+    chunks kept whole among them) are exactly the plain cutter's over the same lines."""
+    mask = (1 << mask_bits) - 1
+    old = fmt.TREE_CUT_MASK
+    fmt.TREE_CUT_MASK = mask
+    try:
+        parent_lines = [b'{"path":"p%d"}\n' % i for i in range(len(edits))]
+        cutter, parent = fmt.TreeCutter(), []
+        for line in parent_lines:
+            if (c := cutter.add(line)) is not None:
+                parent.append(c)
+        if (c := cutter.finish()) is not None:
+            parent.append(c)
+        ids = [_REPO.crypto.chunk_id(c) for c in parent]
+        at = {line: (cid, i, len(c.splitlines()))
+              for cid, c in zip(ids, parent, strict=True)
+              for i, line in enumerate(c.splitlines(keepends=True))}
+        tree = Tree(_REPO, progress.Stats())
+        new: list[bytes] = []
+        cuts: list[object] = []
+        for line, edit in zip(parent_lines, edits, strict=True):
+            if edit == "drop":
+                continue
+            if edit in ("change", "insert"):
+                other = line[:-2] + b'x"}\n'
+                new.append(other)
+                cuts += tree.add(fmt.Node("dir", "x"), other)
+            if edit != "change":
+                new.append(line)
+                cuts += tree.add(fmt.Node("dir", "x"), line, at[line])
+        cuts += tree.finish()
+        for c in cuts:
+            tree.name(c)                                  # type: ignore[arg-type]
+        plain = fmt.TreeCutter()
+        want = [c for c in map(plain.add, new) if c is not None] + [plain.finish()]
+        assert tree.ids == [_REPO.crypto.chunk_id(c) for c in want if c is not None]
+    finally:
+        fmt.TREE_CUT_MASK = old

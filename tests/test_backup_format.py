@@ -280,10 +280,13 @@ def test_parent_tree_finds_exactly_the_parents_paths(paths: set[str],
     ordered = sorted(paths | {fmt.ROOT}, key=fmt.path_key)
     old = [p for p in ordered if rnd.random() < 0.7]
     new = [p for p in ordered if rnd.random() < 0.7]
-    tree = ParentTree(iter([(fmt.Node("dir", p), p.encode()) for p in old]))
+    at = {p: (b"c%d" % (i // 3), i % 3, 3) for i, p in enumerate(old)}
+    chunks = [[(fmt.Node("dir", p), p.encode(), at[p]) for p in old[i:i + 3]]
+              for i in range(0, len(old), 3)]                 # chunks of three lines
+    tree = ParentTree(iter(chunks))
     for p in new:
         found = tree.find(p)
         if p in old:
-            assert found is not None and found[0].path == p and found[1] == p.encode()
+            assert found == (fmt.Node("dir", p), p.encode(), at[p])
         else:
             assert found is None

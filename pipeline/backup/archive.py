@@ -160,8 +160,8 @@ def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
         stats.files_total, stats.bytes_total = manifest.files, manifest.bytes
     warnings = _Warnings(warn)
     warnings.threaded = threaded
-    walked = matched(source, repo.tree_lines(manifest, cache) if manifest else None, warnings.walk)
-    tree = Tree(repo, stats)
+    walked = matched(source, repo.tree_chunks(manifest, cache) if manifest else None, warnings.walk)
+    tree = Tree(repo, stats, cache)
     t0 = stats.timer()
     deadline = t0 + INLINE_S
     rest: Iterator[Walked] | None = None
@@ -173,12 +173,14 @@ def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
                 break
             stats.unchanged_bytes += node.size
             stats.files_done += 1
-        tree.keep(tree.add(node, item.line))
+        tree.keep(tree.add(node, item.line, item.at))
         if tree.new_bytes >= INLINE_NEW or stats.timer() >= deadline:
             rest = walked
             break
     else:
-        tree.keep(tree.cutter.finish())
+        tree.keep(tree.finish())
+        if cache is not None and cache.written:
+            cache.clean()
     stats.add_busy("walk", stats.timer() - t0)
     return Begun(source, parent, started, sent_before, tree, rest, warnings)
 

@@ -69,6 +69,7 @@ class TreeCache:
                              "sha256").digest()
         self._version = b"%d.%d" % sys.version_info[:2]   # marshal's format is Python's
         self.written = 0
+        self.known: set[bytes] = set()     # ids this run found valid here, or wrote
 
     def _mac(self, cid: bytes, payload: bytes) -> bytes:
         return hmac.new(self._key, self._version + cid + payload, "sha256").digest()
@@ -101,6 +102,7 @@ class TreeCache:
         except (ValueError, TypeError, EOFError):
             self._drop(path)
             return None
+        self.known.add(cid)
         if time.time() - st.st_mtime > TOUCH_S:
             with contextlib.suppress(OSError):
                 os.utime(path)
@@ -125,6 +127,7 @@ class TreeCache:
                     os.unlink(tmp)
                 raise
             self.written += 1
+            self.known.add(cid)
         except OSError:
             return
 

@@ -522,6 +522,15 @@ TREE_CUT_MASK = 127             # cut after a line whose xxh64 has these bits 0:
 TREE_MAX = 1 << 20              # and before a chunk would pass 1 MiB
 
 
+def cuts_after(line: bytes) -> bool:
+    """The cut rule: a chunk ends after this line (or before passing TREE_MAX)."""
+    return xxhash.xxh64_intdigest(line) & TREE_CUT_MASK == 0
+
+
+LineAt = tuple[bytes, int, int]
+"""A tree line's place: (its chunk's id, its index in that chunk, the chunk's lines)."""
+
+
 class TreeCutter:
     """Cuts a stream of tree lines into chunks at content-defined line boundaries, so
     an unchanged stretch of the tree yields the same chunks (and dedups) next time."""
@@ -538,6 +547,11 @@ class TreeCutter:
         if out is None and xxhash.xxh64_intdigest(line) & TREE_CUT_MASK == 0:
             out, self._buf = bytes(self._buf), bytearray()
         return out
+
+    @property
+    def empty(self) -> bool:
+        """No line since the last cut: the next line starts a chunk."""
+        return not self._buf
 
     def finish(self) -> bytes | None:
         out, self._buf = (bytes(self._buf) or None), bytearray()

@@ -293,14 +293,32 @@ class Repository:
     def tree_lines(self, manifest: fmt.Manifest, cache: TreeCache | None = None
                    ) -> Iterator[tuple[fmt.Node, bytes]]:
         """Each entry with the line it was decoded from: the next backup writes an entry
-        that equals its parent's as that line, without encoding it again.  With ``cache``
-        (backup's), a chunk found there (and passing its MAC) is neither read nor decoded;
-        the others are read ahead as without it, then stored there."""
+        that equals its parent's as that line, without encoding it again."""
         if cache is None:
             for line in fmt.split_lines(self._tree_chunks(manifest.tree)):
                 yield fmt.Node.decode(line), line
             return
+        for entries in self.tree_chunks(manifest, cache):
+            for node, line, _ in entries:
+                yield node, line
+
+    def tree_chunks(self, manifest: fmt.Manifest, cache: TreeCache | None
+                    ) -> Iterator[list[tuple[fmt.Node, bytes, fmt.LineAt]]]:
+        """Each tree chunk's entries with their lines and places (``fmt.LineAt``: the tree
+        stage takes a chunk whose every line is kept as it was, in order, by its id).
+        With ``cache`` (backup's), a chunk found there (and passing its MAC) is neither
+        read nor decoded; the others are read ahead as without it, then stored there."""
+        for cid, pairs in self._tree_pairs(manifest, cache):
+            n = len(pairs)
+            yield [(node, line, (cid, i, n)) for i, (node, line) in enumerate(pairs)]
+
+    def _tree_pairs(self, manifest: fmt.Manifest, cache: TreeCache | None
+                    ) -> Iterator[tuple[bytes, list[tuple[fmt.Node, bytes]]]]:
         ids = manifest.tree
+        if cache is None:
+            for cid, chunk in zip(ids, self._tree_chunks(ids), strict=True):
+                yield cid, [(fmt.Node.decode(line), line) for line in fmt.split_lines((chunk,))]
+            return
         misses = list(dict.fromkeys(cid for cid in ids if not cache.has(cid)))
         read = zip(misses, self._tree_chunks(tuple(misses)), strict=True)
         pending = set(misses)
@@ -308,7 +326,7 @@ class Repository:
             if cid not in pending:
                 got = cache.get(cid)
                 if got is not None:
-                    yield from got
+                    yield cid, got
                     continue
                 chunk = self._read_run([(cid, self.entry(cid))])[0]   # damaged, or gone
             else:
@@ -316,9 +334,7 @@ class Repository:
                 cid, chunk = next(read)
             entries = [(fmt.Node.decode(line), line) for line in fmt.split_lines((chunk,))]
             cache.put(cid, chunk, (node for node, _ in entries))
-            yield from entries
-        if cache.written:
-            cache.clean()
+            yield cid, entries
 
     def _tree_chunks(self, ids: tuple[bytes, ...]) -> Iterator[bytes]:
         """The tree chunks in order, in runs of chunks lying back to back in one pack (as

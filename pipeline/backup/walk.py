@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import grp
+import itertools
 import os
 import pwd
 import stat
@@ -177,19 +178,23 @@ def _names(path: bytes, rel: str, warn: Warn) -> list[bytes]:
         return []
 
 
+Entry = tuple[fmt.Node, bytes, fmt.LineAt]
+"""A parent's tree entry: the node, its line, where the line lies (``repo.tree_chunks``)."""
+
+
 class ParentTree:
     """The previous snapshot's entries (each with its tree line), looked up in walk order
     in one forward pass."""
 
-    def __init__(self, entries: Iterator[tuple[fmt.Node, bytes]] | None) -> None:
-        self._entries = entries
-        self._cur: tuple[fmt.Node, bytes] | None = None
+    def __init__(self, chunks: Iterator[list[Entry]] | None) -> None:
+        self._entries = None if chunks is None else itertools.chain.from_iterable(chunks)
+        self._cur: Entry | None = None
         self._advance()
 
     def _advance(self) -> None:
         self._cur = next(self._entries, None) if self._entries is not None else None
 
-    def find(self, path: str) -> tuple[fmt.Node, bytes] | None:
+    def find(self, path: str) -> Entry | None:
         """The parent's entry for ``path`` and its line, or None; the walk asks for each
         path once, in walk order, so an entry found is passed.  Where the trees agree (the
         parent's next entry is this path) no sort key is computed."""
@@ -225,7 +230,7 @@ def _meta_key(n: fmt.Node) -> tuple[object, ...]:
     return (n.mode, n.uid, n.gid, n.xattrs, n.links)
 
 
-def matched(source: Path, parent: Iterator[tuple[fmt.Node, bytes]] | None, warn: Warn
+def matched(source: Path, parent: Iterator[list[Entry]] | None, warn: Warn
             ) -> Iterator[Walked]:
     """Every entry of ``source`` in walk order, matched against ``parent`` (the parent
     snapshot's tree, read lazily as this is consumed): a file unchanged since then takes
@@ -237,7 +242,7 @@ def matched(source: Path, parent: Iterator[tuple[fmt.Node, bytes]] | None, warn:
     for node in walk(source, warn):
         reuse = False
         found = old.find(node.path)
-        same, line = found if found is not None else (None, None)
+        same, line, at = found if found is not None else (None, None, None)
         if node.type == "file":
             prev = same
             if node.links > 1 and not unchanged(node, prev):
@@ -247,7 +252,10 @@ def matched(source: Path, parent: Iterator[tuple[fmt.Node, bytes]] | None, warn:
                 node.content, reuse = prev.content, True
                 if node.links > 1:
                     linked.setdefault((node.dev, node.inode), node)
-        yield Walked(node, reuse, line if node == same else None)
+        if node == same:
+            yield Walked(node, reuse, line, at)
+        else:
+            yield Walked(node, reuse)
 
 
 

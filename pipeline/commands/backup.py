@@ -88,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     n = p.add_argument_group("online backup (after the seed is imported)")
     n.add_argument("--to", metavar="STORAGE",
                    help="storage account: a directory, or an Azure connection string / URL")
-    n.add_argument("--no-cache", action="store_true",
+    p.add_argument("--no-cache", action="store_true",
                    help="neither read nor write the local cache of the parent's tree "
                    "($XDG_CACHE_HOME/pipeline/backup, default ~/.cache/pipeline/backup)")
     p.add_argument("--container", metavar="C", help="container of the repository (online: "
@@ -296,7 +296,10 @@ async def _offline(args: argparse.Namespace) -> Outcome:
                 return repo
             return Repository.init(backend, secret.value, kdf)
         repo = await trio.to_thread.run_sync(open_repo)
-        return await archive.run_backup(repo, source, stats, _warner(renderer), opts)
+        cache = None if args.no_cache else tree_cache.for_repository(   # the online
+            repo.config.repo_id, repo.crypto.keys.id_key)             # backups' parent
+        return await archive.run_backup(repo, source, stats, _warner(renderer), opts,
+                                        cache=cache)
 
     result = await progress.with_progress(renderer, stats, go)
     backend.close()
@@ -458,7 +461,7 @@ def _online(args: argparse.Namespace) -> Outcome | Callable[[], Awaitable[Outcom
             raise NoRepository(_missing_seed(backend, recorded, (
                 f"{missing} of {total} packs" if missing else "the seed's snapshot")))
         parent = archive.find_parent(repo, str(source), hostname(), refs)
-        cache = None if getattr(args, "no_cache", False) else tree_cache.for_repository(
+        cache = None if args.no_cache else tree_cache.for_repository(
             repo.config.repo_id, repo.crypto.keys.id_key)
         begun = archive.begin(repo, source, stats, _warner(renderer), parent, cache=cache)
         result = archive.finish_inline(repo, begun) if begun.done else None

@@ -21,6 +21,7 @@ class Walked:
     node: fmt.Node
     reuse: bool
     line: bytes | None = None
+    at: fmt.LineAt | None = None    # with ``line``: where it lies in the parent's tree chunks
 
 
 @dataclass(frozen=True, slots=True)
