@@ -134,7 +134,8 @@ def _ours_round(tree: Path, work: Path, cache: str) -> dict[str, measure.Sample]
     staging, account = work / "staging", work / "account"
     staging.mkdir()
     account.mkdir()
-    env = {**_python_env(), "PIPELINE_CONFIG_DIR": str(work / "config")}
+    env = {**_python_env(), "PIPELINE_CONFIG_DIR": str(work / "config"),
+           "XDG_CACHE_HOME": str(work / "cache")}   # the tree cache, as restic's above
     common = ["--source", str(tree), "--passphrase-file", str(work / "pass"), "--json"]
     initial = _timed(_pipeline(
         "backup", "--offline", "--staging", str(staging), "--job-name", "bench", "--subscription",
