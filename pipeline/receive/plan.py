@@ -243,11 +243,15 @@ def check_names(plan: DrivePlan) -> None:
     """Every container and blob name valid before anything is written: the rules prep
     applied when it skipped the names it could not copy (``pipeline.names``)."""
     names.check_container_name(plan.container)
-    for fid, f in plan.files.items():
-        if fid in plan.rejected or f.attrs is not None:  # named in the copy log; the rest of
-            # the drive imports.  A dataset's file (attrs) was held to its rules by check_plan
-            continue
-        names.check_blob_name(f.blob)
-        if plan.superblock.blob_type is format.BlobType.PAGE and f.size % 512:
-            raise BadInput(f"{f.path}: {f.size} bytes cannot be a page blob (not a multiple "
+    if isinstance(plan.files, state.Files):  # one query, not a lookup a file
+        plain: Iterable[tuple[str, str, int]] = plan.files.plain_accepted()
+    else:
+        plain = ((f.path, f.blob, f.size) for fid, f in plan.files.items()
+                 if fid not in plan.rejected and f.attrs is None)
+    # A rejected file is named in the copy log; the rest of the drive imports.  A dataset's
+    # file (attrs) was held to its rules by check_plan.
+    for path, blob, size in plain:
+        names.check_blob_name(blob)
+        if plan.superblock.blob_type is format.BlobType.PAGE and size % 512:
+            raise BadInput(f"{path}: {size} bytes cannot be a page blob (not a multiple "
                            "of 512)")

@@ -168,6 +168,14 @@ class Files(Mapping[int, format.FileEntry]):
         for f in self.values():
             yield f.file_id, f
 
+    def plain_accepted(self) -> Iterator[tuple[str, str, int]]:
+        """(path, blob, size) of each file neither rejected nor a dataset's (no attrs): one
+        query, no record made (``check_names``)."""
+        for path, blob, size in self._pdb.rows(
+                "SELECT path, blob, size FROM files WHERE superseded=? AND attrs IS NULL AND "
+                "file_id NOT IN (SELECT file_id FROM rejected) ORDER BY n", (self._flag,)):
+            yield path, blob, u64(size)
+
 
 class Rejected(MutableMapping[int, tuple[str, str]]):
     """File id -> (status, why) of the files listed that must not be imported."""
