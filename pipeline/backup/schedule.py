@@ -21,15 +21,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import atomic
 from pipeline.errors import BadInput, Caution
+
+if TYPE_CHECKING:
+    import subprocess
 
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 PREFIX = "pipeline-backup-"
@@ -101,6 +104,8 @@ def next_run(every: str) -> str | None:
 
 
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    import subprocess  # here: every backup imports this module (its parser), few run tools
+
     try:
         return subprocess.run(list(argv), capture_output=True, text=True, errors="replace",
                               timeout=TOOL_TIMEOUT, env={**os.environ, "SYSTEMD_PAGER": "",
