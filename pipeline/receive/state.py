@@ -75,7 +75,7 @@ class PlanDB:
         sql = ("INSERT OR REPLACE INTO files (file_id, path, blob, size, mtime_ns, mode, attrs) "
                "VALUES (?, ?, ?, ?, ?, ?, ?)")
         for f in files:
-            batch.append((i64(f.file_id), f.path, f.blob, i64(f.size), i64(f.mtime_ns),
+            batch.append((i64(f.file_id), f.path, f.blob, i64(f.size), f.mtime_ns,
                           f.mode, None if f.attrs is None else pickle.dumps(f.attrs)))
             if len(batch) >= BATCH:
                 self.db.executemany(sql, batch)
@@ -121,7 +121,7 @@ _FILE_COLS = "file_id, path, blob, size, mtime_ns, mode, attrs"
 
 def entry(row: tuple[Any, ...]) -> format.FileEntry:
     fid, path, blob, size, mtime_ns, mode, attrs = row
-    return format.FileEntry(u64(fid), path, blob, u64(size), u64(mtime_ns), mode,
+    return format.FileEntry(u64(fid), path, blob, u64(size), mtime_ns, mode,  # signed
                             None if attrs is None else pickle.loads(attrs))
 
 
