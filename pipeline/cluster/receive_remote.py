@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from pipeline import credentials, errors, journal, progress
+from pipeline import errors, journal, progress
 from pipeline.cluster import events, target
 from pipeline.cluster.events import Publish, counters, describe, drive_set, failure, publisher, tick
 from pipeline.drive import format
@@ -81,16 +81,7 @@ async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[s
 
     def unlocked() -> Iterator[tuple[driveread.UnlockedDrive, journal.Journal]]:
         for j in journals:
-            key = credentials.Secret(j.recovery_password.encode(), "recovery password")
-            od = driveread.unlock_drive(paths[j.drive.uuid], key.value, key.kind,
-                                        expected_uuid=j.drive.uuid,
-                                        recorded=driveread.recorded_superblock(j))
-            try:  # an index that lies (checksums valid) refuses the drive, as import does
-                driveread.check_index(od, j.drive.index_sha256)
-            except BaseException:
-                od.close()
-                raise
-            yield od, j
+            yield driveread.unlock_with_journal(paths[j.drive.uuid], j), j
 
     try:
         return await import_unlocked(unlocked(), open_store, publish)

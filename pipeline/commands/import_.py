@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from pipeline import credentials, journal, progress
+from pipeline import journal, progress
 from pipeline.commands import _options
 from pipeline.drive import format
 from pipeline.errors import (
@@ -151,26 +151,13 @@ async def run(args: argparse.Namespace) -> Outcome:
         for path in args.drive:  # every drive unlocked and checked before anything is written
             jrn = (driveread.journal_of(journals, path, _NO_JOURNAL, session_id) if journals
                    else None)
-            if jrn is not None:
-                key = credentials.Secret(jrn.recovery_password.encode(), "recovery password")
-            elif job is not None:
-                key = job.key_for(path)
-            else:
-                assert secret is not None
-                key = secret
             if jrn is not None:  # the journal's key and records: damage is named, not fatal
-                od = driveread.unlock_drive(path, key.value, key.kind,
-                                          expected_uuid=jrn.drive.uuid,
-                                          recorded=driveread.recorded_superblock(jrn))
+                od = driveread.unlock_with_journal(path, jrn)
             else:
+                key = job.key_for(path) if job is not None else secret
+                assert key is not None
                 od = driveread.unlock_drive(path, key.value, key.kind, session_id=session_id,
                                             manifest=job.manifest_for(path) if job else None)
-            if jrn is not None:  # an index that lies (checksums valid) refuses the drive
-                try:
-                    driveread.check_index(od, jrn.drive.index_sha256)
-                except BaseException:
-                    od.close()
-                    raise
             for warning in od.volume.warnings:  # a damaged header copy, read past
                 print(f"pipeline import: warning: {path}: {warning}", file=sys.stderr)
             opened.append((od, importer.plan_drive(od, jrn)))

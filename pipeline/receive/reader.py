@@ -165,6 +165,19 @@ def recorded_superblock(jrn: journal.Journal) -> format.Superblock:
                              format.BlobType(session.blob_type), 0, info.data_area_size)
 
 
+def unlock_with_journal(path: str, jrn: journal.Journal) -> UnlockedDrive:
+    """Unlock ``path`` with its journal's recovery password and records (damage is named,
+    not fatal), then refuse it if its closing index lies (``check_index``)."""
+    od = unlock_drive(path, jrn.recovery_password.encode(), "recovery password",
+                      expected_uuid=jrn.drive.uuid, recorded=recorded_superblock(jrn))
+    try:
+        check_index(od, jrn.drive.index_sha256)
+    except BaseException:
+        od.close()
+        raise
+    return od
+
+
 def read_index(od: UnlockedDrive) -> tuple[format.Trailer, format.Segment]:
     """The closing index, via the trailer; CorruptRecord if either is missing or damaged.
     A later session's index must list only extents of its own span.

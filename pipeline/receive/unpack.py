@@ -130,14 +130,7 @@ def open_drives(paths: Sequence[str], secret: credentials.Secret | None,
             jrn = (driveread.journal_of(journals, path, _NO_JOURNAL, session_id) if journals
                    else None)
             if jrn is not None:
-                od = driveread.unlock_drive(path, jrn.recovery_password.encode(),
-                                            "recovery password", expected_uuid=jrn.drive.uuid,
-                                            recorded=driveread.recorded_superblock(jrn))
-                try:  # an index that lies (checksums valid) refuses the drive, as import does
-                    driveread.check_index(od, jrn.drive.index_sha256)
-                except BaseException:
-                    od.close()
-                    raise
+                od = driveread.unlock_with_journal(path, jrn)
             else:
                 key = _job_key(path, keys) if keys is not None else secret
                 assert key is not None
