@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,9 +81,9 @@ def commit_files(store: Storage, container: str, btype: format.BlobType,
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS todo (file_id INTEGER PRIMARY KEY, n INTEGER NOT NULL,
                                  blob TEXT, note TEXT, stored INTEGER NOT NULL DEFAULT 0,
-                                 zero TEXT);
+                                 zero BLOB);
 CREATE INDEX IF NOT EXISTS todo_n ON todo (n);
-CREATE TABLE IF NOT EXISTS done (file_id INTEGER PRIMARY KEY, cells TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS done (file_id INTEGER PRIMARY KEY, cells BLOB NOT NULL,
                                  bad TEXT, committed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS others (seq INTEGER NOT NULL, file_id INTEGER NOT NULL,
                                    blob TEXT NOT NULL, cells TEXT NOT NULL, zero TEXT NOT NULL);
@@ -101,12 +102,18 @@ SWEEP = 4096  # extents handed to extract between looks for files whose extents 
 ROUND = 4 * COMMIT_BATCH * COMMITTERS  # files decided, committed and logged at a time
 
 
+def _pack(cells: Iterable[int]) -> bytes:
+    """Cell offsets as the database holds them: u64s, packed (cheaper than JSON to
+    write at every sweep and read at every load)."""
+    return array("Q", sorted(cells)).tobytes()
+
+
 def _fd(row: tuple[Any, ...]) -> tuple[FileOnDrive, int]:
     """A FileOnDrive from ``_FD_COLS``, and its stored extents' count."""
     note, stored, zero, cells, bad, committed = row[7:]
     entry = state.entry(row[:7])
-    got = set(json.loads(cells)) if cells else set()
-    fd = FileOnDrive(entry, got, frozenset(json.loads(zero)) if zero else frozenset(),
+    got = set(array("Q", cells)) if cells else set()
+    fd = FileOnDrive(entry, got, frozenset(array("Q", zero)) if zero else frozenset(),
                      {int(k): (v[0], v[1]) for k, v in json.loads(bad).items()} if bad else {},
                      json.loads(note) if note else None, bool(committed),
                      False if got else None)  # a digest of parts gone: read the blob back
@@ -246,7 +253,7 @@ class OnDrive(Mapping[int, FileOnDrive]):
                 if not fd.committed and not fd.bad and len(fd.cells | fd.zero) == \
                         format.grid_cells(fd.entry.size):
                     continue  # whole: an uploader is about to commit it
-            out.append((state.i64(fid), json.dumps(sorted(fd.cells)),
+            out.append((state.i64(fid), _pack(fd.cells),
                         json.dumps({k: list(v) for k, v in fd.bad.items()}) if fd.bad
                         else None, int(fd.committed)))
             del self._live[fid], self._stored[fid]
@@ -341,20 +348,20 @@ async def what_to_write(plan: Any, store: Storage, log: CopyLog, net: trio.Capac
     db.executemany("INSERT INTO todo (file_id, n) VALUES (?, ?)", batch)
     db.execute("UPDATE todo SET stored = (SELECT count(*) FROM extents e WHERE "
                "e.file_id = todo.file_id AND e.codec != ?)", (format.Codec.ZERO.value,))
-    zeros: list[tuple[str, int]] = []
+    zeros: list[tuple[bytes, int]] = []
     fid, cells = None, set()
     for efid, off, raw in plan.db.rows(
             "SELECT e.file_id, e.off, e.raw_len FROM extents e JOIN todo t ON "
             "t.file_id = e.file_id WHERE e.codec = ? ORDER BY e.file_id",
             (format.Codec.ZERO.value,)):
         if efid != fid and fid is not None:
-            zeros.append((json.dumps(sorted(cells)), fid))
+            zeros.append((_pack(cells), fid))
             cells = set()
         fid = efid
         off, raw = state.u64(off), state.u64(raw)
         cells.update(format.grid(off + raw, off))
     if fid is not None:
-        zeros.append((json.dumps(sorted(cells)), fid))
+        zeros.append((_pack(cells), fid))
     db.executemany("UPDATE todo SET zero=? WHERE file_id=?", zeros)
     return on_drive
 
