@@ -235,8 +235,8 @@ def test_tree_chunks_back_to_back_are_read_at_once(tmp_path: Path) -> None:
     round trip), not one per chunk; every chunk still opened and checked."""
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(600):                       # ~128 lines a tree chunk: several chunks
-        (src / f"f{i:04d}").write_bytes(b"")
+    for i in range(4000):  # ~128 lines a tree chunk (cut by the repository's random seed):
+        (src / f"f{i:04d}").write_bytes(b"")        # < 3 chunks of 4,000 lines is ~1e-11
     repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
     result = trio.run(archive.run_backup, repo, src.resolve(), progress.Stats(), print,
                       archive.BackupOptions(threads=1), None)   # one sealer: in order
@@ -251,7 +251,7 @@ def test_tree_chunks_back_to_back_are_read_at_once(tmp_path: Path) -> None:
 
     repo.backend.read = counted  # type: ignore[method-assign]
     nodes = list(repo.tree(manifest))
-    assert len(nodes) == 601 and [n.path for n in nodes[1:]] == [f"f{i:04d}" for i in range(600)]
+    assert len(nodes) == 4001 and [n.path for n in nodes[1:]] == [f"f{i:04d}" for i in range(4000)]
     entries = [repo.entry(c) for c in manifest.tree]
     assert reads == [(fmt.pack_name(entries[0].pack), entries[0].offset,
                       sum(e.length for e in entries))]
