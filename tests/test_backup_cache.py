@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -356,17 +357,24 @@ def test_concurrent_writers_and_a_reader_see_whole_entries(tmp_path: Path) -> No
         e for e in repo.tree_chunks(manifest, None) if e[0][2][0] == cid)]
     chunk = b"".join(line for _, line in want)
     seen: list[object] = []
+    done = threading.Event()       # the reader's end, not a clock: CI once ran all 400 reads
+                                   # before either writer's first put had landed
 
     def write() -> None:
         tc = _cache(tmp_path, repo)
-        for _ in range(200):
+        tc.put(cid, chunk, [node for node, _ in want])
+        while not done.is_set():
             tc.put(cid, chunk, [node for node, _ in want])
 
     def read() -> None:
         tc = _cache(tmp_path, repo)
-        for _ in range(400):
-            got = tc.get(cid)
-            seen.append("miss" if got is None else got == want)
+        try:
+            while len(seen) < 400 or True not in seen:
+                got = tc.get(cid)
+                seen.append("miss" if got is None else got == want)
+                assert len(seen) < 1_000_000, "no read ever saw the writers' entries"
+        finally:
+            done.set()
 
     async def together() -> None:
         async with trio.open_nursery() as nursery:
