@@ -14,7 +14,9 @@ empty, '.' or '..' segment (a local directory would resolve them).  Container:
 3-63 lowercase letters, digits and single hyphens, starting and ending with a
 letter or digit, or ``$root``, Azure's root container (its blobs sit at the
 account's top level: no '/' in their names, ``root_blob_problem``; no virtual
-directory under it).
+directory under it).  One size rule lives here too, for the same reason: a page
+blob is a multiple of 512 bytes and at most 8 TiB (``page_blob_problem``), asked
+by prep (plain and dataset, local and cluster) and by import alike.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from pipeline.errors import BadInput
 
 __all__ = [
     "MAX_BLOB_NAME",
+    "MAX_PAGE_BLOB",
     "MAX_SEGMENTS",
     "MAX_SEGMENT_BYTES",
+    "PAGE_SIZE",
     "ROOT_CONTAINER",
     "InvalidName",
     "blob_for",
@@ -36,6 +40,7 @@ __all__ = [
     "check_dstdir",
     "check_vdir",
     "dir_problem",
+    "page_blob_problem",
     "root_blob_problem",
     "show",
     "vdir_of",
@@ -46,6 +51,8 @@ MAX_SEGMENTS = 254
 MAX_SEGMENT_BYTES = 255  # NAME_MAX: no staging name is longer; a local import needs it too
 MAX_DSTDIR_BYTES = 1024  # the superblock's string limit (format.MAX_SB_STRING_BYTES)
 ROOT_CONTAINER = "$root"  # Azure's root container; '$' is in no other container name
+PAGE_SIZE = 512  # Azure's page: a page blob's size is a multiple of it
+MAX_PAGE_BLOB = 8 << 40  # Azure's largest page blob: 8 TiB
 
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
 _BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
@@ -157,6 +164,20 @@ def check_blob_name(name: str) -> str:
     if why is not None:
         raise InvalidName("blob", name, why)
     return name
+
+
+# --------------------------------------------------------------------------- page blobs
+
+
+def page_blob_problem(size: int) -> str | None:
+    """Why a file of ``size`` bytes cannot be a page blob, or None.  prep refuses such a
+    file before anything is written; import refuses it on a drive that carries one."""
+    if size % PAGE_SIZE:
+        return f"{size} bytes is not a multiple of {PAGE_SIZE}, which page blobs require"
+    if size > MAX_PAGE_BLOB:
+        return (f"{size} bytes is more than {MAX_PAGE_BLOB} (8 TiB), the largest page blob "
+                "Azure holds")
+    return None
 
 
 # --------------------------------------------------------------------------- dstdir

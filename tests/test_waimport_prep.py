@@ -30,6 +30,13 @@ from .test_waimport import DHEADER, HEADER, MiB, import_, inputs, prep
      "dataset.csv:4: BasePath: '{s}/photos/sub/' lies in line 2's"),
     (lambda t, s: t + f"{s}/other/,photos/v1/sub/,BlockBlob,rename,None,None\n",
      "dataset.csv:4: DstBlobPathOrPrefix: /"),
+    # page blobs: names.page_blob_problem on a file row and on a directory row's files
+    (lambda t, s: (Path(s, "disk.vhd").write_bytes(bytes(1000)), t)[1],
+     "dataset.csv:3: BlobType: '{s}/disk.vhd': 1000 bytes is not a multiple of 512, which "
+     "page blobs require; set BlobType to BlockBlob"),
+    (lambda t, s: t + f"{s}/other/,pages/,PageBlob,rename,None,None\n",
+     "dataset.csv:4: BlobType: {s}/other/b.txt: 5 bytes is not a multiple of 512, which page "
+     "blobs require; set BlobType to BlockBlob"),
 ])
 def test_bad_dataset_is_exit_2_and_nothing_written(tmp_path: Path, edit, expected: str) -> None:
     inputs(tmp_path)

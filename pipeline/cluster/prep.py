@@ -59,9 +59,9 @@ def _new_plan(args: argparse.Namespace, described: dict[str, dict[str, Any]]) ->
     vdir = names.vdir_of(dstdir)
     total = 0
     for src in scan.scan(srcdir, vdir=vdir):
-        if blob_type is format.BlobType.PAGE and src.size % 512:
-            raise BadInput(f"{srcdir}/{src.path}: {src.size} bytes is not a multiple of 512, "
-                           "which page blobs require; pad the file or use --blob-type block")
+        page_why = names.page_blob_problem(src.size) if blob_type is format.BlobType.PAGE else None
+        if page_why is not None:
+            raise BadInput(f"{srcdir}/{src.path}: {page_why}; use --blob-type block")
         total += src.size
     order = sorted(described)
     caps = []

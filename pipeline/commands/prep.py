@@ -216,12 +216,12 @@ def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepCo
 
 
 def _prescan(cfg: PrepConfig, stats: progress.Stats) -> None:
-    """Page blobs: check the 512-byte rule on every file before anything is written
+    """Page blobs: check ``names.page_blob_problem`` on every file before anything is written
     (files whose names are skipped are not checked: the feeder reports them)."""
     for src in scan.scan(cfg.srcdir, vdir=names.vdir_of(cfg.dstdir)):
-        if src.size % 512:
-            raise BadInput(f"{cfg.srcdir / src.path}: {src.size} bytes is not a multiple of 512, "
-                           "which page blobs require; pad the file or use --blob-type block")
+        page_why = names.page_blob_problem(src.size)
+        if page_why is not None:
+            raise BadInput(f"{cfg.srcdir / src.path}: {page_why}; use --blob-type block")
         stats.files_total += 1
         stats.bytes_total += src.size
 

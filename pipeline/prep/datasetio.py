@@ -3,9 +3,9 @@
 ``dataset`` parses (pure); this reads the CSV and the metadata and properties files
 it names, and checks what only the file system can say, all before a drive is
 touched: every BasePath exists and is the kind its row says (a directory ends in
-``/``), no file is copied by two rows, no two rows write one blob, and page blobs
-are multiples of 512 bytes.  Each problem is a line naming the row and column
-(``DatasetProblems``, exit 2).
+``/``), no file is copied by two rows, no two rows write one blob, and every page
+blob's file has a page blob's size (``names.page_blob_problem``).  Each problem is a
+line naming the row and column (``DatasetProblems``, exit 2).
 
 A file's path on the drive is its absolute path without the leading ``/``
 (``/data/video/a.mp4`` -> ``data/video/a.mp4``): unique across rows, stable across
@@ -82,9 +82,10 @@ def _source(row: DatasetRow, where: str, notes: list[str]) -> Source:
     if not row.is_dir and not stat.S_ISREG(st.st_mode):
         problems.append(f"{at}: BasePath: {names.show(row.base_path)} is not a regular file; "
                         "end it with '/' for a directory")
-    if not row.is_dir and row.blob_type is BlobType.PAGE and st.st_size % 512:
-        problems.append(f"{at}: BlobType: {names.show(row.base_path)} is {st.st_size} bytes, "
-                        "not a multiple of 512, which page blobs require")
+    page_why = names.page_blob_problem(st.st_size)
+    if not row.is_dir and row.blob_type is BlobType.PAGE and page_why is not None:
+        problems.append(f"{at}: BlobType: {names.show(row.base_path)}: {page_why}; "
+                        "set BlobType to BlockBlob")
     meta: tuple[tuple[str, str], ...] = ()
     props: tuple[tuple[str, str], ...] = ()
     try:
@@ -210,9 +211,10 @@ def _walk_problems(sources: list[Source], where: str) -> list[str]:
         if not (check or page):
             continue
         for f, blob, _ in walk([s]):
-            if page and f.size % 512:
-                problems.append(f"{where}:{s.line}: BlobType: /{f.path} is {f.size} bytes, not "
-                                "a multiple of 512, which page blobs require")
+            page_why = names.page_blob_problem(f.size) if page else None
+            if page_why is not None:
+                problems.append(f"{where}:{s.line}: BlobType: /{f.path}: {page_why}; "
+                                "set BlobType to BlockBlob")
             if check:
                 first = seen.setdefault(blob, s.line)
                 if first != s.line:

@@ -72,8 +72,8 @@ def attrs_problem(f: format.FileEntry, sb: format.Superblock) -> str | None:
     if f.size > MAX_BLOB_SIZE[btype]:
         return (f"size {f.size} exceeds the largest {btype.name.lower()} blob Azure holds "
                 f"({MAX_BLOB_SIZE[btype]} bytes)")
-    if btype is format.BlobType.PAGE and f.size % 512:
-        return f"{f.size} bytes cannot be a page blob (not a multiple of 512)"
+    if btype is format.BlobType.PAGE:
+        return names.page_blob_problem(f.size)
     return None
 
 

@@ -219,8 +219,9 @@ def _file_problem(f: format.FileEntry, sb: format.Superblock, vdir: str, page: b
     if f.size > storage_base.MAX_BLOB_SIZE[sb.blob_type]:
         return ("corrupt", f"size {f.size} exceeds the largest {sb.blob_type.name.lower()} "
                 f"blob Azure holds ({storage_base.MAX_BLOB_SIZE[sb.blob_type]} bytes)")
-    if page and f.size % 512:
-        return ("missing", f"{f.size} bytes cannot be a page blob (not a multiple of 512)")
+    page_why = names.page_blob_problem(f.size) if page else None
+    if page_why is not None:
+        return ("missing", page_why)
     return None
 
 
@@ -252,6 +253,7 @@ def check_names(plan: DrivePlan) -> None:
     # file (attrs) was held to its rules by check_plan.
     for path, blob, size in plain:
         names.check_blob_name(blob)
-        if plan.superblock.blob_type is format.BlobType.PAGE and size % 512:
-            raise BadInput(f"{path}: {size} bytes cannot be a page blob (not a multiple "
-                           "of 512)")
+        page_why = (names.page_blob_problem(size)
+                    if plan.superblock.blob_type is format.BlobType.PAGE else None)
+        if page_why is not None:
+            raise BadInput(f"{path}: {page_why}")
