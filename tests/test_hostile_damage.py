@@ -193,9 +193,10 @@ KEYSLOT = row((4, ANY), (4, NONE), (2, NONE), (2, ANY))
 # extent is where the journal says, and it checks; verify reports the drive (4) because
 # without its journal it could not vouch for itself.  From the drive alone the log scan
 # finds every segment, imports everything, and says it cannot vouch (8).  `drive info`
-# reads no further than the superblock, so only a cut (the image is shorter than the
-# superblock says) is its business.
-CLOSING = row((4, VICTIMS), (0, ALL), (8, ALL), (0, ANY))
+# decodes the closing index the trailer points at: a damaged index is damage (4); a
+# trailer that does not read looks like a drive never closed (0); a cut is damage (4).
+CLOSING = row((4, VICTIMS), (0, ALL), (8, ALL), (4, ANY))
+TRAILER = row((4, VICTIMS), (0, ALL), (8, ALL), (0, ANY))
 CLOSING_CUT = row((4, VICTIMS), (0, ALL), (8, ALL), (4, ANY))
 
 EXPECT: dict[tuple[str, str], Expect] = {
@@ -233,8 +234,8 @@ EXPECT: dict[tuple[str, str], Expect] = {
     ("index", "flip"): CLOSING,
     ("index", "zero"): CLOSING,
     ("index", "truncate"): CLOSING_CUT,
-    ("trailer", "flip"): CLOSING,
-    ("trailer", "zero"): CLOSING,
+    ("trailer", "flip"): TRAILER,
+    ("trailer", "zero"): TRAILER,
     ("trailer", "truncate"): CLOSING_CUT,
 }
 

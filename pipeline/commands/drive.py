@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -109,13 +110,39 @@ def _text_info(info: dict[str, Any]) -> str:
                       f"{s['dstdir']}, from offset {s['first_offset']}"
                       + ("" if s["closed"] else " (not closed)")
                       + (f"; its closing index is damaged: {s['index_problem']}"
-                         if s["index_problem"] else "") for s in found]
+                         if s["index_problem"] else "")
+                      + (f"; index {_text_index(s['index'])}" if s["index"] else "")
+                      for s in found]
+        elif "closed" in info:  # one session: the drive's own closing index
+            if info["index"]:
+                lines.append(f"index         {_text_index(info['index'])}")
+            elif info["index_problem"]:
+                lines.append(f"index         damaged: {info['index_problem']}")
+            else:
+                lines.append("index         none: the drive was not closed (no valid trailer)")
     elif "superblock_error" in info:
         lines.append(f"superblock    {info['superblock_error']}")
     else:
         lines.append("superblock    encrypted (give --recovery-password-file to read it)")
     lines += [f"warning       {w}" for w in info["warnings"]]
     return "\n".join(lines)
+
+
+def _text_index(index: dict[str, Any]) -> str:
+    return (f"{index['files']} files, {index['file_bytes']} bytes, sha256 {index['sha256']} "
+            f"(offset {index['offset']}, length {index['length']})")
+
+
+def _index(drive: drives.Drive, cipher: drives.DriveCipher, trailer: format.Trailer,
+           start: int) -> dict[str, Any]:
+    """The closing index ``trailer`` points at, decoded (CorruptRecord when it does not):
+    how many files it lists, their bytes (a file continuing on another drive counts
+    whole), and the sha256 of its bytes, which a job's ``manifestHash`` must equal."""
+    blob = cipher.read(drive, trailer.index_offset, trailer.index_length)
+    files = format.decode_index(blob, trailer, start).files
+    return {"offset": trailer.index_offset, "length": trailer.index_length,
+            "files": len(files), "file_bytes": sum(f.size for f in files),
+            "sha256": hashlib.sha256(blob).hexdigest()}
 
 
 def _sessions(drive: drives.Drive, cipher: drives.DriveCipher, sb: format.Superblock
@@ -125,10 +152,37 @@ def _sessions(drive: drives.Drive, cipher: drives.DriveCipher, sb: format.Superb
         spans = sessions.find(drive, cipher, sb)
     except IntegrityError as exc:
         return f"damaged: {exc}"
-    return [{"session_id": s.session_id, "drive_seq": s.superblock.drive_seq,
-             "dstdir": s.superblock.dstdir, "format_version": s.superblock.version,
-             "first_offset": s.first_offset, "closed": s.index is not None,
-             "index_problem": sessions.index_problem(drive, cipher, sb, s)} for s in spans]
+    out = []
+    for s in spans:
+        problem = sessions.index_problem(drive, cipher, sb, s)
+        index = None
+        if s.index is not None and not problem:  # read as its session's: now what it lists
+            offset, length, seq = s.index
+            trailer = format.Trailer(sb.drive_seq, sb.data_area_size, offset, length, seq + 1, 0)
+            index = _index(drive, cipher, trailer, s.data_offset)
+        out.append({"session_id": s.session_id, "drive_seq": s.superblock.drive_seq,
+                    "dstdir": s.superblock.dstdir, "format_version": s.superblock.version,
+                    "first_offset": s.first_offset, "closed": s.index is not None,
+                    "index_problem": problem, "index": index})
+    return out
+
+
+def _closing_index(drive: drives.Drive, cipher: drives.DriveCipher, sb: format.Superblock
+                   ) -> dict[str, Any]:
+    """A one-session drive's (version 1 or 2) closing index: ``closed`` (a valid trailer),
+    ``index`` (what it lists) or ``index_problem`` (why it does not decode: damage).  A
+    trailer that does not read is a drive prep never closed, or a damaged trailer: the
+    two look alike, and neither loses a file (the log is walked), so it is no error."""
+    try:
+        trailer = format.decode_trailer(
+            cipher.read(drive, format.trailer_offset(sb.data_area_size), format.SECTOR), sb)
+    except (IntegrityError, OSError):
+        return {"closed": False, "index_problem": "", "index": None}
+    try:
+        return {"closed": True, "index_problem": "",
+                "index": _index(drive, cipher, trailer, format.SECTOR)}
+    except (IntegrityError, OSError) as exc:
+        return {"closed": True, "index_problem": str(exc), "index": None}
 
 
 def run_info(args: argparse.Namespace) -> Outcome:
@@ -156,13 +210,15 @@ def run_info(args: argparse.Namespace) -> Outcome:
                     "data_area_size": sb.data_area_size,
                     "matches_header": sb.volume_uuid == volume.uuid,
                 }
-                if sb.version == format.SESSIONS_VERSION:  # several copy sessions
-                    info["superblock"]["first_version"] = sb.first_version
-                    info["sessions"] = _sessions(drive, cipher, sb)
                 present = cipher.data_area_size(drive.size)
                 if sb.data_area_size > present:
                     info["truncated"] = (f"the drive ends {max(present, 0)} bytes into its "
                                          f"{sb.data_area_size}-byte data area")
+                if sb.version == format.SESSIONS_VERSION:  # several copy sessions
+                    info["superblock"]["first_version"] = sb.first_version
+                    info["sessions"] = _sessions(drive, cipher, sb)
+                elif "truncated" not in info:  # a cut drive has no trailer left to read
+                    info.update(_closing_index(drive, cipher, sb))
             except IntegrityError as exc:  # a damaged superblock, or none left (a cut image)
                 info["superblock_error"] = f"damaged: {exc}"
     if args.json:
@@ -171,6 +227,8 @@ def run_info(args: argparse.Namespace) -> Outcome:
         print(_text_info(info))
     # What it found is printed either way; the exit code says the drive is damaged.
     problem = info.get("superblock_error") or info.get("truncated")  # at most one is found
+    if info.get("index_problem"):  # one session: its closing index does not decode
+        problem = f"the closing index is damaged: {info['index_problem']}"
     if isinstance(info.get("sessions"), str):  # the chain of sessions does not read
         problem = problem or f"sessions {info['sessions']}"
     elif info.get("sessions"):  # a session's closing index does not read as its own
