@@ -20,11 +20,15 @@ import contextlib
 import json
 import os
 import sqlite3
+import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
+from typing import IO
+
+import xxhash
 
 from pipeline import atomic
 from pipeline.drive import format
@@ -198,6 +202,46 @@ def _unlink_db(path: Path) -> None:
     """Remove an SQLite database and the WAL and index files beside it."""
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         p.unlink(missing_ok=True)
+
+
+def rotated_digest(blocks: Iterable[bytes]) -> bytes:
+    """xxh3-128 of a segment's bytes from ``HEADER_SIZE`` on, then of its first
+    ``HEADER_SIZE``: equal for two segments of one length exactly when their bytes are.
+    The header comes last because an encoder knows it last (``Journal.index_digest``)."""
+    h, head = xxhash.xxh3_128(), b""
+    for block in blocks:
+        if len(head) < format.HEADER_SIZE:
+            cut = format.HEADER_SIZE - len(head)
+            head, block = head + block[:cut], block[cut:]
+        h.update(block)
+    h.update(head)
+    return h.digest()
+
+
+class IndexFile:
+    """A closing INDEX segment spooled by ``Journal.index_file``: ``length`` bytes, read
+    back in order by ``blocks`` (each a multiple of SECTOR: ready to encrypt)."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, head: bytes, spool: IO[bytes], length: int) -> None:
+        self.head, self._spool, self.length = head, spool, length
+
+    def blocks(self) -> Iterator[bytes]:
+        self._spool.seek(0)
+        block = self.head + self._spool.read(self.BLOCK - len(self.head))
+        while block:
+            yield block
+            block = self._spool.read(self.BLOCK)
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def __enter__(self) -> IndexFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def journal_path(jdir: str | os.PathLike[str], session_id: str, seq: int) -> Path:
@@ -431,26 +475,61 @@ class Journal:
         for row in self._db.execute(sql + " ORDER BY file_id"):
             yield format.FileEntry(*row)
 
-    def index_segment(self, seq: int, offset: int) -> bytes:
-        """The drive's closing INDEX segment, streamed out of the journal.
+    def stream_index(self, seq: int, offset: int, out: Callable[[bytes], object]) -> bytes:
+        """Encode the drive's closing INDEX segment out of the journal, a window at a time.
 
-        The rows keep each record's encoding, so the index is their
-        concatenation (files by id, then extents in log order) fed through the
-        encoder a batch at a time: nothing is decoded or encoded again, and
-        memory stays O(batch).  The index's cross-record rules are checked
-        here in SQL instead of record by record.
+        ``out`` gets the segment's bytes after its header, in order, as the
+        encoder makes them (``format.IndexStream``); the header (``HEADER_SIZE``
+        bytes, which hold the stored length and digest) is returned at the end.
+        The rows keep each record's encoding, so the index is their concatenation
+        (files by id, then extents in log order): nothing is decoded or encoded
+        again, and memory stays O(window) however many files the drive holds.
+        The index's cross-record rules are checked here in SQL instead of record
+        by record.
         """
         with self._lock:  # no supersede() between counting the records and listing them
             self._check_index_rows(offset)
-            enc = format.IndexEncoder(seq, offset, self.index_records_len(),
-                                      self.drive.data_offset)
+            enc = format.IndexStream(seq, offset, self.index_records_len(),
+                                     self.drive.data_offset)
             for sql in ("SELECT rec FROM files WHERE superseded=0 ORDER BY file_id",
                         "SELECT e.rec FROM extents e JOIN files f ON f.file_id = e.file_id "
                         "WHERE f.superseded=0 ORDER BY e.location, e.file_id, e.offset"):
                 rows = self._db.execute(sql)
                 while batch := rows.fetchmany(4096):
-                    enc.add_encoded([r[0] for r in batch])
-            return enc.finish()
+                    piece = enc.add_encoded([r[0] for r in batch])
+                    if piece:
+                        out(piece)
+            head, tail = enc.end()
+            out(tail)
+            return head
+
+    def index_segment(self, seq: int, offset: int) -> bytes:
+        """The closing INDEX segment whole (tests, small drives); ``index_file`` and
+        ``index_digest`` do not hold it."""
+        pieces: list[bytes] = []
+        head = self.stream_index(seq, offset, pieces.append)
+        return b"".join((head, *pieces))
+
+    def index_file(self, seq: int, offset: int) -> IndexFile:
+        """The closing INDEX segment spooled to an unnamed 0600 file beside the journal
+        (its header is known only at the end, and the drive and its sha256 want it
+        first): ``IndexFile.blocks`` gives it out in order, a block at a time."""
+        spool = tempfile.TemporaryFile(dir=self.path.parent)  # noqa: SIM115 (IndexFile closes it)
+        try:
+            head = self.stream_index(seq, offset, spool.write)
+            size = spool.tell()
+        except BaseException:
+            spool.close()
+            raise
+        return IndexFile(head, spool, len(head) + size)
+
+    def index_digest(self, seq: int, offset: int) -> bytes:
+        """``rotated_digest`` of the closing INDEX segment, made as it is encoded (verify
+        compares it with the drive's without holding either)."""
+        h = xxhash.xxh3_128()
+        head = self.stream_index(seq, offset, h.update)
+        h.update(head)
+        return h.digest()
 
     def _check_index_rows(self, offset: int) -> None:
         """What ``format.IndexEncoder.add`` checks per record, over the rows: a caller bug

@@ -122,6 +122,7 @@ __all__ = [
     "encode_attrs",
     "encode_index",
     "IndexEncoder",
+    "IndexStream",
     "encode_record_list",
     "encode_records",
     "encode_segment",
@@ -1509,17 +1510,22 @@ def decode_session_segment(b: bytes | memoryview, offset: int, seq: int | None =
     return seg.header, seg.records[0]  # type: ignore[return-value]
 
 
-class IndexEncoder:
-    """The closing INDEX segment, encoded from records fed in batches.
+class IndexStream:
+    """The closing INDEX segment, encoded from records fed in batches and given out as it is made.
 
     ``encode_index`` needs every record in memory at once, which on a drive of
-    millions of small files is the largest allocation prep makes.  This keeps
-    only the compressed output and each file's size (for the checks), so a
-    writer can stream the index out of its journal.  Feed every FileEntry
-    first, then the Extents; ``records_len`` is their encoded size (the sum of
-    ``record_size``), known beforehand because the zstd frame declares it.
-    The checks are those of ``encode_segment`` for an INDEX: ValueError on a
-    caller bug.  The result decodes exactly as ``encode_index``'s would.
+    millions of small files is the largest allocation prep makes.  This holds
+    only zstd's window: each ``add``/``add_encoded`` returns the stored
+    (compressed) bytes it made, which follow the header on the drive; ``end``
+    returns the header (it holds the stored length and xxh3, known only then)
+    and the last stored bytes with the padding.  The segment is
+    ``head + every returned piece + tail``, byte for byte what one zstd stream
+    over the whole records blob makes (the split of the batches does not change
+    it).  Feed every FileEntry first, then the Extents; ``records_len`` is their
+    encoded size (the sum of ``record_size``), known beforehand because the zstd
+    frame declares it.  The checks are those of ``encode_segment`` for an INDEX:
+    ValueError on a caller bug.  An index of at most ``_KEEP_RAW`` bytes of records
+    is held whole until ``end``: it may not compress, and is then stored raw.
     """
 
     _KEEP_RAW = 1 << 20  # below this, keep the raw blob too: tiny indexes may not compress
@@ -1533,16 +1539,18 @@ class IndexEncoder:
         if problem is not None:
             raise ValueError(f"{_where(seq, offset)}: {problem}")
         self.seq, self.offset, self.records_len, self.start = seq, offset, records_len, start
-        self._sizes: dict[int, int] = {}
-        self._count = self._fed = 0
-        self._extents_begun = False
-        self._frames: list[bytes] = []
+        self._sizes: dict[int, int] = {}  # add() only: FileEntry objects' sizes, for the checks
+        self._count = self._fed = self._stored = 0
+        self._extents_begun = self._ended = False
+        self._hash = xxhash.xxh3_64()  # of the stored bytes given out so far
+        self._held: list[bytes] | None = [] if records_len <= self._KEEP_RAW else None
         self._raw: list[bytes] | None = [] if records_len <= self._KEEP_RAW else None
         self._zstd = zstandard.ZstdCompressor(
             level=RECORDS_ZSTD_LEVEL, write_checksum=False, write_content_size=True,
             write_dict_id=False).compressobj(size=records_len)
 
-    def add(self, records: Sequence[Record]) -> None:
+    def add(self, records: Sequence[Record]) -> bytes:
+        """Check and feed ``records``; the stored bytes they made (often none yet)."""
         for i, r in enumerate(records, self._count):
             problem = None  # not a record at all: encode_records says so below
             if type(r) is FileEntry:
@@ -1554,47 +1562,84 @@ class IndexEncoder:
                 problem = _index_extent_problem(i, r, self._sizes, self.offset, self.start)
             if problem is not None:
                 raise ValueError(f"{_where(self.seq, self.offset)}: {problem}")
-        self._feed(encode_records(records), len(records))
+        return self._feed(encode_records(records), len(records))
 
-    def add_encoded(self, encoded: Sequence[bytes]) -> None:
+    def add_encoded(self, encoded: Sequence[bytes]) -> bytes:
         """Feed records already encoded (``encode_record_list``), files first as for ``add``.
 
         Nothing is decoded, so the cross-record checks of ``add`` are the
         caller's: the journal makes them in SQL over the rows it lists.
         """
         self._extents_begun = True  # no FileEntry objects may follow through add()
-        self._feed(b"".join(encoded), len(encoded))
+        return self._feed(b"".join(encoded), len(encoded))
 
-    def _feed(self, blob: bytes, count: int) -> None:
+    def _feed(self, blob: bytes, count: int) -> bytes:
+        if self._ended:
+            raise ValueError(f"{_where(self.seq, self.offset)}: records fed after the end")
         self._fed += len(blob)
         if self._fed > self.records_len:
             raise ValueError(f"{_where(self.seq, self.offset)}: records exceed the declared "
                              f"{self.records_len} bytes")
         self._count += count
-        if len(self._frames) >= 1024:  # many small outputs: join them now and then
-            self._frames = [b"".join(self._frames)]
-        self._frames.append(self._zstd.compress(blob))
-        if self._raw is not None:
-            self._raw.append(blob)
+        return self._out(self._zstd.compress(blob), blob)
 
-    def finish(self) -> bytes:
-        """The whole segment, SECTOR-aligned, ready to encrypt and write at ``offset``."""
+    def _out(self, frame: bytes, blob: bytes) -> bytes:
+        if self._held is not None and self._raw is not None:
+            self._held.append(frame)
+            self._raw.append(blob)
+            return b""
+        self._stored += len(frame)
+        self._hash.update(frame)
+        return frame
+
+    def end(self) -> tuple[bytes, bytes]:
+        """(head, tail): the header sector's first ``HEADER_SIZE`` bytes, and the stored bytes
+        not given out yet with the zero padding to the next SECTOR."""
         if self._fed != self.records_len:
             raise ValueError(f"{_where(self.seq, self.offset)}: records came to {self._fed} "
                              f"bytes, not the declared {self.records_len}")
-        self._frames.append(self._zstd.flush())
-        stored, flags = b"".join(self._frames), RECORDS_ZSTD
-        if len(stored) >= self.records_len:  # did not shrink: store the records raw
-            if self._raw is None:
+        if self._ended:
+            raise ValueError(f"{_where(self.seq, self.offset)}: the index was ended already")
+        self._ended, flags = True, RECORDS_ZSTD
+        last = self._zstd.flush()
+        if self._held is not None and self._raw is not None:
+            stored = b"".join((*self._held, last))
+            if len(stored) >= self.records_len:  # did not shrink: store the records raw
+                stored, flags = b"".join(self._raw), 0
+            self._held = self._raw = None
+            last = self._out(stored, b"")
+        else:
+            last = self._out(last, b"")
+            if self._stored >= self.records_len:
                 raise ValueError(f"{_where(self.seq, self.offset)}: {self.records_len} bytes of "
                                  "records did not compress")
-            stored, flags = b"".join(self._raw), 0
         head = _HEADER.pack(
             SEGMENT_MAGIC, SegmentKind.INDEX, flags, 0, self.seq, self.offset, self._count,
-            len(stored), 0, self.records_len, _xxh3_64(stored), _xxh3_64(b""),
+            self._stored, 0, self.records_len, self._hash.intdigest(), _xxh3_64(b""),
         )
-        used = HEADER_SIZE + len(stored)
-        return b"".join((head, _CKSUM.pack(_xxh3_64(head)), stored, bytes(align_up(used) - used)))
+        used = HEADER_SIZE + self._stored
+        return head + _CKSUM.pack(_xxh3_64(head)), last + bytes(align_up(used) - used)
+
+
+class IndexEncoder:
+    """``IndexStream`` with its pieces kept, for a caller that wants the segment whole."""
+
+    _KEEP_RAW = IndexStream._KEEP_RAW
+
+    def __init__(self, seq: int, offset: int, records_len: int, start: int = SECTOR) -> None:
+        self._stream = IndexStream(seq, offset, records_len, start)
+        self._pieces: list[bytes] = []
+
+    def add(self, records: Sequence[Record]) -> None:
+        self._pieces.append(self._stream.add(records))
+
+    def add_encoded(self, encoded: Sequence[bytes]) -> None:
+        self._pieces.append(self._stream.add_encoded(encoded))
+
+    def finish(self) -> bytes:
+        """The whole segment, SECTOR-aligned, ready to encrypt and write at ``offset``."""
+        head, tail = self._stream.end()
+        return b"".join((head, *self._pieces, tail))
 
 
 def decode_segment(b: bytes, offset: int, seq: int | None = None, *,

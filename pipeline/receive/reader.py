@@ -237,6 +237,27 @@ def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
     return trailer, blob
 
 
+def index_digest(od: UnlockedDrive, block: int = 1 << 20) -> tuple[format.Trailer, bytes]:
+    """``read_index_bytes``, read and digested a block at a time (never whole): the trailer
+    and ``journal.rotated_digest`` of the index's bytes, to compare with the journal's."""
+    trailer, offset, length = _index_location(od)
+    span = od.session
+    sha256 = hashlib.sha256()
+
+    def blocks() -> Iterator[bytes]:
+        for at in range(offset, offset + length, block):
+            plain = od.cipher.read(od.drive, at, min(block, offset + length - at))
+            sha256.update(plain)
+            yield plain
+
+    digest = journal.rotated_digest(blocks())
+    if span is not None and span.index_sha256 is not None and \
+            sha256.digest() != span.index_sha256:
+        raise format.CorruptRecord(f"index of session {span.session_id} at offset {offset}: "
+                                   "its sha256 is not the one the next session recorded")
+    return trailer, digest
+
+
 def _index_location(od: UnlockedDrive) -> tuple[format.Trailer, int, int]:
     """The trailer that describes the chosen session's closing index, and where it lies."""
     if od.session is not None:

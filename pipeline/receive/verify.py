@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
-import xxhash
 
 from pipeline import journal
 from pipeline.drive import format
@@ -57,7 +56,7 @@ class _Plan:
 
     files: int  # live files
     segments: list[tuple[int, int, int]]  # (seq, offset, length) of every DATA segment
-    index: bytes | None  # xxh3-128 of the closing index as prep wrote it (None: not closed,
+    index: bytes | None  # rotated xxh3-128 of the closing index as prep wrote it (None: not closed,
     # or unknown): its digest, not its bytes (~50 B a file), held through the run
 
 
@@ -66,7 +65,7 @@ def _plan(jrn: journal.Journal) -> _Plan:
     info, index = jrn.drive, None
     if info.state in ("closed", "full"):
         try:
-            index = xxhash.xxh3_128_digest(jrn.index_segment(info.log_seq, info.index_offset))
+            index = jrn.index_digest(info.log_seq, info.index_offset)
         except ValueError:  # records the index could not hold: the drive's is decoded
             index = None
     return _Plan(jrn.live_totals()[0], jrn.segments(), index)
@@ -145,8 +144,7 @@ def _open(who: _Who, path: str, report: DriveReport
                                    "finish prep (--resume) before shipping it")
             return od, None
         try:
-            trailer, blob = driveread.read_index_bytes(od)
-            return od, (trailer, xxhash.xxh3_128_digest(blob))  # read again if it differs
+            return od, driveread.index_digest(od)  # read again if it differs
         except IntegrityError as exc:
             report.problems.append(f"closing index unreadable: {exc}")
             return od, None
