@@ -28,7 +28,7 @@ from pipeline.errors import (
     worst,
 )
 from pipeline.jobs.client import ServiceClient
-from pipeline.receive import importer, service_import
+from pipeline.receive import copylog, importer, service_import
 from pipeline.receive import reader as driveread
 from pipeline.storage import open_storage
 from pipeline.storage.base import Storage
@@ -271,9 +271,8 @@ async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, sto
             raise
         log.close("already imported" if result.already else "done")
     try:  # a copy next to the blobs, as the import service's verbose log
-        store.put(importer.STATE_CONTAINER,
-                  importer.state_name(sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl"),
-                  importer.read_bytes(path) or b"")
+        copylog.store_copy(store, importer.STATE_CONTAINER, importer.state_name(
+            sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl"), path)
     except Exception as exc:  # noqa: BLE001 - the local log is the record; say so, go on
         print(f"pipeline import: could not store the copy log in the account ({exc}); "
               f"it is in {path}", file=sys.stderr)

@@ -4,8 +4,9 @@ Flushed at least every FLUSH_EVERY seconds and at every line that is not a blob'
 so it survives a failure part-way (a flush per line was a write call for each of
 15,000 small files); a full log directory is NoSpace naming it, never a traceback.
 The lines are not kept in memory (a line a file: 10 M small files would hold GBs);
-whoever needs them reads the file back with :func:`read_lines` or :func:`read_bytes`,
-and a summary is in :attr:`CopyLog.totals`, counted as the lines are written.
+whoever needs them reads the file back with :func:`read_lines` or :func:`read_bytes`
+(or stores it with :func:`store_copy`, a part at a time), and a summary is in
+:attr:`CopyLog.totals`, counted as the lines are written.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline.errors import NoSpace, is_no_space
+from pipeline.storage.base import CELL, BlobType, Storage, cells_of
 
 FLUSH_EVERY = 0.25  # seconds: the most of the copy log's blob lines a kill -9 can lose
 
@@ -103,6 +105,20 @@ def read_bytes(path: Path, limit: int | None = None) -> bytes | None:
         if limit is not None and os.fstat(f.fileno()).st_size > limit:
             return None
         return f.read()
+
+
+def store_copy(store: Storage, container: str, blob: str, path: Path) -> None:
+    """Store a closed copy log as a block blob, a ``CELL`` (1 MiB) part at a time, then
+    commit it (replacing an earlier copy): never whole in memory (~136 MB at 1,000,000
+    tiny files).  A log that changes size while read is an OSError, as a failed read."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        for offset in cells_of(size):
+            part = f.read(min(CELL, size - offset))
+            if len(part) != min(CELL, size - offset):
+                raise OSError(f"{path} shrank while it was stored")
+            store.write_part(container, blob, BlobType.BLOCK, size, offset, part)
+    store.commit(container, blob, BlobType.BLOCK, size, [])
 
 
 def log_path(log_dir: Path, session_id: str, seq: int) -> Path:
