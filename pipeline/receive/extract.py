@@ -27,23 +27,28 @@ from pipeline.receive import reader as driveread
 from pipeline.volume import drives
 
 WINDOW = 16 << 20  # bytes read and decrypted per read-thread call
+WINDOW_EXTENTS = 2048  # ... and at most this many extents: a window of tiny files held
+# 100,000 Extents and their raw bytes (~100 MB: text compresses 5-10x), now ~2 MiB
 WINDOWS_DEPTH = 0  # a window read waits for a free worker: 16 MiB held per worker, no more
 
 
 def windows(extents: Iterable[format.Extent]) -> list[list[format.Extent]]:
-    """Group stored extents (by location) into reads of at most WINDOW bytes."""
+    """Group stored extents (by location) into reads of at most WINDOW bytes (and
+    WINDOW_EXTENTS extents)."""
     return list(iter_windows(sorted(extents, key=lambda e: e.location)))
 
 
 def iter_windows(extents: Iterable[format.Extent]) -> Iterator[list[format.Extent]]:
     """``windows`` of extents already in drive order, one at a time: only the windows
-    being read are held, not an object per extent of the whole drive."""
+    being read are held, not an object per extent of the whole drive; a window is at
+    most WINDOW bytes and WINDOW_EXTENTS extents (tiny files: its count, not its bytes,
+    is what a worker's memory holds)."""
     win: list[format.Extent] = []
     start = 0
     for ext in extents:
         lo = ext.location - ext.location % format.SECTOR
         hi = format.align_up(ext.location + ext.stored_len)
-        if win and hi - start <= WINDOW and lo >= start:
+        if win and hi - start <= WINDOW and lo >= start and len(win) < WINDOW_EXTENTS:
             win.append(ext)
         else:
             if win:
