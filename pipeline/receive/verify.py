@@ -5,8 +5,9 @@
     plan (a thread: the journal's segments, and its closing index as prep wrote it)
     | unlock (a thread: LUKS2, superblock, the drive's closing index read), at once
       -> index compared byte for byte (decoded only when it differs)
-      -> read (a thread of the drive's own: 16 MiB of neighbouring segments, decrypted,
-         and the journal's rows for them: nothing held per file beyond the window)
+      -> read (a thread of the drive's own: up to 16 MiB and 4,096 extents of neighbouring
+         segments, decrypted, and the journal's rows for them: nothing held per file
+         beyond the window)
          -> Window -> check x N (cpu threads: decode segments, decompress, xxh3-128)
             -> Checked -> report (one task: merges windows in any order)
 
@@ -19,6 +20,7 @@ for the command to show.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +33,7 @@ from pipeline.receive import check
 from pipeline.receive import reader as driveread
 
 WINDOWS_DEPTH = 0  # a window read waits for a free checker: 16 MiB held per thread, no more
+WINDOW_EXTENTS = 4096  # ... and at most this many of the journal's extents (or one segment)
 
 
 @dataclass
@@ -79,23 +82,28 @@ class _Rows:
         self._rows = jrn.live_extent_rows()
         self._next: tuple[int, format.ExtentRow] | None = next(self._rows, None)
         self.strays: list[check.Key] = []  # rows of a segment the journal does not list
+        self._held: tuple[int, list[tuple[check.Key, bytes]]] | None = None
 
-    def upto(self, seqs: list[int]) -> check.Expected:
-        """The rows of segments ``seqs`` (ascending); rows of segments before them that
-        no window holds are strays, missing from the drive."""
-        extents: dict[check.Key, bytes] = {}
-        by_segment: dict[int, list[check.Key]] = {}
-        wanted = set(seqs)
-        while self._next is not None and self._next[0] <= seqs[-1]:
-            seg, row = self._next
+    def take(self, seq: int) -> list[tuple[check.Key, bytes]]:
+        """The rows of segment ``seq`` (asked in ascending order), packed; rows of segments
+        before it that no window took are strays, missing from the drive."""
+        if self._held is not None and self._held[0] == seq:
+            got, self._held = self._held[1], None
+            return got
+        got: list[tuple[check.Key, bytes]] = []
+        while self._next is not None and self._next[0] <= seq:
+            at, row = self._next
             key = (row[0], row[1])
-            if seg in wanted:
-                extents[key] = check.packed(row)
-                by_segment.setdefault(seg, []).append(key)
+            if at == seq:
+                got.append((key, check.packed(row)))
             else:
                 self.strays.append(key)
             self._next = next(self._rows, None)
-        return check.Expected(extents, by_segment)
+        return got
+
+    def hold(self, seq: int, rows: list[tuple[check.Key, bytes]]) -> None:
+        """Give back what ``take(seq)`` returned, for the next window to take."""
+        self._held = (seq, rows)
 
     def rest(self) -> None:
         """Every row past the last window's segments: strays too."""
@@ -208,19 +216,41 @@ async def _start(jrn: journal.Journal, path: str, report: DriveReport
 async def _read(od: driveread.UnlockedDrive, segments: list[tuple[int, int, int]],
                 rows: _Rows, tx: trio.MemorySendChannel[check.Window],
                 io: trio.CapacityLimiter) -> None:
-    """Stage: the drive's segments in log order, a batch of neighbours per read, each with
+    """Stage: the drive's segments in log order, a window of neighbours per read, each with
     the journal's rows for it (read in the same thread call)."""
     async with tx:
-        for batch in driveread.batches(segments):
-            await tx.send(await trio.to_thread.run_sync(_window, od, batch, rows, limiter=io))
+        pending = collections.deque(segments)
+        while pending:
+            await tx.send(await trio.to_thread.run_sync(_window, od, pending, rows,
+                                                        limiter=io))
         await trio.to_thread.run_sync(rows.rest, limiter=io)
 
 
-def _window(od: driveread.UnlockedDrive, batch: list[tuple[int, int, int]], rows: _Rows
-            ) -> check.Window:
-    """A batch of segments read and decrypted, with the journal's rows for it."""
+def _window(od: driveread.UnlockedDrive, pending: collections.deque[tuple[int, int, int]],
+            rows: _Rows) -> check.Window:
+    """The next window, taken from ``pending``: neighbouring segments of at most
+    ``reader.READ_CHUNK`` bytes (``reader.batches``' rule) and WINDOW_EXTENTS of the
+    journal's rows (a lone segment over either is a window of its own), read and
+    decrypted, with those rows.  The count matters on tiny files: 16 MiB of them is
+    ~50,000 extents, each a row here and in the check."""
+    batch: list[tuple[int, int, int]] = []
+    extents: dict[check.Key, bytes] = {}
+    by_segment: dict[int, list[check.Key]] = {}
+    while pending:
+        seq, offset, length = pending[0]
+        if batch and (offset != batch[-1][1] + batch[-1][2]
+                      or offset + length - batch[0][1] > driveread.READ_CHUNK):
+            break
+        got = rows.take(seq)
+        if batch and len(extents) + len(got) > WINDOW_EXTENTS:
+            rows.hold(seq, got)
+            break
+        batch.append(pending.popleft())
+        if got:
+            extents.update(got)
+            by_segment[seq] = [key for key, _ in got]
     raw = driveread.read_batch(od, batch)
-    return check.Window(tuple(raw), rows.upto([seq for seq, _, _ in batch]))
+    return check.Window(tuple(raw), check.Expected(extents, by_segment))
 
 
 class _Tally:
