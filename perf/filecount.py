@@ -43,14 +43,25 @@ def tree(root: Path, count: int) -> Path:
     return root
 
 
-def one(count: int, workdir: Path) -> dict[str, object]:
+def one(count: int, workdir: Path, steps: list[str] | None = None,
+        keep: bool = False, code: Path = REPO) -> dict[str, object]:
+    """Run ``steps`` (default all three) on ``count`` files with the package in ``code``.
+    ``keep``: the prepped drive and journal stay in ``fc-keep-COUNT`` and a run without
+    prep reuses them (repeat verify and import rounds on one drive)."""
     data = tree(workdir / f"files-{count}", count)
-    out = workdir / "fc-out"
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "j").mkdir(parents=True)
+    out = workdir / (f"fc-keep-{count}" if keep else "fc-out")
+    account_img = out.with_name(out.name + "-account.img")
+    wanted = steps or ["prep", "verify", "import"]
+    if "prep" in wanted or not keep:
+        shutil.rmtree(out, ignore_errors=True)
+        (out / "j").mkdir(parents=True)
+    elif not (out / "d1.img").exists():
+        raise SystemExit(f"no kept drive in {out}: run --keep with prep first")
     env = python_env()
+    if code != REPO:
+        env["PYTHONPATH"] = str(code)
+    row: dict[str, object] = {"files": count, "code": str(code)}
     size = (count * 6144 + 128 * MiB) // MiB * MiB
-    row: dict[str, object] = {"files": count}
     steps = {
         "prep": pipeline_cmd("prep", "--source", str(data), "--dstdir", "perf/fc/",
                              "--journal-dir", str(out / "j"), "--session-id", "filecount",
@@ -63,22 +74,27 @@ def one(count: int, workdir: Path) -> dict[str, object]:
     }
     try:
         for name, argv in steps.items():
+            if name not in wanted:
+                continue
             if name == "import":
+                shutil.rmtree(out / "logs", ignore_errors=True)
                 # ext4 makes an inode per 16 KiB: room for every file and its partial copy
-                measure.account_fs(out / "acct", workdir / "fc-account.img",
+                measure.account_fs(out / "acct", account_img,
                                    f"{max(8, -(-count * 32 // (1 << 20)))}G")
                 (out / "acct" / "a").mkdir()
                 (out / "logs").mkdir()
-            s = measure.run(argv, cwd=REPO, env=env)
-            row[name] = {"wall_s": round(s.wall_s, 2), "maxrss_mib": round(s.maxrss / MiB, 1),
+            s = measure.run(argv, cwd=code, env=env)
+            row[name] = {"wall_s": round(s.wall_s, 2), "cpu_s": round(s.cpu_s, 2),
+                         "maxrss_mib": round(s.maxrss / MiB, 1),
                          "tree_rss_mib": round(s.tree_rss / MiB, 1)}
-            print(f"{count:>9d} files  {name:7s} {s.wall_s:7.2f} s  largest process "
-                  f"{s.maxrss / MiB:6.1f} MiB  tree {s.tree_rss / MiB:6.1f} MiB",
-                  file=sys.stderr)
+            print(f"{count:>9d} files  {name:7s} {s.wall_s:7.2f} s  CPU {s.cpu_s:7.2f} s  "
+                  f"largest process {s.maxrss / MiB:6.1f} MiB  tree {s.tree_rss / MiB:6.1f} MiB"
+                  + ("" if code == REPO else f"  ({code})"), file=sys.stderr)
     finally:
         subprocess.run(["umount", str(out / "acct")], capture_output=True)
-        (workdir / "fc-account.img").unlink(missing_ok=True)
-        shutil.rmtree(out, ignore_errors=True)
+        account_img.unlink(missing_ok=True)
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
     return row
 
 
@@ -89,9 +105,20 @@ def main(argv: list[str] | None = None) -> int:
                    type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp/pipeline-perf"))
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
+    p.add_argument("--steps", default=None, type=lambda s: s.split(","),
+                   help="some of prep,verify,import (default: all three)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep each count's drive and journal (fc-keep-COUNT under --workdir); "
+                        "--steps without prep reuses them")
+    p.add_argument("--rounds", type=int, default=1, help="run the steps this many times")
+    p.add_argument("--base", type=Path, default=None,
+                   help="another copy of the package (e.g. git archive of a base commit): "
+                        "each round runs it, then this tree (interleaved A/B, same load)")
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    rows = [one(n, args.workdir) for n in args.counts]
+    codes = [REPO] if args.base is None else [args.base.resolve(), REPO]
+    rows = [one(n, args.workdir, args.steps, args.keep, code)
+            for _ in range(args.rounds) for n in args.counts for code in codes]
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     print(json.dumps(rows))
