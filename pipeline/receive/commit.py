@@ -130,7 +130,7 @@ class OnDrive(Mapping[int, FileOnDrive]):
 
     def __init__(self, plan: Any) -> None:
         self.plan, self.pdb = plan, plan.db
-        self.pdb.db.executescript(_SCHEMA)
+        self.pdb.script(_SCHEMA)
         self._live: dict[int, FileOnDrive] = {}
         self._stored: dict[int, int] = {}  # a live file's stored extents on this drive
         # One sweep at a time (uploader threads sweep too), and no file made live while one

@@ -60,13 +60,24 @@ class PlanDB:
         self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.executescript(_SCHEMA)
+        # One transaction for the database's life, never committed: nothing in it outlives
+        # the process.  In autocommit every statement was a transaction of its own, whose
+        # commit wrote its pages out: 100,000 files inserted 0.71 -> 0.16 s (executemany).
+        self.db.execute("BEGIN")
+        self.script(_SCHEMA)
         self.lock = threading.Lock()  # one writer at a time (check_plan's updates)
         self.sorted = True  # extents inserted in drive order (by_location needs no sort)
         self._last_loc = -1
 
     def close(self) -> None:
         self.db.close()
+
+    def script(self, sql: str) -> None:
+        """Run ``;``-separated statements in the open transaction (``executescript``
+        would commit it first)."""
+        for stmt in sql.split(";"):
+            if stmt.strip():
+                self.db.execute(stmt)
 
     def add_files(self, files: Iterable[format.FileEntry]) -> None:
         """Insert in batches; a file id listed again replaces the earlier record (a dict's
