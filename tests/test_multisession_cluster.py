@@ -3,10 +3,13 @@
 ``verify``, the same functions ``import_drives``/``verify_drives`` run under trio on the
 worker) opens the drive with the session's journal, so each session's task takes its own
 session, byte for byte, and verifies it; a forged index of one session is exit 4 there too.
-Unit level: no Dask scheduler (tests/test_cluster.py runs one for single-session drives)."""
+The first two tests are unit level (no Dask scheduler); the last runs `import --cluster` and
+`verify --cluster` through a real `dask scheduler` and a `pipeline worker` process holding
+the drive, as tests/test_cluster.py does for single-session drives."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ from pipeline import journal
 from pipeline.cluster import receive_remote
 from pipeline.storage.local import LocalStorage
 
+from .conftest import run_cli
+from .test_cluster import Proc, scheduler_address, start_scheduler
 from .test_multisession import check_account, first_session, second_session
 from .test_multisession_damage import forge_session2_index
 
@@ -71,3 +76,35 @@ def test_worker_task_refuses_a_forged_index_of_its_session(tmp_path: Path) -> No
     got = _import(tmp_path, "ses1", tmp_path / "acct-ses1")
     assert got["code"] == 0, got
     check_account(tmp_path / "acct-ses1", "cont1", "v1", one)
+
+
+def test_import_cluster_takes_each_session_alone_through_a_scheduler(tmp_path: Path) -> None:
+    """`import --cluster ADDRESS --journal-dir J --session-id S`, once per session, through
+    a real scheduler: the worker holding the drive imports only S, byte for byte, into its
+    own account; `verify --cluster` checks each session there too."""
+    one, key = first_session(tmp_path)
+    two = second_session(tmp_path, key)
+    procs: list[Proc] = []
+    try:
+        procs.append(start_scheduler(tmp_path))
+        address = scheduler_address(procs[0])
+        procs.append(Proc([sys.executable, "-m", "pipeline", "worker", "--scheduler", address,
+                           "--name", "w1", "--drive", str(tmp_path / "d1.img"), "--threads",
+                           "1"], tmp_path / "w1.log").start())
+        procs[1].wait_log("Registered to:")
+        for session, container, vdir, files in (("ses2", "cont2", "v2", two),
+                                                ("ses1", "cont1", "v1", one)):
+            acct, logs = tmp_path / f"acct-{session}", tmp_path / f"logs-{session}"
+            acct.mkdir()
+            out = run_cli("import", "--cluster", address, "--journal-dir", str(tmp_path / "j"),
+                          "--session-id", session, "--to", str(acct), "--log-dir", str(logs),
+                          check_code=0).stdout
+            assert "0 corrupt, 0 missing" in out, out
+            check_account(acct, container, vdir, files)
+            assert [p.name for p in logs.iterdir()] == [f"copylog-{session}-drive01.jsonl"]
+            out = run_cli("verify", "--cluster", address, "--journal-dir", str(tmp_path / "j"),
+                          "--session-id", session, check_code=0).stdout
+            assert out.count(": ok:") == 1, out
+    finally:
+        for proc in procs:
+            proc.stop()

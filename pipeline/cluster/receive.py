@@ -163,7 +163,7 @@ async def import_run(args: argparse.Namespace, site: Any = None) -> Outcome:
         done = await progress.with_progress(renderer, stats, lambda: site_import(
             args, site, store_target, log_dir, renderer, stats))
         return _report(args, done, renderer, stats, log_dir)
-    journals = journal.one_session(args.journal_dir, None)
+    journals = journal.one_session(args.journal_dir, getattr(args, "session_id", None))
     try:
         totals = [j.live_totals() for j in journals]  # one pass over each journal
         stats = progress.Stats(files_total=sum(f for f, _ in totals),
