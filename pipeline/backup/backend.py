@@ -17,8 +17,8 @@ import builtins
 import contextlib
 import errno
 import os
+import secrets
 import threading
-import uuid
 from typing import Protocol
 
 from pipeline import atomic
@@ -118,7 +118,7 @@ class DirBackend(_Counter):
         try:
             self._mkdirs(os.path.dirname(final))
             self._mkdirs(self._tmp)
-            tmp = os.path.join(self._tmp, uuid.uuid4().hex)
+            tmp = os.path.join(self._tmp, secrets.token_hex(16))
             atomic.replace_file(tmp, final, data, FILE_MODE)
         except OSError as exc:
             if is_no_space(exc):    # the snapshot is written last: nothing claims completion

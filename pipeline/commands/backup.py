@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import credentials, progress
-from pipeline.backup import archive, crypto, offline, schedule, ui
+from pipeline.backup import archive, crypto, offline, ui
 from pipeline.backup import cache as tree_cache
 from pipeline.backup.backend import Backend, DirBackend, StorageBackend
 from pipeline.backup.errors import NoRepository
@@ -37,11 +37,15 @@ from pipeline.storage.local import LocalStorage
 from pipeline.volume import luks2
 
 if TYPE_CHECKING:
+    from pipeline.backup import schedule
     from pipeline.jobs import auth
 
 _OFFLINE_ONLY = ("staging", "job_name", "subscription", "account", "publish_settings", "service",
                  "ca_file")
 JOB_STATE_TIMEOUT = 5.0   # seconds per call: an unreachable import service must not hang us
+# schedule.DEFAULT_UNIT_DIR (a test holds them equal): `backup schedule`'s module is imported
+# only when it runs, not by every backup (its import was 2 ms of each one's start).
+UNIT_DIR = "/etc/systemd/system"
 
 
 # Exit codes beyond errors.EVERY_COMMAND (cli lists them in --help).
@@ -165,8 +169,8 @@ def _add_schedule(sub: argparse._SubParsersAction) -> None:
                    "OnCalendar expression such as 'Mon..Fri 02:30'")
     s.add_argument("--name", metavar="NAME", help="schedule name: units pipeline-backup-NAME "
                    "(default: the container)")
-    s.add_argument("--unit-dir", metavar="DIR", default=schedule.DEFAULT_UNIT_DIR,
-                   help=f"where the units go (default {schedule.DEFAULT_UNIT_DIR}; "
+    s.add_argument("--unit-dir", metavar="DIR", default=UNIT_DIR,
+                   help=f"where the units go (default {UNIT_DIR}; "
                    "~/.config/systemd/user for a user's own timers)")
     s.add_argument("--list", action="store_true",
                    help="list the schedules in --unit-dir: name, source, container, when, next")
@@ -519,6 +523,8 @@ def _warner(renderer: progress.Renderer) -> Any:
 
 
 def run_schedule(args: argparse.Namespace) -> Outcome:
+    from pipeline.backup import schedule
+
     unit_dir = Path(os.path.abspath(args.unit_dir))
     creating = ("source", "to", "env_file", "container", "passphrase_file", "every", "name")
     given = [f"--{a.replace('_', '-')}" for a in creating if getattr(args, a)]
@@ -543,6 +549,8 @@ def run_schedule(args: argparse.Namespace) -> Outcome:
 
 def _schedule_spec(args: argparse.Namespace) -> schedule.Schedule:
     """Every input checked, every path absolute: what the unit will run."""
+    from pipeline.backup import schedule
+
     needed = [f for f, v in (("--source DIR", args.source), ("--every WHEN", args.every),
                              ("--passphrase-file FILE", args.passphrase_file),
                              ("--to STORAGE or --env-file FILE", args.to or args.env_file))
@@ -578,6 +586,8 @@ def _schedule_spec(args: argparse.Namespace) -> schedule.Schedule:
 
 
 def _schedule_list(unit_dir: Path) -> Outcome:
+    from pipeline.backup import schedule
+
     found = schedule.listed(unit_dir)
     if not found:
         print(f"no schedules in {unit_dir}")
@@ -590,6 +600,8 @@ def _schedule_list(unit_dir: Path) -> Outcome:
 
 
 def _schedule_remove(unit_dir: Path, name: str) -> Outcome:
+    from pipeline.backup import schedule
+
     steps = schedule.remove(unit_dir, schedule.check_name(name))
     then = f"; now run: {' && '.join(steps)}" if steps else " (timer stopped, systemd reloaded)"
     return Outcome(EXIT_OK, f"schedule {name} removed from {unit_dir}{then}")

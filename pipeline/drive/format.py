@@ -60,6 +60,7 @@ import xxhash
 import zstandard
 
 from pipeline.drive.attrs import PROPERTIES, BlobAttrs, Disposition
+from pipeline.drive.blob import CELL, BlobType  # the storage layer's too: re-exported
 from pipeline.errors import IntegrityError
 
 __all__ = [
@@ -143,10 +144,6 @@ __all__ = [
 SECTOR = 4096
 """Every structure starts on a SECTOR boundary: it is dm-crypt's sector size."""
 
-CELL = 1 << 20
-"""The extent grid: extent k of a file covers ``[k*CELL, min((k+1)*CELL, size))``.  Resume
-skips committed cells and import aligns page blobs on it, so it never depends on the data."""
-
 FORMAT_VERSION = 1
 """What a drive without per-file attributes is written as (the --source shorthand)."""
 ATTRS_VERSION = 2
@@ -209,13 +206,6 @@ class RuleBreach(CorruptRecord):
     # INDEX listing extents outside its session's segments, a file id twice, ...): no crash
     # or bit rot writes one, so it is forged or a faulty writer's, and its drive's log
     # cannot be trusted in its place either (readers refuse, exit 4; never a log scan).
-
-
-class BlobType(enum.IntEnum):
-    """Azure blob type the importer creates (``/BlobType``)."""
-
-    BLOCK = 1
-    PAGE = 2
 
 
 class Codec(enum.IntEnum):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.drive.format import CELL, BlobType  # CELL: the grid of write_part offsets
+from pipeline.drive.blob import CELL, BlobType  # CELL: the grid of write_part offsets
 from pipeline.errors import EXIT_STORAGE, IntegrityError, PipelineError
 from pipeline.names import (  # the rules live in names.py; re-exported for the backends
     InvalidName,

@@ -28,13 +28,13 @@ import functools
 import json
 import mmap
 import os
+import secrets
 import stat
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 
 from pipeline import atomic, faults
-from pipeline.drive.format import BlobType
+from pipeline.drive.blob import BlobType
 from pipeline.errors import BadInput, filesystem_of, is_no_space
 from pipeline.storage.base import (
     CELL,
@@ -306,7 +306,7 @@ class LocalStorage:
             pass
         tmpdir = f"{self.root}/{PARTIAL}/{PUT_TMP}"
         self._ensure_dir(tmpdir)
-        tmp = f"{tmpdir}/{uuid.uuid4().hex}"
+        tmp = f"{tmpdir}/{secrets.token_hex(16)}"
         link(src, tmp)
         try:
             os.replace(tmp, final)
@@ -512,7 +512,7 @@ class LocalStorage:
         self._ensure_dir(os.path.dirname(final))
         # Renamed into place like a commit, and like a commit made durable by sync() (the
         # importer's syncfs before its marker), not by an fsync per blob.
-        tmp = os.path.join(self.root, PARTIAL, PUT_TMP, uuid.uuid4().hex)
+        tmp = os.path.join(self.root, PARTIAL, PUT_TMP, secrets.token_hex(16))
         self._ensure_dir(os.path.dirname(tmp))
         with open(tmp, "xb") as f:
             os.fchmod(f.fileno(), FILE_MODE)
@@ -541,7 +541,7 @@ class LocalStorage:
         """Write a temporary file (``size`` bytes, ``data`` first), fsync, rename into place."""
         tmpdir = os.path.join(self.root, PARTIAL, PUT_TMP)
         self._makedirs(tmpdir)
-        tmp = os.path.join(tmpdir, uuid.uuid4().hex)
+        tmp = os.path.join(tmpdir, secrets.token_hex(16))
         atomic.replace_file(tmp, final, data, FILE_MODE, size)
 
 

@@ -34,7 +34,6 @@ import re
 import secrets
 import struct
 import threading
-import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -750,6 +749,8 @@ def format_volume(
     """
     if len(volume_key) != VOLUME_KEY_SIZE or volume_key[:32] == volume_key[32:]:
         raise ValueError("volume key must be 64 bytes with distinct XTS halves")
+    import uuid as uuidlib  # here: every backup imports this module for its KDF (uuid: 2 ms)
+
     uuid = uuid or str(uuidlib.uuid4())
     region = bytearray(DATA_OFFSET)
     area_size = -(-_af_bytes(VOLUME_KEY_SIZE, AF_STRIPES) // 4096) * 4096
