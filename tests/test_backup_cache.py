@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from pipeline import progress
 from pipeline.backup import archive, cache
 from pipeline.backup import encoding as fmt
-from pipeline.backup.backend import DirBackend, StorageBackend
+from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository, hostname
 from pipeline.backup.stages.tree import Tree
-from pipeline.storage import open_storage
+from tests.backup_helpers import seed_account
 from tests.conftest import FAST_ARGON, ROOT
 from tests.test_backup_repo import CONTAINER, PASS, backup, describe, make_tree, restore
 
@@ -212,13 +212,7 @@ def test_cache_root_follows_xdg_cache_home(monkeypatch: pytest.MonkeyPatch) -> N
 def test_cli_uses_the_cache_unless_no_cache(tmp_path: Path) -> None:
     src, repo, _ = _seeded(tmp_path, files=10)
     account = tmp_path / "account"
-    account.mkdir()
-    storage = open_storage(str(account))
-    storage.ensure_container(CONTAINER)
-    backend = StorageBackend(storage, CONTAINER)
-    for p in sorted((tmp_path / "repo").rglob("*")):
-        if p.is_file():
-            backend.put(p.relative_to(tmp_path / "repo").as_posix(), p.read_bytes())
+    backend = seed_account(tmp_path / "repo", account, CONTAINER)
     (tmp_path / "pass").write_bytes(PASS + b"\n")
     home = tmp_path / "xdg"
     trees = home / "pipeline" / "backup" / repo.config.repo_id / "trees"

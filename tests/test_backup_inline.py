@@ -19,9 +19,9 @@ import trio
 from pipeline import progress
 from pipeline.backup import archive
 from pipeline.backup import encoding as fmt
-from pipeline.backup.backend import DirBackend, StorageBackend
+from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository, hostname
-from pipeline.storage import open_storage
+from tests.backup_helpers import seed_account
 from tests.conftest import FAST_ARGON, ROOT
 from tests.test_backup_repo import CONTAINER, PASS, backup, describe, make_tree, restore
 
@@ -132,13 +132,7 @@ def test_cli_no_change_backup_never_imports_trio(tmp_path: Path) -> None:
     runs the pipeline (and so Trio) and stores it."""
     src, repo = _seeded(tmp_path)
     account = tmp_path / "account"
-    account.mkdir()
-    storage = open_storage(str(account))
-    storage.ensure_container(CONTAINER)
-    backend = StorageBackend(storage, CONTAINER)
-    for p in sorted((tmp_path / "repo").rglob("*")):
-        if p.is_file():
-            backend.put(p.relative_to(tmp_path / "repo").as_posix(), p.read_bytes())
+    seed_account(tmp_path / "repo", account, CONTAINER)
     (tmp_path / "pass").write_bytes(PASS + b"\n")
 
     def run() -> tuple[dict[str, object], dict[str, object]]:

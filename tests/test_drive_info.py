@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from pipeline import journal
 from pipeline.drive import format as fmt
@@ -27,21 +28,24 @@ def v2_drive(tmp: Path) -> tuple[Path, Path, journal.Journal, dict[str, bytes]]:
     return tmp / "d1.img", pw, jrn, files
 
 
+def info_of(image: Path, pw: Path) -> tuple[dict[str, Any], list[str]]:
+    """`drive info` with the key, exit 0: its JSON, and its text's lines."""
+    args = ("drive", "info", str(image), "--recovery-password-file", str(pw))
+    return (json.loads(run_cli(*args, "--json", check_code=0).stdout),
+            run_cli(*args, check_code=0).stdout.splitlines())
+
+
 def test_drive_info_reports_a_v2_drive_s_closing_index(tmp_path: Path) -> None:
     image, pw, jrn, files = v2_drive(tmp_path)
     d = jrn.drive
     assert d.state == "closed"
     want = {"offset": d.index_offset, "length": d.index_length, "files": len(files),
             "file_bytes": sum(map(len, files.values())), "sha256": d.index_sha256}
-    info = json.loads(run_cli("drive", "info", str(image), "--recovery-password-file",
-                              str(pw), "--json", check_code=0).stdout)
+    info, text = info_of(image, pw)
     assert info["superblock"]["format_version"] == fmt.ATTRS_VERSION
     assert (info["closed"], info["index_problem"], info["index"]) == (True, "", want)
-    text = run_cli("drive", "info", str(image), "--recovery-password-file", str(pw),
-                   check_code=0).stdout
     assert (f"index         {len(files)} files, {want['file_bytes']} bytes, sha256 "
-            f"{d.index_sha256} (offset {d.index_offset}, length {d.index_length})"
-            ) in text.splitlines()
+            f"{d.index_sha256} (offset {d.index_offset}, length {d.index_length})") in text
     jrn.close()
 
 
@@ -67,13 +71,10 @@ def test_drive_info_on_a_drive_never_closed(tmp_path: Path) -> None:
     image, pw = tmp_path / "new.img", tmp_path / "pw"
     run_cli("drive", "format", str(image), "--drive-size", "64M", "--save-recovery-password",
             str(pw), *FAST_KDF_ARGS, check_code=0)
-    info = json.loads(run_cli("drive", "info", str(image), "--recovery-password-file",
-                              str(pw), "--json", check_code=0).stdout)
+    info, text = info_of(image, pw)
     assert info["superblock"]["format_version"] == fmt.FORMAT_VERSION
     assert (info["closed"], info["index_problem"], info["index"]) == (False, "", None)
-    text = run_cli("drive", "info", str(image), "--recovery-password-file", str(pw),
-                   check_code=0).stdout
-    assert "index         none: the drive was not closed (no valid trailer)" in text.splitlines()
+    assert "index         none: the drive was not closed (no valid trailer)" in text
 
 
 def test_drive_info_reports_each_session_s_index_on_a_v3_drive(tmp_path: Path) -> None:
@@ -82,9 +83,7 @@ def test_drive_info_reports_each_session_s_index_on_a_v3_drive(tmp_path: Path) -
     two = second_session(tmp_path, key)
     pw = tmp_path / "pw"
     pw.write_text(key + "\n")
-    info = json.loads(run_cli("drive", "info", str(tmp_path / "d1.img"),
-                              "--recovery-password-file", str(pw), "--json",
-                              check_code=0).stdout)
+    info, _ = info_of(tmp_path / "d1.img", pw)
     assert info["superblock"]["format_version"] == fmt.SESSIONS_VERSION
     got = {s["session_id"]: s["index"] for s in info["sessions"]}
     for sid, files in (("ses1", one), ("ses2", two)):
