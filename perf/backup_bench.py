@@ -23,6 +23,9 @@ file (min of wall and CPU time: what it takes on an idle core), is also taken of
 times: the goals (``RESTIC_GOALS``) are judged on those
 ratios, the stricter pair.  A third ratio puts both default KDFs in: ours with perf's
 replaced by the one ``backup --offline`` calibrates now (``crypto.calibrate_kdf``).
+Each round also times, in the same page-cache state, the floor under any Python command
+(``python -c pass``, and ``-S``: without site's ``.pth`` files) and where restic's own
+no-change run goes (a third ``restic -v backup``, each line it prints timestamped).
 """
 
 from __future__ import annotations
@@ -108,13 +111,18 @@ ROWS = {  # key -> (restic's row, ours)
 }
 
 
-def _timed(argv: list[str], env: dict[str, str], cache: str, tree: Path) -> measure.Sample:
-    """One timed run after the same page-cache state: cold (dropped) or warm (tree read)."""
+def _cache_state(cache: str, tree: Path) -> None:
+    """The page cache before each timed run: cold (dropped) or warm (tree read)."""
     if cache == "cold":
         measure.drop_caches()
     else:
         subprocess.run(["sh", "-c", f"tar -cf - -C '{tree}' . | cat > /dev/null"], check=True)
         os.sync()
+
+
+def _timed(argv: list[str], env: dict[str, str], cache: str, tree: Path) -> measure.Sample:
+    """One timed run after the same page-cache state."""
+    _cache_state(cache, tree)
     return measure.run(argv, env=env)
 
 
@@ -145,6 +153,48 @@ def _ours_round(tree: Path, work: Path, cache: str) -> dict[str, measure.Sample]
     if int(_summary(again)["bytes_read"]) != 0:  # type: ignore[call-overload]
         raise RuntimeError("the no-change online backup read file content: it must not")
     return {INITIAL: initial, NO_CHANGE: again}
+
+
+# restic -v's lines during a backup, in order, and the phase each one ends (issue 23: where
+# the no-change gap is); the last phase ends when restic exits.
+RESTIC_PHASES = (("open repository", "start (Go runtime)"),
+                 ("lock repository", "open: key file (scrypt), config"),
+                 ("load index files", "lock, snapshots, parent"),
+                 ("start scan", "index"))
+RESTIC_LAST = "scan, walk, tree, snapshot"
+
+
+def _floor_round(tree: Path, work: Path, cache: str) -> dict[str, Any]:
+    """In the round's page-cache state: the interpreter starting alone (what no Python
+    command can go below), and restic's no-change backup split by its -v lines."""
+    floor = {name: _timed(argv, dict(os.environ), cache, tree).wall_s for name, argv in (
+        ("python -c pass", [sys.executable, "-c", "pass"]),
+        ("python -S -c pass", [sys.executable, "-S", "-c", "pass"]))}
+    env = {**os.environ, "RESTIC_PASSWORD_FILE": str(work / "pass"),
+           "RESTIC_REPOSITORY": str(work / "restic-repo"),
+           "RESTIC_CACHE_DIR": str(work / "restic-cache")}
+    _cache_state(cache, tree)
+    phases = _restic_phases(["restic", "-v", "backup", str(tree)], env)
+    return {**floor, "restic_phases": phases, "load": round(os.getloadavg()[0], 2)}
+
+
+def _restic_phases(argv: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Seconds per phase of one restic run: each ``RESTIC_PHASES`` line's arrival time
+    (restic writes its lines unbuffered) less the one before."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    seen: dict[str, float] = {}
+    for line in proc.stdout:
+        text = line.decode(errors="replace").strip()
+        for marker, _ in RESTIC_PHASES:
+            if text.startswith(marker) and marker not in seen:
+                seen[marker] = time.perf_counter() - start
+    if proc.wait() != 0 or len(seen) != len(RESTIC_PHASES):
+        raise RuntimeError(f"restic -v backup: exit {proc.returncode}, lines {sorted(seen)}")
+    ends = [seen[m] for m, _ in RESTIC_PHASES] + [time.perf_counter() - start]
+    names = [n for _, n in RESTIC_PHASES] + [RESTIC_LAST]
+    return {n: round(b - a, 4) for n, a, b in zip(names, [0.0, *ends], ends, strict=False)}
 
 
 def _python_env() -> dict[str, str]:
@@ -197,6 +247,7 @@ def versus_restic(tree: Path, work: Path, runs: int = 3, cache: str = "cold",
     samples: dict[str, dict[str, list[measure.Sample]]] = {
         k: {"restic": [], "ours": []} for k in ROWS}
     kdf: dict[str, list[float]] = {"restic": [], "ours": [], "ours_default": []}  # per round
+    floors: list[dict[str, Any]] = []
     for i in range(runs):
         log(f"backup vs restic: round {i + 1}/{runs}")
         if work.exists():
@@ -207,10 +258,25 @@ def versus_restic(tree: Path, work: Path, runs: int = 3, cache: str = "cold",
         for side, round_ in (("restic", _restic_round), ("ours", _ours_round)):
             for key, sample in round_(tree, work, cache).items():
                 samples[key][side].append(sample)
+        floors.append(_floor_round(tree, work, cache))
         for side, seconds in _kdf_seconds(work).items():   # restic's: each init anew
             kdf[side].append(seconds)
     shutil.rmtree(work, ignore_errors=True)
-    return _versus_figures(size, samples, kdf, runs, cache)
+    return {**_versus_figures(size, samples, kdf, runs, cache), "floor": _floor_figures(floors),
+            "load_per_round": [f["load"] for f in floors]}
+
+
+def _floor_figures(floors: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds (and each round's), seconds."""
+    out: dict[str, Any] = {}
+    for name in ("python -c pass", "python -S -c pass"):
+        walls = [f[name] for f in floors]
+        out[name] = {"wall_s": round(statistics.median(walls), 3),
+                     "walls_s": [round(w, 3) for w in walls]}
+    phases = [f["restic_phases"] for f in floors]
+    out["restic_phases_s"] = {k: round(statistics.median(p[k] for p in phases), 3)
+                              for k in phases[0]}
+    return out
 
 
 def _versus_figures(size: int, samples: dict[str, dict[str, list[measure.Sample]]],
@@ -234,7 +300,10 @@ def _versus_figures(size: int, samples: dict[str, dict[str, list[measure.Sample]
                    "cpu_s": round(statistics.median(s.cpu_s for s in by[side]), 2),
                    "peak_rss_mib": round(max(s.peak_rss for s in by[side]) / MiB, 1)}
             for side in by}
+        per_round = [(r.wall_s - kr) / (o.wall_s - ko) for r, o, kr, ko in zip(
+            by["restic"], by["ours"], kdf["restic"], kdf["ours"], strict=True)]
         rows[key].update(ratio=round(ratio, 2), ratio_without_kdf=round(ratio_net, 2),
+                         rounds_without_kdf=[round(x, 2) for x in per_round],
                          ratio_default_kdf=round(wall["restic"] / ours_default, 2),
                          goal=RESTIC_GOALS[key], ok=ratio_net >= RESTIC_GOALS[key],
                          ours_busy_s=_busy(by["ours"]))
@@ -281,9 +350,20 @@ def format_versus(result: dict[str, Any]) -> str:
         lines.append(f"  {key}: ours {r['ratio']:.2f}x restic, {r['ratio_without_kdf']:.2f}x "
                      f"with each side's KDF taken off, {r['ratio_default_kdf']:.2f}x with "
                      f"both default KDFs; goal >= {r['goal']}x: "
-                     f"{'PASS' if r['ok'] else 'FAIL'}")
+                     f"{'PASS' if r['ok'] else 'FAIL'}; w/o KDF by round: "
+                     f"{', '.join(f'{x:.2f}x' for x in r['rounds_without_kdf'])}")
         lines.append("  ours, busy s by stage (threads add up): " + ", ".join(
             f"{k} {v:.2f}" for k, v in r["ours_busy_s"].items()))
+    floor = result.get("floor")
+    if floor:
+        lines.append("interpreter alone, same cache state: " + ", ".join(
+            f"{name} {floor[name]['wall_s']:.3f} s ({', '.join(map(str, floor[name]['walls_s']))})"
+            for name in ("python -c pass", "python -S -c pass")))
+        lines.append("restic -v backup, no change, by phase (s): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in floor["restic_phases_s"].items()))
+    if result.get("load_per_round"):
+        lines.append("load average (1 min) at each round's end: "
+                     + ", ".join(map(str, result["load_per_round"])))
     return "\n".join(lines)
 
 
