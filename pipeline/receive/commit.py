@@ -7,8 +7,8 @@ A blob becomes visible only here, complete, and the copy log says so: ``ok``, or
 What the import writes, and how far it got, is kept in the plan's scratch database
 (``receive.state``), not a Python object per file: ``todo`` (the files this import
 writes: their decided blob, disposition note, stored-extent count, zero cells),
-``done`` (what each file's extents gave: cells, damage, committed by the uploaders)
-and ``others`` (the other drives' markers, read a chunk at a time).  A
+what each file's extents gave (its cells, damage, committed by the uploaders: the same
+row, updated in place) and ``others`` (the other drives' markers, read a chunk at a time).  A
 ``FileOnDrive`` is made for a file when the extract stage reads its first extent and
 written back once all of them are through (``OnDrive.stored``), so the import holds
 the files of the windows in flight, whatever the drive's file count.  The database is
@@ -81,10 +81,9 @@ def commit_files(store: Storage, container: str, btype: format.BlobType,
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS todo (file_id INTEGER PRIMARY KEY, n INTEGER NOT NULL,
                                  blob TEXT, note TEXT, stored INTEGER NOT NULL DEFAULT 0,
-                                 zero BLOB);
+                                 zero BLOB, cells BLOB, bad TEXT,
+                                 committed INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS todo_n ON todo (n);
-CREATE TABLE IF NOT EXISTS done (file_id INTEGER PRIMARY KEY, cells BLOB NOT NULL,
-                                 bad TEXT, committed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS others (seq INTEGER NOT NULL, file_id INTEGER NOT NULL,
                                    blob TEXT NOT NULL, cells TEXT NOT NULL, zero TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS others_blob ON others (blob);
@@ -92,11 +91,10 @@ CREATE INDEX IF NOT EXISTS others_id ON others (file_id);
 CREATE INDEX IF NOT EXISTS extents_file ON extents (file_id);
 """
 
-# The columns a FileOnDrive is made of: the file, then todo's, then done's.
+# The columns a FileOnDrive is made of: the file's, then todo's.
 _FD_COLS = ("f.file_id, f.path, coalesce(t.blob, f.blob), f.size, f.mtime_ns, f.mode, "
-            "f.attrs, t.note, t.stored, t.zero, d.cells, d.bad, d.committed")
-_FD_FROM = ("todo t JOIN files f ON f.file_id = t.file_id "
-            "LEFT JOIN done d ON d.file_id = t.file_id")
+            "f.attrs, t.note, t.stored, t.zero, t.cells, t.bad, t.committed")
+_FD_FROM = "todo t JOIN files f ON f.file_id = t.file_id"
 PREFETCH = 256  # files made live by one query (a page of those ``stored`` handed out)
 SWEEP = 4096  # extents handed to extract between looks for files whose extents are through
 ROUND = 4 * COMMIT_BATCH * COMMITTERS  # files decided, committed and logged at a time
@@ -124,7 +122,7 @@ class OnDrive(Mapping[int, FileOnDrive]):
     """File id -> FileOnDrive of the drive's files this import writes.
 
     Backed by the plan's database; the files being written are held (``_live``): made
-    by ``stored`` as their first extent goes to extract, written back (``done``) once
+    by ``stored`` as their first extent goes to extract, written back once
     each of their stored extents was delivered or found damaged, and dropped.  Looking
     up another file makes it live too, so that what is changed in it is kept."""
 
@@ -189,8 +187,18 @@ class OnDrive(Mapping[int, FileOnDrive]):
         fd = self[fid]
         del self._live[fid], self._stored[fid]
         self.pdb.db.execute("DELETE FROM todo WHERE file_id=?", (state.i64(fid),))
-        self.pdb.db.execute("DELETE FROM done WHERE file_id=?", (state.i64(fid),))
         return fd
+
+    def to_commit(self) -> Iterator[FileOnDrive | tuple[str, int, int, str | None]]:
+        """Every file written, in the plan's order (``settle`` first): one the uploaders
+        committed whole and undamaged (most of a drive of small files) as what its copy
+        log line takes (blob, size, file id, note's JSON), no FileOnDrive made; any other
+        as a FileOnDrive."""
+        for row in self.pdb.rows(f"SELECT {_FD_COLS} FROM {_FD_FROM} ORDER BY t.n"):
+            if row[12] and row[11] is None:
+                yield row[2], state.u64(row[3]), state.u64(row[0]), row[7]
+            else:
+                yield _fd(row)[0]
 
     def rows(self, where: str = "") -> Iterator[FileOnDrive]:
         """Every file written (``where``: an SQL condition on f/t), from the database
@@ -253,11 +261,12 @@ class OnDrive(Mapping[int, FileOnDrive]):
                 if not fd.committed and not fd.bad and len(fd.cells | fd.zero) == \
                         format.grid_cells(fd.entry.size):
                     continue  # whole: an uploader is about to commit it
-            out.append((state.i64(fid), _pack(fd.cells),
+            out.append((_pack(fd.cells),
                         json.dumps({k: list(v) for k, v in fd.bad.items()}) if fd.bad
-                        else None, int(fd.committed)))
+                        else None, int(fd.committed), state.i64(fid)))
             del self._live[fid], self._stored[fid]
-        self.pdb.db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)", out)
+        self.pdb.db.executemany("UPDATE todo SET cells=?, bad=?, committed=? WHERE file_id=?",
+                                out)
         self._next_sweep = max(SWEEP, 2 * len(self._live))
         if final:
             self._page_of.clear()
@@ -268,11 +277,15 @@ class OnDrive(Mapping[int, FileOnDrive]):
         self.sweep(final=True)
 
     def marker_files(self) -> Iterator[dict[str, Any]]:
-        """The marker's entry of each file, in order (``settle`` first)."""
-        for fd in self.rows():
-            f = fd.entry
-            yield {"file_id": f.file_id, "path": f.path, "blob": f.blob, "size": f.size,
-                   "cells": sorted(fd.cells), "zero": sorted(fd.zero), "bad": sorted(fd.bad)}
+        """The marker's entry of each file, in order (``settle`` first): made from the
+        columns it needs, no FileOnDrive (cells and zero cells are stored sorted)."""
+        for fid, path, blob, size, cells, zero, bad in self.pdb.rows(
+                "SELECT t.file_id, f.path, coalesce(t.blob, f.blob), f.size, t.cells, t.zero, "
+                f"t.bad FROM {_FD_FROM} ORDER BY t.n"):
+            yield {"file_id": state.u64(fid), "path": path, "blob": blob, "size": state.u64(size),
+                   "cells": array("Q", cells).tolist() if cells else [],
+                   "zero": array("Q", zero).tolist() if zero else [],
+                   "bad": sorted(int(k) for k in json.loads(bad)) if bad else []}
 
     # ------------------------------------------------------------------ other drives
 
@@ -388,7 +401,7 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
                                skip=marker_name(sb.session_id, sb.drive_seq))
     btype = sb.blob_type
     limit = trio.CapacityLimiter(getattr(store, "writers", COMMITTERS))
-    rows = on_drive.rows()
+    rows = on_drive.to_commit()
     while True:
         fds = [fd for fd, _ in zip(rows, range(ROUND), strict=False)]
         if not fds:
@@ -398,18 +411,24 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
 
 
 async def _commit_round(store: Storage, container: str, btype: format.BlobType, seq: int,
-                        fds: list[FileOnDrive], on_drive: OnDrive, log: CopyLog,
+                        fds: list[FileOnDrive | tuple[str, int, int, str | None]],
+                        on_drive: OnDrive, log: CopyLog,
                         net: trio.CapacityLimiter, limit: trio.CapacityLimiter, done: str,
                         why: str) -> None:
     """One ROUND of files: the copy log's lines in the order one commit at a time wrote
     them: a line now, or a batch's "ok" lines once the batch is committed; the batches
     are committed several at once, and each one's lines wait for it alone."""
-    lines: list[tuple[str, str, str, int, dict] | int | FileOnDrive] = []
+    lines: list[tuple[str, str, str, int, dict] | int] = []
     batches: list[list[FileOnDrive]] = [[]]
     zero: dict[int, set[int]] = {}  # zero cells the other drives add, of the files committed
     for fd in fds:
-        if fd.committed:  # whole on this drive: the uploaders committed it already
-            line = fd if not fd.bad else _not_ready(fd, seq, 0, set(), set(), set())
+        if isinstance(fd, tuple):  # whole on this drive: the uploaders committed it already
+            blob, size, fid, note = fd
+            lines.append((done, blob, why, size,
+                          {"file_id": fid, **json.loads(note)} if note else {"file_id": fid}))
+            continue
+        if fd.committed:  # and damaged after all: named for it
+            line = _not_ready(fd, seq, 0, set(), set(), set())
             if line is not None:
                 lines.append(line)
                 continue
@@ -440,9 +459,6 @@ async def _commit_round(store: Storage, container: str, btype: format.BlobType, 
                 for fd in batches[line]:
                     f = fd.entry
                     log.blob(done, f.blob, why, f.size, file_id=f.file_id, **(fd.note or {}))
-            elif isinstance(line, FileOnDrive):
-                f = line.entry
-                log.blob(done, f.blob, why, f.size, file_id=f.file_id, **(line.note or {}))
             else:
                 status, blob, reason, size, extra = line
                 log.blob(status, blob, reason, size, **extra)
