@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,9 +59,31 @@ def session_1_reads(tmp: Path, one: dict[str, bytes], key: str, tag: str) -> Non
     run_cli("verify", "--journal-dir", str(tmp / "j"), "--session-id", "ses1", check_code=0)
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, str]:
+    """Session 1 prepared once for every kill point: (pristine copy, work dir, files, key).
+    Its journal names the drive by its path, so each case restores the pristine copy into
+    the same work dir (the journal's paths hold) rather than preparing again."""
+    work, pristine = tmp_path_factory.mktemp("ses1"), tmp_path_factory.mktemp("pristine")
+    one, key = first_session(work)
+    subprocess.run(["cp", "-a", "--reflink=auto", "--sparse=always", f"{work}/.", str(pristine)],
+                   check=True, timeout=60)
+    return pristine, work, one, key
+
+
+@pytest.fixture
+def session_1(prepared: tuple[Path, Path, dict, str]) -> tuple[Path, dict, str]:
+    """The work dir holding session 1 exactly as prep left it, nothing of a previous case."""
+    pristine, work, one, key = prepared
+    shutil.rmtree(work)
+    subprocess.run(["cp", "-a", "--reflink=auto", "--sparse=always", str(pristine), str(work)],
+                   check=True, timeout=60)
+    return work, one, key
+
+
 @pytest.mark.parametrize("point", POINTS)
-def test_session_2_killed_then_resumed(tmp_path: Path, point: str) -> None:
-    one, key = first_session(tmp_path)
+def test_session_2_killed_then_resumed(session_1: tuple[Path, dict, str], point: str) -> None:
+    tmp_path, one, key = session_1  # session 1 as first_session(tmp_path) leaves it
     image = tmp_path / "d1.img"
     (j1,) = journal.session_journals(tmp_path / "j", "ses1")
     first = j1.drive.index_offset + j1.drive.index_length
