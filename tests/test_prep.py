@@ -188,12 +188,21 @@ def test_bad_inputs(tmp_path: Path, tree) -> None:
     assert proc.returncode == EXIT_BAD_INPUT and "no journals of session none-1" in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def signal_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The staging tree of each signal below (make_tree is seeded: the cases made the same
+    tree each), made once; prep only reads it."""
+    src = tmp_path_factory.mktemp("signal") / "src"
+    make_tree(src, small_files=500, random_mb=24, sparse_mb=8)
+    return src
+
+
 @pytest.mark.parametrize("sig", ["INT", "TERM", "HUP"])
-def test_ctrl_c_commits_what_was_read_and_resume_finishes(tmp_path: Path, sig: str) -> None:
+def test_ctrl_c_commits_what_was_read_and_resume_finishes(tmp_path: Path, signal_tree: Path,
+                                                          sig: str) -> None:
     """Ctrl-C, `kill` (SIGTERM) and a closed terminal (SIGHUP) stop prep alike: what was
     read is written and committed, exit 130, and --resume finishes the copy."""
-    src = tmp_path / "src"
-    make_tree(src, small_files=500, random_mb=24, sparse_mb=8)
+    src = signal_tree
     jdir = tmp_path / "j"
     env_prep = ["prep", "--srcdir", str(src), "--dstdir", "seed/", "--journal-dir", str(jdir),
                 "--session-id", "int-1", "--drive", str(tmp_path / "d.img"),
@@ -243,14 +252,22 @@ def _children(pid: int, needle: str) -> list[int]:
     return out
 
 
+@pytest.fixture(scope="module")
+def group_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20,000 small files (the feeder still at work when the signal lands), made once for
+    both signals (make_tree is seeded: the same tree); prep only reads it."""
+    src = tmp_path_factory.mktemp("group") / "src"
+    make_tree(src, small_files=20_000, random_mb=8, sparse_mb=8)
+    return src
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_at_the_terminal_reaches_prep_and_its_helpers(tmp_path: Path,
+def test_ctrl_c_at_the_terminal_reaches_prep_and_its_helpers(tmp_path: Path, group_tree: Path,
                                                              sig: signal.Signals) -> None:
     """A real Ctrl-C signals the whole process group, as a service manager's SIGTERM does:
     the feeder and the counting walk get it too.  prep alone decides (drain, commit, exit
     130); no helper prints a traceback."""
-    src = tmp_path / "src"
-    make_tree(src, small_files=20_000, random_mb=8, sparse_mb=8)
+    src = group_tree
     jdir = tmp_path / "j"
     args = ["prep", "--srcdir", str(src), "--dstdir", "seed/", "--journal-dir", str(jdir),
             "--session-id", "grp-1", "--drive", str(tmp_path / "d.img"), "--drive-size", "128M",
