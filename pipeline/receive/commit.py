@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from pipeline import faults
 from pipeline.drive import format
 from pipeline.receive import disposition, markers, state
 from pipeline.receive.copylog import CopyLog
@@ -267,6 +268,7 @@ class OnDrive(Mapping[int, FileOnDrive]):
             del self._live[fid], self._stored[fid]
         self.pdb.db.executemany("UPDATE todo SET cells=?, bad=?, committed=? WHERE file_id=?",
                                 out)
+        faults.reached("import_after_sweep")  # tests: a kill with files written back
         self._next_sweep = max(SWEEP, 2 * len(self._live))
         if final:
             self._page_of.clear()
@@ -408,6 +410,7 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
             break
         await _commit_round(store, container, btype, sb.drive_seq, fds, on_drive, log, net,
                             limit, done, why)
+        faults.reached("import_after_commit_round")  # tests: a kill between rounds
 
 
 async def _commit_round(store: Storage, container: str, btype: format.BlobType, seq: int,

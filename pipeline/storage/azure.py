@@ -23,9 +23,14 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import email.utils
+import hashlib
+import hmac
+import http.client
 import re
 import threading
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -115,6 +120,7 @@ class AzureStorage:
         self.name = _strip_query(self._service.url)
         self._pages_open: set[tuple[str, str]] = set()   # page blobs known to be partial
         self._lock = threading.Lock()
+        self._direct = _PutBlob.of(self._service)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -204,6 +210,17 @@ class AzureStorage:
         size = len(data)
         check_part(blob_type, size, 0, data)
         if blob_type is BlobType.BLOCK:
+            direct = self._direct
+            if direct is not None:
+                try:
+                    status = direct.put(check_container_name(container), check_blob_name(blob),
+                                        data)
+                except OSError:  # not on a fresh connection: the SDK from now on
+                    status, self._direct = 0, None
+                if status == 201:
+                    return
+                if status == 409:
+                    pass  # there already (If-None-Match: *): replaced as parts are, below
             client = self._blob(container, blob)
             with self._calls():
                 try:
@@ -450,6 +467,85 @@ class AzureStorage:
         btype = BlobType.PAGE if p.blob_type == AzureBlobType.PAGEBLOB else BlobType.BLOCK
         return BlobInfo(btype, {k: v for k, v in (p.metadata or {}).items() if k != COMPLETE},
                         {k: v for k, v in props.items() if v})
+
+
+class _PutBlob:
+    """Put Blob of a new small block blob (``If-None-Match: *``), sent straight on this
+    thread's own kept-alive connection, signed here: the import's one request per small
+    file.  Through the SDK a request cost ~2.9 ms of client CPU (its policies, requests,
+    urllib3), this way ~0.4 ms (Azurite, 30 KB blobs, one thread), and Azurite itself
+    ~2.5-3 ms: on a machine whose cores the client and the service share, that CPU is the
+    import's speed.  Only the plain outcomes are handled here (201 made, 409 there
+    already); anything else is the SDK's to send again, with its retries and the errors
+    ``_calls`` names.  Not used behind a proxy (the SDK's ``requests`` honours one)."""
+
+    def __init__(self, https: bool, host: str, port: int | None, base: str, query: str,
+                 account: str, key: bytes | None, version: str) -> None:
+        self._https, self._host, self._port = https, host, port
+        self._base, self._query = base, query
+        self._account, self._key, self._version = account, key, version
+        self._local = threading.local()
+
+    @classmethod
+    def of(cls, service: BlobServiceClient) -> _PutBlob | None:
+        """For this service client, or None where the SDK must send it (a proxy, a
+        credential that is neither an account key nor a SAS)."""
+        url = urllib.parse.urlsplit(service.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            return None
+        proxies = urllib.request.getproxies()
+        if url.scheme in proxies and not urllib.request.proxy_bypass(url.hostname):
+            return None
+        cred = service.credential
+        key = getattr(cred, "account_key", None)
+        if key is None and (cred is not None or "sig=" not in url.query):
+            return None
+        return cls(url.scheme == "https", url.hostname, url.port, url.path.rstrip("/") + "/",
+                   url.query, service.account_name or "",
+                   None if key is None else base64.b64decode(key), service.api_version)
+
+    def _conn(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it is new."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and conn.sock is not None:
+            return conn, False
+        conn = (http.client.HTTPSConnection if self._https else http.client.HTTPConnection)(
+            self._host, self._port, timeout=CONNECT_TIMEOUT_S)
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.settimeout(READ_TIMEOUT_S)
+        self._local.conn = conn
+        return conn, True
+
+    def put(self, container: str, blob: str, data: bytes) -> int:
+        """The HTTP status.  OSError only from a new connection (a kept-alive one the
+        service closed is replaced once)."""
+        path = f"{self._base}{container}/{urllib.parse.quote(blob, safe='~/')}"
+        headers = {"Content-Length": str(len(data)), "Content-Type": "application/octet-stream",
+                   "If-None-Match": "*", "x-ms-blob-type": "BlockBlob",
+                   "x-ms-date": email.utils.formatdate(usegmt=True),
+                   "x-ms-version": self._version}
+        if self._key is not None:  # Shared Key: the verb, the 11 standard headers (only
+            # Content-Length, -Type and If-None-Match sent), the x-ms- ones, the resource
+            sts = (f"PUT\n\n\n{len(data) or ''}\n\napplication/octet-stream\n\n\n\n*\n\n\n"
+                   f"x-ms-blob-type:BlockBlob\nx-ms-date:{headers['x-ms-date']}\n"
+                   f"x-ms-version:{self._version}\n/{self._account}{path}")
+            sig = base64.b64encode(hmac.new(self._key, sts.encode(), hashlib.sha256).digest())
+            headers["Authorization"] = f"SharedKey {self._account}:{sig.decode()}"
+        target = f"{path}?{self._query}" if self._query else path
+        while True:
+            conn, new = self._conn()
+            try:
+                conn.request("PUT", target, body=data, headers=headers)
+                with conn.getresponse() as reply:
+                    reply.read()
+                    if reply.will_close:
+                        conn.close()
+                    return reply.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                if new:
+                    raise OSError(f"{self._host}: Put Blob failed") from None
 
 
 def _block_id(offset: int) -> str:
