@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -244,12 +245,27 @@ async def count_totals(cfg: PrepConfig, stats: progress.Stats) -> None:
     """
     root = str(cfg.srcdir)
     find = shutil.which("find")
-    if find is not None:
-        done = await trio.run_process([find, "-H", root, "-type", "f", "-printf", "%s\n"],
-                                      capture_stdout=True, capture_stderr=True, check=False)
-        if done.returncode == 0:
-            sizes = done.stdout.split()
-            stats.files_total, stats.bytes_total = len(sizes), sum(map(int, sizes))
+    if find is not None:  # its lines summed as they come: held whole, 1,000,000 files
+        files = size = 0  # made a 43 MiB list (issue 18)
+        proc = await trio.lowlevel.open_process(
+            [find, "-H", root, "-type", "f", "-printf", "%s\n"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        tail = b""
+        try:
+            assert proc.stdout is not None
+            async with proc.stdout:
+                async for chunk in proc.stdout:
+                    lines = (tail + chunk).split(b"\n")
+                    tail = lines.pop()
+                    files, size = files + len(lines), size + sum(map(int, lines))
+            await proc.wait()
+        finally:
+            if proc.returncode is None:  # cancelled: the count is killed
+                proc.kill()
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+        if proc.returncode == 0 and not tail:
+            stats.files_total, stats.bytes_total = files, size
             return
     done = await trio.run_process([sys.executable, "-m", "pipeline.prep.scan", root],
                                   capture_stdout=True, capture_stderr=True, check=False)
