@@ -70,3 +70,44 @@ def test_killed_at_a_state_point_then_again(tmp_path: Path, drive: tuple[Path, P
                    if x.get("type") == "blob")
     assert blobs == sorted((x["blob"], x["status"]) for x in copy_log(ref_logs, SESSION, 1)
                            if x.get("type") == "blob")
+
+
+@pytest.fixture(scope="module")
+def spanning(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path, dict]:
+    base = tmp_path_factory.mktemp("statecrash-span")
+    src, jdir = base / "src", base / "j"
+    make_tree(src, small_files=40, random_mb=20, sparse_mb=4)
+    drives = [base / "d1.img", base / "d2.img"]
+    prep(src, jdir, SPAN_SESSION, drives, "32M")
+    return drives, jdir, read_tree(src)
+
+
+SPAN_SESSION = "statecrash-span"
+
+
+def test_killed_after_committing_a_file_that_spans_drives(
+        tmp_path: Path, spanning: tuple[list[Path], Path, dict]) -> None:
+    """Drive 1 delivered a file's first cells, drive 2's import committed the file and was
+    killed before its marker said "done": importing drive 2 again must not commit the
+    file once more from a partial blob that holds drive 2's cells alone (it did: drive 1's
+    cells read back as zeros, logged "ok")."""
+    (d1, d2), jdir, files = spanning
+    account, logs = tmp_path / "acct", tmp_path / "logs"
+    account.mkdir()
+    _import(d1, jdir, account, logs)
+    waiting = {x["blob"] for x in copy_log(logs, SPAN_SESSION, 1)
+               if "continues on another drive" in x.get("reason", "")}
+    assert waiting  # a file spans the two drives
+    _import(d2, jdir, account, logs, env={"PIPELINE_CRASH_AT": "import_after_commit_round:1"},
+            code=-signal.SIGKILL)
+    assert local_blobs(account, "seed-test") == files  # committed, drive 2 still "parts"
+    marker = account / importer.STATE_CONTAINER / SPAN_SESSION / "drive-02.json"
+    assert json.loads(marker.read_bytes())["state"] == "parts"
+
+    _import(d2, jdir, account, logs)
+    assert json.loads(marker.read_bytes())["state"] == "done"
+    assert local_blobs(account, "seed-test") == files
+    statuses = {x["blob"]: x["status"] for x in copy_log(logs, SPAN_SESSION, 2)
+                if x.get("type") == "blob"}
+    assert all(statuses["vdir/" + b if not b.startswith("vdir/") else b] == "ok"
+               for b in waiting)

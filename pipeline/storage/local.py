@@ -94,6 +94,27 @@ def _zero(fd: int, cells: Sequence[int], size: int) -> None:
             os.pwrite(fd, bytes(min(CELL, end - offset)), offset)
 
 
+def _copy(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes from ``src`` to ``dst``, in the kernel where it can (a reflink
+    on XFS or btrfs); the file's zero cells are zeroed by commit."""
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src, dst, size - done, done, done)
+            if n == 0:
+                break
+            done += n
+    except OSError:  # a file system or kernel without it
+        pass
+    while done < size:
+        chunk = os.pread(src, min(CELL, size - done), done)
+        if not chunk:
+            break
+        done += os.pwrite(dst, chunk, done)
+    if done < size:
+        os.ftruncate(dst, size)
+
+
 def _umask() -> int:
     """The process's umask (read at import, before any thread: setting it is the only way)."""
     mask = os.umask(0o077)
@@ -236,7 +257,8 @@ class LocalStorage:
         check_part(blob_type, size, offset, data)
         path = self._path(container, blob, partial=True)
         with self._writing(container, blob):
-            fd = self._open_partial(path, size, whole=offset == 0 and len(data) == size)
+            fd = self._open_partial(path, size, whole=offset == 0 and len(data) == size,
+                                    final=self._path(container, blob))
             try:
                 view = memoryview(data).cast("B")
                 done = self._write_direct(fd, view, offset)
@@ -347,11 +369,28 @@ class LocalStorage:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         return n
 
-    def _open_partial(self, path: str, size: int, whole: bool = False) -> int:
+    def _open_partial(self, path: str, size: int, whole: bool = False,
+                      final: str | None = None) -> int:
         """Open (creating, sparse, ``size`` bytes) the partial file; ``whole``: the part
-        about to be written is the whole file, so the write itself sets its size."""
+        about to be written is the whole file, so the write itself sets its size.
+
+        A new partial of a blob ``final`` committed with this size starts as its copy:
+        the cells not written again keep the committed bytes, as an Azure block blob's
+        committed blocks stand in for blocks not staged again.  An import killed after it
+        committed a file that spans drives, then run again, delivers only this drive's
+        cells; a sparse new partial committed over the blob made the other drives'
+        cells zeros (logged "ok").  Cells delivered or zero are written or zeroed anyway."""
         folder = os.path.dirname(path)
         self._ensure_dir(folder)  # sync() makes parts durable
+        if final is not None and not whole:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._seed(path, final, size)
+            else:
+                if os.fstat(fd).st_size != size:
+                    os.ftruncate(fd, size)
+                return fd
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
             try:
@@ -370,6 +409,35 @@ class LocalStorage:
         if os.fstat(fd).st_size != size:   # racing creator, or a size change: last size wins
             os.ftruncate(fd, size)
         return fd
+
+    def _seed(self, path: str, final: str, size: int) -> None:
+        """Make the partial ``path`` a copy of the committed blob ``final`` if that is a
+        file of ``size`` bytes (copied aside, then linked in: a thread that made the
+        partial meanwhile, and wrote into it, keeps its own)."""
+        try:
+            src = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                return
+            tmpdir = os.path.join(self.root, PARTIAL, PUT_TMP)
+            self._ensure_dir(tmpdir)
+            tmp = os.path.join(tmpdir, secrets.token_hex(16))
+            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                _copy(src, dst, size)
+            finally:
+                os.close(dst)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        finally:
+            os.close(src)
 
     def commit(self, container: str, blob: str, blob_type: BlobType, size: int,
                zero_offsets: Sequence[int]) -> None:
