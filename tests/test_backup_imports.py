@@ -15,9 +15,9 @@ from pathlib import Path
 
 import trio
 
-from pipeline.backup.backend import DirBackend, StorageBackend
+from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository
-from pipeline.storage import open_storage
+from tests.backup_helpers import seed_account
 from tests.conftest import FAST_ARGON, ROOT
 from tests.test_backup_repo import CONTAINER, PASS, backup, make_tree
 
@@ -89,13 +89,7 @@ def _seeded_account(tmp_path: Path) -> tuple[Path, Path]:
     repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
     trio.run(backup, repo, src, False)
     account = tmp_path / "account"
-    account.mkdir()
-    storage = open_storage(str(account))
-    storage.ensure_container(CONTAINER)
-    to = StorageBackend(storage, CONTAINER)
-    for p in sorted((tmp_path / "repo").rglob("*")):
-        if p.is_file():
-            to.put(p.relative_to(tmp_path / "repo").as_posix(), p.read_bytes())
+    seed_account(tmp_path / "repo", account, CONTAINER)
     (tmp_path / "pass").write_bytes(PASS + b"\n")
     return src, account
 
