@@ -514,20 +514,16 @@ class Journal:
         """The closing INDEX segment spooled to an unnamed 0600 file beside the journal
         (its header is known only at the end, and the drive and its sha256 want it
         first): ``IndexFile.blocks`` gives it out in order, a block at a time."""
+        spool: IO[bytes] | None = None
         try:
-            spool = tempfile.TemporaryFile(dir=self.path.parent)  # noqa: SIM115 (closed below)
-        except OSError as e:
-            if is_no_space(e):      # the OSError names no file: say which filesystem is full
-                raise NoSpace(self.path.parent, f"the closing index beside {self.path}") from e
-            raise
-        try:
+            spool = tempfile.TemporaryFile(dir=self.path.parent)  # noqa: SIM115 (IndexFile closes it)
             head = self.stream_index(seq, offset, spool.write)
             size = spool.tell()
         except BaseException as e:
-            spool.close()
-            if is_no_space(e):
-                raise NoSpace(self.path.parent,
-                              f"the closing index beside {self.path}") from e
+            if spool is not None:
+                spool.close()
+            if is_no_space(e):      # the OSError names no file: say which filesystem is full
+                raise NoSpace(self.path.parent, f"the closing index beside {self.path}") from e
             raise
         return IndexFile(head, spool, len(head) + size)
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.backup.backend import StorageBackend
+import trio
+
+from pipeline.backup.backend import DirBackend, StorageBackend
+from pipeline.backup.repo import Repository
 from pipeline.storage import open_storage
+from tests.conftest import FAST_ARGON
+from tests.test_backup_repo import PASS, backup, make_tree
 
 
 def seed_account(repo_dir: Path, account: Path, container: str) -> StorageBackend:
@@ -19,3 +24,14 @@ def seed_account(repo_dir: Path, account: Path, container: str) -> StorageBacken
         if p.is_file():
             backend.put(p.relative_to(repo_dir).as_posix(), p.read_bytes())
     return backend
+
+
+def backed_up_tree(tmp_path: Path) -> tuple[Path, Repository]:
+    """``tmp_path/src`` made by ``make_tree`` and backed up into a new repository at
+    ``tmp_path/repo`` (cheap KDF)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
+    trio.run(backup, repo, src, False)
+    return src, repo

@@ -13,13 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import trio
-
-from pipeline.backup.backend import DirBackend
-from pipeline.backup.repo import Repository
-from tests.backup_helpers import seed_account
-from tests.conftest import FAST_ARGON, ROOT
-from tests.test_backup_repo import CONTAINER, PASS, backup, make_tree
+from tests.backup_helpers import backed_up_tree, seed_account
+from tests.conftest import ROOT
+from tests.test_backup_repo import CONTAINER, PASS
 
 # Run as `python -m pipeline` runs (runpy), then write sys.modules' names to MODULES_OUT:
 # in a `finally`, so that only what the command imported is there (no json, no atexit).
@@ -83,11 +79,7 @@ def _modules(tmp_path: Path, *args: str) -> tuple[set[str], list[dict[str, objec
 
 def _seeded_account(tmp_path: Path) -> tuple[Path, Path]:
     """A backed-up tree and its repository in a local account, as an imported seed is."""
-    src = tmp_path / "src"
-    src.mkdir()
-    make_tree(src)
-    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
-    trio.run(backup, repo, src, False)
+    src, _ = backed_up_tree(tmp_path)
     account = tmp_path / "account"
     seed_account(tmp_path / "repo", account, CONTAINER)
     (tmp_path / "pass").write_bytes(PASS + b"\n")

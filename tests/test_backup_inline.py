@@ -21,18 +21,9 @@ from pipeline.backup import archive
 from pipeline.backup import encoding as fmt
 from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository, hostname
-from tests.backup_helpers import seed_account
+from tests.backup_helpers import backed_up_tree, seed_account
 from tests.conftest import FAST_ARGON, ROOT
-from tests.test_backup_repo import CONTAINER, PASS, backup, describe, make_tree, restore
-
-
-def _seeded(tmp_path: Path) -> tuple[Path, Repository]:
-    src = tmp_path / "src"
-    src.mkdir()
-    make_tree(src)
-    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
-    trio.run(backup, repo, src, False)
-    return src, repo
+from tests.test_backup_repo import CONTAINER, PASS, describe, restore
 
 
 def _begin(repo: Repository, src: Path) -> tuple[archive.Begun, progress.Stats, list[str]]:
@@ -47,7 +38,7 @@ def _walk_order_files(repo: Repository, manifest: fmt.Manifest) -> list[str]:
 
 
 def test_nothing_changed_ends_inline_with_the_parents_tree(tmp_path: Path) -> None:
-    src, repo = _seeded(tmp_path)
+    src, repo = backed_up_tree(tmp_path)
     parent = repo.manifest(repo.snapshots()[-1])
     sent = repo.backend.bytes_sent
     begun, stats, warnings = _begin(repo, src)
@@ -69,7 +60,7 @@ def test_a_file_to_read_hands_the_walk_over_where_it_got(tmp_path: Path) -> None
     """The last file in walk order rewritten with its size and mtime kept (only its
     ctime says so): every entry before it is taken inline, the pipeline goes on from it,
     and the snapshot is the one a backup without a parent writes (same lines, chunks)."""
-    src, repo = _seeded(tmp_path)
+    src, repo = backed_up_tree(tmp_path)
     parent = repo.manifest(repo.snapshots()[-1])
     files = _walk_order_files(repo, parent)
     last = src / files[-1]
@@ -95,7 +86,7 @@ def test_a_file_to_read_hands_the_walk_over_where_it_got(tmp_path: Path) -> None
 def test_metadata_changes_are_taken_inline_and_stored(tmp_path: Path) -> None:
     """A changed xattr, a chmod and a new hard link move ctimes but need no read: the
     inline walk takes them all, its new tree chunks wait for the pipeline to store."""
-    src, repo = _seeded(tmp_path)
+    src, repo = backed_up_tree(tmp_path)
     parent = repo.manifest(repo.snapshots()[-1])
     files = _walk_order_files(repo, parent)
     a, b = src / files[0], src / files[1]
@@ -130,7 +121,7 @@ print(json.dumps({"code": code, "trio": "trio" in sys.modules}))
 def test_cli_no_change_backup_never_imports_trio(tmp_path: Path) -> None:
     """`pipeline backup` with nothing changed finishes without Trio; with a new file it
     runs the pipeline (and so Trio) and stores it."""
-    src, repo = _seeded(tmp_path)
+    src, repo = backed_up_tree(tmp_path)
     account = tmp_path / "account"
     seed_account(tmp_path / "repo", account, CONTAINER)
     (tmp_path / "pass").write_bytes(PASS + b"\n")
@@ -191,7 +182,7 @@ def test_a_long_inline_walk_hands_over_with_nothing_to_read(tmp_path: Path,
                                                             ) -> None:
     """Past ``INLINE_S`` the pipeline (and its progress display) takes over even with
     nothing to read: the snapshot is the same, the parent's tree, nothing read."""
-    src, repo = _seeded(tmp_path)
+    src, repo = backed_up_tree(tmp_path)
     parent = repo.manifest(repo.snapshots()[-1])
     monkeypatch.setattr(archive, "INLINE_S", 0.0)
     begun, stats, warnings = _begin(repo, src)
@@ -211,7 +202,7 @@ def test_inline_walk_warns_on_this_thread(tmp_path: Path) -> None:
     and the result, without a Trio run."""
     import socket
 
-    src, repo = _seeded(tmp_path)
+    src, repo = backed_up_tree(tmp_path)
     parent = repo.manifest(repo.snapshots()[-1])
     st = src.stat()
     with socket.socket(socket.AF_UNIX) as s:
