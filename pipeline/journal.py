@@ -32,7 +32,7 @@ import xxhash
 
 from pipeline import atomic
 from pipeline.drive import format
-from pipeline.errors import BadInput, NoSpace, is_no_space
+from pipeline.errors import BadInput, InvalidRecoveryPassword, NoSpace, is_no_space
 
 SCHEMA_VERSION = 2  # 2: each record's encoded bytes (rec), from which the index is built
 SUFFIX = ".journal"
@@ -685,6 +685,16 @@ def one_session(jdir: str | os.PathLike[str], session_id: str | None) -> list[Jo
     return journals
 
 
+def _is_recovery_password(key: str) -> bool:
+    """Whether ``key`` is, as written, a recovery password (what a job's bitLockerKey is)."""
+    from pipeline.volume import luks2  # here: the journal's readers need no KDF imported
+
+    try:
+        return luks2.parse_recovery_password(key) == key
+    except InvalidRecoveryPassword:
+        return False
+
+
 def drive_list(journals: list[Journal]) -> list[dict[str, str]]:
     """The driveList entries; refuses drives that are not closed (nothing to ship yet)."""
     out = []
@@ -694,6 +704,13 @@ def drive_list(journals: list[Journal]) -> list[dict[str, str]]:
             raise BadInput(f"drive {d.seq} ({d.path}) is {d.state}, not closed; finish it with "
                            f"pipeline prep --resume --journal-dir {j.path.parent} "
                            f"--session-id {j.session.session_id}")
+        if not _is_recovery_password(j.recovery_password):
+            raise BadInput(  # an AlreadyEncrypted volume's own key; never echoed (a secret)
+                f"drive {d.seq} ({d.path}) opens with the ExistingBitLockerKey of its "
+                "driveset, which is not a recovery password (48 digits in 8 groups of 6); an "
+                "import job's bitLockerKey must be one: import this drive at the site with "
+                "--journal-dir or --passphrase-file, or give such a volume a recovery password "
+                "(cryptsetup luksAddKey) before prep and name that in the driveset")
         out.append({
             "driveId": d.uuid,
             "bitLockerKey": j.recovery_password,
