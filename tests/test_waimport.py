@@ -263,7 +263,9 @@ def test_already_encrypted_drive_made_by_cryptsetup(tmp_path: Path) -> None:
     image = tmp_path / "luks.img"
     with open(image, "wb") as f:
         f.truncate(64 * MiB)
-    key = "correct horse battery staple"
+    # A recovery password, as a BitLocker operator's ExistingBitLockerKey is: the job's
+    # bitLockerKey below (a passphrase: test_waimport_service.py).
+    key = "111111-222222-333333-444444-555555-666666-000055-123453"
     (tmp_path / "key").write_text(key)
     subprocess.run([exe, "luksFormat", "--batch-mode", "--type", "luks2", "--cipher",
                     "aes-xts-plain64", "--key-size", "512", "--sector-size", "4096",

@@ -20,7 +20,8 @@ from .test_waimport import DHEADER, HEADER, MiB, import_, inputs, prep
 
 
 @pytest.mark.parametrize(("edit", "expected"), [
-    (lambda t, s: t.replace("BlobType,", "Type,"), "dataset.csv:1: missing column BlobType"),
+    (lambda t, s: t.replace("Disposition,", "").replace("rename,", "").replace("overwrite,", ""),
+     "dataset.csv:1: missing column Disposition"),
     (lambda t, s: t.replace("PageBlob", "AppendBlob"),
      "dataset.csv:3: BlobType: 'AppendBlob' is not BlockBlob or PageBlob"),
     (lambda t, s: t.replace(f"{s}/disk.vhd", f"{s}/gone.vhd"),
@@ -37,8 +38,24 @@ from .test_waimport import DHEADER, HEADER, MiB, import_, inputs, prep
     (lambda t, s: t + f"{s}/other/,pages/,PageBlob,rename,None,None\n",
      "dataset.csv:4: BlobType: {s}/other/b.txt: 5 bytes is not a multiple of 512, which page "
      "blobs require; set BlobType to BlockBlob"),
+    (lambda t, s: t.replace("PageBlob,overwrite", "PageBlob,replace"),
+     "dataset.csv:3: Disposition: 'replace' is not rename, no-overwrite or overwrite"),
+    (lambda t, s: t.replace(f"{s}/disk.vhd", "D:\\disk.vhd"),
+     "dataset.csv:3: BasePath: 'D:\\\\disk.vhd' is a Windows path; give the Linux path"),
+    # two single-file rows to one blob
+    (lambda t, s: t + f"{s}/photos/a.bin,vhds/disks/d.vhd,BlockBlob,rename,None,None\n",
+     "dataset.csv:4: DstBlobPathOrPrefix: 'vhds/disks/d.vhd' is line 3's too; two rows would "
+     "write the same blob(s)"),
+    # a row's metadata file: missing, or another kind of XML (named under its column)
+    (lambda t, s: t.replace("vmeta.xml", "gone.xml"),
+     "dataset.csv:3: MetadataFile: {t}/gone.xml: No such file or directory"),
+    (lambda t, s: t.replace("vmeta.xml", "props.xml"),
+     "dataset.csv:3: MetadataFile: {t}/props.xml:2: the root element is <Properties>, not "
+     "<Metadata>"),
 ])
 def test_bad_dataset_is_exit_2_and_nothing_written(tmp_path: Path, edit, expected: str) -> None:
+    """One line naming file:line and column, exit 2, no drive and no journal written (the
+    journal directory itself is made first, empty, as for any prep)."""
     inputs(tmp_path)
     src = tmp_path / "src"
     (src / "other").mkdir()
@@ -46,10 +63,12 @@ def test_bad_dataset_is_exit_2_and_nothing_written(tmp_path: Path, edit, expecte
     path = tmp_path / "dataset.csv"
     path.write_text(edit(path.read_text(), str(src)))
     proc = prep(tmp_path, code=2)
-    want = f"pipeline prep: {tmp_path}/" + expected.format(s=src)
-    assert any(line.startswith(want) for line in proc.stderr.splitlines()), proc.stderr
+    want = f"pipeline prep: {tmp_path}/" + expected.format(s=src, t=tmp_path)
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(want), proc.stderr
+    assert proc.stdout == ""
     assert not (tmp_path / "d1.img").exists() and not (tmp_path / "d2.img").exists()
-    assert not list((tmp_path / "j").glob("*")) if (tmp_path / "j").exists() else True
+    assert not (tmp_path / "j").exists() or not list((tmp_path / "j").iterdir())
 
 
 def test_bad_driveset_is_exit_2_and_nothing_written(tmp_path: Path) -> None:
@@ -57,9 +76,21 @@ def test_bad_driveset_is_exit_2_and_nothing_written(tmp_path: Path) -> None:
     (tmp_path / "driveset.csv").write_text(f"{DHEADER}\nE:,Format,SilentMode,Encrypt,\n"
                                            f"{tmp_path}/d1.img,Format,Loud,Encrypt,\n")
     proc = prep(tmp_path, code=2)
-    assert "driveset.csv:2: DriveLetter: 'E:' is a Windows drive letter" in proc.stderr
-    assert "driveset.csv:3: SilentOrPromptOnFormat: 'Loud' is not SilentMode" in proc.stderr
+    assert [x for x in proc.stderr.splitlines() if " note: " not in x] == [
+        f"pipeline prep: {tmp_path}/driveset.csv:2: DriveLetter: 'E:' is a Windows drive "
+        "letter; give the drive's block device (/dev/sdX) or image file path",
+        f"pipeline prep: {tmp_path}/driveset.csv:3: SilentOrPromptOnFormat: 'Loud' is not "
+        "SilentMode or PromptOnFormat",
+        f"pipeline prep: {tmp_path}/driveset.csv: 2 problems (each on a line above); fix them "
+        "and run the same command again"]
     assert not (tmp_path / "d1.img").exists()
+    (tmp_path / "driveset.csv").write_text(
+        f"{DHEADER.replace('Encryption,', '')}\n{tmp_path}/d1.img,Format,SilentMode,\n")
+    proc = prep(tmp_path, code=2)
+    assert [x for x in proc.stderr.splitlines() if " note: " not in x] == [
+        f"pipeline prep: {tmp_path}/driveset.csv:1: missing column Encryption"]
+    assert not (tmp_path / "d1.img").exists()
+    assert not (tmp_path / "j").exists() or not list((tmp_path / "j").iterdir())
 
 
 def test_preview_then_additional_driveset_on_resume(tmp_path: Path) -> None:

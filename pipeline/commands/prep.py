@@ -163,6 +163,9 @@ def _drives_of(args: argparse.Namespace) -> tuple[list[str], bool, dict[str, str
             silent = silent and row.silent
             if not row.encrypt:
                 keys[str(Path(row.path).resolve())] = row.existing_key
+            note = dataset.key_note(row, name)
+            if note is not None:
+                print(f"pipeline prep: note: {note}", file=sys.stderr)
     return paths, silent and bool(paths), keys
 
 

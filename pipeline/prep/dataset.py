@@ -42,11 +42,12 @@ from pipeline.drive.attrs import (
     property_problem,
 )
 from pipeline.drive.format import BlobType
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, InvalidRecoveryPassword
+from pipeline.volume import luks2
 
 __all__ = ["DATASET_COLUMNS", "DRIVESET_COLUMNS", "ROOT_CONTAINER", "DatasetProblems",
-           "DatasetRow", "DrivesetRow", "parse_dataset", "parse_driveset", "parse_metadata",
-           "parse_properties"]
+           "DatasetRow", "DrivesetRow", "key_note", "parse_dataset", "parse_driveset",
+           "parse_metadata", "parse_properties"]
 
 DATASET_COLUMNS = ("BasePath", "DstBlobPathOrPrefix", "BlobType", "Disposition",
                    "MetadataFile", "PropertiesFile")
@@ -291,6 +292,25 @@ def _driveset_row(line: int, r: dict[str, str], at: str) -> tuple[DrivesetRow | 
                        got["Encryption"], key), []
 
 
+def key_note(row: DrivesetRow, where: str) -> str | None:
+    """What an AlreadyEncrypted row's key that is no recovery password means: the drive
+    is prepared and imports with it, but no import job can list it (a job's
+    ``bitLockerKey`` is a recovery password), and adding one after prep would change
+    the header the job's ``driveHeaderHash`` pins.  Said before the drive is written."""
+    if row.encrypt:
+        return None
+    try:
+        if luks2.parse_recovery_password(row.existing_key) == row.existing_key:
+            return None
+    except InvalidRecoveryPassword:
+        pass
+    return (f"{where}:{row.line}: ExistingBitLockerKey: not a recovery password (48 digits "
+            "in 8 groups of 6): the drive imports with its journal or --passphrase-file, but "
+            "journal export and jobs create cannot list it in an import job; to ship it with "
+            "a job, give the volume a recovery password first (cryptsetup luksAddKey) and "
+            "name that here")
+
+
 def parse_driveset(data: bytes | str, where: str) -> list[DrivesetRow]:
     """driveset.csv's rows; DatasetProblems with a line per problem.  A drive listed twice
     is a problem too."""
@@ -338,9 +358,9 @@ def _xml_elements(data: bytes, where: str, root: str
 
     def start(name: str, attrs: dict[str, str]) -> None:
         line = parser.CurrentLineNumber
-        if not stack and name != root:
-            problems.append(f"{where}:{line}: the root element is <{name}>, not <{root}>")
-        elif len(stack) == 2:
+        if not stack and name != root:  # another kind of file: its elements say no more
+            raise Refused(f"the root element is <{name}>, not <{root}>")
+        if len(stack) == 2:
             problems.append(f"{where}:{line}: <{name}> inside <{stack[-1]}>: "
                             "values are plain text")
         elif attrs:

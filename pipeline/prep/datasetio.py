@@ -59,12 +59,13 @@ class Source:
         return self.blob.partition("/")[0]
 
 
-def _read(path: str, what: str) -> bytes:
+def _read(path: str) -> bytes:
+    """A CSV or XML file's bytes (at most one more than the parsers take)."""
     try:
         with open(path, "rb") as f:
             return f.read(MAX_INPUT_BYTES + 1)  # more is refused by the parser, named
     except OSError as e:
-        raise DatasetProblems(path, [f"{what}: cannot read {path}: {e.strerror}"]) from None
+        raise DatasetProblems(path, [f"{path}: {e.strerror}"]) from None
 
 
 def _source(row: DatasetRow, where: str, notes: list[str]) -> Source:
@@ -88,16 +89,17 @@ def _source(row: DatasetRow, where: str, notes: list[str]) -> Source:
                         "set BlobType to BlockBlob")
     meta: tuple[tuple[str, str], ...] = ()
     props: tuple[tuple[str, str], ...] = ()
-    try:
-        if row.metadata_file is not None:
-            meta = parse_metadata(_read(row.metadata_file, f"{at}: MetadataFile"),
-                                  row.metadata_file)
-        if row.properties_file is not None:
-            props, more = parse_properties(_read(row.properties_file, f"{at}: PropertiesFile"),
-                                           row.properties_file)
+    if row.metadata_file is not None:  # each file's problems, under its column
+        try:
+            meta = parse_metadata(_read(row.metadata_file), row.metadata_file)
+        except DatasetProblems as e:
+            problems += [f"{at}: MetadataFile: {p}" for p in e.problems]
+    if row.properties_file is not None:
+        try:
+            props, more = parse_properties(_read(row.properties_file), row.properties_file)
             notes += more
-    except DatasetProblems as e:
-        problems += [f"{at}: {p}" for p in e.problems]
+        except DatasetProblems as e:
+            problems += [f"{at}: PropertiesFile: {p}" for p in e.problems]
     if problems:
         raise DatasetProblems(where, problems)
     base = os.path.realpath(row.base_path) + ("/" if row.is_dir else "")
@@ -110,7 +112,7 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[list[Source], list[str]]
     """(the checked sources of dataset.csv at ``path``, notes on ignored properties).
     DatasetProblems, with a line per problem, unless every row holds."""
     where = os.fspath(path)
-    rows = parse_dataset(_read(where, where), where)
+    rows = parse_dataset(_read(where), where)
     sources: list[Source] = []
     problems: list[str] = []
     notes: list[str] = []
