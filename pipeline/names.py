@@ -14,9 +14,10 @@ empty, '.' or '..' segment (a local directory would resolve them).  Container:
 3-63 lowercase letters, digits and single hyphens, starting and ending with a
 letter or digit, or ``$root``, Azure's root container (its blobs sit at the
 account's top level: no '/' in their names, ``root_blob_problem``; no virtual
-directory under it).  One size rule lives here too, for the same reason: a page
+directory under it).  Azure's size limits live here too, for the same reason: a page
 blob is a multiple of 512 bytes and at most 8 TiB (``page_blob_problem``), asked
-by prep (plain and dataset, local and cluster) and by import alike.
+by prep (plain and dataset, local and cluster) and by import alike; a block blob is
+at most 50,000 blocks (``storage.base.MAX_BLOB_SIZE``, the Azure store's own limit).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pipeline.errors import BadInput
 
 __all__ = [
     "MAX_BLOB_NAME",
+    "MAX_BLOCKS",
+    "MAX_BLOCK_BLOB",
+    "MAX_BLOCK_BYTES",
     "MAX_PAGE_BLOB",
     "MAX_SEGMENTS",
     "MAX_SEGMENT_BYTES",
@@ -53,6 +57,9 @@ MAX_DSTDIR_BYTES = 1024  # the superblock's string limit (format.MAX_SB_STRING_B
 ROOT_CONTAINER = "$root"  # Azure's root container; '$' is in no other container name
 PAGE_SIZE = 512  # Azure's page: a page blob's size is a multiple of it
 MAX_PAGE_BLOB = 8 << 40  # Azure's largest page blob: 8 TiB
+MAX_BLOCKS = 50_000  # Azure's committed blocks per block blob
+MAX_BLOCK_BYTES = 4000 << 20  # Azure's largest block: 4000 MiB
+MAX_BLOCK_BLOB = MAX_BLOCKS * MAX_BLOCK_BYTES  # Azure's largest block blob (~190.7 TiB)
 
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
 _BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")

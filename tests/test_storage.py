@@ -350,6 +350,18 @@ def test_misaligned_parts_are_bugs(store: Storage, container: str) -> None:
             store.write_part(container, "m", *args)
 
 
+def test_azure_size_limits_are_the_ones_names_spells() -> None:
+    """One rule, one place: the largest blobs Azure holds are names.py's constants (8 TiB
+    page blobs, 50,000 blocks of 4000 MiB), which import's checks and the Azure store use."""
+    from pipeline import names
+    from pipeline.storage import azure, base
+
+    assert base.MAX_BLOB_SIZE == {BlobType.PAGE: 8 << 40, BlobType.BLOCK: 50_000 * (4000 << 20)}
+    assert base.MAX_BLOB_SIZE == {BlobType.PAGE: names.MAX_PAGE_BLOB,
+                                  BlobType.BLOCK: names.MAX_BLOCK_BLOB}
+    assert (base.PAGE, azure.MAX_BLOCKS) == (names.PAGE_SIZE, names.MAX_BLOCKS) == (512, 50_000)
+
+
 # -- concurrency ----------------------------------------------------------------------------
 
 

@@ -58,6 +58,7 @@ from urllib3.util.retry import Retry
 
 from pipeline.drive.format import BlobType
 from pipeline.errors import BadInput
+from pipeline.names import MAX_BLOCKS  # Azure's committed blocks per block blob
 from pipeline.storage.base import (
     CELL,
     BlobInfo,
@@ -70,7 +71,6 @@ from pipeline.storage.base import (
     md5_of,
 )
 
-MAX_BLOCKS = 50_000                 # Azure's committed blocks per block blob
 COMPLETE = "pipeline_complete"      # metadata key on our blobs
 CONNECT_TIMEOUT_S = 3               # two tries 3 s apart: an unreachable account fails in 3-9 s
 READ_TIMEOUT_S = 20                 # for an answer to a 1 MiB part or a 50,000-id block list

@@ -19,6 +19,9 @@ from typing import Protocol
 from pipeline.drive.blob import CELL, BlobType  # CELL: the grid of write_part offsets
 from pipeline.errors import EXIT_STORAGE, IntegrityError, PipelineError
 from pipeline.names import (  # the rules live in names.py; re-exported for the backends
+    MAX_BLOCK_BLOB,
+    MAX_PAGE_BLOB,
+    PAGE_SIZE,
     InvalidName,
     check_blob_name,
     check_container_name,
@@ -40,9 +43,8 @@ __all__ = [
     "md5_of",
 ]
 
-PAGE = 512              # Azure page blob unit
-MAX_BLOB_SIZE = {BlobType.BLOCK: 50_000 * 4000 << 20,  # Azure's limits: 50,000 blocks of
-                 BlobType.PAGE: 8 << 40}                # 4000 MiB; page blobs 8 TiB
+PAGE = PAGE_SIZE        # Azure page blob unit
+MAX_BLOB_SIZE = {BlobType.BLOCK: MAX_BLOCK_BLOB, BlobType.PAGE: MAX_PAGE_BLOB}  # Azure's
 AZURE_FIX = "check the connection string / SAS and that the account is reachable"
 
 
