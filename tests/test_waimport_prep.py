@@ -108,7 +108,10 @@ def test_preview_then_additional_driveset_on_resume(tmp_path: Path) -> None:
     est = json.loads(run_cli("preview", "--dataset", str(tmp_path / "dataset.csv"),
                              "--drive-size", "64M", "--json", check_code=0).stdout)
     assert (est["files"], est["bytes"], est["drives"]) == (3, 51 * MiB, 2)
-    prep(tmp_path, session="add1", driveset="one.csv", code=3)
+    proc = prep(tmp_path, session="add1", driveset="one.csv", code=3)
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"--resume --journal-dir {tmp_path / 'j'} --session-id add1 --drive NEW (or "
+        "--additional-driveset FILE)")
     run_cli("prep", "--resume", "--journal-dir", str(tmp_path / "j"), "--session-id", "add1",
             "--additional-driveset", str(tmp_path / "more.csv"), "--drive-size", "64M",
             *FAST_KDF_ARGS, check_code=0)

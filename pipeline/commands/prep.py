@@ -492,9 +492,11 @@ class _Copy:
 
     def out_of_drives(self) -> str:
         s = self.stats
+        more = " (or --additional-driveset FILE)" if self.cfg.dataset is not None else ""
         return (f"every drive is full after {drives.human(s.bytes_done)} of "
                 f"{drives.human(s.bytes_total)}; add drives, then: pipeline prep --resume "
-                f"--journal-dir {self.cfg.jdir} --session-id {self.cfg.session_id} --drive NEW")
+                f"--journal-dir {self.cfg.jdir} --session-id {self.cfg.session_id} --drive NEW"
+                + more)
 
     def failed(self, group: BaseExceptionGroup) -> None:
         """The copy stopped on an error: name the next step, emit the `exit` event."""
