@@ -69,7 +69,8 @@ def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
     recorded superblock's) picks the session; without either, a drive holding
     more than one is refused, naming them.  ``manifest`` (a job's drive entry, for
     ``import --service``) picks the session whose closing index it names, and the
-    index's bytes must then have its sha256.
+    index's bytes must then have its sha256; a drive of one session is held to it too
+    (``_hold_one_session``), inside this one unlock: each drive's key is derived once.
     """
     drive = drives.open_drive(path)
     try:
@@ -114,14 +115,16 @@ def unlock_drive(path: str, secret: bytes, what: str = "recovery password",
                 od.superblock = recorded
                 od.superblock_damage = f"the copy sessions on the drive do not read: {exc}"
                 return od
-            if wanted is None and manifest is not None:
-                span = _by_manifest(path, drive, cipher, found, manifest)
+            if wanted is None and manifest is not None and manifest.where is not None:
+                span = _by_manifest(path, drive, cipher, found, manifest.where, manifest)
             else:
                 span = sessions.pick(path, found, wanted)
             od.session, od.drive_superblock, od.superblock = span, sb, span.superblock
         elif session_id is not None and session_id != sb.session_id:
             raise Refused(f"{path} holds session {sb.session_id}, not {session_id}; pass its "
                           "own --session-id")
+        elif manifest is not None:
+            _hold_one_session(path, drive, cipher, sb, manifest)
         return od
     except BaseException:
         drive.close()
@@ -133,29 +136,63 @@ class Manifest:
     """A job's record of one drive's closing index (``manifestFile`` /index@OFFSET+LENGTH,
     ``manifestHash``): on a drive of several sessions, it names the job's session."""
 
-    offset: int
-    length: int
+    where: tuple[int, int] | None  # (offset, length); None: the manifestFile names no place
     sha256: bytes
     whose: str  # "job NAME", for messages
 
 
-def _by_manifest(path: str, drive: drives.Drive, cipher: drives.DriveCipher,
-                 found: list[sessions.SessionSpan], manifest: Manifest) -> sessions.SessionSpan:
-    """The session whose closing index is the job's manifest: at its place, with its
-    sha256 (hashed in chunks); Refused, naming the drive and the sessions, otherwise."""
-    span = sessions.pick_by_index(path, found, (manifest.offset, manifest.length),
-                                  manifest.whose)
+_FIX = "the drive was changed in transit or is not the one prepared"
+
+
+def _sha256(drive: drives.Drive, cipher: drives.DriveCipher, offset: int, length: int) -> bytes:
+    """The sha256 of the data area's bytes at ``offset``, hashed in chunks."""
     digest = hashlib.sha256()
-    end = manifest.offset + manifest.length
-    for at in range(manifest.offset, end, READ_CHUNK):
+    end = offset + length
+    for at in range(offset, end, READ_CHUNK):
         digest.update(cipher.read(drive, at, min(READ_CHUNK, end - at)))
-    if digest.digest() != manifest.sha256:
+    return digest.digest()
+
+
+def _by_manifest(path: str, drive: drives.Drive, cipher: drives.DriveCipher,
+                 found: list[sessions.SessionSpan], where: tuple[int, int],
+                 manifest: Manifest) -> sessions.SessionSpan:
+    """The session whose closing index is the job's manifest: at its place, with its
+    sha256; Refused, naming the drive and the sessions, otherwise."""
+    span = sessions.pick_by_index(path, found, where, manifest.whose)
+    if _sha256(drive, cipher, *where) != manifest.sha256:
         raise Refused(f"{path}: the closing index of session {span.session_id} at offset "
-                      f"{manifest.offset} is not the one {manifest.whose} declared "
-                      "(manifestHash): the drive was changed in transit or is not the one "
-                      f"prepared; to import what its log holds, pass --session-id "
-                      f"{span.session_id}")
+                      f"{where[0]} is not the one {manifest.whose} declared "
+                      f"(manifestHash): {_FIX}; to import what its log holds, pass "
+                      f"--session-id {span.session_id}")
     return span
+
+
+def _hold_one_session(path: str, drive: drives.Drive, cipher: drives.DriveCipher,
+                      sb: format.Superblock, manifest: Manifest) -> None:
+    """A one-session drive's closing index (the one its trailer points at; without a valid
+    trailer, the one at ``manifestFile``) must lie where the job's entry says and have its
+    manifestHash: Refused (exit 5) naming the drive otherwise, before anything is written.
+    (It unlocked the drive a second time, one more KDF a drive, before it was done here.)"""
+    fix = f"{_FIX}; check the drive and --job"
+    end = format.trailer_offset(sb.data_area_size)
+    try:
+        trailer = format.decode_trailer(cipher.read(drive, end, format.SECTOR), sb)
+        at: tuple[int, int] | None = (trailer.index_offset, trailer.index_length)
+    except (IntegrityError, OSError):
+        at = None  # never closed, or a damaged trailer: the job's place is looked at
+    where = manifest.where
+    if at is not None and where is not None and at != where:
+        raise Refused(f"{path}: its closing index is /index@{at[0]}+{at[1]}, not "
+                      f"{manifest.whose}'s manifest /index@{where[0]}+{where[1]}: {fix}")
+    at = at or where
+    if at is None or at[0] < format.SECTOR or at[0] + at[1] > end or at[1] <= 0 or (
+            at[0] % format.SECTOR or at[1] % format.SECTOR):
+        raise Refused(f"{path}: no closing index to hold to {manifest.whose}'s manifestHash "
+                      "(no valid trailer, and its manifestFile names no place on this "
+                      f"drive): {fix}")
+    if _sha256(drive, cipher, *at) != manifest.sha256:
+        raise Refused(f"{path}: the closing index at offset {at[0]} is not the one "
+                      f"{manifest.whose} declared (manifestHash): {fix}")
 
 
 def recorded_superblock(jrn: journal.Journal) -> format.Superblock:

@@ -40,7 +40,7 @@ import trio
 
 from pipeline import credentials
 from pipeline.drive import format
-from pipeline.errors import BadInput, Caution, IntegrityError, Refused, WrongPassword
+from pipeline.errors import BadInput, Caution, Refused
 from pipeline.jobs.client import MAX_COPY_LOG, ServiceClient, ServiceError
 from pipeline.receive import importer
 from pipeline.receive import reader as driveread
@@ -276,65 +276,20 @@ class JobImport:
     def manifest_for(self, path: str) -> driveread.Manifest | None:
         """The job's record of the drive's closing index (``manifestFile``, ``manifestHash``):
         on a drive of several copy sessions it names this job's session, since each
-        session's job lists the same drive (driveId, key) with its own manifest.  None when
-        the entry's manifest is not one ``journal export`` writes (then the drive of
-        several sessions is refused, naming them).
-
-        The reader holds a drive of several sessions to it; a drive of one session
-        (format 1 or 2) is held to it here, before anything is written, whenever the
-        entry carries a manifestHash (``_check_one_session``: Refused otherwise)."""
+        session's job lists the same drive (driveId, key) with its own manifest; a drive
+        of one session (format 1 or 2) is held to it as well, whenever the entry carries a
+        manifestHash.  Both are checked by the reader inside its one unlock
+        (``reader.unlock_drive``), before anything is written.  None when the entry has no
+        manifestHash (then a drive of several sessions is refused, naming them)."""
         with drives.open_drive(path) as d:
-            volume = drives.read_volume(d)
-            entry = self._drives().get(volume.uuid, {})
-            found = _MANIFEST.fullmatch(str(entry.get("manifestFile", "")))
-            where = None if found is None else (int(found[1]), int(found[2]))
-            digest = str(entry.get("manifestHash", ""))
-            if not _HEX64.fullmatch(digest):
-                return None
-            if volume.uuid in self.keys:
-                self._check_one_session(path, d, volume, where, bytes.fromhex(digest))
-        if where is None:
+            uuid = drives.read_volume(d).uuid
+        entry = self._drives().get(uuid, {})
+        found = _MANIFEST.fullmatch(str(entry.get("manifestFile", "")))
+        digest = str(entry.get("manifestHash", ""))
+        if not _HEX64.fullmatch(digest):
             return None
-        return driveread.Manifest(*where, bytes.fromhex(digest), f"job {self.name}")
-
-    def _check_one_session(self, path: str, d: drives.Drive, volume: luks2.Volume,
-                           where: tuple[int, int] | None, sha256: bytes) -> None:
-        """A one-session drive's closing index (the one its trailer points at; without a
-        valid trailer, the one at ``manifestFile``) must lie where the job's entry says
-        and have its manifestHash: Refused (exit 5) naming the drive otherwise.  Costs one
-        more KDF (the reader unlocks again); a wrong key, a damaged superblock and a
-        drive of several sessions are left to the reader, which names each."""
-        try:
-            _, key = drives.unlock(d, volume, self.keys[volume.uuid].encode())
-            cipher = drives.DriveCipher.for_volume(volume, key)
-            sb = drives.read_superblock(d, cipher)
-        except (WrongPassword, IntegrityError, OSError):
-            return
-        if sb.version == format.SESSIONS_VERSION:
-            return
-        end = format.trailer_offset(sb.data_area_size)
-        try:
-            trailer = format.decode_trailer(cipher.read(d, end, format.SECTOR), sb)
-            at: tuple[int, int] | None = (trailer.index_offset, trailer.index_length)
-        except (IntegrityError, OSError):
-            at = None  # never closed, or a damaged trailer: the job's place is looked at
-        fix = ("the drive was changed in transit or is not the one prepared; check the "
-               "drive and --job")
-        if at is not None and where is not None and at != where:
-            raise Refused(f"{path}: its closing index is /index@{at[0]}+{at[1]}, not job "
-                          f"{self.name}'s manifest /index@{where[0]}+{where[1]}: {fix}")
-        at = at or where
-        if at is None or at[0] < format.SECTOR or at[0] + at[1] > end or at[1] <= 0 or (
-                at[0] % format.SECTOR or at[1] % format.SECTOR):
-            raise Refused(f"{path}: no closing index to hold to job {self.name}'s "
-                          f"manifestHash (no valid trailer, and its manifestFile names no "
-                          f"place on this drive): {fix}")
-        digest = hashlib.sha256()
-        for offset in range(at[0], at[0] + at[1], driveread.READ_CHUNK):
-            digest.update(cipher.read(d, offset, min(driveread.READ_CHUNK, sum(at) - offset)))
-        if digest.digest() != sha256:
-            raise Refused(f"{path}: the closing index at offset {at[0]} is not the one job "
-                          f"{self.name} declared (manifestHash): {fix}")
+        where = None if found is None else (int(found[1]), int(found[2]))
+        return driveread.Manifest(where, bytes.fromhex(digest), f"job {self.name}")
 
     def _patch(self, props: dict[str, Any]) -> None:
         self.job = site_call(self.name, self.client.patch, self.name, {"properties": props})
