@@ -42,6 +42,7 @@ def inputs(tmp: Path, disk_size: int = 3 * 4096) -> dict[str, bytes]:
                                   "</Metadata>\n")
     (tmp / "props.xml").write_text('<?xml version="1.0"?>\n<Properties>\n'
                                    "  <Content-Type>application/octet-stream</Content-Type>\n"
+                                   "  <Content-Encoding>identity</Content-Encoding>\n"
                                    "  <Cache-Control>no-cache</Cache-Control>\n"
                                    "  <Content-Language>en</Content-Language>\n"
                                    "  <Etag>0x1</Etag>\n</Properties>\n")
@@ -101,6 +102,7 @@ def test_dataset_round_trip_on_a_local_account(tmp_path: Path) -> None:
     photo = store.get_attributes("photos", "v1/sub/b.txt")
     assert photo.metadata == {"Owner": "ops", "Project": "seed_19"}
     assert photo.properties == {"Content-Type": "application/octet-stream",
+                                "Content-Encoding": "identity",
                                 "Content-Language": "en", "Cache-Control": "no-cache",
                                 "Content-MD5": md5(b"hello\n")}
     disk = store.get_attributes("vhds", "disks/d.vhd")

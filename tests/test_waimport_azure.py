@@ -47,8 +47,9 @@ def test_dataset_into_azurite_checked_with_the_sdk(tmp_path: Path, azurite: str)
         if container == "photos":
             assert props.blob_type == AzureBlobType.BLOCKBLOB
             assert props.metadata == {"Owner": "ops", "Project": "seed_19"}
-            assert (cs.content_type, cs.cache_control, cs.content_language) == (
-                "application/octet-stream", "no-cache", "en")
+            assert (cs.content_type, cs.content_encoding, cs.cache_control,
+                    cs.content_language) == ("application/octet-stream", "identity",
+                                             "no-cache", "en")
         else:
             assert props.blob_type == AzureBlobType.PAGEBLOB
             # beside the dataset's metadata, the importer's mark of a complete page blob

@@ -78,7 +78,10 @@ def test_dataset_drives_in_a_job_imported_by_the_site(tmp_path: Path) -> None:
         if container == "photos":
             assert (info.blob_type, info.metadata) == (fmt.BlobType.BLOCK,
                                                        {"Owner": "ops", "Project": "seed_19"})
-            assert info.properties["Content-Type"] == "application/octet-stream"
+            assert info.properties == {
+                "Content-Type": "application/octet-stream", "Content-Encoding": "identity",
+                "Content-Language": "en", "Cache-Control": "no-cache",
+                "Content-MD5": md5(blob)}
         else:
             assert (info.blob_type, info.metadata) == (fmt.BlobType.PAGE, {"Kind": "disk"})
     assert sorted(x["blob"] for x in blob_lines(tmp_path, "job1", (1, 2))
