@@ -99,13 +99,20 @@ def journal_attrs(jrn: journal.Journal, sb: format.Superblock,
 def with_attrs(jrn: journal.Journal, files: dict[int, format.FileEntry]
                ) -> dict[int, format.FileEntry]:
     """``journal_attrs`` without a superblock (repair has none): the journal's records
-    decoded whatever their version; a version-1 drive's simply carry no attributes."""
-    if not files:  # a drive with nothing on it yet (or void): no index to build
-        return files
-    offset = format.trailer_offset(jrn.drive.data_area_size)
-    index = format.decode_segment(jrn.index_segment(0, offset), offset)
-    full = {f.file_id: f for f in index.files}
-    return {fid: full.get(fid, f) for fid, f in files.items()}
+    decoded whatever their version; a version-1 drive's simply carry no attributes.
+
+    The file records are decoded a batch at a time from the journal's rows (each checked
+    as the index's decoder checks it), not from the closing index built and decoded
+    whole: that held the index's bytes and every file's and extent's record at once
+    (issue 18: memory flat in file count)."""
+    out = dict(files)
+    if not out:  # a drive with nothing on it yet (or void)
+        return out
+    for batch in jrn.file_records():
+        for rec in format.decode_records(b"".join(batch), "the journal's file records"):
+            if isinstance(rec, format.FileEntry) and rec.file_id in out:
+                out[rec.file_id] = rec
+    return out
 
 
 async def decided_blobs(store: Storage, session_id: str, net: trio.CapacityLimiter
