@@ -15,6 +15,7 @@ from tests.azurite import azurite  # noqa: F401 - the fixture
 
 from .conftest import run_cli
 from .test_waimport import (
+    DHEADER,
     blob_lines,
     check_dispositions,
     dispositions_dataset,
@@ -111,3 +112,52 @@ def test_root_container_into_azurite(tmp_path: Path, azurite: str) -> None:  # n
         props = client.get_blob_properties()
         assert bytes(props.content_settings.content_md5) == base64.b64decode(md5(data))
         assert props.metadata == ({} if name == "single.txt" else {"Where": "root"})
+
+
+def test_dispositions_against_page_blobs_another_tool_made(tmp_path: Path,
+                                                            azurite: str) -> None:  # noqa: F811
+    """Page blobs uploaded by another tool (azcopy, the portal: no pipeline_complete mark)
+    exist as far as a dataset's disposition goes: no-overwrite and rename keep them (a VHD
+    was overwritten and logged "new" before), overwrite replaces them, even by a block
+    blob (deleted first: Azure cannot turn one type into the other in place)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    new = {}
+    rows = ["BasePath,DstBlobPathOrPrefix,BlobType,Disposition,MetadataFile,PropertiesFile"]
+    for rule in ("rename", "no-overwrite", "overwrite"):
+        new[rule] = bytes([len(rule)]) * 1024
+        (src / f"{rule}.vhd").write_bytes(new[rule])
+        rows.append(f"{src}/{rule}.vhd,vhds/{rule}.vhd,PageBlob,{rule},None,None")
+    (src / "to-block.txt").write_bytes(b"a block blob now")
+    rows.append(f"{src}/to-block.txt,vhds/to-block.txt,BlockBlob,overwrite,None,None")
+    (tmp_path / "dataset.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "driveset.csv").write_text(
+        f"{DHEADER}\n{tmp_path}/d1.img,Format,SilentMode,Encrypt,\n")
+    prep(tmp_path, session="foreign1")
+    service = BlobServiceClient.from_connection_string(azurite)
+    container = service.get_container_client("vhds")
+    if not container.exists():
+        container.create_container()
+    old = b"\x07" * 512
+    for name in ("rename.vhd", "no-overwrite.vhd", "overwrite.vhd", "to-block.txt"):
+        client = container.get_blob_client(name)
+        client.create_page_blob(512, metadata={"Old": "yes"})
+        client.upload_page(old, offset=0, length=512)
+    import_azure(tmp_path, azurite, "d1.img")
+
+    def blob(name: str) -> tuple[object, bytes, dict[str, str]]:
+        client = container.get_blob_client(name)
+        props = client.get_blob_properties()
+        return props.blob_type, client.download_blob().readall(), props.metadata
+
+    page, block = AzureBlobType.PAGEBLOB, AzureBlobType.BLOCKBLOB
+    assert blob("rename.vhd") == (page, old, {"Old": "yes"})
+    assert blob("rename (2).vhd")[:2] == (page, new["rename"])
+    assert blob("no-overwrite.vhd") == (page, old, {"Old": "yes"})
+    assert blob("overwrite.vhd")[:2] == (page, new["overwrite"])
+    assert blob("to-block.txt") == (block, b"a block blob now", {})
+    lines = {x["blob"]: (x["status"], x["action"]) for x in blob_lines(tmp_path, "foreign1", (1,))}
+    assert lines == {"vhds/rename (2).vhd": ("ok", "renamed"),
+                     "vhds/no-overwrite.vhd": ("skipped", "kept existing"),
+                     "vhds/overwrite.vhd": ("ok", "overwritten"),
+                     "vhds/to-block.txt": ("ok", "overwritten")}

@@ -14,8 +14,8 @@ runs days apart:
   ``pipeline_complete=false``; commit clears stale zero cells and sets ``true``.  A page
   blob is written in place, so rewriting a committed one hides it until the next commit.
 
-A committed blob is never visible as partial: size/get/list/read skip page blobs that
-are not ``pipeline_complete=true`` and any blob marked ``pipeline_complete=false``.
+A committed blob is never visible as partial: size/get/list/read skip any blob marked
+``pipeline_complete=false`` (our page blobs are made with it, atomically).
 """
 
 from __future__ import annotations
@@ -553,11 +553,10 @@ def _block_id(offset: int) -> str:
 
 
 def _visible(props: Any) -> bool:
-    """Committed as far as the importer is concerned (see the module docstring)."""
-    flag = (props.metadata or {}).get(COMPLETE)
-    if props.blob_type == AzureBlobType.PAGEBLOB:
-        return flag == "true"
-    return flag != "false"
+    """Committed as far as the importer is concerned (see the module docstring): any blob
+    but our partial ones (``false``).  A page blob without the mark is someone else's (a
+    VHD azcopy uploaded): it exists, so a dataset's no-overwrite or rename keeps it."""
+    return (props.metadata or {}).get(COMPLETE) != "false"
 
 
 def _zero_runs(zeros: Sequence[int], size: int) -> Iterator[tuple[int, int]]:
