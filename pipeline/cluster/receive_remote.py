@@ -25,7 +25,7 @@ from pipeline import errors, journal, progress
 from pipeline.cluster import events, target
 from pipeline.cluster.events import Publish, counters, describe, drive_set, failure, publisher, tick
 from pipeline.drive import format
-from pipeline.receive import importer
+from pipeline.receive import copylog, importer
 from pipeline.receive import reader as driveread
 from pipeline.receive.verify import verify_drive
 from pipeline.storage.base import Storage
@@ -133,7 +133,8 @@ FinishedFor = Callable[[driveread.UnlockedDrive, importer.DrivePlan, Storage], F
 async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage,
                      stats: progress.Stats, finished: Finished | None = None) -> dict[str, Any]:
     """One drive into ``store``: its outcome as plain data, the copy log's text included
-    (read back from its file: the lines are not kept in memory while importing)."""
+    (read back from its file: the lines are not kept in memory while importing; the
+    result carries the text whole, as the client's gathering of the logs takes it)."""
     sb = plan.superblock
     zero = sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO)
     stats.bytes_read += zero
@@ -164,17 +165,18 @@ async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, stor
                     log.close("failed", str(errors.worst(exc)))
                 raise
             log.close("already imported" if result.already else "done")
-        # read back (and handed on) before the temporary directory goes
-        text = importer.read_bytes(path) or b""
+        # Stored in the account a part at a time from its file, and read back once, as
+        # text, for the result (which carries it to the client's --log-dir), before the
+        # temporary directory goes: the bytes and a decoded copy are not both held.
         with contextlib.suppress(Exception):  # the gathered log is the record
-            store.put(importer.STATE_CONTAINER,
-                      importer.state_name(sb.session_id,
-                                          f"copylog-drive-{sb.drive_seq:02d}.jsonl"), text)
+            copylog.store_copy(store, importer.STATE_CONTAINER, importer.state_name(
+                sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl"), path)
+        text = path.read_text(encoding="utf-8")
         stats.files_done += len(plan.files)
         if finished is not None:
             finished(log, carried[0])
     return {"seq": sb.drive_seq, "session_id": sb.session_id, "path": str(od.drive.path),
-            "already": result.already, "totals": log.totals, "log": text.decode("utf-8"),
+            "already": result.already, "totals": log.totals, "log": text,
             "damage": plan.damage, "incomplete": plan.incomplete, "source": plan.source}
 
 
