@@ -29,7 +29,7 @@ import trio
 
 from pipeline import cli, errors, journal
 from pipeline.drive import codec, format
-from pipeline.receive import check
+from pipeline.receive import check, verify
 from pipeline.receive import reader as driveread
 from pipeline.receive.verify import DriveReport, verify_drive
 
@@ -209,14 +209,13 @@ def test_ctrl_c_mid_verify_leaves_no_thread_working(
     monkeypatch.setattr(driveread, "READ_CHUNK", 1)  # many windows: some still to come
     lock = threading.Lock()
     busy = {"read": 0, "check": 0, "checked": 0}
-    real_read, real_check = driveread.read_batch, check.check_window
+    real_read, real_check = verify._window, check.check_window
 
-    def read(od: driveread.UnlockedDrive, batch: list[tuple[int, int, int]]
-             ) -> list[driveread.RawSegment]:
+    def read(*args: Any) -> check.Window:
         with lock:
             busy["read"] += 1
         try:
-            return real_read(od, batch)
+            return real_read(*args)
         finally:
             with lock:
                 busy["read"] -= 1
@@ -235,7 +234,7 @@ def test_ctrl_c_mid_verify_leaves_no_thread_working(
             with lock:
                 busy["check"] -= 1
 
-    monkeypatch.setattr(driveread, "read_batch", read)
+    monkeypatch.setattr(verify, "_window", read)
     monkeypatch.setattr(check, "check_window", work)
     code = cli.main(["verify", "--journal-dir", str(jdir), "--drive", str(img)])
     err = capsys.readouterr().err
@@ -244,7 +243,7 @@ def test_ctrl_c_mid_verify_leaves_no_thread_working(
     assert busy["checked"] < len(session.drive.segments), "the verify ran to its end"
     assert (busy["read"], busy["check"]) == (0, 0), busy
     working = [t.name for t in threading.enumerate()
-               if t.name.split(" from ")[0] in ("read_batch", "check_window", "read", "work")]
+               if t.name.split(" from ")[0] in ("_window", "check_window", "read", "work")]
     assert working == []
     fds = Path("/proc/self/fd")
     held = [p for p in fds.iterdir() if os.path.realpath(p) == str(img.resolve())]
