@@ -5,9 +5,10 @@ Preps ``DATA`` once onto one image drive, then runs ``--runs`` rounds of
 (``zstd -dc | tar -x`` of the same tree into the same kind of fresh ext4,
 ``measure.floor_argv``), interleaved so that the machine's load hits all alike, and
 prints the medians, the ratios the issue sets (verify >= 2.5x, import >= 2.0x) and
-import against the floor.  Page cache warm (the data is read
-before each round); the load average is printed with every round, since other
-work on the machine moves the figures.  ``--profile`` runs verify and import once
+import against the floor.  Page cache warm (the data is read before each round) or,
+with ``--cache cold``, dropped before each run (as ``python -m perf`` does; root); the
+load average is printed with every round, since other work on the machine moves the
+figures.  ``--profile`` runs verify and import once
 more each under ``py-spy record --gil`` and prints where the GIL was held.
 """
 
@@ -74,6 +75,14 @@ def warm(data: Path) -> None:
                    check=True)
 
 
+def settle(data: Path, cache: str) -> None:
+    """The page cache before a timed run: the data read (warm) or dropped (cold)."""
+    if cache == "cold":
+        measure.drop_caches()
+    else:
+        warm(data)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.quick", description=__doc__.split("\n")[0])
     p.add_argument("data", type=Path)
@@ -83,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="",
                    help="comma-separated subset of verify,import,write (the floor)")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--cache", choices=("warm", "cold"), default="warm",
+                   help="page cache before each run: warm = the data read, cold = dropped")
     args = p.parse_args(argv)
     data = args.data.resolve()
     nbytes = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
@@ -94,21 +105,24 @@ def main(argv: list[str] | None = None) -> int:
         keep = {"tar | zstd -1 -T0"} | {k for k in cmds if k.split()[0] in args.only.split(",")}
         cmds = {k: v for k, v in cmds.items() if k in keep}
     walls: dict[str, list[float]] = {k: [] for k in cmds}
+    cpus: dict[str, list[float]] = {k: [] for k in cmds}
     env = python_env()
     for i in range(args.runs):
         for key, argv_ in cmds.items():
             reset(args.out)
-            warm(data)
+            settle(data, args.cache)
             before = load()
             s = measure.run(argv_, cwd=REPO, env=env)
             walls[key].append(s.wall_s)
+            cpus[key].append(s.cpu_s)
             print(f"round {i + 1} {key:20s} {s.wall_s:6.2f} s {nbytes / s.wall_s / 1e6:7.1f} "
                   f"MB/s cpu {s.cpu_s:5.2f} s rss {s.peak_rss / MiB:6.1f} MiB load {before}",
                   file=sys.stderr)
     base = statistics.median(walls["tar | zstd -1 -T0"])
     for key, w in walls.items():
         m = statistics.median(w)
-        print(f"{key:20s} median {m:6.2f} s {nbytes / m / 1e6:7.1f} MB/s  ratio {base / m:5.2f}x")
+        print(f"{key:20s} median {m:6.2f} s {nbytes / m / 1e6:7.1f} MB/s  ratio {base / m:5.2f}x"
+              f"  cpu {statistics.median(cpus[key]):5.2f} s")
     if walls.get(FLOOR) and walls.get("import --to DIR"):
         f = statistics.median(walls[FLOOR]) / statistics.median(walls["import --to DIR"])
         print(f"import / write floor {f:5.2f}x (MB/s of import over MB/s of the floor)")
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             if key.startswith("tar") or key == FLOOR:
                 continue
             reset(args.out)
-            warm(data)
+            settle(data, args.cache)
             raw = args.out / "pyspy.txt"
             t = time.perf_counter()
             measure.run(["py-spy", "record", "--gil", "--threads", "-r", str(RATE), "-f", "raw",
