@@ -225,3 +225,24 @@ def test_already_encrypted_drive_in_use_is_refused(tmp_path: Path) -> None:
         subprocess.run([losetup, "-d", loop], check=True)
     assert f"is attached to {loop}" in proc.stderr
     assert image.read_bytes() == before
+
+
+def test_silent_mode_formats_a_drive_holding_data_prompt_on_format_refuses(
+        tmp_path: Path) -> None:
+    """SilentOrPromptOnFormat: prep never prompts.  PromptOnFormat leaves a drive holding
+    data untouched (exit 5, one line saying --yes); SilentMode formats it as --yes does."""
+    inputs(tmp_path)
+    image = tmp_path / "d1.img"
+    before = os.urandom(4096) * (64 * MiB // 4096)
+    image.write_bytes(before)
+    (tmp_path / "driveset.csv").write_text(f"{DHEADER}\n{image},Format,PromptOnFormat,Encrypt,\n")
+    proc = prep(tmp_path, code=5)
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"pipeline prep: {image} is not empty (it holds a partition table, a file system or "
+        "other data); formatting destroys it: pass --yes to confirm")
+    assert image.read_bytes() == before
+    (tmp_path / "driveset.csv").write_text(f"{DHEADER}\n{image},Format,SilentMode,Encrypt,\n")
+    prep(tmp_path, code=0)
+    (jrn,) = journal.session_journals(tmp_path / "j", "wa1")
+    assert jrn.drive.state == "closed"
+    jrn.close()
