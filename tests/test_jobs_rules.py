@@ -460,7 +460,7 @@ class JobLifecycle(RuleBasedStateMachine):
 
 
 TestJobLifecycle = JobLifecycle.TestCase
-TestJobLifecycle.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
+TestJobLifecycle.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 
 
 def test_the_lifecycle_reaches_every_state() -> None:
