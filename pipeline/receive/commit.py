@@ -53,6 +53,7 @@ class FileOnDrive:
     note: dict[str, str] | None = None  # the copy log's disposition fields (a dataset's file)
     committed: bool = False  # by the uploaders, as soon as its last cell was written
     md5: Any = None  # a dataset file's Content-MD5 as its parts go (disposition.md5_feed)
+    here: bool | None = None  # every cell on this drive, stored or zero (OnDrive.all_here)
 
 
 def whole_here(fd: FileOnDrive) -> bool:
@@ -171,6 +172,20 @@ class OnDrive(Mapping[int, FileOnDrive]):
         if len(self._live) >= self._next_sweep:  # the uploaders outrun the reads at the
             self._sweep(False)  # end: they sweep too, now and then
         return fd
+
+    def all_here(self, fd: FileOnDrive) -> bool:
+        """Every cell of the file lies on this drive, stored or zero: this import writes or
+        zeroes each one before it commits the file, so nothing of a blob committed before
+        is wanted (``LocalStorage.write_own_part``).  A file that spans drives wants it: run
+        again after its commit, this drive delivers only its own cells.  Asked of a file
+        written in parts; its distinct cells counted once (a log walk may list one twice)."""
+        if fd.here is None:
+            with self._sweeping:  # the plan's database, as _load
+                offs = {state.u64(o) for (o,) in self.pdb.db.execute(
+                    "SELECT off FROM extents WHERE file_id=? AND codec != ?",
+                    (state.i64(fd.entry.file_id), format.Codec.ZERO.value))}
+            fd.here = len(offs | fd.zero) == format.grid_cells(fd.entry.size)
+        return fd.here
 
     def __contains__(self, fid: object) -> bool:
         return isinstance(fid, int) and (fid in self._live or self.pdb.db.execute(

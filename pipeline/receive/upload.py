@@ -31,6 +31,7 @@ async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: s
     part, committed once whole like any other.
     """
     whole = getattr(store, "write_whole", None)
+    own = getattr(store, "write_own_part", None)  # a file whole on the drive: see local.py
 
     def write_parts(parts: Parts) -> int:
         """Write the batch, record its cells, commit the files it completes; one storage
@@ -56,7 +57,10 @@ async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: s
                     disposition.md5_feed(fd, e.offset, raw)
                     store.set_attributes(c, b, t, f.attrs.metadata, disposition.properties_of(fd))
                 continue
-            store.write_part(c, b, t, f.size, e.offset, raw)
+            if own is not None and on_drive.all_here(fd):  # type: ignore[attr-defined]
+                own(c, b, t, f.size, e.offset, raw)
+            else:
+                store.write_part(c, b, t, f.size, e.offset, raw)
             if f.attrs is not None:
                 disposition.md5_feed(fd, e.offset, raw)
             fd.cells.add(e.offset)

@@ -254,11 +254,24 @@ class LocalStorage:
 
     def write_part(self, container: str, blob: str, blob_type: BlobType, size: int, offset: int,
                    data: bytes) -> None:
+        self._write_part(container, blob, blob_type, size, offset, data, keep=True)
+
+    def write_own_part(self, container: str, blob: str, blob_type: BlobType, size: int,
+                       offset: int, data: bytes) -> None:
+        """``write_part`` of a blob whose every cell the caller writes or zeroes before it
+        commits it (the importer: a file whole on the drive): a new partial starts sparse,
+        not as a copy of a blob committed with this size (``_open_partial``), whose bytes
+        those cells all replace.  Re-importing a session over an account holding same-size
+        versions of its files copied each multi-part file's old blob first."""
+        self._write_part(container, blob, blob_type, size, offset, data, keep=False)
+
+    def _write_part(self, container: str, blob: str, blob_type: BlobType, size: int,
+                    offset: int, data: bytes, keep: bool) -> None:
         check_part(blob_type, size, offset, data)
         path = self._path(container, blob, partial=True)
         with self._writing(container, blob):
             fd = self._open_partial(path, size, whole=offset == 0 and len(data) == size,
-                                    final=self._path(container, blob))
+                                    final=self._path(container, blob) if keep else None)
             try:
                 view = memoryview(data).cast("B")
                 done = self._write_direct(fd, view, offset)
