@@ -25,8 +25,19 @@ JOB = "seed-2026"
 ACCOUNT = "backupacct"
 
 
+@pytest.fixture(scope="module")
+def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bytes]:
+    """One import service for the module, and its subscription's publish settings: backup
+    only asks it (is the job name free, what state is the job in), no test changes it."""
+    base = tmp_path_factory.mktemp("backup-cli-svc")
+    with jobservice.ServiceProcess(base / "svc") as svc:
+        yield jobservice.subscription_settings(svc, base / "sub.publishsettings",
+                                               SUB).read_bytes()
+
+
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Path]]:
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service_settings: bytes
+        ) -> Iterator[dict[str, Path]]:
     """A source tree, an empty staging location, a passphrase, publish settings of a
     running import service (backup --offline asks it whether the job name is free) and a
     private config directory (PIPELINE_CONFIG_DIR) for this test."""
@@ -36,12 +47,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, P
     make_tree(src)
     (secrets_dir / "pass").write_text("a long backup passphrase\n")
     settings = secrets_dir / "sub.publishsettings"
+    settings.write_bytes(service_settings)  # this test's own copy (it may move or damage it)
+    settings.chmod(0o600)
     monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path / "config"))
-    with jobservice.ServiceProcess(tmp_path / "svc") as svc:
-        jobservice.subscription_settings(svc, settings, SUB)
-        yield {"src": src, "staging": staging, "pass": secrets_dir / "pass",
-               "settings": settings, "config": tmp_path / "config" / "offline.json",
-               "tmp": tmp_path}
+    yield {"src": src, "staging": staging, "pass": secrets_dir / "pass",
+           "settings": settings, "config": tmp_path / "config" / "offline.json",
+           "tmp": tmp_path}
 
 
 def offline_args(env: dict[str, Path], **over: str) -> list[str]:
