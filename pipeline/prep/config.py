@@ -3,7 +3,8 @@
 Every channel is bounded, so memory is arithmetic: ``depth`` raw extents of up
 to 1 MiB, ``depth / 4`` bundles of up to ~4 MiB, one call's worth in each
 reader and packer, and per writing drive (all of them in parallel fill, one in
-sequential) ``WRITER_MEMORY``; ``--memory`` sets ``depth`` from what is left.
+sequential) ``WRITER_MEMORY``, its segments' bytes and their records' objects;
+``--memory`` sets ``depth`` from what is left.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ from pathlib import Path
 from pipeline import credentials
 from pipeline.drive import format
 from pipeline.prep.datasetio import Source
-from pipeline.prep.write import SEGMENT_PAYLOAD
+from pipeline.prep.write import (
+    COMMIT_RECORDS,
+    RECORD_OBJECTS,
+    SEGMENT_PAYLOAD,
+    SEGMENT_RECORDS,
+)
 from pipeline.volume import luks2
 
 __all__ = ["PrepConfig"]
@@ -23,8 +29,11 @@ __all__ = ["PrepConfig"]
 MiB = 1 << 20
 HELPERS_MEMORY = 48 * MiB  # the feeder process (~26 MiB) and the counting walk (~15 MiB)
 # A writing drive holds up to: its open segment, the one being laid out (payload and
-# segment), the sealed one, the one being encrypted (plain and cipher) and the one written.
-WRITER_MEMORY = 6 * (SEGMENT_PAYLOAD + format.CELL)
+# segment), the sealed one, the one being encrypted (plain and cipher) and the one written;
+# and as objects, the records of the four segments before the write and those written but
+# not yet committed (tiny files are all records: ~5 bytes of objects a byte, ``write``).
+WRITER_MEMORY = (6 * (SEGMENT_PAYLOAD + format.CELL)
+                 + RECORD_OBJECTS * (4 * SEGMENT_RECORDS + COMMIT_RECORDS))
 MAX_DEPTH = 40  # raw extents in flight; deeper bought no speed, only memory
 
 

@@ -40,9 +40,15 @@ from pipeline.progress import Stats
 from pipeline.volume import drives
 
 SEGMENT_PAYLOAD = 4 << 20  # seal a segment at this much stored payload
-SEGMENT_RECORDS = 1 << 20  # ... or at this many bytes of records (small files)
+SEGMENT_RECORDS = 256 << 10  # ... or at this many bytes of records (small files)
 COMMIT_BYTES = 32 << 20  # fdatasync + journal commit after this much written ...
+COMMIT_RECORDS = 2 << 20  # ... or this many bytes of records (their objects wait for it) ...
 COMMIT_SECONDS = 1.0  # ... or this long since the last commit
+# What a byte of records costs while a writer holds it, in Python objects: its file entry
+# (names included), extent and encoding, ~4.8 bytes a byte for 64 B-2 KiB files (tiny files
+# are all records).  Segments of records and the records waiting for their commit are held
+# as objects, not bytes: 1 MiB segments and 32 MiB commits held ~75 MiB at 1,000,000 files.
+RECORD_OBJECTS = 5
 WRITE_BEHIND = 8 << 20  # written but not yet on the device, at most, per drive
 WRITER_THREADS = 2  # a drive's I/O threads at once: its seal, and its write/sync/journal
 # Worst case one message adds: a file entry with the longest names, an extent record,
@@ -153,6 +159,7 @@ class DriveWriter:
         self.in_flight: deque[tuple[int, int]] = deque()  # written, maybe not yet on the device
         self.in_flight_bytes = 0
         self.pending_bytes = 0
+        self.pending_records = 0  # bytes of records in ``pending`` (decoded)
         self.last_commit = time.monotonic()
 
     async def _thread(self, fn: Callable[..., object], *args: object,
@@ -249,7 +256,9 @@ class DriveWriter:
                 await tx.send(Encrypted(data, len(sealed.blob), sealed.committed))
 
     async def write_all(self, rx: trio.MemoryReceiveChannel[Encrypted]) -> None:
-        """pwrite each segment; commit every COMMIT_BYTES, or COMMIT_SECONDS, and at the end."""
+        """pwrite each segment; commit every COMMIT_BYTES or COMMIT_RECORDS (what the
+        journal rows wait for is bounded in bytes of log and in records), or
+        COMMIT_SECONDS, and at the end."""
         async with rx:
             while True:
                 wait = COMMIT_SECONDS - (time.monotonic() - self.last_commit)
@@ -259,8 +268,9 @@ class DriveWriter:
                     except trio.EndOfChannel:
                         break
                     await self._write(item)
-                if self.pending_bytes >= COMMIT_BYTES or (
-                        self.pending and time.monotonic() - self.last_commit >= COMMIT_SECONDS):
+                if self.pending_bytes >= COMMIT_BYTES or self.pending_records >= COMMIT_RECORDS \
+                        or (self.pending and
+                            time.monotonic() - self.last_commit >= COMMIT_SECONDS):
                     await self.commit()
             await self.commit()
 
@@ -278,6 +288,7 @@ class DriveWriter:
         self.progress.used = header.end
         self.pending.append(item.committed)
         self.pending_bytes += item.length
+        self.pending_records += header.records_raw_len
 
     def _pwrite(self, encrypted: bytes, offset: int) -> None:
         """pwrite, start the device on it, and wait for all but WRITE_BEHIND of it."""
@@ -300,7 +311,7 @@ class DriveWriter:
         await self._thread(self.journal.commit, self.pending, header.end, header.seq + 1,
                            stage="journal")
         faults.reached("after_commit")
-        self.pending, self.pending_bytes = [], 0
+        self.pending, self.pending_bytes, self.pending_records = [], 0, 0
         self.in_flight.clear()  # on the device now
         self.in_flight_bytes = 0
         self.last_commit = time.monotonic()
