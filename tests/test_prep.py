@@ -319,9 +319,12 @@ def test_preview_estimates_drives(tmp_path: Path, tree) -> None:
     assert est["data_bytes"] < est["bytes"]  # the VHD's holes
     assert 2 <= est["drives"] <= 4  # prep needed exactly 3 such drives
     assert not any(p.name.endswith(".img") for p in tmp_path.iterdir())
-    # the capacity preview names is the one prep shows for such a drive (its data area)
-    jdir = tmp_path / "j"
-    prep(src, jdir, "cap-1", [tmp_path / "a.img"], "--drive-size", "32M")
+    # the capacity preview names is the one prep shows for such a drive (its data area,
+    # which depends on the drive's size alone: one small file is enough to make the drive)
+    jdir, small = tmp_path / "j", tmp_path / "small"
+    small.mkdir()
+    (small / "f.txt").write_text("one file\n")
+    prep(small, jdir, "cap-1", [tmp_path / "a.img"], "--drive-size", "32M")
     [j] = journal.session_journals(jdir, "cap-1")
     assert est["data_area_per_drive"] == j.drive.data_area_size
     j.close()
