@@ -8,8 +8,13 @@ runs days apart:
   (the SDK sends it base64-encoded; every id of a blob has the same length).  Commit
   stages the zero cells as blocks of zeros and puts the block list in offset order.
   **Azure drops uncommitted blocks 7 days after they were staged**: an import paused
-  longer must send those parts again (commit then raises PartsMissing).  With 1 MiB
-  blocks and Azure's 50,000 blocks per blob, a block blob stops at 50,000 MiB.
+  longer must send those parts again (commit then raises PartsMissing).  A committed
+  block with the cell's id and size stands in for one not staged again (a drive
+  imported again after its commit delivers only its own cells); so where the committed
+  blob is an older copy of the same size, expired cells are NOT refused: the commit
+  takes the older copy's bytes for them (known, not fixed: the block ids or the commit
+  would need to name the copy).  With 1 MiB blocks and Azure's 50,000 blocks per blob,
+  a block blob stops at 50,000 MiB.
 * Page blobs: the first part creates the page blob with its full size and metadata
   ``pipeline_complete=false``; commit clears stale zero cells and sets ``true``.  A page
   blob is written in place, so rewriting a committed one hides it until the next commit.
