@@ -65,8 +65,16 @@ def whole_here(fd: FileOnDrive) -> bool:
             and len(fd.cells | fd.zero) == n)
 
 
+def copy_of(session_id: str, file_id: int) -> str:
+    """The copy a file's parts and commit name (``Storage.write_part``): the same on
+    every drive of the session and every run, another for another session or file, so a
+    part staged long ago and expired is never filled from an older copy of the blob."""
+    return f"{session_id}/{file_id}"
+
+
 def commit_files(store: Storage, container: str, btype: format.BlobType,
-                 fds: list[FileOnDrive], other_zero: dict[int, set[int]] | None = None) -> None:
+                 fds: list[FileOnDrive], session_id: str,
+                 other_zero: dict[int, set[int]] | None = None) -> None:
     """Commit these files' blobs (runs in a storage thread); ``other_zero``: zero cells
     other drives' markers add."""
     for fd in fds:
@@ -74,7 +82,7 @@ def commit_files(store: Storage, container: str, btype: format.BlobType,
         zeros = fd.zero | other_zero[f.file_id] if other_zero and f.file_id in other_zero \
             else fd.zero
         c, b, t = disposition.where(f, container, btype)  # a dataset's file: its own
-        store.commit(c, b, t, f.size, sorted(zeros))
+        store.commit(c, b, t, f.size, sorted(zeros), copy=copy_of(session_id, f.file_id))
         if f.attrs is not None:
             store.set_attributes(c, b, t, f.attrs.metadata, disposition.properties_of(fd))
 
@@ -424,7 +432,7 @@ async def commit_ready(store: Storage, container: str, sb: format.Superblock,
         if not fds:
             break
         await _commit_round(store, container, btype, sb.drive_seq, fds, on_drive, log, net,
-                            limit, done, why)
+                            limit, done, why, sb.session_id)
         faults.reached("import_after_commit_round")  # tests: a kill between rounds
 
 
@@ -432,7 +440,7 @@ async def _commit_round(store: Storage, container: str, btype: format.BlobType, 
                         fds: list[FileOnDrive | tuple[str, int, int, str | None]],
                         on_drive: OnDrive, log: CopyLog,
                         net: trio.CapacityLimiter, limit: trio.CapacityLimiter, done: str,
-                        why: str) -> None:
+                        why: str, session_id: str) -> None:
     """One ROUND of files: the copy log's lines in the order one commit at a time wrote
     them: a line now, or a batch's "ok" lines once the batch is committed; the batches
     are committed several at once, and each one's lines wait for it alone."""
@@ -465,7 +473,7 @@ async def _commit_round(store: Storage, container: str, btype: format.BlobType, 
     async def committer(k: int) -> None:
         async with limit:
             await trio.to_thread.run_sync(commit_files, store, container, btype, batches[k],
-                                          zero, limiter=net)
+                                          session_id, zero, limiter=net)
         done_events[k].set()
 
     async with trio.open_nursery() as nursery:

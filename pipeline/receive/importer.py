@@ -89,7 +89,7 @@ async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Stor
             async with parts_rx:
                 for _ in range(getattr(store, "writers", UPLOADERS)):
                     nursery.start_soon(upload.run, parts_rx.clone(), store, container,
-                                       sb.blob_type, on_drive, net, progress)
+                                       sb.blob_type, on_drive, net, progress, sb.session_id)
         behind.cancel_scope.cancel()
 
     # Zero cells count as delivered; corrupt ones do not.

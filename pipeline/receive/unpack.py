@@ -60,12 +60,13 @@ class UnpackTarget:
         self._for(container).ensure_container(container)
 
     def write_part(self, container: str, blob: str, blob_type: BlobType, size: int,
-                   offset: int, data: bytes) -> None:
-        self._for(container).write_part(container, blob, blob_type, size, offset, data)
+                   offset: int, data: bytes, *, copy: str | None = None) -> None:
+        self._for(container).write_part(container, blob, blob_type, size, offset, data,
+                                        copy=copy)
 
     def commit(self, container: str, blob: str, blob_type: BlobType, size: int,
-               zero_offsets: Sequence[int]) -> None:
-        self._for(container).commit(container, blob, blob_type, size, zero_offsets)
+               zero_offsets: Sequence[int], *, copy: str | None = None) -> None:
+        self._for(container).commit(container, blob, blob_type, size, zero_offsets, copy=copy)
         faults.reached("after_unpack_commit")
 
     def sync(self) -> None:

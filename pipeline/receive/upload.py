@@ -16,19 +16,20 @@ import trio
 
 from pipeline.drive import format
 from pipeline.receive import disposition
-from pipeline.receive.commit import FileOnDrive, commit_files, whole_here
+from pipeline.receive.commit import FileOnDrive, commit_files, copy_of, whole_here
 from pipeline.receive.extract import Parts
 from pipeline.storage.base import Storage
 
 
 async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: str,
               blob_type: format.BlobType, on_drive: dict[int, FileOnDrive],
-              net: trio.CapacityLimiter, progress: Callable[[int], None]) -> None:
+              net: trio.CapacityLimiter, progress: Callable[[int], None], session_id: str
+              ) -> None:
     """One uploader: take batches until the channel ends; record each cell delivered.
 
     A file whose one part is the whole file goes in with the store's ``write_whole``
     where it has one (a part and its commit in one call: no partial blob), else as a
-    part, committed once whole like any other.
+    part, committed once whole like any other.  Parts name their copy (``copy_of``).
     """
     whole = getattr(store, "write_whole", None)
     own = getattr(store, "write_own_part", None)  # a file whole on the drive: see local.py
@@ -60,14 +61,15 @@ async def run(rx: trio.MemoryReceiveChannel[Parts], store: Storage, container: s
             if own is not None and on_drive.all_here(fd):  # type: ignore[attr-defined]
                 own(c, b, t, f.size, e.offset, raw)
             else:
-                store.write_part(c, b, t, f.size, e.offset, raw)
+                store.write_part(c, b, t, f.size, e.offset, raw,
+                                 copy=copy_of(session_id, e.file_id))
             if f.attrs is not None:
                 disposition.md5_feed(fd, e.offset, raw)
             fd.cells.add(e.offset)
             size += len(raw)
             if whole_here(fd):
                 fd.committed = True
-                commit_files(store, container, blob_type, [fd])
+                commit_files(store, container, blob_type, [fd], session_id)
         return size
 
     async with rx:

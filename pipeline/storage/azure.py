@@ -4,20 +4,23 @@ them in worker threads, and one client serves them all: SDK clients are thread-s
 Partial state lives in the account itself, so parts may come from other processes or
 runs days apart:
 
-* Block blobs: each 1 MiB cell is an uncommitted block with id ``f"{offset:020d}"``
-  (the SDK sends it base64-encoded; every id of a blob has the same length).  Commit
-  stages the zero cells as blocks of zeros and puts the block list in offset order.
-  **Azure drops uncommitted blocks 7 days after they were staged**: an import paused
-  longer must send those parts again (commit then raises PartsMissing).  A committed
-  block with the cell's id and size stands in for one not staged again (a drive
-  imported again after its commit delivers only its own cells); so where the committed
-  blob is an older copy of the same size, expired cells are NOT refused: the commit
-  takes the older copy's bytes for them (known, not fixed: the block ids or the commit
-  would need to name the copy).  With 1 MiB blocks and Azure's 50,000 blocks per blob,
-  a block blob stops at 50,000 MiB.
+* Block blobs: each 1 MiB cell is an uncommitted block whose id names the copy and
+  the cell: 9 characters of the copy's tag (a digest of the ``copy`` the caller names:
+  the importer's session and file id; zeros when none is named) then the offset in 11
+  digits (``_block_id``; 20 characters for every block, as Azure wants; the SDK sends
+  it base64-encoded).  Commit stages the zero cells as blocks of zeros with the same
+  tag and puts the block list in offset order.  **Azure drops uncommitted blocks 7
+  days after they were staged**: an import paused longer must send those parts again
+  (commit then raises PartsMissing).  A committed block with the cell's id and size
+  stands in for one not staged again (a drive imported again after its commit
+  delivers only its own cells), so only a block of the same copy does: an older,
+  different copy of the same size committed under the name has other ids, and its
+  bytes never fill an expired cell.  With 1 MiB blocks and Azure's 50,000 blocks per
+  blob, a block blob stops at 50,000 MiB.
 * Page blobs: the first part creates the page blob with its full size and metadata
   ``pipeline_complete=false``; commit clears stale zero cells and sets ``true``.  A page
   blob is written in place, so rewriting a committed one hides it until the next commit.
+  Its parts never expire, so no ``copy`` is needed: a cell a drive wrote stays written.
 
 A committed blob is never visible as partial: size/get/list/read skip any blob marked
 ``pipeline_complete=false`` (our page blobs are made with it, atomically).
@@ -181,7 +184,7 @@ class AzureStorage:
             client.create_container()
 
     def write_part(self, container: str, blob: str, blob_type: BlobType, size: int, offset: int,
-                   data: bytes) -> None:
+                   data: bytes, *, copy: str | None = None) -> None:
         check_part(blob_type, size, offset, data)
         client = self._blob(container, blob)
         with self._calls():
@@ -190,7 +193,7 @@ class AzureStorage:
                 if not data:
                     return              # only a 0-byte blob has an empty part: nothing to stage
                 try:
-                    client.stage_block(_block_id(offset), data, length=len(data))
+                    client.stage_block(_block_id(offset, copy), data, length=len(data))
                 except HttpResponseError as exc:
                     if _code(exc) == "InvalidBlobType":
                         raise self._wrong_type(container, blob, "page blob") from None
@@ -266,16 +269,16 @@ class AzureStorage:
             self._pages_open.add(key)
 
     def commit(self, container: str, blob: str, blob_type: BlobType, size: int,
-               zero_offsets: Sequence[int]) -> None:
+               zero_offsets: Sequence[int], *, copy: str | None = None) -> None:
         client = self._blob(container, blob)
         with self._calls():
             if blob_type is BlobType.BLOCK:
-                self._commit_block(client, container, blob, size, zero_offsets)
+                self._commit_block(client, container, blob, size, zero_offsets, copy)
             else:
                 self._commit_page(client, container, blob, size, zero_offsets)
 
     def _commit_block(self, client: BlobClient, container: str, blob: str, size: int,
-                      zero_offsets: Sequence[int]) -> None:
+                      zero_offsets: Sequence[int], copy: str | None) -> None:
         self._check_block_size(container, blob, size)
         zeros = sorted(set(zero_offsets))
         try:
@@ -286,18 +289,18 @@ class AzureStorage:
         have.update({b.id: b.size for b in staged})      # Latest: uncommitted wins
         zero_set = set(zeros)
         missing = [o for o in cells_of(size) if o not in zero_set
-                   and have.get(_block_id(o)) != min(CELL, size - o)]
+                   and have.get(_block_id(o, copy)) != min(CELL, size - o)]
         if missing:
             raise PartsMissing(self.name, self._where(container, blob), missing)
 
         def stage_zero(offset: int) -> None:
             n = min(CELL, size - offset)
-            client.stage_block(_block_id(offset), bytes(n), length=n)
+            client.stage_block(_block_id(offset, copy), bytes(n), length=n)
 
         if zeros:
             with ThreadPoolExecutor(min(ZERO_STAGERS, len(zeros))) as pool:
                 builtins.list(pool.map(stage_zero, zeros))
-        blocks = [BlobBlock(_block_id(o)) for o in cells_of(size)]
+        blocks = [BlobBlock(_block_id(o, copy)) for o in cells_of(size)]
         try:
             client.commit_block_list(blocks)
         except HttpResponseError as exc:
@@ -553,8 +556,20 @@ class _PutBlob:
                     raise OSError(f"{self._host}: Put Blob failed") from None
 
 
-def _block_id(offset: int) -> str:
-    return f"{offset:020d}"
+def _block_id(offset: int, copy: str | None = None) -> str:
+    """A cell's block id: the copy's tag (9 characters) then the offset (11 digits, enough
+    for 50,000 MiB): 20 characters for every block of every version, as Azure wants of a
+    blob's ids.  No copy named (repair, export, backup: every cell staged at once) tags
+    with zeros, which is the id this module gave before copies were named."""
+    return f"{_copy_tag(copy)}{offset:011d}"
+
+
+def _copy_tag(copy: str | None) -> str:
+    """9 base32 characters of the copy's SHA-256 (45 bits; base32 has no '0', so never the
+    untagged ``000000000``)."""
+    if copy is None:
+        return "0" * 9
+    return base64.b32encode(hashlib.sha256(copy.encode()).digest()).decode()[:9].lower()
 
 
 def _visible(props: Any) -> bool:

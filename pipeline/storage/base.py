@@ -93,12 +93,17 @@ class Storage(Protocol):
         """Create the container if it does not exist."""
 
     def write_part(self, container: str, blob: str, blob_type: BlobType, size: int, offset: int,
-                   data: bytes) -> None:
-        """Store ``data`` at ``offset`` of a blob being assembled; idempotent, durable."""
+                   data: bytes, *, copy: str | None = None) -> None:
+        """Store ``data`` at ``offset`` of a blob being assembled; idempotent, durable.
+        ``copy`` names this copy of the blob's bytes (the importer: its session and file),
+        the same for all its parts and its commit."""
 
     def commit(self, container: str, blob: str, blob_type: BlobType, size: int,
-               zero_offsets: Sequence[int]) -> None:
-        """Make the blob visible with ``size`` bytes; cells not written are in zero_offsets."""
+               zero_offsets: Sequence[int], *, copy: str | None = None) -> None:
+        """Make the blob visible with ``size`` bytes; cells not written are in zero_offsets.
+        A part the blob already holds from its committed version stands in for one not
+        written again only if that version is the same ``copy`` (Azure: a block blob's
+        staged parts expire after 7 days; an older copy's bytes must not fill them)."""
 
     def sync(self) -> None:
         """Make every write_part and commit so far durable (Azure's are already)."""

@@ -253,7 +253,10 @@ class LocalStorage:
             self._makedirs(path)
 
     def write_part(self, container: str, blob: str, blob_type: BlobType, size: int, offset: int,
-                   data: bytes) -> None:
+                   data: bytes, *, copy: str | None = None) -> None:
+        """``copy`` is not needed here: a partial never expires, so every cell a drive's
+        marker says was delivered is still in it, over whatever a seeding copy of an
+        older blob (``_open_partial``) put there."""
         self._write_part(container, blob, blob_type, size, offset, data, keep=True)
 
     def write_own_part(self, container: str, blob: str, blob_type: BlobType, size: int,
@@ -453,7 +456,7 @@ class LocalStorage:
             os.close(src)
 
     def commit(self, container: str, blob: str, blob_type: BlobType, size: int,
-               zero_offsets: Sequence[int]) -> None:
+               zero_offsets: Sequence[int], *, copy: str | None = None) -> None:
         partial = self._path(container, blob, partial=True)
         final = self._path(container, blob)
         with self._writing(container, blob):
