@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import random
 import struct
-import time
 import tracemalloc
 
 import pytest
@@ -1252,11 +1251,12 @@ def test_encoders_refuse_inconsistent_segments() -> None:
         SegmentDecoder(SECTOR + 1)
 
 
-# --------------------------------------------------------------------------- speed (reported)
+# --------------------------------------------------------------------------- a large index
 
 
-def test_index_of_200k_extents_encodes_and_decodes_in_linear_time() -> None:
-    """Not a benchmark (those live in perf/): a guard against quadratic behaviour."""
+def test_index_of_200k_extents_round_trips() -> None:
+    """A closing index at scale (200,000 extents, 2,000 files), plain and zstd, decodes to
+    the same records.  Its speed is measured in perf/, never asserted here."""
     n_files, n = 2_000, 200_000
     files = [FileEntry(i, f"dir {i % 7}/file {i}.bin", f"c/dir/file {i}.bin", 1 << 30, 0, 0o644)
              for i in range(n_files)]
@@ -1267,18 +1267,12 @@ def test_index_of_200k_extents_encodes_and_decodes_in_linear_time() -> None:
     offset = fmt.align_up(SECTOR + 64 + 1000 * n)
     raw_len = sum(map(fmt.record_size, recs))
     for compress in (False, True):
-        t0 = time.perf_counter()
         blob = fmt.encode_index(recs, 1, offset, compress=compress)
-        t1 = time.perf_counter()
         seg = fmt.decode_segment(blob, offset)
-        t2 = time.perf_counter()
         assert list(seg.records) == recs
         assert seg.header.records_compressed == compress
         assert seg.header.records_raw_len == raw_len
         assert len(blob) <= fmt.align_up(HEADER_SIZE + raw_len)
-        print(f"\nindex of {n} extents + {n_files} files, {'zstd' if compress else 'plain'} "
-              f"records, {len(blob)} bytes: encode {t1 - t0:.3f} s, decode {t2 - t1:.3f} s")
-        assert t2 - t0 < 30  # generous: shared CI machines; quadratic would take minutes
 
 
 @pytest.mark.parametrize(("field", "value", "said"), [

@@ -184,6 +184,11 @@ def test_bad_inputs(tmp_path: Path, tree) -> None:
         assert proc.returncode == EXIT_BAD_INPUT, (override, proc.stderr)
         assert needle in proc.stderr.strip().splitlines()[-1], proc.stderr
         assert not (tmp_path / "x.img").exists()
+        assert not jdir.exists()  # bad input leaves nothing, not even the journal directory
+    proc = run_cli("prep", "--journal-dir", str(jdir), "--session-id", "none-1", "--resume")
+    assert proc.returncode == EXIT_BAD_INPUT and proc.stderr == (
+        f"pipeline prep: journal directory {jdir} does not exist; give the one of the session\n")
+    jdir.mkdir()
     proc = run_cli("prep", "--journal-dir", str(jdir), "--session-id", "none-1", "--resume")
     assert proc.returncode == EXIT_BAD_INPUT and "no journals of session none-1" in proc.stderr
 

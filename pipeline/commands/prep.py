@@ -399,12 +399,7 @@ def _open_session(args: argparse.Namespace) -> list[journal.Journal]:
     if not jdir.is_dir():
         if args.resume:
             raise BadInput(f"journal directory {jdir} does not exist; give the one of the session")
-        try:
-            jdir.mkdir(mode=0o700, parents=True)
-        except OSError as exc:
-            if errors.is_no_space(exc):
-                raise errors.NoSpace(jdir, f"journal directory {jdir}") from None
-            raise BadInput(f"cannot create journal directory {jdir}: {exc.strerror}") from None
+        return []  # made by _make_journal_dir once the inputs are checked
     journals = journal.session_journals(jdir, args.session_id)
     if args.resume and not journals:
         raise BadInput(f"no journals of session {args.session_id} in {jdir}; check "
@@ -416,6 +411,17 @@ def _open_session(args: argparse.Namespace) -> list[journal.Journal]:
     if any(j.drive.state == "void" for j in journals):
         raise BadInput(f"session {args.session_id} was aborted; start a new session")
     return journals
+
+
+def _make_journal_dir(jdir: Path) -> None:
+    """A new session's journal directory (0700), made only once its inputs are checked:
+    bad input leaves nothing behind, not even an empty directory."""
+    try:
+        jdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        if errors.is_no_space(exc):
+            raise errors.NoSpace(jdir, f"journal directory {jdir}") from None
+        raise BadInput(f"cannot create journal directory {jdir}: {exc.strerror}") from None
 
 
 @dataclass
@@ -581,6 +587,7 @@ async def run(args: argparse.Namespace) -> Outcome:
     else:
         scan.scan(cfg.srcdir)  # a missing or unreadable staging root stops prep here
     preflight(cfg, journals)
+    _make_journal_dir(cfg.jdir)
     if cfg.dataset is not None and not journals:  # before the first journal: --resume needs it
         datasetio.save(cfg.jdir, cfg.session_id, cfg.dataset)
     renderer.start("prep", session_id=cfg.session_id, srcdir=str(cfg.srcdir),
