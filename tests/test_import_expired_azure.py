@@ -33,9 +33,9 @@ def _session(base: Path, session: str, seed: int) -> tuple[dict, list[Path], Pat
     return read_tree(src), drives, jdir
 
 
-def _import(drive: Path, jdir: Path, to: str, logs: Path, code: int = 0) -> str:
+def _import(drive: Path, jdir: Path, to: str, logs: Path, code: int = 0, *more: str) -> str:
     proc = run_cli("import", "--drive", str(drive), "--journal-dir", str(jdir), "--to", to,
-                   "--log-dir", str(logs), check_code=code)
+                   "--log-dir", str(logs), *more, check_code=code)
     return proc.stderr
 
 
@@ -73,11 +73,24 @@ def test_expired_cells_are_not_filled_from_an_older_copy(
                    for x in copy_log(logs, "exp-new", 2))
     assert _account(azurite)[name] == old[name]  # the older copy untouched, not a mix
 
-    # Drive 1 again: its marker says "done", so an import skips it; its marker goes first.
-    BlobServiceClient.from_connection_string(azurite).get_blob_client(
-        STATE_CONTAINER, marker_name("exp-new", 1)).delete_blob()
+    assert "pipeline import --again" in err, err  # the line says how
+
+    # Drive 1 again: its marker says "done", so a plain import skips it; --again sends it.
     _import(n1, njdir, azurite, logs)
+    assert {x.get("status") for x in copy_log(logs, "exp-new", 1) if "blob" in x} == {"skipped"}
+    _import(n1, njdir, azurite, logs, 0, "--again")
     assert any(x.get("blob") == SPANNING and x.get("status") == "ok"
                for x in copy_log(logs, "exp-new", 1))
     _import(n2, njdir, azurite, logs)
     assert _account(azurite) == new
+    marker = BlobServiceClient.from_connection_string(azurite).get_blob_client(
+        STATE_CONTAINER, marker_name("exp-new", 1)).download_blob().readall()
+    assert b'"done"' in marker
+
+
+def test_again_with_cluster_is_refused_in_one_line(tmp_path: Path) -> None:
+    """--again is taken on this machine only (said, not ignored)."""
+    proc = run_cli("import", "--cluster", "tcp://127.0.0.1:1", "--journal-dir", str(tmp_path),
+                   "--to", str(tmp_path / "acct"), "--again", check_code=2)
+    assert proc.stderr == ("pipeline import: --again is not taken with --cluster yet: import "
+                           "the drive again on its worker's machine with --drive PATH --again\n")

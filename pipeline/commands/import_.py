@@ -88,6 +88,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="shortcut for `pipeline site return` once every drive is imported: "
                    "the drives went back with this tracking number (carrier: the job's "
                    "return carrier); the job is Completed")
+    p.add_argument("--again", action="store_true",
+                   help="import drives already imported once more (each is skipped "
+                   "otherwise): to send again the parts a commit found missing (Azure drops "
+                   "staged parts after 7 days); nothing committed changes")
     p.add_argument("--log-dir", default=".", metavar="DIR",
                    help="where to write the copy logs (default: current directory)")
     p.add_argument("--json", action="store_true",
@@ -116,6 +120,9 @@ def _site_client(args: argparse.Namespace) -> ServiceClient:
 
 async def run(args: argparse.Namespace) -> Outcome:
     if getattr(args, "cluster", None):  # the cluster's own path: pipeline/cluster/receive.py
+        if getattr(args, "again", False):
+            raise BadInput("--again is not taken with --cluster yet: import the drive again "
+                           "on its worker's machine with --drive PATH --again")
         from pipeline.cluster import receive as cluster_receive
         return await cluster_receive.import_run(args, _site_client(args) if args.service
                                                 else None)
@@ -170,7 +177,8 @@ async def run(args: argparse.Namespace) -> Outcome:
         renderer.start("import", drives=[str(od.drive.path) for od, _ in opened],
                        storage=store.name, files=stats.files_total, bytes=stats.bytes_total)
         bad, unvouched = await progress.with_progress(
-            renderer, stats, lambda: _import_all(opened, store, log_dir, job, renderer, stats))
+            renderer, stats, lambda: _import_all(opened, store, log_dir, job, renderer, stats,
+                                               again=getattr(args, "again", False)))
         if job is not None:
             job.finish(args.return_tracking)
     finally:
@@ -211,8 +219,8 @@ def _finish(renderer: progress.Renderer, stats: progress.Stats, json_mode: bool,
 
 async def _import_all(opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]],
                       store: Storage, log_dir: Path, job: service_import.JobImport | None,
-                      renderer: progress.Renderer, stats: progress.Stats
-                      ) -> tuple[int, list[str]]:
+                      renderer: progress.Renderer, stats: progress.Stats, *,
+                      again: bool = False) -> tuple[int, list[str]]:
     """Each drive in turn (the bar ticks beside, in ``with_progress``); the corrupt/missing
     count and the drives that cannot vouch for completeness."""
     unvouched = [str(od.drive.path) for od, plan in opened if plan.incomplete]
@@ -222,7 +230,8 @@ async def _import_all(opened: list[tuple[driveread.UnlockedDrive, importer.Drive
     bad = 0
     for od, plan in opened:
         report = job.reporter(od.volume.uuid, plan) if job else None
-        n, log = await _import_one(od, plan, store, log_dir, renderer, stats, report)
+        n, log = await _import_one(od, plan, store, log_dir, renderer, stats, report,
+                                   again=again)
         bad += n
         if job is not None:
             job.finish_drive(od.volume.uuid, log, store, plan,
@@ -232,7 +241,7 @@ async def _import_all(opened: list[tuple[driveread.UnlockedDrive, importer.Drive
 
 async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage,
                       log_dir: Path, renderer: progress.Renderer, stats: progress.Stats,
-                      report: service_import.Reporter | None = None
+                      report: service_import.Reporter | None = None, *, again: bool = False
                       ) -> tuple[int, importer.CopyLog]:
     sb = plan.superblock
     stats.current_drive = f"drive {sb.drive_seq} ({od.drive.path})"
@@ -263,7 +272,7 @@ async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, sto
                     nursery.start_soon(report.run)
                 result = await importer.import_drive(
                     od, plan, store, log, trio.CapacityLimiter(os.cpu_count() or 2),
-                    trio.CapacityLimiter(8), uploaded)
+                    trio.CapacityLimiter(8), uploaded, again=again)
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
             with contextlib.suppress(NoSpace):  # a full log disk: say why the import stopped

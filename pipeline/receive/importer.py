@@ -61,14 +61,18 @@ class DriveResult:
 
 async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Storage,
                        log: CopyLog, cpu: trio.CapacityLimiter, net: trio.CapacityLimiter,
-                       progress: Callable[[int], None] = lambda n: None) -> DriveResult:
+                       progress: Callable[[int], None] = lambda n: None, *,
+                       again: bool = False) -> DriveResult:
     sb, container = plan.superblock, plan.container
     result = DriveResult(sb.drive_seq, sb.session_id)
     marker = marker_name(sb.session_id, sb.drive_seq)
     await trio.to_thread.run_sync(store.ensure_container, container, limiter=net)
     await trio.to_thread.run_sync(store.ensure_container, STATE_CONTAINER, limiter=net)
     existing = await trio.to_thread.run_sync(store.get, STATE_CONTAINER, marker, limiter=net)
-    if existing is not None and parse_marker(marker, existing).get("state") == "done":
+    # "done": skipped, unless ``again`` (import --again: parts a later commit found missing,
+    # e.g. expired on Azure, are sent again; decisions kept in the marker still hold).
+    if (existing is not None and not again
+            and parse_marker(marker, existing).get("state") == "done"):
         for f in plan.files.values():
             log.blob("skipped", f.blob, "drive already imported; nothing changed", f.size)
         result.already = True

@@ -58,7 +58,7 @@ class StorageUnavailable(PipelineError):
 
 
 class PartsMissing(IntegrityError):
-    """storage {}: {} cannot be committed, parts at offsets {} were never stored or are gone (Azure drops uncommitted parts after 7 days); import the drives holding them again"""  # noqa: E501 - the message template is one line
+    """storage {}: {} cannot be committed, parts at offsets {} were never stored or are gone (Azure drops uncommitted parts after 7 days); import the drives holding them again (pipeline import --again)"""  # noqa: E501 - the message template is one line
 
     def __init__(self, name: str, where: str, offsets: Sequence[int]) -> None:
         shown = ", ".join(str(o) for o in offsets[:5]) + (" ..." if len(offsets) > 5 else "")
