@@ -257,6 +257,34 @@ def test_resumed_import_keeps_the_decision(tmp_path: Path) -> None:
     assert lines["cont/d/rename (2).txt"]["action"] == "renamed"
 
 
+def test_import_again_keeps_the_decision(tmp_path: Path) -> None:
+    """import --again of a drive already imported: sent once more to the names decided the
+    first time (kept in its marker), not to "rename (3)"; the account as it was."""
+    new = dispositions_dataset(tmp_path)
+    prep(tmp_path, session="dis1")
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    store = LocalStorage(acct)
+    store.ensure_container("cont")
+    for rule in ("rename", "no-overwrite", "overwrite"):
+        store.put("cont", f"d/{rule}.txt", f"old {rule}".encode())
+    (p,) = import_(tmp_path, acct, "d1.img", session="dis1")
+    assert p.returncode == 0, p.stderr
+    before = sorted(x.relative_to(acct) for x in (acct / "cont").rglob("*"))
+    run_cli("import", "--drive", str(tmp_path / "d1.img"), "--journal-dir", str(tmp_path / "j"),
+            "--to", str(acct), "--log-dir", str(tmp_path / "logs"), "--again")
+    assert sorted(x.relative_to(acct) for x in (acct / "cont").rglob("*")) == before
+    assert store.get("cont", "d/rename (3).txt") is None
+    assert store.get("cont", "d/rename.txt") == b"old rename"
+    assert store.get("cont", "d/rename (2).txt") == new["rename"]
+    assert store.get("cont", "d/no-overwrite.txt") == b"old no-overwrite"
+    assert store.get("cont", "d/overwrite.txt") == new["overwrite"]
+    lines = {x["blob"]: (x["status"], x["action"]) for x in blob_lines(tmp_path, "dis1", (1,))}
+    assert lines == {"cont/d/rename (2).txt": ("ok", "renamed"),
+                     "cont/d/no-overwrite.txt": ("skipped", "kept existing"),
+                     "cont/d/overwrite.txt": ("ok", "as decided before")}
+
+
 def test_already_encrypted_drive_made_by_cryptsetup(tmp_path: Path) -> None:
     """AlreadyFormatted + AlreadyEncrypted: the volume cryptsetup made is opened with its
     key and kept (same UUID, the key still opens it); prep writes into its data area."""
