@@ -7,7 +7,6 @@ import random
 import socket
 import stat
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import urllib3.util.connection
+from azure.core.pipeline.transport import HttpTransport
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, EXIT_STORAGE, BadInput
 from pipeline.storage import (
@@ -27,6 +28,7 @@ from pipeline.storage import (
     check_container_name,
     open_storage,
 )
+from pipeline.storage.azure import CONNECT_TIMEOUT_S
 from pipeline.storage.local import LocalStorage
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, connection_string
 
@@ -468,19 +470,34 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("kind", ["connection-string", "sas-url"])
-def test_unreachable_account_fails_fast_without_secrets(kind: str) -> None:
+def test_unreachable_account_fails_fast_without_secrets(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounded, by count rather than by the clock: two connection tries, each with the
+    3 s connect timeout, one backoff of 3 s between them, then one line.  The backoff is
+    recorded, not slept (the SDK sleeps through its transport)."""
     port = _closed_port()
     sig = "c2lnbmF0dXJlc2lnbmF0dXJl"
     target = (connection_string(port) if kind == "connection-string" else
               f"http://127.0.0.1:{port}/{ACCOUNT}?sv=2024-08-04&ss=b&srt=sco&sp=rwl&sig={sig}")
+    tries: list[tuple[tuple[str, int], float | None]] = []
+    sleeps: list[float] = []
+    connect = urllib3.util.connection.create_connection
+
+    def counting_connect(address, timeout=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        tries.append((address, timeout))
+        return connect(address, timeout, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", counting_connect)
+    monkeypatch.setattr(HttpTransport, "sleep", lambda self, s: sleeps.append(s))
     store = open_storage(target)
     calls = [store.check, lambda: store.write_part("abc", "x", BLOCK, 10, 0, b"x" * 10)]
     for call in calls[:1] if kind == "sas-url" else calls:
-        t0 = time.monotonic()
+        tries.clear()
+        sleeps.clear()
         with pytest.raises(StorageUnavailable) as ei:
             call()
-        elapsed = time.monotonic() - t0
-        assert elapsed < 8, elapsed
+        assert tries == [(("127.0.0.1", port), CONNECT_TIMEOUT_S)] * 2
+        assert sleeps == [3]
         msg = str(ei.value)
         assert ei.value.exit_code == EXIT_STORAGE
         assert f"127.0.0.1:{port}/{ACCOUNT}" in msg and "connection refused" in msg
