@@ -99,13 +99,18 @@ class Estimate:
     needed: int               # bytes the repository will take, at most (dedup ignored)
 
 
-def estimate(source: Path, level: int = 1, sample: int = SAMPLE) -> Estimate:
+def estimate(source: Path, level: int = 1, sample: int = SAMPLE, free: int | None = None
+             ) -> Estimate:
     """Like ``pipeline preview``: holes skipped, zstd ratio sampled over cells spread
     across the tree; dedup is ignored, so the figure errs on the large side.  Only stat:
     no owners or attributes (the backup reads those), and a file is opened for its holes
     only when its allocated blocks say it has some: this walk comes before the backup.
+
+    With ``free`` (the staging location's free bytes) the sample is taken only when it
+    decides: when the data would fit stored raw (a chunk is never stored larger than
+    raw), no content is read and the ratio counts as 1.0.  Sampled reads are random reads
+    of a cold tree, most of this walk's time (0.17 of 0.41 s on 2 GB of real files).
     The drive modules are imported here: the hourly online backup never needs them."""
-    from pipeline.drive import codec
     from pipeline.drive.format import CELL, grid
 
     cells: list[tuple[Path, int, int]] = []
@@ -117,6 +122,17 @@ def estimate(source: Path, level: int = 1, sample: int = SAMPLE) -> Estimate:
         for start, end in ranges:
             data += end - start
             cells.extend((path, off, min(CELL, end - off)) for off in grid(end, start))
+    if free is not None and free >= _needed(files, data, 1.0):
+        return Estimate(files, total, data, 0, 1.0, _needed(files, data, 1.0))
+    raw, stored = _sample(cells, sample, level)
+    ratio = stored / raw if raw else 1.0
+    return Estimate(files, total, data, raw, round(ratio, 4), _needed(files, data, ratio))
+
+
+def _sample(cells: list[tuple[Path, int, int]], sample: int, level: int) -> tuple[int, int]:
+    """(raw, stored) bytes over about ``sample`` bytes of cells spread evenly."""
+    from pipeline.drive import codec
+
     step = max(1, math.ceil(sum(c[2] for c in cells) / max(sample, 1)))
     raw = stored = 0
     for path, off, length in cells[::step]:
@@ -128,11 +144,15 @@ def estimate(source: Path, level: int = 1, sample: int = SAMPLE) -> Estimate:
         if piece:
             raw += len(piece)
             stored += len(codec.pack(piece, level).stored)
-    ratio = stored / raw if raw else 1.0
+    return raw, stored
+
+
+def _needed(files: int, data: int, ratio: float) -> int:
+    """The repository's size at most: the data at ``ratio``, plus per chunk, per file and
+    per pack overheads, plus 1 MiB."""
     chunks = data // (1 << 20) + files
-    needed = (int(data * ratio * 1.01) + chunks * 200 + files * 300
-              + (data // (16 << 20) + 1) * 1024 + (1 << 20))
-    return Estimate(files, total, data, raw, round(ratio, 4), needed)
+    return (int(data * ratio * 1.01) + chunks * 200 + files * 300
+            + (data // (16 << 20) + 1) * 1024 + (1 << 20))
 
 
 def _regular_files(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
@@ -170,9 +190,14 @@ def _holes(path: Path, st: os.stat_result) -> list[tuple[int, int]]:
         os.close(fd)
 
 
-def check_space(staging: Path, est: Estimate) -> None:
+def free_bytes(staging: Path) -> int:
+    """What an unprivileged writer may still put in ``staging``'s filesystem."""
     st = os.statvfs(staging)
-    free = st.f_bavail * st.f_frsize
+    return st.f_bavail * st.f_frsize
+
+
+def check_space(staging: Path, est: Estimate) -> None:
+    free = free_bytes(staging)
     if free < est.needed:
         raise BadInput(f"--staging {staging} has {_human(free)} free, the backup needs about "
                        f"{_human(est.needed)} ({_human(est.data_bytes)} of data, compressing "
