@@ -43,7 +43,7 @@ from pipeline.backup.cache import TreeCache
 from pipeline.backup.repo import FETCHERS, Pack, Repository, SnapshotRef, hostname
 from pipeline.backup.stages.messages import Chunk, NodeBatch, ReadBatch, SealedChunk, Walked
 from pipeline.backup.stages.tree import Tree
-from pipeline.backup.walk import Warn, matched
+from pipeline.backup.walk import WalkAhead, Warn, matched
 from pipeline.progress import Stats
 
 INLINE_S = 1.0                  # the inline walk hands over to the pipeline (and its progress
@@ -145,14 +145,15 @@ class Begun:
 
 def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
           parent: SnapshotRef | None = None, threaded: bool = False,
-          cache: TreeCache | None = None) -> Begun:
+          cache: TreeCache | None = None, ahead: WalkAhead | None = None) -> Begun:
     """Sync, before any Trio run: the parent's manifest, then the walk with the tree
     stage in this thread for as long as no file needs reading (restic's rule and every
     chunk in the index), for up to ``INLINE_S`` and ``INLINE_NEW`` bytes of new tree
     chunks.  A no-change backup ends here: no pipeline, no Trio, no worker thread but the
     tree's read-ahead; otherwise the pipeline goes on from the first file to read.
     ``warn`` is called on this thread, or (``threaded``: this is a Trio worker thread)
-    on the Trio thread.  ``cache``: the local tree cache (``cache.py``), None for none."""
+    on the Trio thread.  ``cache``: the local tree cache (``cache.py``), None for none.
+    ``ahead``: the walk of ``source``, already begun in its thread (``WalkAhead``)."""
     started = datetime.now(UTC)
     sent_before = repo.backend.bytes_sent
     manifest = repo.manifest(parent) if parent is not None else None
@@ -160,7 +161,8 @@ def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
         stats.files_total, stats.bytes_total = manifest.files, manifest.bytes
     warnings = _Warnings(warn)
     warnings.threaded = threaded
-    walked = matched(source, repo.tree_chunks(manifest, cache) if manifest else None, warnings.walk)
+    walked = matched(source, repo.tree_chunks(manifest, cache) if manifest else None,
+                     warnings.walk, None if ahead is None else ahead.nodes(warnings.walk))
     tree = Tree(repo, stats, cache)
     t0 = stats.timer()
     deadline = t0 + INLINE_S

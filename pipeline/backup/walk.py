@@ -9,12 +9,14 @@ UTF-8 are kept (surrogate escapes), since a backup must not refuse a file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import grp
 import itertools
 import os
 import pwd
+import queue
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -232,16 +234,17 @@ def _meta_key(n: fmt.Node) -> tuple[object, ...]:
     return (n.mode, n.uid, n.gid, n.xattrs, n.links)
 
 
-def matched(source: Path, parent: Iterator[list[Entry]] | None, warn: Warn
-            ) -> Iterator[Walked]:
+def matched(source: Path, parent: Iterator[list[Entry]] | None, warn: Warn,
+            nodes: Iterator[fmt.Node] | None = None) -> Iterator[Walked]:
     """Every entry of ``source`` in walk order, matched against ``parent`` (the parent
     snapshot's tree, read lazily as this is consumed): a file unchanged since then takes
     its chunk list (``reuse``), as does a new link to a hard-linked file so taken; an entry
     equal to the parent's in every field carries its tree line.  Consumed inline by
-    ``archive.walk_inline`` while nothing needs reading, then by the walk stage's thread."""
+    ``archive.walk_inline`` while nothing needs reading, then by the walk stage's thread.
+    ``nodes``: ``walk(source)``'s entries as a ``WalkAhead`` delivers them, if one runs."""
     old = ParentTree(parent)
     linked: dict[tuple[int, int], fmt.Node] = {}   # hard-linked files taken from the parent
-    for node in walk(source, warn):
+    for node in walk(source, warn) if nodes is None else nodes:
         reuse = False
         found = old.find(node.path)
         same, line, at = found if found is not None else (None, None, None)
@@ -259,6 +262,77 @@ def matched(source: Path, parent: Iterator[list[Entry]] | None, warn: Warn
         else:
             yield Walked(node, reuse)
 
+
+class WalkAhead:
+    """``walk(root)`` run in a thread from now on, while the caller opens the repository
+    (key derivation, index, parent manifest, tree cache): a cold walk waits on the disk
+    for every directory and inode, and that wait overlaps the opening instead of
+    following it.  ``nodes`` hands the entries over in walk order, and the warnings the
+    walk raised replayed at their places, through the consumer's ``warn``; an exception in
+    the thread is raised there.  At most ``DEPTH`` batches of ``BATCH`` entries wait (the
+    walk keeps that far ahead of a slow consumer, whatever the tree's size).  The thread
+    is joined when ``nodes`` ends or is closed, or by ``close`` (a run that fails first).
+    """
+
+    BATCH = 256
+    DEPTH = 64
+
+    def __init__(self, root: Path) -> None:
+        self._queue: queue.Queue[list[fmt.Node | str] | BaseException | None] = queue.Queue(
+            self.DEPTH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(root,), name="walk ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, root: Path) -> None:
+        buf: list[fmt.Node | str] = []
+        try:
+            for node in walk(root, buf.append):     # a warning: a str in its place
+                buf.append(node)
+                if len(buf) >= self.BATCH:
+                    batch = buf[:]
+                    buf.clear()
+                    if not self._put(batch):
+                        return
+            if self._put(buf):
+                self._put(None)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the consumer
+            self._put(exc)
+
+    def _put(self, item: list[fmt.Node | str] | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def nodes(self, warn: Warn) -> Iterator[fmt.Node]:
+        """``walk``'s entries, in its order, on the consumer's thread."""
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                for x in item:
+                    if isinstance(x, str):
+                        warn(x)
+                    else:
+                        yield x
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the walk (if it still runs) and join its thread."""
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
 
 
 # --------------------------------------------------------------------------- reading files
