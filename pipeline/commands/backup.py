@@ -17,7 +17,7 @@ from pipeline.backup import cache as tree_cache
 from pipeline.backup.backend import Backend, DirBackend, StorageBackend
 from pipeline.backup.errors import NoRepository
 from pipeline.backup.repo import Repository, exists, hostname
-from pipeline.backup.walk import check_source
+from pipeline.backup.walk import WalkAhead, check_source
 from pipeline.commands import _options
 from pipeline.errors import (
     EXIT_INTEGRITY,
@@ -445,15 +445,20 @@ def _online(args: argparse.Namespace) -> Outcome | Callable[[], Awaitable[Outcom
     """Open the repository and walk inline (``archive.begin``); the Outcome when nothing
     needed reading, else the async rest: the pipeline under Trio, from where it stopped."""
     source = check_source(Path(args.source))
-    container, recorded = _container_for(source, args.container)
-    secret = credentials.passphrase_file(args.passphrase_file)
-    opts = _opts(args)
-    storage = open_storage(args.to)
-    storage.check()
-    backend = StorageBackend(storage, container)
-    stats = progress.Stats()                 # totals: the parent snapshot's, once known
-    renderer = progress.make_renderer(args.json)
-    renderer.start("backup", mode="online", source=str(source), storage=backend.name)
+    ahead = WalkAhead(source)   # the walk's disk waits overlap the repository's opening
+    try:
+        container, recorded = _container_for(source, args.container)
+        secret = credentials.passphrase_file(args.passphrase_file)
+        opts = _opts(args)
+        storage = open_storage(args.to)
+        storage.check()
+        backend = StorageBackend(storage, container)
+        stats = progress.Stats()                 # totals: the parent snapshot's, once known
+        renderer = progress.make_renderer(args.json)
+        renderer.start("backup", mode="online", source=str(source), storage=backend.name)
+    except BaseException:
+        ahead.close()
+        raise
     try:
         try:
             repo = Repository.open(backend, secret.value, args.passphrase_file)
@@ -468,9 +473,11 @@ def _online(args: argparse.Namespace) -> Outcome | Callable[[], Awaitable[Outcom
         parent = archive.find_parent(repo, str(source), hostname(), refs)
         cache = None if args.no_cache else tree_cache.for_repository(
             repo.config.repo_id, repo.crypto.keys.id_key)
-        begun = archive.begin(repo, source, stats, _warner(renderer), parent, cache=cache)
+        begun = archive.begin(repo, source, stats, _warner(renderer), parent, cache=cache,
+                              ahead=ahead)
         result = archive.finish_inline(repo, begun) if begun.done else None
     except BaseException as exc:     # as progress.with_progress: the exit event, no bar left
+        ahead.close()
         first = worst(exc)
         if isinstance(first, PipelineError):
             renderer.event("exit", code=first.exit_code, message=str(first))
