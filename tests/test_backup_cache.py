@@ -122,6 +122,32 @@ def test_damaged_or_forged_entries_are_ignored_and_rewritten(tmp_path: Path) -> 
     assert list(repo.tree_lines(manifest, _cache(tmp_path, repo))) == want and reads == []
 
 
+def test_entries_read_ahead_vanishing_or_foreign_names_are_misses(tmp_path: Path) -> None:
+    """The entries are found by one listing and read ahead in threads: one deleted after
+    the listing (a concurrent ``clean``) is read from the repository and written again;
+    names that are no id (a temporary file, anything else) are not entries."""
+    src, repo, manifest = _seeded(tmp_path)
+    want = list(repo.tree_lines(manifest))
+    tc = _cache(tmp_path, repo)
+    list(repo.tree_lines(manifest, tc))
+    (tc.dir / "not-an-id").write_bytes(b"x")
+    (tc.dir / ("zz" * 32)).write_bytes(b"x")
+    assert tc.present() == set(manifest.tree)
+    gone = manifest.tree[2]
+    again = _cache(tmp_path, repo)
+    read = again.read
+
+    def vanishing(cid: bytes) -> tuple[bytes, float] | None:
+        if cid == gone:
+            (again.dir / cid.hex()).unlink()
+        return read(cid)
+
+    again.read = vanishing  # type: ignore[method-assign]
+    reads = _reads(repo)
+    assert list(repo.tree_lines(manifest, again)) == want
+    assert reads == [gone] and again.written == 1 and (again.dir / gone.hex()).exists()
+
+
 def test_another_repositorys_cache_is_not_used(tmp_path: Path) -> None:
     """Entries are under each repository's id and MAC'd with its key: a second repository
     (or one whose plaintext config claims the first's id) reads its own tree."""

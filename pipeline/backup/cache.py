@@ -77,19 +77,37 @@ class TreeCache:
     def _path(self, cid: bytes) -> str:
         return os.path.join(self.dir, cid.hex())
 
-    def has(self, cid: bytes) -> bool:
-        return os.path.exists(self._path(cid))
-
-    def get(self, cid: bytes) -> Entries | None:
-        """The chunk's entries with their lines, or None: missing, or failing its MAC or
-        shape (then deleted, to be written again)."""
-        path = self._path(cid)
+    def present(self) -> set[bytes]:
+        """The ids with an entry here, from one listing of the directory: no file's inode
+        is read (a cold disk's wait each, as ``has`` does), nor anything trusted."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-                st = os.fstat(f.fileno())
+            names = os.listdir(self.dir)
+        except OSError:
+            return set()
+        out = set()
+        for name in names:
+            if len(name) == 64:
+                with contextlib.suppress(ValueError):
+                    out.add(bytes.fromhex(name))
+        return out
+
+    def read(self, cid: bytes) -> tuple[bytes, float] | None:
+        """The entry's file as it is, and its mtime, unchecked (``get`` checks it), or None;
+        only I/O, so that several can be read at once in threads."""
+        try:
+            with open(self._path(cid), "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_mtime
         except OSError:
             return None
+
+    def get(self, cid: bytes, raw: tuple[bytes, float] | None = None) -> Entries | None:
+        """The chunk's entries with their lines, or None: missing, or failing its MAC or
+        shape (then deleted, to be written again).  ``raw``: ``read``'s, done already."""
+        path = self._path(cid)
+        got = self.read(cid) if raw is None else raw
+        if got is None:
+            return None
+        data, mtime = got
         payload = data[len(MAGIC) + MAC_LEN:]
         if (data[:len(MAGIC)] != MAGIC or not hmac.compare_digest(
                 data[len(MAGIC):len(MAGIC) + MAC_LEN], self._mac(cid, payload))):
@@ -103,7 +121,7 @@ class TreeCache:
             self._drop(path)
             return None
         self.known.add(cid)
-        if time.time() - st.st_mtime > TOUCH_S:
+        if time.time() - mtime > TOUCH_S:
             with contextlib.suppress(OSError):
                 os.utime(path)
         return entries

@@ -319,22 +319,39 @@ class Repository:
             for cid, chunk in zip(ids, self._tree_chunks(ids), strict=True):
                 yield cid, [(fmt.Node.decode(line), line) for line in fmt.split_lines((chunk,))]
             return
-        misses = list(dict.fromkeys(cid for cid in ids if not cache.has(cid)))
+        present = cache.present()
+        misses = list(dict.fromkeys(cid for cid in ids if cid not in present))
         read = zip(misses, self._tree_chunks(tuple(misses)), strict=True)
         pending = set(misses)
+        hits: list[bytes] = []                # the ids to take from the cache, in order
         for cid in ids:
-            if cid not in pending:
-                got = cache.get(cid)
-                if got is not None:
-                    yield cid, got
-                    continue
-                chunk = self._read_run([(cid, self.entry(cid))])[0]   # damaged, or gone
-            else:
+            if cid in pending:
                 pending.discard(cid)
-                cid, chunk = next(read)
-            entries = [(fmt.Node.decode(line), line) for line in fmt.split_lines((chunk,))]
-            cache.put(cid, chunk, (node for node, _ in entries))
-            yield cid, entries
+            else:
+                hits.append(cid)
+        pending = set(misses)
+        # The cache's files read ahead, FETCHERS at once (a cold disk's waits overlap),
+        # each checked here as it is taken (``cache.get``).
+        with ThreadPoolExecutor(FETCHERS) as pool:
+            ahead = deque(pool.submit(cache.read, cid) for cid in hits[:FETCHERS])
+            queued = len(ahead)
+            for cid in ids:
+                if cid not in pending:
+                    raw = ahead.popleft().result()
+                    if queued < len(hits):
+                        ahead.append(pool.submit(cache.read, hits[queued]))
+                        queued += 1
+                    got = None if raw is None else cache.get(cid, raw)
+                    if got is not None:
+                        yield cid, got
+                        continue
+                    chunk = self._read_run([(cid, self.entry(cid))])[0]   # damaged, or gone
+                else:
+                    pending.discard(cid)
+                    cid, chunk = next(read)
+                entries = [(fmt.Node.decode(line), line) for line in fmt.split_lines((chunk,))]
+                cache.put(cid, chunk, (node for node, _ in entries))
+                yield cid, entries
 
     def _tree_chunks(self, ids: tuple[bytes, ...]) -> Iterator[bytes]:
         """The tree chunks in order, in runs of chunks lying back to back in one pack (as
