@@ -137,7 +137,7 @@ def test_entries_read_ahead_vanishing_or_foreign_names_are_misses(tmp_path: Path
     again = _cache(tmp_path, repo)
     read = again.read
 
-    def vanishing(cid: bytes) -> tuple[bytes, float] | None:
+    def vanishing(cid: bytes) -> tuple[memoryview, float] | None:
         if cid == gone:
             (again.dir / cid.hex()).unlink()
         return read(cid)

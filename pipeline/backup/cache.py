@@ -71,8 +71,10 @@ class TreeCache:
         self.written = 0
         self.known: set[bytes] = set()     # ids this run found valid here, or wrote
 
-    def _mac(self, cid: bytes, payload: bytes) -> bytes:
-        return hmac.new(self._key, self._version + cid + payload, "sha256").digest()
+    def _mac(self, cid: bytes, payload: bytes | memoryview) -> bytes:
+        mac = hmac.new(self._key, self._version + cid, "sha256")
+        mac.update(payload)            # not joined: no copy of the payload
+        return mac.digest()
 
     def _path(self, cid: bytes) -> str:
         return os.path.join(self.dir, cid.hex())
@@ -91,28 +93,31 @@ class TreeCache:
                     out.add(bytes.fromhex(name))
         return out
 
-    def read(self, cid: bytes) -> tuple[bytes, float] | None:
-        """The entry's file as it is, and its mtime, unchecked (``get`` checks it), or None;
-        only I/O, so that several can be read at once in threads."""
+    def read(self, cid: bytes) -> tuple[memoryview, float] | None:
+        """The entry's payload, its MAC checked, and the file's mtime; None if missing or
+        failing its MAC (then deleted).  No decoding: reads and MACs (hashlib lets the GIL
+        go) run in threads, several at once, while ``get`` decodes on the caller's."""
+        path = self._path(cid)
         try:
-            with open(self._path(cid), "rb") as f:
-                return f.read(), os.fstat(f.fileno()).st_mtime
+            with open(path, "rb") as f:
+                data, mtime = f.read(), os.fstat(f.fileno()).st_mtime
         except OSError:
             return None
+        payload = memoryview(data)[len(MAGIC) + MAC_LEN:]
+        if (data[:len(MAGIC)] != MAGIC or not hmac.compare_digest(
+                data[len(MAGIC):len(MAGIC) + MAC_LEN], self._mac(cid, payload))):
+            self._drop(path)
+            return None
+        return payload, mtime
 
-    def get(self, cid: bytes, raw: tuple[bytes, float] | None = None) -> Entries | None:
+    def get(self, cid: bytes, raw: tuple[memoryview, float] | None = None) -> Entries | None:
         """The chunk's entries with their lines, or None: missing, or failing its MAC or
         shape (then deleted, to be written again).  ``raw``: ``read``'s, done already."""
         path = self._path(cid)
         got = self.read(cid) if raw is None else raw
         if got is None:
             return None
-        data, mtime = got
-        payload = data[len(MAGIC) + MAC_LEN:]
-        if (data[:len(MAGIC)] != MAGIC or not hmac.compare_digest(
-                data[len(MAGIC):len(MAGIC) + MAC_LEN], self._mac(cid, payload))):
-            self._drop(path)
-            return None
+        payload, mtime = got
         try:       # authenticated: written by this code for this chunk, so this holds
             chunk, rows = marshal.loads(payload)
             lines = chunk.splitlines(keepends=True)
