@@ -3,7 +3,8 @@
 This module alone knows the topology: it opens the nursery, every channel and limiter,
 and hands each stage (``backup/stages/``, one module each) its channel ends::
 
-    walk (thread: stat, match the parent) -> NodeBatch -> read x readers (thread: CDC
+    walk (thread: stat, match the parent) -> NodeBatch -> readahead (thread: the small
+        files asked of the disk early) -> NodeBatch -> read x readers (thread: CDC
         chunks, ids) -> ReadBatch -> tree (put back in walk order; JSON Lines, tree chunks)
     read, tree: new chunks only -> [Chunk] -> seal x threads (thread: zstd + AES-GCM)
         -> [SealedChunk] -> pack (16 MiB packs) -> Pack -> upload x uploaders (thread)
@@ -167,10 +168,11 @@ def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
     t0 = stats.timer()
     deadline = t0 + INLINE_S
     rest: Iterator[Walked] | None = None
+    index = repo.index
     for item in walked:
         node = item.node
         if node.type == "file":
-            if not item.reuse or not all(c is None or c in repo.index for c, _ in node.content):
+            if not item.reuse or any(c not in index for c, _ in node.content if c is not None):
                 rest = itertools.chain((item,), walked)
                 break
             stats.unchanged_bytes += node.size
@@ -214,7 +216,7 @@ async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
     import trio
 
     from pipeline.backup.lock import start_refresher
-    from pipeline.backup.stages import pack, seal, walk
+    from pipeline.backup.stages import pack, readahead, seal, walk
     from pipeline.backup.stages.read import Read
     from pipeline.backup.stages.upload import Upload
 
@@ -232,13 +234,15 @@ async def run_backup(repo: Repository, source: Path, stats: Stats, warn: Warn,
     read = Read(repo, str(source), stats, trio.CapacityLimiter(opts.readers),
                 warnings.from_thread)
     upload = Upload(repo, trio.CapacityLimiter(opts.uploaders), stats)
-    nodes_tx, nodes_rx = trio.open_memory_channel[NodeBatch](opts.depth)
+    walked_tx, walked_rx = trio.open_memory_channel[NodeBatch](opts.depth)
+    nodes_tx, nodes_rx = trio.open_memory_channel[NodeBatch](readahead.AHEAD)
     done_tx, done_rx = trio.open_memory_channel[ReadBatch](opts.depth)
     raw_tx, raw_rx = trio.open_memory_channel[list[Chunk]](opts.depth)
     sealed_tx, sealed_rx = trio.open_memory_channel[list[SealedChunk]](opts.depth)
     packs_tx, packs_rx = trio.open_memory_channel[Pack](1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(walk.run, begun.rest or iter(()), nodes_tx, ahead, stats)
+        nursery.start_soon(walk.run, begun.rest or iter(()), walked_tx, ahead, stats)
+        nursery.start_soon(readahead.run, str(source), walked_rx, nodes_tx, stats)
         async with nodes_rx, done_tx, raw_tx, raw_rx, sealed_tx, packs_rx:  # clones only
             for _ in range(opts.readers):
                 nursery.start_soon(read.run, nodes_rx.clone(), done_tx.clone(), raw_tx.clone())

@@ -18,6 +18,7 @@ import os
 import pwd
 import queue
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ Deliver = Callable[[bytes | None, bytes | memoryview | None, int], None]
 
 _SPECIAL = ((stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "chardev"), (stat.S_ISBLK, "blockdev"))
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def check_source(source: Path) -> Path:
@@ -72,7 +74,7 @@ def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
             stack.pop()
             continue
         full = dirpath + b"/" + name      # os.path.join's checks cost 10% of a no-change walk
-        rel = prefix + os.fsdecode(name)
+        rel = prefix + name.decode(_FS_ENCODING, _FS_ERRORS)     # os.fsdecode, inline
         try:
             st = os.lstat(full)
         except FileNotFoundError:
@@ -92,24 +94,25 @@ def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
 def _node(rel: str, full: bytes, st: os.stat_result, warn: Warn) -> fmt.Node | None:
     """The entry ``rel`` as lstat saw it, or None (reported) for what is not backed up."""
     mode = st.st_mode
-    perm = stat.S_IMODE(mode)
-    if stat.S_ISDIR(mode):
+    perm = mode & 0o7777                  # stat.S_IMODE, S_IFMT: one call each fewer
+    kind = mode & 0o170000
+    if kind == stat.S_IFDIR:
         return fmt.Node("dir", rel, perm, st.st_mtime_ns)
-    if stat.S_ISREG(mode):
+    if kind == stat.S_IFREG:
         return fmt.Node("file", rel, perm, st.st_mtime_ns, st.st_size, st.st_ctime_ns,
                         st.st_ino)
-    if stat.S_ISLNK(mode):
+    if kind == stat.S_IFLNK:
         try:
             target = os.fsdecode(os.readlink(full))
         except OSError as exc:
             warn(f"{rel}: cannot read the link ({exc.strerror}); skipped")
             return None
         return fmt.Node("symlink", rel, perm, st.st_mtime_ns, target=target)
-    kind = next((k for test, k in _SPECIAL if test(mode)), None)
-    if kind is None:
+    special = next((k for test, k in _SPECIAL if test(mode)), None)
+    if special is None:
         warn(f"{rel}: {'socket' if stat.S_ISSOCK(mode) else 'special file'}, not backed up")
         return None
-    return fmt.Node(kind, rel, perm, st.st_mtime_ns, rdev=st.st_rdev)
+    return fmt.Node(special, rel, perm, st.st_mtime_ns, rdev=st.st_rdev)
 
 
 def meta(node: fmt.Node, full: bytes, st: os.stat_result, warn: Warn) -> fmt.Node:
