@@ -87,10 +87,3 @@ def test_expired_cells_are_not_filled_from_an_older_copy(
         STATE_CONTAINER, marker_name("exp-new", 1)).download_blob().readall()
     assert b'"done"' in marker
 
-
-def test_again_with_cluster_is_refused_in_one_line(tmp_path: Path) -> None:
-    """--again is taken on this machine only (said, not ignored)."""
-    proc = run_cli("import", "--cluster", "tcp://127.0.0.1:1", "--journal-dir", str(tmp_path),
-                   "--to", str(tmp_path / "acct"), "--again", check_code=2)
-    assert proc.stderr == ("pipeline import: --again is not taken with --cluster yet: import "
-                           "the drive again on its worker's machine with --drive PATH --again\n")

@@ -23,8 +23,8 @@ LINES = 40_000
 
 def test_a_large_copy_log_goes_to_the_account_in_parts_and_to_the_result_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def import_drive(od: Any, plan: Any, store: Any, log: importer.CopyLog, *_: Any
-                           ) -> importer.DriveResult:
+    async def import_drive(od: Any, plan: Any, store: Any, log: importer.CopyLog, *_: Any,
+                           **__: Any) -> importer.DriveResult:
         for i in range(LINES):  # what an import of 40,000 small files logs
             log.blob("ok", f"vdir/d{i % 97:02d}/file {i:07d}.txt", "", i)
         return importer.DriveResult(1, "rr-1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,11 @@ def _wanted(journals: list[journal.Journal]) -> dict[str, str]:
 async def run_on_workers(address: str, wanted: dict[str, str], kind: str, label: str,
                          fn: Any, head: tuple[Any, ...], tail: tuple[Any, ...],
                          renderer: progress.Renderer, stats: progress.Stats, *,
-                         every: bool = True, before: Any = None) -> dict[str, Any]:
+                         every: bool = True, before: Any = None, check: bool = True
+                         ) -> dict[str, Any]:
     """Every worker's task ``fn(*head, uuids, *tail, topic)`` on the ``wanted`` drives
-    attached to it (``_assign``); ``before(uuids)`` first; their results."""
+    attached to it (``_assign``); ``before(uuids)`` first; their results (``check``: the
+    worst error among them raised; else the caller's to raise, ``dask_client.raise_worst``)."""
     cluster = await trio.to_thread.run_sync(dask_client.Cluster, address)
     try:
         described = await trio.to_thread.run_sync(cluster.workers)
@@ -73,7 +76,8 @@ async def run_on_workers(address: str, wanted: dict[str, str], kind: str, label:
     if lost:
         raise Interrupted(f"worker(s) {', '.join(sorted(lost))} lost mid-run; start them "
                           f"again and run the same {kind} command: it is safe to repeat")
-    dask_client.raise_worst(results)
+    if check:
+        dask_client.raise_worst(results)
     return results
 
 
@@ -99,22 +103,81 @@ async def verify_all(address: str, journals: list[journal.Journal],
 
 
 async def import_all(address: str, journals: list[journal.Journal], store_target: str,
-                     log_dir: Path, renderer: progress.Renderer, stats: progress.Stats
+                     log_dir: Path, renderer: progress.Renderer, stats: progress.Stats,
+                     again: Sequence[str] = (), how: str = "pipeline import --cluster "
+                     "ADDRESS --journal-dir JDIR --to STORAGE --again --drive DRIVE"
                      ) -> list[dict[str, Any]]:
     """Import every drive of the session where it is attached, into the account
     ``store_target`` names (its address, no secret: ``target.public_target``); each drive's
-    outcome, its copy log written into ``log_dir`` (``copylog-SESSION-driveNN.jsonl``)."""
-    results = await run_on_workers(address, _wanted(journals), "import", _head(journals)[1],
-                                   receive_remote.import_drives, _head(journals),
-                                   (store_target,), renderer, stats)
-    return gather_logs(results, log_dir)
+    outcome, its copy log written into ``log_dir`` (``copylog-SESSION-driveNN.jsonl``), the
+    logs of the drives that finished written before a failure is raised.
+
+    ``again`` (import --again --drive DRIVE): those drives are imported once more first,
+    each by its worker, and only then the others, as before: the parts they send again
+    are staged before another drive's commit needs them (run at once on two workers, a
+    commit could look for them before they are sent).  ``how``: the command a line on
+    missing parts names (``_raise_worst``)."""
+    wanted, head = _wanted(journals), _head(journals)
+    done: list[dict[str, Any]] = []
+    first: dict[str, int] = {}
+    if again:
+        named = await _resolve(address, again, wanted)
+        results = await run_on_workers(address, named, "import", head[1],
+                                       receive_remote.import_drives, head,
+                                       (store_target, True), renderer, stats, check=False)
+        done += gather_logs(results, log_dir)
+        _raise_worst(results, how)
+        first = {n: getattr(stats, n) for n in _COUNTED}  # the next run's folding restarts
+        wanted = {u: shown for u, shown in wanted.items() if u not in named}
+    if wanted:
+        results = await run_on_workers(address, wanted, "import", head[1],
+                                       receive_remote.import_drives, head,
+                                       (store_target, False), renderer, stats, check=False)
+        done += gather_logs(results, log_dir)
+        for n, v in first.items():
+            setattr(stats, n, getattr(stats, n) + v)
+        _raise_worst(results, how)
+    return sorted(done, key=lambda d: d["seq"])
+
+
+_COUNTED = ("bytes_read", "bytes_written", "bytes_stored", "zero_bytes", "extents",
+            "files_done")
+"""The counters a run of tasks folds from its workers (``dask_client.Progress``)."""
+
+
+async def _resolve(address: str, named: Sequence[str], wanted: dict[str, str]
+                   ) -> dict[str, str]:
+    """The drives ``named`` (--drive: a volume uuid, or a drive's path as its worker holds
+    it) among ``wanted`` (uuid -> shown), by asking the workers: uuid -> shown.  A name that
+    is no drive of the session, or the path of drives on several workers, is BadInput."""
+    cluster = await trio.to_thread.run_sync(dask_client.Cluster, address)
+    try:
+        described = await trio.to_thread.run_sync(cluster.workers)
+    finally:
+        await trio.to_thread.run_sync(cluster.close)
+    held = [(name, d) for name, w in sorted(described.items()) for d in w["drives"]
+            if d["uuid"] in wanted]
+    out: dict[str, str] = {}
+    for x in named:
+        found = [(name, d) for name, d in held if x in (d["uuid"], d["path"])]
+        if not found:
+            shown = "; ".join(f"{d['uuid']} ({name}: {d['path']})" for name, d in held[:8])
+            raise BadInput(f"--drive {x}: no drive of the session with that volume uuid or "
+                           f"path is attached to a pipeline worker; the session's drives "
+                           f"attached: {shown or 'none'}")
+        if len(found) > 1:
+            raise BadInput(f"--drive {x}: drives on several workers have that path; give "
+                           "its volume uuid: "
+                           + ", ".join(f"{d['uuid']} ({name})" for name, d in found))
+        out[found[0][1]["uuid"]] = wanted[found[0][1]["uuid"]]
+    return out
 
 
 def gather_logs(results: dict[str, Any], log_dir: Path) -> list[dict[str, Any]]:
     """Each drive's outcome by drive number, its copy log written into ``log_dir``."""
     out = []
     for name, r in sorted(results.items()):
-        for d in r["drives"]:
+        for d in r.get("drives", []):
             path = importer.log_path(log_dir, d["session_id"], d["seq"])
             path.write_text(d.pop("log"), encoding="utf-8")
             out.append({**d, "worker": name, "copy_log": str(path)})
@@ -133,21 +196,45 @@ async def site_import(args: argparse.Namespace, site: Any, store_target: str, lo
               for d in job.job["properties"]["driveList"] if d.get("state") != "NeverReceived"}
     results = await run_on_workers(args.cluster, wanted, "import", args.job,
                                    site_remote.import_job_drives, where, (store_target,),
-                                   renderer, stats, every=False, before=job.start)
+                                   renderer, stats, every=False, before=job.start,
+                                   check=False)
     done = gather_logs(results, log_dir)
+    _raise_worst(results, f"on its worker's machine: pipeline import --service {args.service} "
+                 f"--job {args.job} --site-token-file FILE --drive PATH --again")
     job = await trio.to_thread.run_sync(service_import.JobImport.connect, site, *where)
     await trio.to_thread.run_sync(job.finish, args.return_tracking)  # every drive in: onwards
     return done
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What `import --cluster` cannot take, refused before anything is asked of the
+    service or the workers."""
+    again = getattr(args, "again", False)
+    if args.service and again:
+        raise BadInput("import --cluster --again is taken with --journal-dir only yet: with "
+                       "--service, import the drive again on its worker's machine: pipeline "
+                       "import --service URL --job NAME --site-token-file FILE --drive PATH "
+                       "--again")
+    if again and not args.drive:
+        raise BadInput("import --cluster --again needs --drive DRIVE (repeat for more): the "
+                       "drive to import again, by its volume uuid or its path on its worker; "
+                       "the others are imported as before")
+    if args.drive and not again:
+        raise BadInput("import --cluster takes --drive only with --again (a drive to import "
+                       "again): each worker imports the drives attached to it")
 
 
 async def import_run(args: argparse.Namespace, site: Any = None) -> Outcome:
     """`pipeline import --cluster ADDRESS (--journal-dir J | --service URL --job NAME) --to
     STORAGE`: every drive of the session (or the job's drives attached to the workers), each
     where it is attached; the copy logs gathered into --log-dir.  ``site``: the import
-    service's client (``--site-token-file``), with --service."""
-    if args.drive or (args.service and site is None):
-        raise BadInput("import --cluster takes no --drive, and --service with "
-                       "--site-token-file: each worker imports the drives attached to it")
+    service's client (``--site-token-file``), with --service.  ``--again --drive DRIVE``:
+    those drives imported once more, first (``import_all``)."""
+    check_args(args)
+    if args.service and site is None:
+        raise BadInput("import --cluster --service needs --site-token-file FILE: the client's "
+                       "site credential (each worker has its own)")
+    again = getattr(args, "again", False)
     store_spec = args.to or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
     if not store_spec:
         raise BadInput("give --to STORAGE: the storage account every worker writes to")
@@ -171,11 +258,29 @@ async def import_run(args: argparse.Namespace, site: Any = None) -> Outcome:
         renderer.start("import", drives=[j.drive.uuid for j in journals], storage=store_target,
                        files=stats.files_total, bytes=stats.bytes_total)
         done = await progress.with_progress(renderer, stats, lambda: import_all(
-            args.cluster, journals, store_target, log_dir, renderer, stats))
+            args.cluster, journals, store_target, log_dir, renderer, stats,
+            args.drive if again else (),
+            f"pipeline import --cluster {args.cluster} --journal-dir {args.journal_dir} --to "
+            "STORAGE --again --drive DRIVE: each such drive by its volume uuid or its path "
+            "on its worker"))
     finally:
         for j in journals:
             j.close()
     return _report(args, done, renderer, stats, log_dir)
+
+
+_LOCAL_AGAIN = "(pipeline import --again)"
+"""How ``storage.PartsMissing`` says to send parts again on one machine; a worker's message
+comes back as text, and the client says it the cluster's way (``_raise_worst``)."""
+
+
+def _raise_worst(results: dict[str, Any], how: str) -> None:
+    """``dask_client.raise_worst``, a worker's line on missing parts naming ``how`` (the
+    command that sends them again from here) instead of the one-machine command."""
+    for r in results.values():
+        if r.get("code") and _LOCAL_AGAIN in r.get("message", ""):
+            r["message"] = r["message"].replace(_LOCAL_AGAIN, f"({how})")
+    dask_client.raise_worst(results)
 
 
 def _report(args: argparse.Namespace, done: list[dict[str, Any]],

@@ -12,7 +12,7 @@ The task names the storage account by its address only; the credential is the wo
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,11 +21,10 @@ from typing import Any
 
 import trio
 
-from pipeline import errors, journal, progress
+from pipeline import journal, progress
 from pipeline.cluster import events, target
 from pipeline.cluster.events import Publish, counters, describe, drive_set, failure, publisher, tick
-from pipeline.drive import format
-from pipeline.receive import copylog, importer
+from pipeline.receive import importer, onedrive
 from pipeline.receive import reader as driveread
 from pipeline.receive.verify import verify_drive
 from pipeline.storage.base import Storage
@@ -74,9 +73,11 @@ async def verify(jdir: str, session_id: str, uuids: list[str], paths: dict[str, 
 
 
 async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[str, str],
-                     open_store: Callable[[], Storage], publish: Publish) -> dict[str, Any]:
+                     open_store: Callable[[], Storage], publish: Publish, *,
+                     again: bool = False) -> dict[str, Any]:
     """Every drive here, one after another (as ``pipeline import``), each unlocked with the
-    recovery password its journal holds."""
+    recovery password its journal holds; ``again``: imported once more if imported before
+    (import --again)."""
     journals = _journals(jdir, session_id, uuids)
 
     def unlocked() -> Iterator[tuple[driveread.UnlockedDrive, journal.Journal]]:
@@ -84,7 +85,7 @@ async def import_all(jdir: str, session_id: str, uuids: list[str], paths: dict[s
             yield driveread.unlock_with_journal(paths[j.drive.uuid], j), j
 
     try:
-        return await import_unlocked(unlocked(), open_store, publish)
+        return await import_unlocked(unlocked(), open_store, publish, again=again)
     finally:
         for j in journals:
             j.close()
@@ -95,10 +96,12 @@ Unlocked = Iterator[tuple[driveread.UnlockedDrive, journal.Journal | None]]
 
 
 async def import_unlocked(unlocked: Unlocked, open_store: Callable[[], Storage], publish: Publish,
-                          finished: FinishedFor | None = None) -> dict[str, Any]:
+                          finished: FinishedFor | None = None, *, again: bool = False
+                          ) -> dict[str, Any]:
     """Every drive ``unlocked`` yields, unlocked and its plan checked before anything is
-    written, then imported one after another: each drive's outcome, copy log lines included;
-    a PipelineError (from ``unlocked`` too) comes back as {code, message}."""
+    written, then imported one after another (``again``: each once more if imported
+    before): each drive's outcome, copy log lines included; a PipelineError (from
+    ``unlocked`` too) comes back as {code, message}, with the drives done before it."""
     stats = progress.Stats()
     opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     drives: list[dict[str, Any]] = []
@@ -112,7 +115,7 @@ async def import_unlocked(unlocked: Unlocked, open_store: Callable[[], Storage],
             nursery.start_soon(tick, stats, publish)
             for od, plan in opened:
                 done = None if finished is None else finished(od, plan, store)
-                drives.append(await import_one(od, plan, store, stats, done))
+                drives.append(await import_one(od, plan, store, stats, done, again=again))
             nursery.cancel_scope.cancel()
         result: dict[str, Any] = {"code": 0, "message": ""}
     except BaseException as exc:  # noqa: BLE001 - a PipelineError goes back as data
@@ -131,52 +134,24 @@ FinishedFor = Callable[[driveread.UnlockedDrive, importer.DrivePlan, Storage], F
 
 
 async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage,
-                     stats: progress.Stats, finished: Finished | None = None) -> dict[str, Any]:
-    """One drive into ``store``: its outcome as plain data, the copy log's text included
-    (read back from its file: the lines are not kept in memory while importing; the
-    result carries the text whole, as the client's gathering of the logs takes it)."""
+                     stats: progress.Stats, finished: Finished | None = None, *,
+                     again: bool = False) -> dict[str, Any]:
+    """One drive into ``store`` (``receive.onedrive``: the same as ``pipeline import``):
+    its outcome as plain data, the copy log's text included (read back from its file:
+    the lines are not kept in memory while importing; the result carries the text whole,
+    as the client's gathering of the logs takes it)."""
     sb = plan.superblock
-    zero = sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO)
-    stats.bytes_read += zero
-    carried = [zero]
-
-    def uploaded(n: int) -> None:
-        stats.bytes_read += n
-        carried[0] += n
-
     with tempfile.TemporaryDirectory(prefix="pipeline-copylog-") as tmp:
-        path = importer.log_path(Path(tmp), sb.session_id, sb.drive_seq)
-        with importer.open_copy_log(path) as stream:
-            log = importer.CopyLog(stream, str(od.drive.path))
-            log.write({"type": "start", "drive": str(od.drive.path),
-                       "session_id": sb.session_id, "seq": sb.drive_seq,
-                       "container": plan.container, "records_from": plan.source,
-                       "storage": store.name})
-            for line in plan.damage:
-                log.write({"type": "damage", "message": line})
-            if plan.incomplete:
-                log.write({"type": "incomplete", "message": plan.incomplete})
-            try:
-                result = await importer.import_drive(
-                    od, plan, store, log, trio.CapacityLimiter(os.cpu_count() or 2),
-                    trio.CapacityLimiter(8), uploaded)
-            except BaseException as exc:
-                with contextlib.suppress(errors.NoSpace):
-                    log.close("failed", str(errors.worst(exc)))
-                raise
-            log.close("already imported" if result.already else "done")
-        # Stored in the account a part at a time from its file, and read back once, as
-        # text, for the result (which carries it to the client's --log-dir), before the
-        # temporary directory goes: the bytes and a decoded copy are not both held.
-        with contextlib.suppress(Exception):  # the gathered log is the record
-            copylog.store_copy(store, importer.STATE_CONTAINER, importer.state_name(
-                sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl"), path)
-        text = path.read_text(encoding="utf-8")
-        stats.files_done += len(plan.files)
+        got = await onedrive.import_one(od, plan, store, Path(tmp), stats, again=again)
+        # Stored in the account a part at a time from its file (onedrive), and read back
+        # once, as text, for the result (which carries it to the client's --log-dir),
+        # before the temporary directory goes: the bytes and a decoded copy are not both
+        # held.  A failure to store it is dropped: the gathered log is the record.
+        text = got.path.read_text(encoding="utf-8")
         if finished is not None:
-            finished(log, carried[0])
+            finished(got.log, got.carried)
     return {"seq": sb.drive_seq, "session_id": sb.session_id, "path": str(od.drive.path),
-            "already": result.already, "totals": log.totals, "log": text,
+            "already": got.result.already, "totals": got.log.totals, "log": text,
             "damage": plan.damage, "incomplete": plan.incomplete, "source": plan.source}
 
 
@@ -192,11 +167,12 @@ def verify_drives(jdir: str, session_id: str, uuids: list[str], topic: str
 
 
 def import_drives(jdir: str, session_id: str, uuids: list[str], store_target: str,
-                  topic: str) -> dict[str, Any]:
+                  again: bool, topic: str) -> dict[str, Any]:
     """The task: import the drives with these volume uuids, attached here, into the
     account ``store_target`` names (``target.public_target``) with this worker's own
-    credential for it."""
+    credential for it; ``again``: each once more if it was imported before."""
     name, credential = drive_set().name, events.storage_credential()
-    return trio.run(import_all, jdir, session_id, uuids, _paths_by_uuid(),
-                    lambda: target.open_on_worker(store_target, credential, name),
-                    publisher(topic, name))
+    return trio.run(functools.partial(
+        import_all, jdir, session_id, uuids, _paths_by_uuid(),
+        lambda: target.open_on_worker(store_target, credential, name),
+        publisher(topic, name), again=again))

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
 
-import trio
-
 from pipeline import journal, progress
 from pipeline.commands import _options
-from pipeline.drive import format
 from pipeline.errors import (
     EXIT_INCOMPLETE,
     EXIT_INTEGRITY,
@@ -25,10 +21,9 @@ from pipeline.errors import (
     NoSpace,
     Outcome,
     is_no_space,
-    worst,
 )
 from pipeline.jobs.client import ServiceClient
-from pipeline.receive import copylog, importer, service_import
+from pipeline.receive import importer, onedrive, service_import
 from pipeline.receive import reader as driveread
 from pipeline.storage import open_storage
 from pipeline.storage.base import Storage
@@ -49,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "drive twice changes nothing.  A copy log (JSON Lines) per drive says what "
         "happened to every blob.")
     p.add_argument("--drive", action="append", default=[], metavar="PATH",
-                   help="drive to import (repeat for more; not with --cluster)")
+                   help="drive to import (repeat for more); with --cluster, only with "
+                   "--again: a drive to import again, by its volume uuid or its path on its "
+                   "worker")
     p.add_argument("--session-id", metavar="ID",
                    help="the copy session to import, on drives that hold several (each "
                    "session imports on its own); with --journal-dir, also picks its journals")
@@ -91,7 +88,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--again", action="store_true",
                    help="import drives already imported once more (each is skipped "
                    "otherwise): to send again the parts a commit found missing (Azure drops "
-                   "staged parts after 7 days); nothing committed changes")
+                   "staged parts after 7 days); nothing committed changes.  With "
+                   "--cluster: the drives named by --drive, first, then the others as usual")
     p.add_argument("--log-dir", default=".", metavar="DIR",
                    help="where to write the copy logs (default: current directory)")
     p.add_argument("--json", action="store_true",
@@ -120,10 +118,8 @@ def _site_client(args: argparse.Namespace) -> ServiceClient:
 
 async def run(args: argparse.Namespace) -> Outcome:
     if getattr(args, "cluster", None):  # the cluster's own path: pipeline/cluster/receive.py
-        if getattr(args, "again", False):
-            raise BadInput("--again is not taken with --cluster yet: import the drive again "
-                           "on its worker's machine with --drive PATH --again")
         from pipeline.cluster import receive as cluster_receive
+        cluster_receive.check_args(args)  # before the site's credential is read
         return await cluster_receive.import_run(args, _site_client(args) if args.service
                                                 else None)
     if not args.drive:
@@ -243,54 +239,16 @@ async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, sto
                       log_dir: Path, renderer: progress.Renderer, stats: progress.Stats,
                       report: service_import.Reporter | None = None, *, again: bool = False
                       ) -> tuple[int, importer.CopyLog]:
+    """One drive (``receive.onedrive``: the same as a cluster worker's), then its line or
+    --json event; the corrupt/missing count and the closed copy log."""
     sb = plan.superblock
-    stats.current_drive = f"drive {sb.drive_seq} ({od.drive.path})"
-    whole = sum(e.raw_len for e in plan.extents)
-    zero = sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO)
-    began = stats.bytes_read
-    stats.zero_bytes += zero
-    stats.bytes_read += zero  # holes and zero runs: copied by not being written
-
-    def uploaded(n: int) -> None:
-        stats.bytes_read += n
-        if report is not None:
-            report.add(n)
-
-    path = importer.log_path(log_dir, sb.session_id, sb.drive_seq)
-    with importer.open_copy_log(path) as stream:
-        log = importer.CopyLog(stream, str(od.drive.path))
-        log.write({"type": "start", "drive": str(od.drive.path), "session_id": sb.session_id,
-                   "seq": sb.drive_seq, "container": plan.container,
-                   "records_from": plan.source, "storage": store.name})
-        for line in plan.damage:
-            log.write({"type": "damage", "message": line})
-        if plan.incomplete:
-            log.write({"type": "incomplete", "message": plan.incomplete})
-        try:
-            async with trio.open_nursery() as nursery:
-                if report is not None:
-                    nursery.start_soon(report.run)
-                result = await importer.import_drive(
-                    od, plan, store, log, trio.CapacityLimiter(os.cpu_count() or 2),
-                    trio.CapacityLimiter(8), uploaded, again=again)
-                nursery.cancel_scope.cancel()
-        except BaseException as exc:
-            with contextlib.suppress(NoSpace):  # a full log disk: say why the import stopped
-                log.close("failed", str(worst(exc)))
-            raise
-        log.close("already imported" if result.already else "done")
-    try:  # a copy next to the blobs, as the import service's verbose log
-        copylog.store_copy(store, importer.STATE_CONTAINER, importer.state_name(
-            sb.session_id, f"copylog-drive-{sb.drive_seq:02d}.jsonl"), path)
-    except Exception as exc:  # noqa: BLE001 - the local log is the record; say so, go on
-        print(f"pipeline import: could not store the copy log in the account ({exc}); "
-              f"it is in {path}", file=sys.stderr)
-    t = log.totals
-    if result.already:  # nothing read this time: what the drive holds was imported before
-        stats.bytes_read = began
-        stats.zero_bytes -= zero
-        stats.skipped_bytes += whole
-    stats.files_done += len(plan.files)
+    got = await onedrive.import_one(od, plan, store, log_dir, stats, again=again,
+                                    uploaded=None if report is None else report.add,
+                                    beside=None if report is None else report.run)
+    result, path, t = got.result, got.path, got.log.totals
+    if got.not_stored:
+        print(f"pipeline import: could not store the copy log in the account "
+              f"({got.not_stored}); it is in {path}", file=sys.stderr)
     if isinstance(renderer, progress.JsonRenderer):
         renderer.event("drive", seq=sb.drive_seq, session_id=sb.session_id,
                        path=str(od.drive.path), already_imported=result.already,
@@ -306,4 +264,4 @@ async def _import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, sto
                  "copies)" if t["unvouched"] else "")
               + f", {t['skipped']} waiting for other drives or "
               f"skipped, {t['corrupt']} corrupt, {t['missing']} missing; copy log {path}")
-    return t["corrupt"] + t["missing"], log
+    return t["corrupt"] + t["missing"], got.log

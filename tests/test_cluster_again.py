@@ -1,0 +1,176 @@
+"""`import --cluster --again --drive DRIVE`: a drive already imported, whose staged parts
+Azure dropped (7 days) before the session's other drive came in, is imported once more by
+the worker that holds it, then the others as before; end to end on a real local Dask
+cluster (a `dask scheduler`, two `pipeline worker`s) into Azurite, as
+tests/test_import_expired_azure.py does on one machine.  Expiry is simulated by putting
+the block list of the committed blocks only, which drops every uncommitted block, as
+Azure's expiry does."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from pipeline import journal
+from pipeline.cluster import target
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY
+from pipeline.receive.markers import STATE_CONTAINER, marker_name
+from tests.azurite import azurite  # noqa: F401 - the fixture
+from tests.conftest import require_root, run_cli
+from tests.drivedata import make_tree, read_tree
+from tests.test_cluster import Proc, scheduler_address, start_scheduler, start_worker
+from tests.test_import import copy_log, prep
+
+CONTAINER = "expire"
+SPANNING = "vdir/blobs/random.bin"  # as the copy log names it
+SESSION = "cl-again"
+
+
+@pytest.fixture
+def scheduler(tmp_path: Path) -> Iterator[tuple[str, dict[str, Proc]]]:
+    require_root()
+    procs: dict[str, Proc] = {}
+    try:
+        procs["scheduler"] = start_scheduler(tmp_path)
+        yield scheduler_address(procs["scheduler"]), procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+def _account(conn: str) -> dict[str, bytes]:
+    client = BlobServiceClient.from_connection_string(conn).get_container_client(CONTAINER)
+    return {b.name.removeprefix("vdir/"): client.download_blob(b.name).readall()
+            for b in client.list_blobs(name_starts_with="vdir/")}
+
+
+def _import(address: str, jdir: Path, to: str, logs: Path, code: int, *more: str) -> str:
+    proc = run_cli("import", "--cluster", address, "--journal-dir", str(jdir), "--to", to,
+                   "--log-dir", str(logs), *more, check_code=code)
+    return proc.stdout + proc.stderr
+
+
+def _drive_lines(out: str) -> dict[int, str]:
+    """Each drive's line (`drive N of session S ...`), by drive number, what follows."""
+    head = f" of session {SESSION} "
+    return {int(line.split()[1]): line.split(head, 1)[1] for line in out.splitlines()
+            if line.startswith("drive ") and head in line}
+
+
+def _statuses(logs: Path, seq: int) -> dict[str, str]:
+    return {x["blob"]: x["status"] for x in copy_log(logs, SESSION, seq) if "blob" in x}
+
+
+def test_again_on_the_worker_holding_the_drive(
+        tmp_path: Path, scheduler: tuple[str, dict[str, Proc]],
+        azurite: str) -> None:  # noqa: F811 - the fixture
+    address, procs = scheduler
+    src = tmp_path / "src"
+    make_tree(src, small_files=40, random_mb=20, sparse_mb=4, seed=2)
+    jdir = tmp_path / "journals"
+    d1, d2 = tmp_path / "w1-a.img", tmp_path / "w2-a.img"  # each worker's first drive
+    prep(src, jdir, SESSION, [d1, d2], "32M", dstdir=f"{CONTAINER}/vdir/")
+    for name in ("w1", "w2"):
+        procs[name] = start_worker(tmp_path, address, name, env={target.ENV: azurite})
+    uuids = {}
+    for j in journal.session_journals(jdir, SESSION):
+        uuids[j.drive.seq] = j.drive.uuid
+        j.close()
+    assert sorted(uuids) == [1, 2]
+
+    # Drive 1 comes in first, alone (its journal only: the session's other drive is not
+    # here yet); the spanning file waits for drive 2, its cells staged.
+    first = tmp_path / "journals-drive1"
+    first.mkdir()
+    shutil.copy2(journal.journal_path(jdir, SESSION, 1), first)
+    logs = tmp_path / "logs"
+    out = _import(address, first, azurite, logs, 0)
+    assert "drive 1 of session cl-again (w1: " in out, out
+    assert "continues on another drive" in next(
+        x["reason"] for x in copy_log(logs, SESSION, 1) if x.get("blob") == SPANNING)
+    blob = BlobServiceClient.from_connection_string(azurite).get_blob_client(
+        CONTAINER, SPANNING)
+    committed, staged = blob.get_block_list("all")
+    assert committed == [] and staged
+    blob.commit_block_list([])  # drop the staged blocks: "expired", then the empty blob
+    blob.delete_blob()  # that made: a blob never committed is gone with its blocks
+    assert SPANNING.removeprefix("vdir/") not in _account(azurite)
+
+    # Drive 2, a week later: drive 1 is skipped (its marker says done), drive 2's commit
+    # finds drive 1's parts gone: refused, exit 4, and the line says how, for the cluster.
+    out = _import(address, jdir, azurite, logs, EXIT_INTEGRITY)
+    assert "cannot be committed" in out and SPANNING in out, out
+    assert (f"(pipeline import --cluster {address} --journal-dir {jdir} --to STORAGE --again "
+            "--drive DRIVE: each such drive by its volume uuid or its path on its worker)"
+            in out), out
+    assert set(_statuses(logs, 1).values()) == {"skipped"}  # gathered before the refusal
+    assert SPANNING.removeprefix("vdir/") not in _account(azurite)  # nothing half-made
+
+    # A plain import again changes nothing: drive 1 skipped, the same refusal.
+    out = _import(address, jdir, azurite, logs, EXIT_INTEGRITY)
+    assert "cannot be committed" in out and set(_statuses(logs, 1).values()) == {"skipped"}
+
+    # A drive that is not the session's is named, in one line, exit 2; nothing runs.
+    out = _import(address, jdir, azurite, logs, EXIT_BAD_INPUT, "--again", "--drive",
+                  str(tmp_path / "w1-b.img"))
+    assert out.count("\n") == 1 and out.startswith(
+        f"pipeline import: --drive {tmp_path / 'w1-b.img'}: no drive of the session"), out
+    assert f"{uuids[1]} (w1: {d1})" in out and f"{uuids[2]} (w2: {d2})" in out, out
+
+    # --again --drive (its path on w1): w1 sends drive 1 once more, then w2 imports drive 2
+    # and commits: the blob is the source's, byte for byte; every marker done.
+    out = _import(address, jdir, azurite, logs, 0, "--again", "--drive", str(d1))
+    assert _statuses(logs, 1)[SPANNING] == "ok", out
+    assert _statuses(logs, 2)[SPANNING] == "ok", out
+    lines = _drive_lines(out)
+    assert lines[1].startswith(f"(w1: {d1}): ") and "complete" in lines[1], out
+    assert lines[2].startswith(f"(w2: {d2}): ") and "complete" in lines[2], out
+    assert {f"vdir/{k}": v for k, v in _account(azurite).items()} == {
+        f"vdir/{k}": v for k, v in read_tree(src).items()}
+    state = BlobServiceClient.from_connection_string(azurite).get_container_client(
+        STATE_CONTAINER)
+    for seq in (1, 2):
+        assert b'"done"' in state.download_blob(marker_name(SESSION, seq)).readall()
+
+    # Once more, by volume uuid this time: drive 1 imported again (nothing committed
+    # changes), drive 2 skipped as before.
+    out = _import(address, jdir, azurite, logs, 0, "--again", "--drive", uuids[1])
+    lines = _drive_lines(out)
+    assert "complete" in lines[1] and lines[2].endswith("already imported; nothing changed"
+                                                        f"; copy log {logs}/copylog-"
+                                                        f"{SESSION}-drive02.jsonl"), out
+    assert {f"vdir/{k}": v for k, v in _account(azurite).items()} == {
+        f"vdir/{k}": v for k, v in read_tree(src).items()}
+
+
+@pytest.mark.parametrize(("more", "line"), [
+    (["--again"], "pipeline import: import --cluster --again needs --drive DRIVE (repeat for "
+     "more): the drive to import again, by its volume uuid or its path on its worker; the "
+     "others are imported as before\n"),
+    (["--drive", "/dev/sdb"], "pipeline import: import --cluster takes --drive only with "
+     "--again (a drive to import again): each worker imports the drives attached to it\n"),
+])
+def test_again_with_cluster_refused_in_one_line(tmp_path: Path, more: list[str],
+                                                line: str) -> None:
+    """What --cluster cannot take is said before any worker is asked (no scheduler here)."""
+    proc = run_cli("import", "--cluster", "tcp://127.0.0.1:1", "--journal-dir", str(tmp_path),
+                   "--to", str(tmp_path / "acct"), *more, check_code=EXIT_BAD_INPUT)
+    assert proc.stderr == line
+
+
+def test_again_with_cluster_and_service_refused_in_one_line(tmp_path: Path) -> None:
+    token = tmp_path / "site.token"
+    token.write_text("x" * 40 + "\n")
+    token.chmod(0o600)
+    proc = run_cli("import", "--cluster", "tcp://127.0.0.1:1", "--service",
+                   "http://127.0.0.1:1", "--job", "j1", "--site-token-file", str(token),
+                   "--to", str(tmp_path / "acct"), "--again", "--drive", "/dev/sdb",
+                   check_code=EXIT_BAD_INPUT)
+    assert proc.stderr == (
+        "pipeline import: import --cluster --again is taken with --journal-dir only yet: "
+        "with --service, import the drive again on its worker's machine: pipeline import "
+        "--service URL --job NAME --site-token-file FILE --drive PATH --again\n")
