@@ -9,7 +9,6 @@ Azure's expiry does."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,26 +19,15 @@ from pipeline.cluster import target
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY
 from pipeline.receive.markers import STATE_CONTAINER, marker_name
 from tests.azurite import azurite  # noqa: F401 - the fixture
-from tests.conftest import require_root, run_cli
+from tests.conftest import run_cli
 from tests.drivedata import make_tree, read_tree
-from tests.test_cluster import Proc, scheduler_address, start_scheduler, start_worker
+from tests.test_cluster import Proc, start_worker
+from tests.test_cluster_secrets import scheduler  # noqa: F401 - the fixture
 from tests.test_import import copy_log, prep
 
 CONTAINER = "expire"
 SPANNING = "vdir/blobs/random.bin"  # as the copy log names it
 SESSION = "cl-again"
-
-
-@pytest.fixture
-def scheduler(tmp_path: Path) -> Iterator[tuple[str, dict[str, Proc]]]:
-    require_root()
-    procs: dict[str, Proc] = {}
-    try:
-        procs["scheduler"] = start_scheduler(tmp_path)
-        yield scheduler_address(procs["scheduler"]), procs
-    finally:
-        for p in procs.values():
-            p.stop()
 
 
 def _account(conn: str) -> dict[str, bytes]:
@@ -66,7 +54,7 @@ def _statuses(logs: Path, seq: int) -> dict[str, str]:
 
 
 def test_again_on_the_worker_holding_the_drive(
-        tmp_path: Path, scheduler: tuple[str, dict[str, Proc]],
+        tmp_path: Path, scheduler: tuple[str, dict[str, Proc]],  # noqa: F811 - the fixture
         azurite: str) -> None:  # noqa: F811 - the fixture
     address, procs = scheduler
     src = tmp_path / "src"
