@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,9 +109,10 @@ def test_damaged_or_forged_entries_are_ignored_and_rewritten(tmp_path: Path) -> 
     path.write_bytes(bytes(data))
     # a forged entry: valid marshal, a changed mode, its MAC made with another key
     forger = cache.TreeCache(tmp_path / "cache", repo.config.repo_id, b"k" * 32)
-    chunk, rows = marshal.loads((tc.dir / second.hex()).read_bytes()[8 + 32:])
+    chunk, rows = marshal.loads(zstandard.decompress(
+        (tc.dir / second.hex()).read_bytes()[8 + 32:]))
     rows[0] = (rows[0][0], rows[0][1], 0o777, *rows[0][3:])
-    forged = marshal.dumps((chunk, rows), 4)
+    forged = zstandard.compress(marshal.dumps((chunk, rows), 4))
     (tc.dir / second.hex()).write_bytes(cache.MAGIC + forger._mac(second, forged) + forged)
     # another chunk's entry (valid MAC for that chunk) under this chunk's name
     (tc.dir / third.hex()).write_bytes((tc.dir / manifest.tree[-1].hex()).read_bytes())
@@ -137,7 +139,7 @@ def test_entries_read_ahead_vanishing_or_foreign_names_are_misses(tmp_path: Path
     again = _cache(tmp_path, repo)
     read = again.read
 
-    def vanishing(cid: bytes) -> tuple[memoryview, float] | None:
+    def vanishing(cid: bytes) -> tuple[bytes, float] | None:
         if cid == gone:
             (again.dir / cid.hex()).unlink()
         return read(cid)
@@ -146,6 +148,25 @@ def test_entries_read_ahead_vanishing_or_foreign_names_are_misses(tmp_path: Path
     reads = _reads(repo)
     assert list(repo.tree_lines(manifest, again)) == want
     assert reads == [gone] and again.written == 1 and (again.dir / gone.hex()).exists()
+
+
+def test_old_format_or_undecompressable_entries_are_misses(tmp_path: Path) -> None:
+    """An entry of the uncompressed format (PLBKTC1, before zstd), or one whose MAC holds
+    but whose payload is no zstd frame: read from the repository and written again."""
+    src, repo, manifest = _seeded(tmp_path)
+    want = list(repo.tree_lines(manifest))
+    tc = _cache(tmp_path, repo)
+    list(repo.tree_lines(manifest, tc))
+    first, second = manifest.tree[:2]
+    raw = zstandard.decompress((tc.dir / first.hex()).read_bytes()[8 + 32:])
+    (tc.dir / first.hex()).write_bytes(b"PLBKTC1\n" + tc._mac(first, raw) + raw)
+    (tc.dir / second.hex()).write_bytes(cache.MAGIC + tc._mac(second, raw) + raw)
+    reads = _reads(repo)
+    again = _cache(tmp_path, repo)
+    assert list(repo.tree_lines(manifest, again)) == want
+    assert sorted(reads) == sorted({first, second}) and again.written == 2
+    assert all(zstandard.decompress((tc.dir / c.hex()).read_bytes()[8 + 32:]) for c in (
+        first, second))
 
 
 def test_another_repositorys_cache_is_not_used(tmp_path: Path) -> None:

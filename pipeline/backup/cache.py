@@ -5,7 +5,8 @@ Where: ``$XDG_CACHE_HOME/pipeline/backup/REPO_ID/trees/`` (``~/.cache`` without 
 directories 0700, files 0600; ``backup --no-cache`` neither reads nor writes it.  One
 file per tree chunk, named by its id: the chunk's plaintext and its entries' fields
 (``marshal``, about ten times faster to load than decoding and checking the JSON
-lines), under a MAC keyed from the repository's id key.  Nothing in it is trusted
+lines), zstd-compressed (4.4x: a cold run reads 1.2 MB instead of 5.4 MB for the 2 GB
+real tree's 70 chunks), under a MAC keyed from the repository's id key.  Nothing in it is trusted
 unchecked: an entry whose MAC fails (damaged, forged, another repository's, another
 Python's) is deleted and the chunk read from the repository, as on a miss.  Files are
 written whole and renamed into place, so a concurrent run sees an old entry or a new
@@ -27,9 +28,11 @@ from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 
+import zstandard
+
 from pipeline.backup import encoding as fmt
 
-MAGIC = b"PLBKTC1\n"
+MAGIC = b"PLBKTC2\n"             # 2: the payload zstd-compressed (1's entries: misses)
 MAC_LEN = 32
 MAX_AGE_S = 30 * 86400          # an entry unused this long is dropped
 MAX_BYTES = 256 << 20           # and the oldest beyond this
@@ -93,10 +96,11 @@ class TreeCache:
                     out.add(bytes.fromhex(name))
         return out
 
-    def read(self, cid: bytes) -> tuple[memoryview, float] | None:
-        """The entry's payload, its MAC checked, and the file's mtime; None if missing or
-        failing its MAC (then deleted).  No decoding: reads and MACs (hashlib lets the GIL
-        go) run in threads, several at once, while ``get`` decodes on the caller's."""
+    def read(self, cid: bytes) -> tuple[bytes, float] | None:
+        """The entry's payload, its MAC checked, decompressed, and the file's mtime; None
+        if missing, failing its MAC or not decompressing (then deleted).  No decoding:
+        reads, MACs and zstd (both let the GIL go) run in threads, several at once, while
+        ``get`` decodes on the caller's."""
         path = self._path(cid)
         try:
             with open(path, "rb") as f:
@@ -108,9 +112,13 @@ class TreeCache:
                 data[len(MAGIC):len(MAGIC) + MAC_LEN], self._mac(cid, payload))):
             self._drop(path)
             return None
-        return payload, mtime
+        try:       # authenticated, so written by ``put``: one frame with its size
+            return zstandard.ZstdDecompressor().decompress(payload), mtime
+        except zstandard.ZstdError:
+            self._drop(path)
+            return None
 
-    def get(self, cid: bytes, raw: tuple[memoryview, float] | None = None) -> Entries | None:
+    def get(self, cid: bytes, raw: tuple[bytes, float] | None = None) -> Entries | None:
         """The chunk's entries with their lines, or None: missing, or failing its MAC or
         shape (then deleted, to be written again).  ``raw``: ``read``'s, done already."""
         path = self._path(cid)
@@ -135,7 +143,8 @@ class TreeCache:
         """Store a chunk read from the repository (checked against ``cid``) and its
         entries (decoded and checked); a failure to write is ignored."""
         rows = [tuple(getattr(n, name) for name in _FIELDS) for n in nodes]
-        payload = marshal.dumps((chunk, rows), 4)
+        payload = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(
+            marshal.dumps((chunk, rows), 4))
         data = MAGIC + self._mac(cid, payload) + payload
         try:
             self._ensure_dir()
