@@ -97,7 +97,8 @@ def test_a_session_again_over_same_size_versions_copies_only_spanning_files(
     monkeypatch.setattr(LocalStorage, "_seed", counted)
     drives = _import_all(tmp_path / "j-seed-b", "seed-b", acct)
     assert local_blobs(acct, "seed-test") == files
-    spanning = {line["blob"] for d in drives for line in map(json.loads, d["log"].splitlines())
+    spanning = {line["blob"] for d in drives  # each worker's copy log, kept for the client
+                for line in map(json.loads, Path(d["log_file"]).read_text().splitlines())
                 if "continues on another drive" in line.get("reason", "")}
     multipart = {n for n, data in files.items() if len(data) > CELL}
     assert spanning and multipart - {b.removeprefix("vdir/") for b in spanning}

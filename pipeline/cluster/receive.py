@@ -4,10 +4,10 @@ worker that has it attached.
 The client reads the session's journals (the shared journal directory), asks every worker
 which volumes its drives hold (``events.describe``: the volume uuid in each LUKS2 header),
 and gives each worker the drives it has, one task per worker holding all its drives.  A
-drive no worker has is named before anything runs.  Import's copy logs come back with the
-results and are written into the client's --log-dir, one per drive, as single-machine
-import writes them.  The tasks name the storage account by its address only; each worker
-brings its own credential for it (``target``): no key crosses Dask's wire.
+drive no worker has is named before anything runs.  Import's copy logs stay on the workers
+until the client fetches them, a part at a time, into its --log-dir, one per drive, as
+single-machine import writes them.  The tasks name the storage account by its address only;
+each worker brings its own credential for it (``target``): no key crosses Dask's wire.
 """
 
 from __future__ import annotations
@@ -55,11 +55,13 @@ def _wanted(journals: list[journal.Journal]) -> dict[str, str]:
 async def run_on_workers(address: str, wanted: dict[str, str], kind: str, label: str,
                          fn: Any, head: tuple[Any, ...], tail: tuple[Any, ...],
                          renderer: progress.Renderer, stats: progress.Stats, *,
-                         every: bool = True, before: Any = None, check: bool = True
-                         ) -> dict[str, Any]:
+                         every: bool = True, before: Any = None, check: bool = True,
+                         logs_into: Path | None = None) -> dict[str, Any]:
     """Every worker's task ``fn(*head, uuids, *tail, topic)`` on the ``wanted`` drives
     attached to it (``_assign``); ``before(uuids)`` first; their results (``check``: the
-    worst error among them raised; else the caller's to raise, ``dask_client.raise_worst``)."""
+    worst error among them raised; else the caller's to raise, ``dask_client.raise_worst``).
+    ``logs_into``: each imported drive's copy log fetched from its worker into that
+    directory (``fetch_logs``) while the cluster is still connected."""
     cluster = await trio.to_thread.run_sync(dask_client.Cluster, address)
     try:
         described = await trio.to_thread.run_sync(cluster.workers)
@@ -71,6 +73,8 @@ async def run_on_workers(address: str, wanted: dict[str, str], kind: str, label:
                                         uuids, *tail, topic)
                    for name, uuids in jobs.items()}
         results, lost = await dask_client.run_tasks(cluster, futures, topic, renderer, stats)
+        if logs_into is not None:
+            await trio.to_thread.run_sync(fetch_logs, cluster, described, results, logs_into)
     finally:
         await trio.to_thread.run_sync(cluster.close)
     if lost:
@@ -124,16 +128,18 @@ async def import_all(address: str, journals: list[journal.Journal], store_target
         named = await _resolve(address, again, wanted)
         results = await run_on_workers(address, named, "import", head[1],
                                        receive_remote.import_drives, head,
-                                       (store_target, True), renderer, stats, check=False)
-        done += gather_logs(results, log_dir)
+                                       (store_target, True), renderer, stats, check=False,
+                                       logs_into=log_dir)
+        done += _drives(results)
         _raise_worst(results, how)
         first = {n: getattr(stats, n) for n in _COUNTED}  # the next run's folding restarts
         wanted = {u: shown for u, shown in wanted.items() if u not in named}
     if wanted:
         results = await run_on_workers(address, wanted, "import", head[1],
                                        receive_remote.import_drives, head,
-                                       (store_target, False), renderer, stats, check=False)
-        done += gather_logs(results, log_dir)
+                                       (store_target, False), renderer, stats, check=False,
+                                       logs_into=log_dir)
+        done += _drives(results)
         for n, v in first.items():
             setattr(stats, n, getattr(stats, n) + v)
         _raise_worst(results, how)
@@ -173,15 +179,50 @@ async def _resolve(address: str, named: Sequence[str], wanted: dict[str, str]
     return out
 
 
-def gather_logs(results: dict[str, Any], log_dir: Path) -> list[dict[str, Any]]:
-    """Each drive's outcome by drive number, its copy log written into ``log_dir``."""
-    out = []
+PART = 1 << 20
+"""Bytes of a worker's copy log fetched at a time: what either side holds of it."""
+
+
+def fetch_logs(cluster: dask_client.Cluster, described: dict[str, dict[str, Any]],
+               results: dict[str, Any], log_dir: Path) -> None:
+    """Each drive's copy log (kept on its worker: ``receive_remote.import_one``) copied into
+    ``log_dir`` (``copylog-SESSION-driveNN.jsonl``), each drive's outcome given its
+    ``copy_log`` and ``worker``.  A log that cannot be fetched (its worker gone) is named on
+    stderr with the account's copy of it; the outcome keeps no log then."""
     for name, r in sorted(results.items()):
         for d in r.get("drives", []):
             path = importer.log_path(log_dir, d["session_id"], d["seq"])
-            path.write_text(d.pop("log"), encoding="utf-8")
-            out.append({**d, "worker": name, "copy_log": str(path)})
-    return sorted(out, key=lambda d: d["seq"])
+            d["worker"], d["copy_log"] = name, str(path)
+            try:
+                fetch_log(cluster.client, described[name]["address"], d.pop("log_file"), path)
+            except (OSError, TimeoutError, KeyError, ValueError) as exc:
+                d["copy_log"] = ""
+                print(f"pipeline import: the copy log of drive {d['seq']} could not be fetched "
+                      f"from worker {name} ({str(exc) or type(exc).__name__}); the account holds "
+                      f"it: {importer.STATE_CONTAINER}/"
+                      + importer.state_name(d["session_id"], f"copylog-drive-{d['seq']:02d}"
+                                            ".jsonl"), file=sys.stderr)
+
+
+def fetch_log(client: Any, address: str, remote: str, local: Path) -> None:
+    """A worker's kept copy log ``remote`` into ``local`` a ``PART`` at a time (Dask's
+    ``Client.run`` on that worker: memory flat in the log's size), then removed there."""
+    with open(local, "wb") as out:
+        offset = 0
+        while True:
+            part = client.run(receive_remote.read_log_part, remote, offset, PART,
+                              workers=[address])[address]
+            out.write(part)
+            offset += len(part)
+            if len(part) < PART:
+                break
+    client.run(receive_remote.drop_log, remote, workers=[address])
+
+
+def _drives(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each drive's outcome (``fetch_logs``'s), by drive number."""
+    return sorted((d for r in results.values() for d in r.get("drives", [])),
+                  key=lambda d: d["seq"])
 
 
 async def site_import(args: argparse.Namespace, site: Any, store_target: str, log_dir: Path,
@@ -197,8 +238,8 @@ async def site_import(args: argparse.Namespace, site: Any, store_target: str, lo
     results = await run_on_workers(args.cluster, wanted, "import", args.job,
                                    site_remote.import_job_drives, where, (store_target,),
                                    renderer, stats, every=False, before=job.start,
-                                   check=False)
-    done = gather_logs(results, log_dir)
+                                   check=False, logs_into=log_dir)
+    done = _drives(results)
     _raise_worst(results, f"on its worker's machine: pipeline import --service {args.service} "
                  f"--job {args.job} --site-token-file FILE --drive PATH --again")
     job = await trio.to_thread.run_sync(service_import.JobImport.connect, site, *where)

@@ -3,9 +3,9 @@
 The same stages single-machine ``verify`` and ``import`` run (``receive.verify``,
 ``receive.importer``), so the same idempotence and damage rules hold: a drive's marker in
 the storage account says whether it was imported, a blob is committed once every drive
-holding its cells is in.  The copy log is written on the worker (a temporary file) and its
-lines go back to the client, which keeps them in its --log-dir: the logs are gathered in one
-place.  Only journal mode: the recovery password is read from the shared journal directory.
+holding its cells is in.  The copy log is written on the worker (a temporary file), which
+the client fetches a part at a time into its --log-dir: the logs are gathered in one place.
+Only journal mode: the recovery password is read from the shared journal directory.
 The task names the storage account by its address only; the credential is the worker's own
 (``target.open_on_worker``): no secret crosses Dask's wire.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -137,22 +138,50 @@ async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, stor
                      stats: progress.Stats, finished: Finished | None = None, *,
                      again: bool = False) -> dict[str, Any]:
     """One drive into ``store`` (``receive.onedrive``: the same as ``pipeline import``):
-    its outcome as plain data, the copy log's text included (read back from its file:
-    the lines are not kept in memory while importing; the result carries the text whole,
-    as the client's gathering of the logs takes it)."""
+    its outcome as plain data.  The copy log stays in its file here (``log_file``), for
+    the client to fetch a part at a time (``read_log_part``, then ``drop_log``): neither
+    side holds it whole, whatever the number of files (it was carried as text in the
+    result, ~46 MiB at 400,000 files).  On an error the file goes with it."""
     sb = plan.superblock
-    with tempfile.TemporaryDirectory(prefix="pipeline-copylog-") as tmp:
-        got = await onedrive.import_one(od, plan, store, Path(tmp), stats, again=again)
-        # Stored in the account a part at a time from its file (onedrive), and read back
-        # once, as text, for the result (which carries it to the client's --log-dir),
-        # before the temporary directory goes: the bytes and a decoded copy are not both
-        # held.  A failure to store it is dropped: the gathered log is the record.
-        text = got.path.read_text(encoding="utf-8")
+    keep = Path(tempfile.mkdtemp(prefix=LOG_PREFIX))
+    try:
+        got = await onedrive.import_one(od, plan, store, keep, stats, again=again)
         if finished is not None:
             finished(got.log, got.carried)
+    except BaseException:
+        shutil.rmtree(keep, ignore_errors=True)
+        raise
     return {"seq": sb.drive_seq, "session_id": sb.session_id, "path": str(od.drive.path),
-            "already": got.result.already, "totals": got.log.totals, "log": text,
-            "damage": plan.damage, "incomplete": plan.incomplete, "source": plan.source}
+            "already": got.result.already, "totals": got.log.totals,
+            "log_file": str(got.path), "damage": plan.damage, "incomplete": plan.incomplete,
+            "source": plan.source}
+
+
+LOG_PREFIX = "pipeline-copylog-"
+"""A worker's copy logs wait for the client in a directory of this prefix in its tempdir."""
+
+
+def _kept_log(path: str) -> Path:
+    """``path`` if it names a copy log ``import_one`` kept; anything else is a bug."""
+    p = Path(path)
+    if not (p.name.startswith("copylog-") and p.name.endswith(".jsonl")
+            and p.parent.name.startswith(LOG_PREFIX)
+            and p.parent.parent == Path(tempfile.gettempdir())):
+        raise ValueError(f"{path} is no copy log kept for the client")
+    return p
+
+
+def read_log_part(path: str, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes of a kept copy log from ``offset`` (run on the worker by the
+    client, ``Client.run``); fewer at its end."""
+    with open(_kept_log(path), "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def drop_log(path: str) -> None:
+    """A kept copy log, and its directory, removed once the client has it."""
+    shutil.rmtree(_kept_log(path).parent, ignore_errors=True)
 
 
 def _paths_by_uuid() -> dict[str, str]:
