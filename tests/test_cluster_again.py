@@ -15,9 +15,10 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from pipeline import journal
-from pipeline.cluster import target
-from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY
+from pipeline.cluster import receive, target
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_INTEGRITY, IntegrityError
 from pipeline.receive.markers import STATE_CONTAINER, marker_name
+from pipeline.storage.base import CELL, PartsMissing
 from tests.azurite import azurite  # noqa: F401 - the fixture
 from tests.conftest import run_cli
 from tests.drivedata import make_tree, read_tree
@@ -162,3 +163,22 @@ def test_again_with_cluster_and_service_refused_in_one_line(tmp_path: Path) -> N
         "pipeline import: import --cluster --again is taken with --journal-dir only yet: "
         "with --service, import the drive again on its worker's machine: pipeline import "
         "--service URL --job NAME --site-token-file FILE --drive PATH --again\n")
+
+
+@pytest.mark.parametrize("how", [
+    "pipeline import --cluster tcp://s:8786 --journal-dir J --to STORAGE --again --drive DRIVE",
+    "on its worker's machine: pipeline import --service URL --job j1 --site-token-file FILE "
+    "--drive PATH --again"])
+def test_a_worker_s_parts_missing_line_names_the_cluster_s_command(how: str) -> None:
+    """A worker's PartsMissing comes back as text; the client's line names the command that
+    sends the parts again from where it runs, exit 4 kept.  PartsMissing's own wording is
+    what the client replaces: a change there fails here, not silently."""
+    local = str(PartsMissing("acct", "expire/vdir/blobs/random.bin", [0, CELL]))
+    assert "(pipeline import --again)" in local
+    results = {"w1": {"code": 0, "drives": []},
+               "w2": {"code": EXIT_INTEGRITY, "message": local, "drives": []}}
+    with pytest.raises(IntegrityError) as err:
+        receive._raise_worst(results, how)
+    assert err.value.exit_code == EXIT_INTEGRITY
+    assert str(err.value) == "worker w2: " + local.replace("(pipeline import --again)",
+                                                           f"({how})")
