@@ -378,7 +378,9 @@ class FileReader:
 
     def read(self, path: str | Path, node: fmt.Node, deliver: Deliver, warn: Warn) -> bool:
         """Fill ``node.content`` (and its size/times as read); False if the file is gone."""
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a file swapped for a FIFO since the walk would block the open until
+        # a writer came (the fstat below then skips it); regular files ignore the flag.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(path, flags | os.O_NOATIME)
         except PermissionError:
