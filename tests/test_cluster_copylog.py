@@ -1,8 +1,10 @@
-"""A worker's copy log reaches the client's --log-dir a part at a time (`import --cluster`):
-the worker keeps it in its file (``receive_remote.import_one``), the client copies it
-``receive.PART`` bytes at a time by Dask's ``Client.run`` on that worker (``fetch_log``),
-then removes it there.  Neither side holds it whole: memory is flat in the number of files
-(before, the task's result carried the text, 4.6 MiB at 40,000 files, 46 MiB at 400,000).
+"""A worker's copy log reaches the account and the client's --log-dir a part at a time
+(`import --cluster`, issue 18): the worker stores it in the account from its file
+(``copylog.store_copy``) and keeps the file (``receive_remote.import_one``), the client
+copies it ``receive.PART`` bytes at a time by Dask's ``Client.run`` on that worker
+(``fetch_log``), then removes it there.  Neither side holds it whole: memory is flat in
+the number of files (before, the task's result carried the text, 4.6 MiB at 40,000 files,
+46 MiB at 400,000).
 The end-to-end path through a real scheduler and workers is tests/test_cluster.py's and
 test_cluster_again's (their copy logs are read from --log-dir)."""
 
@@ -23,9 +25,9 @@ from pipeline.storage.local import LocalStorage
 
 
 def _worker_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: int
-                   ) -> tuple[dict[str, Any], int]:
-    """``receive_remote.import_one`` of a drive that logs ``lines`` blobs; its result and
-    the traced peak beyond what it kept."""
+                   ) -> tuple[dict[str, Any], int, LocalStorage, list[str]]:
+    """``receive_remote.import_one`` of a drive that logs ``lines`` blobs; its result, the
+    traced peak beyond what it kept, the account, and the blobs ``put`` whole into it."""
     async def import_drive(od: Any, plan: Any, store: Any, log: importer.CopyLog, *_: Any,
                            **__: Any) -> importer.DriveResult:
         for i in range(lines):
@@ -37,6 +39,10 @@ def _worker_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: int
     acct.mkdir()
     store = LocalStorage(acct)
     store.check()
+    store.ensure_container(importer.STATE_CONTAINER)
+    put: list[str] = []
+    real_put = store.put
+    monkeypatch.setattr(store, "put", lambda c, b, data: (put.append(b), real_put(c, b, data)))
     sb = SimpleNamespace(session_id="cl-log", drive_seq=1)
     plan = SimpleNamespace(superblock=sb, extents=[], damage=[], incomplete="", container="c",
                            source="journal", files={})
@@ -47,7 +53,7 @@ def _worker_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: int
         kept, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    return got, peak - kept
+    return got, peak - kept, store, put
 
 
 class _OneWorker:
@@ -64,14 +70,18 @@ class _OneWorker:
 
 def test_the_copy_log_goes_to_the_client_in_parts(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    small, small_peak = _worker_import(tmp_path, monkeypatch, 20_000)
-    large, large_peak = _worker_import(tmp_path, monkeypatch, 80_000)
+    small, small_peak, _, _ = _worker_import(tmp_path, monkeypatch, 20_000)
+    large, large_peak, store, put = _worker_import(tmp_path, monkeypatch, 80_000)
     assert "log" not in large and set(large["totals"].items()) >= {("ok", 80_000)}
     remote = Path(large["log_file"])
     size = remote.stat().st_size
-    assert size > 8 * receive.PART  # 9.2 MiB of log
+    assert size > 8 * receive.PART  # 9.1 MiB of log
     lines = remote.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 80_002 and '"type": "totals"' in lines[-1]
+    stored = store.get(importer.STATE_CONTAINER,
+                       importer.state_name("cl-log", "copylog-drive-01.jsonl"))
+    assert stored == remote.read_bytes()  # the account's copy, byte for byte
+    assert put == []  # stored a part at a time (copylog.store_copy), never put whole
     # The worker holds no copy of the log: its peak is the account's copy's part (one
     # CELL read, then written), the same at 20,000, 80,000 and 320,000 lines (measured:
     # 2.02 MiB each, for 2.3 / 9.1 / 36.8 MiB of log; before, the text in the result
