@@ -76,3 +76,22 @@ def test_check_space_refuses_what_the_sample_says_will_not_fit(tree: Path, tmp_p
     big = offline.Estimate(est.files, est.bytes, est.data_bytes, MiB, 0.5, free + 1)
     with pytest.raises(BadInput, match=r"needs about .* compressing to 50% in a sample"):
         offline.check_space(staging, big)
+
+
+def test_a_file_swapped_for_a_fifo_does_not_block(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listed as a regular file with holes, a FIFO by the time it is opened (for its holes,
+    then for the sample): a blocking open would wait for a writer forever.  The thread is
+    only a guard against that hang; no timing is checked."""
+    import threading
+    from types import SimpleNamespace
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    sparse = SimpleNamespace(st_size=1 << 20, st_blocks=8)   # 4 KiB allocated of 1 MiB
+    monkeypatch.setattr(offline, "_regular_files", lambda top: iter([(fifo, sparse)]))
+    got: list[offline.Estimate] = []
+    t = threading.Thread(target=lambda: got.append(offline.estimate(tmp_path)), daemon=True)
+    t.start()
+    t.join(60)
+    assert len(got) == 1 and got[0].files == 1 and got[0].sampled == 0

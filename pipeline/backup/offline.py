@@ -40,6 +40,8 @@ from pipeline.errors import EXIT_NO_SEED, BadInput, NoSpace, PipelineError, is_n
 STAGING_FILE = "pipeline-offline.json"
 REPOSITORY = "repo"
 CONFIG_FILE = "offline.json"
+# O_NONBLOCK: a file swapped for a FIFO since its lstat must not block the open.
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 SAMPLE = 32 << 20               # bytes compressed to sample the ratio (as `pipeline preview`)
 _ACCOUNT = re.compile(r"[a-z0-9]{3,24}\Z")
 
@@ -137,10 +139,15 @@ def _sample(cells: list[tuple[Path, int, int]], sample: int, level: int) -> tupl
     raw = stored = 0
     for path, off, length in cells[::step]:
         try:
-            with open(path, "rb") as f:
-                piece = os.pread(f.fileno(), length, off)
+            fd = os.open(path, _READ)
         except OSError:
             continue
+        try:
+            piece = os.pread(fd, length, off)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
         if piece:
             raw += len(piece)
             stored += len(codec.pack(piece, level).stored)
@@ -177,15 +184,18 @@ def _regular_files(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
 
 
 def _holes(path: Path, st: os.stat_result) -> list[tuple[int, int]]:
-    """The data ranges of a file that has holes; none when it cannot be opened."""
+    """The data ranges of a file that has holes; none when it cannot be opened or is no
+    longer a file (a FIFO cannot seek: ESPIPE); the backup reports it."""
     from pipeline.prep.read import data_ranges
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, _READ)
     except OSError:
         return []
     try:
         return data_ranges(fd, st.st_size)
+    except OSError:
+        return []
     finally:
         os.close(fd)
 
