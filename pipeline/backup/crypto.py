@@ -120,16 +120,10 @@ class Crypto:
     def seal_chunk(self, kind: int, cid: bytes, raw: bytes | memoryview, level: int
                    ) -> tuple[bytes, bytes]:
         """Compress (zstd, or raw when that is not smaller), then seal; runs in worker threads.
-        ``codec`` is imported here, where a chunk is new: a no-change backup seals none."""
-        from pipeline.drive import codec
-
-        packed = codec.pack(raw, level)
-        payload: bytes | memoryview = raw
-        if packed.codec is codec.Codec.ZSTD:
-            payload = packed.stored
-        elif packed.codec is codec.Codec.ZERO:
-            frame = _compress(raw, level)
-            payload = frame if len(frame) < len(raw) else raw
+        Straight to zstd: the drive codec's extent checks, digest and copy of raw data
+        are not this format's (a zero run never reaches here: the reader keeps it as a run)."""
+        frame = _compress(raw, level)
+        payload = frame if len(frame) < len(raw) else raw
         return self.seal_parts(payload, _chunk_aad(kind, cid))
 
     def open_chunk(self, kind: int, cid: bytes, sealed: bytes | memoryview, raw_len: int) -> bytes:
@@ -159,7 +153,7 @@ def _chunk_aad(kind: int, cid: bytes) -> bytes:
 _local = threading.local()
 
 
-def _compress(plain: bytes, level: int) -> bytes:
+def _compress(plain: bytes | memoryview, level: int) -> bytes:
     cctx = getattr(_local, "cctx", None)
     if cctx is None or _local.level != level:
         cctx = _local.cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
