@@ -12,13 +12,17 @@ place), so the same kills are run here against the real protocol.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
+from pipeline.receive.markers import STATE_CONTAINER
 from pipeline.storage.azure import COMPLETE
 from tests.azurite import azurite  # noqa: F401 - the fixture
 
@@ -54,11 +58,61 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, d
     return {"block": (block, read_tree(block)), "page": (page, read_tree(page))}
 
 
-def _prep(src: Path, base: Path, session: str, btype: str) -> tuple[list[Path], Path]:
-    jdir = base / "j"
-    drives = [base / "d1.img", base / "d2.img"]
-    prep(src, jdir, session, drives, "32M", "--blob-type", btype, dstdir=f"{session}/vdir/")
-    return drives, jdir
+Prepped = Callable[[str, int], tuple[str, list[Path], Path, Path, Path]]
+
+
+@pytest.fixture(scope="module")
+def prepped(tmp_path_factory: pytest.TempPathFactory, sources: dict) -> Prepped:
+    """(session, drives, journal dir, local reference account, its logs) for a blob type
+    and the killed drive: the drives of one session per blob type, and the reference per
+    killed drive, each made once, on first use, and shared by the cases (they only read
+    the drives and journals, as one case's reference and Azure import always did)."""
+    drives_of: dict[str, tuple[str, list[Path], Path]] = {}
+    refs: dict[tuple[str, int], tuple[Path, Path]] = {}
+
+    def get(btype: str, killed: int) -> tuple[str, list[Path], Path, Path, Path]:
+        if btype not in drives_of:
+            base = tmp_path_factory.mktemp(f"spanaz-{btype}")
+            session, jdir = f"spanaz-{btype}", base / "j"
+            drives = [base / "d1.img", base / "d2.img"]
+            prep(sources[btype][0], jdir, session, drives, "32M", "--blob-type", btype,
+                 dstdir=f"{session}/vdir/")
+            drives_of[btype] = (session, drives, jdir)
+        session, drives, jdir = drives_of[btype]
+        if (btype, killed) not in refs:
+            refs[btype, killed] = _reference(session, drives, jdir, killed,
+                                             tmp_path_factory.mktemp(f"ref-{btype}-{killed}"))
+        return (session, drives, jdir, *refs[btype, killed])
+
+    return get
+
+
+def _reference(session: str, drives: list[Path], jdir: Path, killed: int, base: Path
+               ) -> tuple[Path, Path]:
+    """The drives imported into a local account, unkilled, the other one first."""
+    other = 3 - killed
+    ref, ref_logs = base / "ref", base / "ref-logs"
+    ref.mkdir()
+    _import(drives[other - 1], jdir, str(ref), ref_logs)
+    waiting = {x["blob"] for x in copy_log(ref_logs, session, other)
+               if "continues on another drive" in x.get("reason", "")}
+    assert any(b.endswith("blobs/random.bin") for b in waiting), waiting  # spans the drives
+    _import(drives[killed - 1], jdir, str(ref), ref_logs)
+    return ref, ref_logs
+
+
+def _fresh_account(conn: str, session: str) -> None:
+    """Nothing of the session left in Azurite by an earlier case (they share the session):
+    its container, staged blocks included, and the importer's markers and logs gone."""
+    service = BlobServiceClient.from_connection_string(conn)
+    with contextlib.suppress(ResourceNotFoundError):
+        service.delete_container(session)
+    state = service.get_container_client(STATE_CONTAINER)
+    if state.exists():
+        for b in state.list_blobs(name_starts_with=f"{session}/"):
+            state.delete_blob(b.name)
+        assert not list(state.list_blobs(name_starts_with=f"{session}/"))
+    assert session not in {c.name for c in service.list_containers()}
 
 
 def _import(drive: Path, jdir: Path, to: str, logs: Path, crash: str | None = None) -> None:
@@ -97,8 +151,8 @@ def _totals(logs: Path, session: str, seq: int) -> dict:
 @pytest.mark.parametrize("point", POINTS)
 @pytest.mark.parametrize("killed", [2, 1], ids=["drive2-killed", "drive1-killed"])
 def test_killed_with_a_file_spanning_drives_into_azurite(
-        tmp_path: Path, azurite: str, sources: dict, btype: str,  # noqa: F811
-        point: str, killed: int) -> None:
+        tmp_path: Path, azurite: str, sources: dict, prepped: Prepped,  # noqa: F811
+        btype: str, point: str, killed: int) -> None:
     """Drives imported 1 then 2; the ``killed`` one is killed at ``point``, then imported
     again (drive 1 killed: drive 2 is imported before drive 1's second run, so it sees
     drive 1's "parts" marker, or none, and drive 1's run again completes the file).
@@ -106,18 +160,12 @@ def test_killed_with_a_file_spanning_drives_into_azurite(
     The reference is the same drives imported into a local account, unkilled, the other
     one first: the killed drive's last copy log gives the same (blob, verdict) pairs and
     totals (drive 1 run again after drive 2 completes the spanning file, as drive 1
-    imported after drive 2 does)."""
-    src, files = sources[btype]
-    session = f"spanaz-{btype}-{point.split(':')[0].split('_')[-1]}-{killed}"
-    drives, jdir = _prep(src, tmp_path, session, btype)
-    (d1, d2), other = drives, 3 - killed
-    ref, ref_logs = tmp_path / "ref", tmp_path / "ref-logs"
-    ref.mkdir()
-    _import(drives[other - 1], jdir, str(ref), ref_logs)
-    waiting = {x["blob"] for x in copy_log(ref_logs, session, other)
-               if "continues on another drive" in x.get("reason", "")}
-    assert any(b.endswith("blobs/random.bin") for b in waiting), waiting  # spans the drives
-    _import(drives[killed - 1], jdir, str(ref), ref_logs)
+    imported after drive 2 does).  The cases share the prepped session (one per blob
+    type), so each starts from an account cleared of it."""
+    files = sources[btype][1]
+    session, drives, jdir, ref, ref_logs = prepped(btype, killed)
+    d1, d2 = drives
+    _fresh_account(azurite, session)
     assert local_blobs(ref, session) == files
 
     logs = tmp_path / "logs"
