@@ -118,3 +118,39 @@ def test_only_a_kept_copy_log_is_read_or_removed(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="is no copy log kept for the client"):
             fn(*args)
     assert other.exists()
+
+
+class _Gone(_OneWorker):
+    def run(self, fn: Any, *args: Any, workers: list[str]) -> dict[str, Any]:
+        raise OSError("Timed out trying to connect to tcp://w2")
+
+
+def test_each_log_fetched_or_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A log not stored in the account, or not fetched (its worker gone), is named in one
+    line each; the drive's outcome is kept, the import goes on."""
+    got, _, _, _ = _worker_import(tmp_path, monkeypatch, 10)
+    text = Path(got["log_file"]).read_bytes()
+    mine = {**got, "not_stored": "storage x is unavailable"}
+    gone = {**got, "seq": 2, "log_file": "/tmp/pipeline-copylog-x/copylog-cl-log-drive02.jsonl"}
+    results = {"w1": {"code": 0, "drives": [mine]}, "w2": {"code": 0, "drives": [gone]}}
+    cluster = SimpleNamespace(client=_OneWorker("tcp://w1"))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    real = receive.fetch_log
+    monkeypatch.setattr(receive, "fetch_log", lambda c, a, r, p: real(
+        _Gone(a) if a == "tcp://w2" else c, a, r, p))
+    receive.fetch_logs(cluster, {"w1": {"address": "tcp://w1"}, "w2": {"address": "tcp://w2"}},
+                       results, logs)
+    first = logs / "copylog-cl-log-drive01.jsonl"
+    assert first.read_bytes() == text and not Path(got["log_file"]).exists()
+    assert (mine["worker"], mine["copy_log"], gone["worker"], gone["copy_log"]) == (
+        "w1", str(first), "w2", "")
+    assert "log_file" not in mine and "not_stored" not in mine
+    assert sorted(p.name for p in logs.iterdir()) == [first.name]  # no partial log
+    assert capsys.readouterr().err.splitlines() == [
+        f"pipeline import: worker w1 could not store the copy log of drive 1 in the account "
+        f"(storage x is unavailable); it is in {first}",
+        f"pipeline import: the copy log of drive 2 could not be copied from worker w2 into "
+        f"{logs / 'copylog-cl-log-drive02.jsonl'} (Timed out trying to connect to tcp://w2); "
+        "the account holds it: waimportexport/cl-log/copylog-drive-02.jsonl"]

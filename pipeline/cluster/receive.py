@@ -187,35 +187,45 @@ def fetch_logs(cluster: dask_client.Cluster, described: dict[str, dict[str, Any]
                results: dict[str, Any], log_dir: Path) -> None:
     """Each drive's copy log (kept on its worker: ``receive_remote.import_one``) copied into
     ``log_dir`` (``copylog-SESSION-driveNN.jsonl``), each drive's outcome given its
-    ``copy_log`` and ``worker``.  A log that cannot be fetched (its worker gone) is named on
-    stderr with the account's copy of it; the outcome keeps no log then."""
+    ``copy_log`` and ``worker``.  A log that cannot be copied (its worker gone, the log
+    directory full) is named on stderr with the account's copy of it (stored by the worker
+    before), and the outcome names no log: the drive is in, the import goes on."""
     for name, r in sorted(results.items()):
         for d in r.get("drives", []):
             path = importer.log_path(log_dir, d["session_id"], d["seq"])
             d["worker"], d["copy_log"] = name, str(path)
+            why = d.pop("not_stored", "")
+            if why:  # said as pipeline import says it: the local log is the record
+                print(f"pipeline import: worker {name} could not store the copy log of drive "
+                      f"{d['seq']} in the account ({why}); it is in {path}", file=sys.stderr)
             try:
                 fetch_log(cluster.client, described[name]["address"], d.pop("log_file"), path)
             except (OSError, TimeoutError, KeyError, ValueError) as exc:
                 d["copy_log"] = ""
-                print(f"pipeline import: the copy log of drive {d['seq']} could not be fetched "
-                      f"from worker {name} ({str(exc) or type(exc).__name__}); the account holds "
-                      f"it: {importer.STATE_CONTAINER}/"
+                print(f"pipeline import: the copy log of drive {d['seq']} could not be copied "
+                      f"from worker {name} into {path} ({str(exc) or type(exc).__name__}); the "
+                      f"account holds it: {importer.STATE_CONTAINER}/"
                       + importer.state_name(d["session_id"], f"copylog-drive-{d['seq']:02d}"
                                             ".jsonl"), file=sys.stderr)
 
 
 def fetch_log(client: Any, address: str, remote: str, local: Path) -> None:
     """A worker's kept copy log ``remote`` into ``local`` a ``PART`` at a time (Dask's
-    ``Client.run`` on that worker: memory flat in the log's size), then removed there."""
-    with open(local, "wb") as out:
-        offset = 0
-        while True:
-            part = client.run(receive_remote.read_log_part, remote, offset, PART,
-                              workers=[address])[address]
-            out.write(part)
-            offset += len(part)
-            if len(part) < PART:
-                break
+    ``Client.run`` on that worker: memory flat in the log's size), then removed there.  A
+    copy cut short is removed here: no partial log in --log-dir."""
+    try:
+        with open(local, "wb") as out:
+            offset = 0
+            while True:
+                part = client.run(receive_remote.read_log_part, remote, offset, PART,
+                                  workers=[address])[address]
+                out.write(part)
+                offset += len(part)
+                if len(part) < PART:
+                    break
+    except BaseException:
+        local.unlink(missing_ok=True)
+        raise
     client.run(receive_remote.drop_log, remote, workers=[address])
 
 

@@ -153,8 +153,8 @@ async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, stor
         raise
     return {"seq": sb.drive_seq, "session_id": sb.session_id, "path": str(od.drive.path),
             "already": got.result.already, "totals": got.log.totals,
-            "log_file": str(got.path), "damage": plan.damage, "incomplete": plan.incomplete,
-            "source": plan.source}
+            "log_file": str(got.path), "not_stored": got.not_stored, "damage": plan.damage,
+            "incomplete": plan.incomplete, "source": plan.source}
 
 
 LOG_PREFIX = "pipeline-copylog-"
