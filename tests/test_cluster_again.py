@@ -8,6 +8,7 @@ Azure's expiry does."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -125,13 +126,17 @@ def test_again_on_the_worker_holding_the_drive(
     for seq in (1, 2):
         assert b'"done"' in state.download_blob(marker_name(SESSION, seq)).readall()
 
-    # Once more, by volume uuid this time: drive 1 imported again (nothing committed
-    # changes), drive 2 skipped as before.
-    out = _import(address, jdir, azurite, logs, 0, "--again", "--drive", uuids[1])
-    lines = _drive_lines(out)
-    assert "complete" in lines[1] and lines[2].endswith("already imported; nothing changed"
-                                                        f"; copy log {logs}/copylog-"
-                                                        f"{SESSION}-drive02.jsonl"), out
+    # Once more, by volume uuid this time (--json): drive 1 imported again (nothing
+    # committed changes), drive 2 skipped as before; the summary counts both runs of tasks.
+    out = _import(address, jdir, azurite, logs, 0, "--again", "--drive", uuids[1], "--json")
+    got = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    drives = {e["seq"]: e for e in got if e["type"] == "drive"}
+    assert (drives[1]["worker"], drives[1]["already_imported"], drives[1]["ok"] > 0) == (
+        "w1", False, True), out
+    assert (drives[2]["worker"], drives[2]["already_imported"]) == ("w2", True), out
+    assert drives[2]["copy_log"] == str(logs / f"copylog-{SESSION}-drive02.jsonl")
+    summary = next(e for e in got if e["type"] == "summary")
+    assert summary["files_done"] == summary["files_total"] > 0, summary
     assert {f"vdir/{k}": v for k, v in _account(azurite).items()} == {
         f"vdir/{k}": v for k, v in read_tree(src).items()}
 
