@@ -255,14 +255,17 @@ async def _offline(args: argparse.Namespace) -> Outcome:
     # seed is missing, and their import is a tenth of its start-up.
     import trio
 
-    from pipeline.jobs import auth, rules
+    from pipeline.jobs import rules
 
     _require(args)
     source = check_source(Path(args.source))
     job = rules.check_job_name(args.job_name)
     given = rules.check_subscription_id(args.subscription) if args.subscription else None
-    settings = (auth.read_publish_settings(args.publish_settings, given)
-                if args.publish_settings else None)
+    settings = None
+    if args.publish_settings:       # its certificate modules: only when given
+        from pipeline.jobs import auth
+
+        settings = auth.read_publish_settings(args.publish_settings, given)
     subscription = given or (settings.subscription_id if settings else "")
     account = offline.check_account_name(args.account)
     container = check_container_name(args.container)
