@@ -22,6 +22,7 @@ import hmac
 import marshal
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Iterable
@@ -102,11 +103,23 @@ class TreeCache:
         reads, MACs and zstd (both let the GIL go) run in threads, several at once, while
         ``get`` decodes on the caller's."""
         path = self._path(cid)
+        # Not trusted before its MAC, not even its kind or size: a FIFO would block the
+        # open (O_NONBLOCK) or the read, a link to /dev/zero or a huge file fill memory.
         try:
-            with open(path, "rb") as f:
-                data, mtime = f.read(), os.fstat(f.fileno()).st_mtime
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
+                data = b""                       # no entry: dropped below
+            else:
+                with os.fdopen(fd, "rb", closefd=False) as f:
+                    data, mtime = f.read(MAX_BYTES + 1), st.st_mtime
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
         payload = memoryview(data)[len(MAGIC) + MAC_LEN:]
         if (data[:len(MAGIC)] != MAGIC or not hmac.compare_digest(
                 data[len(MAGIC):len(MAGIC) + MAC_LEN], self._mac(cid, payload))):
