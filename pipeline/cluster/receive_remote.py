@@ -164,9 +164,12 @@ LOG_PREFIX = "pipeline-copylog-"
 def _kept_log(path: str) -> Path:
     """``path`` if it names a copy log ``import_one`` kept; anything else is a bug."""
     p = Path(path)
+    tmp = os.path.realpath(tempfile.gettempdir())
     if not (p.name.startswith("copylog-") and p.name.endswith(".jsonl")
             and p.parent.name.startswith(LOG_PREFIX)
-            and p.parent.parent == Path(tempfile.gettempdir())):
+            and p.parent.parent == Path(tempfile.gettempdir())
+            # no symlink on the way (the directory or the log): tmp is anyone's to write
+            and os.path.realpath(p) == os.path.join(tmp, p.parent.name, p.name)):
         raise ValueError(f"{path} is no copy log kept for the client")
     return p
 
