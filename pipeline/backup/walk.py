@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline import faults
 from pipeline.backup import encoding as fmt
 from pipeline.backup.stages.messages import Walked
 from pipeline.errors import BadInput
@@ -298,6 +299,7 @@ class WalkAhead:
                     buf.clear()
                     if not self._put(batch):
                         return
+                    faults.reached("walk_ahead_batch")   # tests: a stop while it runs
             if self._put(buf):
                 self._put(None)
         except BaseException as exc:  # noqa: BLE001 - raised again in the consumer
