@@ -61,7 +61,7 @@ def test_walk_ahead_hands_over_what_walk_yields(tmp_path: Path, batch: int,
 
 def test_walk_ahead_raises_the_walks_error_in_the_consumer(tmp_path: Path) -> None:
     w = walk.WalkAhead(tmp_path / "gone")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(walk.BadInput, match="vanished before it was read"):  # one line, exit 2
         list(w.nodes(lambda m: None))
     assert not w._thread.is_alive()
 

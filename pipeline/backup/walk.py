@@ -64,7 +64,11 @@ def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
     sockets too (a socket is a live endpoint, not data: restic skips them as well).
     """
     broot = os.fsencode(root)
-    st = os.stat(broot)
+    try:
+        st = os.stat(broot)
+    except FileNotFoundError:   # gone since check_source: the user's to see, not a bug
+        raise BadInput(f"--source {root}: vanished before it was read; check it and run "
+                       "the backup again") from None
     yield meta(fmt.Node("dir", fmt.ROOT, stat.S_IMODE(st.st_mode), st.st_mtime_ns),
                broot, st, warn)
     stack: list[tuple[bytes, str, Iterator[bytes]]] = [(broot, "", iter(_names(broot, "", warn)))]
@@ -177,7 +181,8 @@ def _names(path: bytes, rel: str, warn: Warn) -> list[bytes]:
         if rel:
             warn(f"{rel}: vanished during the backup; skipped")
             return []
-        raise
+        raise BadInput(f"--source {os.fsdecode(path)}: vanished before it was read; check "
+                       "it and run the backup again") from None
     except OSError as exc:
         if not rel:
             raise BadInput(f"--source {os.fsdecode(path)}: cannot list it ({exc.strerror})"
