@@ -145,7 +145,7 @@ def test_a_file_swapped_after_the_walk_is_skipped_by_readahead_and_reader(
     def both() -> tuple[int, bool, list[str]]:
         asked = readahead.ask(str(src), batch)
         warned: list[str] = []
-        reader = walk.FileReader(fmt.ChunkerParams(min=64, avg=128, max=256), 0,
+        reader = walk.FileReader(fmt.ChunkerParams(min=256, avg=1024, max=4096), 0,
                                  lambda b: bytes(32))
         done = reader.read(src / "a", node, lambda *a: None, warned.append)
         return asked, done, warned
