@@ -4,7 +4,7 @@ walk's thread (one line naming it, exit 2: was a FileNotFoundError, so a traceba
 "internal error"), a directory removed mid-walk (a warning, the walk goes on), the
 queue bounded whatever the tree's size (an endless walk holds ``(DEPTH + 1) * BATCH``
 entries at most, and ``close`` still ends it), and a file swapped for a FIFO, socket,
-symlink or directory between the walk and the read-ahead or the read (left out with a
+symlink, directory or device between the walk and the read-ahead or the read (left out with a
 warning, never a hang)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -126,11 +127,14 @@ def _swap(path: Path, kind: str) -> None:
         s.close()
     elif kind == "symlink":
         os.symlink("/dev/zero", path)
+    elif kind == "chardev":                       # /dev/zero's numbers: root only
+        assert os.geteuid() == 0, "this case needs root (mknod)"
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 5))
     else:
         path.mkdir()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "socket", "symlink", "directory"])
+@pytest.mark.parametrize("kind", ["fifo", "socket", "symlink", "directory", "chardev"])
 def test_a_file_swapped_after_the_walk_is_skipped_by_readahead_and_reader(
         tmp_path: Path, kind: str) -> None:
     src = tmp_path / "src"
@@ -156,8 +160,8 @@ def test_a_file_swapped_after_the_walk_is_skipped_by_readahead_and_reader(
     t.join(120)                                   # hang guard only
     assert not t.is_alive(), f"a {kind} swapped in hung the read"
     asked, done, warned = out[0]
-    # a directory opens (O_RDONLY) and takes the advice, which reads nothing: harmless
-    assert (asked, done) == (1 if kind == "directory" else 0, False)
+    # a directory or a device opens (O_RDONLY) and takes the advice, which reads nothing
+    assert (asked, done) == (1 if kind in ("directory", "chardev") else 0, False)
     assert len(warned) == 1 and warned[0].startswith("a: ")
     assert warned[0] in ("a: no longer a regular file; skipped",
                          "a: cannot read (Too many levels of symbolic links); skipped",
