@@ -90,6 +90,10 @@ async def serve(scheduler: str, drive_set: DriveSet, host: str | None = None,
     address and the job's name."""
     from distributed import Worker, WorkerPlugin
 
+    from pipeline.cluster.receive_remote import clear_stale_logs
+
+    clear_stale_logs()    # copy logs a dead client or worker never fetched (a day old)
+
     class Drives(WorkerPlugin):  # Dask keeps plugins by name: tasks find ours by PLUGIN
         name = PLUGIN
 
