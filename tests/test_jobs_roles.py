@@ -69,7 +69,7 @@ SITE_ALLOWED = {
     ("Shipping", "drive Received"), ("Received", "drive NeverReceived"),
     ("Received", "drive back to Specified (undo)"), ("Transferring", "drive Completed"),
     ("Transferring", "drive CompletedMoreInfo"), ("Packaging", "drive ShippedBack"),
-    *((s, f) for s in ("Received", "Transferring", "Packaging")
+    *((s, f) for s in ("Received", "Transferring")  # Packaging: d0 Completed, its progress final
       for f in ("copyStatus", "percentComplete", "bytesSucceeded", "errorLogUri",
                 "verboseLogUri", "manifestUri")),
     *((s, "returnPackage") for s in ("Packaging", "Completed", "Canceled")),

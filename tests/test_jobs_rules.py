@@ -444,9 +444,11 @@ class JobLifecycle(RuleBasedStateMachine):
         drive = self.job.drives[index]
         changes = (drive.percent_complete, drive.bytes_succeeded, drive.copy_status) != (
             percent, percent * 1000, "copying")
+        done = drive.state in (D.COMPLETED, D.COMPLETED_MORE_INFO, D.SHIPPED_BACK)  # final
         self.patch({"properties": {"driveList": [entry]}}, role,
-                   Forbidden if role == C and changes else None)
-        if role == S:
+                   Forbidden if role == C and changes else Conflict if changes and done
+                   else None)
+        if role == S and not done:
             assert self.job.drives[index].percent_complete == percent
 
     @invariant()

@@ -60,6 +60,9 @@ _ADDRESS_REQUIRED = ("recipientName", "streetAddress1", "city", "postalCode", "c
                      "phone", "email")
 _ADDRESS_OPTIONAL = ("streetAddress2", "stateOrProvince")
 _DRIVE_IDENTITY = ("manifestFile", "manifestHash", "driveHeaderHash")
+# A drive's progress is the outcome of its copy once it is one of these: no longer patched.
+_COPY_ENDED = frozenset({DriveState.COMPLETED, DriveState.COMPLETED_MORE_INFO,
+                         DriveState.SHIPPED_BACK})
 _DRIVE_PROGRESS = ("copyStatus", "percentComplete", "bytesSucceeded", "errorLogUri",
                    "verboseLogUri", "manifestUri")
 
@@ -375,6 +378,10 @@ def _update_drives(job: Job, entries: Any, role: Role) -> tuple[tuple[JobDrive, 
             rules.check_role("drive progress", role, f"the copy progress of drive {drive_id} "
                              "(copyStatus, percentComplete, bytesSucceeded, log URIs)")
             rules.check_editable("drive progress", job.state)
+            if current.state in _COPY_ENDED:  # a late or repeated report would undo its outcome
+                raise Conflict(f"drive {drive_id} is {current.state}: its copy progress "
+                               "(copyStatus, percentComplete, bytesSucceeded, log URIs) is "
+                               "final once the drive is done", "PropertyNotEditable")
             changes.update(progress)
         if entry.get("state") is not None:
             changes["state"] = rules.drive_state(entry["state"])

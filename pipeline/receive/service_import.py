@@ -227,6 +227,12 @@ class Reporter:
         return 100 if not self.total else min(99, self.done * 100 // self.total)
 
     async def run(self) -> None:
+        """Until cancelled (the import ended).  A patch in flight then is waited for, not
+        abandoned (``to_thread.run_sync``), so it lands before ``finish_drive``'s.  A drive
+        already done (imported again) is not reported: its outcome stands, and the service
+        refuses progress for it."""
+        if self.job.drive_state(self.drive_id) in _DONE:
+            return
         while True:
             await trio.sleep(REPORT_EVERY_S)
             body = {"properties": {"driveList": [{
@@ -256,6 +262,10 @@ class JobImport:
 
     def _drives(self) -> dict[str, dict[str, Any]]:
         return _drive_ids(self.job)
+
+    def drive_state(self, uuid: str) -> str | None:
+        """The drive's state as of the job's last answer (each patch of ours returns it)."""
+        return self._drives().get(uuid, {}).get("state")
 
     def key_for(self, path: str) -> credentials.Secret:
         """The drive's recovery password from the job, after checking it is the job's drive."""
@@ -344,11 +354,10 @@ class JobImport:
                          errorLogUri=log_uri(store, state, error_blob))
         else:
             entry.update(state="Completed", copyStatus="Completed")
-        if self._drives()[uuid].get("state") in _DONE:
-            entry.pop("state")  # imported again: the drive's outcome stands
-            entry.pop("bytesSucceeded")  # ... and so do the bytes it transferred then
-        self._hand_in_logs(uuid, log.path, errors)
-        self._patch({"driveList": [entry]})
+        again = self.drive_state(uuid) in _DONE  # imported again: the drive's outcome,
+        self._hand_in_logs(uuid, log.path, errors)  # its progress and bytes then, stand
+        if not again:
+            self._patch({"driveList": [entry]})
 
     def _hand_in_logs(self, uuid: str, path: Path, errors: list[str]) -> None:
         """The copy logs the job's logLevel asks for, to the service; one it does not take
