@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cluster.receive_remote import LOG_PREFIX, STALE_LOG_S, clear_stale_logs
+from pipeline.cluster.worker import LOG_PREFIX, STALE_LOG_S, clear_stale_logs
 
 
 def _aged(path: Path, seconds: float) -> None:

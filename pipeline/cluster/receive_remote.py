@@ -15,9 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import stat
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import trio
 from pipeline import journal, progress
 from pipeline.cluster import events, target
 from pipeline.cluster.events import Publish, counters, describe, drive_set, failure, publisher, tick
+from pipeline.cluster.worker import LOG_PREFIX
 from pipeline.receive import importer, onedrive
 from pipeline.receive import reader as driveread
 from pipeline.receive.verify import verify_drive
@@ -157,45 +156,6 @@ async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, stor
             "already": got.result.already, "totals": got.log.totals,
             "log_file": str(got.path), "not_stored": got.not_stored, "damage": plan.damage,
             "incomplete": plan.incomplete, "source": plan.source}
-
-
-LOG_PREFIX = "pipeline-copylog-"
-"""A worker's copy logs wait for the client in a directory of this prefix in its tempdir."""
-
-
-STALE_LOG_S = 24 * 3600
-"""A kept log this old was never fetched (its client or worker died): cleared at the
-next worker start.  Younger ones may belong to another worker of the same machine."""
-
-
-def clear_stale_logs(now: float | None = None) -> int:
-    """Remove the kept-log directories in the tempdir untouched for ``STALE_LOG_S`` (the
-    newest mtime of the directory and what it holds: a log still being written is
-    touched as it grows); returns how many.  A symlink or a file of that name is left
-    alone: only our own directories are removed, never what a link points to."""
-    tmp = tempfile.gettempdir()
-    limit = (time.time() if now is None else now) - STALE_LOG_S
-    n = 0
-    with os.scandir(tmp) as it:
-        for e in it:
-            if not e.name.startswith(LOG_PREFIX):
-                continue
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode) and _newest(e.path, st.st_mtime) < limit:
-                shutil.rmtree(e.path, ignore_errors=True)
-                n += 1
-    return n
-
-
-def _newest(path: str, mtime: float) -> float:
-    try:
-        with os.scandir(path) as it:
-            return max([mtime, *(e.stat(follow_symlinks=False).st_mtime for e in it)])
-    except OSError:
-        return mtime
 
 
 def _kept_log(path: str) -> Path:

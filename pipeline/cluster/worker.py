@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import shutil
+import stat
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +86,46 @@ def drive_set(name: str, paths: list[str], drive_size: int | None, threads: int)
     return DriveSet(check_name(name), tuple(out), drive_size, threads)
 
 
+LOG_PREFIX = "pipeline-copylog-"
+"""A worker's copy logs wait for the client in a directory of this prefix in its tempdir
+(``receive_remote.import_one``)."""
+
+
+STALE_LOG_S = 24 * 3600
+"""A kept log this old was never fetched (its client or worker died): cleared at the
+next worker start.  Younger ones may belong to another worker of the same machine."""
+
+
+def clear_stale_logs(now: float | None = None) -> int:
+    """Remove the kept-log directories in the tempdir untouched for ``STALE_LOG_S`` (the
+    newest mtime of the directory and what it holds: a log still being written is
+    touched as it grows); returns how many.  A symlink or a file of that name is left
+    alone: only our own directories are removed, never what a link points to."""
+    tmp = tempfile.gettempdir()
+    limit = (time.time() if now is None else now) - STALE_LOG_S
+    n = 0
+    with os.scandir(tmp) as it:
+        for e in it:
+            if not e.name.startswith(LOG_PREFIX):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and _newest(e.path, st.st_mtime) < limit:
+                shutil.rmtree(e.path, ignore_errors=True)
+                n += 1
+    return n
+
+
+def _newest(path: str, mtime: float) -> float:
+    try:
+        with os.scandir(path) as it:
+            return max([mtime, *(e.stat(follow_symlinks=False).st_mtime for e in it)])
+    except OSError:
+        return mtime
+
+
 async def serve(scheduler: str, drive_set: DriveSet, host: str | None = None,
                 ready: Any = None, storage_credential: str | None = None,
                 site_client: Any = None) -> None:
@@ -89,8 +134,6 @@ async def serve(scheduler: str, drive_set: DriveSet, host: str | None = None,
     service's, with the site token) stay in this process: tasks carry only the account's
     address and the job's name."""
     from distributed import Worker, WorkerPlugin
-
-    from pipeline.cluster.receive_remote import clear_stale_logs
 
     clear_stale_logs()    # copy logs a dead client or worker never fetched (a day old)
 
