@@ -1,10 +1,12 @@
 """Review of ``walk.WalkAhead`` (the walk of --source in a thread from before the
 repository opens, d415b26/a122f35) under a stop: Ctrl-C, SIGTERM or kill -9 sent by the
 walk's thread itself after its second batch (so it is surely running, the repository
-being opened or the pipeline begun), or when the first pack is stored, with a source
-of more entries than the walk may hold queued (``(DEPTH + 1) * BATCH``).  The process ends
-(no hang at the join), Ctrl-C and SIGTERM with exit 130 and one line (no traceback),
-the repository checks clean and the next backup completes and restores."""
+being opened or the pipeline begun), with a source of more entries than the walk may
+hold queued (``(DEPTH + 1) * BATCH``); and Ctrl-C when the first pack is stored (the
+walk has ended by then: kill -9 there is test_backup_lock's, SIGTERM is Ctrl-C's path,
+test_cli).  The process ends (no hang at the join), Ctrl-C and SIGTERM with exit 130 and
+one line (no traceback), the repository checks clean and the next backup completes and
+restores."""
 
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ def r(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Repo:
     return repo
 
 
-@pytest.mark.parametrize("point", ["walk_ahead_batch:2", "backup_after_pack:1"])
-@pytest.mark.parametrize("sig", ["INT", "TERM", "KILL"])
+@pytest.mark.parametrize("point, sig", [
+    ("walk_ahead_batch:2", "INT"), ("walk_ahead_batch:2", "TERM"),
+    ("walk_ahead_batch:2", "KILL"), ("backup_after_pack:1", "INT")])
 def test_a_backup_stopped_while_the_walk_runs_ahead(r: Repo, point: str, sig: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_CRASH_AT": f"{point}:{sig}"}
     proc = subprocess.run(backup_cmd(r), capture_output=True, text=True, env=env)
