@@ -51,6 +51,20 @@ def _drive_lines(out: str) -> dict[int, str]:
             if line.startswith("drive ") and head in line}
 
 
+def session_on_two_workers(tmp_path: Path, address: str, procs: dict[str, Proc],
+                           conn: str) -> tuple[Path, Path, Path, Path]:
+    """A session prepped onto w1's and w2's first drives (a file spanning them), both
+    workers started against Azurite: (source, journal dir, drive 1, drive 2)."""
+    src = tmp_path / "src"
+    make_tree(src, small_files=40, random_mb=20, sparse_mb=4, seed=2)
+    jdir = tmp_path / "journals"
+    d1, d2 = tmp_path / "w1-a.img", tmp_path / "w2-a.img"  # each worker's first drive
+    prep(src, jdir, SESSION, [d1, d2], "32M", dstdir=f"{CONTAINER}/vdir/")
+    for name in ("w1", "w2"):
+        procs[name] = start_worker(tmp_path, address, name, env={target.ENV: conn})
+    return src, jdir, d1, d2
+
+
 def _statuses(logs: Path, seq: int) -> dict[str, str]:
     return {x["blob"]: x["status"] for x in copy_log(logs, SESSION, seq) if "blob" in x}
 
@@ -59,13 +73,7 @@ def test_again_on_the_worker_holding_the_drive(
         tmp_path: Path, scheduler: tuple[str, dict[str, Proc]],  # noqa: F811 - the fixture
         azurite: str) -> None:  # noqa: F811 - the fixture
     address, procs = scheduler
-    src = tmp_path / "src"
-    make_tree(src, small_files=40, random_mb=20, sparse_mb=4, seed=2)
-    jdir = tmp_path / "journals"
-    d1, d2 = tmp_path / "w1-a.img", tmp_path / "w2-a.img"  # each worker's first drive
-    prep(src, jdir, SESSION, [d1, d2], "32M", dstdir=f"{CONTAINER}/vdir/")
-    for name in ("w1", "w2"):
-        procs[name] = start_worker(tmp_path, address, name, env={target.ENV: azurite})
+    src, jdir, d1, d2 = session_on_two_workers(tmp_path, address, procs, azurite)
     uuids = {}
     for j in journal.session_journals(jdir, SESSION):
         uuids[j.drive.seq] = j.drive.uuid

@@ -18,24 +18,24 @@ from pipeline.cluster import target
 from pipeline.errors import EXIT_INTERRUPTED
 from pipeline.receive.markers import STATE_CONTAINER, marker_name
 from tests.azurite import azurite  # noqa: F401 - the fixture
-from tests.drivedata import make_tree, read_tree
+from tests.drivedata import read_tree
 from tests.test_cluster import Proc, start_worker
-from tests.test_cluster_again import CONTAINER, SESSION, SPANNING, _account, _import
+from tests.test_cluster_again import (
+    CONTAINER,
+    SESSION,
+    SPANNING,
+    _account,
+    _import,
+    session_on_two_workers,
+)
 from tests.test_cluster_secrets import scheduler  # noqa: F401 - the fixture
-from tests.test_import import prep
 
 
 def test_a_worker_killed_during_again_then_the_same_command_completes(
         tmp_path: Path, scheduler: tuple[str, dict[str, Proc]],  # noqa: F811 - the fixture
         azurite: str) -> None:  # noqa: F811 - the fixture
     address, procs = scheduler
-    src = tmp_path / "src"
-    make_tree(src, small_files=40, random_mb=20, sparse_mb=4, seed=2)
-    jdir = tmp_path / "journals"
-    d1 = tmp_path / "w1-a.img"
-    prep(src, jdir, SESSION, [d1, tmp_path / "w2-a.img"], "32M", dstdir=f"{CONTAINER}/vdir/")
-    for name in ("w1", "w2"):
-        procs[name] = start_worker(tmp_path, address, name, env={target.ENV: azurite})
+    src, jdir, d1, _ = session_on_two_workers(tmp_path, address, procs, azurite)
     first = tmp_path / "journals-drive1"
     first.mkdir()
     shutil.copy2(journal.journal_path(jdir, SESSION, 1), first)
