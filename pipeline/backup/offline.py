@@ -124,8 +124,9 @@ def estimate(source: Path, level: int = 1, sample: int = SAMPLE, free: int | Non
         for start, end in ranges:
             data += end - start
             cells.extend((path, off, min(CELL, end - off)) for off in grid(end, start))
-    if free is not None and free >= _needed(files, data, 1.0):
-        return Estimate(files, total, data, 0, 1.0, _needed(files, data, 1.0))
+    stored_raw = _needed(files, data, 1.0)
+    if free is not None and free >= stored_raw:
+        return Estimate(files, total, data, 0, 1.0, stored_raw)
     raw, stored = _sample(cells, sample, level)
     ratio = stored / raw if raw else 1.0
     return Estimate(files, total, data, raw, round(ratio, 4), _needed(files, data, ratio))
