@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from pipeline.backup.backend import DirBackend, StorageBackend
 from pipeline.backup.repo import Repository
 from pipeline.storage import open_storage
 from tests.conftest import FAST_ARGON
+from tests.test_backup_prune import Repo
 from tests.test_backup_repo import PASS, backup, make_tree
 
 
@@ -35,3 +37,13 @@ def backed_up_tree(tmp_path: Path) -> tuple[Path, Repository]:
     repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
     trio.run(backup, repo, src, False)
     return src, repo
+
+
+def repo_backed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Repo:
+    """A ``Repo`` in ``tmp_path`` (its own config dir) made and backed up once: the
+    start of the lock and interrupt tests."""
+    monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path / "config"))
+    repo = Repo(tmp_path)
+    repo.init()
+    repo.backup()
+    return repo

@@ -18,6 +18,7 @@ import pytest
 from pipeline.backup import lock as lock_mod
 from pipeline.backup.errors import RepositoryLocked
 from pipeline.errors import EXIT_OK, EXIT_REFUSED, Caution
+from tests.backup_helpers import repo_backed_up
 from tests.conftest import ROOT
 from tests.test_backup_prune import Repo
 from tests.test_backup_repo import CONTAINER, describe
@@ -37,11 +38,7 @@ repo.close()
 
 @pytest.fixture
 def r(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Repo:
-    monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path / "config"))
-    repo = Repo(tmp_path)
-    repo.init()
-    repo.backup()
-    return repo
+    return repo_backed_up(tmp_path, monkeypatch)
 
 
 def hold(r: Repo, mode: str) -> subprocess.Popen[str]:

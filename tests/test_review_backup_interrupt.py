@@ -19,6 +19,7 @@ import pytest
 
 from pipeline.backup import walk
 from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK
+from tests.backup_helpers import repo_backed_up
 from tests.conftest import ROOT
 from tests.test_backup_lock import backup_cmd
 from tests.test_backup_prune import Repo
@@ -29,10 +30,7 @@ DIRS, FILES = 70, 250          # 17,570 entries: more than the walk may hold que
 
 @pytest.fixture
 def r(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Repo:
-    monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path / "config"))
-    repo = Repo(tmp_path)
-    repo.init()
-    repo.backup()
+    repo = repo_backed_up(tmp_path, monkeypatch)
     for i in range(4):             # first in walk order: packs stored early
         (repo.src / f"a-big{i}.bin").write_bytes(os.urandom(300_000))
     for d in range(DIRS):
