@@ -107,6 +107,14 @@ def test_again_on_the_worker_holding_the_drive(
             in out), out
     assert set(_statuses(logs, 1).values()) == {"skipped"}  # gathered before the refusal
     assert SPANNING.removeprefix("vdir/") not in _account(azurite)  # nothing half-made
+    # Drive 2's copy log, of the import that failed on w2, is fetched into --log-dir as
+    # on one machine (before, w2 deleted it): its last line says why it stopped.
+    failed_log = logs / f"copylog-{SESSION}-drive02.jsonl"
+    assert (f"pipeline import: drive 2's import failed on worker w2 ({d2}); its copy log "
+            f"is {failed_log}") in out, out
+    last = copy_log(logs, SESSION, 2)[-1]
+    assert (last["type"], last["result"]) == ("totals", "failed"), last
+    assert "cannot be committed" in last["message"] and SPANNING in last["message"], last
 
     # A plain import again changes nothing: drive 1 skipped, the same refusal.
     out = _import(address, jdir, azurite, logs, EXIT_INTEGRITY)

@@ -10,6 +10,7 @@ test_cluster_again's (their copy logs are read from --log-dir)."""
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ import trio
 
 from pipeline import progress
 from pipeline.cluster import receive, receive_remote
+from pipeline.errors import EXIT_INTEGRITY, IntegrityError
 from pipeline.receive import importer
 from pipeline.storage.local import LocalStorage
 
@@ -154,3 +156,46 @@ def test_each_log_fetched_or_named(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         f"pipeline import: the copy log of drive 2 could not be copied from worker w2 into "
         f"{logs / 'copylog-cl-log-drive02.jsonl'} (Timed out trying to connect to tcp://w2); "
         "the account holds it: waimportexport/cl-log/copylog-drive-02.jsonl"]
+
+
+def test_a_failed_drive_s_log_is_kept_and_fetched(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A drive whose import fails on a worker keeps its copy log there (its last line says
+    why), named in the task's ``failed``; the client fetches it into --log-dir as it does a
+    good drive's, and names it.  Before, the worker deleted it with the error."""
+    async def import_drive(od: Any, plan: Any, store: Any, log: importer.CopyLog, *_: Any,
+                           **__: Any) -> importer.DriveResult:
+        log.blob("ok", "vdir/first.txt", "", 1)
+        raise IntegrityError("blob vdir/second.txt cannot be committed: parts missing")
+
+    monkeypatch.setattr(importer, "import_drive", import_drive)
+    monkeypatch.setattr(receive_remote.importer, "plan_drive", lambda od, j: plan)
+    monkeypatch.setattr(receive_remote.importer, "check_names", lambda p: None)
+    acct = tmp_path / "acct"
+    acct.mkdir()
+    sb = SimpleNamespace(session_id="cl-log", drive_seq=7)
+    plan = SimpleNamespace(superblock=sb, extents=[], damage=[], incomplete="", container="c",
+                           source="journal", files={})
+    od = SimpleNamespace(drive=SimpleNamespace(path="/dev/fake"), close=lambda: None)
+    got = trio.run(receive_remote.import_unlocked, iter([(od, None)]),
+                   lambda: LocalStorage(acct), lambda msg: None)
+    assert (got["code"], got["drives"]) == (EXIT_INTEGRITY, [])
+    assert [{k: v for k, v in d.items() if k != "log_file"} for d in got["failed"]] == [
+        {"seq": 7, "session_id": "cl-log", "path": "/dev/fake"}]
+    remote = Path(got["failed"][0]["log_file"])
+    last = json.loads(remote.read_text(encoding="utf-8").splitlines()[-1])
+    assert (last["type"], last["result"], last["message"], last["ok"]) == (
+        "totals", "failed", "blob vdir/second.txt cannot be committed: parts missing", 1)
+    expected = remote.read_bytes()
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    receive.fetch_logs(SimpleNamespace(client=_OneWorker("tcp://w1")),
+                       {"w1": {"address": "tcp://w1"}}, {"w1": got}, logs)
+    local = logs / "copylog-cl-log-drive07.jsonl"
+    assert local.read_bytes() == expected
+    assert not remote.exists() and not remote.parent.exists()  # removed on the worker
+    assert capsys.readouterr().err == (
+        f"pipeline import: drive 7's import failed on worker w1 (/dev/fake); its copy log "
+        f"is {local}\n")

@@ -189,8 +189,22 @@ def fetch_logs(cluster: dask_client.Cluster, described: dict[str, dict[str, Any]
     ``log_dir`` (``copylog-SESSION-driveNN.jsonl``), each drive's outcome given its
     ``copy_log`` and ``worker``.  A log that cannot be copied (its worker gone, the log
     directory full) is named on stderr with the account's copy of it (stored by the worker
-    before), and the outcome names no log: the drive is in, the import goes on."""
+    before), and the outcome names no log: the drive is in, the import goes on.  The log
+    of a drive whose import failed (``failed``) is fetched the same way and named on
+    stderr: the operator needs it most then, and on one machine it stays in --log-dir."""
     for name, r in sorted(results.items()):
+        for d in r.get("failed", []):
+            path = importer.log_path(log_dir, d["session_id"], d["seq"])
+            try:
+                fetch_log(cluster.client, described[name]["address"], d["log_file"], path)
+            except (OSError, TimeoutError, KeyError, ValueError) as exc:
+                print(f"pipeline import: the copy log of drive {d['seq']}, whose import "
+                      f"failed, could not be copied from worker {name} into {path} "
+                      f"({str(exc) or type(exc).__name__}); it stays on that machine: "
+                      f"{d['log_file']}", file=sys.stderr)
+            else:
+                print(f"pipeline import: drive {d['seq']}'s import failed on worker {name} "
+                      f"({d['path']}); its copy log is {path}", file=sys.stderr)
         for d in r.get("drives", []):
             path = importer.log_path(log_dir, d["session_id"], d["seq"])
             d["worker"], d["copy_log"] = name, str(path)

@@ -103,10 +103,12 @@ async def import_unlocked(unlocked: Unlocked, open_store: Callable[[], Storage],
     """Every drive ``unlocked`` yields, unlocked and its plan checked before anything is
     written, then imported one after another (``again``: each once more if imported
     before): each drive's outcome, copy log lines included; a PipelineError (from
-    ``unlocked`` too) comes back as {code, message}, with the drives done before it."""
+    ``unlocked`` too) comes back as {code, message}, with the drives done before it and,
+    in ``failed``, the kept copy log of the drive it stopped (for the client to fetch)."""
     stats = progress.Stats()
     opened: list[tuple[driveread.UnlockedDrive, importer.DrivePlan]] = []
     drives: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     try:
         store = open_store()
         store.check()
@@ -117,7 +119,8 @@ async def import_unlocked(unlocked: Unlocked, open_store: Callable[[], Storage],
             nursery.start_soon(tick, stats, publish)
             for od, plan in opened:
                 done = None if finished is None else finished(od, plan, store)
-                drives.append(await import_one(od, plan, store, stats, done, again=again))
+                drives.append(await import_one(od, plan, store, stats, done, again=again,
+                                               failed=failed))
             nursery.cancel_scope.cancel()
         result: dict[str, Any] = {"code": 0, "message": ""}
     except BaseException as exc:  # noqa: BLE001 - a PipelineError goes back as data
@@ -126,7 +129,7 @@ async def import_unlocked(unlocked: Unlocked, open_store: Callable[[], Storage],
         for od, _ in opened:
             od.close()
     publish({"type": "progress", **counters(stats)})
-    return {**result, "drives": drives}
+    return {**result, "drives": drives, "failed": failed}
 
 
 Finished = Callable[[importer.CopyLog, int], None]
@@ -137,12 +140,15 @@ FinishedFor = Callable[[driveread.UnlockedDrive, importer.DrivePlan, Storage], F
 
 async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, store: Storage,
                      stats: progress.Stats, finished: Finished | None = None, *,
-                     again: bool = False) -> dict[str, Any]:
+                     again: bool = False, failed: list[dict[str, Any]] | None = None
+                     ) -> dict[str, Any]:
     """One drive into ``store`` (``receive.onedrive``: the same as ``pipeline import``):
     its outcome as plain data.  The copy log stays in its file here (``log_file``), for
     the client to fetch a part at a time (``read_log_part``, then ``drop_log``): neither
     side holds it whole, whatever the number of files (it was carried as text in the
-    result, ~46 MiB at 400,000 files).  On an error the file goes with it."""
+    result, ~46 MiB at 400,000 files).  On an error the log is kept too, as ``pipeline
+    import`` keeps it, and named in ``failed`` (the operator needs it most then); with no
+    ``failed`` to name it in, or no log written yet, it goes with the error."""
     sb = plan.superblock
     keep = Path(tempfile.mkdtemp(prefix=LOG_PREFIX))
     try:
@@ -150,7 +156,12 @@ async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, stor
         if finished is not None:
             finished(got.log, got.carried)
     except BaseException:
-        shutil.rmtree(keep, ignore_errors=True)
+        log = importer.log_path(keep, sb.session_id, sb.drive_seq)
+        if failed is not None and log.is_file():
+            failed.append({"seq": sb.drive_seq, "session_id": sb.session_id,
+                           "path": str(od.drive.path), "log_file": str(log)})
+        else:
+            shutil.rmtree(keep, ignore_errors=True)
         raise
     return {"seq": sb.drive_seq, "session_id": sb.session_id, "path": str(od.drive.path),
             "already": got.result.already, "totals": got.log.totals,
