@@ -384,26 +384,19 @@ class FileReader:
         return cdc
 
     def read(self, path: str | Path, node: fmt.Node, deliver: Deliver, warn: Warn) -> bool:
-        """Fill ``node.content`` (and its size/times as read); False if the file is gone."""
-        # O_NONBLOCK: a file swapped for a FIFO since the walk would block the open until
-        # a writer came (the fstat below then skips it); regular files ignore the flag.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        """Fill ``node.content`` (and its size/times as read); False if the file is gone.
+        Whatever the path is by now, only a regular file is opened (``open_regular``)."""
+        from pipeline.backup.openfile import open_regular  # here: no-change runs open none
+
         try:
-            fd = os.open(path, flags | os.O_NOATIME)
-        except PermissionError:
-            fd = None
+            opened = open_regular(path)
         except OSError as exc:
             return self._unreadable(node, exc, warn)
-        if fd is None:
-            try:
-                fd = os.open(path, flags)
-            except OSError as exc:
-                return self._unreadable(node, exc, warn)
+        if opened is None:
+            warn(f"{node.path}: no longer a regular file; skipped")
+            return False
+        fd, st = opened
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                warn(f"{node.path}: no longer a regular file; skipped")
-                return False
             node.size, node.mtime_ns, node.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
             node.inode, node.mode = st.st_ino, stat.S_IMODE(st.st_mode)
             node.content = self._chunks(fd, st.st_size, deliver)

@@ -9,7 +9,8 @@ process memory), in one thread of its own, and for each file the readers will re
 (not reused from the parent, at most ``SMALL`` bytes) asks the kernel to read it now
 (``posix_fadvise(WILLNEED)`` queues the reads and returns), so their data is in the page
 cache when a reader gets there.  Big files need nothing: the kernel reads ahead within
-a file already.  What it cannot open it leaves for the reader to report.
+a file already.  What it cannot open it leaves for the reader to report; a path that is
+no longer a regular file is not opened for reading at all (``openfile.open_regular``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import os
 
 import trio
 
+from pipeline.backup.openfile import open_regular
 from pipeline.backup.stages.messages import NodeBatch
 from pipeline.progress import Stats
 
 AHEAD = 8                         # batches the read-ahead may run ahead of the readers
 SMALL = 1 << 20                   # files up to this size are read ahead
-# O_NONBLOCK: a file swapped for a FIFO after the walk must not block the open.
-_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def ask(root: str, batch: NodeBatch) -> int:
@@ -35,16 +35,13 @@ def ask(root: str, batch: NodeBatch) -> int:
         node = item.node
         if node.type != "file" or item.reuse or not 0 < node.size <= SMALL:
             continue
-        path = os.path.join(root, node.path)
         try:
-            fd = os.open(path, _FLAGS | os.O_NOATIME)   # atime: as the reader opens it
-        except PermissionError:                     # O_NOATIME needs the owner (or root)
-            try:
-                fd = os.open(path, _FLAGS)
-            except OSError:
-                continue
+            opened = open_regular(os.path.join(root, node.path))
         except OSError:
             continue
+        if opened is None:
+            continue
+        fd = opened[0]
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
             n += 1
