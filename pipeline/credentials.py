@@ -47,10 +47,12 @@ def warn_if_exposed(path: str | os.PathLike[str], what: str) -> None:
 def _read(path: str | os.PathLike[str], what: str) -> bytes:
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_KEY_FILE:
-            raise BadInput(f"{what} {p} is larger than {MAX_KEY_FILE} bytes; is it the right file?")
         warn_if_exposed(p, what)
-        return p.read_bytes()
+        with p.open("rb") as f:     # bounded: /dev/zero or a pipe has no size to check first
+            data = f.read(MAX_KEY_FILE + 1)
+        if len(data) > MAX_KEY_FILE:
+            raise BadInput(f"{what} {p} is larger than {MAX_KEY_FILE} bytes; is it the right file?")
+        return data
     except FileNotFoundError:
         raise BadInput(f"{what} {p} does not exist; check the path") from None
     except IsADirectoryError:
