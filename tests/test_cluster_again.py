@@ -172,24 +172,11 @@ def test_again_with_cluster_refused_in_one_line(tmp_path: Path, more: list[str],
     assert proc.stderr == line
 
 
-def test_again_with_cluster_and_service_refused_in_one_line(tmp_path: Path) -> None:
-    token = tmp_path / "site.token"
-    token.write_text("x" * 40 + "\n")
-    token.chmod(0o600)
-    proc = run_cli("import", "--cluster", "tcp://127.0.0.1:1", "--service",
-                   "http://127.0.0.1:1", "--job", "j1", "--site-token-file", str(token),
-                   "--to", str(tmp_path / "acct"), "--again", "--drive", "/dev/sdb",
-                   check_code=EXIT_BAD_INPUT)
-    assert proc.stderr == (
-        "pipeline import: import --cluster --again is taken with --journal-dir only yet: "
-        "with --service, import the drive again on its worker's machine: pipeline import "
-        "--service URL --job NAME --site-token-file FILE --drive PATH --again\n")
-
-
 @pytest.mark.parametrize("how", [
     "pipeline import --cluster tcp://s:8786 --journal-dir J --to STORAGE --again --drive DRIVE",
-    "on its worker's machine: pipeline import --service URL --job j1 --site-token-file FILE "
-    "--drive PATH --again"])
+    "pipeline import --cluster tcp://s:8786 --service URL --job j1 --site-token-file FILE "
+    "--to STORAGE --again --drive DRIVE: each such drive by its volume uuid or its path on its "
+    "worker"])
 def test_a_worker_s_parts_missing_line_names_the_cluster_s_command(how: str) -> None:
     """A worker's PartsMissing comes back as text; the client's line names the command that
     sends the parts again from where it runs, exit 4 kept.  PartsMissing's own wording is

@@ -268,3 +268,27 @@ async def test_site_tokens_that_do_not_count(client: httpx.AsyncClient, catalog:
     assert (await client.get(everyone, headers=site)).status_code == 200
     sitetoken.rotate_site_key(catalog.data_dir)  # voids every site token at once
     error(await client.get(everyone, headers=site), 401, "InvalidSiteToken")
+
+
+async def test_a_completed_drive_stays_completed_while_the_job_transfers(
+        client: httpx.AsyncClient, catalog: Catalog, alice: Account,
+        site: dict[str, str]) -> None:
+    """A drive Completed while its job is still Transferring (another drive to come) does
+    not go back to Transferring, by either role: the customer's token gets 403, the site's
+    409 naming the way on.  Importing it again at the site (`import --service --again`,
+    with or without --cluster) leaves its state and reported bytes as they are
+    (tests/test_cluster_site_again.py): its copy did complete, and Azure's drive states
+    have no step back."""
+    ref = JobRef(alice.sub, "rg1", "again-1")
+    bring(catalog, ref, "Transferring")
+    catalog.update_job(ref, {"properties": {"driveList": drives((0, C_))}}, role=Role.SITE)
+    before = catalog.get_job(ref)
+    assert (before.state, [d.state for d in before.drives]) == ("Transferring", [C_, NR])
+    body = {"properties": {"driveList": drives((0, T_))}}
+    r = await client.patch(url(alice, "again-1"), json=body, headers=alice.headers)
+    assert "receiving site's step" in error(r, 403, "AuthorizationFailed")
+    r = await client.patch(url(alice, "again-1"), json=body, headers=site)
+    assert error(r, 409, "InvalidDriveStateTransition") == (
+        "drive d0 cannot go from Completed to Transferring; from Completed it can go to "
+        "ShippedBack")
+    assert catalog.get_job(ref) == before

@@ -29,10 +29,11 @@ from pipeline.receive import importer, service_import
 from pipeline.receive.verify import DriveReport
 
 
-def _assign(wanted: dict[str, str], described: dict[str, dict[str, Any]], every: bool = True
-            ) -> dict[str, list[str]]:
+def _assign(wanted: dict[str, str], described: dict[str, dict[str, Any]], every: bool = True,
+            some: bool = True) -> dict[str, list[str]]:
     """Worker name -> the volume uuids of ``wanted`` (uuid -> the drive named for a message)
-    attached to it; with ``every``, a wanted drive attached nowhere is refused."""
+    attached to it; with ``every``, a wanted drive attached nowhere is refused; with
+    ``some``, none attached at all is."""
     where = {d["uuid"]: name for name, w in described.items() for d in w["drives"] if d["uuid"]}
     out: dict[str, list[str]] = {}
     missing = []
@@ -42,7 +43,7 @@ def _assign(wanted: dict[str, str], described: dict[str, dict[str, Any]], every:
             missing.append(shown)
         else:
             out.setdefault(name, []).append(uuid)
-    if (missing and every) or not out:
+    if (missing and every) or (not out and some):
         raise BadInput(f"{', '.join(missing)}: attached to no pipeline worker; attach them "
                        "and start `pipeline worker --drive PATH` where they are")
     return out
@@ -55,17 +56,21 @@ def _wanted(journals: list[journal.Journal]) -> dict[str, str]:
 async def run_on_workers(address: str, wanted: dict[str, str], kind: str, label: str,
                          fn: Any, head: tuple[Any, ...], tail: tuple[Any, ...],
                          renderer: progress.Renderer, stats: progress.Stats, *,
-                         every: bool = True, before: Any = None, check: bool = True,
-                         logs_into: Path | None = None) -> dict[str, Any]:
+                         every: bool = True, some: bool = True, before: Any = None,
+                         check: bool = True, logs_into: Path | None = None
+                         ) -> dict[str, Any]:
     """Every worker's task ``fn(*head, uuids, *tail, topic)`` on the ``wanted`` drives
-    attached to it (``_assign``); ``before(uuids)`` first; their results (``check``: the
+    attached to it (``_assign``: ``every``, ``some``; none attached and not ``some``: no
+    task, no result); ``before(uuids)`` first; their results (``check``: the
     worst error among them raised; else the caller's to raise, ``dask_client.raise_worst``).
     ``logs_into``: each imported drive's copy log fetched from its worker into that
     directory (``fetch_logs``) while the cluster is still connected."""
     cluster = await trio.to_thread.run_sync(dask_client.Cluster, address)
     try:
         described = await trio.to_thread.run_sync(cluster.workers)
-        jobs = _assign(wanted, described, every)
+        jobs = _assign(wanted, described, every, some)
+        if not jobs:
+            return {}
         if before is not None:
             await trio.to_thread.run_sync(before, [u for us in jobs.values() for u in us])
         topic = dask_client.topic(kind, label)
@@ -254,32 +259,54 @@ async def site_import(args: argparse.Namespace, site: Any, store_target: str, lo
                       ) -> list[dict[str, Any]]:
     """`import --cluster --service`: job ``args.job``'s drives attached to the workers, each
     imported where it is with that worker's own site credential (``site_remote``); the
-    client (``site``: its own) moves the drives to Transferring first and the job on after."""
+    client (``site``: its own) moves the drives to Transferring first and the job on after.
+
+    ``--again --drive DRIVE``: those drives first, each imported once more by its worker,
+    then the others, as ``import_all`` does.  A drive already Completed stays Completed (its
+    outcome stands, as with ``pipeline import --service --again``): the state machine has
+    no way back to Transferring, and needs none.  The job must still be at the site
+    (``JobImport.connect``: Shipping, Received or Transferring), else refused naming its
+    state."""
     where = (args.job, args.subscription, args.resource_group)
     job = await trio.to_thread.run_sync(service_import.JobImport.connect, site, *where)
     wanted = {d["driveId"]: f"drive {d['driveId']} of job {args.job}"
               for d in job.job["properties"]["driveList"] if d.get("state") != "NeverReceived"}
-    results = await run_on_workers(args.cluster, wanted, "import", args.job,
-                                   site_remote.import_job_drives, where, (store_target,),
-                                   renderer, stats, every=False, before=job.start,
-                                   check=False, logs_into=log_dir)
-    done = _drives(results)
-    _raise_worst(results, f"on its worker's machine: pipeline import --service {args.service} "
-                 f"--job {args.job} --site-token-file FILE --drive PATH --again")
+    how = (f"pipeline import --cluster {args.cluster} --service {args.service} --job {args.job} "
+           "--site-token-file FILE --to STORAGE --again --drive DRIVE: each such drive by its "
+           "volume uuid or its path on its worker")
+    done: list[dict[str, Any]] = []
+    again = getattr(args, "again", False)
+    if again:
+        named = await _resolve(args.cluster, args.drive, wanted)
+        results = await run_on_workers(args.cluster, named, "import", args.job,
+                                       site_remote.import_job_drives, where,
+                                       (store_target, True), renderer, stats,
+                                       before=job.start, check=False, logs_into=log_dir)
+        done += _drives(results)
+        _raise_worst(results, how)
+        first = {n: getattr(stats, n) for n in _COUNTED}
+        wanted = {u: shown for u, shown in wanted.items() if u not in named}
+    else:
+        first = {}
+    if wanted:  # after --again, none of the others may be attached yet
+        results = await run_on_workers(args.cluster, wanted, "import", args.job,
+                                       site_remote.import_job_drives, where,
+                                       (store_target, False), renderer, stats, every=False,
+                                       some=not again, before=job.start, check=False,
+                                       logs_into=log_dir)
+        done += _drives(results)
+        for n, v in first.items():
+            setattr(stats, n, getattr(stats, n) + v)
+        _raise_worst(results, how)
     job = await trio.to_thread.run_sync(service_import.JobImport.connect, site, *where)
     await trio.to_thread.run_sync(job.finish, args.return_tracking)  # every drive in: onwards
-    return done
+    return sorted(done, key=lambda d: d["seq"])
 
 
 def check_args(args: argparse.Namespace) -> None:
     """What `import --cluster` cannot take, refused before anything is asked of the
     service or the workers."""
     again = getattr(args, "again", False)
-    if args.service and again:
-        raise BadInput("import --cluster --again is taken with --journal-dir only yet: with "
-                       "--service, import the drive again on its worker's machine: pipeline "
-                       "import --service URL --job NAME --site-token-file FILE --drive PATH "
-                       "--again")
     if again and not args.drive:
         raise BadInput("import --cluster --again needs --drive DRIVE (repeat for more): the "
                        "drive to import again, by its volume uuid or its path on its worker; "

@@ -25,8 +25,10 @@ from pipeline.storage.base import Storage
 
 
 def import_job_drives(job_name: str, subscription: str | None, resource_group: str | None,
-                      uuids: list[str], store_target: str, topic: str) -> dict[str, Any]:
-    """The task: import job ``job_name``'s drives with these volume uuids, attached here."""
+                      uuids: list[str], store_target: str, again: bool, topic: str
+                      ) -> dict[str, Any]:
+    """The task: import job ``job_name``'s drives with these volume uuids, attached here;
+    ``again``: each once more if it was imported before (import --again)."""
     held = events.drive_set()
     site = events.site_client()
     if site is None:
@@ -37,12 +39,12 @@ def import_job_drives(job_name: str, subscription: str | None, resource_group: s
     credential = events.storage_credential()
     return trio.run(_import_job, site, (job_name, subscription, resource_group), uuids, paths,
                     lambda: target.open_on_worker(store_target, credential, held.name),
-                    publisher(topic, held.name))
+                    publisher(topic, held.name), again)
 
 
 async def _import_job(site: Any, where: tuple[str, str | None, str | None], uuids: list[str],
-                      paths: dict[str, str], open_store: Any, publish: Publish
-                      ) -> dict[str, Any]:
+                      paths: dict[str, str], open_store: Any, publish: Publish,
+                      again: bool = False) -> dict[str, Any]:
     jobs: list[service_import.JobImport] = []
 
     def unlocked() -> Unlocked:
@@ -57,4 +59,4 @@ async def _import_job(site: Any, where: tuple[str, str | None, str | None], uuid
         return lambda log, carried: jobs[0].finish_drive(od.volume.uuid, log, store, plan,
                                                          carried)
 
-    return await import_unlocked(unlocked(), open_store, publish, finished)
+    return await import_unlocked(unlocked(), open_store, publish, finished, again=again)
