@@ -31,6 +31,7 @@ from pipeline.backup import crypto
 from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository
 from pipeline.backup.repo import Repository, SnapshotRef
+from pipeline.backup.shape import TreeShape
 from pipeline.errors import BadInput
 from pipeline.progress import Stats
 
@@ -190,8 +191,16 @@ class Checker:
                 continue
             self.refs.append(ref)
             missing = 0
+            shape: TreeShape | None = TreeShape()
             try:
                 for node in repo.tree(manifest):
+                    why = shape.add(node) if shape is not None else None
+                    if why is not None:
+                        shape = None        # one line: the first is enough to refuse it
+                        self.problem(f"snapshot {ref.hex[:16]}: its file tree is malformed "
+                                     f"(restore refuses it): {why}")
+                        self.report.affected.setdefault(ref.hex, []).append(
+                            "(the whole snapshot)")
                     lost = [c for c, _ in node.content if c is not None and c not in self.where]
                     if lost:
                         missing += 1

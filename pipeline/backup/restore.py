@@ -43,8 +43,9 @@ from pathlib import Path
 import trio
 
 from pipeline.backup import encoding as fmt
-from pipeline.backup.errors import PartialRestore
+from pipeline.backup.errors import CorruptRepository, PartialRestore
 from pipeline.backup.repo import Repository, SnapshotRef
+from pipeline.backup.shape import TreeShape
 from pipeline.backup.stages import fetch, layout
 from pipeline.backup.stages.files import MARKER, TEMP_NAME, Files, space
 from pipeline.backup.stages.plan import Range, plan
@@ -69,6 +70,17 @@ def check_target(target: Path) -> Path:
     if not target.parent.is_dir():
         raise BadInput(f"--target {target}: {target.parent} does not exist; create it first")
     return target
+
+
+def check_shape(nodes: list[fmt.Node], ref: SnapshotRef) -> None:
+    """Refuse, before anything is written, a tree a restore would lay out through a
+    symlink or over a name given twice (``shape``): it could write outside TARGET."""
+    shape = TreeShape()
+    for node in nodes:
+        why = shape.add(node)
+        if why is not None:
+            raise CorruptRepository(f"snapshot {ref.hex[:16]}: its file tree is malformed: "
+                                    f"{why}; nothing restored (run `pipeline check`)")
 
 
 def _claim(target: Path, ref: SnapshotRef) -> tuple[int, bool]:
@@ -126,6 +138,7 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
     target = check_target(target)
     manifest = await trio.to_thread.run_sync(repo.manifest, ref)
     nodes = await trio.to_thread.run_sync(lambda: list(repo.tree(manifest)))
+    check_shape(nodes, ref)
     files = Files(target, ref, nodes, warn)
     stats.files_total = len(files.files) + len(files.links)
     stats.bytes_total = sum(f.node.size for f in files.files)
