@@ -13,6 +13,12 @@
  * first[u] * alpha^j (GF(2^128), XTS's little-endian convention) into `dst`.
  * `src` and `dst` hold len(first) / 16 * unit_blocks blocks; they may be the same
  * buffer, but must not otherwise overlap.
+ *
+ * xor_tweaks_keep(src, dst, first, unit_blocks, kept): the same, and each tweak stored
+ * in `kept` (as long as `src`; no overlap with either), so that the XOR after AES
+ * (xor_into) reuses it instead of deriving the chain a second time.
+ *
+ * xor_into(dst, src): dst ^= src, two buffers of one length that do not overlap.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -43,12 +49,25 @@ static inline void xor_block(const unsigned char *src, unsigned char *dst, uint6
     memcpy(dst + 8, &b, 8);
 }
 
+/* xor_block, and the tweak stored at `kept` (NULL: not kept; a constant per call site,
+ * so the compiler drops the test from each specialised loop) */
+static inline void xor_block_keep(const unsigned char *src, unsigned char *dst,
+                                  unsigned char *kept, uint64_t lo, uint64_t hi)
+{
+    xor_block(src, dst, lo, hi);
+    if (kept != NULL) {
+        memcpy(kept, &lo, 8);
+        memcpy(kept + 8, &hi, 8);
+    }
+}
+
 /* Four units at a time: each unit's tweaks are a serial chain of shifts, so the chains
  * of four independent units are interleaved to keep the CPU's pipelines full. */
 #define WAYS 4
 
-static void xor_units(const unsigned char *src, unsigned char *dst, const unsigned char *first,
-                      Py_ssize_t units, Py_ssize_t unit_blocks)
+static inline __attribute__((always_inline)) void
+xor_units_keep(const unsigned char *src, unsigned char *dst, const unsigned char *first,
+               Py_ssize_t units, Py_ssize_t unit_blocks, unsigned char *kept)
 {
     Py_ssize_t unit_bytes = 16 * unit_blocks;
     Py_ssize_t u = 0;
@@ -60,9 +79,11 @@ static void xor_units(const unsigned char *src, unsigned char *dst, const unsign
         }
         const unsigned char *s = src + u * unit_bytes;
         unsigned char *d = dst + u * unit_bytes;
+        unsigned char *k = kept == NULL ? NULL : kept + u * unit_bytes;
         for (Py_ssize_t off = 0; off < unit_bytes; off += 16) {
             for (int w = 0; w < WAYS; w++) {
-                xor_block(s + w * unit_bytes + off, d + w * unit_bytes + off, lo[w], hi[w]);
+                xor_block_keep(s + w * unit_bytes + off, d + w * unit_bytes + off,
+                               k == NULL ? NULL : k + w * unit_bytes + off, lo[w], hi[w]);
                 TIMES_ALPHA(lo[w], hi[w]);
             }
         }
@@ -72,36 +93,113 @@ static void xor_units(const unsigned char *src, unsigned char *dst, const unsign
         memcpy(&lo, first + 16 * u, 8);
         memcpy(&hi, first + 16 * u + 8, 8);
         for (Py_ssize_t off = 0; off < unit_bytes; off += 16) {
-            xor_block(src + u * unit_bytes + off, dst + u * unit_bytes + off, lo, hi);
+            xor_block_keep(src + u * unit_bytes + off, dst + u * unit_bytes + off,
+                           kept == NULL ? NULL : kept + u * unit_bytes + off, lo, hi);
             TIMES_ALPHA(lo, hi);
         }
     }
 }
 
-static PyObject *xor_tweaks(PyObject *self, PyObject *args)
+static void xor_units(const unsigned char *src, unsigned char *dst, const unsigned char *first,
+                      Py_ssize_t units, Py_ssize_t unit_blocks)
 {
-    Py_buffer src, dst, first;
+    xor_units_keep(src, dst, first, units, unit_blocks, NULL);
+}
+
+static void xor_units_kept(const unsigned char *src, unsigned char *dst,
+                           const unsigned char *first, Py_ssize_t units, Py_ssize_t unit_blocks,
+                           unsigned char *kept)
+{
+    xor_units_keep(src, dst, first, units, unit_blocks, kept);
+}
+
+/* do the two buffers share a byte? */
+static int overlap(const Py_buffer *a, const Py_buffer *b)
+{
+    const char *x = a->buf, *y = b->buf;
+    return a->len > 0 && b->len > 0 && x < y + b->len && y < x + a->len;
+}
+
+/* xor_tweaks and xor_tweaks_keep: `kept` NULL for the first */
+static PyObject *tweaks_call(PyObject *args, int keep)
+{
+    Py_buffer src, dst, first, kept = {0};
     Py_ssize_t unit_blocks;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*w*y*n", &src, &dst, &first, &unit_blocks))
+    if (keep ? !PyArg_ParseTuple(args, "y*w*y*nw*", &src, &dst, &first, &unit_blocks, &kept)
+             : !PyArg_ParseTuple(args, "y*w*y*n", &src, &dst, &first, &unit_blocks))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t units = first.len / 16;
     if (unit_blocks <= 0 || first.len % 16 != 0 || units > PY_SSIZE_T_MAX / 16 / unit_blocks
-        || src.len != units * unit_blocks * 16 || dst.len != src.len) {
+        || src.len != units * unit_blocks * 16 || dst.len != src.len
+        || (keep && kept.len != src.len)) {
         PyErr_Format(PyExc_ValueError,
                      "xor_tweaks: %zd bytes in, %zd out, %zd of tweaks, %zd blocks a unit "
                      "do not fit together", src.len, dst.len, first.len, unit_blocks);
         goto done;
     }
+    if (keep && (overlap(&kept, &src) || overlap(&kept, &dst) || overlap(&kept, &first))) {
+        PyErr_SetString(PyExc_ValueError, "xor_tweaks_keep: kept overlaps another buffer");
+        goto done;
+    }
     Py_BEGIN_ALLOW_THREADS
-    xor_units(src.buf, dst.buf, first.buf, units, unit_blocks);
+    if (keep)
+        xor_units_kept(src.buf, dst.buf, first.buf, units, unit_blocks, kept.buf);
+    else
+        xor_units(src.buf, dst.buf, first.buf, units, unit_blocks);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
     PyBuffer_Release(&first);
+    if (keep)
+        PyBuffer_Release(&kept);
+    return result;
+}
+
+static PyObject *xor_tweaks(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return tweaks_call(args, 0);
+}
+
+static PyObject *xor_tweaks_keep(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return tweaks_call(args, 1);
+}
+
+static PyObject *xor_into(PyObject *self, PyObject *args)
+{
+    Py_buffer dst, src;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "w*y*", &dst, &src))
+        return NULL;
+    PyObject *result = NULL;
+    if (dst.len != src.len || overlap(&dst, &src)) {
+        PyErr_Format(PyExc_ValueError, "xor_into: %zd bytes and %zd bytes, or overlapping",
+                     dst.len, src.len);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    unsigned char *d = dst.buf;
+    const unsigned char *s = src.buf;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= dst.len; i += 8) {
+        uint64_t a, b;
+        memcpy(&a, d + i, 8);
+        memcpy(&b, s + i, 8);
+        a ^= b;
+        memcpy(d + i, &a, 8);
+    }
+    for (; i < dst.len; i++)
+        d[i] ^= s[i];
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&src);
     return result;
 }
 
@@ -135,6 +233,9 @@ static PyMethodDef methods[] = {
      "plain64(iv, step, count): count 16-byte plain64 IVs from iv, step apart (mod 2**64)."},
     {"xor_tweaks", xor_tweaks, METH_VARARGS,
      "xor_tweaks(src, dst, first, unit_blocks): dst = src ^ first[u] * alpha^j per block."},
+    {"xor_tweaks_keep", xor_tweaks_keep, METH_VARARGS,
+     "xor_tweaks_keep(src, dst, first, unit_blocks, kept): xor_tweaks, each tweak kept."},
+    {"xor_into", xor_into, METH_VARARGS, "xor_into(dst, src): dst ^= src."},
     {NULL, NULL, 0, NULL},
 };
 

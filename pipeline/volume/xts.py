@@ -138,13 +138,18 @@ def _xts(
 def _transform_native(key1: bytes, key2: bytes, source: memoryview, target: memoryview,
                       iv: int, iv_step: int, sector_size: int, decrypting: bool) -> None:
     """C = E(P ^ T) ^ T (or D(C ^ T) ^ T) from ``source`` into ``target``, a chunk at a time:
-    the initial tweaks by one ECB call, the masks by the compiled module, AES by OpenSSL."""
+    the initial tweaks by one ECB call, the masks by the compiled module, AES by OpenSSL.
+
+    Each tweak T is derived once: the first XOR stores it in ``target`` (its room is free
+    until the result lands there), and the second XORs AES's output into it.  A build of
+    the module from before ``xor_tweaks_keep`` derives it twice, as it always did."""
     units = source.nbytes // sector_size
     blocks = sector_size // _BLOCK
     tweak_cipher = Cipher(algorithms.AES(key2), modes.ECB()).encryptor()
     data_ecb = Cipher(algorithms.AES(key1), modes.ECB())
     data_cipher = data_ecb.decryptor() if decrypting else data_ecb.encryptor()
     per_chunk = max(1, min(units, _CHUNK_BYTES // sector_size))
+    keep = hasattr(_native, "xor_tweaks_keep")
     with _buffers(per_chunk * sector_size) as (masked, aes_out):
         for start in range(0, units, per_chunk):
             n = min(per_chunk, units - start)
@@ -152,9 +157,15 @@ def _transform_native(key1: bytes, key2: bytes, source: memoryview, target: memo
             ivs = _native.plain64((iv + start * iv_step) & _MASK64, iv_step & _MASK64, n)
             first = tweak_cipher.update(ivs)
             mask_in = masked[: hi - lo]
-            _native.xor_tweaks(source[lo:hi], mask_in, first, blocks)
+            if keep:
+                _native.xor_tweaks_keep(source[lo:hi], mask_in, first, blocks, target[lo:hi])
+            else:
+                _native.xor_tweaks(source[lo:hi], mask_in, first, blocks)
             data_cipher.update_into(mask_in, aes_out)  # wants room for a block more
-            _native.xor_tweaks(aes_out[: hi - lo], target[lo:hi], first, blocks)
+            if keep:
+                _native.xor_into(target[lo:hi], aes_out[: hi - lo])
+            else:
+                _native.xor_tweaks(aes_out[: hi - lo], target[lo:hi], first, blocks)
     data_cipher.finalize()
 
 
