@@ -35,9 +35,12 @@ command's exit code 1, done with warnings.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 from pathlib import Path
 
 import trio
@@ -47,7 +50,15 @@ from pipeline.backup.errors import CorruptRepository, PartialRestore
 from pipeline.backup.repo import Repository, SnapshotRef
 from pipeline.backup.shape import TreeShape
 from pipeline.backup.stages import fetch, layout
-from pipeline.backup.stages.files import MARKER, TEMP_NAME, Files, space
+from pipeline.backup.stages.files import (
+    CREATE,
+    MARKER,
+    TEMP_NAME,
+    TEMP_PREFIX,
+    Files,
+    fs_path,
+    space,
+)
 from pipeline.backup.stages.plan import Range, plan
 from pipeline.backup.walk import Warn
 from pipeline.errors import BadInput, is_no_space
@@ -97,6 +108,7 @@ def _claim(target: Path, ref: SnapshotRef) -> tuple[int, bool]:
                 raise
             raise BadInput(f"cannot create --target {target}: {exc.strerror}; make "
                            f"{target.parent} writable or give another --target") from None
+        _own(target)
         path = target / MARKER
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -113,6 +125,9 @@ def _claim(target: Path, ref: SnapshotRef) -> tuple[int, bool]:
                                "give another --target") from None
             old = os.pread(fd, 4096, 0)
             resuming = bool(old)
+            if not resuming and any(e.name != MARKER for e in os.scandir(target)):
+                raise BadInput(f"--target {target} is not empty; give a new or empty "
+                               "directory (restore never overwrites files)")
             if old:
                 try:
                     had = str(json.loads(old)["snapshot"])
@@ -130,6 +145,115 @@ def _claim(target: Path, ref: SnapshotRef) -> tuple[int, bool]:
     return fd, resuming
 
 
+def _own(target: Path) -> None:
+    """TARGET must be this user's, and becomes 0700 until the end (``finish`` sets the
+    snapshot's mode): whoever else could write in it could swap a directory being
+    restored for a symlink and have the files written where it points."""
+    st = os.lstat(target)
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"--target {target} is not a directory; give a new or empty directory")
+    if st.st_uid != os.geteuid():
+        raise BadInput(f"--target {target} belongs to uid {st.st_uid}, not to this user: its "
+                       "owner could redirect the restore through a symlink; give a new path "
+                       "or a directory of yours")
+    os.chmod(target, 0o700)
+
+
+def check_resumed(target: Path, nodes: list[fmt.Node]) -> None:
+    """An unfinished restore's TARGET, before it is written again: each directory of the
+    snapshot already there must be one a restore made (a directory of this user's, not a
+    symlink), else files would be written where the symlink points."""
+    root = os.fsencode(target)
+    uid = os.geteuid()
+    for n in nodes:
+        if n.type != "dir" or n.path == fmt.ROOT:
+            continue
+        try:
+            st = os.lstat(os.path.join(root, os.fsencode(n.path)))
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else (
+                "not a directory" if not stat.S_ISDIR(st.st_mode) else f"uid {st.st_uid}'s")
+            raise BadInput(f"--target {target}: {n.path!r} is {what}, not the directory an "
+                           "unfinished restore made; something else wrote there: give a new "
+                           "--target")
+
+
+def fitting(target: Path, ref: SnapshotRef, nodes: list[fmt.Node], warn: Warn | None
+            ) -> list[fmt.Node]:
+    """The entries TARGET's filesystem can hold: each other one is a warning naming it
+    and why, and is left out with all under it (the rest is restored): a name longer
+    than the filesystem allows (a source on another filesystem), a path past PATH_MAX
+    under this --target (a shorter one may fit it), a file larger than the filesystem
+    holds (a FAT stick; a size no backup wrote)."""
+    root = os.fsencode(target)
+    name_max = os.pathconf(root, "PC_NAME_MAX")
+    path_max = os.pathconf(root, "PC_PATH_MAX")
+    temp = len(f"{TEMP_PREFIX}{ref.hex[:12]}-{len(nodes)}")
+    too_big = _too_big(target, ref, nodes)
+    kept: list[fmt.Node] = []
+    under: tuple[bytes, ...] | None = None          # a directory left out: its entries too
+    for n in nodes:
+        key = fmt.path_key(n.path)
+        if under is not None and key[:len(under)] == under:
+            continue
+        under = None
+        path = fs_path(root, n.path)
+        name = os.path.basename(path)
+        longest = max(len(path), len(os.path.dirname(path)) + 1 + temp)
+        if n.path == fmt.ROOT:
+            why = None
+        elif len(name) > name_max:
+            why = f"its name is {len(name)} bytes, more than {name_max}, the most --target's " \
+                  "filesystem allows"
+        elif longest >= path_max:
+            why = f"its path under --target would be {longest} bytes, more than the system " \
+                  f"allows ({path_max - 1}); a shorter --target may hold it"
+        elif n.type == "file" and n.size in too_big:
+            why = f"{n.size} bytes, more than one file on --target's filesystem can hold"
+        else:
+            why = None
+        if why is None:
+            kept.append(n)
+            continue
+        if n.type == "dir":
+            under = key
+            why += " (nor anything in it)"
+        if warn is not None:
+            trio.from_thread.run_sync(warn, f"{n.path[:300]}: not restored: {why}")
+    return kept
+
+
+def _too_big(target: Path, ref: SnapshotRef, nodes: list[fmt.Node]) -> set[int]:
+    """The file sizes TARGET's filesystem refuses (EFBIG), tried on a temporary file as
+    sparse files, largest first, down to the first that fits: none but the largest is
+    tried unless it is refused."""
+    sizes = sorted({n.size for n in nodes if n.type == "file" and n.size > 0}, reverse=True)
+    if not sizes:
+        return set()
+    probe = os.path.join(os.fsencode(target), f"{TEMP_PREFIX}{ref.hex[:12]}-{len(nodes)}".encode())
+    refused: set[int] = set()
+    with space(target):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
+        fd = os.open(probe, CREATE, 0o600)
+        try:
+            for size in sizes:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EFBIG, errno.EINVAL):
+                        raise
+                    refused.add(size)
+                    continue
+                break
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    return refused
+
+
 async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: Stats,
                       threads: int, warn: Warn | None = None) -> fmt.Manifest:
     """Restore ``ref`` into ``target``; see the module docstring.  Raises PartialRestore
@@ -139,12 +263,16 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
     manifest = await trio.to_thread.run_sync(repo.manifest, ref)
     nodes = await trio.to_thread.run_sync(lambda: list(repo.tree(manifest)))
     check_shape(nodes, ref)
-    files = Files(target, ref, nodes, warn)
-    stats.files_total = len(files.files) + len(files.links)
-    stats.bytes_total = sum(f.node.size for f in files.files)
-    ranges = await trio.to_thread.run_sync(plan, repo, files)
     fd, resuming = await trio.to_thread.run_sync(_claim, target, ref)
+    files: Files | None = None
     try:
+        if resuming:
+            await trio.to_thread.run_sync(check_resumed, target, nodes)
+        nodes = await trio.to_thread.run_sync(fitting, target, ref, nodes, warn)
+        files = Files(target, ref, nodes, warn)
+        stats.files_total = len(files.files) + len(files.links)
+        stats.bytes_total = sum(f.node.size for f in files.files)
+        ranges = await trio.to_thread.run_sync(plan, repo, files)
         await trio.to_thread.run_sync(layout.skeleton, files, resuming)
         zero = sum(length for f in files.files for cid, length in f.node.content if cid is None)
         stats.zero_bytes = zero
@@ -159,7 +287,8 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
                     nursery.start_soon(fetch.run, rx.clone(), repo, files, cpu, stats)
         await trio.to_thread.run_sync(layout.finish, files)
     except BaseException:
-        files.abandon()
+        if files is not None:
+            files.abandon()
         raise
     finally:
         os.close(fd)
