@@ -89,16 +89,18 @@ def test_the_queue_is_bounded_whatever_the_walk(monkeypatch: pytest.MonkeyPatch)
     one in hand, goes on one batch per batch taken, and ``close`` ends it."""
     made = 0
 
-    def endless(root: Path, warn: walk.Warn) -> Iterator[fmt.Node]:
+    st = os.stat(".")
+
+    def endless(root: Path, warn: walk.Warn) -> Iterator[walk.Seen]:
         nonlocal made
         while True:
             made += 1
-            yield fmt.Node("file", f"f{made}")
+            yield f"f{made}", b"", st, []
 
-    monkeypatch.setattr(walk, "walk", endless)
+    monkeypatch.setattr(walk, "scan", endless)
     bound = (walk.WalkAhead.DEPTH + 1) * walk.WalkAhead.BATCH
     ahead = walk.WalkAhead(Path("/nonexistent"))
-    nodes = ahead.nodes(lambda m: None)
+    nodes = ahead.seen(lambda m: None)
     for _ in range(6000):                         # hang guard only
         if made >= bound and ahead._queue.full():
             break

@@ -55,6 +55,13 @@ def check_source(source: Path) -> Path:
     return source.resolve()
 
 
+Names = list[str] | OSError
+"""An entry's extended attribute names (``listxattr``), or why they could not be listed."""
+Seen = tuple[str, bytes, os.stat_result, Names]
+"""An entry as ``scan`` found it: its path in the snapshot, its path on disk, its lstat,
+its xattr names."""
+
+
 def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
     """``root`` itself (path "."), then every directory, regular file, symlink, fifo and
     device node under it, each with its owner, extended attributes (ACLs among them) and,
@@ -63,14 +70,24 @@ def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
     Entries that vanish or cannot be read are reported through ``warn`` and left out;
     sockets too (a socket is a live endpoint, not data: restic skips them as well).
     """
+    for rel, full, st, names in scan(root, warn):
+        node = make_node(rel, full, st, names, warn)
+        if node is not None:
+            yield node
+
+
+def scan(root: Path, warn: Warn) -> Iterator[Seen]:
+    """``walk``'s entries before any node is made of them: the root (its ``stat``), then
+    each entry under it with its ``lstat``, in walk order, each with its xattr names (the
+    syscalls in ``WalkAhead``'s thread, overlapping the consumer's work).  ``matched``
+    makes a node only of an entry that differs from its parent's."""
     broot = os.fsencode(root)
     try:
         st = os.stat(broot)
     except FileNotFoundError:   # gone since check_source: the user's to see, not a bug
         raise BadInput(f"--source {root}: vanished before it was read; check it and run "
                        "the backup again") from None
-    yield meta(fmt.Node("dir", fmt.ROOT, stat.S_IMODE(st.st_mode), st.st_mtime_ns),
-               broot, st, warn)
+    yield fmt.ROOT, broot, st, list_xattrs(broot)
     stack: list[tuple[bytes, str, Iterator[bytes]]] = [(broot, "", iter(_names(broot, "", warn)))]
     while stack:
         dirpath, prefix, names = stack[-1]
@@ -88,12 +105,23 @@ def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
         except OSError as exc:
             warn(f"{rel}: cannot stat ({exc.strerror}); skipped")
             continue
-        node = _node(rel, full, st, warn)
-        if node is None:
-            continue
-        yield meta(node, full, st, warn)
-        if node.type == "dir":
+        yield rel, full, st, list_xattrs(full)
+        if st.st_mode & 0o170000 == stat.S_IFDIR:
             stack.append((full, rel + "/", iter(_names(full, rel, warn))))
+
+
+def make_node(rel: str, full: bytes, st: os.stat_result, names: Names, warn: Warn,
+              xattrs: fmt.Xattrs | None = None) -> fmt.Node | None:
+    """The node of a ``scan`` entry, or None (reported) for what is not backed up.
+    ``xattrs``: read already (``matched``), so not again (nor their warnings)."""
+    if rel == fmt.ROOT:      # the source itself, followed if a link (check_source: a dir)
+        node: fmt.Node | None = fmt.Node("dir", rel, st.st_mode & 0o7777, st.st_mtime_ns)
+    else:
+        node = _node(rel, full, st, warn)
+    if node is None:
+        return None
+    return meta(node, full, st, warn, read_xattrs(full, rel, warn, names)
+                if xattrs is None else xattrs)
 
 
 def _node(rel: str, full: bytes, st: os.stat_result, warn: Warn) -> fmt.Node | None:
@@ -120,23 +148,36 @@ def _node(rel: str, full: bytes, st: os.stat_result, warn: Warn) -> fmt.Node | N
     return fmt.Node(special, rel, perm, st.st_mtime_ns, rdev=st.st_rdev)
 
 
-def meta(node: fmt.Node, full: bytes, st: os.stat_result, warn: Warn) -> fmt.Node:
-    """``node`` with its owner (ids and names), xattrs and, for a hard-linked file, the
-    identity its links share; an attribute that cannot be read is reported, not fatal."""
+def meta(node: fmt.Node, full: bytes, st: os.stat_result, warn: Warn,
+         xattrs: fmt.Xattrs | None = None) -> fmt.Node:
+    """``node`` with its owner (ids and names), xattrs (``xattrs`` if read already) and,
+    for a hard-linked file, the identity its links share; an attribute that cannot be
+    read is reported, not fatal."""
     node.uid, node.gid = st.st_uid, st.st_gid
     node.user, node.group = user_name(st.st_uid), group_name(st.st_gid)
     if node.type == "file" and st.st_nlink > 1:
         node.links, node.dev = st.st_nlink, st.st_dev
-    node.xattrs = read_xattrs(full, node.path, warn)
+    node.xattrs = read_xattrs(full, node.path, warn) if xattrs is None else xattrs
     return node
 
 
-def read_xattrs(full: bytes, rel: str, warn: Warn) -> fmt.Xattrs:
-    """The attributes this format records (``encoding.xattr_name_ok``), sorted by name.
-    Others, system.* but the ACLs, are the filesystem's own and are not restorable."""
+def list_xattrs(full: bytes) -> Names:
+    """The entry's xattr names, or the error listing them (``read_xattrs`` reports it)."""
     try:
-        names = os.listxattr(full, follow_symlinks=False)
+        return os.listxattr(full, follow_symlinks=False)
     except OSError as exc:
+        return exc
+
+
+def read_xattrs(full: bytes, rel: str, warn: Warn, names: Names | None = None
+                ) -> fmt.Xattrs:
+    """The attributes this format records (``encoding.xattr_name_ok``), sorted by name.
+    Others, system.* but the ACLs, are the filesystem's own and are not restorable.
+    ``names``: ``list_xattrs``'s, listed already."""
+    if names is None:
+        names = list_xattrs(full)
+    if isinstance(names, OSError):
+        exc = names
         if exc.errno not in _NO_XATTRS and exc.errno != errno.ENOENT:
             warn(f"{rel}: cannot list extended attributes ({exc.strerror}); backed up "
                  "without them")
@@ -243,19 +284,55 @@ def _meta_key(n: fmt.Node) -> tuple[object, ...]:
     return (n.mode, n.uid, n.gid, n.xattrs, n.links)
 
 
+def as_before(old: fmt.Node, st: os.stat_result, xattrs: fmt.Xattrs) -> bool:
+    """Whether the node ``make_node`` would make of a directory, or of a file of one link,
+    (``st``, ``xattrs``) equals the parent's ``old`` (the entry at its path,
+    ``ParentTree.find``'s) in every field, its content taken
+    from ``old`` (unchanged by restic's rule: size, mtime, ctime and inode equal): what
+    ``matched`` tests as ``node == old``, without making the node.  The fields each kind
+    leaves at their defaults must be so in ``old`` too."""
+    if st.st_mode & 0o170000 == stat.S_IFREG:
+        if (old.type != "file" or old.size != st.st_size or old.ctime_ns != st.st_ctime_ns
+                or old.inode != st.st_ino or old.links != 1 or old.dev != 0):
+            return False
+    elif (old.type != "dir" or old.size != 0 or old.ctime_ns != 0 or old.inode != 0
+            or old.content or old.links != 1 or old.dev != 0):
+        return False
+    return (old.mode == st.st_mode & 0o7777 and old.mtime_ns == st.st_mtime_ns
+            and old.uid == st.st_uid and old.gid == st.st_gid and old.target == ""
+            and old.rdev == 0 and old.user == user_name(st.st_uid)
+            and old.group == group_name(st.st_gid) and old.xattrs == xattrs)
+
+
 def matched(source: Path, parent: Iterator[list[Entry]] | None, warn: Warn,
-            nodes: Iterator[fmt.Node] | None = None) -> Iterator[Walked]:
+            seen: Iterator[Seen] | None = None) -> Iterator[Walked]:
     """Every entry of ``source`` in walk order, matched against ``parent`` (the parent
     snapshot's tree, read lazily as this is consumed): a file unchanged since then takes
     its chunk list (``reuse``), as does a new link to a hard-linked file so taken; an entry
     equal to the parent's in every field carries its tree line.  Consumed inline by
     ``archive.walk_inline`` while nothing needs reading, then by the walk stage's thread.
-    ``nodes``: ``walk(source)``'s entries as a ``WalkAhead`` delivers them, if one runs."""
+    ``seen``: ``scan(source)``'s entries as a ``WalkAhead`` delivers them, if one runs.
+
+    A directory or a file of one link equal to the parent's entry (``as_before``) is
+    the parent's node itself: no node is made of it (most of a no-change walk's time
+    was making and comparing them); any other entry is made a node and compared."""
     old = ParentTree(parent)
     linked: dict[tuple[int, int], fmt.Node] = {}   # hard-linked files taken from the parent
-    for node in walk(source, warn) if nodes is None else nodes:
+    for rel, full, st, names in scan(source, warn) if seen is None else seen:
+        found = old.find(rel)
+        xattrs = None
+        if found is not None:
+            kind = st.st_mode & 0o170000
+            if kind == stat.S_IFDIR or (kind == stat.S_IFREG and st.st_nlink == 1):
+                xattrs = read_xattrs(full, rel, warn, names)
+                same = found[0]
+                if as_before(same, st, xattrs):
+                    yield Walked(same, kind == stat.S_IFREG, found[1], found[2])
+                    continue
+        node = make_node(rel, full, st, names, warn, xattrs)
+        if node is None:
+            continue
         reuse = False
-        found = old.find(node.path)
         same, line, at = found if found is not None else (None, None, None)
         if node.type == "file":
             prev = same
@@ -273,21 +350,22 @@ def matched(source: Path, parent: Iterator[list[Entry]] | None, warn: Warn,
 
 
 class WalkAhead:
-    """``walk(root)`` run in a thread from now on, while the caller opens the repository
+    """``scan(root)`` run in a thread from now on, while the caller opens the repository
     (key derivation, index, parent manifest, tree cache): a cold walk waits on the disk
     for every directory and inode, and that wait overlaps the opening instead of
-    following it.  ``nodes`` hands the entries over in walk order, and the warnings the
-    walk raised replayed at their places, through the consumer's ``warn``; an exception in
-    the thread is raised there.  At most ``DEPTH`` batches of ``BATCH`` entries wait (the
-    walk keeps that far ahead of a slow consumer, whatever the tree's size).  The thread
-    is joined when ``nodes`` ends or is closed, or by ``close`` (a run that fails first).
+    following it.  ``seen`` hands the entries over in walk order (``nodes``: made nodes),
+    and the warnings the walk raised replayed at their places, through the consumer's
+    ``warn``; an exception in the thread is raised there.  At most ``DEPTH`` batches of
+    ``BATCH`` entries wait (the walk keeps that far ahead of a slow consumer, whatever
+    the tree's size).  The thread
+    is joined when ``seen`` ends or is closed, or by ``close`` (a run that fails first).
     """
 
     BATCH = 256
     DEPTH = 64
 
     def __init__(self, root: Path) -> None:
-        self._queue: queue.Queue[list[fmt.Node | str] | BaseException | None] = queue.Queue(
+        self._queue: queue.Queue[list[Seen | str] | BaseException | None] = queue.Queue(
             self.DEPTH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(root,), name="walk ahead",
@@ -295,10 +373,10 @@ class WalkAhead:
         self._thread.start()
 
     def _run(self, root: Path) -> None:
-        buf: list[fmt.Node | str] = []
+        buf: list[Seen | str] = []
         try:
-            for node in walk(root, buf.append):     # a warning: a str in its place
-                buf.append(node)
+            for entry in scan(root, buf.append):     # a warning: a str in its place
+                buf.append(entry)
                 if len(buf) >= self.BATCH:
                     batch = buf[:]
                     buf.clear()
@@ -310,7 +388,7 @@ class WalkAhead:
         except BaseException as exc:  # noqa: BLE001 - raised again in the consumer
             self._put(exc)
 
-    def _put(self, item: list[fmt.Node | str] | BaseException | None) -> bool:
+    def _put(self, item: list[Seen | str] | BaseException | None) -> bool:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.05)
@@ -320,7 +398,17 @@ class WalkAhead:
         return False
 
     def nodes(self, warn: Warn) -> Iterator[fmt.Node]:
-        """``walk``'s entries, in its order, on the consumer's thread."""
+        """``walk``'s nodes, in its order, on the consumer's thread."""
+        try:
+            for rel, full, st, names in self.seen(warn):
+                node = make_node(rel, full, st, names, warn)
+                if node is not None:
+                    yield node
+        finally:
+            self.close()
+
+    def seen(self, warn: Warn) -> Iterator[Seen]:
+        """``scan``'s entries, in its order, on the consumer's thread."""
         try:
             while True:
                 item = self._queue.get()
