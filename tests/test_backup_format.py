@@ -68,6 +68,26 @@ def test_a_chunk_sealed_from_a_view_is_the_chunk_sealed_from_bytes() -> None:
         assert raw == (view[0] != ord("x"))      # the random part stored raw, the rest not
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=1 << 16), st.integers(0, 6), st.sampled_from([1, 3]))
+def test_a_chunk_at_each_level_opens_to_its_bytes(data: bytes, copies: int, level: int) -> None:
+    """Level 1's own zstd parameters (crypto._FAST) make standard frames: a chunk sealed at
+    1 or 3, compressible (copies) or not, opens to its bytes, and a plain zstd decoder
+    reads the frame (its content size declared, as open_chunk requires)."""
+    import zstandard
+
+    cr = crypto.Crypto(KEYS)
+    raw = data * copies + data
+    if not raw:
+        return
+    cid = cr.chunk_id(raw)
+    nonce, ct = cr.seal_chunk(fmt.KIND_DATA, cid, raw, level)
+    assert cr.open_chunk(fmt.KIND_DATA, cid, nonce + ct, len(raw)) == raw
+    frame = crypto._compress(raw, level)
+    assert zstandard.get_frame_parameters(frame).content_size == len(raw)
+    assert zstandard.ZstdDecompressor().decompress(frame) == raw
+
+
 def test_pack_round_trip_and_trailer() -> None:
     cr = crypto.Crypto(KEYS)
     chunks = [os.urandom(n) for n in (1, 1000, 70000)] + [b"a" * 100000]

@@ -151,12 +151,26 @@ def _chunk_aad(kind: int, cid: bytes) -> bytes:
 
 
 _local = threading.local()
+# Level 1 (backup's default) is zstd's level-1 fast strategy with minMatch 7 (zstd's: 6)
+# and hashLog 14 (13): on the 1.47 GB of new chunks of perf's 2 GB real tree, 3 interleaved
+# rounds, ~10 % less CPU (3.12 -> 2.83 s) for the same ratio (2.808 -> 2.801).  Any zstd
+# decoder reads the frames: nothing about the format changes.
+_FAST = {1: {"window_log": 19, "chain_log": 12, "hash_log": 14, "search_log": 1,
+             "min_match": 7, "target_length": 0}}
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    fast = _FAST.get(level)
+    if fast is None:
+        return zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
+        strategy=zstandard.STRATEGY_FAST, write_content_size=True, **fast))
 
 
 def _compress(plain: bytes | memoryview, level: int) -> bytes:
     cctx = getattr(_local, "cctx", None)
     if cctx is None or _local.level != level:
-        cctx = _local.cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        cctx = _local.cctx = _compressor(level)
         _local.level = level
     return cctx.compress(plain)
 
