@@ -95,3 +95,29 @@ def test_a_file_swapped_for_a_fifo_does_not_block(tmp_path: Path,
     t.start()
     t.join(60)
     assert len(got) == 1 and got[0].files == 1 and got[0].sampled == 0
+
+
+def test_a_device_swapped_in_is_never_opened(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listed as a regular file with holes, a character device (mknod as root) by the time
+    it is opened for its holes and for the sample: neither opens the device (inotify's
+    IN_OPEN on the node, checked to work first by an open of our own)."""
+    import stat
+    from types import SimpleNamespace
+
+    from tests.test_backup_open_regular import _Opens
+
+    assert os.geteuid() == 0, "this test needs root (mknod a character device)"
+    dev = tmp_path / "dev"
+    os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))     # /dev/null's numbers
+    sparse = SimpleNamespace(st_size=1 << 20, st_blocks=8)
+    monkeypatch.setattr(offline, "_regular_files", lambda top: iter([(dev, sparse)]))
+    opens = _Opens(dev)
+    try:
+        os.close(os.open(dev, os.O_RDONLY))
+        assert opens.count() == 1
+        est = offline.estimate(tmp_path, free=0)              # free=0: the sample is taken
+        assert (est.files, est.sampled) == (1, 0)
+        assert opens.count() == 0
+    finally:
+        opens.close()

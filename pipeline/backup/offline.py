@@ -40,8 +40,6 @@ from pipeline.errors import EXIT_NO_SEED, BadInput, NoSpace, PipelineError, is_n
 STAGING_FILE = "pipeline-offline.json"
 REPOSITORY = "repo"
 CONFIG_FILE = "offline.json"
-# O_NONBLOCK: a file swapped for a FIFO since its lstat must not block the open.
-_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 SAMPLE = 32 << 20               # bytes compressed to sample the ratio (as `pipeline preview`)
 _ACCOUNT = re.compile(r"[a-z0-9]{3,24}\Z")
 
@@ -139,9 +137,8 @@ def _sample(cells: list[tuple[Path, int, int]], sample: int, level: int) -> tupl
     step = max(1, math.ceil(sum(c[2] for c in cells) / max(sample, 1)))
     raw = stored = 0
     for path, off, length in cells[::step]:
-        try:
-            fd = os.open(path, _READ)
-        except OSError:
+        fd = _open(path)
+        if fd is None:
             continue
         try:
             piece = os.pread(fd, length, off)
@@ -186,12 +183,11 @@ def _regular_files(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
 
 def _holes(path: Path, st: os.stat_result) -> list[tuple[int, int]]:
     """The data ranges of a file that has holes; none when it cannot be opened or is no
-    longer a file (a FIFO cannot seek: ESPIPE); the backup reports it."""
+    longer a regular file; the backup reports it."""
     from pipeline.prep.read import data_ranges
 
-    try:
-        fd = os.open(path, _READ)
-    except OSError:
+    fd = _open(path)
+    if fd is None:
         return []
     try:
         return data_ranges(fd, st.st_size)
@@ -199,6 +195,18 @@ def _holes(path: Path, st: os.stat_result) -> list[tuple[int, int]]:
         return []
     finally:
         os.close(fd)
+
+
+def _open(path: Path) -> int | None:
+    """``path`` opened for reading if it is still a regular file (a device node swapped in
+    since its lstat is never opened: ``openfile.open_regular``), else None."""
+    from pipeline.backup.openfile import open_regular
+
+    try:
+        opened = open_regular(path)
+    except OSError:
+        return None
+    return None if opened is None else opened[0]
 
 
 def free_bytes(staging: Path) -> int:
