@@ -185,7 +185,8 @@ def test_a_drive_s_index_digested_a_block_at_a_time(session: hd.Session,  # noqa
                              expected_uuid=info.uuid,
                              recorded=reader.recorded_superblock(jrn)) as od:
         trailer, blob = reader.read_index_bytes(od)
-        assert reader.index_digest(od, block) == (trailer, journal.rotated_digest([blob]))
+        assert reader.index_digest(od, block) == (trailer, journal.rotated_digest([blob]),
+                                                  hashlib.sha256(blob).digest())
     assert blob == jrn.index_segment(info.log_seq, info.index_offset)
     assert jrn.index_digest(info.log_seq, info.index_offset) == journal.rotated_digest([blob])
     assert hashlib.sha256(blob).hexdigest() == info.index_sha256

@@ -274,9 +274,11 @@ def read_index_bytes(od: UnlockedDrive) -> tuple[format.Trailer, bytes]:
     return trailer, blob
 
 
-def index_digest(od: UnlockedDrive, block: int = 1 << 20) -> tuple[format.Trailer, bytes]:
-    """``read_index_bytes``, read and digested a block at a time (never whole): the trailer
-    and ``journal.rotated_digest`` of the index's bytes, to compare with the journal's."""
+def index_digest(od: UnlockedDrive, block: int = 1 << 20
+                 ) -> tuple[format.Trailer, bytes, bytes]:
+    """``read_index_bytes``, read and digested a block at a time (never whole): the trailer,
+    ``journal.rotated_digest`` of the index's bytes and their sha256, to compare with the
+    journal's (the sha256 prep recorded as it wrote them, else the rows encoded again)."""
     trailer, offset, length = _index_location(od)
     span = od.session
     sha256 = hashlib.sha256()
@@ -292,7 +294,7 @@ def index_digest(od: UnlockedDrive, block: int = 1 << 20) -> tuple[format.Traile
             sha256.digest() != span.index_sha256:
         raise format.CorruptRecord(f"index of session {span.session_id} at offset {offset}: "
                                    "its sha256 is not the one the next session recorded")
-    return trailer, digest
+    return trailer, digest, sha256.digest()
 
 
 def _index_location(od: UnlockedDrive) -> tuple[format.Trailer, int, int]:
