@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 import re
 import secrets
@@ -746,15 +747,19 @@ def format_volume(
     clear as LUKS2 token 0 of type :data:`TOKEN_TYPE` (drive identity only:
     never a secret).  The returned region zeroes
     the whole keyslots area, so no keyslot of an earlier volume survives.
+
+    Memory: the region is held once (16 MiB), written in place and returned without a
+    copy, and made only after the KDFs ran (argon2id: 256 MiB by default), so it never
+    sits on top of them: the encrypted keyslots (250 KiB each) wait until then.
     """
     if len(volume_key) != VOLUME_KEY_SIZE or volume_key[:32] == volume_key[32:]:
         raise ValueError("volume key must be 64 bytes with distinct XTS halves")
     import uuid as uuidlib  # here: every backup imports this module for its KDF (uuid: 2 ms)
 
     uuid = uuid or str(uuidlib.uuid4())
-    region = bytearray(DATA_OFFSET)
     area_size = -(-_af_bytes(VOLUME_KEY_SIZE, AF_STRIPES) // 4096) * 4096
     keyslots: dict[str, Any] = {}
+    areas: list[tuple[int, bytes]] = []  # (offset, encrypted key material) of each keyslot
     for slot, (passphrase, kdf) in enumerate(passphrases):
         offset = KEYSLOTS_OFFSET + slot * area_size
         if offset + area_size > DATA_OFFSET:
@@ -763,8 +768,7 @@ def format_volume(
         slot_key = derive(kdf, passphrase, salt, VOLUME_KEY_SIZE)
         material = af_split(volume_key, AF_STRIPES, AF_HASH)
         material += bytes(_af_bytes(VOLUME_KEY_SIZE, AF_STRIPES) - len(material))
-        region[offset:offset + len(material)] = xts.encrypt(slot_key, material, 0,
-                                                            sector_size=512)
+        areas.append((offset, xts.encrypt(slot_key, material, 0, sector_size=512)))
         keyslots[str(slot)] = _keyslot_json(slot, kdf, salt, offset, area_size)
     if not keyslots:
         raise ValueError("a volume needs at least one keyslot")
@@ -786,10 +790,18 @@ def format_volume(
         "config": {"json_size": str(HDR_SIZE - BINARY_HEADER_SIZE),
                    "keyslots_size": str(KEYSLOTS_SIZE)},
     }
-    region[0:HDR_SIZE] = _encode_copy(meta, MAGIC_PRIMARY, 0, 1, uuid, label, subsystem)
-    region[HDR_SIZE:2 * HDR_SIZE] = _encode_copy(meta, MAGIC_SECONDARY, HDR_SIZE, 1, uuid,
-                                                 label, subsystem)
-    return bytes(region), parse_header(bytes(region[:2 * HDR_SIZE]))
+    headers = (_encode_copy(meta, MAGIC_PRIMARY, 0, 1, uuid, label, subsystem)
+               + _encode_copy(meta, MAGIC_SECONDARY, HDR_SIZE, 1, uuid, label, subsystem))
+    # The bytes returned are written in place: BytesIO adopts the zero-filled bytes (it
+    # holds the only reference), getbuffer() exposes them writable, and getvalue() hands
+    # them back without a copy once that view is dropped (as xts.encrypt does).
+    result = io.BytesIO(bytes(DATA_OFFSET))
+    region = result.getbuffer()
+    region[:2 * HDR_SIZE] = headers
+    for offset, area in areas:
+        region[offset:offset + len(area)] = area
+    del region
+    return result.getvalue(), parse_header(headers)
 
 
 def new_volume_key() -> bytes:
