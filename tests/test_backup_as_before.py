@@ -50,8 +50,8 @@ def _variants(name: str, value: object) -> list[object]:
 def test_as_before_answers_node_equality_for_each_field(tmp_path: Path) -> None:
     src = _tree(tmp_path / "src")
     checked = set()
-    for rel, full, st, names in walk.scan(src, lambda m: None):
-        node = walk.make_node(rel, full, st, names, lambda m: None)
+    for rel, full, st in walk.scan(src, lambda m: None):
+        node = walk.make_node(rel, full, st, lambda m: None)
         assert node is not None
         if not (node.type == "dir" or (node.type == "file" and st.st_nlink == 1)):
             continue
@@ -106,8 +106,7 @@ def test_matched_takes_the_parents_node_only_when_equal(tmp_path: Path) -> None:
     for path in ("d", "empty", "x.bin", "d/f.txt"):
         assert got[path].line is None and got[path].node is not by_path[path], path
         full = os.fsencode(src / path)
-        made = walk.make_node(path, full, os.lstat(full), walk.list_xattrs(full),
-                              lambda m: None)
+        made = walk.make_node(path, full, os.lstat(full), lambda m: None)
         assert made is not None
         if got[path].reuse:
             made.content = by_path[path].content

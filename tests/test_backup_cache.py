@@ -109,7 +109,7 @@ def test_damaged_or_forged_entries_are_ignored_and_rewritten(tmp_path: Path) -> 
     path.write_bytes(bytes(data))
     # a forged entry: valid marshal, a changed mode, its MAC made with another key
     forger = cache.TreeCache(tmp_path / "cache", repo.config.repo_id, b"k" * 32)
-    chunk, rows = marshal.loads(zstandard.decompress(
+    chunk, rows, *_ = marshal.loads(zstandard.decompress(
         (tc.dir / second.hex()).read_bytes()[8 + 32:]))
     rows[0] = (rows[0][0], rows[0][1], 0o777, *rows[0][3:])
     forged = zstandard.compress(marshal.dumps((chunk, rows), 4))

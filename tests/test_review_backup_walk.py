@@ -95,7 +95,7 @@ def test_the_queue_is_bounded_whatever_the_walk(monkeypatch: pytest.MonkeyPatch)
         nonlocal made
         while True:
             made += 1
-            yield f"f{made}", b"", st, []
+            yield f"f{made}", b"", st
 
     monkeypatch.setattr(walk, "scan", endless)
     bound = (walk.WalkAhead.DEPTH + 1) * walk.WalkAhead.BATCH

@@ -163,7 +163,7 @@ def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
     warnings = _Warnings(warn)
     warnings.threaded = threaded
     walked = matched(source, repo.tree_chunks(manifest, cache) if manifest else None,
-                     warnings.walk, None if ahead is None else ahead.seen(warnings.walk))
+                     warnings.walk, None if ahead is None else ahead.seen(warnings.walk), cache)
     tree = Tree(repo, stats, cache)
     t0 = stats.timer()
     deadline = t0 + INLINE_S

@@ -6,7 +6,8 @@ directories 0700, files 0600; ``backup --no-cache`` neither reads nor writes it.
 file per tree chunk, named by its id: the chunk's plaintext and its entries' fields
 (``marshal``, about ten times faster to load than decoding and checking the JSON
 lines), zstd-compressed (4.4x: a cold run reads 1.2 MB instead of 5.4 MB for the 2 GB
-real tree's 70 chunks), under a MAC keyed from the repository's id key.  Nothing in it is trusted
+real tree's 70 chunks), under a MAC keyed from the repository's id key, and who listed its entries'
+extended attributes (``lister``: see ``TreeCache.listed``).  Nothing in it is trusted
 unchecked: an entry whose MAC fails (damaged, forged, another repository's, another
 Python's) is deleted and the chunk read from the repository, as on a miss.  Files are
 written whole and renamed into place, so a concurrent run sees an old entry or a new
@@ -45,6 +46,20 @@ _TAG = (b"Signature: 8a477f597d28d172789f06886806bc55\n"
 Entries = list[tuple[fmt.Node, bytes]]
 
 
+def lister() -> str:
+    """Who lists xattrs in this process, as far as what a listing shows goes: the
+    effective uid, and whether CAP_SYS_ADMIN is in effect (trusted.* is listed only
+    with it).  An entry listed by another (``sudo``, a container) is listed again."""
+    cap = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError), open(
+            "/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"CapEff:"):
+                cap = str(int(line.split()[1], 16) >> 21 & 1)
+                break
+    return f"{os.geteuid()}:{cap}:{','.join(fmt.XATTR_PREFIXES)}"
+
+
 def cache_root() -> Path:
     """``$XDG_CACHE_HOME/pipeline/backup`` (an absolute XDG_CACHE_HOME only, as the spec
     says), else ``~/.cache/pipeline/backup``."""
@@ -74,6 +89,13 @@ class TreeCache:
         self._version = b"%d.%d" % sys.version_info[:2]   # marshal's format is Python's
         self.written = 0
         self.known: set[bytes] = set()     # ids this run found valid here, or wrote
+        # Ids whose entries' xattrs were listed by a walk of this user (``lister``): for
+        # such an entry the walk may take the xattrs of a file whose ctime has not moved
+        # (any xattr change moves it) instead of listing them again; ``put`` only marks
+        # a chunk so when nothing failed to list or read (``xattrs_failed``).
+        self.listed: set[bytes] = set()
+        self.xattrs_failed = False
+        self._lister = lister()
 
     def _mac(self, cid: bytes, payload: bytes | memoryview) -> bytes:
         mac = hmac.new(self._key, self._version + cid, "sha256")
@@ -140,24 +162,29 @@ class TreeCache:
             return None
         payload, mtime = got
         try:       # authenticated: written by this code for this chunk, so this holds
-            chunk, rows = marshal.loads(payload)
+            chunk, rows, *by = marshal.loads(payload)     # by: none in entries before it
             lines = chunk.splitlines(keepends=True)
             entries = [(fmt.Node(*row), line) for row, line in zip(rows, lines, strict=True)]
         except (ValueError, TypeError, EOFError):
             self._drop(path)
             return None
         self.known.add(cid)
+        if by == [self._lister]:
+            self.listed.add(cid)
         if time.time() - mtime > TOUCH_S:
             with contextlib.suppress(OSError):
                 os.utime(path)
         return entries
 
-    def put(self, cid: bytes, chunk: bytes, nodes: Iterable[fmt.Node]) -> None:
+    def put(self, cid: bytes, chunk: bytes, nodes: Iterable[fmt.Node], listed: bool = False
+            ) -> None:
         """Store a chunk read from the repository (checked against ``cid``) and its
-        entries (decoded and checked); a failure to write is ignored."""
+        entries (decoded and checked); a failure to write is ignored.  ``listed``: every
+        entry's xattrs are as this run's walk listed them (or took them, ``listed``)."""
         rows = [tuple(getattr(n, name) for name in _FIELDS) for n in nodes]
+        listed = listed and not self.xattrs_failed
         payload = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(
-            marshal.dumps((chunk, rows), 4))
+            marshal.dumps((chunk, rows, self._lister if listed else ""), 4))
         data = MAGIC + self._mac(cid, payload) + payload
         try:
             self._ensure_dir()
@@ -173,6 +200,10 @@ class TreeCache:
                 raise
             self.written += 1
             self.known.add(cid)
+            if listed:
+                self.listed.add(cid)
+            else:
+                self.listed.discard(cid)
         except OSError:
             return
 

@@ -32,6 +32,8 @@ from pipeline.errors import BadInput
 if TYPE_CHECKING:
     import pyfastcdc
 
+    from pipeline.backup.cache import TreeCache
+
 Warn = Callable[[str], None]
 Deliver = Callable[[bytes | None, bytes | memoryview | None, int], None]
 """``deliver(chunk id, data, length)`` for each piece read; id and data are None for zeros."""
@@ -55,11 +57,8 @@ def check_source(source: Path) -> Path:
     return source.resolve()
 
 
-Names = list[str] | OSError
-"""An entry's extended attribute names (``listxattr``), or why they could not be listed."""
-Seen = tuple[str, bytes, os.stat_result, Names]
-"""An entry as ``scan`` found it: its path in the snapshot, its path on disk, its lstat,
-its xattr names."""
+Seen = tuple[str, bytes, os.stat_result]
+"""An entry as ``scan`` found it: its path in the snapshot, its path on disk, its lstat."""
 
 
 def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
@@ -70,24 +69,24 @@ def walk(root: Path, warn: Warn) -> Iterator[fmt.Node]:
     Entries that vanish or cannot be read are reported through ``warn`` and left out;
     sockets too (a socket is a live endpoint, not data: restic skips them as well).
     """
-    for rel, full, st, names in scan(root, warn):
-        node = make_node(rel, full, st, names, warn)
+    for rel, full, st in scan(root, warn):
+        node = make_node(rel, full, st, warn)
         if node is not None:
             yield node
 
 
 def scan(root: Path, warn: Warn) -> Iterator[Seen]:
     """``walk``'s entries before any node is made of them: the root (its ``stat``), then
-    each entry under it with its ``lstat``, in walk order, each with its xattr names (the
-    syscalls in ``WalkAhead``'s thread, overlapping the consumer's work).  ``matched``
-    makes a node only of an entry that differs from its parent's."""
+    each entry under it with its ``lstat``, in walk order.  ``matched`` makes a node only
+    of an entry that differs from its parent's, and lists the xattrs of a file only if
+    its ctime moved (or the parent's were not listed by this user)."""
     broot = os.fsencode(root)
     try:
         st = os.stat(broot)
     except FileNotFoundError:   # gone since check_source: the user's to see, not a bug
         raise BadInput(f"--source {root}: vanished before it was read; check it and run "
                        "the backup again") from None
-    yield fmt.ROOT, broot, st, list_xattrs(broot)
+    yield fmt.ROOT, broot, st
     stack: list[tuple[bytes, str, Iterator[bytes]]] = [(broot, "", iter(_names(broot, "", warn)))]
     while stack:
         dirpath, prefix, names = stack[-1]
@@ -105,22 +104,24 @@ def scan(root: Path, warn: Warn) -> Iterator[Seen]:
         except OSError as exc:
             warn(f"{rel}: cannot stat ({exc.strerror}); skipped")
             continue
-        yield rel, full, st, list_xattrs(full)
+        yield rel, full, st
         if st.st_mode & 0o170000 == stat.S_IFDIR:
             stack.append((full, rel + "/", iter(_names(full, rel, warn))))
 
 
-def make_node(rel: str, full: bytes, st: os.stat_result, names: Names, warn: Warn,
-              xattrs: fmt.Xattrs | None = None) -> fmt.Node | None:
+def make_node(rel: str, full: bytes, st: os.stat_result, warn: Warn,
+              xattrs: fmt.Xattrs | None = None, xwarn: Warn | None = None
+              ) -> fmt.Node | None:
     """The node of a ``scan`` entry, or None (reported) for what is not backed up.
-    ``xattrs``: read already (``matched``), so not again (nor their warnings)."""
+    ``xattrs``: read already (``matched``), so not again (nor their warnings);
+    ``xwarn``: where a failure to read them is reported, if not ``warn``."""
     if rel == fmt.ROOT:      # the source itself, followed if a link (check_source: a dir)
         node: fmt.Node | None = fmt.Node("dir", rel, st.st_mode & 0o7777, st.st_mtime_ns)
     else:
         node = _node(rel, full, st, warn)
     if node is None:
         return None
-    return meta(node, full, st, warn, read_xattrs(full, rel, warn, names)
+    return meta(node, full, st, warn, read_xattrs(full, rel, xwarn or warn)
                 if xattrs is None else xattrs)
 
 
@@ -161,23 +162,12 @@ def meta(node: fmt.Node, full: bytes, st: os.stat_result, warn: Warn,
     return node
 
 
-def list_xattrs(full: bytes) -> Names:
-    """The entry's xattr names, or the error listing them (``read_xattrs`` reports it)."""
-    try:
-        return os.listxattr(full, follow_symlinks=False)
-    except OSError as exc:
-        return exc
-
-
-def read_xattrs(full: bytes, rel: str, warn: Warn, names: Names | None = None
-                ) -> fmt.Xattrs:
+def read_xattrs(full: bytes, rel: str, warn: Warn) -> fmt.Xattrs:
     """The attributes this format records (``encoding.xattr_name_ok``), sorted by name.
-    Others, system.* but the ACLs, are the filesystem's own and are not restorable.
-    ``names``: ``list_xattrs``'s, listed already."""
-    if names is None:
-        names = list_xattrs(full)
-    if isinstance(names, OSError):
-        exc = names
+    Others, system.* but the ACLs, are the filesystem's own and are not restorable."""
+    try:
+        names = os.listxattr(full, follow_symlinks=False)
+    except OSError as exc:
         if exc.errno not in _NO_XATTRS and exc.errno != errno.ENOENT:
             warn(f"{rel}: cannot list extended attributes ({exc.strerror}); backed up "
                  "without them")
@@ -305,7 +295,8 @@ def as_before(old: fmt.Node, st: os.stat_result, xattrs: fmt.Xattrs) -> bool:
 
 
 def matched(source: Path, parent: Iterator[list[Entry]] | None, warn: Warn,
-            seen: Iterator[Seen] | None = None) -> Iterator[Walked]:
+            seen: Iterator[Seen] | None = None, cache: TreeCache | None = None
+            ) -> Iterator[Walked]:
     """Every entry of ``source`` in walk order, matched against ``parent`` (the parent
     snapshot's tree, read lazily as this is consumed): a file unchanged since then takes
     its chunk list (``reuse``), as does a new link to a hard-linked file so taken; an entry
@@ -315,21 +306,42 @@ def matched(source: Path, parent: Iterator[list[Entry]] | None, warn: Warn,
 
     A directory or a file of one link equal to the parent's entry (``as_before``) is
     the parent's node itself: no node is made of it (most of a no-change walk's time
-    was making and comparing them); any other entry is made a node and compared."""
+    was making and comparing them); any other entry is made a node and compared.
+
+    A file whose ctime has not moved keeps its parent's xattrs unlisted (a third of the
+    walk's syscalls) where ``cache`` says this user's walk listed that parent chunk's
+    (``TreeCache.listed``; one listed by another user, root without CAP_SYS_ADMIN, or
+    decoded from the repository, shows what that one could see): on Linux every xattr
+    change (setxattr, removexattr, an ACL) moves the file's ctime, which no caller can
+    set back, so an unmoved ctime is an unchanged list (as restic's rule trusts it for
+    the content, within the clock's tick).  A failure to list or read one marks the
+    run's cache entries not listed (``xattrs_failed``), so the next run lists again.
+    Directories, whose ctime the format does not keep, are always listed."""
+    listed = cache.listed if cache is not None else set()
+
+    def xwarn(message: str) -> None:
+        if cache is not None:
+            cache.xattrs_failed = True
+        warn(message)
+
     old = ParentTree(parent)
     linked: dict[tuple[int, int], fmt.Node] = {}   # hard-linked files taken from the parent
-    for rel, full, st, names in scan(source, warn) if seen is None else seen:
+    for rel, full, st in scan(source, warn) if seen is None else seen:
         found = old.find(rel)
         xattrs = None
         if found is not None:
             kind = st.st_mode & 0o170000
             if kind == stat.S_IFDIR or (kind == stat.S_IFREG and st.st_nlink == 1):
-                xattrs = read_xattrs(full, rel, warn, names)
                 same = found[0]
+                if (kind == stat.S_IFREG and same.ctime_ns == st.st_ctime_ns
+                        and found[2][0] in listed):
+                    xattrs = same.xattrs             # unchanged, as its ctime says
+                else:
+                    xattrs = read_xattrs(full, rel, xwarn)
                 if as_before(same, st, xattrs):
                     yield Walked(same, kind == stat.S_IFREG, found[1], found[2])
                     continue
-        node = make_node(rel, full, st, names, warn, xattrs)
+        node = make_node(rel, full, st, warn, xattrs, xwarn)
         if node is None:
             continue
         reuse = False
@@ -400,8 +412,8 @@ class WalkAhead:
     def nodes(self, warn: Warn) -> Iterator[fmt.Node]:
         """``walk``'s nodes, in its order, on the consumer's thread."""
         try:
-            for rel, full, st, names in self.seen(warn):
-                node = make_node(rel, full, st, names, warn)
+            for rel, full, st in self.seen(warn):
+                node = make_node(rel, full, st, warn)
                 if node is not None:
                     yield node
         finally:

@@ -110,8 +110,8 @@ class Tree:
         if isinstance(chunk, Kept):
             cid = chunk.cid
             self.ids.append(cid)
-            if self.cache is not None and cid not in self.cache.known:
-                self.cache.put(cid, b"".join(chunk.lines), chunk.nodes)
+            if self.cache is not None and self._to_cache(cid):
+                self.cache.put(cid, b"".join(chunk.lines), chunk.nodes, listed=True)
             if not self.repo.claim(cid):       # in the index, as a parent's chunk is
                 return None
             return Chunk(fmt.KIND_TREE, cid, b"".join(chunk.lines))
@@ -120,9 +120,18 @@ class Tree:
         if self.cache is not None:        # the next backup's parent: cached as written
             n = chunk.count(b"\n")
             nodes, self._cut = self._cut[:n], self._cut[n:]
-            if cid not in self.cache.known:
-                self.cache.put(cid, chunk, nodes)
+            if self._to_cache(cid):
+                self.cache.put(cid, chunk, nodes, listed=True)
         return Chunk(fmt.KIND_TREE, cid, chunk) if self.repo.claim(cid) else None
+
+    def _to_cache(self, cid: bytes) -> bool:
+        """Whether to write a chunk this run walked to the cache: not there yet, or there
+        without this user's listing of its xattrs, which this run's walk made (each entry
+        listed, or taken unlisted from a chunk listed so: ``walk.matched``)."""
+        cache = self.cache
+        assert cache is not None
+        return cid not in cache.known or (cid not in cache.listed
+                                          and not cache.xattrs_failed)
 
     def keep(self, chunks: Sequence[Cut]) -> None:
         """Inline (no channel yet): a new chunk waits in ``new`` for ``run`` to send it."""
