@@ -24,10 +24,14 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def replace_file(tmp: str | os.PathLike[str], final: str | os.PathLike[str],
-                 data: bytes | memoryview, mode: int, size: int | None = None) -> None:
+                 data: bytes | memoryview, mode: int, size: int | None = None,
+                 drop_cache: bool = False) -> None:
     """Write ``data`` (then zeros up to ``size``) to the new file ``tmp`` with ``mode``,
     fsync, rename onto ``final`` and fsync its directory.  ``tmp`` must not exist and
-    must be on the same file system as ``final``; it is removed on failure."""
+    must be on the same file system as ``final``; it is removed on failure.
+    ``drop_cache``: its pages, clean once fsynced, are dropped from the page cache (a
+    writer of many files not read back soon: the next write reuses them instead of
+    taking fresh pages, which cost ~3x the CPU to write into on this VM)."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
@@ -39,6 +43,8 @@ def replace_file(tmp: str | os.PathLike[str], final: str | os.PathLike[str],
             if size is not None and size != len(view):
                 os.ftruncate(fd, size)
             os.fsync(fd)
+            if drop_cache:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
         os.replace(tmp, final)
