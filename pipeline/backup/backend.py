@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 import threading
 from typing import Protocol
 
@@ -29,6 +30,7 @@ from pipeline.storage.base import CELL, BlobType, Storage
 # A repository's files (keys, config, packs, snapshots) are its owner's only, as restic's.
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+MAX_FILE = 1 << 30      # the largest file ``get`` reads whole (a pack is 16 MiB; as open_file)
 
 
 class Backend(Protocol):
@@ -96,18 +98,44 @@ class DirBackend(_Counter):
                     out.append(name)
         return sorted(out)
 
-    def get(self, name: str) -> bytes | None:
+    def _open(self, name: str) -> tuple[int, int] | None:
+        """(fd, size) of a regular file, None if absent.  The directory is as hostile as
+        any storage: a FIFO there would block the open and the read for ever, a symlink
+        to /dev/zero or a huge sparse file would be read until memory runs out."""
         try:
-            with open(self._path(name), "rb") as f:
-                return f.read()
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise CorruptRepository(f"{name} in {self.root} is not a regular file; a "
+                                    "repository holds only files (remove it)")
+        return fd, st.st_size
+
+    def get(self, name: str) -> bytes | None:
+        opened = self._open(name)
+        if opened is None:
+            return None
+        fd, size = opened
+        try:
+            if size > MAX_FILE:
+                raise CorruptRepository(f"{name} in {self.root} is {size} bytes, more than "
+                                        f"any file of a repository ({MAX_FILE})")
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read(size + 1)     # its size (a buffer of what is asked), +1:
+            if len(data) > size:            # files are never rewritten in place (a lock is
+                raise CorruptRepository(f"{name} in {self.root} grew while being read; "
+                                        "something else writes there")    # replaced)
+            return data
+        finally:
+            os.close(fd)
 
     def read(self, name: str, offset: int, length: int) -> bytes:
-        try:
-            fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            raise CorruptRepository(f"{name} is missing from {self.root}") from None
+        opened = self._open(name)
+        if opened is None:
+            raise CorruptRepository(f"{name} is missing from {self.root}")
+        fd, _ = opened
         try:
             return os.pread(fd, length, offset)
         finally:
@@ -119,7 +147,7 @@ class DirBackend(_Counter):
             self._mkdirs(os.path.dirname(final))
             self._mkdirs(self._tmp)
             tmp = os.path.join(self._tmp, secrets.token_hex(16))
-            atomic.replace_file(tmp, final, data, FILE_MODE, drop_cache=True)  # not read back
+            atomic.replace_file(tmp, final, data, FILE_MODE)
         except OSError as exc:
             if is_no_space(exc):    # the snapshot is written last: nothing claims completion
                 raise NoSpace(self.root, final) from None

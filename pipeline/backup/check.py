@@ -218,7 +218,12 @@ class Checker:
     def read_pack(self, pack: bytes) -> None:
         """Read one pack whole: its hash, its header against the index, every chunk."""
         name = fmt.pack_name(pack)
-        data = self.repo.backend.get(name)
+        try:
+            data = self.repo.backend.get(name)
+        except CorruptRepository as exc:       # not a file, or too large to be a pack
+            self.bad_packs[pack] = str(exc)
+            self.bad_chunks.update(e.id for e in self.packs[pack].values())
+            return
         if data is None:
             self.bad_packs[pack] = "missing"
             return
