@@ -66,22 +66,38 @@ class LockInfo:
     def describe(self, now: datetime | None = None) -> str:
         age = ((now or datetime.now(UTC)) - self.time).total_seconds()
         kind = "an exclusive" if self.exclusive else "a shared"
-        what = f" ({self.command})" if self.command else ""
-        return (f"{kind} lock by PID {self.pid} on {self.host}{what}, refreshed "
-                f"{max(0, int(age))} s ago")
+        what = f" ({shown(self.command)})" if self.command else ""
+        when = (f"refreshed {int(age)} s ago" if age >= 0 else
+                f"its time {int(-age)} s ahead of this host's clock")
+        return f"{kind} lock by PID {self.pid} on {shown(self.host)}{what}, {when}"
 
     def stale(self, now: datetime, host: str, alive: Callable[[int], bool]) -> str | None:
-        """Why this lock is stale, or None while its holder may still run."""
+        """Why this lock is stale, or None while its holder may still run.  One dated
+        more than ``STALE`` ahead is too: else a crash on a host whose clock is wrong
+        (or a lock so written) would hold the repository until that date."""
         age = (now - self.time).total_seconds()
         if age > STALE:
             return f"not refreshed for {int(age)} s"
+        if age < -STALE:
+            return f"dated {int(-age)} s in the future (a wrong clock on its host)"
         if self.host == host and not alive(self.pid):
             return f"process {self.pid} on this host is gone"
         return None
 
 
+def shown(text: str) -> str:
+    """A lock's host or command as printed: at most 100 characters, control characters
+    escaped (a lock file is the repository's: a newline or an escape sequence in it must
+    not reach the terminal as such)."""
+    text = text[:100]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (a zombie counts: not waited for yet)."""
+    """Whether a process ``pid`` exists on this host (a zombie counts: not waited for yet).
+    0, negative and huge numbers are no process's (kill would signal a group, or fail)."""
+    if not 0 < pid < 1 << 31:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -99,11 +115,26 @@ def read_locks(backend: Backend, cr: crypto_mod.Crypto) -> list[LockInfo]:
         if data is None:        # released meanwhile
             continue
         try:
-            obj = json.loads(cr.open_file(LOCK_MAGIC, data, name))
-            out.append(LockInfo(name, str(obj["host"]), int(obj["pid"]),
-                                datetime.fromisoformat(obj["time"]), bool(obj["exclusive"]),
+            plain = cr.open_file(LOCK_MAGIC, data, name)
+        except CorruptRepository:
+            # Not written with this repository's key: no run of it holds this, and
+            # refusing every command for it would let anyone who can write to the storage
+            # stop the backups.
+            warnings.warn(Caution(f"ignored {name} of {backend.name}: not a lock of this "
+                                  "repository (it does not decrypt with its key); remove it "
+                                  "from the storage"), stacklevel=2)
+            continue
+        try:
+            obj = json.loads(plain)
+            when = datetime.fromisoformat(obj["time"])
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            pid = obj["pid"]
+            if type(pid) is not int:
+                raise TypeError("pid")
+            out.append(LockInfo(name, str(obj["host"]), pid, when, bool(obj["exclusive"]),
                                 str(obj.get("command", ""))))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise CorruptRepository(f"lock file {name} lacks fields; if no other pipeline "
                                     "uses this repository, delete it") from None
     return out
