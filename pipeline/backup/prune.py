@@ -25,6 +25,7 @@ deletes a pack replaces every index file, so nothing names what it deleted.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pipeline import faults
@@ -113,15 +114,18 @@ def _load(repo: Repository, plan: Plan) -> dict[bytes, dict[bytes, fmt.IndexEntr
     return where
 
 
-def make_plan(repo: Repository, max_unused: float = 5.0) -> Plan:
-    """What to delete and what to repack (sync: call in a thread)."""
+def make_plan(repo: Repository, max_unused: float = 5.0,
+              forgotten: Sequence[SnapshotRef] = ()) -> Plan:
+    """What to delete and what to repack (sync: call in a thread).  ``forgotten``: the
+    snapshots ``forget --prune --dry-run`` would remove first, planned as gone."""
     plan = Plan()
     where = _load(repo, plan)
     present = {p for p in plan.entries if plan.sizes.get(p) == expected_size(plan.entries[p])}
     repo.index.clear()
     for cid, packs in where.items():     # read trees from a sound copy
         repo.index[cid] = packs[min(packs, key=lambda p: (p not in present, p))]
-    used = used_chunks(repo, repo.snapshots())
+    gone = {ref.name for ref in forgotten}
+    used = used_chunks(repo, [ref for ref in repo.snapshots() if ref.name not in gone])
     lost = []
     for cid in sorted(used):
         copies = sorted(p for p in where.get(cid, {}) if p in present)

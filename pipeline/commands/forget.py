@@ -130,7 +130,9 @@ async def _forget(repo: Repository, args: argparse.Namespace, policy: policy_mod
         return Outcome(EXIT_OK, "" if args.json else message)
     if not args.json:
         print(f"pipeline forget: {message}", file=sys.stderr)
-    plan = await progress.with_progress(renderer, stats, lambda: prune_locked(repo, args, stats))
+    forgotten = removed if args.dry_run else []    # else already gone from the listing
+    plan = await progress.with_progress(renderer, stats,
+                                        lambda: prune_locked(repo, args, stats, forgotten))
     line = finish(plan, args, renderer, stats, repo.backend.name, extra)
     return Outcome(EXIT_OK, "" if args.json else f"{message}; {line}")
 

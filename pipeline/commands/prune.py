@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -12,7 +13,7 @@ import trio
 from pipeline import progress
 from pipeline.backup import locate, ui
 from pipeline.backup.prune import Plan, execute, make_plan
-from pipeline.backup.repo import Repository
+from pipeline.backup.repo import Repository, SnapshotRef
 from pipeline.commands.check import add_repository_arguments
 from pipeline.errors import (
     EXIT_INTEGRITY,
@@ -69,10 +70,11 @@ def plan_lines(plan: Plan) -> list[str]:
 
 
 async def prune_locked(repo: Repository, args: argparse.Namespace,
-                       stats: progress.Stats) -> Plan:
-    """Plan, then (unless --dry-run) execute, on a repository this run holds exclusively."""
+                       stats: progress.Stats, forgotten: Sequence[SnapshotRef] = ()) -> Plan:
+    """Plan, then (unless --dry-run) execute, on a repository this run holds exclusively;
+    ``forgotten``: what a dry run of forget would have removed, planned as gone."""
     max_unused = parse_max_unused(args.max_unused)
-    plan = await trio.to_thread.run_sync(make_plan, repo, max_unused)
+    plan = await trio.to_thread.run_sync(make_plan, repo, max_unused, forgotten)
     if not args.dry_run:
         await trio.to_thread.run_sync(execute, repo, plan, stats)
     return plan
