@@ -29,7 +29,7 @@ import trio
 
 from pipeline.backup import crypto
 from pipeline.backup import encoding as fmt
-from pipeline.backup.errors import CorruptRepository
+from pipeline.backup.errors import CorruptRepository, printable
 from pipeline.backup.repo import Repository, SnapshotRef
 from pipeline.backup.shape import TreeShape
 from pipeline.errors import BadInput
@@ -205,7 +205,7 @@ class Checker:
                     if lost:
                         missing += 1
                         if missing <= AFFECTED_SHOWN:
-                            self.problem(f"snapshot {ref.hex[:16]}: {node.path}: chunk "
+                            self.problem(f"snapshot {ref.hex[:16]}: {printable(node.path)}: chunk "
                                          f"{lost[0].hex()[:16]} is in no index file")
             except CorruptRepository as exc:
                 self.problem(f"snapshot {ref.hex[:16]}: its file tree is unreadable: {exc}")
@@ -291,7 +291,7 @@ class Checker:
                 self.report.affected.setdefault(ref.hex, []).append(node.path)
                 for pack, ids in by_pack.items():
                     if ids & gone:
-                        hits[pack].append(f"snapshot {ref.hex[:16]}: {node.path}")
+                        hits[pack].append(f"snapshot {ref.hex[:16]}: {printable(node.path)}")
         for pack, why in sorted(self.bad_packs.items()):
             self.report.damaged_packs.append(fmt.pack_name(pack))
             uses = hits.get(pack, [])

@@ -29,6 +29,26 @@ class NoRepository(PipelineError):
     exit_code = EXIT_NO_SEED
 
 
+def printable(text: str) -> str:
+    """A path (or any text from a repository) for one message line: as it is when every
+    character prints, else control characters and backslashes escaped as repr does and
+    the undecodable bytes of a surrogate-escaped name as \\xNN.  A file name is its
+    owner's choice: a newline or an escape sequence in it must not split a line or
+    reach the terminal as such."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:       # os.fsdecode's stand-in for a byte that is not UTF-8
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch.isprintable() and ch != "\\":
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
+
+
 @dataclass(frozen=True, slots=True)
 class FailedFile:
     """A file ``restore`` could not write: its path, and the first of its chunks that failed."""
@@ -41,7 +61,8 @@ class FailedFile:
 
     def line(self) -> str:
         more = f" (and {self.more} more)" if self.more else ""
-        return f"{self.path}: chunk {self.chunk} of {self.chunks} unreadable{more}: {self.reason}"
+        return (f"{printable(self.path)}: chunk {self.chunk} of {self.chunks} unreadable"
+                f"{more}: {self.reason}")
 
 
 class PartialRestore(IntegrityError):

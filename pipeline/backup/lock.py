@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 
 from pipeline.backup import crypto as crypto_mod
 from pipeline.backup.backend import Backend
-from pipeline.backup.errors import CorruptRepository, RepositoryLocked
+from pipeline.backup.errors import CorruptRepository, RepositoryLocked, printable
 from pipeline.errors import BadInput, Caution
 
 LOCKS = "locks/"
@@ -89,8 +89,7 @@ def shown(text: str) -> str:
     """A lock's host or command as printed: at most 100 characters, control characters
     escaped (a lock file is the repository's: a newline or an escape sequence in it must
     not reach the terminal as such)."""
-    text = text[:100]
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return printable(text[:100])
 
 
 def pid_alive(pid: int) -> bool:

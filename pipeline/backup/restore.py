@@ -46,7 +46,7 @@ from pathlib import Path
 import trio
 
 from pipeline.backup import encoding as fmt
-from pipeline.backup.errors import CorruptRepository, PartialRestore
+from pipeline.backup.errors import CorruptRepository, PartialRestore, printable
 from pipeline.backup.repo import Repository, SnapshotRef
 from pipeline.backup.shape import TreeShape
 from pipeline.backup.stages import fetch, layout
@@ -221,7 +221,7 @@ def fitting(target: Path, ref: SnapshotRef, nodes: list[fmt.Node], warn: Warn | 
             under = key
             why += " (nor anything in it)"
         if warn is not None:
-            trio.from_thread.run_sync(warn, f"{n.path[:300]}: not restored: {why}")
+            trio.from_thread.run_sync(warn, f"{printable(n.path[:300])}: not restored: {why}")
     return kept
 
 
