@@ -172,12 +172,14 @@ def begin(repo: Repository, source: Path, stats: Stats, warn: Warn,
     for item in walked:
         node = item.node
         if node.type == "file":
-            if not item.reuse or any(c not in index for c, _ in node.content if c is not None):
+            if not item.reuse or not all([c in index for c, _ in node.content if c]):
                 rest = itertools.chain((item,), walked)
                 break
             stats.unchanged_bytes += node.size
             stats.files_done += 1
-        tree.keep(tree.add(node, item.line, item.at))
+        cuts = tree.add(node, item.line, item.at)
+        if cuts:
+            tree.keep(cuts)
         if tree.new_bytes >= INLINE_NEW or stats.timer() >= deadline:
             rest = walked
             break

@@ -243,6 +243,9 @@ class ParentTree:
         path once, in walk order, so an entry found is passed.  Where the trees agree (the
         parent's next entry is this path) no sort key is computed."""
         cur = self._cur
+        if cur is not None and cur[0].path == path:     # most: _advance, inline
+            self._cur = next(self._entries, None)        # type: ignore[arg-type]
+            return cur
         if cur is None or cur[0].path != path:
             key = fmt.path_key(path)
             while cur is not None and fmt.path_key(cur[0].path) < key:
