@@ -1,4 +1,5 @@
-"""Azurite, Microsoft's Azure Blob emulator, as a session fixture.
+"""Azurite, Microsoft's Azure Blob emulator: one process for the whole run
+(``azurite_server``), and ``azurite``, its account emptied for each module.
 
 scripts/install puts it in /opt/azurite (npm).  Where it is missing the tests
 that need it fail loudly, never skip: a skip in CI would hide an untested backend.
@@ -60,8 +61,10 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None
 
 
 @pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start azurite-blob on a free loopback port; yield its connection string."""
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start azurite-blob on a free loopback port; yield its connection string.  Once per
+    run: test modules importing ``azurite`` each had their own (14 processes, 1-4 s to
+    start each here, all held to the end); only this plugin's definition is session-wide."""
     binary = _binary()
     location = tmp_path_factory.mktemp("azurite")
     log = location / "azurite.log"
@@ -83,3 +86,22 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def azurite(azurite_server: str) -> str:
+    """The session's Azurite with its account emptied (every container deleted, staged
+    blocks with them), so each module starts as on an emulator of its own: modules
+    share container names ("expire", "cont") and the importer's state container."""
+    clear_account(azurite_server)
+    return azurite_server
+
+
+def clear_account(conn: str) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(conn)
+    for container in service.list_containers():
+        service.delete_container(container.name)
+    left = [c.name for c in service.list_containers()]
+    assert not left, f"Azurite kept containers {left} after they were deleted"
