@@ -31,6 +31,17 @@ from pipeline.storage.base import CELL, BlobType, Storage
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 MAX_FILE = 1 << 30      # the largest file ``get`` reads whole (a pack is 16 MiB; as open_file)
+LARGE_READ = 64 << 20   # a range read longer than this (restore's are <= 16 MiB + a chunk)
+
+
+def _bounded(name: str, offset: int, length: int, size: int) -> int:
+    """A read's length cut at the file's end: an index entry's length is the
+    repository's word, and the buffer is allocated before the read (a damaged entry of
+    4 GiB was a MemoryError); the caller sees the short read and names the chunk."""
+    if size > MAX_FILE:
+        raise CorruptRepository(f"{name} is {size} bytes, more than any file of a repository "
+                                f"({MAX_FILE})")
+    return max(0, min(length, size - offset))
 
 
 class Backend(Protocol):
@@ -135,9 +146,9 @@ class DirBackend(_Counter):
         opened = self._open(name)
         if opened is None:
             raise CorruptRepository(f"{name} is missing from {self.root}")
-        fd, _ = opened
+        fd, size = opened
         try:
-            return os.pread(fd, length, offset)
+            return os.pread(fd, _bounded(name, offset, length, size), offset)
         finally:
             os.close(fd)
 
@@ -199,6 +210,11 @@ class StorageBackend(_Counter):
         return self.storage.get(self.container, self.prefix + name)
 
     def read(self, name: str, offset: int, length: int) -> bytes:
+        if length > LARGE_READ:     # only an index entry's word for it: ask the size first
+            size = self.size(name)
+            if size is None:
+                raise CorruptRepository(f"{name} is missing from {self.name}")
+            length = _bounded(name, offset, length, size)
         try:
             return self.storage.read(self.container, self.prefix + name, offset, length)
         except FileNotFoundError:
