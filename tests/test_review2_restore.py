@@ -150,3 +150,21 @@ def test_what_the_filesystem_cannot_hold_is_a_warning_each(tmp_path: Path) -> No
     assert sorted(os.listdir(target)) == ["ok"]
     assert (target / "ok").read_bytes() == PAYLOAD
     assert fmt.ROOT == "."
+
+
+def test_a_file_named_as_restores_marker_is_a_warning_not_lost_silently(tmp_path: Path) -> None:
+    """A source that once was an unfinished restore's target, backed up with its marker.
+    Before: that file was restored over the marker, then removed with it at the end:
+    exit 0, the file gone without a word.  Now a warning naming it (exit 1)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / MARKER).write_text('{"snapshot": "old"}\n')
+    (src / "x").write_text("x\n")
+    backed_up(tmp_path, src)
+    target = tmp_path / "target"
+    proc = cli(tmp_path, "--target", str(target))
+    assert proc.returncode == EXIT_WARNING, proc.stderr
+    assert [x for x in proc.stderr.splitlines() if x.startswith("warning: ")] == [
+        f"warning: {MARKER}: not restored: restore keeps this name for its own marker (an "
+        "unfinished restore's, backed up)"]
+    assert sorted(os.listdir(target)) == ["x"]

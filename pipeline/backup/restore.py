@@ -204,6 +204,9 @@ def fitting(target: Path, ref: SnapshotRef, nodes: list[fmt.Node], warn: Warn | 
         longest = max(len(path), len(os.path.dirname(path)) + 1 + temp)
         if n.path == fmt.ROOT:
             why = None
+        elif n.path == MARKER:          # renamed over the marker, then removed with it
+            why = "restore keeps this name for its own marker (an unfinished restore's, " \
+                  "backed up)"
         elif len(name) > name_max:
             why = f"its name is {len(name)} bytes, more than {name_max}, the most --target's " \
                   "filesystem allows"
