@@ -22,6 +22,8 @@ from typing import IO, Any
 from pipeline.errors import NoSpace, is_no_space
 from pipeline.storage.base import CELL, BlobType, Storage, cells_of
 
+# A JSON string as json.dumps(..., ensure_ascii=False) writes it (the C function it calls).
+_string = json.encoder.encode_basestring
 FLUSH_EVERY = 0.25  # seconds: the most of the copy log's blob lines a kill -9 can lose
 
 
@@ -39,11 +41,14 @@ class CopyLog:
         self._flushed = time.monotonic()
 
     def write(self, obj: dict[str, Any]) -> None:
-        line = json.dumps({"t": round(time.time(), 3), **obj}, ensure_ascii=False)
+        self._put(json.dumps({"t": round(time.time(), 3), **obj}, ensure_ascii=False),
+                  obj.get("type") != "blob")
+
+    def _put(self, line: str, flush: bool) -> None:
         try:
             self.stream.write(line + "\n")
             now = time.monotonic()
-            if obj.get("type") != "blob" or now - self._flushed >= FLUSH_EVERY:
+            if flush or now - self._flushed >= FLUSH_EVERY:
                 self.stream.flush()
                 self._flushed = now
         except OSError as exc:  # a full log directory is the user's to fix, named, not a bug
@@ -56,6 +61,15 @@ class CopyLog:
         self.totals[status] += 1
         if status in ("ok", "unvouched"):
             self.totals["bytes"] += size
+        fid = extra.get("file_id")
+        if (len(extra) == 1 and type(fid) is int and type(size) is int
+                and type(blob) is str and type(reason) is str and type(status) is str):
+            # The line of most files, formatted as json.dumps writes it: a dict through the
+            # encoder was ~5 us a line, a fifth of that formatted (30,000 files a drive).
+            self._put(f'{{"t": {round(time.time(), 3)!r}, "type": "blob", "status": '
+                      f'{_string(status)}, "blob": {_string(blob)}, "size": {size}, '
+                      f'"reason": {_string(reason)}, "file_id": {fid}}}', False)
+            return
         self.write({"type": "blob", "status": status, "blob": blob, "size": size,
                     "reason": reason, **extra})
 

@@ -49,8 +49,10 @@ async def import_one(od: driveread.UnlockedDrive, plan: importer.DrivePlan, stor
     the record."""
     sb = plan.superblock
     stats.current_drive = f"drive {sb.drive_seq} ({od.drive.path})"
-    whole = sum(e.raw_len for e in plan.extents)
-    zero = sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO)
+    totals = getattr(plan.extents, "raw_totals", None)  # a DrivePlan's: one SQL pass
+    whole, zero = totals() if totals is not None else (
+        sum(e.raw_len for e in plan.extents),
+        sum(e.raw_len for e in plan.extents if e.codec is format.Codec.ZERO))
     began = stats.bytes_read
     stats.zero_bytes += zero
     stats.bytes_read += zero  # holes and zero runs: copied by not being written

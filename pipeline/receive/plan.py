@@ -94,6 +94,7 @@ class DrivePlan:
         self.source = source  # "journal", "index" or "log scan"
         self.damage = damage if damage is not None else []  # named on the terminal and log
         self.incomplete = incomplete  # why the drive cannot vouch it holds every file it should
+        self.checked = False  # check_plan ran: a file breaking the name rules is rejected
         self.db = db if db is not None else state.PlanDB()
         if files is not None:
             self.db.add_files(files.values() if isinstance(files, Mapping) else files)
@@ -201,6 +202,7 @@ def check_plan(plan: DrivePlan) -> None:
                                       f"{len(fids)} times (file ids {fids}); importing neither")
     plan.rejected.add_first(_extent_problems(plan, limit))
     plan.extents.keep_current()  # a superseded copy's, or an unlisted file's: nothing to write
+    plan.checked = True  # every file's name and size held to the rules (``check_names``)
 
 
 def _file_problem(f: format.FileEntry, sb: format.Superblock, vdir: str, page: bool
@@ -244,6 +246,8 @@ def check_names(plan: DrivePlan) -> None:
     """Every container and blob name valid before anything is written: the rules prep
     applied when it skipped the names it could not copy (``pipeline.names``)."""
     names.check_container_name(plan.container)
+    if getattr(plan, "checked", False):
+        return  # check_plan rejected every file these rules refuse: none is left to raise
     if isinstance(plan.files, state.Files):  # one query, not a lookup a file
         plain: Iterable[tuple[str, str, int]] = plan.files.plain_accepted()
     else:

@@ -270,6 +270,18 @@ class StoredExtents:
                                   "location FROM extents ORDER BY n"):
             yield extent(row)
 
+    def raw_totals(self) -> tuple[int, int]:
+        """(bytes of every extent, bytes of the zero ones): one pass over two columns, no
+        ``Extent`` made (two passes of ``Extent``s were ~0.1 s of CPU per 30,000 files)."""
+        whole = zero = 0
+        z = format.Codec.ZERO.value
+        for codec, raw in self._pdb.rows("SELECT codec, raw_len FROM extents"):
+            raw = u64(raw)
+            whole += raw
+            if codec == z:
+                zero += raw
+        return whole, zero
+
     def by_location(self) -> Iterator[format.Extent]:
         """In drive order (the journal's and the index's already are: then no sort)."""
         if self._pdb.sorted:
