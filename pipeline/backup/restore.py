@@ -99,8 +99,10 @@ def _claim(target: Path, ref: SnapshotRef) -> tuple[int, bool]:
     while this restore runs); returns the marker's fd and whether an earlier restore of
     the same snapshot left it."""
     with space(target):
+        created = False
         try:
             target.mkdir(mode=0o700)
+            created = True
         except FileExistsError:
             pass
         except OSError as exc:
@@ -108,7 +110,7 @@ def _claim(target: Path, ref: SnapshotRef) -> tuple[int, bool]:
                 raise
             raise BadInput(f"cannot create --target {target}: {exc.strerror}; make "
                            f"{target.parent} writable or give another --target") from None
-        _own(target)
+        _own(target, created)
         path = target / MARKER
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -145,26 +147,29 @@ def _claim(target: Path, ref: SnapshotRef) -> tuple[int, bool]:
     return fd, resuming
 
 
-def _own(target: Path) -> None:
-    """TARGET must be this user's, and becomes 0700 until the end (``finish`` sets the
-    snapshot's mode): whoever else could write in it could swap a directory being
-    restored for a symlink and have the files written where it points."""
+def _own(target: Path, created: bool) -> None:
+    """A TARGET that was there must be this user's, and becomes 0700 until the end
+    (``finish`` sets the snapshot's mode): whoever else could write in it could swap a
+    directory being restored for a symlink and have the files written where it points.
+    One this restore made is accepted whatever owner its filesystem gives it (a FAT
+    stick mounted with uid=1000: every file there is that uid's)."""
     st = os.lstat(target)
     if not stat.S_ISDIR(st.st_mode):
         raise BadInput(f"--target {target} is not a directory; give a new or empty directory")
-    if st.st_uid != os.geteuid():
+    if not created and st.st_uid != os.geteuid():
         raise BadInput(f"--target {target} belongs to uid {st.st_uid}, not to this user: its "
                        "owner could redirect the restore through a symlink; give a new path "
                        "or a directory of yours")
-    os.chmod(target, 0o700)
+    with contextlib.suppress(OSError):    # a filesystem without modes: nothing to close
+        os.chmod(target, 0o700)
 
 
 def check_resumed(target: Path, nodes: list[fmt.Node]) -> None:
     """An unfinished restore's TARGET, before it is written again: each directory of the
-    snapshot already there must be one a restore made (a directory of this user's, not a
-    symlink), else files would be written where the symlink points."""
+    snapshot already there must be one a restore made (a directory of TARGET's owner, not
+    a symlink), else files would be written where the symlink points."""
     root = os.fsencode(target)
-    uid = os.geteuid()
+    uid = os.lstat(root).st_uid            # the owner a directory made here gets
     for n in nodes:
         if n.type != "dir" or n.path == fmt.ROOT:
             continue
