@@ -52,9 +52,30 @@ def open_backend(source: str, container: str | None) -> Backend:
         recorded = recorded_container()
         if recorded is not None and (path / recorded).is_dir():  # a directory account
             return open_backend(source, recorded)
-        raise BadInput(f"--from {source} holds no backup repository; give the repository "
-                       "directory (STAGING/repo), or a storage account with --container C")
+        if not path.exists() and _ACCOUNT.search(source):
+            raise BadInput(f"--from {_shown(source)} is a storage account; give --container C "
+                           "(the container holding the repository)")
+        raise BadInput(f"--from {_shown(source)} holds no backup repository; give the "
+                       "repository directory (STAGING/repo), or a storage account with "
+                       "--container C")
     return DirBackend(path)
+
+
+_ACCOUNT = re.compile(r"(?i)^https?://|AccountName=|AccountKey=|SharedAccessSignature=")
+
+
+def _shown(source: str) -> str:
+    """``--from`` as a message may name it: a connection string's key or a URL's SAS
+    token is a secret, so an account is named by its endpoint only."""
+    if Path(source).exists() or not _ACCOUNT.search(source):
+        return source
+    try:
+        storage = open_storage(source)
+    except Exception:  # noqa: BLE001 - a value not even parsed: named without its text
+        storage = None
+    if storage is None or isinstance(storage, LocalStorage):
+        return "(the storage account given)"
+    return storage.name
 
 
 def missing_message(backend: Backend, job_line: str = "") -> str:
