@@ -158,7 +158,7 @@ class DirBackend(_Counter):
             self._mkdirs(os.path.dirname(final))
             self._mkdirs(self._tmp)
             tmp = os.path.join(self._tmp, secrets.token_hex(16))
-            atomic.replace_file(tmp, final, data, FILE_MODE)
+            atomic.replace_file(tmp, final, data, FILE_MODE, drop_cache=True)  # not read back
         except OSError as exc:
             if is_no_space(exc):    # the snapshot is written last: nothing claims completion
                 raise NoSpace(self.root, final) from None
