@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import trio
 
 from pipeline.drive import format
-from pipeline.receive import commit, disposition, extract, upload
+from pipeline.receive import commit, disposition, extract, state, upload
 from pipeline.receive import reader as driveread
 from pipeline.receive.commit import FileOnDrive, cells_of
 from pipeline.receive.copylog import CopyLog, log_path, open_copy_log, read_bytes, read_lines
@@ -63,6 +63,13 @@ async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Stor
                        log: CopyLog, cpu: trio.CapacityLimiter, net: trio.CapacityLimiter,
                        progress: Callable[[int], None] = lambda n: None, *,
                        again: bool = False) -> DriveResult:
+    with state.fewer_collections():
+        return await _import_drive(od, plan, store, log, cpu, net, progress, again)
+
+
+async def _import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Storage,
+                        log: CopyLog, cpu: trio.CapacityLimiter, net: trio.CapacityLimiter,
+                        progress: Callable[[int], None], again: bool) -> DriveResult:
     sb, container = plan.superblock, plan.container
     result = DriveResult(sb.drive_seq, sb.session_id)
     marker = marker_name(sb.session_id, sb.drive_seq)
@@ -100,7 +107,7 @@ async def import_drive(od: driveread.UnlockedDrive, plan: DrivePlan, store: Stor
     on_drive.settle()
     await trio.to_thread.run_sync(store.sync, limiter=net)  # parts durable before the marker
     chunks = await put_marker(store, sb.session_id, sb.drive_seq, "parts",
-                              on_drive.marker_files(), net)
+                              on_drive.marker_json(), net)
     await commit.commit_ready(store, container, sb, on_drive, log, net,
                               vouched=not plan.incomplete)
     await trio.to_thread.run_sync(store.sync, limiter=net)  # commits durable before "done"

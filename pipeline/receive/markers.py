@@ -50,11 +50,12 @@ def head(session_id: str, seq: int, state: str, chunks: int) -> bytes:
                        "chunks": chunks}).encode()
 
 
-def chunks_json(files: Iterable[dict[str, Any]]) -> Iterator[bytes]:
-    """The marker's chunks, CHUNK_FILES files each, encoded a file at a time."""
+def chunks_json(files: Iterable[dict[str, Any] | str]) -> Iterator[bytes]:
+    """The marker's chunks, CHUNK_FILES files each, encoded a file at a time (a str is
+    a file's entry encoded already: ``OnDrive.marker_json``)."""
     part: list[str] = []
     for f in files:
-        part.append(json.dumps(f))
+        part.append(f if isinstance(f, str) else json.dumps(f))
         if len(part) >= CHUNK_FILES:
             yield ("[" + ", ".join(part) + "]").encode()
             part.clear()
@@ -63,7 +64,7 @@ def chunks_json(files: Iterable[dict[str, Any]]) -> Iterator[bytes]:
 
 
 async def put_marker(store: Storage, session_id: str, seq: int, state: str,
-                     files: Iterable[dict[str, Any]] | None, net: trio.CapacityLimiter,
+                     files: Iterable[dict[str, Any] | str] | None, net: trio.CapacityLimiter,
                      chunks: int = 0) -> int:
     """Write the drive's chunks (``files``; None: written already, ``chunks`` of them),
     synced, then its head; returns the chunk count."""

@@ -118,6 +118,11 @@ class DrivePlan:
 
 
 def plan_drive(od: driveread.UnlockedDrive, jrn: journal.Journal | None) -> DrivePlan:
+    with state.fewer_collections():  # a row, a record, a tuple per file: all short-lived
+        return _plan_drive(od, jrn)
+
+
+def _plan_drive(od: driveread.UnlockedDrive, jrn: journal.Journal | None) -> DrivePlan:
     sb = od.superblock
     storage_base.check_container_name(sb.dstdir.split("/", 1)[0])
     if sb.dstdir.split("/", 1)[0] == STATE_CONTAINER:
