@@ -31,7 +31,7 @@ from pipeline.backup import crypto
 from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository, printable
 from pipeline.backup.repo import Repository, SnapshotRef
-from pipeline.backup.shape import TreeShape
+from pipeline.backup.shape import TreeShape, renamed
 from pipeline.errors import BadInput
 from pipeline.progress import Stats
 
@@ -190,6 +190,9 @@ class Checker:
                 self.problem(f"snapshot {ref.hex[:16]}: {exc}")
                 continue
             self.refs.append(ref)
+            why = renamed(ref, manifest)
+            if why is not None:
+                self.problem(f"snapshot {ref.hex[:16]}: {why}")
             missing = 0
             shape: TreeShape | None = TreeShape()
             try:

@@ -48,7 +48,7 @@ import trio
 from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository, PartialRestore, printable
 from pipeline.backup.repo import Repository, SnapshotRef
-from pipeline.backup.shape import TreeShape
+from pipeline.backup.shape import TreeShape, renamed
 from pipeline.backup.stages import fetch, layout
 from pipeline.backup.stages.files import (
     CREATE,
@@ -269,6 +269,10 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
     gets each warning (on the Trio thread) as it comes."""
     target = check_target(target)
     manifest = await trio.to_thread.run_sync(repo.manifest, ref)
+    why = renamed(ref, manifest)
+    if why is not None:
+        raise CorruptRepository(f"snapshot {ref.hex[:16]}: {why}; nothing restored: give "
+                                "--snapshot ID of the one you want (`pipeline snapshots`)")
     nodes = await trio.to_thread.run_sync(lambda: list(repo.tree(manifest)))
     check_shape(nodes, ref)
     fd, resuming = await trio.to_thread.run_sync(_claim, target, ref)

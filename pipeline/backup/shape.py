@@ -10,11 +10,32 @@ refuses such a tree before writing anything; ``check`` names the snapshot.
 
 Streaming and small: only the chain of directories above the current entry is kept
 (the tree is in order, so a name given twice is one not after its predecessor).
+
+``renamed``: a snapshot file's name holds its time, unsealed, so that names sort without
+the key; anyone who can write to the storage could copy an old snapshot under a newer
+name and have "the latest" restore old data.  The sealed manifest holds the same time.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pipeline.backup import encoding as fmt
+from pipeline.backup.repo import SnapshotRef
+
+
+def renamed(ref: SnapshotRef, manifest: fmt.Manifest) -> str | None:
+    """Why the file of ``ref`` is not the snapshot its name says, or None."""
+    if not manifest.time:            # written without one: nothing to compare
+        return None
+    try:
+        taken = datetime.fromisoformat(manifest.time)
+    except ValueError:
+        return f"its time {manifest.time[:40]!r} is not a time"
+    if taken.tzinfo is not None and taken == ref.time:
+        return None
+    return (f"its name says {ref.time.isoformat()} but it was taken at {manifest.time[:40]} "
+            f"(an older snapshot copied under a newer name: remove {ref.name})")
 
 
 class TreeShape:
