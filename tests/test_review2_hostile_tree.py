@@ -148,3 +148,29 @@ def test_a_well_formed_crafted_tree_restores(tmp_path: Path) -> None:
     assert (target / "a" / "x").read_bytes() == PAYLOAD == (target / "c" / "y").read_bytes()
     assert os.readlink(target / "a" / "l") == "../b"
     assert cli(tmp_path, "check").returncode == EXIT_OK
+
+
+@pytest.mark.parametrize("path, why", [
+    ("../x", "tree entry path '../x' escapes the target"),
+    ("/etc/x", "tree entry path '/etc/x' escapes the target"),
+    ("a//b", "tree entry path 'a//b' escapes the target"),
+    ("a/./b", "tree entry path 'a/./b' escapes the target"),
+    ("x\0y", "tree entry is damaged (path is not a string of at most 65536 characters "
+              "without NUL)"),
+])
+def test_a_name_leaving_the_target_is_one_line(tmp_path: Path, path: str, why: str) -> None:
+    """Held: '..', an absolute name, an empty or '.' component, a NUL: one line (exit
+    4), nothing written, check names the snapshot."""
+    (tmp_path / "pass").write_bytes(PASS + b"\n")
+    repo = Repository.init(DirBackend(tmp_path / "repo"), PASS, FAST_ARGON)
+    ref = craft(repo, [d("."), f(repo, path, PAYLOAD)], [PAYLOAD])
+    repo.close()
+    target = tmp_path / "target"
+    proc = cli(tmp_path, "restore", "--target", str(target))
+    assert proc.returncode == EXIT_INTEGRITY
+    assert proc.stderr.splitlines() == [f"pipeline restore: backup repository: {why}"]
+    assert not target.exists()
+    proc = cli(tmp_path, "check")
+    assert proc.returncode == EXIT_INTEGRITY
+    assert (f"pipeline check: snapshot {ref.hex[:16]}: its file tree is unreadable: backup "
+            f"repository: {why}") in proc.stderr.splitlines()
