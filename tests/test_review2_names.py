@@ -5,8 +5,6 @@ is printed escaped by check and restore (one line each), never raw to the termin
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import trio
@@ -14,19 +12,12 @@ import trio
 from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository
 from pipeline.errors import EXIT_INTEGRITY, EXIT_OK
-from tests.conftest import FAST_ARGON, ROOT
+from tests.conftest import FAST_ARGON
 from tests.test_backup_repo import PASS, backup
-from tests.test_review2_hostile_tree import PAYLOAD, craft, d, f
+from tests.test_review2_hostile_tree import PAYLOAD, cli, craft, d, f
 
 NAMES = [b"bad\xff\nname", b"\x01ctl", b"tab\tname", b"\\backslash", b'quote"',
          b"\xed\xa0\x80surrogate", b"-", b" lead", b"trail ", b"\x1b[31mred"]
-
-
-def cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args, "--from",
-                           str(tmp / "repo"), "--passphrase-file", str(tmp / "pass")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, "PIPELINE_CONFIG_DIR": str(tmp / "config")})
 
 
 def tree(root: bytes) -> dict[bytes, tuple[int, bytes | None, int]]:

@@ -4,10 +4,7 @@ under a newer name: 'the latest' must not then restore old data as if it were ne
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import trio
@@ -16,15 +13,9 @@ from pipeline.backup import encoding as fmt
 from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository
 from pipeline.errors import EXIT_INTEGRITY, EXIT_OK
-from tests.conftest import FAST_ARGON, ROOT
+from tests.conftest import FAST_ARGON
 from tests.test_backup_repo import PASS, backup
-
-
-def cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args, "--from",
-                           str(tmp / "repo"), "--passphrase-file", str(tmp / "pass")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, "PIPELINE_CONFIG_DIR": str(tmp / "config")})
+from tests.test_review2_hostile_tree import cli
 
 
 def test_an_old_snapshot_copied_under_a_newer_name_is_not_the_latest(tmp_path: Path) -> None:
