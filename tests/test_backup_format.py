@@ -132,7 +132,11 @@ def test_key_file_opens_only_with_its_passphrase() -> None:
     assert b"secret words" not in data and keys.enc_key not in data
     assert crypto.open_key_file(data, b"secret words", "r" * 32) == keys
     assert crypto.open_key_file(data, b"secret word", "r" * 32) is None
-    assert crypto.open_key_file(data, b"secret words", "x" * 32) is None   # another repository
+    with pytest.raises(CorruptRepository, match="is not the one its key files were made for"):
+        crypto.open_key_file(data, b"secret words", "x" * 32)          # another repository's
+    moved = data.replace(b'"repo_id": "' + b"r" * 32, b'"repo_id": "' + b"x" * 32)
+    assert moved != data                         # its plaintext repo_id edited too: the AAD holds
+    assert crypto.open_key_file(moved, b"secret words", "x" * 32) is None
     assert "enc_key" not in repr(keys) and repr(crypto.Crypto(keys)) == "Crypto(<keys>)"
 
 

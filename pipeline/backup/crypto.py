@@ -231,6 +231,10 @@ def make_key_file(keys: MasterKeys, passphrase: bytes, repo_id: str, kdf: luks2.
 def open_key_file(data: bytes, passphrase: bytes, repo_id: str) -> MasterKeys | None:
     """The master keys, or None when the passphrase does not open this key file."""
     obj = fmt.decode_json(data, "key file")
+    if obj.get("repo_id", repo_id) != repo_id:     # the config's is plaintext: say it was edited
+        raise CorruptRepository(f"config's repo_id {repo_id} is not the one its key files "
+                                "were made for: the config was altered or comes from another "
+                                "repository; put back the repository's own config file")
     try:
         kdf_obj = obj["kdf"]
         kdf = luks2.KdfParams.from_json(kdf_obj)

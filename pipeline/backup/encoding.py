@@ -173,12 +173,50 @@ class Config:
                                     "a newer pipeline wrote this repository, upgrade pipeline")
         try:
             ch = obj["chunker"]
-            params = ChunkerParams(int(ch["min"]), int(ch["avg"]), int(ch["max"]),
-                                   int(ch["normalized_chunking"]))
-            return cls(repo_id=str(obj["repo_id"]), chunker=params,
-                       pack_size=int(obj["pack_size"]), created=str(obj.get("created", "")))
+            params = ChunkerParams(_whole(ch["min"]), _whole(ch["avg"]), _whole(ch["max"]),
+                                   _whole(ch["normalized_chunking"]))
+            config = cls(repo_id=obj["repo_id"], chunker=params,
+                         pack_size=_whole(obj["pack_size"]), created=str(obj.get("created", "")))
         except (KeyError, TypeError, ValueError):
             raise CorruptRepository("config lacks chunker or pack_size fields") from None
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """The config is plaintext, so anyone who can write to the storage can edit it: each
+        field within what a backup could have written, or one line (not a traceback from the
+        chunker, nor a whole file read as one chunk, nor a pack held whole in memory)."""
+        if not isinstance(self.repo_id, str) or not re.fullmatch(r"[0-9a-f]{32}", self.repo_id):
+            raise CorruptRepository("config's repo_id is not 32 hex digits: the config was "
+                                    "altered; put back the repository's own config file")
+        c = self.chunker
+        for name, value, (low, high) in (("min", c.min, CHUNK_MIN), ("avg", c.avg, CHUNK_AVG),
+                                          ("max", c.max, CHUNK_MAX),
+                                          ("normalized_chunking", c.nc, (0, 3)),
+                                          ("pack_size", self.pack_size, PACK_SIZE)):
+            if not low <= value <= high:
+                raise CorruptRepository(f"config's {name} {value} is outside {low}..{high}: "
+                                        "the config was altered; put back the repository's "
+                                        "own config file")
+        if not c.min <= c.avg <= c.max:
+            raise CorruptRepository(f"config's chunker sizes are not min <= avg <= max "
+                                    f"({c.min}, {c.avg}, {c.max}): the config was altered; "
+                                    "put back the repository's own config file")
+
+
+# What FastCDC 2020 accepts (its MINIMUM/AVERAGE/MAXIMUM bounds), and packs from 64 KiB (the
+# tests' smallest) to 128 MiB (restic's largest): one pack is held whole while it is built.
+CHUNK_MIN = (64, 1 << 20)
+CHUNK_AVG = (256, 4 << 20)
+CHUNK_MAX = (1 << 10, 16 << 20)
+PACK_SIZE = (64 << 10, 128 << 20)
+
+
+def _whole(value: object) -> int:
+    """A JSON integer (not a float, a string or a bool that int() would take)."""
+    if type(value) is not int:
+        raise TypeError(value)
+    return value
 
 
 # --------------------------------------------------------------------------- packs
