@@ -4,6 +4,7 @@ logic."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from pipeline import credentials
@@ -43,6 +44,25 @@ def add_aliased(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name:
     hidden = {k: v for k, v in kwargs.items() if k in ("type", "metavar", "action")}
     for alias in aliases:
         group.add_argument(alias, dest=dest, help=argparse.SUPPRESS, **hidden)  # type: ignore[arg-type]
+
+
+MAX_THREADS = 256      # each is an OS thread holding buffers: a typo of 100000 is refused
+
+
+def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                         what: str) -> None:
+    """``--threads N`` (what they do: ``what``), read by ``threads_from_args``."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"{what} (default: the number of cores; 1 to {MAX_THREADS})")
+
+
+def threads_from_args(args: argparse.Namespace) -> int:
+    """--threads as given, or the number of cores: one rule for every command."""
+    if args.threads is None:
+        return os.cpu_count() or 2
+    if not 1 <= args.threads <= MAX_THREADS:
+        raise BadInput(f"--threads {args.threads}: give 1 to {MAX_THREADS}")
+    return args.threads
 
 
 def add_kdf_arguments(parser: argparse.ArgumentParser) -> None:

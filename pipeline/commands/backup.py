@@ -98,8 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--container", metavar="C", help="container of the repository (online: "
                    "default the one recorded by the offline backup of --source)")
     p.add_argument("--level", type=int, default=1, metavar="N", help="zstd level (default 1)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="compression/encryption threads (default: the number of cores)")
+    _options.add_threads_argument(p, "compression/encryption threads")
     p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
     _add_kdf_arguments(p)
     p.set_defaults(func=run)
@@ -212,9 +211,7 @@ def _kdf(args: argparse.Namespace) -> luks2.KdfParams | None:
 def _opts(args: argparse.Namespace) -> archive.BackupOptions:
     if not 1 <= args.level <= 22:
         raise BadInput(f"--level {args.level} is out of range; zstd levels are 1 to 22")
-    threads = args.threads or os.cpu_count() or 2
-    if threads < 1:
-        raise BadInput("--threads must be at least 1")
+    threads = _options.threads_from_args(args)
     return archive.BackupOptions(level=args.level, threads=threads)
 
 

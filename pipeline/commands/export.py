@@ -27,7 +27,6 @@ import functools
 import itertools
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -106,8 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where the per-drive journals live (never on a target drive)")
     p.add_argument("--yes", action="store_true",
                    help="format drives that hold data without asking")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="compression/encryption threads (default: the number of cores)")
+    _options.add_threads_argument(p, "compression/encryption threads")
     p.add_argument("--memory", default="256M", metavar="SIZE",
                    help="memory budget for data in flight (default 256M)")
     p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
@@ -242,7 +240,7 @@ def _config(args: argparse.Namespace, store: Storage, container: str, session_id
         raise BadInput(f"the journals of {session_id} in {args.journal_dir} wrote container "
                        f"{journals[0].session.dstdir}, not {dstdir}; give this job's own "
                        "--journal-dir")
-    threads = args.threads or os.cpu_count() or 2
+    threads = _options.threads_from_args(args)
     root = getattr(store, "root", None)  # a local account: no drive may lie inside it
     return PrepConfig(
         srcdir=Path(root or args.journal_dir).resolve(), dstdir=dstdir,

@@ -88,8 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also open every drive with this key file (keyslot 1)")
     p.add_argument("--memory", default="256M", metavar="SIZE",
                    help="memory budget for data in flight (default 256M)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="compression/encryption threads (default: the number of cores)")
+    _options.add_threads_argument(p, "compression/encryption threads")
     p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="also print the time each pipeline stage was busy (for tuning)")
@@ -204,9 +203,7 @@ def _config(args: argparse.Namespace, journals: list[journal.Journal]) -> PrepCo
         secret = credentials.passphrase_file(args.passphrase_file)
     elif args.key_file:
         secret = credentials.key_file(args.key_file)
-    threads = args.threads or os.cpu_count() or 2
-    if threads < 1:
-        raise BadInput("--threads must be at least 1")
+    threads = _options.threads_from_args(args)
     paths, silent, keys = _drives_of(args)
     return PrepConfig(
         srcdir=Path(srcdir), dstdir=dstdir, jdir=Path(args.journal_dir),

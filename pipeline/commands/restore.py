@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import trio
@@ -15,6 +14,7 @@ from pipeline.backup.backend import Backend
 from pipeline.backup.errors import NoRepository, PartialRestore
 from pipeline.backup.repo import Repository, SnapshotRef, find_snapshot
 from pipeline.backup.restore import check_target, run_restore
+from pipeline.commands import _options
 from pipeline.errors import (
     EXIT_INTEGRITY,
     EXIT_NO_SEED,
@@ -22,7 +22,6 @@ from pipeline.errors import (
     EXIT_OK,
     EXIT_STORAGE,
     EXIT_WARNING,
-    BadInput,
     Outcome,
 )
 
@@ -48,17 +47,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", required=True, metavar="DIR", help="new or empty directory")
     p.add_argument("--passphrase-file", required=True, metavar="FILE",
                    help="file holding the backup passphrase")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="fetch/decrypt threads (default: the number of cores)")
+    _options.add_threads_argument(p, "fetch/decrypt threads")
     p.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
     p.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace) -> Outcome:
+    threads = _options.threads_from_args(args)
     target = check_target(Path(args.target))
-    threads = args.threads or os.cpu_count() or 2
-    if threads < 1:
-        raise BadInput("--threads must be at least 1")
     secret = credentials.passphrase_file(args.passphrase_file)
     backend = await trio.to_thread.run_sync(locate.open_backend, args.source, args.container)
 

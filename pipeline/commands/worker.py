@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+from pipeline.commands import _options
 from pipeline.errors import BadInput, Outcome
 from pipeline.jobs.client import ServiceClient
 from pipeline.volume import drives
@@ -28,8 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a drive attached here: block device or image file (repeat)")
     p.add_argument("--drive-size", metavar="SIZE",
                    help="size of image files that do not exist yet, e.g. 2G")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="compression/encryption threads (default: the number of cores)")
+    _options.add_threads_argument(p, "compression/encryption threads")
     p.add_argument("--storage-key-file", metavar="FILE",
                    help="a file (mode 0600) holding the storage account's connection string "
                    "(with AccountKey) or SAS URL, for `import --cluster`: the client sends "
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> Outcome:
     from pipeline.cluster import target, worker
 
     size = drives.parse_size(args.drive_size) if args.drive_size else None
-    held = worker.drive_set(args.name, args.drive, size, args.threads or os.cpu_count() or 2)
+    held = worker.drive_set(args.name, args.drive, size, _options.threads_from_args(args))
     credential = target.read_credential(args.storage_key_file)
     site = None
     if args.service or args.site_token_file:
