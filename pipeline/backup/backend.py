@@ -25,7 +25,7 @@ from typing import Protocol
 from pipeline import atomic
 from pipeline.backup.errors import CorruptRepository
 from pipeline.errors import BadInput, NoSpace, is_no_space
-from pipeline.storage.base import CELL, BlobType, Storage
+from pipeline.storage.base import CELL, BlobTooLarge, BlobType, Storage
 
 # A repository's files (keys, config, packs, snapshots) are its owner's only, as restic's.
 FILE_MODE = 0o600
@@ -207,7 +207,11 @@ class StorageBackend(_Counter):
         return [b[n:] for b in self.storage.list(self.container, self.prefix + prefix)]
 
     def get(self, name: str) -> bytes | None:
-        return self.storage.get(self.container, self.prefix + name)
+        try:
+            return self.storage.get(self.container, self.prefix + name, MAX_FILE)
+        except BlobTooLarge as exc:     # a hostile account's 5 GiB "snapshot": not read
+            raise CorruptRepository(f"{name} in {self.name} is {exc.size} bytes, more than "
+                                    f"any file of a repository ({MAX_FILE})") from None
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         if length > LARGE_READ:     # only an index entry's word for it: ask the size first

@@ -29,7 +29,7 @@ from pipeline.drive.format import BlobType
 from pipeline.errors import Refused
 from pipeline.receive import importer
 from pipeline.receive import reader as driveread
-from pipeline.storage.base import BlobInfo
+from pipeline.storage.base import GET_LIMIT, BlobInfo
 from pipeline.storage.local import LocalStorage
 from pipeline.volume import drives
 
@@ -88,8 +88,8 @@ class UnpackTarget:
     def delete(self, container: str, blob: str) -> None:
         self._for(container).delete(container, blob)
 
-    def get(self, container: str, blob: str) -> bytes | None:
-        return self._for(container).get(container, blob)
+    def get(self, container: str, blob: str, limit: int = GET_LIMIT) -> bytes | None:
+        return self._for(container).get(container, blob, limit)
 
     def list(self, container: str, prefix: str = "") -> builtins.list[str]:
         return self._for(container).list(container, prefix)

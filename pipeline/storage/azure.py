@@ -69,7 +69,9 @@ from pipeline.errors import BadInput
 from pipeline.names import MAX_BLOCKS  # Azure's committed blocks per block blob
 from pipeline.storage.base import (
     CELL,
+    GET_LIMIT,
     BlobInfo,
+    BlobTooLarge,
     PartsMissing,
     StorageUnavailable,
     cells_of,
@@ -410,7 +412,7 @@ class AzureStorage:
         with self._calls(), contextlib.suppress(ResourceNotFoundError):
             client.delete_blob()
 
-    def get(self, container: str, blob: str) -> bytes | None:
+    def get(self, container: str, blob: str, limit: int = GET_LIMIT) -> bytes | None:
         client = self._blob(container, blob)
         with self._calls():
             try:
@@ -419,6 +421,8 @@ class AzureStorage:
                 return None
             if not _visible(stream.properties):
                 return None
+            if stream.size > limit:         # the first reply says it: read no further
+                raise BlobTooLarge(self.name, f"{container}/{blob}", stream.size, limit)
             return stream.readall()
 
     def list(self, container: str, prefix: str = "") -> builtins.list[str]:

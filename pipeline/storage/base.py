@@ -37,6 +37,8 @@ __all__ = [
     "Storage",
     "StorageUnavailable",
     "cells_of",
+    "BlobTooLarge",
+    "GET_LIMIT",
     "check_blob_name",
     "check_container_name",
     "check_part",
@@ -55,6 +57,17 @@ class StorageUnavailable(PipelineError):
 
     def __init__(self, name: str, reason: str, fix: str = AZURE_FIX) -> None:
         super().__init__(name, reason, fix)
+
+
+GET_LIMIT = 1 << 30     # the most ``get`` reads whole (a backup pack is 16 MiB; a blob list less)
+
+
+class BlobTooLarge(IntegrityError):
+    """storage {}: {} is {} bytes, more than a whole read takes ({}); it is not what belongs there: remove or replace it"""  # noqa: E501 - the message template is one line
+
+    def __init__(self, name: str, where: str, size: int, limit: int) -> None:
+        super().__init__(name, where, size, limit)
+        self.where, self.size = where, size
 
 
 class PartsMissing(IntegrityError):
@@ -124,8 +137,9 @@ class Storage(Protocol):
         """Remove a committed blob (a backup's prune, forget, released lock); absent
         already is fine.  The importer never deletes."""
 
-    def get(self, container: str, blob: str) -> bytes | None:
-        """A whole committed blob, None if absent."""
+    def get(self, container: str, blob: str, limit: int = GET_LIMIT) -> bytes | None:
+        """A whole committed blob, None if absent; BlobTooLarge past ``limit`` bytes, before
+        reading it (whoever can write to the account chooses what a name holds)."""
 
     def list(self, container: str, prefix: str = "") -> builtins.list[str]:
         """Committed blob names starting with ``prefix``, sorted."""

@@ -38,7 +38,9 @@ from pipeline.drive.blob import BlobType
 from pipeline.errors import BadInput, filesystem_of, is_no_space
 from pipeline.storage.base import (
     CELL,
+    GET_LIMIT,
     BlobInfo,
+    BlobTooLarge,
     InvalidName,
     PartsMissing,
     StorageUnavailable,
@@ -571,12 +573,25 @@ class LocalStorage:
             self._makedirs(os.path.dirname(final))
             self._replace(final, data, len(data))
 
-    def get(self, container: str, blob: str) -> bytes | None:
+    def get(self, container: str, blob: str, limit: int = GET_LIMIT) -> bytes | None:
+        """Only a regular file is a blob (as ``size`` and ``list`` say): a FIFO put at its
+        name would block the open and the read for ever, /dev/zero never ends."""
+        path = self._path(container, blob)
         try:
-            with open(self._path(container, blob), "rb") as f:
-                return f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):    # a directory, a FIFO, a device
+            os.close(fd)
+            return None
+        with open(fd, "rb") as f:
+            if st.st_size > limit:
+                raise BlobTooLarge(self.name, f"{container}/{blob}", st.st_size, limit)
+            data = f.read(limit + 1)
+        if len(data) > limit:               # it grew since the fstat
+            raise BlobTooLarge(self.name, f"{container}/{blob}", len(data), limit)
+        return data
 
     def list(self, container: str, prefix: str = "") -> builtins.list[str]:
         top = self._path(container)
