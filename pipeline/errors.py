@@ -223,3 +223,23 @@ def rank(exc: BaseException) -> int:
 def worst(exc: BaseException) -> BaseException:
     """The one error of a (possibly grouped) exception that decides what the user is told."""
     return min(leaves(exc), key=rank)
+
+
+def printable(text: str) -> str:
+    """A path (or any text from a drive, a repository, a request) for one message line: as
+    it is when every character prints, else control characters and backslashes escaped as
+    repr does and the undecodable bytes of a surrogate-escaped name as \\xNN.  A file name is its
+    owner's choice: a newline or an escape sequence in it must not split a line or
+    reach the terminal as such."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:       # os.fsdecode's stand-in for a byte that is not UTF-8
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch.isprintable() and ch != "\\":
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from pipeline.errors import PipelineError, worst
+from pipeline.errors import PipelineError, printable, worst
 
 if TYPE_CHECKING:  # rich is imported when a bar is drawn: --json and quiet runs start faster
     from rich.console import Console
@@ -287,7 +287,9 @@ def format_summary(stats: Stats | Mapping[str, Any], *, verbose: bool = False) -
 
 
 def describe_event(type: str, fields: Mapping[str, Any]) -> str:
-    """One human line for an event: its `message`, else its fields as key=value."""
+    """One human line for an event: its `message`, else its fields as key=value; a file
+    name's newline or escape sequence escaped (it must neither split the line nor reach
+    the terminal)."""
     if type == "drive_full" and "seq" in fields:  # said as a person would, not as fields
         return (f"drive {fields['seq']} ({fields.get('path', '?')}) is full")
     if "message" in fields:
@@ -299,7 +301,7 @@ def describe_event(type: str, fields: Mapping[str, Any]) -> str:
     else:
         text, rest = "", dict(fields)
     extra = " ".join(f"{k}={v}" for k, v in rest.items())
-    return f"{type}: " + " ".join(filter(None, (text, extra)))
+    return printable(f"{type}: " + " ".join(filter(None, (text, extra))))   # one line, always
 
 
 # --------------------------------------------------------------------------- renderers

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import EXIT_NO_SEED, BadInput, IntegrityError, PipelineError, Refused
+from pipeline.errors import (
+    EXIT_NO_SEED,
+    BadInput,
+    IntegrityError,
+    PipelineError,
+    Refused,
+    printable,  # noqa: F401 - backup's modules take it from here
+)
 
 
 class WrongPassphrase(BadInput):
@@ -27,26 +34,6 @@ class NoRepository(PipelineError):
     """{}"""
 
     exit_code = EXIT_NO_SEED
-
-
-def printable(text: str) -> str:
-    """A path (or any text from a repository) for one message line: as it is when every
-    character prints, else control characters and backslashes escaped as repr does and
-    the undecodable bytes of a surrogate-escaped name as \\xNN.  A file name is its
-    owner's choice: a newline or an escape sequence in it must not split a line or
-    reach the terminal as such."""
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:       # os.fsdecode's stand-in for a byte that is not UTF-8
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif ch.isprintable() and ch != "\\":
-            out.append(ch)
-        else:
-            out.append(repr(ch)[1:-1])
-    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
