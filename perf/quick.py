@@ -8,7 +8,9 @@ prints the medians, the ratios the issue sets (verify >= 2.5x, import >= 2.0x) a
 import against the floor.  Page cache warm (the data is read before each round) or,
 with ``--cache cold``, dropped before each run (as ``python -m perf`` does; root); the
 load average is printed with every round, since other work on the machine moves the
-figures.  ``--profile`` runs verify and import once
+figures.  ``--base DIR`` (a worktree of another commit, e.g. ``git worktree add DIR
+HEAD~1``, its compiled modules copied in) adds ``import (base)``, that tree's import, in
+the same rounds: an interleaved A/B.  ``--profile`` runs verify and import once
 more each under ``py-spy record --gil`` and prints where the GIL was held.
 """
 
@@ -45,6 +47,7 @@ def prep(data: Path, out: Path, nbytes: int) -> None:
 
 
 FLOOR = "write floor"
+BASE = "import (base)"
 
 
 def commands(data: Path, out: Path) -> dict[str, list[str]]:
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--cache", choices=("warm", "cold"), default="warm",
                    help="page cache before each run: warm = the data read, cold = dropped")
+    p.add_argument("--base", type=Path, default=None,
+                   help="another checkout whose import runs in the same rounds (A/B)")
     args = p.parse_args(argv)
     data = args.data.resolve()
     nbytes = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         prep(data, args.out, nbytes)
     measure.floor_archive(data, args.out / "floor.tar.zst")  # untimed, once
     cmds = commands(data, args.out)
+    if args.base is not None:
+        cmds[BASE] = cmds["import --to DIR"]
     if args.only:
         keep = {"tar | zstd -1 -T0"} | {k for k in cmds if k.split()[0] in args.only.split(",")}
         cmds = {k: v for k, v in cmds.items() if k in keep}
@@ -112,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             reset(args.out)
             settle(data, args.cache)
             before = load()
-            s = measure.run(argv_, cwd=REPO, env=env)
+            if key == BASE:  # the other checkout's code, from its own directory
+                s = measure.run(argv_, cwd=args.base, env={**env, "PYTHONPATH": str(args.base)})
+            else:
+                s = measure.run(argv_, cwd=REPO, env=env)
             walls[key].append(s.wall_s)
             cpus[key].append(s.cpu_s)
             print(f"round {i + 1} {key:20s} {s.wall_s:6.2f} s {nbytes / s.wall_s / 1e6:7.1f} "
@@ -126,9 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     if walls.get(FLOOR) and walls.get("import --to DIR"):
         f = statistics.median(walls[FLOOR]) / statistics.median(walls["import --to DIR"])
         print(f"import / write floor {f:5.2f}x (MB/s of import over MB/s of the floor)")
+        per = [fl / im for fl, im in zip(walls[FLOOR], walls["import --to DIR"], strict=True)]
+        print("  per round: " + " ".join(f"{x:.2f}" for x in per))
+    if walls.get(BASE) and walls.get("import --to DIR"):
+        faster = sum(b > n for b, n in zip(walls[BASE], walls["import --to DIR"], strict=True))
+        print(f"import against base: faster in {faster} of {len(walls[BASE])} rounds; "
+              f"median {statistics.median(walls[BASE]):.2f} -> "
+              f"{statistics.median(walls['import --to DIR']):.2f} s, cpu "
+              f"{statistics.median(cpus[BASE]):.2f} -> "
+              f"{statistics.median(cpus['import --to DIR']):.2f} s")
     if args.profile:
         for key in cmds:
-            if key.startswith("tar") or key == FLOOR:
+            if key.startswith("tar") or key in (FLOOR, BASE):
                 continue
             reset(args.out)
             settle(data, args.cache)
