@@ -101,15 +101,15 @@ def test_a_target_another_user_owns_is_refused(tmp_path: Path) -> None:
 
 def test_a_path_too_long_for_this_target_is_a_warning_and_the_rest_restores(
         tmp_path: Path) -> None:
-    """A real backup of a deep tree (paths of ~3,900 bytes) restored under a longer
+    """A real backup of a deep tree (paths up to PATH_MAX) restored under a longer
     --target: past PATH_MAX there.  Before: a traceback (ENAMETOOLONG), exit 70.  Now the
     deep directory is one warning (a shorter --target may hold it), top.txt restored."""
     src = tmp_path / "s"
     src.mkdir()
     deep = src
-    while len(str(deep)) < 3900:
-        deep = deep / ("d" * 200)
-        deep.mkdir()
+    while len(str(deep)) + len("/" + "d" * 200 + "/deep.txt") < 4096:   # PATH_MAX here,
+        deep = deep / ("d" * 200)       # whatever the temporary directory's length (xdist's
+        deep.mkdir()                    # is longer)
     (deep / "deep.txt").write_text("deep\n")
     (src / "top.txt").write_text("top\n")
     backed_up(tmp_path, src)
