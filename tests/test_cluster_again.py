@@ -65,6 +65,16 @@ def session_on_two_workers(tmp_path: Path, address: str, procs: dict[str, Proc],
     return src, jdir, d1, d2
 
 
+def drive_uuids(jdir: Path, session: str) -> dict[int, str]:
+    """Each drive's uuid by its number, from the session's journals (two drives)."""
+    uuids = {}
+    for j in journal.session_journals(jdir, session):
+        uuids[j.drive.seq] = j.drive.uuid
+        j.close()
+    assert sorted(uuids) == [1, 2]
+    return uuids
+
+
 def _statuses(logs: Path, seq: int) -> dict[str, str]:
     return {x["blob"]: x["status"] for x in copy_log(logs, SESSION, seq) if "blob" in x}
 
@@ -74,11 +84,7 @@ def test_again_on_the_worker_holding_the_drive(
         azurite: str) -> None:  # noqa: F811 - the fixture
     address, procs = scheduler
     src, jdir, d1, d2 = session_on_two_workers(tmp_path, address, procs, azurite)
-    uuids = {}
-    for j in journal.session_journals(jdir, SESSION):
-        uuids[j.drive.seq] = j.drive.uuid
-        j.close()
-    assert sorted(uuids) == [1, 2]
+    uuids = drive_uuids(jdir, SESSION)
 
     # Drive 1 comes in first, alone (its journal only: the session's other drive is not
     # here yet); the spanning file waits for drive 2, its cells staged.

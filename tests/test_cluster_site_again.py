@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import journal
 from pipeline.errors import EXIT_REFUSED
 from tests import jobservice
 from tests.conftest import run_cli
 from tests.drivedata import make_tree, read_tree
 from tests.test_cluster import Proc, start_worker
+from tests.test_cluster_again import drive_uuids
 from tests.test_cluster_secrets import scheduler  # noqa: F401 - the fixture
 from tests.test_cluster_site import RETURN
 from tests.test_import import copy_log, prep
@@ -40,11 +40,7 @@ def test_again_at_the_site_on_the_worker_holding_the_drive(
     jdir = tmp_path / "journals"
     d1, d2 = tmp_path / "w1-a.img", tmp_path / "w2-a.img"  # each worker's first drive
     prep(src, jdir, SESSION, [d1, d2], "32M", dstdir="cont/vdir/")
-    uuids = {}
-    for j in journal.session_journals(jdir, SESSION):
-        uuids[j.drive.seq] = j.drive.uuid
-        j.close()
-    assert sorted(uuids) == [1, 2]
+    uuids = drive_uuids(jdir, SESSION)
     data = tmp_path / "data"
     with jobservice.ServiceProcess(data) as svc:
         settings = tmp_path / "sub.publishsettings"
