@@ -246,13 +246,12 @@ class ParentTree:
         if cur is not None and cur[0].path == path:     # most: _advance, inline
             self._cur = next(self._entries, None)        # type: ignore[arg-type]
             return cur
+        key = fmt.path_key(path)
+        while cur is not None and fmt.path_key(cur[0].path) < key:
+            self._advance()
+            cur = self._cur
         if cur is None or cur[0].path != path:
-            key = fmt.path_key(path)
-            while cur is not None and fmt.path_key(cur[0].path) < key:
-                self._advance()
-                cur = self._cur
-            if cur is None or cur[0].path != path:
-                return None
+            return None
         self._advance()
         return cur
 
