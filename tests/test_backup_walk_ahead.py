@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,34 @@ def test_begin_with_the_walk_ahead_takes_the_parents_tree(tmp_path: Path) -> Non
     assert begun.done and warnings == [] and tuple(begun.tree.ids) == parent.tree
     assert (begun.tree.files, begun.tree.dirs, begun.tree.bytes) == (
         parent.files, parent.dirs, parent.bytes)
+
+
+def test_the_walk_handed_over_mid_tree_keeps_order_and_warnings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread has walked ahead (its queue full, warnings among what waits) when the
+    consumer starts: the consumer drains that, then walks the rest itself; entries and
+    warnings (sockets before and after the hand-over) come as ``walk`` yields them, the
+    later warnings straight through the consumer's ``warn``, and the thread ends."""
+    root = _tree(tmp_path / "src", dirs=6, files=5)
+    socks = [socket.socket(socket.AF_UNIX) for _ in range(6)]
+    try:
+        for i, s in enumerate(socks):
+            s.bind(str(root / f"d{i}" / "sock"))
+        monkeypatch.setattr(walk.WalkAhead, "BATCH", 4)
+        monkeypatch.setattr(walk.WalkAhead, "DEPTH", 2)
+        serial: list[tuple[str, object]] = []
+        _log(walk.walk(root, lambda m: serial.append(("warn", m))), serial)
+        w = walk.WalkAhead(root)
+        for _ in range(6000):                      # hang guard only: until it waits
+            if w._queue.full():
+                break
+            time.sleep(0.01)
+        assert w._queue.full() and w._rest is None   # walked ahead, not handed over yet
+        ahead: list[tuple[str, object]] = []
+        _log(w.nodes(lambda m: ahead.append(("warn", m))), ahead)
+    finally:
+        for s in socks:
+            s.close()
+    assert len([x for x in serial if x[0] == "warn"]) == 6
+    assert ahead == serial and w._rest is not None    # the rest was walked inline
+    assert not w._thread.is_alive()

@@ -86,16 +86,21 @@ def test_a_directory_removed_mid_walk_is_a_warning(tmp_path: Path,
 
 def test_the_queue_is_bounded_whatever_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
     """An endless walk (a tree of any size): the thread stops at DEPTH batches queued and
-    one in hand, goes on one batch per batch taken, and ``close`` ends it."""
+    one in hand; once the consumer starts it hands the walk over (one entry more at most),
+    the consumer goes on with it inline, and closing the consumer closes the walk."""
     made = 0
+    closed = False
 
     st = os.stat(".")
 
     def endless(root: Path, warn: walk.Warn) -> Iterator[walk.Seen]:
-        nonlocal made
-        while True:
-            made += 1
-            yield f"f{made}", b"", st
+        nonlocal made, closed
+        try:
+            while True:
+                made += 1
+                yield f"f{made}", b"", st
+        finally:
+            closed = True
 
     monkeypatch.setattr(walk, "scan", endless)
     bound = (walk.WalkAhead.DEPTH + 1) * walk.WalkAhead.BATCH
@@ -107,16 +112,18 @@ def test_the_queue_is_bounded_whatever_the_walk(monkeypatch: pytest.MonkeyPatch)
         time.sleep(0.01)
     time.sleep(0.2)                               # room to overrun, were it unbounded
     assert made == bound and ahead._queue.qsize() == walk.WalkAhead.DEPTH
-    for _ in range(walk.WalkAhead.BATCH):         # one batch taken: one more made
-        next(nodes)
+    assert next(nodes)[0] == "f1"                 # the consumer starts: the walk is its
     for _ in range(6000):
-        if made >= bound + walk.WalkAhead.BATCH and ahead._queue.full():
+        if made > bound:
             break
         time.sleep(0.01)
     time.sleep(0.2)
-    assert made == bound + walk.WalkAhead.BATCH
-    nodes.close()                                 # the consumer stops: the thread ends
+    assert made == bound + 1                      # handed over, once what waits is taken
+    names = [next(nodes)[0] for _ in range(bound + 10)]     # drained, then walked inline
+    assert names == [f"f{i}" for i in range(2, bound + 12)] and made == bound + 11
     assert not ahead._thread.is_alive()
+    nodes.close()                                 # the consumer stops: so does the walk
+    assert closed
 
 
 def _swap(path: Path, kind: str) -> None:
