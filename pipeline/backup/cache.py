@@ -77,6 +77,20 @@ def for_repository(repo_id: str, id_key: bytes, root: Path | None = None
         return None
 
 
+def _read_whole(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd``, or fewer where the file ends first (a short read goes
+    on: a file is not a pipe, but a read may still stop early); one more is asked for, so
+    a file that grew since its fstat reads as longer and fails its MAC."""
+    parts, left = [], size + 1
+    while left > 0:
+        got = os.read(fd, left)
+        if not got:
+            break
+        parts.append(got)
+        left -= len(got)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class TreeCache:
     """The cache of one repository (``repo_id``, its MAC key from ``id_key``)."""
 
@@ -135,9 +149,8 @@ class TreeCache:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
                 data = b""                       # no entry: dropped below
-            else:
-                with os.fdopen(fd, "rb", closefd=False) as f:
-                    data, mtime = f.read(MAX_BYTES + 1), st.st_mtime
+            else:      # its size read whole (a file object's read(MAX_BYTES + 1) asked
+                data, mtime = _read_whole(fd, st.st_size), st.st_mtime   # for 256 MiB)
         except OSError:
             return None
         finally:
