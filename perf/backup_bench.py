@@ -15,7 +15,9 @@ own files (``perf/realdata.py``), the pairs a restic user would compare: the ini
 (``restic init`` untimed, then ``restic backup`` into a local repository, against ``backup
 --offline`` into a staging location), and a second backup with nothing changed (restic's
 second ``backup``, against our online ``backup`` into the seed imported into a local storage
-account).  The page cache is dropped before every timed run (``--cache warm``: read instead).
+account; ``--again`` of them a side in each round, alternating, as a third of a second moves
+with the load more than the initial backup's seconds do).  The page cache is dropped before
+every timed run (``--cache warm``: read instead).
 Key derivation is meant to be slow and the two tools set it differently (restic calibrates
 scrypt to ~0.5 s at each ``init``, less on a busy machine; ours uses perf's cheap argon2id,
 ``perf.run.KDF``), so each round's KDF time, derived in-process from each side's own key
@@ -55,6 +57,7 @@ SUB = "0f8fad5b-d9cb-469f-a165-70867728950e"
 REPO = Path(__file__).resolve().parents[1]
 # Issue 23: ours over restic on the same real tree, each side's KDF time taken off.
 RESTIC_GOALS = {"initial": 2.0, "no-change": 2.0}
+AGAIN = 5      # no-change backups a side in each round, alternating restic and ours
 
 
 def _pipeline(*args: str) -> list[str]:
@@ -126,19 +129,24 @@ def _timed(argv: list[str], env: dict[str, str], cache: str, tree: Path) -> meas
     return measure.run(argv, env=env)
 
 
-def _restic_round(tree: Path, work: Path, cache: str) -> dict[str, measure.Sample]:
-    """``restic init`` (untimed), the initial backup, then a second one of the same tree."""
+Again = Callable[[], measure.Sample]
+
+
+def _restic_round(tree: Path, work: Path, cache: str) -> tuple[measure.Sample, Again]:
+    """``restic init`` (untimed) and the initial backup; then (the second value) another
+    backup of the same tree, nothing changed, as often as called."""
     env = {**os.environ, "RESTIC_PASSWORD_FILE": str(work / "pass"),
            "RESTIC_REPOSITORY": str(work / "restic-repo"),
            "RESTIC_CACHE_DIR": str(work / "restic-cache")}
     subprocess.run(["restic", "init", "-q"], env=env, check=True, capture_output=True)
     argv = ["restic", "backup", "--json", str(tree)]
-    return {INITIAL: _timed(argv, env, cache, tree), NO_CHANGE: _timed(argv, env, cache, tree)}
+    return _timed(argv, env, cache, tree), lambda: _timed(argv, env, cache, tree)
 
 
-def _ours_round(tree: Path, work: Path, cache: str) -> dict[str, measure.Sample]:
-    """``backup --offline`` into a staging location, the seed imported into a local storage
-    account (untimed: prep and import do that), then the online backup, nothing changed."""
+def _ours_round(tree: Path, work: Path, cache: str) -> tuple[measure.Sample, Again]:
+    """``backup --offline`` into a staging location and the seed imported into a local
+    storage account (untimed: prep and import do that); then the online backup, nothing
+    changed, as often as called."""
     staging, account = work / "staging", work / "account"
     staging.mkdir()
     account.mkdir()
@@ -149,10 +157,13 @@ def _ours_round(tree: Path, work: Path, cache: str) -> dict[str, measure.Sample]
         "backup", "--offline", "--staging", str(staging), "--job-name", "bench", "--subscription",
         SUB, "--account", "benchacct", "--container", CONTAINER, *KDF, *common), env, cache, tree)
     _import(staging / "repo", account)
-    again = _timed(_pipeline("backup", "--to", str(account), *common), env, cache, tree)
-    if int(_summary(again)["bytes_read"]) != 0:  # type: ignore[call-overload]
-        raise RuntimeError("the no-change online backup read file content: it must not")
-    return {INITIAL: initial, NO_CHANGE: again}
+
+    def again() -> measure.Sample:
+        sample = _timed(_pipeline("backup", "--to", str(account), *common), env, cache, tree)
+        if int(_summary(sample)["bytes_read"]) != 0:  # type: ignore[call-overload]
+            raise RuntimeError("the no-change online backup read file content: it must not")
+        return sample
+    return initial, again
 
 
 # restic -v's lines during a backup, in order, and the phase each one ends (issue 23: where
@@ -238,15 +249,19 @@ def _kdf_seconds(work: Path) -> dict[str, float]:
 
 
 def versus_restic(tree: Path, work: Path, runs: int = 3, cache: str = "cold",
-                  log: Log = print) -> dict[str, Any]:
-    """Initial and no-change backups of ``tree``, restic and ours, ``runs`` rounds
-    alternating; medians, ratios and the goals' verdicts."""
+                  log: Log = print, again: int = AGAIN) -> dict[str, Any]:
+    """Initial and no-change backups of ``tree``, restic and ours, ``runs`` rounds; in each,
+    ``again`` no-change backups a side, alternating (a run of a third of a second moves
+    with the machine's load more than one of seconds: more of them, side by side, make its
+    median hold); medians, ratios and the goals' verdicts."""
     if shutil.which("restic") is None:
         raise SystemExit("perf: restic is missing: apt-get install -y restic")
     size = dataset.tree_stats(tree)["bytes"]
     samples: dict[str, dict[str, list[measure.Sample]]] = {
         k: {"restic": [], "ours": []} for k in ROWS}
-    kdf: dict[str, list[float]] = {"restic": [], "ours": [], "ours_default": []}  # per round
+    # each sample's round's KDF seconds, side by side with ``samples``
+    kdf: dict[str, dict[str, list[float]]] = {
+        k: {"restic": [], "ours": [], "ours_default": []} for k in ROWS}
     floors: list[dict[str, Any]] = []
     for i in range(runs):
         log(f"backup vs restic: round {i + 1}/{runs}")
@@ -255,14 +270,20 @@ def versus_restic(tree: Path, work: Path, runs: int = 3, cache: str = "cold",
         work.mkdir(parents=True)
         (work / "pass").write_text("benchmark passphrase\n")
         (work / "pass").chmod(0o600)
+        repeat: dict[str, Again] = {}
         for side, round_ in (("restic", _restic_round), ("ours", _ours_round)):
-            for key, sample in round_(tree, work, cache).items():
-                samples[key][side].append(sample)
+            initial, repeat[side] = round_(tree, work, cache)
+            samples[INITIAL][side].append(initial)
+        for _ in range(again):
+            for side in ("restic", "ours"):
+                samples[NO_CHANGE][side].append(repeat[side]())
         floors.append(_floor_round(tree, work, cache))
         for side, seconds in _kdf_seconds(work).items():   # restic's: each init anew
-            kdf[side].append(seconds)
+            for key, n in ((INITIAL, 1), (NO_CHANGE, again)):
+                kdf[key][side].extend([seconds] * n)
     shutil.rmtree(work, ignore_errors=True)
-    return {**_versus_figures(size, samples, kdf, runs, cache), "floor": _floor_figures(floors),
+    return {**_versus_figures(size, samples, kdf, runs, cache, again),
+            "floor": _floor_figures(floors),
             "load_per_round": [f["load"] for f in floors]}
 
 
@@ -280,9 +301,12 @@ def _floor_figures(floors: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _versus_figures(size: int, samples: dict[str, dict[str, list[measure.Sample]]],
-                    kdf: dict[str, list[float]], runs: int, cache: str) -> dict[str, Any]:
+                    kdfs: dict[str, dict[str, list[float]]], runs: int, cache: str,
+                    again: int = 1) -> dict[str, Any]:
+    """``kdfs``: per row, each sample's round's KDF seconds, side by side with ``samples``."""
     rows: dict[str, Any] = {}
     for key, by in samples.items():
+        kdf = kdfs[key]
         wall = {side: statistics.median(s.wall_s for s in ss) for side, ss in by.items()}
         net = {side: statistics.median(s.wall_s - k for s, k in zip(ss, kdf[side], strict=True))
                for side, ss in by.items()}
@@ -308,7 +332,9 @@ def _versus_figures(size: int, samples: dict[str, dict[str, list[measure.Sample]
                          goal=RESTIC_GOALS[key], ok=ratio_net >= RESTIC_GOALS[key],
                          ours_busy_s=_busy(by["ours"]))
     return {"bytes": size, "runs": runs, "cache": cache, "restic": _restic_version(),
-            "kdf_s": {k: [round(x, 3) for x in v] for k, v in kdf.items()}, "rows": rows}
+            "again": again,
+            "kdf_s": {k: [round(x, 3) for x in v] for k, v in kdfs[INITIAL].items()},
+            "rows": rows}
 
 
 def _busy(samples: list[measure.Sample]) -> dict[str, float]:
@@ -336,7 +362,8 @@ def format_versus(result: dict[str, Any]) -> str:
     """The table: each pair's wall, MB/s, CPU and RSS, the ratios and the verdicts."""
     k = result["kdf_s"]
     lines = [f"{dataset.human(result['bytes'])} real-data tree, {result['restic']}; page cache "
-             f"{result['cache']}; median of {result['runs']} runs; KDF per round: restic's "
+             f"{result['cache']}; median of {result['runs']} rounds (no change: "
+             f"{result.get('again', 1)} runs a side in each, alternating); KDF per round: restic's "
              f"scrypt {', '.join(f'{x:.2f}' for x in k['restic'])} s (calibrated at each init), "
              f"our argon2id {', '.join(f'{x:.2f}' for x in k['ours'])} s (perf's cheap one; "
              f"our calibrated default {', '.join(f'{x:.2f}' for x in k['ours_default'])} s)",
@@ -350,7 +377,8 @@ def format_versus(result: dict[str, Any]) -> str:
         lines.append(f"  {key}: ours {r['ratio']:.2f}x restic, {r['ratio_without_kdf']:.2f}x "
                      f"with each side's KDF taken off, {r['ratio_default_kdf']:.2f}x with "
                      f"both default KDFs; goal >= {r['goal']}x: "
-                     f"{'PASS' if r['ok'] else 'FAIL'}; w/o KDF by round: "
+                     f"{'PASS' if r['ok'] else 'FAIL'}; w/o KDF by "
+                     f"{'round' if key == INITIAL else 'pair'}: "
                      f"{', '.join(f'{x:.2f}x' for x in r['rounds_without_kdf'])}")
         lines.append("  ours, busy s by stage (threads add up): " + ", ".join(
             f"{k} {v:.2f}" for k, v in r["ours_busy_s"].items()))
@@ -375,7 +403,7 @@ def _main_restic(args: argparse.Namespace) -> int:
     tree = args.work.parent / f"real-{args.real_size // MiB}M"
     realdata.ensure(tree, args.real_size, log=lambda m: print(m, file=sys.stderr))
     result = versus_restic(tree, args.work, args.runs, args.cache,
-                           log=lambda m: print(m, file=sys.stderr))
+                           log=lambda m: print(m, file=sys.stderr), again=args.again)
     print(json.dumps(result, indent=2) if args.json else format_versus(result))
     bad = missed(result)
     if bad:
@@ -394,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-size", type=dataset.parse_size, default=dataset.GiB,
                    help="--restic: the real-data tree's size (perf/realdata.py; default 1G)")
     p.add_argument("--runs", type=int, default=3, help="--restic: rounds (median; default 3)")
+    p.add_argument("--again", type=int, default=AGAIN,
+                   help=f"--restic: no-change backups a side per round, alternating "
+                   f"(default {AGAIN})")
     p.add_argument("--cache", choices=("cold", "warm"), default="cold",
                    help="--restic: page cache before each run, dropped (default) or read")
     args = p.parse_args(argv)
