@@ -1,8 +1,11 @@
 """run_restore(): a snapshot back into a directory, byte for byte; the wiring of its stages.
 
-This module opens the nursery and the channel; the stages are modules of
-``backup/stages/`` (``plan``, ``layout``, ``fetch``), and the state they share, the
-files and their progress, is one ``files.Files``::
+This module claims TARGET (opened once, O_DIRECTORY|O_NOFOLLOW) and opens the nursery
+and the channel; the plan is ``backup/stages/plan``, the skeleton, fetch and finish are
+``backup/beneath`` (every write relative to its directory's fd, so that whoever can
+write TARGET's parent cannot swap a directory for a symlink mid-restore and have root's
+files written where it points), and the state they share, the files and their
+progress, is one ``beneath.AtFiles`` (a ``files.Files``)::
 
     tree (thread) -> plan: the needed chunks grouped by pack into ranges of up to 16 MiB
     -> skeleton: marker, dirs, files of several chunks at full size (holes) under
@@ -45,17 +48,18 @@ from pathlib import Path
 
 import trio
 
+from pipeline import faults
+from pipeline.backup import beneath
 from pipeline.backup import encoding as fmt
+from pipeline.backup.beneath import OPEN_DIR
 from pipeline.backup.errors import CorruptRepository, PartialRestore, printable
 from pipeline.backup.repo import Repository, SnapshotRef
 from pipeline.backup.shape import TreeShape, renamed
-from pipeline.backup.stages import fetch, layout
 from pipeline.backup.stages.files import (
     CREATE,
     MARKER,
     TEMP_NAME,
     TEMP_PREFIX,
-    Files,
     fs_path,
     space,
 )
@@ -94,87 +98,118 @@ def check_shape(nodes: list[fmt.Node], ref: SnapshotRef) -> None:
                                     f"{why}; nothing restored (run `pipeline check`)")
 
 
-def _claim(target: Path, ref: SnapshotRef) -> tuple[int, bool]:
-    """Create TARGET if absent and mark it as an unfinished restore of ``ref`` (locked
-    while this restore runs); returns the marker's fd and whether an earlier restore of
-    the same snapshot left it."""
+def _claim(target: Path, ref: SnapshotRef) -> tuple[int, int, bool]:
+    """Create TARGET if absent, open it once (every write after is relative to this fd:
+    ``beneath``) and mark it as an unfinished restore of ``ref`` (locked while this
+    restore runs); returns TARGET's fd, the marker's fd and whether an earlier restore
+    of the same snapshot left it."""
     with space(target):
-        created = False
         try:
-            target.mkdir(mode=0o700)
-            created = True
-        except FileExistsError:
-            pass
+            parent = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            if is_no_space(exc):
-                raise
-            raise BadInput(f"cannot create --target {target}: {exc.strerror}; make "
-                           f"{target.parent} writable or give another --target") from None
-        _own(target, created)
-        path = target / MARKER
+            raise BadInput(f"--target {target}: cannot open {target.parent}: "
+                           f"{exc.strerror}; create it first") from None
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            if is_no_space(exc):
-                raise
-            raise BadInput(f"cannot write into --target {target}: {exc.strerror}; make it "
-                           "writable or give another --target") from None
-        try:
+            created = False
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BadInput(f"another restore is writing into {target}; wait for it or "
-                               "give another --target") from None
-            old = os.pread(fd, 4096, 0)
-            resuming = bool(old)
-            if not resuming and any(e.name != MARKER for e in os.scandir(target)):
-                raise BadInput(f"--target {target} is not empty; give a new or empty "
-                               "directory (restore never overwrites files)")
-            if old:
-                try:
-                    had = str(json.loads(old)["snapshot"])
-                except (ValueError, KeyError, TypeError):
-                    had = "?"
-                if had != ref.hex:
-                    raise BadInput(f"--target {target} holds an unfinished restore of snapshot "
-                                   f"{had}; run that restore again (--snapshot {had}) or give "
-                                   "an empty directory")
-            else:
-                os.pwrite(fd, json.dumps({"snapshot": ref.hex}).encode() + b"\n", 0)
+                os.mkdir(target.name, 0o700, dir_fd=parent)
+                created = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                if is_no_space(exc):
+                    raise
+                raise BadInput(f"cannot create --target {target}: {exc.strerror}; make "
+                               f"{target.parent} writable or give another --target") from None
+            try:
+                root = os.open(target.name, OPEN_DIR, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT):
+                    raise
+                raise BadInput(f"--target {target} exists and is not a directory; give a "
+                               "new or empty directory") from None
+        finally:
+            os.close(parent)
+        try:
+            _own(target, root, created)
+            marker, resuming = _mark(target, root, ref)
         except BaseException:
-            os.close(fd)
+            os.close(root)
             raise
+    return root, marker, resuming
+
+
+def _mark(target: Path, root: int, ref: SnapshotRef) -> tuple[int, bool]:
+    """The marker in TARGET (``root``), locked: its fd, and whether it named ``ref``."""
+    try:
+        fd = os.open(MARKER, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=root)
+    except OSError as exc:
+        if is_no_space(exc):
+            raise
+        raise BadInput(f"cannot write into --target {target}: {exc.strerror}; make it "
+                       "writable or give another --target") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BadInput(f"another restore is writing into {target}; wait for it or "
+                           "give another --target") from None
+        old = os.pread(fd, 4096, 0)
+        resuming = bool(old)
+        if not resuming and any(e.name != MARKER for e in os.scandir(root)):
+            raise BadInput(f"--target {target} is not empty; give a new or empty "
+                           "directory (restore never overwrites files)")
+        if old:
+            try:
+                had = str(json.loads(old)["snapshot"])
+            except (ValueError, KeyError, TypeError):
+                had = "?"
+            if had != ref.hex:
+                raise BadInput(f"--target {target} holds an unfinished restore of snapshot "
+                               f"{had}; run that restore again (--snapshot {had}) or give "
+                               "an empty directory")
+        else:
+            os.pwrite(fd, json.dumps({"snapshot": ref.hex}).encode() + b"\n", 0)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd, resuming
 
 
-def _own(target: Path, created: bool) -> None:
+def _own(target: Path, root: int, created: bool) -> None:
     """A TARGET that was there must be this user's, and becomes 0700 until the end
     (``finish`` sets the snapshot's mode): whoever else could write in it could swap a
     directory being restored for a symlink and have the files written where it points.
     One this restore made is accepted whatever owner its filesystem gives it (a FAT
-    stick mounted with uid=1000: every file there is that uid's)."""
-    st = os.lstat(target)
-    if not stat.S_ISDIR(st.st_mode):
-        raise BadInput(f"--target {target} is not a directory; give a new or empty directory")
+    stick mounted with uid=1000: every file there is that uid's); as root, such a one is
+    made root's first where the filesystem lets it (someone who can write the parent may
+    have put a directory of theirs there between our mkdir and our open: theirs no
+    longer, and ``_mark`` then finds whatever they put in it)."""
+    st = os.fstat(root)
     if not created and st.st_uid != os.geteuid():
         raise BadInput(f"--target {target} belongs to uid {st.st_uid}, not to this user: its "
                        "owner could redirect the restore through a symlink; give a new path "
                        "or a directory of yours")
+    if created and st.st_uid != os.geteuid() and os.geteuid() == 0:
+        with contextlib.suppress(OSError):     # a FAT stick: its one owner stays
+            os.fchown(root, 0, -1)
     with contextlib.suppress(OSError):    # a filesystem without modes: nothing to close
-        os.chmod(target, 0o700)
+        os.fchmod(root, 0o700)
 
 
-def check_resumed(target: Path, nodes: list[fmt.Node]) -> None:
-    """An unfinished restore's TARGET, before it is written again: each directory of the
-    snapshot already there must be one a restore made (a directory of TARGET's owner, not
-    a symlink), else files would be written where the symlink points."""
-    root = os.fsencode(target)
-    uid = os.lstat(root).st_uid            # the owner a directory made here gets
+def check_resumed(target: Path, root: int, nodes: list[fmt.Node]) -> None:
+    """An unfinished restore's TARGET (``root``), before it is written again: each
+    directory of the snapshot already there must be one a restore made (a directory of
+    TARGET's owner, not a symlink), else files would be written where the symlink
+    points.  Looked up relative to TARGET's fd, parents before children: a symlink is
+    found before anything is looked up through it."""
+    uid = os.fstat(root).st_uid            # the owner a directory made here gets
     for n in nodes:
         if n.type != "dir" or n.path == fmt.ROOT:
             continue
         try:
-            st = os.lstat(os.path.join(root, os.fsencode(n.path)))
+            st = os.stat(os.fsencode(n.path), dir_fd=root, follow_symlinks=False)
         except FileNotFoundError:
             continue
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
@@ -185,18 +220,18 @@ def check_resumed(target: Path, nodes: list[fmt.Node]) -> None:
                            "--target")
 
 
-def fitting(target: Path, ref: SnapshotRef, nodes: list[fmt.Node], warn: Warn | None
-            ) -> list[fmt.Node]:
+def fitting(target: Path, root_fd: int, ref: SnapshotRef, nodes: list[fmt.Node],
+            warn: Warn | None) -> list[fmt.Node]:
     """The entries TARGET's filesystem can hold: each other one is a warning naming it
     and why, and is left out with all under it (the rest is restored): a name longer
     than the filesystem allows (a source on another filesystem), a path past PATH_MAX
     under this --target (a shorter one may fit it), a file larger than the filesystem
     holds (a FAT stick; a size no backup wrote)."""
     root = os.fsencode(target)
-    name_max = os.pathconf(root, "PC_NAME_MAX")
-    path_max = os.pathconf(root, "PC_PATH_MAX")
+    name_max = os.fpathconf(root_fd, "PC_NAME_MAX")
+    path_max = os.fpathconf(root_fd, "PC_PATH_MAX")
     temp = len(f"{TEMP_PREFIX}{ref.hex[:12]}-{len(nodes)}")
-    too_big = _too_big(target, ref, nodes)
+    too_big = _too_big(target, root_fd, ref, nodes)
     kept: list[fmt.Node] = []
     under: tuple[bytes, ...] | None = None          # a directory left out: its entries too
     for n in nodes:
@@ -233,19 +268,19 @@ def fitting(target: Path, ref: SnapshotRef, nodes: list[fmt.Node], warn: Warn | 
     return kept
 
 
-def _too_big(target: Path, ref: SnapshotRef, nodes: list[fmt.Node]) -> set[int]:
+def _too_big(target: Path, root: int, ref: SnapshotRef, nodes: list[fmt.Node]) -> set[int]:
     """The file sizes TARGET's filesystem refuses (EFBIG), tried on a temporary file as
     sparse files, largest first, down to the first that fits: none but the largest is
     tried unless it is refused."""
     sizes = sorted({n.size for n in nodes if n.type == "file" and n.size > 0}, reverse=True)
     if not sizes:
         return set()
-    probe = os.path.join(os.fsencode(target), f"{TEMP_PREFIX}{ref.hex[:12]}-{len(nodes)}".encode())
+    probe = f"{TEMP_PREFIX}{ref.hex[:12]}-{len(nodes)}"
     refused: set[int] = set()
     with space(target):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(probe)
-        fd = os.open(probe, CREATE, 0o600)
+            os.unlink(probe, dir_fd=root)
+        fd = os.open(probe, CREATE, 0o600, dir_fd=root)
         try:
             for size in sizes:
                 try:
@@ -258,7 +293,7 @@ def _too_big(target: Path, ref: SnapshotRef, nodes: list[fmt.Node]) -> set[int]:
                 break
         finally:
             os.close(fd)
-            os.unlink(probe)
+            os.unlink(probe, dir_fd=root)
     return refused
 
 
@@ -275,17 +310,17 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
                                 "--snapshot ID of the one you want (`pipeline snapshots`)")
     nodes = await trio.to_thread.run_sync(lambda: list(repo.tree(manifest)))
     check_shape(nodes, ref)
-    fd, resuming = await trio.to_thread.run_sync(_claim, target, ref)
-    files: Files | None = None
+    root, fd, resuming = await trio.to_thread.run_sync(_claim, target, ref)
+    files: beneath.AtFiles | None = None
     try:
         if resuming:
-            await trio.to_thread.run_sync(check_resumed, target, nodes)
-        nodes = await trio.to_thread.run_sync(fitting, target, ref, nodes, warn)
-        files = Files(target, ref, nodes, warn)
+            await trio.to_thread.run_sync(check_resumed, target, root, nodes)
+        nodes = await trio.to_thread.run_sync(fitting, target, root, ref, nodes, warn)
+        files = beneath.AtFiles(target, ref, nodes, warn, root)
         stats.files_total = len(files.files) + len(files.links)
         stats.bytes_total = sum(f.node.size for f in files.files)
         ranges = await trio.to_thread.run_sync(plan, repo, files)
-        await trio.to_thread.run_sync(layout.skeleton, files, resuming)
+        await trio.to_thread.run_sync(beneath.skeleton, files, resuming)
         zero = sum(length for f in files.files for cid, length in f.node.content if cid is None)
         stats.zero_bytes = zero
         stats.bytes_read = zero      # zero runs are restored by the skeleton's holes
@@ -296,14 +331,19 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
             nursery.start_soon(_feed, ranges, tx)
             async with rx:
                 for _ in range(threads):
-                    nursery.start_soon(fetch.run, rx.clone(), repo, files, cpu, stats)
-        await trio.to_thread.run_sync(layout.finish, files)
+                    nursery.start_soon(beneath.fetch_all, rx.clone(), repo, files, cpu, stats)
+        await trio.to_thread.run_sync(beneath.finish, files)
+        faults.reached("restore_finished")
+        moved = await trio.to_thread.run_sync(_moved, target, root)
+        if moved is not None and warn is not None:
+            warn(moved)
     except BaseException:
         if files is not None:
             files.abandon()
         raise
     finally:
         os.close(fd)
+        os.close(root)
     stats.files_done = files.files_done
     failed = files.failed()
     if failed:
@@ -312,6 +352,26 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
             f"{ref.hex[:16]} (damaged or missing chunks; each is named above); the other "
             f"{files.files_done} are in {target}", failed, files.files_done)
     return manifest
+
+
+def _moved(target: Path, root: int) -> str | None:
+    """Whether --target still names the directory restored into (``root``), else where
+    that directory is now: whoever can write TARGET's parent may have moved it meanwhile
+    (nothing was written through what they put in its place)."""
+    st = os.fstat(root)
+    try:
+        now = os.lstat(target)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            return None
+    except OSError:
+        pass
+    try:
+        where = printable(os.readlink(f"/proc/self/fd/{root}"))
+    except OSError:
+        where = "unknown (no /proc)"
+    return (f"--target {printable(str(target))} was moved or replaced while the restore ran "
+            f"(whoever can write {printable(str(target.parent))} can do that): nothing was "
+            f"written through what is there now; the directory restored into is at {where}")
 
 
 async def _feed(ranges: list[Range], tx: trio.MemorySendChannel[Range]) -> None:
