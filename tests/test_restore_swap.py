@@ -37,6 +37,7 @@ import pytest
 import trio
 
 from pipeline import cli, progress
+from pipeline.backup import beneath
 from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository, find_snapshot
 from pipeline.backup.restore import MARKER, run_restore
@@ -113,7 +114,8 @@ def outside(tmp: Path) -> Path:
 
 def source(tmp: Path, dirs: int, files: int) -> Path:
     """a.txt, dir/ (DIRS subdirectories of FILES small files, a large file, a symlink, a
-    fifo, a hard link), then z/ with a file: what comes after ``dir`` must restore too."""
+    fifo, a hard link), then z/ with a file and another hard link of dir/big: what comes
+    after ``dir`` must restore too."""
     src = tmp / "src"
     (src / "dir").mkdir(parents=True)
     (src / "a.txt").write_text("a\n")
@@ -128,6 +130,7 @@ def source(tmp: Path, dirs: int, files: int) -> Path:
     os.link(src / "dir" / "big", src / "dir" / "hard")
     (src / "z").mkdir()
     (src / "z" / "last").write_text("last\n")
+    os.link(src / "dir" / "big", src / "z" / "hard")
     return src
 
 
@@ -238,10 +241,12 @@ def test_a_directory_replaced_by_a_symlink_inside_the_target_is_one_warning(
     assert tree(out) == before
     assert warnings == [
         "dir: not restored: it was replaced while the restore ran (a symlink); nothing was "
-        "written through it (nor anything in it)"]
+        "written through it (nor anything in it)",
+        "z/hard: not restored: a hard link of dir/big, which was not restored (see above)"]
     restored = tree(target)
     assert restored.pop("dir")[3] == str(out)
-    assert restored == {k: v for k, v in tree(src).items() if not k.startswith("dir")}
+    assert restored == {k: v for k, v in tree(src).items()
+                        if not k.startswith("dir") and k != "z/hard"}
 
 
 def popen(tmp: Path, target: Path, crash_at: str) -> subprocess.Popen[bytes]:
@@ -296,9 +301,12 @@ def test_cli_a_directory_swapped_between_mkdir_and_open_is_exit_1_not_a_tracebac
                          str(tmp / "pass"), "--target", str(target)])
     err = capsys.readouterr().err.splitlines()
     assert code == EXIT_WARNING, err
-    assert err[0] == ("warning: dir: not restored: it was replaced while the restore ran "
-                      "(a symlink); nothing was written through it (nor anything in it)")
-    assert err[1].startswith("restored 7 B in 2 files") and len(err) == 3, err
+    assert err[:2] == [
+        "warning: dir: not restored: it was replaced while the restore ran (a symlink); "
+        "nothing was written through it (nor anything in it)",
+        "warning: z/hard: not restored: a hard link of dir/big, which was not restored "
+        "(see above)"]
+    assert err[2].startswith("restored 7 B in 2 files") and len(err) == 4, err
     assert tree(out) == before
     assert sorted(tree(target)) == ["a.txt", "dir", "z", "z/last"]
 
@@ -349,3 +357,57 @@ def test_racing_swaps_of_the_target_write_nothing_outside(tmp: Path) -> None:
     assert (exited, code) == (None, EXIT_OK), err
     assert [x for x in err if "warning" in x or "Error" in x] == [], err
     assert tree(target) == tree(src)
+
+
+def test_a_directory_fd_evicted_is_reopened_only_as_the_inode_restore_made(
+        tmp: Path) -> None:
+    """Dirs keeps KEEP fds beyond those in use; one evicted is opened again from its
+    nearest open ancestor and must be the directory it made, not one renamed into its
+    place (a symlink there: also refused)."""
+    root = os.open(tmp, beneath.OPEN_DIR)
+    dirs = beneath.Dirs(root)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(beneath, "KEEP", 0)
+            for rel in (b"a", b"a/b", b"a/c"):
+                dirs.make(rel)
+                dirs.unpin(rel)
+            os.mkdir(tmp / "other")
+            (tmp / "a" / "b").rename(tmp / "b.moved")
+            (tmp / "other").rename(tmp / "a" / "b")
+            (tmp / "a" / "c").rename(tmp / "c.moved")
+            (tmp / "a" / "c").symlink_to(tmp / "c.moved")
+            with pytest.raises(beneath.Replaced) as b:
+                dirs.pin(b"a/b")
+            with pytest.raises(beneath.Replaced) as c:
+                dirs.pin(b"a/c")
+            fd = dirs.pin(b"a")
+            assert os.fstat(fd).st_ino == (tmp / "a").stat().st_ino
+            dirs.unpin(b"a")
+    finally:
+        dirs.close()
+        os.close(root)
+    assert (b.value.rel, b.value.why) == (b"a/b", "another directory than the one restore made")
+    assert (c.value.rel, c.value.why) == (b"a/c", "a symlink")
+
+
+def test_a_tree_of_more_directories_than_fds_kept_restores_exactly(tmp: Path) -> None:
+    """KEEP at 2: nearly every directory is evicted and opened again (fetch, finish);
+    the restore is the same, byte for byte, owner, mode and all."""
+    src = source(tmp, 30, 3)
+    backed_up(tmp, src)
+    target = tmp / "target"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(beneath, "KEEP", 2)
+        repo = Repository.open(DirBackend(tmp / "repo"), PASS, str(tmp / "pass"))
+        repo.load_index()
+        warnings: list[str] = []
+        try:
+            trio.run(run_restore, repo, find_snapshot(repo.snapshots(), None), target,
+                     progress.Stats(), 2, warnings.append)
+        finally:
+            repo.close()
+    assert warnings == []
+    assert tree(target) == tree(src)
+    assert [os.stat(p).st_mtime_ns for p in (target / "dir", target / "z")] == [
+        os.stat(p).st_mtime_ns for p in (src / "dir", src / "z")]

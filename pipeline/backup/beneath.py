@@ -57,7 +57,7 @@ from pipeline.backup.walk import Warn
 from pipeline.progress import Stats
 
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-KEEP = 64       # directory fds kept open beyond those in use (tree order: a few suffice)
+KEEP = 256      # directory fds kept open beyond those in use (a soft limit is 1024)
 
 _KIND = {"fifo": (stat.S_IFIFO, "fifo"), "chardev": (stat.S_IFCHR, "character device"),
          "blockdev": (stat.S_IFBLK, "block device")}
@@ -336,6 +336,9 @@ class AtFiles(Files):
     def link(self, ln: Link) -> bool:
         """``ln`` made a hard link of its leader (linkat, both by their directory's fd)."""
         leader = ln.leader
+        if leader in self.skipped and ln not in self.skipped:
+            self.warn(f"{printable(ln.node.path)}: not restored: a hard link of "
+                      f"{printable(leader.node.path)}, which was not restored (see above)")
         if leader.first is not None or not leader.done or leader in self.skipped \
                 or ln in self.skipped:
             return False
