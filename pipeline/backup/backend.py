@@ -16,10 +16,12 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import mmap
 import os
 import secrets
 import stat
 import threading
+from collections.abc import Sequence
 from typing import Protocol
 
 from pipeline import atomic
@@ -32,6 +34,7 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 MAX_FILE = 1 << 30      # the largest file ``get`` reads whole (a pack is 16 MiB; as open_file)
 LARGE_READ = 64 << 20   # a range read longer than this (restore's are <= 16 MiB + a chunk)
+BUFFER_STEP = 4 << 20   # DirBackend's pack buffers grow in steps of this
 
 
 def _bounded(name: str, offset: int, length: int, size: int) -> int:
@@ -42,6 +45,10 @@ def _bounded(name: str, offset: int, length: int, size: int) -> int:
         raise CorruptRepository(f"{name} is {size} bytes, more than any file of a repository "
                                 f"({MAX_FILE})")
     return max(0, min(length, size - offset))
+
+
+def _whole(data: bytes | Sequence[bytes]) -> bool:
+    return isinstance(data, (bytes, bytearray, memoryview))
 
 
 class Backend(Protocol):
@@ -58,8 +65,9 @@ class Backend(Protocol):
     def read(self, name: str, offset: int, length: int) -> bytes:
         """A range of a file; CorruptRepository if the file is missing."""
 
-    def put(self, name: str, data: bytes) -> None:
-        """Store a whole new file atomically (a lock file: replace it)."""
+    def put(self, name: str, data: bytes | Sequence[bytes]) -> None:
+        """Store a whole new file atomically (a lock file: replace it); ``data`` whole, or
+        as parts in order (a pack: never joined by the caller)."""
 
     def delete(self, name: str) -> None:
         """Remove a file (prune, forget, a released lock); absent already is fine."""
@@ -83,7 +91,12 @@ class _Counter:
 class DirBackend(_Counter):
     """Files under ``root``; temporary files in a sibling ``.NAME.partial`` directory, so
     a crash never leaves a half file inside the repository (prep copies the repository
-    directory as it is)."""
+    directory as it is).
+
+    A file given as parts (a pack) is laid into a page-aligned buffer, one of a few kept
+    for reuse, and written from there past the page cache (``atomic.replace_file``'s
+    ``direct``): one copy into pages already mapped, instead of a join into fresh memory
+    and another copy into the page cache."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__()
@@ -91,6 +104,7 @@ class DirBackend(_Counter):
         self.name = self.root
         parent, base = os.path.split(self.root)
         self._tmp = os.path.join(parent, f".{base}.partial")
+        self._free: builtins.list[mmap.mmap] = []   # buffers not in use (one per put at once)
 
     def _path(self, name: str) -> str:
         parts = name.split("/")
@@ -158,7 +172,11 @@ class DirBackend(_Counter):
             self._mkdirs(os.path.dirname(final))
             self._mkdirs(self._tmp)
             tmp = os.path.join(self._tmp, secrets.token_hex(16))
-            atomic.replace_file(tmp, final, data, FILE_MODE, drop_cache=True)  # not read back
+            if _whole(data):      # its pages dropped: not read back
+                atomic.replace_file(tmp, final, data, FILE_MODE, drop_cache=True)
+                size = len(data)
+            else:
+                size = self._put_parts(tmp, final, data)
         except OSError as exc:
             if is_no_space(exc):    # the snapshot is written last: nothing claims completion
                 raise NoSpace(self.root, final) from None
@@ -166,7 +184,36 @@ class DirBackend(_Counter):
                 raise BadInput(f"cannot write {final}: {exc.strerror}; make it writable or "
                                "give another location") from None
             raise
-        self._count(len(data))
+        self._count(size)
+
+    def _put_parts(self, tmp: str, final: str, parts: Sequence[bytes]) -> int:
+        """``parts`` laid into a free aligned buffer and written from it; returns the size."""
+        size = sum(len(p) for p in parts)
+        buf = self._take(size)
+        try:
+            with memoryview(buf) as view:
+                at = 0
+                for part in parts:
+                    view[at:at + len(part)] = part
+                    at += len(part)
+                with view[:size] as whole:
+                    atomic.replace_file(tmp, final, whole, FILE_MODE, drop_cache=True,
+                                        direct=True)
+        finally:
+            with self._lock:
+                self._free.append(buf)
+        return size
+
+    def _take(self, size: int) -> mmap.mmap:
+        """A free buffer of at least ``size`` bytes (anonymous mmap: page-aligned); one too
+        small is dropped for a larger one, so there are never more than puts at once."""
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
+            if self._free:
+                self._free.pop()    # unmapped once no view of it is left
+        return mmap.mmap(-1, -(-size // BUFFER_STEP) * BUFFER_STEP)
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
@@ -186,7 +233,9 @@ class DirBackend(_Counter):
             os.mkdir(path, DIR_MODE)
 
     def close(self) -> None:
-        """Drop the temporary directory when it is empty."""
+        """Drop the temporary directory when it is empty, and the buffers."""
+        with self._lock:
+            self._free.clear()
         with contextlib.suppress(OSError):
             os.rmdir(self._tmp)
 
@@ -224,8 +273,10 @@ class StorageBackend(_Counter):
         except FileNotFoundError:
             raise CorruptRepository(f"{name} is missing from {self.name}") from None
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | Sequence[bytes]) -> None:
         blob = self.prefix + name
+        if not _whole(data):
+            data = b"".join(data)
         if name.startswith("data/"):
             size = len(data)
             view = memoryview(data)

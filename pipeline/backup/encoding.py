@@ -256,12 +256,18 @@ def decode_pack_header(plain: bytes) -> list[PackEntry]:
     return out
 
 
-def encode_pack(blobs: Sequence[bytes], sealed_header: bytes) -> bytes:
-    """blobs | sealed header | zero pad | trailer: a multiple of 512 bytes, in one copy."""
+def pack_parts(blobs: Sequence[bytes], sealed_header: bytes) -> list[bytes]:
+    """blobs | sealed header | zero pad | trailer: a multiple of 512 bytes, as the parts
+    in order (hashed and written as they are: never joined into one copy)."""
     size = sum(len(b) for b in blobs)
     trailer = _TRAILER.pack(PACK_MAGIC, VERSION, 0, len(sealed_header), size, 0)
     used = size + len(sealed_header) + TRAILER_LEN
-    return b"".join([*blobs, sealed_header, bytes(-used % ALIGN), trailer])
+    return [*blobs, sealed_header, bytes(-used % ALIGN), trailer]
+
+
+def encode_pack(blobs: Sequence[bytes], sealed_header: bytes) -> bytes:
+    """The same pack as one buffer (a copy: for tests and tools, not the backup)."""
+    return b"".join(pack_parts(blobs, sealed_header))
 
 
 def decode_pack_trailer(pack: bytes) -> tuple[int, int]:

@@ -53,15 +53,23 @@ class SnapshotRef:
 
 @dataclass(slots=True)
 class Pack:
-    """A finished pack: its bytes, its id (sha256 of them) and where each chunk lies."""
+    """A finished pack: its bytes as parts in order (``Backend.put`` takes them so; never
+    joined on the way: a 16 MiB copy per pack), its id (sha256 of them), its size and
+    where each chunk lies."""
 
     id: bytes
-    data: bytes
+    parts: list[bytes]
+    size: int
     entries: list[fmt.IndexEntry]
 
     @property
     def name(self) -> str:
         return fmt.pack_name(self.id)
+
+    @property
+    def data(self) -> bytes:
+        """The pack's bytes joined: a copy, for callers that want one buffer."""
+        return b"".join(self.parts)
 
 
 @dataclass(slots=True)
@@ -86,12 +94,15 @@ class PackBuilder:
 
     def finish(self, cr: crypto.Crypto) -> Pack:
         header = cr.seal(fmt.encode_pack_header(self.entries), crypto.PACK_HEADER_AAD)
-        data = fmt.encode_pack(self.parts, header)
-        pack_id = hashlib.sha256(data).digest()
+        parts = fmt.pack_parts(self.parts, header)
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        pack_id = digest.digest()
         entries = [fmt.IndexEntry(e.kind, e.id, pack_id, e.offset, e.length, e.raw_len)
                    for e in self.entries]
         self.parts, self.entries, self.size = [], [], 0
-        return Pack(pack_id, data, entries)
+        return Pack(pack_id, parts, sum(len(p) for p in parts), entries)
 
 
 def exists(backend: Backend) -> bool:

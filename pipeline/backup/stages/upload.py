@@ -23,7 +23,7 @@ class Upload:
     def _put(self, pack: Pack) -> None:
         """In a worker thread: store one pack (its time: ``busy["upload"]``)."""
         with self.stats.timed("upload"):
-            self.repo.backend.put(pack.name, pack.data)
+            self.repo.backend.put(pack.name, pack.parts)   # as parts: never joined
 
     async def run(self, rx: trio.MemoryReceiveChannel[Pack]) -> None:
         """One upload task: each pack from ``rx`` stored, then indexed; closes ``rx``."""
@@ -31,7 +31,7 @@ class Upload:
         async with rx:
             async for pack in rx:
                 await trio.to_thread.run_sync(self._put, pack, limiter=self.net)
-                self.stats.bytes_written += len(pack.data)
+                self.stats.bytes_written += pack.size
                 self.packs += 1
                 batch = repo.packed(pack)      # indexed only once the pack is stored
                 if batch:
