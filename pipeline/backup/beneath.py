@@ -21,8 +21,8 @@ O_DIRECTORY|O_NOFOLLOW) and does everything else here, relative to an fd:
 A directory found replaced (a symlink, not a directory, another owner's, another inode)
 is a warning naming it; nothing is written under it, and the rest restores (exit 1).
 
-The stages here are restore's skeleton, fetch and finish (``backup/stages/layout.py``
-and ``fetch.py`` did the same by path); ``Files`` keeps the state and the plan.
+The stages here are restore's skeleton, fetch and finish; ``stages/files.Files`` keeps
+the state, ``stages/plan`` the plan.
 """
 
 from __future__ import annotations
@@ -293,7 +293,10 @@ class AtFiles(Files):
         f.done = True
 
     def set_meta_fd(self, fd: int, n: fmt.Node) -> None:
-        """``Files.set_meta``'s order and warnings, through the entry's own fd."""
+        """Owner, extended attributes (the ACLs among them), mode, then times, in that
+        order, through the entry's own fd: chown clears setuid bits, and a chmod after the
+        ACL keeps its mask.  The owner only as root (a user keeps their own, as tar does);
+        what cannot be set is a warning naming the entry."""
         if n.uid is not None and self.is_root:
             uid, gid = owner(n)
             try:

@@ -4,9 +4,10 @@ Backup (wired by ``backup/archive.py``): walk (source -> node batches), read (fi
 new chunks), tree (nodes -> tree chunks), seal (chunks -> sealed chunks), pack (sealed
 chunks -> packs), upload (packs -> storage); ``messages`` holds what travels between them.
 
-Restore (wired by ``backup/restore.py``): plan (tree -> ranges of packs), layout (the
-skeleton before, the finish after), fetch (ranges -> chunks written in place), all
-working on the one state ``files.Files``.
+Restore (wired by ``backup/restore.py``): plan (tree -> ranges of packs) here; the
+skeleton before, fetch (ranges -> chunks written in place) and the finish after in
+``backup/beneath.py`` (every write relative to its directory's fd), all working on the
+one state ``files.Files``.
 
 A stage gets its channel ends, limiters and state as arguments, opens no nursery and
 closes the ends it was given.

@@ -3,7 +3,7 @@
 Every other restore stage works on a ``Files``: the plan fills in where each chunk
 belongs, the skeleton creates the temporary files, the fetch threads write chunks and
 count them down (under ``Files.lock``), and the last chunk of a file settles it: its
-metadata set (``Files.set_meta``), then renamed into place when every chunk is in,
+metadata set (``beneath.AtFiles.set_meta_fd``), then renamed into place when every chunk is in,
 removed otherwise, so that no file under its final name is ever short.  A file that is
 another hard link of an earlier one (same device and inode, same content) is not
 fetched: it becomes a ``Link``, made at the end.  What cannot be set (an owner, an
@@ -124,49 +124,10 @@ class Files:
         except RuntimeError:                 # not in a Trio worker thread: call it here
             self._warn(message)
 
-    def set_meta(self, path: bytes, n: fmt.Node) -> None:
-        """Owner, extended attributes (the ACLs among them), mode, then times, in that
-        order: chown clears setuid bits, and a chmod after the ACL keeps its mask.  The
-        owner only as root (a user keeps their own, as tar does); what cannot be set is
-        a warning naming the entry."""
-        if n.uid is not None and self.is_root:
-            uid, gid = owner(n)
-            try:
-                os.chown(path, uid, gid, follow_symlinks=False)
-            except OSError as exc:
-                self._unset(exc, f"{n.path}: owner {uid}:{gid} not restored ({exc.strerror})")
-        for name, value in n.xattrs:
-            try:
-                os.setxattr(path, name, value, follow_symlinks=False)
-            except OSError as exc:
-                self._unset(exc, f"{n.path}: extended attribute {name} not restored "
-                                 f"({exc.strerror})")
-        if n.type == "symlink":
-            with contextlib.suppress(NotImplementedError, OSError):
-                os.utime(path, ns=(n.mtime_ns, n.mtime_ns), follow_symlinks=False)
-            return
-        os.chmod(path, n.mode)
-        os.utime(path, ns=(n.mtime_ns, n.mtime_ns))
-
     def _unset(self, exc: OSError, message: str) -> None:
         if is_no_space(exc):
             raise exc
         self.warn(message)
-
-    def link(self, ln: Link) -> bool:
-        """Make ``ln`` a hard link of its leader, once the leader is in place; False when
-        the leader could not be restored (``failed`` names it then)."""
-        if ln.leader.first is not None or not ln.leader.done:
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(ln.tmp)
-        os.link(ln.leader.final, ln.tmp)
-        os.rename(ln.tmp, ln.final)
-        with contextlib.suppress(FileNotFoundError):   # rename of a link onto itself: kept
-            os.unlink(ln.tmp)
-        with self.lock:
-            self.files_done += 1
-        return True
 
     def temp(self, n: fmt.Node, i: int) -> bytes:
         """The temporary name of node ``i``, in its own directory."""
@@ -192,26 +153,9 @@ class Files:
                 self.settle(f)
 
     def settle(self, f: RestoreFile) -> None:
-        """Into place when every chunk is in, else removed: never a short file by name."""
-        if f.first is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f.tmp)
-        else:
-            self.set_meta(f.tmp, f.node)
-            os.rename(f.tmp, f.final)
-            with self.lock:
-                self.files_done += 1
-        f.done = True
-
-    def abandon(self) -> None:
-        """After a fatal error: remove the temporary files of the files not finished."""
-        for f in self.files:
-            if not f.done:
-                with contextlib.suppress(OSError):
-                    os.unlink(f.tmp)
-        for ln in self.links:
-            with contextlib.suppress(OSError):
-                os.unlink(ln.tmp)
+        """Into place when every chunk is in, else removed: never a short file by name.
+        Restore's is ``beneath.AtFiles``'s, through the file's directory's fd."""
+        raise NotImplementedError
 
     def failed(self) -> list[FailedFile]:
         """The files that could not be restored, in path order."""
