@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +52,16 @@ def repo_backed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Repo:
     repo.init()
     repo.backup()
     return repo
+
+
+@contextlib.contextmanager
+def nobody_may_enter(prefix: str, needs: str) -> Iterator[Path]:
+    """A fresh directory that nobody (uid 65534) may enter, removed after: pytest's
+    tmp_path is root's alone (0700).  ``needs``: why the test must run as root."""
+    assert os.geteuid() == 0, f"this test needs root: {needs}"
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +41,7 @@ from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository, find_snapshot
 from pipeline.backup.restore import MARKER, run_restore
 from pipeline.errors import EXIT_OK, EXIT_WARNING
+from tests.backup_helpers import nobody_may_enter
 from tests.conftest import ROOT
 from tests.test_backup_repo import PASS
 from tests.test_review2_restore import backed_up
@@ -83,11 +83,8 @@ def exchange(a: Path, b: Path) -> None:
 @pytest.fixture
 def tmp() -> Iterator[Path]:
     """A directory nobody may enter (pytest's tmp is root's alone)."""
-    assert os.geteuid() == 0, "this test needs root (restore as root, nobody attacking)"
-    d = Path(tempfile.mkdtemp(prefix="pipeline-restore-swap-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d)
+    with nobody_may_enter("pipeline-restore-swap-", "restore as root, nobody attacking") as d:
+        yield d
 
 
 def tree(top: Path) -> dict[str, tuple[int, int, int, str]]:
@@ -197,10 +194,7 @@ def test_target_swapped_from_its_parent_after_mkdir_writes_nothing_outside(
     Now: every write is relative to TARGET's fd: the whole snapshot lands in the
     directory where nobody moved it, OUT and nobody's directory are untouched, and one
     warning says where the restore went."""
-    src = source(tmp, 3, 20)
-    backed_up(tmp, src)
-    out = outside(tmp)
-    before = tree(out)
+    src, out, before = arranged(tmp, 3, 20)
     parent, evil = attacker_parent(tmp, out)
     target, moved = parent / "target", parent / "moved"
 
@@ -221,22 +215,31 @@ def test_target_swapped_from_its_parent_after_mkdir_writes_nothing_outside(
         f"the directory restored into is at {moved}"]
 
 
+def arranged(tmp: Path, dirs: int, files: int) -> tuple[Path, Path, dict[str, object]]:
+    """A source of ``dirs`` x ``files`` backed up into tmp/repo, and OUT (standing for
+    /etc) with what it holds before the restore: (source, OUT, OUT's tree)."""
+    src = source(tmp, dirs, files)
+    backed_up(tmp, src)
+    out = outside(tmp)
+    return src, out, tree(out)
+
+
+def dir_to_symlink(made: Path, out: Path) -> None:
+    """The attack: the directory restore just made, replaced by a symlink to ``out``."""
+    os.rmdir(made)
+    os.symlink(out, made)
+
+
 def test_a_directory_replaced_by_a_symlink_inside_the_target_is_one_warning(
         tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Right after restore made TARGET/dir, it is replaced by ``dir -> OUT`` (what
     someone who could write inside --target would do; the test does it as root).
     Before: dir's whole subtree was written into OUT.  Now: ``dir`` is one warning
     naming it, nothing is written through it, and a.txt, z/ and the rest restore."""
-    src = source(tmp, 3, 20)
-    backed_up(tmp, src)
-    out = outside(tmp)
-    before = tree(out)
+    src, out, before = arranged(tmp, 3, 20)
     target = tmp / "target"
 
-    def attack() -> None:
-        os.rmdir(target / "dir")
-        os.symlink(out, target / "dir")
-
+    attack = functools.partial(dir_to_symlink, target / "dir", out)
     warnings = restore_in_process(tmp, target, attack)
     assert tree(out) == before
     assert warnings == [
@@ -285,16 +288,10 @@ def test_cli_a_directory_swapped_between_mkdir_and_open_is_exit_1_not_a_tracebac
     """The command (cli.main, as ``pipeline restore`` runs it) with ``dir`` swapped for
     ``dir -> OUT`` between its mkdir and its open: one warning line naming it, exit 1,
     OUT untouched, the rest restored."""
-    src = source(tmp, 2, 10)
-    backed_up(tmp, src)
-    out = outside(tmp)
-    before = tree(out)
+    src, out, before = arranged(tmp, 2, 10)
     target = tmp / "target"
 
-    def attack() -> None:
-        os.rmdir(target / "dir")
-        os.symlink(out, target / "dir")
-
+    attack = functools.partial(dir_to_symlink, target / "dir", out)
     monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp / "config"))
     with after_mkdir_of_dir(attack):
         code = cli.main(["restore", "--from", str(tmp / "repo"), "--passphrase-file",
@@ -318,10 +315,7 @@ def test_racing_swaps_of_the_target_write_nothing_outside(tmp: Path) -> None:
     OUT and nobody's directory are untouched, and the restore is complete and exact,
     exit 0 (the restore is held at ``restore_finished`` until the racer stopped, with
     --target back in its place)."""
-    src = source(tmp, 20, 100)
-    backed_up(tmp, src)
-    out = outside(tmp)
-    before = tree(out)
+    src, out, before = arranged(tmp, 20, 100)
     parent, evil = attacker_parent(tmp, out)
     target, stop = parent / "target", tmp / "stop"
     proc = popen(tmp, target, "restore_finished:1:STOP")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from pipeline.backup import cache, walk
 from pipeline.backup import encoding as fmt
 from pipeline.backup.stages import readahead
 from pipeline.backup.stages.messages import NodeBatch
+from tests.backup_helpers import nobody_may_enter
 
 NOBODY = 65534
 
@@ -31,14 +30,11 @@ NOBODY = 65534
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """A directory nobody may enter (pytest's tmp_path is root's alone)."""
-    assert os.geteuid() == 0, "this test needs root: it drops to nobody in a child"
-    d = Path(tempfile.mkdtemp(prefix="pipeline-review-perms-"))
-    os.chmod(d, 0o755)
-    yield d
-    for sub, dirs, files in os.walk(d):
-        for x in dirs + files:
-            os.chmod(os.path.join(sub, x), 0o700, follow_symlinks=False)
-    shutil.rmtree(d)
+    with nobody_may_enter("pipeline-review-perms-", "it drops to nobody in a child") as d:
+        yield d
+        for sub, dirs, files in os.walk(d):
+            for x in dirs + files:
+                os.chmod(os.path.join(sub, x), 0o700, follow_symlinks=False)
 
 
 def _as_nobody(fn: Any) -> Any:
