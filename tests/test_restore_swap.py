@@ -37,10 +37,11 @@ import trio
 
 from pipeline import cli, progress
 from pipeline.backup import beneath
+from pipeline.backup import restore as restore_mod
 from pipeline.backup.backend import DirBackend
 from pipeline.backup.repo import Repository, find_snapshot
 from pipeline.backup.restore import MARKER, run_restore
-from pipeline.errors import EXIT_OK, EXIT_WARNING
+from pipeline.errors import EXIT_OK, EXIT_WARNING, BadInput
 from tests.backup_helpers import nobody_may_enter
 from tests.conftest import ROOT
 from tests.test_backup_repo import PASS
@@ -405,3 +406,75 @@ def test_a_tree_of_more_directories_than_fds_kept_restores_exactly(tmp: Path) ->
     assert tree(target) == tree(src)
     assert [os.stat(p).st_mtime_ns for p in (target / "dir", target / "z")] == [
         os.stat(p).st_mtime_ns for p in (src / "dir", src / "z")]
+
+
+@contextlib.contextmanager
+def after_mkdir_of(name: bytes, attack: Callable[[], None]) -> Iterator[None]:
+    """``attack()`` right after restore's mkdir of a directory named ``name``."""
+    real_mkdir = os.mkdir
+    fired: list[bool] = []
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if os.path.basename(os.fsencode(path)) == name and not fired:
+            fired.append(True)
+            attack()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "mkdir", mkdir)
+        yield
+    assert fired == [True]
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_target_swapped_right_after_restore_made_it(tmp: Path, planted: bool) -> None:
+    """nobody can write --target's parent.  Right after restore's mkdir of a new
+    --target, nobody puts a directory of theirs (0777) in its place.  Empty: restore
+    takes it as root's, 0700 while it writes (nobody can no longer write in it), and the
+    snapshot restores exactly, owned by root.  With something of nobody's in it (``dir ->
+    OUT``): refused as not empty, one line, and nothing is written through it."""
+    src, out, before = arranged(tmp, 2, 5)
+    parent, _evil = attacker_parent(tmp, out)
+    target, moved = parent / "target", parent / "moved"
+    modes: list[tuple[int, int]] = []
+
+    def attack() -> None:
+        def swap() -> None:
+            target.rename(moved)
+            target.mkdir()
+            target.chmod(0o777)
+            if planted:
+                (target / "dir").symlink_to(out)
+        wait(as_nobody(swap))
+
+    repo = Repository.open(DirBackend(tmp / "repo"), PASS, str(tmp / "pass"))
+    repo.load_index()
+    warnings: list[str] = []
+    real_own = restore_mod._own
+
+    def own(*args):  # type: ignore[no-untyped-def]
+        real_own(*args)
+        st = os.stat(target)
+        modes.append((st.st_uid, st.st_mode & 0o777))  # as the restore goes on writing
+
+    try:
+        with after_mkdir_of(b"target", attack), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(restore_mod, "_own", own)
+            if planted:
+                with pytest.raises(BadInput, match="is not empty"):
+                    trio.run(run_restore, repo, find_snapshot(repo.snapshots(), None),
+                             target, progress.Stats(), 2, warnings.append)
+            else:
+                trio.run(run_restore, repo, find_snapshot(repo.snapshots(), None), target,
+                         progress.Stats(), 2, warnings.append)
+    finally:
+        repo.close()
+    assert tree(out) == before
+    assert modes == [(0, 0o700)]            # root's, and closed to nobody, before a write
+    if planted:
+        assert sorted(tree(target)) == ["dir"] and (target / "dir").is_symlink()
+        return
+    assert warnings == []
+    restored = tree(target)
+    assert restored == tree(src)
+    assert os.stat(target).st_uid == 0

@@ -158,6 +158,8 @@ def _mark(target: Path, root: int, ref: SnapshotRef) -> tuple[int, bool]:
         old = os.pread(fd, 4096, 0)
         resuming = bool(old)
         if not resuming and any(e.name != MARKER for e in os.scandir(root)):
+            with contextlib.suppress(OSError):     # an empty marker: this run's, no litter
+                os.unlink(MARKER, dir_fd=root)
             raise BadInput(f"--target {target} is not empty; give a new or empty "
                            "directory (restore never overwrites files)")
         if old:
