@@ -389,15 +389,16 @@ class WalkAhead:
             queue.Queue(self.DEPTH))
         self._stop = threading.Event()
         self._take = False               # the consumer has started: hand the walk over
-        self._warn: Warn = print         # set before the thread starts: scan's warnings
+        self._buf: list[Seen | str] = []     # the batch in hand (the thread's)
+        self._warn: Warn = self._buf.append   # scan's warnings: a str in its place, until
+                                              # the hand-over (then the consumer's warn)
         self._rest: Iterator[Seen] | None = None      # the walk, once handed over
         self._thread = threading.Thread(target=self._run, args=(root,), name="walk ahead",
                                         daemon=True)
         self._thread.start()
 
     def _run(self, root: Path) -> None:
-        buf: list[Seen | str] = []
-        self._warn = buf.append                    # a warning: a str in its place
+        buf = self._buf
         walk = scan(root, lambda message: self._warn(message))
         try:
             for entry in walk:
