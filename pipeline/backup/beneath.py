@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import stat
 import threading
 from collections import OrderedDict
@@ -59,6 +60,16 @@ from pipeline.progress import Stats
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 KEEP = 256      # directory fds kept open beyond those in use (a soft limit is 1024)
 
+
+def fd_room() -> int:
+    """The directory fds to keep at most: KEEP, or a quarter of the soft RLIMIT_NOFILE
+    when that is lower (`ulimit -n 256`: the fetch threads' files, the packs, the
+    marker and Trio need the rest)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return KEEP
+    return min(KEEP, max(8, soft // 4))
+
 _KIND = {"fifo": (stat.S_IFIFO, "fifo"), "chardev": (stat.S_IFCHR, "character device"),
          "blockdev": (stat.S_IFBLK, "block device")}
 
@@ -83,6 +94,7 @@ class Dirs:
         self._lock = threading.Lock()
         self._open: OrderedDict[bytes, list[int]] = OrderedDict()   # rel -> [fd, users]
         self.made: dict[bytes, tuple[int, int]] = {b"": (st.st_dev, st.st_ino)}
+        self.room = fd_room()
 
     def make(self, rel: bytes) -> int:
         """Make directory ``rel`` (0700; one there already is kept) in its parent, open it
@@ -153,7 +165,9 @@ class Dirs:
             if self.made.get(sub) != (st.st_dev, st.st_ino):
                 os.close(fd)
                 raise Replaced(sub, "another directory than the one restore made")
-            entry = self._open[sub] = [fd, 0]
+            entry = self._open[sub] = [fd, 1]     # kept while the rest is trimmed: a
+            self._trim()                          # deep path opens one fd at a time
+            entry[1] -= 1
         return entry
 
     def _open_at(self, pfd: int, name: bytes, rel: bytes) -> int:
@@ -169,12 +183,13 @@ class Dirs:
         raise Replaced(rel, "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory")
 
     def _trim(self) -> None:
-        """Close the least recently used fds not in use, down to KEEP."""
-        if len(self._open) <= KEEP:
+        """Close the least recently used fds not in use, down to KEEP (``fd_room``)."""
+        keep = min(KEEP, self.room)
+        if len(self._open) <= keep:
             return
         for rel in [r for r, (_fd, users) in self._open.items() if not users]:
             os.close(self._open.pop(rel)[0])
-            if len(self._open) <= KEEP:
+            if len(self._open) <= keep:
                 return
 
 
