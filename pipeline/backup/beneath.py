@@ -257,10 +257,16 @@ class AtFiles(Files):
             if dfd is not None and f.first is None and f not in self.skipped:
                 with space(self.target, f.final):
                     fd = os.open(tmp, CREATE if f.whole else WRITE, 0o600, dir_fd=dfd)
-                    done = 0
-                    while done < len(raw):
-                        done += os.pwrite(fd, raw[done:], off + done)
-                written = len(raw)
+                    if not f.whole and not self.ours(fd, f):
+                        os.close(fd)
+                        fd = -1
+                        with contextlib.suppress(FileNotFoundError):   # its name only
+                            os.unlink(tmp, dir_fd=dfd)
+                    else:
+                        done = 0
+                        while done < len(raw):
+                            done += os.pwrite(fd, raw[done:], off + done)
+                        written = len(raw)
             with self.lock:
                 f.left -= 1
                 last = f.left == 0
@@ -297,6 +303,12 @@ class AtFiles(Files):
             own = fd < 0
             if own:
                 fd = os.open(tmp, WRITE, dir_fd=dfd)
+                if not self.ours(fd, f):
+                    os.close(fd)
+                    with contextlib.suppress(FileNotFoundError):   # its name only
+                        os.unlink(tmp, dir_fd=dfd)
+                    f.done = True
+                    return
             try:
                 self.set_meta_fd(fd, f.node)
             finally:
@@ -306,6 +318,22 @@ class AtFiles(Files):
             with self.lock:
                 self.files_done += 1
         f.done = True
+
+    def ours(self, fd: int, f: RestoreFile) -> bool:
+        """Is ``fd``, ``f``'s temporary file opened again by name, the one the skeleton
+        made (a regular file of TARGET's owner, one link)?  Else whoever can write its
+        directory put another there (a hard link to a file outside): ``f`` is skipped
+        and warned, and nothing is written through ``fd``."""
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == self.dirs.uid:
+            return True
+        with self.lock:
+            first = f not in self.skipped
+            self.skipped.add(f)
+        if first:
+            self.warn(f"{printable(f.node.path)}: not restored: its temporary file was "
+                      "replaced while the restore ran; nothing was written through it")
+        return False
 
     def set_meta_fd(self, fd: int, n: fmt.Node) -> None:
         """Owner, extended attributes (the ACLs among them), mode, then times, in that
