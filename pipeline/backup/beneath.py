@@ -379,6 +379,25 @@ class AtFiles(Files):
         os.chmod(name, n.mode, dir_fd=dfd, follow_symlinks=False)
         os.utime(name, ns=(n.mtime_ns, n.mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
+    def set_meta_node(self, pfd: int, n: fmt.Node) -> None:
+        """The same for a fifo or device node by its own O_PATH fd ``pfd`` (through
+        /proc/self/fd/PFD, which leads to that inode whatever its name is now)."""
+        at = f"/proc/self/fd/{pfd}"
+        if n.uid is not None and self.is_root:
+            uid, gid = owner(n)
+            try:
+                os.chown(at, uid, gid)
+            except OSError as exc:
+                self._unset(exc, f"{n.path}: owner {uid}:{gid} not restored ({exc.strerror})")
+        for key, value in n.xattrs:
+            try:
+                os.setxattr(at, key, value)
+            except OSError as exc:
+                self._unset(exc, f"{n.path}: extended attribute {key} not restored "
+                                 f"({exc.strerror})")
+        os.chmod(at, n.mode)
+        os.utime(at, ns=(n.mtime_ns, n.mtime_ns))
+
     def link(self, ln: Link) -> bool:
         """``ln`` made a hard link of its leader (linkat, both by their directory's fd)."""
         leader = ln.leader
@@ -577,6 +596,7 @@ def _entry(files: AtFiles, n: fmt.Node, i: int) -> None:
             os.unlink(tmp, dir_fd=dfd)
         if n.type == "symlink":
             os.symlink(os.fsencode(n.target), tmp, dir_fd=dfd)
+            files.set_meta_at(dfd, tmp, n)
         else:
             kind, what = _KIND[n.type]
             try:
@@ -588,11 +608,34 @@ def _entry(files: AtFiles, n: fmt.Node, i: int) -> None:
                 need = " (making device nodes needs root)" if exc.errno == errno.EPERM else ""
                 files.warn(f"{n.path}: {what}{dev} not restored: {exc.strerror}{need}")
                 return
-        files.set_meta_at(dfd, tmp, n)
+            pfd = _made(files, dfd, tmp, n, kind, what)
+            if pfd < 0:
+                return
+            try:
+                files.set_meta_node(pfd, n)
+            finally:
+                os.close(pfd)
         os.rename(tmp, files.split(fs_path(files.root, n.path))[1], src_dir_fd=dfd,
                   dst_dir_fd=dfd)
     finally:
         files.dirs.unpin(rel)
+
+
+def _made(files: AtFiles, dfd: int, tmp: bytes, n: fmt.Node, kind: int, what: str) -> int:
+    """An O_PATH fd of ``tmp`` in ``dfd`` if it is still the node just made (its type,
+    TARGET's owner, one link), else -1: whoever can write the directory may have put a
+    hard link to a file outside there (then a warning naming the entry, its name
+    removed, nothing set through it)."""
+    pfd = os.open(tmp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    st = os.fstat(pfd)
+    if stat.S_IFMT(st.st_mode) == kind and st.st_nlink == 1 and st.st_uid == files.dirs.uid:
+        return pfd
+    os.close(pfd)
+    with contextlib.suppress(FileNotFoundError):        # its name only
+        os.unlink(tmp, dir_fd=dfd)
+    files.warn(f"{printable(n.path)}: {what} not restored: it was replaced while the "
+               "restore ran; nothing was set through it")
+    return -1
 
 
 __all__ = ["AtFiles", "Dirs", "Replaced", "fetch_all", "finish", "skeleton"]
