@@ -154,15 +154,14 @@ def rooted(top: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def after_mkdir_of_dir(attack: Callable[[], None]) -> Iterator[None]:
-    """``attack()`` right after restore's mkdir of ``dir``, before it opens it: os.mkdir
-    wrapped (HEAD's os.makedirs calls it too)."""
+def after_mkdir_of(name: bytes, attack: Callable[[], None]) -> Iterator[None]:
+    """``attack()`` right after restore's mkdir of a directory named ``name``."""
     real_mkdir = os.mkdir
     fired: list[bool] = []
 
     def mkdir(path, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
         real_mkdir(path, mode, dir_fd=dir_fd)
-        if os.path.basename(os.fsencode(path)) == b"dir" and not fired:
+        if os.path.basename(os.fsencode(path)) == name and not fired:
             fired.append(True)
             attack()
 
@@ -170,6 +169,12 @@ def after_mkdir_of_dir(attack: Callable[[], None]) -> Iterator[None]:
         mp.setattr(os, "mkdir", mkdir)
         yield
     assert fired == [True]
+
+
+def after_mkdir_of_dir(attack: Callable[[], None]) -> contextlib.AbstractContextManager[None]:
+    """``attack()`` right after restore's mkdir of ``dir``, before it opens it: os.mkdir
+    wrapped (HEAD's os.makedirs calls it too)."""
+    return after_mkdir_of(b"dir", attack)
 
 
 def restore_in_process(tmp: Path, target: Path, attack: Callable[[], None]) -> list[str]:
@@ -406,24 +411,6 @@ def test_a_tree_of_more_directories_than_fds_kept_restores_exactly(tmp: Path) ->
     assert tree(target) == tree(src)
     assert [os.stat(p).st_mtime_ns for p in (target / "dir", target / "z")] == [
         os.stat(p).st_mtime_ns for p in (src / "dir", src / "z")]
-
-
-@contextlib.contextmanager
-def after_mkdir_of(name: bytes, attack: Callable[[], None]) -> Iterator[None]:
-    """``attack()`` right after restore's mkdir of a directory named ``name``."""
-    real_mkdir = os.mkdir
-    fired: list[bool] = []
-
-    def mkdir(path, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
-        real_mkdir(path, mode, dir_fd=dir_fd)
-        if os.path.basename(os.fsencode(path)) == name and not fired:
-            fired.append(True)
-            attack()
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(os, "mkdir", mkdir)
-        yield
-    assert fired == [True]
 
 
 @pytest.mark.parametrize("planted", [False, True])

@@ -32,6 +32,17 @@ def tree(top: Path) -> list[tuple[str, bytes | None]]:
                   for p in top.rglob("*"))
 
 
+def restores_exactly_under_128_fds(tmp_path: Path, src: Path) -> None:
+    """``src`` backed up, then restored by the CLI under ``ulimit -n 128``: exit 0, no
+    traceback, the tree exact."""
+    backed_up(tmp_path, src)
+    target = tmp_path / "target"
+    proc = restore_limited(tmp_path, target, 128)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tree(target) == tree(src)
+
+
 def test_a_tree_300_directories_deep_restores_under_ulimit_n_128(tmp_path: Path) -> None:
     src = tmp_path / "src"
     d = src
@@ -39,12 +50,7 @@ def test_a_tree_300_directories_deep_restores_under_ulimit_n_128(tmp_path: Path)
         d = d / f"d{i}"
     d.mkdir(parents=True)
     (d / "f").write_text("deep\n")
-    backed_up(tmp_path, src)
-    target = tmp_path / "target"
-    proc = restore_limited(tmp_path, target, 128)
-    assert proc.returncode == EXIT_OK, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert tree(target) == tree(src)
+    restores_exactly_under_128_fds(tmp_path, src)
 
 
 def test_a_tree_of_600_directories_restores_under_ulimit_n_128(tmp_path: Path) -> None:
@@ -53,9 +59,4 @@ def test_a_tree_of_600_directories_restores_under_ulimit_n_128(tmp_path: Path) -
         d = src / f"d{i // 30}" / f"e{i}"
         d.mkdir(parents=True)
         (d / "f").write_bytes(b"%d\n" % i)
-    backed_up(tmp_path, src)
-    target = tmp_path / "target"
-    proc = restore_limited(tmp_path, target, 128)
-    assert proc.returncode == EXIT_OK, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert tree(target) == tree(src)
+    restores_exactly_under_128_fds(tmp_path, src)

@@ -14,14 +14,9 @@ import stat
 from pathlib import Path
 
 import pytest
-import trio
 
-from pipeline import progress
-from pipeline.backup.backend import DirBackend
-from pipeline.backup.repo import Repository, find_snapshot
-from pipeline.backup.restore import run_restore
-from tests.test_backup_repo import PASS
 from tests.test_review2_restore import backed_up
+from tests.test_review3_restore_tempfile import nobodys_file, restore_latest
 
 
 def test_a_fifo_replaced_by_a_hard_link_after_its_mknod_is_not_set(tmp_path: Path) -> None:
@@ -33,12 +28,7 @@ def test_a_fifo_replaced_by_a_hard_link_after_its_mknod_is_not_set(tmp_path: Pat
     os.chmod(src / "pipe", 0o4777)
     (src / "small").write_text("small\n")
     backed_up(tmp_path, src)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    victim = outside / "victim"
-    victim.write_bytes(b"the attacker's own\n")
-    os.chown(victim, 65534, 65534)
-    victim.chmod(0o700)
+    victim = nobodys_file(tmp_path, b"the attacker's own\n", 0o700)
     before = victim.stat()
     target = tmp_path / "target"
 
@@ -52,16 +42,9 @@ def test_a_fifo_replaced_by_a_hard_link_after_its_mknod_is_not_set(tmp_path: Pat
             os.unlink(path, dir_fd=dir_fd)
             os.link(victim, path, dst_dir_fd=dir_fd)
 
-    warnings: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(os, "mknod", mknod)
-        repo = Repository.open(DirBackend(tmp_path / "repo"), PASS, str(tmp_path / "pass"))
-        repo.load_index()
-        try:
-            trio.run(run_restore, repo, find_snapshot(repo.snapshots(), None), target,
-                     progress.Stats(), 1, warnings.append)
-        finally:
-            repo.close()
+        warnings = restore_latest(tmp_path, target)
     assert fired == [True]
     after = victim.stat()
     assert (after.st_uid, after.st_gid, after.st_mode, after.st_mtime_ns) == (

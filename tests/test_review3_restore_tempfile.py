@@ -26,6 +26,31 @@ from tests.test_backup_repo import PASS
 from tests.test_review2_restore import backed_up
 
 
+def restore_latest(tmp_path: Path, target: Path) -> list[str]:
+    """tmp_path/repo's latest snapshot restored into ``target`` here, one fetch thread;
+    its warnings."""
+    warnings: list[str] = []
+    repo = Repository.open(DirBackend(tmp_path / "repo"), PASS, str(tmp_path / "pass"))
+    repo.load_index()
+    try:
+        trio.run(run_restore, repo, find_snapshot(repo.snapshots(), None), target,
+                 progress.Stats(), 1, warnings.append)
+    finally:
+        repo.close()
+    return warnings
+
+
+def nobodys_file(tmp_path: Path, data: bytes, mode: int) -> Path:
+    """tmp_path/outside/victim: a file of nobody's outside --target, the attack's aim."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_bytes(data)
+    os.chown(victim, 65534, 65534)
+    victim.chmod(mode)
+    return victim
+
+
 def test_a_temporary_file_replaced_by_a_hard_link_between_chunks_is_not_written(
         tmp_path: Path) -> None:
     assert os.geteuid() == 0, "this test restores as root (chown, setuid): run it as root"
@@ -35,12 +60,7 @@ def test_a_temporary_file_replaced_by_a_hard_link_between_chunks_is_not_written(
     (src / "big").chmod(0o4755)
     (src / "small").write_text("small\n")
     backed_up(tmp_path, src)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    victim = outside / "victim"
-    victim.write_bytes(b"the attacker's own program\n")
-    os.chown(victim, 65534, 65534)
-    victim.chmod(0o755)
+    victim = nobodys_file(tmp_path, b"the attacker's own program\n", 0o755)
     before = (hashlib.sha256(victim.read_bytes()).hexdigest(), victim.stat().st_mode,
               victim.stat().st_uid)
     target = tmp_path / "target"
@@ -56,16 +76,9 @@ def test_a_temporary_file_replaced_by_a_hard_link_between_chunks_is_not_written(
                 os.link(victim, f.tmp)
         return real_put(self, f, raw, off)
 
-    warnings: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(beneath.AtFiles, "put", put)
-        repo = Repository.open(DirBackend(tmp_path / "repo"), PASS, str(tmp_path / "pass"))
-        repo.load_index()
-        try:
-            trio.run(run_restore, repo, find_snapshot(repo.snapshots(), None), target,
-                     progress.Stats(), 1, warnings.append)
-        finally:
-            repo.close()
+        warnings = restore_latest(tmp_path, target)
     assert len(calls) > 2
     after = (hashlib.sha256(victim.read_bytes()).hexdigest(), victim.stat().st_mode,
              victim.stat().st_uid)

@@ -335,15 +335,16 @@ class AtFiles(Files):
                       "replaced while the restore ran; nothing was written through it")
         return False
 
-    def set_meta_fd(self, fd: int, n: fmt.Node) -> None:
+    def set_meta_fd(self, fd: int | str, n: fmt.Node) -> None:
         """Owner, extended attributes (the ACLs among them), mode, then times, in that
         order, through the entry's own fd: chown clears setuid bits, and a chmod after the
         ACL keeps its mask.  The owner only as root (a user keeps their own, as tar does);
-        what cannot be set is a warning naming the entry."""
+        what cannot be set is a warning naming the entry.  ``fd``: the entry's fd, or a
+        path that leads to its inode whatever its name is now (``set_meta_node``)."""
         if n.uid is not None and self.is_root:
             uid, gid = owner(n)
             try:
-                os.fchown(fd, uid, gid)
+                os.chown(fd, uid, gid)
             except OSError as exc:
                 self._unset(exc, f"{n.path}: owner {uid}:{gid} not restored ({exc.strerror})")
         for name, value in n.xattrs:
@@ -352,7 +353,7 @@ class AtFiles(Files):
             except OSError as exc:
                 self._unset(exc, f"{n.path}: extended attribute {name} not restored "
                                  f"({exc.strerror})")
-        os.fchmod(fd, n.mode)
+        os.chmod(fd, n.mode)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
 
     def set_meta_at(self, dfd: int, name: bytes, n: fmt.Node) -> None:
@@ -380,23 +381,10 @@ class AtFiles(Files):
         os.utime(name, ns=(n.mtime_ns, n.mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
     def set_meta_node(self, pfd: int, n: fmt.Node) -> None:
-        """The same for a fifo or device node by its own O_PATH fd ``pfd`` (through
-        /proc/self/fd/PFD, which leads to that inode whatever its name is now)."""
-        at = f"/proc/self/fd/{pfd}"
-        if n.uid is not None and self.is_root:
-            uid, gid = owner(n)
-            try:
-                os.chown(at, uid, gid)
-            except OSError as exc:
-                self._unset(exc, f"{n.path}: owner {uid}:{gid} not restored ({exc.strerror})")
-        for key, value in n.xattrs:
-            try:
-                os.setxattr(at, key, value)
-            except OSError as exc:
-                self._unset(exc, f"{n.path}: extended attribute {key} not restored "
-                                 f"({exc.strerror})")
-        os.chmod(at, n.mode)
-        os.utime(at, ns=(n.mtime_ns, n.mtime_ns))
+        """The same for a fifo or device node by its own O_PATH fd ``pfd`` (which takes no
+        fchown or fchmod): through /proc/self/fd/PFD, which leads to that inode whatever
+        its name is now."""
+        self.set_meta_fd(f"/proc/self/fd/{pfd}", n)
 
     def link(self, ln: Link) -> bool:
         """``ln`` made a hard link of its leader (linkat, both by their directory's fd)."""
