@@ -256,13 +256,9 @@ class AtFiles(Files):
         try:
             if dfd is not None and f.first is None and f not in self.skipped:
                 with space(self.target, f.final):
-                    fd = os.open(tmp, CREATE if f.whole else WRITE, 0o600, dir_fd=dfd)
-                    if not f.whole and not self.ours(fd, f):
-                        os.close(fd)
-                        fd = -1
-                        with contextlib.suppress(FileNotFoundError):   # its name only
-                            os.unlink(tmp, dir_fd=dfd)
-                    else:
+                    fd = (os.open(tmp, CREATE, 0o600, dir_fd=dfd) if f.whole
+                          else self._reopen(dfd, tmp, f))
+                    if fd >= 0:
                         done = 0
                         while done < len(raw):
                             done += os.pwrite(fd, raw[done:], off + done)
@@ -302,11 +298,8 @@ class AtFiles(Files):
         else:
             own = fd < 0
             if own:
-                fd = os.open(tmp, WRITE, dir_fd=dfd)
-                if not self.ours(fd, f):
-                    os.close(fd)
-                    with contextlib.suppress(FileNotFoundError):   # its name only
-                        os.unlink(tmp, dir_fd=dfd)
+                fd = self._reopen(dfd, tmp, f)
+                if fd < 0:
                     f.done = True
                     return
             try:
@@ -319,21 +312,26 @@ class AtFiles(Files):
                 self.files_done += 1
         f.done = True
 
-    def ours(self, fd: int, f: RestoreFile) -> bool:
-        """Is ``fd``, ``f``'s temporary file opened again by name, the one the skeleton
-        made (a regular file of TARGET's owner, one link)?  Else whoever can write its
-        directory put another there (a hard link to a file outside): ``f`` is skipped
-        and warned, and nothing is written through ``fd``."""
+    def _reopen(self, dfd: int, tmp: bytes, f: RestoreFile) -> int:
+        """``f``'s temporary file ``tmp`` in ``dfd`` opened again by name, if it is the
+        one the skeleton made (a regular file of TARGET's owner, one link); else -1:
+        whoever can write its directory put another there (a hard link to a file
+        outside): ``f`` is skipped and warned, that name removed (the name only), and
+        nothing is written through it."""
+        fd = os.open(tmp, WRITE, dir_fd=dfd)
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == self.dirs.uid:
-            return True
+            return fd
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)
         with self.lock:
             first = f not in self.skipped
             self.skipped.add(f)
         if first:
             self.warn(f"{printable(f.node.path)}: not restored: its temporary file was "
                       "replaced while the restore ran; nothing was written through it")
-        return False
+        return -1
 
     def set_meta_fd(self, fd: int | str, n: fmt.Node) -> None:
         """Owner, extended attributes (the ACLs among them), mode, then times, in that
@@ -356,9 +354,10 @@ class AtFiles(Files):
         os.chmod(fd, n.mode)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
 
-    def set_meta_at(self, dfd: int, name: bytes, n: fmt.Node) -> None:
-        """The same for a symlink, fifo or device node ``name`` in directory ``dfd``:
-        never following it (attributes through /proc/self/fd/DFD/NAME, not followed)."""
+    def set_meta_symlink(self, dfd: int, name: bytes, n: fmt.Node) -> None:
+        """The same for symlink ``name`` in directory ``dfd``, never following it
+        (attributes through /proc/self/fd/DFD/NAME, not followed); a symlink has no mode
+        of its own, and a filesystem may not keep its times."""
         if n.uid is not None and self.is_root:
             uid, gid = owner(n)
             try:
@@ -373,12 +372,8 @@ class AtFiles(Files):
                 except OSError as exc:
                     self._unset(exc, f"{n.path}: extended attribute {key} not restored "
                                      f"({exc.strerror})")
-        if n.type == "symlink":
-            with contextlib.suppress(NotImplementedError, OSError):
-                os.utime(name, ns=(n.mtime_ns, n.mtime_ns), dir_fd=dfd, follow_symlinks=False)
-            return
-        os.chmod(name, n.mode, dir_fd=dfd, follow_symlinks=False)
-        os.utime(name, ns=(n.mtime_ns, n.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+        with contextlib.suppress(NotImplementedError, OSError):
+            os.utime(name, ns=(n.mtime_ns, n.mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
     def set_meta_node(self, pfd: int, n: fmt.Node) -> None:
         """The same for a fifo or device node by its own O_PATH fd ``pfd`` (which takes no
@@ -584,7 +579,7 @@ def _entry(files: AtFiles, n: fmt.Node, i: int) -> None:
             os.unlink(tmp, dir_fd=dfd)
         if n.type == "symlink":
             os.symlink(os.fsencode(n.target), tmp, dir_fd=dfd)
-            files.set_meta_at(dfd, tmp, n)
+            files.set_meta_symlink(dfd, tmp, n)
         else:
             kind, what = _KIND[n.type]
             try:
