@@ -16,7 +16,7 @@ O_DIRECTORY|O_NOFOLLOW) and does everything else here, relative to an fd:
 - fifos, device nodes (mknodat), hard links (linkat, no symlink followed), symlinks
   (symlinkat) made and set relative to their directory's fd (``*at`` with
   AT_SYMLINK_NOFOLLOW; attributes through ``/proc/self/fd/N/name``); each directory's
-  own metadata through its fd, deepest first.
+  own metadata through its fd, deepest first, TARGET's after the marker is removed.
 
 A directory found replaced (a symlink, not a directory, another owner's, another inode)
 is a warning naming it; nothing is written under it, and the rest restores (exit 1).
@@ -34,10 +34,12 @@ import resource
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
+from pipeline import faults
 from pipeline.backup import encoding as fmt
 from pipeline.backup.errors import CorruptRepository, printable
 from pipeline.backup.repo import Repository, SnapshotRef
@@ -533,11 +535,14 @@ def fetch(repo: Repository, files: AtFiles, rng: Range) -> int:
     return written
 
 
-def finish(files: AtFiles) -> None:
-    """Special files and hard links, symlinks last (nothing is written through them), the
-    marker removed, then each directory's metadata through its fd, deepest first (so
-    that setting one does not move its parent's times, and no directory is opened
-    through one whose owner and mode are already the snapshot's)."""
+def finish(files: AtFiles, finishing: Callable[[], None]) -> None:
+    """Special files and hard links, symlinks last (nothing is written through them), then
+    each directory's metadata through its fd, deepest first (so that setting one does not
+    move its parent's times, and no directory is opened through one whose owner and mode
+    are already the snapshot's), the marker removed, TARGET's own last (the unlink would
+    move its mtime).  ``finishing`` is called before the first directory is set (restore
+    records the phase in the marker: a run killed from there on is resumed although its
+    directories have other owners; ``restore``'s module docstring)."""
     with space(files.target):
         for i, n in enumerate(files.nodes):
             if n.type in ("fifo", *fmt.DEVICES):
@@ -547,8 +552,7 @@ def finish(files: AtFiles) -> None:
         for i, n in enumerate(files.nodes):
             if n.type == "symlink":
                 _entry(files, n, i)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(MARKER, dir_fd=files.dirs.root)
+        finishing()
         dirs = sorted((n for n in files.nodes if n.type == "dir" and n.path != fmt.ROOT),
                       key=lambda n: -n.path.count("/"))
         for n in dirs:
@@ -560,6 +564,9 @@ def finish(files: AtFiles) -> None:
                 files.set_meta_fd(fd, n)
             finally:
                 files.dirs.unpin(rel)
+            faults.reached("restore_dir_meta")     # tests: a kill -9 amid the directories
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(MARKER, dir_fd=files.dirs.root)
         for n in files.nodes:
             if n.type == "dir" and n.path == fmt.ROOT:
                 files.set_meta_fd(files.dirs.root, n)

@@ -12,7 +12,8 @@ progress, is one ``beneath.AtFiles`` (a ``files.Files``)::
     temporary names -> ranges -> fetch x cpu (thread: one read per range, open + check
     each chunk, pwrite it wherever it belongs; a file's last chunk sets its owner, xattrs,
     mode and times and renames it into place) -> fifos, device nodes, hard links,
-    symlinks, marker removed, each directory's owner, xattrs, mode and times
+    symlinks, marker says "finishing", each directory's owner, xattrs, mode and times
+    (deepest first), marker removed, TARGET's own
 
 One storage read per range, not per chunk, keeps a restore from Azure fast, and a
 chunk used by several files is fetched once.  Zero runs are never written, so
@@ -29,6 +30,19 @@ run again (after a full disk or a kill) accepts that target, clears the temporar
 files and writes every file again.  Restoring in place rather than into a sibling
 directory renamed at the end also lets TARGET be a mount point.
 
+The directories' owners are set last, with the marker still there: before the first
+one the marker records ``"phase": "finishing"`` (fsynced).  A run killed then leaves
+directories already of their snapshot owners; the same command accepts them when the
+marker says so (``check_resumed``) and makes them the restore's again (0700, no default
+ACL) before writing the files again.  That is safe because TARGET itself stays 0700 and
+the restoring user's (``_own``) until after the marker is removed: nobody else could
+enter the tree while its directories had other owners.  The marker is removed before
+TARGET's own metadata is set (so that the unlink does not move TARGET's mtime): a kill
+in the microseconds between the two leaves every entry restored but TARGET's own mode,
+owner and times (still 0700, the restoring user's), and the same command then refuses
+TARGET as not empty.  A marker without a phase (an older one) resumes as before: a
+directory of another owner there is refused.
+
 Owners are restored as root only (by name where this machine has the name, else by
 number); as another user the files are the user's, silently, as with tar.  What
 cannot be set (a security.* attribute, a device node as a user, an attribute the
@@ -41,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import stat
@@ -98,11 +113,14 @@ def check_shape(nodes: list[fmt.Node], ref: SnapshotRef) -> None:
                                     f"{why}; nothing restored (run `pipeline check`)")
 
 
-def _claim(target: Path, ref: SnapshotRef) -> tuple[int, int, bool]:
+FINISHING = "finishing"     # the marker's phase once directories get their final owners
+
+
+def _claim(target: Path, ref: SnapshotRef) -> tuple[int, int, str | None]:
     """Create TARGET if absent, open it once (every write after is relative to this fd:
     ``beneath``) and mark it as an unfinished restore of ``ref`` (locked while this
-    restore runs); returns TARGET's fd, the marker's fd and whether an earlier restore
-    of the same snapshot left it."""
+    restore runs); returns TARGET's fd, the marker's fd and, when an earlier restore of
+    the same snapshot left it, its phase ("" before ``FINISHING``), else None."""
     with space(target):
         try:
             parent = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -132,15 +150,17 @@ def _claim(target: Path, ref: SnapshotRef) -> tuple[int, int, bool]:
             os.close(parent)
         try:
             _own(target, root, created)
-            marker, resuming = _mark(target, root, ref)
+            marker, phase = _mark(target, root, ref)
         except BaseException:
             os.close(root)
             raise
-    return root, marker, resuming
+    return root, marker, phase
 
 
-def _mark(target: Path, root: int, ref: SnapshotRef) -> tuple[int, bool]:
-    """The marker in TARGET (``root``), locked: its fd, and whether it named ``ref``."""
+def _mark(target: Path, root: int, ref: SnapshotRef) -> tuple[int, str | None]:
+    """The marker in TARGET (``root``), locked: its fd, and the phase it records when it
+    named ``ref`` ("" when it records none: before ``FINISHING``, or an older marker;
+    None when it is new)."""
     try:
         fd = os.open(MARKER, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=root)
@@ -156,16 +176,17 @@ def _mark(target: Path, root: int, ref: SnapshotRef) -> tuple[int, bool]:
             raise BadInput(f"another restore is writing into {target}; wait for it or "
                            "give another --target") from None
         old = os.pread(fd, 4096, 0)
-        resuming = bool(old)
-        if not resuming and any(e.name != MARKER for e in os.scandir(root)):
+        if not old and any(e.name != MARKER for e in os.scandir(root)):
             with contextlib.suppress(OSError):     # an empty marker: this run's, no litter
                 os.unlink(MARKER, dir_fd=root)
             raise BadInput(f"--target {target} is not empty; give a new or empty "
                            "directory (restore never overwrites files)")
+        phase: str | None = None
         if old:
             try:
-                had = str(json.loads(old)["snapshot"])
-            except (ValueError, KeyError, TypeError):
+                was = json.loads(old)
+                had, phase = str(was["snapshot"]), str(was.get("phase", ""))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 had = "?"
             if had != ref.hex:
                 raise BadInput(f"--target {target} holds an unfinished restore of snapshot "
@@ -176,7 +197,16 @@ def _mark(target: Path, root: int, ref: SnapshotRef) -> tuple[int, bool]:
     except BaseException:
         os.close(fd)
         raise
-    return fd, resuming
+    return fd, phase
+
+
+def _mark_finishing(marker: int, ref: SnapshotRef) -> None:
+    """Record in the marker (its fd) that directories are about to get their snapshot
+    owners, durably before the first does (``check_resumed`` then accepts them)."""
+    text = json.dumps({"snapshot": ref.hex, "phase": FINISHING}).encode() + b"\n"
+    os.pwrite(marker, text, 0)
+    os.ftruncate(marker, len(text))
+    os.fsync(marker)
 
 
 def _own(target: Path, root: int, created: bool) -> None:
@@ -200,12 +230,15 @@ def _own(target: Path, root: int, created: bool) -> None:
         os.fchmod(root, 0o700)
 
 
-def check_resumed(target: Path, root: int, nodes: list[fmt.Node]) -> None:
+def check_resumed(target: Path, root: int, nodes: list[fmt.Node], finishing: bool) -> None:
     """An unfinished restore's TARGET (``root``), before it is written again: each
     directory of the snapshot already there must be one a restore made (a directory of
     TARGET's owner, not a symlink), else files would be written where the symlink
     points.  Looked up relative to TARGET's fd, parents before children: a symlink is
-    found before anything is looked up through it."""
+    found before anything is looked up through it.  ``finishing`` (the marker's phase):
+    the run killed was setting the directories' metadata, so one of another owner is
+    accepted (TARGET, ours and 0700 throughout, let nobody else in; module docstring)
+    and made the restore's again (``_reclaim``)."""
     uid = os.fstat(root).st_uid            # the owner a directory made here gets
     for n in nodes:
         if n.type != "dir" or n.path == fmt.ROOT:
@@ -214,12 +247,35 @@ def check_resumed(target: Path, root: int, nodes: list[fmt.Node]) -> None:
             st = os.stat(os.fsencode(n.path), dir_fd=root, follow_symlinks=False)
         except FileNotFoundError:
             continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+        if not stat.S_ISDIR(st.st_mode) or (st.st_uid != uid and not finishing):
             what = "a symlink" if stat.S_ISLNK(st.st_mode) else (
                 "not a directory" if not stat.S_ISDIR(st.st_mode) else f"uid {st.st_uid}'s")
             raise BadInput(f"--target {target}: {n.path!r} is {what}, not the directory an "
                            "unfinished restore made; something else wrote there: give a new "
                            "--target")
+        if finishing:
+            _reclaim(root, os.fsencode(n.path), uid)
+
+
+def _reclaim(root: int, rel: bytes, uid: int) -> None:
+    """Directory ``rel`` (under TARGET's fd ``root``; its parents reclaimed already) as
+    the skeleton makes one: ``uid``'s, 0700 (as a user: one set 0500 is written in
+    again), no default ACL (the files written in it again would inherit one the
+    snapshot does not give them; ``finish`` sets it again).  Through an O_PATH fd of it
+    (no read permission needed), as ``beneath.set_meta_node``; what a filesystem cannot
+    change is left to ``beneath.Dirs``, which warns of a directory not TARGET's owner's."""
+    fd = os.open(rel, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+    try:
+        at = f"/proc/self/fd/{fd}"
+        if os.fstat(fd).st_uid != uid:
+            with contextlib.suppress(OSError):
+                os.chown(at, uid, -1)
+        with contextlib.suppress(OSError):        # a filesystem without modes
+            os.chmod(at, 0o700)
+        with contextlib.suppress(OSError):        # none there, or no ACLs here
+            os.removexattr(at, "system.posix_acl_default")
+    finally:
+        os.close(fd)
 
 
 def fitting(target: Path, root_fd: int, ref: SnapshotRef, nodes: list[fmt.Node],
@@ -312,11 +368,13 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
                                 "--snapshot ID of the one you want (`pipeline snapshots`)")
     nodes = await trio.to_thread.run_sync(lambda: list(repo.tree(manifest)))
     check_shape(nodes, ref)
-    root, fd, resuming = await trio.to_thread.run_sync(_claim, target, ref)
+    root, fd, phase = await trio.to_thread.run_sync(_claim, target, ref)
+    resuming = phase is not None
     files: beneath.AtFiles | None = None
     try:
         if resuming:
-            await trio.to_thread.run_sync(check_resumed, target, root, nodes)
+            await trio.to_thread.run_sync(check_resumed, target, root, nodes,
+                                          phase == FINISHING)
         nodes = await trio.to_thread.run_sync(fitting, target, root, ref, nodes, warn)
         files = beneath.AtFiles(target, ref, nodes, warn, root)
         stats.files_total = len(files.files) + len(files.links)
@@ -334,7 +392,8 @@ async def run_restore(repo: Repository, ref: SnapshotRef, target: Path, stats: S
             async with rx:
                 for _ in range(threads):
                     nursery.start_soon(beneath.fetch_all, rx.clone(), repo, files, cpu, stats)
-        await trio.to_thread.run_sync(beneath.finish, files)
+        await trio.to_thread.run_sync(beneath.finish, files,
+                                      functools.partial(_mark_finishing, fd, ref))
         faults.reached("restore_finished")
         moved = await trio.to_thread.run_sync(_moved, target, root)
         if moved is not None and warn is not None:
