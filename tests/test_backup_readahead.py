@@ -34,7 +34,63 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
     return calls
 
 
-def test_small_files_to_read_are_asked_for(tmp_path: Path, asked: list) -> None:
+@pytest.fixture
+def uncached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch taken as out of the page cache (the files here were just written)."""
+    monkeypatch.setattr(readahead, "_cached", lambda paths: False)
+
+
+def _evict(path: Path) -> None:
+    """``path``'s pages out of the page cache: written back, then dropped."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _batch(names: list[str], size: int) -> NodeBatch:
+    return NodeBatch(0, [Walked(_file(n, size), False) for n in names])
+
+
+def test_a_batch_in_the_page_cache_is_not_asked_for(tmp_path: Path, asked: list) -> None:
+    """A tree read a moment ago (or just written): asking would only open every file."""
+    names = [f"f{i}" for i in range(9)]
+    for n in names:
+        (tmp_path / n).write_bytes(b"c" * 5000)
+        (tmp_path / n).read_bytes()
+    assert readahead.ask(str(tmp_path), _batch(names, 5000)) == 0
+    assert asked == []
+
+
+@pytest.mark.parametrize("evicted", [0, 4, 8])   # the batch's first, middle, last file
+def test_a_batch_out_of_the_page_cache_is_asked_for(tmp_path: Path, asked: list,
+                                                     evicted: int) -> None:
+    names = [f"f{i}" for i in range(9)]
+    for n in names:
+        (tmp_path / n).write_bytes(b"c" * 5000)
+    _evict(tmp_path / names[evicted])     # (a probe that misses starts the kernel's read:
+    #                                       nothing is probed before ask here)
+    assert readahead.ask(str(tmp_path), _batch(names, 5000)) == 9, \
+        f"{tmp_path} kept a file in the page cache after POSIX_FADV_DONTNEED: this test " \
+        "needs a disk filesystem (not tmpfs)"
+    assert sum(a[2] == os.POSIX_FADV_WILLNEED for a in asked) == 9
+
+
+def test_the_probe_reads_nothing_it_would_wait_for(tmp_path: Path) -> None:
+    """Only cached pages are read (RWF_NOWAIT): a file's last page out of the cache is
+    'not cached', whatever its first page."""
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom(3 << 20))
+    _evict(f)
+    with f.open("rb", buffering=0) as r:  # the first page back (and the kernel's
+        r.read(4096)                      # readahead after it: far from 3 MiB)
+    assert not readahead._cached([str(f)])
+
+
+def test_small_files_to_read_are_asked_for(tmp_path: Path, asked: list, uncached: None
+                                           ) -> None:
     (tmp_path / "small").write_bytes(b"s" * 1000)
     (tmp_path / "reused").write_bytes(b"r" * 2000)
     (tmp_path / "big").write_bytes(b"b" * (readahead.SMALL + 1))
@@ -53,7 +109,8 @@ def test_small_files_to_read_are_asked_for(tmp_path: Path, asked: list) -> None:
                      (readahead.SMALL, 0, os.POSIX_FADV_WILLNEED)]
 
 
-def test_a_fifo_or_a_vanished_file_is_left_to_the_reader(tmp_path: Path, asked: list) -> None:
+def test_a_fifo_or_a_vanished_file_is_left_to_the_reader(tmp_path: Path, asked: list,
+                                                         uncached: None) -> None:
     """Swapped for a FIFO after the walk: a blocking open would wait for a writer forever
     (the thread below is only a guard against that hang, not a timing check)."""
     os.mkfifo(tmp_path / "fifo")

@@ -527,7 +527,8 @@ class FileReader:
         try:
             node.size, node.mtime_ns, node.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
             node.inode, node.mode = st.st_ino, stat.S_IMODE(st.st_mode)
-            node.content = self._chunks(fd, st.st_size, deliver)
+            node.content = self._chunks(fd, st.st_size, st.st_blocks * 512 < st.st_size,
+                                        deliver)
             node.size = sum(n for _, n in node.content)
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
@@ -547,7 +548,10 @@ class FileReader:
             warn(f"{node.path}: cannot read ({exc.strerror}); skipped")
         return False
 
-    def _chunks(self, fd: int, size: int, deliver: Deliver) -> fmt.Content:
+    def _chunks(self, fd: int, size: int, sparse: bool, deliver: Deliver) -> fmt.Content:
+        """``sparse``: fewer blocks than bytes, so holes are looked for (SEEK_DATA); a file
+        without (most: 2 syscalls a file saved) reads whole, and a zero chunk in it is a
+        zero run all the same."""
         # Imported here, where a file is read: a no-change backup reads none, and these
         # modules (drive format, prep's journal and sqlite3) are a tenth of its start-up.
         from pipeline.drive import codec
@@ -566,7 +570,7 @@ class FileReader:
 
         pos = 0
         shrunk = False
-        for start, end in data_ranges(fd, size):
+        for start, end in data_ranges(fd, size) if sparse else [(0, size)]:
             zeros(start - pos)
             pos = start
             pieces: Iterator[bytes | memoryview]

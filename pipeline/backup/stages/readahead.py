@@ -29,14 +29,16 @@ SMALL = 1 << 20                   # files up to this size are read ahead
 
 def ask(root: str, batch: NodeBatch) -> int:
     """In a worker thread: ask the kernel for the small files of ``batch`` the readers
-    will read; returns how many were asked for."""
+    will read (unless the page cache already holds them: ``_cached``); returns how many
+    were asked for."""
+    paths = [os.path.join(root, item.node.path) for item in batch.items
+             if item.node.type == "file" and not item.reuse and 0 < item.node.size <= SMALL]
+    if not paths or _cached([paths[0], paths[len(paths) // 2], paths[-1]]):
+        return 0
     n = 0
-    for item in batch.items:
-        node = item.node
-        if node.type != "file" or item.reuse or not 0 < node.size <= SMALL:
-            continue
+    for path in paths:
         try:
-            opened = open_regular(os.path.join(root, node.path))
+            opened = open_regular(path)
         except OSError:
             continue
         if opened is None:
@@ -50,6 +52,32 @@ def ask(root: str, batch: NodeBatch) -> int:
         finally:
             os.close(fd)
     return n
+
+
+def _cached(paths: list[str]) -> bool:
+    """Whether the page cache holds the first and last byte of each of ``paths`` (a
+    batch's first, middle and last file): then the batch is taken as read already (a
+    tree read a moment ago, or written: an incremental's new files) and asking for it
+    would only cost each file's opening, 6 system calls, each one handing the GIL over
+    (a tenth of a backup of small files' time).  ``RWF_NOWAIT`` reads only what is
+    cached; where it is refused, or a probe cannot be read, the batch is asked for."""
+    for path in paths:
+        try:
+            opened = open_regular(path)
+        except OSError:
+            return False
+        if opened is None:
+            return False
+        fd, st = opened
+        try:
+            for off in {0, max(st.st_size - 1, 0)}:
+                if os.preadv(fd, [bytearray(1)], off, os.RWF_NOWAIT) != 1:
+                    return False
+        except OSError:          # EAGAIN: not cached; EOPNOTSUPP: cannot tell
+            return False
+        finally:
+            os.close(fd)
+    return True
 
 
 async def run(root: str, rx: trio.MemoryReceiveChannel[NodeBatch],
