@@ -11,6 +11,7 @@ holds every chunk of it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ from pipeline.progress import Stats
 
 DELIVER_BYTES = 4 << 20           # chunks a reader hands over at once
 DELIVER_COUNT = 256
+# A batch of files this small on average is read by one reader at a time (``Read.small``).
+SMALL_FILES = 256 << 10
+_NO_LOCK = contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,11 @@ class Read:
         self.repo, self.root, self.stats, self.disk, self.warn = repo, root, stats, disk, warn
         self.reader = FileReader(repo.config.chunker, repo.crypto.keys.chunker_seed,
                                  repo.crypto.chunk_id)
+        # Small files are mostly system calls and Python, each call handing the GIL over:
+        # two readers of them at once only fight for it (the 7,733-file stdlib subtree:
+        # 1.60 s with two, 1.42 s with one), while big files are read in parallel
+        # (chunking and hashing let the GIL go: one reader of the 2 GiB tree, +6 %).
+        self.small = trio.Lock()
         self.chunks_new = 0
         self.raw_new = 0                   # plaintext bytes of the new chunks
 
@@ -77,9 +86,12 @@ class Read:
                         self.stats.files_done += 1
                     else:
                         to_read.append(node)
-                gone = (await trio.to_thread.run_sync(self._read_files, to_read, out,
-                                                      limiter=self.disk)
-                        if to_read else set())
+                gone: set[int] = set()
+                if to_read:
+                    small = sum(n.size for n in to_read) < len(to_read) * SMALL_FILES
+                    async with self.small if small else _NO_LOCK:
+                        gone = await trio.to_thread.run_sync(self._read_files, to_read, out,
+                                                             limiter=self.disk)
                 await done.send(_read_batch(batch, {id(n) for n in to_read}, gone))
 
     def _read_files(self, nodes: list[fmt.Node],
