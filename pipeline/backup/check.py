@@ -231,7 +231,7 @@ class Checker:
             self.bad_packs[pack] = "missing"
             return
         why = []
-        if hashlib.sha256(data).digest() != pack:
+        if self.repo.crypto.pack_hash(data).digest() != pack:
             why.append("content does not match its name")
         try:
             hoff, hlen = fmt.decode_pack_trailer(data)

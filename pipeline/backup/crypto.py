@@ -14,6 +14,7 @@ Bytes only: no files, no trio.  Secrets are never in ``repr``.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import secrets
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -53,6 +55,9 @@ class MasterKeys:
     enc_key: bytes = field(repr=False)
     id_key: bytes = field(repr=False)
     chunker_seed: int = field(repr=False)
+    # How chunk and pack ids are made (fmt.CONFIG_IDS): here, sealed, so that editing the
+    # plaintext config cannot change it; key material without it is older, HMAC-SHA-256.
+    ids: str = fmt.BLAKE3
 
     @classmethod
     def generate(cls) -> MasterKeys:
@@ -61,18 +66,21 @@ class MasterKeys:
 
     def encode(self) -> bytes:
         return json.dumps({"enc_key": fmt.b64(self.enc_key), "id_key": fmt.b64(self.id_key),
-                           "chunker_seed": self.chunker_seed}).encode()
+                           "chunker_seed": self.chunker_seed, "ids": self.ids}).encode()
 
     @classmethod
     def decode(cls, plain: bytes) -> MasterKeys:
         obj = fmt.decode_json(plain, "key material")
         try:
             keys = cls(fmt.unb64(obj["enc_key"], "enc_key"), fmt.unb64(obj["id_key"], "id_key"),
-                       int(obj["chunker_seed"]))
+                       int(obj["chunker_seed"]), obj.get("ids", fmt.HMAC_SHA256))
         except (KeyError, TypeError, ValueError):
             raise CorruptRepository("key material lacks fields") from None
         if len(keys.enc_key) != 32 or len(keys.id_key) != 32:
             raise CorruptRepository("key material has keys of the wrong length")
+        if keys.ids not in fmt.CONFIG_IDS.values():
+            raise CorruptRepository(f"key material names ids {keys.ids!r}, which this pipeline "
+                                    "does not know; upgrade pipeline")
         return keys
 
 
@@ -83,14 +91,23 @@ class Crypto:
         self.keys = keys
         self._aead = AESGCM(keys.enc_key)
         self._mac = hmac.new(keys.id_key, digestmod="sha256")
+        self._blake3 = keys.ids == fmt.BLAKE3
 
     def __repr__(self) -> str:
         return "Crypto(<keys>)"
 
     def chunk_id(self, data: bytes | memoryview) -> bytes:
+        """The chunk's id: keyed BLAKE3, or (repositories seeded before it) HMAC-SHA-256."""
+        if self._blake3:
+            return blake3.blake3(data, key=self.keys.id_key).digest()
         mac = self._mac.copy()  # the keyed inner/outer state, without rehashing the key
         mac.update(data)
         return mac.digest()
+
+    def pack_hash(self, data: bytes | memoryview = b"") -> blake3.blake3 | hashlib._Hash:
+        """A hasher for a pack's id (the hash of its bytes, unkeyed: anyone holding the
+        repository can check a pack against its name), as this repository makes them."""
+        return blake3.blake3(data) if self._blake3 else hashlib.sha256(data)
 
     def seal_parts(self, plain: bytes | memoryview, aad: bytes) -> tuple[bytes, bytes]:
         """(nonce, ciphertext + tag): kept apart so a pack joins them without another copy."""

@@ -29,7 +29,13 @@ import xxhash
 
 from pipeline.backup.errors import CorruptRepository
 
-VERSION = 1
+VERSION = 1                     # packs, index and snapshot envelopes, key files
+HMAC_SHA256 = "hmac-sha256"     # chunk ids HMAC-SHA-256(id_key, data), pack ids SHA-256
+BLAKE3 = "blake3"               # chunk ids BLAKE3 keyed with id_key, pack ids BLAKE3
+# The config's version names its ids: version 1 repositories (seeded before BLAKE3) keep
+# theirs; an older pipeline meets version 2 with "upgrade pipeline", not with every
+# chunk failing its id.
+CONFIG_IDS = {1: HMAC_SHA256, 2: BLAKE3}
 ALIGN = 512                     # every repository file is a multiple of this (page blobs)
 ID_LEN = 32                     # chunk, pack, index and snapshot ids: 32 bytes, 64 hex digits
 NONCE_LEN = 12
@@ -152,15 +158,17 @@ class Config:
     chunker: ChunkerParams = field(default_factory=ChunkerParams)
     pack_size: int = 16 << 20
     created: str = ""
+    ids: str = BLAKE3              # how chunk and pack ids are made (``CONFIG_IDS``)
 
     def encode(self) -> bytes:
+        version = next(v for v, ids in CONFIG_IDS.items() if ids == self.ids)
         return encode_json({
-            "format": "pipeline-backup", "version": VERSION, "repo_id": self.repo_id,
+            "format": "pipeline-backup", "version": version, "repo_id": self.repo_id,
             "created": self.created, "pack_size": self.pack_size,
             "chunker": {"algorithm": "fastcdc2020", "min": self.chunker.min,
                         "avg": self.chunker.avg, "max": self.chunker.max,
                         "normalized_chunking": self.chunker.nc},
-            "cipher": "aes-256-gcm", "chunk_id": "hmac-sha256", "compression": "zstd",
+            "cipher": "aes-256-gcm", "chunk_id": self.ids, "compression": "zstd",
         })
 
     @classmethod
@@ -168,15 +176,23 @@ class Config:
         obj = decode_json(data, "config")
         if obj.get("format") != "pipeline-backup":
             raise CorruptRepository("config is not a pipeline backup repository's")
-        if obj.get("version") != VERSION:
-            raise CorruptRepository(f"config version {obj.get('version')!r} is not {VERSION}; "
-                                    "a newer pipeline wrote this repository, upgrade pipeline")
+        version = obj.get("version")
+        if isinstance(version, bool) or version not in CONFIG_IDS:
+            raise CorruptRepository(f"config version {version!r} is not one of "
+                                    f"{', '.join(map(str, CONFIG_IDS))}; a newer pipeline "
+                                    "wrote this repository, upgrade pipeline")
+        ids = CONFIG_IDS[version]
+        if obj.get("chunk_id", ids) != ids:
+            raise CorruptRepository(f"config's chunk_id {obj.get('chunk_id')!r} is not its "
+                                    f"version's ({ids}): the config was altered; put back the "
+                                    "repository's own config file")
         try:
             ch = obj["chunker"]
             params = ChunkerParams(_whole(ch["min"]), _whole(ch["avg"]), _whole(ch["max"]),
                                    _whole(ch["normalized_chunking"]))
             config = cls(repo_id=obj["repo_id"], chunker=params,
-                         pack_size=_whole(obj["pack_size"]), created=str(obj.get("created", "")))
+                         pack_size=_whole(obj["pack_size"]), created=str(obj.get("created", "")),
+                         ids=ids)
         except (KeyError, TypeError, ValueError):
             raise CorruptRepository("config lacks chunker or pack_size fields") from None
         config.check()

@@ -95,7 +95,7 @@ class PackBuilder:
     def finish(self, cr: crypto.Crypto) -> Pack:
         header = cr.seal(fmt.encode_pack_header(self.entries), crypto.PACK_HEADER_AAD)
         parts = fmt.pack_parts(self.parts, header)
-        digest = hashlib.sha256()
+        digest = cr.pack_hash()
         for part in parts:
             digest.update(part)
         pack_id = digest.digest()
@@ -162,9 +162,9 @@ class Repository:
         if exists(backend):
             raise BadInput(f"{backend.name} already holds a backup repository")
         now = _now_iso()
-        config = fmt.Config(repo_id=secrets.token_hex(16), created=now, pack_size=pack_size,
-                            chunker=chunker or fmt.ChunkerParams())
         keys = keys or crypto.MasterKeys.generate()
+        config = fmt.Config(repo_id=secrets.token_hex(16), created=now, pack_size=pack_size,
+                            chunker=chunker or fmt.ChunkerParams(), ids=keys.ids)
         data = crypto.make_key_file(keys, passphrase, config.repo_id,
                                     kdf or crypto.calibrate_kdf(), now)
         backend.put(fmt.key_name(hashlib.sha256(data).digest()), data)
@@ -192,6 +192,10 @@ class Repository:
             if data is None:
                 continue
             keys = crypto.open_key_file(data, passphrase, config.repo_id)
+            if keys is not None and keys.ids != config.ids:
+                raise CorruptRepository(f"config's chunk_id {config.ids} is not the one its "
+                                        f"keys were made with ({keys.ids}): the config was "
+                                        "altered; put back the repository's own config file")
             if keys is not None:
                 return cls(backend, config, keys)._lock(lock, command, wait)
         raise WrongPassphrase(backend.name, passphrase_source)
