@@ -2,9 +2,10 @@
 
 The master key material (an encryption key, a chunk-id key and the chunker's gear
 seed) is random and stored only in key files, sealed with a key derived from the
-operator's backup passphrase by argon2id (``luks2.derive``).  Chunk ids are
-HMAC-SHA256 of the plaintext under the id key, so equal data dedups while an id
-says nothing about the data to whoever lacks the key.  Each sealed item has a
+operator's backup passphrase by argon2id (``luks2.derive``).  Chunk ids are keyed
+BLAKE3 of the plaintext under the id key (HMAC-SHA256 in repositories made before it:
+``MasterKeys.ids``), so equal data dedups while an id says nothing about the data to
+whoever lacks the key.  Each sealed item has a
 random 96-bit nonce: with 2**32 items per key as the GCM limit, a repository
 holds up to ~4 PiB of 1 MiB chunks.  The associated data binds a chunk to its
 kind and id (a blob moved to another place does not decrypt as another chunk).
