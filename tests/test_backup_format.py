@@ -41,6 +41,21 @@ def test_index_round_trip(es: list[fmt.IndexEntry]) -> None:
     assert fmt.decode_index(fmt.encode_index(es)) == es
 
 
+@given(st.lists(entries, min_size=1, max_size=30), st.data())
+def test_an_index_entry_of_no_kind_or_past_the_pack_table_is_named(
+        es: list[fmt.IndexEntry], data: st.DataObject) -> None:
+    plain = bytearray(fmt.encode_index(es))
+    packs = int.from_bytes(plain[:4], "little")
+    i = data.draw(st.integers(0, len(es) - 1))
+    at = 4 + packs * 32 + 4 + i * 49
+    if data.draw(st.booleans()):
+        plain[at] = data.draw(st.integers(0, 255).filter(lambda k: k not in fmt.KINDS))
+    else:
+        plain[at + 33:at + 37] = data.draw(st.integers(packs, 2**32 - 1)).to_bytes(4, "little")
+    with pytest.raises(CorruptRepository, match=f"index entry {i}: "):
+        fmt.decode_index(bytes(plain))
+
+
 @given(st.binary(max_size=600))
 @settings(max_examples=300)
 def test_decoders_raise_only_corrupt_repository(data: bytes) -> None:
