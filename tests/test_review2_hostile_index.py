@@ -5,7 +5,6 @@ chunk that is, restores the others (exit 4); check --read-data names the pack.""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import resource
 import subprocess
@@ -53,7 +52,7 @@ def test_an_index_entry_past_the_pack_loses_only_its_file(tmp_path: Path, where:
     repo.load_index()
     nodes = {n.path: n for n in repo.tree(repo.manifest(repo.snapshots()[-1]))}
     target = nodes["a.bin"].content[0][0]
-    entries = [dataclasses.replace(e, **{field: value}) if e.id == target else e
+    entries = [e._replace(**{field: value}) if e.id == target else e
                for e in repo.index.values()]
     for name in repo.backend.list(fmt.INDEX):
         repo.backend.delete(name)
