@@ -148,6 +148,9 @@ def test_check_names_a_blake3_pack_whose_content_changed(tmp_path: Path) -> None
     ({"chunk_id": "hmac-sha256"}, "is not its version's"),
     ({"version": 3}, "upgrade pipeline"),
     ({"version": True}, "upgrade pipeline"),
+    ({"version": [2]}, "upgrade pipeline"),         # was a TypeError (unhashable): exit 70
+    ({"version": {"2": 2}}, "upgrade pipeline"),
+    ({"version": 2.0}, "upgrade pipeline"),         # a JSON integer, as every other field
 ])
 def test_an_edited_config_cannot_switch_the_ids(tmp_path: Path, edit: dict[str, object],
                                                 why: str) -> None:

@@ -176,8 +176,8 @@ class Config:
         obj = decode_json(data, "config")
         if obj.get("format") != "pipeline-backup":
             raise CorruptRepository("config is not a pipeline backup repository's")
-        version = obj.get("version")
-        if isinstance(version, bool) or version not in CONFIG_IDS:
+        version = obj.get("version")     # a JSON integer: a list or object is unhashable
+        if type(version) is not int or version not in CONFIG_IDS:
             raise CorruptRepository(f"config version {version!r} is not one of "
                                     f"{', '.join(map(str, CONFIG_IDS))}; a newer pipeline "
                                     "wrote this repository, upgrade pipeline")
