@@ -9,7 +9,7 @@ exclusive one, an exclusive one with any other.
 
 Why concurrent backups need no more than a shared lock: a backup only adds files,
 each under a name no other run can pick (packs and index files are named by the
-sha256 of their bytes, which hold random nonces; a snapshot by its time and
+hash of their bytes, which hold random nonces; a snapshot by its time and
 hash), and a snapshot is written last, after every pack and index file it needs.
 Two backups may both store the same new chunk: the repository then names two
 copies, either of which reads back, and ``prune`` drops the spare.  Only a

@@ -54,8 +54,8 @@ class SnapshotRef:
 @dataclass(slots=True)
 class Pack:
     """A finished pack: its bytes as parts in order (``Backend.put`` takes them so; never
-    joined on the way: a 16 MiB copy per pack), its id (sha256 of them), its size and
-    where each chunk lies."""
+    joined on the way: a 16 MiB copy per pack), its id (their hash, ``Crypto.pack_hash``),
+    its size and where each chunk lies."""
 
     id: bytes
     parts: list[bytes]

@@ -1,6 +1,6 @@
 """Backup's pack stage: sealed chunks gathered into packs of ``pack_size`` (16 MiB).
 
-One task, so packs fill one at a time; finishing a pack (its sealed header, its sha256)
+One task, so packs fill one at a time; finishing a pack (its sealed header, its hash)
 runs in a worker thread behind the CPU limiter.
 """
 
