@@ -238,8 +238,7 @@ def _whole(value: object) -> int:
 # --------------------------------------------------------------------------- packs
 
 
-@dataclass(frozen=True, slots=True)
-class PackEntry:
+class PackEntry(NamedTuple):
     """One blob of a pack: where it lies and what it holds."""
 
     kind: int

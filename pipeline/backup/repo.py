@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pipeline import faults
 from pipeline.backup import crypto
@@ -38,8 +38,7 @@ RUN_BYTES = 8 << 20             # tree chunks read at once when they lie back to
 LockMode = Literal["shared", "exclusive"] | None
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotRef:
+class SnapshotRef(NamedTuple):
     """A snapshot as its file name tells it (no key needed)."""
 
     name: str
