@@ -19,6 +19,9 @@ def test_no_publish_settings_no_certificate_modules(tmp_path: Path) -> None:
     src.mkdir()
     staging.mkdir()
     (src / "a").write_bytes(b"a" * 5000)
+    with open(src / "sparse", "wb") as f:      # holes: the estimate and the reader look
+        f.truncate(10 << 20)
+        f.write(b"x")
     (tmp_path / "pass").write_bytes(PASS + b"\n")
     mods, events = _modules(
         tmp_path, "backup", "--offline", *FAST_KDF_ARGS, "--source", str(src), "--staging",
@@ -28,3 +31,8 @@ def test_no_publish_settings_no_certificate_modules(tmp_path: Path) -> None:
     assert "pipeline.jobs.rules" in mods                # the job name's rule: always
     assert not {"pipeline.jobs.auth", "pipeline.jobs.catalog", "pipeline.jobs.client",
                 "cryptography.hazmat.primitives.serialization.pkcs12"} & mods
+    # holes and zeros come from pipeline.sparse, not from prep's reader or the drive codec
+    # (the drive format, prep's journal and sqlite3: 17 ms before the estimate's walk)
+    assert "pipeline.sparse" in mods
+    assert not {"pipeline.prep.read", "pipeline.drive.format", "pipeline.drive.codec",
+                "sqlite3"} & mods

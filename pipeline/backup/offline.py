@@ -198,7 +198,7 @@ def _regular_files(top: Path) -> Iterator[tuple[str, os.stat_result]]:
 def _holes(path: str, st: os.stat_result) -> list[tuple[int, int]]:
     """The data ranges of a file that has holes; none when it cannot be opened or is no
     longer a regular file; the backup reports it."""
-    from pipeline.prep.read import data_ranges
+    from pipeline.sparse import data_ranges
 
     fd = _open(path)
     if fd is None:

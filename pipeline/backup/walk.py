@@ -552,10 +552,7 @@ class FileReader:
         """``sparse``: fewer blocks than bytes, so holes are looked for (SEEK_DATA); a file
         without (most: 2 syscalls a file saved) reads whole, and a zero chunk in it is a
         zero run all the same."""
-        # Imported here, where a file is read: a no-change backup reads none, and these
-        # modules (drive format, prep's journal and sqlite3) are a tenth of its start-up.
-        from pipeline.drive import codec
-        from pipeline.prep.read import data_ranges
+        from pipeline.sparse import data_ranges, is_zero  # here: a no-change backup reads none
 
         content: fmt.Content = []
 
@@ -586,7 +583,7 @@ class FileReader:
                 # large: the stream chunker reuses its buffer, so each chunk is copied out
                 pieces = (bytes(c.data) for c in self._cdc().cut_stream(_Range(fd, start, end)))
             for piece in pieces:
-                if codec.is_zero(piece):
+                if is_zero(piece):
                     zeros(len(piece))
                 else:
                     cid = self.chunk_id(piece)

@@ -25,6 +25,7 @@ import xxhash
 import zstandard
 
 from pipeline.drive.format import Codec, CorruptRecord
+from pipeline.sparse import is_zero, zero_buf
 
 __all__ = ["MAX_RAW_LEN", "Packed", "check", "is_zero", "pack", "pack_many", "unpack",
            "zero"]
@@ -47,35 +48,9 @@ class Packed:
 
 # --------------------------------------------------------------------------- zero detection
 
-_zeros = bytes(1 << 20)  # grows to the largest length asked for; replacing it is atomic
-
-
-def _zero_buf(n: int) -> bytes:
-    """A zero buffer at least ``n`` long (a prefix of it stands in for ``n`` zeros)."""
-    global _zeros
-    buf = _zeros
-    if len(buf) < n:
-        buf = _zeros = bytes(n)
-    return buf
-
-
-def is_zero(raw: bytes | bytearray | memoryview) -> bool:
-    """True if every byte is zero; one memcmp, no Python loop.
-
-    ``zeros.startswith(raw)`` holds exactly when ``raw`` is all zero, and
-    bytes.startswith compares with memcmp for any buffer (bytes or memoryview).
-    """
-    if isinstance(raw, memoryview):
-        raw = raw.cast("B")  # count bytes, not items
-    n = len(raw)
-    if n and (raw[0] or raw[-1]):  # most data fails here without touching the rest
-        return False
-    return _zero_buf(n).startswith(raw)
-
-
 @functools.lru_cache(maxsize=64)
 def _zero_digest(raw_len: int) -> bytes:
-    return xxhash.xxh3_128_digest(memoryview(_zero_buf(raw_len))[:raw_len])
+    return xxhash.xxh3_128_digest(memoryview(zero_buf(raw_len))[:raw_len])
 
 
 def zero(raw_len: int) -> Packed:

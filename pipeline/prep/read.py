@@ -18,6 +18,7 @@ from pipeline.drive import codec, format
 from pipeline.errors import BadInput
 from pipeline.prep import smallio
 from pipeline.prep.session import FileJob
+from pipeline.sparse import data_ranges
 
 __all__ = [
     "EXTENT_SIZE",
@@ -36,40 +37,10 @@ __all__ = [
 EXTENT_SIZE = format.CELL
 """The grid step, ``format.CELL``: the name the receiving side and backup still import."""
 
-_NO_SEEK_HOLE = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 class FileChanged(BadInput):
     """{!r} changed while prep was reading it ({}); prep picks it up again on --resume"""
-
-
-def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
-    """The (start, end) ranges of ``[0, size)`` that hold data, by SEEK_DATA/SEEK_HOLE.
-
-    Holes need not be read: they read as zeros.  ENXIO from SEEK_DATA means no
-    data after that offset (a trailing hole), as in borg's sparsemap.  A file
-    system without SEEK_HOLE support (EINVAL/ENOTSUP) gives one range, the
-    whole file.  Ranges are clipped to ``size`` (the size the scan saw).
-    """
-    ranges: list[tuple[int, int]] = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-            if start >= size:
-                break
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # no data at or after pos (or the file shrank under us)
-                break
-            if e.errno in _NO_SEEK_HOLE:
-                return [(0, size)]
-            raise
-        if end <= start:  # cannot happen on a sane FS; never loop forever
-            return [(0, size)]
-        ranges.append((start, end))
-        pos = end
-    return ranges
 
 
 def _cells(
