@@ -6,6 +6,7 @@ ended in EMFILE, a traceback and exit 70."""
 from __future__ import annotations
 
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -16,13 +17,14 @@ from tests.conftest import ROOT
 from tests.test_review2_restore import backed_up
 
 
-def restore_limited(tmp: Path, target: Path, nofile: int) -> subprocess.CompletedProcess[str]:
+def restore_limited(tmp: Path, target: Path, nofile: int, *extra: str
+                    ) -> subprocess.CompletedProcess[str]:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     return subprocess.run([sys.executable, "-m", "pipeline", "restore", "--target",
                            str(target), "--from", str(tmp / "repo"), "--passphrase-file",
-                           str(tmp / "pass")], capture_output=True, text=True, cwd=ROOT,
+                           str(tmp / "pass"), *extra], capture_output=True, text=True, cwd=ROOT,
                           timeout=600, preexec_fn=limit,
                           env={**os.environ, "PIPELINE_CONFIG_DIR": str(tmp / "config")})
 
@@ -60,3 +62,20 @@ def test_a_tree_of_600_directories_restores_under_ulimit_n_128(tmp_path: Path) -
         d.mkdir(parents=True)
         (d / "f").write_bytes(b"%d\n" % i)
     restores_exactly_under_128_fds(tmp_path, src)
+
+
+def test_256_fetch_threads_restore_exactly_under_ulimit_n_64(tmp_path: Path) -> None:
+    """Each fetch thread writes files it holds open: --threads 256 with 64 fds to spend
+    (40 directories of files from 1 byte to 300 KB) still restores every byte, exit 0."""
+    src = tmp_path / "src"
+    r = random.Random(3)
+    for i in range(400):
+        d = src / f"d{i % 40}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(r.randbytes(r.randrange(1, 300_000)))
+    backed_up(tmp_path, src)
+    target = tmp_path / "target"
+    proc = restore_limited(tmp_path, target, 64, "--threads", "256")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tree(target) == tree(src)
