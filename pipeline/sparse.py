@@ -10,9 +10,15 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["data_ranges", "is_zero", "zero_buf"]
+__all__ = ["data_ranges", "is_zero", "may_have_holes", "zero_buf"]
 
 _NO_SEEK_HOLE = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def may_have_holes(st: os.stat_result) -> bool:
+    """Fewer blocks than bytes: only then are a file's holes worth looking for (two
+    lseeks, or an open); a file without any reads whole, its zero chunks still zero runs."""
+    return st.st_blocks * 512 < st.st_size
 
 
 def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:

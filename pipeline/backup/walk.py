@@ -527,8 +527,7 @@ class FileReader:
         try:
             node.size, node.mtime_ns, node.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
             node.inode, node.mode = st.st_ino, stat.S_IMODE(st.st_mode)
-            node.content = self._chunks(fd, st.st_size, st.st_blocks * 512 < st.st_size,
-                                        deliver)
+            node.content = self._chunks(fd, st, deliver)
             node.size = sum(n for _, n in node.content)
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
@@ -548,11 +547,12 @@ class FileReader:
             warn(f"{node.path}: cannot read ({exc.strerror}); skipped")
         return False
 
-    def _chunks(self, fd: int, size: int, sparse: bool, deliver: Deliver) -> fmt.Content:
-        """``sparse``: fewer blocks than bytes, so holes are looked for (SEEK_DATA); a file
-        without (most: 2 syscalls a file saved) reads whole, and a zero chunk in it is a
-        zero run all the same."""
-        from pipeline.sparse import data_ranges, is_zero  # here: a no-change backup reads none
+    def _chunks(self, fd: int, st: os.stat_result, deliver: Deliver) -> fmt.Content:
+        """Holes are looked for only where ``sparse.may_have_holes`` (2 syscalls a file
+        saved on the rest)."""
+        from pipeline.sparse import data_ranges, is_zero, may_have_holes  # no-change: unread
+
+        size = st.st_size
 
         content: fmt.Content = []
 
@@ -567,7 +567,7 @@ class FileReader:
 
         pos = 0
         shrunk = False
-        for start, end in data_ranges(fd, size) if sparse else [(0, size)]:
+        for start, end in data_ranges(fd, size) if may_have_holes(st) else [(0, size)]:
             zeros(start - pos)
             pos = start
             pieces: Iterator[bytes | memoryview]
