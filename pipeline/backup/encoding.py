@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import xxhash
 
@@ -361,22 +361,26 @@ def decode_index(plain: bytes) -> list[IndexEntry]:
         raise CorruptRepository("index file is truncated") from None
     if len(plain) != at + count * _INDEX_ENTRY.size:
         raise CorruptRepository(f"index file says {count} entries but holds {len(plain)} bytes")
-    rows = _INDEX_ENTRY.iter_unpack(memoryview(plain)[at:])
+    body = memoryview(plain)[at:]
     try:
         out = [_new_entry((kind, cid, table[slot], off, length, raw))
-               for kind, cid, slot, off, length, raw in rows]
+               for kind, cid, slot, off, length, raw in _INDEX_ENTRY.iter_unpack(body)]
     except IndexError:          # a slot past the pack table
-        out = []
-    if len(out) != count or any(e.kind not in KINDS for e in out):
-        for i, (kind, _, slot, *_rest) in enumerate(_INDEX_ENTRY.iter_unpack(
-                memoryview(plain)[at:])):
-            if kind not in KINDS or slot >= npacks:
-                raise CorruptRepository(f"index entry {i}: kind {kind}, pack {slot} of "
-                                        f"{npacks}")
+        _bad_entry(body, npacks)
+    if any(e.kind not in KINDS for e in out):
+        _bad_entry(body, npacks)
     return out
 
 
 _new_entry = IndexEntry._make
+
+
+def _bad_entry(body: memoryview, npacks: int) -> NoReturn:
+    """The first entry of ``body`` of no kind or past the pack table, named."""
+    for i, (kind, _, slot, *_rest) in enumerate(_INDEX_ENTRY.iter_unpack(body)):
+        if kind not in KINDS or slot >= npacks:
+            raise CorruptRepository(f"index entry {i}: kind {kind}, pack {slot} of {npacks}")
+    raise AssertionError("no bad index entry")  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- snapshots
